@@ -20,6 +20,7 @@ mod error;
 mod packet;
 mod reason;
 pub mod topic;
+mod wire;
 
 pub use decode::Decoder;
 pub use error::{DecodeError, EncodeError};

@@ -334,7 +334,11 @@ pub struct PubResponse {
 impl PubResponse {
     /// A success response without properties, the only form v3 knows.
     pub fn success(packet_id: u16) -> Self {
-        Self { packet_id, reason_code: ReasonCode::SUCCESS, properties: ResponseProperties::default() }
+        Self {
+            packet_id,
+            reason_code: ReasonCode::SUCCESS,
+            properties: ResponseProperties::default(),
+        }
     }
 }
 

@@ -87,13 +87,20 @@ pub struct SharedFilter<'a> {
 /// there but the rest is not a group and a filter.
 pub fn parse_shared(filter: &str) -> Result<Option<SharedFilter<'_>>, TopicError> {
     let Some(rest) = filter.strip_prefix("$share/") else {
-        return if filter == "$share" { Err(TopicError::SharedSubscription) } else { Ok(None) };
+        return if filter == "$share" {
+            Err(TopicError::SharedSubscription)
+        } else {
+            Ok(None)
+        };
     };
     let (group, inner) = rest.split_once('/').ok_or(TopicError::SharedSubscription)?;
     if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
         return Err(TopicError::SharedSubscription);
     }
-    Ok(Some(SharedFilter { group, filter: inner }))
+    Ok(Some(SharedFilter {
+        group,
+        filter: inner,
+    }))
 }
 
 /// Whether a topic name matches a (non-shared) filter. Wildcards at the first level do not
@@ -126,22 +133,53 @@ mod tests {
         assert!(validate_topic_name("/").is_ok());
         assert!(validate_topic_name("$SYS/x").is_ok());
         assert_eq!(validate_topic_name(""), Err(TopicError::Empty));
-        assert_eq!(validate_topic_name("a/+/c"), Err(TopicError::WildcardInName));
+        assert_eq!(
+            validate_topic_name("a/+/c"),
+            Err(TopicError::WildcardInName)
+        );
         assert_eq!(validate_topic_name("a/#"), Err(TopicError::WildcardInName));
         assert_eq!(validate_topic_name("a\0b"), Err(TopicError::NullCharacter));
-        assert_eq!(validate_topic_name(&"x".repeat(65_536)), Err(TopicError::TooLong));
+        assert_eq!(
+            validate_topic_name(&"x".repeat(65_536)),
+            Err(TopicError::TooLong)
+        );
     }
 
     #[test]
     fn topic_filters() {
-        for ok in ["#", "+", "a/#", "+/+", "/+", "a/+/c", "sport/tennis/#", "$SYS/#", "+/tennis/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "a/+/c",
+            "sport/tennis/#",
+            "$SYS/#",
+            "+/tennis/#",
+        ] {
             assert!(validate_topic_filter(ok).is_ok(), "{ok}");
         }
-        assert_eq!(validate_topic_filter("a/#/b"), Err(TopicError::MultiLevelWildcard));
-        assert_eq!(validate_topic_filter("a#"), Err(TopicError::MultiLevelWildcard));
-        assert_eq!(validate_topic_filter("sport/tennis#"), Err(TopicError::MultiLevelWildcard));
-        assert_eq!(validate_topic_filter("a+"), Err(TopicError::SingleLevelWildcard));
-        assert_eq!(validate_topic_filter("sport+"), Err(TopicError::SingleLevelWildcard));
+        assert_eq!(
+            validate_topic_filter("a/#/b"),
+            Err(TopicError::MultiLevelWildcard)
+        );
+        assert_eq!(
+            validate_topic_filter("a#"),
+            Err(TopicError::MultiLevelWildcard)
+        );
+        assert_eq!(
+            validate_topic_filter("sport/tennis#"),
+            Err(TopicError::MultiLevelWildcard)
+        );
+        assert_eq!(
+            validate_topic_filter("a+"),
+            Err(TopicError::SingleLevelWildcard)
+        );
+        assert_eq!(
+            validate_topic_filter("sport+"),
+            Err(TopicError::SingleLevelWildcard)
+        );
         assert_eq!(validate_topic_filter(""), Err(TopicError::Empty));
     }
 
@@ -150,11 +188,26 @@ mod tests {
         assert_eq!(parse_shared("a/b"), Ok(None));
         assert_eq!(
             parse_shared("$share/g/a/+"),
-            Ok(Some(SharedFilter { group: "g", filter: "a/+" }))
+            Ok(Some(SharedFilter {
+                group: "g",
+                filter: "a/+"
+            }))
         );
         assert_eq!(parse_shared("$share/g/#").unwrap().unwrap().filter, "#");
-        for bad in ["$share", "$share/", "$share/g", "$share/g/", "$share//a", "$share/g+/a", "$share/#/a"] {
-            assert_eq!(parse_shared(bad), Err(TopicError::SharedSubscription), "{bad}");
+        for bad in [
+            "$share",
+            "$share/",
+            "$share/g",
+            "$share/g/",
+            "$share//a",
+            "$share/g+/a",
+            "$share/#/a",
+        ] {
+            assert_eq!(
+                parse_shared(bad),
+                Err(TopicError::SharedSubscription),
+                "{bad}"
+            );
         }
         assert!(validate_topic_filter("$share/g/a/#/b").is_err());
         assert!(validate_topic_filter("$share/g/a/#").is_ok());
@@ -166,8 +219,14 @@ mod tests {
     fn matching_follows_spec_examples() {
         // Spec 4.7.1.2 and 4.7.1.3 examples.
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/score/wimbledon"
+        ));
         assert!(matches("sport/#", "sport"));
         assert!(matches("sport/tennis/+", "sport/tennis/player1"));
         assert!(!matches("sport/tennis/+", "sport/tennis/player1/ranking"));
