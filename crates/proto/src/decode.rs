@@ -233,20 +233,15 @@ impl Decoder {
         } else {
             None
         };
-        // Some MQTT 3.1 clients set the user name or password flag without the field;
-        // Mosquitto tolerates it for 3.1 only, and so do we.
-        let lenient = protocol == ProtocolVersion::V31 && r.is_empty();
-        let username = if has_username && !lenient {
-            Some(r.string()?)
-        } else {
-            None
-        };
-        let lenient = protocol == ProtocolVersion::V31 && r.is_empty();
-        let password = if has_password && !lenient {
-            Some(r.binary()?)
-        } else {
-            None
-        };
+        // Some MQTT 3.1 clients set the user name or password flag without sending the
+        // field; Mosquitto accepts that from 3.1 clients only, and so do we.
+        let missing = |r: &Reader| protocol == ProtocolVersion::V31 && r.is_empty();
+        let username = (has_username && !missing(&r))
+            .then(|| r.string())
+            .transpose()?;
+        let password = (has_password && !missing(&r))
+            .then(|| r.binary())
+            .transpose()?;
         r.end()?;
         Ok(Connect {
             protocol,

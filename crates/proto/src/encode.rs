@@ -276,25 +276,25 @@ fn put_u32<S: Sink>(sink: &mut S, id: u8, value: Option<u32>) {
     }
 }
 
-fn put_string<S: Sink>(sink: &mut S, id: u8, field: &'static str, value: Option<&str>) {
+fn put_string<S: Sink>(sink: &mut S, id: u8, value: Option<&str>) {
     if let Some(value) = value {
         sink.u8(id);
-        sink.string(field, value);
+        sink.string(property::name(id), value);
     }
 }
 
-fn put_binary<S: Sink>(sink: &mut S, id: u8, field: &'static str, value: Option<&[u8]>) {
+fn put_binary<S: Sink>(sink: &mut S, id: u8, value: Option<&[u8]>) {
     if let Some(value) = value {
         sink.u8(id);
-        sink.binary(field, value);
+        sink.binary(property::name(id), value);
     }
 }
 
 fn put_user_properties<S: Sink>(sink: &mut S, user_properties: &[UserProperty]) {
     for (name, value) in user_properties {
         sink.u8(property::USER_PROPERTY);
-        sink.string("user property name", name);
-        sink.string("user property value", value);
+        sink.string("user property", name);
+        sink.string("user property", value);
     }
 }
 
@@ -305,15 +305,9 @@ impl Properties for ConnectProperties {
         put_string(
             s,
             AUTHENTICATION_METHOD,
-            "authentication method",
             self.authentication_method.as_deref(),
         );
-        put_binary(
-            s,
-            AUTHENTICATION_DATA,
-            "authentication data",
-            self.authentication_data.as_deref(),
-        );
+        put_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_deref());
         put_bool(
             s,
             REQUEST_PROBLEM_INFORMATION,
@@ -336,24 +330,9 @@ impl Properties for WillProperties {
         use property::*;
         put_u8(s, PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
         put_u32(s, MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
-        put_string(
-            s,
-            CONTENT_TYPE,
-            "content type",
-            self.content_type.as_deref(),
-        );
-        put_string(
-            s,
-            RESPONSE_TOPIC,
-            "response topic",
-            self.response_topic.as_deref(),
-        );
-        put_binary(
-            s,
-            CORRELATION_DATA,
-            "correlation data",
-            self.correlation_data.as_deref(),
-        );
+        put_string(s, CONTENT_TYPE, self.content_type.as_deref());
+        put_string(s, RESPONSE_TOPIC, self.response_topic.as_deref());
+        put_binary(s, CORRELATION_DATA, self.correlation_data.as_deref());
         put_u32(s, WILL_DELAY_INTERVAL, self.will_delay_interval);
         put_user_properties(s, &self.user_properties);
     }
@@ -366,40 +345,22 @@ impl Properties for ConnAckProperties {
         put_string(
             s,
             ASSIGNED_CLIENT_IDENTIFIER,
-            "assigned client identifier",
             self.assigned_client_identifier.as_deref(),
         );
         put_u16(s, SERVER_KEEP_ALIVE, self.server_keep_alive);
         put_string(
             s,
             AUTHENTICATION_METHOD,
-            "authentication method",
             self.authentication_method.as_deref(),
         );
-        put_binary(
-            s,
-            AUTHENTICATION_DATA,
-            "authentication data",
-            self.authentication_data.as_deref(),
-        );
+        put_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_deref());
         put_string(
             s,
             RESPONSE_INFORMATION,
-            "response information",
             self.response_information.as_deref(),
         );
-        put_string(
-            s,
-            SERVER_REFERENCE,
-            "server reference",
-            self.server_reference.as_deref(),
-        );
-        put_string(
-            s,
-            REASON_STRING,
-            "reason string",
-            self.reason_string.as_deref(),
-        );
+        put_string(s, SERVER_REFERENCE, self.server_reference.as_deref());
+        put_string(s, REASON_STRING, self.reason_string.as_deref());
         put_u16(s, RECEIVE_MAXIMUM, self.receive_maximum);
         put_u16(s, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
         put_u8(s, MAXIMUM_QOS, self.maximum_qos.map(|qos| qos as u8));
@@ -435,19 +396,9 @@ impl Properties for OutgoingProperties<'_, '_> {
         let p = publish.properties;
         put_u8(s, PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator);
         put_u32(s, MESSAGE_EXPIRY_INTERVAL, publish.message_expiry_interval);
-        put_string(s, CONTENT_TYPE, "content type", p.content_type.as_deref());
-        put_string(
-            s,
-            RESPONSE_TOPIC,
-            "response topic",
-            p.response_topic.as_deref(),
-        );
-        put_binary(
-            s,
-            CORRELATION_DATA,
-            "correlation data",
-            p.correlation_data.as_deref(),
-        );
+        put_string(s, CONTENT_TYPE, p.content_type.as_deref());
+        put_string(s, RESPONSE_TOPIC, p.response_topic.as_deref());
+        put_binary(s, CORRELATION_DATA, p.correlation_data.as_deref());
         for &id in publish.subscription_identifiers {
             s.u8(SUBSCRIPTION_IDENTIFIER);
             s.var_int(id as usize);
@@ -459,12 +410,7 @@ impl Properties for OutgoingProperties<'_, '_> {
 
 impl Properties for ResponseProperties {
     fn write<S: Sink>(&self, s: &mut S) {
-        put_string(
-            s,
-            property::REASON_STRING,
-            "reason string",
-            self.reason_string.as_deref(),
-        );
+        put_string(s, property::REASON_STRING, self.reason_string.as_deref());
         put_user_properties(s, &self.user_properties);
     }
 
@@ -494,18 +440,8 @@ impl Properties for DisconnectProperties {
     fn write<S: Sink>(&self, s: &mut S) {
         use property::*;
         put_u32(s, SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
-        put_string(
-            s,
-            SERVER_REFERENCE,
-            "server reference",
-            self.server_reference.as_deref(),
-        );
-        put_string(
-            s,
-            REASON_STRING,
-            "reason string",
-            self.reason_string.as_deref(),
-        );
+        put_string(s, SERVER_REFERENCE, self.server_reference.as_deref());
+        put_string(s, REASON_STRING, self.reason_string.as_deref());
         put_user_properties(s, &self.user_properties);
     }
 }
@@ -516,21 +452,10 @@ impl Properties for AuthProperties {
         put_string(
             s,
             AUTHENTICATION_METHOD,
-            "authentication method",
             self.authentication_method.as_deref(),
         );
-        put_binary(
-            s,
-            AUTHENTICATION_DATA,
-            "authentication data",
-            self.authentication_data.as_deref(),
-        );
-        put_string(
-            s,
-            REASON_STRING,
-            "reason string",
-            self.reason_string.as_deref(),
-        );
+        put_binary(s, AUTHENTICATION_DATA, self.authentication_data.as_deref());
+        put_string(s, REASON_STRING, self.reason_string.as_deref());
         put_user_properties(s, &self.user_properties);
     }
 }

@@ -30,7 +30,9 @@ pub enum DecodeError {
     /// The packet is well formed but breaks a protocol rule (reason 0x82).
     #[error("protocol error: {0}")]
     Protocol(&'static str),
-    /// A PUBLISH topic name is empty without an alias, or contains a wildcard (reason 0x90).
+    /// A PUBLISH or will topic name contains a wildcard, or is empty where no topic alias
+    /// can stand in for it (v3 PUBLISH, will topic) (reason 0x90). A v5 PUBLISH with an
+    /// empty topic name and no alias is a [`DecodeError::Protocol`] error (spec 3.3.2.1).
     #[error("invalid topic name: {0}")]
     TopicNameInvalid(&'static str),
 }
@@ -51,7 +53,8 @@ impl DecodeError {
 /// Why a packet cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
-    /// A string or binary field is longer than 65,535 bytes.
+    /// A string or binary field is longer than 65,535 bytes, or a subscription identifier
+    /// is above 268,435,455.
     #[error("field {0} is longer than 65535 bytes")]
     FieldTooLong(&'static str),
     /// The packet would exceed the 268,435,455-byte remaining length the format allows.

@@ -48,6 +48,22 @@ pub(crate) mod property {
     pub(crate) const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
     pub(crate) const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
     pub(crate) const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
+
+    /// The spec's name of a string or binary property, for errors.
+    pub(crate) fn name(id: u8) -> &'static str {
+        match id {
+            CONTENT_TYPE => "content type",
+            RESPONSE_TOPIC => "response topic",
+            CORRELATION_DATA => "correlation data",
+            ASSIGNED_CLIENT_IDENTIFIER => "assigned client identifier",
+            AUTHENTICATION_METHOD => "authentication method",
+            AUTHENTICATION_DATA => "authentication data",
+            RESPONSE_INFORMATION => "response information",
+            SERVER_REFERENCE => "server reference",
+            REASON_STRING => "reason string",
+            _ => "property",
+        }
+    }
 }
 
 /// CONNECT flag bits (spec 3.1.2.3).

@@ -30,7 +30,9 @@ fn v311_connect_with_will_and_credentials() {
     let mut decoder = Decoder::new(MAX);
     let packet = decode_one(&mut decoder, &bytes).unwrap();
     assert_eq!(decoder.version(), Some(ProtocolVersion::V311));
-    let Packet::Connect(connect) = packet else { panic!("{packet:?}") };
+    let Packet::Connect(connect) = packet else {
+        panic!("{packet:?}")
+    };
     assert_eq!(
         *connect,
         Connect {
@@ -66,7 +68,9 @@ fn v31_mqisdp_connect() {
         0x00, 0x01, b'p',                                   // password "p"
     ];
     let mut decoder = Decoder::new(MAX);
-    let Packet::Connect(connect) = decode_one(&mut decoder, &bytes).unwrap() else { panic!() };
+    let Packet::Connect(connect) = decode_one(&mut decoder, &bytes).unwrap() else {
+        panic!()
+    };
     assert_eq!(decoder.version(), Some(ProtocolVersion::V31));
     assert_eq!(connect.protocol, ProtocolVersion::V31);
     assert!(!connect.clean_start);
@@ -89,7 +93,9 @@ fn v31_connect_tolerates_credential_flags_without_the_fields() {
         0x00, 0x3C,                                         // keep alive 60 s
         0x00, 0x01, b'c',                                   // client id "c"; nothing follows
     ];
-    let Packet::Connect(connect) = server_first(&bytes).unwrap() else { panic!() };
+    let Packet::Connect(connect) = server_first(&bytes).unwrap() else {
+        panic!()
+    };
     assert_eq!((connect.username, connect.password), (None, None));
 }
 
@@ -129,7 +135,9 @@ fn v5_connect_with_properties_and_will_properties() {
         0x00, 0x02, 0x00, 0xFF,                 // password: binary 00 FF
     ];
     let mut decoder = Decoder::new(MAX);
-    let Packet::Connect(connect) = decode_one(&mut decoder, &bytes).unwrap() else { panic!() };
+    let Packet::Connect(connect) = decode_one(&mut decoder, &bytes).unwrap() else {
+        panic!()
+    };
     assert_eq!(decoder.version(), Some(ProtocolVersion::V5));
     assert_eq!(
         *connect,
@@ -183,7 +191,9 @@ fn v5_connect_may_carry_a_password_without_a_user_name() {
         0x00, 0x00,                             // client id "" (the server assigns one)
         0x00, 0x02, b'p', b'w',                 // password "pw"
     ];
-    let Packet::Connect(connect) = server_first(&bytes).unwrap() else { panic!() };
+    let Packet::Connect(connect) = server_first(&bytes).unwrap() else {
+        panic!()
+    };
     assert_eq!(connect.client_id, "");
     assert_eq!(connect.username, None);
     assert_eq!(connect.password.as_deref(), Some(&b"pw"[..]));
@@ -287,7 +297,10 @@ fn v5_publish_with_empty_topic_uses_its_topic_alias() {
     let Packet::Publish(publish) = from_client(ProtocolVersion::V5, &bytes).unwrap() else {
         panic!()
     };
-    assert_eq!((publish.topic.as_str(), publish.properties.topic_alias), ("", Some(7)));
+    assert_eq!(
+        (publish.topic.as_str(), publish.properties.topic_alias),
+        ("", Some(7))
+    );
     assert_eq!(publish.packet_id, 0);
 }
 
@@ -346,7 +359,10 @@ fn v311_subscribe_from_the_spec_example() {
         0x00, 0x03, b'c', b'/', b'd',           // topic filter "c/d"
         0x02,                                   //   requested QoS 2
     ];
-    let qos = |qos| SubscriptionOptions { qos, ..Default::default() };
+    let qos = |qos| SubscriptionOptions {
+        qos,
+        ..Default::default()
+    };
     assert_eq!(
         from_client(ProtocolVersion::V311, &bytes).unwrap(),
         Packet::Subscribe(Subscribe {
@@ -379,18 +395,24 @@ fn v5_subscribe_with_options_and_properties() {
         Packet::Subscribe(Subscribe {
             packet_id: 10,
             filters: vec![
-                ("a/+".into(), SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    no_local: true,
-                    retain_as_published: true,
-                    retain_handling: RetainHandling::DontSend,
-                }),
-                ("$share/g/c/#".into(), SubscriptionOptions {
-                    qos: QoS::ExactlyOnce,
-                    no_local: false,
-                    retain_as_published: false,
-                    retain_handling: RetainHandling::SendIfNew,
-                }),
+                (
+                    "a/+".into(),
+                    SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::DontSend,
+                    }
+                ),
+                (
+                    "$share/g/c/#".into(),
+                    SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        no_local: false,
+                        retain_as_published: false,
+                        retain_handling: RetainHandling::SendIfNew,
+                    }
+                ),
             ],
             properties: SubscribeProperties {
                 subscription_identifier: Some(7),
@@ -497,7 +519,10 @@ fn v5_unsubscribe_and_unsuback() {
     else {
         panic!()
     };
-    assert_eq!((packet.packet_id, packet.filters), (11, vec!["a/b".to_owned()]));
+    assert_eq!(
+        (packet.packet_id, packet.filters),
+        (11, vec!["a/b".to_owned()])
+    );
 
     #[rustfmt::skip]
     let unsuback = [
@@ -533,7 +558,11 @@ fn v311_unsuback_has_no_reason_codes() {
 #[test]
 fn puback_family_short_and_long_forms() {
     let v5 = ProtocolVersion::V5;
-    let ack = |packet_id, reason_code, properties| PubResponse { packet_id, reason_code, properties };
+    let ack = |packet_id, reason_code, properties| PubResponse {
+        packet_id,
+        reason_code,
+        properties,
+    };
 
     // v3: the packet identifier is all there is.
     assert_eq!(
@@ -541,7 +570,10 @@ fn puback_family_short_and_long_forms() {
         Packet::PubAck(PubResponse::success(10))
     );
     // v5, remaining length 2: Success, no properties (3.4.2.1).
-    assert_eq!(from_client(v5, &[0x40, 2, 0x00, 0x0A]).unwrap(), Packet::PubAck(PubResponse::success(10)));
+    assert_eq!(
+        from_client(v5, &[0x40, 2, 0x00, 0x0A]).unwrap(),
+        Packet::PubAck(PubResponse::success(10))
+    );
     #[rustfmt::skip]
     let reason_only = [
         0x40, 3,                                // PUBACK, remaining length 3
@@ -550,7 +582,11 @@ fn puback_family_short_and_long_forms() {
     ];
     assert_eq!(
         from_client(v5, &reason_only).unwrap(),
-        Packet::PubAck(ack(10, ReasonCode::NO_MATCHING_SUBSCRIBERS, Default::default()))
+        Packet::PubAck(ack(
+            10,
+            ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            Default::default()
+        ))
     );
     #[rustfmt::skip]
     let empty_properties = [
@@ -571,7 +607,10 @@ fn puback_family_short_and_long_forms() {
         6,                                      // property length 6
         0x1F, 0x00, 0x03, b'q', b'u', b'o',     //   reason string "quo"
     ];
-    let properties = ResponseProperties { reason_string: Some("quo".into()), user_properties: vec![] };
+    let properties = ResponseProperties {
+        reason_string: Some("quo".into()),
+        user_properties: vec![],
+    };
     assert_eq!(
         from_client(v5, &with_properties).unwrap(),
         Packet::PubAck(ack(10, ReasonCode::QUOTA_EXCEEDED, properties))
@@ -580,12 +619,23 @@ fn puback_family_short_and_long_forms() {
     // PUBREC, PUBREL (flags 0010) and PUBCOMP share the shape.
     assert_eq!(
         from_client(v5, &[0x50, 3, 0x00, 0x0B, 0x91]).unwrap(),
-        Packet::PubRec(ack(11, ReasonCode::PACKET_IDENTIFIER_IN_USE, Default::default()))
+        Packet::PubRec(ack(
+            11,
+            ReasonCode::PACKET_IDENTIFIER_IN_USE,
+            Default::default()
+        ))
     );
-    assert_eq!(from_client(v5, &[0x62, 2, 0x00, 0x0B]).unwrap(), Packet::PubRel(PubResponse::success(11)));
+    assert_eq!(
+        from_client(v5, &[0x62, 2, 0x00, 0x0B]).unwrap(),
+        Packet::PubRel(PubResponse::success(11))
+    );
     assert_eq!(
         from_server(v5, &[0x62, 3, 0x00, 0x0B, 0x92]).unwrap(),
-        Packet::PubRel(ack(11, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, Default::default()))
+        Packet::PubRel(ack(
+            11,
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+            Default::default()
+        ))
     );
     assert_eq!(
         from_server(ProtocolVersion::V31, &[0x70, 2, 0x00, 0x0B]).unwrap(),
@@ -607,7 +657,10 @@ fn v31_pubrel_subscribe_and_unsubscribe_may_carry_dup() {
         0x00, 0x01, b'a',                       // topic filter "a"
         0x00,                                   //   QoS 0
     ];
-    assert!(matches!(from_client(ProtocolVersion::V31, &subscribe), Ok(Packet::Subscribe(_))));
+    assert!(matches!(
+        from_client(ProtocolVersion::V31, &subscribe),
+        Ok(Packet::Subscribe(_))
+    ));
     // 3.1.1 holds them to exactly 0010 [MQTT-3.8.1-1].
     assert_eq!(
         from_client(ProtocolVersion::V311, &subscribe),
@@ -627,7 +680,8 @@ fn connack_forms() {
         })
     );
     // Return code 5, not authorized, maps to its v5 reason.
-    let Packet::ConnAck(refused) = from_server(ProtocolVersion::V31, &[0x20, 2, 0x00, 0x05]).unwrap()
+    let Packet::ConnAck(refused) =
+        from_server(ProtocolVersion::V31, &[0x20, 2, 0x00, 0x05]).unwrap()
     else {
         panic!()
     };
@@ -687,8 +741,14 @@ fn connack_forms() {
 
 #[test]
 fn ping_packets() {
-    assert_eq!(from_client(ProtocolVersion::V311, &[0xC0, 0x00]).unwrap(), Packet::PingReq);
-    assert_eq!(from_server(ProtocolVersion::V5, &[0xD0, 0x00]).unwrap(), Packet::PingResp);
+    assert_eq!(
+        from_client(ProtocolVersion::V311, &[0xC0, 0x00]).unwrap(),
+        Packet::PingReq
+    );
+    assert_eq!(
+        from_server(ProtocolVersion::V5, &[0xD0, 0x00]).unwrap(),
+        Packet::PingResp
+    );
 }
 
 #[test]
@@ -700,10 +760,18 @@ fn disconnect_forms() {
         Packet::Disconnect(Disconnect::default())
     );
     // v5, remaining length 0: normal disconnection (3.14.2.1).
-    assert_eq!(from_client(v5, &[0xE0, 0x00]).unwrap(), Packet::Disconnect(Disconnect::default()));
+    assert_eq!(
+        from_client(v5, &[0xE0, 0x00]).unwrap(),
+        Packet::Disconnect(Disconnect::default())
+    );
     // Remaining length 1: reason code only (3.14.2.2.1).
-    let Packet::Disconnect(with_will) = from_client(v5, &[0xE0, 1, 0x04]).unwrap() else { panic!() };
-    assert_eq!(with_will.reason_code, ReasonCode::DISCONNECT_WITH_WILL_MESSAGE);
+    let Packet::Disconnect(with_will) = from_client(v5, &[0xE0, 1, 0x04]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        with_will.reason_code,
+        ReasonCode::DISCONNECT_WITH_WILL_MESSAGE
+    );
     // Reason code and an empty property block.
     let Packet::Disconnect(taken_over) = from_server(v5, &[0xE0, 2, 0x8E, 0x00]).unwrap() else {
         panic!()
@@ -736,7 +804,9 @@ fn disconnect_forms() {
         7,                                      // property length 7
         0x1C, 0x00, 0x04, b'h', b'o', b's', b't', // server reference "host"
     ];
-    let Packet::Disconnect(moved) = from_server(v5, &moved).unwrap() else { panic!() };
+    let Packet::Disconnect(moved) = from_server(v5, &moved).unwrap() else {
+        panic!()
+    };
     assert_eq!(moved.reason_code, ReasonCode::USE_ANOTHER_SERVER);
     assert_eq!(moved.properties.server_reference.as_deref(), Some("host"));
 }
@@ -745,7 +815,10 @@ fn disconnect_forms() {
 fn auth_forms() {
     let v5 = ProtocolVersion::V5;
     // Remaining length 0: Success without properties (3.15.2.1).
-    assert_eq!(from_client(v5, &[0xF0, 0x00]).unwrap(), Packet::Auth(Auth::default()));
+    assert_eq!(
+        from_client(v5, &[0xF0, 0x00]).unwrap(),
+        Packet::Auth(Auth::default())
+    );
     #[rustfmt::skip]
     let continue_auth = [
         0xF0, 16,                               // AUTH, remaining length 16
@@ -771,7 +844,9 @@ fn auth_forms() {
         0x19,                                   // re-authenticate
         0x00,                                   // property length 0
     ];
-    let Packet::Auth(auth) = from_client(v5, &reauthenticate).unwrap() else { panic!() };
+    let Packet::Auth(auth) = from_client(v5, &reauthenticate).unwrap() else {
+        panic!()
+    };
     assert_eq!(auth.reason_code, ReasonCode::RE_AUTHENTICATE);
 }
 
@@ -794,7 +869,10 @@ fn remaining_length_examples_from_the_spec() {
         buf.extend_from_slice(length);
         let size = 1 + length.len() + remaining;
         let mut decoder = Decoder::with_version(ProtocolVersion::V5, 0);
-        assert_eq!(decoder.decode(&mut buf), Err(DecodeError::PacketTooLarge { size, max: 0 }));
+        assert_eq!(
+            decoder.decode(&mut buf),
+            Err(DecodeError::PacketTooLarge { size, max: 0 })
+        );
     }
 }
 
@@ -851,7 +929,12 @@ fn several_packets_in_one_buffer_decode_in_order() {
 
 #[test]
 fn an_incomplete_fixed_header_waits_and_leaves_the_buffer_alone() {
-    for partial in [&[0x30][..], &[0x30, 0x80], &[0x30, 0x80, 0x80], &[0x30, 0x80, 0x80, 0x80]] {
+    for partial in [
+        &[0x30][..],
+        &[0x30, 0x80],
+        &[0x30, 0x80, 0x80],
+        &[0x30, 0x80, 0x80, 0x80],
+    ] {
         let mut buf = BytesMut::from(partial);
         let mut decoder = Decoder::with_version(ProtocolVersion::V5, MAX);
         assert_eq!(decoder.decode(&mut buf), Ok(None));
@@ -865,7 +948,13 @@ fn packet_too_large_is_raised_from_the_fixed_header_alone() {
     let mut buf = BytesMut::from(&[0x30, 0xE9, 0x07][..]);
     let mut decoder = Decoder::with_version(ProtocolVersion::V311, 1000);
     let error = decoder.decode(&mut buf).unwrap_err();
-    assert_eq!(error, DecodeError::PacketTooLarge { size: 1004, max: 1000 });
+    assert_eq!(
+        error,
+        DecodeError::PacketTooLarge {
+            size: 1004,
+            max: 1000
+        }
+    );
     assert_eq!(error.reason_code(), ReasonCode::PACKET_TOO_LARGE);
 
     // Exactly at the limit is fine: the decoder waits for the body.
@@ -879,7 +968,10 @@ fn the_first_connect_is_checked_against_the_limit_too() {
     let connect = minimal_connect(ProtocolVersion::V311);
     let mut decoder = Decoder::new(connect.len() as u32 - 1);
     let mut buf = BytesMut::from(&connect[..2]);
-    assert!(matches!(decoder.decode(&mut buf), Err(DecodeError::PacketTooLarge { .. })));
+    assert!(matches!(
+        decoder.decode(&mut buf),
+        Err(DecodeError::PacketTooLarge { .. })
+    ));
 }
 
 #[test]
@@ -888,16 +980,22 @@ fn payloads_are_slices_of_the_read_buffer() {
     buf.extend_from_slice(&[0x30, 7, 0x00, 0x01, b't', b'd', b'a', b't', b'a']);
     let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
     let mut decoder = Decoder::with_version(ProtocolVersion::V311, MAX);
-    let Some(Packet::Publish(publish)) = decoder.decode(&mut buf).unwrap() else { panic!() };
+    let Some(Packet::Publish(publish)) = decoder.decode(&mut buf).unwrap() else {
+        panic!()
+    };
     assert_eq!(&publish.payload[..], b"data");
-    assert!(range.contains(&(publish.payload.as_ptr() as usize)), "the payload was copied");
+    assert!(
+        range.contains(&(publish.payload.as_ptr() as usize)),
+        "the payload was copied"
+    );
 }
 
 #[test]
 fn a_second_connect_decodes_and_keeps_the_connection_version() {
     let mut decoder = Decoder::new(MAX);
     decode_one(&mut decoder, &minimal_connect(ProtocolVersion::V311)).unwrap();
-    let Packet::Connect(second) = decode_one(&mut decoder, &minimal_connect(ProtocolVersion::V5)).unwrap()
+    let Packet::Connect(second) =
+        decode_one(&mut decoder, &minimal_connect(ProtocolVersion::V5)).unwrap()
     else {
         panic!()
     };
