@@ -1,0 +1,422 @@
+//! One task per connection: it owns the socket halves and buffers, reads CONNECT under a
+//! timeout, runs authentication and the registry attach, then drives the session machine:
+//! decode everything a read brought, handle it, pump deliveries, write once per wake-up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use midge_proto::{ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::auth::{Access, AccessControl, Credentials};
+use crate::broker::Broker;
+use crate::mailbox::Control;
+use crate::message::now_millis;
+use crate::session::{Flow, Session, Violation, negotiate};
+use crate::stats::Stats;
+
+/// Stop pumping deliveries into the write buffer beyond this; the socket drains it first.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Bytes reserved for the next read when the read buffer runs low.
+const READ_RESERVE: usize = 4 * 1024;
+/// How long a closing connection may spend flushing its last packets.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a listener gives each of its connections.
+#[derive(Debug)]
+pub struct ListenerContext {
+    /// Listener name, for logs.
+    pub name: String,
+    /// Authentication and authorization for this listener.
+    pub access: AccessControl,
+}
+
+/// How the connection ended, which decides the will.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT; the session machine already dropped the will unless it
+    /// was reason 0x04.
+    ClientDisconnect,
+    /// Anything else: network error, keep-alive, protocol violation, shutdown. The will is
+    /// published (after its delay).
+    Abnormal(&'static str),
+    /// Another connection took the session over; answer once the session is parked.
+    TakenOver(oneshot::Sender<()>),
+}
+
+struct Connection<R, W> {
+    reader: R,
+    writer: W,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    decoder: Decoder,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    listener: Arc<ListenerContext>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Serves one accepted connection to the end.
+pub async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    listener: Arc<ListenerContext>,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let decoder = Decoder::new(broker.config.mqtt.max_packet_size);
+    let mut conn = Connection {
+        reader,
+        writer,
+        rbuf: BytesMut::with_capacity(512),
+        wbuf: BytesMut::new(),
+        decoder,
+        peer,
+        broker,
+        listener,
+        shutdown,
+    };
+    let Some(connect) = conn.read_connect().await else {
+        conn.close().await;
+        return;
+    };
+    conn.serve_session(*connect).await;
+}
+
+impl<R, W> Connection<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1], within the connect
+    /// timeout. Answers a bad CONNECT itself where the protocol allows.
+    async fn read_connect(&mut self) -> Option<Box<Connect>> {
+        let timeout = Duration::from_secs(self.broker.config.mqtt.connect_timeout_secs);
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(Packet::Connect(connect))) => return Some(connect),
+                Ok(Some(other)) => {
+                    self.protocol_error(&format!("first packet is {}, not CONNECT", other.name()));
+                    return None;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.connect_decode_error(&e);
+                    return None;
+                }
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 256 {
+                self.rbuf.reserve(READ_RESERVE);
+            }
+            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => Stats::add(&self.broker.stats.bytes_received, n as u64),
+                Err(_) => {
+                    tracing::debug!(peer = %self.peer, "no CONNECT within {timeout:?}; closing");
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&self, what: &str) {
+        Stats::add(&self.broker.stats.protocol_errors, 1);
+        tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: {what}");
+    }
+
+    /// A CONNECT that does not decode: v3 return code 1 for an unknown protocol level
+    /// [MQTT-3.1.2-2]; a v5 CONNACK with the reason when the client is known to speak v5;
+    /// otherwise just close.
+    fn connect_decode_error(&mut self, error: &DecodeError) {
+        self.protocol_error(&format!("bad CONNECT: {error}"));
+        let (version, reason) = match error {
+            DecodeError::UnsupportedProtocolVersion { .. } => (
+                ProtocolVersion::V311,
+                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            ),
+            _ if self.decoder.version() == Some(ProtocolVersion::V5) => {
+                (ProtocolVersion::V5, error.reason_code())
+            }
+            _ => return,
+        };
+        let connack = ConnAck {
+            session_present: false,
+            reason_code: reason,
+            properties: Default::default(),
+        };
+        let _ = Packet::ConnAck(connack).encode(version, &mut self.wbuf);
+    }
+
+    /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6].
+    async fn refuse(
+        &mut self,
+        protocol: ProtocolVersion,
+        reason: ReasonCode,
+        what: &str,
+        client_id: &str,
+    ) {
+        Stats::add(&self.broker.stats.connects_refused, 1);
+        tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
+        let connack = ConnAck {
+            session_present: false,
+            reason_code: reason,
+            properties: Default::default(),
+        };
+        let _ = Packet::ConnAck(connack).encode(protocol, &mut self.wbuf);
+        self.close().await;
+    }
+
+    async fn serve_session(mut self, connect: Connect) {
+        let broker = self.broker.clone();
+        let negotiated = match negotiate(&connect, &broker.config.mqtt) {
+            Ok(n) => n,
+            Err(refusal) => {
+                return self
+                    .refuse(
+                        connect.protocol,
+                        refusal.reason,
+                        refusal.message,
+                        &connect.client_id,
+                    )
+                    .await;
+            }
+        };
+        let credentials = Credentials {
+            client_id: &negotiated.client_id,
+            username: connect.username.as_deref(),
+            password: connect.password.as_deref(),
+            peer: self.peer,
+        };
+        if let Err(reason) = self.listener.access.authenticate(&credentials).await {
+            return self
+                .refuse(
+                    connect.protocol,
+                    reason,
+                    "authentication failed",
+                    &negotiated.client_id,
+                )
+                .await;
+        }
+
+        let connection_id = broker.next_connection_id();
+        let client_id = negotiated.client_id.clone();
+        let keep_alive = negotiated.keep_alive;
+        let attached = broker
+            .registry
+            .attach(
+                &broker,
+                client_id.clone(),
+                negotiated.clean_start,
+                connection_id,
+                now_millis(),
+            )
+            .await;
+        let connack = ConnAck {
+            session_present: attached.session_present,
+            reason_code: ReasonCode::SUCCESS,
+            properties: negotiated.connack.clone(),
+        };
+        tracing::debug!(
+            peer = %self.peer,
+            client_id = %client_id,
+            protocol = ?negotiated.protocol,
+            clean_start = negotiated.clean_start,
+            session_present = attached.session_present,
+            keep_alive,
+            "client connected"
+        );
+        let mut session = Session::new(attached.state, negotiated, broker.config.mqtt.max_inflight);
+        session.start(connack, now_millis(), &mut self.wbuf);
+        broker.stats.client_connected();
+
+        let end = self.run(&mut session, keep_alive).await;
+
+        broker.stats.client_disconnected();
+        session.stats.flush(&broker.stats);
+        match &end {
+            End::ClientDisconnect => tracing::debug!(client_id = %client_id, "client disconnected"),
+            End::Abnormal(why) => {
+                tracing::debug!(client_id = %client_id, "connection closed: {why}")
+            }
+            End::TakenOver(_) => {
+                tracing::info!(client_id = %client_id, peer = %self.peer, "connection closed: session taken over by a new connection with the same client id")
+            }
+        }
+        session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
+        let will_delay = session.will_delay();
+        let (state, will) = session.into_parts();
+        broker.registry.detach(
+            &broker,
+            connection_id,
+            state,
+            will.map(|w| (w, will_delay)),
+            now_millis(),
+        );
+        if let End::TakenOver(reply) = end {
+            let _ = reply.send(());
+        }
+        self.close().await;
+    }
+
+    async fn run(&mut self, session: &mut Session, keep_alive: u16) -> End {
+        let mailbox = session.state().mailbox.clone();
+        // [MQTT-3.1.2-24] close after one and a half times the keep alive without a packet.
+        let keep_alive =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut last_read = Instant::now();
+        let sleep = tokio::time::sleep(keep_alive.unwrap_or(Duration::from_secs(3600)));
+        tokio::pin!(sleep);
+        let mut shutdown_open = true;
+        loop {
+            if self.wbuf.len() < WRITE_HIGH_WATER {
+                session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
+            }
+            session.stats.flush(&self.broker.stats);
+            if self.rbuf.capacity() - self.rbuf.len() < 256 {
+                self.rbuf.reserve(READ_RESERVE);
+            }
+            tokio::select! {
+                biased;
+                written = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => match written {
+                    Ok(0) | Err(_) => return End::Abnormal("write failed"),
+                    Ok(n) => session.stats.bytes_sent += n as u64,
+                },
+                read = self.reader.read_buf(&mut self.rbuf) => match read {
+                    Ok(0) => return End::Abnormal("closed by the client without DISCONNECT"),
+                    Err(_) => return End::Abnormal("read failed"),
+                    Ok(n) => {
+                        session.stats.bytes_received += n as u64;
+                        last_read = Instant::now();
+                        if let Some(end) = self.process_input(session).await {
+                            return end;
+                        }
+                    }
+                },
+                () = mailbox.notified() => {
+                    if let Some(Control::TakeOver(reply)) = mailbox.take_control() {
+                        // [MQTT-3.1.4-3]
+                        session.disconnect_packet(ReasonCode::SESSION_TAKEN_OVER, None, &mut self.wbuf);
+                        return End::TakenOver(reply);
+                    }
+                },
+                changed = self.shutdown.changed(), if shutdown_open => {
+                    if changed.is_err() {
+                        shutdown_open = false;
+                    } else if *self.shutdown.borrow() {
+                        session.disconnect_packet(ReasonCode::SERVER_SHUTTING_DOWN, None, &mut self.wbuf);
+                        return End::Abnormal("server shutting down");
+                    }
+                },
+                () = &mut sleep, if keep_alive.is_some() => {
+                    let limit = keep_alive.unwrap_or_default();
+                    if last_read.elapsed() >= limit {
+                        self.protocol_error("keep alive timeout");
+                        session.disconnect_packet(ReasonCode::KEEP_ALIVE_TIMEOUT, None, &mut self.wbuf);
+                        return End::Abnormal("keep alive timeout");
+                    }
+                    sleep.as_mut().reset(last_read + limit);
+                },
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    async fn process_input(&mut self, session: &mut Session) -> Option<End> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(packet)) => {
+                    session.stats.packets_received += 1;
+                    match self.dispatch(session, packet).await {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Disconnect) => return Some(End::ClientDisconnect),
+                        Err(violation) => {
+                            self.violation(session, &violation);
+                            return Some(End::Abnormal("protocol violation"));
+                        }
+                    }
+                }
+                Ok(None) => return None,
+                Err(error) => {
+                    let violation = Violation {
+                        reason: error.reason_code(),
+                        message: "undecodable packet",
+                    };
+                    self.protocol_error(&format!("client {}: {error}", session.client_id()));
+                    session.disconnect_packet(violation.reason, None, &mut self.wbuf);
+                    return Some(End::Abnormal("malformed packet"));
+                }
+            }
+        }
+    }
+
+    fn violation(&mut self, session: &mut Session, violation: &Violation) {
+        self.protocol_error(&format!(
+            "client {}: {} ({})",
+            session.client_id(),
+            violation.message,
+            violation.reason
+        ));
+        session.disconnect_packet(violation.reason, Some(violation.message), &mut self.wbuf);
+    }
+
+    async fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Flow, Violation> {
+        let broker = &*self.broker;
+        let access = &self.listener.access;
+        match packet {
+            Packet::Publish(publish) => {
+                let resolved = session.resolve_publish(publish, broker)?;
+                let allowed = access
+                    .authorize(
+                        session.client_id(),
+                        session.username(),
+                        Access::Publish,
+                        resolved.topic(),
+                    )
+                    .await;
+                session.publish(resolved, allowed, broker, now_millis(), &mut self.wbuf);
+                Ok(Flow::Continue)
+            }
+            Packet::Subscribe(subscribe) => {
+                let mut verdicts = Vec::with_capacity(subscribe.filters.len());
+                for (filter, _) in &subscribe.filters {
+                    verdicts.push(
+                        access
+                            .authorize(
+                                session.client_id(),
+                                session.username(),
+                                Access::Subscribe,
+                                filter,
+                            )
+                            .await,
+                    );
+                }
+                session.subscribe(subscribe, &verdicts, broker, now_millis(), &mut self.wbuf)?;
+                Ok(Flow::Continue)
+            }
+            other => session.handle(other, broker, &mut self.wbuf),
+        }
+    }
+
+    /// Writes what is left (a CONNACK, a DISCONNECT), bounded in time, and closes.
+    async fn close(&mut self) {
+        let flush = async {
+            while !self.wbuf.is_empty() {
+                match self.writer.write_buf(&mut self.wbuf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => Stats::add(&self.broker.stats.bytes_sent, n as u64),
+                }
+            }
+            let _ = self.writer.shutdown().await;
+        };
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
+    }
+}

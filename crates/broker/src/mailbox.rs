@@ -1,0 +1,392 @@
+//! A session's inbox: the bounded queue routing pushes deliveries onto, and the wake-up
+//! for the connection that drains it. The mailbox outlives connections: while a persistent
+//! session is offline its messages queue here, and the next connection drains them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use midge_proto::QoS;
+use tokio::sync::{Notify, oneshot};
+
+use crate::config::QueueFullPolicy;
+use crate::message::Delivery;
+
+/// Limits applied when pushing, taken from the configuration at push time.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most deliveries queued; 0 means unlimited.
+    pub max_messages: usize,
+    /// Most payload bytes queued; 0 means unlimited.
+    pub max_bytes: usize,
+    /// What happens to a QoS 1/2 delivery when the queue is full of QoS 1/2 deliveries.
+    pub policy: QueueFullPolicy,
+    /// Whether QoS 0 messages queue for offline sessions.
+    pub queue_qos0_offline: bool,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued; `evicted` older deliveries were dropped to make room.
+    Queued {
+        /// Deliveries dropped to make room (QoS 0 first, then per policy).
+        evicted: usize,
+    },
+    /// Not queued: the session is offline and it is QoS 0, or the queue is full.
+    Dropped,
+    /// Not queued: the session has ended.
+    Closed,
+}
+
+/// An instruction for the connection currently serving this session.
+#[derive(Debug)]
+pub enum Control {
+    /// Another connection is taking the session over: send DISCONNECT 0x8E, end the
+    /// connection, hand the session back to the registry, then answer.
+    TakeOver(oneshot::Sender<()>),
+    /// The server is shutting down: send DISCONNECT 0x8B and end.
+    Shutdown,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    queue: VecDeque<Delivery>,
+    bytes: usize,
+    qos0: usize,
+    online: bool,
+    closed: bool,
+    control: Option<Control>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Mailbox {
+    client_id: Arc<str>,
+    inner: Mutex<Inner>,
+    notify: Notify,
+}
+
+impl Mailbox {
+    /// A new, empty, offline mailbox.
+    pub fn new(client_id: Arc<str>) -> Arc<Self> {
+        Arc::new(Self {
+            client_id,
+            inner: Mutex::default(),
+            notify: Notify::new(),
+        })
+    }
+
+    /// The client id of the session this mailbox belongs to.
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding this lock leaves the queue consistent (every
+        // mutation is a single push or pop), so poisoning is safe to ignore.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a delivery, applying the limits. Wakes the connection if the queue was empty.
+    pub fn push(&self, delivery: Delivery, limits: &QueueLimits) -> PushOutcome {
+        let mut inner = self.lock();
+        if inner.closed {
+            return PushOutcome::Closed;
+        }
+        let is_qos0 = delivery.qos == QoS::AtMostOnce;
+        if is_qos0 && !inner.online && !limits.queue_qos0_offline {
+            return PushOutcome::Dropped;
+        }
+        let weight = delivery.message.weight();
+        let mut evicted = 0;
+        while inner.is_full(limits, weight) {
+            // Full: QoS 0 goes first, whether it is the newcomer or already queued.
+            if is_qos0 {
+                return PushOutcome::Dropped;
+            }
+            if inner.qos0 > 0 {
+                inner.remove_first_qos0();
+            } else if limits.policy == QueueFullPolicy::DropOldest && !inner.queue.is_empty() {
+                inner.pop_front();
+            } else {
+                return PushOutcome::Dropped;
+            }
+            evicted += 1;
+        }
+        let was_empty = inner.queue.is_empty();
+        inner.bytes += weight;
+        inner.qos0 += usize::from(is_qos0);
+        inner.queue.push_back(delivery);
+        let online = inner.online;
+        drop(inner);
+        if was_empty && online {
+            self.notify.notify_one();
+        }
+        PushOutcome::Queued { evicted }
+    }
+
+    /// Takes up to `max` deliveries from the front, stopping before a QoS 1/2 delivery
+    /// when `qos_window` is 0 so order is kept. `qos_window` is how many QoS 1/2
+    /// deliveries may still go in flight.
+    pub fn pop_batch(&self, max: usize, mut qos_window: usize, out: &mut Vec<Delivery>) {
+        let mut inner = self.lock();
+        while out.len() < max {
+            match inner.queue.front() {
+                Some(d) if d.qos != QoS::AtMostOnce && qos_window == 0 => break,
+                Some(d) => {
+                    if d.qos != QoS::AtMostOnce {
+                        qos_window -= 1;
+                    }
+                }
+                None => break,
+            }
+            if let Some(delivery) = inner.pop_front() {
+                out.push(delivery);
+            }
+        }
+    }
+
+    /// Returns deliveries to the front of the queue, in order (a connection that could not
+    /// send them).
+    pub fn unpop(&self, deliveries: Vec<Delivery>) {
+        let mut inner = self.lock();
+        for d in deliveries.into_iter().rev() {
+            inner.bytes += d.message.weight();
+            inner.qos0 += usize::from(d.qos == QoS::AtMostOnce);
+            inner.queue.push_front(d);
+        }
+    }
+
+    /// Number of queued deliveries.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
+    }
+
+    /// Marks the session connected or not. Going online wakes the connection.
+    pub fn set_online(&self, online: bool) {
+        let mut inner = self.lock();
+        inner.online = online;
+        if online {
+            // A control meant for a previous connection must not reach the next one.
+            inner.control = None;
+        }
+        drop(inner);
+        if online {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Whether a connection is currently serving the session.
+    pub fn is_online(&self) -> bool {
+        self.lock().online
+    }
+
+    /// Ends the mailbox: queued deliveries are returned and later pushes are refused.
+    pub fn close(&self) -> Vec<Delivery> {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.online = false;
+        inner.bytes = 0;
+        inner.qos0 = 0;
+        inner.queue.drain(..).collect()
+    }
+
+    /// Drops queued deliveries for which `keep` is false; returns how many.
+    pub fn retain_deliveries(&self, mut keep: impl FnMut(&Delivery) -> bool) -> usize {
+        let mut inner = self.lock();
+        let before = inner.queue.len();
+        let mut bytes = 0;
+        let mut qos0 = 0;
+        inner.queue.retain(|d| {
+            let k = keep(d);
+            if k {
+                bytes += d.message.weight();
+                qos0 += usize::from(d.qos == QoS::AtMostOnce);
+            }
+            k
+        });
+        inner.bytes = bytes;
+        inner.qos0 = qos0;
+        before - inner.queue.len()
+    }
+
+    /// Sends an instruction to the serving connection and wakes it.
+    pub fn send_control(&self, control: Control) {
+        self.lock().control = Some(control);
+        self.notify.notify_one();
+    }
+
+    /// Takes a pending instruction, if any.
+    pub fn take_control(&self) -> Option<Control> {
+        self.lock().control.take()
+    }
+
+    /// Resolves when the mailbox has something new (deliveries or a control).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Inner {
+    fn is_full(&self, limits: &QueueLimits, weight: usize) -> bool {
+        (limits.max_messages > 0 && self.queue.len() >= limits.max_messages)
+            || (limits.max_bytes > 0
+                && !self.queue.is_empty()
+                && self.bytes + weight > limits.max_bytes)
+    }
+
+    fn pop_front(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.bytes -= d.message.weight();
+        self.qos0 -= usize::from(d.qos == QoS::AtMostOnce);
+        Some(d)
+    }
+
+    fn remove_first_qos0(&mut self) {
+        if let Some(i) = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce)
+            && let Some(d) = self.queue.remove(i)
+        {
+            self.bytes -= d.message.weight();
+            self.qos0 -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use bytes::Bytes;
+
+    fn delivery(qos: QoS, payload: &'static str) -> Delivery {
+        let message =
+            Message::internal("t".into(), Bytes::from_static(payload.as_bytes()), false, 0);
+        Delivery {
+            message: Arc::new(message),
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+            shared: None,
+        }
+    }
+
+    fn limits(max_messages: usize, policy: QueueFullPolicy) -> QueueLimits {
+        QueueLimits {
+            max_messages,
+            max_bytes: 0,
+            policy,
+            queue_qos0_offline: false,
+        }
+    }
+
+    fn payloads(mailbox: &Mailbox) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        mailbox.pop_batch(usize::MAX, usize::MAX, &mut out);
+        out.into_iter().map(|d| d.message.payload.clone()).collect()
+    }
+
+    #[test]
+    fn offline_session_drops_qos0_and_queues_qos1() {
+        let mailbox = Mailbox::new("c".into());
+        let l = limits(10, QueueFullPolicy::DropNew);
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtMostOnce, "a"), &l),
+            PushOutcome::Dropped
+        );
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtLeastOnce, "b"), &l),
+            PushOutcome::Queued { evicted: 0 }
+        );
+        assert_eq!(payloads(&mailbox), vec!["b"]);
+    }
+
+    #[test]
+    fn full_queue_evicts_qos0_before_applying_policy() {
+        let mailbox = Mailbox::new("c".into());
+        mailbox.set_online(true);
+        let l = limits(2, QueueFullPolicy::DropNew);
+        mailbox.push(delivery(QoS::AtMostOnce, "zero"), &l);
+        mailbox.push(delivery(QoS::AtLeastOnce, "one"), &l);
+        // Full: a new QoS 0 is dropped, a new QoS 1 evicts the queued QoS 0.
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtMostOnce, "zero2"), &l),
+            PushOutcome::Dropped
+        );
+        assert_eq!(
+            mailbox.push(delivery(QoS::ExactlyOnce, "two"), &l),
+            PushOutcome::Queued { evicted: 1 }
+        );
+        // Full of QoS 1/2 with drop-new: the newcomer is dropped.
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtLeastOnce, "three"), &l),
+            PushOutcome::Dropped
+        );
+        assert_eq!(payloads(&mailbox), vec!["one", "two"]);
+    }
+
+    #[test]
+    fn drop_oldest_policy_keeps_the_newest() {
+        let mailbox = Mailbox::new("c".into());
+        let l = limits(2, QueueFullPolicy::DropOldest);
+        for p in ["1", "2", "3"] {
+            mailbox.push(delivery(QoS::AtLeastOnce, p), &l);
+        }
+        assert_eq!(payloads(&mailbox), vec!["2", "3"]);
+    }
+
+    #[test]
+    fn byte_limit_applies() {
+        let mailbox = Mailbox::new("c".into());
+        let l = QueueLimits {
+            max_messages: 0,
+            max_bytes: 6,
+            policy: QueueFullPolicy::DropNew,
+            queue_qos0_offline: false,
+        };
+        // weight = payload + topic ("t").
+        assert!(matches!(
+            mailbox.push(delivery(QoS::AtLeastOnce, "aa"), &l),
+            PushOutcome::Queued { .. }
+        ));
+        assert!(matches!(
+            mailbox.push(delivery(QoS::AtLeastOnce, "bb"), &l),
+            PushOutcome::Queued { .. }
+        ));
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtLeastOnce, "cc"), &l),
+            PushOutcome::Dropped
+        );
+    }
+
+    #[test]
+    fn pop_batch_stops_at_closed_window_to_keep_order() {
+        let mailbox = Mailbox::new("c".into());
+        mailbox.set_online(true);
+        let l = limits(0, QueueFullPolicy::DropNew);
+        mailbox.push(delivery(QoS::AtMostOnce, "a"), &l);
+        mailbox.push(delivery(QoS::AtLeastOnce, "b"), &l);
+        mailbox.push(delivery(QoS::AtMostOnce, "c"), &l);
+        let mut out = Vec::new();
+        mailbox.pop_batch(10, 0, &mut out);
+        assert_eq!(out.len(), 1);
+        mailbox.pop_batch(10, 1, &mut out);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn closed_mailbox_refuses_pushes() {
+        let mailbox = Mailbox::new("c".into());
+        let l = limits(0, QueueFullPolicy::DropNew);
+        mailbox.push(delivery(QoS::AtLeastOnce, "a"), &l);
+        assert_eq!(mailbox.close().len(), 1);
+        assert_eq!(
+            mailbox.push(delivery(QoS::AtLeastOnce, "b"), &l),
+            PushOutcome::Closed
+        );
+    }
+}

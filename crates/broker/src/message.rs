@@ -1,0 +1,145 @@
+//! The routed message envelope and the per-subscriber delivery that points at it.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use midge_proto::{Publish, PublishProperties, QoS, Will};
+
+/// Wall-clock milliseconds since the Unix epoch. Message and session expiry are absolute
+/// wall-clock times so they keep counting across restarts and can cross machines.
+pub type Millis = u64;
+
+/// The current wall-clock time in [`Millis`].
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// One application message as the broker routes it: shared by every subscriber through an
+/// `Arc`, never copied per subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name (aliases already resolved).
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS the publisher used; each delivery is capped by its subscription's QoS.
+    pub qos: QoS,
+    /// The publisher's RETAIN flag.
+    pub retain: bool,
+    /// Properties to forward. Topic alias, subscription identifiers and message expiry are
+    /// per delivery and kept out of here.
+    pub properties: PublishProperties,
+    /// Absolute expiry, from the publisher's Message Expiry Interval.
+    pub expires_at: Option<Millis>,
+    /// When the broker received it; the forwarded expiry interval is the remainder.
+    pub received_at: Millis,
+    /// Client id of the publisher, for no-local; empty for messages the broker makes.
+    pub origin: Arc<str>,
+}
+
+impl Message {
+    /// Builds the envelope for a PUBLISH received from `origin`.
+    pub fn from_publish(publish: Publish, origin: Arc<str>, now: Millis) -> Self {
+        let mut properties = publish.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let expiry = properties.message_expiry_interval.take();
+        Self {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at: expiry.map(|secs| now + u64::from(secs) * 1000),
+            received_at: now,
+            origin,
+        }
+    }
+
+    /// Builds the message a will turns into.
+    pub fn from_will(will: Will, origin: Arc<str>, now: Millis) -> Self {
+        let p = will.properties;
+        Self {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                content_type: p.content_type,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user_properties: p.user_properties,
+                ..PublishProperties::default()
+            },
+            expires_at: p
+                .message_expiry_interval
+                .map(|secs| now + u64::from(secs) * 1000),
+            received_at: now,
+            origin,
+        }
+    }
+
+    /// A message the broker itself publishes (`$SYS`).
+    pub fn internal(topic: String, payload: Bytes, retain: bool, now: Millis) -> Self {
+        Self {
+            topic,
+            payload,
+            qos: QoS::AtMostOnce,
+            retain,
+            properties: PublishProperties::default(),
+            expires_at: None,
+            received_at: now,
+            origin: Arc::from(""),
+        }
+    }
+
+    /// True once the message expiry interval has passed [MQTT-3.3.2-5].
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// The Message Expiry Interval to forward: the received value minus the time the
+    /// message waited in the broker, rounded up so it never reads 0 while still alive
+    /// [MQTT-3.3.2-6].
+    pub fn remaining_expiry(&self, now: Millis) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_sub(now);
+            u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// A rough size for queue accounting: payload, topic and properties that hold data.
+    pub fn weight(&self) -> usize {
+        let p = &self.properties;
+        self.payload.len()
+            + self.topic.len()
+            + p.user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + p.correlation_data.as_ref().map_or(0, Bytes::len)
+            + p.response_topic.as_ref().map_or(0, String::len)
+            + p.content_type.as_ref().map_or(0, String::len)
+    }
+}
+
+/// One message on its way to one session: the shared message plus what differs per
+/// subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// The QoS to deliver with: min(publish QoS, subscription QoS) [MQTT-3.8.4-8].
+    pub qos: QoS,
+    /// RETAIN flag to send [MQTT-3.3.1-8] [MQTT-3.3.1-9] [MQTT-3.3.1-12] [MQTT-3.3.1-13].
+    pub retain: bool,
+    /// Identifiers of every matching subscription of this session [MQTT-3.3.4-3].
+    pub subscription_ids: Vec<u32>,
+    /// The `$share/{group}/{filter}` subscription this came through, so it can be handed
+    /// to another member if this session ends before delivering it.
+    pub shared: Option<Arc<str>>,
+}

@@ -1,0 +1,355 @@
+//! Sessions by client id: attaching a connection (taking over a live one, resuming or
+//! replacing a stored session), parking a session when its connection ends, session
+//! expiry and delayed wills.
+//!
+//! Takeover is a small state machine (lock the client id, look up, stop the old owner,
+//! transfer, own) that talks to the old owner only through its mailbox, so it would work
+//! the same if the owner were elsewhere.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use midge_proto::Will;
+use tokio::sync::oneshot;
+
+use crate::broker::Broker;
+use crate::mailbox::{Control, Mailbox};
+use crate::message::Millis;
+use crate::session::SessionState;
+use crate::stats::Stats;
+
+/// How long a new connection waits for the old owner of its client id to let go.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct PendingWill {
+    will: Will,
+    publish_at: Millis,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// The mailbox the session's subscriptions point at.
+    mailbox: Arc<Mailbox>,
+    /// Serialises attaches of this client id. An `Arc` count above 1 means an attach is
+    /// under way, and the slot must stay.
+    attach_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Connection serving the session.
+    owner: Option<u64>,
+    /// The session while no connection serves it.
+    parked: Option<SessionState>,
+    /// When the parked session expires.
+    expires_at: Option<Millis>,
+    will: Option<PendingWill>,
+}
+
+impl Slot {
+    fn new(client_id: &Arc<str>) -> Self {
+        Self {
+            mailbox: Mailbox::new(client_id.clone()),
+            attach_lock: Arc::default(),
+            owner: None,
+            parked: None,
+            expires_at: None,
+            will: None,
+        }
+    }
+
+    fn removable(&self) -> bool {
+        self.owner.is_none()
+            && self.parked.is_none()
+            && self.will.is_none()
+            && Arc::strong_count(&self.attach_lock) == 1
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    slots: HashMap<Arc<str>, Slot>,
+    /// Deadlines (session expiry, delayed wills), checked lazily against the slot.
+    timers: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+/// A session handed to a new connection.
+#[derive(Debug)]
+pub struct Attached {
+    /// The session to serve.
+    pub state: SessionState,
+    /// Whether it existed before (CONNACK session present).
+    pub session_present: bool,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of sessions, connected or parked.
+    pub fn len(&self) -> usize {
+        self.lock()
+            .slots
+            .values()
+            .filter(|s| s.owner.is_some() || s.parked.is_some())
+            .count()
+    }
+
+    /// True when there are no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of parked (disconnected, persistent) sessions.
+    pub fn parked_len(&self) -> usize {
+        self.lock()
+            .slots
+            .values()
+            .filter(|s| s.parked.is_some())
+            .count()
+    }
+
+    /// Attaches connection `connection_id` to `client_id`: a live owner is told to go
+    /// (v5 DISCONNECT 0x8E) and waited for, then the stored session is resumed, or
+    /// replaced when `clean_start` [MQTT-3.1.2-4] [MQTT-3.1.2-5] [MQTT-3.1.4-3].
+    pub async fn attach(
+        &self,
+        broker: &Broker,
+        client_id: Arc<str>,
+        clean_start: bool,
+        connection_id: u64,
+        now: Millis,
+    ) -> Attached {
+        let attach_lock = self
+            .lock()
+            .slots
+            .entry(client_id.clone())
+            .or_insert_with(|| Slot::new(&client_id))
+            .attach_lock
+            .clone();
+        let _attaching = attach_lock.lock().await;
+
+        let live_owner = self
+            .lock()
+            .slots
+            .get(&client_id)
+            .and_then(|s| s.owner.map(|_| s.mailbox.clone()));
+        if let Some(mailbox) = live_owner {
+            tracing::info!(client_id = %client_id, "client id already connected: taking the session over from the existing connection");
+            Stats::add(&broker.stats.sessions_taken_over, 1);
+            let (reply, done) = oneshot::channel();
+            mailbox.send_control(Control::TakeOver(reply));
+            if tokio::time::timeout(TAKEOVER_TIMEOUT, done).await.is_err() {
+                tracing::warn!(client_id = %client_id, "previous connection did not let go in time; its session state is dropped");
+                if let Some(slot) = self.lock().slots.get_mut(&client_id) {
+                    // The old connection ends its session itself when it finally detaches;
+                    // the new one starts on a mailbox of its own.
+                    slot.owner = None;
+                    slot.mailbox = Mailbox::new(client_id.clone());
+                }
+            }
+        }
+
+        let (ended, will, attached) = {
+            let mut inner = self.lock();
+            let slot = inner
+                .slots
+                .entry(client_id.clone())
+                .or_insert_with(|| Slot::new(&client_id));
+            let pending_will = slot.will.take();
+            let parked = slot.parked.take();
+            slot.expires_at = None;
+            slot.owner = Some(connection_id);
+            let (ended, will, state, present) = match parked {
+                Some(state) if !clean_start => {
+                    // [MQTT-3.1.3-9] resumed in time: the delayed will is not sent.
+                    (None, None, state, true)
+                }
+                parked => {
+                    // A replaced session ends now, and so its delayed will is due.
+                    if parked.is_some() {
+                        slot.mailbox = Mailbox::new(client_id.clone());
+                    }
+                    let state = SessionState::new(client_id.clone(), slot.mailbox.clone());
+                    (parked, pending_will.map(|w| w.will), state, false)
+                }
+            };
+            state.mailbox.set_online(true);
+            (
+                ended,
+                will,
+                Attached {
+                    state,
+                    session_present: present,
+                },
+            )
+        };
+        if let Some(old) = ended {
+            end_session(broker, old);
+        }
+        if let Some(will) = will {
+            broker.publish_will(&client_id, will, now);
+        }
+        attached
+    }
+
+    /// A connection ended: the session is parked until it expires, or ends now when its
+    /// expiry is 0; the will is published now or scheduled after its delay
+    /// [MQTT-3.1.3-9] [MQTT-3.1.2-8].
+    pub fn detach(
+        &self,
+        broker: &Broker,
+        connection_id: u64,
+        state: SessionState,
+        will: Option<(Will, u32)>,
+        now: Millis,
+    ) {
+        let client_id = state.client_id.clone();
+        let mut ended = None;
+        let mut will_now = None;
+        {
+            let mut inner = self.lock();
+            let Inner { slots, timers } = &mut *inner;
+            let slot = slots
+                .entry(client_id.clone())
+                .or_insert_with(|| Slot::new(&client_id));
+            let owned = slot.owner == Some(connection_id);
+            if owned {
+                slot.owner = None;
+            }
+            state.mailbox.set_online(false);
+            if !owned || state.expiry_interval == 0 {
+                ended = Some(state);
+            } else {
+                let expiry = state.expiry_interval;
+                slot.parked = Some(state);
+                if expiry != u32::MAX {
+                    let at = now + u64::from(expiry) * 1000;
+                    slot.expires_at = Some(at);
+                    timers.push(Reverse((at, client_id.clone())));
+                }
+            }
+            if let Some((will, delay)) = will {
+                // The will waits for its delay, but never past the end of the session.
+                let delay = if ended.is_some() {
+                    0
+                } else {
+                    delay.min(slot.parked.as_ref().map_or(0, |s| s.expiry_interval))
+                };
+                if delay == 0 {
+                    will_now = Some(will);
+                } else {
+                    let publish_at = now + u64::from(delay) * 1000;
+                    slot.will = Some(PendingWill { will, publish_at });
+                    timers.push(Reverse((publish_at, client_id.clone())));
+                }
+            }
+            if ended.is_some() && owned {
+                if slot.removable() {
+                    slots.remove(&client_id);
+                } else {
+                    slot.mailbox = Mailbox::new(client_id.clone());
+                }
+            }
+        }
+        if let Some(state) = ended {
+            end_session(broker, state);
+        }
+        if let Some(will) = will_now {
+            broker.publish_will(&client_id, will, now);
+        }
+    }
+
+    /// Expires sessions and publishes delayed wills that are due.
+    pub fn tick(&self, broker: &Broker, now: Millis) {
+        let mut ended = Vec::new();
+        let mut wills = Vec::new();
+        {
+            let mut inner = self.lock();
+            let Inner { slots, timers } = &mut *inner;
+            while let Some(Reverse((at, _))) = timers.peek() {
+                if *at > now {
+                    break;
+                }
+                let Some(Reverse((_, client_id))) = timers.pop() else {
+                    break;
+                };
+                let Some(slot) = slots.get_mut(&client_id) else {
+                    continue;
+                };
+                if slot.will.as_ref().is_some_and(|w| w.publish_at <= now)
+                    && let Some(pending) = slot.will.take()
+                {
+                    wills.push((client_id.clone(), pending.will));
+                }
+                if slot.owner.is_none() && slot.expires_at.is_some_and(|e| e <= now) {
+                    slot.expires_at = None;
+                    if let Some(state) = slot.parked.take() {
+                        tracing::debug!(client_id = %client_id, "session expired");
+                        Stats::add(&broker.stats.sessions_expired, 1);
+                        // [MQTT-3.1.3-9] the session ending also makes a delayed will due.
+                        if let Some(pending) = slot.will.take() {
+                            wills.push((client_id.clone(), pending.will));
+                        }
+                        ended.push(state);
+                    }
+                }
+                if slot.removable() {
+                    slots.remove(&client_id);
+                }
+            }
+        }
+        for state in ended {
+            end_session(broker, state);
+        }
+        for (client_id, will) in wills {
+            broker.publish_will(&client_id, will, now);
+        }
+    }
+
+    /// Tells every connected client's connection to shut down; returns how many.
+    pub fn shutdown_all(&self) -> usize {
+        let inner = self.lock();
+        let mut n = 0;
+        for slot in inner.slots.values().filter(|s| s.owner.is_some()) {
+            slot.mailbox.send_control(Control::Shutdown);
+            n += 1;
+        }
+        n
+    }
+
+    /// Number of sessions with a live connection.
+    pub fn connected_len(&self) -> usize {
+        self.lock()
+            .slots
+            .values()
+            .filter(|s| s.owner.is_some())
+            .count()
+    }
+}
+
+/// A session ends: its subscriptions go, its mailbox closes, and messages it held for a
+/// shared subscription go to another member of the group [MQTT-4.8.2-?].
+fn end_session(broker: &Broker, state: SessionState) {
+    for filter in state.subscriptions.keys() {
+        broker.router.unsubscribe_mailbox(filter, &state.mailbox);
+    }
+    let limits = broker.queue_limits();
+    let queued = state.mailbox.close();
+    let unacked = state
+        .inflight
+        .into_iter()
+        .filter(|i| i.stage != crate::session::Stage::AwaitPubComp)
+        .map(|i| i.delivery);
+    for delivery in queued.into_iter().chain(unacked) {
+        if delivery.shared.is_some() && delivery.qos != midge_proto::QoS::AtMostOnce {
+            broker.router.hand_over(delivery, &state.client_id, &limits);
+        }
+    }
+}

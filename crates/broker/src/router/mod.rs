@@ -1,0 +1,306 @@
+//! Routing: which sessions get a message, and with which QoS, flags and identifiers.
+//!
+//! The trie's read lock is held only to collect targets; pushing onto mailboxes happens
+//! after it is released, so a slow or contended mailbox never blocks subscribes.
+
+mod trie;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use midge_proto::SubscriptionOptions;
+
+use crate::config::ShareStrategyConfig;
+use crate::mailbox::{Mailbox, PushOutcome, QueueLimits};
+use crate::message::{Delivery, Message};
+use trie::{ShareStrategy, Subscriber, Target, Trie};
+
+/// What routing one message did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteOutcome {
+    /// Sessions the message was queued for.
+    pub delivered: usize,
+    /// Deliveries dropped: full queues, offline QoS 0, and older deliveries evicted.
+    pub dropped: usize,
+}
+
+/// The subscription table and the routing of messages through it.
+#[derive(Debug)]
+pub struct Router {
+    trie: RwLock<Trie>,
+    strategy: ShareStrategy,
+    random: AtomicU64,
+}
+
+impl Router {
+    /// An empty router picking shared-group members with `strategy`.
+    pub fn new(strategy: ShareStrategyConfig) -> Self {
+        let strategy = match strategy {
+            ShareStrategyConfig::RoundRobin => ShareStrategy::RoundRobin,
+            ShareStrategyConfig::Random => ShareStrategy::Random,
+        };
+        let seed = crate::message::now_millis() | 1;
+        Self {
+            trie: RwLock::default(),
+            strategy,
+            random: AtomicU64::new(seed),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Trie> {
+        self.trie.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Trie> {
+        self.trie.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds or replaces `mailbox`'s subscription to a validated filter (which may be a
+    /// `$share/` filter). Returns true if the subscription already existed.
+    pub fn subscribe(
+        &self,
+        mailbox: &Arc<Mailbox>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> bool {
+        let subscriber = Subscriber {
+            mailbox: mailbox.clone(),
+            options,
+            identifier,
+        };
+        self.write().insert(filter, subscriber)
+    }
+
+    /// Removes a subscription; returns true if it existed.
+    pub fn unsubscribe(&self, filter: &str, client_id: &str) -> bool {
+        self.write().remove(filter, client_id, None)
+    }
+
+    /// Removes a subscription only if it still points at `mailbox`: a session that ends must
+    /// not remove what a newer session with the same client id subscribed.
+    pub fn unsubscribe_mailbox(&self, filter: &str, mailbox: &Arc<Mailbox>) -> bool {
+        self.write()
+            .remove(filter, mailbox.client_id(), Some(mailbox))
+    }
+
+    /// Number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// True when there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn next_random(&self) -> u64 {
+        // xorshift64: only needs to spread picks, not to be unpredictable.
+        let mut x = self.random.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random.store(x, Ordering::Relaxed);
+        x
+    }
+
+    /// Queues `message` for every matching session.
+    ///
+    /// Overlapping subscriptions of one session give one delivery at the highest QoS,
+    /// carrying all their identifiers [MQTT-3.3.4-2] [MQTT-3.3.4-3]; each shared group gives
+    /// one delivery to one member [MQTT-4.8.2-3].
+    pub fn route(&self, message: &Arc<Message>, limits: &QueueLimits) -> RouteOutcome {
+        let random = if self.strategy == ShareStrategy::Random {
+            self.next_random()
+        } else {
+            0
+        };
+        let mut targets = Vec::new();
+        self.read()
+            .collect(&message.topic, self.strategy, random, &mut targets);
+        // [MQTT-3.8.3-3] no-local: not sent back to the publisher.
+        targets.retain(|t| !(t.options.no_local && *t.mailbox.client_id() == message.origin));
+        // Group the plain subscriptions of each session together; shared ones stay apart.
+        targets.sort_unstable_by_key(|t| (t.shared.is_some(), Arc::as_ptr(&t.mailbox) as usize));
+
+        let mut outcome = RouteOutcome::default();
+        let mut rest = targets.as_slice();
+        while let Some(first) = rest.first() {
+            let same = if first.shared.is_some() {
+                1
+            } else {
+                rest.iter()
+                    .take_while(|t| t.shared.is_none() && Arc::ptr_eq(&t.mailbox, &first.mailbox))
+                    .count()
+            };
+            let (group, tail) = rest.split_at(same);
+            rest = tail;
+            let delivery = merge(message, group);
+            outcome.record(first.mailbox.push(delivery, limits));
+        }
+        outcome
+    }
+
+    /// Hands a delivery taken from a member that left its shared group to another member.
+    /// Returns false if no other member exists.
+    pub fn hand_over(&self, delivery: Delivery, leaving: &str, limits: &QueueLimits) -> bool {
+        let Some(filter) = delivery.shared.clone() else {
+            return false;
+        };
+        let Some(target) = self.read().pick_shared(&filter, leaving) else {
+            return false;
+        };
+        let delivery = merge(&delivery.message, std::slice::from_ref(&target));
+        matches!(
+            target.mailbox.push(delivery, limits),
+            PushOutcome::Queued { .. }
+        )
+    }
+}
+
+impl RouteOutcome {
+    fn record(&mut self, push: PushOutcome) {
+        match push {
+            PushOutcome::Queued { evicted } => {
+                self.delivered += 1;
+                self.dropped += evicted;
+            }
+            PushOutcome::Dropped => self.dropped += 1,
+            // A session that ended a moment ago; its subscriptions are being removed.
+            PushOutcome::Closed => {}
+        }
+    }
+}
+
+/// One delivery for the subscriptions of one session that matched.
+fn merge(message: &Arc<Message>, targets: &[Target]) -> Delivery {
+    let qos = targets
+        .iter()
+        .map(|t| t.options.qos)
+        .max()
+        .unwrap_or_default();
+    // [MQTT-3.3.1-12] [MQTT-3.3.1-13] RETAIN is kept only for retain-as-published.
+    let retain = message.retain && targets.iter().any(|t| t.options.retain_as_published);
+    Delivery {
+        message: message.clone(),
+        // [MQTT-3.8.4-8] delivered at the lower of the publish and subscription QoS.
+        qos: qos.min(message.qos),
+        retain,
+        subscription_ids: targets.iter().filter_map(|t| t.identifier).collect(),
+        shared: targets.first().and_then(|t| t.shared.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::QueueFullPolicy;
+    use bytes::Bytes;
+    use midge_proto::QoS;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 100,
+        max_bytes: 0,
+        policy: QueueFullPolicy::DropNew,
+        queue_qos0_offline: true,
+    };
+
+    fn message(topic: &str, qos: QoS, retain: bool, origin: &str) -> Arc<Message> {
+        let mut m = Message::internal(topic.into(), Bytes::from_static(b"x"), retain, 0);
+        m.qos = qos;
+        m.origin = origin.into();
+        Arc::new(m)
+    }
+
+    fn options(qos: QoS) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos,
+            ..Default::default()
+        }
+    }
+
+    fn drain(mailbox: &Mailbox) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        mailbox.pop_batch(usize::MAX, usize::MAX, &mut out);
+        out
+    }
+
+    #[test]
+    fn overlapping_subscriptions_give_one_copy_at_highest_qos_with_all_identifiers() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let m = Mailbox::new("c".into());
+        router.subscribe(&m, "a/+", options(QoS::AtMostOnce), Some(1));
+        router.subscribe(&m, "a/#", options(QoS::ExactlyOnce), Some(2));
+        router.subscribe(&m, "a/b", options(QoS::AtLeastOnce), None);
+        let outcome = router.route(&message("a/b", QoS::ExactlyOnce, false, "p"), &LIMITS);
+        assert_eq!(
+            outcome,
+            RouteOutcome {
+                delivered: 1,
+                dropped: 0
+            }
+        );
+        let got = drain(&m);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].qos, QoS::ExactlyOnce);
+        let mut ids = got[0].subscription_ids.clone();
+        ids.sort();
+        assert_eq!(ids, [1, 2]);
+    }
+
+    #[test]
+    fn delivery_qos_is_capped_by_publish_qos() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let m = Mailbox::new("c".into());
+        router.subscribe(&m, "t", options(QoS::ExactlyOnce), None);
+        router.route(&message("t", QoS::AtLeastOnce, false, "p"), &LIMITS);
+        assert_eq!(drain(&m)[0].qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn no_local_skips_the_publisher_only() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let me = Mailbox::new("me".into());
+        let other = Mailbox::new("other".into());
+        let no_local = SubscriptionOptions {
+            no_local: true,
+            ..options(QoS::AtLeastOnce)
+        };
+        router.subscribe(&me, "t", no_local, None);
+        router.subscribe(&other, "t", no_local, None);
+        router.route(&message("t", QoS::AtLeastOnce, false, "me"), &LIMITS);
+        assert!(drain(&me).is_empty());
+        assert_eq!(drain(&other).len(), 1);
+    }
+
+    #[test]
+    fn retain_flag_is_cleared_unless_retain_as_published() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let plain = Mailbox::new("plain".into());
+        let rap = Mailbox::new("rap".into());
+        router.subscribe(&plain, "t", options(QoS::AtLeastOnce), None);
+        let rap_options = SubscriptionOptions {
+            retain_as_published: true,
+            ..options(QoS::AtLeastOnce)
+        };
+        router.subscribe(&rap, "t", rap_options, None);
+        router.route(&message("t", QoS::AtLeastOnce, true, "p"), &LIMITS);
+        assert!(!drain(&plain)[0].retain);
+        assert!(drain(&rap)[0].retain);
+    }
+
+    #[test]
+    fn shared_delivery_hands_over_to_another_member() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let a = Mailbox::new("a".into());
+        let b = Mailbox::new("b".into());
+        router.subscribe(&a, "$share/g/t", options(QoS::AtLeastOnce), None);
+        router.subscribe(&b, "$share/g/t", options(QoS::AtLeastOnce), None);
+        router.route(&message("t", QoS::AtLeastOnce, false, "p"), &LIMITS);
+        let (first, second) = if a.is_empty() { (&b, &a) } else { (&a, &b) };
+        let delivery = drain(first).remove(0);
+        assert_eq!(delivery.shared.as_deref(), Some("$share/g/t"));
+        assert!(router.hand_over(delivery, first.client_id(), &LIMITS));
+        assert_eq!(drain(second).len(), 1);
+    }
+}

@@ -1,0 +1,496 @@
+//! The subscription trie: one node per filter level, with `+` and `#` children kept apart
+//! from literal levels so matching a topic touches only the branches that can match.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use midge_proto::SubscriptionOptions;
+
+use crate::mailbox::Mailbox;
+
+/// One subscription as the trie holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscriber {
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) identifier: Option<u32>,
+}
+
+/// A match found by [`Trie::collect`].
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) identifier: Option<u32>,
+    /// The full `$share/{group}/{filter}` for a shared-subscription target.
+    pub(crate) shared: Option<Arc<str>>,
+}
+
+/// How a shared group picks its member for each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShareStrategy {
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug)]
+struct SharedGroup {
+    /// `$share/{group}/{filter}`, carried on deliveries for hand-over.
+    full_filter: Arc<str>,
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// Picks the next member in turn, preferring connected ones so a message does not wait
+    /// in an offline member's queue while another member could take it.
+    fn pick(&self, strategy: ShareStrategy, random: u64) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = match strategy {
+            ShareStrategy::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            ShareStrategy::Random => (random % n as u64) as usize,
+        };
+        let online = (0..n)
+            .map(|i| &self.members[(start + i) % n])
+            .find(|m| m.mailbox.is_online());
+        online.or(Some(&self.members[start]))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    plus: Option<Box<Node>>,
+    /// Subscribers of `<this level>/#`.
+    hash: Option<Box<Subscribers>>,
+    /// Subscribers of the filter that ends at this node.
+    here: Subscribers,
+}
+
+#[derive(Debug, Default)]
+struct Subscribers {
+    direct: HashMap<Arc<str>, Subscriber>,
+    shared: HashMap<Box<str>, SharedGroup>,
+}
+
+impl Subscribers {
+    fn is_empty(&self) -> bool {
+        self.direct.is_empty() && self.shared.is_empty()
+    }
+
+    fn collect(&self, strategy: ShareStrategy, random: u64, out: &mut Vec<Target>) {
+        out.extend(self.direct.values().map(|s| Target {
+            mailbox: s.mailbox.clone(),
+            options: s.options,
+            identifier: s.identifier,
+            shared: None,
+        }));
+        for group in self.shared.values() {
+            if let Some(s) = group.pick(strategy, random) {
+                out.push(Target {
+                    mailbox: s.mailbox.clone(),
+                    options: s.options,
+                    identifier: s.identifier,
+                    shared: Some(group.full_filter.clone()),
+                });
+            }
+        }
+    }
+
+    /// Adds or replaces; returns true if the client already had this subscription.
+    fn insert(&mut self, group: Option<(&str, &str)>, subscriber: Subscriber) -> bool {
+        let client = subscriber.mailbox.client_id().clone();
+        match group {
+            None => self.direct.insert(client, subscriber).is_some(),
+            Some((name, full_filter)) => {
+                let group = self
+                    .shared
+                    .entry(name.into())
+                    .or_insert_with(|| SharedGroup {
+                        full_filter: full_filter.into(),
+                        members: Vec::new(),
+                        next: AtomicUsize::new(0),
+                    });
+                match group
+                    .members
+                    .iter_mut()
+                    .find(|m| m.mailbox.client_id() == &client)
+                {
+                    Some(existing) => {
+                        *existing = subscriber;
+                        true
+                    }
+                    None => {
+                        group.members.push(subscriber);
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove(
+        &mut self,
+        group: Option<&str>,
+        client_id: &str,
+        only: Option<&Arc<Mailbox>>,
+    ) -> bool {
+        let matches = |s: &Subscriber| only.is_none_or(|m| Arc::ptr_eq(m, &s.mailbox));
+        match group {
+            None => {
+                if !self.direct.get(client_id).is_some_and(matches) {
+                    return false;
+                }
+                self.direct.remove(client_id).is_some()
+            }
+            Some(name) => {
+                let Some(group) = self.shared.get_mut(name) else {
+                    return false;
+                };
+                let before = group.members.len();
+                group
+                    .members
+                    .retain(|m| !(&**m.mailbox.client_id() == client_id && matches(m)));
+                let removed = group.members.len() != before;
+                if group.members.is_empty() {
+                    self.shared.remove(name);
+                }
+                removed
+            }
+        }
+    }
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.here.is_empty()
+    }
+
+    fn subscribers_mut<'a>(&mut self, levels: impl Iterator<Item = &'a str>) -> &mut Subscribers {
+        let mut node = self;
+        for level in levels {
+            node = match level {
+                "#" => return node.hash.get_or_insert_default(),
+                "+" => node.plus.get_or_insert_default(),
+                literal => node.children.entry(literal.into()).or_default(),
+            };
+        }
+        &mut node.here
+    }
+
+    /// Removes a subscriber below this node, pruning nodes left empty.
+    fn remove(
+        &mut self,
+        levels: &[&str],
+        group: Option<&str>,
+        client_id: &str,
+        only: Option<&Arc<Mailbox>>,
+    ) -> bool {
+        let Some((&level, rest)) = levels.split_first() else {
+            return self.here.remove(group, client_id, only);
+        };
+        match level {
+            "#" => {
+                let Some(hash) = self.hash.as_mut() else {
+                    return false;
+                };
+                let removed = hash.remove(group, client_id, only);
+                if hash.is_empty() {
+                    self.hash = None;
+                }
+                removed
+            }
+            "+" => {
+                let Some(plus) = self.plus.as_mut() else {
+                    return false;
+                };
+                let removed = plus.remove(rest, group, client_id, only);
+                if plus.is_empty() {
+                    self.plus = None;
+                }
+                removed
+            }
+            literal => {
+                let Some(child) = self.children.get_mut(literal) else {
+                    return false;
+                };
+                let removed = child.remove(rest, group, client_id, only);
+                if child.is_empty() {
+                    self.children.remove(literal);
+                }
+                removed
+            }
+        }
+    }
+
+    fn collect(
+        &self,
+        levels: &[&str],
+        strategy: ShareStrategy,
+        random: u64,
+        out: &mut Vec<Target>,
+    ) {
+        // `#` matches this level and everything below, including nothing: `a/#` matches `a`.
+        if let Some(hash) = &self.hash {
+            hash.collect(strategy, random, out);
+        }
+        let Some((level, rest)) = levels.split_first() else {
+            self.here.collect(strategy, random, out);
+            return;
+        };
+        if let Some(child) = self.children.get(*level) {
+            child.collect(rest, strategy, random, out);
+        }
+        if let Some(plus) = &self.plus {
+            plus.collect(rest, strategy, random, out);
+        }
+    }
+}
+
+/// See the module documentation. Not synchronised: the router wraps it in a lock.
+#[derive(Debug, Default)]
+pub(crate) struct Trie {
+    root: Node,
+    count: usize,
+}
+
+/// A filter split into its shared group (if any) and the levels to store it under.
+fn split_filter(filter: &str) -> (Option<&str>, &str) {
+    match midge_proto::topic::parse_shared(filter) {
+        Ok(Some(shared)) => (Some(shared.group), shared.filter),
+        _ => (None, filter),
+    }
+}
+
+impl Trie {
+    /// Number of subscriptions (each shared-group membership counts once).
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Adds or replaces a subscription. `filter` is validated already and may be a
+    /// `$share/` filter. Returns true if it replaced an existing one.
+    pub(crate) fn insert(&mut self, filter: &str, subscriber: Subscriber) -> bool {
+        let (group, inner) = split_filter(filter);
+        let subscribers = self.root.subscribers_mut(inner.split('/'));
+        let existed = subscribers.insert(group.map(|g| (g, filter)), subscriber);
+        if !existed {
+            self.count += 1;
+        }
+        existed
+    }
+
+    /// Removes `client_id`'s subscription to `filter` (only if it points at `only`, when
+    /// given); returns true if there was one.
+    pub(crate) fn remove(
+        &mut self,
+        filter: &str,
+        client_id: &str,
+        only: Option<&Arc<Mailbox>>,
+    ) -> bool {
+        let (group, inner) = split_filter(filter);
+        let levels: Vec<&str> = inner.split('/').collect();
+        let removed = self.root.remove(&levels, group, client_id, only);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    /// A member of the shared group behind `full_filter` other than `exclude`, for handing
+    /// over a delivery whose member left.
+    pub(crate) fn pick_shared(&self, full_filter: &str, exclude: &str) -> Option<Target> {
+        let (Some(group), inner) = split_filter(full_filter) else {
+            return None;
+        };
+        let mut node = &self.root;
+        let mut subscribers = None;
+        let mut levels = inner.split('/').peekable();
+        while let Some(level) = levels.next() {
+            match level {
+                "#" => {
+                    subscribers = node.hash.as_deref();
+                    break;
+                }
+                "+" => node = node.plus.as_deref()?,
+                literal => node = node.children.get(literal)?,
+            }
+            if levels.peek().is_none() {
+                subscribers = Some(&node.here);
+            }
+        }
+        let group = subscribers?.shared.get(group)?;
+        let candidates = || {
+            group
+                .members
+                .iter()
+                .filter(|m| &**m.mailbox.client_id() != exclude)
+        };
+        let member = candidates()
+            .find(|m| m.mailbox.is_online())
+            .or_else(|| candidates().next())?;
+        Some(Target {
+            mailbox: member.mailbox.clone(),
+            options: member.options,
+            identifier: member.identifier,
+            shared: Some(group.full_filter.clone()),
+        })
+    }
+
+    /// Every subscription matching `topic`, with one member picked per shared group.
+    /// Topics starting with `$` are not matched by a leading wildcard [MQTT-4.7.2-1].
+    pub(crate) fn collect(
+        &self,
+        topic: &str,
+        strategy: ShareStrategy,
+        random: u64,
+        out: &mut Vec<Target>,
+    ) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        if topic.starts_with('$') {
+            if let Some((first, rest)) = levels.split_first()
+                && let Some(child) = self.root.children.get(*first)
+            {
+                child.collect(rest, strategy, random, out);
+            }
+        } else {
+            self.root.collect(&levels, strategy, random, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use midge_proto::QoS;
+
+    fn sub(mailbox: &Arc<Mailbox>, qos: QoS) -> Subscriber {
+        Subscriber {
+            mailbox: mailbox.clone(),
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+            identifier: None,
+        }
+    }
+
+    fn matched(trie: &Trie, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        trie.collect(topic, ShareStrategy::RoundRobin, 0, &mut out);
+        let mut ids: Vec<String> = out
+            .iter()
+            .map(|t| t.mailbox.client_id().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn matches_literals_and_wildcards() {
+        let mut trie = Trie::default();
+        let filters = ["a/b", "a/+", "a/#", "#", "+/b", "a/b/c", "+", "/+"];
+        for f in filters {
+            trie.insert(f, sub(&Mailbox::new(f.into()), QoS::AtMostOnce));
+        }
+        assert_eq!(matched(&trie, "a/b"), ["#", "+/b", "a/#", "a/+", "a/b"]);
+        assert_eq!(matched(&trie, "a"), ["#", "+", "a/#"]);
+        assert_eq!(matched(&trie, "a/b/c"), ["#", "a/#", "a/b/c"]);
+        assert_eq!(matched(&trie, "/x"), ["#", "/+"]);
+        assert_eq!(trie.len(), filters.len());
+    }
+
+    #[test]
+    fn dollar_topics_skip_leading_wildcards() {
+        let mut trie = Trie::default();
+        for f in ["#", "+/broker/uptime", "$SYS/#", "$SYS/broker/+"] {
+            trie.insert(f, sub(&Mailbox::new(f.into()), QoS::AtMostOnce));
+        }
+        assert_eq!(
+            matched(&trie, "$SYS/broker/uptime"),
+            ["$SYS/#", "$SYS/broker/+"]
+        );
+    }
+
+    #[test]
+    fn remove_prunes_and_counts() {
+        let mut trie = Trie::default();
+        let m = Mailbox::new("c".into());
+        assert!(!trie.insert("a/b/c", sub(&m, QoS::AtMostOnce)));
+        assert!(trie.insert("a/b/c", sub(&m, QoS::AtLeastOnce)));
+        assert!(!trie.insert("a/#", sub(&m, QoS::AtMostOnce)));
+        assert_eq!(trie.len(), 2);
+        assert!(trie.remove("a/b/c", "c", None));
+        assert!(!trie.remove("a/b/c", "c", None));
+        assert!(trie.remove("a/#", "c", None));
+        assert_eq!(trie.len(), 0);
+        assert!(trie.root.is_empty());
+    }
+
+    #[test]
+    fn remove_can_be_limited_to_one_mailbox() {
+        let mut trie = Trie::default();
+        let old = Mailbox::new("c".into());
+        let new = Mailbox::new("c".into());
+        trie.insert("t", sub(&new, QoS::AtMostOnce));
+        trie.insert("$share/g/t", sub(&new, QoS::AtMostOnce));
+        assert!(!trie.remove("t", "c", Some(&old)));
+        assert!(!trie.remove("$share/g/t", "c", Some(&old)));
+        assert_eq!(trie.len(), 2);
+        assert!(trie.remove("t", "c", Some(&new)));
+        assert!(trie.remove("$share/g/t", "c", Some(&new)));
+    }
+
+    #[test]
+    fn shared_group_round_robins_across_members() {
+        let mut trie = Trie::default();
+        let members: Vec<_> = ["m1", "m2", "m3"]
+            .iter()
+            .map(|id| Mailbox::new((*id).into()))
+            .collect();
+        for m in &members {
+            m.set_online(true);
+            trie.insert("$share/g/jobs/+", sub(m, QoS::AtLeastOnce));
+        }
+        let mut picked = Vec::new();
+        for _ in 0..6 {
+            let mut out = Vec::new();
+            trie.collect("jobs/1", ShareStrategy::RoundRobin, 0, &mut out);
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].shared.as_deref(), Some("$share/g/jobs/+"));
+            picked.push(out[0].mailbox.client_id().to_string());
+        }
+        assert_eq!(picked, ["m1", "m2", "m3", "m1", "m2", "m3"]);
+    }
+
+    #[test]
+    fn shared_group_prefers_online_members() {
+        let mut trie = Trie::default();
+        let offline = Mailbox::new("off".into());
+        let online = Mailbox::new("on".into());
+        online.set_online(true);
+        trie.insert("$share/g/t", sub(&offline, QoS::AtLeastOnce));
+        trie.insert("$share/g/t", sub(&online, QoS::AtLeastOnce));
+        for _ in 0..4 {
+            assert_eq!(matched(&trie, "t"), ["on"]);
+        }
+        assert!(trie.remove("$share/g/t", "on", None));
+        assert_eq!(matched(&trie, "t"), ["off"]);
+    }
+
+    #[test]
+    fn groups_are_independent_and_coexist_with_plain_subscriptions() {
+        let mut trie = Trie::default();
+        for (f, id) in [("$share/a/t", "a1"), ("$share/b/t", "b1"), ("t", "plain")] {
+            trie.insert(f, sub(&Mailbox::new(id.into()), QoS::AtMostOnce));
+        }
+        assert_eq!(matched(&trie, "t"), ["a1", "b1", "plain"]);
+    }
+}

@@ -1,0 +1,101 @@
+//! The part of a session that outlives its connection: subscriptions, messages in flight
+//! both ways, and the mailbox. Plain data, so it can be parked in the registry, handed to
+//! the next connection, or (later) stored and moved between nodes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use midge_proto::SubscriptionOptions;
+
+use crate::mailbox::Mailbox;
+use crate::message::Delivery;
+
+/// A subscription as the session remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    /// Options from SUBSCRIBE.
+    pub options: SubscriptionOptions,
+    /// v5 subscription identifier.
+    pub identifier: Option<u32>,
+}
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// QoS 2 PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+/// An outbound message the client has not finished acknowledging.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// Packet identifier it was sent with; never reused while this entry exists.
+    pub packet_id: u16,
+    /// What was sent.
+    pub delivery: Delivery,
+    /// Acknowledgement stage.
+    pub stage: Stage,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// Where routing queues messages for this session.
+    pub mailbox: Arc<Mailbox>,
+    /// Subscriptions by full filter (including `$share/...`).
+    pub subscriptions: HashMap<String, SubscriptionRecord>,
+    /// Outbound QoS 1/2 messages, oldest first (resent in this order on resume).
+    pub inflight: VecDeque<Inflight>,
+    /// Inbound QoS 2 packet ids PUBREC'd and waiting for PUBREL: a PUBLISH repeating one of
+    /// them is not routed again.
+    pub awaiting_pubrel: HashSet<u16>,
+    /// Next outbound packet identifier to try.
+    pub next_packet_id: u16,
+    /// Session expiry interval in seconds; 0 ends the session with the connection,
+    /// `u32::MAX` never expires.
+    pub expiry_interval: u32,
+}
+
+impl SessionState {
+    /// A new, empty session.
+    pub fn new(client_id: Arc<str>, mailbox: Arc<Mailbox>) -> Self {
+        Self {
+            client_id,
+            mailbox,
+            subscriptions: HashMap::new(),
+            inflight: VecDeque::new(),
+            awaiting_pubrel: HashSet::new(),
+            next_packet_id: 1,
+            expiry_interval: 0,
+        }
+    }
+
+    /// Allocates an outbound packet identifier not held by any in-flight message.
+    /// Callers keep in-flight below 65,535, so one is always free.
+    pub fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Position of the in-flight entry for `packet_id`. Acknowledgements mostly arrive in
+    /// order, so the search usually ends at the front.
+    pub fn inflight_position(&self, packet_id: u16) -> Option<usize> {
+        self.inflight.iter().position(|i| i.packet_id == packet_id)
+    }
+
+    /// QoS 1/2 messages in flight that count against the client's Receive Maximum.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+}
