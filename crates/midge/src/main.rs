@@ -1,0 +1,42 @@
+//! `midge`: the MQTT broker (`midge` or `midge serve`) and its tools.
+
+#![forbid(unsafe_code)]
+
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "midge",
+    version,
+    about = "midge: an MQTT 3.1, 3.1.1 and 5.0 broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Options for `serve`, which is also what `midge` alone runs.
+    #[command(flatten)]
+    serve: serve::ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (the default).
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve::run(args),
+        None => serve::run(cli.serve),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("midge: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
