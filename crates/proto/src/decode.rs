@@ -765,7 +765,11 @@ fn publish_properties(r: &mut Reader, side: Side) -> Result<PublishProperties> {
             }
             MESSAGE_EXPIRY_INTERVAL => once(&mut p.message_expiry_interval, props.u32()?)?,
             // [MQTT-3.3.2-8] A Topic Alias of 0 is not permitted (3.3.4: a Protocol Error).
-            TOPIC_ALIAS => once(&mut p.topic_alias, props.non_zero_u16("topic alias 0")?)?,
+            // [MQTT-3.3.2-8] DISCONNECT 0x94, not a generic protocol error.
+            TOPIC_ALIAS => match props.u16()? {
+                0 => return Err(DecodeError::TopicAliasInvalid),
+                alias => once(&mut p.topic_alias, alias)?,
+            },
             RESPONSE_TOPIC => once(&mut p.response_topic, props.response_topic()?)?,
             CORRELATION_DATA => once(&mut p.correlation_data, props.binary()?)?,
             USER_PROPERTY => p.user_properties.push(props.user_property()?),

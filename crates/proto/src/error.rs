@@ -35,6 +35,9 @@ pub enum DecodeError {
     /// empty topic name and no alias is a [`DecodeError::Protocol`] error (spec 3.3.2.1).
     #[error("invalid topic name: {0}")]
     TopicNameInvalid(&'static str),
+    /// A PUBLISH carries Topic Alias 0, which is never valid [MQTT-3.3.2-8] (reason 0x94).
+    #[error("topic alias 0 is not valid")]
+    TopicAliasInvalid,
 }
 
 impl DecodeError {
@@ -46,6 +49,7 @@ impl DecodeError {
             Self::Malformed(_) => ReasonCode::MALFORMED_PACKET,
             Self::Protocol(_) => ReasonCode::PROTOCOL_ERROR,
             Self::TopicNameInvalid(_) => ReasonCode::TOPIC_NAME_INVALID,
+            Self::TopicAliasInvalid => ReasonCode::TOPIC_ALIAS_INVALID,
         }
     }
 }

@@ -500,11 +500,11 @@ fn empty_publish_topic_without_alias_in_v5_is_a_protocol_error() {
 }
 
 #[test]
-fn topic_alias_0_is_a_protocol_error() {
+fn topic_alias_0_is_topic_alias_invalid() {
     // [MQTT-3.3.2-8]
     assert_eq!(
         error(from_client(V5, &v5_publish(b"t", &[0x23, 0x00, 0x00]))),
-        PROTOCOL
+        ReasonCode::TOPIC_ALIAS_INVALID
     );
 }
 
