@@ -508,6 +508,10 @@ mod tests {
         let config = Config::from_toml(text, "midge.example.toml").expect("example parses");
         assert_eq!(config.mqtt.max_inflight, MqttConfig::default().max_inflight);
         assert_eq!(config.listeners[0].bind, "127.0.0.1:1883".parse().unwrap());
+        let (example, default) = (&config.auth.rate_limit, LoginRateLimitConfig::default());
+        assert_eq!(example.failures_burst, default.failures_burst);
+        assert_eq!(example.failures_per_minute, default.failures_per_minute);
+        assert_eq!(example.max_tracked_addresses, default.max_tracked_addresses);
     }
 
     #[test]
