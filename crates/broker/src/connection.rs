@@ -444,6 +444,7 @@ where
             return;
         }
         let filters: Vec<String> = session.state().subscriptions.keys().cloned().collect();
+        let mut dropped = false;
         for filter in filters {
             match access
                 .authorize_subscribe(session.client_id(), session.username(), &filter)
@@ -458,8 +459,12 @@ where
                 FilterVerdict::Denied => {
                     tracing::info!(client_id = %session.client_id(), %filter, "resumed subscription dropped: no longer authorized");
                     session.drop_subscription(&filter, &self.broker);
+                    dropped = true;
                 }
             }
+        }
+        if dropped {
+            session.forget_unmatched_deliveries();
         }
     }
 

@@ -149,6 +149,31 @@ impl Session {
         }
     }
 
+    /// Forgets queued and unacknowledged deliveries that no remaining subscription
+    /// matches, after subscriptions were dropped: what was queued for them must not reach
+    /// a client that may no longer have them. Released QoS 2 exchanges (PUBREL pending)
+    /// carry no message and stay. Returns how many were dropped.
+    pub fn forget_unmatched_deliveries(&mut self) -> usize {
+        let filters: Vec<&str> = self
+            .state
+            .subscriptions
+            .keys()
+            .map(|f| match topic::parse_shared(f) {
+                Ok(Some(shared)) => shared.filter,
+                _ => f.as_str(),
+            })
+            .collect();
+        let wanted = |d: &Delivery| filters.iter().any(|f| topic::matches(f, &d.message.topic));
+        let queued = self.state.mailbox.retain_deliveries(|d| wanted(d));
+        let inflight_before = self.state.inflight.len();
+        self.state
+            .inflight
+            .retain(|i| i.stage == Stage::AwaitPubComp || wanted(&i.delivery));
+        let dropped = queued + inflight_before - self.state.inflight.len();
+        self.stats.publish_denied += dropped as u64;
+        dropped
+    }
+
     /// Protocol version.
     pub fn protocol(&self) -> ProtocolVersion {
         self.protocol

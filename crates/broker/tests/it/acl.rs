@@ -275,6 +275,7 @@ async fn a_will_is_published_only_to_a_topic_the_client_may_write() {
 
 #[tokio::test]
 async fn a_resumed_session_keeps_only_what_the_new_user_may_read() {
+    // Neither alice's subscription nor what was queued for it reaches bob.
     let dir = TempDir::new("acl-resume");
     let broker = acl_broker(&dir).await;
     // alice subscribes alice/# in a persistent session (v3.1.1, clean session 0), leaves.
@@ -293,6 +294,9 @@ async fn a_resumed_session_keeps_only_what_the_new_user_may_read() {
     assert_eq!(suback_code(&mut alice, V3, "alice/#").await, 0x01);
     alice.send(&[0xE0, 0x00]).await; // DISCONNECT
     let _ = alice.recv_until_closed().await;
+    // A QoS 1 message for alice waits in the parked session.
+    let mut admin = login(&broker, V3, "admin", "admin").await;
+    puback(&mut admin, V3, "alice/queued", b"for alice", false).await;
 
     // bob resumes that session (session present = 1) and subscribes to his own topics.
     let mut bob = raw(&broker).await;
@@ -307,7 +311,6 @@ async fn a_resumed_session_keeps_only_what_the_new_user_may_read() {
     .await;
     assert_eq!(bob.recv_packet().await, [0x20, 0x02, 0x01, 0x00]);
     assert_eq!(suback_code(&mut bob, V3, "bob/#").await, 0x01);
-    let mut admin = login(&broker, V3, "admin", "admin").await;
     puback(&mut admin, V3, "alice/private", b"for alice", false).await;
     puback(&mut admin, V3, "bob/inbox", b"for bob", false).await;
     assert_eq!(
