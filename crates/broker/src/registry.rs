@@ -377,25 +377,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_session_that_expired_with_a_pending_will_leaves_a_live_mailbox_for_the_next() {
+    async fn a_session_expiring_while_a_connection_attaches_leaves_it_a_live_mailbox() {
         let broker = Broker::new(Config::default());
         let id: Arc<str> = "c".into();
-        let attached = broker
+        let mut state = broker
             .registry
             .attach(&broker, id.clone(), true, 1, 0)
-            .await;
-        let mut state = attached.state;
+            .await
+            .state;
         state.expiry_interval = 1;
-        // Will delay longer than the session: the will is due when the session ends.
         broker
             .registry
             .detach(&broker, 1, state, Some((will(60), 60)), 0);
+        // A connection with this client id is attaching (it holds the slot's lock) when
+        // the session expires, so the slot must stay.
+        let attaching = broker
+            .registry
+            .lock()
+            .slots
+            .get(&id)
+            .map(|s| s.attach_lock.clone());
         broker.registry.tick(&broker, 1_000);
         assert_eq!(
             broker.retained.matching("wills/c", 1_000).len(),
             1,
             "will published at session end"
         );
+        drop(attaching);
 
         let next = broker.registry.attach(&broker, id, false, 2, 2_000).await;
         assert!(!next.session_present);
