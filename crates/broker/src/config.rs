@@ -84,6 +84,9 @@ pub struct ListenerConfig {
     /// A name for logs and metrics; defaults to `<protocol>:<bind>`.
     #[serde(default)]
     pub name: Option<String>,
+    /// `[listener.auth]`: this listener's own access settings, each falling back to `[auth]`.
+    #[serde(default)]
+    pub auth: ListenerAuthConfig,
 }
 
 impl Default for ListenerConfig {
@@ -92,6 +95,7 @@ impl Default for ListenerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             protocol: ListenerProtocol::Mqtt,
             name: None,
+            auth: ListenerAuthConfig::default(),
         }
     }
 }
@@ -120,6 +124,79 @@ pub enum ListenerProtocol {
 pub struct AuthConfig {
     /// Allow clients without credentials. Unset means: only from loopback addresses.
     pub allow_anonymous: Option<bool>,
+    /// Mosquitto-format password file (`user:hash` lines).
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto-format ACL file; when set, anything it does not allow is refused.
+    pub acl_file: Option<PathBuf>,
+    /// `[auth.http]`: the HTTP auth backend.
+    pub http: Option<HttpAuthConfig>,
+    /// `[auth.rate_limit]`: failed logins per client address (all listeners).
+    pub rate_limit: LoginRateLimitConfig,
+}
+
+/// `[listener.auth]`: a listener's own access settings. Each key left out falls back to
+/// the same key of `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerAuthConfig {
+    /// See [`AuthConfig::allow_anonymous`].
+    pub allow_anonymous: Option<bool>,
+    /// See [`AuthConfig::password_file`].
+    pub password_file: Option<PathBuf>,
+    /// See [`AuthConfig::acl_file`].
+    pub acl_file: Option<PathBuf>,
+    /// See [`AuthConfig::http`]; replaces the global table as a whole.
+    pub http: Option<HttpAuthConfig>,
+}
+
+/// `[auth.http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpAuthConfig {
+    /// `http://` URL for connect checks.
+    pub url: Option<String>,
+    /// `http://` URL for publish and subscribe checks.
+    pub acl_url: Option<String>,
+    /// Time allowed for one check; a check that takes longer denies.
+    pub timeout_ms: u64,
+    /// Decisions kept; 0 turns the cache off.
+    pub cache_size: usize,
+    /// How long a decision is kept.
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for HttpAuthConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            acl_url: None,
+            timeout_ms: 2_000,
+            cache_size: 10_000,
+            cache_ttl_secs: 60,
+        }
+    }
+}
+
+/// `[auth.rate_limit]`: a token bucket per client address, spent by failed logins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginRateLimitConfig {
+    /// Failed logins an address may have in a row; 0 turns the limit off.
+    pub failures_burst: u32,
+    /// Failed logins an address earns back per minute.
+    pub failures_per_minute: u32,
+    /// Addresses remembered at most.
+    pub max_tracked_addresses: usize,
+}
+
+impl Default for LoginRateLimitConfig {
+    fn default() -> Self {
+        Self {
+            failures_burst: 10,
+            failures_per_minute: 6,
+            max_tracked_addresses: 10_000,
+        }
+    }
 }
 
 /// What happens to a QoS 1/2 delivery when a session's queue is full and holds no QoS 0
@@ -316,6 +393,30 @@ impl Config {
         if m.connect_timeout_secs == 0 {
             return invalid("mqtt.connect_timeout_secs", "must be at least 1");
         }
+        let r = &self.auth.rate_limit;
+        if r.failures_burst > 0 && r.failures_per_minute == 0 {
+            return invalid(
+                "auth.rate_limit.failures_per_minute",
+                "must be at least 1 while failures_burst is above 0",
+            );
+        }
+        let listener_http = self.listeners.iter().filter_map(|l| l.auth.http.as_ref());
+        for http in self.auth.http.iter().chain(listener_http) {
+            if http.url.is_none() && http.acl_url.is_none() {
+                return invalid("auth.http", "set url, acl_url or both");
+            }
+            if http.timeout_ms == 0 {
+                return invalid("auth.http.timeout_ms", "must be at least 1");
+            }
+            for (key, url) in [
+                ("auth.http.url", &http.url),
+                ("auth.http.acl_url", &http.acl_url),
+            ] {
+                if let Some(Err(reason)) = url.as_deref().map(crate::auth::Endpoint::parse) {
+                    return invalid(key, &reason);
+                }
+            }
+        }
         let mut binds = std::collections::HashSet::new();
         for l in &self.listeners {
             if l.bind.port() != 0 && !binds.insert(l.bind) {
@@ -407,6 +508,10 @@ mod tests {
         let config = Config::from_toml(text, "midge.example.toml").expect("example parses");
         assert_eq!(config.mqtt.max_inflight, MqttConfig::default().max_inflight);
         assert_eq!(config.listeners[0].bind, "127.0.0.1:1883".parse().unwrap());
+        let (example, default) = (&config.auth.rate_limit, LoginRateLimitConfig::default());
+        assert_eq!(example.failures_burst, default.failures_burst);
+        assert_eq!(example.failures_per_minute, default.failures_per_minute);
+        assert_eq!(example.max_tracked_addresses, default.max_tracked_addresses);
     }
 
     #[test]

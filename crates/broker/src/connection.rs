@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::auth::{Access, AccessControl, Credentials};
+use crate::auth::{Access, AccessControl, Credentials, FilterVerdict};
 use crate::broker::Broker;
 use crate::mailbox::Control;
 use crate::message::now_millis;
@@ -182,7 +182,7 @@ where
 
     async fn serve_session(mut self, connect: Connect) {
         let broker = self.broker.clone();
-        let negotiated = match negotiate(&connect, &broker.config.mqtt) {
+        let mut negotiated = match negotiate(&connect, &broker.config.mqtt) {
             Ok(n) => n,
             Err(refusal) => {
                 return self
@@ -200,16 +200,22 @@ where
             username: connect.username.as_deref(),
             password: connect.password.as_deref(),
             peer: self.peer,
+            certificate_identity: None,
         };
-        if let Err(reason) = self.listener.access.authenticate(&credentials).await {
-            return self
-                .refuse(
-                    connect.protocol,
-                    reason,
-                    "authentication failed",
-                    &negotiated.client_id,
-                )
-                .await;
+        match self.listener.access.authenticate(&credentials).await {
+            // ACLs see the authenticated name (a certificate identity replaces the
+            // CONNECT user name).
+            Ok(identity) => negotiated.username = identity.username,
+            Err(reason) => {
+                return self
+                    .refuse(
+                        connect.protocol,
+                        reason,
+                        "authentication failed",
+                        &negotiated.client_id,
+                    )
+                    .await;
+            }
         }
 
         let connection_id = broker.next_connection_id();
@@ -240,6 +246,9 @@ where
             "client connected"
         );
         let mut session = Session::new(attached.state, negotiated, broker.config.mqtt.max_inflight);
+        if attached.session_present {
+            self.recheck_subscriptions(&mut session).await;
+        }
         session.start(connack, now_millis(), &mut self.wbuf);
         broker.stats.client_connected();
 
@@ -258,7 +267,24 @@ where
         }
         session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
         let will_delay = session.will_delay();
+        let username = session.username().map(str::to_owned);
         let (state, will) = session.into_parts();
+        // The will's topic needs write access when the will is handed on, as Mosquitto
+        // checks it when it sends the will; a refused will is dropped.
+        let will = match will {
+            Some(will)
+                if !self
+                    .listener
+                    .access
+                    .authorize_publish(&client_id, username.as_deref(), &will.topic)
+                    .await =>
+            {
+                tracing::info!(client_id = %client_id, topic = %will.topic, "will not published: not authorized");
+                Stats::add(&broker.stats.publish_denied, 1);
+                None
+            }
+            will => will,
+        };
         broker.registry.detach(
             &broker,
             connection_id,
@@ -398,22 +424,58 @@ where
             }
             Packet::Subscribe(subscribe) => {
                 let mut verdicts = Vec::with_capacity(subscribe.filters.len());
+                let mut partly = false;
                 for (filter, _) in &subscribe.filters {
-                    verdicts.push(
-                        access
-                            .authorize(
-                                session.client_id(),
-                                session.username(),
-                                Access::Subscribe,
-                                filter,
-                            )
-                            .await,
-                    );
+                    let verdict = access
+                        .authorize_subscribe(session.client_id(), session.username(), filter)
+                        .await;
+                    partly |= verdict == FilterVerdict::Partly;
+                    verdicts.push(verdict != FilterVerdict::Denied);
+                }
+                if partly {
+                    // Set before SUBACK's retained messages are pumped, so they are
+                    // checked too.
+                    let filter =
+                        access.delivery_filter(session.client_id().clone(), session.username());
+                    session.filter_deliveries(filter);
                 }
                 session.subscribe(subscribe, &verdicts, broker, now_millis(), &mut self.wbuf)?;
                 Ok(Flow::Continue)
             }
             other => session.handle(other, broker, &mut self.wbuf),
+        }
+    }
+
+    /// A resumed session's subscriptions were granted to an earlier connection, perhaps
+    /// under another user name or ACL: each is checked again, and those now refused are
+    /// dropped before anything is delivered.
+    async fn recheck_subscriptions(&self, session: &mut Session) {
+        let access = &self.listener.access;
+        if !access.checks_topics() {
+            return;
+        }
+        let filters: Vec<String> = session.state().subscriptions.keys().cloned().collect();
+        let mut dropped = false;
+        for filter in filters {
+            match access
+                .authorize_subscribe(session.client_id(), session.username(), &filter)
+                .await
+            {
+                FilterVerdict::Allowed => {}
+                FilterVerdict::Partly => {
+                    let check =
+                        access.delivery_filter(session.client_id().clone(), session.username());
+                    session.filter_deliveries(check);
+                }
+                FilterVerdict::Denied => {
+                    tracing::info!(client_id = %session.client_id(), %filter, "resumed subscription dropped: no longer authorized");
+                    session.drop_subscription(&filter, &self.broker);
+                    dropped = true;
+                }
+            }
+        }
+        if dropped {
+            session.forget_unmatched_deliveries();
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::auth::AccessControl;
+use crate::auth::{AccessControl, AuthError, LoginGuard};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection::{self, ListenerContext};
@@ -34,6 +34,14 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A listener's password file, ACL file or HTTP auth settings are unusable.
+    #[error("listener {name}: {source}")]
+    Auth {
+        /// Listener name.
+        name: String,
+        /// What is wrong, with the file and line.
+        source: AuthError,
+    },
 }
 
 /// A running broker. Dropping it without [`Server::shutdown`] leaves its tasks running on
@@ -46,6 +54,8 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
     /// One clone per live connection task; the count tells shutdown when all have ended.
     live: Arc<()>,
+    /// Each listener's access control, for [`Server::reload`].
+    access: Vec<AccessControl>,
 }
 
 impl Server {
@@ -63,6 +73,8 @@ impl Server {
 
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
+        let mut access_controls = Vec::new();
+        let login_guard = LoginGuard::new(&config);
         for listener_config in &config.listeners {
             let name = listener_config.display_name();
             let addr = listener_config.bind;
@@ -74,9 +86,14 @@ impl Server {
                     source,
                 })?;
             let local = listener.local_addr().unwrap_or(addr);
-            let access = AccessControl::from_config(&config);
+            let access = AccessControl::for_listener(&config, listener_config, login_guard.clone())
+                .map_err(|source| StartError::Auth {
+                    name: name.clone(),
+                    source,
+                })?;
             tracing::info!(listener = %name, address = %local, "listening for MQTT; {}", access.describe());
-            if config.auth.allow_anonymous.is_none() {
+            access_controls.push(access.clone());
+            if access.anonymous_unset() {
                 tracing::warn!(listener = %name, "auth.allow_anonymous is not set: anonymous clients are accepted from loopback addresses only; set it explicitly in the config file");
             }
             local_addrs.push(local);
@@ -108,7 +125,21 @@ impl Server {
             shutdown,
             tasks,
             live,
+            access: access_controls,
         })
+    }
+
+    /// Reloads what can change without a restart: every listener's password and ACL
+    /// files. Connections stay up; a file that fails to load keeps its previous contents
+    /// and the first such error is returned (all are logged).
+    pub fn reload(&self) -> Result<(), AuthError> {
+        let mut first_error = None;
+        for access in &self.access {
+            if let Err(e) = access.reload() {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The broker, for in-process use and tests.

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod passwd;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -24,12 +25,15 @@ struct Cli {
 enum Command {
     /// Run the broker (the default).
     Serve(serve::ServeArgs),
+    /// Add, update or delete a user in a password file (argon2id; Mosquitto format).
+    Passwd(passwd::PasswdArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Serve(args)) => serve::run(args),
+        Some(Command::Passwd(args)) => passwd::run(args),
         None => serve::run(cli.serve),
     };
     match result {

@@ -30,20 +30,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let server = Server::start(config).await?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "midge started");
-        wait_for_signal().await?;
+        wait_for_signal(&server).await?;
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGINT or SIGTERM; SIGHUP reloads the password and ACL files meanwhile.
+async fn wait_for_signal(server: &Server) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
-        _ = terminate.recv() => {}
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            result = &mut ctrl_c => return result.context("waiting for SIGINT"),
+            _ = terminate.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                // Errors are logged by reload; the broker keeps running on the old files.
+                let _ = server.reload();
+            }
+        }
     }
-    Ok(())
 }

@@ -21,6 +21,7 @@ use midge_proto::{
 pub use connect::{Negotiated, Refusal, negotiate, within_topic_limits};
 pub use state::{Inflight, SessionState, Stage, SubscriptionRecord};
 
+use crate::auth::DeliveryFilter;
 use crate::broker::Broker;
 use crate::message::{Delivery, Message, Millis};
 use crate::stats::LocalStats;
@@ -94,6 +95,9 @@ pub struct Session {
     retained_backlog: VecDeque<Delivery>,
     /// Scratch space for pumping the mailbox, kept to avoid an allocation per wake-up.
     batch: Vec<Delivery>,
+    /// Set when a subscription is only partly readable under the ACL: every delivery's
+    /// topic is checked before it is sent. `None` (the usual case) costs nothing.
+    delivery_filter: Option<DeliveryFilter>,
     /// Counts for the broker's statistics, flushed by the connection.
     pub stats: LocalStats,
 }
@@ -115,6 +119,7 @@ impl Session {
             username: negotiated.username,
             retained_backlog: VecDeque::new(),
             batch: Vec::new(),
+            delivery_filter: None,
             stats: LocalStats::default(),
         }
     }
@@ -127,6 +132,46 @@ impl Session {
     /// User name from CONNECT.
     pub fn username(&self) -> Option<&str> {
         self.username.as_deref()
+    }
+
+    /// From now on, checks each delivery's topic with `filter` before sending it (for a
+    /// subscription the ACL allows only in part).
+    pub fn filter_deliveries(&mut self, filter: DeliveryFilter) {
+        self.delivery_filter = Some(filter);
+    }
+
+    /// Removes a subscription without telling the client (a resumed subscription that
+    /// is no longer authorized).
+    pub fn drop_subscription(&mut self, filter: &str, broker: &Broker) {
+        if self.state.subscriptions.remove(filter).is_some() {
+            broker.router.unsubscribe(filter, &self.state.client_id);
+            self.hand_over_shared(filter, broker);
+        }
+    }
+
+    /// Forgets queued and unacknowledged deliveries that no remaining subscription
+    /// matches, after subscriptions were dropped: what was queued for them must not reach
+    /// a client that may no longer have them. Released QoS 2 exchanges (PUBREL pending)
+    /// carry no message and stay. Returns how many were dropped.
+    pub fn forget_unmatched_deliveries(&mut self) -> usize {
+        let filters: Vec<&str> = self
+            .state
+            .subscriptions
+            .keys()
+            .map(|f| match topic::parse_shared(f) {
+                Ok(Some(shared)) => shared.filter,
+                _ => f.as_str(),
+            })
+            .collect();
+        let wanted = |d: &Delivery| filters.iter().any(|f| topic::matches(f, &d.message.topic));
+        let queued = self.state.mailbox.retain_deliveries(|d| wanted(d));
+        let inflight_before = self.state.inflight.len();
+        self.state
+            .inflight
+            .retain(|i| i.stage == Stage::AwaitPubComp || wanted(&i.delivery));
+        let dropped = queued + inflight_before - self.state.inflight.len();
+        self.stats.publish_denied += dropped as u64;
+        dropped
     }
 
     /// Protocol version.
@@ -640,6 +685,13 @@ impl Session {
     }
 
     fn deliver(&mut self, delivery: Delivery, now: Millis, out: &mut BytesMut) {
+        if let Some(filter) = &self.delivery_filter
+            && !filter.allows(&delivery.message.topic)
+        {
+            tracing::trace!(client_id = %self.state.client_id, topic = %delivery.message.topic, "delivery not authorized");
+            self.stats.publish_denied += 1;
+            return;
+        }
         if delivery.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not sent.
             self.stats.publish_dropped += 1;

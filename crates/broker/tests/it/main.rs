@@ -1,5 +1,10 @@
 //! Integration tests: the real broker on 127.0.0.1:0, driven by independent clients
 //! (rumqttc v3.1.1 and v5) and by raw bytes. One test binary, modules by theme.
 
+mod access_support;
+mod acl;
 mod harness;
+mod http_auth;
+mod listener_auth;
+mod passwords;
 mod smoke;

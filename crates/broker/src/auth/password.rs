@@ -1,0 +1,331 @@
+//! Mosquitto-compatible password files: `user:hash` lines.
+//!
+//! Three hash forms are read, each as Mosquitto writes it:
+//! - `$7$iterations$salt$hash`: PBKDF2-HMAC-SHA512, salt and 64-byte hash in standard base64
+//!   (what `mosquitto_passwd` 2.0 writes by default);
+//! - `$6$salt$hash`: one SHA-512 over password then salt, both in standard base64
+//!   (`mosquitto_passwd -H sha512`, the 1.x default; not glibc's SHA-512 crypt);
+//! - `$argon2id$v=19$m=..,t=..,p=..$salt$hash`: a PHC string (what `midge passwd` writes).
+//!
+//! Digests are compared in constant time; argon2's own comparison is constant time too.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use base64ct::{Base64, Encoding};
+use sha2::{Digest, Sha512};
+use subtle::ConstantTimeEq;
+
+use super::AuthError;
+
+/// Length of the SHA-512 digests in `$6$` and `$7$` lines.
+const DIGEST_LEN: usize = 64;
+
+/// One stored password hash.
+#[derive(Clone)]
+enum Hash {
+    /// Mosquitto `$6$`: SHA-512(password || salt).
+    Sha512 {
+        salt: Vec<u8>,
+        digest: [u8; DIGEST_LEN],
+    },
+    /// Mosquitto `$7$`: PBKDF2-HMAC-SHA512.
+    Pbkdf2 {
+        iterations: u32,
+        salt: Vec<u8>,
+        digest: [u8; DIGEST_LEN],
+    },
+    /// A PHC `$argon2id$` string, validated at load.
+    Argon2id(String),
+}
+
+impl std::fmt::Debug for Hash {
+    // Hashes stay out of logs and debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sha512 { .. } => "$6$",
+            Self::Pbkdf2 { .. } => "$7$",
+            Self::Argon2id(_) => "$argon2id$",
+        })
+    }
+}
+
+impl Hash {
+    fn parse(text: &str) -> Result<Self, String> {
+        if let Some(rest) = text.strip_prefix("$7$") {
+            let mut parts = rest.split('$');
+            let (Some(iterations), Some(salt), Some(digest), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err("a $7$ hash is $7$iterations$salt$hash".into());
+            };
+            let iterations: u32 = iterations
+                .parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or("the $7$ iteration count is not a positive number")?;
+            Ok(Self::Pbkdf2 {
+                iterations,
+                salt: decode(salt, "salt")?,
+                digest: decode_digest(digest)?,
+            })
+        } else if let Some(rest) = text.strip_prefix("$6$") {
+            // glibc's `$6$[rounds=N$]salt$hash` has an 86-character hash in crypt's own
+            // base64; Mosquitto's has 88 characters of standard base64.
+            if rest.starts_with("rounds=") || rest.rsplit('$').next().is_some_and(|h| h.len() == 86)
+            {
+                return Err(
+                    "this is a glibc SHA-512 crypt hash, which Mosquitto does not read \
+                            either; set the password again with `midge passwd`"
+                        .into(),
+                );
+            }
+            let mut parts = rest.split('$');
+            let (Some(salt), Some(digest), None) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err("a $6$ hash is $6$salt$hash".into());
+            };
+            Ok(Self::Sha512 {
+                salt: decode(salt, "salt")?,
+                digest: decode_digest(digest)?,
+            })
+        } else if text.starts_with("$argon2id$") {
+            let parsed = PasswordHash::new(text).map_err(|e| format!("bad argon2id hash: {e}"))?;
+            if parsed.salt.is_none() || parsed.hash.is_none() {
+                return Err("the argon2id hash has no salt or no output".into());
+            }
+            argon2::Params::try_from(&parsed)
+                .map_err(|e| format!("bad argon2id parameters: {e}"))?;
+            Ok(Self::Argon2id(text.to_owned()))
+        } else if text.starts_with('$') {
+            Err("unknown hash type (expected $6$, $7$ or $argon2id$)".into())
+        } else {
+            Err("not a hashed password (plain text passwords are not read; \
+                 use `midge passwd` to hash it)"
+                .into())
+        }
+    }
+
+    /// Checks `password`; CPU-heavy for `$7$` with many iterations and for argon2id, so
+    /// callers run it off the async workers.
+    fn verify(&self, password: &[u8]) -> bool {
+        match self {
+            Self::Sha512 { salt, digest } => {
+                let mut hasher = Sha512::new();
+                hasher.update(password);
+                hasher.update(salt);
+                let computed = hasher.finalize();
+                bool::from(computed.as_slice().ct_eq(digest))
+            }
+            Self::Pbkdf2 {
+                iterations,
+                salt,
+                digest,
+            } => {
+                let mut computed = [0u8; DIGEST_LEN];
+                pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut computed);
+                bool::from(computed.ct_eq(digest))
+            }
+            Self::Argon2id(phc) => argon2::Argon2::default()
+                .verify_password(password, phc.as_str())
+                .is_ok(),
+        }
+    }
+}
+
+fn decode(text: &str, what: &str) -> Result<Vec<u8>, String> {
+    Base64::decode_vec(text).map_err(|_| format!("the {what} is not valid base64"))
+}
+
+fn decode_digest(text: &str) -> Result<[u8; DIGEST_LEN], String> {
+    decode(text, "hash")?
+        .try_into()
+        .map_err(|_| format!("the hash is not {DIGEST_LEN} bytes of SHA-512"))
+}
+
+/// Hashes a password as argon2id with a fresh random salt and the argon2 crate's default
+/// parameters (m = 19 MiB, t = 2, p = 1), as a PHC string for a password file line.
+pub fn hash_password(password: &[u8]) -> Result<String, String> {
+    argon2::Argon2::default()
+        .hash_password(password)
+        .map(|hash| hash.to_string())
+        .map_err(|e| format!("cannot hash the password: {e}"))
+}
+
+/// A loaded password file.
+#[derive(Debug)]
+pub struct PasswordFile {
+    path: PathBuf,
+    users: HashMap<String, Hash>,
+    /// The hash an unknown user's password is checked against, so that an unknown name
+    /// costs as much as a known one (the first entry: files usually use one scheme).
+    decoy: Option<Hash>,
+}
+
+impl PasswordFile {
+    /// Reads and parses `path`. Every bad line is an error naming the file and the line.
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses password file text; `path` is for error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, AuthError> {
+        let mut users = HashMap::new();
+        let mut first_line = HashMap::new();
+        let mut decoy = None;
+        for (index, raw) in text.lines().enumerate() {
+            let line_no = index + 1;
+            let bad = |reason: String| AuthError::Line {
+                path: path.to_owned(),
+                line: line_no,
+                reason,
+            };
+            let line = raw.trim_end_matches(['\r', '\n']);
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((user, hash)) = line.split_once(':') else {
+                return Err(bad("expected `user:hash`".into()));
+            };
+            if user.is_empty() {
+                return Err(bad("empty user name".into()));
+            }
+            let hash =
+                Hash::parse(hash.trim_end()).map_err(|r| bad(format!("user {user}: {r}")))?;
+            if let Some(previous) = first_line.insert(user.to_owned(), line_no) {
+                return Err(bad(format!(
+                    "user {user} is already defined on line {previous}"
+                )));
+            }
+            if decoy.is_none() {
+                decoy = Some(hash.clone());
+            }
+            users.insert(user.to_owned(), hash);
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            users,
+            decoy,
+        })
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// True when the file has no users.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Whether `user` has a line.
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// The file this was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks a user's password. Blocking and CPU-heavy: run it in `spawn_blocking`.
+    /// An unknown user costs a verification against a decoy hash and fails.
+    pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+        match self.users.get(user) {
+            Some(hash) => hash.verify(password),
+            None => {
+                if let Some(decoy) = &self.decoy {
+                    let _ = decoy.verify(password);
+                }
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines made by mosquitto_passwd 2.0.11: alice/secret1 ($7$), carol/hunter2 (-H sha512).
+    const MOSQUITTO: &str = "\
+alice:$7$101$7uMu3Vpxl+R6GBp2$AlLlV6aP5pffa77x98O7CGwmHfHP9cVTSHduCITeKqeO0D+U5glkNOjHGI1cRWxTf+kUgbqCBUdehHipxFREVw==
+carol:$6$/gLxeBsT5Y7K/1z7$ODQfQYx1PvVTVm9apNA4E8NjmvmTKvKfdmxWk1w5S4vG0sojq8C+50CoEPtC/uVvSBgu4A5IBXtVOvb1y7Le+g==
+";
+
+    fn parse(text: &str) -> Result<PasswordFile, AuthError> {
+        PasswordFile::parse(Path::new("pw"), text)
+    }
+
+    #[test]
+    fn mosquitto_pbkdf2_and_sha512_lines_verify() {
+        let file = parse(MOSQUITTO).unwrap();
+        assert!(file.verify("alice", b"secret1"));
+        assert!(!file.verify("alice", b"secret2"));
+        assert!(file.verify("carol", b"hunter2"));
+        assert!(!file.verify("carol", b"hunter3"));
+        assert!(!file.verify("nobody", b"secret1"));
+    }
+
+    #[test]
+    fn argon2id_lines_written_by_hash_password_verify() {
+        let line = format!("dave:{}\n", hash_password(b"pw").unwrap());
+        assert!(
+            line.starts_with("dave:$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{line}"
+        );
+        let file = parse(&line).unwrap();
+        assert!(file.verify("dave", b"pw"));
+        assert!(!file.verify("dave", b"pW"));
+    }
+
+    #[test]
+    fn comments_blank_lines_and_crlf_are_accepted() {
+        let text = format!("# users\r\n\r\n{}", MOSQUITTO.replace('\n', "\r\n"));
+        let file = parse(&text).unwrap();
+        assert_eq!(file.len(), 2);
+        assert!(file.verify("alice", b"secret1"));
+    }
+
+    #[test]
+    fn bad_lines_name_the_file_and_line() {
+        for (text, expect) in [
+            ("a:$7$101$AAAA$AAAA\n", "64 bytes"),
+            ("\nplain:secret\n", "not a hashed password"),
+            ("x\n", "user:hash"),
+            ("b:$5$abc$def\n", "unknown hash type"),
+            ("c:$argon2id$v=19$nonsense\n", "argon2id"),
+            (
+                "d:$6$rounds=5000$salt$1234567890123456789012345678901234567890123456789012345678901234567890123456789012345\n",
+                "glibc",
+            ),
+        ] {
+            let message = parse(text).unwrap_err().to_string();
+            assert!(message.starts_with("pw:"), "{message}");
+            assert!(message.contains(expect), "{text}: {message}");
+        }
+        let message = parse("\n\nplain:secret\n").unwrap_err().to_string();
+        assert!(message.contains("line 3"), "{message}");
+    }
+
+    #[test]
+    fn a_user_defined_twice_is_refused() {
+        let text = format!("{MOSQUITTO}{}", MOSQUITTO.lines().next().unwrap());
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(message.contains("already defined on line 1"), "{message}");
+    }
+
+    #[test]
+    fn hashes_stay_out_of_debug_output() {
+        let file = parse(MOSQUITTO).unwrap();
+        let debug = format!("{file:?}");
+        assert!(!debug.contains("AlLlV6aP5"), "{debug}");
+    }
+}
