@@ -1,5 +1,11 @@
 //! Integration tests: the real broker on 127.0.0.1:0, driven by independent clients
 //! (rumqttc v3.1.1 and v5) and by raw bytes. One test binary, modules by theme.
 
+mod client;
+mod connect;
 mod harness;
+mod overlap;
+mod qos;
+mod retain;
 mod smoke;
+mod takeover;
