@@ -4,8 +4,10 @@
 mod client;
 mod connect;
 mod harness;
+mod keepalive;
 mod overlap;
 mod qos;
 mod retain;
 mod smoke;
 mod takeover;
+mod will;
