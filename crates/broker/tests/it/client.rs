@@ -425,6 +425,19 @@ impl Drop for V5 {
     }
 }
 
+/// rumqttc v5 options with clean start and session expiry as given.
+pub fn mqtt5_options(
+    broker: &TestBroker,
+    client_id: &str,
+    clean_start: bool,
+    session_expiry: u32,
+) -> rumqttc::v5::MqttOptions {
+    let mut options = V5::options(broker, client_id);
+    options.set_clean_start(clean_start);
+    options.set_session_expiry_interval(Some(session_expiry));
+    options
+}
+
 /// Payloads as strings, for readable assertions.
 pub fn text(payload: &Bytes) -> String {
     String::from_utf8_lossy(payload).into_owned()

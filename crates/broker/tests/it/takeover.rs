@@ -3,7 +3,7 @@
 
 use rumqttc::v5::mqttbytes::v5 as mqtt5;
 
-use crate::client::{V3, V5, text};
+use crate::client::{V3, V5, mqtt5_options, text};
 use crate::harness::{TestBroker, connect_properties, qos5, v5_connect, v5_connect_with};
 
 #[tokio::test]
@@ -122,17 +122,4 @@ async fn v5_takeover_resumes_a_session_with_expiry() {
     assert_eq!(text(&publish.payload), "exactly once");
     assert_eq!(publish.qos, qos5(2));
     broker.shutdown().await;
-}
-
-/// rumqttc v5 options with clean start and session expiry as given.
-pub fn mqtt5_options(
-    broker: &TestBroker,
-    client_id: &str,
-    clean_start: bool,
-    session_expiry: u32,
-) -> rumqttc::v5::MqttOptions {
-    let mut options = V5::options(broker, client_id);
-    options.set_clean_start(clean_start);
-    options.set_session_expiry_interval(Some(session_expiry));
-    options
 }
