@@ -5,6 +5,8 @@ mod client;
 mod connect;
 mod harness;
 mod keepalive;
+mod limits;
+mod malformed;
 mod overlap;
 mod qos;
 mod retain;

@@ -320,3 +320,78 @@ async fn packet_ids_are_not_reused_while_in_flight_across_wrap_around() {
     publishing.await.expect("publisher task");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn qos2_publish_repeated_after_reconnect_is_not_routed_twice() {
+    let broker = TestBroker::start().await;
+    let mut subscriber = V3::connect(&broker, "sub").await;
+    subscriber.subscribe_ok("eo/#", 2).await;
+    let publish = |dup: bool, payload: u8| {
+        [
+            if dup { 0x3C } else { 0x34 }, // PUBLISH QoS 2, DUP as given
+            0x07,                          // remaining length 7
+            0x00,
+            0x02,
+            b'e',
+            b'o', // topic "eo"
+            0x00,
+            0x05, // packet id 5
+            payload,
+        ]
+    };
+    let (mut publisher, _) = broker.raw_v311("pub", false).await;
+    publisher.send(&publish(false, b'1')).await;
+    assert_eq!(publisher.recv_packet().await, [0x50, 0x02, 0x00, 0x05]); // PUBREC 5
+    // The connection drops before PUBREL; the held id is session state.
+    drop(publisher);
+    broker
+        .eventually("the session to be parked", |b| b.registry.parked_len() == 1)
+        .await;
+    let (mut publisher, present) = broker.raw_v311("pub", false).await;
+    assert!(present);
+    publisher.send(&publish(true, b'1')).await;
+    assert_eq!(publisher.recv_packet().await, [0x50, 0x02, 0x00, 0x05]);
+    publisher.send(&[0x62, 0x02, 0x00, 0x05]).await; // PUBREL 5
+    assert_eq!(publisher.recv_packet().await, [0x70, 0x02, 0x00, 0x05]); // PUBCOMP 5
+    publisher.send(&publish(false, b'2')).await;
+    assert_eq!(publisher.recv_packet().await, [0x50, 0x02, 0x00, 0x05]);
+
+    assert_eq!(text(&subscriber.next_publish().await.payload), "1");
+    assert_eq!(
+        text(&subscriber.next_publish().await.payload),
+        "2",
+        "routed twice"
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn v5_pubrec_with_an_error_ends_the_qos2_exchange() {
+    let broker = TestBroker::start().await;
+    let properties = rumqttc::v5::mqttbytes::v5::ConnectProperties {
+        receive_maximum: Some(1),
+        ..crate::harness::connect_properties()
+    };
+    let (mut sub, _) = broker
+        .raw_v5(crate::harness::v5_connect_with("refuser", true, properties))
+        .await;
+    sub.subscribe_v5(1, mqtt5::Filter::new("x", qos5(2)), None)
+        .await;
+    let mut publisher = V3::connect(&broker, "pub").await;
+    publisher.publish("x", 2, false, "refused").await;
+    publisher.publish("x", 2, false, "next").await;
+
+    let first = sub.recv_v5_publish().await;
+    let id = first.pkid.to_be_bytes();
+    sub.send(&[
+        0x50, 0x03, // PUBREC, remaining length 3
+        id[0], id[1], // packet id
+        0x80,  // reason: unspecified error
+    ])
+    .await;
+    // No PUBREL for it [MQTT-4.3.3-4]; its slot in the receive maximum of 1 is free again,
+    // so the next message comes at once.
+    let next = sub.recv_v5_publish().await;
+    assert_eq!(&next.payload[..], b"next");
+    broker.shutdown().await;
+}

@@ -184,3 +184,35 @@ async fn retain_unavailable_is_advertised_and_a_retained_publish_is_refused() {
     assert_eq!(broker.broker().retained.len(), 0);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn deleting_a_retained_message_is_still_delivered_to_current_subscribers() {
+    let broker = TestBroker::start().await;
+    let mut subscriber = V3::connect(&broker, "sub").await;
+    subscriber.subscribe_ok("gone", 1).await;
+    let mut publisher = V3::connect(&broker, "pub").await;
+    publisher.publish("gone", 1, true, "value").await;
+    publisher.publish("gone", 1, true, "").await;
+    assert_eq!(text(&subscriber.next_publish().await.payload), "value");
+    // "processed as normal" (3.1.1 [MQTT-3.3.1-10]): the empty message is forwarded.
+    let empty = subscriber.next_publish().await;
+    assert!(empty.payload.is_empty());
+    assert_eq!(broker.broker().retained.len(), 0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn retained_will_is_refused_at_connect_when_retain_is_unavailable() {
+    let broker = TestBroker::start_with(|c| c.mqtt.retain_available = false).await;
+    let mut raw = broker.raw().await;
+    let will = mqtt5::LastWill::new("w", "x", qos5(0), true, None);
+    raw.send_v5(V5Packet::Connect(v5_connect("will"), Some(will), None))
+        .await;
+    match raw.recv_v5().await {
+        V5Packet::ConnAck(ack) => {
+            assert_eq!(ack.code, mqtt5::ConnectReturnCode::RetainNotSupported) // 0x9A
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    broker.shutdown().await;
+}

@@ -123,7 +123,9 @@ async fn clean_session_discards_the_stored_session() {
     assert!(!ack.session_present);
     client.subscribe_ok("fence", 0).await;
     let mut publisher = V3::connect(&broker, "pub").await;
-    publisher.publish("gone/a", 1, false, "old subscription").await;
+    publisher
+        .publish("gone/a", 1, false, "old subscription")
+        .await;
     publisher.publish("fence", 0, false, "fence").await;
     assert_eq!(text(&client.next_publish().await.payload), "fence");
     client.disconnect().await;
@@ -178,10 +180,15 @@ async fn v5_session_ends_when_its_expiry_interval_passes() {
     raw.expect_closed().await;
 
     broker
-        .eventually("the session to expire", |b| b.stats.snapshot().sessions_expired == 1)
+        .eventually("the session to expire", |b| {
+            b.stats.snapshot().sessions_expired == 1
+        })
         .await;
     let waited = parked.elapsed();
-    assert!(waited >= Duration::from_millis(950), "expired after {waited:?}, before 1 s");
+    assert!(
+        waited >= Duration::from_millis(950),
+        "expired after {waited:?}, before 1 s"
+    );
     let (_raw, present) = raw_v5_expiry(&broker, "short", false, Some(1)).await;
     assert!(!present, "the expired session is gone");
     broker.shutdown().await;
@@ -245,7 +252,10 @@ async fn v5_disconnect_setting_expiry_after_0_at_connect_is_a_protocol_error() {
     watcher.subscribe_ok("will/#", 1).await;
     let will = LastWill::new("will/zero", "gone", qos5(1), false, None);
     let (mut raw, _) = broker
-        .raw_v5_with_will(v5_connect_with("zero", true, connect_properties()), Some(will))
+        .raw_v5_with_will(
+            v5_connect_with("zero", true, connect_properties()),
+            Some(will),
+        )
         .await;
     raw.send(&disconnect_with_expiry(30)).await;
     // [MQTT-3.14.2-2] a Protocol Error: the broker answers 0x82, and as the DISCONNECT was

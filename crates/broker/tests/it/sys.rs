@@ -30,7 +30,11 @@ impl Seen {
     async fn until(&mut self, watcher: &mut V3, mut done: impl FnMut(&Self) -> bool) {
         let deadline = Instant::now() + TIMEOUT;
         while !done(self) {
-            assert!(Instant::now() < deadline, "timed out; $SYS so far: {:?}", self.0);
+            assert!(
+                Instant::now() < deadline,
+                "timed out; $SYS so far: {:?}",
+                self.0
+            );
             let p = watcher.next_publish().await;
             self.0.entry(p.topic).or_default().push(text(&p.payload));
         }
@@ -51,7 +55,9 @@ async fn sys_topics_carry_mosquitto_names_and_are_retained() {
     // The first update is published as the broker starts, so these arrive as retained
     // messages on subscribing.
     broker
-        .eventually("the first $SYS update", |b| b.retained.len() >= MOSQUITTO_TOPICS.len())
+        .eventually("the first $SYS update", |b| {
+            b.retained.len() >= MOSQUITTO_TOPICS.len()
+        })
         .await;
     let mut watcher = V3::connect(&broker, "watcher").await;
     watcher.subscribe_ok("$SYS/broker/#", 0).await;
@@ -62,19 +68,34 @@ async fn sys_topics_carry_mosquitto_names_and_are_retained() {
         seen.0.entry(p.topic).or_default().push(text(&p.payload));
     }
     for topic in MOSQUITTO_TOPICS {
-        assert!(seen.last(topic).is_some(), "{topic} missing; got {:?}", seen.0.keys());
+        assert!(
+            seen.last(topic).is_some(),
+            "{topic} missing; got {:?}",
+            seen.0.keys()
+        );
     }
-    assert!(seen.last("$SYS/broker/version").unwrap().starts_with("midge version "));
+    assert!(
+        seen.last("$SYS/broker/version")
+            .unwrap()
+            .starts_with("midge version ")
+    );
     let uptime = seen.last("$SYS/broker/uptime").unwrap();
     assert!(uptime.ends_with(" seconds"), "uptime {uptime:?}");
     for topic in MOSQUITTO_TOPICS.iter().skip(1) {
-        assert!(seen.number(topic).is_some(), "{topic} = {:?}", seen.last(topic));
+        assert!(
+            seen.number(topic).is_some(),
+            "{topic} = {:?}",
+            seen.last(topic)
+        );
     }
 
     // `#` does not reach into `$SYS` [MQTT-4.7.2-1]: its first message is a normal one.
     let mut everything = V3::connect(&broker, "everything").await;
     everything.subscribe_ok("#", 0).await;
-    V3::connect(&broker, "pub").await.publish("plain", 0, false, "plain").await;
+    V3::connect(&broker, "pub")
+        .await
+        .publish("plain", 0, false, "plain")
+        .await;
     assert_eq!(everything.next_publish().await.topic, "plain");
     broker.shutdown().await;
 }
@@ -103,7 +124,10 @@ async fn sys_values_follow_the_broker_every_interval() {
         .iter()
         .map(|u| u.split(' ').next().unwrap().parse().unwrap())
         .collect();
-    assert!(uptimes.windows(2).all(|w| w[1] > w[0]), "uptime {uptimes:?}");
+    assert!(
+        uptimes.windows(2).all(|w| w[1] > w[0]),
+        "uptime {uptimes:?}"
+    );
     for topic in [
         "$SYS/broker/messages/received",
         "$SYS/broker/bytes/received",

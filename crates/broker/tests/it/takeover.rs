@@ -123,3 +123,24 @@ async fn v5_takeover_resumes_a_session_with_expiry() {
     assert_eq!(publish.qos, qos5(2));
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn takeover_resumes_messages_the_old_connection_left_unacknowledged() {
+    let broker = TestBroker::start().await;
+    let (mut first, _) = broker.raw_v311("inflight", false).await;
+    first.subscribe_v4(1, "work", 1).await;
+    let mut publisher = V3::connect(&broker, "pub").await;
+    publisher.publish("work", 1, false, "unacked").await;
+    let original = first.recv_v4_publish().await;
+
+    // The same client comes back on a new connection while the old one is still open.
+    let (mut second, present) = broker.raw_v311("inflight", false).await;
+    assert!(present);
+    first.expect_closed().await;
+    let again = second.recv_v4_publish().await;
+    assert_eq!(
+        (again.dup, again.pkid, &again.payload[..]),
+        (true, original.pkid, &b"unacked"[..])
+    );
+    broker.shutdown().await;
+}

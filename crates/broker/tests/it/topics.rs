@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use rumqttc::v5::mqttbytes::v5::{Filter, PubAckReason, Subscribe, SubscribeReasonCode};
 
 use crate::client::{V3, V5, text};
-use crate::harness::{TestBroker, V4Packet, V5Packet, qos4, connect_properties, qos5, v5_connect, v5_connect_with};
+use crate::harness::{
+    TestBroker, V4Packet, V5Packet, connect_properties, qos4, qos5, v5_connect, v5_connect_with,
+};
 
 #[tokio::test]
 async fn leading_wildcards_do_not_match_dollar_topics() {
@@ -25,7 +27,10 @@ async fn leading_wildcards_do_not_match_dollar_topics() {
     // [MQTT-4.7.2-1] the `$dollar/x` message reaches only the filters that name `$dollar`.
     assert_eq!(text(&wild.next_publish().await.payload), "plain");
     let got = explicit.next_publish().await;
-    assert_eq!((got.topic.as_str(), text(&got.payload).as_str()), ("$dollar/x", "dollar"));
+    assert_eq!(
+        (got.topic.as_str(), text(&got.payload).as_str()),
+        ("$dollar/x", "dollar")
+    );
     broker.shutdown().await;
 }
 
@@ -61,7 +66,14 @@ async fn invalid_filters_are_refused_per_filter_in_suback() {
     let broker = TestBroker::start().await;
     // rumqttc checks filters itself, so these go out through its encoder on raw sockets.
     let (mut v3, _) = broker.raw_v311("sub3", true).await;
-    let filters = ["a/#/b", "a+/b", "$share/g", "$share//t", "$share/g+/t", "ok"];
+    let filters = [
+        "a/#/b",
+        "a+/b",
+        "$share/g",
+        "$share//t",
+        "$share/g+/t",
+        "ok",
+    ];
     let subscribe = rumqttc::Subscribe {
         pkid: 1,
         filters: filters
@@ -74,7 +86,14 @@ async fn invalid_filters_are_refused_per_filter_in_suback() {
     match v3.recv_v4().await {
         V4Packet::SubAck(ack) => assert_eq!(
             ack.return_codes,
-            [Failure, Failure, Failure, Failure, Failure, Success(qos4(1))]
+            [
+                Failure,
+                Failure,
+                Failure,
+                Failure,
+                Failure,
+                Success(qos4(1))
+            ]
         ),
         other => panic!("expected SUBACK, got {other:?}"),
     }
@@ -82,12 +101,18 @@ async fn invalid_filters_are_refused_per_filter_in_suback() {
     let (mut v5, _) = broker.raw_v5(v5_connect("sub5")).await;
     let filters = ["a/#/b", "$share/g", "$share/#/t", "ok"];
     let subscribe = Subscribe::new_many(filters.map(|f| Filter::new(f, qos5(1))), None);
-    v5.send_v5(V5Packet::Subscribe(Subscribe { pkid: 1, ..subscribe }))
-        .await;
+    v5.send_v5(V5Packet::Subscribe(Subscribe {
+        pkid: 1,
+        ..subscribe
+    }))
+    .await;
     use SubscribeReasonCode::{Success as Granted, TopicFilterInvalid as Invalid};
     match v5.recv_v5().await {
         V5Packet::SubAck(ack) => {
-            assert_eq!(ack.return_codes, [Invalid, Invalid, Invalid, Granted(qos5(1))])
+            assert_eq!(
+                ack.return_codes,
+                [Invalid, Invalid, Invalid, Granted(qos5(1))]
+            )
         }
         other => panic!("expected SUBACK, got {other:?}"),
     }
@@ -129,7 +154,9 @@ async fn shared_subscription_gives_each_message_to_one_member_in_turn() {
 
     let mut publisher = V3::connect(&broker, "pub").await;
     for n in 0..9 {
-        publisher.publish(&format!("jobs/{n}"), 1, false, n.to_string()).await;
+        publisher
+            .publish(&format!("jobs/{n}"), 1, false, n.to_string())
+            .await;
     }
     let (a, b, c) = (
         numbers_v5(&mut m1, 3).await,
@@ -147,7 +174,10 @@ async fn shared_subscription_gives_each_message_to_one_member_in_turn() {
         );
     }
     // A plain subscription to the same filter is not part of the group.
-    assert_eq!(numbers_v3(&mut everyone, 9).await, (0..9).collect::<Vec<_>>());
+    assert_eq!(
+        numbers_v3(&mut everyone, 9).await,
+        (0..9).collect::<Vec<_>>()
+    );
 
     // Nobody got more than their share: a message all three see plainly comes next.
     for sub in [&mut m1, &mut m3] {
@@ -177,7 +207,11 @@ async fn shared_group_member_that_unsubscribes_leaves_the_messages_to_the_others
     }
     assert_eq!(numbers_v5(&mut staying, 4).await, [0, 1, 2, 3]);
     publisher.publish("fence", 0, false, "99").await;
-    assert_eq!(numbers_v3(&mut leaving, 1).await, [99], "the leaver got a share");
+    assert_eq!(
+        numbers_v3(&mut leaving, 1).await,
+        [99],
+        "the leaver got a share"
+    );
     broker.shutdown().await;
 }
 
@@ -228,5 +262,70 @@ async fn shared_subscription_gets_no_retained_messages() {
         .await;
     // v5 3.3.1.3: retained messages are sent for new non-shared subscriptions only.
     raw.ping_fence().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn shared_group_prefers_connected_members() {
+    let broker = TestBroker::start().await;
+    let mut options = V3::options(&broker, "away");
+    options.set_clean_session(false);
+    let (mut away, _) = V3::connect_with(options.clone()).await;
+    away.subscribe_ok("$share/g/t", 1).await;
+    away.subscribe_ok("fence", 0).await;
+    away.disconnect().await;
+    let mut here = V5::connect(&broker, "here").await;
+    here.subscribe_ok("$share/g/t", 1).await;
+
+    let mut publisher = V3::connect(&broker, "pub").await;
+    for n in 0..4 {
+        publisher.publish("t", 1, false, n.to_string()).await;
+    }
+    // The offline member's session still belongs to the group, but nothing waits for it.
+    assert_eq!(numbers_v5(&mut here, 4).await, [0, 1, 2, 3]);
+    let (mut away, ack) = V3::connect_with(options).await;
+    assert!(ack.session_present);
+    publisher.publish("fence", 0, false, "99").await;
+    assert_eq!(numbers_v3(&mut away, 1).await, [99]);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_deliveries_and_v5_reports_unknown_filters() {
+    let broker = TestBroker::start().await;
+    let (mut raw, _) = broker.raw_v5(v5_connect("unsub")).await;
+    raw.subscribe_v5(1, Filter::new("u/#", qos5(1)), None).await;
+    raw.subscribe_v5(2, Filter::new("fence", qos5(0)), None)
+        .await;
+    let unsubscribe = rumqttc::v5::mqttbytes::v5::Unsubscribe {
+        pkid: 3,
+        filters: vec!["u/#".into(), "never/subscribed".into()],
+        properties: None,
+    };
+    raw.send_v5(V5Packet::Unsubscribe(unsubscribe)).await;
+    use rumqttc::v5::mqttbytes::v5::UnsubAckReason::{NoSubscriptionExisted, Success};
+    match raw.recv_v5().await {
+        V5Packet::UnsubAck(ack) => {
+            assert_eq!(ack.pkid, 3);
+            assert_eq!(ack.reasons, [Success, NoSubscriptionExisted]); // 0x00, 0x11
+        }
+        other => panic!("expected UNSUBACK, got {other:?}"),
+    }
+    let mut publisher = V3::connect(&broker, "pub").await;
+    publisher.publish("u/a", 1, false, "after").await;
+    publisher.publish("fence", 0, false, "fence").await;
+    assert_eq!(&raw.recv_v5_publish().await.payload[..], b"fence");
+
+    // 3.1.1: UNSUBACK echoes the packet id [MQTT-3.10.4-4].
+    let (mut v3, _) = broker.raw_v311("unsub3", true).await;
+    v3.subscribe_v4(1, "u/#", 0).await;
+    v3.send(&[
+        0xA2, 0x07, // UNSUBSCRIBE, remaining length 7
+        0x00, 0x09, // packet id 9
+        0x00, 0x03, b'u', b'/', b'#', // filter "u/#"
+    ])
+    .await;
+    assert_eq!(v3.recv_packet().await, [0xB0, 0x02, 0x00, 0x09]);
+    assert_eq!(broker.broker().router.len(), 1, "only the fence is left");
     broker.shutdown().await;
 }

@@ -58,7 +58,8 @@ async fn stale_message_is_not_delivered_and_remaining_expiry_is_forwarded() {
     let (mut sub, _) = broker
         .raw_v5(v5_connect_with("offline", true, expiry.clone()))
         .await;
-    sub.subscribe_v5(1, Filter::new("exp/#", qos5(1)), None).await;
+    sub.subscribe_v5(1, Filter::new("exp/#", qos5(1)), None)
+        .await;
     sub.send(&[0xE0, 0x00]).await; // DISCONNECT: the session waits, with its queue
     sub.expect_closed().await;
 
@@ -104,7 +105,8 @@ async fn stale_message_is_not_delivered_and_remaining_expiry_is_forwarded() {
 
     // An expired retained message is not sent to a new subscriber either.
     let (mut late, _) = broker.raw_v5(v5_connect("late")).await;
-    late.subscribe_v5(1, Filter::new("exp/r", qos5(1)), None).await;
+    late.subscribe_v5(1, Filter::new("exp/r", qos5(1)), None)
+        .await;
     late.ping_fence().await;
     broker.shutdown().await;
 }
@@ -119,11 +121,17 @@ async fn topic_alias_from_the_client_stands_for_its_topic() {
         topic_alias: Some(n),
         ..publish_properties()
     };
-    publisher.publish_with("al/t", 1, false, "set", alias(1)).await;
+    publisher
+        .publish_with("al/t", 1, false, "set", alias(1))
+        .await;
     publisher.publish_with("", 1, false, "use", alias(1)).await;
     // An alias may be pointed at another topic [MQTT-3.3.2-? 3.3.2.3.4].
-    publisher.publish_with("al/u", 1, false, "reset", alias(1)).await;
-    publisher.publish_with("", 1, false, "reuse", alias(1)).await;
+    publisher
+        .publish_with("al/u", 1, false, "reset", alias(1))
+        .await;
+    publisher
+        .publish_with("", 1, false, "reuse", alias(1))
+        .await;
     let mut got = Vec::new();
     for _ in 0..4 {
         let p = subscriber.next_publish().await;
@@ -178,9 +186,13 @@ async fn broker_uses_topic_aliases_up_to_the_client_maximum() {
         },
     )
     .await;
-    aliased.subscribe_v5(1, Filter::new("ta/#", qos5(0)), None).await;
+    aliased
+        .subscribe_v5(1, Filter::new("ta/#", qos5(0)), None)
+        .await;
     let (mut plain, _) = broker.raw_v5(v5_connect("plain")).await;
-    plain.subscribe_v5(1, Filter::new("ta/#", qos5(0)), None).await;
+    plain
+        .subscribe_v5(1, Filter::new("ta/#", qos5(0)), None)
+        .await;
 
     let mut publisher = V3::connect(&broker, "pub").await;
     for topic in ["ta/a", "ta/b", "ta/c", "ta/a", "ta/b", "ta/c"] {
@@ -190,7 +202,11 @@ async fn broker_uses_topic_aliases_up_to_the_client_maximum() {
     for _ in 0..6 {
         let p = aliased.recv_v5_publish().await;
         let alias = p.properties.and_then(|p| p.topic_alias);
-        seen.push((String::from_utf8(p.topic.to_vec()).unwrap(), alias, text(&p.payload)));
+        seen.push((
+            String::from_utf8(p.topic.to_vec()).unwrap(),
+            alias,
+            text(&p.payload),
+        ));
     }
     let expected = [
         ("ta/a", Some(1), "ta/a"), // new alias, sent with the topic
@@ -263,7 +279,7 @@ async fn client_exceeding_the_broker_receive_maximum_with_qos2_gets_0x93() {
         raw.send(&[
             0x34, 0x06, // PUBLISH QoS 2, remaining length 6
             0x00, 0x01, b't', // topic "t"
-            0x00, id, // packet id
+            0x00, id,   // packet id
             0x00, // properties length 0
         ])
         .await;
@@ -300,12 +316,16 @@ async fn message_too_big_for_one_client_is_dropped_for_that_client_only() {
         },
     )
     .await;
-    small.subscribe_v5(1, Filter::new("size/#", qos5(1)), None).await;
+    small
+        .subscribe_v5(1, Filter::new("size/#", qos5(1)), None)
+        .await;
     let mut roomy = V5::connect(&broker, "roomy").await;
     roomy.subscribe_ok("size/#", 1).await;
 
     let mut publisher = V3::connect(&broker, "pub").await;
-    publisher.publish("size/big", 1, false, vec![b'x'; 100]).await;
+    publisher
+        .publish("size/big", 1, false, vec![b'x'; 100])
+        .await;
     publisher.publish("size/small", 1, false, "fits").await;
     // [MQTT-3.1.2-25] not sent to the client that cannot take it; its next one is.
     let next = small.recv_v5_publish().await;
@@ -329,12 +349,15 @@ async fn subscription_identifier_follows_the_latest_subscribe() {
             .map(|p| p.subscription_identifiers)
             .unwrap_or_default()
     }
-    sub.subscribe_filter(Filter::new("sid", qos5(0)), Some(7)).await;
+    sub.subscribe_filter(Filter::new("sid", qos5(0)), Some(7))
+        .await;
     assert_eq!(ids_of_next(&mut sub, &mut publisher).await, [7]);
     // [MQTT-3.8.4-3] the new SUBSCRIBE replaces the subscription, identifier included.
-    sub.subscribe_filter(Filter::new("sid", qos5(0)), Some(268_435_455)).await;
+    sub.subscribe_filter(Filter::new("sid", qos5(0)), Some(268_435_455))
+        .await;
     assert_eq!(ids_of_next(&mut sub, &mut publisher).await, [268_435_455]);
-    sub.subscribe_filter(Filter::new("sid", qos5(0)), None).await;
+    sub.subscribe_filter(Filter::new("sid", qos5(0)), None)
+        .await;
     assert!(ids_of_next(&mut sub, &mut publisher).await.is_empty());
     broker.shutdown().await;
 }
@@ -415,7 +438,10 @@ async fn payload_not_matching_its_utf8_format_indicator_is_refused_with_0x99() {
     ])
     .await;
     let ack = puback(raw.recv_v5().await);
-    assert_eq!((ack.pkid, ack.reason), (5, PubAckReason::PayloadFormatInvalid));
+    assert_eq!(
+        (ack.pkid, ack.reason),
+        (5, PubAckReason::PayloadFormatInvalid)
+    );
     broker.shutdown().await;
 }
 
@@ -448,15 +474,28 @@ async fn response_information_is_sent_when_requested() {
 async fn puback_says_0x10_when_no_subscriber_matched() {
     let broker = TestBroker::start().await;
     let (mut raw, _) = broker.raw_v5(v5_connect("alone")).await;
-    raw.send_v5(V5Packet::Publish(crate::harness::v5_publish("nobody/here", 1, 9, b"x")))
-        .await;
+    raw.send_v5(V5Packet::Publish(crate::harness::v5_publish(
+        "nobody/here",
+        1,
+        9,
+        b"x",
+    )))
+    .await;
     let ack = puback(raw.recv_v5().await);
-    assert_eq!((ack.pkid, ack.reason), (9, PubAckReason::NoMatchingSubscribers));
+    assert_eq!(
+        (ack.pkid, ack.reason),
+        (9, PubAckReason::NoMatchingSubscribers)
+    );
     // With a subscriber, plain success.
     let mut sub = V3::connect(&broker, "sub").await;
     sub.subscribe_ok("nobody/#", 0).await;
-    raw.send_v5(V5Packet::Publish(crate::harness::v5_publish("nobody/here", 1, 10, b"x")))
-        .await;
+    raw.send_v5(V5Packet::Publish(crate::harness::v5_publish(
+        "nobody/here",
+        1,
+        10,
+        b"x",
+    )))
+    .await;
     let ack = puback(raw.recv_v5().await);
     assert_eq!((ack.pkid, ack.reason), (10, PubAckReason::Success));
     broker.shutdown().await;
@@ -472,5 +511,41 @@ async fn protocol_error_disconnect_carries_a_reason_string() {
         reason.is_some_and(|r| !r.is_empty()),
         "a reason string says what went wrong"
     );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn retained_messages_sent_at_subscribe_respect_the_client_receive_maximum() {
+    let broker = TestBroker::start().await;
+    let mut publisher = V3::connect(&broker, "pub").await;
+    for n in 1..=3 {
+        publisher
+            .publish(&format!("rr/{n}"), 1, true, n.to_string())
+            .await;
+    }
+    let (mut sub, _) = raw_v5_props(
+        &broker,
+        "one-at-a-time",
+        mqtt5::ConnectProperties {
+            receive_maximum: Some(1),
+            ..connect_properties()
+        },
+    )
+    .await;
+    sub.subscribe_v5(1, Filter::new("rr/+", qos5(1)), Some(5))
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let p = sub.recv_v5_publish().await;
+        // Sent because of the subscription: RETAIN set, its identifier attached.
+        assert!(p.retain);
+        assert_eq!(p.properties.clone().unwrap().subscription_identifiers, [5]);
+        got.push(text(&p.payload));
+        sub.ping_fence().await; // one at a time: nothing more until this one is acked
+        let id = p.pkid.to_be_bytes();
+        sub.send(&[0x40, 0x02, id[0], id[1]]).await;
+    }
+    got.sort();
+    assert_eq!(got, ["1", "2", "3"]);
     broker.shutdown().await;
 }
