@@ -353,3 +353,14 @@ async fn auth_packet_after_a_connect_without_method_is_a_protocol_error() {
     raw.expect_disconnect(0x82).await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_tells_v5_clients_0x8b_and_closes_v3_clients() {
+    let broker = TestBroker::start().await;
+    let (mut v5, _) = broker.raw_v5(v5_connect("v5")).await;
+    let (mut v3, _) = broker.raw_v311("v3", true).await;
+    let stopping = tokio::spawn(broker.shutdown());
+    v5.expect_disconnect(0x8B).await; // Server shutting down
+    v3.expect_closed().await;
+    stopping.await.expect("shutdown completes");
+}

@@ -144,3 +144,69 @@ async fn takeover_resumes_messages_the_old_connection_left_unacknowledged() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn simultaneous_connections_with_one_client_id_leave_exactly_one_connected() {
+    let broker = TestBroker::start().await;
+    let mut attempts = Vec::new();
+    for _ in 0..8 {
+        let mut raw = broker.raw().await;
+        raw.send(&crate::harness::connect_v311_with("crowd", false, 60))
+            .await;
+        attempts.push(raw);
+    }
+    // Every attempt is answered; all but one are then closed by the next takeover.
+    let mut open = 0;
+    for raw in &mut attempts {
+        assert_eq!(raw.recv(2).await, [0x20, 0x02]);
+        let rest = raw.recv(2).await;
+        assert_eq!(rest[1], 0x00, "accepted");
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(
+            crate::harness::QUIET,
+            tokio::io::AsyncReadExt::read(&mut raw.stream, &mut byte),
+        )
+        .await
+        {
+            Err(_) => open += 1,    // still open
+            Ok(Ok(0)) => {}         // closed by a later takeover
+            Ok(other) => panic!("unexpected {other:?} {byte:?}"),
+        }
+    }
+    assert_eq!(open, 1, "exactly one connection keeps the client id");
+    assert_eq!(broker.broker().registry.connected_len(), 1);
+    assert_eq!(broker.stats().sessions_taken_over, 7);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn v5_takeover_with_clean_start_publishes_a_delayed_will_at_once() {
+    let broker = TestBroker::start().await;
+    let mut watcher = V3::connect(&broker, "watcher").await;
+    watcher.subscribe_ok("will/#", 1).await;
+    let expiry = mqtt5::ConnectProperties {
+        session_expiry_interval: Some(300),
+        ..connect_properties()
+    };
+    let will_properties = mqtt5::LastWillProperties {
+        delay_interval: Some(300),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![],
+    };
+    let will = mqtt5::LastWill::new("will/old", "gone", qos5(1), false, Some(will_properties));
+    let (mut old, _) = broker
+        .raw_v5_with_will(v5_connect_with("old", false, expiry), Some(will))
+        .await;
+    let (_new, ack) = broker
+        .raw_v5(v5_connect_with("old", true, connect_properties()))
+        .await;
+    assert!(!ack.session_present);
+    old.expect_disconnect(0x8E).await;
+    // The old session ended with the takeover, so its will does not wait out its delay.
+    assert_eq!(text(&watcher.next_publish().await.payload), "gone");
+    broker.shutdown().await;
+}
