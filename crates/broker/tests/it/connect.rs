@@ -310,6 +310,18 @@ async fn malformed_v5_connect_gets_a_v5_connack_with_the_reason() {
         refused_v5_connect(&broker, &wildcard_will_topic).await,
         ConnectReturnCode::TopicNameInvalid
     );
+    let receive_maximum_0 = [
+        0x10, 0x11, // CONNECT, remaining length 17
+        0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, // "MQTT" level 5
+        0x02, // clean start
+        0x00, 0x3C, // keep alive 60
+        0x03, 0x21, 0x00, 0x00, // properties: receive maximum 0 (3.1.2.11.3)
+        0x00, 0x01, b'c', // client id "c"
+    ];
+    assert_eq!(
+        refused_v5_connect(&broker, &receive_maximum_0).await,
+        ConnectReturnCode::ProtocolError
+    );
     assert_eq!(broker.stats().clients_connected, 0);
     broker.shutdown().await;
 }

@@ -332,3 +332,30 @@ async fn v5_properties_that_break_the_rules() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn v5_zero_where_zero_is_not_allowed() {
+    // Subscription identifier 0 (3.8.2.1.2).
+    closes(
+        Version::V5(PROTOCOL_ERROR),
+        &[
+            0x82, 0x09, // SUBSCRIBE
+            0x00, 0x01, // packet id 1
+            0x02, 0x0B, 0x00, // properties: subscription identifier 0
+            0x00, 0x01, b't', 0x00, // filter "t", QoS 0
+        ],
+    )
+    .await;
+    // A wildcard in a Response Topic, which is a topic name [MQTT-3.3.2-14].
+    closes(
+        Version::V5(PROTOCOL_ERROR),
+        &[
+            0x30, 0x09, // PUBLISH QoS 0
+            0x00, 0x01, b't', // topic "t"
+            0x04, 0x08, 0x00, 0x01, b'#', // properties: response topic "#"
+            b'x',
+        ],
+    )
+    .await;
+}
+
