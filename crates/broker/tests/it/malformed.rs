@@ -358,4 +358,3 @@ async fn v5_zero_where_zero_is_not_allowed() {
     )
     .await;
 }
-

@@ -266,3 +266,35 @@ async fn v5_disconnect_setting_expiry_after_0_at_connect_is_a_protocol_error() {
     assert!(!present);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn max_session_expiry_caps_every_session() {
+    let broker = TestBroker::start_with(|c| c.mqtt.max_session_expiry_secs = 1).await;
+    let (mut v5, ack) = broker
+        .raw_v5(v5_connect_with(
+            "asks-long",
+            true,
+            mqtt5::ConnectProperties {
+                session_expiry_interval: Some(300),
+                ..connect_properties()
+            },
+        ))
+        .await;
+    // v5 3.2.2.3.2: the client is told the expiry the broker will use.
+    assert_eq!(ack.properties.unwrap().session_expiry_interval, Some(1));
+    v5.send(&disconnect_with_expiry(600)).await; // a longer one at DISCONNECT is capped too
+    v5.expect_closed().await;
+    let (mut v3, _) = broker.raw_v311("never-expires", false).await;
+    v3.send(&[0xE0, 0x00]).await;
+    v3.expect_closed().await;
+    let parked = Instant::now();
+    broker
+        .eventually("both sessions to expire", |b| {
+            b.stats.snapshot().sessions_expired == 2
+        })
+        .await;
+    assert!(parked.elapsed() >= Duration::from_millis(900));
+    let (_v3, present) = broker.raw_v311("never-expires", false).await;
+    assert!(!present);
+    broker.shutdown().await;
+}

@@ -168,8 +168,8 @@ async fn simultaneous_connections_with_one_client_id_leave_exactly_one_connected
         )
         .await
         {
-            Err(_) => open += 1,    // still open
-            Ok(Ok(0)) => {}         // closed by a later takeover
+            Err(_) => open += 1, // still open
+            Ok(Ok(0)) => {}      // closed by a later takeover
             Ok(other) => panic!("unexpected {other:?} {byte:?}"),
         }
     }

@@ -125,7 +125,7 @@ async fn topic_alias_from_the_client_stands_for_its_topic() {
         .publish_with("al/t", 1, false, "set", alias(1))
         .await;
     publisher.publish_with("", 1, false, "use", alias(1)).await;
-    // An alias may be pointed at another topic [MQTT-3.3.2-? 3.3.2.3.4].
+    // An alias may be pointed at another topic (v5 3.3.2.3.4).
     publisher
         .publish_with("al/u", 1, false, "reset", alias(1))
         .await;
