@@ -180,7 +180,7 @@ async fn retain_unavailable_is_advertised_and_a_retained_publish_is_refused() {
     let mut publish = mqtt5::Publish::new("r", qos5(0), "x", None);
     publish.retain = true;
     raw.send_v5(V5Packet::Publish(publish)).await;
-    raw.expect_disconnect(0x9A).await; // [MQTT-3.3.1-14] Retain not supported
+    raw.expect_disconnect(0x9A).await; // Retain not supported (v5 3.3.1.3)
     assert_eq!(broker.broker().retained.len(), 0);
     broker.shutdown().await;
 }

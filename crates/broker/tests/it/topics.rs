@@ -163,7 +163,7 @@ async fn shared_subscription_gives_each_message_to_one_member_in_turn() {
         numbers_v3(&mut m2, 3).await,
         numbers_v5(&mut m3, 3).await,
     );
-    // [MQTT-4.8.2-3] each message to exactly one member: together they got all nine once.
+    // (v5 4.8.2) each message to exactly one member: together they got all nine once.
     let all: BTreeSet<u32> = a.iter().chain(&b).chain(&c).copied().collect();
     assert_eq!(all, (0..9).collect(), "members got {a:?} {b:?} {c:?}");
     // Round robin: each member got every third message.

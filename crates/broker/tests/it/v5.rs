@@ -221,7 +221,7 @@ async fn broker_uses_topic_aliases_up_to_the_client_maximum() {
         .map(|(t, a, p)| ((*t).to_owned(), *a, (*p).to_owned()))
         .collect();
     assert_eq!(seen, expected);
-    // A client that accepts no aliases gets none [MQTT-3.3.2-7] (v5 3.3.2.3.4).
+    // A client that accepts no aliases gets none [MQTT-3.3.2-11].
     for _ in 0..6 {
         let p = plain.recv_v5_publish().await;
         assert!(!p.topic.is_empty());
@@ -288,7 +288,7 @@ async fn client_exceeding_the_broker_receive_maximum_with_qos2_gets_0x93() {
             assert!(matches!(raw.recv_v5().await, V5Packet::PubRec(_)));
         }
     }
-    // [MQTT-3.3.4-9] a third unacknowledged QoS 2 PUBLISH exceeds Receive Maximum 2.
+    // [MQTT-3.3.4-7] a third unacknowledged QoS 2 PUBLISH exceeds Receive Maximum 2.
     raw.expect_disconnect(0x93).await;
     broker.shutdown().await;
 }
