@@ -3,8 +3,6 @@
 //! bounded by [`TIMEOUT`]. The event loop stops at the first error: rumqttc would
 //! otherwise reconnect on its own, and the tests want to see the connection end.
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 
 use bytes::Bytes;
@@ -328,15 +326,6 @@ impl V5 {
         assert_eq!(codes, [mqtt5::SubscribeReasonCode::Success(qos5(qos))]);
     }
 
-    pub async fn unsubscribe(&mut self, filter: &str) {
-        self.client
-            .unsubscribe(filter)
-            .await
-            .expect("request queued");
-        self.wait_for(|p| matches!(p, mqtt5::Packet::UnsubAck(_)).then_some(()))
-            .await;
-    }
-
     /// Publishes with properties and waits until the exchange is complete.
     pub async fn publish_with(
         &mut self,
@@ -397,20 +386,6 @@ impl V5 {
                 Err(e) => return e,
             }
         }
-    }
-
-    /// Waits for the broker's DISCONNECT and returns its reason code.
-    pub async fn server_disconnect(&mut self) -> mqtt5::DisconnectReasonCode {
-        match self.closed().await {
-            rumqttc::v5::ConnectionError::MqttState(
-                rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
-            ) => reason_code,
-            other => panic!("expected a DISCONNECT from the broker, got {other:?}"),
-        }
-    }
-
-    pub fn kill(self) {
-        self.task.abort();
     }
 
     pub async fn disconnect(mut self) {

@@ -3,8 +3,6 @@
 //! Raw connections decode what the broker sends with rumqttc's codec (`recv_v4`,
 //! `recv_v5`), never with midge-proto, so a symmetric codec bug cannot pass unnoticed.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -19,8 +17,8 @@ use tokio::time::Instant;
 /// Every wait in these tests is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a test listens to be sure that something does *not* arrive, where no later
-/// event can stand in as a fence. Kept short: it only has to outlast a loopback round trip.
+/// How long a test listens to be sure a connection stays open, where no later event can
+/// stand in as a fence. Kept short: it only has to outlast a loopback round trip.
 pub const QUIET: Duration = Duration::from_millis(300);
 
 /// A v3.1.1 packet as rumqttc decodes it.
@@ -166,13 +164,6 @@ pub fn publish_properties() -> mqtt5::PublishProperties {
 /// A v5 PUBLISH for rumqttc's encoder.
 pub fn v5_publish(topic: &str, qos: u8, packet_id: u16, payload: &[u8]) -> mqtt5::Publish {
     let mut publish = mqtt5::Publish::new(topic, qos5(qos), payload.to_vec(), None);
-    publish.pkid = packet_id;
-    publish
-}
-
-/// A v3.1.1 PUBLISH for rumqttc's encoder.
-pub fn v4_publish(topic: &str, qos: u8, packet_id: u16, payload: &[u8]) -> rumqttc::Publish {
-    let mut publish = rumqttc::Publish::new(topic, qos4(qos), payload.to_vec());
     publish.pkid = packet_id;
     publish
 }
@@ -358,17 +349,6 @@ impl Raw {
         match V5Packet::read(&mut BytesMut::from(&rest[..]), None) {
             Ok(V5Packet::Disconnect(d)) => d.properties.and_then(|p| p.reason_string),
             other => panic!("rumqttc decodes {rest:02X?} as {other:?}"),
-        }
-    }
-
-    /// Nothing arrives for [`QUIET`]. Only for checks no later event can fence.
-    pub async fn expect_silence(&mut self) {
-        let mut buf = [0u8; 1];
-        match tokio::time::timeout(QUIET, self.stream.read(&mut buf)).await {
-            Err(_) => {}
-            Ok(Ok(0)) => panic!("connection closed, expected it to stay open"),
-            Ok(Ok(_)) => panic!("unexpected byte {:02X}", buf[0]),
-            Ok(Err(e)) => panic!("read failed: {e}"),
         }
     }
 }
