@@ -172,12 +172,12 @@ async fn v5_session_ends_when_its_expiry_interval_passes() {
     assert!(!present);
     raw.send(&[0xE0, 0x00]).await; // DISCONNECT
     raw.expect_closed().await;
-    let parked = Instant::now();
     // Back within the interval: resumed.
     let (mut raw, present) = raw_v5_expiry(&broker, "short", false, Some(1)).await;
     assert!(present);
     raw.send(&[0xE0, 0x00]).await;
     raw.expect_closed().await;
+    let parked = Instant::now();
 
     broker
         .eventually("the session to expire", |b| {
@@ -189,8 +189,53 @@ async fn v5_session_ends_when_its_expiry_interval_passes() {
         waited >= Duration::from_millis(950),
         "expired after {waited:?}, before 1 s"
     );
-    let (_raw, present) = raw_v5_expiry(&broker, "short", false, Some(1)).await;
+    let (mut raw, present) = raw_v5_expiry(&broker, "short", false, Some(1)).await;
     assert!(!present, "the expired session is gone");
+    assert_new_session_receives(&broker, &mut raw).await;
+    broker.shutdown().await;
+}
+
+/// The session now using a client id gets what it subscribes to: nothing of an ended
+/// session with that id stands in its way.
+async fn assert_new_session_receives(broker: &TestBroker, raw: &mut crate::harness::Raw) {
+    raw.subscribe_v5(1, mqtt5::Filter::new("alive", qos5(1)), None)
+        .await;
+    V3::connect(broker, "pub")
+        .await
+        .publish("alive", 1, false, "yes")
+        .await;
+    assert_eq!(&raw.recv_v5_publish().await.payload[..], b"yes");
+}
+
+#[tokio::test]
+async fn client_id_of_a_session_that_expired_with_a_delayed_will_is_usable_again() {
+    let broker = TestBroker::start().await;
+    let properties = mqtt5::ConnectProperties {
+        session_expiry_interval: Some(1),
+        ..connect_properties()
+    };
+    let will_properties = mqtt5::LastWillProperties {
+        delay_interval: Some(1),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![],
+    };
+    let will = LastWill::new("will/again", "gone", qos5(0), false, Some(will_properties));
+    let (raw, _) = broker
+        .raw_v5_with_will(v5_connect_with("again", true, properties), Some(will))
+        .await;
+    drop(raw);
+    broker
+        .eventually("the session to expire", |b| {
+            b.stats.snapshot().sessions_expired == 1 && b.stats.snapshot().wills_published == 1
+        })
+        .await;
+    let (mut raw, present) = raw_v5_expiry(&broker, "again", false, Some(60)).await;
+    assert!(!present);
+    assert_new_session_receives(&broker, &mut raw).await;
     broker.shutdown().await;
 }
 
@@ -221,8 +266,9 @@ async fn v5_disconnect_with_session_expiry_0_ends_the_session_at_once() {
     raw.send(&disconnect_with_expiry(0)).await;
     raw.expect_closed().await;
     assert_eq!(broker.broker().registry.parked_len(), 0);
-    let (_raw, present) = raw_v5_expiry(&broker, "brief", false, Some(300)).await;
+    let (mut raw, present) = raw_v5_expiry(&broker, "brief", false, Some(300)).await;
     assert!(!present);
+    assert_new_session_receives(&broker, &mut raw).await;
     broker.shutdown().await;
 }
 
