@@ -344,3 +344,30 @@ async fn max_session_expiry_caps_every_session() {
     assert!(!present);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn v311_session_can_be_resumed_by_a_v5_connection() {
+    let broker = TestBroker::start().await;
+    let (mut v3, _) = broker.raw_v311("upgrader", false).await;
+    v3.subscribe_v4(1, "up/#", 1).await;
+    let mut publisher = V3::connect(&broker, "pub").await;
+    publisher.publish("up/a", 1, false, "in flight").await;
+    let in_flight = v3.recv_v4_publish().await;
+    drop(v3); // never acknowledged
+    broker
+        .eventually("the session to be parked", |b| b.registry.parked_len() == 1)
+        .await;
+    publisher.publish("up/b", 1, false, "queued").await;
+
+    // The same client id comes back speaking MQTT 5, keeping the session.
+    let (mut v5, present) = raw_v5_expiry(&broker, "upgrader", false, Some(60)).await;
+    assert!(present);
+    let again = v5.recv_v5_publish().await;
+    assert_eq!(
+        (again.dup, again.pkid, &again.payload[..]),
+        (true, in_flight.pkid, &b"in flight"[..])
+    );
+    let queued = v5.recv_v5_publish().await;
+    assert_eq!(&queued.payload[..], b"queued");
+    broker.shutdown().await;
+}

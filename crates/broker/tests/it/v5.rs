@@ -549,3 +549,56 @@ async fn retained_messages_sent_at_subscribe_respect_the_client_receive_maximum(
     assert_eq!(got, ["1", "2", "3"]);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn qos2_deliveries_count_against_receive_maximum_until_pubcomp() {
+    let broker = TestBroker::start().await;
+    let (mut sub, _) = raw_v5_props(
+        &broker,
+        "one",
+        mqtt5::ConnectProperties {
+            receive_maximum: Some(1),
+            ..connect_properties()
+        },
+    )
+    .await;
+    sub.subscribe_v5(1, Filter::new("q2", qos5(2)), None).await;
+    let mut publisher = V3::connect(&broker, "pub").await;
+    publisher.publish("q2", 2, false, "first").await;
+    publisher.publish("q2", 2, false, "second").await;
+
+    let first = sub.recv_v5_publish().await;
+    let id = first.pkid.to_be_bytes();
+    sub.send(&[0x50, 0x02, id[0], id[1]]).await; // PUBREC
+    assert!(matches!(sub.recv_v5().await, V5Packet::PubRel(_)));
+    // [MQTT-3.3.4-9] still unacknowledged until PUBCOMP: "second" waits.
+    sub.ping_fence().await;
+    sub.send(&[0x70, 0x02, id[0], id[1]]).await; // PUBCOMP
+    assert_eq!(&sub.recv_v5_publish().await.payload[..], b"second");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn retained_message_too_big_for_the_client_is_skipped_at_subscribe() {
+    let broker = TestBroker::start().await;
+    let mut publisher = V3::connect(&broker, "pub").await;
+    publisher.publish("sz/big", 1, true, vec![b'x'; 200]).await;
+    publisher.publish("sz/small", 1, true, "fits").await;
+    let (mut sub, _) = raw_v5_props(
+        &broker,
+        "small",
+        mqtt5::ConnectProperties {
+            max_packet_size: Some(64),
+            receive_maximum: Some(1),
+            ..connect_properties()
+        },
+    )
+    .await;
+    sub.subscribe_v5(1, Filter::new("sz/#", qos5(1)), None)
+        .await;
+    // The big one is dropped without taking the only slot of the receive maximum.
+    let got = sub.recv_v5_publish().await;
+    assert_eq!(&got.payload[..], b"fits");
+    sub.ping_fence().await;
+    broker.shutdown().await;
+}
