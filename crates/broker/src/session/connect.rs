@@ -91,9 +91,11 @@ pub fn negotiate(connect: &Connect, config: &MqttConfig) -> Result<Negotiated, R
         ));
     }
 
-    // Keep alive: v5 clients are told a lower value; v3 clients cannot be told.
+    // Keep alive: v5 clients are told a lower value; v3 clients cannot be told. For a v5
+    // client, 0 (no keep alive) is longer than any cap below 65535, as in Mosquitto.
     let mut keep_alive = connect.keep_alive;
-    if keep_alive > config.max_keepalive {
+    let uncapped_zero = keep_alive == 0 && config.max_keepalive < u16::MAX;
+    if keep_alive > config.max_keepalive || (v5 && uncapped_zero) {
         if !v5 {
             return Err(refuse(
                 ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
@@ -240,6 +242,23 @@ mod tests {
         assert_eq!((n.keep_alive, n.connack.server_keep_alive), (30, Some(30)));
         let refused = negotiate(&connect(ProtocolVersion::V311, "c", true), &config).unwrap_err();
         assert_eq!(refused.reason.to_v3_connack(), 2);
+    }
+
+    #[test]
+    fn keep_alive_0_is_capped_for_v5_only_when_max_keepalive_is_set() {
+        let mut c = connect(ProtocolVersion::V5, "c", true);
+        c.keep_alive = 0;
+        let capped = MqttConfig {
+            max_keepalive: 30,
+            ..MqttConfig::default()
+        };
+        let n = negotiate(&c, &capped).unwrap();
+        assert_eq!((n.keep_alive, n.connack.server_keep_alive), (30, Some(30)));
+        let n = negotiate(&c, &MqttConfig::default()).unwrap();
+        assert_eq!((n.keep_alive, n.connack.server_keep_alive), (0, None));
+        c.protocol = ProtocolVersion::V311;
+        let n = negotiate(&c, &capped).unwrap();
+        assert_eq!(n.keep_alive, 0, "v3 cannot be told; 0 stays off");
     }
 
     #[test]

@@ -3,8 +3,22 @@
 
 mod access_support;
 mod acl;
+mod client;
+mod connect;
 mod harness;
 mod http_auth;
+mod keepalive;
+mod limits;
 mod listener_auth;
+mod malformed;
+mod overlap;
 mod passwords;
+mod qos;
+mod retain;
+mod sessions;
 mod smoke;
+mod sys;
+mod takeover;
+mod topics;
+mod v5;
+mod will;
