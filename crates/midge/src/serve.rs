@@ -16,11 +16,16 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Logs go to stderr (stdout stays free for tools' output); colour only on a terminal,
+    // so log files and journald get plain text.
+    let stderr = std::io::stderr();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&stderr))
         .init();
     let config = Config::load(args.config.as_deref(), std::env::vars())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
