@@ -33,22 +33,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
+        // Hooked before the listeners open: a signal that comes once clients can connect
+        // must shut down gracefully, not kill the process with the default action.
+        let signalled = shutdown_signal()?;
         let server = Server::start(config).await?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "midge started");
-        wait_for_signal().await?;
+        signalled.await;
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
-        _ = terminate.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
