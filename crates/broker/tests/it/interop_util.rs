@@ -66,7 +66,7 @@ impl Tool {
                 command_exists("mosquitto_pub")?;
                 command_exists("mosquitto_sub")
             }
-            Tool::Mosquitto => command_exists("mosquitto"),
+            Tool::Mosquitto => command_exists(mosquitto_program()),
         }
     }
 
@@ -108,6 +108,20 @@ fn command_succeeds(program: &str, args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         )),
         Err(e) => Err(format!("cannot run `{program}`: {e}")),
+    }
+}
+
+/// `mosquitto`, or Debian's /usr/sbin/mosquitto when /usr/sbin is not on PATH (as for
+/// users other than root).
+fn mosquitto_program() -> &'static str {
+    const DEBIAN: &str = "/usr/sbin/mosquitto";
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("mosquitto").is_file())
+    });
+    if !on_path && Path::new(DEBIAN).is_file() {
+        DEBIAN
+    } else {
+        "mosquitto"
     }
 }
 
@@ -512,7 +526,7 @@ impl Mosquitto {
         .map_err(|e| format!("writing {}: {e}", conf.display()))?;
         let log_file =
             std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut child = Command::new("mosquitto")
+        let mut child = Command::new(mosquitto_program())
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
