@@ -411,8 +411,8 @@ async fn brokers() -> (TestBroker, Mosquitto) {
     (TestBroker::start().await, Mosquitto::start().await)
 }
 
-/// Runs `scenario` against both brokers for each version; returns (midge, Mosquitto)
-/// outcomes per version.
+/// Runs `scenario` for `version` against midge, then against Mosquitto; evaluates to
+/// (midge's outcome, Mosquitto's outcome).
 macro_rules! on_both {
     ($midge:expr, $mosquitto:expr, $version:expr, $scenario:ident) => {{
         let ours = $scenario($midge.addr, $version).await;
