@@ -1,26 +1,69 @@
 #!/usr/bin/env bash
-# Installs what the interop tests drive midge with: Python paho-mqtt, mqtt.js (npm) and
-# Mosquitto (Debian packages, for the clients and the differential tests). Idempotent.
+# Installs what the interop tests drive midge with, on a fresh Debian machine (as root, as
+# in CI) or completes an existing setup:
+#   - Python 3 with paho-mqtt 2.x (tests/interop/python/requirements.txt, via pip);
+#   - node with mqtt.js (tests/interop/js/package-lock.json, via npm ci);
+#   - Mosquitto and mosquitto-clients (Debian packages), for mosquitto_pub/sub and the
+#     differential tests.
+# Idempotent and quiet when everything is there. Without root, it says what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
-    echo "installing Python paho-mqtt" >&2
-    python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
-fi
+have() { command -v "$1" >/dev/null 2>&1; }
+# Debian puts mosquitto in /usr/sbin, which is not on a normal user's PATH.
+have_mosquitto() { have mosquitto || [ -x /usr/sbin/mosquitto ]; }
+paho_ok() {
+    python3 -c 'import sys, paho.mqtt; sys.exit(not paho.mqtt.__version__.startswith("2."))' \
+        >/dev/null 2>&1
+}
 
-if [ ! -d tests/interop/js/node_modules/mqtt ]; then
-    echo "installing mqtt.js" >&2
-    (cd tests/interop/js && npm ci --silent --no-audit --no-fund)
-fi
+# ---- Debian packages ----
+packages=()
+have python3 || packages+=(python3)
+if ! paho_ok && ! python3 -m pip --version >/dev/null 2>&1; then packages+=(python3-pip); fi
+have node || packages+=(nodejs)
+have npm || packages+=(npm)
+have_mosquitto || packages+=(mosquitto)
+{ have mosquitto_pub && have mosquitto_sub; } || packages+=(mosquitto-clients)
 
-if ! command -v mosquitto >/dev/null || ! command -v mosquitto_sub >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing mosquitto and mosquitto-clients" >&2
+if [ ${#packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && have apt-get; then
+        echo "test-deps: installing ${packages[*]}" >&2
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${packages[@]}" >/dev/null
     else
-        echo "mosquitto and mosquitto-clients are needed: apt-get install mosquitto mosquitto-clients" >&2
+        echo "test-deps: missing Debian packages: ${packages[*]}" >&2
+        echo "test-deps: run as root, or: sudo apt-get install ${packages[*]}" >&2
         exit 1
     fi
+fi
+
+# ---- Python paho-mqtt ----
+if ! paho_ok; then
+    echo "test-deps: installing Python packages from tests/interop/python/requirements.txt" >&2
+    # Debian's own python3 refuses pip installs outside a venv (PEP 668); these tests
+    # need paho-mqtt 2 (Debian ships 1.6), so allow it. Older pips ignore the variable.
+    PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
+        python3 -m pip install --quiet --disable-pip-version-check \
+        -r tests/interop/python/requirements.txt
+fi
+
+# ---- mqtt.js ----
+js=tests/interop/js
+if [ ! -f "$js/node_modules/mqtt/package.json" ] ||
+    [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
+    echo "test-deps: installing mqtt.js (npm ci in $js)" >&2
+    (cd "$js" && npm ci --silent --no-audit --no-fund)
+fi
+
+# ---- check ----
+problems=()
+paho_ok || problems+=("python3 cannot import paho-mqtt 2.x")
+[ -f "$js/node_modules/mqtt/package.json" ] || problems+=("mqtt.js is not in $js/node_modules")
+have_mosquitto || problems+=("mosquitto is not installed")
+{ have mosquitto_pub && have mosquitto_sub; } || problems+=("mosquitto_pub/sub are not installed")
+if [ ${#problems[@]} -gt 0 ]; then
+    printf 'test-deps: %s\n' "${problems[@]}" >&2
+    exit 1
 fi

@@ -135,16 +135,20 @@ impl Registry {
             .clone();
         let _attaching = attach_lock.lock().await;
 
-        let live_owner = self
-            .lock()
-            .slots
-            .get(&client_id)
-            .and_then(|s| s.owner.map(|_| s.mailbox.clone()));
-        if let Some(mailbox) = live_owner {
+        // Looking at the owner and telling it to go happen under one lock, so `detach`
+        // (which takes the same lock) either runs first, and there is no owner, or finds
+        // the instruction and answers it.
+        let (reply, done) = oneshot::channel();
+        let told_owner = match self.lock().slots.get(&client_id) {
+            Some(slot) if slot.owner.is_some() => {
+                slot.mailbox.send_control(Control::TakeOver(reply));
+                true
+            }
+            _ => false,
+        };
+        if told_owner {
             tracing::info!(client_id = %client_id, "client id already connected: taking the session over from the existing connection");
             Stats::add(&broker.stats.sessions_taken_over, 1);
-            let (reply, done) = oneshot::channel();
-            mailbox.send_control(Control::TakeOver(reply));
             if tokio::time::timeout(TAKEOVER_TIMEOUT, done).await.is_err() {
                 tracing::warn!(client_id = %client_id, "previous connection did not let go in time; its session state is dropped");
                 if let Some(slot) = self.lock().slots.get_mut(&client_id) {
@@ -214,6 +218,7 @@ impl Registry {
         let client_id = state.client_id.clone();
         let mut ended = None;
         let mut will_now = None;
+        let mut answer_takeover = None;
         {
             let mut inner = self.lock();
             let Inner { slots, timers } = &mut *inner;
@@ -223,6 +228,13 @@ impl Registry {
             let owned = slot.owner == Some(connection_id);
             if owned {
                 slot.owner = None;
+                // A connection that ended on its own (EOF, DISCONNECT, error) just as a new
+                // one took over never read the takeover instruction: answer it here, once
+                // the session is parked below, instead of leaving the new connection
+                // waiting for TAKEOVER_TIMEOUT.
+                if let Some(Control::TakeOver(reply)) = slot.mailbox.take_control() {
+                    answer_takeover = Some(reply);
+                }
             }
             state.mailbox.set_online(false);
             if !owned || state.expiry_interval == 0 {
@@ -264,6 +276,9 @@ impl Registry {
         }
         if let Some(will) = will_now {
             broker.publish_will(&client_id, will, now);
+        }
+        if let Some(reply) = answer_takeover {
+            let _ = reply.send(());
         }
     }
 
@@ -358,6 +373,8 @@ fn end_session(broker: &Broker, state: SessionState) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::Config;
     use bytes::Bytes;
@@ -486,5 +503,53 @@ mod tests {
         assert!(!fresh.session_present);
         assert!(broker.router.is_empty());
         assert!(!fresh.state.mailbox.is_closed());
+    }
+
+    /// A connection that ends on its own (EOF, DISCONNECT) right after a new connection
+    /// told it to go never reads that instruction; the new connection must not wait the
+    /// whole takeover timeout for an answer.
+    #[tokio::test(start_paused = true)]
+    async fn takeover_racing_with_the_old_connection_ending_does_not_wait_for_the_timeout() {
+        let broker = Broker::new(Config::default());
+        let client_id: Arc<str> = Arc::from("racer");
+        let mut old = broker
+            .registry
+            .attach(&broker, client_id.clone(), true, 1, 0)
+            .await;
+        old.state.expiry_interval = 60;
+        let mailbox = old.state.mailbox.clone();
+
+        let new = tokio::spawn({
+            let broker = broker.clone();
+            let client_id = client_id.clone();
+            async move {
+                broker
+                    .registry
+                    .attach(&broker, client_id, false, 2, 0)
+                    .await
+            }
+        });
+        // The new connection has told the old one to go...
+        let mut told = false;
+        for _ in 0..100 {
+            if let Some(control) = mailbox.take_control() {
+                told = matches!(control, Control::TakeOver(_));
+                mailbox.send_control(control);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(told, "the new connection sent the takeover instruction");
+        // ...which ends without reading it, as on EOF.
+        broker.registry.detach(&broker, 1, old.state, None, 0);
+
+        // Virtual time: were the new connection still waiting for TAKEOVER_TIMEOUT, this
+        // one-second timeout would fire first.
+        let attached = tokio::time::timeout(Duration::from_secs(1), new)
+            .await
+            .expect("attach finished without waiting for the takeover timeout")
+            .expect("attach task");
+        assert!(attached.session_present, "the parked session is resumed");
+        assert_eq!(broker.registry.connected_len(), 1);
     }
 }

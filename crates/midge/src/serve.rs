@@ -16,11 +16,16 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Logs go to stderr (stdout stays free for tools' output); colour only on a terminal,
+    // so log files and journald get plain text.
+    let stderr = std::io::stderr();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&stderr))
         .init();
     let config = Config::load(args.config.as_deref(), std::env::vars())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -28,31 +33,49 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
+        // Hooked before the listeners open: a signal that comes once clients can connect
+        // must shut down gracefully, not kill the process with the default action.
+        let mut signals = Signals::install()?;
         let server = Server::start(config).await?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "midge started");
-        wait_for_signal(&server).await?;
+        signals.wait_for_shutdown(&server).await;
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
     })
 }
 
-/// Waits for SIGINT or SIGTERM; SIGHUP reloads the password and ACL files meanwhile.
-async fn wait_for_signal(server: &Server) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            result = &mut ctrl_c => return result.context("waiting for SIGINT"),
-            _ = terminate.recv() => return Ok(()),
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                // Errors are logged by reload; the broker keeps running on the old files.
-                let _ = server.reload();
+/// The signals `midge serve` handles, installed before the listeners open: a signal that
+/// comes once clients can connect must be handled, not kill the process by default.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install =
+            |kind, name| signal(kind).with_context(|| format!("installing the {name} handler"));
+        Ok(Self {
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Resolves on SIGINT or SIGTERM; SIGHUP meanwhile reloads what can be reloaded.
+    async fn wait_for_shutdown(&mut self, server: &Server) {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => return,
+                _ = self.terminate.recv() => return,
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    // Errors are logged by reload; the broker keeps running on the old files.
+                    let _ = server.reload();
+                }
             }
         }
     }

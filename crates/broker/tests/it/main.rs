@@ -1,12 +1,19 @@
 //! Integration tests: the real broker on 127.0.0.1:0, driven by independent clients
-//! (rumqttc v3.1.1 and v5) and by raw bytes. One test binary, modules by theme.
+//! (rumqttc v3.1.1 and v5, and in the interop_* modules Python paho-mqtt, mqtt.js and
+//! mosquitto_pub/sub) and by raw bytes; differential runs scenarios against Mosquitto too.
+//! One test binary, modules by theme.
 
 mod access_support;
 mod acl;
 mod client;
 mod connect;
+mod differential;
 mod harness;
 mod http_auth;
+mod interop_mosquitto_clients;
+mod interop_mqttjs;
+mod interop_paho;
+mod interop_util;
 mod keepalive;
 mod limits;
 mod listener_auth;

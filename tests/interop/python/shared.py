@@ -1,0 +1,34 @@
+"""A shared subscription $share/{group}/{filter} held by two paho clients: each message
+goes to exactly one of them, and both get some. Reports the message numbers each got."""
+
+import time
+
+from common import WAIT, Client, emit, parser
+
+COUNT = 10
+
+args = parser(__doc__).parse_args()
+members = [Client(args, f"paho-shared-{name}-{args.protocol}") for name in ("a", "b")]
+for member in members:
+    member.connect()
+    member.subscribe("$share/interop/interop/shared/#", 1)
+
+pub = Client(args, f"paho-shared-pub-{args.protocol}")
+pub.connect()
+for i in range(COUNT):
+    pub.publish("interop/shared/t", str(i).encode(), qos=1)
+
+received = {"a": [], "b": []}
+deadline = time.monotonic() + WAIT
+while sum(len(v) for v in received.values()) < COUNT:
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"shared subscribers got only {received}")
+    for name, member in zip(("a", "b"), members):
+        received[name] += [int(bytes.fromhex(m["payload"])) for m in member.drain(0.01)]
+# A copy delivered twice would follow at once; the short wait gives it the time to show.
+for name, member in zip(("a", "b"), members):
+    received[name] += [int(bytes.fromhex(m["payload"])) for m in member.drain(0.1)]
+pub.disconnect()
+for member in members:
+    member.disconnect()
+emit({"count": COUNT, "received": received})
