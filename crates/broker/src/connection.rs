@@ -48,6 +48,27 @@ enum End {
     TakenOver(oneshot::Sender<()>),
 }
 
+/// What [`write_or_flush`] did.
+enum Written {
+    /// Wrote this many bytes from the write buffer.
+    Bytes(usize),
+    /// The write buffer was empty; flushed what the stream held back.
+    Flushed,
+}
+
+/// Writes from `wbuf`, or flushes the stream once `wbuf` is empty. TLS and WebSocket
+/// streams may keep written bytes in their own buffers until flushed.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    wbuf: &mut BytesMut,
+) -> std::io::Result<Written> {
+    if wbuf.is_empty() {
+        writer.flush().await.map(|()| Written::Flushed)
+    } else {
+        writer.write_buf(wbuf).await.map(Written::Bytes)
+    }
+}
+
 struct Connection<R, W> {
     reader: R,
     writer: W,
@@ -55,16 +76,24 @@ struct Connection<R, W> {
     wbuf: BytesMut,
     decoder: Decoder,
     peer: SocketAddr,
+    /// The verified client certificate's identity, when the listener maps one to the user
+    /// name (`cert_identity`).
+    certificate_identity: Option<String>,
     broker: Arc<Broker>,
     listener: Arc<ListenerContext>,
     shutdown: watch::Receiver<bool>,
+    /// Bytes were written since the last flush. TLS and WebSocket streams may hold written
+    /// bytes in a buffer until flushed.
+    unflushed: bool,
 }
 
-/// Serves one accepted connection to the end.
+/// Serves one accepted connection to the end. `certificate_identity` is the user name a
+/// verified client certificate gives (see `[listener.tls] cert_identity`).
 pub async fn serve<R, W>(
     reader: R,
     writer: W,
     peer: SocketAddr,
+    certificate_identity: Option<String>,
     listener: Arc<ListenerContext>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
@@ -80,9 +109,11 @@ pub async fn serve<R, W>(
         wbuf: BytesMut::new(),
         decoder,
         peer,
+        certificate_identity,
         broker,
         listener,
         shutdown,
+        unflushed: false,
     };
     let Some(connect) = conn.read_connect().await else {
         conn.close().await;
@@ -177,7 +208,7 @@ where
 
     async fn serve_session(mut self, connect: Connect) {
         let broker = self.broker.clone();
-        let negotiated = match negotiate(&connect, &broker.config.mqtt) {
+        let mut negotiated = match negotiate(&connect, &broker.config.mqtt) {
             Ok(n) => n,
             Err(refusal) => {
                 return self
@@ -195,6 +226,7 @@ where
             username: connect.username.as_deref(),
             password: connect.password.as_deref(),
             peer: self.peer,
+            certificate_identity: self.certificate_identity.as_deref(),
         };
         if let Err(reason) = self.listener.access.authenticate(&credentials).await {
             return self
@@ -205,6 +237,11 @@ where
                     &negotiated.client_id,
                 )
                 .await;
+        }
+        // A verified certificate names the user: authorization and logs use that name,
+        // not the one in CONNECT (Mosquitto's use_identity_as_username).
+        if let Some(identity) = &self.certificate_identity {
+            negotiated.username = Some(identity.clone());
         }
 
         let connection_id = broker.next_connection_id();
@@ -228,6 +265,7 @@ where
         tracing::debug!(
             peer = %self.peer,
             client_id = %client_id,
+            username = negotiated.username.as_deref().unwrap_or(""),
             protocol = ?negotiated.protocol,
             clean_start = negotiated.clean_start,
             session_present = attached.session_present,
@@ -286,9 +324,13 @@ where
             }
             tokio::select! {
                 biased;
-                written = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => match written {
-                    Ok(0) | Err(_) => return End::Abnormal("write failed"),
-                    Ok(n) => session.stats.bytes_sent += n as u64,
+                written = write_or_flush(&mut self.writer, &mut self.wbuf), if !self.wbuf.is_empty() || self.unflushed => match written {
+                    Ok(Written::Bytes(0)) | Err(_) => return End::Abnormal("write failed"),
+                    Ok(Written::Bytes(n)) => {
+                        session.stats.bytes_sent += n as u64;
+                        self.unflushed = true;
+                    }
+                    Ok(Written::Flushed) => self.unflushed = false,
                 },
                 read = self.reader.read_buf(&mut self.rbuf) => match read {
                     Ok(0) => return End::Abnormal("closed by the client without DISCONNECT"),

@@ -1,4 +1,5 @@
-//! `midge serve`: load the configuration, start the broker, stop on SIGINT/SIGTERM.
+//! `midge serve`: load the configuration, start the broker, reload certificates on SIGHUP,
+//! stop on SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 
@@ -30,20 +31,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let server = Server::start(config).await?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "midge started");
-        wait_for_signal().await?;
+        wait_for_signal(&server).await?;
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGINT or SIGTERM; reloads on every SIGHUP meanwhile.
+async fn wait_for_signal(server: &Server) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
-        _ = terminate.recv() => {}
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => return result.context("waiting for SIGINT"),
+            _ = terminate.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                // Failures are logged by the server, and the previous settings stay.
+                if server.reload().is_ok() {
+                    tracing::info!("reload done");
+                }
+            }
+        }
     }
-    Ok(())
 }

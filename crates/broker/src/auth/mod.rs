@@ -18,6 +18,9 @@ pub struct Credentials<'a> {
     pub password: Option<&'a [u8]>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The identity of a client certificate the listener verified, when the listener uses
+    /// it as the user name (`[listener.tls] cert_identity`).
+    pub certificate_identity: Option<&'a str>,
 }
 
 /// What a client wants to do with a topic.
@@ -54,6 +57,10 @@ impl AccessControl {
     /// Checks a CONNECT. There is no credential backend yet, so every client is anonymous
     /// and the anonymous policy decides.
     pub async fn authenticate(&self, credentials: &Credentials<'_>) -> Result<(), ReasonCode> {
+        // A certificate verified against the listener's client CA is the credential.
+        if credentials.certificate_identity.is_some() {
+            return Ok(());
+        }
         if self.anonymous_allowed(&credentials.peer) {
             Ok(())
         } else if credentials.username.is_some() {
@@ -95,6 +102,7 @@ mod tests {
             username: None,
             password: None,
             peer: peer.parse().unwrap(),
+            certificate_identity: None,
         }
     }
 
@@ -118,6 +126,24 @@ mod tests {
         assert_eq!(
             access.authenticate(&credentials("192.0.2.7:5000")).await,
             Err(ReasonCode::NOT_AUTHORIZED)
+        );
+    }
+
+    #[tokio::test]
+    async fn verified_certificate_identity_needs_no_password() {
+        let closed = AccessControl {
+            allow_anonymous: Some(false),
+        };
+        let with_identity = Credentials {
+            certificate_identity: Some("sensor-7"),
+            ..credentials("192.0.2.7:5000")
+        };
+        assert!(closed.authenticate(&with_identity).await.is_ok());
+        assert!(
+            closed
+                .authenticate(&credentials("192.0.2.7:5000"))
+                .await
+                .is_err()
         );
     }
 

@@ -1,0 +1,415 @@
+//! Accept loops and the running server: binds every listener, accepts and spawns at once
+//! (TLS and WebSocket handshakes and CONNECT happen in the connection's task under the
+//! connect timeout, so a slow client never stalls accepting), limits connections, runs the
+//! background tasks, reloads certificates, and shuts down gracefully.
+
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::auth::AccessControl;
+use crate::broker::Broker;
+use crate::config::{Config, ListenerProtocol};
+use crate::connection::{self, ListenerContext};
+use crate::message::now_millis;
+use crate::stats::Stats;
+use crate::sys;
+use crate::tls::{self, TlsError, TlsListener};
+
+/// How long shutdown waits for connections to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often certificate, key and client CA files are checked for changes.
+const TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A listener's certificate, key or client CA file is missing or unusable.
+    #[error("listener {name}: {source}")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// Which file and why.
+        source: TlsError,
+    },
+}
+
+/// Why a reload left some settings as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A TLS listener's files could not be loaded; it keeps its previous certificate.
+    #[error("listener {name}: {source}; keeping the previous certificate")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// Which file and why.
+        source: TlsError,
+    },
+}
+
+/// A listener whose certificate can be reloaded.
+type TlsListeners = Arc<Vec<(String, Arc<TlsListener>)>>;
+
+/// A running broker. Dropping it without [`Server::shutdown`] leaves its tasks running on
+/// the runtime until the runtime stops.
+#[derive(Debug)]
+pub struct Server {
+    broker: Arc<Broker>,
+    local_addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// One clone per live connection task; the count tells shutdown when all have ended.
+    live: Arc<()>,
+    /// The TLS listeners, for [`Server::reload`].
+    tls: TlsListeners,
+}
+
+impl Server {
+    /// Binds every listener and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let broker = Broker::new(config);
+        let config = broker.config.clone();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let live = Arc::new(());
+        let limit = match config.mqtt.max_connections {
+            0 => Semaphore::MAX_PERMITS,
+            n => n,
+        };
+        let limiter = Arc::new(Semaphore::new(limit));
+
+        let mut tasks = Vec::new();
+        let mut local_addrs = Vec::new();
+        let mut tls_listeners = Vec::new();
+        for listener_config in &config.listeners {
+            let name = listener_config.display_name();
+            let addr = listener_config.bind;
+            let tls = match &listener_config.tls {
+                Some(settings) => {
+                    let loaded = TlsListener::load(settings).map_err(|source| StartError::Tls {
+                        name: name.clone(),
+                        source,
+                    })?;
+                    let loaded = Arc::new(loaded);
+                    tls_listeners.push((name.clone(), loaded.clone()));
+                    Some(loaded)
+                }
+                None => None,
+            };
+            let websocket =
+                (listener_config.protocol == ListenerProtocol::Ws).then(|| ws::WsSettings {
+                    paths: listener_config.ws_paths(),
+                    max_message_size: usize::try_from(config.mqtt.max_packet_size)
+                        .unwrap_or(usize::MAX),
+                });
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: name.clone(),
+                    addr,
+                    source,
+                })?;
+            let local = listener.local_addr().unwrap_or(addr);
+            let access = AccessControl::from_config(&config);
+            match &websocket {
+                Some(ws) => {
+                    tracing::info!(listener = %name, address = %local, paths = ?ws.paths, "listening for MQTT over {}; {}", listener_config.scheme(), access.describe())
+                }
+                None => {
+                    tracing::info!(listener = %name, address = %local, "listening for MQTT over {}; {}", listener_config.scheme(), access.describe())
+                }
+            }
+            if config.auth.allow_anonymous.is_none() {
+                tracing::warn!(listener = %name, "auth.allow_anonymous is not set: anonymous clients are accepted from loopback addresses only; set it explicitly in the config file");
+            }
+            local_addrs.push(local);
+            let context = Arc::new(ListenerContext { name, access });
+            let transport = Arc::new(Transport { tls, websocket });
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                transport,
+                context,
+                broker.clone(),
+                limiter.clone(),
+                shutdown_rx.clone(),
+                live.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(housekeeping(
+            broker.clone(),
+            shutdown_rx.clone(),
+        )));
+        if config.sys.interval_secs > 0 {
+            let interval = Duration::from_secs(config.sys.interval_secs);
+            tasks.push(tokio::spawn(sys::run(
+                broker.clone(),
+                interval,
+                shutdown_rx.clone(),
+            )));
+        }
+        let tls: TlsListeners = Arc::new(tls_listeners);
+        if !tls.is_empty() {
+            tasks.push(tokio::spawn(watch_certificates(
+                tls.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        Ok(Self {
+            broker,
+            local_addrs,
+            shutdown,
+            tasks,
+            live,
+            tls,
+        })
+    }
+
+    /// Re-reads the files that can change without a restart (the binary calls this on
+    /// SIGHUP): every TLS listener's certificate, key and client CA. New connections use
+    /// what was read; connections already up keep what they have. A listener whose files
+    /// fail to load keeps its previous certificate; the first such failure is returned and
+    /// every one is logged.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        reload_certificates(&self.tls, true)
+    }
+
+    /// The broker, for in-process use and tests.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Bound addresses, in configuration order (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Stops accepting, tells every client the server is going (v5 DISCONNECT 0x8B),
+    /// waits a few seconds for connections to end, and stops the background tasks.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while Arc::strong_count(&self.live) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let remaining = Arc::strong_count(&self.live) - 1;
+        if remaining > 0 {
+            tracing::warn!(
+                remaining,
+                "connections still open at the end of the shutdown grace period"
+            );
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+        tracing::info!("broker stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    transport: Arc<Transport>,
+    context: Arc<ListenerContext>,
+    broker: Arc<Broker>,
+    limiter: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    live: Arc<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Usually out of file descriptors; back off instead of spinning.
+                tracing::warn!(listener = %context.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limiter.clone().try_acquire_owned() else {
+            Stats::add(&broker.stats.connections_refused, 1);
+            tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
+            continue;
+        };
+        Stats::add(&broker.stats.connections_accepted, 1);
+        let _ = stream.set_nodelay(true);
+        let (transport, context, broker, shutdown, live) = (
+            transport.clone(),
+            context.clone(),
+            broker.clone(),
+            shutdown.clone(),
+            live.clone(),
+        );
+        tokio::spawn(async move {
+            transport
+                .serve(stream, peer, context, broker, shutdown)
+                .await;
+            drop(permit);
+            drop(live);
+        });
+    }
+}
+
+/// What a listener wraps around TCP: TLS, WebSocket, both or neither.
+#[derive(Debug)]
+struct Transport {
+    tls: Option<Arc<TlsListener>>,
+    websocket: Option<ws::WsSettings>,
+}
+
+/// A connection's byte stream once the handshakes are done, whatever the transport.
+trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+
+/// Why a connection ended before MQTT began.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeFailure {
+    #[error(transparent)]
+    Tls(#[from] tls::HandshakeError),
+    #[error("WebSocket upgrade failed: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("no TLS or WebSocket handshake within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Transport {
+    /// Runs the handshakes (in this connection's own task, under the connect timeout),
+    /// then serves MQTT on the result.
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        context: Arc<ListenerContext>,
+        broker: Arc<Broker>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        if self.tls.is_none() && self.websocket.is_none() {
+            let (reader, writer) = stream.into_split();
+            connection::serve(reader, writer, peer, None, context, broker, shutdown).await;
+            return;
+        }
+        let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs);
+        let handshake = async {
+            tokio::time::timeout(timeout, self.handshake(stream))
+                .await
+                .unwrap_or(Err(HandshakeFailure::Timeout(timeout)))
+        };
+        let handshake = tokio::select! {
+            result = handshake => result,
+            _ = shutdown.changed() => return,
+        };
+        match handshake {
+            Ok((stream, identity)) => {
+                let (reader, writer) = tokio::io::split(stream);
+                connection::serve(reader, writer, peer, identity, context, broker, shutdown).await;
+            }
+            Err(failure) => {
+                Stats::add(&broker.stats.handshakes_failed, 1);
+                match failure {
+                    // The client got through TLS with a certificate the CA signed: worth
+                    // telling the operator why it is turned away.
+                    HandshakeFailure::Tls(tls::HandshakeError::NoCommonName) => {
+                        tracing::info!(listener = %context.name, %peer, "connection refused: {failure}")
+                    }
+                    _ => {
+                        tracing::debug!(listener = %context.name, %peer, "connection closed: {failure}")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> Result<(Box<dyn ByteStream>, Option<String>), HandshakeFailure> {
+        let (stream, identity): (Box<dyn ByteStream>, _) = match &self.tls {
+            Some(tls) => {
+                let (stream, identity) = tls.accept(stream).await?;
+                (Box::new(stream), identity)
+            }
+            None => (Box::new(stream), None),
+        };
+        let stream: Box<dyn ByteStream> = match &self.websocket {
+            Some(settings) => Box::new(ws::accept(stream, settings).await?),
+            None => stream,
+        };
+        Ok((stream, identity))
+    }
+}
+
+/// Reloads the TLS listeners whose files changed (all of them with `force`).
+fn reload_certificates(listeners: &TlsListeners, force: bool) -> Result<(), ReloadError> {
+    let mut first_error = None;
+    for (name, listener) in listeners.iter() {
+        match listener.reload(force) {
+            Ok(true) => {
+                tracing::info!(listener = %name, cert = %listener.cert_path().display(), "TLS certificate reloaded; new connections use it")
+            }
+            Ok(false) => {}
+            Err(source) => {
+                let error = ReloadError::Tls {
+                    name: name.clone(),
+                    source,
+                };
+                tracing::warn!("{error}");
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Polls the certificate, key and client CA files' modification times and reloads a
+/// listener when one changed. Polling a few small files every couple of seconds costs less
+/// than a file watcher and works the same on every platform and through symbolic links.
+async fn watch_certificates(listeners: TlsListeners, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TLS_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        // A few stat calls; a rebuild reads small files and happens only after a change.
+        let _ = reload_certificates(&listeners, false);
+    }
+}
+
+/// Session expiry, delayed wills and expired retained messages.
+async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeps = 0u32;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = now_millis();
+        broker.registry.tick(&broker, now);
+        sweeps = sweeps.wrapping_add(1);
+        if sweeps.is_multiple_of(240) {
+            broker.retained.sweep_expired(now);
+        }
+    }
+}
