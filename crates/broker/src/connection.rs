@@ -265,7 +265,7 @@ where
         tracing::debug!(
             peer = %self.peer,
             client_id = %client_id,
-            username = negotiated.username.as_deref().unwrap_or(""),
+            username = %negotiated.username.as_deref().unwrap_or(""),
             protocol = ?negotiated.protocol,
             clean_start = negotiated.clean_start,
             session_present = attached.session_present,

@@ -1,5 +1,9 @@
 //! Integration tests: the real broker on 127.0.0.1:0, driven by independent clients
-//! (rumqttc v3.1.1 and v5) and by raw bytes. One test binary, modules by theme.
+//! (rumqttc v3.1.1 and v5, rustls and tungstenite clients, Python paho-mqtt, mqtt.js,
+//! Mosquitto's clients, headless Chromium) and by raw bytes. One test binary, modules by
+//! theme.
 
 mod harness;
+mod pki;
 mod smoke;
+mod tls;
