@@ -148,7 +148,12 @@ where
             if self.rbuf.capacity() - self.rbuf.len() < 256 {
                 self.rbuf.reserve(READ_RESERVE);
             }
-            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)).await {
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)) => read,
+                // Shutdown does not wait for a client that has not sent CONNECT yet.
+                _ = self.shutdown.changed() => return None,
+            };
+            match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(n)) => Stats::add(&self.broker.stats.bytes_received, n as u64),
                 Err(_) => {
