@@ -7,3 +7,4 @@ mod harness;
 mod pki;
 mod smoke;
 mod tls;
+mod ws;
