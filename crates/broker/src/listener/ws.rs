@@ -55,6 +55,7 @@ where
     Ok(WsByteStream {
         socket,
         pending: Bytes::new(),
+        close_sent: false,
     })
 }
 
@@ -98,6 +99,8 @@ pub(crate) struct WsByteStream<S> {
     socket: WebSocketStream<S>,
     /// What is left of the last binary message received.
     pending: Bytes,
+    /// Our close frame is out.
+    close_sent: bool,
 }
 
 fn to_io(error: WsError) -> io::Error {
@@ -164,10 +167,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
             .map_err(to_io)
     }
 
-    /// Sends a close frame and flushes.
+    /// Sends a close frame, then waits for the client's: RFC 6455 7.1.1 has the server close
+    /// TCP after that, so a client answering our close frame does not write to a closed
+    /// socket. The connection bounds the wait.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().socket)
-            .poll_close(cx)
-            .map_err(to_io)
+        let this = self.get_mut();
+        if !this.close_sent {
+            ready!(Pin::new(&mut this.socket).poll_close(cx)).map_err(to_io)?;
+            this.close_sent = true;
+        }
+        loop {
+            match ready!(Pin::new(&mut this.socket).poll_next(cx)) {
+                None | Some(Err(_) | Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
+                // Whatever the client still sends is too late to be served.
+                Some(Ok(_)) => {}
+            }
+        }
     }
 }
