@@ -7,4 +7,5 @@ mod harness;
 mod pki;
 mod smoke;
 mod tls;
+mod transport_interop;
 mod ws;

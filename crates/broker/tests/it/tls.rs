@@ -204,6 +204,12 @@ impl LogCapture {
             .with_ansi(false)
             .with_writer(capture.clone())
             .finish();
+        // tracing caches each log statement's interest globally. With a single dispatcher
+        // registered, a statement first reached on another test's thread (which has no
+        // subscriber) is cached as never enabled; a second, permanent dispatcher makes
+        // tracing ask every thread's own subscriber instead.
+        static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         (capture, tracing::subscriber::set_default(subscriber))
     }
 
