@@ -531,6 +531,38 @@ mod tests {
         assert_eq!(config.listeners[0].bind, "127.0.0.1:1883".parse().unwrap());
     }
 
+    /// Uncomments every commented `key = value`, `[[listener]]` and `[listener.tls]` line.
+    fn uncomment_keys(text: &str) -> String {
+        text.lines()
+            .map(|line| {
+                let rest = line.strip_prefix("# ").unwrap_or(line);
+                let is_key = rest.split_once(" = ").is_some_and(|(key, _)| {
+                    !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                });
+                if rest != line && (is_key || rest == "[[listener]]" || rest == "[listener.tls]") {
+                    rest
+                } else {
+                    line
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn every_commented_key_in_the_example_file_parses() {
+        let text = uncomment_keys(include_str!("../../../midge.example.toml"));
+        let config = Config::from_toml(&text, "midge.example.toml, uncommented").unwrap();
+        let schemes: Vec<_> = config.listeners.iter().map(|l| l.scheme()).collect();
+        assert_eq!(schemes, ["mqtt", "mqtts", "ws", "wss"]);
+        let mqtts = config.listeners[1].tls.as_ref().unwrap();
+        assert!(mqtts.require_client_cert);
+        assert_eq!(mqtts.cert_identity, CertIdentity::Cn);
+        assert_eq!(config.listeners[2].ws_paths(), ["/mqtt", "/ws"]);
+        assert_eq!(config.listeners[3].ws_paths(), [DEFAULT_WS_PATH]);
+        assert_eq!(config.auth.allow_anonymous, Some(true));
+    }
+
     #[test]
     fn unknown_key_is_refused_with_line_and_key() {
         let err = Config::from_toml("[mqtt]\nmax_inflight = 10\nmax_inflite = 3\n", "test.toml")
