@@ -1,6 +1,7 @@
 //! `midge serve`: load the configuration, start the broker, reload certificates on SIGHUP,
 //! stop on SIGINT/SIGTERM.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -22,6 +23,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        // The log goes to stderr (fmt's default is stdout), coloured only on a terminal.
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = Config::load(args.config.as_deref(), std::env::vars())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
