@@ -48,25 +48,28 @@ enum End {
     TakenOver(oneshot::Sender<()>),
 }
 
-/// What [`write_or_flush`] did.
-enum Written {
-    /// Wrote this many bytes from the write buffer.
-    Bytes(usize),
-    /// The write buffer was empty; flushed what the stream held back.
-    Flushed,
-}
-
-/// Writes from `wbuf`, or flushes the stream once `wbuf` is empty. TLS and WebSocket
-/// streams may keep written bytes in their own buffers until flushed.
-async fn write_or_flush<W: AsyncWrite + Unpin>(
+/// Writes from `wbuf` (counting into `bytes_sent`), then, once `wbuf` is empty, flushes:
+/// TLS and WebSocket streams may keep written bytes in their own buffers until flushed.
+/// Cancel-safe between steps: `unflushed` remembers a flush still owed.
+async fn write_and_flush<W: AsyncWrite + Unpin>(
     writer: &mut W,
     wbuf: &mut BytesMut,
-) -> std::io::Result<Written> {
-    if wbuf.is_empty() {
-        writer.flush().await.map(|()| Written::Flushed)
-    } else {
-        writer.write_buf(wbuf).await.map(Written::Bytes)
+    unflushed: &mut bool,
+    bytes_sent: &mut u64,
+) -> std::io::Result<()> {
+    if !wbuf.is_empty() {
+        let n = writer.write_buf(wbuf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        *bytes_sent += n as u64;
+        *unflushed = true;
     }
+    if wbuf.is_empty() && *unflushed {
+        writer.flush().await?;
+        *unflushed = false;
+    }
+    Ok(())
 }
 
 struct Connection<R, W> {
@@ -329,13 +332,10 @@ where
             }
             tokio::select! {
                 biased;
-                written = write_or_flush(&mut self.writer, &mut self.wbuf), if !self.wbuf.is_empty() || self.unflushed => match written {
-                    Ok(Written::Bytes(0)) | Err(_) => return End::Abnormal("write failed"),
-                    Ok(Written::Bytes(n)) => {
-                        session.stats.bytes_sent += n as u64;
-                        self.unflushed = true;
+                written = write_and_flush(&mut self.writer, &mut self.wbuf, &mut self.unflushed, &mut session.stats.bytes_sent), if !self.wbuf.is_empty() || self.unflushed => {
+                    if written.is_err() {
+                        return End::Abnormal("write failed");
                     }
-                    Ok(Written::Flushed) => self.unflushed = false,
                 },
                 read = self.reader.read_buf(&mut self.rbuf) => match read {
                     Ok(0) => return End::Abnormal("closed by the client without DISCONNECT"),

@@ -542,3 +542,122 @@ async fn changed_certificate_files_are_picked_up_without_a_signal() {
     ping(&mut old).await;
     server.shutdown().await;
 }
+
+/// Reads one MQTT packet's first byte and body length, and skips the body.
+async fn skip_packet<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<u8> {
+    let first = stream.read_u8().await?;
+    let (mut length, mut shift) = (0usize, 0);
+    loop {
+        let byte = stream.read_u8().await?;
+        length |= usize::from(byte & 0x7F) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await?;
+    Ok(first)
+}
+
+#[tokio::test]
+async fn slow_tls_reader_gets_every_message_once_it_reads() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use tokio::io::AsyncWriteExt;
+
+    const MESSAGES: usize = 200;
+    const PAYLOAD: usize = 64 * 1024;
+    let pki = Pki::new("slow");
+    let server_cert = pki.server("server");
+    let (server, ports) = start(
+        vec![listener(Some(tls_settings(&server_cert))), listener(None)],
+        |config| config.mqtt.max_queued_messages = 0,
+    )
+    .await;
+    let config = client_config(&pki.ca_path, None, ALL_VERSIONS);
+    let mut slow = tls_connect(ports[0], config).await.unwrap();
+    assert_eq!(
+        mqtt_connect(&mut slow, "slow").await.unwrap(),
+        CONNACK_V311_OK
+    );
+    let subscribe = [
+        0x82, 0x09, // SUBSCRIBE, remaining length 9
+        0x00, 0x01, // packet id 1
+        0x00, 0x04, b'b', b'u', b'l', b'k', // filter "bulk"
+        0x00, // QoS 0
+    ];
+    slow.write_all(&subscribe).await.unwrap();
+    assert_eq!(skip_packet(&mut slow).await.unwrap(), 0x90, "SUBACK");
+
+    // 12.5 MiB, more than loopback's socket buffers hold, while the subscriber reads
+    // nothing: the broker's writes to it block, part-way through TLS records.
+    let mut options = MqttOptions::new("bulk-publisher", "127.0.0.1", ports[1]);
+    options.set_max_packet_size(2 * PAYLOAD, 2 * PAYLOAD);
+    let (publisher, mut events) = AsyncClient::new(options, MESSAGES);
+    let publishing = tokio::spawn(async move {
+        for _ in 0..MESSAGES {
+            publisher
+                .publish("bulk", QoS::AtLeastOnce, false, vec![b'x'; PAYLOAD])
+                .await
+                .unwrap();
+        }
+        let mut acked = 0;
+        while acked < MESSAGES {
+            if let Event::Incoming(Packet::PubAck(_)) = events.poll().await.unwrap() {
+                acked += 1;
+            }
+        }
+    });
+    tokio::time::timeout(TIMEOUT * 4, publishing)
+        .await
+        .expect("publisher did not finish")
+        .unwrap();
+
+    // Every message was routed; the subscriber now reads them all.
+    let read_all = async {
+        for _ in 0..MESSAGES {
+            assert_eq!(
+                skip_packet(&mut slow).await.unwrap() & 0xF0,
+                0x30,
+                "PUBLISH"
+            );
+        }
+    };
+    tokio::time::timeout(TIMEOUT * 4, read_all)
+        .await
+        .expect("the subscriber did not get every message");
+    server.shutdown().await;
+}
+
+/// TLS and WebSocket streams may hold written bytes until flushed. `tokio::io::BufWriter`
+/// does the same, deterministically: nothing it holds reaches the client without a flush.
+#[tokio::test]
+async fn connection_flushes_a_stream_that_buffers_writes() {
+    use midge_broker::auth::AccessControl;
+    use midge_broker::connection::{self, ListenerContext};
+    use tokio::io::AsyncWriteExt;
+
+    let broker = midge_broker::Broker::new(Config::default());
+    let context = Arc::new(ListenerContext {
+        name: "buffered".to_owned(),
+        access: AccessControl::from_config(&broker.config),
+    });
+    let (mut client, server_side) = tokio::io::duplex(64 * 1024);
+    let (reader, writer) = tokio::io::split(server_side);
+    let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(connection::serve(
+        reader,
+        tokio::io::BufWriter::new(writer),
+        "127.0.0.1:50000".parse().unwrap(),
+        None,
+        context,
+        broker,
+        shutdown,
+    ));
+    assert_eq!(
+        mqtt_connect(&mut client, "buffered").await.unwrap(),
+        CONNACK_V311_OK
+    );
+    ping(&mut client).await;
+    client.shutdown().await.unwrap();
+}
