@@ -3,8 +3,10 @@
 # in CI) or completes an existing setup:
 #   - Python 3 with paho-mqtt 2.x (tests/interop/python/requirements.txt, via pip);
 #   - node with mqtt.js (tests/interop/js/package-lock.json, via npm ci);
+#   - playwright-core (same npm ci), which drives Debian's Chromium in the browser test and
+#     never downloads a browser of its own;
 #   - Mosquitto and mosquitto-clients (Debian packages), for mosquitto_pub/sub and the
-#     differential tests.
+#     differential tests; Chromium (Debian package) for the browser test.
 # Idempotent and quiet when everything is there. Without root, it says what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,7 @@ have node || packages+=(nodejs)
 have npm || packages+=(npm)
 have_mosquitto || packages+=(mosquitto)
 { have mosquitto_pub && have mosquitto_sub; } || packages+=(mosquitto-clients)
+[ -x /usr/bin/chromium ] || packages+=(chromium)
 
 if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && have apt-get; then
@@ -52,8 +55,9 @@ fi
 # ---- mqtt.js ----
 js=tests/interop/js
 if [ ! -f "$js/node_modules/mqtt/package.json" ] ||
+    [ ! -f "$js/node_modules/playwright-core/package.json" ] ||
     [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
-    echo "test-deps: installing mqtt.js (npm ci in $js)" >&2
+    echo "test-deps: installing mqtt.js and playwright-core (npm ci in $js)" >&2
     (cd "$js" && npm ci --silent --no-audit --no-fund)
 fi
 
@@ -61,6 +65,9 @@ fi
 problems=()
 paho_ok || problems+=("python3 cannot import paho-mqtt 2.x")
 [ -f "$js/node_modules/mqtt/package.json" ] || problems+=("mqtt.js is not in $js/node_modules")
+[ -f "$js/node_modules/playwright-core/package.json" ] ||
+    problems+=("playwright-core is not in $js/node_modules")
+[ -x /usr/bin/chromium ] || problems+=("chromium is not installed (/usr/bin/chromium)")
 have_mosquitto || problems+=("mosquitto is not installed")
 { have mosquitto_pub && have mosquitto_sub; } || problems+=("mosquitto_pub/sub are not installed")
 if [ ${#problems[@]} -gt 0 ]; then

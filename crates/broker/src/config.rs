@@ -81,13 +81,24 @@ pub struct ListenerConfig {
     /// Wire protocol.
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// A name for logs and metrics; defaults to `<protocol>:<bind>`.
+    /// A name for logs and metrics; defaults to `<scheme>:<bind>` (`mqtt`, `mqtts`, `ws`,
+    /// `wss`).
     #[serde(default)]
     pub name: Option<String>,
     /// `[listener.auth]`: this listener's own access settings, each falling back to `[auth]`.
     #[serde(default)]
     pub auth: ListenerAuthConfig,
+    /// WebSocket listeners: the HTTP paths that accept the upgrade, one string or a list.
+    /// Empty means [`DEFAULT_WS_PATH`]. Only for `protocol = "ws"`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub ws_path: Vec<String>,
+    /// TLS on this listener (`mqtts`, `wss`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
+
+/// The WebSocket path when `ws_path` is not set.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 impl Default for ListenerConfig {
     fn default() -> Self {
@@ -96,6 +107,8 @@ impl Default for ListenerConfig {
             protocol: ListenerProtocol::Mqtt,
             name: None,
             auth: ListenerAuthConfig::default(),
+            ws_path: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -105,17 +118,123 @@ impl ListenerConfig {
     pub fn display_name(&self) -> String {
         self.name
             .clone()
-            .unwrap_or_else(|| format!("mqtt:{}", self.bind))
+            .unwrap_or_else(|| format!("{}:{}", self.scheme(), self.bind))
     }
+
+    /// `mqtt`, `mqtts`, `ws` or `wss`.
+    pub fn scheme(&self) -> &'static str {
+        match (self.protocol, self.tls.is_some()) {
+            (ListenerProtocol::Mqtt, false) => "mqtt",
+            (ListenerProtocol::Mqtt, true) => "mqtts",
+            (ListenerProtocol::Ws, false) => "ws",
+            (ListenerProtocol::Ws, true) => "wss",
+        }
+    }
+
+    /// The WebSocket paths in force (the default when none is configured).
+    pub fn ws_paths(&self) -> Vec<String> {
+        if self.ws_path.is_empty() {
+            vec![DEFAULT_WS_PATH.to_owned()]
+        } else {
+            self.ws_path.clone()
+        }
+    }
+
+    /// Checks this listener's settings; `index` is its position, for the message.
+    fn validate(&self, index: usize) -> Result<(), (String, String)> {
+        let key = |k: &str| format!("listener[{index}].{k}");
+        if self.protocol != ListenerProtocol::Ws && !self.ws_path.is_empty() {
+            return Err((
+                key("ws_path"),
+                "only applies to protocol = \"ws\"".to_owned(),
+            ));
+        }
+        for path in &self.ws_path {
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                return Err((
+                    key("ws_path"),
+                    format!(
+                        "`{path}` is not an HTTP path (it must start with `/` and have no query)"
+                    ),
+                ));
+            }
+        }
+        if let Some(tls) = self.tls.as_ref().filter(|tls| tls.client_ca.is_none()) {
+            if tls.require_client_cert {
+                return Err((
+                    key("tls.require_client_cert"),
+                    "needs tls.client_ca, the CA that signs client certificates".to_owned(),
+                ));
+            }
+            if tls.cert_identity != CertIdentity::None {
+                return Err((
+                    key("tls.cert_identity"),
+                    "needs tls.client_ca: only a verified client certificate names a user"
+                        .to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepts `"/mqtt"` as well as `["/mqtt", "/ws"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ListenerProtocol {
-    /// MQTT over TCP.
+    /// MQTT over TCP (or TLS).
     #[default]
     Mqtt,
+    /// MQTT over WebSocket (or secure WebSocket with `[listener.tls]`).
+    Ws,
+}
+
+/// `[listener.tls]`: TLS 1.2 and 1.3 with a certificate chain and key from PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain: the server certificate first, then intermediates.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key: PathBuf,
+    /// PEM CA certificates that sign client certificates. Set, clients are asked for a
+    /// certificate and one they present must verify against these.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients that present no certificate (needs `client_ca`).
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Use the verified client certificate's identity as the user name.
+    #[serde(default)]
+    pub cert_identity: CertIdentity,
+}
+
+/// Which part of a verified client certificate becomes the user name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertIdentity {
+    /// The subject's common name (Mosquitto's `use_identity_as_username`).
+    Cn,
+    /// The whole subject as an RFC 4514 string, e.g. `CN=dev1,O=Acme,C=DE` (Mosquitto's
+    /// `use_subject_as_username`).
+    Subject,
+    /// The certificate names nobody; the CONNECT user name and password count.
+    #[default]
+    None,
 }
 
 /// `[auth]`.
@@ -418,7 +537,10 @@ impl Config {
             }
         }
         let mut binds = std::collections::HashSet::new();
-        for l in &self.listeners {
+        for (index, l) in self.listeners.iter().enumerate() {
+            if let Err((key, reason)) = l.validate(index) {
+                return invalid(&key, &reason);
+            }
             if l.bind.port() != 0 && !binds.insert(l.bind) {
                 return invalid(
                     "listener.bind",
@@ -514,6 +636,45 @@ mod tests {
         assert_eq!(example.max_tracked_addresses, default.max_tracked_addresses);
     }
 
+    /// Uncomments every commented `key = value`, `[[listener]]` and `[listener.tls]` line.
+    fn uncomment_keys(text: &str) -> String {
+        text.lines()
+            .map(|line| {
+                let rest = line.strip_prefix("# ").unwrap_or(line);
+                let is_key = rest.split_once(" = ").is_some_and(|(key, _)| {
+                    !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                });
+                // A commented table header, possibly followed by a comment of its own.
+                let is_header = rest.starts_with('[')
+                    && rest
+                        .split(" #")
+                        .next()
+                        .is_some_and(|h| h.trim_end().ends_with(']'));
+                if rest != line && (is_key || is_header) {
+                    rest
+                } else {
+                    line
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn every_commented_key_in_the_example_file_parses() {
+        let text = uncomment_keys(include_str!("../../../midge.example.toml"));
+        let config = Config::from_toml(&text, "midge.example.toml, uncommented").unwrap();
+        let schemes: Vec<_> = config.listeners.iter().map(|l| l.scheme()).collect();
+        assert_eq!(schemes, ["mqtt", "mqtt", "mqtts", "ws", "wss"]);
+        assert_eq!(config.listeners[1].auth.allow_anonymous, Some(false));
+        let mqtts = config.listeners[2].tls.as_ref().unwrap();
+        assert!(mqtts.require_client_cert);
+        assert_eq!(mqtts.cert_identity, CertIdentity::Cn);
+        assert_eq!(config.listeners[3].ws_paths(), ["/mqtt", "/ws"]);
+        assert_eq!(config.listeners[4].ws_paths(), [DEFAULT_WS_PATH]);
+        assert_eq!(config.auth.allow_anonymous, Some(true));
+    }
+
     #[test]
     fn unknown_key_is_refused_with_line_and_key() {
         let err = Config::from_toml("[mqtt]\nmax_inflight = 10\nmax_inflite = 3\n", "test.toml")
@@ -564,6 +725,95 @@ mod tests {
         assert_eq!(config.auth.allow_anonymous, Some(false));
         assert_eq!(config.listeners[0].bind.port(), 2883);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ws_path_is_one_path_or_a_list_and_defaults_to_mqtt() {
+        let config = Config::from_toml(
+            "[[listener]]\nbind = \"127.0.0.1:8083\"\nprotocol = \"ws\"\n\
+             [[listener]]\nbind = \"127.0.0.1:8084\"\nprotocol = \"ws\"\nws_path = \"/ws\"\n\
+             [[listener]]\nbind = \"127.0.0.1:8085\"\nprotocol = \"ws\"\nws_path = [\"/mqtt\", \"/ws\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(config.listeners[0].ws_paths(), ["/mqtt"]);
+        assert_eq!(config.listeners[1].ws_paths(), ["/ws"]);
+        assert_eq!(config.listeners[2].ws_paths(), ["/mqtt", "/ws"]);
+        assert_eq!(config.listeners[2].display_name(), "ws:127.0.0.1:8085");
+    }
+
+    #[test]
+    fn tls_section_parses_with_defaults() {
+        let config = Config::from_toml(
+            "[[listener]]\nbind = \"127.0.0.1:8883\"\n[listener.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let tls = config.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.cert, Path::new("c.pem"));
+        assert_eq!(tls.client_ca, None);
+        assert!(!tls.require_client_cert);
+        assert_eq!(tls.cert_identity, CertIdentity::None);
+        assert_eq!(config.listeners[0].display_name(), "mqtts:127.0.0.1:8883");
+    }
+
+    #[test]
+    fn listener_settings_that_cannot_work_name_the_listener_and_key() {
+        let cases = [
+            (
+                "[[listener]]\nbind = \"127.0.0.1:1883\"\nws_path = \"/mqtt\"\n",
+                "listener[0].ws_path",
+            ),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:8083\"\nprotocol = \"ws\"\nws_path = \"mqtt\"\n",
+                "listener[0].ws_path",
+            ),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:8883\"\n[listener.tls]\ncert = \"c\"\nkey = \"k\"\nrequire_client_cert = true\n",
+                "listener[0].tls.require_client_cert",
+            ),
+            (
+                "[[listener]]\nbind = \"127.0.0.1:8883\"\n[listener.tls]\ncert = \"c\"\nkey = \"k\"\ncert_identity = \"cn\"\n",
+                "listener[0].tls.cert_identity",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let err = Config::from_toml(
+            "[[listener]]\nbind = \"127.0.0.1:8883\"\n[listener.tls]\ncert = \"c\"\nkey = \"k\"\ncert_identity = \"email\"\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 6") && err.contains("cert_identity"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_paths_can_come_from_the_environment() {
+        let env = [
+            (
+                "MIDGE_LISTENER__0__TLS__CERT".to_owned(),
+                "/etc/midge/cert.pem".to_owned(),
+            ),
+            (
+                "MIDGE_LISTENER__0__TLS__KEY".to_owned(),
+                "/etc/midge/key.pem".to_owned(),
+            ),
+        ];
+        let dir = std::env::temp_dir().join(format!("midge-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        std::fs::write(&path, "[[listener]]\nbind = \"127.0.0.1:8883\"\n").unwrap();
+        let config = Config::load(Some(&path), env).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        let tls = config.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/midge/cert.pem"));
+        assert_eq!(tls.key, Path::new("/etc/midge/key.pem"));
     }
 
     #[test]

@@ -53,6 +53,30 @@ enum End {
     TakenOver(oneshot::Sender<()>),
 }
 
+/// Writes from `wbuf` (counting into `bytes_sent`), then, once `wbuf` is empty, flushes:
+/// TLS and WebSocket streams may keep written bytes in their own buffers until flushed.
+/// Cancel-safe between steps: `unflushed` remembers a flush still owed.
+async fn write_and_flush<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    wbuf: &mut BytesMut,
+    unflushed: &mut bool,
+    bytes_sent: &mut u64,
+) -> std::io::Result<()> {
+    if !wbuf.is_empty() {
+        let n = writer.write_buf(wbuf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        *bytes_sent += n as u64;
+        *unflushed = true;
+    }
+    if wbuf.is_empty() && *unflushed {
+        writer.flush().await?;
+        *unflushed = false;
+    }
+    Ok(())
+}
+
 struct Connection<R, W> {
     reader: R,
     writer: W,
@@ -60,16 +84,24 @@ struct Connection<R, W> {
     wbuf: BytesMut,
     decoder: Decoder,
     peer: SocketAddr,
+    /// The verified client certificate's identity, when the listener maps one to the user
+    /// name (`cert_identity`).
+    certificate_identity: Option<String>,
     broker: Arc<Broker>,
     listener: Arc<ListenerContext>,
     shutdown: watch::Receiver<bool>,
+    /// Bytes were written since the last flush. TLS and WebSocket streams may hold written
+    /// bytes in a buffer until flushed.
+    unflushed: bool,
 }
 
-/// Serves one accepted connection to the end.
+/// Serves one accepted connection to the end. `certificate_identity` is the user name a
+/// verified client certificate gives (see `[listener.tls] cert_identity`).
 pub async fn serve<R, W>(
     reader: R,
     writer: W,
     peer: SocketAddr,
+    certificate_identity: Option<String>,
     listener: Arc<ListenerContext>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
@@ -85,9 +117,11 @@ pub async fn serve<R, W>(
         wbuf: BytesMut::new(),
         decoder,
         peer,
+        certificate_identity,
         broker,
         listener,
         shutdown,
+        unflushed: false,
     };
     let Some(connect) = conn.read_connect().await else {
         conn.close().await;
@@ -122,7 +156,12 @@ where
             if self.rbuf.capacity() - self.rbuf.len() < 256 {
                 self.rbuf.reserve(READ_RESERVE);
             }
-            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)).await {
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)) => read,
+                // Shutdown does not wait for a client that has not sent CONNECT yet.
+                _ = self.shutdown.changed() => return None,
+            };
+            match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(n)) => Stats::add(&self.broker.stats.bytes_received, n as u64),
                 Err(_) => {
@@ -200,7 +239,7 @@ where
             username: connect.username.as_deref(),
             password: connect.password.as_deref(),
             peer: self.peer,
-            certificate_identity: None,
+            certificate_identity: self.certificate_identity.as_deref(),
         };
         match self.listener.access.authenticate(&credentials).await {
             // ACLs see the authenticated name (a certificate identity replaces the
@@ -216,6 +255,11 @@ where
                     )
                     .await;
             }
+        }
+        // A verified certificate names the user: authorization and logs use that name,
+        // not the one in CONNECT (Mosquitto's use_identity_as_username).
+        if let Some(identity) = &self.certificate_identity {
+            negotiated.username = Some(identity.clone());
         }
 
         let connection_id = broker.next_connection_id();
@@ -239,6 +283,7 @@ where
         tracing::debug!(
             peer = %self.peer,
             client_id = %client_id,
+            username = %negotiated.username.as_deref().unwrap_or(""),
             protocol = ?negotiated.protocol,
             clean_start = negotiated.clean_start,
             session_present = attached.session_present,
@@ -247,7 +292,7 @@ where
         );
         let mut session = Session::new(attached.state, negotiated, broker.config.mqtt.max_inflight);
         if attached.session_present {
-            self.recheck_subscriptions(&mut session).await;
+            recheck_subscriptions(&self.listener, &self.broker, &mut session).await;
         }
         session.start(connack, now_millis(), &mut self.wbuf);
         broker.stats.client_connected();
@@ -323,9 +368,10 @@ where
             }
             tokio::select! {
                 biased;
-                written = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => match written {
-                    Ok(0) | Err(_) => return End::Abnormal("write failed"),
-                    Ok(n) => session.stats.bytes_sent += n as u64,
+                written = write_and_flush(&mut self.writer, &mut self.wbuf, &mut self.unflushed, &mut session.stats.bytes_sent), if !self.wbuf.is_empty() || self.unflushed => {
+                    if written.is_err() {
+                        return End::Abnormal("write failed");
+                    }
                 },
                 read = self.reader.read_buf(&mut self.rbuf), if self.wbuf.len() < READ_PAUSE => match read {
                     Ok(0) => return End::Abnormal("closed by the client without DISCONNECT"),
@@ -446,39 +492,6 @@ where
         }
     }
 
-    /// A resumed session's subscriptions were granted to an earlier connection, perhaps
-    /// under another user name or ACL: each is checked again, and those now refused are
-    /// dropped before anything is delivered.
-    async fn recheck_subscriptions(&self, session: &mut Session) {
-        let access = &self.listener.access;
-        if !access.checks_topics() {
-            return;
-        }
-        let filters: Vec<String> = session.state().subscriptions.keys().cloned().collect();
-        let mut dropped = false;
-        for filter in filters {
-            match access
-                .authorize_subscribe(session.client_id(), session.username(), &filter)
-                .await
-            {
-                FilterVerdict::Allowed => {}
-                FilterVerdict::Partly => {
-                    let check =
-                        access.delivery_filter(session.client_id().clone(), session.username());
-                    session.filter_deliveries(check);
-                }
-                FilterVerdict::Denied => {
-                    tracing::info!(client_id = %session.client_id(), %filter, "resumed subscription dropped: no longer authorized");
-                    session.drop_subscription(&filter, &self.broker);
-                    dropped = true;
-                }
-            }
-        }
-        if dropped {
-            session.forget_unmatched_deliveries();
-        }
-    }
-
     /// Writes what is left (a CONNACK, a DISCONNECT), bounded in time, and closes.
     async fn close(&mut self) {
         let flush = async {
@@ -491,5 +504,38 @@ where
             let _ = self.writer.shutdown().await;
         };
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
+    }
+}
+
+/// A resumed session's subscriptions were granted to an earlier connection, perhaps
+/// under another user name or ACL: each is checked again, and those now refused are
+/// dropped before anything is delivered. (A free function: the connection's
+/// stream halves need not be `Sync`.)
+async fn recheck_subscriptions(listener: &ListenerContext, broker: &Broker, session: &mut Session) {
+    let access = &listener.access;
+    if !access.checks_topics() {
+        return;
+    }
+    let filters: Vec<String> = session.state().subscriptions.keys().cloned().collect();
+    let mut dropped = false;
+    for filter in filters {
+        match access
+            .authorize_subscribe(session.client_id(), session.username(), &filter)
+            .await
+        {
+            FilterVerdict::Allowed => {}
+            FilterVerdict::Partly => {
+                let check = access.delivery_filter(session.client_id().clone(), session.username());
+                session.filter_deliveries(check);
+            }
+            FilterVerdict::Denied => {
+                tracing::info!(client_id = %session.client_id(), %filter, "resumed subscription dropped: no longer authorized");
+                session.drop_subscription(&filter, broker);
+                dropped = true;
+            }
+        }
+    }
+    if dropped {
+        session.forget_unmatched_deliveries();
     }
 }

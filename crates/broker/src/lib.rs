@@ -23,7 +23,8 @@ pub mod router;
 pub mod session;
 pub mod stats;
 pub mod sys;
+pub mod tls;
 
 pub use broker::Broker;
 pub use config::Config;
-pub use listener::{Server, StartError};
+pub use listener::{ReloadError, Server, StartError};

@@ -1,25 +1,32 @@
 //! Accept loops and the running server: binds every listener, accepts and spawns at once
-//! (handshakes and CONNECT happen in the connection task, so a slow client never stalls
-//! accepting), limits connections, runs the background tasks, and shuts down gracefully.
+//! (TLS and WebSocket handshakes and CONNECT happen in the connection's task under the
+//! connect timeout, so a slow client never stalls accepting), limits connections, runs the
+//! background tasks, reloads certificates, and shuts down gracefully.
+
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::{AccessControl, AuthError, LoginGuard};
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, ListenerProtocol};
 use crate::connection::{self, ListenerContext};
 use crate::message::now_millis;
 use crate::stats::Stats;
 use crate::sys;
+use crate::tls::{self, TlsError, TlsListener};
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often certificate, key and client CA files are checked for changes.
+const TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +49,34 @@ pub enum StartError {
         /// What is wrong, with the file and line.
         source: AuthError,
     },
+    /// A listener's certificate, key or client CA file is missing or unusable.
+    #[error("listener {name}: {source}")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// Which file and why.
+        source: TlsError,
+    },
 }
+
+/// Why a reload left some settings as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A TLS listener's files could not be loaded; it keeps its previous certificate.
+    #[error("listener {name}: {source}; keeping the previous certificate")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// Which file and why.
+        source: TlsError,
+    },
+    /// A password or ACL file could not be loaded; its previous contents stay in force.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+/// A listener whose certificate can be reloaded.
+type TlsListeners = Arc<Vec<(String, Arc<TlsListener>)>>;
 
 /// A running broker. Dropping it without [`Server::shutdown`] leaves its tasks running on
 /// the runtime until the runtime stops.
@@ -56,6 +90,8 @@ pub struct Server {
     live: Arc<()>,
     /// Each listener's access control, for [`Server::reload`].
     access: Vec<AccessControl>,
+    /// The TLS listeners, for [`Server::reload`].
+    tls: TlsListeners,
 }
 
 impl Server {
@@ -75,9 +111,28 @@ impl Server {
         let mut local_addrs = Vec::new();
         let mut access_controls = Vec::new();
         let login_guard = LoginGuard::new(&config);
+        let mut tls_listeners = Vec::new();
         for listener_config in &config.listeners {
             let name = listener_config.display_name();
             let addr = listener_config.bind;
+            let tls = match &listener_config.tls {
+                Some(settings) => {
+                    let loaded = TlsListener::load(settings).map_err(|source| StartError::Tls {
+                        name: name.clone(),
+                        source,
+                    })?;
+                    let loaded = Arc::new(loaded);
+                    tls_listeners.push((name.clone(), loaded.clone()));
+                    Some(loaded)
+                }
+                None => None,
+            };
+            let websocket =
+                (listener_config.protocol == ListenerProtocol::Ws).then(|| ws::WsSettings {
+                    paths: listener_config.ws_paths(),
+                    max_message_size: usize::try_from(config.mqtt.max_packet_size)
+                        .unwrap_or(usize::MAX),
+                });
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind {
@@ -91,15 +146,24 @@ impl Server {
                     name: name.clone(),
                     source,
                 })?;
-            tracing::info!(listener = %name, address = %local, "listening for MQTT; {}", access.describe());
+            match &websocket {
+                Some(ws) => {
+                    tracing::info!(listener = %name, address = %local, paths = ?ws.paths, "listening for MQTT over {}; {}", listener_config.scheme(), access.describe())
+                }
+                None => {
+                    tracing::info!(listener = %name, address = %local, "listening for MQTT over {}; {}", listener_config.scheme(), access.describe())
+                }
+            }
             access_controls.push(access.clone());
             if access.anonymous_unset() {
                 tracing::warn!(listener = %name, "auth.allow_anonymous is not set: anonymous clients are accepted from loopback addresses only; set it explicitly in the config file");
             }
             local_addrs.push(local);
             let context = Arc::new(ListenerContext { name, access });
+            let transport = Arc::new(Transport { tls, websocket });
             tasks.push(tokio::spawn(accept_loop(
                 listener,
+                transport,
                 context,
                 broker.clone(),
                 limiter.clone(),
@@ -119,6 +183,13 @@ impl Server {
                 shutdown_rx.clone(),
             )));
         }
+        let tls: TlsListeners = Arc::new(tls_listeners);
+        if !tls.is_empty() {
+            tasks.push(tokio::spawn(watch_certificates(
+                tls.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         Ok(Self {
             broker,
             local_addrs,
@@ -126,17 +197,20 @@ impl Server {
             tasks,
             live,
             access: access_controls,
+            tls,
         })
     }
 
-    /// Reloads what can change without a restart: every listener's password and ACL
-    /// files. Connections stay up; a file that fails to load keeps its previous contents
-    /// and the first such error is returned (all are logged).
-    pub fn reload(&self) -> Result<(), AuthError> {
-        let mut first_error = None;
+    /// Re-reads the files that can change without a restart (the binary calls this on
+    /// SIGHUP): every TLS listener's certificate, key and client CA, and every listener's
+    /// password and ACL files. New connections use what was read; connections already up
+    /// stay up. Whatever fails to load keeps its previous contents; the first failure is
+    /// returned and every one is logged.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let mut first_error = reload_certificates(&self.tls, true).err();
         for access in &self.access {
             if let Err(e) = access.reload() {
-                first_error.get_or_insert(e);
+                first_error.get_or_insert(e.into());
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -176,6 +250,7 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
+    transport: Arc<Transport>,
     context: Arc<ListenerContext>,
     broker: Arc<Broker>,
     limiter: Arc<Semaphore>,
@@ -203,18 +278,147 @@ async fn accept_loop(
         };
         Stats::add(&broker.stats.connections_accepted, 1);
         let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
-        let (context, broker, shutdown, live) = (
+        let (transport, context, broker, shutdown, live) = (
+            transport.clone(),
             context.clone(),
             broker.clone(),
             shutdown.clone(),
             live.clone(),
         );
         tokio::spawn(async move {
-            connection::serve(reader, writer, peer, context, broker, shutdown).await;
+            transport
+                .serve(stream, peer, context, broker, shutdown)
+                .await;
             drop(permit);
             drop(live);
         });
+    }
+}
+
+/// What a listener wraps around TCP: TLS, WebSocket, both or neither.
+#[derive(Debug)]
+struct Transport {
+    tls: Option<Arc<TlsListener>>,
+    websocket: Option<ws::WsSettings>,
+}
+
+/// A connection's byte stream once the handshakes are done, whatever the transport.
+trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+
+/// Why a connection ended before MQTT began.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeFailure {
+    #[error(transparent)]
+    Tls(#[from] tls::HandshakeError),
+    #[error("WebSocket upgrade failed: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("no TLS or WebSocket handshake within {0:?}")]
+    Timeout(Duration),
+}
+
+impl Transport {
+    /// Runs the handshakes (in this connection's own task, under the connect timeout),
+    /// then serves MQTT on the result.
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        context: Arc<ListenerContext>,
+        broker: Arc<Broker>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        if self.tls.is_none() && self.websocket.is_none() {
+            let (reader, writer) = stream.into_split();
+            connection::serve(reader, writer, peer, None, context, broker, shutdown).await;
+            return;
+        }
+        let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs);
+        let handshake = async {
+            tokio::time::timeout(timeout, self.handshake(stream))
+                .await
+                .unwrap_or(Err(HandshakeFailure::Timeout(timeout)))
+        };
+        let handshake = tokio::select! {
+            result = handshake => result,
+            _ = shutdown.changed() => return,
+        };
+        match handshake {
+            Ok((stream, identity)) => {
+                let (reader, writer) = tokio::io::split(stream);
+                connection::serve(reader, writer, peer, identity, context, broker, shutdown).await;
+            }
+            Err(failure) => {
+                Stats::add(&broker.stats.handshakes_failed, 1);
+                match failure {
+                    // The client got through TLS with a certificate the CA signed: worth
+                    // telling the operator why it is turned away.
+                    HandshakeFailure::Tls(tls::HandshakeError::NoCommonName) => {
+                        tracing::info!(listener = %context.name, %peer, "connection refused: {failure}")
+                    }
+                    _ => {
+                        tracing::debug!(listener = %context.name, %peer, "connection closed: {failure}")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> Result<(Box<dyn ByteStream>, Option<String>), HandshakeFailure> {
+        let (stream, identity): (Box<dyn ByteStream>, _) = match &self.tls {
+            Some(tls) => {
+                let (stream, identity) = tls.accept(stream).await?;
+                (Box::new(stream), identity)
+            }
+            None => (Box::new(stream), None),
+        };
+        let stream: Box<dyn ByteStream> = match &self.websocket {
+            Some(settings) => Box::new(ws::accept(stream, settings).await?),
+            None => stream,
+        };
+        Ok((stream, identity))
+    }
+}
+
+/// Reloads the TLS listeners whose files changed (all of them with `force`).
+fn reload_certificates(listeners: &TlsListeners, force: bool) -> Result<(), ReloadError> {
+    let mut first_error = None;
+    for (name, listener) in listeners.iter() {
+        match listener.reload(force) {
+            Ok(true) => {
+                tracing::info!(listener = %name, cert = %listener.cert_path().display(), "TLS certificate reloaded; new connections use it")
+            }
+            Ok(false) => {}
+            Err(source) => {
+                let error = ReloadError::Tls {
+                    name: name.clone(),
+                    source,
+                };
+                tracing::warn!("{error}");
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Polls the certificate, key and client CA files' modification times and reloads a
+/// listener when one changed. Polling a few small files every couple of seconds costs less
+/// than a file watcher and works the same on every platform and through symbolic links.
+async fn watch_certificates(listeners: TlsListeners, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TLS_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        // A few stat calls; a rebuild reads small files and happens only after a change.
+        let _ = reload_certificates(&listeners, false);
     }
 }
 

@@ -39,6 +39,8 @@ counters! {
     connections_refused,
     /// CONNECTs refused (bad credentials, client id, protocol version, ...).
     connects_refused,
+    /// Connections closed before MQTT began: TLS or WebSocket handshake failed or timed out.
+    handshakes_failed,
     /// Sessions that ended by expiry.
     sessions_expired,
     /// Sessions taken over by a new connection with the same client id.

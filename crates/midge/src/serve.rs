@@ -1,4 +1,5 @@
-//! `midge serve`: load the configuration, start the broker, stop on SIGINT/SIGTERM.
+//! `midge serve`: load the configuration, start the broker, reload certificates on SIGHUP,
+//! stop on SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 
@@ -73,8 +74,10 @@ impl Signals {
                 _ = self.terminate.recv() => return,
                 _ = self.hangup.recv() => {
                     tracing::info!("SIGHUP: reloading");
-                    // Errors are logged by reload; the broker keeps running on the old files.
-                    let _ = server.reload();
+                    // Failures are logged by the server, and the previous settings stay.
+                    if server.reload().is_ok() {
+                        tracing::info!("reload done");
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Integration tests: the real broker on 127.0.0.1:0, driven by independent clients
-//! (rumqttc v3.1.1 and v5, and in the interop_* modules Python paho-mqtt, mqtt.js and
-//! mosquitto_pub/sub) and by raw bytes; differential runs scenarios against Mosquitto too.
-//! One test binary, modules by theme.
+//! (rumqttc v3.1.1 and v5, rustls and tungstenite clients, and in the interop_* modules
+//! Python paho-mqtt, mqtt.js, Mosquitto's clients and headless Chromium) and by raw bytes;
+//! differential runs scenarios against Mosquitto too. One test binary, modules by theme.
 
 mod access_support;
 mod acl;
@@ -20,12 +20,16 @@ mod listener_auth;
 mod malformed;
 mod overlap;
 mod passwords;
+mod pki;
 mod qos;
 mod retain;
 mod sessions;
 mod smoke;
 mod sys;
 mod takeover;
+mod tls;
 mod topics;
+mod transport_interop;
 mod v5;
 mod will;
+mod ws;
