@@ -281,6 +281,11 @@ where
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
             }
             session.stats.flush(&self.broker.stats);
+            if !self.wbuf.is_empty() {
+                // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
+                // PUBREL, PUBLISH with its packet id) never runs ahead of the store.
+                self.broker.store_settled().await;
+            }
             if self.rbuf.capacity() - self.rbuf.len() < 256 {
                 self.rbuf.reserve(READ_RESERVE);
             }
@@ -408,6 +413,12 @@ where
 
     /// Writes what is left (a CONNACK, a DISCONNECT), bounded in time, and closes.
     async fn close(&mut self) {
+        // Acknowledgements in the buffer wait for the store as in `run`; if it does not
+        // commit in time they are not sent, and the client resends.
+        let settled = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.broker.store_settled());
+        if settled.await.is_err() {
+            self.wbuf.clear();
+        }
         let flush = async {
             while !self.wbuf.is_empty() {
                 match self.writer.write_buf(&mut self.wbuf).await {

@@ -29,6 +29,8 @@ impl TestBroker {
         let mut config = Config::default();
         config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
         config.sys.interval_secs = 0;
+        // Many brokers run in this one process: none may share the default ./data store.
+        config.storage.backend = midge_broker::config::StorageBackend::Memory;
         adjust(&mut config);
         let server = Server::start(config).await.expect("broker starts");
         let addr = server.local_addrs()[0];
