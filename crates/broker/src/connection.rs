@@ -21,8 +21,13 @@ use crate::stats::Stats;
 
 /// Stop pumping deliveries into the write buffer beyond this; the socket drains it first.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Stop reading from a client whose responses pile up unread beyond this: TCP then pushes
+/// back on its sending, instead of the write buffer growing without bound.
+const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
 /// Bytes reserved for the next read when the read buffer runs low.
 const READ_RESERVE: usize = 4 * 1024;
+/// An empty buffer larger than this is released, so idle connections stay small.
+const IDLE_BUFFER_KEEP: usize = 16 * 1024;
 /// How long a closing connection may spend flushing its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -286,6 +291,12 @@ where
                 // PUBREL, PUBLISH with its packet id) never runs ahead of the store.
                 self.broker.store_settled().await;
             }
+            if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER_KEEP {
+                self.wbuf = BytesMut::new();
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER_KEEP {
+                self.rbuf = BytesMut::new();
+            }
             if self.rbuf.capacity() - self.rbuf.len() < 256 {
                 self.rbuf.reserve(READ_RESERVE);
             }
@@ -295,7 +306,7 @@ where
                     Ok(0) | Err(_) => return End::Abnormal("write failed"),
                     Ok(n) => session.stats.bytes_sent += n as u64,
                 },
-                read = self.reader.read_buf(&mut self.rbuf) => match read {
+                read = self.reader.read_buf(&mut self.rbuf), if self.wbuf.len() < READ_PAUSE => match read {
                     Ok(0) => return End::Abnormal("closed by the client without DISCONNECT"),
                     Err(_) => return End::Abnormal("read failed"),
                     Ok(n) => {

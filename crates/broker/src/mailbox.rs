@@ -351,6 +351,11 @@ impl Mailbox {
         }
     }
 
+    /// Whether the session this mailbox belonged to has ended.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Whether a connection is currently serving the session.
     pub fn is_online(&self) -> bool {
         self.lock().online

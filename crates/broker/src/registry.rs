@@ -182,8 +182,9 @@ impl Registry {
                     (None, None, state, true)
                 }
                 parked => {
-                    // A replaced session ends now, and so its delayed will is due.
-                    if parked.is_some() {
+                    // A replaced session ends now, and so its delayed will is due. A new
+                    // session never inherits the mailbox of one that ended.
+                    if parked.is_some() || slot.mailbox.is_closed() {
                         slot.mailbox =
                             Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
                     }
@@ -312,6 +313,8 @@ impl Registry {
                     slot.expires_at = None;
                     if let Some(state) = slot.parked.take() {
                         tracing::debug!(client_id = %client_id, "session expired");
+                        slot.mailbox =
+                            Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
                         Stats::add(&broker.stats.sessions_expired, 1);
                         // [MQTT-3.1.3-9] the session ending also makes a delayed will due.
                         if let Some(pending) = slot.will.take() {
@@ -426,5 +429,138 @@ fn end_session(broker: &Broker, state: SessionState) {
         if delivery.shared.is_some() && delivery.qos != midge_proto::QoS::AtMostOnce {
             broker.router.hand_over(delivery, &state.client_id, &limits);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use bytes::Bytes;
+    use midge_proto::{QoS, WillProperties};
+
+    fn will(delay: u32) -> Will {
+        Will {
+            topic: "wills/c".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: WillProperties {
+                will_delay_interval: Some(delay),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_expiring_while_a_connection_attaches_leaves_it_a_live_mailbox() {
+        let broker = Broker::new(Config::default());
+        let id: Arc<str> = "c".into();
+        let mut state = broker
+            .registry
+            .attach(&broker, id.clone(), true, 1, 0)
+            .await
+            .state;
+        state.expiry_interval = 1;
+        broker
+            .registry
+            .detach(&broker, 1, state, Some((will(60), 60)), 0);
+        // A connection with this client id is attaching (it holds the slot's lock) when
+        // the session expires, so the slot must stay.
+        let attaching = broker
+            .registry
+            .lock()
+            .slots
+            .get(&id)
+            .map(|s| s.attach_lock.clone());
+        broker.registry.tick(&broker, 1_000);
+        assert_eq!(
+            broker.retained.matching("wills/c", 1_000).len(),
+            1,
+            "will published at session end"
+        );
+        drop(attaching);
+
+        let next = broker.registry.attach(&broker, id, false, 2, 2_000).await;
+        assert!(!next.session_present);
+        assert!(!next.state.mailbox.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_delayed_will_is_cancelled_when_the_session_resumes_in_time() {
+        let broker = Broker::new(Config::default());
+        let id: Arc<str> = "c".into();
+        let mut state = broker
+            .registry
+            .attach(&broker, id.clone(), true, 1, 0)
+            .await
+            .state;
+        state.expiry_interval = 600;
+        broker
+            .registry
+            .detach(&broker, 1, state, Some((will(30), 30)), 0);
+        let resumed = broker.registry.attach(&broker, id, false, 2, 10_000).await;
+        assert!(resumed.session_present);
+        broker.registry.tick(&broker, 40_000);
+        assert!(
+            broker.retained.is_empty(),
+            "[MQTT-3.1.3-9] no will after a timely resume"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delayed_will_is_published_after_its_delay() {
+        let broker = Broker::new(Config::default());
+        let id: Arc<str> = "c".into();
+        let mut state = broker
+            .registry
+            .attach(&broker, id.clone(), true, 1, 0)
+            .await
+            .state;
+        state.expiry_interval = 600;
+        broker
+            .registry
+            .detach(&broker, 1, state, Some((will(30), 30)), 0);
+        broker.registry.tick(&broker, 29_999);
+        assert!(broker.retained.is_empty());
+        broker.registry.tick(&broker, 30_000);
+        assert_eq!(broker.retained.len(), 1);
+        assert_eq!(
+            broker.registry.parked_len(),
+            1,
+            "the session itself lives on"
+        );
+    }
+
+    #[tokio::test]
+    async fn clean_start_ends_the_parked_session_and_its_subscriptions() {
+        let broker = Broker::new(Config::default());
+        let id: Arc<str> = "c".into();
+        let mut state = broker
+            .registry
+            .attach(&broker, id.clone(), true, 1, 0)
+            .await
+            .state;
+        state.expiry_interval = 600;
+        broker
+            .router
+            .subscribe(&state.mailbox, "t", Default::default(), None);
+        state.subscriptions.insert(
+            "t".into(),
+            crate::session::SubscriptionRecord {
+                options: Default::default(),
+                identifier: None,
+            },
+        );
+        broker.registry.detach(&broker, 1, state, None, 0);
+        assert_eq!(
+            broker.router.len(),
+            1,
+            "parked session keeps its subscription"
+        );
+        let fresh = broker.registry.attach(&broker, id, true, 2, 1_000).await;
+        assert!(!fresh.session_present);
+        assert!(broker.router.is_empty());
+        assert!(!fresh.state.mailbox.is_closed());
     }
 }
