@@ -26,6 +26,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        // The README promises stderr; fmt() alone writes to stdout.
+        .with_writer(std::io::stderr)
         .init();
     let config = Config::load(args.config.as_deref(), std::env::vars())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
