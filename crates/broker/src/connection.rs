@@ -286,9 +286,9 @@ where
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
             }
             session.stats.flush(&self.broker.stats);
-            if !self.wbuf.is_empty() {
+            if session.take_settle() {
                 // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
-                // PUBREL, PUBLISH with its packet id) never runs ahead of the store.
+                // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
                 self.broker.store_settled().await;
             }
             if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER_KEEP {

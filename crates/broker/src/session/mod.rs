@@ -104,6 +104,9 @@ pub struct Session {
     queued: Vec<Queued>,
     /// Where changes are recorded while the session is persistent.
     journal: Option<SessionJournal>,
+    /// Whether the output holds a packet that must not reach the client before the store
+    /// has committed what it confirms (see [`Session::take_settle`]).
+    settle: bool,
     /// Counts for the broker's statistics, flushed by the connection.
     pub stats: LocalStats,
 }
@@ -130,6 +133,7 @@ impl Session {
             batch: Vec::new(),
             queued: Vec::new(),
             journal,
+            settle: false,
             stats: LocalStats::default(),
         }
     }
@@ -168,7 +172,17 @@ impl Session {
             .unwrap_or(0)
     }
 
+    /// Whether the output written since the last call holds something that confirms state
+    /// the store must have first: every control packet (CONNACK, PUBACK, PUBREC, PUBREL,
+    /// PUBCOMP, SUBACK, ...) and QoS 2 PUBLISH, whose packet id the client will hold us
+    /// to. QoS 0/1 PUBLISH need not wait: after a crash a QoS 1 message not yet recorded
+    /// as in flight is still queued, and is sent again, which QoS 1 allows.
+    pub fn take_settle(&mut self) -> bool {
+        std::mem::take(&mut self.settle)
+    }
+
     fn send(&mut self, packet: &Packet, out: &mut BytesMut) {
+        self.settle = true;
         match packet.encode(self.protocol, out) {
             Ok(()) => self.stats.packets_sent += 1,
             // Only our own oversized fields can fail to encode; nothing to tell the client.
@@ -767,6 +781,7 @@ impl Session {
             self.stats.publish_dropped += 1;
             return false;
         }
+        self.settle |= delivery.qos == QoS::ExactlyOnce;
         match publish.encode(self.protocol, out) {
             Ok(()) => {
                 self.stats.packets_sent += 1;

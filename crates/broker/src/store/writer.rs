@@ -4,8 +4,9 @@
 //! - Batching: with `sync`, a batch is whatever arrived while the previous commit ran, so
 //!   every client waiting for a commit shares one fsync (group commit). With `interval`
 //!   and `none`, a batch collects for `flush_interval_ms` from its first operation.
-//! - Within a batch, changes to one row coalesce (last wins), and a message queued and
-//!   finished within one batch is never encoded or written.
+//! - Within a batch, changes to one row coalesce (last wins); a row created and deleted
+//!   within one batch is never written, and neither is a message queued and finished
+//!   within one batch.
 //! - Messages are stored once: queue and in-flight rows refer to a message row by id; the
 //!   writer counts references in memory (rebuilt at start) and deletes a message row when
 //!   its last reference goes.
@@ -15,6 +16,7 @@
 //!   (with `sync`) until it succeeds.
 //! - Once a minute it removes retained messages and queued messages that have expired.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -164,7 +166,11 @@ pub(crate) fn spawn(
         durable_requested: false,
     };
     for row in cleanup {
-        writer.pending.insert((row.table, row.key), row.value);
+        let pending = Pending {
+            value: row.value,
+            fresh: false,
+        };
+        writer.pending.insert((row.table, row.key), pending);
     }
     std::thread::Builder::new()
         .name("midge-store".into())
@@ -176,6 +182,14 @@ pub(crate) fn spawn(
     Ok(journal)
 }
 
+/// A row's change in the open batch.
+struct Pending {
+    /// The new value; `None` deletes.
+    value: Option<Vec<u8>>,
+    /// The row did not exist before this batch: deleting it again just forgets it.
+    fresh: bool,
+}
+
 struct Writer {
     store: Box<dyn Store>,
     rx: mpsc::Receiver<Op>,
@@ -185,8 +199,8 @@ struct Writer {
     durability: Durability,
     flush_interval: Duration,
     index: Index,
-    /// The open batch: row → new value (`None` deletes), coalesced.
-    pending: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+    /// The open batch: row → change, coalesced.
+    pending: BTreeMap<(Table, Vec<u8>), Pending>,
     batch_ops: usize,
     /// Messages whose reference count changed in this batch.
     touched: HashSet<MessageId>,
@@ -316,12 +330,37 @@ impl Writer {
         }
     }
 
+    /// Sets a row that may already exist in the store.
     fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
-        self.pending.insert((table, key), Some(value));
+        self.put_row(table, key, value, false);
+    }
+
+    /// Sets a row; `fresh` says it does not exist in the store yet.
+    fn put_row(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>, fresh: bool) {
+        match self.pending.entry((table, key)) {
+            Entry::Occupied(mut e) => e.get_mut().value = Some(value),
+            Entry::Vacant(e) => {
+                e.insert(Pending {
+                    value: Some(value),
+                    fresh,
+                });
+            }
+        }
     }
 
     fn delete(&mut self, table: Table, key: Vec<u8>) {
-        self.pending.insert((table, key), None);
+        match self.pending.entry((table, key)) {
+            Entry::Occupied(e) if e.get().fresh => {
+                e.remove();
+            }
+            Entry::Occupied(mut e) => e.get_mut().value = None,
+            Entry::Vacant(e) => {
+                e.insert(Pending {
+                    value: None,
+                    fresh: false,
+                });
+            }
+        }
     }
 
     fn add_bytes(&self, n: u64) {
@@ -438,6 +477,7 @@ impl Writer {
                 }
             }
             SessionOp::Enqueue { seq, delivery } => {
+                let fresh = !rows.queue.contains_key(&seq);
                 self.remove_queue_row(&client_key, &mut rows, seq);
                 let key = key_with(&seq.to_be_bytes());
                 let value = codec::encode_queued(&DeliveryRecord::of(&delivery));
@@ -451,7 +491,7 @@ impl Writer {
                     },
                 );
                 self.add_bytes(bytes);
-                self.put(Table::Queue, key, value);
+                self.put_row(Table::Queue, key, value, fresh);
             }
             SessionOp::Dequeue { seq } => self.remove_queue_row(&client_key, &mut rows, seq),
             SessionOp::Dispatch {
@@ -464,6 +504,7 @@ impl Writer {
                 // In flight first, then out of the queue, so the message's count does not
                 // pass through 0 in between.
                 self.reference(&delivery.message);
+                let fresh = !rows.inflight.contains_key(&packet_id);
                 self.remove_inflight_row(&client_key, &mut rows, packet_id);
                 let value = codec::encode_inflight(&InflightRecord {
                     stage,
@@ -478,7 +519,12 @@ impl Writer {
                         value: value.clone(),
                     },
                 );
-                self.put(Table::Inflight, key_with(&packet_id.to_be_bytes()), value);
+                self.put_row(
+                    Table::Inflight,
+                    key_with(&packet_id.to_be_bytes()),
+                    value,
+                    fresh,
+                );
                 if let Some(seq) = seq {
                     self.remove_queue_row(&client_key, &mut rows, seq);
                 }
@@ -496,11 +542,12 @@ impl Writer {
                 self.remove_inflight_row(&client_key, &mut rows, packet_id);
             }
             SessionOp::PubrelHeld { packet_id } => {
-                rows.pubrel.insert(packet_id);
-                self.put(
+                let fresh = rows.pubrel.insert(packet_id);
+                self.put_row(
                     Table::Pubrel,
                     key_with(&packet_id.to_be_bytes()),
                     Vec::new(),
+                    fresh,
                 );
             }
             SessionOp::PubrelReleased { packet_id } => {
@@ -627,7 +674,7 @@ impl Writer {
                 entry.stored = true;
                 let bytes = entry.bytes;
                 self.add_bytes(bytes);
-                self.put(Table::Messages, key, value);
+                self.put_row(Table::Messages, key, value, true);
             }
         }
     }
@@ -641,7 +688,11 @@ impl Writer {
         if !self.pending.is_empty() || (durable && self.unsynced) {
             let rows: Vec<RowOp> = std::mem::take(&mut self.pending)
                 .into_iter()
-                .map(|((table, key), value)| RowOp { table, key, value })
+                .map(|((table, key), p)| RowOp {
+                    table,
+                    key,
+                    value: p.value,
+                })
                 .collect();
             if let Err(e) = self.store.apply(&rows, durable) {
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
@@ -652,11 +703,13 @@ impl Writer {
                     self.last_error_log = Some(Instant::now());
                     tracing::error!(error = %e, rows = rows.len(), "store commit failed; retrying (with durability = \"sync\", acknowledgements wait)");
                 }
-                // Keep the rows; newer changes made meanwhile win.
+                // Keep the rows for the next attempt.
                 for row in rows {
-                    self.pending
-                        .entry((row.table, row.key))
-                        .or_insert(row.value);
+                    let pending = Pending {
+                        value: row.value,
+                        fresh: false,
+                    };
+                    self.pending.insert((row.table, row.key), pending);
                 }
                 self.batch_ops = ops;
                 return false;
