@@ -221,7 +221,13 @@ pub fn open(config: &StorageConfig, opening: Opening) -> Result<(Journal, Recove
     } = loaded;
     crate::message::message_ids_above(max_message_id);
     crate::mailbox::session_ids_above(max_session_id);
+    let location = store.location();
     let journal = writer::spawn(store, config, index, cleanup)?;
+    tracing::info!(
+        store = %location,
+        durability = ?config.durability,
+        "store open: persistent sessions and retained messages are kept here"
+    );
     Ok((journal, recovered))
 }
 
