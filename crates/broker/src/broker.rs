@@ -14,6 +14,7 @@ use crate::registry::Registry;
 use crate::retain::RetainedStore;
 use crate::router::{RouteOutcome, Router};
 use crate::stats::Stats;
+use crate::store::{Journal, Recovered};
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -28,22 +29,65 @@ pub struct Broker {
     pub registry: Registry,
     /// Counters.
     pub stats: Stats,
+    /// Where persistent sessions and retained messages are recorded; `None` keeps
+    /// everything in memory only (unit tests).
+    pub journal: Option<Journal>,
     started: Instant,
     next_connection_id: AtomicU64,
 }
 
 impl Broker {
-    /// A broker with nothing in it.
+    /// A broker with nothing in it that stores nothing.
     pub fn new(config: Config) -> Arc<Self> {
+        Self::with_journal(config, None)
+    }
+
+    /// A broker with nothing in it that records persistent state through `journal`.
+    pub fn with_journal(config: Config, journal: Option<Journal>) -> Arc<Self> {
         Arc::new(Self {
             router: Router::new(config.mqtt.shared_subscription_strategy),
             config: Arc::new(config),
             retained: RetainedStore::default(),
             registry: Registry::default(),
             stats: Stats::default(),
+            journal,
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),
         })
+    }
+
+    /// Puts back what the store held (before any listener opens): the retained tree, then
+    /// the sessions with their subscriptions and queues; then ends sessions and publishes
+    /// wills that fell due while the broker was down.
+    pub fn restore(&self, recovered: Recovered, now: Millis) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let (retained, sessions) = (recovered.retained.len(), recovered.sessions.len());
+        for message in recovered.retained {
+            self.retained.update(&message);
+        }
+        for session in recovered.sessions {
+            self.registry.restore(self, session, journal, now);
+        }
+        self.registry.tick(self, now);
+        if retained + sessions > 0 || recovered.expired_messages > 0 {
+            tracing::info!(
+                store = %journal.location(),
+                retained,
+                sessions,
+                expired_messages = recovered.expired_messages,
+                "restored from the store"
+            );
+        }
+    }
+
+    /// Resolves once the store has committed everything recorded so far, when durability
+    /// is `sync` (at once otherwise). The connection awaits it before writing.
+    pub async fn store_settled(&self) {
+        if let Some(journal) = &self.journal {
+            journal.settled().await;
+        }
     }
 
     /// Seconds since start.
@@ -70,7 +114,10 @@ impl Broker {
     /// Publishes a message: updates the retained store if it is retained, then routes it.
     pub fn publish(&self, message: Message) -> RouteOutcome {
         if message.retain && self.config.mqtt.retain_available {
-            self.retained.update(&message);
+            let stored = self.retained.update(&message);
+            if let Some(journal) = &self.journal {
+                journal.retained(&message.topic, stored.as_ref());
+            }
         }
         let outcome = self.router.route(&Arc::new(message), &self.queue_limits());
         Stats::add(&self.stats.publish_dropped, outcome.dropped as u64);

@@ -59,6 +59,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// `$SYS` topics.
     pub sys: SysConfig,
+    /// Persistence of sessions, queues and retained messages.
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             mqtt: MqttConfig::default(),
             sys: SysConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -422,6 +425,62 @@ impl Default for SysConfig {
     }
 }
 
+/// Where persistent state is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    /// An embedded redb database in `dir`: survives restarts and crashes.
+    #[default]
+    Redb,
+    /// Process memory: nothing survives a restart.
+    Memory,
+}
+
+/// When the store's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// PUBACK/PUBREC (and everything else the broker sends) only after the changes they
+    /// confirm are committed and fsynced; commits are shared by every waiting client.
+    Sync,
+    /// Changes are committed and fsynced every `flush_interval_ms`; a crash loses at most
+    /// that much.
+    #[default]
+    Interval,
+    /// Changes are written every `flush_interval_ms` without fsync; a crash falls back to
+    /// the last durable checkpoint (one a minute, and at a clean shutdown).
+    None,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Where persistent state is kept.
+    pub backend: StorageBackend,
+    /// Directory of the redb file (`midge.redb`), relative to the working directory.
+    pub dir: PathBuf,
+    /// When writes reach the disk.
+    pub durability: Durability,
+    /// Milliseconds between commits for `interval` and `none`.
+    pub flush_interval_ms: u64,
+    /// Bytes the store may hold before messages for offline sessions are dropped; 0 is
+    /// unlimited.
+    pub max_stored_bytes: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Redb,
+            dir: PathBuf::from("./data"),
+            durability: Durability::Interval,
+            flush_interval_ms: 100,
+            max_stored_bytes: 1 << 30,
+        }
+    }
+}
+
 impl Config {
     /// Reads a TOML file, applies `MIDGE_*` overrides from `env`, and validates.
     pub fn load(
@@ -535,6 +594,15 @@ impl Config {
                     return invalid(key, &reason);
                 }
             }
+        }
+        if self.storage.flush_interval_ms == 0 || self.storage.flush_interval_ms > 60_000 {
+            return invalid(
+                "storage.flush_interval_ms",
+                "must be between 1 and 60000 milliseconds",
+            );
+        }
+        if self.storage.backend == StorageBackend::Redb && self.storage.dir.as_os_str().is_empty() {
+            return invalid("storage.dir", "must name a directory");
         }
         let mut binds = std::collections::HashSet::new();
         for (index, l) in self.listeners.iter().enumerate() {

@@ -357,6 +357,11 @@ where
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
             }
             session.stats.flush(&self.broker.stats);
+            if session.take_settle() {
+                // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
+                // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
+                self.broker.store_settled().await;
+            }
             if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER_KEEP {
                 self.wbuf = BytesMut::new();
             }
@@ -494,6 +499,12 @@ where
 
     /// Writes what is left (a CONNACK, a DISCONNECT), bounded in time, and closes.
     async fn close(&mut self) {
+        // Acknowledgements in the buffer wait for the store as in `run`; if it does not
+        // commit in time they are not sent, and the client resends.
+        let settled = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.broker.store_settled());
+        if settled.await.is_err() {
+            self.wbuf.clear();
+        }
         let flush = async {
             while !self.wbuf.is_empty() {
                 match self.writer.write_buf(&mut self.wbuf).await {

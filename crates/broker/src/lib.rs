@@ -22,6 +22,7 @@ pub mod retain;
 pub mod router;
 pub mod session;
 pub mod stats;
+pub mod store;
 pub mod sys;
 pub mod tls;
 

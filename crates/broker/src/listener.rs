@@ -20,6 +20,7 @@ use crate::config::{Config, ListenerProtocol};
 use crate::connection::{self, ListenerContext};
 use crate::message::now_millis;
 use crate::stats::Stats;
+use crate::store::{self, Opening, StoreError};
 use crate::sys;
 use crate::tls::{self, TlsError, TlsListener};
 
@@ -57,6 +58,9 @@ pub enum StartError {
         /// Which file and why.
         source: TlsError,
     },
+    /// The store could not be opened or read back.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Why a reload left some settings as they were.
@@ -95,9 +99,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener and starts serving.
+    /// Reads the store back, then binds every listener and starts serving. A damaged
+    /// store stops the start (see [`Server::start_with`] for `--recover`).
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let broker = Broker::new(config);
+        Self::start_with(config, Opening::default()).await
+    }
+
+    /// [`Server::start`], with control over how the store is opened.
+    pub async fn start_with(config: Config, opening: Opening) -> Result<Self, StartError> {
+        // Sessions, subscriptions and retained messages are back before anyone connects.
+        let storage = config.storage.clone();
+        let (journal, recovered) =
+            tokio::task::spawn_blocking(move || store::open(&storage, opening))
+                .await
+                .map_err(|e| StoreError::Failed {
+                    path: config.storage.dir.display().to_string(),
+                    what: format!("opening the store stopped: {e}"),
+                })??;
+        let broker = Broker::with_journal(config, Some(journal));
+        broker.restore(recovered, now_millis());
         let config = broker.config.clone();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let live = Arc::new(());
@@ -243,6 +263,10 @@ impl Server {
         }
         for task in self.tasks {
             task.abort();
+        }
+        // Everything the ended connections parked is committed durably before the end.
+        if let Some(journal) = &self.broker.journal {
+            journal.close().await;
         }
         tracing::info!("broker stopped");
     }

@@ -1,8 +1,14 @@
 //! A session's inbox: the bounded queue routing pushes deliveries onto, and the wake-up
 //! for the connection that drains it. The mailbox outlives connections: while a persistent
 //! session is offline its messages queue here, and the next connection drains them.
+//!
+//! While its session is persistent (expiry above 0) the mailbox records each QoS 1/2
+//! delivery it queues, and each it drops, in the session's [`SessionJournal`], under its
+//! lock, so the store sees a queue's changes in the order they happened. Every delivery
+//! carries a sequence number that orders the queue in the store.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use midge_proto::QoS;
@@ -10,6 +16,23 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::config::QueueFullPolicy;
 use crate::message::Delivery;
+use crate::store::{Journal, SessionJournal};
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Makes every later session id greater than `id` (ids found in the store at start).
+pub fn session_ids_above(id: u64) {
+    NEXT_SESSION_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
+}
+
+/// A queued delivery and its place in the queue.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Queue sequence number, increasing per mailbox (the key of its row in the store).
+    pub seq: u64,
+    /// The delivery.
+    pub delivery: Delivery,
+}
 
 /// Limits applied when pushing, taken from the configuration at push time.
 #[derive(Debug, Clone, Copy)]
@@ -48,30 +71,87 @@ pub enum Control {
     Shutdown,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    queue: VecDeque<Delivery>,
+    queue: VecDeque<Queued>,
     bytes: usize,
     qos0: usize,
     online: bool,
     closed: bool,
     control: Option<Control>,
+    next_seq: u64,
+    /// Whether the session is kept in the store (its expiry is above 0).
+    persistent: bool,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            bytes: 0,
+            qos0: 0,
+            online: false,
+            closed: false,
+            control: None,
+            next_seq: 1,
+            persistent: false,
+        }
+    }
 }
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Mailbox {
     client_id: Arc<str>,
+    /// Which incarnation of the client id this is: a session replaced by a new one with the
+    /// same client id gets a new mailbox and id, so the store can tell their changes apart.
+    session_id: u64,
+    /// The session's journal, when the broker has a store; used while `persistent`.
+    journal: Option<SessionJournal>,
     inner: Mutex<Inner>,
     notify: Notify,
 }
 
 impl Mailbox {
-    /// A new, empty, offline mailbox.
+    /// A new, empty, offline mailbox that records nothing.
     pub fn new(client_id: Arc<str>) -> Arc<Self> {
+        Self::with_store(client_id, None)
+    }
+
+    /// A new, empty, offline mailbox whose session is stored through `store` once it is
+    /// persistent (see [`Mailbox::persist`]).
+    pub fn with_store(client_id: Arc<str>, store: Option<&Journal>) -> Arc<Self> {
+        let session_id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+        Self::build(client_id, session_id, store, Inner::default())
+    }
+
+    /// The mailbox of a session read back from the store: persistent, with its stored id,
+    /// and sequence numbers continuing above `next_seq`.
+    pub fn restored(
+        client_id: Arc<str>,
+        session_id: u64,
+        store: &Journal,
+        next_seq: u64,
+    ) -> Arc<Self> {
+        let inner = Inner {
+            next_seq,
+            persistent: true,
+            ..Inner::default()
+        };
+        Self::build(client_id, session_id, Some(store), inner)
+    }
+
+    fn build(
+        client_id: Arc<str>,
+        session_id: u64,
+        store: Option<&Journal>,
+        inner: Inner,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            journal: store.map(|j| j.session(client_id.clone(), session_id)),
             client_id,
-            inner: Mutex::default(),
+            session_id,
+            inner: Mutex::new(inner),
             notify: Notify::new(),
         })
     }
@@ -79,6 +159,44 @@ impl Mailbox {
     /// The client id of the session this mailbox belongs to.
     pub fn client_id(&self) -> &Arc<str> {
         &self.client_id
+    }
+
+    /// The session incarnation id.
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Sets whether the session is stored, from its expiry interval: above 0 records the
+    /// session (a connected one: no expiry deadline yet) and returns its journal; 0
+    /// removes a stored session. Without a store, nothing is recorded.
+    pub fn persist(&self, expiry_interval: u32) -> Option<SessionJournal> {
+        let journal = self.journal.as_ref()?;
+        let mut inner = self.lock();
+        if expiry_interval > 0 {
+            inner.persistent = true;
+            journal.put(expiry_interval, None);
+            Some(journal.clone())
+        } else {
+            if inner.persistent {
+                journal.delete();
+            }
+            inner.persistent = false;
+            None
+        }
+    }
+
+    /// The session's journal while it is stored.
+    pub fn journal(&self) -> Option<SessionJournal> {
+        let journal = self.journal.as_ref()?;
+        self.lock().persistent.then(|| journal.clone())
+    }
+
+    /// A fresh sequence number (the resend order of an in-flight message).
+    pub fn next_seq(&self) -> u64 {
+        let mut inner = self.lock();
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        seq
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -97,6 +215,19 @@ impl Mailbox {
         if is_qos0 && !inner.online && !limits.queue_qos0_offline {
             return PushOutcome::Dropped;
         }
+        // QoS 0 deliveries are never stored.
+        let journal = self
+            .journal
+            .as_ref()
+            .filter(|_| inner.persistent && !is_qos0);
+        if let Some(journal) = journal
+            && !inner.online
+            && journal.journal().is_full()
+        {
+            // [storage] max_stored_bytes reached: an offline session gets nothing new.
+            journal.journal().count_full_drop();
+            return PushOutcome::Dropped;
+        }
         let weight = delivery.message.weight();
         let mut evicted = 0;
         while inner.is_full(limits, weight) {
@@ -107,7 +238,11 @@ impl Mailbox {
             if inner.qos0 > 0 {
                 inner.remove_first_qos0();
             } else if limits.policy == QueueFullPolicy::DropOldest && !inner.queue.is_empty() {
-                inner.pop_front();
+                if let Some(old) = inner.pop_front()
+                    && let Some(journal) = journal
+                {
+                    journal.dequeue(old.seq);
+                }
             } else {
                 return PushOutcome::Dropped;
             }
@@ -116,7 +251,12 @@ impl Mailbox {
         let was_empty = inner.queue.is_empty();
         inner.bytes += weight;
         inner.qos0 += usize::from(is_qos0);
-        inner.queue.push_back(delivery);
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        if let Some(journal) = journal {
+            journal.enqueue(seq, &delivery);
+        }
+        inner.queue.push_back(Queued { seq, delivery });
         let online = inner.online;
         drop(inner);
         if was_empty && online {
@@ -128,33 +268,63 @@ impl Mailbox {
     /// Takes up to `max` deliveries from the front, stopping before a QoS 1/2 delivery
     /// when `qos_window` is 0 so order is kept. `qos_window` is how many QoS 1/2
     /// deliveries may still go in flight.
-    pub fn pop_batch(&self, max: usize, mut qos_window: usize, out: &mut Vec<Delivery>) {
+    pub fn pop_batch(&self, max: usize, qos_window: usize, out: &mut Vec<Delivery>) {
+        let mut queued = Vec::new();
+        self.pop_queued(max.saturating_sub(out.len()), qos_window, &mut queued);
+        out.extend(queued.into_iter().map(|q| q.delivery));
+    }
+
+    /// [`Mailbox::pop_batch`] keeping each delivery's sequence number: the caller records
+    /// where each goes (in flight, or dropped) in the session's journal.
+    pub fn pop_queued(&self, max: usize, mut qos_window: usize, out: &mut Vec<Queued>) {
         let mut inner = self.lock();
         while out.len() < max {
             match inner.queue.front() {
-                Some(d) if d.qos != QoS::AtMostOnce && qos_window == 0 => break,
-                Some(d) => {
-                    if d.qos != QoS::AtMostOnce {
+                Some(q) if q.delivery.qos != QoS::AtMostOnce && qos_window == 0 => break,
+                Some(q) => {
+                    if q.delivery.qos != QoS::AtMostOnce {
                         qos_window -= 1;
                     }
                 }
                 None => break,
             }
-            if let Some(delivery) = inner.pop_front() {
-                out.push(delivery);
+            if let Some(queued) = inner.pop_front() {
+                out.push(queued);
             }
         }
     }
 
     /// Returns deliveries to the front of the queue, in order (a connection that could not
-    /// send them).
-    pub fn unpop(&self, deliveries: Vec<Delivery>) {
+    /// send them). Their rows never left the store.
+    pub fn unpop(&self, deliveries: Vec<Queued>) {
         let mut inner = self.lock();
-        for d in deliveries.into_iter().rev() {
-            inner.bytes += d.message.weight();
-            inner.qos0 += usize::from(d.qos == QoS::AtMostOnce);
-            inner.queue.push_front(d);
+        for q in deliveries.into_iter().rev() {
+            inner.bytes += q.delivery.message.weight();
+            inner.qos0 += usize::from(q.delivery.qos == QoS::AtMostOnce);
+            inner.queue.push_front(q);
         }
+    }
+
+    /// Puts back a stored queue at start (oldest first), applying the limits as pushes
+    /// would. Returns how many were dropped to fit (recorded as dequeued).
+    pub fn restore(&self, queue: Vec<(u64, Delivery)>, limits: &QueueLimits) -> usize {
+        let mut inner = self.lock();
+        let mut dropped = 0;
+        for (seq, delivery) in queue {
+            let weight = delivery.message.weight();
+            if inner.is_full(limits, weight) {
+                dropped += 1;
+                if let Some(journal) = &self.journal {
+                    journal.dequeue(seq);
+                }
+                continue;
+            }
+            inner.bytes += weight;
+            inner.qos0 += usize::from(delivery.qos == QoS::AtMostOnce);
+            inner.next_seq = inner.next_seq.max(seq.saturating_add(1));
+            inner.queue.push_back(Queued { seq, delivery });
+        }
+        dropped
     }
 
     /// Number of queued deliveries.
@@ -191,14 +361,21 @@ impl Mailbox {
         self.lock().online
     }
 
-    /// Ends the mailbox: queued deliveries are returned and later pushes are refused.
+    /// Ends the mailbox: queued deliveries are returned, later pushes are refused, and a
+    /// stored session is deleted from the store.
     pub fn close(&self) -> Vec<Delivery> {
         let mut inner = self.lock();
         inner.closed = true;
         inner.online = false;
         inner.bytes = 0;
         inner.qos0 = 0;
-        inner.queue.drain(..).collect()
+        if inner.persistent
+            && let Some(journal) = &self.journal
+        {
+            journal.delete();
+        }
+        inner.persistent = false;
+        inner.queue.drain(..).map(|q| q.delivery).collect()
     }
 
     /// Drops queued deliveries for which `keep` is false; returns how many.
@@ -207,11 +384,17 @@ impl Mailbox {
         let before = inner.queue.len();
         let mut bytes = 0;
         let mut qos0 = 0;
-        inner.queue.retain(|d| {
+        let journal = self.journal.as_ref().filter(|_| inner.persistent);
+        inner.queue.retain(|q| {
+            let d = &q.delivery;
             let k = keep(d);
             if k {
                 bytes += d.message.weight();
                 qos0 += usize::from(d.qos == QoS::AtMostOnce);
+            } else if d.qos != QoS::AtMostOnce
+                && let Some(journal) = journal
+            {
+                journal.dequeue(q.seq);
             }
             k
         });
@@ -245,18 +428,21 @@ impl Inner {
                 && self.bytes + weight > limits.max_bytes)
     }
 
-    fn pop_front(&mut self) -> Option<Delivery> {
-        let d = self.queue.pop_front()?;
-        self.bytes -= d.message.weight();
-        self.qos0 -= usize::from(d.qos == QoS::AtMostOnce);
-        Some(d)
+    fn pop_front(&mut self) -> Option<Queued> {
+        let q = self.queue.pop_front()?;
+        self.bytes -= q.delivery.message.weight();
+        self.qos0 -= usize::from(q.delivery.qos == QoS::AtMostOnce);
+        Some(q)
     }
 
     fn remove_first_qos0(&mut self) {
-        if let Some(i) = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce)
-            && let Some(d) = self.queue.remove(i)
+        if let Some(i) = self
+            .queue
+            .iter()
+            .position(|q| q.delivery.qos == QoS::AtMostOnce)
+            && let Some(q) = self.queue.remove(i)
         {
-            self.bytes -= d.message.weight();
+            self.bytes -= q.delivery.message.weight();
             self.qos0 -= 1;
         }
     }

@@ -1,6 +1,7 @@
 //! The routed message envelope and the per-subscriber delivery that points at it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,10 +18,28 @@ pub fn now_millis() -> Millis {
         .map_or(0, |d| d.as_millis() as Millis)
 }
 
+/// Identifies a [`Message`]: unique in the process, and above every id found in the store
+/// at start, so the store can keep one copy of a message however many sessions queue it.
+pub type MessageId = u64;
+
+static NEXT_MESSAGE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh [`MessageId`].
+pub fn next_message_id() -> MessageId {
+    NEXT_MESSAGE_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes every later [`next_message_id`] greater than `id` (ids found in the store at start).
+pub fn message_ids_above(id: MessageId) {
+    NEXT_MESSAGE_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
+}
+
 /// One application message as the broker routes it: shared by every subscriber through an
 /// `Arc`, never copied per subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// Process-unique id; the store keys the message by it.
+    pub id: MessageId,
     /// Topic name (aliases already resolved).
     pub topic: String,
     /// Payload.
@@ -48,6 +67,7 @@ impl Message {
         properties.subscription_identifiers.clear();
         let expiry = properties.message_expiry_interval.take();
         Self {
+            id: next_message_id(),
             topic: publish.topic,
             payload: publish.payload,
             qos: publish.qos,
@@ -63,6 +83,7 @@ impl Message {
     pub fn from_will(will: Will, origin: Arc<str>, now: Millis) -> Self {
         let p = will.properties;
         Self {
+            id: next_message_id(),
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
@@ -86,6 +107,7 @@ impl Message {
     /// A message the broker itself publishes (`$SYS`).
     pub fn internal(topic: String, payload: Bytes, retain: bool, now: Millis) -> Self {
         Self {
+            id: next_message_id(),
             topic,
             payload,
             qos: QoS::AtMostOnce,

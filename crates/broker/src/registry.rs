@@ -5,6 +5,10 @@
 //! Takeover is a small state machine (lock the client id, look up, stop the old owner,
 //! transfer, own) that talks to the old owner only through its mailbox, so it would work
 //! the same if the owner were elsewhere.
+//!
+//! For stored sessions the registry records what only it knows: the expiry deadline when a
+//! session is parked, and delayed wills. At start, [`Registry::restore`] puts back the
+//! sessions read from the store as parked sessions.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -19,6 +23,7 @@ use crate::mailbox::{Control, Mailbox};
 use crate::message::Millis;
 use crate::session::SessionState;
 use crate::stats::Stats;
+use crate::store::{Journal, RecoveredSession};
 
 /// How long a new connection waits for the old owner of its client id to let go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,9 +51,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(client_id: &Arc<str>) -> Self {
+    fn new(client_id: &Arc<str>, store: Option<&Journal>) -> Self {
         Self {
-            mailbox: Mailbox::new(client_id.clone()),
+            mailbox: Mailbox::with_store(client_id.clone(), store),
             attach_lock: Arc::default(),
             owner: None,
             parked: None,
@@ -130,7 +135,7 @@ impl Registry {
             .lock()
             .slots
             .entry(client_id.clone())
-            .or_insert_with(|| Slot::new(&client_id))
+            .or_insert_with(|| Slot::new(&client_id, broker.journal.as_ref()))
             .attach_lock
             .clone();
         let _attaching = attach_lock.lock().await;
@@ -155,7 +160,7 @@ impl Registry {
                     // The old connection ends its session itself when it finally detaches;
                     // the new one starts on a mailbox of its own.
                     slot.owner = None;
-                    slot.mailbox = Mailbox::new(client_id.clone());
+                    slot.mailbox = Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
                 }
             }
         }
@@ -165,7 +170,7 @@ impl Registry {
             let slot = inner
                 .slots
                 .entry(client_id.clone())
-                .or_insert_with(|| Slot::new(&client_id));
+                .or_insert_with(|| Slot::new(&client_id, broker.journal.as_ref()));
             let pending_will = slot.will.take();
             let parked = slot.parked.take();
             slot.expires_at = None;
@@ -173,13 +178,19 @@ impl Registry {
             let (ended, will, state, present) = match parked {
                 Some(state) if !clean_start => {
                     // [MQTT-3.1.3-9] resumed in time: the delayed will is not sent.
+                    if pending_will.is_some()
+                        && let Some(journal) = state.mailbox.journal()
+                    {
+                        journal.will_delete();
+                    }
                     (None, None, state, true)
                 }
                 parked => {
                     // A replaced session ends now, and so its delayed will is due. A new
                     // session never inherits the mailbox of one that ended.
                     if parked.is_some() || slot.mailbox.is_closed() {
-                        slot.mailbox = Mailbox::new(client_id.clone());
+                        slot.mailbox =
+                            Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
                     }
                     let state = SessionState::new(client_id.clone(), slot.mailbox.clone());
                     (parked, pending_will.map(|w| w.will), state, false)
@@ -224,7 +235,7 @@ impl Registry {
             let Inner { slots, timers } = &mut *inner;
             let slot = slots
                 .entry(client_id.clone())
-                .or_insert_with(|| Slot::new(&client_id));
+                .or_insert_with(|| Slot::new(&client_id, broker.journal.as_ref()));
             let owned = slot.owner == Some(connection_id);
             if owned {
                 slot.owner = None;
@@ -241,9 +252,12 @@ impl Registry {
                 ended = Some(state);
             } else {
                 let expiry = state.expiry_interval;
+                let expires_at = (expiry != u32::MAX).then(|| now + u64::from(expiry) * 1000);
+                if let Some(journal) = state.mailbox.journal() {
+                    journal.put(expiry, expires_at);
+                }
                 slot.parked = Some(state);
-                if expiry != u32::MAX {
-                    let at = now + u64::from(expiry) * 1000;
+                if let Some(at) = expires_at {
                     slot.expires_at = Some(at);
                     timers.push(Reverse((at, client_id.clone())));
                 }
@@ -259,6 +273,9 @@ impl Registry {
                     will_now = Some(will);
                 } else {
                     let publish_at = now + u64::from(delay) * 1000;
+                    if let Some(journal) = slot.parked.as_ref().and_then(|s| s.mailbox.journal()) {
+                        journal.will_put(publish_at, &will);
+                    }
                     slot.will = Some(PendingWill { will, publish_at });
                     timers.push(Reverse((publish_at, client_id.clone())));
                 }
@@ -267,7 +284,7 @@ impl Registry {
                 if slot.removable() {
                     slots.remove(&client_id);
                 } else {
-                    slot.mailbox = Mailbox::new(client_id.clone());
+                    slot.mailbox = Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
                 }
             }
         }
@@ -302,13 +319,17 @@ impl Registry {
                 if slot.will.as_ref().is_some_and(|w| w.publish_at <= now)
                     && let Some(pending) = slot.will.take()
                 {
+                    if let Some(journal) = slot.parked.as_ref().and_then(|s| s.mailbox.journal()) {
+                        journal.will_delete();
+                    }
                     wills.push((client_id.clone(), pending.will));
                 }
                 if slot.owner.is_none() && slot.expires_at.is_some_and(|e| e <= now) {
                     slot.expires_at = None;
                     if let Some(state) = slot.parked.take() {
                         tracing::debug!(client_id = %client_id, "session expired");
-                        slot.mailbox = Mailbox::new(client_id.clone());
+                        slot.mailbox =
+                            Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
                         Stats::add(&broker.stats.sessions_expired, 1);
                         // [MQTT-3.1.3-9] the session ending also makes a delayed will due.
                         if let Some(pending) = slot.will.take() {
@@ -328,6 +349,61 @@ impl Registry {
         for (client_id, will) in wills {
             broker.publish_will(&client_id, will, now);
         }
+    }
+
+    /// Puts back a session read from the store at start, parked: its subscriptions go into
+    /// the router and its queue into its mailbox (within the queue limits), so messages
+    /// published before the client returns are queued for it. A session that was connected
+    /// when the broker stopped gets its full expiry interval from `now`. Call
+    /// [`Registry::tick`] afterwards to end sessions and publish wills that fell due while
+    /// the broker was down.
+    pub fn restore(&self, broker: &Broker, stored: RecoveredSession, store: &Journal, now: Millis) {
+        let client_id = stored.client_id;
+        let mailbox = Mailbox::restored(client_id.clone(), stored.session, store, stored.next_seq);
+        let dropped = mailbox.restore(stored.queue, &broker.queue_limits());
+        Stats::add(&broker.stats.publish_dropped, dropped as u64);
+        for (filter, record) in &stored.subscriptions {
+            broker
+                .router
+                .subscribe(&mailbox, filter, record.options, record.identifier);
+        }
+        let expires_at = stored.expires_at.or_else(|| {
+            (stored.expiry_interval != u32::MAX)
+                .then(|| now + u64::from(stored.expiry_interval) * 1000)
+        });
+        if stored.expires_at.is_none()
+            && let Some(journal) = mailbox.journal()
+        {
+            journal.put(stored.expiry_interval, expires_at);
+        }
+        let mut state = SessionState::new(client_id.clone(), mailbox.clone());
+        state.subscriptions = stored.subscriptions.into_iter().collect();
+        state.inflight = stored.inflight.into();
+        state.awaiting_pubrel = stored.awaiting_pubrel.into_iter().collect();
+        state.expiry_interval = stored.expiry_interval;
+        let will = stored
+            .will
+            .map(|(will, publish_at)| PendingWill { will, publish_at });
+
+        let mut inner = self.lock();
+        let Inner { slots, timers } = &mut *inner;
+        if let Some(at) = expires_at {
+            timers.push(Reverse((at, client_id.clone())));
+        }
+        if let Some(w) = &will {
+            timers.push(Reverse((w.publish_at, client_id.clone())));
+        }
+        slots.insert(
+            client_id,
+            Slot {
+                mailbox,
+                attach_lock: Arc::default(),
+                owner: None,
+                parked: Some(state),
+                expires_at,
+                will,
+            },
+        );
     }
 
     /// Tells every connected client's connection to shut down; returns how many.

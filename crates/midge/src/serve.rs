@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use midge_broker::store::Opening;
 use midge_broker::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -14,6 +15,10 @@ pub struct ServeArgs {
     /// 127.0.0.1:1883 and accepts anonymous clients from loopback only.
     #[arg(short, long, value_name = "FILE", env = "MIDGE_CONFIG")]
     config: Option<PathBuf>,
+    /// Start even if the store is damaged: keep what is readable, move the damaged file
+    /// aside (midge.redb.damaged-<time>) and log what was lost.
+    #[arg(long)]
+    recover: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -37,7 +42,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Hooked before the listeners open: a signal that comes once clients can connect
         // must shut down gracefully, not kill the process with the default action.
         let mut signals = Signals::install()?;
-        let server = Server::start(config).await?;
+        let opening = Opening {
+            recover: args.recover,
+            ..Opening::default()
+        };
+        let server = Server::start_with(config, opening).await?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "midge started");
         signals.wait_for_shutdown(&server).await;
         tracing::info!("shutting down");

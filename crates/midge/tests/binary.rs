@@ -22,7 +22,12 @@ fn midge() -> Command {
             command.env_remove(key);
         }
     }
-    command.env("RUST_LOG", "info").stdin(Stdio::null());
+    // These brokers run in parallel and are not about persistence: keep them off the
+    // default ./data store, which only one process may hold.
+    command
+        .env("MIDGE_STORAGE__BACKEND", "memory")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
     command
 }
 

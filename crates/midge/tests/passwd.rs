@@ -62,6 +62,7 @@ async fn start_broker(password_file: &Path) -> Server {
     let mut config = Config::default();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     config.sys.interval_secs = 0;
+    config.storage.backend = midge_broker::config::StorageBackend::Memory;
     config.auth.allow_anonymous = Some(false);
     config.auth.password_file = Some(password_file.to_owned());
     Server::start(config).await.expect("broker starts")

@@ -84,7 +84,7 @@ async fn sighup_gives_new_connections_the_new_certificate() {
     std::fs::write(
         &config,
         format!(
-            "[[listener]]\nbind = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n[sys]\ninterval_secs = 0\n",
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n[sys]\ninterval_secs = 0\n[storage]\nbackend = \"memory\"\n",
             dir.0.display()
         ),
     )

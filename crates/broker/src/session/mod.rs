@@ -4,6 +4,10 @@
 //! the broker's in-memory router and retained store. It never touches a socket or a clock,
 //! so every spec rule is testable without a network. The connection task owns the socket
 //! and authorization (which may be asynchronous) and drives this.
+//!
+//! A persistent session (expiry above 0) records each change of its state — subscriptions,
+//! in-flight messages and their stages, held QoS 2 ids — in its [`SessionJournal`]: an
+//! operation handed to the store writer, not I/O.
 
 mod connect;
 mod state;
@@ -23,8 +27,10 @@ pub use state::{Inflight, SessionState, Stage, SubscriptionRecord};
 
 use crate::auth::DeliveryFilter;
 use crate::broker::Broker;
+use crate::mailbox::Queued;
 use crate::message::{Delivery, Message, Millis};
 use crate::stats::LocalStats;
+use crate::store::SessionJournal;
 
 /// A protocol violation by the client: the connection closes, telling a v5 client `reason`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,11 +99,18 @@ pub struct Session {
     username: Option<String>,
     /// Retained messages found at SUBSCRIBE, sent before anything from the mailbox.
     retained_backlog: VecDeque<Delivery>,
-    /// Scratch space for pumping the mailbox, kept to avoid an allocation per wake-up.
+    /// Scratch space for pumping the retained backlog and the mailbox, kept to avoid an
+    /// allocation per wake-up.
     batch: Vec<Delivery>,
     /// Set when a subscription is only partly readable under the ACL: every delivery's
     /// topic is checked before it is sent. `None` (the usual case) costs nothing.
     delivery_filter: Option<DeliveryFilter>,
+    queued: Vec<Queued>,
+    /// Where changes are recorded while the session is persistent.
+    journal: Option<SessionJournal>,
+    /// Whether the output holds a packet that must not reach the client before the store
+    /// has committed what it confirms (see [`Session::take_settle`]).
+    settle: bool,
     /// Counts for the broker's statistics, flushed by the connection.
     pub stats: LocalStats,
 }
@@ -106,6 +119,9 @@ impl Session {
     /// Starts serving `state` under the negotiated parameters.
     pub fn new(mut state: SessionState, negotiated: Negotiated, max_inflight: u16) -> Self {
         state.expiry_interval = negotiated.expiry_interval;
+        // Stored from now on if it outlives the connection; a resumed stored session that
+        // now has expiry 0 is removed from the store.
+        let journal = state.mailbox.persist(negotiated.expiry_interval);
         Self {
             state,
             protocol: negotiated.protocol,
@@ -120,6 +136,9 @@ impl Session {
             retained_backlog: VecDeque::new(),
             batch: Vec::new(),
             delivery_filter: None,
+            queued: Vec::new(),
+            journal,
+            settle: false,
             stats: LocalStats::default(),
         }
     }
@@ -145,6 +164,9 @@ impl Session {
     pub fn drop_subscription(&mut self, filter: &str, broker: &Broker) {
         if self.state.subscriptions.remove(filter).is_some() {
             broker.router.unsubscribe(filter, &self.state.client_id);
+            if let Some(journal) = &self.journal {
+                journal.unsubscribe(filter);
+            }
             self.hand_over_shared(filter, broker);
         }
     }
@@ -166,9 +188,14 @@ impl Session {
         let wanted = |d: &Delivery| filters.iter().any(|f| topic::matches(f, &d.message.topic));
         let queued = self.state.mailbox.retain_deliveries(|d| wanted(d));
         let inflight_before = self.state.inflight.len();
-        self.state
-            .inflight
-            .retain(|i| i.stage == Stage::AwaitPubComp || wanted(&i.delivery));
+        let journal = self.journal.as_ref();
+        self.state.inflight.retain(|i| {
+            let keep = i.stage == Stage::AwaitPubComp || wanted(&i.delivery);
+            if !keep && let Some(journal) = journal {
+                journal.acked(i.packet_id);
+            }
+            keep
+        });
         let dropped = queued + inflight_before - self.state.inflight.len();
         self.stats.publish_denied += dropped as u64;
         dropped
@@ -198,7 +225,17 @@ impl Session {
             .unwrap_or(0)
     }
 
+    /// Whether the output written since the last call holds something that confirms state
+    /// the store must have first: every control packet (CONNACK, PUBACK, PUBREC, PUBREL,
+    /// PUBCOMP, SUBACK, ...) and QoS 2 PUBLISH, whose packet id the client will hold us
+    /// to. QoS 0/1 PUBLISH need not wait: after a crash a QoS 1 message not yet recorded
+    /// as in flight is still queued, and is sent again, which QoS 1 allows.
+    pub fn take_settle(&mut self) -> bool {
+        std::mem::take(&mut self.settle)
+    }
+
     fn send(&mut self, packet: &Packet, out: &mut BytesMut) {
+        self.settle = true;
         match packet.encode(self.protocol, out) {
             Ok(()) => self.stats.packets_sent += 1,
             // Only our own oversized fields can fail to encode; nothing to tell the client.
@@ -223,6 +260,8 @@ impl Session {
                 Stage::AwaitPubAck | Stage::AwaitPubRec => {
                     if self.write_publish(&entry.delivery, entry.packet_id, true, now, out) {
                         self.state.inflight.push_back(entry);
+                    } else if let Some(journal) = &self.journal {
+                        journal.acked(entry.packet_id);
                     }
                 }
             }
@@ -396,8 +435,11 @@ impl Session {
             QoS::ExactlyOnce => {
                 // A PUBREC with an error code ends the exchange [MQTT-4.3.3-?]; otherwise the
                 // id is held until PUBREL.
-                if !reason.is_error() {
-                    self.state.awaiting_pubrel.insert(packet_id);
+                if !reason.is_error()
+                    && self.state.awaiting_pubrel.insert(packet_id)
+                    && let Some(journal) = &self.journal
+                {
+                    journal.pubrel_held(packet_id);
                 }
                 self.send(&Packet::PubRec(response), out);
             }
@@ -406,6 +448,9 @@ impl Session {
 
     fn on_pubrel(&mut self, rel: &PubResponse, out: &mut BytesMut) {
         let known = self.state.awaiting_pubrel.remove(&rel.packet_id);
+        if known && let Some(journal) = &self.journal {
+            journal.pubrel_released(rel.packet_id);
+        }
         // [MQTT-4.3.3-11] PUBCOMP even for an unknown id; v5 says it was not found.
         let reason = if known || !self.protocol.is_v5() {
             ReasonCode::SUCCESS
@@ -426,6 +471,9 @@ impl Session {
         match self.state.inflight_position(ack.packet_id) {
             Some(i) if self.state.inflight[i].stage == Stage::AwaitPubAck => {
                 self.state.inflight.remove(i);
+                if let Some(journal) = &self.journal {
+                    journal.acked(ack.packet_id);
+                }
             }
             _ => {
                 tracing::debug!(client_id = %self.state.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id")
@@ -439,9 +487,15 @@ impl Session {
                 if rec.reason_code.is_error() {
                     // [MQTT-4.3.3-4] an error PUBREC ends the exchange; no PUBREL.
                     self.state.inflight.remove(i);
+                    if let Some(journal) = &self.journal {
+                        journal.acked(rec.packet_id);
+                    }
                     return;
                 }
                 self.state.inflight[i].stage = Stage::AwaitPubComp;
+                if let Some(journal) = &self.journal {
+                    journal.stage(rec.packet_id, Stage::AwaitPubComp);
+                }
                 true
             }
             _ => false,
@@ -463,6 +517,9 @@ impl Session {
         match self.state.inflight_position(comp.packet_id) {
             Some(i) if self.state.inflight[i].stage == Stage::AwaitPubComp => {
                 self.state.inflight.remove(i);
+                if let Some(journal) = &self.journal {
+                    journal.acked(comp.packet_id);
+                }
             }
             _ => {
                 tracing::debug!(client_id = %self.state.client_id, packet_id = comp.packet_id, "PUBCOMP for unknown packet id")
@@ -511,13 +568,14 @@ impl Session {
                         .router
                         .subscribe(&self.state.mailbox, &filter, options, identifier);
                 // [MQTT-3.8.4-3] a repeated filter replaces the subscription.
-                self.state.subscriptions.insert(
-                    filter.clone(),
-                    SubscriptionRecord {
-                        options,
-                        identifier,
-                    },
-                );
+                let record = SubscriptionRecord {
+                    options,
+                    identifier,
+                };
+                self.state.subscriptions.insert(filter.clone(), record);
+                if let Some(journal) = &self.journal {
+                    journal.subscribe(&filter, record);
+                }
                 // Shared subscriptions get no retained messages at subscribe [MQTT-4.8.2-?].
                 let send_retained = !shared
                     && config.retain_available
@@ -568,6 +626,9 @@ impl Session {
                 let known = self.state.subscriptions.remove(filter).is_some();
                 broker.router.unsubscribe(filter, &self.state.client_id);
                 if known {
+                    if let Some(journal) = &self.journal {
+                        journal.unsubscribe(filter);
+                    }
                     self.hand_over_shared(filter, broker);
                     ReasonCode::SUCCESS
                 } else {
@@ -651,6 +712,7 @@ impl Session {
     /// client's Receive Maximum allows, until `out` holds about `max_bytes`.
     pub fn pump(&mut self, now: Millis, out: &mut BytesMut, max_bytes: usize) {
         let mut batch = std::mem::take(&mut self.batch);
+        let mut queued = std::mem::take(&mut self.queued);
         while out.len() < max_bytes {
             let window = self.send_window.saturating_sub(self.state.inflight_len());
             // The retained backlog goes first; it only exists right after SUBSCRIBE.
@@ -671,30 +733,46 @@ impl Session {
                 if batch.is_empty() {
                     break;
                 }
+                for delivery in batch.drain(..) {
+                    self.deliver(None, delivery, now, out);
+                }
             } else {
-                self.state.mailbox.pop_batch(64, window, &mut batch);
-                if batch.is_empty() {
+                self.state.mailbox.pop_queued(64, window, &mut queued);
+                if queued.is_empty() {
                     break;
                 }
-            }
-            for delivery in batch.drain(..) {
-                self.deliver(delivery, now, out);
+                for q in queued.drain(..) {
+                    self.deliver(Some(q.seq), q.delivery, now, out);
+                }
             }
         }
         self.batch = batch;
+        self.queued = queued;
     }
 
-    fn deliver(&mut self, delivery: Delivery, now: Millis, out: &mut BytesMut) {
+    /// Sends one delivery; `seq` is its place in the mailbox queue (none for retained
+    /// messages sent at subscribe).
+    fn deliver(&mut self, seq: Option<u64>, delivery: Delivery, now: Millis, out: &mut BytesMut) {
+        // Where a QoS 1/2 delivery that is not sent leaves the stored queue.
+        let dropped = |journal: Option<&SessionJournal>| {
+            if let (Some(journal), Some(seq)) = (journal, seq)
+                && delivery.qos != QoS::AtMostOnce
+            {
+                journal.dequeue(seq);
+            }
+        };
         if let Some(filter) = &self.delivery_filter
             && !filter.allows(&delivery.message.topic)
         {
             tracing::trace!(client_id = %self.state.client_id, topic = %delivery.message.topic, "delivery not authorized");
             self.stats.publish_denied += 1;
+            dropped(self.journal.as_ref());
             return;
         }
         if delivery.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not sent.
             self.stats.publish_dropped += 1;
+            dropped(self.journal.as_ref());
             return;
         }
         if delivery.qos == QoS::AtMostOnce {
@@ -708,11 +786,17 @@ impl Session {
             } else {
                 Stage::AwaitPubRec
             };
+            if let Some(journal) = &self.journal {
+                let order = self.state.mailbox.next_seq();
+                journal.dispatch(seq, packet_id, order, stage, &delivery);
+            }
             self.state.inflight.push_back(Inflight {
                 packet_id,
                 delivery,
                 stage,
             });
+        } else {
+            dropped(self.journal.as_ref());
         }
     }
 
@@ -758,6 +842,7 @@ impl Session {
             self.stats.publish_dropped += 1;
             return false;
         }
+        self.settle |= delivery.qos == QoS::ExactlyOnce;
         match publish.encode(self.protocol, out) {
             Ok(()) => {
                 self.stats.packets_sent += 1;

@@ -26,6 +26,17 @@ pub type V4Packet = rumqttc::Packet;
 /// A v5 packet as rumqttc decodes it.
 pub type V5Packet = mqtt5::Packet;
 
+/// The defaults for a test broker: one listener on a free loopback port, `$SYS` off, and
+/// the memory store — many brokers run in this one process, and none may share (or leave
+/// behind) the default ./data store.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+    config.sys.interval_secs = 0;
+    config.storage.backend = midge_broker::config::StorageBackend::Memory;
+    config
+}
+
 /// A broker on a free loopback port, shut down when the test ends.
 pub struct TestBroker {
     pub server: Option<Server>,
@@ -40,9 +51,7 @@ impl TestBroker {
 
     /// A broker with the configuration adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::default();
-        config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
-        config.sys.interval_secs = 0;
+        let mut config = test_config();
         adjust(&mut config);
         let server = Server::start(config).await.expect("broker starts");
         let addr = server.local_addrs()[0];

@@ -27,7 +27,7 @@ async fn each_listener_applies_its_own_anonymous_policy_and_password_file() {
     let hash = midge_broker::auth::hash_password(b"pw").unwrap();
     let devices = dir.write("devices", &format!("sensor:{hash}\n"));
 
-    let mut config = Config::default();
+    let mut config = crate::harness::test_config();
     config.sys.interval_secs = 0;
     // Global: anonymous clients welcome (a loopback listener for local tools).
     config.auth.allow_anonymous = Some(true);

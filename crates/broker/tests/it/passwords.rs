@@ -210,7 +210,7 @@ async fn reload_picks_up_a_changed_password_file_while_connections_stay_up() {
 async fn a_bad_password_file_stops_the_start_with_file_and_line() {
     let dir = TempDir::new("bad-file");
     let file = dir.write("passwords", "# users\nalice:plaintext\n");
-    let mut config = midge_broker::Config::default();
+    let mut config = crate::harness::test_config();
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     config.auth.password_file = Some(file.clone());
     let error = midge_broker::Server::start(config)

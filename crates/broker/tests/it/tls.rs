@@ -46,7 +46,7 @@ pub async fn start(
 ) -> (Server, Vec<u16>) {
     let mut config = Config {
         listeners,
-        ..Config::default()
+        ..crate::harness::test_config()
     };
     config.sys.interval_secs = 0;
     adjust(&mut config);
@@ -433,7 +433,7 @@ async fn bad_certificate_files_stop_the_start_with_the_path_and_the_reason() {
     for (settings, path, reason) in cases {
         let config = Config {
             listeners: vec![listener(Some(settings))],
-            ..Config::default()
+            ..crate::harness::test_config()
         };
         let error = Server::start(config)
             .await
@@ -637,7 +637,7 @@ async fn connection_flushes_a_stream_that_buffers_writes() {
     use midge_broker::connection::{self, ListenerContext};
     use tokio::io::AsyncWriteExt;
 
-    let broker = midge_broker::Broker::new(Config::default());
+    let broker = midge_broker::Broker::new(crate::harness::test_config());
     let context = Arc::new(ListenerContext {
         name: "buffered".to_owned(),
         access: AccessControl::anonymous_only(None),
