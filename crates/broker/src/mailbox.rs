@@ -67,8 +67,6 @@ pub enum Control {
     /// Another connection is taking the session over: send DISCONNECT 0x8E, end the
     /// connection, hand the session back to the registry, then answer.
     TakeOver(oneshot::Sender<()>),
-    /// The server is shutting down: send DISCONNECT 0x8B and end.
-    Shutdown,
 }
 
 #[derive(Debug)]

@@ -406,17 +406,6 @@ impl Registry {
         );
     }
 
-    /// Tells every connected client's connection to shut down; returns how many.
-    pub fn shutdown_all(&self) -> usize {
-        let inner = self.lock();
-        let mut n = 0;
-        for slot in inner.slots.values().filter(|s| s.owner.is_some()) {
-            slot.mailbox.send_control(Control::Shutdown);
-            n += 1;
-        }
-        n
-    }
-
     /// Number of sessions with a live connection.
     pub fn connected_len(&self) -> usize {
         self.lock()

@@ -370,7 +370,8 @@ impl Session {
             && !self.state.awaiting_pubrel.contains(&publish.packet_id)
             && self.state.awaiting_pubrel.len() >= usize::from(config.max_inflight)
         {
-            // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISH than our Receive Maximum.
+            // [MQTT-3.3.4-7] [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISH than our
+            // Receive Maximum.
             return Err(violation(
                 ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                 "receive maximum exceeded",
@@ -684,7 +685,10 @@ impl Session {
         }
     }
 
-    /// The DISCONNECT the broker sends a v5 client before closing (nothing for v3).
+    /// The DISCONNECT the broker sends a v5 client before closing (nothing for v3). It
+    /// always carries a reason string (the spec's name for the reason unless a more
+    /// specific one is given): it tells a user what happened, and some clients (rumqttc
+    /// 0.25) cannot decode the reason-code-only short form at all.
     pub fn disconnect_packet(
         &mut self,
         reason: ReasonCode,
@@ -693,7 +697,7 @@ impl Session {
     ) {
         if self.protocol.is_v5() {
             let properties = DisconnectProperties {
-                reason_string: reason_string.map(str::to_owned),
+                reason_string: Some(reason_string.unwrap_or(reason.description()).to_owned()),
                 ..Default::default()
             };
             self.send(
