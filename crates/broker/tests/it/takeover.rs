@@ -23,6 +23,26 @@ async fn v5_second_connection_with_the_same_id_gets_the_first_disconnect_0x8e() 
 }
 
 #[tokio::test]
+async fn rumqttc_v5_user_sees_session_taken_over_as_the_reason() {
+    let broker = TestBroker::start().await;
+    let mut first = V5::connect(&broker, "same").await;
+    let _second = V5::connect(&broker, "same").await;
+    // rumqttc decodes the DISCONNECT (it cannot decode the reason-code-only short form)
+    // and reports it to its user as the error that ended the connection.
+    match first.closed().await {
+        rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+            reason_code,
+            reason_string,
+        }) => {
+            assert_eq!(reason_code, mqtt5::DisconnectReasonCode::SessionTakenOver);
+            assert_eq!(reason_string.as_deref(), Some("session taken over"));
+        }
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn v3_second_connection_with_the_same_id_closes_the_first() {
     let broker = TestBroker::start().await;
     let (mut first, _) = broker.raw_v311("same", true).await;
