@@ -164,7 +164,7 @@ impl Sub {
 
 enum Event {
     V3(rumqttc::Packet),
-    V5(mqtt5::Packet),
+    V5(Box<mqtt5::Packet>),
 }
 
 /// A rumqttc client whose event loop forwards incoming packets.
@@ -208,7 +208,7 @@ impl Witness {
         tokio::spawn(async move {
             while let Ok(event) = eventloop.poll().await {
                 if let rumqttc::v5::Event::Incoming(packet) = event
-                    && tx.send(Event::V5(packet)).is_err()
+                    && tx.send(Event::V5(Box::new(packet))).is_err()
                 {
                     break;
                 }
@@ -220,7 +220,7 @@ impl Witness {
             events,
         };
         witness
-            .wait(|e| matches!(e, Event::V5(mqtt5::Packet::ConnAck(_))))
+            .wait(|e| matches!(e, Event::V5(p) if matches!(**p, mqtt5::Packet::ConnAck(_))))
             .await;
         witness
     }
@@ -250,7 +250,7 @@ impl Witness {
                 .subscribe(filter, rumqttc::v5::mqttbytes::QoS::ExactlyOnce)
                 .await
                 .unwrap();
-            self.wait(|e| matches!(e, Event::V5(mqtt5::Packet::SubAck(_))))
+            self.wait(|e| matches!(e, Event::V5(p) if matches!(**p, mqtt5::Packet::SubAck(_))))
                 .await;
         }
     }
@@ -268,11 +268,14 @@ impl Witness {
 
     async fn publication_v5(&mut self) -> mqtt5::Publish {
         match self
-            .wait(|e| matches!(e, Event::V5(mqtt5::Packet::Publish(_))))
+            .wait(|e| matches!(e, Event::V5(p) if matches!(**p, mqtt5::Packet::Publish(_))))
             .await
         {
-            Event::V5(mqtt5::Packet::Publish(p)) => p,
-            _ => unreachable!(),
+            Event::V5(packet) => match *packet {
+                mqtt5::Packet::Publish(p) => p,
+                _ => unreachable!(),
+            },
+            Event::V3(_) => unreachable!(),
         }
     }
 
