@@ -979,11 +979,20 @@ async fn bad_credentials_and_no_credentials_exit_5_with_the_broker_reason() {
 
 // ---- transports ----
 
-/// A CA, and a server certificate for 127.0.0.1 it signs, as PEM files in `dir`.
-fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// A CA, a server certificate for 127.0.0.1 and a client certificate it signs, as PEM
+/// files in `dir`.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn make_pki(dir: &Path) -> Pki {
     use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-        KeyUsagePurpose,
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
     };
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params
@@ -995,26 +1004,43 @@ fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         KeyUsagePurpose::DigitalSignature,
     ];
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let ca_path = dir.join("ca.crt");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "broker");
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let cert_path = dir.join("server.crt");
-    let key_path = dir.join("server.key");
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (ca_path, cert_path, key_path)
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_path = write("ca.crt", ca.pem());
+    let issue = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = issue(
+        vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+        "broker",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) =
+        issue(Vec::new(), "sensor-1", ExtendedKeyUsagePurpose::ClientAuth);
+    Pki {
+        ca: ca_path,
+        server_cert: write("server.crt", server_cert),
+        server_key: write("server.key", server_key),
+        client_cert: write("client.crt", client_cert),
+        client_key: write("client.key", client_key),
+    }
 }
 
 #[tokio::test]
 async fn tls_pub_and_sub_verify_the_broker_with_cafile() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_pki(dir.path());
+    let pki = make_pki(dir.path());
+    let (ca, cert, key) = (&pki.ca, &pki.server_cert, &pki.server_key);
     let other_dir = tempfile::tempdir().unwrap();
-    let (other_ca, _, _) = make_pki(other_dir.path());
+    let other_ca = make_pki(other_dir.path()).ca;
     let broker = Broker::start(
         &format!(
             "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nbind = \"127.0.0.1:0\"\n\
@@ -1110,7 +1136,8 @@ async fn tls_pub_and_sub_verify_the_broker_with_cafile() {
 #[tokio::test]
 async fn websocket_and_secure_websocket_urls() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_pki(dir.path());
+    let pki = make_pki(dir.path());
+    let (ca, cert, key) = (&pki.ca, &pki.server_cert, &pki.server_key);
     let broker = Broker::start(
         &format!(
             "[[listener]]\nbind = \"127.0.0.1:0\"\n\n\
@@ -1179,6 +1206,207 @@ async fn websocket_and_secure_websocket_urls() {
         let (code, rest, err) = sub.exit().await;
         assert_eq!((code, rest.as_str()), (0, "ws/live to ws sub"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn tls_client_certificate_for_a_broker_that_requires_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let broker = Broker::start(
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nbind = \"127.0.0.1:0\"\n\
+             [listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\
+             require_client_cert = true\n",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        ),
+        "[auth]\nallow_anonymous = true\n",
+    )
+    .await;
+    let mut witness = Witness::v3(broker.addr(0), "witness").await;
+    witness.subscribe("mtls").await;
+    let port = broker.addr(1).port().to_string();
+    let ca = pki.ca.to_str().unwrap();
+    let output = run(
+        &[
+            "pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--cafile",
+            ca,
+            "--cert",
+            pki.client_cert.to_str().unwrap(),
+            "--key",
+            pki.client_key.to_str().unwrap(),
+            "-t",
+            "mtls",
+            "-m",
+            "with a certificate",
+            "-q",
+            "1",
+        ],
+        None,
+    )
+    .await;
+    assert_success(&output);
+    assert_eq!(witness.publication().await.1, "with a certificate");
+    // Without one the broker ends the handshake: a connection failure, exit 3.
+    let output = run(
+        &[
+            "pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--cafile",
+            ca,
+            "-t",
+            "mtls",
+            "-m",
+            "x",
+            "-q",
+            "1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_CONNECTION),
+        "{}",
+        stderr(&output)
+    );
+    // A certificate without its key is a usage error.
+    let output = run(
+        &[
+            "pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--cafile",
+            ca,
+            "--cert",
+            pki.client_cert.to_str().unwrap(),
+            "-t",
+            "mtls",
+            "-m",
+            "x",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_USAGE),
+        "{}",
+        stderr(&output)
+    );
+}
+
+// ---- sessions ----
+
+#[tokio::test]
+async fn c_keeps_the_session_so_messages_wait_for_the_next_run() {
+    let broker = Broker::tcp().await;
+    let port = broker.port();
+    let mut witness = Witness::v3(broker.addr(0), "publisher").await;
+    publish_ready(&mut witness, "c/ready").await;
+    for version in ["311", "5"] {
+        let id = format!("kept-{version}");
+        let topic = format!("c/{version}");
+        let mut sub = Sub::start(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            version,
+            "-i",
+            &id,
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            "c/ready",
+            "-t",
+            &topic,
+            "-C",
+            "1",
+        ]);
+        assert_eq!(sub.line().await, "ready");
+        let (code, _, err) = sub.exit().await;
+        assert_eq!(code, 0, "{err}");
+        witness.publish(&topic, b"while away", false).await;
+        let output = run(
+            &[
+                "sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-i",
+                &id,
+                "-c",
+                "-q",
+                "1",
+                "-t",
+                &topic,
+                "-C",
+                "1",
+            ],
+            None,
+        )
+        .await;
+        assert_success(&output);
+        assert_eq!(stdout(&output), "while away\n", "MQTT {version}");
+    }
+    // Without -c the session ends with the connection: nothing waits.
+    let mut sub = Sub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-i",
+        "clean",
+        "-q",
+        "1",
+        "-t",
+        "c/ready",
+        "-t",
+        "c/clean",
+        "-C",
+        "1",
+    ]);
+    assert_eq!(sub.line().await, "ready");
+    assert_eq!(sub.exit().await.0, 0);
+    witness.publish("c/clean", b"lost", false).await;
+    let output = run(
+        &[
+            "sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-i",
+            "clean",
+            "-q",
+            "1",
+            "-t",
+            "c/clean",
+            "-W",
+            "1",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(EXIT_TIMEOUT));
+    assert_eq!(stdout(&output), "");
 }
 
 // ---- Mosquitto's clients ----
