@@ -571,6 +571,43 @@ async fn pub_v5_properties_reach_a_v5_rumqttc_subscriber() {
     assert_eq!(properties.correlation_data.as_deref(), Some(&b"abc"[..]));
 }
 
+#[tokio::test]
+async fn pub_l_keeps_the_connection_alive_while_stdin_is_quiet() {
+    let broker = Broker::tcp().await;
+    let mut witness = Witness::v3(broker.addr(0), "witness").await;
+    witness.subscribe("slow").await;
+    let mut child = midge(&[
+        "pub",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &broker.port(),
+        "-t",
+        "slow",
+        "-l",
+        "-q",
+        "1",
+        "-k",
+        "1",
+    ])
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first\n").await.unwrap();
+    assert_eq!(witness.publication().await.1, "first");
+    // The broker closes a connection silent for 1.5 x keep-alive; pings keep this one.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    stdin.write_all(b"after a pause\n").await.unwrap();
+    drop(stdin);
+    assert_eq!(witness.publication().await.1, "after a pause");
+    let output = tokio::time::timeout(TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_success(&output);
+}
+
 // ---- midge sub ----
 
 #[tokio::test]
@@ -773,6 +810,33 @@ async fn sub_r_skips_stale_retained_messages() {
 }
 
 // ---- failures and their exit codes ----
+
+#[tokio::test]
+async fn sub_taken_over_exits_1_with_the_broker_reason() {
+    let broker = Broker::tcp().await;
+    let mut witness = Witness::v3(broker.addr(0), "publisher").await;
+    publish_ready(&mut witness, "to/ready").await;
+    let mut sub = Sub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &broker.port(),
+        "-V",
+        "5",
+        "-i",
+        "same",
+        "-t",
+        "to/ready",
+    ]);
+    assert_eq!(sub.line().await, "ready");
+    let _thief = Witness::v5(broker.addr(0), "same").await;
+    let (code, _, err) = sub.exit().await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("midge sub: disconnected by the broker: session taken over (0x8e)"),
+        "{err}"
+    );
+}
 
 #[tokio::test]
 async fn nothing_listening_exits_3_naming_the_address() {

@@ -13,7 +13,6 @@ pub struct Properties {
     pub connect: ConnectProperties,
     pub publish: PublishProperties,
     pub subscribe: SubscribeProperties,
-    pub unsubscribe: Vec<UserProperty>,
     pub disconnect: DisconnectProperties,
     pub will: WillProperties,
 }
@@ -121,7 +120,6 @@ impl Properties {
             ("subscribe", "user-property") => {
                 self.subscribe.user_properties.push(pair(name, values)?);
             }
-            ("unsubscribe", "user-property") => self.unsubscribe.push(pair(name, values)?),
             ("disconnect", "session-expiry-interval") => {
                 self.disconnect.session_expiry_interval = Some(number(name, values)?);
             }

@@ -65,9 +65,9 @@ pub fn run(args: SubArgs) -> ExitCode {
 }
 
 fn subscribe(args: SubArgs) -> Result<u8, Failure> {
-    let connection =
-        args.connect
-            .build(&["connect", "subscribe", "unsubscribe", "disconnect", "will"])?;
+    let connection = args
+        .connect
+        .build(&["connect", "subscribe", "disconnect", "will"])?;
     let mut filters = args.topics;
     filters.extend(connection.url_topic);
     if filters.is_empty() {
