@@ -4,6 +4,7 @@
 
 mod passwd;
 mod serve;
+mod tools;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Add, update or delete a user in a password file (argon2id; Mosquitto format).
     Passwd(passwd::PasswdArgs),
+    /// Publish a message (Mosquitto's mosquitto_pub flags).
+    Pub(tools::publish::PubArgs),
+    /// Subscribe and print messages (Mosquitto's mosquitto_sub flags).
+    Sub(tools::subscribe::SubArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +39,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Some(Command::Serve(args)) => serve::run(args),
         Some(Command::Passwd(args)) => passwd::run(args),
+        Some(Command::Pub(args)) => return tools::publish::run(args),
+        Some(Command::Sub(args)) => return tools::subscribe::run(args),
         None => serve::run(cli.serve),
     };
     match result {
