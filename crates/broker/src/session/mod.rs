@@ -367,11 +367,13 @@ impl Session {
             ));
         }
         if publish.qos == QoS::ExactlyOnce
+            && self.protocol.is_v5()
             && !self.state.awaiting_pubrel.contains(&publish.packet_id)
             && self.state.awaiting_pubrel.len() >= usize::from(config.max_inflight)
         {
             // [MQTT-3.3.4-7] [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISH than our
-            // Receive Maximum.
+            // Receive Maximum. MQTT 3.1.1 has no way to tell a client that limit, so there
+            // the packet id space (65,535 two-byte ids) is the only bound, as in Mosquitto.
             return Err(violation(
                 ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
                 "receive maximum exceeded",

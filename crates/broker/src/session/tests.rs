@@ -338,6 +338,19 @@ fn qos2_beyond_our_receive_maximum_is_a_violation() {
 }
 
 #[test]
+fn v3_qos2_beyond_max_inflight_is_accepted_as_v3_cannot_be_told_a_receive_maximum() {
+    let mut config = Config::default();
+    config.mqtt.max_inflight = 2;
+    let b = Broker::new(config);
+    let mut c = client(&b, ProtocolVersion::V311, "c");
+    for id in 1..=5 {
+        c.send(&b, Packet::Publish(publish("t", QoS::ExactlyOnce, id, "x")))
+            .unwrap();
+    }
+    assert_eq!(c.session.state().awaiting_pubrel.len(), 5);
+}
+
+#[test]
 fn inbound_topic_alias_is_learned_and_used() {
     let b = broker();
     let mut sub = client(&b, ProtocolVersion::V5, "sub");
