@@ -26,6 +26,8 @@ pub struct Client {
     pub version: ProtocolVersion,
     /// CONNECT written to CONNACK read.
     pub handshake: Duration,
+    /// The broker's Receive Maximum (MQTT 5): QoS 1/2 messages it accepts unacknowledged.
+    pub receive_maximum: u16,
 }
 
 /// Linux's errno for "too many open files" (per process).
@@ -65,6 +67,7 @@ impl Client {
             read_buf: BytesMut::with_capacity(256),
             version,
             handshake: Duration::ZERO,
+            receive_maximum: u16::MAX,
         };
         let connect = Packet::Connect(Box::new(Connect {
             protocol: version,
@@ -79,7 +82,12 @@ impl Client {
         let started = Instant::now();
         client.send(&connect).await?;
         match client.reply().await? {
-            Packet::ConnAck(ack) if ack.reason_code == ReasonCode::SUCCESS => {}
+            Packet::ConnAck(ack) if ack.reason_code == ReasonCode::SUCCESS => {
+                // Absent means 65,535 [MQTT-3.2.2.3.3]; MQTT 3 has no such limit on the wire.
+                if let Some(max) = ack.properties.receive_maximum {
+                    client.receive_maximum = max;
+                }
+            }
             Packet::ConnAck(ack) => bail!(
                 "{client_id}: CONNACK refused: {:#04x} {}",
                 ack.reason_code.0,

@@ -14,7 +14,7 @@ use super::report::{Report, Usage};
 
 /// Handshakes in progress at once when no rate is given: enough to keep the broker busy,
 /// few enough not to overflow its accept backlog.
-const MAX_PENDING: usize = 256;
+const MAX_PENDING: usize = 64;
 /// Time for the broker to settle (finish its work for the last connections) before its
 /// memory is read.
 const SETTLE: Duration = Duration::from_secs(1);

@@ -168,6 +168,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         let done = task.await.context("publisher task")??;
         report.sent += done.sent;
         report.stalls += done.stalls;
+        report.inflight = if report.inflight == 0 {
+            done.inflight
+        } else {
+            report.inflight.min(done.inflight)
+        };
         // Held open until the subscribers are done: closing is not part of the run.
         connections.push(done.client);
     }
@@ -231,6 +236,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
 struct Published {
     sent: u64,
     stalls: u64,
+    /// The in-flight bound used: --inflight, capped by the broker's Receive Maximum.
+    inflight: u64,
     client: Client,
 }
 
@@ -283,7 +290,12 @@ async fn publisher(
     let qos = plan.qos;
     let acknowledged = qos != QoS::AtMostOnce;
     let fan = plan.fan();
-    let inflight = u64::from(plan.inflight);
+    // [MQTT-3.3.4-7] never more unacknowledged QoS 1/2 messages than the broker accepts.
+    let inflight = if acknowledged {
+        u64::from(plan.inflight.min(u32::from(client.receive_maximum)))
+    } else {
+        u64::from(plan.inflight)
+    };
     let rate = plan.rate as f64 / f64::from(plan.publishers);
     let packet_len = OutgoingPublish {
         dup: false,
@@ -371,8 +383,9 @@ async fn publisher(
             out.clear();
             continue;
         }
-        if !acknowledged && outstanding >= inflight && now - progress.1 > STALL {
-            // The broker dropped what is outstanding (QoS 0 allows it): stop waiting.
+        if outstanding >= inflight && now - progress.1 > STALL {
+            // Deliveries stopped coming: the broker dropped what is outstanding (QoS 0
+            // allows it, and a full queue can drop QoS 1/2). Stop waiting for it.
             written_off += outstanding;
             stalls += 1;
             progress.1 = now;
@@ -382,7 +395,7 @@ async fn publisher(
         if let Some(due) = next_due {
             wake_at = wake_at.min(due);
         }
-        if !acknowledged && outstanding >= inflight {
+        if outstanding >= inflight {
             wake_at = wake_at.min(progress.1 + STALL + Duration::from_millis(1));
         }
         tokio::select! {
@@ -405,6 +418,7 @@ async fn publisher(
     Ok(Published {
         sent,
         stalls,
+        inflight,
         client,
     })
 }

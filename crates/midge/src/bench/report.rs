@@ -49,7 +49,9 @@ pub struct Report {
     pub reordered: u64,
     /// Deliveries whose payload this run did not write (another client's traffic).
     pub unexpected: u64,
-    /// Times a QoS 0 publisher gave up waiting for deliveries that never came.
+    /// The in-flight bound the publishers used (the broker's Receive Maximum can lower it).
+    pub inflight: u64,
+    /// Times a publisher gave up waiting for deliveries that never came.
     pub stalls: u64,
     pub connections: u32,
     /// First CONNECT to last CONNACK (and SUBACK).
@@ -191,7 +193,7 @@ impl Report {
                 "subscribers": plan.subscribers,
                 "payload": plan.payload,
                 "rate": plan.rate,
-                "inflight": plan.inflight,
+                "inflight": self.inflight,
                 "sent": self.sent,
                 "expected": self.expected,
                 "delivered": self.delivered,
@@ -247,7 +249,7 @@ impl Report {
                 plan.subscribers,
                 plan.qos as u8,
                 plan.payload,
-                plan.inflight,
+                self.inflight,
                 self.window.as_secs_f64(),
             );
             let _ = writeln!(
