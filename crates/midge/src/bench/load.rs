@@ -342,9 +342,12 @@ async fn publisher(
             allowed = allowed.min(quota - sent);
         }
         if rate == 0.0 {
-            // Refill the window in halves, not one message per acknowledgement: fewer,
-            // larger writes keep the generator's system-call cost per message low.
-            let mut low_water = inflight.div_ceil(2).min(batch);
+            // With --min-batch, fewer and larger writes: less system-call cost per message.
+            let mut low_water = match plan.min_batch {
+                0 => inflight.div_ceil(2),
+                n => u64::from(n).min(inflight),
+            }
+            .min(batch);
             if let Some(quota) = quota {
                 low_water = low_water.min(quota - sent);
             }

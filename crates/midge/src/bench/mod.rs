@@ -116,6 +116,11 @@ pub struct BenchArgs {
     /// delivered to every subscriber: the broker's queues cannot hide a backlog.
     #[arg(short, long, default_value_t = 64)]
     inflight: u32,
+    /// As fast as sustainable: a publisher writes once at least this many messages fit in
+    /// its window (0: half the window). 1 writes as soon as one acknowledgement or delivery
+    /// frees a slot.
+    #[arg(long, default_value_t = 1)]
+    min_batch: u32,
     /// Seconds measured, after the warm-up.
     #[arg(short, long, default_value_t = 10.0)]
     duration: f64,
@@ -162,6 +167,7 @@ pub struct Plan {
     pub payload: usize,
     pub rate: u64,
     pub inflight: u32,
+    pub min_batch: u32,
     pub duration: Duration,
     pub count: Option<u64>,
     pub warmup: Duration,
@@ -247,6 +253,7 @@ impl Plan {
             payload: args.payload,
             rate: args.rate,
             inflight: args.inflight,
+            min_batch: args.min_batch,
             duration: seconds(args.duration, "duration")?,
             count: args.count,
             warmup: seconds(args.warmup, "warmup")?,
