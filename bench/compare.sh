@@ -4,6 +4,7 @@
 #   bench/compare.sh                     # every scenario, 3 runs each (about 10 minutes)
 #   QUICK=1 bench/compare.sh             # shorter runs (about 4 minutes)
 #   bench/compare.sh pairs-q1 conn-10k   # a subset, by scenario name (see SCENARIOS below)
+#   bench/compare.sh --table DIR         # print the table again from a finished run's OUT
 #
 # Each run starts a fresh broker pinned to one core (BROKER_CPU, default 0) and runs the
 # generator on another (GEN_CPU, default 1); brokers are interleaved, every scenario runs
@@ -52,8 +53,100 @@ command -v taskset >/dev/null || { echo "taskset not found (util-linux)" >&2; ex
 
 # 10,000 connections need 10,000 descriptors in the generator and in each broker.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-if (( $(ulimit -n) < 20100 )); then
-    echo "warning: open files limit is $(ulimit -n); conn-10k needs more than 20,000" >&2
+if (( $(ulimit -n) < 10100 )); then
+    echo "warning: open files limit is $(ulimit -n); conn-10k needs more than 10,000" >&2
+fi
+
+table() {
+    python3 - "$@" <<'PY'
+import json, statistics, sys, pathlib
+out, runs, names = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+
+def load(name, broker):
+    reports = []
+    for run in range(1, runs + 1):
+        try:
+            r = json.loads((out / f"{name}.{broker}.{run}.json").read_text())
+        except Exception as e:
+            r = {"error": str(e)}
+        reports.append(r)
+    return reports
+
+def median(reports, *path):
+    values = []
+    for r in reports:
+        v = r
+        for p in path:
+            v = v.get(p) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)):
+            values.append(v)
+    return statistics.median(values) if values else None
+
+def fmt(v, digits=0):
+    if v is None:
+        return "n/a"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+rows = []
+for name in names:
+    m, q = load(name, "midge"), load(name, "mosquitto")
+    errors = [r["error"] for r in m + q if "error" in r]
+    if name.startswith("conn"):
+        metrics = [
+            ("KiB per connection", ("broker", "kib_per_conn"), 1),
+            ("connections/s", ("connections", "per_sec"), 0),
+        ]
+    elif name.startswith("latency"):
+        metrics = [
+            ("p99 latency µs", ("latency_us", "p99"), 0),
+            ("p50 latency µs", ("latency_us", "p50"), 0),
+        ]
+    else:
+        metrics = [
+            ("msgs/s", ("delivered_per_sec",), 0),
+            ("broker CPU µs/msg", ("broker", "cpu_us_per_msg"), 2),
+            ("broker CPU %", ("broker", "cpu_pct"), 0),
+            ("p99 latency µs", ("latency_us", "p99"), 0),
+        ]
+    gen = f"{fmt(median(m, 'generator', 'cpu_pct'))} / {fmt(median(q, 'generator', 'cpu_pct'))}"
+    anomalies = []
+    for label, reports in (("midge", m), ("mosquitto", q)):
+        lost = sum(r.get("lost", 0) for r in reports if "error" not in r)
+        dup = sum(r.get("duplicated", 0) for r in reports if "error" not in r)
+        if lost or dup:
+            anomalies.append(f"{label}: lost {lost}, dup {dup}")
+    for i, (label, path, digits) in enumerate(metrics):
+        a, b = median(m, *path), median(q, *path)
+        note = ""
+        if i == 0:
+            note = "; ".join(anomalies + [e[:80] for e in errors[:1]])
+        rows.append((name if i == 0 else "", label, fmt(a, digits), fmt(b, digits), ratio(a, b),
+                     gen if i == 0 else "", note))
+
+print("| scenario | metric | midge | Mosquitto | midge/Mosquitto | generator CPU % (midge / Mosquitto runs) | notes |")
+print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+for row in rows:
+    print("| " + " | ".join(row) + " |")
+print()
+print(f"Median of {runs} runs; raw JSON reports in {out}.")
+for when in ("before", "after"):
+    path = out / f"load.{when}"
+    if path.exists():
+        print(f"Load {when}: {path.read_text().strip()}")
+PY
+}
+
+if [[ ${1:-} == --table ]]; then
+    dir=${2:?--table DIR}
+    names=$(cat "$dir/scenarios")
+    # shellcheck disable=SC2086
+    table "$dir" "$(cat "$dir/runs")" $names
+    exit 0
 fi
 
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -117,6 +210,7 @@ stop_broker() {
 }
 trap 'stop_broker' EXIT
 
+uptime >"$OUT/load.before"
 for run in $(seq "$RUNS"); do
     for s in "${selected[@]}"; do
         name=${s%%|*}
@@ -141,79 +235,7 @@ for run in $(seq "$RUNS"); do
     done
 done
 
-python3 - "$OUT" "$RUNS" "${selected[@]%%|*}" <<'PY'
-import json, statistics, sys, pathlib
-out, runs, names = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-
-def load(name, broker):
-    reports = []
-    for run in range(1, runs + 1):
-        try:
-            r = json.loads((out / f"{name}.{broker}.{run}.json").read_text())
-        except Exception as e:
-            r = {"error": str(e)}
-        reports.append(r)
-    return reports
-
-def median(reports, *path):
-    values = []
-    for r in reports:
-        v = r
-        for p in path:
-            v = v.get(p) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)):
-            values.append(v)
-    return statistics.median(values) if values else None
-
-def fmt(v, digits=0):
-    if v is None:
-        return "n/a"
-    if digits == 0:
-        return f"{v:,.0f}"
-    return f"{v:,.{digits}f}"
-
-def ratio(a, b):
-    return f"{a / b:.2f}" if a is not None and b else "n/a"
-
-rows = []
-for name in names:
-    m, q = load(name, "midge"), load(name, "mosquitto")
-    errors = [r["error"] for r in m + q if "error" in r]
-    if name.startswith("conn"):
-        metrics = [
-            ("KiB per connection", ("broker", "kib_per_conn"), 1),
-            ("connections/s", ("connections", "per_sec"), 0),
-        ]
-    elif name.startswith("latency"):
-        metrics = [
-            ("p99 latency µs", ("latency_us", "p99"), 0),
-            ("p50 latency µs", ("latency_us", "p50"), 0),
-        ]
-    else:
-        metrics = [
-            ("msgs/s", ("delivered_per_sec",), 0),
-            ("broker CPU µs/msg", ("broker", "cpu_us_per_msg"), 2),
-            ("p99 latency µs", ("latency_us", "p99"), 0),
-        ]
-    gen = f"{fmt(median(m, 'generator', 'cpu_pct'))} / {fmt(median(q, 'generator', 'cpu_pct'))}"
-    anomalies = []
-    for label, reports in (("midge", m), ("mosquitto", q)):
-        lost = sum(r.get("lost", 0) for r in reports if "error" not in r)
-        dup = sum(r.get("duplicated", 0) for r in reports if "error" not in r)
-        if lost or dup:
-            anomalies.append(f"{label}: lost {lost}, dup {dup}")
-    for i, (label, path, digits) in enumerate(metrics):
-        a, b = median(m, *path), median(q, *path)
-        note = ""
-        if i == 0:
-            note = "; ".join(anomalies + [e[:80] for e in errors[:1]])
-        rows.append((name if i == 0 else "", label, fmt(a, digits), fmt(b, digits), ratio(a, b),
-                     gen if i == 0 else "", note))
-
-print("| scenario | metric | midge | Mosquitto | midge/Mosquitto | generator CPU % (midge / Mosquitto runs) | notes |")
-print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
-for row in rows:
-    print("| " + " | ".join(row) + " |")
-print()
-print(f"Median of {runs} runs; raw JSON reports in {out}.")
-PY
+echo "${selected[*]%%|*}" >"$OUT/scenarios"
+echo "$RUNS" >"$OUT/runs"
+uptime >"$OUT/load.after"
+table "$OUT" "$RUNS" "${selected[@]%%|*}"
