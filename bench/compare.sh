@@ -118,8 +118,9 @@ for name in names:
     for label, reports in (("midge", m), ("mosquitto", q)):
         lost = sum(r.get("lost", 0) for r in reports if "error" not in r)
         dup = sum(r.get("duplicated", 0) for r in reports if "error" not in r)
-        if lost or dup:
-            anomalies.append(f"{label}: lost {lost}, dup {dup}")
+        reordered = sum(r.get("reordered", 0) for r in reports if "error" not in r)
+        if lost or dup or reordered:
+            anomalies.append(f"{label}: lost {lost}, dup {dup}, reordered {reordered}")
     for i, (label, path, digits) in enumerate(metrics):
         a, b = median(m, *path), median(q, *path)
         note = ""
