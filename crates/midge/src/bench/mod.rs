@@ -100,7 +100,8 @@ pub struct BenchArgs {
     /// `conn`: each connection subscribes to a topic of its own.
     #[arg(long)]
     conn_subscribe: bool,
-    /// `conn`: new connections per second (0: as fast as the broker accepts them).
+    /// `conn`: new connections per second (0: as fast as the broker accepts them, with at
+    /// most 64 handshakes in progress at once).
     #[arg(long, default_value_t = 0)]
     connect_rate: u32,
     /// `conn`: seconds to hold the connections open after the last one is up.
