@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod passwd;
 mod serve;
 mod tools;
@@ -32,6 +33,8 @@ enum Command {
     Pub(tools::publish::PubArgs),
     /// Subscribe and print messages (Mosquitto's mosquitto_sub flags).
     Sub(tools::subscribe::SubArgs),
+    /// Load-test an MQTT broker (any broker): throughput, latency, loss, connections.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Passwd(args)) => passwd::run(args),
         Some(Command::Pub(args)) => return tools::publish::run(args),
         Some(Command::Sub(args)) => return tools::subscribe::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
         None => serve::run(cli.serve),
     };
     match result {

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# midge against Mosquitto, side by side, with `midge bench` as the load generator.
+#
+#   bench/compare.sh                     # every scenario, 3 runs each (about 10 minutes)
+#   QUICK=1 bench/compare.sh             # shorter runs (about 4 minutes)
+#   bench/compare.sh pairs-q1 conn-10k   # a subset, by scenario name (see SCENARIOS below)
+#   bench/compare.sh --table DIR         # print the table again from a finished run's OUT
+#
+# Each run starts a fresh broker pinned to one core (BROKER_CPU, default 0) and runs the
+# generator on another (GEN_CPU, default 1); brokers are interleaved, every scenario runs
+# RUNS times (default 3) and the median is reported. Output: a markdown table on stdout
+# (paste it into BENCHMARKS.md); every run's JSON report is kept in OUT.
+#
+# Brokers:
+#   midge      this repository's release build; memory store (MIDGE_STORAGE__BACKEND=memory),
+#              $SYS off, no queue limit (MIDGE_MQTT__MAX_QUEUED_MESSAGES=0), otherwise defaults
+#              (max_inflight 32), logging at warn.
+#   mosquitto  the system's `mosquitto`: listener, allow_anonymous true, sys_interval 0,
+#              max_queued_messages 0 (no queue limit), persistence off (the default),
+#              logging errors and warnings only; otherwise defaults (max_inflight_messages 20).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${RUNS:-3}
+BROKER_CPU=${BROKER_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+MIDGE_PORT=${MIDGE_PORT:-21883}
+MOSQUITTO_PORT=${MOSQUITTO_PORT:-21884}
+OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/midge-compare.XXXXXX")}
+if [[ -n "${QUICK:-}" ]]; then
+    TIMING=(-d 2 -w 0.5)
+else
+    TIMING=(-d 5 -w 1)
+fi
+
+# name | midge bench arguments
+SCENARIOS=(
+    "fanin-q0|fanin -P 100 -S 1 -q 0"
+    "fanin-q1|fanin -P 100 -S 1 -q 1"
+    "fanout-q0|fanout -P 1 -S 100 -q 0"
+    "fanout-q1|fanout -P 1 -S 100 -q 1"
+    "pairs-q0|pairs -N 100 -q 0"
+    "pairs-q1|pairs -N 100 -q 1"
+    "pairs-q2|pairs -N 100 -q 2"
+    "pairs-q1-256B|pairs -N 100 -q 1 -s 256"
+    "latency-q1-10k|pairs -N 100 -q 1 --rate 10000"
+    "conn-10k|conn -C 10000 --conn-subscribe --hold 2"
+)
+
+command -v mosquitto >/dev/null || { echo "mosquitto not found (apt-get install -y mosquitto)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 not found" >&2; exit 1; }
+command -v taskset >/dev/null || { echo "taskset not found (util-linux)" >&2; exit 1; }
+
+# 10,000 connections need 10,000 descriptors in the generator and in each broker.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if (( $(ulimit -n) < 10100 )); then
+    echo "warning: open files limit is $(ulimit -n); conn-10k needs more than 10,000" >&2
+fi
+
+table() {
+    python3 - "$@" <<'PY'
+import json, statistics, sys, pathlib
+out, runs, names = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+
+def load(name, broker):
+    reports = []
+    for run in range(1, runs + 1):
+        try:
+            r = json.loads((out / f"{name}.{broker}.{run}.json").read_text())
+        except Exception as e:
+            r = {"error": str(e)}
+        reports.append(r)
+    return reports
+
+def median(reports, *path):
+    values = []
+    for r in reports:
+        v = r
+        for p in path:
+            v = v.get(p) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)):
+            values.append(v)
+    return statistics.median(values) if values else None
+
+def fmt(v, digits=0):
+    if v is None:
+        return "n/a"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+rows = []
+for name in names:
+    m, q = load(name, "midge"), load(name, "mosquitto")
+    errors = [r["error"] for r in m + q if "error" in r]
+    if name.startswith("conn"):
+        metrics = [
+            ("KiB per connection", ("broker", "kib_per_conn"), 1),
+            ("connections/s", ("connections", "per_sec"), 0),
+        ]
+    elif name.startswith("latency"):
+        metrics = [
+            ("p99 latency µs", ("latency_us", "p99"), 0),
+            ("p50 latency µs", ("latency_us", "p50"), 0),
+        ]
+    else:
+        metrics = [
+            ("msgs/s", ("delivered_per_sec",), 0),
+            ("broker CPU µs/msg", ("broker", "cpu_us_per_msg"), 2),
+            ("broker CPU %", ("broker", "cpu_pct"), 0),
+            ("p99 latency µs", ("latency_us", "p99"), 0),
+        ]
+    gen = f"{fmt(median(m, 'generator', 'cpu_pct'))} / {fmt(median(q, 'generator', 'cpu_pct'))}"
+    anomalies = []
+    for label, reports in (("midge", m), ("mosquitto", q)):
+        lost = sum(r.get("lost", 0) for r in reports if "error" not in r)
+        dup = sum(r.get("duplicated", 0) for r in reports if "error" not in r)
+        reordered = sum(r.get("reordered", 0) for r in reports if "error" not in r)
+        if lost or dup or reordered:
+            anomalies.append(f"{label}: lost {lost}, dup {dup}, reordered {reordered}")
+    for i, (label, path, digits) in enumerate(metrics):
+        a, b = median(m, *path), median(q, *path)
+        note = ""
+        if i == 0:
+            note = "; ".join(anomalies + [e[:80] for e in errors[:1]])
+        rows.append((name if i == 0 else "", label, fmt(a, digits), fmt(b, digits), ratio(a, b),
+                     gen if i == 0 else "", note))
+
+print("| scenario | metric | midge | Mosquitto | midge/Mosquitto | generator CPU % (midge / Mosquitto runs) | notes |")
+print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+for row in rows:
+    print("| " + " | ".join(row) + " |")
+print()
+print(f"Median of {runs} runs; raw JSON reports in {out}.")
+for when in ("before", "after"):
+    path = out / f"load.{when}"
+    if path.exists():
+        print(f"Load {when}: {path.read_text().strip()}")
+PY
+}
+
+if [[ ${1:-} == --table ]]; then
+    dir=${2:?--table DIR}
+    names=$(cat "$dir/scenarios")
+    # shellcheck disable=SC2086
+    table "$dir" "$(cat "$dir/runs")" $names
+    exit 0
+fi
+
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+MIDGE=$TARGET/release/midge
+echo "building midge (release)..." >&2
+cargo build --release -p midge --manifest-path "$ROOT/Cargo.toml" >&2
+
+selected=()
+if (( $# > 0 )); then
+    for want in "$@"; do
+        found=
+        for s in "${SCENARIOS[@]}"; do
+            [[ ${s%%|*} == "$want" ]] && selected+=("$s") && found=1
+        done
+        [[ -n $found ]] || { echo "unknown scenario $want; known: $(printf '%s ' "${SCENARIOS[@]%%|*}")" >&2; exit 1; }
+    done
+else
+    selected=("${SCENARIOS[@]}")
+fi
+
+cat > "$OUT/mosquitto.conf" <<CONF
+listener $MOSQUITTO_PORT 127.0.0.1
+allow_anonymous true
+sys_interval 0
+max_queued_messages 0
+log_dest stderr
+log_type error
+log_type warning
+CONF
+
+wait_for_port() {
+    local port=$1 pid=$2
+    for _ in $(seq 200); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+BROKER_PID=
+start_broker() {
+    local broker=$1 log=$2
+    case $broker in
+        midge)
+            MIDGE_STORAGE__BACKEND=memory MIDGE_SYS__INTERVAL_SECS=0 \
+            MIDGE_MQTT__MAX_QUEUED_MESSAGES=0 MIDGE_LISTENER__0__BIND=127.0.0.1:$MIDGE_PORT \
+            RUST_LOG=warn taskset -c "$BROKER_CPU" "$MIDGE" serve >"$log" 2>&1 &
+            BROKER_PID=$!
+            wait_for_port "$MIDGE_PORT" "$BROKER_PID" ;;
+        mosquitto)
+            taskset -c "$BROKER_CPU" mosquitto -c "$OUT/mosquitto.conf" >"$log" 2>&1 &
+            BROKER_PID=$!
+            wait_for_port "$MOSQUITTO_PORT" "$BROKER_PID" ;;
+    esac
+}
+
+stop_broker() {
+    kill -TERM "$BROKER_PID" 2>/dev/null || true
+    wait "$BROKER_PID" 2>/dev/null || true
+}
+trap 'stop_broker' EXIT
+
+uptime >"$OUT/load.before"
+for run in $(seq "$RUNS"); do
+    for s in "${selected[@]}"; do
+        name=${s%%|*}
+        read -r -a args <<<"${s#*|}"
+        for broker in midge mosquitto; do
+            port=$MIDGE_PORT
+            [[ $broker == mosquitto ]] && port=$MOSQUITTO_PORT
+            result="$OUT/$name.$broker.$run.json"
+            if ! start_broker "$broker" "$OUT/$name.$broker.$run.log"; then
+                echo "{\"error\": \"$broker did not start\"}" >"$result"
+                stop_broker
+                continue
+            fi
+            echo "run $run/$RUNS: $name on $broker" >&2
+            if ! taskset -c "$GEN_CPU" "$MIDGE" bench "${args[@]}" "${TIMING[@]}" -p "$port" \
+                    --broker-pid "$BROKER_PID" --json --quiet >"$result" 2>"$result.err"; then
+                echo "  failed: $(tail -1 "$result.err")" >&2
+                echo "{\"error\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' <"$result.err")}" >"$result"
+            fi
+            stop_broker
+        done
+    done
+done
+
+echo "${selected[*]%%|*}" >"$OUT/scenarios"
+echo "$RUNS" >"$OUT/runs"
+uptime >"$OUT/load.after"
+table "$OUT" "$RUNS" "${selected[@]%%|*}"

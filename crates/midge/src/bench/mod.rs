@@ -1,0 +1,438 @@
+//! `midge bench`: a load generator and latency meter for any MQTT broker.
+//!
+//! Built for one core: a current-thread runtime by default, one task per connection, many
+//! PUBLISH packets per write, large reads, no channels and no allocation per message on
+//! the publishing side. Every payload carries its send time, publisher id and sequence
+//! number, so a subscriber measures latency and detects loss, duplicates and reordering
+//! itself. The generator's own CPU time is reported, so a saturated generator shows.
+
+mod client;
+mod conn;
+mod histogram;
+mod load;
+mod procstat;
+mod report;
+mod sequence;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use midge_proto::{ProtocolVersion, QoS};
+
+/// The smallest payload: send time (8 bytes), publisher id (4) and sequence number (4).
+pub const HEADER_LEN: usize = 16;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// P publishers, each on its own topic, to S subscribers of one wildcard filter.
+    Fanin,
+    /// P publishers on one topic to S subscribers of that topic.
+    Fanout,
+    /// N publisher/subscriber pairs, each on its own topic.
+    Pairs,
+    /// P publishers to one `$share` group of S subscribers.
+    Shared,
+    /// C idle connections opened at a given rate and held open (broker memory per
+    /// connection).
+    Conn,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Fanin => "fanin",
+            Scenario::Fanout => "fanout",
+            Scenario::Pairs => "pairs",
+            Scenario::Shared => "shared",
+            Scenario::Conn => "conn",
+        }
+    }
+}
+
+/// MQTT protocol version on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Version {
+    /// MQTT 3.1.1.
+    #[value(name = "311")]
+    V311,
+    /// MQTT 5.0.
+    #[value(name = "5")]
+    V5,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    midge bench pairs --pairs 100 -q 1 -d 10\n  \
+    midge bench fanin -P 100 -S 1 -q 0 --broker-pid $(pidof mosquitto)\n  \
+    midge bench fanout -S 100 -q 1 -V 311 --json\n  \
+    midge bench pairs -q 1 --rate 10000     # latency at a fixed rate\n  \
+    midge bench conn -C 10000 --conn-subscribe --connect-rate 2000 --broker-pid $(pidof midge)")]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker port.
+    #[arg(short, long, default_value_t = 1883)]
+    port: u16,
+    /// MQTT version.
+    #[arg(short = 'V', long = "mqtt-version", value_enum, default_value = "5")]
+    version: Version,
+    /// QoS of publications and subscriptions.
+    #[arg(short, long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Publishers (default: fanin 100, fanout 1, shared 10).
+    #[arg(short = 'P', long)]
+    publishers: Option<u32>,
+    /// Subscribers (default: fanin 1, fanout 100, shared 10).
+    #[arg(short = 'S', long)]
+    subscribers: Option<u32>,
+    /// Publisher/subscriber pairs for `pairs`.
+    #[arg(short = 'N', long, default_value_t = 100)]
+    pairs: u32,
+    /// Idle connections for `conn`.
+    #[arg(short = 'C', long, default_value_t = 1000)]
+    connections: u32,
+    /// `conn`: each connection subscribes to a topic of its own.
+    #[arg(long)]
+    conn_subscribe: bool,
+    /// `conn`: new connections per second (0: as fast as the broker accepts them, with at
+    /// most 64 handshakes in progress at once).
+    #[arg(long, default_value_t = 0)]
+    connect_rate: u32,
+    /// `conn`: seconds to hold the connections open after the last one is up.
+    #[arg(long, default_value_t = 2.0)]
+    hold: f64,
+    /// Payload bytes (at least 16: send time, publisher id, sequence number).
+    #[arg(short = 's', long, default_value_t = 16)]
+    payload: usize,
+    /// Total messages per second over all publishers (0: as fast as sustainable).
+    #[arg(short, long, default_value_t = 0)]
+    rate: u64,
+    /// Per publisher, the most messages sent but not yet acknowledged (QoS 1/2) or
+    /// delivered to every subscriber: the broker's queues cannot hide a backlog.
+    #[arg(short, long, default_value_t = 64)]
+    inflight: u32,
+    /// As fast as sustainable: a publisher writes once at least this many messages fit in
+    /// its window (0: half the window). 1 writes as soon as one acknowledgement or delivery
+    /// frees a slot.
+    #[arg(long, default_value_t = 1)]
+    min_batch: u32,
+    /// Seconds measured, after the warm-up.
+    #[arg(short, long, default_value_t = 10.0)]
+    duration: f64,
+    /// Send this many messages in total (over all publishers) instead of running for
+    /// --duration; the measured window then ends when the last one is sent.
+    #[arg(short = 'n', long)]
+    count: Option<u64>,
+    /// Seconds of traffic before measuring (excluded from every figure but loss).
+    #[arg(short, long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Longest wait, after the publishers stop, for messages still on their way.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// The broker's process id: report its CPU time and memory over the measured window.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Topic prefix (runs with different prefixes do not see each other's traffic).
+    #[arg(long, default_value = "bench")]
+    topic_prefix: String,
+    /// Runtime worker threads (1: a single-threaded runtime, the leanest).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print one JSON object on stdout instead of the human report.
+    #[arg(long)]
+    json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The run, with defaults resolved and limits checked.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub addr: String,
+    pub version: ProtocolVersion,
+    pub qos: QoS,
+    pub publishers: u32,
+    pub subscribers: u32,
+    pub connections: u32,
+    pub conn_subscribe: bool,
+    pub connect_rate: u32,
+    pub hold: Duration,
+    pub payload: usize,
+    pub rate: u64,
+    pub inflight: u32,
+    pub min_batch: u32,
+    pub duration: Duration,
+    pub count: Option<u64>,
+    pub warmup: Duration,
+    pub drain: Duration,
+    pub broker_pid: Option<u32>,
+    pub prefix: String,
+    pub threads: usize,
+    pub json: bool,
+    pub quiet: bool,
+    /// Distinguishes this run's client ids from other runs'.
+    pub run_id: u32,
+}
+
+fn seconds(value: f64, name: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("--{name} {value}: not seconds"))
+}
+
+impl Plan {
+    /// Checks the arguments and fills in the scenario's defaults.
+    pub fn new(args: BenchArgs) -> anyhow::Result<Self> {
+        let (publishers, subscribers) = match args.scenario {
+            Scenario::Fanin => (
+                args.publishers.unwrap_or(100),
+                args.subscribers.unwrap_or(1),
+            ),
+            Scenario::Fanout => (
+                args.publishers.unwrap_or(1),
+                args.subscribers.unwrap_or(100),
+            ),
+            Scenario::Shared => (
+                args.publishers.unwrap_or(10),
+                args.subscribers.unwrap_or(10),
+            ),
+            Scenario::Pairs => {
+                if args.publishers.is_some() || args.subscribers.is_some() {
+                    bail!("pairs takes --pairs N, not --publishers/--subscribers");
+                }
+                (args.pairs, args.pairs)
+            }
+            Scenario::Conn => (0, 0),
+        };
+        if args.scenario != Scenario::Conn && (publishers == 0 || subscribers == 0) {
+            bail!("at least one publisher and one subscriber are needed");
+        }
+        if args.scenario == Scenario::Conn && args.connections == 0 {
+            bail!("--connections must be at least 1");
+        }
+        if args.payload < HEADER_LEN {
+            bail!(
+                "--payload {} is too small: at least {HEADER_LEN} bytes (send time, publisher \
+                 id, sequence number)",
+                args.payload
+            );
+        }
+        if args.inflight == 0 || (args.qos > 0 && args.inflight > 65_535) {
+            bail!("--inflight must be 1..=65535 (packet identifiers are 16 bits)");
+        }
+        if args.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        if args.count == Some(0) {
+            bail!("--count must be at least 1");
+        }
+        let qos = match args.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        Ok(Self {
+            scenario: args.scenario,
+            addr: format!("{}:{}", args.host, args.port),
+            version: match args.version {
+                Version::V311 => ProtocolVersion::V311,
+                Version::V5 => ProtocolVersion::V5,
+            },
+            qos,
+            publishers,
+            subscribers,
+            connections: args.connections,
+            conn_subscribe: args.conn_subscribe,
+            connect_rate: args.connect_rate,
+            hold: seconds(args.hold, "hold")?,
+            payload: args.payload,
+            rate: args.rate,
+            inflight: args.inflight,
+            min_batch: args.min_batch,
+            duration: seconds(args.duration, "duration")?,
+            count: args.count,
+            warmup: seconds(args.warmup, "warmup")?,
+            drain: seconds(args.drain, "drain")?,
+            broker_pid: args.broker_pid,
+            prefix: args.topic_prefix,
+            threads: args.threads,
+            json: args.json,
+            quiet: args.quiet,
+            run_id: std::process::id(),
+        })
+    }
+
+    /// How many subscribers receive each message.
+    pub fn fan(&self) -> u64 {
+        match self.scenario {
+            Scenario::Fanin | Scenario::Fanout => u64::from(self.subscribers),
+            Scenario::Pairs | Scenario::Shared | Scenario::Conn => 1,
+        }
+    }
+
+    /// The topic publisher `id` publishes to.
+    pub fn publish_topic(&self, id: u32) -> String {
+        let prefix = &self.prefix;
+        match self.scenario {
+            Scenario::Fanin => format!("{prefix}/fanin/{id}"),
+            Scenario::Fanout => format!("{prefix}/fanout"),
+            Scenario::Pairs => format!("{prefix}/pairs/{id}"),
+            Scenario::Shared => format!("{prefix}/shared/{id}"),
+            Scenario::Conn => format!("{prefix}/conn/{id}"),
+        }
+    }
+
+    /// The filter subscriber `id` subscribes to.
+    pub fn subscribe_filter(&self, id: u32) -> String {
+        let prefix = &self.prefix;
+        match self.scenario {
+            Scenario::Fanin => format!("{prefix}/fanin/+"),
+            Scenario::Fanout => format!("{prefix}/fanout"),
+            Scenario::Pairs => format!("{prefix}/pairs/{id}"),
+            Scenario::Shared => format!("$share/bench/{prefix}/shared/+"),
+            Scenario::Conn => format!("{prefix}/conn/{id}"),
+        }
+    }
+
+    /// A client id unique to this run and role.
+    pub fn client_id(&self, role: &str, id: u32) -> String {
+        format!("mb{}-{role}{id}", self.run_id)
+    }
+}
+
+/// `midge bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let plan = Plan::new(args)?;
+    let runtime = if plan.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(plan.threads)
+            .enable_all()
+            .build()
+    }
+    .context("starting the runtime")?;
+    let report = runtime.block_on(async {
+        match plan.scenario {
+            Scenario::Conn => conn::run(&plan).await,
+            _ => load::run(&plan).await,
+        }
+    })?;
+    if plan.json {
+        println!("{}", report.to_json(&plan));
+    } else {
+        print!("{}", report.to_text(&plan));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))?;
+        Plan::new(cli.args)
+    }
+
+    #[test]
+    fn scenario_defaults_fill_in_publishers_and_subscribers() {
+        let fanin = plan(&["fanin"]).unwrap();
+        assert_eq!(
+            (fanin.publishers, fanin.subscribers, fanin.fan()),
+            (100, 1, 1)
+        );
+        let fanout = plan(&["fanout", "-S", "7"]).unwrap();
+        assert_eq!(
+            (fanout.publishers, fanout.subscribers, fanout.fan()),
+            (1, 7, 7)
+        );
+        let pairs = plan(&["pairs", "--pairs", "3"]).unwrap();
+        assert_eq!(
+            (pairs.publishers, pairs.subscribers, pairs.fan()),
+            (3, 3, 1)
+        );
+        assert_eq!(pairs.publish_topic(2), pairs.subscribe_filter(2));
+        let shared = plan(&["shared"]).unwrap();
+        assert!(shared.subscribe_filter(0).starts_with("$share/"));
+    }
+
+    #[test]
+    fn options_parse_into_the_plan() {
+        let p = plan(&[
+            "pairs",
+            "-V",
+            "311",
+            "-q",
+            "2",
+            "-s",
+            "256",
+            "--rate",
+            "10000",
+            "--port",
+            "1884",
+            "--host",
+            "::1",
+            "-d",
+            "1.5",
+            "-w",
+            "0",
+            "--broker-pid",
+            "42",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(p.version, ProtocolVersion::V311);
+        assert_eq!(p.qos, QoS::ExactlyOnce);
+        assert_eq!((p.payload, p.rate), (256, 10_000));
+        assert_eq!(p.addr, "::1:1884");
+        assert_eq!(p.duration, Duration::from_millis(1500));
+        assert_eq!(p.warmup, Duration::ZERO);
+        assert_eq!(p.broker_pid, Some(42));
+        assert!(p.json);
+        let c = plan(&[
+            "conn",
+            "-C",
+            "10000",
+            "--conn-subscribe",
+            "--connect-rate",
+            "500",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.connections, c.conn_subscribe, c.connect_rate),
+            (10_000, true, 500)
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert!(
+            plan(&["pairs", "-s", "15"]).is_err(),
+            "payload below 16 bytes"
+        );
+        assert!(plan(&["pairs", "-q", "3"]).is_err(), "QoS 3");
+        assert!(plan(&["pairs", "-V", "4"]).is_err(), "MQTT version 4");
+        assert!(plan(&["pairs", "-P", "3"]).is_err(), "pairs takes --pairs");
+        assert!(plan(&["fanin", "-S", "0"]).is_err(), "no subscriber");
+        assert!(plan(&["pairs", "-q", "1", "--inflight", "70000"]).is_err());
+        assert!(plan(&["pairs", "-d", "-1"]).is_err(), "negative duration");
+        assert!(plan(&["mesh"]).is_err(), "unknown scenario");
+    }
+}

@@ -1,0 +1,179 @@
+//! `midge bench` against a real `midge` broker process: short runs whose JSON report must
+//! show traffic delivered without loss.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A broker child process on a free loopback port, killed on drop.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_midge"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MIDGE_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
+            .arg("serve")
+            .env("MIDGE_STORAGE__BACKEND", "memory")
+            .env("MIDGE_SYS__INTERVAL_SECS", "0")
+            .env("MIDGE_LISTENER__0__BIND", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start midge");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("midge exited during start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "midge did not listen within 30 s"
+            );
+            // Polling for the port: the child gives no other readiness signal.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    /// Runs `midge bench` against this broker with a time limit.
+    fn bench(&self, args: &[&str]) -> Output {
+        let port = self.port.to_string();
+        let pid = self.child.id().to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
+            .arg("bench")
+            .args(args)
+            .args(["--port", &port, "--broker-pid", &pid, "--quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start midge bench");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("midge bench {args:?} did not finish within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("bench output")
+    }
+
+    fn bench_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let output = self.bench(&all);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "midge bench {args:?} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn number(report: &Value, path: &[&str]) -> f64 {
+    let mut value = report;
+    for key in path {
+        value = &value[key];
+    }
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {report}"))
+}
+
+#[test]
+fn pairs_qos1_run_delivers_every_message_once_and_in_order() {
+    let broker = Broker::start();
+    let report = broker.bench_json(&["pairs", "-N", "10", "-q", "1", "-d", "1", "-w", "0.2"]);
+    assert!(number(&report, &["delivered"]) > 0.0, "{report}");
+    assert!(number(&report, &["delivered_per_sec"]) > 0.0, "{report}");
+    assert_eq!(number(&report, &["lost"]), 0.0, "{report}");
+    assert_eq!(number(&report, &["duplicated"]), 0.0, "{report}");
+    assert_eq!(number(&report, &["reordered"]), 0.0, "{report}");
+    assert_eq!(
+        number(&report, &["sent"]),
+        number(&report, &["delivered_total"]),
+        "{report}"
+    );
+    assert!(number(&report, &["latency_us", "p99"]) > 0.0, "{report}");
+    assert_eq!(number(&report, &["connections", "count"]), 20.0);
+    // The broker's figures come from /proc/<pid>.
+    assert!(
+        number(&report, &["broker", "rss_kib_after"]) > 0.0,
+        "{report}"
+    );
+    number(&report, &["broker", "cpu_s"]);
+    number(&report, &["generator", "cpu_s"]);
+}
+
+#[test]
+fn mqtt311_qos2_count_run_delivers_exactly_the_count() {
+    let broker = Broker::start();
+    let report = broker.bench_json(&[
+        "pairs",
+        "-N",
+        "4",
+        "-q",
+        "2",
+        "-V",
+        "311",
+        "--inflight",
+        "16",
+        "-n",
+        "2000",
+        "-w",
+        "0",
+    ]);
+    assert_eq!(number(&report, &["sent"]), 2000.0, "{report}");
+    assert_eq!(number(&report, &["delivered_total"]), 2000.0, "{report}");
+    assert_eq!(number(&report, &["lost"]), 0.0, "{report}");
+    assert_eq!(number(&report, &["duplicated"]), 0.0, "{report}");
+}
+
+#[test]
+fn conn_run_holds_idle_subscribed_connections_and_reports_broker_memory() {
+    let broker = Broker::start();
+    let report = broker.bench_json(&["conn", "-C", "50", "--conn-subscribe", "--hold", "0"]);
+    assert_eq!(number(&report, &["connections", "count"]), 50.0, "{report}");
+    assert!(
+        number(&report, &["connections", "per_sec"]) > 0.0,
+        "{report}"
+    );
+    assert!(number(&report, &["connections", "handshake_us", "max"]) > 0.0);
+    // Memory per connection is after minus before over 50: any number, but present.
+    number(&report, &["broker", "kib_per_conn"]);
+}
+
+#[test]
+fn too_small_a_payload_is_refused_with_the_reason() {
+    let broker = Broker::start();
+    let output = broker.bench(&["pairs", "-s", "8"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at least 16 bytes"), "{stderr}");
+}
