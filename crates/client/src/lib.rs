@@ -18,7 +18,7 @@ mod client;
 mod error;
 mod framed;
 mod transport;
-mod ws;
+pub mod ws;
 
 pub use client::{Client, ConnectOptions};
 pub use error::Error;

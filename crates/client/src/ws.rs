@@ -1,6 +1,7 @@
-//! MQTT over WebSocket, client side: the HTTP upgrade offering the `mqtt` subprotocol, and
-//! a byte-stream view of the socket so the same framing runs over TCP and WebSocket. Each
-//! write goes out as one binary message; reads yield binary message payloads in order
+//! MQTT over WebSocket: a byte-stream view of a WebSocket, shared by the client (which
+//! runs the upgrade here, offering the `mqtt` subprotocol) and the broker (which runs its
+//! own server-side upgrade). Each write goes out as one binary message; reads yield binary
+//! message payloads in order, so the same streaming decoder runs over TCP and WebSocket
 //! (MQTT does not align packets with messages [MQTT-6.0.0-2]).
 
 use std::io;
@@ -19,16 +20,31 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::Error;
 use crate::transport::BoxStream;
 
+/// Largest WebSocket message written; a larger write goes out as several messages.
+const MAX_OUTGOING_MESSAGE: usize = 256 * 1024;
+
 /// A WebSocket seen as a byte stream.
 #[derive(Debug)]
-pub(crate) struct WsByteStream {
-    socket: WebSocketStream<BoxStream>,
+pub struct WsByteStream<S> {
+    socket: WebSocketStream<S>,
     /// What is left of the last binary message received.
     pending: Bytes,
+    /// Our close frame is out.
     close_sent: bool,
 }
 
-impl WsByteStream {
+impl<S> WsByteStream<S> {
+    /// Wraps a WebSocket whose upgrade is done.
+    pub fn new(socket: WebSocketStream<S>) -> Self {
+        Self {
+            socket,
+            pending: Bytes::new(),
+            close_sent: false,
+        }
+    }
+}
+
+impl WsByteStream<BoxStream> {
     /// Runs the upgrade for `url` over an open (TCP or TLS) stream.
     pub(crate) async fn connect(url: &str, stream: BoxStream) -> Result<Self, Error> {
         let mut request = url
@@ -43,11 +59,7 @@ impl WsByteStream {
         let (socket, _response) = tokio_tungstenite::client_async(request, stream)
             .await
             .map_err(|e| Error::network(format!("WebSocket upgrade at {url}"), to_io(e)))?;
-        Ok(Self {
-            socket,
-            pending: Bytes::new(),
-            close_sent: false,
-        })
+        Ok(Self::new(socket))
     }
 }
 
@@ -58,7 +70,7 @@ fn to_io(error: WsError) -> io::Error {
     }
 }
 
-impl AsyncRead for WsByteStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsByteStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -72,9 +84,11 @@ impl AsyncRead for WsByteStream {
                 return Poll::Ready(Ok(()));
             }
             match ready!(Pin::new(&mut this.socket).poll_next(cx)) {
+                // End of stream, or the peer's close frame (tungstenite answers it).
                 None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
                 Some(Ok(Message::Binary(data))) => this.pending = data,
-                // [MQTT-6.0.0-1] MQTT travels in binary frames only.
+                // [MQTT-6.0.0-1] MQTT travels in binary frames only; any other data frame
+                // closes the connection.
                 Some(Ok(Message::Text(_))) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -89,7 +103,7 @@ impl AsyncRead for WsByteStream {
     }
 }
 
-impl AsyncWrite for WsByteStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsByteStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -100,10 +114,12 @@ impl AsyncWrite for WsByteStream {
         }
         let this = self.get_mut();
         ready!(Pin::new(&mut this.socket).poll_ready(cx)).map_err(to_io)?;
+        let n = buf.len().min(MAX_OUTGOING_MESSAGE);
+        let message = Message::Binary(Bytes::copy_from_slice(buf.get(..n).unwrap_or(buf)));
         Pin::new(&mut this.socket)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .start_send(message)
             .map_err(to_io)?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -112,13 +128,21 @@ impl AsyncWrite for WsByteStream {
             .map_err(to_io)
     }
 
-    /// Sends our close frame; the caller bounds how long it may take.
+    /// Sends our close frame, then waits for the peer's: RFC 6455 7.1.1 has the server close
+    /// TCP after that, so a client answering our close frame does not write to a closed
+    /// socket. The caller bounds the wait.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.close_sent {
             ready!(Pin::new(&mut this.socket).poll_close(cx)).map_err(to_io)?;
             this.close_sent = true;
         }
-        Poll::Ready(Ok(()))
+        loop {
+            match ready!(Pin::new(&mut this.socket).poll_next(cx)) {
+                None | Some(Err(_) | Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
+                // Whatever the peer still sends is too late to be read.
+                Some(Ok(_)) => {}
+            }
+        }
     }
 }
