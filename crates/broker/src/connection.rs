@@ -352,6 +352,13 @@ where
         let sleep = tokio::time::sleep(keep_alive.unwrap_or(Duration::from_secs(3600)));
         tokio::pin!(sleep);
         let mut shutdown_open = true;
+        // Packets that came in the same read as CONNECT (a client may pipeline SUBSCRIBE
+        // or PUBLISH right behind it) are handled now, not when more bytes arrive.
+        if !self.rbuf.is_empty()
+            && let Some(end) = self.process_input(session).await
+        {
+            return end;
+        }
         loop {
             if self.wbuf.len() < WRITE_HIGH_WATER {
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
