@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use midge_proto::{ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -24,10 +28,8 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading from a client whose responses pile up unread beyond this: TCP then pushes
 /// back on its sending, instead of the write buffer growing without bound.
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
-/// Bytes reserved for the next read when the read buffer runs low.
-const READ_RESERVE: usize = 4 * 1024;
-/// An empty buffer larger than this is released, so idle connections stay small.
-const IDLE_BUFFER_KEEP: usize = 16 * 1024;
+/// Most bytes taken in one read (through a buffer on the stack, see [`read_into`]).
+const READ_CHUNK: usize = 64 * 1024;
 /// How long a closing connection may spend flushing its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,6 +79,24 @@ async fn write_and_flush<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Reads what is there (up to [`READ_CHUNK`]) through a buffer on the stack and appends it
+/// to `rbuf`. A connection waiting for input thus holds no read buffer: the stack buffer
+/// exists only while a read is attempted, and `rbuf` grows to exactly what arrived. The
+/// copy is cheap next to the system call, and there is still one read per wake-up.
+async fn read_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
+        rbuf.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    })
+    .await
+}
+
 struct Connection<R, W> {
     reader: R,
     writer: W,
@@ -113,7 +133,7 @@ pub async fn serve<R, W>(
     let mut conn = Connection {
         reader,
         writer,
-        rbuf: BytesMut::with_capacity(512),
+        rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         decoder,
         peer,
@@ -124,10 +144,10 @@ pub async fn serve<R, W>(
         unflushed: false,
     };
     let Some(connect) = conn.read_connect().await else {
-        conn.close().await;
+        Box::pin(conn.close()).await;
         return;
     };
-    conn.serve_session(*connect).await;
+    conn.serve_session(connect).await;
 }
 
 impl<R, W> Connection<R, W>
@@ -153,11 +173,8 @@ where
                     return None;
                 }
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 256 {
-                self.rbuf.reserve(READ_RESERVE);
-            }
             let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)) => read,
+                read = tokio::time::timeout_at(deadline, read_into(&mut self.reader, &mut self.rbuf)) => read,
                 // Shutdown does not wait for a client that has not sent CONNECT yet.
                 _ = self.shutdown.changed() => return None,
             };
@@ -216,22 +233,37 @@ where
             properties: Default::default(),
         };
         let _ = Packet::ConnAck(connack).encode(protocol, &mut self.wbuf);
-        self.close().await;
+        Box::pin(self.close()).await;
     }
 
-    async fn serve_session(mut self, connect: Connect) {
+    /// Serves an accepted CONNECT to the end. The connect and end steps run in boxed
+    /// futures of their own: only `run` is inline, so an idle connection's task is no
+    /// bigger than what waiting needs.
+    async fn serve_session(mut self, connect: Box<Connect>) {
+        let Some((mut session, keep_alive, connection_id)) =
+            Box::pin(self.establish(connect)).await
+        else {
+            return;
+        };
+        let end = self.run(&mut session, keep_alive).await;
+        Box::pin(self.finish(session, end, connection_id)).await;
+    }
+
+    /// Negotiates, authenticates and attaches the session; writes CONNACK. Returns the
+    /// session, its keep alive and the connection id, or `None` after a refusal.
+    async fn establish(&mut self, connect: Box<Connect>) -> Option<(Session, u16, u64)> {
         let broker = self.broker.clone();
         let mut negotiated = match negotiate(&connect, &broker.config.mqtt) {
             Ok(n) => n,
             Err(refusal) => {
-                return self
-                    .refuse(
-                        connect.protocol,
-                        refusal.reason,
-                        refusal.message,
-                        &connect.client_id,
-                    )
-                    .await;
+                Box::pin(self.refuse(
+                    connect.protocol,
+                    refusal.reason,
+                    refusal.message,
+                    &connect.client_id,
+                ))
+                .await;
+                return None;
             }
         };
         let credentials = Credentials {
@@ -246,14 +278,14 @@ where
             // CONNECT user name).
             Ok(identity) => negotiated.username = identity.username,
             Err(reason) => {
-                return self
-                    .refuse(
-                        connect.protocol,
-                        reason,
-                        "authentication failed",
-                        &negotiated.client_id,
-                    )
-                    .await;
+                Box::pin(self.refuse(
+                    connect.protocol,
+                    reason,
+                    "authentication failed",
+                    &negotiated.client_id,
+                ))
+                .await;
+                return None;
             }
         }
         // A verified certificate names the user: authorization and logs use that name,
@@ -261,6 +293,9 @@ where
         if let Some(identity) = &self.certificate_identity {
             negotiated.username = Some(identity.clone());
         }
+        // Everything needed from CONNECT is in `negotiated` now; its buffers need not
+        // stay allocated for the life of the connection.
+        drop(connect);
 
         let connection_id = broker.next_connection_id();
         let client_id = negotiated.client_id.clone();
@@ -296,9 +331,13 @@ where
         }
         session.start(connack, now_millis(), &mut self.wbuf);
         broker.stats.client_connected();
+        Some((session, keep_alive, connection_id))
+    }
 
-        let end = self.run(&mut session, keep_alive).await;
-
+    /// After `run`: parks or ends the session (handing on the will) and closes.
+    async fn finish(&mut self, mut session: Session, end: End, connection_id: u64) {
+        let broker = self.broker.clone();
+        let client_id = session.client_id().clone();
         broker.stats.client_disconnected();
         session.stats.flush(&broker.stats);
         match &end {
@@ -369,14 +408,13 @@ where
                 // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
                 self.broker.store_settled().await;
             }
-            if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER_KEEP {
+            // Empty buffers are released, so a waiting connection holds none; the read
+            // buffer's storage lives on in payloads routed from it until they are sent.
+            if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
                 self.wbuf = BytesMut::new();
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER_KEEP {
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 self.rbuf = BytesMut::new();
-            }
-            if self.rbuf.capacity() - self.rbuf.len() < 256 {
-                self.rbuf.reserve(READ_RESERVE);
             }
             tokio::select! {
                 biased;
@@ -385,7 +423,7 @@ where
                         return End::Abnormal("write failed");
                     }
                 },
-                read = self.reader.read_buf(&mut self.rbuf), if self.wbuf.len() < READ_PAUSE => match read {
+                read = read_into(&mut self.reader, &mut self.rbuf), if self.wbuf.len() < READ_PAUSE => match read {
                     Ok(0) => return End::Abnormal("closed by the client without DISCONNECT"),
                     Err(_) => return End::Abnormal("read failed"),
                     Ok(n) => {

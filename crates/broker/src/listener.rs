@@ -309,13 +309,22 @@ async fn accept_loop(
             shutdown.clone(),
             live.clone(),
         );
-        tokio::spawn(async move {
+        let fut = async move {
             transport
                 .serve(stream, peer, context, broker, shutdown)
                 .await;
             drop(permit);
             drop(live);
-        });
+        };
+        tracing::warn!(
+            "TMPSIZE future {} session {} state {} mailbox {} negotiated {}",
+            std::mem::size_of_val(&fut),
+            std::mem::size_of::<crate::session::Session>(),
+            std::mem::size_of::<crate::session::SessionState>(),
+            std::mem::size_of::<crate::mailbox::Mailbox>(),
+            std::mem::size_of::<crate::session::Negotiated>()
+        );
+        tokio::spawn(fut);
     }
 }
 
@@ -359,7 +368,9 @@ impl Transport {
         }
         let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs);
         let handshake = async {
-            tokio::time::timeout(timeout, self.handshake(stream))
+            // Boxed: TLS and WebSocket handshakes are large futures that plain TCP
+            // connections would otherwise carry for their whole life.
+            tokio::time::timeout(timeout, Box::pin(self.handshake(stream)))
                 .await
                 .unwrap_or(Err(HandshakeFailure::Timeout(timeout)))
         };

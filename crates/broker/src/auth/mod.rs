@@ -287,7 +287,9 @@ impl AccessControl {
             );
             return Err(ReasonCode::CONNECTION_RATE_EXCEEDED);
         }
-        match self.check_password(credentials, username).await {
+        // Boxed for the same reason as in `ask_http`: it only exists while a password
+        // is being checked.
+        match Box::pin(self.check_password(credentials, username)).await {
             Ok(true) => Ok(Identity {
                 username: Some(username.to_owned()),
             }),
@@ -428,8 +430,10 @@ impl AccessControl {
         action: Action,
     ) -> bool {
         match &self.inner.http {
+            // Boxed: the HTTP exchange is a large future, and inline it would make every
+            // connection's task that much bigger even where no HTTP service is set up.
             Some(http) if http.checks_topics() => matches!(
-                http.check_topic(client_id, username, topic, action).await,
+                Box::pin(http.check_topic(client_id, username, topic, action)).await,
                 Ok(Some(true))
             ),
             _ => true,
