@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use midge_proto::{ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode};
+use midge_proto::{
+    ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode, Subscribe,
+};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Poll, ready};
@@ -16,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::auth::{Access, AccessControl, Credentials, FilterVerdict};
+use crate::auth::{AccessControl, Credentials, FilterVerdict};
 use crate::broker::Broker;
 use crate::mailbox::Control;
 use crate::message::now_millis;
@@ -130,7 +132,7 @@ pub async fn serve<R, W>(
     W: AsyncWrite + Unpin,
 {
     let decoder = Decoder::new(broker.config.mqtt.max_packet_size);
-    let mut conn = Connection {
+    let conn = Connection {
         reader,
         writer,
         rbuf: BytesMut::new(),
@@ -143,11 +145,7 @@ pub async fn serve<R, W>(
         shutdown,
         unflushed: false,
     };
-    let Some(connect) = conn.read_connect().await else {
-        Box::pin(conn.close()).await;
-        return;
-    };
-    conn.serve_session(connect).await;
+    conn.serve_session().await;
 }
 
 impl<R, W> Connection<R, W>
@@ -236,10 +234,14 @@ where
         Box::pin(self.close()).await;
     }
 
-    /// Serves an accepted CONNECT to the end. The connect and end steps run in boxed
+    /// Reads CONNECT and serves the connection to the end. The connect and end steps run in boxed
     /// futures of their own: only `run` is inline, so an idle connection's task is no
     /// bigger than what waiting needs.
-    async fn serve_session(mut self, connect: Box<Connect>) {
+    async fn serve_session(mut self) {
+        let Some(connect) = Box::pin(self.read_connect()).await else {
+            Box::pin(self.close()).await;
+            return;
+        };
         let Some((mut session, keep_alive, connection_id)) =
             Box::pin(self.establish(connect)).await
         else {
@@ -403,10 +405,12 @@ where
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
             }
             session.stats.flush(&self.broker.stats);
-            if session.take_settle() {
+            if session.take_settle() && !self.broker.store_is_settled() {
                 // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
                 // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
-                self.broker.store_settled().await;
+                // Boxed: only a wait needs the future, and inline it would enlarge every
+                // connection's task.
+                Box::pin(self.broker.store_settled()).await;
             }
             // Empty buffers are released, so a waiting connection holds none; the read
             // buffer's storage lives on in payloads routed from it until they are sent.
@@ -502,44 +506,109 @@ where
     }
 
     async fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Flow, Violation> {
-        let broker = &*self.broker;
+        if self.listener.access.topic_checks_wait() {
+            // Boxed: only listeners whose topic checks go to an HTTP service pay for a
+            // future that can wait, and every other connection's task stays small.
+            return Box::pin(self.dispatch_waiting(session, packet)).await;
+        }
         let access = &self.listener.access;
         match packet {
             Packet::Publish(publish) => {
-                let resolved = session.resolve_publish(publish, broker)?;
+                let resolved = session.resolve_publish(publish, &self.broker)?;
+                let allowed = access.authorize_publish_now(
+                    session.client_id(),
+                    session.username(),
+                    resolved.topic(),
+                );
+                session.publish(
+                    resolved,
+                    allowed,
+                    &self.broker,
+                    now_millis(),
+                    &mut self.wbuf,
+                );
+                Ok(Flow::Continue)
+            }
+            Packet::Subscribe(subscribe) => {
+                let verdicts = subscribe
+                    .filters
+                    .iter()
+                    .map(|(filter, _)| {
+                        access.authorize_subscribe_now(
+                            session.client_id(),
+                            session.username(),
+                            filter,
+                        )
+                    })
+                    .collect();
+                self.subscribe(session, subscribe, verdicts)
+            }
+            other => session.handle(other, &self.broker, &mut self.wbuf),
+        }
+    }
+
+    /// [`Connection::dispatch`] when authorization may have to wait for an HTTP service.
+    async fn dispatch_waiting(
+        &mut self,
+        session: &mut Session,
+        packet: Packet,
+    ) -> Result<Flow, Violation> {
+        let access = &self.listener.access;
+        match packet {
+            Packet::Publish(publish) => {
+                let resolved = session.resolve_publish(publish, &self.broker)?;
                 let allowed = access
-                    .authorize(
-                        session.client_id(),
-                        session.username(),
-                        Access::Publish,
-                        resolved.topic(),
-                    )
+                    .authorize_publish(session.client_id(), session.username(), resolved.topic())
                     .await;
-                session.publish(resolved, allowed, broker, now_millis(), &mut self.wbuf);
+                session.publish(
+                    resolved,
+                    allowed,
+                    &self.broker,
+                    now_millis(),
+                    &mut self.wbuf,
+                );
                 Ok(Flow::Continue)
             }
             Packet::Subscribe(subscribe) => {
                 let mut verdicts = Vec::with_capacity(subscribe.filters.len());
-                let mut partly = false;
                 for (filter, _) in &subscribe.filters {
-                    let verdict = access
-                        .authorize_subscribe(session.client_id(), session.username(), filter)
-                        .await;
-                    partly |= verdict == FilterVerdict::Partly;
-                    verdicts.push(verdict != FilterVerdict::Denied);
+                    verdicts.push(
+                        access
+                            .authorize_subscribe(session.client_id(), session.username(), filter)
+                            .await,
+                    );
                 }
-                if partly {
-                    // Set before SUBACK's retained messages are pumped, so they are
-                    // checked too.
-                    let filter =
-                        access.delivery_filter(session.client_id().clone(), session.username());
-                    session.filter_deliveries(filter);
-                }
-                session.subscribe(subscribe, &verdicts, broker, now_millis(), &mut self.wbuf)?;
-                Ok(Flow::Continue)
+                self.subscribe(session, subscribe, verdicts)
             }
-            other => session.handle(other, broker, &mut self.wbuf),
+            other => session.handle(other, &self.broker, &mut self.wbuf),
         }
+    }
+
+    /// Subscribes with one authorization verdict per filter.
+    fn subscribe(
+        &mut self,
+        session: &mut Session,
+        subscribe: Subscribe,
+        verdicts: Vec<FilterVerdict>,
+    ) -> Result<Flow, Violation> {
+        if verdicts.contains(&FilterVerdict::Partly) {
+            // Set before SUBACK's retained messages are pumped, so they are checked too.
+            let access = &self.listener.access;
+            let filter = access.delivery_filter(session.client_id().clone(), session.username());
+            session.filter_deliveries(filter);
+        }
+        let granted: Vec<bool> = verdicts
+            .iter()
+            .map(|v| *v != FilterVerdict::Denied)
+            .collect();
+        session.subscribe(
+            subscribe,
+            &granted,
+            &self.broker,
+            now_millis(),
+            &mut self.wbuf,
+        )?;
+        Ok(Flow::Continue)
     }
 
     /// Writes what is left (a CONNACK, a DISCONNECT), bounded in time, and closes.

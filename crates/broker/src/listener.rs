@@ -309,22 +309,13 @@ async fn accept_loop(
             shutdown.clone(),
             live.clone(),
         );
-        let fut = async move {
+        tokio::spawn(async move {
             transport
                 .serve(stream, peer, context, broker, shutdown)
                 .await;
             drop(permit);
             drop(live);
-        };
-        tracing::warn!(
-            "TMPSIZE future {} session {} state {} mailbox {} negotiated {}",
-            std::mem::size_of_val(&fut),
-            std::mem::size_of::<crate::session::Session>(),
-            std::mem::size_of::<crate::session::SessionState>(),
-            std::mem::size_of::<crate::mailbox::Mailbox>(),
-            std::mem::size_of::<crate::session::Negotiated>()
-        );
-        tokio::spawn(fut);
+        });
     }
 }
 

@@ -95,7 +95,8 @@ pub struct Session {
     /// Whether the session began with expiry 0, which DISCONNECT may not change
     /// [MQTT-3.14.2-2].
     began_with_zero_expiry: bool,
-    will: Option<Will>,
+    /// Boxed: most clients have no will, and a will is large.
+    will: Option<Box<Will>>,
     username: Option<String>,
     /// Retained messages found at SUBSCRIBE, sent before anything from the mailbox.
     retained_backlog: VecDeque<Delivery>,
@@ -131,7 +132,7 @@ impl Session {
             outbound_aliases: HashMap::new(),
             inbound_aliases: HashMap::new(),
             began_with_zero_expiry: negotiated.expiry_interval == 0,
-            will: negotiated.will,
+            will: negotiated.will.map(Box::new),
             username: negotiated.username,
             retained_backlog: VecDeque::new(),
             batch: Vec::new(),
@@ -214,7 +215,7 @@ impl Session {
     /// Ends serving: hands back the persistent state and the will to publish (if the
     /// connection did not end with a normal DISCONNECT).
     pub fn into_parts(self) -> (SessionState, Option<Will>) {
-        (self.state, self.will)
+        (self.state, self.will.map(|will| *will))
     }
 
     /// Will Delay Interval of the current will, seconds.
