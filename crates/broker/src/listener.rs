@@ -153,13 +153,11 @@ impl Server {
                     max_message_size: usize::try_from(config.mqtt.max_packet_size)
                         .unwrap_or(usize::MAX),
                 });
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: name.clone(),
-                    addr,
-                    source,
-                })?;
+            let listener = bind(addr).map_err(|source| StartError::Bind {
+                name: name.clone(),
+                addr,
+                source,
+            })?;
             let local = listener.local_addr().unwrap_or(addr);
             let access = AccessControl::for_listener(&config, listener_config, login_guard.clone())
                 .map_err(|source| StartError::Auth {
@@ -270,6 +268,23 @@ impl Server {
         }
         tracing::info!("broker stopped");
     }
+}
+
+/// Pending connections the kernel queues before `accept`: enough for a connect storm
+/// (thousands of clients coming back after a network blip). std's default is 128.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// Binds a TCP listener as `TcpListener::bind` does (with `SO_REUSEADDR`), but with
+/// [`ACCEPT_BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 async fn accept_loop(
