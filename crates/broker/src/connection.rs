@@ -118,7 +118,9 @@ struct Connection<R, W> {
 }
 
 /// Serves one accepted connection to the end. `certificate_identity` is the user name a
-/// verified client certificate gives (see `[listener.tls] cert_identity`).
+/// verified client certificate gives (see `[listener.tls] cert_identity`). `_held` (the
+/// listener's connection permit, for one) is dropped when the connection ends.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<R, W>(
     reader: R,
     writer: W,
@@ -127,6 +129,7 @@ pub async fn serve<R, W>(
     listener: Arc<ListenerContext>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
+    _held: impl Send,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -472,7 +475,15 @@ where
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => {
                     session.stats.packets_received += 1;
-                    match self.dispatch(session, packet).await {
+                    let handled = if self.listener.access.topic_checks_wait() {
+                        // Boxed: only listeners whose topic checks go to an HTTP service
+                        // pay for a future that can wait; every other connection's task
+                        // stays small.
+                        Box::pin(self.dispatch_waiting(session, packet)).await
+                    } else {
+                        self.dispatch(session, packet)
+                    };
+                    match handled {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Disconnect) => return Some(End::ClientDisconnect),
                         Err(violation) => {
@@ -505,12 +516,8 @@ where
         session.disconnect_packet(violation.reason, Some(violation.message), &mut self.wbuf);
     }
 
-    async fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Flow, Violation> {
-        if self.listener.access.topic_checks_wait() {
-            // Boxed: only listeners whose topic checks go to an HTTP service pay for a
-            // future that can wait, and every other connection's task stays small.
-            return Box::pin(self.dispatch_waiting(session, packet)).await;
-        }
+    /// Handles one packet, authorizing with the ACL file alone (no HTTP topic checks).
+    fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Flow, Violation> {
         let access = &self.listener.access;
         match packet {
             Packet::Publish(publish) => {

@@ -324,13 +324,21 @@ async fn accept_loop(
             shutdown.clone(),
             live.clone(),
         );
-        tokio::spawn(async move {
-            transport
-                .serve(stream, peer, context, broker, shutdown)
-                .await;
-            drop(permit);
-            drop(live);
-        });
+        let held = (permit, live);
+        if transport.is_plain() {
+            // Spawned as it is, without a wrapping future: plain TCP connections are most
+            // of them, and each extra layer would add to every connection's task.
+            let (reader, writer) = stream.into_split();
+            tokio::spawn(connection::serve(
+                reader, writer, peer, None, context, broker, shutdown, held,
+            ));
+        } else {
+            tokio::spawn(async move {
+                transport
+                    .serve(stream, peer, context, broker, shutdown, held)
+                    .await;
+            });
+        }
     }
 }
 
@@ -339,6 +347,13 @@ async fn accept_loop(
 struct Transport {
     tls: Option<Arc<TlsListener>>,
     websocket: Option<ws::WsSettings>,
+}
+
+impl Transport {
+    /// Plain TCP: no handshake before MQTT.
+    fn is_plain(&self) -> bool {
+        self.tls.is_none() && self.websocket.is_none()
+    }
 }
 
 /// A connection's byte stream once the handshakes are done, whatever the transport.
@@ -366,12 +381,8 @@ impl Transport {
         context: Arc<ListenerContext>,
         broker: Arc<Broker>,
         mut shutdown: watch::Receiver<bool>,
+        held: impl Send + 'static,
     ) {
-        if self.tls.is_none() && self.websocket.is_none() {
-            let (reader, writer) = stream.into_split();
-            connection::serve(reader, writer, peer, None, context, broker, shutdown).await;
-            return;
-        }
         let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs);
         let handshake = async {
             // Boxed: TLS and WebSocket handshakes are large futures that plain TCP
@@ -387,7 +398,10 @@ impl Transport {
         match handshake {
             Ok((stream, identity)) => {
                 let (reader, writer) = tokio::io::split(stream);
-                connection::serve(reader, writer, peer, identity, context, broker, shutdown).await;
+                connection::serve(
+                    reader, writer, peer, identity, context, broker, shutdown, held,
+                )
+                .await;
             }
             Err(failure) => {
                 Stats::add(&broker.stats.handshakes_failed, 1);

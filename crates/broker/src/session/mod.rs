@@ -77,6 +77,16 @@ impl ResolvedPublish {
     }
 }
 
+/// Topic aliases of one connection, both ways.
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Topic -> alias we told the client. Aliases are never reassigned, so the map only
+    /// grows to the client's maximum.
+    outbound: HashMap<String, u16>,
+    /// Alias -> topic the client told us.
+    inbound: HashMap<u16, String>,
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Session {
@@ -87,11 +97,8 @@ pub struct Session {
     send_window: usize,
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
-    /// Topic -> alias we told the client. Aliases are never reassigned, so the map only
-    /// grows to the client's maximum.
-    outbound_aliases: HashMap<String, u16>,
-    /// Alias -> topic the client told us.
-    inbound_aliases: HashMap<u16, String>,
+    /// Topic aliases both ways; boxed, as only v5 clients that use aliases have any.
+    aliases: Option<Box<Aliases>>,
     /// Whether the session began with expiry 0, which DISCONNECT may not change
     /// [MQTT-3.14.2-2].
     began_with_zero_expiry: bool,
@@ -105,7 +112,7 @@ pub struct Session {
     batch: Vec<Delivery>,
     /// Set when a subscription is only partly readable under the ACL: every delivery's
     /// topic is checked before it is sent. `None` (the usual case) costs nothing.
-    delivery_filter: Option<DeliveryFilter>,
+    delivery_filter: Option<Box<DeliveryFilter>>,
     queued: Vec<Queued>,
     /// Where changes are recorded while the session is persistent.
     journal: Option<SessionJournal>,
@@ -129,8 +136,7 @@ impl Session {
             send_window: usize::from(negotiated.client_receive_maximum.min(max_inflight)),
             client_max_packet_size: negotiated.client_max_packet_size,
             client_topic_alias_maximum: negotiated.client_topic_alias_maximum,
-            outbound_aliases: HashMap::new(),
-            inbound_aliases: HashMap::new(),
+            aliases: None,
             began_with_zero_expiry: negotiated.expiry_interval == 0,
             will: negotiated.will.map(Box::new),
             username: negotiated.username,
@@ -157,7 +163,7 @@ impl Session {
     /// From now on, checks each delivery's topic with `filter` before sending it (for a
     /// subscription the ACL allows only in part).
     pub fn filter_deliveries(&mut self, filter: DeliveryFilter) {
-        self.delivery_filter = Some(filter);
+        self.delivery_filter = Some(Box::new(filter));
     }
 
     /// Removes a subscription without telling the client (a resumed subscription that
@@ -340,7 +346,7 @@ impl Session {
                     ));
                 }
                 if publish.topic.is_empty() {
-                    match self.inbound_aliases.get(&alias) {
+                    match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(topic) => publish.topic = topic.clone(),
                         None => {
                             return Err(violation(
@@ -350,7 +356,10 @@ impl Session {
                         }
                     }
                 } else {
-                    self.inbound_aliases.insert(alias, publish.topic.clone());
+                    self.aliases
+                        .get_or_insert_default()
+                        .inbound
+                        .insert(alias, publish.topic.clone());
                 }
             }
         }
@@ -840,8 +849,11 @@ impl Session {
         });
         if !fits {
             // With a fresh alias, the client has not learned it: forget it.
-            if topic_alias.is_some() && !topic.is_empty() {
-                self.outbound_aliases.remove(&message.topic);
+            if topic_alias.is_some()
+                && !topic.is_empty()
+                && let Some(aliases) = &mut self.aliases
+            {
+                aliases.outbound.remove(&message.topic);
             }
             tracing::debug!(client_id = %self.state.client_id, topic = %message.topic, "message exceeds the client's maximum packet size, dropped");
             self.stats.publish_dropped += 1;
@@ -868,15 +880,16 @@ impl Session {
         if self.client_topic_alias_maximum == 0 {
             return (topic, None);
         }
-        if let Some(&alias) = self.outbound_aliases.get(topic) {
+        let outbound = &mut self.aliases.get_or_insert_default().outbound;
+        if let Some(&alias) = outbound.get(topic) {
             return ("", Some(alias));
         }
-        let next = self.outbound_aliases.len() + 1;
+        let next = outbound.len() + 1;
         if next > usize::from(self.client_topic_alias_maximum) {
             return (topic, None);
         }
         let alias = next as u16;
-        self.outbound_aliases.insert(topic.to_owned(), alias);
+        outbound.insert(topic.to_owned(), alias);
         (topic, Some(alias))
     }
 
