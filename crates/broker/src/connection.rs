@@ -121,7 +121,11 @@ struct Connection<R, W> {
 /// verified client certificate gives (see `[listener.tls] cert_identity`). `_held` (the
 /// listener's connection permit, for one) is dropped when the connection ends.
 #[allow(clippy::too_many_arguments)]
-pub async fn serve<R, W>(
+///
+/// Not an `async fn`: an `async fn` keeps its arguments in the future as well as the
+/// locals they move into. Here the connection is built first and the future returned is
+/// the connection's own, holding each part once.
+pub fn serve<R, W>(
     reader: R,
     writer: W,
     peer: SocketAddr,
@@ -129,8 +133,9 @@ pub async fn serve<R, W>(
     listener: Arc<ListenerContext>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-    _held: impl Send,
-) where
+    held: impl Send,
+) -> impl Future<Output = ()>
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -148,7 +153,7 @@ pub async fn serve<R, W>(
         shutdown,
         unflushed: false,
     };
-    conn.serve_session().await;
+    conn.serve_session(held)
 }
 
 impl<R, W> Connection<R, W>
@@ -240,18 +245,24 @@ where
     /// Reads CONNECT and serves the connection to the end. The connect and end steps run in boxed
     /// futures of their own: only `run` is inline, so an idle connection's task is no
     /// bigger than what waiting needs.
-    async fn serve_session(mut self) {
-        let Some(connect) = Box::pin(self.read_connect()).await else {
-            Box::pin(self.close()).await;
-            return;
-        };
-        let Some((mut session, keep_alive, connection_id)) =
-            Box::pin(self.establish(connect)).await
-        else {
-            return;
-        };
-        let end = self.run(&mut session, keep_alive).await;
-        Box::pin(self.finish(session, end, connection_id)).await;
+    ///
+    /// An `async move` block rather than an `async fn`, for the reason given at [`serve`]:
+    /// the block uses the connection where it was captured. `held` is dropped with it.
+    fn serve_session(mut self, held: impl Send) -> impl Future<Output = ()> {
+        async move {
+            let _held = &held;
+            let Some(connect) = Box::pin(self.read_connect()).await else {
+                Box::pin(self.close()).await;
+                return;
+            };
+            let Some((mut session, keep_alive, connection_id)) =
+                Box::pin(self.establish(connect)).await
+            else {
+                return;
+            };
+            let end = self.run(&mut session, keep_alive).await;
+            Box::pin(self.finish(session, end, connection_id)).await;
+        }
     }
 
     /// Negotiates, authenticates and attaches the session; writes CONNACK. Returns the
