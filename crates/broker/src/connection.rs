@@ -248,6 +248,7 @@ where
     ///
     /// An `async move` block rather than an `async fn`, for the reason given at [`serve`]:
     /// the block uses the connection where it was captured. `held` is dropped with it.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn, see above
     fn serve_session(mut self, held: impl Send) -> impl Future<Output = ()> {
         async move {
             let _held = &held;

@@ -74,7 +74,9 @@ struct Node {
 #[derive(Debug, Default)]
 struct Subscribers {
     direct: HashMap<Arc<str>, Subscriber>,
-    /// Boxed: few filters have shared groups, and this sits in every trie node.
+    /// Boxed: few filters have shared groups, and this sits in every trie node (a boxed
+    /// map is 8 bytes where an empty map is 48).
+    #[allow(clippy::box_collection)]
     shared: Option<Box<HashMap<Box<str>, SharedGroup>>>,
 }
 
