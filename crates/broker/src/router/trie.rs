@@ -63,7 +63,8 @@ impl SharedGroup {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    /// Boxed nodes: the map's table (sized for growth) then holds pointers, not nodes.
+    children: HashMap<Box<str>, Box<Node>>,
     plus: Option<Box<Node>>,
     /// Subscribers of `<this level>/#`.
     hash: Option<Box<Subscribers>>,
