@@ -27,7 +27,6 @@ pub use state::{Inflight, SessionState, Stage, SubscriptionRecord};
 
 use crate::auth::DeliveryFilter;
 use crate::broker::Broker;
-use crate::mailbox::Queued;
 use crate::message::{Delivery, Message, Millis};
 use crate::stats::LocalStats;
 use crate::store::SessionJournal;
@@ -107,13 +106,9 @@ pub struct Session {
     username: Option<String>,
     /// Retained messages found at SUBSCRIBE, sent before anything from the mailbox.
     retained_backlog: VecDeque<Delivery>,
-    /// Scratch space for pumping the retained backlog and the mailbox, kept to avoid an
-    /// allocation per wake-up.
-    batch: Vec<Delivery>,
     /// Set when a subscription is only partly readable under the ACL: every delivery's
     /// topic is checked before it is sent. `None` (the usual case) costs nothing.
     delivery_filter: Option<Box<DeliveryFilter>>,
-    queued: Vec<Queued>,
     /// Where changes are recorded while the session is persistent.
     journal: Option<SessionJournal>,
     /// Whether the output holds a packet that must not reach the client before the store
@@ -141,9 +136,7 @@ impl Session {
             will: negotiated.will.map(Box::new),
             username: negotiated.username,
             retained_backlog: VecDeque::new(),
-            batch: Vec::new(),
             delivery_filter: None,
-            queued: Vec::new(),
             journal,
             settle: false,
             stats: LocalStats::default(),
@@ -725,8 +718,11 @@ impl Session {
     /// Moves deliveries from the retained backlog and the mailbox into `out`, as far as the
     /// client's Receive Maximum allows, until `out` holds about `max_bytes`.
     pub fn pump(&mut self, now: Millis, out: &mut BytesMut, max_bytes: usize) {
-        let mut batch = std::mem::take(&mut self.batch);
-        let mut queued = std::mem::take(&mut self.queued);
+        // Scratch for this call only (allocated only when something is pumped): kept in
+        // the session, it would hold up to 64 deliveries' worth of capacity for the life
+        // of a connection that once had a burst.
+        let mut batch = Vec::new();
+        let mut queued = Vec::new();
         while out.len() < max_bytes {
             let window = self.send_window.saturating_sub(self.state.inflight_len());
             // The retained backlog goes first; it only exists right after SUBSCRIBE.
@@ -760,8 +756,6 @@ impl Session {
                 }
             }
         }
-        self.batch = batch;
-        self.queued = queued;
     }
 
     /// Sends one delivery; `seq` is its place in the mailbox queue (none for retained
