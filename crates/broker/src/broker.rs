@@ -90,6 +90,11 @@ impl Broker {
         }
     }
 
+    /// Whether [`Broker::store_settled`] would resolve at once.
+    pub fn store_is_settled(&self) -> bool {
+        self.journal.as_ref().is_none_or(Journal::is_settled)
+    }
+
     /// Seconds since start.
     pub fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()

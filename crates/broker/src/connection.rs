@@ -7,12 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use midge_proto::{ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use midge_proto::{
+    ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode, Subscribe,
+};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::auth::{Access, AccessControl, Credentials, FilterVerdict};
+use crate::auth::{AccessControl, Credentials, FilterVerdict};
 use crate::broker::Broker;
 use crate::mailbox::Control;
 use crate::message::now_millis;
@@ -24,10 +30,8 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading from a client whose responses pile up unread beyond this: TCP then pushes
 /// back on its sending, instead of the write buffer growing without bound.
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
-/// Bytes reserved for the next read when the read buffer runs low.
-const READ_RESERVE: usize = 4 * 1024;
-/// An empty buffer larger than this is released, so idle connections stay small.
-const IDLE_BUFFER_KEEP: usize = 16 * 1024;
+/// Most bytes taken in one read (through a buffer on the stack, see [`read_into`]).
+const READ_CHUNK: usize = 64 * 1024;
 /// How long a closing connection may spend flushing its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,6 +81,24 @@ async fn write_and_flush<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Reads what is there (up to [`READ_CHUNK`]) through a buffer on the stack and appends it
+/// to `rbuf`. A connection waiting for input thus holds no read buffer: the stack buffer
+/// exists only while a read is attempted, and `rbuf` grows to exactly what arrived. The
+/// copy is cheap next to the system call, and there is still one read per wake-up.
+async fn read_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
+        rbuf.extend_from_slice(buf.filled());
+        Poll::Ready(Ok(buf.filled().len()))
+    })
+    .await
+}
+
 struct Connection<R, W> {
     reader: R,
     writer: W,
@@ -96,8 +118,14 @@ struct Connection<R, W> {
 }
 
 /// Serves one accepted connection to the end. `certificate_identity` is the user name a
-/// verified client certificate gives (see `[listener.tls] cert_identity`).
-pub async fn serve<R, W>(
+/// verified client certificate gives (see `[listener.tls] cert_identity`). `_held` (the
+/// listener's connection permit, for one) is dropped when the connection ends.
+#[allow(clippy::too_many_arguments)]
+///
+/// Not an `async fn`: an `async fn` keeps its arguments in the future as well as the
+/// locals they move into. Here the connection is built first and the future returned is
+/// the connection's own, holding each part once.
+pub fn serve<R, W>(
     reader: R,
     writer: W,
     peer: SocketAddr,
@@ -105,15 +133,17 @@ pub async fn serve<R, W>(
     listener: Arc<ListenerContext>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-) where
+    held: impl Send,
+) -> impl Future<Output = ()>
+where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let decoder = Decoder::new(broker.config.mqtt.max_packet_size);
-    let mut conn = Connection {
+    let conn = Connection {
         reader,
         writer,
-        rbuf: BytesMut::with_capacity(512),
+        rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         decoder,
         peer,
@@ -123,11 +153,7 @@ pub async fn serve<R, W>(
         shutdown,
         unflushed: false,
     };
-    let Some(connect) = conn.read_connect().await else {
-        conn.close().await;
-        return;
-    };
-    conn.serve_session(*connect).await;
+    conn.serve_session(held)
 }
 
 impl<R, W> Connection<R, W>
@@ -153,11 +179,8 @@ where
                     return None;
                 }
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 256 {
-                self.rbuf.reserve(READ_RESERVE);
-            }
             let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)) => read,
+                read = tokio::time::timeout_at(deadline, read_into(&mut self.reader, &mut self.rbuf)) => read,
                 // Shutdown does not wait for a client that has not sent CONNECT yet.
                 _ = self.shutdown.changed() => return None,
             };
@@ -216,22 +239,48 @@ where
             properties: Default::default(),
         };
         let _ = Packet::ConnAck(connack).encode(protocol, &mut self.wbuf);
-        self.close().await;
+        Box::pin(self.close()).await;
     }
 
-    async fn serve_session(mut self, connect: Connect) {
+    /// Reads CONNECT and serves the connection to the end. The connect and end steps run in boxed
+    /// futures of their own: only `run` is inline, so an idle connection's task is no
+    /// bigger than what waiting needs.
+    ///
+    /// An `async move` block rather than an `async fn`, for the reason given at [`serve`]:
+    /// the block uses the connection where it was captured. `held` is dropped with it.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn, see above
+    fn serve_session(mut self, held: impl Send) -> impl Future<Output = ()> {
+        async move {
+            let _held = &held;
+            let Some(connect) = Box::pin(self.read_connect()).await else {
+                Box::pin(self.close()).await;
+                return;
+            };
+            let Some((mut session, keep_alive, connection_id)) =
+                Box::pin(self.establish(connect)).await
+            else {
+                return;
+            };
+            let end = self.run(&mut session, keep_alive).await;
+            Box::pin(self.finish(session, end, connection_id)).await;
+        }
+    }
+
+    /// Negotiates, authenticates and attaches the session; writes CONNACK. Returns the
+    /// session, its keep alive and the connection id, or `None` after a refusal.
+    async fn establish(&mut self, connect: Box<Connect>) -> Option<(Session, u16, u64)> {
         let broker = self.broker.clone();
         let mut negotiated = match negotiate(&connect, &broker.config.mqtt) {
             Ok(n) => n,
             Err(refusal) => {
-                return self
-                    .refuse(
-                        connect.protocol,
-                        refusal.reason,
-                        refusal.message,
-                        &connect.client_id,
-                    )
-                    .await;
+                Box::pin(self.refuse(
+                    connect.protocol,
+                    refusal.reason,
+                    refusal.message,
+                    &connect.client_id,
+                ))
+                .await;
+                return None;
             }
         };
         let credentials = Credentials {
@@ -246,14 +295,14 @@ where
             // CONNECT user name).
             Ok(identity) => negotiated.username = identity.username,
             Err(reason) => {
-                return self
-                    .refuse(
-                        connect.protocol,
-                        reason,
-                        "authentication failed",
-                        &negotiated.client_id,
-                    )
-                    .await;
+                Box::pin(self.refuse(
+                    connect.protocol,
+                    reason,
+                    "authentication failed",
+                    &negotiated.client_id,
+                ))
+                .await;
+                return None;
             }
         }
         // A verified certificate names the user: authorization and logs use that name,
@@ -261,6 +310,9 @@ where
         if let Some(identity) = &self.certificate_identity {
             negotiated.username = Some(identity.clone());
         }
+        // Everything needed from CONNECT is in `negotiated` now; its buffers need not
+        // stay allocated for the life of the connection.
+        drop(connect);
 
         let connection_id = broker.next_connection_id();
         let client_id = negotiated.client_id.clone();
@@ -296,9 +348,13 @@ where
         }
         session.start(connack, now_millis(), &mut self.wbuf);
         broker.stats.client_connected();
+        Some((session, keep_alive, connection_id))
+    }
 
-        let end = self.run(&mut session, keep_alive).await;
-
+    /// After `run`: parks or ends the session (handing on the will) and closes.
+    async fn finish(&mut self, mut session: Session, end: End, connection_id: u64) {
+        let broker = self.broker.clone();
+        let client_id = session.client_id().clone();
         broker.stats.client_disconnected();
         session.stats.flush(&broker.stats);
         match &end {
@@ -352,24 +408,32 @@ where
         let sleep = tokio::time::sleep(keep_alive.unwrap_or(Duration::from_secs(3600)));
         tokio::pin!(sleep);
         let mut shutdown_open = true;
+        // Packets that came in the same read as CONNECT (a client may pipeline SUBSCRIBE
+        // or PUBLISH right behind it) are handled now, not when more bytes arrive.
+        if !self.rbuf.is_empty()
+            && let Some(end) = self.process_input(session).await
+        {
+            return end;
+        }
         loop {
             if self.wbuf.len() < WRITE_HIGH_WATER {
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
             }
             session.stats.flush(&self.broker.stats);
-            if session.take_settle() {
+            if session.take_settle() && !self.broker.store_is_settled() {
                 // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
                 // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
-                self.broker.store_settled().await;
+                // Boxed: only a wait needs the future, and inline it would enlarge every
+                // connection's task.
+                Box::pin(self.broker.store_settled()).await;
             }
-            if self.wbuf.is_empty() && self.wbuf.capacity() > IDLE_BUFFER_KEEP {
+            // Empty buffers are released, so a waiting connection holds none; the read
+            // buffer's storage lives on in payloads routed from it until they are sent.
+            if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
                 self.wbuf = BytesMut::new();
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER_KEEP {
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 self.rbuf = BytesMut::new();
-            }
-            if self.rbuf.capacity() - self.rbuf.len() < 256 {
-                self.rbuf.reserve(READ_RESERVE);
             }
             tokio::select! {
                 biased;
@@ -378,7 +442,7 @@ where
                         return End::Abnormal("write failed");
                     }
                 },
-                read = self.reader.read_buf(&mut self.rbuf), if self.wbuf.len() < READ_PAUSE => match read {
+                read = read_into(&mut self.reader, &mut self.rbuf), if self.wbuf.len() < READ_PAUSE => match read {
                     Ok(0) => return End::Abnormal("closed by the client without DISCONNECT"),
                     Err(_) => return End::Abnormal("read failed"),
                     Ok(n) => {
@@ -423,7 +487,15 @@ where
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => {
                     session.stats.packets_received += 1;
-                    match self.dispatch(session, packet).await {
+                    let handled = if self.listener.access.topic_checks_wait() {
+                        // Boxed: only listeners whose topic checks go to an HTTP service
+                        // pay for a future that can wait; every other connection's task
+                        // stays small.
+                        Box::pin(self.dispatch_waiting(session, packet)).await
+                    } else {
+                        self.dispatch(session, packet)
+                    };
+                    match handled {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Disconnect) => return Some(End::ClientDisconnect),
                         Err(violation) => {
@@ -456,45 +528,106 @@ where
         session.disconnect_packet(violation.reason, Some(violation.message), &mut self.wbuf);
     }
 
-    async fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Flow, Violation> {
-        let broker = &*self.broker;
+    /// Handles one packet, authorizing with the ACL file alone (no HTTP topic checks).
+    fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Flow, Violation> {
         let access = &self.listener.access;
         match packet {
             Packet::Publish(publish) => {
-                let resolved = session.resolve_publish(publish, broker)?;
+                let resolved = session.resolve_publish(publish, &self.broker)?;
+                let allowed = access.authorize_publish_now(
+                    session.client_id(),
+                    session.username(),
+                    resolved.topic(),
+                );
+                session.publish(
+                    resolved,
+                    allowed,
+                    &self.broker,
+                    now_millis(),
+                    &mut self.wbuf,
+                );
+                Ok(Flow::Continue)
+            }
+            Packet::Subscribe(subscribe) => {
+                let verdicts = subscribe
+                    .filters
+                    .iter()
+                    .map(|(filter, _)| {
+                        access.authorize_subscribe_now(
+                            session.client_id(),
+                            session.username(),
+                            filter,
+                        )
+                    })
+                    .collect();
+                self.subscribe(session, subscribe, verdicts)
+            }
+            other => session.handle(other, &self.broker, &mut self.wbuf),
+        }
+    }
+
+    /// [`Connection::dispatch`] when authorization may have to wait for an HTTP service.
+    async fn dispatch_waiting(
+        &mut self,
+        session: &mut Session,
+        packet: Packet,
+    ) -> Result<Flow, Violation> {
+        let access = &self.listener.access;
+        match packet {
+            Packet::Publish(publish) => {
+                let resolved = session.resolve_publish(publish, &self.broker)?;
                 let allowed = access
-                    .authorize(
-                        session.client_id(),
-                        session.username(),
-                        Access::Publish,
-                        resolved.topic(),
-                    )
+                    .authorize_publish(session.client_id(), session.username(), resolved.topic())
                     .await;
-                session.publish(resolved, allowed, broker, now_millis(), &mut self.wbuf);
+                session.publish(
+                    resolved,
+                    allowed,
+                    &self.broker,
+                    now_millis(),
+                    &mut self.wbuf,
+                );
                 Ok(Flow::Continue)
             }
             Packet::Subscribe(subscribe) => {
                 let mut verdicts = Vec::with_capacity(subscribe.filters.len());
-                let mut partly = false;
                 for (filter, _) in &subscribe.filters {
-                    let verdict = access
-                        .authorize_subscribe(session.client_id(), session.username(), filter)
-                        .await;
-                    partly |= verdict == FilterVerdict::Partly;
-                    verdicts.push(verdict != FilterVerdict::Denied);
+                    verdicts.push(
+                        access
+                            .authorize_subscribe(session.client_id(), session.username(), filter)
+                            .await,
+                    );
                 }
-                if partly {
-                    // Set before SUBACK's retained messages are pumped, so they are
-                    // checked too.
-                    let filter =
-                        access.delivery_filter(session.client_id().clone(), session.username());
-                    session.filter_deliveries(filter);
-                }
-                session.subscribe(subscribe, &verdicts, broker, now_millis(), &mut self.wbuf)?;
-                Ok(Flow::Continue)
+                self.subscribe(session, subscribe, verdicts)
             }
-            other => session.handle(other, broker, &mut self.wbuf),
+            other => session.handle(other, &self.broker, &mut self.wbuf),
         }
+    }
+
+    /// Subscribes with one authorization verdict per filter.
+    fn subscribe(
+        &mut self,
+        session: &mut Session,
+        subscribe: Subscribe,
+        verdicts: Vec<FilterVerdict>,
+    ) -> Result<Flow, Violation> {
+        if verdicts.contains(&FilterVerdict::Partly) {
+            // Set before SUBACK's retained messages are pumped, so they are checked too.
+            let access = &self.listener.access;
+            let filter = access.delivery_filter(session.client_id().clone(), session.username());
+            session.filter_deliveries(filter);
+        }
+        let granted: Vec<bool> = verdicts
+            .iter()
+            .map(|v| *v != FilterVerdict::Denied)
+            .collect();
+        session.subscribe(
+            subscribe,
+            &granted,
+            &self.broker,
+            now_millis(),
+            &mut self.wbuf,
+        )?;
+        Ok(Flow::Continue)
     }
 
     /// Writes what is left (a CONNACK, a DISCONNECT), bounded in time, and closes.

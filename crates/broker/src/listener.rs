@@ -153,13 +153,11 @@ impl Server {
                     max_message_size: usize::try_from(config.mqtt.max_packet_size)
                         .unwrap_or(usize::MAX),
                 });
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: name.clone(),
-                    addr,
-                    source,
-                })?;
+            let listener = bind(addr).map_err(|source| StartError::Bind {
+                name: name.clone(),
+                addr,
+                source,
+            })?;
             let local = listener.local_addr().unwrap_or(addr);
             let access = AccessControl::for_listener(&config, listener_config, login_guard.clone())
                 .map_err(|source| StartError::Auth {
@@ -272,6 +270,23 @@ impl Server {
     }
 }
 
+/// Pending connections the kernel queues before `accept`: enough for a connect storm
+/// (thousands of clients coming back after a network blip). std's default is 128.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// Binds a TCP listener as `TcpListener::bind` does (with `SO_REUSEADDR`), but with
+/// [`ACCEPT_BACKLOG`].
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 async fn accept_loop(
     listener: TcpListener,
     transport: Arc<Transport>,
@@ -309,13 +324,21 @@ async fn accept_loop(
             shutdown.clone(),
             live.clone(),
         );
-        tokio::spawn(async move {
-            transport
-                .serve(stream, peer, context, broker, shutdown)
-                .await;
-            drop(permit);
-            drop(live);
-        });
+        let held = (permit, live);
+        if transport.is_plain() {
+            // Spawned as it is, without a wrapping future: plain TCP connections are most
+            // of them, and each extra layer would add to every connection's task.
+            let (reader, writer) = stream.into_split();
+            tokio::spawn(connection::serve(
+                reader, writer, peer, None, context, broker, shutdown, held,
+            ));
+        } else {
+            tokio::spawn(async move {
+                transport
+                    .serve(stream, peer, context, broker, shutdown, held)
+                    .await;
+            });
+        }
     }
 }
 
@@ -324,6 +347,13 @@ async fn accept_loop(
 struct Transport {
     tls: Option<Arc<TlsListener>>,
     websocket: Option<ws::WsSettings>,
+}
+
+impl Transport {
+    /// Plain TCP: no handshake before MQTT.
+    fn is_plain(&self) -> bool {
+        self.tls.is_none() && self.websocket.is_none()
+    }
 }
 
 /// A connection's byte stream once the handshakes are done, whatever the transport.
@@ -351,15 +381,13 @@ impl Transport {
         context: Arc<ListenerContext>,
         broker: Arc<Broker>,
         mut shutdown: watch::Receiver<bool>,
+        held: impl Send + 'static,
     ) {
-        if self.tls.is_none() && self.websocket.is_none() {
-            let (reader, writer) = stream.into_split();
-            connection::serve(reader, writer, peer, None, context, broker, shutdown).await;
-            return;
-        }
         let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs);
         let handshake = async {
-            tokio::time::timeout(timeout, self.handshake(stream))
+            // Boxed: TLS and WebSocket handshakes are large futures that plain TCP
+            // connections would otherwise carry for their whole life.
+            tokio::time::timeout(timeout, Box::pin(self.handshake(stream)))
                 .await
                 .unwrap_or(Err(HandshakeFailure::Timeout(timeout)))
         };
@@ -370,7 +398,10 @@ impl Transport {
         match handshake {
             Ok((stream, identity)) => {
                 let (reader, writer) = tokio::io::split(stream);
-                connection::serve(reader, writer, peer, identity, context, broker, shutdown).await;
+                connection::serve(
+                    reader, writer, peer, identity, context, broker, shutdown, held,
+                )
+                .await;
             }
             Err(failure) => {
                 Stats::add(&broker.stats.handshakes_failed, 1);

@@ -20,6 +20,9 @@ use crate::store::{Journal, SessionJournal};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// An emptied queue with room for more than this many deliveries gives its memory back.
+const KEEP_QUEUE_CAPACITY: usize = 16;
+
 /// Makes every later session id greater than `id` (ids found in the store at start).
 pub fn session_ids_above(id: u64) {
     NEXT_SESSION_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
@@ -276,6 +279,8 @@ impl Mailbox {
     /// where each goes (in flight, or dropped) in the session's journal.
     pub fn pop_queued(&self, max: usize, mut qos_window: usize, out: &mut Vec<Queued>) {
         let mut inner = self.lock();
+        // At most this many, in one allocation rather than by doubling.
+        out.reserve(max.saturating_sub(out.len()).min(inner.queue.len()));
         while out.len() < max {
             match inner.queue.front() {
                 Some(q) if q.delivery.qos != QoS::AtMostOnce && qos_window == 0 => break,
@@ -430,6 +435,11 @@ impl Inner {
         let q = self.queue.pop_front()?;
         self.bytes -= q.delivery.message.weight();
         self.qos0 -= usize::from(q.delivery.qos == QoS::AtMostOnce);
+        if self.queue.is_empty() && self.queue.capacity() > KEEP_QUEUE_CAPACITY {
+            // A VecDeque never shrinks by itself: after one burst an idle session would
+            // keep room for all of it.
+            self.queue = VecDeque::new();
+        }
         Some(q)
     }
 

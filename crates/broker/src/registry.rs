@@ -43,11 +43,12 @@ struct Slot {
     attach_lock: Arc<tokio::sync::Mutex<()>>,
     /// Connection serving the session.
     owner: Option<u64>,
-    /// The session while no connection serves it.
-    parked: Option<SessionState>,
+    /// The session while no connection serves it. Boxed, like the will: most slots have
+    /// neither, and every slot of a live connection stays small.
+    parked: Option<Box<SessionState>>,
     /// When the parked session expires.
     expires_at: Option<Millis>,
-    will: Option<PendingWill>,
+    will: Option<Box<PendingWill>>,
 }
 
 impl Slot {
@@ -172,7 +173,7 @@ impl Registry {
                 .entry(client_id.clone())
                 .or_insert_with(|| Slot::new(&client_id, broker.journal.as_ref()));
             let pending_will = slot.will.take();
-            let parked = slot.parked.take();
+            let parked = slot.parked.take().map(|state| *state);
             slot.expires_at = None;
             slot.owner = Some(connection_id);
             let (ended, will, state, present) = match parked {
@@ -256,7 +257,7 @@ impl Registry {
                 if let Some(journal) = state.mailbox.journal() {
                     journal.put(expiry, expires_at);
                 }
-                slot.parked = Some(state);
+                slot.parked = Some(Box::new(state));
                 if let Some(at) = expires_at {
                     slot.expires_at = Some(at);
                     timers.push(Reverse((at, client_id.clone())));
@@ -276,7 +277,7 @@ impl Registry {
                     if let Some(journal) = slot.parked.as_ref().and_then(|s| s.mailbox.journal()) {
                         journal.will_put(publish_at, &will);
                     }
-                    slot.will = Some(PendingWill { will, publish_at });
+                    slot.will = Some(Box::new(PendingWill { will, publish_at }));
                     timers.push(Reverse((publish_at, client_id.clone())));
                 }
             }
@@ -344,7 +345,7 @@ impl Registry {
             }
         }
         for state in ended {
-            end_session(broker, state);
+            end_session(broker, *state);
         }
         for (client_id, will) in wills {
             broker.publish_will(&client_id, will, now);
@@ -383,7 +384,7 @@ impl Registry {
         state.expiry_interval = stored.expiry_interval;
         let will = stored
             .will
-            .map(|(will, publish_at)| PendingWill { will, publish_at });
+            .map(|(will, publish_at)| Box::new(PendingWill { will, publish_at }));
 
         let mut inner = self.lock();
         let Inner { slots, timers } = &mut *inner;
@@ -399,7 +400,7 @@ impl Registry {
                 mailbox,
                 attach_lock: Arc::default(),
                 owner: None,
-                parked: Some(state),
+                parked: Some(Box::new(state)),
                 expires_at,
                 will,
             },

@@ -287,7 +287,9 @@ impl AccessControl {
             );
             return Err(ReasonCode::CONNECTION_RATE_EXCEEDED);
         }
-        match self.check_password(credentials, username).await {
+        // Boxed for the same reason as in `ask_http`: it only exists while a password
+        // is being checked.
+        match Box::pin(self.check_password(credentials, username)).await {
             Ok(true) => Ok(Identity {
                 username: Some(username.to_owned()),
             }),
@@ -380,13 +382,47 @@ impl AccessControl {
         username: Option<&str>,
         topic: &str,
     ) -> bool {
-        if let Some(acl) = &self.inner.acl
-            && !acl.current().may_publish(client_id, username, topic)
-        {
-            return false;
-        }
-        self.ask_http(client_id, username, topic, Action::Publish)
-            .await
+        self.authorize_publish_now(client_id, username, topic)
+            && self
+                .ask_http(client_id, username, topic, Action::Publish)
+                .await
+    }
+
+    /// Whether topic checks ask an HTTP service, so that they must be awaited; otherwise
+    /// [`AccessControl::authorize_publish_now`] and
+    /// [`AccessControl::authorize_subscribe_now`] give the whole answer.
+    pub fn topic_checks_wait(&self) -> bool {
+        self.inner.http.as_ref().is_some_and(|h| h.checks_topics())
+    }
+
+    /// The ACL file's part of [`AccessControl::authorize_publish`].
+    pub fn authorize_publish_now(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        topic: &str,
+    ) -> bool {
+        self.inner
+            .acl
+            .as_ref()
+            .is_none_or(|acl| acl.current().may_publish(client_id, username, topic))
+    }
+
+    /// The ACL file's part of [`AccessControl::authorize_subscribe`].
+    pub fn authorize_subscribe_now(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        filter: &str,
+    ) -> FilterVerdict {
+        let Some(acl) = &self.inner.acl else {
+            return FilterVerdict::Allowed;
+        };
+        let plain = match topic::parse_shared(filter) {
+            Ok(Some(shared)) => shared.filter,
+            _ => filter,
+        };
+        acl.current().subscribe_verdict(client_id, username, plain)
     }
 
     /// May this client subscribe to `filter`? A `$share/{group}/` prefix is set aside for
@@ -399,16 +435,9 @@ impl AccessControl {
         username: Option<&str>,
         filter: &str,
     ) -> FilterVerdict {
-        let mut verdict = FilterVerdict::Allowed;
-        if let Some(acl) = &self.inner.acl {
-            let plain = match topic::parse_shared(filter) {
-                Ok(Some(shared)) => shared.filter,
-                _ => filter,
-            };
-            verdict = acl.current().subscribe_verdict(client_id, username, plain);
-            if verdict == FilterVerdict::Denied {
-                return verdict;
-            }
+        let verdict = self.authorize_subscribe_now(client_id, username, filter);
+        if verdict == FilterVerdict::Denied {
+            return verdict;
         }
         if self
             .ask_http(client_id, username, filter, Action::Subscribe)
@@ -428,8 +457,10 @@ impl AccessControl {
         action: Action,
     ) -> bool {
         match &self.inner.http {
+            // Boxed: the HTTP exchange is a large future, and inline it would make every
+            // connection's task that much bigger even where no HTTP service is set up.
             Some(http) if http.checks_topics() => matches!(
-                http.check_topic(client_id, username, topic, action).await,
+                Box::pin(http.check_topic(client_id, username, topic, action)).await,
                 Ok(Some(true))
             ),
             _ => true,

@@ -27,7 +27,6 @@ pub use state::{Inflight, SessionState, Stage, SubscriptionRecord};
 
 use crate::auth::DeliveryFilter;
 use crate::broker::Broker;
-use crate::mailbox::Queued;
 use crate::message::{Delivery, Message, Millis};
 use crate::stats::LocalStats;
 use crate::store::SessionJournal;
@@ -77,6 +76,16 @@ impl ResolvedPublish {
     }
 }
 
+/// Topic aliases of one connection, both ways.
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Topic -> alias we told the client. Aliases are never reassigned, so the map only
+    /// grows to the client's maximum.
+    outbound: HashMap<String, u16>,
+    /// Alias -> topic the client told us.
+    inbound: HashMap<u16, String>,
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Session {
@@ -87,25 +96,19 @@ pub struct Session {
     send_window: usize,
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
-    /// Topic -> alias we told the client. Aliases are never reassigned, so the map only
-    /// grows to the client's maximum.
-    outbound_aliases: HashMap<String, u16>,
-    /// Alias -> topic the client told us.
-    inbound_aliases: HashMap<u16, String>,
+    /// Topic aliases both ways; boxed, as only v5 clients that use aliases have any.
+    aliases: Option<Box<Aliases>>,
     /// Whether the session began with expiry 0, which DISCONNECT may not change
     /// [MQTT-3.14.2-2].
     began_with_zero_expiry: bool,
-    will: Option<Will>,
+    /// Boxed: most clients have no will, and a will is large.
+    will: Option<Box<Will>>,
     username: Option<String>,
     /// Retained messages found at SUBSCRIBE, sent before anything from the mailbox.
     retained_backlog: VecDeque<Delivery>,
-    /// Scratch space for pumping the retained backlog and the mailbox, kept to avoid an
-    /// allocation per wake-up.
-    batch: Vec<Delivery>,
     /// Set when a subscription is only partly readable under the ACL: every delivery's
     /// topic is checked before it is sent. `None` (the usual case) costs nothing.
-    delivery_filter: Option<DeliveryFilter>,
-    queued: Vec<Queued>,
+    delivery_filter: Option<Box<DeliveryFilter>>,
     /// Where changes are recorded while the session is persistent.
     journal: Option<SessionJournal>,
     /// Whether the output holds a packet that must not reach the client before the store
@@ -128,15 +131,12 @@ impl Session {
             send_window: usize::from(negotiated.client_receive_maximum.min(max_inflight)),
             client_max_packet_size: negotiated.client_max_packet_size,
             client_topic_alias_maximum: negotiated.client_topic_alias_maximum,
-            outbound_aliases: HashMap::new(),
-            inbound_aliases: HashMap::new(),
+            aliases: None,
             began_with_zero_expiry: negotiated.expiry_interval == 0,
-            will: negotiated.will,
+            will: negotiated.will.map(Box::new),
             username: negotiated.username,
             retained_backlog: VecDeque::new(),
-            batch: Vec::new(),
             delivery_filter: None,
-            queued: Vec::new(),
             journal,
             settle: false,
             stats: LocalStats::default(),
@@ -156,7 +156,7 @@ impl Session {
     /// From now on, checks each delivery's topic with `filter` before sending it (for a
     /// subscription the ACL allows only in part).
     pub fn filter_deliveries(&mut self, filter: DeliveryFilter) {
-        self.delivery_filter = Some(filter);
+        self.delivery_filter = Some(Box::new(filter));
     }
 
     /// Removes a subscription without telling the client (a resumed subscription that
@@ -214,7 +214,7 @@ impl Session {
     /// Ends serving: hands back the persistent state and the will to publish (if the
     /// connection did not end with a normal DISCONNECT).
     pub fn into_parts(self) -> (SessionState, Option<Will>) {
-        (self.state, self.will)
+        (self.state, self.will.map(|will| *will))
     }
 
     /// Will Delay Interval of the current will, seconds.
@@ -339,7 +339,7 @@ impl Session {
                     ));
                 }
                 if publish.topic.is_empty() {
-                    match self.inbound_aliases.get(&alias) {
+                    match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(topic) => publish.topic = topic.clone(),
                         None => {
                             return Err(violation(
@@ -349,7 +349,10 @@ impl Session {
                         }
                     }
                 } else {
-                    self.inbound_aliases.insert(alias, publish.topic.clone());
+                    self.aliases
+                        .get_or_insert_default()
+                        .inbound
+                        .insert(alias, publish.topic.clone());
                 }
             }
         }
@@ -717,8 +720,11 @@ impl Session {
     /// Moves deliveries from the retained backlog and the mailbox into `out`, as far as the
     /// client's Receive Maximum allows, until `out` holds about `max_bytes`.
     pub fn pump(&mut self, now: Millis, out: &mut BytesMut, max_bytes: usize) {
-        let mut batch = std::mem::take(&mut self.batch);
-        let mut queued = std::mem::take(&mut self.queued);
+        // Scratch for this call only (allocated only when something is pumped): kept in
+        // the session, it would hold up to 64 deliveries' worth of capacity for the life
+        // of a connection that once had a burst.
+        let mut batch = Vec::new();
+        let mut queued = Vec::new();
         while out.len() < max_bytes {
             let window = self.send_window.saturating_sub(self.state.inflight_len());
             // The retained backlog goes first; it only exists right after SUBSCRIBE.
@@ -752,8 +758,6 @@ impl Session {
                 }
             }
         }
-        self.batch = batch;
-        self.queued = queued;
     }
 
     /// Sends one delivery; `seq` is its place in the mailbox queue (none for retained
@@ -841,8 +845,11 @@ impl Session {
         });
         if !fits {
             // With a fresh alias, the client has not learned it: forget it.
-            if topic_alias.is_some() && !topic.is_empty() {
-                self.outbound_aliases.remove(&message.topic);
+            if topic_alias.is_some()
+                && !topic.is_empty()
+                && let Some(aliases) = &mut self.aliases
+            {
+                aliases.outbound.remove(&message.topic);
             }
             tracing::debug!(client_id = %self.state.client_id, topic = %message.topic, "message exceeds the client's maximum packet size, dropped");
             self.stats.publish_dropped += 1;
@@ -869,15 +876,16 @@ impl Session {
         if self.client_topic_alias_maximum == 0 {
             return (topic, None);
         }
-        if let Some(&alias) = self.outbound_aliases.get(topic) {
+        let outbound = &mut self.aliases.get_or_insert_default().outbound;
+        if let Some(&alias) = outbound.get(topic) {
             return ("", Some(alias));
         }
-        let next = self.outbound_aliases.len() + 1;
+        let next = outbound.len() + 1;
         if next > usize::from(self.client_topic_alias_maximum) {
             return (topic, None);
         }
         let alias = next as u16;
-        self.outbound_aliases.insert(topic.to_owned(), alias);
+        outbound.insert(topic.to_owned(), alias);
         (topic, Some(alias))
     }
 

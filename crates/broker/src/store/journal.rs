@@ -188,13 +188,22 @@ impl Journal {
     /// runs ahead of the store.
     pub async fn settled(&self) {
         let target = self.shared.issued.load(Ordering::SeqCst);
-        let committed = *self.shared.committed.borrow();
-        if committed >= target || (!self.shared.sync && target - committed < MAX_BACKLOG) {
+        if self.is_settled_for(target) {
             return;
         }
         let mut committed = self.shared.committed.clone();
         // An error means the writer stopped (closed): nothing more will commit.
         let _ = committed.wait_for(|&c| c >= target).await;
+    }
+
+    /// Whether [`Journal::settled`] would resolve at once.
+    pub fn is_settled(&self) -> bool {
+        self.is_settled_for(self.shared.issued.load(Ordering::SeqCst))
+    }
+
+    fn is_settled_for(&self, target: u64) -> bool {
+        let committed = *self.shared.committed.borrow();
+        committed >= target || (!self.shared.sync && target - committed < MAX_BACKLOG)
     }
 
     /// Commits everything recorded so far durably.

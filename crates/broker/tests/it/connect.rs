@@ -376,3 +376,21 @@ async fn shutdown_tells_v5_clients_0x8b_and_closes_v3_clients() {
     v3.expect_closed().await;
     stopping.await.expect("shutdown completes");
 }
+
+#[tokio::test]
+async fn packets_sent_in_the_same_write_as_connect_are_answered() {
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw().await;
+    let mut bytes = connect_v311("eager");
+    bytes.extend_from_slice(&[
+        0x82, 0x08, // SUBSCRIBE, remaining length 8
+        0x00, 0x01, // packet id 1
+        0x00, 0x03, b'a', b'/', b'b', // filter "a/b"
+        0x01, // QoS 1
+    ]);
+    raw.send(&bytes).await;
+    assert_eq!(raw.recv(4).await, CONNACK_V311_OK);
+    // SUBACK for packet id 1, granted QoS 1 — without the client sending anything more.
+    assert_eq!(raw.recv(5).await, [0x90, 0x03, 0x00, 0x01, 0x01]);
+    broker.shutdown().await;
+}

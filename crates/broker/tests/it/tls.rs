@@ -653,6 +653,7 @@ async fn connection_flushes_a_stream_that_buffers_writes() {
         context,
         broker,
         shutdown,
+        (),
     ));
     assert_eq!(
         mqtt_connect(&mut client, "buffered").await.unwrap(),
