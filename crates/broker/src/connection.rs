@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use midge_proto::{
     ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode, Subscribe,
 };
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Poll, ready};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::auth::{AccessControl, Credentials, FilterVerdict};
 use crate::broker::Broker;
-use crate::mailbox::Control;
+use crate::mailbox::{Control, Mailbox};
 use crate::message::now_millis;
 use crate::session::{Flow, Session, Violation, negotiate};
 use crate::stats::Stats;
@@ -57,30 +57,6 @@ enum End {
     TakenOver(oneshot::Sender<()>),
 }
 
-/// Writes from `wbuf` (counting into `bytes_sent`), then, once `wbuf` is empty, flushes:
-/// TLS and WebSocket streams may keep written bytes in their own buffers until flushed.
-/// Cancel-safe between steps: `unflushed` remembers a flush still owed.
-async fn write_and_flush<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    wbuf: &mut BytesMut,
-    unflushed: &mut bool,
-    bytes_sent: &mut u64,
-) -> std::io::Result<()> {
-    if !wbuf.is_empty() {
-        let n = writer.write_buf(wbuf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        *bytes_sent += n as u64;
-        *unflushed = true;
-    }
-    if wbuf.is_empty() && *unflushed {
-        writer.flush().await?;
-        *unflushed = false;
-    }
-    Ok(())
-}
-
 /// Reads what is there (up to [`READ_CHUNK`]) through a buffer on the stack and appends it
 /// to `rbuf`. A connection waiting for input thus holds no read buffer: the stack buffer
 /// exists only while a read is attempted, and `rbuf` grows to exactly what arrived. The
@@ -89,14 +65,43 @@ async fn read_into<R: AsyncRead + Unpin>(
     reader: &mut R,
     rbuf: &mut BytesMut,
 ) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut buf = ReadBuf::uninit(&mut stack);
-        ready!(Pin::new(&mut *reader).poll_read(cx, &mut buf))?;
-        rbuf.extend_from_slice(buf.filled());
-        Poll::Ready(Ok(buf.filled().len()))
-    })
-    .await
+    std::future::poll_fn(|cx| poll_read_into(reader, rbuf, cx)).await
+}
+
+/// One poll of [`read_into`].
+fn poll_read_into<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut buf = ReadBuf::uninit(&mut stack);
+    ready!(Pin::new(reader).poll_read(cx, &mut buf))?;
+    rbuf.extend_from_slice(buf.filled());
+    Poll::Ready(Ok(buf.filled().len()))
+}
+
+/// What woke a serving connection (see [`Connection::poll_wait`]).
+enum Wait {
+    /// Some of the write buffer went out, or it was flushed.
+    Written,
+    WriteFailed,
+    /// Bytes read (0 at end of stream), or the read error.
+    Read(std::io::Result<usize>),
+    /// Something arrived in the mailbox: deliveries, a control, or a wake-up to look at
+    /// the shutdown flag.
+    Mailbox,
+    /// The keep-alive deadline passed (it may since have moved).
+    KeepAlive,
+}
+
+/// Clears the mailbox's waker when the connection stops waiting on it.
+struct ForgetWaker<'a>(&'a Mailbox);
+
+impl Drop for ForgetWaker<'_> {
+    fn drop(&mut self) {
+        self.0.forget_waker();
+    }
 }
 
 struct Connection<R, W> {
@@ -401,13 +406,14 @@ where
 
     async fn run(&mut self, session: &mut Session, keep_alive: u16) -> End {
         let mailbox = session.state().mailbox.clone();
+        let _forget = ForgetWaker(&mailbox);
         // [MQTT-3.1.2-24] close after one and a half times the keep alive without a packet.
         let keep_alive =
             (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut last_read = Instant::now();
-        let sleep = tokio::time::sleep(keep_alive.unwrap_or(Duration::from_secs(3600)));
-        tokio::pin!(sleep);
-        let mut shutdown_open = true;
+        // Boxed and only with a keep alive: a `Sleep` is over 100 bytes, and inline it
+        // would be in every connection's task. It is reset, never re-created.
+        let mut sleep = keep_alive.map(|limit| Box::pin(tokio::time::sleep(limit)));
         // Packets that came in the same read as CONNECT (a client may pipeline SUBSCRIBE
         // or PUBLISH right behind it) are handled now, not when more bytes arrive.
         if !self.rbuf.is_empty()
@@ -415,7 +421,14 @@ where
         {
             return end;
         }
+        // Shutdown wakes the mailbox of every attached session (`Registry::wake_owners`);
+        // one that began before this connection attached is seen here.
+        let mut woken = true;
         loop {
+            if woken && *self.shutdown.borrow() {
+                session.disconnect_packet(ReasonCode::SERVER_SHUTTING_DOWN, None, &mut self.wbuf);
+                return End::Abnormal("server shutting down");
+            }
             if self.wbuf.len() < WRITE_HIGH_WATER {
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
             }
@@ -435,85 +448,174 @@ where
             if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 self.rbuf = BytesMut::new();
             }
-            tokio::select! {
-                biased;
-                written = write_and_flush(&mut self.writer, &mut self.wbuf, &mut self.unflushed, &mut session.stats.bytes_sent), if !self.wbuf.is_empty() || self.unflushed => {
-                    if written.is_err() {
-                        return End::Abnormal("write failed");
+            woken = false;
+            let event = std::future::poll_fn(|cx| {
+                self.poll_wait(
+                    cx,
+                    &mut session.stats.bytes_sent,
+                    &mailbox,
+                    sleep.as_mut().map(|s| s.as_mut()),
+                )
+            })
+            .await;
+            match event {
+                Wait::Written => {}
+                Wait::WriteFailed => return End::Abnormal("write failed"),
+                Wait::Read(Ok(0)) => {
+                    return End::Abnormal("closed by the client without DISCONNECT");
+                }
+                Wait::Read(Err(_)) => return End::Abnormal("read failed"),
+                Wait::Read(Ok(n)) => {
+                    session.stats.bytes_received += n as u64;
+                    last_read = Instant::now();
+                    if let Some(end) = self.process_input(session).await {
+                        return end;
                     }
-                },
-                read = read_into(&mut self.reader, &mut self.rbuf), if self.wbuf.len() < READ_PAUSE => match read {
-                    Ok(0) => return End::Abnormal("closed by the client without DISCONNECT"),
-                    Err(_) => return End::Abnormal("read failed"),
-                    Ok(n) => {
-                        session.stats.bytes_received += n as u64;
-                        last_read = Instant::now();
-                        if let Some(end) = self.process_input(session).await {
-                            return end;
-                        }
-                    }
-                },
-                () = mailbox.notified() => {
+                }
+                Wait::Mailbox => {
+                    woken = true;
                     if let Some(Control::TakeOver(reply)) = mailbox.take_control() {
                         // [MQTT-3.1.4-3]
-                        session.disconnect_packet(ReasonCode::SESSION_TAKEN_OVER, None, &mut self.wbuf);
+                        session.disconnect_packet(
+                            ReasonCode::SESSION_TAKEN_OVER,
+                            None,
+                            &mut self.wbuf,
+                        );
                         return End::TakenOver(reply);
                     }
-                },
-                changed = self.shutdown.changed(), if shutdown_open => {
-                    if changed.is_err() {
-                        shutdown_open = false;
-                    } else if *self.shutdown.borrow() {
-                        session.disconnect_packet(ReasonCode::SERVER_SHUTTING_DOWN, None, &mut self.wbuf);
-                        return End::Abnormal("server shutting down");
-                    }
-                },
-                () = &mut sleep, if keep_alive.is_some() => {
+                }
+                Wait::KeepAlive => {
                     let limit = keep_alive.unwrap_or_default();
                     if last_read.elapsed() >= limit {
                         self.protocol_error("keep alive timeout");
-                        session.disconnect_packet(ReasonCode::KEEP_ALIVE_TIMEOUT, None, &mut self.wbuf);
+                        session.disconnect_packet(
+                            ReasonCode::KEEP_ALIVE_TIMEOUT,
+                            None,
+                            &mut self.wbuf,
+                        );
                         return End::Abnormal("keep alive timeout");
                     }
-                    sleep.as_mut().reset(last_read + limit);
-                },
+                    if let Some(sleep) = &mut sleep {
+                        sleep.as_mut().reset(last_read + limit);
+                    }
+                }
             }
         }
     }
 
-    /// Decodes and handles every complete packet in the read buffer.
-    async fn process_input(&mut self, session: &mut Session) -> Option<End> {
-        loop {
-            match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(packet)) => {
-                    session.stats.packets_received += 1;
-                    let handled = if self.listener.access.topic_checks_wait() {
-                        // Boxed: only listeners whose topic checks go to an HTTP service
-                        // pay for a future that can wait; every other connection's task
-                        // stays small.
-                        Box::pin(self.dispatch_waiting(session, packet)).await
-                    } else {
-                        self.dispatch(session, packet)
-                    };
-                    match handled {
-                        Ok(Flow::Continue) => {}
-                        Ok(Flow::Disconnect) => return Some(End::ClientDisconnect),
-                        Err(violation) => {
-                            self.violation(session, &violation);
-                            return Some(End::Abnormal("protocol violation"));
-                        }
+    /// Polls, in this order, what a serving connection waits for: writing out the
+    /// buffer (then flushing), input (unless the client's responses pile up unread, see
+    /// [`READ_PAUSE`]), the mailbox, and the keep-alive deadline. By hand rather than with
+    /// `select!` over futures: nothing here needs state kept between polls, so an idle
+    /// connection's task holds none.
+    fn poll_wait(
+        &mut self,
+        cx: &mut Context<'_>,
+        bytes_sent: &mut u64,
+        mailbox: &Mailbox,
+        sleep: Option<Pin<&mut tokio::time::Sleep>>,
+    ) -> Poll<Wait> {
+        if !self.wbuf.is_empty() {
+            if let Poll::Ready(written) = Pin::new(&mut self.writer).poll_write(cx, &self.wbuf) {
+                return Poll::Ready(match written {
+                    Ok(0) | Err(_) => Wait::WriteFailed,
+                    Ok(n) => {
+                        self.wbuf.advance(n);
+                        *bytes_sent += n as u64;
+                        self.unflushed = true;
+                        Wait::Written
                     }
-                }
+                });
+            }
+        } else if self.unflushed
+            && let Poll::Ready(flushed) = Pin::new(&mut self.writer).poll_flush(cx)
+        {
+            self.unflushed = false;
+            return Poll::Ready(match flushed {
+                Ok(()) => Wait::Written,
+                Err(_) => Wait::WriteFailed,
+            });
+        }
+        if self.wbuf.len() < READ_PAUSE
+            && let Poll::Ready(read) = poll_read_into(&mut self.reader, &mut self.rbuf, cx)
+        {
+            return Poll::Ready(Wait::Read(read));
+        }
+        if mailbox.poll_notified(cx).is_ready() {
+            return Poll::Ready(Wait::Mailbox);
+        }
+        if let Some(sleep) = sleep
+            && sleep.poll(cx).is_ready()
+        {
+            return Poll::Ready(Wait::KeepAlive);
+        }
+        Poll::Pending
+    }
+
+    /// Decodes and handles every complete packet in the read buffer. Synchronous unless
+    /// topic checks wait for an HTTP service: those run in a boxed future, so every
+    /// other connection's task holds no state for packet handling.
+    async fn process_input(&mut self, session: &mut Session) -> Option<End> {
+        if self.listener.access.topic_checks_wait() {
+            return Box::pin(self.process_input_waiting(session)).await;
+        }
+        loop {
+            let packet = match self.next_packet(session) {
+                Ok(Some(packet)) => packet,
                 Ok(None) => return None,
-                Err(error) => {
-                    let violation = Violation {
-                        reason: error.reason_code(),
-                        message: "undecodable packet",
-                    };
-                    self.protocol_error(&format!("client {}: {error}", session.client_id()));
-                    session.disconnect_packet(violation.reason, None, &mut self.wbuf);
-                    return Some(End::Abnormal("malformed packet"));
-                }
+                Err(end) => return Some(end),
+            };
+            let handled = self.dispatch(session, packet);
+            if let Some(end) = self.handled(session, handled) {
+                return Some(end);
+            }
+        }
+    }
+
+    /// [`Connection::process_input`] with authorization that may wait.
+    async fn process_input_waiting(&mut self, session: &mut Session) -> Option<End> {
+        loop {
+            let packet = match self.next_packet(session) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return None,
+                Err(end) => return Some(end),
+            };
+            let handled = self.dispatch_waiting(session, packet).await;
+            if let Some(end) = self.handled(session, handled) {
+                return Some(end);
+            }
+        }
+    }
+
+    /// The next complete packet in the read buffer; an undecodable one ends the
+    /// connection.
+    fn next_packet(&mut self, session: &mut Session) -> Result<Option<Packet>, End> {
+        match self.decoder.decode(&mut self.rbuf) {
+            Ok(Some(packet)) => {
+                session.stats.packets_received += 1;
+                Ok(Some(packet))
+            }
+            Ok(None) => Ok(None),
+            Err(error) => {
+                let violation = Violation {
+                    reason: error.reason_code(),
+                    message: "undecodable packet",
+                };
+                self.protocol_error(&format!("client {}: {error}", session.client_id()));
+                session.disconnect_packet(violation.reason, None, &mut self.wbuf);
+                Err(End::Abnormal("malformed packet"))
+            }
+        }
+    }
+
+    /// What a handled packet means for the connection.
+    fn handled(&mut self, session: &mut Session, handled: Result<Flow, Violation>) -> Option<End> {
+        match handled {
+            Ok(Flow::Continue) => None,
+            Ok(Flow::Disconnect) => Some(End::ClientDisconnect),
+            Err(violation) => {
+                self.violation(session, &violation);
+                Some(End::Abnormal("protocol violation"))
             }
         }
     }

@@ -248,6 +248,10 @@ impl Server {
     /// waits a few seconds for connections to end, and stops the background tasks.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // Connections serving a session wait on their mailbox, not on the shutdown
+        // channel (see `Connection::run`): wake them to look. One that attaches after
+        // this sees the flag when its `run` starts.
+        self.broker.registry.wake_owners();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while Arc::strong_count(&self.live) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

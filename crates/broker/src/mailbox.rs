@@ -10,9 +10,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use midge_proto::QoS;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::QueueFullPolicy;
 use crate::message::Delivery;
@@ -83,6 +84,11 @@ struct Inner {
     next_seq: u64,
     /// Whether the session is kept in the store (its expiry is above 0).
     persistent: bool,
+    /// A wake-up not yet seen by the connection (like a `Notify` permit).
+    notified: bool,
+    /// The waiting connection's waker. Kept here rather than in a `Notified` future so
+    /// the connection's task holds no waiting state for it (see `poll_notified`).
+    waker: Option<Waker>,
 }
 
 impl Default for Inner {
@@ -96,6 +102,8 @@ impl Default for Inner {
             control: None,
             next_seq: 1,
             persistent: false,
+            notified: false,
+            waker: None,
         }
     }
 }
@@ -110,7 +118,6 @@ pub struct Mailbox {
     /// The session's journal, when the broker has a store; used while `persistent`.
     journal: Option<SessionJournal>,
     inner: Mutex<Inner>,
-    notify: Notify,
 }
 
 impl Mailbox {
@@ -153,7 +160,6 @@ impl Mailbox {
             client_id,
             session_id,
             inner: Mutex::new(inner),
-            notify: Notify::new(),
         })
     }
 
@@ -258,10 +264,8 @@ impl Mailbox {
             journal.enqueue(seq, &delivery);
         }
         inner.queue.push_back(Queued { seq, delivery });
-        let online = inner.online;
-        drop(inner);
-        if was_empty && online {
-            self.notify.notify_one();
+        if was_empty && inner.online {
+            Self::wake(inner);
         }
         PushOutcome::Queued { evicted }
     }
@@ -347,10 +351,7 @@ impl Mailbox {
         if online {
             // A control meant for a previous connection must not reach the next one.
             inner.control = None;
-        }
-        drop(inner);
-        if online {
-            self.notify.notify_one();
+            Self::wake(inner);
         }
     }
 
@@ -408,8 +409,15 @@ impl Mailbox {
 
     /// Sends an instruction to the serving connection and wakes it.
     pub fn send_control(&self, control: Control) {
-        self.lock().control = Some(control);
-        self.notify.notify_one();
+        let mut inner = self.lock();
+        inner.control = Some(control);
+        Self::wake(inner);
+    }
+
+    /// Wakes the serving connection without anything new to deliver (it then looks at
+    /// what else changed, such as a shutdown).
+    pub fn wake_connection(&self) {
+        Self::wake(self.lock());
     }
 
     /// Takes a pending instruction, if any.
@@ -417,9 +425,39 @@ impl Mailbox {
         self.lock().control.take()
     }
 
-    /// Resolves when the mailbox has something new (deliveries or a control).
+    /// Ready when the mailbox has something new (deliveries or a control) since the last
+    /// time it was; otherwise the waker is kept and woken then. A wake-up before anyone
+    /// polls is kept, as a `Notify` keeps a permit.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.lock();
+        if std::mem::take(&mut inner.notified) {
+            return Poll::Ready(());
+        }
+        match &mut inner.waker {
+            Some(waker) => waker.clone_from(cx.waker()),
+            none => *none = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Resolves when the mailbox has something new; see [`Mailbox::poll_notified`].
     pub async fn notified(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await;
+    }
+
+    /// Forgets the waiting connection's waker, which would otherwise keep the ended
+    /// connection's task allocated as long as the mailbox lives.
+    pub fn forget_waker(&self) {
+        self.lock().waker = None;
+    }
+
+    fn wake(mut inner: MutexGuard<'_, Inner>) {
+        inner.notified = true;
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 }
 

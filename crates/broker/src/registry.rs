@@ -112,6 +112,16 @@ impl Registry {
         self.len() == 0
     }
 
+    /// Wakes every connection serving a session, so each sees a change it would not be
+    /// woken for otherwise (the server shutting down).
+    pub fn wake_owners(&self) {
+        for slot in self.lock().slots.values() {
+            if slot.owner.is_some() {
+                slot.mailbox.wake_connection();
+            }
+        }
+    }
+
     /// Number of parked (disconnected, persistent) sessions.
     pub fn parked_len(&self) -> usize {
         self.lock()
