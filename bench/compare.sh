@@ -27,6 +27,7 @@ GEN_CPU=${GEN_CPU:-1}
 MIDGE_PORT=${MIDGE_PORT:-21883}
 MOSQUITTO_PORT=${MOSQUITTO_PORT:-21884}
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/midge-compare.XXXXXX")}
+mkdir -p "$OUT"
 if [[ -n "${QUICK:-}" ]]; then
     TIMING=(-d 2 -w 0.5)
 else

@@ -125,11 +125,11 @@ struct Connection<R, W> {
 /// Serves one accepted connection to the end. `certificate_identity` is the user name a
 /// verified client certificate gives (see `[listener.tls] cert_identity`). `_held` (the
 /// listener's connection permit, for one) is dropped when the connection ends.
-#[allow(clippy::too_many_arguments)]
 ///
 /// Not an `async fn`: an `async fn` keeps its arguments in the future as well as the
 /// locals they move into. Here the connection is built first and the future returned is
 /// the connection's own, holding each part once.
+#[allow(clippy::too_many_arguments)]
 pub fn serve<R, W>(
     reader: R,
     writer: W,
