@@ -20,6 +20,7 @@ pub struct SmallMap<K, V>(Repr<K, V>);
 enum Repr<K, V> {
     Small(Vec<(K, V)>),
     /// Boxed so the map is a `Vec`'s 24 bytes where it sits inline (every trie node).
+    #[allow(clippy::box_collection)]
     Large(Box<HashMap<K, V>>),
 }
 
