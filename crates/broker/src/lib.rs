@@ -21,6 +21,7 @@ pub mod registry;
 pub mod retain;
 pub mod router;
 pub mod session;
+pub mod small_map;
 pub mod stats;
 pub mod store;
 pub mod sys;

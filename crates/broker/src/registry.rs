@@ -38,9 +38,10 @@ struct PendingWill {
 struct Slot {
     /// The mailbox the session's subscriptions point at.
     mailbox: Arc<Mailbox>,
-    /// Serialises attaches of this client id. An `Arc` count above 1 means an attach is
-    /// under way, and the slot must stay.
-    attach_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises attaches of this client id; there only while an attach is under way
+    /// (it is most of a small slot's size otherwise). An `Arc` count above 1 means an
+    /// attach holds or waits for it, and the slot must stay.
+    attach_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Connection serving the session.
     owner: Option<u64>,
     /// The session while no connection serves it. Boxed, like the will: most slots have
@@ -55,7 +56,7 @@ impl Slot {
     fn new(client_id: &Arc<str>, store: Option<&Journal>) -> Self {
         Self {
             mailbox: Mailbox::with_store(client_id.clone(), store),
-            attach_lock: Arc::default(),
+            attach_lock: None,
             owner: None,
             parked: None,
             expires_at: None,
@@ -67,7 +68,10 @@ impl Slot {
         self.owner.is_none()
             && self.parked.is_none()
             && self.will.is_none()
-            && Arc::strong_count(&self.attach_lock) == 1
+            && self
+                .attach_lock
+                .as_ref()
+                .is_none_or(|l| Arc::strong_count(l) == 1)
     }
 }
 
@@ -148,8 +152,9 @@ impl Registry {
             .entry(client_id.clone())
             .or_insert_with(|| Slot::new(&client_id, broker.journal.as_ref()))
             .attach_lock
+            .get_or_insert_with(Arc::default)
             .clone();
-        let _attaching = attach_lock.lock().await;
+        let attaching = attach_lock.lock().await;
 
         // Looking at the owner and telling it to go happen under one lock, so `detach`
         // (which takes the same lock) either runs first, and there is no owner, or finds
@@ -222,6 +227,18 @@ impl Registry {
         }
         if let Some(will) = will {
             broker.publish_will(&client_id, will, now);
+        }
+        drop(attaching);
+        // Clones are only taken under the registry lock, so a count of 2 (the slot's and
+        // ours) seen under it means no other attach holds or waits for this lock, and the
+        // next one can start on a fresh lock.
+        if let Some(slot) = self.lock().slots.get_mut(&client_id)
+            && slot
+                .attach_lock
+                .as_ref()
+                .is_some_and(|l| Arc::ptr_eq(l, &attach_lock) && Arc::strong_count(l) == 2)
+        {
+            slot.attach_lock = None;
         }
         attached
     }
@@ -408,7 +425,7 @@ impl Registry {
             client_id,
             Slot {
                 mailbox,
-                attach_lock: Arc::default(),
+                attach_lock: None,
                 owner: None,
                 parked: Some(Box::new(state)),
                 expires_at,
@@ -478,6 +495,8 @@ mod tests {
             .attach(&broker, id.clone(), true, 1, 0)
             .await
             .state;
+        // A finished attach leaves no lock behind in the slot.
+        assert!(broker.registry.lock().slots[&id].attach_lock.is_none());
         state.expiry_interval = 1;
         broker
             .registry
@@ -488,8 +507,8 @@ mod tests {
             .registry
             .lock()
             .slots
-            .get(&id)
-            .map(|s| s.attach_lock.clone());
+            .get_mut(&id)
+            .map(|s| s.attach_lock.get_or_insert_with(Arc::default).clone());
         broker.registry.tick(&broker, 1_000);
         assert_eq!(
             broker.retained.matching("wills/c", 1_000).len(),

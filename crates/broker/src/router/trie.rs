@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use midge_proto::SubscriptionOptions;
 
 use crate::mailbox::Mailbox;
+use crate::small_map::SmallMap;
 
 /// One subscription as the trie holds it.
 #[derive(Debug, Clone)]
@@ -74,7 +75,7 @@ struct Node {
 
 #[derive(Debug, Default)]
 struct Subscribers {
-    direct: HashMap<Arc<str>, Subscriber>,
+    direct: SmallMap<Arc<str>, Subscriber>,
     /// Boxed: few filters have shared groups, and this sits in every trie node (a boxed
     /// map is 8 bytes where an empty map is 48).
     #[allow(clippy::box_collection)]

@@ -2,13 +2,14 @@
 //! both ways, and the mailbox. Plain data, so it can be parked in the registry, handed to
 //! the next connection, or (later) stored and moved between nodes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use midge_proto::SubscriptionOptions;
 
 use crate::mailbox::Mailbox;
 use crate::message::Delivery;
+use crate::small_map::SmallMap;
 
 /// A subscription as the session remembers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +50,7 @@ pub struct SessionState {
     /// Where routing queues messages for this session.
     pub mailbox: Arc<Mailbox>,
     /// Subscriptions by full filter (including `$share/...`).
-    pub subscriptions: HashMap<String, SubscriptionRecord>,
+    pub subscriptions: SmallMap<String, SubscriptionRecord>,
     /// Outbound QoS 1/2 messages, oldest first (resent in this order on resume).
     pub inflight: VecDeque<Inflight>,
     /// Inbound QoS 2 packet ids PUBREC'd and waiting for PUBREL: a PUBLISH repeating one of
@@ -68,7 +69,7 @@ impl SessionState {
         Self {
             client_id,
             mailbox,
-            subscriptions: HashMap::new(),
+            subscriptions: SmallMap::new(),
             inflight: VecDeque::new(),
             awaiting_pubrel: HashSet::new(),
             next_packet_id: 1,
