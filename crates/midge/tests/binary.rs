@@ -397,3 +397,45 @@ fn serve_help_describes_the_config_option() {
     assert!(stdout.contains("Usage: midge serve"), "{stdout}");
     assert!(stdout.contains("--config <FILE>"), "{stdout}");
 }
+
+/// The soft and hard open-files limits in a `/proc/PID/limits` text.
+fn open_files_limits(limits: &str) -> (u64, u64) {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let parse = |s: &str| s.parse().unwrap_or(u64::MAX); // "unlimited"
+    (parse(fields[3]), parse(fields[4]))
+}
+
+#[test]
+fn descriptors_for_max_connections_are_ready_before_clients_come() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        &dir,
+        &config("127.0.0.1:0", "[mqtt]\nmax_connections = 3000\n"),
+    );
+    let mut midge = Running::start(midge().arg("--config").arg(&path));
+    midge.listening_on();
+    let pid = midge.child.id();
+    let (_, hard) = open_files_limits(&std::fs::read_to_string("/proc/self/limits").unwrap());
+    // max_connections plus spare descriptors, as far as the hard limit allows.
+    let expected = hard.min(3000 + 64);
+    let (soft, _) =
+        open_files_limits(&std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap());
+    assert!(soft >= expected, "soft limit {soft}, expected {expected}");
+    // The descriptor table was grown at start, not one doubling at a time under load.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let table: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .expect("FDSize line")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        table >= expected,
+        "descriptor table {table}, expected {expected}"
+    );
+}
