@@ -179,3 +179,46 @@ fn too_small_a_payload_is_refused_with_the_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("at least 16 bytes"), "{stderr}");
 }
+
+/// Runs a count-bounded scenario and checks that every subscriber got what the scenario
+/// promises it: all of the messages (fanin, fanout), or each message once across the
+/// `$share` group (shared).
+fn assert_complete(broker: &Broker, args: &[&str], sent: f64, delivered: f64) {
+    let mut all = args.to_vec();
+    all.extend(["-w", "0"]);
+    let report = broker.bench_json(&all);
+    assert_eq!(number(&report, &["sent"]), sent, "{report}");
+    assert_eq!(number(&report, &["expected"]), delivered, "{report}");
+    assert_eq!(number(&report, &["delivered_total"]), delivered, "{report}");
+    for field in ["lost", "duplicated", "reordered", "unexpected"] {
+        assert_eq!(number(&report, &[field]), 0.0, "{field}: {report}");
+    }
+}
+
+#[test]
+fn fanin_fanout_and_shared_runs_deliver_what_each_subscriber_is_owed() {
+    let broker = Broker::start();
+    // 2 wildcard subscribers each receive all 1,000 messages of 5 publishers.
+    assert_complete(
+        &broker,
+        &["fanin", "-P", "5", "-S", "2", "-q", "1", "-n", "1000"],
+        1000.0,
+        2000.0,
+    );
+    // 5 subscribers of one topic each receive all 500 QoS 2 messages.
+    assert_complete(
+        &broker,
+        &["fanout", "-P", "1", "-S", "5", "-q", "2", "-n", "500"],
+        500.0,
+        2500.0,
+    );
+    // A $share group of 3 receives each of 1,200 messages exactly once, MQTT 3.1.1.
+    assert_complete(
+        &broker,
+        &[
+            "shared", "-P", "4", "-S", "3", "-q", "1", "-n", "1200", "-V", "311",
+        ],
+        1200.0,
+        1200.0,
+    );
+}
