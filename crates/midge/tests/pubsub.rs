@@ -1198,6 +1198,142 @@ async fn tls_pub_and_sub_verify_the_broker_with_cafile() {
 }
 
 #[tokio::test]
+async fn tls_trusts_a_capath_directory_and_the_os_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_ca = make_pki(other_dir.path()).ca;
+    let broker = Broker::start(
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nbind = \"127.0.0.1:0\"\n\
+             [listener.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.server_cert.display(),
+            pki.server_key.display()
+        ),
+        "[auth]\nallow_anonymous = true\n",
+    )
+    .await;
+    let tls_port = broker.addr(1).port().to_string();
+    let mut witness = Witness::v3(broker.addr(0), "witness").await;
+    witness.subscribe("trust/#").await;
+
+    // The CA among files without certificates, as in /etc/ssl/certs.
+    let capath = tempfile::tempdir().unwrap();
+    std::fs::copy(&pki.ca, capath.path().join("test-ca.pem")).unwrap();
+    std::fs::write(capath.path().join("README"), "not a certificate\n").unwrap();
+    let capath_arg = capath.path().to_str().unwrap();
+    let pub_args = |trust: &[&'static str], extra: Vec<String>, topic: &str| {
+        let mut args: Vec<String> = ["pub", "-h", "127.0.0.1", "-p", &tls_port, "-q", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(trust.iter().map(|s| s.to_string()));
+        args.extend(extra);
+        args.extend([
+            "-t".to_owned(),
+            topic.to_owned(),
+            "-m".to_owned(),
+            topic.to_owned(),
+        ]);
+        args
+    };
+    let bounded = |mut command: Command| async move {
+        tokio::time::timeout(TIMEOUT, command.output())
+            .await
+            .expect("midge finishes")
+            .unwrap()
+    };
+
+    let args = pub_args(&["--capath"], vec![capath_arg.to_owned()], "trust/capath");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_success(&run(&args, None).await);
+    assert_eq!(witness.publication().await.1, "trust/capath");
+
+    // Combined with a --cafile that did not sign the broker: the roots add up.
+    let args = pub_args(
+        &["--cafile"],
+        vec![
+            other_ca.to_str().unwrap().to_owned(),
+            "--capath".to_owned(),
+            capath_arg.to_owned(),
+        ],
+        "trust/both",
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_success(&run(&args, None).await);
+    assert_eq!(witness.publication().await.1, "trust/both");
+
+    let args = pub_args(&["--tls-use-os-certs"], Vec::new(), "trust/os");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut command = midge(&args);
+    command.env("SSL_CERT_FILE", &pki.ca);
+    assert_success(&bounded(command).await);
+    assert_eq!(witness.publication().await.1, "trust/os");
+
+    // An "OS bundle" that did not sign the broker: the handshake fails.
+    let mut command = midge(&args);
+    command.env("SSL_CERT_FILE", &other_ca);
+    let output = bounded(command).await;
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_CONNECTION),
+        "{}",
+        stderr(&output)
+    );
+
+    // A directory without certificates is a usage error naming it.
+    let empty = tempfile::tempdir().unwrap();
+    let args = pub_args(
+        &["--capath"],
+        vec![empty.path().to_str().unwrap().to_owned()],
+        "trust/empty",
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run(&args, None).await;
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_USAGE),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains(empty.path().to_str().unwrap()),
+        "{}",
+        stderr(&output)
+    );
+
+    // TLS without any trust source: refused, with the options in the advice.
+    let url = format!("mqtts://127.0.0.1:{tls_port}/trust/none");
+    let output = run(&["pub", "-L", &url, "-m", "x"], None).await;
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_USAGE),
+        "{}",
+        stderr(&output)
+    );
+    for option in ["--cafile", "--capath", "--tls-use-os-certs", "--insecure"] {
+        assert!(stderr(&output).contains(option), "{}", stderr(&output));
+    }
+
+    publish_ready(&mut witness, "trust/ready").await;
+    let mut sub = Sub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &tls_port,
+        "--capath",
+        capath_arg,
+        "-t",
+        "trust/ready",
+        "-C",
+        "1",
+    ]);
+    assert_eq!(sub.line().await, "ready");
+    let (code, _, err) = sub.exit().await;
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
 async fn websocket_and_secure_websocket_urls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());

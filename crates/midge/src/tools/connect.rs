@@ -81,6 +81,16 @@ pub struct ConnectArgs {
     /// CA certificates (PEM) to verify the broker with; turns on TLS.
     #[arg(long = "cafile", value_name = "FILE", help_heading = "TLS")]
     pub cafile: Option<PathBuf>,
+    /// Directory of CA certificates (PEM) to verify the broker with; turns on TLS. Every
+    /// file's certificates are trusted and files holding none are skipped, so a c_rehash'd
+    /// directory like /etc/ssl/certs works, and so does a plain one.
+    #[arg(long = "capath", value_name = "DIR", help_heading = "TLS")]
+    pub capath: Option<PathBuf>,
+    /// Verify the broker with the operating system's CA bundle ($SSL_CERT_FILE, else the
+    /// first of /etc/ssl/certs/ca-certificates.crt, /etc/pki/tls/certs/ca-bundle.crt,
+    /// /etc/ssl/ca-bundle.pem, /etc/ssl/cert.pem); turns on TLS.
+    #[arg(long = "tls-use-os-certs", help_heading = "TLS")]
+    pub os_certs: bool,
     /// Client certificate (PEM); turns on TLS.
     #[arg(
         long = "cert",
@@ -148,11 +158,14 @@ impl ConnectArgs {
             properties::parse(&self.properties, commands).map_err(Failure::usage)?;
         let tls = TlsOptions {
             ca_file: self.cafile,
+            ca_dir: self.capath,
+            os_certs: self.os_certs,
             cert_file: self.cert,
             key_file: self.key,
             insecure: self.insecure,
         };
-        let wants_tls = tls.ca_file.is_some() || tls.cert_file.is_some() || tls.insecure;
+        let has_roots = tls.ca_file.is_some() || tls.ca_dir.is_some() || tls.os_certs;
+        let wants_tls = has_roots || tls.cert_file.is_some() || tls.insecure;
         let (scheme, host, port, mut username, mut password, ws_path, url_topic) = match &self.url {
             Some(text) => {
                 let url = url::parse(text).map_err(Failure::usage)?;
@@ -178,13 +191,14 @@ impl ConnectArgs {
         };
         if wants_tls && !scheme.is_tls() {
             return Err(Failure::usage(
-                "--cafile, --cert and --insecure need TLS: use mqtts:// or wss:// with -L",
+                "--cafile, --capath, --tls-use-os-certs, --cert and --insecure need TLS: \
+                 use mqtts:// or wss:// with -L",
             ));
         }
-        if scheme.is_tls() && tls.ca_file.is_none() && !tls.insecure {
+        if scheme.is_tls() && !has_roots && !tls.insecure {
             return Err(Failure::usage(
-                "TLS needs --cafile to verify the broker (midge has no built-in trust store), \
-                 or --insecure to skip verification",
+                "TLS needs --cafile, --capath or --tls-use-os-certs to verify the broker \
+                 (midge has no built-in trust store), or --insecure to skip verification",
             ));
         }
         if self.username.is_some() {

@@ -17,7 +17,7 @@ use super::{Failure, exit, finish, format, runtime};
 #[command(
     disable_help_flag = true,
     disable_version_flag = true,
-    after_help = "Examples:\n  midge sub -t 'sensors/#' -v\n  midge sub -t a -t b -C 1 -W 10       exit after one message, or fail after 10 s\n  midge sub -t 'sensors/#' -F '%t %q %p\\n'\n  midge sub -V 5 -t 'sensors/#' --json\n  midge sub -L wss://broker:8084/mqtt --cafile ca.crt -t 'sensors/#'\n\nExit codes: 0 done (-C reached or interrupted), 1 error, 2 usage, 3 connection failed or lost,\n4 refused by the broker, 5 bad credentials or not authorized, 6 -W timed out."
+    after_help = "Examples:\n  midge sub -t 'sensors/#' -v\n  midge sub -t a -t b -C 1 -W 10       exit after one message, or fail after 10 s\n  midge sub -t 'sensors/#' -F '%t %q %p\\n'\n  midge sub -V 5 -t 'sensors/#' --json\n  midge sub -L wss://broker:8084/mqtt --cafile ca.crt -t 'sensors/#'\n  midge sub -L mqtts://broker:8883/sensors/temp --tls-use-os-certs\n\nExit codes: 0 done (-C reached or interrupted), 1 error, 2 usage, 3 connection failed or lost,\n4 refused by the broker, 5 bad credentials or not authorized, 6 -W timed out."
 )]
 pub struct SubArgs {
     /// Topic filter to subscribe to; may repeat.
