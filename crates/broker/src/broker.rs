@@ -8,8 +8,8 @@ use std::time::Instant;
 use midge_proto::Will;
 
 use crate::config::Config;
-use crate::mailbox::QueueLimits;
-use crate::message::{Message, Millis};
+use crate::model::QueueLimits;
+use crate::model::{Message, Millis};
 use crate::registry::Registry;
 use crate::retain::RetainedStore;
 use crate::router::{RouteOutcome, Router};

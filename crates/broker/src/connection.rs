@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::auth::{AccessControl, Credentials, FilterVerdict};
 use crate::broker::Broker;
 use crate::mailbox::{Control, Mailbox};
-use crate::message::now_millis;
+use crate::model::now_millis;
 use crate::session::{Flow, Session, Violation, negotiate};
 use crate::stats::Stats;
 

@@ -16,7 +16,7 @@ pub mod config;
 pub mod connection;
 pub mod listener;
 pub mod mailbox;
-pub mod message;
+pub mod model;
 pub mod registry;
 pub mod retain;
 pub mod router;

@@ -18,7 +18,7 @@ use crate::auth::{AccessControl, AuthError, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ListenerProtocol};
 use crate::connection::{self, ListenerContext};
-use crate::message::now_millis;
+use crate::model::now_millis;
 use crate::stats::Stats;
 use crate::store::{self, Opening, StoreError};
 use crate::sys;

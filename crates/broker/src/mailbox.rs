@@ -8,7 +8,6 @@
 //! carries a sequence number that orders the queue in the store.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -16,18 +15,11 @@ use midge_proto::QoS;
 use tokio::sync::oneshot;
 
 use crate::config::QueueFullPolicy;
-use crate::message::Delivery;
+use crate::model::{Delivery, QueueLimits, next_session_id};
 use crate::store::{Journal, SessionJournal};
-
-static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An emptied queue with room for more than this many deliveries gives its memory back.
 const KEEP_QUEUE_CAPACITY: usize = 16;
-
-/// Makes every later session id greater than `id` (ids found in the store at start).
-pub fn session_ids_above(id: u64) {
-    NEXT_SESSION_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
-}
 
 /// A queued delivery and its place in the queue.
 #[derive(Debug, Clone)]
@@ -36,19 +28,6 @@ pub struct Queued {
     pub seq: u64,
     /// The delivery.
     pub delivery: Delivery,
-}
-
-/// Limits applied when pushing, taken from the configuration at push time.
-#[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
-    /// Most deliveries queued; 0 means unlimited.
-    pub max_messages: usize,
-    /// Most payload bytes queued; 0 means unlimited.
-    pub max_bytes: usize,
-    /// What happens to a QoS 1/2 delivery when the queue is full of QoS 1/2 deliveries.
-    pub policy: QueueFullPolicy,
-    /// Whether QoS 0 messages queue for offline sessions.
-    pub queue_qos0_offline: bool,
 }
 
 /// What a push did.
@@ -129,7 +108,7 @@ impl Mailbox {
     /// A new, empty, offline mailbox whose session is stored through `store` once it is
     /// persistent (see [`Mailbox::persist`]).
     pub fn with_store(client_id: Arc<str>, store: Option<&Journal>) -> Arc<Self> {
-        let session_id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+        let session_id = next_session_id();
         Self::build(client_id, session_id, store, Inner::default())
     }
 
@@ -497,7 +476,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::model::Message;
     use bytes::Bytes;
 
     fn delivery(qos: QoS, payload: &'static str) -> Delivery {

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::broker::Broker;
 use crate::mailbox::{Control, Mailbox};
-use crate::message::Millis;
+use crate::model::Millis;
 use crate::session::SessionState;
 use crate::stats::Stats;
 use crate::store::{Journal, RecoveredSession};
@@ -455,7 +455,7 @@ fn end_session(broker: &Broker, state: SessionState) {
     let unacked = state
         .inflight
         .into_iter()
-        .filter(|i| i.stage != crate::session::Stage::AwaitPubComp)
+        .filter(|i| i.stage != crate::model::Stage::AwaitPubComp)
         .map(|i| i.delivery);
     for delivery in queued.into_iter().chain(unacked) {
         if delivery.shared.is_some() && delivery.qos != midge_proto::QoS::AtMostOnce {
@@ -583,7 +583,7 @@ mod tests {
             .subscribe(&state.mailbox, "t", Default::default(), None);
         state.subscriptions.insert(
             "t".into(),
-            crate::session::SubscriptionRecord {
+            crate::model::SubscriptionRecord {
                 options: Default::default(),
                 identifier: None,
             },

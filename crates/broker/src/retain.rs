@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use crate::message::{Message, Millis};
+use crate::model::{Message, Millis};
 
 #[derive(Debug, Default)]
 struct Node {

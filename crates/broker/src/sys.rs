@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
-use crate::message::{Message, now_millis};
+use crate::model::{Message, now_millis};
 
 /// The `$SYS` topics and their current values.
 pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {

@@ -11,8 +11,9 @@ use std::sync::{Arc, RwLock};
 use midge_proto::SubscriptionOptions;
 
 use crate::config::ShareStrategyConfig;
-use crate::mailbox::{Mailbox, PushOutcome, QueueLimits};
-use crate::message::{Delivery, Message};
+use crate::mailbox::{Mailbox, PushOutcome};
+use crate::model::QueueLimits;
+use crate::model::{Delivery, Message};
 use trie::{ShareStrategy, Subscriber, Target, Trie};
 
 /// What routing one message did.
@@ -39,7 +40,7 @@ impl Router {
             ShareStrategyConfig::RoundRobin => ShareStrategy::RoundRobin,
             ShareStrategyConfig::Random => ShareStrategy::Random,
         };
-        let seed = crate::message::now_millis() | 1;
+        let seed = crate::model::now_millis() | 1;
         Self {
             trie: RwLock::default(),
             strategy,

@@ -23,11 +23,11 @@ use midge_proto::{
 };
 
 pub use connect::{Negotiated, Refusal, negotiate, within_topic_limits};
-pub use state::{Inflight, SessionState, Stage, SubscriptionRecord};
+pub use state::SessionState;
 
 use crate::auth::DeliveryFilter;
 use crate::broker::Broker;
-use crate::message::{Delivery, Message, Millis};
+use crate::model::{Delivery, Inflight, Message, Millis, Stage, SubscriptionRecord};
 use crate::stats::LocalStats;
 use crate::store::SessionJournal;
 

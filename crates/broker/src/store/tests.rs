@@ -14,9 +14,10 @@ use midge_proto::{
 use super::*;
 use crate::broker::Broker;
 use crate::config::{Config, Durability, StorageConfig};
-use crate::mailbox::QueueLimits;
-use crate::message::{Delivery, Message, now_millis};
-use crate::session::{Session, Stage, negotiate};
+use crate::model::QueueLimits;
+use crate::model::Stage;
+use crate::model::{Delivery, Message, now_millis};
+use crate::session::{Session, negotiate};
 
 fn memory_config() -> Config {
     let mut config = Config::default();
@@ -295,7 +296,7 @@ async fn a_late_change_from_a_replaced_session_does_not_touch_its_successor() {
     old.put(60, None);
     old.subscribe(
         "old/#",
-        crate::session::SubscriptionRecord {
+        crate::model::SubscriptionRecord {
             options: SubscriptionOptions::default(),
             identifier: None,
         },
@@ -304,7 +305,7 @@ async fn a_late_change_from_a_replaced_session_does_not_touch_its_successor() {
     new.put(60, None);
     new.subscribe(
         "new/#",
-        crate::session::SubscriptionRecord {
+        crate::model::SubscriptionRecord {
             options: SubscriptionOptions::default(),
             identifier: None,
         },
@@ -313,7 +314,7 @@ async fn a_late_change_from_a_replaced_session_does_not_touch_its_successor() {
     old.delete();
     old.subscribe(
         "late/#",
-        crate::session::SubscriptionRecord {
+        crate::model::SubscriptionRecord {
             options: SubscriptionOptions::default(),
             identifier: None,
         },
