@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use midge_proto::Will;
+use midge_proto::{SubscriptionOptions, Will};
 
-use crate::config::Config;
+use crate::config::{Config, MqttConfig};
+use crate::mailbox::Mailbox;
 use crate::model::QueueLimits;
-use crate::model::{Message, Millis};
+use crate::model::{Delivery, Message, Millis};
 use crate::registry::Registry;
 use crate::retain::RetainedStore;
 use crate::router::{RouteOutcome, Router};
+use crate::session::SessionEnv;
 use crate::stats::Stats;
 use crate::store::{Journal, Recovered};
 
@@ -134,5 +136,40 @@ impl Broker {
         tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
         Stats::add(&self.stats.wills_published, 1);
         self.publish(Message::from_will(will, client_id.clone(), now));
+    }
+}
+
+/// The single node's answer to what a session asks: this process's router and retained
+/// store.
+impl SessionEnv for Broker {
+    fn mqtt(&self) -> &MqttConfig {
+        &self.config.mqtt
+    }
+
+    fn publish(&self, message: Message) -> usize {
+        Broker::publish(self, message).delivered
+    }
+
+    fn subscribe(
+        &self,
+        mailbox: &Arc<Mailbox>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> bool {
+        self.router.subscribe(mailbox, filter, options, identifier)
+    }
+
+    fn unsubscribe(&self, filter: &str, client_id: &str) {
+        self.router.unsubscribe(filter, client_id);
+    }
+
+    fn hand_over(&self, delivery: Delivery, leaving: &str) -> bool {
+        self.router
+            .hand_over(delivery, leaving, &self.queue_limits())
+    }
+
+    fn retained(&self, filter: &str, now: Millis) -> Vec<Arc<Message>> {
+        self.retained.matching(filter, now)
     }
 }

@@ -635,7 +635,7 @@ where
         let access = &self.listener.access;
         match packet {
             Packet::Publish(publish) => {
-                let resolved = session.resolve_publish(publish, &self.broker)?;
+                let resolved = session.resolve_publish(publish, &*self.broker)?;
                 let allowed = access.authorize_publish_now(
                     session.client_id(),
                     session.username(),
@@ -644,7 +644,7 @@ where
                 session.publish(
                     resolved,
                     allowed,
-                    &self.broker,
+                    &*self.broker,
                     now_millis(),
                     &mut self.wbuf,
                 );
@@ -664,7 +664,7 @@ where
                     .collect();
                 self.subscribe(session, subscribe, verdicts)
             }
-            other => session.handle(other, &self.broker, &mut self.wbuf),
+            other => session.handle(other, &*self.broker, &mut self.wbuf),
         }
     }
 
@@ -677,14 +677,14 @@ where
         let access = &self.listener.access;
         match packet {
             Packet::Publish(publish) => {
-                let resolved = session.resolve_publish(publish, &self.broker)?;
+                let resolved = session.resolve_publish(publish, &*self.broker)?;
                 let allowed = access
                     .authorize_publish(session.client_id(), session.username(), resolved.topic())
                     .await;
                 session.publish(
                     resolved,
                     allowed,
-                    &self.broker,
+                    &*self.broker,
                     now_millis(),
                     &mut self.wbuf,
                 );
@@ -701,7 +701,7 @@ where
                 }
                 self.subscribe(session, subscribe, verdicts)
             }
-            other => session.handle(other, &self.broker, &mut self.wbuf),
+            other => session.handle(other, &*self.broker, &mut self.wbuf),
         }
     }
 
@@ -725,7 +725,7 @@ where
         session.subscribe(
             subscribe,
             &granted,
-            &self.broker,
+            &*self.broker,
             now_millis(),
             &mut self.wbuf,
         )?;

@@ -1,7 +1,8 @@
 //! The session machine: one connected client's protocol state, sans I/O.
 //!
-//! It takes packets and the time, writes response packets into an output buffer, and uses
-//! the broker's in-memory router and retained store. It never touches a socket or a clock,
+//! It takes packets and the time, writes response packets into an output buffer, and
+//! reaches routing and the retained store only through [`SessionEnv`] (which the broker
+//! implements with its in-memory router and retained store). It never touches a socket or a clock,
 //! so every spec rule is testable without a network. The connection task owns the socket
 //! and authorization (which may be asynchronous) and drives this.
 //!
@@ -10,6 +11,7 @@
 //! operation handed to the store writer, not I/O.
 
 mod connect;
+mod env;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
@@ -23,10 +25,10 @@ use midge_proto::{
 };
 
 pub use connect::{Negotiated, Refusal, negotiate, within_topic_limits};
+pub use env::SessionEnv;
 pub use state::SessionState;
 
 use crate::auth::DeliveryFilter;
-use crate::broker::Broker;
 use crate::model::{Delivery, Inflight, Message, Millis, Stage, SubscriptionRecord};
 use crate::stats::LocalStats;
 use crate::store::SessionJournal;
@@ -161,13 +163,13 @@ impl Session {
 
     /// Removes a subscription without telling the client (a resumed subscription that
     /// is no longer authorized).
-    pub fn drop_subscription(&mut self, filter: &str, broker: &Broker) {
+    pub fn drop_subscription(&mut self, filter: &str, env: &impl SessionEnv) {
         if self.state.subscriptions.remove(filter).is_some() {
-            broker.router.unsubscribe(filter, &self.state.client_id);
+            env.unsubscribe(filter, &self.state.client_id);
             if let Some(journal) = &self.journal {
                 journal.unsubscribe(filter);
             }
-            self.hand_over_shared(filter, broker);
+            self.hand_over_shared(filter, env);
         }
     }
 
@@ -273,7 +275,7 @@ impl Session {
     pub fn handle(
         &mut self,
         packet: Packet,
-        broker: &Broker,
+        env: &impl SessionEnv,
         out: &mut BytesMut,
     ) -> Result<Flow, Violation> {
         match packet {
@@ -281,7 +283,7 @@ impl Session {
             Packet::PubRec(rec) => self.on_pubrec(&rec, out),
             Packet::PubRel(rel) => self.on_pubrel(&rel, out),
             Packet::PubComp(comp) => self.on_pubcomp(&comp),
-            Packet::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe, broker, out),
+            Packet::Unsubscribe(unsubscribe) => self.unsubscribe(unsubscribe, env, out),
             Packet::PingReq => self.send(&Packet::PingResp, out),
             Packet::Disconnect(disconnect) => return self.on_disconnect(&disconnect),
             // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
@@ -318,10 +320,10 @@ impl Session {
     pub fn resolve_publish(
         &mut self,
         mut publish: Publish,
-        broker: &Broker,
+        env: &impl SessionEnv,
     ) -> Result<ResolvedPublish, Violation> {
         self.stats.publish_received += 1;
-        let config = &broker.config.mqtt;
+        let config = env.mqtt();
         if self.protocol.is_v5() {
             // [MQTT-3.3.4-6] a client must not send Subscription Identifiers.
             if !publish.properties.subscription_identifiers.is_empty() {
@@ -392,7 +394,7 @@ impl Session {
         &mut self,
         publish: ResolvedPublish,
         authorized: bool,
-        broker: &Broker,
+        env: &impl SessionEnv,
         now: Millis,
         out: &mut BytesMut,
     ) {
@@ -407,19 +409,19 @@ impl Session {
             self.stats.publish_denied += 1;
             tracing::debug!(client_id = %self.state.client_id, topic = %publish.topic, "PUBLISH not authorized");
             ReasonCode::NOT_AUTHORIZED
-        } else if !within_topic_limits(&publish.topic, &broker.config.mqtt) {
+        } else if !within_topic_limits(&publish.topic, env.mqtt()) {
             ReasonCode::TOPIC_NAME_INVALID
         } else if publish.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&publish.payload).is_err()
         {
             ReasonCode::PAYLOAD_FORMAT_INVALID
         } else {
-            let outcome = broker.publish(Message::from_publish(
+            let delivered = env.publish(Message::from_publish(
                 publish,
                 self.state.client_id.clone(),
                 now,
             ));
-            if outcome.delivered == 0 {
+            if delivered == 0 {
                 ReasonCode::NO_MATCHING_SUBSCRIBERS
             } else {
                 ReasonCode::SUCCESS
@@ -540,11 +542,11 @@ impl Session {
         &mut self,
         subscribe: Subscribe,
         authorized: &[bool],
-        broker: &Broker,
+        env: &impl SessionEnv,
         now: Millis,
         out: &mut BytesMut,
     ) -> Result<(), Violation> {
-        let config = &broker.config.mqtt;
+        let config = env.mqtt();
         let identifier = subscribe.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
@@ -569,10 +571,7 @@ impl Session {
             {
                 ReasonCode::QUOTA_EXCEEDED
             } else {
-                let existed =
-                    broker
-                        .router
-                        .subscribe(&self.state.mailbox, &filter, options, identifier);
+                let existed = env.subscribe(&self.state.mailbox, &filter, options, identifier);
                 // [MQTT-3.8.4-3] a repeated filter replaces the subscription.
                 let record = SubscriptionRecord {
                     options,
@@ -591,7 +590,7 @@ impl Session {
                         midge_proto::RetainHandling::DontSend => false,
                     };
                 if send_retained {
-                    for message in broker.retained.matching(&filter, now) {
+                    for message in env.retained(&filter, now) {
                         retained.push(Delivery {
                             qos: message.qos.min(options.qos),
                             // [MQTT-3.3.1-8] retained messages sent at subscribe keep RETAIN.
@@ -621,7 +620,7 @@ impl Session {
         Ok(())
     }
 
-    fn unsubscribe(&mut self, unsubscribe: Unsubscribe, broker: &Broker, out: &mut BytesMut) {
+    fn unsubscribe(&mut self, unsubscribe: Unsubscribe, env: &impl SessionEnv, out: &mut BytesMut) {
         let reasons = unsubscribe
             .filters
             .iter()
@@ -630,12 +629,12 @@ impl Session {
                     return ReasonCode::TOPIC_FILTER_INVALID;
                 }
                 let known = self.state.subscriptions.remove(filter).is_some();
-                broker.router.unsubscribe(filter, &self.state.client_id);
+                env.unsubscribe(filter, &self.state.client_id);
                 if known {
                     if let Some(journal) = &self.journal {
                         journal.unsubscribe(filter);
                     }
-                    self.hand_over_shared(filter, broker);
+                    self.hand_over_shared(filter, env);
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::NO_SUBSCRIPTION_EXISTED
@@ -651,15 +650,13 @@ impl Session {
     }
 
     /// Queued deliveries of a shared subscription this session left go to another member.
-    fn hand_over_shared(&self, filter: &str, broker: &Broker) {
+    fn hand_over_shared(&self, filter: &str, env: &impl SessionEnv) {
         if !filter.starts_with("$share/") {
             return;
         }
-        let limits = broker.queue_limits();
         let client_id = self.state.client_id.clone();
         self.state.mailbox.retain_deliveries(|d| {
-            d.shared.as_deref() != Some(filter)
-                || !broker.router.hand_over(d.clone(), &client_id, &limits)
+            d.shared.as_deref() != Some(filter) || !env.hand_over(d.clone(), &client_id)
         });
     }
 
