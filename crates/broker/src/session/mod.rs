@@ -298,4 +298,6 @@ impl Session {
 }
 
 #[cfg(test)]
+mod env_tests;
+#[cfg(test)]
 mod tests;
