@@ -10,11 +10,11 @@ use midge_proto::{SubscriptionOptions, Will};
 use crate::config::{Config, MqttConfig};
 use crate::mailbox::Mailbox;
 use crate::model::QueueLimits;
-use crate::model::{Delivery, Message, Millis};
-use crate::registry::Registry;
+use crate::model::{Delivery, Message, Millis, Stage};
+use crate::registry::{Attached, Effects, Registry};
 use crate::retain::RetainedStore;
 use crate::router::{RouteOutcome, Router};
-use crate::session::SessionEnv;
+use crate::session::{SessionEnv, SessionState};
 use crate::stats::Stats;
 use crate::store::{Journal, Recovered};
 
@@ -50,7 +50,7 @@ impl Broker {
             router: Router::new(config.mqtt.shared_subscription_strategy),
             config: Arc::new(config),
             retained: RetainedStore::default(),
-            registry: Registry::default(),
+            registry: Registry::new(journal.clone()),
             stats: Stats::default(),
             journal,
             started: Instant::now(),
@@ -69,10 +69,17 @@ impl Broker {
         for message in recovered.retained {
             self.retained.update(&message);
         }
+        let limits = self.queue_limits();
         for session in recovered.sessions {
-            self.registry.restore(self, session, journal, now);
+            let subscriptions = session.subscriptions.clone();
+            let (mailbox, dropped) = self.registry.restore(session, journal, &limits, now);
+            Stats::add(&self.stats.publish_dropped, dropped as u64);
+            for (filter, record) in &subscriptions {
+                self.router
+                    .subscribe(&mailbox, filter, record.options, record.identifier);
+            }
         }
-        self.registry.tick(self, now);
+        self.tick(now);
         if retained + sessions > 0 || recovered.expired_messages > 0 {
             tracing::info!(
                 store = %journal.location(),
@@ -131,6 +138,75 @@ impl Broker {
         outcome
     }
 
+    /// Attaches connection `connection_id` to `client_id` ([`Registry::attach`]), then
+    /// ends the session it replaced and publishes that session's will.
+    pub async fn attach(
+        &self,
+        client_id: Arc<str>,
+        clean_start: bool,
+        connection_id: u64,
+        now: Millis,
+    ) -> Attached {
+        let (attached, effects) = self
+            .registry
+            .attach(&self.stats, client_id, clean_start, connection_id)
+            .await;
+        self.apply(effects, now);
+        attached
+    }
+
+    /// A connection ended ([`Registry::detach`]): the session is parked or ends, and the
+    /// will is published now or scheduled.
+    pub fn detach(
+        &self,
+        connection_id: u64,
+        state: SessionState,
+        will: Option<(Will, u32)>,
+        now: Millis,
+    ) {
+        let effects = self.registry.detach(connection_id, state, will, now);
+        self.apply(effects, now);
+    }
+
+    /// Ends expired sessions and publishes delayed wills that are due ([`Registry::tick`]).
+    pub fn tick(&self, now: Millis) {
+        let effects = self.registry.tick(&self.stats, now);
+        self.apply(effects, now);
+    }
+
+    /// Carries out what the registry left to do, in its order.
+    fn apply(&self, effects: Effects, now: Millis) {
+        for state in effects.ended {
+            self.end_session(state);
+        }
+        for (client_id, will) in effects.wills {
+            self.publish_will(&client_id, will, now);
+        }
+        if let Some(reply) = effects.release {
+            let _ = reply.send(());
+        }
+    }
+
+    /// A session ends: its subscriptions go, its mailbox closes, and messages it held for
+    /// a shared subscription go to another member of the group [MQTT-4.8.2-?].
+    fn end_session(&self, state: SessionState) {
+        for filter in state.subscriptions.keys() {
+            self.router.unsubscribe_mailbox(filter, &state.mailbox);
+        }
+        let limits = self.queue_limits();
+        let queued = state.mailbox.close();
+        let unacked = state
+            .inflight
+            .into_iter()
+            .filter(|i| i.stage != Stage::AwaitPubComp)
+            .map(|i| i.delivery);
+        for delivery in queued.into_iter().chain(unacked) {
+            if delivery.shared.is_some() && delivery.qos != midge_proto::QoS::AtMostOnce {
+                self.router.hand_over(delivery, &state.client_id, &limits);
+            }
+        }
+    }
+
     /// Publishes a client's will.
     pub fn publish_will(&self, client_id: &Arc<str>, will: Will, now: Millis) {
         tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
@@ -173,3 +249,6 @@ impl SessionEnv for Broker {
         self.retained.matching(filter, now)
     }
 }
+
+#[cfg(test)]
+mod tests;

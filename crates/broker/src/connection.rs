@@ -323,9 +323,7 @@ where
         let client_id = negotiated.client_id.clone();
         let keep_alive = negotiated.keep_alive;
         let attached = broker
-            .registry
             .attach(
-                &broker,
                 client_id.clone(),
                 negotiated.clean_start,
                 connection_id,
@@ -391,8 +389,7 @@ where
             }
             will => will,
         };
-        broker.registry.detach(
-            &broker,
+        broker.detach(
             connection_id,
             state,
             will.map(|w| (w, will_delay)),

@@ -492,7 +492,7 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.changed() => return,
         }
         let now = now_millis();
-        broker.registry.tick(&broker, now);
+        broker.tick(now);
         sweeps = sweeps.wrapping_add(1);
         if sweeps.is_multiple_of(240) {
             broker.retained.sweep_expired(now);

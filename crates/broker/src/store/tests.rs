@@ -97,9 +97,7 @@ impl Client {
         let negotiated = negotiate(&connect, &broker.config.mqtt).expect("CONNECT accepted");
         let connection_id = broker.next_connection_id();
         let attached = broker
-            .registry
             .attach(
-                broker,
                 negotiated.client_id.clone(),
                 clean,
                 connection_id,
@@ -175,8 +173,7 @@ impl Client {
     fn disconnect(self, broker: &Broker) {
         let will_delay = self.session.will_delay();
         let (state, will) = self.session.into_parts();
-        broker.registry.detach(
-            broker,
+        broker.detach(
             self.connection_id,
             state,
             will.map(|w| (w, will_delay)),
