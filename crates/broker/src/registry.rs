@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::broker::Broker;
 use crate::mailbox::{Control, Mailbox};
-use crate::message::Millis;
+use crate::message::{Delivery, Millis};
 use crate::session::SessionState;
 use crate::stats::Stats;
 use crate::store::{Journal, RecoveredSession};
@@ -457,10 +457,15 @@ fn end_session(broker: &Broker, state: SessionState) {
         .into_iter()
         .filter(|i| i.stage != crate::session::Stage::AwaitPubComp)
         .map(|i| i.delivery);
-    for delivery in queued.into_iter().chain(unacked) {
-        if delivery.shared.is_some() && delivery.qos != midge_proto::QoS::AtMostOnce {
-            broker.router.hand_over(delivery, &state.client_id, &limits);
-        }
+    let shared: Vec<Delivery> = queued
+        .into_iter()
+        .chain(unacked)
+        .filter(|d| d.shared.is_some() && d.qos != midge_proto::QoS::AtMostOnce)
+        .collect();
+    if !shared.is_empty() {
+        broker
+            .router
+            .hand_over_all(&shared, &state.client_id, &limits);
     }
 }
 
