@@ -1,5 +1,5 @@
 //! What the seed-scenario interop tests (interop_go, interop_pahoc) share: building a client
-//! program into target/tmp once per test run, running it while reading its output line by
+//! program into a scratch directory under target/tmp, running it while reading its output line by
 //! line, and the rumqttc witnesses that check the device's will: none while it lives, then
 //! the will when it is killed, and the retained copy for a later subscriber.
 
@@ -243,8 +243,8 @@ pub async fn assert_will_on_kill(
     will
 }
 
-/// The seed's reading, `{"value":22.5,"unit":"celsius","timestamp":<unix seconds>}`, as its
-/// fields; panics naming `client` when `payload` is not one.
+/// Checks `payload` is the seed's reading, `{"value":22.5,"unit":"celsius","timestamp":<unix
+/// seconds>}`; panics naming `client` when it is not.
 pub fn assert_seed_reading(payload: &[u8], client: &str) {
     let reading: serde_json::Value = serde_json::from_slice(payload).unwrap_or_else(|e| {
         panic!(
