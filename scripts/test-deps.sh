@@ -6,7 +6,10 @@
 #   - playwright-core (same npm ci), which drives Debian's Chromium in the browser test and
 #     never downloads a browser of its own;
 #   - Mosquitto and mosquitto-clients (Debian packages), for mosquitto_pub/sub and the
-#     differential tests; Chromium (Debian package) for the browser test.
+#     differential tests; Chromium (Debian package) for the browser test;
+#   - Go and eclipse/paho.mqtt.golang (Debian packages; the Go seed test builds offline in
+#     GOPATH mode from /usr/share/gocode), gcc and the Paho C client library and example
+#     programs (Debian packages), for the seed scenario tests (interop_go, interop_pahoc).
 # Idempotent and quiet when everything is there. Without root, it says what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,8 @@ paho_ok() {
         >/dev/null 2>&1
 }
 
+paho_go=/usr/share/gocode/src/github.com/eclipse/paho.mqtt.golang/client.go
+
 # ---- Debian packages ----
 packages=()
 have python3 || packages+=(python3)
@@ -28,6 +33,13 @@ have npm || packages+=(npm)
 have_mosquitto || packages+=(mosquitto)
 { have mosquitto_pub && have mosquitto_sub; } || packages+=(mosquitto-clients)
 [ -x /usr/bin/chromium ] || packages+=(chromium)
+have go || packages+=(golang-go)
+[ -f "$paho_go" ] || packages+=(golang-github-eclipse-paho.mqtt.golang-dev)
+have gcc || packages+=(gcc)
+# gcc only recommends the C library headers, and recommends are not installed here.
+[ -f /usr/include/stdio.h ] || packages+=(libc6-dev)
+[ -f /usr/include/MQTTClient.h ] || packages+=(libpaho-mqtt-dev)
+{ have paho_c_pub && have paho_c_sub; } || packages+=(paho.mqtt.c-examples)
 
 if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && have apt-get; then
@@ -70,6 +82,12 @@ paho_ok || problems+=("python3 cannot import paho-mqtt 2.x")
 [ -x /usr/bin/chromium ] || problems+=("chromium is not installed (/usr/bin/chromium)")
 have_mosquitto || problems+=("mosquitto is not installed")
 { have mosquitto_pub && have mosquitto_sub; } || problems+=("mosquitto_pub/sub are not installed")
+have go || problems+=("go is not installed")
+[ -f "$paho_go" ] || problems+=("eclipse/paho.mqtt.golang is not in /usr/share/gocode")
+have gcc || problems+=("gcc is not installed")
+[ -f /usr/include/stdio.h ] || problems+=("the C library headers are not installed")
+[ -f /usr/include/MQTTClient.h ] || problems+=("the Paho C headers are not installed")
+{ have paho_c_pub && have paho_c_sub; } || problems+=("paho_c_pub/sub are not installed")
 if [ ${#problems[@]} -gt 0 ]; then
     printf 'test-deps: %s\n' "${problems[@]}" >&2
     exit 1

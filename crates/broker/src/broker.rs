@@ -200,10 +200,14 @@ impl Broker {
             .into_iter()
             .filter(|i| i.stage != Stage::AwaitPubComp)
             .map(|i| i.delivery);
-        for delivery in queued.into_iter().chain(unacked) {
-            if delivery.shared.is_some() && delivery.qos != midge_proto::QoS::AtMostOnce {
-                self.router.hand_over(delivery, &state.client_id, &limits);
-            }
+        let shared: Vec<Delivery> = queued
+            .into_iter()
+            .chain(unacked)
+            .filter(|d| d.shared.is_some() && d.qos != midge_proto::QoS::AtMostOnce)
+            .collect();
+        if !shared.is_empty() {
+            self.router
+                .hand_over_all(&shared, &state.client_id, &limits);
         }
     }
 
@@ -240,9 +244,9 @@ impl SessionEnv for Broker {
         self.router.unsubscribe(filter, client_id);
     }
 
-    fn hand_over(&self, delivery: Delivery, leaving: &str) -> bool {
+    fn hand_over(&self, deliveries: &[Delivery], leaving: &str) -> Vec<bool> {
         self.router
-            .hand_over(delivery, leaving, &self.queue_limits())
+            .hand_over_all(deliveries, leaving, &self.queue_limits())
     }
 
     fn retained(&self, filter: &str, now: Millis) -> Vec<Arc<Message>> {

@@ -566,6 +566,10 @@ where
             if let Some(end) = self.handled(session, handled) {
                 return Some(end);
             }
+            // One unit of the task's cooperative budget per packet: a client that sends
+            // packets faster than they are handled gives up its worker every so often
+            // instead of holding it for a whole buffer of them.
+            tokio::task::coop::consume_budget().await;
         }
     }
 
@@ -581,6 +585,7 @@ where
             if let Some(end) = self.handled(session, handled) {
                 return Some(end);
             }
+            tokio::task::coop::consume_budget().await;
         }
     }
 

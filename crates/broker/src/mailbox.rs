@@ -8,6 +8,7 @@
 //! carries a sequence number that orders the queue in the store.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -96,6 +97,10 @@ pub struct Mailbox {
     session_id: u64,
     /// The session's journal, when the broker has a store; used while `persistent`.
     journal: Option<SessionJournal>,
+    /// A copy of `Inner::online`, written under the lock and read without it: routing
+    /// reads it while holding the trie lock, where taking a mailbox lock would close a
+    /// lock-order cycle (see ARCHITECTURE.md, "Lock hierarchy").
+    online: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -138,6 +143,7 @@ impl Mailbox {
             journal: store.map(|j| j.session(client_id.clone(), session_id)),
             client_id,
             session_id,
+            online: AtomicBool::new(inner.online),
             inner: Mutex::new(inner),
         })
     }
@@ -327,6 +333,7 @@ impl Mailbox {
     pub fn set_online(&self, online: bool) {
         let mut inner = self.lock();
         inner.online = online;
+        self.online.store(online, Ordering::Release);
         if online {
             // A control meant for a previous connection must not reach the next one.
             inner.control = None;
@@ -339,9 +346,10 @@ impl Mailbox {
         self.lock().closed
     }
 
-    /// Whether a connection is currently serving the session.
+    /// Whether a connection is currently serving the session. Takes no lock: a hint
+    /// that may be a moment out of date, which is all picking a shared member needs.
     pub fn is_online(&self) -> bool {
-        self.lock().online
+        self.online.load(Ordering::Acquire)
     }
 
     /// Ends the mailbox: queued deliveries are returned, later pushes are refused, and a
@@ -350,6 +358,7 @@ impl Mailbox {
         let mut inner = self.lock();
         inner.closed = true;
         inner.online = false;
+        self.online.store(false, Ordering::Release);
         inner.bytes = 0;
         inner.qos0 = 0;
         if inner.persistent
@@ -384,6 +393,63 @@ impl Mailbox {
         inner.bytes = bytes;
         inner.qos0 = qos0;
         before - inner.queue.len()
+    }
+
+    /// Takes out the queued deliveries for which `take` is true, in order, keeping their
+    /// rows in the store: the caller hands them elsewhere without holding this lock, then
+    /// reports each with [`Mailbox::forget_stored`] or gives it back with
+    /// [`Mailbox::reinsert`].
+    pub fn take_deliveries(&self, mut take: impl FnMut(&Delivery) -> bool) -> Vec<Queued> {
+        let mut inner = self.lock();
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(inner.queue.len());
+        for q in std::mem::take(&mut inner.queue) {
+            if take(&q.delivery) {
+                taken.push(q);
+            } else {
+                kept.push_back(q);
+            }
+        }
+        inner.queue = kept;
+        for q in &taken {
+            inner.bytes -= q.delivery.message.weight();
+            inner.qos0 -= usize::from(q.delivery.qos == QoS::AtMostOnce);
+        }
+        taken
+    }
+
+    /// Records that a delivery taken with [`Mailbox::take_deliveries`] left this queue
+    /// for good.
+    pub fn forget_stored(&self, seq: u64) {
+        let inner = self.lock();
+        if inner.persistent
+            && let Some(journal) = &self.journal
+        {
+            journal.dequeue(seq);
+        }
+    }
+
+    /// Puts back deliveries taken with [`Mailbox::take_deliveries`], each in its place by
+    /// sequence number. Their rows never left the store. Refused once the mailbox closed.
+    pub fn reinsert(&self, deliveries: Vec<Queued>) -> PushOutcome {
+        if deliveries.is_empty() {
+            return PushOutcome::Queued { evicted: 0 };
+        }
+        let mut inner = self.lock();
+        if inner.closed {
+            return PushOutcome::Closed;
+        }
+        let was_empty = inner.queue.is_empty();
+        for q in deliveries {
+            inner.bytes += q.delivery.message.weight();
+            inner.qos0 += usize::from(q.delivery.qos == QoS::AtMostOnce);
+            let at = inner.queue.partition_point(|e| e.seq < q.seq);
+            inner.queue.insert(at, q);
+        }
+        if was_empty && inner.online {
+            Self::wake(inner);
+        }
+        PushOutcome::Queued { evicted: 0 }
     }
 
     /// Sends an instruction to the serving connection and wakes it.
@@ -475,6 +541,49 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn taken_deliveries_go_back_in_their_places() {
+        use bytes::Bytes;
+        let limits = QueueLimits {
+            max_messages: 10,
+            max_bytes: 0,
+            policy: QueueFullPolicy::DropNew,
+            queue_qos0_offline: true,
+        };
+        let mailbox = Mailbox::new("c".into());
+        for (i, shared) in [None, Some("$share/g/t"), None, Some("$share/g/t")]
+            .into_iter()
+            .enumerate()
+        {
+            let mut m = crate::model::Message::internal(
+                format!("t/{i}"),
+                Bytes::from_static(b"x"),
+                false,
+                0,
+            );
+            m.qos = QoS::AtLeastOnce;
+            let d = Delivery {
+                message: Arc::new(m),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: Vec::new(),
+                shared: shared.map(Into::into),
+            };
+            mailbox.push(d, &limits);
+        }
+        let taken = mailbox.take_deliveries(|d| d.shared.is_some());
+        assert_eq!(taken.iter().map(|q| q.seq).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(mailbox.len(), 2);
+        mailbox.reinsert(taken);
+        let mut out = Vec::new();
+        mailbox.pop_batch(10, 10, &mut out);
+        let topics: Vec<_> = out.iter().map(|d| d.message.topic.to_string()).collect();
+        assert_eq!(topics, ["t/0", "t/1", "t/2", "t/3"]);
+        assert!(mailbox.is_empty());
+        // The byte count followed the deliveries out and back in: nothing is left over.
+        assert_eq!(mailbox.lock().bytes, 0);
+    }
+
     use super::*;
     use crate::model::Message;
     use bytes::Bytes;

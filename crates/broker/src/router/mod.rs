@@ -145,17 +145,59 @@ impl Router {
     /// Hands a delivery taken from a member that left its shared group to another member.
     /// Returns false if no other member exists.
     pub fn hand_over(&self, delivery: Delivery, leaving: &str, limits: &QueueLimits) -> bool {
-        let Some(filter) = delivery.shared.clone() else {
-            return false;
-        };
-        let Some(target) = self.read().pick_shared(&filter, leaving) else {
-            return false;
-        };
-        let delivery = merge(&delivery.message, std::slice::from_ref(&target));
-        matches!(
-            target.mailbox.push(delivery, limits),
-            PushOutcome::Queued { .. }
-        )
+        self.hand_over_all(std::slice::from_ref(&delivery), leaving, limits)[0]
+    }
+
+    /// Hands deliveries taken from a member that left their shared groups to other
+    /// members, spread over them in turn. The members are looked up once per group under
+    /// one read lock, and the pushes happen after it is released. Returns, for each
+    /// delivery, whether another member took it.
+    pub fn hand_over_all(
+        &self,
+        deliveries: &[Delivery],
+        leaving: &str,
+        limits: &QueueLimits,
+    ) -> Vec<bool> {
+        // Members per group, looked up once: (full filter, first index, count) into `members`.
+        let mut groups: Vec<(Arc<str>, usize, usize)> = Vec::new();
+        let mut members = Vec::new();
+        {
+            let trie = self.read();
+            for filter in deliveries.iter().filter_map(|d| d.shared.as_ref()) {
+                if !groups.iter().any(|(f, _, _)| f == filter) {
+                    let first = members.len();
+                    trie.shared_members(filter, leaving, &mut members);
+                    groups.push((filter.clone(), first, members.len() - first));
+                }
+            }
+        }
+        // Leavers start at different members, so concurrent hand-overs spread out.
+        let mut turn = self.next_random() as usize;
+        deliveries
+            .iter()
+            .map(|delivery| {
+                let Some(&(_, first, count)) = delivery
+                    .shared
+                    .as_ref()
+                    .and_then(|f| groups.iter().find(|(g, _, _)| g == f))
+                else {
+                    return false;
+                };
+                // A member whose queue is full or that just ended passes to the next one.
+                (0..count).any(|i| {
+                    let target = &members[first + (turn + i) % count];
+                    let delivery = merge(&delivery.message, std::slice::from_ref(target));
+                    let taken = matches!(
+                        target.mailbox.push(delivery, limits),
+                        PushOutcome::Queued { .. }
+                    );
+                    if taken {
+                        turn = turn.wrapping_add(i + 1);
+                    }
+                    taken
+                })
+            })
+            .collect()
     }
 }
 
@@ -288,6 +330,104 @@ mod tests {
         router.route(&message("t", QoS::AtLeastOnce, true, "p"), &LIMITS);
         assert!(!drain(&plain)[0].retain);
         assert!(drain(&rap)[0].retain);
+    }
+
+    #[test]
+    fn hand_over_spreads_over_connected_members_and_skips_the_leaver() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let members: Vec<_> = ["leaver", "a", "b", "offline"]
+            .iter()
+            .map(|id| Mailbox::new((*id).into()))
+            .collect();
+        for m in &members {
+            router.subscribe(m, "$share/g/t", options(QoS::AtLeastOnce), None);
+        }
+        members[1].set_online(true);
+        members[2].set_online(true);
+        let message = message("t", QoS::AtLeastOnce, false, "p");
+        let delivery = Delivery {
+            message,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            shared: Some("$share/g/t".into()),
+        };
+        let batch = vec![delivery; 10];
+        let handed = router.hand_over_all(&batch, "leaver", &LIMITS);
+        assert_eq!(handed, [true; 10]);
+        assert!(members[0].is_empty(), "never back to the leaver");
+        assert!(members[3].is_empty(), "connected members come first");
+        assert_eq!((members[1].len(), members[2].len()), (5, 5));
+        // No other member: nothing is taken.
+        let alone = vec![batch[0].clone()];
+        assert_eq!(router.hand_over_all(&alone, "x", &LIMITS).len(), 1);
+        let lonely = Router::new(ShareStrategyConfig::RoundRobin);
+        lonely.subscribe(&members[0], "$share/g/t", options(QoS::AtLeastOnce), None);
+        assert_eq!(lonely.hand_over_all(&alone, "leaver", &LIMITS), [false]);
+    }
+
+    /// Routing, subscription churn and hand-overs from many threads at once, with more
+    /// threads than cores: a lock-order cycle between the trie and the mailboxes shows as
+    /// threads that never finish.
+    #[test]
+    fn concurrent_route_churn_and_hand_over_finish() {
+        use std::sync::atomic::AtomicBool;
+        let router = Arc::new(Router::new(ShareStrategyConfig::RoundRobin));
+        let members: Vec<_> = (0..8)
+            .map(|i| Mailbox::new(format!("m{i}").into()))
+            .collect();
+        for m in &members {
+            m.set_online(true);
+            router.subscribe(m, "$share/g1/a", options(QoS::AtLeastOnce), None);
+            router.subscribe(m, "$share/g2/b", options(QoS::AtLeastOnce), None);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (t, mine) in members.iter().enumerate() {
+            let (router, stop, mine) = (router.clone(), stop.clone(), mine.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match t % 4 {
+                        0 => {
+                            router.route(&message("a", QoS::AtLeastOnce, false, "p"), &LIMITS);
+                            router.route(&message("b", QoS::AtLeastOnce, false, "p"), &LIMITS);
+                        }
+                        1 => {
+                            let f = format!("x/{}", n % 16);
+                            router.subscribe(&mine, &f, options(QoS::AtMostOnce), None);
+                            router.unsubscribe(&f, mine.client_id());
+                        }
+                        _ => {
+                            router.unsubscribe("$share/g1/a", mine.client_id());
+                            let taken = mine
+                                .take_deliveries(|d| d.shared.as_deref() == Some("$share/g1/a"));
+                            let batch: Vec<_> = taken.iter().map(|q| q.delivery.clone()).collect();
+                            router.hand_over_all(&batch, mine.client_id(), &LIMITS);
+                            router.subscribe(&mine, "$share/g1/a", options(QoS::AtLeastOnce), None);
+                        }
+                    }
+                    // Keep queues from filling, so pushes keep taking locks.
+                    let mut out = Vec::new();
+                    mine.pop_batch(64, 64, &mut out);
+                    n += 1;
+                }
+                n
+            }));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for thread in threads {
+            while !thread.is_finished() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a thread is stuck: lock-order cycle"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            assert!(thread.join().expect("no panic") > 0);
+        }
     }
 
     #[test]

@@ -316,44 +316,56 @@ impl Trie {
         removed
     }
 
-    /// A member of the shared group behind `full_filter` other than `exclude`, for handing
-    /// over a delivery whose member left.
-    pub(crate) fn pick_shared(&self, full_filter: &str, exclude: &str) -> Option<Target> {
+    /// The members of the shared group behind `full_filter` other than `exclude`, for
+    /// handing over deliveries whose member left: the connected ones, or, when none is,
+    /// all of them (a message then waits in an offline member's queue).
+    pub(crate) fn shared_members(&self, full_filter: &str, exclude: &str, out: &mut Vec<Target>) {
         let (Some(group), inner) = split_filter(full_filter) else {
-            return None;
+            return;
         };
         let mut node = &self.root;
         let mut subscribers = None;
         let mut levels = inner.split('/').peekable();
         while let Some(level) = levels.next() {
-            match level {
+            let next = match level {
                 "#" => {
                     subscribers = node.hash.as_deref();
                     break;
                 }
-                "+" => node = node.plus.as_deref()?,
-                literal => node = node.children.get(literal)?,
-            }
+                "+" => node.plus.as_deref(),
+                literal => node.children.get(literal).map(|n| &**n),
+            };
+            let Some(next) = next else {
+                return;
+            };
+            node = next;
             if levels.peek().is_none() {
                 subscribers = Some(&node.here);
             }
         }
-        let group = subscribers?.shared.as_ref()?.get(group)?;
+        let Some(group) = subscribers
+            .and_then(|s| s.shared.as_ref())
+            .and_then(|groups| groups.get(group))
+        else {
+            return;
+        };
         let candidates = || {
             group
                 .members
                 .iter()
                 .filter(|m| &**m.mailbox.client_id() != exclude)
         };
-        let member = candidates()
-            .find(|m| m.mailbox.is_online())
-            .or_else(|| candidates().next())?;
-        Some(Target {
-            mailbox: member.mailbox.clone(),
-            options: member.options,
-            identifier: member.identifier,
-            shared: Some(group.full_filter.clone()),
-        })
+        let any_online = candidates().any(|m| m.mailbox.is_online());
+        out.extend(
+            candidates()
+                .filter(|m| !any_online || m.mailbox.is_online())
+                .map(|m| Target {
+                    mailbox: m.mailbox.clone(),
+                    options: m.options,
+                    identifier: m.identifier,
+                    shared: Some(group.full_filter.clone()),
+                }),
+        );
     }
 
     /// Every subscription matching `topic`, with one member picked per shared group.

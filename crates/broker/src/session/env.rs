@@ -35,9 +35,10 @@ pub trait SessionEnv {
     /// Removes `client_id`'s subscription to `filter`, if any.
     fn unsubscribe(&self, filter: &str, client_id: &str);
 
-    /// Gives a delivery queued for a shared subscription that `leaving` no longer has to
-    /// another member of its group. False when no other member took it.
-    fn hand_over(&self, delivery: Delivery, leaving: &str) -> bool;
+    /// Gives deliveries queued for a shared subscription that `leaving` no longer has to
+    /// other members of their groups. Returns, for each, whether another member took it.
+    /// Called with no mailbox lock held.
+    fn hand_over(&self, deliveries: &[Delivery], leaving: &str) -> Vec<bool>;
 
     /// Retained messages matching `filter`, not expired at `now` (sent at SUBSCRIBE).
     fn retained(&self, filter: &str, now: Millis) -> Vec<Arc<Message>>;

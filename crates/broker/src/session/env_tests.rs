@@ -70,13 +70,19 @@ impl SessionEnv for FakeEnv {
             .push(format!("unsubscribe {client_id} {filter}"));
     }
 
-    fn hand_over(&self, delivery: Delivery, leaving: &str) -> bool {
-        self.calls.lock().unwrap().push(format!(
-            "hand over {} from {leaving}",
-            delivery.message.topic
-        ));
-        self.handed_over.lock().unwrap().push(delivery);
-        true
+    fn hand_over(&self, deliveries: &[Delivery], leaving: &str) -> Vec<bool> {
+        let mut calls = self.calls.lock().unwrap();
+        for delivery in deliveries {
+            calls.push(format!(
+                "hand over {} from {leaving}",
+                delivery.message.topic
+            ));
+        }
+        self.handed_over
+            .lock()
+            .unwrap()
+            .extend_from_slice(deliveries);
+        vec![true; deliveries.len()]
     }
 
     fn retained(&self, filter: &str, _now: Millis) -> Vec<Arc<Message>> {

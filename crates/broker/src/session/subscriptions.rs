@@ -174,9 +174,24 @@ impl Session {
         if !filter.starts_with("$share/") {
             return;
         }
-        let client_id = self.state.client_id.clone();
-        self.state.mailbox.retain_deliveries(|d| {
-            d.shared.as_deref() != Some(filter) || !env.hand_over(d.clone(), &client_id)
-        });
+        let mailbox = &self.state.mailbox;
+        // Taken out first and handed over with no mailbox lock held: routing takes the
+        // trie lock and other mailboxes' locks (see ARCHITECTURE.md, "Lock hierarchy").
+        let taken = mailbox.take_deliveries(|d| d.shared.as_deref() == Some(filter));
+        if taken.is_empty() {
+            return;
+        }
+        let deliveries: Vec<Delivery> = taken.iter().map(|q| q.delivery.clone()).collect();
+        let handed = env.hand_over(&deliveries, &self.state.client_id);
+        let mut kept = Vec::new();
+        for (queued, handed) in taken.into_iter().zip(handed) {
+            if handed {
+                mailbox.forget_stored(queued.seq);
+            } else {
+                // No other member took it: it stays here, as without the hand-over.
+                kept.push(queued);
+            }
+        }
+        mailbox.reinsert(kept);
     }
 }

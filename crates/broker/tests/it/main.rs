@@ -1,6 +1,7 @@
 //! Integration tests: the real broker on 127.0.0.1:0, driven by independent clients
 //! (rumqttc v3.1.1 and v5, rustls and tungstenite clients, and in the interop_* modules
-//! Python paho-mqtt, mqtt.js, Mosquitto's clients and headless Chromium) and by raw bytes;
+//! Python paho-mqtt, mqtt.js, Mosquitto's clients, headless Chromium, and the Go and C Paho
+//! clients running a seed's device scenario) and by raw bytes;
 //! differential runs scenarios against Mosquitto too. One test binary, modules by theme.
 
 mod access_support;
@@ -10,9 +11,12 @@ mod connect;
 mod differential;
 mod harness;
 mod http_auth;
+mod interop_go;
 mod interop_mosquitto_clients;
 mod interop_mqttjs;
 mod interop_paho;
+mod interop_pahoc;
+mod interop_seed;
 mod interop_util;
 mod keepalive;
 mod limits;

@@ -51,6 +51,8 @@ pub struct Midge {
     pub port: u16,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Extra environment for the broker process (e.g. `TOKIO_WORKER_THREADS`).
+    pub env: Vec<(String, String)>,
     starts: u32,
 }
 
@@ -76,6 +78,7 @@ impl Midge {
             port,
             dir: dir.0.clone(),
             config,
+            env: Vec::new(),
             starts: 0,
         }
     }
@@ -108,6 +111,7 @@ impl Midge {
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("MIDGE_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -430,6 +434,19 @@ pub fn subscribe(v5: bool, packet_id: u16, filter: &str, qos: u8) -> Vec<u8> {
     body.push(qos); // subscription options: maximum QoS
     frame(0x82, body) // SUBSCRIBE with its required flags 0b0010
 }
+
+/// UNSUBSCRIBE from one filter; v5 adds an empty property list.
+pub fn unsubscribe(v5: bool, packet_id: u16, filter: &str) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec(); // packet identifier
+    if v5 {
+        body.push(0x00); // property length 0
+    }
+    push_str(&mut body, filter); // topic filter
+    frame(0xA2, body) // UNSUBSCRIBE with its required flags 0b0010
+}
+
+/// PINGREQ.
+pub const PINGREQ: [u8; 2] = [0xC0, 0x00];
 
 /// PUBACK (0x40), PUBREC (0x50), PUBREL (0x62, flags 0b0010) or PUBCOMP (0x70): the
 /// two-byte packet identifier and no reason code (success in both versions).
