@@ -36,9 +36,6 @@ impl Ownership for LocalOwnership {
     }
 
     fn unanswered(&self, mailbox: &Mailbox) -> Option<oneshot::Sender<()>> {
-        match mailbox.take_control() {
-            Some(Control::TakeOver(reply)) => Some(reply),
-            None => None,
-        }
+        mailbox.take_control().map(|Control::TakeOver(reply)| reply)
     }
 }
