@@ -11,22 +11,34 @@ use crate::config::{Config, MqttConfig};
 use crate::mailbox::Mailbox;
 use crate::model::QueueLimits;
 use crate::model::{Delivery, Message, Millis, Stage};
-use crate::registry::{Attached, Effects, Registry};
-use crate::retain::RetainedStore;
-use crate::router::{RouteOutcome, Router};
+use crate::registry::{Attached, Effects, LocalOwnership, Ownership, Registry};
+use crate::retain::{Retained, RetainedStore};
+use crate::router::{RouteOutcome, Router, Routing};
 use crate::session::{SessionEnv, SessionState};
 use crate::stats::Stats;
 use crate::store::{Journal, Recovered};
+
+/// The implementations of the broker's seams: the in-process ones for a single node
+/// ([`Broker::with_journal`]); a cluster would pass its own.
+#[derive(Debug)]
+pub struct Parts {
+    /// Subscriptions and routing, with remote interest and forwarding in a cluster.
+    pub router: Box<dyn Routing>,
+    /// Retained messages, cluster-wide in a cluster.
+    pub retained: Box<dyn Retained>,
+    /// Who holds a client id, cluster-wide in a cluster.
+    pub ownership: Box<dyn Ownership>,
+}
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Broker {
     /// Configuration in force.
     pub config: Arc<Config>,
-    /// Subscriptions and routing.
-    pub router: Router,
-    /// Retained messages.
-    pub retained: RetainedStore,
+    /// Subscriptions and routing: the seam for remote interest and forwarding.
+    pub router: Box<dyn Routing>,
+    /// Retained messages: the seam for cluster-wide retained.
+    pub retained: Box<dyn Retained>,
     /// Sessions by client id.
     pub registry: Registry,
     /// Counters.
@@ -44,13 +56,24 @@ impl Broker {
         Self::with_journal(config, None)
     }
 
-    /// A broker with nothing in it that records persistent state through `journal`.
+    /// A broker with nothing in it that records persistent state through `journal`: the
+    /// single node, with the in-process router, retained store and client-id ownership.
     pub fn with_journal(config: Config, journal: Option<Journal>) -> Arc<Self> {
+        let parts = Parts {
+            router: Box::new(Router::new(config.mqtt.shared_subscription_strategy)),
+            retained: Box::<RetainedStore>::default(),
+            ownership: Box::new(LocalOwnership),
+        };
+        Self::assemble(config, journal, parts)
+    }
+
+    /// A broker built on the given implementations of its seams.
+    pub fn assemble(config: Config, journal: Option<Journal>, parts: Parts) -> Arc<Self> {
         Arc::new(Self {
-            router: Router::new(config.mqtt.shared_subscription_strategy),
+            router: parts.router,
             config: Arc::new(config),
-            retained: RetainedStore::default(),
-            registry: Registry::new(journal.clone()),
+            retained: parts.retained,
+            registry: Registry::with_ownership(journal.clone(), parts.ownership),
             stats: Stats::default(),
             journal,
             started: Instant::now(),

@@ -8,6 +8,7 @@
 //! carries a sequence number that orders the queue in the store.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -43,6 +44,36 @@ pub enum PushOutcome {
     Dropped,
     /// Not queued: the session has ended.
     Closed,
+}
+
+/// What routing delivers to: a subscriber's bounded queue, with an owner id (for no-local
+/// and shared groups) and whether anyone is draining it now. It assumes nothing about who
+/// drains it: an MQTT connection serving a session today (through [`Mailbox::pop_queued`]
+/// and [`Mailbox::poll_notified`]); an AMQP queue, drained by its consumers, would be
+/// another implementation. [`Mailbox`] is the one in use.
+pub trait Inbox: Send + Sync + fmt::Debug {
+    /// Client id (or queue name) owning the inbox.
+    fn owner(&self) -> &Arc<str>;
+
+    /// Queues a delivery within `limits`, waking whoever drains the inbox.
+    fn push(&self, delivery: Delivery, limits: &QueueLimits) -> PushOutcome;
+
+    /// Whether a consumer is attached now.
+    fn is_online(&self) -> bool;
+}
+
+impl Inbox for Mailbox {
+    fn owner(&self) -> &Arc<str> {
+        self.client_id()
+    }
+
+    fn push(&self, delivery: Delivery, limits: &QueueLimits) -> PushOutcome {
+        Mailbox::push(self, delivery, limits)
+    }
+
+    fn is_online(&self) -> bool {
+        Mailbox::is_online(self)
+    }
 }
 
 /// An instruction for the connection currently serving this session.
