@@ -27,8 +27,9 @@ pub use state::{Inflight, SessionState, Stage, SubscriptionRecord};
 
 use crate::auth::DeliveryFilter;
 use crate::broker::Broker;
+use crate::mailbox::{Mailbox, QueueLimits};
 use crate::message::{Delivery, Message, Millis};
-use crate::stats::LocalStats;
+use crate::stats::{LocalStats, Stats};
 use crate::store::SessionJournal;
 
 /// A protocol violation by the client: the connection closes, telling a v5 client `reason`.
@@ -548,7 +549,15 @@ impl Session {
         let identifier = subscribe.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
-        for (i, (filter, options)) in subscribe.filters.into_iter().enumerate() {
+        // Retained messages sent at subscribe count against the queue limits, as queued
+        // messages do: one SUBSCRIBE repeating `#` must not queue copies of the whole
+        // retained tree without end (issue 9, defect 2).
+        let limits = broker.queue_limits();
+        let mut backlog = RetainedBudget::new(&limits, &self.retained_backlog, &self.state.mailbox);
+        let mut collected: Vec<&str> = Vec::new();
+        let filters = subscribe.filters;
+        for (i, (filter, options)) in filters.iter().enumerate() {
+            let (filter, options) = (filter.clone(), *options);
             let shared = topic::parse_shared(&filter).ok().flatten().is_some();
             if shared && options.no_local && self.protocol.is_v5() {
                 // [MQTT-3.8.3-4]
@@ -590,8 +599,15 @@ impl Session {
                         midge_proto::RetainHandling::SendIfNew => !existed,
                         midge_proto::RetainHandling::DontSend => false,
                     };
-                if send_retained {
+                // A filter repeated in one SUBSCRIBE replaces itself: its retained
+                // messages are sent once.
+                let repeated = collected.contains(&filters[i].0.as_str());
+                if send_retained && !repeated {
+                    collected.push(filters[i].0.as_str());
                     for message in broker.retained.matching(&filter, now) {
+                        if !backlog.admit(&message) {
+                            continue;
+                        }
                         retained.push(Delivery {
                             qos: message.qos.min(options.qos),
                             // [MQTT-3.3.1-8] retained messages sent at subscribe keep RETAIN.
@@ -618,6 +634,7 @@ impl Session {
         // [MQTT-3.8.4-1] SUBACK first, then the retained messages.
         self.send(&Packet::SubAck(suback), out);
         self.retained_backlog.extend(retained);
+        Stats::add(&broker.stats.retained_dropped, backlog.refused);
         Ok(())
     }
 
@@ -918,3 +935,39 @@ fn is_sys_topic(topic: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// How many more retained messages one SUBSCRIBE may put in the session's backlog: the
+/// backlog and the queue together stay within the queue limits (0 means unlimited).
+struct RetainedBudget {
+    messages: usize,
+    bytes: usize,
+    limits: QueueLimits,
+    refused: u64,
+}
+
+impl RetainedBudget {
+    fn new(limits: &QueueLimits, backlog: &VecDeque<Delivery>, mailbox: &Mailbox) -> Self {
+        Self {
+            messages: backlog.len() + mailbox.len(),
+            bytes: backlog.iter().map(|d| d.message.weight()).sum(),
+            limits: *limits,
+            refused: 0,
+        }
+    }
+
+    /// Counts `message` in if it fits; otherwise counts it refused.
+    fn admit(&mut self, message: &Message) -> bool {
+        let weight = message.weight();
+        let full = (self.limits.max_messages > 0 && self.messages >= self.limits.max_messages)
+            || (self.limits.max_bytes > 0
+                && self.messages > 0
+                && self.bytes + weight > self.limits.max_bytes);
+        if full {
+            self.refused += 1;
+            return false;
+        }
+        self.messages += 1;
+        self.bytes += weight;
+        true
+    }
+}
