@@ -474,6 +474,10 @@ where
                 }
                 Wait::Mailbox => {
                     woken = true;
+                    if mailbox.take_recheck() {
+                        Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
+                            .await;
+                    }
                     if let Some(Control::TakeOver(reply)) = mailbox.take_control() {
                         // [MQTT-3.1.4-3]
                         session.disconnect_packet(
@@ -759,8 +763,9 @@ where
 }
 
 /// A resumed session's subscriptions were granted to an earlier connection, perhaps
-/// under another user name or ACL: each is checked again, and those now refused are
-/// dropped before anything is delivered. (A free function: the connection's
+/// under another user name or ACL, and a live session's were granted under the ACL
+/// before a reload: each is checked again, and those now refused are dropped before
+/// anything more is delivered. (A free function: the connection's
 /// stream halves need not be `Sync`.)
 async fn recheck_subscriptions(listener: &ListenerContext, broker: &Broker, session: &mut Session) {
     let access = &listener.access;

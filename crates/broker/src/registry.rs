@@ -160,6 +160,18 @@ impl Registry {
         }
     }
 
+    /// Asks every connection serving a session to authorize its subscriptions again: the
+    /// access rules changed, and a right taken away must stop deliveries at once, not at
+    /// the next connection (the class of CVE-2021-34434). Parked sessions are checked
+    /// when they resume, before anything is delivered.
+    pub fn recheck_owners(&self) {
+        for slot in self.lock().slots.values() {
+            if slot.owner.is_some() {
+                slot.mailbox.request_recheck();
+            }
+        }
+    }
+
     /// Number of parked (disconnected, persistent) sessions.
     pub fn parked_len(&self) -> usize {
         self.lock()
