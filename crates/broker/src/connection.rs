@@ -228,14 +228,9 @@ where
         let _ = Packet::ConnAck(connack).encode(version, &mut self.wbuf);
     }
 
-    /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6].
-    async fn refuse(
-        &mut self,
-        protocol: ProtocolVersion,
-        reason: ReasonCode,
-        what: &str,
-        client_id: &str,
-    ) {
+    /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6], within the
+    /// client's Maximum Packet Size.
+    async fn refuse(&mut self, connect: &Connect, reason: ReasonCode, what: &str, client_id: &str) {
         Stats::add(&self.broker.stats.connects_refused, 1);
         tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
         let connack = ConnAck {
@@ -243,7 +238,9 @@ where
             reason_code: reason,
             properties: Default::default(),
         };
-        let _ = Packet::ConnAck(connack).encode(protocol, &mut self.wbuf);
+        let max = connect.properties.maximum_packet_size;
+        let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        let _ = Packet::ConnAck(connack).encode_within(connect.protocol, max, &mut self.wbuf);
         Box::pin(self.close()).await;
     }
 
@@ -279,7 +276,7 @@ where
             Ok(n) => n,
             Err(refusal) => {
                 Box::pin(self.refuse(
-                    connect.protocol,
+                    &connect,
                     refusal.reason,
                     refusal.message,
                     &connect.client_id,
@@ -301,7 +298,7 @@ where
             Ok(identity) => negotiated.username = identity.username,
             Err(reason) => {
                 Box::pin(self.refuse(
-                    connect.protocol,
+                    &connect,
                     reason,
                     "authentication failed",
                     &negotiated.client_id,

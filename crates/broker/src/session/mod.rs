@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use midge_proto::{
-    ConnAck, Disconnect, DisconnectProperties, OutgoingPublish, Packet, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, ResponseProperties, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, Will, topic,
+    ConnAck, Disconnect, DisconnectProperties, EncodeError, OutgoingPublish, Packet,
+    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, ResponseProperties, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, Will, topic,
 };
 
 pub use connect::{Negotiated, Refusal, negotiate, within_topic_limits};
@@ -236,9 +236,17 @@ impl Session {
 
     fn send(&mut self, packet: &Packet, out: &mut BytesMut) {
         self.settle = true;
-        match packet.encode(self.protocol, out) {
+        // Within the client's Maximum Packet Size, leaving out a reason string or user
+        // properties that do not fit [MQTT-3.1.2-24].
+        let max = usize::try_from(self.client_max_packet_size).unwrap_or(usize::MAX);
+        match packet.encode_within(self.protocol, max, out) {
             Ok(()) => self.stats.packets_sent += 1,
-            // Only our own oversized fields can fail to encode; nothing to tell the client.
+            // No room even in its smallest form (a SUBACK for many filters, say): not
+            // sent [MQTT-3.1.2-25]. The client chose the limit, so this is no warning.
+            Err(e @ EncodeError::ExceedsMaximumPacketSize { .. }) => {
+                tracing::debug!(client_id = %self.state.client_id, error = %e, "{} not sent", packet.name())
+            }
+            // Only our own oversized fields; nothing to tell the client.
             Err(e) => {
                 tracing::warn!(client_id = %self.state.client_id, error = %e, "cannot encode {}", packet.name())
             }
