@@ -661,7 +661,10 @@ fn write_connect<S: Sink>(connect: &Connect, version: ProtocolVersion, s: &mut S
 }
 
 fn write_connack<S: Sink>(connack: &ConnAck, version: ProtocolVersion, s: &mut S) {
-    s.u8(u8::from(connack.session_present));
+    // 3.1 reserves this byte; session present is new in 3.1.1.
+    s.u8(u8::from(
+        connack.session_present && version != ProtocolVersion::V31,
+    ));
     if version.is_v5() {
         s.u8(connack.reason_code.0);
         s.properties(&connack.properties);

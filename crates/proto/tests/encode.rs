@@ -301,6 +301,18 @@ fn connack_v3_return_codes_and_v5_reason_codes() {
 }
 
 #[test]
+fn v31_connack_leaves_the_reserved_session_present_bit_clear() {
+    let resumed = Packet::ConnAck(ConnAck {
+        session_present: true,
+        reason_code: ReasonCode::SUCCESS,
+        properties: Default::default(),
+    });
+    // 3.1 reserves the first byte of the variable header; 3.1.1 made bit 0 session present.
+    assert_eq!(encode(&resumed, V31), [0x20, 2, 0x00, 0x00]);
+    assert_eq!(encode(&resumed, V311), [0x20, 2, 0x01, 0x00]);
+}
+
+#[test]
 fn subscribe_options_byte() {
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: 10,

@@ -1,9 +1,12 @@
 //! Fine print of the spec found by running a third-party broker test suite against midge:
-//! packets within the client's Maximum Packet Size.
+//! packets within the client's Maximum Packet Size, the MQTT 3.1 CONNACK.
 
 use rumqttc::v5::mqttbytes::v5 as mqtt5;
 
-use crate::harness::{TestBroker, V5Packet, connect_properties, v5_connect_with};
+use crate::client::V3;
+use crate::harness::{
+    CONNACK_V311_OK, TestBroker, V5Packet, connect_properties, v5_connect_with,
+};
 
 /// A v5 CONNECT (clean start) whose Maximum Packet Size is `max`.
 fn connect_with_max_packet_size(client_id: &str, max: u32) -> mqtt5::Connect {
@@ -63,5 +66,40 @@ async fn connack_that_cannot_fit_the_client_maximum_packet_size_refuses_within_i
         "CONNACK 0x83 (implementation specific error) in 5 bytes"
     );
     assert_eq!(broker.stats().connects_refused, 1);
+    broker.shutdown().await;
+}
+
+/// An MQTT 3.1 CONNECT (`MQIsdp`, level 3) without clean session, client "v31p".
+const CONNECT_V31_PERSISTENT: [u8; 20] = [
+    0x10, 0x12, // CONNECT, remaining length 18
+    0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', // protocol name "MQIsdp"
+    0x03, // protocol level 3
+    0x00, // connect flags: no clean session
+    0x00, 0x3C, // keep alive 60
+    0x00, 0x04, b'v', b'3', b'1', b'p', // client id "v31p"
+];
+
+#[tokio::test]
+async fn mqtt31_connack_never_sets_the_session_present_bit() {
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw().await;
+    raw.send(&CONNECT_V31_PERSISTENT).await;
+    assert_eq!(raw.recv(4).await, CONNACK_V311_OK);
+    raw.subscribe_v4(1, "v31/kept", 1).await;
+    drop(raw);
+    broker
+        .eventually("the 3.1 session to be parked", |b| {
+            b.registry.parked_len() == 1
+        })
+        .await;
+
+    let mut raw = broker.raw().await;
+    raw.send(&CONNECT_V31_PERSISTENT).await;
+    // 3.1 has no session present flag: the byte is reserved and stays 0, although the
+    // session (and its subscription) was resumed.
+    assert_eq!(raw.recv(4).await, CONNACK_V311_OK);
+    let mut publisher = V3::connect(&broker, "pub").await;
+    publisher.publish("v31/kept", 1, false, "resumed").await;
+    assert_eq!(&raw.recv_v4_publish().await.payload[..], b"resumed");
     broker.shutdown().await;
 }
