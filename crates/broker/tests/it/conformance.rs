@@ -1,11 +1,17 @@
 //! Fine print of the spec found by running a third-party broker test suite against midge:
-//! packets within the client's Maximum Packet Size, the MQTT 3.1 CONNACK.
+//! packets within the client's Maximum Packet Size, the MQTT 3.1 CONNACK, a close that
+//! lets a client still writing read the reason.
+
+use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5 as mqtt5;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 
 use crate::client::V3;
 use crate::harness::{
-    CONNACK_V311_OK, TestBroker, V5Packet, connect_properties, v5_connect_with,
+    CONNACK_V311_OK, TIMEOUT, TestBroker, V5Packet, connect_properties, v5_connect,
+    v5_connect_with,
 };
 
 /// A v5 CONNECT (clean start) whose Maximum Packet Size is `max`.
@@ -101,5 +107,47 @@ async fn mqtt31_connack_never_sets_the_session_present_bit() {
     let mut publisher = V3::connect(&broker, "pub").await;
     publisher.publish("v31/kept", 1, false, "resumed").await;
     assert_eq!(&raw.recv_v4_publish().await.payload[..], b"resumed");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_still_writing_after_0x95_reads_the_disconnect() {
+    let broker = TestBroker::start_with(|c| c.mqtt.max_packet_size = 1024).await;
+    let (mut raw, _) = broker.raw_v5(v5_connect("writer")).await;
+    // A PUBLISH announcing 1 MiB, refused from its fixed header with 0x95.
+    raw.send(&[0x30, 0x80, 0x80, 0x40]).await;
+    // The client does not read yet: it goes on sending the body it announced. Closed at
+    // once, the broker's socket would answer with a reset, failing these writes and
+    // discarding the DISCONNECT the client has not read.
+    let chunk = [b'x'; 1024];
+    for i in 0..16 {
+        if let Err(e) = raw.stream.write_all(&chunk).await {
+            panic!("write {i} after the 0x95 failed: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    raw.expect_disconnect(0x95).await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_drain_after_a_disconnect_is_bounded() {
+    let broker = TestBroker::start_with(|c| c.mqtt.max_packet_size = 1024).await;
+    let (mut raw, _) = broker.raw_v5(v5_connect("flood")).await;
+    raw.send(&[0x30, 0x80, 0x80, 0x40]).await;
+    // A client that never stops writing is closed once the drain's budget is spent.
+    let started = Instant::now();
+    let chunk = vec![b'x'; 64 * 1024];
+    loop {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "still accepting writes after {TIMEOUT:?}"
+        );
+        match tokio::time::timeout(TIMEOUT, raw.stream.write_all(&chunk)).await {
+            Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Ok(Err(_)) => break,
+            Err(_) => panic!("a write blocked for {TIMEOUT:?}: the broker stopped reading"),
+        }
+    }
     broker.shutdown().await;
 }
