@@ -1,6 +1,6 @@
 //! Fine print of the spec found by running a third-party broker test suite against midge:
 //! packets within the client's Maximum Packet Size, the MQTT 3.1 CONNACK, a close that
-//! lets a client still writing read the reason.
+//! lets a client still writing read the reason, the topic level default.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use rumqttc::v5::mqttbytes::v5 as mqtt5;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::client::V3;
+use crate::client::{V3, text};
 use crate::harness::{
     CONNACK_V311_OK, TIMEOUT, TestBroker, V5Packet, connect_properties, v5_connect,
     v5_connect_with,
@@ -149,5 +149,28 @@ async fn the_drain_after_a_disconnect_is_bounded() {
             Err(_) => panic!("a write blocked for {TIMEOUT:?}: the broker stopped reading"),
         }
     }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn topics_of_200_levels_are_accepted_by_default() {
+    let broker = TestBroker::start().await;
+    // Mosquitto accepts 200 levels, the spec any number.
+    let deep = vec!["l"; 200].join("/");
+    let mut subscriber = V3::connect(&broker, "deep").await;
+    subscriber.subscribe_ok(&deep, 1).await;
+    let mut publisher = V3::connect(&broker, "pub").await;
+    publisher.publish(&deep, 1, false, "deep").await;
+    let got = subscriber.next_publish().await;
+    assert_eq!(
+        (got.topic.as_str(), text(&got.payload).as_str()),
+        (deep.as_str(), "deep")
+    );
+
+    // One level more is beyond the default.
+    assert_eq!(
+        subscriber.subscribe(&format!("{deep}/l"), 1).await,
+        [rumqttc::SubscribeReasonCode::Failure]
+    );
     broker.shutdown().await;
 }
