@@ -1,17 +1,18 @@
 //! Fine print of the spec found by running a third-party broker test suite against midge:
 //! packets within the client's Maximum Packet Size, the MQTT 3.1 CONNACK, a close that
-//! lets a client still writing read the reason, the topic level default.
+//! lets a client still writing read the reason, the topic level default, and a resent
+//! QoS 2 PUBLISH answered like the first.
 
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5 as mqtt5;
+use rumqttc::v5::mqttbytes::v5::{self as mqtt5, PubRecReason};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use crate::client::{V3, text};
 use crate::harness::{
     CONNACK_V311_OK, TIMEOUT, TestBroker, V5Packet, connect_properties, v5_connect,
-    v5_connect_with,
+    v5_connect_with, v5_publish,
 };
 
 /// A v5 CONNECT (clean start) whose Maximum Packet Size is `max`.
@@ -172,5 +173,57 @@ async fn topics_of_200_levels_are_accepted_by_default() {
         subscriber.subscribe(&format!("{deep}/l"), 1).await,
         [rumqttc::SubscribeReasonCode::Failure]
     );
+    broker.shutdown().await;
+}
+
+/// Expects PUBREC for `packet_id` and returns its reason.
+async fn pubrec_reason(raw: &mut crate::harness::Raw, packet_id: u16) -> PubRecReason {
+    match raw.recv_v5().await {
+        V5Packet::PubRec(rec) => {
+            assert_eq!(rec.pkid, packet_id);
+            rec.reason
+        }
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_resent_qos2_publish_gets_the_reason_of_the_first_pubrec() {
+    let broker = TestBroker::start().await;
+    let properties = mqtt5::ConnectProperties {
+        session_expiry_interval: Some(60),
+        ..connect_properties()
+    };
+    let connect = v5_connect_with("pub2", false, properties);
+    let (mut raw, _) = broker.raw_v5(connect.clone()).await;
+    let mut publish = v5_publish("nobody/listens", 2, 7, b"x");
+    raw.send_v5(V5Packet::Publish(publish.clone())).await;
+    assert_eq!(
+        pubrec_reason(&mut raw, 7).await,
+        PubRecReason::NoMatchingSubscribers
+    );
+    // The PUBREC was "lost": the same PUBLISH again, with DUP, gets the same answer.
+    publish.dup = true;
+    raw.send_v5(V5Packet::Publish(publish.clone())).await;
+    assert_eq!(
+        pubrec_reason(&mut raw, 7).await,
+        PubRecReason::NoMatchingSubscribers
+    );
+
+    // The held id and its reason are session state: after a reconnect, still the same.
+    drop(raw);
+    broker
+        .eventually("the session to be parked", |b| b.registry.parked_len() == 1)
+        .await;
+    let (mut raw, ack) = broker.raw_v5(connect).await;
+    assert!(ack.session_present);
+    raw.send_v5(V5Packet::Publish(publish)).await;
+    assert_eq!(
+        pubrec_reason(&mut raw, 7).await,
+        PubRecReason::NoMatchingSubscribers
+    );
+    raw.send_v5(V5Packet::PubRel(mqtt5::PubRel::new(7, None)))
+        .await;
+    assert!(matches!(raw.recv_v5().await, V5Packet::PubComp(c) if c.pkid == 7));
     broker.shutdown().await;
 }
