@@ -711,9 +711,10 @@ impl Session {
     }
 
     /// The DISCONNECT the broker sends a v5 client before closing (nothing for v3). It
-    /// always carries a reason string (the spec's name for the reason unless a more
-    /// specific one is given): it tells a user what happened, and some clients (rumqttc
-    /// 0.25) cannot decode the reason-code-only short form at all.
+    /// carries a reason string (the spec's name for the reason unless a more specific one
+    /// is given): it tells a user what happened, and some clients (rumqttc 0.25) cannot
+    /// decode the reason-code-only short form at all. Only a client whose Maximum Packet
+    /// Size has no room for the string gets the short form (see `Session::send`).
     pub fn disconnect_packet(
         &mut self,
         reason: ReasonCode,
