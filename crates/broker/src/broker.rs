@@ -249,6 +249,14 @@ impl SessionEnv for Broker {
         &self.config.mqtt
     }
 
+    fn queue_limits(&self) -> QueueLimits {
+        Broker::queue_limits(self)
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
     fn publish(&self, message: Message) -> usize {
         Broker::publish(self, message).delivered
     }

@@ -374,7 +374,9 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// Subscriptions per client; 0 is unlimited.
     pub max_subscriptions_per_client: usize,
-    /// Levels in a topic name or filter.
+    /// Levels in a topic name or filter. The spec sets no limit; the default, 200, is
+    /// Mosquitto's, so no topic it accepts is refused, while the depth the subscription
+    /// trie and retained tree walk (recursively) per message stays bounded.
     pub max_topic_levels: usize,
     /// Bytes in a topic name or filter.
     pub max_topic_length: usize,
@@ -404,7 +406,7 @@ impl Default for MqttConfig {
             retain_available: true,
             max_connections: 100_000,
             max_subscriptions_per_client: 10_000,
-            max_topic_levels: 128,
+            max_topic_levels: 200,
             max_topic_length: 65_535,
             topic_alias_maximum: 64,
             connect_timeout_secs: 10,

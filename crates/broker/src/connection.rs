@@ -34,6 +34,10 @@ const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
 const READ_CHUNK: usize = 64 * 1024;
 /// How long a closing connection may spend flushing its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// After its last packets, a closing connection reads and discards what the client still
+/// sends for at most this long and this many bytes (see [`Connection::close`]).
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+const CLOSE_DRAIN_BYTES: usize = 256 * 1024;
 
 /// What a listener gives each of its connections.
 #[derive(Debug)]
@@ -228,14 +232,9 @@ where
         let _ = Packet::ConnAck(connack).encode(version, &mut self.wbuf);
     }
 
-    /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6].
-    async fn refuse(
-        &mut self,
-        protocol: ProtocolVersion,
-        reason: ReasonCode,
-        what: &str,
-        client_id: &str,
-    ) {
+    /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6], within the
+    /// client's Maximum Packet Size.
+    async fn refuse(&mut self, connect: &Connect, reason: ReasonCode, what: &str, client_id: &str) {
         Stats::add(&self.broker.stats.connects_refused, 1);
         tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
         let connack = ConnAck {
@@ -243,7 +242,9 @@ where
             reason_code: reason,
             properties: Default::default(),
         };
-        let _ = Packet::ConnAck(connack).encode(protocol, &mut self.wbuf);
+        let max = connect.properties.maximum_packet_size;
+        let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        let _ = Packet::ConnAck(connack).encode_within(connect.protocol, max, &mut self.wbuf);
         Box::pin(self.close()).await;
     }
 
@@ -279,7 +280,7 @@ where
             Ok(n) => n,
             Err(refusal) => {
                 Box::pin(self.refuse(
-                    connect.protocol,
+                    &connect,
                     refusal.reason,
                     refusal.message,
                     &connect.client_id,
@@ -301,7 +302,7 @@ where
             Ok(identity) => negotiated.username = identity.username,
             Err(reason) => {
                 Box::pin(self.refuse(
-                    connect.protocol,
+                    &connect,
                     reason,
                     "authentication failed",
                     &negotiated.client_id,
@@ -471,6 +472,10 @@ where
                 }
                 Wait::Mailbox => {
                     woken = true;
+                    if mailbox.take_recheck() {
+                        Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
+                            .await;
+                    }
                     if let Some(Control::TakeOver(reply)) = mailbox.take_control() {
                         // [MQTT-3.1.4-3]
                         session.disconnect_packet(
@@ -715,6 +720,12 @@ where
     }
 
     /// Writes what is left (a CONNACK, a DISCONNECT), bounded in time, and closes.
+    ///
+    /// A socket closed with input unread resets the connection, and a client still writing
+    /// (the rest of a packet too large, say) then gets the reset and may never read the
+    /// reason it was sent. So, when there was something to say: write it, shut down
+    /// writing (FIN after the data), and read and discard until the client closes too,
+    /// within [`CLOSE_DRAIN_TIMEOUT`] and [`CLOSE_DRAIN_BYTES`], before closing.
     async fn close(&mut self) {
         // Acknowledgements in the buffer wait for the store as in `run`; if it does not
         // commit in time they are not sent, and the client resends.
@@ -722,6 +733,7 @@ where
         if settled.await.is_err() {
             self.wbuf.clear();
         }
+        let drain = !self.wbuf.is_empty();
         let flush = async {
             while !self.wbuf.is_empty() {
                 match self.writer.write_buf(&mut self.wbuf).await {
@@ -732,6 +744,39 @@ where
             let _ = self.writer.shutdown().await;
         };
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
+        if drain {
+            self.drain().await;
+        }
+    }
+
+    /// Reads and discards input until the client closes, the budget is spent or the
+    /// server shuts down (which does not wait for clients).
+    async fn drain(&mut self) {
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let (reader, rbuf, stats) = (&mut self.reader, &mut self.rbuf, &self.broker.stats);
+        let discard = async {
+            let mut budget = CLOSE_DRAIN_BYTES;
+            loop {
+                rbuf.clear();
+                match read_into(reader, rbuf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        Stats::add(&stats.bytes_received, n as u64);
+                        budget = match budget.checked_sub(n) {
+                            Some(left) if left > 0 => left,
+                            _ => return,
+                        };
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, discard) => {}
+            _ = self.shutdown.changed() => {}
+        }
+        self.rbuf = BytesMut::new();
     }
 }
 
@@ -814,8 +859,9 @@ async fn authorize(
 }
 
 /// A resumed session's subscriptions were granted to an earlier connection, perhaps
-/// under another user name or ACL: each is checked again, and those now refused are
-/// dropped before anything is delivered. (A free function: the connection's
+/// under another user name or ACL, and a live session's were granted under the ACL
+/// before a reload: each is checked again, and those now refused are dropped before
+/// anything more is delivered. (A free function: the connection's
 /// stream halves need not be `Sync`.)
 async fn recheck_subscriptions(listener: &ListenerContext, broker: &Broker, session: &mut Session) {
     let access = &listener.access;

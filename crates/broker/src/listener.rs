@@ -231,6 +231,8 @@ impl Server {
                 first_error.get_or_insert(e.into());
             }
         }
+        // Subscriptions granted under the old rules are checked under the new ones.
+        self.broker.registry.recheck_owners();
         first_error.map_or(Ok(()), Err)
     }
 

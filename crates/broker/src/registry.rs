@@ -88,8 +88,42 @@ impl Slot {
 #[derive(Debug, Default)]
 struct Inner {
     slots: HashMap<Arc<str>, Slot>,
-    /// Deadlines (session expiry, delayed wills), checked lazily against the slot.
+    /// Deadlines (session expiry, delayed wills), checked lazily against the slot. An
+    /// entry goes stale when its session resumes or its will is cancelled; see
+    /// [`Inner::push_timer`] for what bounds them.
     timers: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
+}
+
+/// Stale timers tolerated beyond this many per slot (each slot has at most two live
+/// ones) before the heap is rebuilt from the slots.
+pub(crate) const TIMERS_PER_SLOT: usize = 4;
+/// ... plus this many, so small registries do not rebuild on every push.
+pub(crate) const TIMER_SLACK: usize = 1024;
+
+impl Inner {
+    /// Schedules a deadline for `client_id`. A client reconnecting in a loop leaves a
+    /// stale entry per park until that deadline passes (an hour for a one-hour expiry);
+    /// when stale entries outnumber the live ones by far, the heap is rebuilt from the
+    /// slots' own deadlines, so it stays within a constant factor of the slot count. A
+    /// rebuild costs O(slots) and follows at least that many pushes: amortised O(1).
+    fn push_timer(&mut self, at: Millis, client_id: Arc<str>) {
+        self.timers.push(Reverse((at, client_id)));
+        if self.timers.len() > TIMERS_PER_SLOT * self.slots.len() + TIMER_SLACK {
+            self.rebuild_timers();
+        }
+    }
+
+    fn rebuild_timers(&mut self) {
+        let live = self.slots.iter().flat_map(|(id, slot)| {
+            let expiry = slot.expires_at.map(|at| Reverse((at, id.clone())));
+            let will = slot
+                .will
+                .as_ref()
+                .map(|w| Reverse((w.publish_at, id.clone())));
+            expiry.into_iter().chain(will)
+        });
+        self.timers = live.collect();
+    }
 }
 
 /// See the module documentation.
@@ -169,6 +203,18 @@ impl Registry {
         for slot in self.lock().slots.values() {
             if slot.owner.is_some() {
                 slot.mailbox.wake_connection();
+            }
+        }
+    }
+
+    /// Asks every connection serving a session to authorize its subscriptions again: the
+    /// access rules changed, and a right taken away must stop deliveries at once, not at
+    /// the next connection (the class of CVE-2021-34434). Parked sessions are checked
+    /// when they resume, before anything is delivered.
+    pub fn recheck_owners(&self) {
+        for slot in self.lock().slots.values() {
+            if slot.owner.is_some() {
+                slot.mailbox.request_recheck();
             }
         }
     }
@@ -305,7 +351,8 @@ impl Registry {
         let mut answer_takeover = None;
         {
             let mut inner = self.lock();
-            let Inner { slots, timers } = &mut *inner;
+            let mut timers = Vec::new();
+            let Inner { slots, .. } = &mut *inner;
             let slot = slots
                 .entry(client_id.clone())
                 .or_insert_with(|| Slot::new(self.new_mailbox(&client_id)));
@@ -330,7 +377,7 @@ impl Registry {
                 slot.parked = Some(Box::new(state));
                 if let Some(at) = expires_at {
                     slot.expires_at = Some(at);
-                    timers.push(Reverse((at, client_id.clone())));
+                    timers.push(at);
                 }
             }
             if let Some((will, delay)) = will {
@@ -348,7 +395,7 @@ impl Registry {
                         journal.will_put(publish_at, &will);
                     }
                     slot.will = Some(Box::new(PendingWill { will, publish_at }));
-                    timers.push(Reverse((publish_at, client_id.clone())));
+                    timers.push(publish_at);
                 }
             }
             if ended.is_some() && owned {
@@ -357,6 +404,9 @@ impl Registry {
                 } else {
                     slot.mailbox = self.new_mailbox(&client_id);
                 }
+            }
+            for at in timers {
+                inner.push_timer(at, client_id.clone());
             }
         }
         Effects {
@@ -480,6 +530,13 @@ impl Registry {
             .slots
             .get(client_id)
             .is_some_and(|s| s.attach_lock.is_some())
+    }
+
+    /// Entries in the timer heap, and slots.
+    #[cfg(test)]
+    pub(crate) fn timers_and_slots(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.timers.len(), inner.slots.len())
     }
 
     /// Takes a clone of `client_id`'s attach lock, as an attach under way would.

@@ -61,6 +61,9 @@ counters! {
     publish_dropped,
     /// PUBLISH packets refused by authorization.
     publish_denied,
+    /// Retained messages not sent at SUBSCRIBE because the session's queue limits
+    /// (`max_queued_messages`, `max_queued_bytes`) were reached.
+    retained_dropped,
     /// Connections closed for malformed or protocol-violating input.
     protocol_errors,
     /// Wills published.

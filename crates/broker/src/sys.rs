@@ -64,6 +64,10 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/retained messages/count",
             broker.retained.len().to_string(),
         ),
+        (
+            "$SYS/broker/retained messages/dropped",
+            s.retained_dropped.to_string(),
+        ),
     ]
 }
 

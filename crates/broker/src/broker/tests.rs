@@ -9,6 +9,7 @@ use midge_proto::{QoS, Will, WillProperties};
 
 use super::*;
 use crate::mailbox::Control;
+use crate::registry::{TIMER_SLACK, TIMERS_PER_SLOT};
 
 fn will(delay: u32) -> Will {
     Will {
@@ -46,6 +47,33 @@ async fn a_session_expiring_while_a_connection_attaches_leaves_it_a_live_mailbox
     let next = broker.attach(id, false, 2, 2_000).await;
     assert!(!next.session_present);
     assert!(!next.state.mailbox.is_closed());
+}
+
+/// Issue 9, defect 3: every park pushed a timer and stale ones left only at their
+/// deadline, so a client reconnecting in a loop with a long expiry grew the heap
+/// forever.
+#[tokio::test]
+async fn reconnect_loops_do_not_grow_the_timer_heap() {
+    let broker = Broker::new(Config::default());
+    for round in 0..20_000u64 {
+        let id: Arc<str> = format!("c{}", round % 10).into();
+        let mut state = broker.attach(id, false, round, round).await.state;
+        state.expiry_interval = 3600;
+        broker.detach(round, state, Some((will(600), 600)), round);
+    }
+    let (timers, slots) = broker.registry.timers_and_slots();
+    assert_eq!(slots, 10);
+    assert!(
+        timers <= TIMERS_PER_SLOT * slots + TIMER_SLACK,
+        "{} timers for {} sessions",
+        timers,
+        slots
+    );
+    // The live deadlines survived the rebuilds: each session still expires on time,
+    // with its will.
+    broker.tick(20_000 + 3_600_000);
+    assert_eq!(broker.registry.parked_len(), 0);
+    assert_eq!(broker.retained.matching("wills/c", 0).len(), 1);
 }
 
 #[tokio::test]

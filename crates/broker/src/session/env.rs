@@ -11,12 +11,20 @@ use midge_proto::SubscriptionOptions;
 
 use crate::config::MqttConfig;
 use crate::mailbox::Mailbox;
-use crate::model::{Delivery, Message, Millis};
+use crate::model::{Delivery, Message, Millis, QueueLimits};
+use crate::stats::Stats;
 
 /// See the module documentation.
 pub trait SessionEnv {
     /// The MQTT settings in force (limits, retain availability, aliases, in-flight window).
     fn mqtt(&self) -> &MqttConfig;
+
+    /// Queue limits in force (retained messages sent at SUBSCRIBE count against them).
+    fn queue_limits(&self) -> QueueLimits;
+
+    /// The broker's counters, for what the session counts at once rather than per
+    /// wake-up (retained messages refused at SUBSCRIBE).
+    fn stats(&self) -> &Stats;
 
     /// Publishes a client's message: the retained store first, if it is retained, then
     /// routing. Returns how many sessions it was queued for.

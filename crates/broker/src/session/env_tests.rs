@@ -10,6 +10,7 @@ use super::*;
 use crate::config::MqttConfig;
 use crate::mailbox::Mailbox;
 use crate::model::{Delivery, Message, QueueLimits};
+use crate::stats::Stats;
 
 const NOW: Millis = 1_000_000;
 
@@ -17,6 +18,7 @@ const NOW: Millis = 1_000_000;
 #[derive(Default)]
 struct FakeEnv {
     mqtt: MqttConfig,
+    stats: Stats,
     /// What `publish` answers: how many sessions the message reached.
     reach: usize,
     /// Filters `subscribe` says the session already had.
@@ -37,6 +39,19 @@ impl FakeEnv {
 impl SessionEnv for FakeEnv {
     fn mqtt(&self) -> &MqttConfig {
         &self.mqtt
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.mqtt.max_queued_messages,
+            max_bytes: self.mqtt.max_queued_bytes,
+            policy: self.mqtt.queue_full_policy,
+            queue_qos0_offline: self.mqtt.queue_qos0_offline,
+        }
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     fn publish(&self, message: Message) -> usize {

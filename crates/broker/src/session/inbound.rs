@@ -65,7 +65,7 @@ impl Session {
         }
         if publish.qos == QoS::ExactlyOnce
             && self.protocol.is_v5()
-            && !self.state.awaiting_pubrel.contains(&publish.packet_id)
+            && !self.state.awaiting_pubrel.contains_key(&publish.packet_id)
             && self.state.awaiting_pubrel.len() >= usize::from(config.max_inflight)
         {
             // [MQTT-3.3.4-7] [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISH than our
@@ -92,9 +92,17 @@ impl Session {
     ) {
         let publish = publish.0;
         let (qos, packet_id) = (publish.qos, publish.packet_id);
-        if qos == QoS::ExactlyOnce && self.state.awaiting_pubrel.contains(&packet_id) {
-            // [MQTT-4.3.3-9] a resent QoS 2 PUBLISH is acknowledged, not routed again.
-            self.send(&Packet::PubRec(PubResponse::success(packet_id)), out);
+        if qos == QoS::ExactlyOnce
+            && let Some(&reason_code) = self.state.awaiting_pubrel.get(&packet_id)
+        {
+            // [MQTT-4.3.3-9] a resent QoS 2 PUBLISH is acknowledged as the first was, not
+            // routed again.
+            let response = PubResponse {
+                packet_id,
+                reason_code,
+                properties: ResponseProperties::default(),
+            };
+            self.send(&Packet::PubRec(response), out);
             return;
         }
         let reason = if !authorized || is_sys_topic(&publish.topic) {
@@ -136,10 +144,14 @@ impl Session {
                 // A PUBREC with an error code ends the exchange [MQTT-4.3.3-?]; otherwise the
                 // id is held until PUBREL.
                 if !reason.is_error()
-                    && self.state.awaiting_pubrel.insert(packet_id)
+                    && self
+                        .state
+                        .awaiting_pubrel
+                        .insert(packet_id, reason)
+                        .is_none()
                     && let Some(journal) = &self.journal
                 {
-                    journal.pubrel_held(packet_id);
+                    journal.pubrel_held(packet_id, reason);
                 }
                 self.send(&Packet::PubRec(response), out);
             }
@@ -147,7 +159,7 @@ impl Session {
     }
 
     pub(super) fn on_pubrel(&mut self, rel: &PubResponse, out: &mut BytesMut) {
-        let known = self.state.awaiting_pubrel.remove(&rel.packet_id);
+        let known = self.state.awaiting_pubrel.remove(&rel.packet_id).is_some();
         if known && let Some(journal) = &self.journal {
             journal.pubrel_released(rel.packet_id);
         }

@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use midge_proto::{
-    ConnAck, Disconnect, DisconnectProperties, Packet, ProtocolVersion, PubResponse, ReasonCode,
-    Will,
+    ConnAck, Disconnect, DisconnectProperties, EncodeError, Packet, ProtocolVersion, PubResponse,
+    ReasonCode, Will,
 };
 
 pub use connect::{Negotiated, Refusal, negotiate, within_topic_limits};
@@ -170,9 +170,17 @@ impl Session {
 
     fn send(&mut self, packet: &Packet, out: &mut BytesMut) {
         self.settle = true;
-        match packet.encode(self.protocol, out) {
+        // Within the client's Maximum Packet Size, leaving out a reason string or user
+        // properties that do not fit [MQTT-3.1.2-24].
+        let max = usize::try_from(self.client_max_packet_size).unwrap_or(usize::MAX);
+        match packet.encode_within(self.protocol, max, out) {
             Ok(()) => self.stats.packets_sent += 1,
-            // Only our own oversized fields can fail to encode; nothing to tell the client.
+            // No room even in its smallest form (a SUBACK for many filters, say): not
+            // sent [MQTT-3.1.2-25]. The client chose the limit, so this is no warning.
+            Err(e @ EncodeError::ExceedsMaximumPacketSize { .. }) => {
+                tracing::debug!(client_id = %self.state.client_id, error = %e, "{} not sent", packet.name())
+            }
+            // Only our own oversized fields; nothing to tell the client.
             Err(e) => {
                 tracing::warn!(client_id = %self.state.client_id, error = %e, "cannot encode {}", packet.name())
             }
@@ -272,9 +280,10 @@ impl Session {
     }
 
     /// The DISCONNECT the broker sends a v5 client before closing (nothing for v3). It
-    /// always carries a reason string (the spec's name for the reason unless a more
-    /// specific one is given): it tells a user what happened, and some clients (rumqttc
-    /// 0.25) cannot decode the reason-code-only short form at all.
+    /// carries a reason string (the spec's name for the reason unless a more specific one
+    /// is given): it tells a user what happened, and some clients (rumqttc 0.25) cannot
+    /// decode the reason-code-only short form at all. Only a client whose Maximum Packet
+    /// Size has no room for the string gets the short form (see `Session::send`).
     pub fn disconnect_packet(
         &mut self,
         reason: ReasonCode,

@@ -1,13 +1,17 @@
 //! SUBSCRIBE and UNSUBSCRIBE, retained messages at subscribe, and what leaving a
 //! subscription does to deliveries already queued for it.
 
+use std::collections::VecDeque;
+
 use bytes::BytesMut;
 use midge_proto::{
     Packet, ReasonCode, ResponseProperties, SubAck, Subscribe, UnsubAck, Unsubscribe, topic,
 };
 
 use super::{Session, SessionEnv, Violation, violation, within_topic_limits};
-use crate::model::{Delivery, Millis, Stage, SubscriptionRecord};
+use crate::mailbox::Mailbox;
+use crate::model::{Delivery, Message, Millis, QueueLimits, Stage, SubscriptionRecord};
+use crate::stats::Stats;
 
 impl Session {
     /// Removes a subscription without telling the client (a resumed subscription that
@@ -65,7 +69,15 @@ impl Session {
         let identifier = subscribe.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
-        for (i, (filter, options)) in subscribe.filters.into_iter().enumerate() {
+        // Retained messages sent at subscribe count against the queue limits, as queued
+        // messages do: one SUBSCRIBE repeating `#` must not queue copies of the whole
+        // retained tree without end (issue 9, defect 2).
+        let limits = env.queue_limits();
+        let mut backlog = RetainedBudget::new(&limits, &self.retained_backlog, &self.state.mailbox);
+        let mut collected: Vec<&str> = Vec::new();
+        let filters = subscribe.filters;
+        for (i, (filter, options)) in filters.iter().enumerate() {
+            let (filter, options) = (filter.clone(), *options);
             let shared = topic::parse_shared(&filter).ok().flatten().is_some();
             if shared && options.no_local && self.protocol.is_v5() {
                 // [MQTT-3.8.3-4]
@@ -104,8 +116,15 @@ impl Session {
                         midge_proto::RetainHandling::SendIfNew => !existed,
                         midge_proto::RetainHandling::DontSend => false,
                     };
-                if send_retained {
+                // A filter repeated in one SUBSCRIBE replaces itself: its retained
+                // messages are sent once.
+                let repeated = collected.contains(&filters[i].0.as_str());
+                if send_retained && !repeated {
+                    collected.push(filters[i].0.as_str());
                     for message in env.retained(&filter, now) {
+                        if !backlog.admit(&message) {
+                            continue;
+                        }
                         retained.push(Delivery {
                             qos: message.qos.min(options.qos),
                             // [MQTT-3.3.1-8] retained messages sent at subscribe keep RETAIN.
@@ -132,6 +151,7 @@ impl Session {
         // [MQTT-3.8.4-1] SUBACK first, then the retained messages.
         self.send(&Packet::SubAck(suback), out);
         self.retained_backlog.extend(retained);
+        Stats::add(&env.stats().retained_dropped, backlog.refused);
         Ok(())
     }
 
@@ -193,5 +213,41 @@ impl Session {
             }
         }
         mailbox.reinsert(kept);
+    }
+}
+
+/// How many more retained messages one SUBSCRIBE may put in the session's backlog: the
+/// backlog and the queue together stay within the queue limits (0 means unlimited).
+struct RetainedBudget {
+    messages: usize,
+    bytes: usize,
+    limits: QueueLimits,
+    refused: u64,
+}
+
+impl RetainedBudget {
+    fn new(limits: &QueueLimits, backlog: &VecDeque<Delivery>, mailbox: &Mailbox) -> Self {
+        Self {
+            messages: backlog.len() + mailbox.len(),
+            bytes: backlog.iter().map(|d| d.message.weight()).sum(),
+            limits: *limits,
+            refused: 0,
+        }
+    }
+
+    /// Counts `message` in if it fits; otherwise counts it refused.
+    fn admit(&mut self, message: &Message) -> bool {
+        let weight = message.weight();
+        let full = (self.limits.max_messages > 0 && self.messages >= self.limits.max_messages)
+            || (self.limits.max_bytes > 0
+                && self.messages > 0
+                && self.bytes + weight > self.limits.max_bytes);
+        if full {
+            self.refused += 1;
+            return false;
+        }
+        self.messages += 1;
+        self.bytes += weight;
+        true
     }
 }
