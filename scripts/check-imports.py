@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fails when files of a crate import each other in a circle.
 
-Usage: scripts/check-imports.py [crate src dir ...]   (default: crates/broker/src crates/client/src)
+Usage: scripts/check-imports.py [crate src dir ...]   (default: every crate's src)
 
 Every `crate::`, `super::`, `self::` path (in `use` trees and inline, comments and strings
 skipped) and every path starting with one of the file's own child modules is resolved to
@@ -78,16 +78,20 @@ class Crate:
         self.src = src_dir
         self.files = {}  # module path tuple -> file path
         self.text = {}
-        self._load(("",), os.path.join(src_dir, "lib.rs"))
+        root = os.path.join(src_dir, "lib.rs")
+        if not os.path.exists(root):
+            root = os.path.join(src_dir, "main.rs")
+        self._load(("",), root)
 
     def _load(self, module, path):
         self.files[module] = path
         with open(path, encoding="utf-8") as f:
             text = strip_comments_and_strings(f.read())
         self.text[path] = text
-        base = os.path.dirname(path) if os.path.basename(path) in ("lib.rs", "mod.rs") else path[:-3]
-        for m in re.finditer(r"(#\[path\s*=\s*\"\"\]\s*)?\bmod\s+(" + IDENT + r")\s*;", text):
-            name = m.group(2)
+        is_dir_module = module == ("",) or os.path.basename(path) == "mod.rs"
+        base = os.path.dirname(path) if is_dir_module else path[:-3]
+        for m in re.finditer(r"\bmod\s+(" + IDENT + r")\s*;", text):
+            name = m.group(1)
             child = module + (name,)
             explicit = re.search(r'#\[path\s*=\s*"([^"]+)"\]\s*(pub(\([^)]*\))?\s+)?mod\s+' + name + r"\s*;",
                                  open(path, encoding="utf-8").read())
@@ -328,7 +332,13 @@ def circles(crate, graph, nodes):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    dirs = sys.argv[1:] or ["crates/broker/src", "crates/client/src"]
+    dirs = sys.argv[1:] or [
+        "crates/proto/src",
+        "crates/ws-stream/src",
+        "crates/broker/src",
+        "crates/client/src",
+        "crates/midge/src",
+    ]
     failed = False
     for d in dirs:
         crate = Crate(os.path.join(root, d) if not os.path.isabs(d) else d)
