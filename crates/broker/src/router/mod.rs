@@ -208,7 +208,7 @@ impl Router {
         self.read()
             .collect(&message.topic, self.strategy, random, &mut targets);
         // [MQTT-3.8.3-3] no-local: not sent back to the publisher.
-        targets.retain(|t| !(t.options.no_local && *t.mailbox.client_id() == message.origin));
+        targets.retain(|t| !(t.options.no_local && *Inbox::owner(&*t.mailbox) == message.origin));
         // Group the plain subscriptions of each session together; shared ones stay apart.
         targets.sort_unstable_by_key(|t| (t.shared.is_some(), Arc::as_ptr(&t.mailbox) as usize));
 
