@@ -303,7 +303,7 @@ impl AccessControl {
     }
 
     /// The password file decides for its users; other users go to the HTTP service if
-    /// there is one, and otherwise fail after a decoy verification.
+    /// there is one, and otherwise fail after the same verification work as a known user.
     async fn check_password(
         &self,
         credentials: &Credentials<'_>,
