@@ -378,6 +378,12 @@ pub struct MqttConfig {
     pub topic_alias_maximum: u16,
     /// Time allowed between accepting a connection and receiving CONNECT.
     pub connect_timeout_secs: u64,
+    /// Largest CONNECT accepted, in bytes (capped by `max_packet_size`): until CONNECT and
+    /// authentication are through, nobody knows who the client is.
+    pub max_connect_size: u32,
+    /// Bytes all connections that have not completed CONNECT may buffer together; 0 is
+    /// unlimited.
+    pub max_pre_connect_bytes: u64,
     /// Upper bound on session expiry; 0 means no bound (v3 persistent sessions never
     /// expire then).
     pub max_session_expiry_secs: u32,
@@ -404,10 +410,19 @@ impl Default for MqttConfig {
             max_topic_length: 65_535,
             topic_alias_maximum: 64,
             connect_timeout_secs: 10,
+            max_connect_size: 65_536,
+            max_pre_connect_bytes: 64 << 20,
             max_session_expiry_secs: 0,
             shared_subscription_strategy: ShareStrategyConfig::RoundRobin,
             response_information: None,
         }
+    }
+}
+
+impl MqttConfig {
+    /// The largest CONNECT accepted: `max_connect_size`, or `max_packet_size` if smaller.
+    pub fn connect_limit(&self) -> u32 {
+        self.max_connect_size.min(self.max_packet_size)
     }
 }
 
@@ -570,6 +585,15 @@ impl Config {
         }
         if m.connect_timeout_secs == 0 {
             return invalid("mqtt.connect_timeout_secs", "must be at least 1");
+        }
+        if m.max_connect_size < 64 {
+            return invalid("mqtt.max_connect_size", "must be at least 64 bytes");
+        }
+        if m.max_pre_connect_bytes != 0 && m.max_pre_connect_bytes < u64::from(m.connect_limit()) {
+            return invalid(
+                "mqtt.max_pre_connect_bytes",
+                "must be 0 (unlimited) or at least max_connect_size (or max_packet_size if smaller)",
+            );
         }
         let r = &self.auth.rate_limit;
         if r.failures_burst > 0 && r.failures_per_minute == 0 {
@@ -741,6 +765,25 @@ mod tests {
         assert_eq!(config.listeners[3].ws_paths(), ["/mqtt", "/ws"]);
         assert_eq!(config.listeners[4].ws_paths(), [DEFAULT_WS_PATH]);
         assert_eq!(config.auth.allow_anonymous, Some(true));
+    }
+
+    #[test]
+    fn pre_connect_limits_are_checked() {
+        let config = Config::from_toml("[mqtt]\nmax_packet_size = 1000\n", "t.toml").unwrap();
+        assert_eq!(config.mqtt.connect_limit(), 1000);
+        assert_eq!(Config::default().mqtt.connect_limit(), 65_536);
+        for (text, key) in [
+            ("[mqtt]\nmax_connect_size = 10\n", "mqtt.max_connect_size"),
+            (
+                "[mqtt]\nmax_pre_connect_bytes = 1000\n",
+                "mqtt.max_pre_connect_bytes",
+            ),
+        ] {
+            let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let unlimited = "[mqtt]\nmax_pre_connect_bytes = 0\n";
+        assert!(Config::from_toml(unlimited, "t.toml").is_ok());
     }
 
     #[test]

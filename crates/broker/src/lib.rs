@@ -17,6 +17,7 @@ pub mod connection;
 pub mod listener;
 pub mod mailbox;
 pub mod message;
+pub mod pre_connect;
 pub mod registry;
 pub mod retain;
 pub mod router;

@@ -9,6 +9,7 @@ mod client;
 mod connect;
 mod differential;
 mod harness;
+mod hostile_connect;
 mod http_auth;
 mod interop_mosquitto_clients;
 mod interop_mqttjs;
