@@ -59,6 +59,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// `$SYS` topics.
     pub sys: SysConfig,
+    /// Limits on what misbehaving clients can write to the log.
+    pub log: LogConfig,
     /// Persistence of sessions, queues and retained messages.
     pub storage: StorageConfig,
 }
@@ -70,6 +72,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             mqtt: MqttConfig::default(),
             sys: SysConfig::default(),
+            log: LogConfig::default(),
             storage: StorageConfig::default(),
         }
     }
@@ -440,6 +443,30 @@ impl Default for SysConfig {
     }
 }
 
+/// `[log]`: lines about refused, malformed and failed connections, per peer address
+/// (see `log_limit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Lines logged per address per window; the rest are summed up in one line. 0 logs
+    /// every line.
+    pub lines_per_peer: u32,
+    /// The window, in seconds.
+    pub peer_window_secs: u64,
+    /// Addresses tracked at most; beyond them, addresses share one allowance.
+    pub max_tracked_peers: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            lines_per_peer: 5,
+            peer_window_secs: 60,
+            max_tracked_peers: 10_000,
+        }
+    }
+}
+
 /// Where persistent state is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -595,6 +622,12 @@ impl Config {
                 "must be 0 (unlimited) or at least max_connect_size (or max_packet_size if smaller)",
             );
         }
+        if self.log.peer_window_secs == 0 {
+            return invalid("log.peer_window_secs", "must be at least 1");
+        }
+        if self.log.max_tracked_peers == 0 {
+            return invalid("log.max_tracked_peers", "must be at least 1");
+        }
         let r = &self.auth.rate_limit;
         if r.failures_burst > 0 && r.failures_per_minute == 0 {
             return invalid(
@@ -726,6 +759,13 @@ mod tests {
         assert_eq!(example.failures_burst, default.failures_burst);
         assert_eq!(example.failures_per_minute, default.failures_per_minute);
         assert_eq!(example.max_tracked_addresses, default.max_tracked_addresses);
+        let (example, default) = (&config.mqtt, MqttConfig::default());
+        assert_eq!(example.max_connect_size, default.max_connect_size);
+        assert_eq!(example.max_pre_connect_bytes, default.max_pre_connect_bytes);
+        let (example, default) = (&config.log, LogConfig::default());
+        assert_eq!(example.lines_per_peer, default.lines_per_peer);
+        assert_eq!(example.peer_window_secs, default.peer_window_secs);
+        assert_eq!(example.max_tracked_peers, default.max_tracked_peers);
     }
 
     /// Uncomments every commented `key = value`, `[[listener]]` and `[listener.tls]` line.

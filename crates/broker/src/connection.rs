@@ -198,7 +198,9 @@ where
                 }
                 Ok(pre_connect::Read::OverBudget) => {
                     budget.count(Refused::OverBudget);
-                    tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: partial CONNECT does not fit in mqtt.max_pre_connect_bytes");
+                    if self.log_allowed() {
+                        tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: partial CONNECT does not fit in mqtt.max_pre_connect_bytes");
+                    }
                     return None;
                 }
                 Err(_) => {
@@ -212,7 +214,14 @@ where
 
     fn protocol_error(&self, what: &str) {
         Stats::add(&self.broker.stats.protocol_errors, 1);
-        tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: {what}");
+        if self.log_allowed() {
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: {what}");
+        }
+    }
+
+    /// Whether a line about this connection failing may be logged (see `log_limit`).
+    fn log_allowed(&self) -> bool {
+        self.broker.log_limit.allow(self.peer.ip())
     }
 
     /// A CONNECT that does not decode: v3 return code 1 for an unknown protocol level
@@ -247,7 +256,9 @@ where
         client_id: &str,
     ) {
         Stats::add(&self.broker.stats.connects_refused, 1);
-        tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
+        if self.log_allowed() {
+            tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
+        }
         let connack = ConnAck {
             session_present: false,
             reason_code: reason,
@@ -380,9 +391,11 @@ where
             End::Abnormal(why) => {
                 tracing::debug!(client_id = %client_id, "connection closed: {why}")
             }
-            End::TakenOver(_) => {
+            // Two clients with one id can take it from each other in a loop.
+            End::TakenOver(_) if self.log_allowed() => {
                 tracing::info!(client_id = %client_id, peer = %self.peer, "connection closed: session taken over by a new connection with the same client id")
             }
+            End::TakenOver(_) => {}
         }
         session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
         let will_delay = session.will_delay();

@@ -15,6 +15,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod listener;
+pub mod log_limit;
 pub mod mailbox;
 pub mod message;
 pub mod pre_connect;
