@@ -179,10 +179,18 @@ where
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    if let Some(refused) = PreConnect::classify(&self.rbuf, &e) {
+                    let refused = PreConnect::classify(&self.rbuf, &e);
+                    if let Some(refused) = refused {
                         budget.count(refused);
                     }
-                    self.connect_decode_error(&e);
+                    if refused == Some(Refused::TooLarge) {
+                        // Seen in the fixed header: no version yet, so no CONNACK.
+                        self.protocol_error(&format!(
+                            "CONNECT too large: {e} (mqtt.max_connect_size)"
+                        ));
+                    } else {
+                        self.connect_decode_error(&e);
+                    }
                     return None;
                 }
             }

@@ -141,7 +141,8 @@ async fn partial_connects_beyond_the_pre_connect_budget_are_closed_and_others_st
         stats.pre_connect_bytes_maximum
     );
     assert!(stats.pre_connect_bytes <= BUDGET);
-    assert_eq!(stats.pre_connect_dropped_over_budget, closed as u64);
+    // Every close seen was the budget's (one after the wait above may come on top).
+    assert!(stats.pre_connect_dropped_over_budget >= closed as u64);
 
     // Meanwhile an ordinary client connects: small CONNECTs keep a share of the budget.
     let (mut client, _) = broker.raw_v311("ordinary", true).await;
