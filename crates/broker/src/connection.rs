@@ -286,21 +286,27 @@ where
     fn serve_session(mut self, held: impl Send) -> impl Future<Output = ()> {
         async move {
             let _held = &held;
-            // Counts this connection's buffer against the pre-CONNECT budget until it is
-            // authenticated (CONNECT's fields may share the read buffer until then).
-            let mut budget = PreConnect::new(&self.broker);
-            let Some(connect) = Box::pin(self.read_connect(&mut budget)).await else {
-                Box::pin(self.close()).await;
-                return;
-            };
-            let established = Box::pin(self.establish(connect)).await;
-            drop(budget);
-            let Some((mut session, keep_alive, connection_id)) = established else {
+            let Some((mut session, keep_alive, connection_id)) = Box::pin(self.connect()).await
+            else {
                 return;
             };
             let end = self.run(&mut session, keep_alive).await;
             Box::pin(self.finish(session, end, connection_id)).await;
         }
+    }
+
+    /// Reads CONNECT and establishes the session (see [`Connection::establish`]); closes
+    /// the connection when no CONNECT is read. Until then the read buffer counts against
+    /// the pre-CONNECT budget (CONNECT's fields may share its storage until
+    /// authentication is done).
+    async fn connect(&mut self) -> Option<(Session, u16, u64)> {
+        let mut budget = PreConnect::new(&self.broker);
+        let Some(connect) = Box::pin(self.read_connect(&mut budget)).await else {
+            drop(budget);
+            Box::pin(self.close()).await;
+            return None;
+        };
+        Box::pin(self.establish(connect)).await
     }
 
     /// Negotiates, authenticates and attaches the session; writes CONNACK. Returns the

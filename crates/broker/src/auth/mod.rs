@@ -286,10 +286,10 @@ impl AccessControl {
         if !limiter.permits(ip, Instant::now()) {
             if log() {
                 tracing::info!(
-                peer = %credentials.peer,
-                listener = %self.inner.listener,
-                retry_after = ?limiter.retry_after(ip, Instant::now()),
-                "too many failed logins from this address; CONNECT refused without checking"
+                    peer = %credentials.peer,
+                    listener = %self.inner.listener,
+                    retry_after = ?limiter.retry_after(ip, Instant::now()),
+                    "too many failed logins from this address; CONNECT refused without checking"
                 );
             }
             return Err(ReasonCode::CONNECTION_RATE_EXCEEDED);
