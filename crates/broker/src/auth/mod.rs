@@ -337,15 +337,20 @@ impl AccessControl {
             // JSON carries text; a binary password cannot be passed on faithfully.
             Some(Err(_)) => return Ok(false),
         };
-        Ok(http
+        let checked = http
             .check_connect(
                 credentials.client_id,
                 Some(username),
                 password,
                 credentials.peer,
             )
-            .await?
-            .unwrap_or(false))
+            .await;
+        if let Err(e) = &checked
+            && self.inner.guard.log_limit.allow(credentials.peer.ip())
+        {
+            tracing::warn!(url = http.connect_url().unwrap_or_default(), client_id = credentials.client_id, peer = %credentials.peer, error = %e, "HTTP auth check failed; connection refused");
+        }
+        Ok(checked?.unwrap_or(false))
     }
 
     async fn verify_blocking(
