@@ -79,6 +79,45 @@ async fn a_connect_larger_than_max_connect_size_is_refused_from_its_fixed_header
 }
 
 #[tokio::test]
+async fn many_sockets_sending_half_of_a_1_mb_connect_are_all_closed() {
+    // The reproduction from the issue, scaled down: with max_packet_size (1 MiB) as the
+    // only limit, each of these made the broker buffer 500 KB until the connect timeout.
+    const SOCKETS: usize = 200;
+    let broker =
+        TestBroker::start_with(|c| c.mqtt.connect_timeout_secs = CONNECT_TIMEOUT_SECS).await;
+    let addr = broker.addr;
+    let sockets: Vec<_> = (0..SOCKETS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                let mut bytes = connect_header(1_000_000);
+                bytes.resize(500_000, b'a');
+                // Refused from the fixed header: the rest may meet a closed socket.
+                if stream.write_all(&bytes).await.is_err() {
+                    return true;
+                }
+                closed_within(&mut stream, Duration::from_secs(5)).await
+            })
+        })
+        .collect();
+    for socket in sockets {
+        assert!(socket.await.unwrap(), "a 1 MB CONNECT was not refused");
+    }
+    let stats = broker.stats();
+    assert_eq!(stats.pre_connect_dropped_too_large, SOCKETS as u64);
+    // Each was closed after its first read at most.
+    let most = (SOCKETS * 64 * 1024) as u64;
+    assert!(
+        stats.pre_connect_bytes_maximum <= most,
+        "pre-CONNECT bytes reached {}",
+        stats.pre_connect_bytes_maximum
+    );
+    let (mut client, _) = broker.raw_v311("ordinary", true).await;
+    client.ping_fence().await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_first_byte_that_is_not_connect_is_refused_at_once() {
     let broker =
         TestBroker::start_with(|c| c.mqtt.connect_timeout_secs = CONNECT_TIMEOUT_SECS).await;
