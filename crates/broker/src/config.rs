@@ -616,10 +616,15 @@ impl Config {
         if m.max_connect_size < 64 {
             return invalid("mqtt.max_connect_size", "must be at least 64 bytes");
         }
-        if m.max_pre_connect_bytes != 0 && m.max_pre_connect_bytes < u64::from(m.connect_limit()) {
+        // Large buffers may fill three quarters of the budget: twice the largest CONNECT
+        // leaves room for one.
+        if m.max_pre_connect_bytes != 0
+            && m.max_pre_connect_bytes < 2 * u64::from(m.connect_limit())
+        {
             return invalid(
                 "mqtt.max_pre_connect_bytes",
-                "must be 0 (unlimited) or at least max_connect_size (or max_packet_size if smaller)",
+                "must be 0 (unlimited) or at least twice max_connect_size (or max_packet_size \
+                 if smaller)",
             );
         }
         if self.log.peer_window_secs == 0 {
@@ -822,8 +827,14 @@ mod tests {
             let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         }
-        let unlimited = "[mqtt]\nmax_pre_connect_bytes = 0\n";
-        assert!(Config::from_toml(unlimited, "t.toml").is_ok());
+        for ok in [
+            "[mqtt]\nmax_pre_connect_bytes = 0\n",
+            "[mqtt]\nmax_pre_connect_bytes = 131072\n",
+        ] {
+            assert!(Config::from_toml(ok, "t.toml").is_ok(), "{ok}");
+        }
+        let too_small = "[mqtt]\nmax_pre_connect_bytes = 131071\n";
+        assert!(Config::from_toml(too_small, "t.toml").is_err());
     }
 
     #[test]
