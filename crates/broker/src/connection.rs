@@ -823,7 +823,7 @@ where
             let mut budget = CLOSE_DRAIN_BYTES;
             loop {
                 rbuf.clear();
-                match read_into(reader, rbuf).await {
+                match std::future::poll_fn(|cx| poll_read_into(reader, rbuf, cx)).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
                         Stats::add(&stats.bytes_received, n as u64);
