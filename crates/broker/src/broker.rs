@@ -8,6 +8,7 @@ use std::time::Instant;
 use midge_proto::{SubscriptionOptions, Will};
 
 use crate::config::{Config, MqttConfig};
+use crate::log_limit::LogLimiter;
 use crate::mailbox::Mailbox;
 use crate::model::QueueLimits;
 use crate::model::{Delivery, Message, Millis, Stage};
@@ -43,6 +44,8 @@ pub struct Broker {
     pub registry: Registry,
     /// Counters.
     pub stats: Stats,
+    /// Rate limits log lines about refused, malformed and failed connections per peer.
+    pub log_limit: Arc<LogLimiter>,
     /// Where persistent sessions and retained messages are recorded; `None` keeps
     /// everything in memory only (unit tests).
     pub journal: Option<Journal>,
@@ -69,12 +72,14 @@ impl Broker {
 
     /// A broker built on the given implementations of its seams.
     pub fn assemble(config: Config, journal: Option<Journal>, parts: Parts) -> Arc<Self> {
+        let log_limit = Arc::new(LogLimiter::new(&config.log));
         Arc::new(Self {
             router: parts.router,
             config: Arc::new(config),
             retained: parts.retained,
             registry: Registry::with_ownership(journal.clone(), parts.ownership),
             stats: Stats::default(),
+            log_limit,
             journal,
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),

@@ -11,6 +11,7 @@ mod conformance;
 mod connect;
 mod differential;
 mod harness;
+mod hostile_connect;
 mod http_auth;
 mod interop_go;
 mod interop_mosquitto_clients;
