@@ -14,6 +14,11 @@ submodules while they use it (`mod.rs` using `child::X`, `child.rs` using `super
 for each circle the innermost module holding all of its files is found; if that module's
 own file is part of it, its edges down into its submodules are set aside and what remains
 is checked again; otherwise the circle is reported.
+
+Then the same between top-level modules (`router`, `session`, `store`, ...): each file
+counts as the module it belongs to, and test code is left out (`#[cfg(test)]` modules,
+inline or in files: tests beside the code may use the broker from above). No circle there
+means the modules form layers.
 """
 
 import os
@@ -78,13 +83,16 @@ class Crate:
         self.src = src_dir
         self.files = {}  # module path tuple -> file path
         self.text = {}
+        self.test_only = set()  # files compiled only for tests (`#[cfg(test)] mod x;`)
         root = os.path.join(src_dir, "lib.rs")
         if not os.path.exists(root):
             root = os.path.join(src_dir, "main.rs")
         self._load(("",), root)
 
-    def _load(self, module, path):
+    def _load(self, module, path, test_only=False):
         self.files[module] = path
+        if test_only:
+            self.test_only.add(path)
         with open(path, encoding="utf-8") as f:
             text = strip_comments_and_strings(f.read())
         self.text[path] = text
@@ -99,9 +107,10 @@ class Crate:
                 candidates = [os.path.join(os.path.dirname(path), explicit.group(1))]
             else:
                 candidates = [os.path.join(base, name + ".rs"), os.path.join(base, name, "mod.rs")]
+            under_cfg_test = bool(re.search(CFG_TEST_BEFORE, text[:m.start()]))
             for c in candidates:
                 if os.path.exists(c):
-                    self._load(child, c)
+                    self._load(child, c, test_only or under_cfg_test)
                     break
             else:
                 sys.exit(f"check-imports: no file for module {'::'.join(child[1:])} declared in {path}")
@@ -195,12 +204,16 @@ def expand_use_tree(tree):
     return walk([], tree)
 
 
+# `#[cfg(test)]` (and any other attributes, `pub`) right before a `mod` keyword.
+CFG_TEST_BEFORE = r"#\[cfg\(test\)\]\s*(#\[[^\]]*\]\s*)*(pub(\([^)]*\))?\s+)?$"
+
 PATH = re.compile(r"(?<![A-Za-z0-9_:])((?:" + IDENT + r")(?:\s*::\s*(?:" + IDENT + r"|\*))+)")
 USE = re.compile(r"\buse\s+([^;]+);")
 
 
-def file_edges(crate, path):
-    """Files `path` imports, with each edge's first line for the report."""
+def file_edges(crate, path, skip_tests=False):
+    """Files `path` imports, with each edge's first line for the report. With `skip_tests`,
+    imports made only by test code (a `#[cfg(test)]` inline module) are left out."""
     text = crate.text[path]
     module = crate.module_of(path)
     # Inline modules (`mod tests { ... }`) shift what `self`/`super` mean inside them.
@@ -211,6 +224,7 @@ def file_edges(crate, path):
             depth += {"{": 1, "}": -1}.get(text[j], 0)
             j += 1
         spans.append((m.start(), j, m.group(1)))
+    test_spans = [(s, e) for (s, e, _) in spans if re.search(CFG_TEST_BEFORE, text[:s])]
 
     def module_at(pos):
         inner = [name for (s, e, name) in spans if s <= pos < e]
@@ -223,6 +237,8 @@ def file_edges(crate, path):
     edges = {}
 
     def add(pos, segs):
+        if skip_tests and any(s <= pos < e for s, e in test_spans):
+            return
         mod = module_at(pos)
         if segs[0] not in ("crate", "self", "super") and segs[0] not in known_children(mod):
             return
@@ -348,6 +364,24 @@ def main():
             graph[path] = set(edges)
             for target, line in edges.items():
                 lines[(path, target)] = line
+        # Between top-level modules (`router`, `session`, ...), test code aside: the layers
+        # of ARCHITECTURE.md. Tests beside the code may use the broker from above.
+        top = lambda p: crate.module_of(p)[:2]
+        modules = defaultdict(set)
+        for path in crate.files.values():
+            if path in crate.test_only or len(crate.module_of(path)) < 2:
+                continue
+            for target in file_edges(crate, path, skip_tests=True):
+                if len(crate.module_of(target)) >= 2 and top(target) != top(path):
+                    modules[top(path)].add(top(target))
+        names = set(modules) | {m for ms in modules.values() for m in ms}
+        for comp in sccs(names, modules):
+            if len(comp) > 1:
+                failed = True
+                print(f"module circle in {d}: " + ", ".join(sorted("::".join(m[1:]) for m in comp)))
+                for v in sorted(comp):
+                    for w in sorted(modules[v] & comp):
+                        print(f"  {'::'.join(v[1:])} -> {'::'.join(w[1:])}")
         for comp in circles(crate, graph, set(graph)):
             failed = True
             rel = lambda p: os.path.relpath(p, root)
