@@ -1,5 +1,6 @@
 //! The registry and the broker together: attach, detach and expiry through
-//! [`Broker`], which carries out the registry's effects (sessions ended, wills published).
+//! [`Broker`], which carries out the registry's effects (sessions ended, wills published);
+//! and a broker assembled with another `Routing`, which sees what the seam promises.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,4 +177,100 @@ async fn takeover_racing_with_the_old_connection_ending_does_not_wait_for_the_ti
         .expect("attach task");
     assert!(attached.session_present, "the parked session is resumed");
     assert_eq!(broker.registry.connected_len(), 1);
+}
+
+/// Routing as a cluster would wrap it: every change of interest and every publish passes
+/// through the `Routing` the broker was assembled with.
+#[derive(Debug)]
+struct RecordingRouter {
+    local: Router,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RecordingRouter {
+    fn note(&self, what: String) {
+        self.seen.lock().unwrap().push(what);
+    }
+}
+
+impl Routing for RecordingRouter {
+    fn subscribe(
+        &self,
+        mailbox: &Arc<Mailbox>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> bool {
+        self.note(format!("interest {filter}"));
+        self.local.subscribe(mailbox, filter, options, identifier)
+    }
+
+    fn unsubscribe(&self, filter: &str, client_id: &str) -> bool {
+        self.note(format!("no interest {filter}"));
+        self.local.unsubscribe(filter, client_id)
+    }
+
+    fn unsubscribe_mailbox(&self, filter: &str, mailbox: &Arc<Mailbox>) -> bool {
+        self.note(format!("no interest {filter}"));
+        self.local.unsubscribe_mailbox(filter, mailbox)
+    }
+
+    fn route(&self, message: &Arc<Message>, limits: &QueueLimits) -> RouteOutcome {
+        self.note(format!("route {}", message.topic));
+        self.local.route(message, limits)
+    }
+
+    fn hand_over_all(
+        &self,
+        deliveries: &[Delivery],
+        leaving: &str,
+        limits: &QueueLimits,
+    ) -> Vec<bool> {
+        self.local.hand_over_all(deliveries, leaving, limits)
+    }
+
+    fn len(&self) -> usize {
+        self.local.len()
+    }
+}
+
+#[tokio::test]
+async fn sessions_publishes_and_ended_sessions_go_through_the_assembled_routing() {
+    let seen = Arc::default();
+    let parts = Parts {
+        router: Box::new(RecordingRouter {
+            local: Router::new(Default::default()),
+            seen: Arc::clone(&seen),
+        }),
+        retained: Box::<RetainedStore>::default(),
+        ownership: Box::new(LocalOwnership),
+    };
+    let broker = Broker::assemble(Config::default(), None, parts);
+    let id: Arc<str> = "c".into();
+    let mut state = broker.attach(id.clone(), true, 1, 0).await.state;
+    let mailbox = state.mailbox.clone();
+    let options = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    assert!(!SessionEnv::subscribe(
+        &*broker, &mailbox, "a/+", options, None
+    ));
+    state.subscriptions.insert(
+        "a/+".into(),
+        crate::model::SubscriptionRecord {
+            options,
+            identifier: None,
+        },
+    );
+    let message = Message::internal("a/b".into(), Bytes::from_static(b"x"), false, 0);
+    assert_eq!(SessionEnv::publish(&*broker, message), 1);
+    assert_eq!(mailbox.len(), 1, "the local router behind it delivered");
+    // Expiry 0: the session ends with its connection, and its interest goes.
+    broker.detach(1, state, None, 0);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["interest a/+", "route a/b", "no interest a/+"]
+    );
+    assert!(broker.router.is_empty());
 }
