@@ -250,10 +250,23 @@ pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     /// Mosquitto-format ACL file; when set, anything it does not allow is refused.
     pub acl_file: Option<PathBuf>,
+    /// Whom the ACL file's `topic` lines before the first `user` line apply to.
+    pub acl_leading_topics: AclLeadingTopics,
     /// `[auth.http]`: the HTTP auth backend.
     pub http: Option<HttpAuthConfig>,
     /// `[auth.rate_limit]`: failed logins per client address (all listeners).
     pub rate_limit: LoginRateLimitConfig,
+}
+
+/// Whom an ACL file's `topic` lines before its first `user` line apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclLeadingTopics {
+    /// Anonymous clients only, as in Mosquitto.
+    #[default]
+    Anonymous,
+    /// Every client, anonymous or not (midge's earlier reading; not Mosquitto's).
+    Everyone,
 }
 
 /// `[listener.auth]`: a listener's own access settings. Each key left out falls back to
@@ -267,6 +280,8 @@ pub struct ListenerAuthConfig {
     pub password_file: Option<PathBuf>,
     /// See [`AuthConfig::acl_file`].
     pub acl_file: Option<PathBuf>,
+    /// See [`AuthConfig::acl_leading_topics`].
+    pub acl_leading_topics: Option<AclLeadingTopics>,
     /// See [`AuthConfig::http`]; replaces the global table as a whole.
     pub http: Option<HttpAuthConfig>,
 }

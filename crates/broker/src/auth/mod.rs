@@ -180,6 +180,7 @@ impl AccessControl {
         let name = listener.display_name();
         let password_file = own.password_file.as_ref().or(global.password_file.as_ref());
         let acl_file = own.acl_file.as_ref().or(global.acl_file.as_ref());
+        let leading = own.acl_leading_topics.unwrap_or(global.acl_leading_topics);
         let http = own.http.as_ref().or(global.http.as_ref());
         let inner = Inner {
             allow_anonymous: own.allow_anonymous.or(global.allow_anonymous),
@@ -187,7 +188,7 @@ impl AccessControl {
                 .map(|p| Reloadable::load(p, PasswordFile::load))
                 .transpose()?,
             acl: acl_file
-                .map(|p| Reloadable::load(p, AclFile::load))
+                .map(|p| Reloadable::load(p, |p| AclFile::load(p, leading)))
                 .transpose()?,
             http: http.map(|h| HttpBackend::new(h, &name)).transpose()?,
             listener: name,
@@ -493,7 +494,7 @@ impl AccessControl {
             }
         }
         if let Some(acl) = &self.inner.acl {
-            match acl.reload(AclFile::load) {
+            match acl.reload(|p| AclFile::load(p, acl.current().leading())) {
                 Ok(()) => {
                     tracing::info!(listener = %self.inner.listener, path = %acl.path.display(), rules = acl.current().rule_count(), "ACL file reloaded")
                 }
