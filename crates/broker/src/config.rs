@@ -163,6 +163,12 @@ impl ListenerConfig {
             }
         }
         if let Some(tls) = self.tls.as_ref().filter(|tls| tls.client_ca.is_none()) {
+            if tls.crl.is_some() {
+                return Err((
+                    key("tls.crl"),
+                    "needs tls.client_ca, the CA whose revocations it lists".to_owned(),
+                ));
+            }
             if tls.require_client_cert {
                 return Err((
                     key("tls.require_client_cert"),
@@ -221,6 +227,10 @@ pub struct TlsConfig {
     /// Refuse clients that present no certificate (needs `client_ca`).
     #[serde(default)]
     pub require_client_cert: bool,
+    /// PEM CRLs (`X509 CRL` blocks) of the `client_ca` CAs: a revoked client certificate
+    /// is refused. Reloaded with the certificates (needs `client_ca`).
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
     /// Use the verified client certificate's identity as the user name.
     #[serde(default)]
     pub cert_identity: CertIdentity,

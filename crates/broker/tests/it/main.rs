@@ -7,6 +7,7 @@
 mod access_support;
 mod acl;
 mod client;
+mod client_certs;
 mod conformance;
 mod connect;
 mod differential;

@@ -27,6 +27,7 @@ pub fn tls_settings(server: &Issued) -> TlsConfig {
         key: server.key_path.clone(),
         client_ca: None,
         require_client_cert: false,
+        crl: None,
         cert_identity: CertIdentity::None,
     }
 }
