@@ -300,10 +300,33 @@ pub struct ListenerAuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpAuthConfig {
-    /// `http://` URL for connect checks.
+    /// Which protocol the service speaks.
+    pub flavor: HttpFlavor,
+    /// `http://` or `https://` URL for connect checks (midge flavour).
     pub url: Option<String>,
-    /// `http://` URL for publish and subscribe checks.
+    /// URL for publish and subscribe checks (midge flavour).
     pub acl_url: Option<String>,
+    /// RabbitMQ flavour: full URLs, as RabbitMQ's `auth_http.user_path` and so on.
+    pub user_path: Option<String>,
+    /// See [`HttpAuthConfig::user_path`].
+    pub vhost_path: Option<String>,
+    /// See [`HttpAuthConfig::user_path`].
+    pub resource_path: Option<String>,
+    /// See [`HttpAuthConfig::user_path`].
+    pub topic_path: Option<String>,
+    /// RabbitMQ flavour: parameters in the query of a GET (RabbitMQ's default) or in a
+    /// form-encoded POST body.
+    pub method: HttpMethod,
+    /// RabbitMQ flavour: the virtual host named in checks.
+    pub vhost: String,
+    /// RabbitMQ flavour: the exchange named in resource and topic checks.
+    pub exchange: String,
+    /// PEM CA certificates for `https://` URLs; unset: the operating system's bundle.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for `https://` services that ask for one.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
     /// Time allowed for one check; a check that takes longer denies.
     pub timeout_ms: u64,
     /// Decisions kept; 0 turns the cache off.
@@ -315,13 +338,46 @@ pub struct HttpAuthConfig {
 impl Default for HttpAuthConfig {
     fn default() -> Self {
         Self {
+            flavor: HttpFlavor::Midge,
             url: None,
             acl_url: None,
+            user_path: None,
+            vhost_path: None,
+            resource_path: None,
+            topic_path: None,
+            method: HttpMethod::Get,
+            vhost: "/".to_owned(),
+            exchange: "amq.topic".to_owned(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
             timeout_ms: 2_000,
             cache_size: 10_000,
             cache_ttl_secs: 60,
         }
     }
+}
+
+/// The protocol an HTTP auth service speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpFlavor {
+    /// JSON POSTs to `url` and `acl_url`.
+    #[default]
+    Midge,
+    /// `rabbitmq_auth_backend_http`'s form parameters and `allow`/`deny` answers.
+    Rabbitmq,
+}
+
+/// How the RabbitMQ flavour sends its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpMethod {
+    /// In the query string.
+    #[default]
+    Get,
+    /// As an `application/x-www-form-urlencoded` body.
+    Post,
 }
 
 /// `[auth.rate_limit]`: a token bucket per client address, spent by failed logins.
@@ -607,8 +663,26 @@ impl Config {
         }
         let listener_http = self.listeners.iter().filter_map(|l| l.auth.http.as_ref());
         for http in self.auth.http.iter().chain(listener_http) {
-            if http.url.is_none() && http.acl_url.is_none() {
-                return invalid("auth.http", "set url, acl_url or both");
+            let rabbit = [
+                &http.user_path,
+                &http.vhost_path,
+                &http.resource_path,
+                &http.topic_path,
+            ];
+            match http.flavor {
+                HttpFlavor::Midge if http.url.is_none() && http.acl_url.is_none() => {
+                    return invalid("auth.http", "set url, acl_url or both");
+                }
+                HttpFlavor::Rabbitmq if rabbit.iter().all(|p| p.is_none()) => {
+                    return invalid("auth.http", "set user_path, topic_path or both");
+                }
+                _ => {}
+            }
+            if http.client_cert.is_some() != http.client_key.is_some() {
+                return invalid(
+                    "auth.http.client_cert",
+                    "client_cert and client_key go together",
+                );
             }
             if http.timeout_ms == 0 {
                 return invalid("auth.http.timeout_ms", "must be at least 1");
@@ -616,6 +690,10 @@ impl Config {
             for (key, url) in [
                 ("auth.http.url", &http.url),
                 ("auth.http.acl_url", &http.acl_url),
+                ("auth.http.user_path", &http.user_path),
+                ("auth.http.vhost_path", &http.vhost_path),
+                ("auth.http.resource_path", &http.resource_path),
+                ("auth.http.topic_path", &http.topic_path),
             ] {
                 if let Some(Err(reason)) = url.as_deref().map(crate::auth::Endpoint::parse) {
                     return invalid(key, &reason);

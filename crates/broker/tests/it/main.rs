@@ -13,6 +13,7 @@ mod connect;
 mod differential;
 mod harness;
 mod http_auth;
+mod http_rabbitmq;
 mod interop_go;
 mod interop_mosquitto_clients;
 mod interop_mqttjs;
