@@ -264,6 +264,11 @@ pub struct AuthConfig {
     pub acl_leading_topics: AclLeadingTopics,
     /// `[auth.http]`: the HTTP auth backend.
     pub http: Option<HttpAuthConfig>,
+    /// `[auth.jwt]`: JWT authentication.
+    pub jwt: Option<JwtConfig>,
+    /// Which backends are asked about a user, in order; the first that knows the user
+    /// decides. Default: password file, JWT, HTTP.
+    pub order: Vec<AuthSource>,
     /// `[auth.rate_limit]`: failed logins per client address (all listeners).
     pub rate_limit: LoginRateLimitConfig,
 }
@@ -294,6 +299,80 @@ pub struct ListenerAuthConfig {
     pub acl_leading_topics: Option<AclLeadingTopics>,
     /// See [`AuthConfig::http`]; replaces the global table as a whole.
     pub http: Option<HttpAuthConfig>,
+    /// See [`AuthConfig::jwt`]; replaces the global table as a whole.
+    pub jwt: Option<JwtConfig>,
+    /// See [`AuthConfig::order`].
+    pub order: Option<Vec<AuthSource>>,
+}
+
+/// A backend in `[auth] order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthSource {
+    /// `password_file`: knows the users it lists.
+    PasswordFile,
+    /// `[auth.jwt]`: knows a client whose credential is a JWT.
+    Jwt,
+    /// `[auth.http]`: knows every user (the service answers for all).
+    Http,
+}
+
+/// The default `[auth] order`.
+pub const DEFAULT_AUTH_ORDER: [AuthSource; 3] =
+    [AuthSource::PasswordFile, AuthSource::Jwt, AuthSource::Http];
+
+/// `[auth.jwt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Where the token is: the CONNECT password or user name.
+    pub from: JwtFrom,
+    /// Accepted algorithms: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    pub algorithms: Vec<String>,
+    /// Shared secret of the HS algorithms.
+    pub secret: Option<String>,
+    /// PEM public key for RS/PS, ES or EdDSA.
+    pub public_key: Option<PathBuf>,
+    /// JWKS: a file, or an `http(s)://` URL.
+    pub jwks: Option<String>,
+    /// How often a JWKS file is checked for changes, or a JWKS URL fetched again.
+    pub jwks_refresh_secs: u64,
+    /// PEM CAs for an `https://` JWKS URL; unset: the operating system's bundle.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds of clock skew allowed for `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// Claims that must equal these values; `%u` is the user name, `%c` the client id.
+    pub verify_claims: std::collections::BTreeMap<String, String>,
+    /// The claim granting topics (EMQX's `acl`); unset: tokens grant no topics.
+    pub acl_claim: Option<String>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            from: JwtFrom::Password,
+            algorithms: vec!["HS256".to_owned()],
+            secret: None,
+            public_key: None,
+            jwks: None,
+            jwks_refresh_secs: 300,
+            ca_file: None,
+            leeway_secs: 30,
+            verify_claims: std::collections::BTreeMap::new(),
+            acl_claim: None,
+        }
+    }
+}
+
+/// Where a JWT comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JwtFrom {
+    /// The CONNECT password.
+    #[default]
+    Password,
+    /// The CONNECT user name.
+    Username,
 }
 
 /// `[auth.http]`.
@@ -661,6 +740,20 @@ impl Config {
                 "must be at least 1 while failures_burst is above 0",
             );
         }
+        let listener_jwt = self.listeners.iter().filter_map(|l| l.auth.jwt.as_ref());
+        // Which key goes with which algorithm is checked when the keys are loaded.
+        for jwt in self.auth.jwt.iter().chain(listener_jwt) {
+            if jwt.algorithms.is_empty() {
+                return invalid("auth.jwt.algorithms", "name at least one algorithm");
+            }
+        }
+        let listener_orders = self.listeners.iter().filter_map(|l| l.auth.order.as_ref());
+        for order in std::iter::once(&self.auth.order).chain(listener_orders) {
+            let mut seen = std::collections::HashSet::new();
+            if !order.iter().all(|source| seen.insert(*source)) {
+                return invalid("auth.order", "names a backend twice");
+            }
+        }
         let listener_http = self.listeners.iter().filter_map(|l| l.auth.http.as_ref());
         for http in self.auth.http.iter().chain(listener_http) {
             let rabbit = [
@@ -846,6 +939,15 @@ mod tests {
         assert_eq!(config.listeners[3].ws_paths(), ["/mqtt", "/ws"]);
         assert_eq!(config.listeners[4].ws_paths(), [DEFAULT_WS_PATH]);
         assert_eq!(config.auth.allow_anonymous, Some(true));
+        assert!(mqtts.crl.is_some());
+        assert_eq!(config.auth.acl_leading_topics, AclLeadingTopics::Anonymous);
+        assert_eq!(config.auth.order, DEFAULT_AUTH_ORDER);
+        let jwt = config.auth.jwt.as_ref().unwrap();
+        assert_eq!(jwt.verify_claims.get("sub").map(String::as_str), Some("%u"));
+        assert_eq!(jwt.acl_claim.as_deref(), Some("acl"));
+        let http = config.auth.http.as_ref().unwrap();
+        assert!(http.topic_path.is_some() && http.client_key.is_some());
+        assert_eq!(http.method, HttpMethod::Get);
     }
 
     #[test]

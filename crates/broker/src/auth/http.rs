@@ -105,6 +105,11 @@ impl Endpoint {
         self.tls
     }
 
+    /// The path and query.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// The URL as configured.
     pub fn url(&self) -> &str {
         &self.url

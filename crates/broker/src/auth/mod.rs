@@ -16,23 +16,25 @@
 
 pub mod acl;
 pub mod http;
+pub mod jwt;
 pub mod limiter;
 pub mod password;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use midge_proto::{ReasonCode, topic};
 use tokio::sync::Semaphore;
 
 pub use acl::{AclFile, FilterVerdict};
 pub use http::{Action, Endpoint, HttpBackend, HttpError};
+pub use jwt::JwtBackend;
 pub use limiter::LoginLimiter;
 pub use password::{PasswordFile, hash_password};
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{AuthSource, Config, DEFAULT_AUTH_ORDER, JwtFrom, ListenerConfig};
 
 /// Why access settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,18 @@ pub struct Identity {
     /// The user name ACLs see: the certificate identity, the verified user name, or the
     /// (unverified) CONNECT user name when nothing checks passwords; `None` if anonymous.
     pub username: Option<String>,
+    /// When the credential stops being valid (a JWT's `exp`): the connection is closed
+    /// then. `None`: never.
+    pub expires: Option<SystemTime>,
+}
+
+impl Identity {
+    fn named(username: Option<&str>) -> Self {
+        Self {
+            username: username.map(str::to_owned),
+            expires: None,
+        }
+    }
 }
 
 /// What a client wants to do with a topic.
@@ -158,6 +172,9 @@ struct Inner {
     passwords: Option<Reloadable<PasswordFile>>,
     acl: Option<Reloadable<AclFile>>,
     http: Option<HttpBackend>,
+    jwt: Option<JwtBackend>,
+    /// Which backends are asked, in order (`[auth] order`).
+    order: Vec<AuthSource>,
     guard: Arc<LoginGuard>,
 }
 
@@ -182,6 +199,13 @@ impl AccessControl {
         let acl_file = own.acl_file.as_ref().or(global.acl_file.as_ref());
         let leading = own.acl_leading_topics.unwrap_or(global.acl_leading_topics);
         let http = own.http.as_ref().or(global.http.as_ref());
+        let jwt = own.jwt.as_ref().or(global.jwt.as_ref());
+        let order = own.order.as_ref().unwrap_or(&global.order);
+        let order = if order.is_empty() {
+            DEFAULT_AUTH_ORDER.to_vec()
+        } else {
+            order.clone()
+        };
         let inner = Inner {
             allow_anonymous: own.allow_anonymous.or(global.allow_anonymous),
             passwords: password_file
@@ -191,6 +215,8 @@ impl AccessControl {
                 .map(|p| Reloadable::load(p, |p| AclFile::load(p, leading)))
                 .transpose()?,
             http: http.map(|h| HttpBackend::new(h, &name)).transpose()?,
+            jwt: jwt.map(JwtBackend::new).transpose()?,
+            order,
             listener: name,
             guard,
         };
@@ -209,6 +235,8 @@ impl AccessControl {
                 passwords: None,
                 acl: None,
                 http: None,
+                jwt: None,
+                order: DEFAULT_AUTH_ORDER.to_vec(),
                 guard: LoginGuard::new(&config),
             }),
         }
@@ -228,6 +256,7 @@ impl AccessControl {
 
     fn checks_passwords(&self) -> bool {
         self.inner.passwords.is_some()
+            || self.inner.jwt.is_some()
             || self
                 .inner
                 .http
@@ -240,39 +269,48 @@ impl AccessControl {
         self.inner.acl.is_some()
             || self
                 .inner
+                .jwt
+                .as_ref()
+                .is_some_and(JwtBackend::grants_topics)
+            || self
+                .inner
                 .http
                 .as_ref()
                 .is_some_and(HttpBackend::checks_topics)
     }
 
     /// Checks a CONNECT. Refusals: v5 0x87 / v3 5 for an anonymous client that is not
-    /// allowed; 0x86 / 4 for a bad user name or password (an unknown user included);
-    /// 0x9F / 3 when the address has too many failed logins; 0x88 / 3 when the HTTP
-    /// service does not answer.
+    /// allowed; 0x86 / 4 for a bad user name, password or token (an unknown user
+    /// included); 0x9F / 3 when the address has too many failed logins; 0x88 / 3 when the
+    /// HTTP service does not answer.
     pub async fn authenticate(
         &self,
         credentials: &Credentials<'_>,
     ) -> Result<Identity, ReasonCode> {
         if let Some(name) = credentials.certificate_identity {
             // The TLS layer verified the certificate; its identity is the user name.
-            return Ok(Identity {
-                username: Some(name.to_owned()),
-            });
+            self.forget_token(credentials.client_id);
+            return Ok(Identity::named(Some(name)));
         }
-        let Some(username) = credentials.username else {
+        // MQTT 5 allows a password without a user name: a token may come alone.
+        let token_alone = self
+            .inner
+            .jwt
+            .as_ref()
+            .is_some_and(|j| j.from() == JwtFrom::Password && credentials.password.is_some());
+        if credentials.username.is_none() && !token_alone {
+            self.forget_token(credentials.client_id);
             return if self.anonymous_allowed(&credentials.peer) {
-                Ok(Identity { username: None })
+                Ok(Identity::named(None))
             } else {
                 Err(ReasonCode::NOT_AUTHORIZED)
             };
-        };
+        }
         if !self.checks_passwords() {
             // Nothing can check a password: the name is only a name, and the anonymous
             // policy decides (as Mosquitto does without a password file).
             return if self.anonymous_allowed(&credentials.peer) {
-                Ok(Identity {
-                    username: Some(username.to_owned()),
-                })
+                Ok(Identity::named(credentials.username))
             } else {
                 Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
             };
@@ -290,54 +328,110 @@ impl AccessControl {
         }
         // Boxed for the same reason as in `ask_http`: it only exists while a password
         // is being checked.
-        match Box::pin(self.check_password(credentials, username)).await {
-            Ok(true) => Ok(Identity {
-                username: Some(username.to_owned()),
-            }),
-            Ok(false) => {
+        match Box::pin(self.check_chain(credentials)).await {
+            Ok(Some(identity)) => Ok(identity),
+            Ok(None) => {
                 limiter.record_failure(ip, Instant::now());
-                tracing::info!(peer = %credentials.peer, username, listener = %self.inner.listener, "bad user name or password");
+                tracing::info!(peer = %credentials.peer, username = credentials.username.unwrap_or_default(), listener = %self.inner.listener, "bad user name, password or token");
                 Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
             }
             Err(_) => Err(ReasonCode::SERVER_UNAVAILABLE),
         }
     }
 
-    /// The password file decides for its users; other users go to the HTTP service if
-    /// there is one, and otherwise fail after a decoy verification.
-    async fn check_password(
+    /// A login not by token: a grant remembered from an earlier token login with this
+    /// client id no longer applies.
+    fn forget_token(&self, client_id: &str) {
+        if let Some(jwt) = &self.inner.jwt {
+            jwt.remember(client_id, None);
+        }
+    }
+
+    /// Asks the backends in `[auth] order`; the first that knows the user decides
+    /// (`Ok(None)`: refused). The password file knows the users it lists, JWT a
+    /// credential that is a JWT, the HTTP service every user. When none knows the user,
+    /// a decoy password verification keeps the time what a known user's login takes.
+    async fn check_chain(
         &self,
         credentials: &Credentials<'_>,
-        username: &str,
-    ) -> Result<bool, HttpError> {
-        let http = self.inner.http.as_ref().filter(|h| h.checks_connect());
-        if let Some(passwords) = &self.inner.passwords {
-            let file = passwords.current();
-            if file.contains(username) || http.is_none() {
-                let Some(password) = credentials.password else {
-                    return Ok(false);
-                };
-                return Ok(self.verify_blocking(file, username, password).await);
+    ) -> Result<Option<Identity>, HttpError> {
+        let username = credentials.username;
+        let client_id = credentials.client_id;
+        for source in &self.inner.order {
+            match source {
+                AuthSource::PasswordFile => {
+                    let (Some(passwords), Some(username)) = (&self.inner.passwords, username)
+                    else {
+                        continue;
+                    };
+                    let file = passwords.current();
+                    if !file.contains(username) {
+                        continue;
+                    }
+                    self.forget_token(client_id);
+                    let Some(password) = credentials.password else {
+                        return Ok(None);
+                    };
+                    let ok = self.verify_blocking(file, username, password).await;
+                    return Ok(ok.then(|| Identity::named(Some(username))));
+                }
+                AuthSource::Jwt => {
+                    let Some(jwt) = &self.inner.jwt else {
+                        continue;
+                    };
+                    let token = match jwt.from() {
+                        JwtFrom::Password => credentials
+                            .password
+                            .and_then(|p| std::str::from_utf8(p).ok()),
+                        JwtFrom::Username => username,
+                    };
+                    let Some(token) = token else {
+                        continue;
+                    };
+                    match jwt.check(client_id, username, token) {
+                        jwt::Verdict::NotMine => continue,
+                        jwt::Verdict::Accepted(grant) => {
+                            jwt.remember(client_id, Some(&grant));
+                            return Ok(Some(Identity {
+                                username: grant.username.clone(),
+                                expires: Some(grant.expires),
+                            }));
+                        }
+                        jwt::Verdict::Refused(reason) => {
+                            tracing::info!(peer = %credentials.peer, client_id, listener = %self.inner.listener, %reason, "JWT refused");
+                            return Ok(None);
+                        }
+                    }
+                }
+                AuthSource::Http => {
+                    let Some(http) = self.inner.http.as_ref().filter(|h| h.checks_connect()) else {
+                        continue;
+                    };
+                    let Some(username) = username else {
+                        continue;
+                    };
+                    let password = match credentials.password.map(std::str::from_utf8) {
+                        None => None,
+                        Some(Ok(p)) => Some(p),
+                        // JSON carries text; a binary password cannot be passed on faithfully.
+                        Some(Err(_)) => return Ok(None),
+                    };
+                    self.forget_token(client_id);
+                    let allowed = http
+                        .check_connect(client_id, Some(username), password, credentials.peer)
+                        .await?
+                        .unwrap_or(false);
+                    return Ok(allowed.then(|| Identity::named(Some(username))));
+                }
             }
         }
-        let Some(http) = http else {
-            return Ok(false);
-        };
-        let password = match credentials.password.map(std::str::from_utf8) {
-            None => None,
-            Some(Ok(p)) => Some(p),
-            // JSON carries text; a binary password cannot be passed on faithfully.
-            Some(Err(_)) => return Ok(false),
-        };
-        Ok(http
-            .check_connect(
-                credentials.client_id,
-                Some(username),
-                password,
-                credentials.peer,
-            )
-            .await?
-            .unwrap_or(false))
+        if let (Some(passwords), Some(username)) = (&self.inner.passwords, username) {
+            let password = credentials.password.unwrap_or_default();
+            let _ = self
+                .verify_blocking(passwords.current(), username, password)
+                .await;
+        }
+        Ok(None)
     }
 
     async fn verify_blocking(
@@ -403,10 +497,23 @@ impl AccessControl {
         username: Option<&str>,
         topic: &str,
     ) -> bool {
+        if let Some(granted) = self.token_grant(client_id) {
+            return granted.may_publish(client_id, username, topic);
+        }
         self.inner
             .acl
             .as_ref()
             .is_none_or(|acl| acl.current().may_publish(client_id, username, topic))
+    }
+
+    /// The topics the token of `client_id`'s login granted, if it carried an ACL claim:
+    /// they alone decide for that connection.
+    fn token_grant(&self, client_id: &str) -> Option<Arc<AclFile>> {
+        self.inner
+            .jwt
+            .as_ref()
+            .filter(|j| j.grants_topics())?
+            .grant(client_id)
     }
 
     /// The ACL file's part of [`AccessControl::authorize_subscribe`].
@@ -416,12 +523,15 @@ impl AccessControl {
         username: Option<&str>,
         filter: &str,
     ) -> FilterVerdict {
-        let Some(acl) = &self.inner.acl else {
-            return FilterVerdict::Allowed;
-        };
         let plain = match topic::parse_shared(filter) {
             Ok(Some(shared)) => shared.filter,
             _ => filter,
+        };
+        if let Some(granted) = self.token_grant(client_id) {
+            return granted.subscribe_verdict(client_id, username, plain);
+        }
+        let Some(acl) = &self.inner.acl else {
+            return FilterVerdict::Allowed;
         };
         acl.current().subscribe_verdict(client_id, username, plain)
     }
@@ -457,6 +567,9 @@ impl AccessControl {
         topic: &str,
         action: Action,
     ) -> bool {
+        if self.token_grant(client_id).is_some() {
+            return true;
+        }
         match &self.inner.http {
             // Boxed: the HTTP exchange is a large future, and inline it would make every
             // connection's task that much bigger even where no HTTP service is set up.
@@ -504,6 +617,12 @@ impl AccessControl {
                 }
             }
         }
+        if let Some(jwt) = &self.inner.jwt
+            && let Err(e) = jwt.reload()
+        {
+            tracing::error!(listener = %self.inner.listener, error = %e, "JWKS not reloaded; the previous keys stay in force");
+            first_error.get_or_insert(e);
+        }
         first_error.map_or(Ok(()), Err)
     }
 
@@ -529,6 +648,9 @@ impl AccessControl {
                 a.path.display()
             ));
         }
+        if inner.jwt.is_some() {
+            parts.push("JWT".to_owned());
+        }
         if let Some(h) = &inner.http {
             parts.push(format!(
                 "HTTP auth for{}{}",
@@ -552,6 +674,9 @@ pub struct DeliveryFilter {
 impl DeliveryFilter {
     /// Whether the client may receive a message published to `topic`.
     pub fn allows(&self, topic: &str) -> bool {
+        if let Some(granted) = self.access.token_grant(&self.client_id) {
+            return granted.may_read(&self.client_id, self.username.as_deref(), topic);
+        }
         match &self.access.inner.acl {
             Some(acl) => acl
                 .current()

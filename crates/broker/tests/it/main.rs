@@ -21,6 +21,7 @@ mod interop_paho;
 mod interop_pahoc;
 mod interop_seed;
 mod interop_util;
+mod jwt;
 mod keepalive;
 mod limits;
 mod listener_auth;
