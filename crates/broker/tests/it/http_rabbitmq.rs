@@ -80,7 +80,7 @@ impl RabbitService {
 
     /// The logged requests to `path`, waiting briefly for the log to catch up (the
     /// service prints a request before answering it, but the pipe is read separately).
-    async fn requests_to(&self, path: &str, at_least: usize) -> Vec<Value> {
+    pub async fn requests_to(&self, path: &str, at_least: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             let found: Vec<Value> = self
@@ -98,7 +98,7 @@ impl RabbitService {
         }
     }
 
-    fn rabbit_config(&self, method: HttpMethod) -> HttpAuthConfig {
+    pub fn rabbit_config(&self, method: HttpMethod) -> HttpAuthConfig {
         HttpAuthConfig {
             flavor: HttpFlavor::Rabbitmq,
             user_path: Some(self.url("/auth/user")),

@@ -6,6 +6,7 @@
 
 mod access_support;
 mod acl;
+mod auth_chain;
 mod client;
 mod client_certs;
 mod conformance;
