@@ -751,4 +751,150 @@ mod tests {
             .unwrap();
         assert_eq!(identity.username.as_deref(), Some("device-7"));
     }
+
+    /// Issue 14's timing check: for each mechanism, a login of an unknown user (or with
+    /// a token nobody issued) costs what a known user's does. Timing depends on the
+    /// machine, so this is run by hand and its numbers go in the report:
+    /// `cargo test -p midge-broker --lib timing_of_unknown -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore = "measures time; run by hand"]
+    async fn timing_of_unknown_and_known_users() {
+        use crate::config::JwtConfig;
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+        async fn median(access: &AccessControl, user: &str, password: &[u8]) -> (u128, bool) {
+            let mut times = Vec::new();
+            let mut ok = false;
+            for _ in 0..15 {
+                let start = std::time::Instant::now();
+                ok = access
+                    .authenticate(&Credentials {
+                        client_id: "c",
+                        username: Some(user),
+                        password: Some(password),
+                        peer: "127.0.0.1:1".parse().unwrap(),
+                        certificate_identity: None,
+                    })
+                    .await
+                    .is_ok();
+                times.push(start.elapsed().as_micros());
+            }
+            times.sort_unstable();
+            (times[times.len() / 2], ok)
+        }
+
+        let dir = std::env::temp_dir().join(format!("midge-timing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = Config::default();
+        config.auth.rate_limit.failures_burst = 0;
+        let exp = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+
+        // Password files: argon2id (midge passwd) and $7$ (mosquitto_passwd).
+        let mosquitto = "carol:$7$101$7uMu3Vpxl+R6GBp2$AlLlV6aP5pffa77x98O7CGwmHfHP9cVTSHduCITeKqeO0D+U5glkNOjHGI1cRWxTf+kUgbqCBUdehHipxFREVw==\n";
+        for (kind, file, user, right) in [
+            (
+                "argon2id",
+                format!("alice:{}\n", hash_password(b"pw").unwrap()),
+                "alice",
+                &b"pw"[..],
+            ),
+            ("$7$ pbkdf2", mosquitto.to_owned(), "carol", &b"secret1"[..]),
+        ] {
+            let path = dir.join("passwd");
+            std::fs::write(&path, file).unwrap();
+            config.auth.password_file = Some(path);
+            let listener = ListenerConfig::default();
+            let access =
+                AccessControl::for_listener(&config, &listener, LoginGuard::new(&config)).unwrap();
+            let (good, ok) = median(&access, user, right).await;
+            assert!(ok);
+            let (bad, _) = median(&access, user, b"wrong").await;
+            let (unknown, _) = median(&access, "nobody", b"wrong").await;
+            println!(
+                "password file {kind}: known user right password {good} us, wrong password {bad} us, unknown user {unknown} us"
+            );
+        }
+        config.auth.password_file = None;
+
+        // JWT, HS256 with a secret and ES256 with a JWKS of two keys.
+        let secret = "a shared secret of thirty-two bytes or more";
+        config.auth.jwt = Some(JwtConfig {
+            secret: Some(secret.into()),
+            verify_claims: [("sub".to_owned(), "%u".to_owned())].into(),
+            ..JwtConfig::default()
+        });
+        let access = AccessControl::for_listener(
+            &config,
+            &ListenerConfig::default(),
+            LoginGuard::new(&config),
+        )
+        .unwrap();
+        let hs = |key: &str| {
+            let claims = serde_json::json!({"sub": "alice", "exp": exp});
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(key.as_bytes()),
+            )
+            .unwrap()
+        };
+        let good = hs(secret);
+        let forged = hs("another secret of thirty-two bytes or more");
+        let (t_good, ok) = median(&access, "alice", good.as_bytes()).await;
+        assert!(ok);
+        let (t_other_user, _) = median(&access, "mallory", good.as_bytes()).await;
+        let (t_forged, _) = median(&access, "alice", forged.as_bytes()).await;
+        println!(
+            "JWT HS256: valid token {t_good} us, valid token of another user {t_other_user} us, forged token {t_forged} us"
+        );
+
+        let (a, b) = (
+            rcgen::KeyPair::generate().unwrap(),
+            rcgen::KeyPair::generate().unwrap(),
+        );
+        let jwk = |kid: &str, key: &rcgen::KeyPair| {
+            let spki = key.public_key_raw();
+            use base64ct::Encoding;
+            let b64 = |bytes: &[u8]| base64ct::Base64UrlUnpadded::encode_string(bytes);
+            serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+                "x": b64(&spki[1..33]), "y": b64(&spki[33..65])})
+        };
+        let jwks = dir.join("jwks.json");
+        std::fs::write(
+            &jwks,
+            serde_json::json!({"keys": [jwk("a", &a), jwk("b", &b)]}).to_string(),
+        )
+        .unwrap();
+        config.auth.jwt = Some(JwtConfig {
+            algorithms: vec!["ES256".into()],
+            jwks: Some(jwks.display().to_string()),
+            ..JwtConfig::default()
+        });
+        let access = AccessControl::for_listener(
+            &config,
+            &ListenerConfig::default(),
+            LoginGuard::new(&config),
+        )
+        .unwrap();
+        let es = |kid: &str, key: &rcgen::KeyPair| {
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some(kid.to_owned());
+            let key = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+            jsonwebtoken::encode(&header, &serde_json::json!({"sub": "s", "exp": exp}), &key)
+                .unwrap()
+        };
+        let stranger = rcgen::KeyPair::generate().unwrap();
+        let (t_good, ok) = median(&access, "s", es("b", &b).as_bytes()).await;
+        assert!(ok);
+        let (t_wrong_key, _) = median(&access, "s", es("b", &stranger).as_bytes()).await;
+        let (t_unknown_kid, _) = median(&access, "s", es("zz", &stranger).as_bytes()).await;
+        println!(
+            "JWT ES256 JWKS: valid token {t_good} us, known kid wrong key {t_wrong_key} us, unknown kid {t_unknown_kid} us"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -103,3 +103,38 @@ async fn a_configured_order_changes_who_decides() {
     assert_eq!(service.requests_to("/auth/user", 3).await.len(), 3);
     broker.shutdown().await;
 }
+
+/// Issue 14's timing check for the HTTP backends (RabbitMQ flavour, decision cache off):
+/// a known and an unknown user each cost one request per path. Run by hand:
+/// `cargo test -p midge-broker --test it timing_of_http -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "measures time; run by hand"]
+async fn timing_of_http_logins() {
+    let service = RabbitService::start(&[]).await;
+    let http = service.rabbit_config(HttpMethod::Get);
+    let broker = broker_with(|c| {
+        c.auth.http = Some(http);
+        c.auth.rate_limit.failures_burst = 0;
+    })
+    .await;
+    for (what, user, password) in [
+        ("known user, right password", "alice", "secret"),
+        ("known user, wrong password", "alice", "wrong"),
+        ("unknown user", "nobody", "secret"),
+    ] {
+        let before = service.requests_to("/auth/user", 0).await.len();
+        let mut times = Vec::new();
+        for _ in 0..15 {
+            let start = std::time::Instant::now();
+            code(&broker, user, password).await;
+            times.push(start.elapsed().as_micros());
+        }
+        times.sort_unstable();
+        let requests = service.requests_to("/auth/user", before + 15).await.len() - before;
+        println!(
+            "HTTP (rabbitmq flavour): {what}: {} us median CONNECT to CONNACK, {requests} user_path requests for 15 logins",
+            times[7]
+        );
+    }
+    broker.shutdown().await;
+}
