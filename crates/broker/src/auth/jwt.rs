@@ -657,6 +657,23 @@ mod tests {
     }
 
     #[test]
+    fn a_token_in_the_user_name_names_the_user_by_its_sub() {
+        let mut c = config("s3cret");
+        c.from = JwtFrom::Username;
+        c.verify_claims = [("aud".to_owned(), "mqtt:%c".to_owned())].into();
+        let jwt = JwtBackend::new(&c).unwrap();
+        let t = token(
+            &serde_json::json!({"sub": "dev-9", "aud": ["x", "mqtt:c1"], "exp": now() + 60}),
+            "s3cret",
+        );
+        assert!(matches!(
+            jwt.check("c1", Some(&t), &t),
+            Verdict::Accepted(Grant { username: Some(ref u), .. }) if u == "dev-9"
+        ));
+        assert!(matches!(jwt.check("c2", Some(&t), &t), Verdict::Refused(_)));
+    }
+
+    #[test]
     fn acl_claims_in_both_forms() {
         let object =
             acl_from_claim(&serde_json::json!({"pub": ["up/%c"], "sub": ["down/#"]})).unwrap();

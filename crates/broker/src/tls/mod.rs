@@ -114,7 +114,16 @@ impl TlsListener {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let (peer, local) = (stream.peer_addr().ok(), stream.local_addr().ok());
-        let stream = match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+        // The caller drops this future when the connect timeout passes (or at shutdown):
+        // that failed handshake is logged too.
+        let mut unfinished = Unfinished {
+            listener: Some(self),
+            peer,
+            local,
+        };
+        let result = tokio_rustls::TlsAcceptor::from(config).accept(stream).await;
+        unfinished.listener = None;
+        let stream = match result {
             Ok(stream) => stream,
             Err(error) => {
                 self.log_failure(peer, local, &error);
@@ -194,6 +203,25 @@ impl TlsListener {
     /// The certificate file, for logs.
     pub fn cert_path(&self) -> &Path {
         &self.settings.cert
+    }
+}
+
+/// Logs a handshake whose future was dropped before it finished.
+struct Unfinished<'a> {
+    listener: Option<&'a TlsListener>,
+    peer: Option<std::net::SocketAddr>,
+    local: Option<std::net::SocketAddr>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener {
+            let error = io::Error::new(
+                io::ErrorKind::TimedOut,
+                "not finished within mqtt.connect_timeout_secs (or the server is shutting down)",
+            );
+            listener.log_failure(self.peer, self.local, &error);
+        }
     }
 }
 
