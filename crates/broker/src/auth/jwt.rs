@@ -31,6 +31,10 @@ use super::acl::AclFile;
 use super::http::{ClientTls, Endpoint};
 use crate::config::{AclLeadingTopics, JwtConfig, JwtFrom};
 
+/// An unknown `kid`, or a failed JWKS fetch, has the keys loaded again after this long
+/// (or after `jwks_refresh_secs`, if that is shorter).
+const SOON: Duration = Duration::from_secs(10);
+
 /// Per-connection grants remembered at most (entries of expired tokens are dropped first).
 const MAX_GRANTS: usize = 100_000;
 
@@ -256,8 +260,12 @@ impl JwtBackend {
             })
             .collect();
         // No key fits (an unknown `kid`, say): one verification is still done, with the
-        // first key at hand, so a guess costs what a real token does.
+        // first key at hand, so a guess costs what a real token does. A JWKS may have
+        // rotated: it is loaded again, at most every few seconds, for the next logins.
         let decoy = candidates.is_empty();
+        if decoy && let Keys::Jwks(jwks) = &self.keys {
+            jwks.refresh_if_due(jwks.refresh.min(SOON));
+        }
         if decoy && let Some(first) = keys.first() {
             candidates.push(first);
         }
@@ -436,18 +444,19 @@ fn parse_jwks(text: &[u8]) -> Result<Vec<Key>, String> {
 
 impl Jwks {
     fn keys(self: &Arc<Self>) -> Arc<Vec<Key>> {
-        self.refresh_if_due();
+        self.refresh_if_due(self.refresh);
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Every `refresh`: a changed file is read again; a URL is fetched in the background.
-    fn refresh_if_due(self: &Arc<Self>) {
+    /// When `every` has passed since the last load: a changed file is read again; a URL
+    /// is fetched in the background (the keys in force serve until it is done).
+    fn refresh_if_due(self: &Arc<Self>, every: Duration) {
         {
             let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-            if last.0.elapsed() < self.refresh {
+            if last.0.elapsed() < every {
                 return;
             }
             last.0 = Instant::now();
@@ -502,18 +511,26 @@ impl Jwks {
                 return;
             };
             let fetch = url.send(&jwks.tls, "GET", url.path(), None, b"");
-            match tokio::time::timeout(Duration::from_secs(10), fetch).await {
+            let failure = match tokio::time::timeout(Duration::from_secs(10), fetch).await {
                 Ok(Ok((200, body))) => match parse_jwks(&body) {
                     Ok(keys) => {
                         tracing::info!(url = %url.url(), keys = keys.len(), "JWKS fetched");
                         *jwks.current.write().unwrap_or_else(PoisonError::into_inner) =
                             Arc::new(keys);
+                        None
                     }
-                    Err(e) => tracing::error!(url = %url.url(), error = %e, "JWKS not usable; the previous keys stay in force"),
+                    Err(e) => Some(e),
                 },
-                Ok(Ok((status, _))) => tracing::error!(url = %url.url(), status, "JWKS fetch refused; the previous keys stay in force"),
-                Ok(Err(e)) => tracing::error!(url = %url.url(), error = %e, "JWKS fetch failed; the previous keys stay in force"),
-                Err(_) => tracing::error!(url = %url.url(), "JWKS fetch timed out; the previous keys stay in force"),
+                Ok(Ok((status, _))) => Some(format!("HTTP status {status}")),
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("no answer within 10 s".to_owned()),
+            };
+            if let Some(error) = failure {
+                tracing::error!(url = %url.url(), %error, "JWKS fetch failed; the previous keys stay in force");
+                // Tried again soon rather than after a whole refresh interval.
+                let mut last = jwks.last.lock().unwrap_or_else(PoisonError::into_inner);
+                let wait = jwks.refresh.saturating_sub(SOON);
+                last.0 = Instant::now().checked_sub(wait).unwrap_or(last.0);
             }
             jwks.fetching.store(false, Ordering::Release);
         });

@@ -1,6 +1,6 @@
 //! `[auth.jwt]` with tokens made by PyJWT (tests/interop/python/jwt_tool.py): HS256 with a
-//! secret, ES256 with a PEM public key, RS256 from a JWKS file that rotates and from an
-//! https:// JWKS URL; good, expired, wrong-key and wrong-claim tokens; the ACL claim; and
+//! secret, ES256 with a PEM public key, RS256 from a JWKS file and from an https:// JWKS
+//! URL, both rotating; good, expired, wrong-key and wrong-claim tokens; the ACL claim; and
 //! the connection closed when its token expires (MQTT 5 with DISCONNECT 0xA0).
 
 use std::path::{Path, PathBuf};
@@ -253,6 +253,7 @@ async fn rs256_from_a_jwks_file_that_rotates() {
 async fn rs256_from_an_https_jwks_url() {
     let dir = TempDir::new("jwt-jwks-url");
     keys(dir.path(), "web", "RS256").await;
+    keys(dir.path(), "next", "RS256").await;
     let jwks_file = dir.write("jwks.json", &jwks(dir.path(), &["web"]));
     let pki = Pki::new("jwks-https");
     let server = pki.server("jwks");
@@ -269,6 +270,7 @@ async fn rs256_from_an_https_jwks_url() {
         algorithms: vec!["RS256".into()],
         jwks: Some(service.url("/jwks.json")),
         ca_file: Some(pki.ca_path.clone()),
+        jwks_refresh_secs: 1,
         ..JwtConfig::default()
     };
     let broker = broker_with(|c| {
@@ -279,5 +281,11 @@ async fn rs256_from_an_https_jwks_url() {
     let web = token(rs256(dir.path(), "web")).await;
     // The JWKS is fetched in the background at start.
     eventually(&broker, &web, 0).await;
+    // The identity provider rotates its key: fetched again after jwks_refresh_secs.
+    let next = token(rs256(dir.path(), "next")).await;
+    assert_eq!(login(&broker, V5, "svc", &next).await, 0x86);
+    dir.write("jwks.json", &jwks(dir.path(), &["next"]));
+    eventually(&broker, &next, 0).await;
+    assert_eq!(login(&broker, V5, "svc", &web).await, 0x86);
     broker.shutdown().await;
 }
