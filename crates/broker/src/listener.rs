@@ -130,17 +130,19 @@ impl Server {
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
         let mut access_controls = Vec::new();
-        let login_guard = LoginGuard::new(&config);
+        let login_guard = LoginGuard::new(&config, broker.log_limit.clone());
         let mut tls_listeners = Vec::new();
         for listener_config in &config.listeners {
             let name = listener_config.display_name();
             let addr = listener_config.bind;
             let tls = match &listener_config.tls {
                 Some(settings) => {
-                    let loaded = TlsListener::load(settings).map_err(|source| StartError::Tls {
-                        name: name.clone(),
-                        source,
-                    })?;
+                    let loaded = TlsListener::load(settings, broker.log_limit.clone()).map_err(
+                        |source| StartError::Tls {
+                            name: name.clone(),
+                            source,
+                        },
+                    )?;
                     let loaded = Arc::new(loaded);
                     tls_listeners.push((name.clone(), loaded.clone()));
                     Some(loaded)
@@ -318,7 +320,9 @@ async fn accept_loop(
         };
         let Ok(permit) = limiter.clone().try_acquire_owned() else {
             Stats::add(&broker.stats.connections_refused, 1);
-            tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
+            if broker.log_limit.allow(peer.ip()) {
+                tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
+            }
             continue;
         };
         Stats::add(&broker.stats.connections_accepted, 1);
@@ -415,7 +419,9 @@ impl Transport {
                     // The client got through TLS with a certificate the CA signed: worth
                     // telling the operator why it is turned away.
                     HandshakeFailure::Tls(tls::HandshakeError::NoCommonName) => {
-                        tracing::info!(listener = %context.name, %peer, "connection refused: {failure}")
+                        if broker.log_limit.allow(peer.ip()) {
+                            tracing::info!(listener = %context.name, %peer, "connection refused: {failure}")
+                        }
                     }
                     _ => {
                         tracing::debug!(listener = %context.name, %peer, "connection closed: {failure}")
@@ -496,6 +502,10 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         let now = now_millis();
         broker.registry.tick(&broker, now);
         sweeps = sweeps.wrapping_add(1);
+        if sweeps.is_multiple_of(4) {
+            // Sums up the log lines left out in windows that are over.
+            broker.log_limit.sweep();
+        }
         if sweeps.is_multiple_of(240) {
             broker.retained.sweep_expired(now);
         }

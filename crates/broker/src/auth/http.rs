@@ -695,9 +695,13 @@ impl HttpBackend {
                 }
             }
         };
-        result.map(Some).inspect_err(|e| {
-            tracing::warn!(url = %endpoint.url, client_id, error = %e, "HTTP auth check failed; connection refused");
-        })
+        // The caller logs a failure, within the per-address log limit.
+        result.map(Some)
+    }
+
+    /// The URL connect checks go to (`url`, or `user_path`), for logs.
+    pub fn connect_url(&self) -> Option<&str> {
+        self.connect.as_ref().map(|endpoint| endpoint.url.as_str())
     }
 
     /// Asks whether this client may publish to or subscribe to `topic`: `acl_url`, or

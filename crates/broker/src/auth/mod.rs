@@ -35,6 +35,7 @@ pub use limiter::LoginLimiter;
 pub use password::{PasswordFile, hash_password};
 
 use crate::config::{AuthSource, Config, DEFAULT_AUTH_ORDER, JwtFrom, ListenerConfig};
+use crate::log_limit::LogLimiter;
 
 /// Why access settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -112,22 +113,25 @@ pub enum Access {
     Subscribe,
 }
 
-/// State shared by every listener's access control: failed-login buckets per address and
-/// the bound on concurrent password checks.
+/// State shared by every listener's access control: failed-login buckets per address,
+/// the bound on concurrent password checks, and the broker's log limiter.
 #[derive(Debug)]
 pub struct LoginGuard {
     limiter: LoginLimiter,
+    /// Lines about failed logins are rate limited per address with the broker's others.
+    log_limit: Arc<LogLimiter>,
     /// Password checks in flight at most: a spray of slow hashes cannot fill the blocking
     /// thread pool.
     verifications: Arc<Semaphore>,
 }
 
 impl LoginGuard {
-    /// From `[auth.rate_limit]`.
-    pub fn new(config: &Config) -> Arc<Self> {
+    /// From `[auth.rate_limit]`; failed logins are logged through `log_limit`.
+    pub fn new(config: &Config, log_limit: Arc<LogLimiter>) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Self {
             limiter: LoginLimiter::new(&config.auth.rate_limit),
+            log_limit,
             verifications: Arc::new(Semaphore::new(cores.max(2))),
         })
     }
@@ -237,7 +241,7 @@ impl AccessControl {
                 http: None,
                 jwt: None,
                 order: DEFAULT_AUTH_ORDER.to_vec(),
-                guard: LoginGuard::new(&config),
+                guard: LoginGuard::new(&config, Default::default()),
             }),
         }
     }
@@ -317,13 +321,16 @@ impl AccessControl {
         }
         let ip = credentials.peer.ip();
         let limiter = &self.inner.guard.limiter;
+        let log = || self.inner.guard.log_limit.allow(ip);
         if !limiter.permits(ip, Instant::now()) {
-            tracing::info!(
-                peer = %credentials.peer,
-                listener = %self.inner.listener,
-                retry_after = ?limiter.retry_after(ip, Instant::now()),
-                "too many failed logins from this address; CONNECT refused without checking"
-            );
+            if log() {
+                tracing::info!(
+                    peer = %credentials.peer,
+                    listener = %self.inner.listener,
+                    retry_after = ?limiter.retry_after(ip, Instant::now()),
+                    "too many failed logins from this address; CONNECT refused without checking"
+                );
+            }
             return Err(ReasonCode::CONNECTION_RATE_EXCEEDED);
         }
         // Boxed for the same reason as in `ask_http`: it only exists while a password
@@ -332,7 +339,9 @@ impl AccessControl {
             Ok(Some(identity)) => Ok(identity),
             Ok(None) => {
                 limiter.record_failure(ip, Instant::now());
-                tracing::info!(peer = %credentials.peer, username = credentials.username.unwrap_or_default(), listener = %self.inner.listener, "bad user name, password or token");
+                if log() {
+                    tracing::info!(peer = %credentials.peer, username = credentials.username.unwrap_or_default(), listener = %self.inner.listener, "bad user name, password or token");
+                }
                 Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
             }
             Err(_) => Err(ReasonCode::SERVER_UNAVAILABLE),
@@ -398,7 +407,9 @@ impl AccessControl {
                             }));
                         }
                         jwt::Verdict::Refused(reason) => {
-                            tracing::info!(peer = %credentials.peer, client_id, listener = %self.inner.listener, %reason, "JWT refused");
+                            if self.inner.guard.log_limit.allow(credentials.peer.ip()) {
+                                tracing::info!(peer = %credentials.peer, client_id, listener = %self.inner.listener, %reason, "JWT refused");
+                            }
                             return Ok(None);
                         }
                     }
@@ -417,10 +428,15 @@ impl AccessControl {
                         Some(Err(_)) => return Ok(None),
                     };
                     self.forget_token(client_id);
-                    let allowed = http
+                    let checked = http
                         .check_connect(client_id, Some(username), password, credentials.peer)
-                        .await?
-                        .unwrap_or(false);
+                        .await;
+                    if let Err(e) = &checked
+                        && self.inner.guard.log_limit.allow(credentials.peer.ip())
+                    {
+                        tracing::warn!(url = http.connect_url().unwrap_or_default(), client_id, peer = %credentials.peer, error = %e, "HTTP auth check failed; connection refused");
+                    }
+                    let allowed = checked?.unwrap_or(false);
                     return Ok(allowed.then(|| Identity::named(Some(username))));
                 }
             }
@@ -808,8 +824,12 @@ mod tests {
             std::fs::write(&path, file).unwrap();
             config.auth.password_file = Some(path);
             let listener = ListenerConfig::default();
-            let access =
-                AccessControl::for_listener(&config, &listener, LoginGuard::new(&config)).unwrap();
+            let access = AccessControl::for_listener(
+                &config,
+                &listener,
+                LoginGuard::new(&config, Default::default()),
+            )
+            .unwrap();
             let (good, ok) = median(&access, user, right).await;
             assert!(ok);
             let (bad, _) = median(&access, user, b"wrong").await;
@@ -830,7 +850,7 @@ mod tests {
         let access = AccessControl::for_listener(
             &config,
             &ListenerConfig::default(),
-            LoginGuard::new(&config),
+            LoginGuard::new(&config, Default::default()),
         )
         .unwrap();
         let hs = |key: &str| {
@@ -877,7 +897,7 @@ mod tests {
         let access = AccessControl::for_listener(
             &config,
             &ListenerConfig::default(),
-            LoginGuard::new(&config),
+            LoginGuard::new(&config, Default::default()),
         )
         .unwrap();
         let es = |kid: &str, key: &rcgen::KeyPair| {

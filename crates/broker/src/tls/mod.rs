@@ -7,14 +7,13 @@
 //! are already up keep theirs.
 
 mod identity;
-mod log_guard;
 mod verifier;
 mod x509;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use rustls::RootCertStore;
 use rustls::ServerConfig;
@@ -26,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::{CertIdentity, TlsConfig};
+use crate::log_limit::LogLimiter;
 
 pub use identity::{common_name, subject_string};
 
@@ -83,21 +83,21 @@ pub struct TlsListener {
     /// The files' state at the last load attempt, successful or not, so a broken file is
     /// reported once rather than at every poll.
     last_attempt: Mutex<Fingerprint>,
-    /// Failed handshakes are logged once per peer address per minute.
-    failures_logged: log_guard::LogGuard,
+    /// Lines about failed handshakes are limited per peer address (`[log]`).
+    log_limit: Arc<LogLimiter>,
 }
 
 impl TlsListener {
     /// Loads the certificate chain, the key and the client CAs. Any problem is an error
-    /// naming the file.
-    pub fn load(settings: &TlsConfig) -> Result<Self, TlsError> {
+    /// naming the file. Failed handshakes are logged within `log_limit`.
+    pub fn load(settings: &TlsConfig, log_limit: Arc<LogLimiter>) -> Result<Self, TlsError> {
         let fingerprint = fingerprint(settings);
         let config = build_server_config(settings)?;
         Ok(Self {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(config)),
             last_attempt: Mutex::new(fingerprint),
-            failures_logged: log_guard::LogGuard::new(Duration::from_secs(60)),
+            log_limit,
         })
     }
 
@@ -143,20 +143,13 @@ impl TlsListener {
         local: Option<std::net::SocketAddr>,
         error: &io::Error,
     ) {
-        let Some(left_out) = self
-            .failures_logged
-            .admit(peer.map(|p| p.ip()), Instant::now())
-        else {
+        if peer.is_some_and(|p| !self.log_limit.allow(p.ip())) {
             return;
-        };
+        }
         let show =
             |a: Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_owned(), |a| a.to_string());
         let (peer, local) = (show(peer), show(local));
-        if left_out == 0 {
-            tracing::warn!(%peer, %local, "TLS handshake failed: {error}");
-        } else {
-            tracing::warn!(%peer, %local, "TLS handshake failed: {error} ({left_out} more failures from this address not logged)");
-        }
+        tracing::warn!(%peer, %local, "TLS handshake failed: {error}");
     }
 
     /// The user name a verified client certificate gives, if `cert_identity` asks for one

@@ -308,14 +308,18 @@ async fn v1_certificates_from_another_ca_or_expired_are_refused_and_logged() {
             listener(Some(ca.settings(None))),
             listener(Some(ca.settings(None))),
         ],
-        closed,
+        |config| {
+            closed(config);
+            // [log]: two lines per address and window, to see the limit at work.
+            config.log.lines_per_peer = 2;
+        },
     )
     .await;
     let (ok, _) = mosquitto_pub(ports[0], &ca, &other, "stranger").await;
     assert!(!ok, "a v1 certificate from another CA was accepted");
     let (ok, _) = mosquitto_pub(ports[1], &ca, &ca, "old").await;
     assert!(!ok, "an expired v1 certificate was accepted");
-    // A second failure from the same address within the minute is not logged.
+    // A third failure from the same address within the window is not logged.
     let (ok, _) = mosquitto_pub(ports[0], &ca, &other, "stranger").await;
     assert!(!ok);
 

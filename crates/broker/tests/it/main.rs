@@ -13,6 +13,7 @@ mod conformance;
 mod connect;
 mod differential;
 mod harness;
+mod hostile_connect;
 mod http_auth;
 mod http_rabbitmq;
 mod interop_go;
