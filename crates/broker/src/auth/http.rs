@@ -1,10 +1,13 @@
 //! The HTTP auth backend: connect and topic checks answered by a web service, as with
 //! RabbitMQ's `auth_backend_http` or EMQX's HTTP authentication.
 //!
-//! Each check is a `POST` of a JSON object; `200` with `{"result": "allow"}` allows,
-//! any other answer denies. Timeouts and errors deny too, but are not cached and are
-//! reported as the service being unavailable. The client is a small HTTP/1.1 client over
-//! tokio for `http://` URLs (one connection per check; the decision cache absorbs repeats).
+//! midge's flavour: each check is a `POST` of a JSON object; `200` with
+//! `{"result": "allow"}` allows, any other answer denies. RabbitMQ's flavour
+//! (`flavor = "rabbitmq"`): GET query or form POST parameters to `user_path`,
+//! `vhost_path`, `resource_path` and `topic_path`, answered `allow` (with tags) or `deny`.
+//! Timeouts and errors deny too, but are not cached and are reported as the service being
+//! unavailable. The client is a small HTTP/1.1 client over tokio for `http://` and (with
+//! rustls) `https://` URLs, one connection per check; the decision cache absorbs repeats.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -121,8 +124,8 @@ impl Endpoint {
             .await
     }
 
-    /// Sends one request (`query` is appended to the path of a GET) and returns the status
-    /// code and the response body. Over TLS when the URL is `https://`.
+    /// Sends one request for `path` (the endpoint's, or it with a query added) and returns
+    /// the status code and the response body. Over TLS when the URL is `https://`.
     pub async fn send(
         &self,
         tls: &ClientTls,

@@ -2,11 +2,13 @@
 //! per listener, built from its `[listener.auth]` settings falling back to `[auth]`.
 //!
 //! - Who may connect: a verified client certificate identity; else a user name and
-//!   password checked against the password file ([`password`]) or the HTTP service
-//!   ([`http`]); else the anonymous policy (by default: loopback clients only).
-//! - What they may do: the ACL file ([`acl`]) and the HTTP service's `acl_url`; deny wins.
-//!   Without either, everything is allowed (the session machine itself keeps clients
-//!   out of `$SYS`).
+//!   password (or a token) checked by the backends in `[auth] order`, the first that
+//!   knows the user deciding: the password file ([`password`]), JWT ([`jwt`]), the HTTP
+//!   service ([`http`]); else the anonymous policy (by default: loopback clients only).
+//! - What they may do: the ACL file ([`acl`]) and the HTTP service's topic checks; deny
+//!   wins. A token's ACL claim, when it has one, decides alone for its connection.
+//!   Without any of these, everything is allowed (the session machine itself keeps
+//!   clients out of `$SYS`).
 //! - Failed logins are rate limited per client address ([`limiter`]); password checks
 //!   run in `spawn_blocking`, a few at a time, so they never stall the async workers.
 //!
