@@ -1,5 +1,5 @@
-//! The URL of an HTTP auth service: plain data, parsed (and so checked) when the
-//! configuration is validated, and used by `auth::http` to connect.
+//! The URL of an HTTP service (auth, JWKS): plain data, parsed (and so checked) when the
+//! configuration is validated, and used by `auth` to connect.
 
 /// A parsed `http://host:port/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,20 +14,18 @@ pub struct Endpoint {
     pub(crate) path: String,
     /// The original URL, for logs.
     pub(crate) url: String,
+    /// `https://`.
+    pub(crate) tls: bool,
 }
 
 impl Endpoint {
-    /// Parses an `http://` URL.
+    /// Parses an `http://` or `https://` URL.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                "https is not supported by the HTTP auth backend; use http:// to a service \
-                 on the same host or network"
-                    .to_owned()
-            } else {
-                "must start with http://".to_owned()
-            }
-        })?;
+        let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err("must start with http:// or https://".to_owned()),
+        };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -42,7 +40,7 @@ impl Endpoint {
                     .parse::<u16>()
                     .map_err(|_| "bad port".to_owned())?,
             ),
-            _ => (authority, 80),
+            _ => (authority, if tls { 443 } else { 80 }),
         };
         let authority = format!("{host}:{port}");
         let host = host
@@ -63,6 +61,22 @@ impl Endpoint {
             authority,
             path,
             url: url.to_owned(),
+            tls,
         })
+    }
+
+    /// Whether the URL is `https://`.
+    pub fn is_https(&self) -> bool {
+        self.tls
+    }
+
+    /// The path and query.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The URL as configured.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 }

@@ -6,13 +6,16 @@
 
 mod access_support;
 mod acl;
+mod auth_chain;
 mod client;
+mod client_certs;
 mod conformance;
 mod connect;
 mod differential;
 mod harness;
 mod hostile_connect;
 mod http_auth;
+mod http_rabbitmq;
 mod interop_go;
 mod interop_mosquitto_clients;
 mod interop_mqttjs;
@@ -20,6 +23,7 @@ mod interop_paho;
 mod interop_pahoc;
 mod interop_seed;
 mod interop_util;
+mod jwt;
 mod keepalive;
 mod limits;
 mod listener_auth;
