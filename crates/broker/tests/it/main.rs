@@ -7,6 +7,7 @@
 mod access_support;
 mod acl;
 mod client;
+mod conn_limits;
 mod connect;
 mod differential;
 mod harness;
