@@ -48,7 +48,8 @@ set +e
 cargo test --release --locked -p midge --test stress -- --nocapture --test-threads=1 "$@" >"$log" 2>&1
 status=$?
 set -e
-# The figures each scenario prints, then the verdicts.
-grep -E '^(storm|dead consumers|flood|shared churn)' "$log" || true
-grep -E '^test |^test result|panicked' "$log" || true
+# The figures each scenario prints (libtest may put "test NAME ..." before them on the
+# same line), then the verdicts.
+grep -oE '(storm round|dead consumers|flood|shared churn):.*' "$log" || true
+grep -E '^test result|panicked|FAILED' "$log" || true
 exit "$status"
