@@ -960,16 +960,17 @@ struct SlowCounts {
     longest_ms: AtomicU64,
 }
 
-/// A slowloris socket from `source`, again and again until `stop`: sends a CONNECT one
-/// byte a second and counts when the broker closes it.
+/// A slowloris socket from `source`, again and again until `stop`: sends `hello` (a
+/// CONNECT, or the start of a TLS ClientHello) one byte a second and counts when the
+/// broker closes it.
 async fn slowloris(
     port: u16,
     source: Ipv4Addr,
-    n: usize,
+    hello: Vec<u8>,
     stop: Arc<AtomicBool>,
     counts: Arc<SlowCounts>,
 ) {
-    let connect = support::connect_v311(&format!("slow-{n}"), true);
+    let connect = hello;
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut stream) = connect_from(source, port, None).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -993,13 +994,13 @@ async fn slowloris(
                     closed = true;
                     break;
                 }
-                Ok(Ok(_)) => panic!("the broker answered an incomplete CONNECT"),
+                Ok(Ok(_)) => panic!("the broker answered an incomplete CONNECT or ClientHello"),
                 Err(_) => {}
             }
         }
         assert!(
             closed,
-            "a CONNECT trickled over {} s was let through",
+            "a CONNECT or ClientHello trickled over {} s was let through",
             connect.len()
         );
         let lived = opened.elapsed();
@@ -1015,11 +1016,25 @@ async fn slowloris(
     }
 }
 
+/// The start of a TLS ClientHello that never completes: a handshake record announcing 512
+/// bytes, then the ClientHello's header and version, then padding.
+fn partial_client_hello() -> Vec<u8> {
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, // record: handshake, TLS 1.0 framing, 512 bytes
+        0x01, 0x00, 0x01, 0xFC, // handshake: ClientHello, 508 bytes
+        0x03, 0x03, // client version TLS 1.2
+    ];
+    hello.resize(24, 0x2A); // the start of the client random
+    hello
+}
+
 /// Issue 9, "connection floods and slowloris" (scaled down for CI: bursts of 500 connects
-/// four times a second from 8 addresses, 100 slowloris sockets from 2; `MIDGE_STRESS_BURST`
-/// and `MIDGE_STRESS_SLOWLORIS` scale it): with `[limits]` per address and a 2 s CONNECT
-/// deadline, refusals are counted by reason, every slowloris socket is closed at its
-/// deadline, open files come back, and a connected client's PINGREQ latency stays low.
+/// four times a second from 8 addresses, 100 slowloris sockets on the MQTT port from 2
+/// addresses and 100 half-open TLS handshakes on a TLS port from 2 more;
+/// `MIDGE_STRESS_BURST` and `MIDGE_STRESS_SLOWLORIS` scale it): with `[limits]` per address
+/// and a 2 s CONNECT deadline (which also bounds the TLS handshake), refusals are counted
+/// by reason, every slowloris and half-open TLS socket is closed at its deadline, open
+/// files come back, and a connected client's PINGREQ latency stays low.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connection_flood_and_slowloris_spare_connected_clients() {
     let _serial = SERIAL.lock().await;
@@ -1028,12 +1043,23 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
     let duration = scenario_duration();
     let connect_timeout = 2u64;
     let dir = TestDir::new("stress-flood");
+    // A second listener with TLS, for the half-open handshakes.
+    let tls_port = support::free_port();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.0.join("server.crt"), dir.0.join("server.key"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
     let midge = start_broker_with(
         &dir,
         true,
         &format!(
             "[mqtt]\nconnect_timeout_secs = {connect_timeout}\n\n[limits]\n\
-             connections_per_ip = 32\nconnect_rate_per_ip = 100\nconnect_burst_per_ip = 50\n"
+             connections_per_ip = 32\nconnect_rate_per_ip = 100\nconnect_burst_per_ip = 50\n\n\
+             [[listener]]\nbind = \"127.0.0.1:{tls_port}\"\n[listener.tls]\ncert = \"{}\"\n\
+             key = \"{}\"\n",
+            cert.display(),
+            key.display()
         ),
     )
     .await;
@@ -1055,18 +1081,31 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
     let guard = tokio::spawn(watchdog_every(port, stop.clone(), every));
     // Slowloris from 127.0.0.10 and .11: more than connections_per_ip from each.
     let slow_counts = Arc::new(SlowCounts::default());
-    let slow_tasks: Vec<_> = (0..slow)
+    let mut slow_tasks: Vec<_> = (0..slow)
         .map(|n| {
             let source = Ipv4Addr::new(127, 0, 0, 10 + (n % 2) as u8);
+            let hello = support::connect_v311(&format!("slow-{n}"), true);
             tokio::spawn(slowloris(
                 port,
                 source,
-                n,
+                hello,
                 stop.clone(),
                 slow_counts.clone(),
             ))
         })
         .collect();
+    // Half-open TLS handshakes from 127.0.0.12 and .13.
+    let tls_counts = Arc::new(SlowCounts::default());
+    slow_tasks.extend((0..slow).map(|n| {
+        let source = Ipv4Addr::new(127, 0, 0, 12 + (n % 2) as u8);
+        tokio::spawn(slowloris(
+            tls_port,
+            source,
+            partial_client_hello(),
+            stop.clone(),
+            tls_counts.clone(),
+        ))
+    }));
     // Bursts from 127.0.0.2 to .9: connect, then close (the admitted ones) or be closed.
     let (attempts, connected) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let flood = {
@@ -1125,7 +1164,9 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
         "flood: {} connects in bursts of {burst} from 8 addresses over {duration:?} ({} \
          completed the TCP handshake); refused at accept: {per_ip} per_ip, {by_rate} rate; \
          slowloris: {} sockets opened from 2 addresses, {} closed at the {connect_timeout} s \
-         CONNECT deadline (longest lived {} ms), {} refused at once; RSS {:.1} MiB before, \
+         CONNECT deadline (longest lived {} ms), {} refused at once; half-open TLS: {} \
+         opened from 2 addresses, {} closed at the deadline (longest lived {} ms), {} \
+         refused at once; RSS {:.1} MiB before, \
          {:.1} peak, {:.1} after; open files {fds_start} -> {fds_end}; broker CPU {:.0} % of \
          a core; connected client's \
          PINGREQ quiet {quiet}, under flood {flooded} (p99 x{:.1}); watchdog slowest round {:?}",
@@ -1135,6 +1176,10 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
         c(&slow_counts.closed),
         c(&slow_counts.longest_ms),
         c(&slow_counts.refused),
+        c(&tls_counts.opened),
+        c(&tls_counts.closed),
+        c(&tls_counts.longest_ms),
+        c(&tls_counts.refused),
         mib(rss_start),
         mib(rss_peak),
         mib(rss_end),
@@ -1146,14 +1191,16 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
         per_ip > 0 && by_rate > 0,
         "both limits refused, counted by reason"
     );
-    assert!(
-        c(&slow_counts.closed) > 0,
-        "slowloris sockets were closed at the deadline"
-    );
-    assert!(
-        c(&slow_counts.longest_ms) < (connect_timeout + 2) * 1000,
-        "no slowloris socket outlived the CONNECT deadline by much"
-    );
+    for (what, counts) in [("slowloris", &slow_counts), ("half-open TLS", &tls_counts)] {
+        assert!(
+            c(&counts.closed) > 0,
+            "{what} sockets were closed at the deadline"
+        );
+        assert!(
+            c(&counts.longest_ms) < (connect_timeout + 2) * 1000,
+            "no {what} socket outlived the deadline by much"
+        );
+    }
     assert!(
         fds_end <= fds_start + 2,
         "open files back to {fds_start} (now {fds_end})"
