@@ -136,7 +136,7 @@ impl Server {
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
         let mut access_controls = Vec::new();
-        let login_guard = LoginGuard::new(&config);
+        let login_guard = LoginGuard::new(&config, broker.log_limit.clone());
         let mut tls_listeners = Vec::new();
         for listener_config in &config.listeners {
             let name = listener_config.display_name();
@@ -237,6 +237,8 @@ impl Server {
                 first_error.get_or_insert(e.into());
             }
         }
+        // Subscriptions granted under the old rules are checked under the new ones.
+        self.broker.registry.recheck_owners();
         first_error.map_or(Ok(()), Err)
     }
 
@@ -330,23 +332,32 @@ async fn accept_loop(
             }
         };
         // Before the global limit, so a flooding address's refusals are counted as its
-        // own; dropping `stream` closes the socket unread. Logged at debug only: a flood
-        // would otherwise write a line per connection.
+        // own; dropping `stream` closes the socket unread.
         let slot = match limits.per_ip.admit(peer.ip(), std::time::Instant::now()) {
             Ok(slot) => slot,
             Err(refusal) => {
-                let counter = match refusal {
-                    Refusal::PerIp => &broker.stats.connections_refused_per_ip,
-                    Refusal::Rate => &broker.stats.connections_refused_rate,
+                let (counter, key) = match refusal {
+                    Refusal::PerIp => (
+                        &broker.stats.connections_refused_per_ip,
+                        "limits.connections_per_ip",
+                    ),
+                    Refusal::Rate => (
+                        &broker.stats.connections_refused_rate,
+                        "limits.connect_rate_per_ip",
+                    ),
                 };
                 Stats::add(counter, 1);
-                tracing::debug!(listener = %context.name, %peer, ?refusal, "connection refused by the limits per address");
+                if broker.log_limit.allow(peer.ip()) {
+                    tracing::info!(listener = %context.name, %peer, "{key} reached; connection refused");
+                }
                 continue;
             }
         };
         let Ok(permit) = limits.total.clone().try_acquire_owned() else {
             Stats::add(&broker.stats.connections_refused, 1);
-            tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
+            if broker.log_limit.allow(peer.ip()) {
+                tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
+            }
             continue;
         };
         Stats::add(&broker.stats.connections_accepted, 1);
@@ -443,7 +454,9 @@ impl Transport {
                     // The client got through TLS with a certificate the CA signed: worth
                     // telling the operator why it is turned away.
                     HandshakeFailure::Tls(tls::HandshakeError::NoCommonName) => {
-                        tracing::info!(listener = %context.name, %peer, "connection refused: {failure}")
+                        if broker.log_limit.allow(peer.ip()) {
+                            tracing::info!(listener = %context.name, %peer, "connection refused: {failure}")
+                        }
                     }
                     _ => {
                         tracing::debug!(listener = %context.name, %peer, "connection closed: {failure}")
@@ -524,6 +537,10 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         let now = now_millis();
         broker.registry.tick(&broker, now);
         sweeps = sweeps.wrapping_add(1);
+        if sweeps.is_multiple_of(4) {
+            // Sums up the log lines left out in windows that are over.
+            broker.log_limit.sweep();
+        }
         if sweeps.is_multiple_of(240) {
             broker.retained.sweep_expired(now);
         }

@@ -81,6 +81,8 @@ struct Inner {
     online: bool,
     closed: bool,
     control: Option<Control>,
+    /// The access rules changed: the serving connection checks its subscriptions again.
+    recheck: bool,
     next_seq: u64,
     /// Whether the session is kept in the store (its expiry is above 0).
     persistent: bool,
@@ -100,6 +102,7 @@ impl Default for Inner {
             online: false,
             closed: false,
             control: None,
+            recheck: false,
             next_seq: 1,
             persistent: false,
             notified: false,
@@ -483,6 +486,19 @@ impl Mailbox {
     /// what else changed, such as a shutdown).
     pub fn wake_connection(&self) {
         Self::wake(self.lock());
+    }
+
+    /// Asks the serving connection to authorize its subscriptions again (the ACL was
+    /// reloaded), and wakes it.
+    pub fn request_recheck(&self) {
+        let mut inner = self.lock();
+        inner.recheck = true;
+        Self::wake(inner);
+    }
+
+    /// Takes a pending request to check the subscriptions again.
+    pub fn take_recheck(&self) -> bool {
+        std::mem::take(&mut self.lock().recheck)
     }
 
     /// Takes a pending instruction, if any.

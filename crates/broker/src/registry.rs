@@ -78,8 +78,42 @@ impl Slot {
 #[derive(Debug, Default)]
 struct Inner {
     slots: HashMap<Arc<str>, Slot>,
-    /// Deadlines (session expiry, delayed wills), checked lazily against the slot.
+    /// Deadlines (session expiry, delayed wills), checked lazily against the slot. An
+    /// entry goes stale when its session resumes or its will is cancelled; see
+    /// [`Inner::push_timer`] for what bounds them.
     timers: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
+}
+
+/// Stale timers tolerated beyond this many per slot (each slot has at most two live
+/// ones) before the heap is rebuilt from the slots.
+const TIMERS_PER_SLOT: usize = 4;
+/// ... plus this many, so small registries do not rebuild on every push.
+const TIMER_SLACK: usize = 1024;
+
+impl Inner {
+    /// Schedules a deadline for `client_id`. A client reconnecting in a loop leaves a
+    /// stale entry per park until that deadline passes (an hour for a one-hour expiry);
+    /// when stale entries outnumber the live ones by far, the heap is rebuilt from the
+    /// slots' own deadlines, so it stays within a constant factor of the slot count. A
+    /// rebuild costs O(slots) and follows at least that many pushes: amortised O(1).
+    fn push_timer(&mut self, at: Millis, client_id: Arc<str>) {
+        self.timers.push(Reverse((at, client_id)));
+        if self.timers.len() > TIMERS_PER_SLOT * self.slots.len() + TIMER_SLACK {
+            self.rebuild_timers();
+        }
+    }
+
+    fn rebuild_timers(&mut self) {
+        let live = self.slots.iter().flat_map(|(id, slot)| {
+            let expiry = slot.expires_at.map(|at| Reverse((at, id.clone())));
+            let will = slot
+                .will
+                .as_ref()
+                .map(|w| Reverse((w.publish_at, id.clone())));
+            expiry.into_iter().chain(will)
+        });
+        self.timers = live.collect();
+    }
 }
 
 /// See the module documentation.
@@ -122,6 +156,18 @@ impl Registry {
         for slot in self.lock().slots.values() {
             if slot.owner.is_some() {
                 slot.mailbox.wake_connection();
+            }
+        }
+    }
+
+    /// Asks every connection serving a session to authorize its subscriptions again: the
+    /// access rules changed, and a right taken away must stop deliveries at once, not at
+    /// the next connection (the class of CVE-2021-34434). Parked sessions are checked
+    /// when they resume, before anything is delivered.
+    pub fn recheck_owners(&self) {
+        for slot in self.lock().slots.values() {
+            if slot.owner.is_some() {
+                slot.mailbox.request_recheck();
             }
         }
     }
@@ -260,7 +306,8 @@ impl Registry {
         let mut answer_takeover = None;
         {
             let mut inner = self.lock();
-            let Inner { slots, timers } = &mut *inner;
+            let mut timers = Vec::new();
+            let Inner { slots, .. } = &mut *inner;
             let slot = slots
                 .entry(client_id.clone())
                 .or_insert_with(|| Slot::new(&client_id, broker.journal.as_ref()));
@@ -287,7 +334,7 @@ impl Registry {
                 slot.parked = Some(Box::new(state));
                 if let Some(at) = expires_at {
                     slot.expires_at = Some(at);
-                    timers.push(Reverse((at, client_id.clone())));
+                    timers.push(at);
                 }
             }
             if let Some((will, delay)) = will {
@@ -305,7 +352,7 @@ impl Registry {
                         journal.will_put(publish_at, &will);
                     }
                     slot.will = Some(Box::new(PendingWill { will, publish_at }));
-                    timers.push(Reverse((publish_at, client_id.clone())));
+                    timers.push(publish_at);
                 }
             }
             if ended.is_some() && owned {
@@ -314,6 +361,9 @@ impl Registry {
                 } else {
                     slot.mailbox = Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
                 }
+            }
+            for at in timers {
+                inner.push_timer(at, client_id.clone());
             }
         }
         if let Some(state) = ended {
@@ -525,6 +575,40 @@ mod tests {
         let next = broker.registry.attach(&broker, id, false, 2, 2_000).await;
         assert!(!next.session_present);
         assert!(!next.state.mailbox.is_closed());
+    }
+
+    /// Issue 9, defect 3: every park pushed a timer and stale ones left only at their
+    /// deadline, so a client reconnecting in a loop with a long expiry grew the heap
+    /// forever.
+    #[tokio::test]
+    async fn reconnect_loops_do_not_grow_the_timer_heap() {
+        let broker = Broker::new(Config::default());
+        for round in 0..20_000u64 {
+            let id: Arc<str> = format!("c{}", round % 10).into();
+            let mut state = broker
+                .registry
+                .attach(&broker, id, false, round, round)
+                .await
+                .state;
+            state.expiry_interval = 3600;
+            broker
+                .registry
+                .detach(&broker, round, state, Some((will(600), 600)), round);
+        }
+        let inner = broker.registry.lock();
+        assert_eq!(inner.slots.len(), 10);
+        assert!(
+            inner.timers.len() <= TIMERS_PER_SLOT * inner.slots.len() + TIMER_SLACK,
+            "{} timers for {} sessions",
+            inner.timers.len(),
+            inner.slots.len()
+        );
+        drop(inner);
+        // The live deadlines survived the rebuilds: each session still expires on time,
+        // with its will.
+        broker.registry.tick(&broker, 20_000 + 3_600_000);
+        assert_eq!(broker.registry.parked_len(), 0);
+        assert_eq!(broker.retained.matching("wills/c", 0).len(), 1);
     }
 
     #[tokio::test]

@@ -66,10 +66,27 @@ counters! {
     publish_dropped,
     /// PUBLISH packets refused by authorization.
     publish_denied,
+    /// Retained messages not sent at SUBSCRIBE because the session's queue limits
+    /// (`max_queued_messages`, `max_queued_bytes`) were reached.
+    retained_dropped,
     /// Connections closed for malformed or protocol-violating input.
     protocol_errors,
     /// Wills published.
     wills_published,
+    /// Gauge: bytes buffered by connections that have not completed CONNECT and
+    /// authentication (read buffer capacity), bounded by `mqtt.max_pre_connect_bytes`.
+    pre_connect_bytes,
+    /// Highest value `pre_connect_bytes` has reached.
+    pre_connect_bytes_maximum,
+    /// Connections closed because their first packet was not CONNECT.
+    pre_connect_dropped_not_connect,
+    /// Connections closed because their CONNECT announced more than `mqtt.max_connect_size`.
+    pre_connect_dropped_too_large,
+    /// Connections closed because their partial CONNECT did not fit in
+    /// `mqtt.max_pre_connect_bytes`.
+    pre_connect_dropped_over_budget,
+    /// Connections closed for sending no complete CONNECT within `mqtt.connect_timeout_secs`.
+    pre_connect_dropped_timeout,
 }
 
 impl Stats {

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use midge_proto::{
-    ConnAck, Disconnect, DisconnectProperties, OutgoingPublish, Packet, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, ResponseProperties, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, Will, topic,
+    ConnAck, Disconnect, DisconnectProperties, EncodeError, OutgoingPublish, Packet,
+    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, ResponseProperties, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, Will, topic,
 };
 
 pub use connect::{Negotiated, Refusal, negotiate, within_topic_limits};
@@ -27,8 +27,9 @@ pub use state::{Inflight, SessionState, Stage, SubscriptionRecord};
 
 use crate::auth::DeliveryFilter;
 use crate::broker::Broker;
+use crate::mailbox::{Mailbox, QueueLimits};
 use crate::message::{Delivery, Message, Millis};
-use crate::stats::LocalStats;
+use crate::stats::{LocalStats, Stats};
 use crate::store::SessionJournal;
 
 /// A protocol violation by the client: the connection closes, telling a v5 client `reason`.
@@ -236,9 +237,17 @@ impl Session {
 
     fn send(&mut self, packet: &Packet, out: &mut BytesMut) {
         self.settle = true;
-        match packet.encode(self.protocol, out) {
+        // Within the client's Maximum Packet Size, leaving out a reason string or user
+        // properties that do not fit [MQTT-3.1.2-24].
+        let max = usize::try_from(self.client_max_packet_size).unwrap_or(usize::MAX);
+        match packet.encode_within(self.protocol, max, out) {
             Ok(()) => self.stats.packets_sent += 1,
-            // Only our own oversized fields can fail to encode; nothing to tell the client.
+            // No room even in its smallest form (a SUBACK for many filters, say): not
+            // sent [MQTT-3.1.2-25]. The client chose the limit, so this is no warning.
+            Err(e @ EncodeError::ExceedsMaximumPacketSize { .. }) => {
+                tracing::debug!(client_id = %self.state.client_id, error = %e, "{} not sent", packet.name())
+            }
+            // Only our own oversized fields; nothing to tell the client.
             Err(e) => {
                 tracing::warn!(client_id = %self.state.client_id, error = %e, "cannot encode {}", packet.name())
             }
@@ -371,7 +380,7 @@ impl Session {
         }
         if publish.qos == QoS::ExactlyOnce
             && self.protocol.is_v5()
-            && !self.state.awaiting_pubrel.contains(&publish.packet_id)
+            && !self.state.awaiting_pubrel.contains_key(&publish.packet_id)
             && self.state.awaiting_pubrel.len() >= usize::from(config.max_inflight)
         {
             // [MQTT-3.3.4-7] [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISH than our
@@ -398,9 +407,17 @@ impl Session {
     ) {
         let publish = publish.0;
         let (qos, packet_id) = (publish.qos, publish.packet_id);
-        if qos == QoS::ExactlyOnce && self.state.awaiting_pubrel.contains(&packet_id) {
-            // [MQTT-4.3.3-9] a resent QoS 2 PUBLISH is acknowledged, not routed again.
-            self.send(&Packet::PubRec(PubResponse::success(packet_id)), out);
+        if qos == QoS::ExactlyOnce
+            && let Some(&reason_code) = self.state.awaiting_pubrel.get(&packet_id)
+        {
+            // [MQTT-4.3.3-9] a resent QoS 2 PUBLISH is acknowledged as the first was, not
+            // routed again.
+            let response = PubResponse {
+                packet_id,
+                reason_code,
+                properties: ResponseProperties::default(),
+            };
+            self.send(&Packet::PubRec(response), out);
             return;
         }
         let reason = if !authorized || is_sys_topic(&publish.topic) {
@@ -442,10 +459,14 @@ impl Session {
                 // A PUBREC with an error code ends the exchange [MQTT-4.3.3-?]; otherwise the
                 // id is held until PUBREL.
                 if !reason.is_error()
-                    && self.state.awaiting_pubrel.insert(packet_id)
+                    && self
+                        .state
+                        .awaiting_pubrel
+                        .insert(packet_id, reason)
+                        .is_none()
                     && let Some(journal) = &self.journal
                 {
-                    journal.pubrel_held(packet_id);
+                    journal.pubrel_held(packet_id, reason);
                 }
                 self.send(&Packet::PubRec(response), out);
             }
@@ -453,7 +474,7 @@ impl Session {
     }
 
     fn on_pubrel(&mut self, rel: &PubResponse, out: &mut BytesMut) {
-        let known = self.state.awaiting_pubrel.remove(&rel.packet_id);
+        let known = self.state.awaiting_pubrel.remove(&rel.packet_id).is_some();
         if known && let Some(journal) = &self.journal {
             journal.pubrel_released(rel.packet_id);
         }
@@ -548,7 +569,15 @@ impl Session {
         let identifier = subscribe.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
-        for (i, (filter, options)) in subscribe.filters.into_iter().enumerate() {
+        // Retained messages sent at subscribe count against the queue limits, as queued
+        // messages do: one SUBSCRIBE repeating `#` must not queue copies of the whole
+        // retained tree without end (issue 9, defect 2).
+        let limits = broker.queue_limits();
+        let mut backlog = RetainedBudget::new(&limits, &self.retained_backlog, &self.state.mailbox);
+        let mut collected: Vec<&str> = Vec::new();
+        let filters = subscribe.filters;
+        for (i, (filter, options)) in filters.iter().enumerate() {
+            let (filter, options) = (filter.clone(), *options);
             let shared = topic::parse_shared(&filter).ok().flatten().is_some();
             if shared && options.no_local && self.protocol.is_v5() {
                 // [MQTT-3.8.3-4]
@@ -590,8 +619,15 @@ impl Session {
                         midge_proto::RetainHandling::SendIfNew => !existed,
                         midge_proto::RetainHandling::DontSend => false,
                     };
-                if send_retained {
+                // A filter repeated in one SUBSCRIBE replaces itself: its retained
+                // messages are sent once.
+                let repeated = collected.contains(&filters[i].0.as_str());
+                if send_retained && !repeated {
+                    collected.push(filters[i].0.as_str());
                     for message in broker.retained.matching(&filter, now) {
+                        if !backlog.admit(&message) {
+                            continue;
+                        }
                         retained.push(Delivery {
                             qos: message.qos.min(options.qos),
                             // [MQTT-3.3.1-8] retained messages sent at subscribe keep RETAIN.
@@ -618,6 +654,7 @@ impl Session {
         // [MQTT-3.8.4-1] SUBACK first, then the retained messages.
         self.send(&Packet::SubAck(suback), out);
         self.retained_backlog.extend(retained);
+        Stats::add(&broker.stats.retained_dropped, backlog.refused);
         Ok(())
     }
 
@@ -707,9 +744,10 @@ impl Session {
     }
 
     /// The DISCONNECT the broker sends a v5 client before closing (nothing for v3). It
-    /// always carries a reason string (the spec's name for the reason unless a more
-    /// specific one is given): it tells a user what happened, and some clients (rumqttc
-    /// 0.25) cannot decode the reason-code-only short form at all.
+    /// carries a reason string (the spec's name for the reason unless a more specific one
+    /// is given): it tells a user what happened, and some clients (rumqttc 0.25) cannot
+    /// decode the reason-code-only short form at all. Only a client whose Maximum Packet
+    /// Size has no room for the string gets the short form (see `Session::send`).
     pub fn disconnect_packet(
         &mut self,
         reason: ReasonCode,
@@ -918,3 +956,39 @@ fn is_sys_topic(topic: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// How many more retained messages one SUBSCRIBE may put in the session's backlog: the
+/// backlog and the queue together stay within the queue limits (0 means unlimited).
+struct RetainedBudget {
+    messages: usize,
+    bytes: usize,
+    limits: QueueLimits,
+    refused: u64,
+}
+
+impl RetainedBudget {
+    fn new(limits: &QueueLimits, backlog: &VecDeque<Delivery>, mailbox: &Mailbox) -> Self {
+        Self {
+            messages: backlog.len() + mailbox.len(),
+            bytes: backlog.iter().map(|d| d.message.weight()).sum(),
+            limits: *limits,
+            refused: 0,
+        }
+    }
+
+    /// Counts `message` in if it fits; otherwise counts it refused.
+    fn admit(&mut self, message: &Message) -> bool {
+        let weight = message.weight();
+        let full = (self.limits.max_messages > 0 && self.messages >= self.limits.max_messages)
+            || (self.limits.max_bytes > 0
+                && self.messages > 0
+                && self.bytes + weight > self.limits.max_bytes);
+        if full {
+            self.refused += 1;
+            return false;
+        }
+        self.messages += 1;
+        self.bytes += weight;
+        true
+    }
+}

@@ -355,3 +355,43 @@ async fn wait_for_denied(broker: &Broker, at_least: u64) {
     .await
     .expect("the will was not refused in time");
 }
+
+/// Issue 9, defect 7 (the class of CVE-2021-34434): a reload that takes away a read
+/// right ends the live subscription it granted, at once, for v3 and v5.
+#[tokio::test]
+async fn an_acl_reload_revokes_live_subscriptions() {
+    for v5 in [V3, V5] {
+        let dir = TempDir::new("acl-revoke");
+        let broker = acl_broker(&dir).await;
+        let mut alice = login(&broker, v5, "alice", "alice").await;
+        assert_eq!(suback_code(&mut alice, v5, "alice/#").await, 1);
+        assert_eq!(suback_code(&mut alice, v5, "public/#").await, 1);
+        let mut admin = login(&broker, v5, "admin", "admin").await;
+        puback(&mut admin, v5, "alice/inbox", b"before", false).await;
+        assert_eq!(next_message(&mut alice, v5).await.1, b"before");
+        assert_eq!(broker.broker().router.len(), 2);
+
+        // alice keeps public/# (the rule for everyone) and loses alice/#.
+        dir.write("acl", &ACL.replace("topic readwrite alice/#\n", ""));
+        broker.server.as_ref().unwrap().reload().expect("reload");
+        // The reload wakes alice's connection, which checks its subscriptions again.
+        tokio::time::timeout(TIMEOUT, async {
+            while broker.broker().router.len() != 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the revoked subscription was not removed in time");
+        let ack = puback(&mut admin, v5, "alice/inbox", b"after", false).await;
+        if v5 {
+            assert_eq!(ack[4], 0x10, "v5 PUBACK: no matching subscribers");
+        }
+        puback(&mut admin, v5, "public/news", b"still", false).await;
+        // The next message is the one the remaining subscription allows.
+        assert_eq!(
+            next_message(&mut alice, v5).await,
+            ("public/news".to_string(), b"still".to_vec())
+        );
+        broker.shutdown().await;
+    }
+}

@@ -6,7 +6,9 @@ use midge_broker::config::QueueFullPolicy;
 use rumqttc::v5::mqttbytes::v5::{self as mqtt5, Filter, PubAckReason, SubscribeReasonCode};
 
 use crate::client::{V3, text};
-use crate::harness::{CONNACK_V311_OK, TestBroker, V5Packet, connect_v311, qos4, qos5, v5_connect};
+use crate::harness::{
+    CONNACK_V311_OK, TestBroker, V4Packet, V5Packet, connect_v311, qos4, qos5, v5_connect,
+};
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed_at_once() {
@@ -261,5 +263,52 @@ async fn topics_beyond_the_level_and_length_limits_are_refused() {
     v3.publish("a/b/c", 1, false, "fits").await;
     let got = watcher.next_publish().await;
     assert_eq!((got.topic.as_str(), got.qos), ("a/b/c", qos4(0)));
+    broker.shutdown().await;
+}
+
+/// Issue 9, defect 2: retained messages matched at SUBSCRIBE went into an unbounded
+/// backlog, outside the queue limits; one SUBSCRIBE repeating `#` queued a copy of the
+/// retained tree per repetition for a client that need never read them.
+#[tokio::test]
+async fn retained_at_subscribe_count_against_the_queue_limits() {
+    let broker = TestBroker::start_with(|c| c.mqtt.max_queued_messages = 50).await;
+    let (mut publisher, _) = broker.raw_v311("retainer", true).await;
+    for i in 0..20 {
+        let mut publish = rumqttc::Publish::new(format!("t/{i}"), qos4(0), vec![b'x'; 10]);
+        publish.retain = true;
+        publisher.send_v4(V4Packet::Publish(publish)).await;
+    }
+    publisher.ping_fence().await;
+
+    let (mut subscriber, _) = broker.raw_v311("greedy", true).await;
+    // 1,000 copies of `#` (one filter, sent once) and three more filters matching all 20:
+    // 80 retained deliveries asked for, 50 allowed.
+    let mut filters: Vec<_> = (0..1000)
+        .map(|_| rumqttc::SubscribeFilter::new("#".into(), qos4(0)))
+        .collect();
+    for f in ["+/#", "t/#", "t/+"] {
+        filters.push(rumqttc::SubscribeFilter::new(f.into(), qos4(0)));
+    }
+    let mut subscribe = rumqttc::Subscribe::new_many(filters);
+    subscribe.pkid = 1;
+    subscriber.send_v4(V4Packet::Subscribe(subscribe)).await;
+    match subscriber.recv_v4().await {
+        V4Packet::SubAck(ack) => assert_eq!(ack.return_codes.len(), 1003),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+    subscriber.send(&[0xC0, 0x00]).await; // PINGREQ: its answer comes after the backlog
+    let mut retained = 0;
+    loop {
+        match subscriber.recv_v4().await {
+            V4Packet::Publish(p) => {
+                assert!(p.retain);
+                retained += 1;
+            }
+            V4Packet::PingResp => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(retained, 50, "the backlog stops at max_queued_messages");
+    assert_eq!(broker.stats().retained_dropped, 30, "and counts the rest");
     broker.shutdown().await;
 }

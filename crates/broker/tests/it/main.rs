@@ -7,10 +7,12 @@
 mod access_support;
 mod acl;
 mod client;
+mod conformance;
 mod conn_limits;
 mod connect;
 mod differential;
 mod harness;
+mod hostile_connect;
 mod http_auth;
 mod interop_go;
 mod interop_mosquitto_clients;
