@@ -1158,13 +1158,17 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
     let (rss_end, fds_end) = (midge.rss_kib(), midge.open_fds());
     let per_ip = sys_counter(&sys, "$SYS/broker/connections/refused/per_ip");
     let by_rate = sys_counter(&sys, "$SYS/broker/connections/refused/rate");
+    let timeouts = sys_counter(&sys, "$SYS/broker/connections/pre_connect/dropped/timeout");
+    let pre_connect_max = sys_counter(&sys, "$SYS/broker/connections/pre_connect/bytes/maximum");
     let flooded = Spread::of(watch.pings);
     let c = |n: &AtomicU64| n.load(Ordering::Relaxed);
     eprintln!(
         "flood: {} connects in bursts of {burst} from 8 addresses over {duration:?} ({} \
          completed the TCP handshake); refused at accept: {per_ip} per_ip, {by_rate} rate; \
          slowloris: {} sockets opened from 2 addresses, {} closed at the {connect_timeout} s \
-         CONNECT deadline (longest lived {} ms), {} refused at once; half-open TLS: {} \
+         CONNECT deadline (longest lived {} ms), {} refused at once, {timeouts} CONNECT \
+         timeouts counted ($SYS), pre-CONNECT buffers at most {pre_connect_max} bytes; \
+         half-open TLS: {} \
          opened from 2 addresses, {} closed at the deadline (longest lived {} ms), {} \
          refused at once; RSS {:.1} MiB before, \
          {:.1} peak, {:.1} after; open files {fds_start} -> {fds_end}; broker CPU {:.0} % of \
@@ -1190,6 +1194,10 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
     assert!(
         per_ip > 0 && by_rate > 0,
         "both limits refused, counted by reason"
+    );
+    assert!(
+        timeouts >= c(&slow_counts.closed),
+        "every slowloris socket closed at the deadline is counted ({timeouts})"
     );
     for (what, counts) in [("slowloris", &slow_counts), ("half-open TLS", &tls_counts)] {
         assert!(
