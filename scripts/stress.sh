@@ -50,6 +50,6 @@ status=$?
 set -e
 # The figures each scenario prints (libtest may put "test NAME ..." before them on the
 # same line), then the verdicts.
-grep -oE '(storm round|dead consumers|flood|shared churn):.*' "$log" || true
+grep -oE '(storm round [0-9]+/[0-9]+|dead consumers|flood|shared churn):.*' "$log" || true
 grep -E '^test result|panicked|FAILED' "$log" || true
 exit "$status"
