@@ -667,7 +667,7 @@ where
             // (up to 64 KiB of costly SUBSCRIBE/UNSUBSCRIBE packets). Every 64 packets,
             // not every one: the check is then free on the message path.
             handled_here += 1;
-            if handled_here % YIELD_EVERY_PACKETS == 0 {
+            if handled_here.is_multiple_of(YIELD_EVERY_PACKETS) {
                 tokio::task::yield_now().await;
             }
         }
