@@ -73,11 +73,13 @@ impl Broker {
     /// A broker built on the given implementations of its seams.
     pub fn assemble(config: Config, journal: Option<Journal>, parts: Parts) -> Arc<Self> {
         let log_limit = Arc::new(LogLimiter::new(&config.log));
+        let registry = Registry::with_ownership(journal.clone(), parts.ownership);
+        registry.set_max_parked(config.limits.max_parked_sessions);
         Arc::new(Self {
             router: parts.router,
             config: Arc::new(config),
             retained: parts.retained,
-            registry: Registry::with_ownership(journal.clone(), parts.ownership),
+            registry,
             stats: Stats::default(),
             log_limit,
             journal,
@@ -204,6 +206,12 @@ impl Broker {
 
     /// Carries out what the registry left to do, in its order.
     fn apply(&self, effects: Effects, now: Millis) {
+        if effects.over_parked_limit > 0 {
+            Stats::add(&self.stats.sessions_not_parked, effects.over_parked_limit);
+            if let Some(state) = effects.ended.first() {
+                tracing::warn!(client_id = %state.client_id, limit = self.config.limits.max_parked_sessions, "session ended at disconnect instead of being kept: limits.max_parked_sessions reached");
+            }
+        }
         for state in effects.ended {
             self.end_session(state);
         }

@@ -556,9 +556,11 @@ pub struct MqttConfig {
     /// Bytes all connections that have not completed CONNECT may buffer together; 0 is
     /// unlimited.
     pub max_pre_connect_bytes: u64,
-    /// Upper bound on session expiry; 0 means no bound (v3 persistent sessions never
-    /// expire then).
+    /// Upper bound on session expiry; 0 means no bound.
     pub max_session_expiry_secs: u32,
+    /// Session expiry of MQTT 3.1/3.1.1 persistent sessions (clean session 0), which
+    /// cannot ask for one; 0 means they never expire.
+    pub v3_session_expiry_secs: u32,
     /// Shared-subscription member selection.
     pub shared_subscription_strategy: ShareStrategyConfig,
     /// Sent as Response Information to v5 clients that request it.
@@ -585,6 +587,7 @@ impl Default for MqttConfig {
             max_connect_size: 65_536,
             max_pre_connect_bytes: 64 << 20,
             max_session_expiry_secs: 0,
+            v3_session_expiry_secs: 7 * 24 * 3600,
             shared_subscription_strategy: ShareStrategyConfig::RoundRobin,
             response_information: None,
         }
@@ -604,6 +607,9 @@ pub struct LimitsConfig {
     pub connect_burst_per_ip: u32,
     /// Addresses with no connection open remembered at most for their rate bucket.
     pub max_tracked_addresses: usize,
+    /// Sessions kept after their connection ended (parked) at most; beyond it a session
+    /// ends with its connection. 0 is unlimited.
+    pub max_parked_sessions: usize,
 }
 
 impl Default for LimitsConfig {
@@ -613,6 +619,7 @@ impl Default for LimitsConfig {
             connect_rate_per_ip: 0,
             connect_burst_per_ip: 100,
             max_tracked_addresses: 10_000,
+            max_parked_sessions: 1_000_000,
         }
     }
 }
@@ -1016,6 +1023,11 @@ mod tests {
         assert_eq!(example.connections_per_ip, default.connections_per_ip);
         assert_eq!(example.connect_rate_per_ip, default.connect_rate_per_ip);
         assert_eq!(example.connect_burst_per_ip, default.connect_burst_per_ip);
+        assert_eq!(example.max_parked_sessions, default.max_parked_sessions);
+        assert_eq!(
+            config.mqtt.v3_session_expiry_secs,
+            MqttConfig::default().v3_session_expiry_secs
+        );
         assert_eq!(example.max_tracked_addresses, default.max_tracked_addresses);
     }
 

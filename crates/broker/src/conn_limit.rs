@@ -219,6 +219,7 @@ mod tests {
             connect_rate_per_ip: rate,
             connect_burst_per_ip: burst,
             max_tracked_addresses: max,
+            ..LimitsConfig::default()
         })
     }
 

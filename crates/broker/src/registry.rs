@@ -92,6 +92,8 @@ struct Inner {
     /// entry goes stale when its session resumes or its will is cancelled; see
     /// [`Inner::push_timer`] for what bounds them.
     timers: BinaryHeap<Reverse<(Millis, Arc<str>)>>,
+    /// Slots holding a parked session (kept here so the cap costs no scan).
+    parked: usize,
 }
 
 /// Stale timers tolerated beyond this many per slot (each slot has at most two live
@@ -134,6 +136,8 @@ pub struct Registry {
     journal: Option<Journal>,
     /// How the holder of a client id is told to let go.
     ownership: Box<dyn Ownership>,
+    /// Most parked sessions; 0 is unlimited (`limits.max_parked_sessions`).
+    max_parked: std::sync::atomic::AtomicUsize,
 }
 
 /// What the registry leaves the broker to do once its lock is released, in this order:
@@ -148,6 +152,9 @@ pub struct Effects {
     pub wills: Vec<(Arc<str>, Will)>,
     /// A takeover waiting for this session to be parked, answered last.
     pub release: Option<oneshot::Sender<()>>,
+    /// Sessions that ended at disconnect instead of being parked, because
+    /// `max_parked_sessions` parked sessions already wait.
+    pub over_parked_limit: u64,
 }
 
 /// A session handed to a new connection.
@@ -172,7 +179,15 @@ impl Registry {
             inner: Mutex::default(),
             journal,
             ownership,
+            max_parked: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Sets the most sessions that may wait parked (0: unlimited). Beyond it a session
+    /// ends when its connection does, instead of being parked.
+    pub fn set_max_parked(&self, max: usize) {
+        self.max_parked
+            .store(max, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn new_mailbox(&self, client_id: &Arc<str>) -> Arc<Mailbox> {
@@ -221,11 +236,7 @@ impl Registry {
 
     /// Number of parked (disconnected, persistent) sessions.
     pub fn parked_len(&self) -> usize {
-        self.lock()
-            .slots
-            .values()
-            .filter(|s| s.parked.is_some())
-            .count()
+        self.lock().parked
     }
 
     /// Attaches connection `connection_id` to `client_id`: a live owner is told to go
@@ -280,6 +291,7 @@ impl Registry {
                 .or_insert_with(|| Slot::new(self.new_mailbox(&client_id)));
             let pending_will = slot.will.take();
             let parked = slot.parked.take().map(|state| *state);
+            let took = usize::from(parked.is_some());
             slot.expires_at = None;
             slot.owner = Some(connection_id);
             let (ended, will, state, present) = match parked {
@@ -302,6 +314,7 @@ impl Registry {
                     (parked, pending_will.map(|w| w.will), state, false)
                 }
             };
+            inner.parked -= took;
             state.mailbox.set_online(true);
             (
                 ended,
@@ -319,6 +332,7 @@ impl Registry {
                 .into_iter()
                 .collect(),
             release: None,
+            over_parked_limit: 0,
         };
         drop(attaching);
         // Clones are only taken under the registry lock, so a count of 2 (the slot's and
@@ -349,10 +363,11 @@ impl Registry {
         let mut ended = None;
         let mut will_now = None;
         let mut answer_takeover = None;
+        let mut over_parked_limit = 0;
         {
             let mut inner = self.lock();
             let mut timers = Vec::new();
-            let Inner { slots, .. } = &mut *inner;
+            let Inner { slots, parked, .. } = &mut *inner;
             let slot = slots
                 .entry(client_id.clone())
                 .or_insert_with(|| Slot::new(self.new_mailbox(&client_id)));
@@ -366,9 +381,16 @@ impl Registry {
                 answer_takeover = self.ownership.unanswered(&slot.mailbox);
             }
             state.mailbox.set_online(false);
-            if !owned || state.expiry_interval == 0 {
+            let max_parked = self.max_parked.load(std::sync::atomic::Ordering::Relaxed);
+            let over_limit =
+                owned && state.expiry_interval != 0 && max_parked > 0 && *parked >= max_parked;
+            if over_limit {
+                over_parked_limit = 1;
+            }
+            if !owned || state.expiry_interval == 0 || over_limit {
                 ended = Some(state);
             } else {
+                *parked += 1;
                 let expiry = state.expiry_interval;
                 let expires_at = (expiry != u32::MAX).then(|| now + u64::from(expiry) * 1000);
                 if let Some(journal) = state.mailbox.journal() {
@@ -413,6 +435,7 @@ impl Registry {
             ended: ended.into_iter().collect(),
             wills: will_now.map(|will| (client_id, will)).into_iter().collect(),
             release: answer_takeover,
+            over_parked_limit,
         }
     }
 
@@ -422,7 +445,11 @@ impl Registry {
         let mut wills = Vec::new();
         {
             let mut inner = self.lock();
-            let Inner { slots, timers } = &mut *inner;
+            let Inner {
+                slots,
+                timers,
+                parked,
+            } = &mut *inner;
             while let Some(Reverse((at, _))) = timers.peek() {
                 if *at > now {
                     break;
@@ -444,6 +471,7 @@ impl Registry {
                 if slot.owner.is_none() && slot.expires_at.is_some_and(|e| e <= now) {
                     slot.expires_at = None;
                     if let Some(state) = slot.parked.take() {
+                        *parked -= 1;
                         tracing::debug!(client_id = %client_id, "session expired");
                         slot.mailbox = self.new_mailbox(&client_id);
                         Stats::add(&stats.sessions_expired, 1);
@@ -463,6 +491,7 @@ impl Registry {
             ended,
             wills,
             release: None,
+            over_parked_limit: 0,
         }
     }
 
@@ -502,7 +531,14 @@ impl Registry {
             .map(|(will, publish_at)| Box::new(PendingWill { will, publish_at }));
 
         let mut inner = self.lock();
-        let Inner { slots, timers } = &mut *inner;
+        let Inner {
+            slots,
+            timers,
+            parked,
+        } = &mut *inner;
+        // Stored sessions all come back, even beyond `max_parked_sessions`: the limit keeps
+        // new ones from being parked, never drops what was kept.
+        *parked += 1;
         if let Some(at) = expires_at {
             timers.push(Reverse((at, client_id.clone())));
         }

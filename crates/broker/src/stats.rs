@@ -48,6 +48,9 @@ counters! {
     handshakes_failed,
     /// Sessions that ended by expiry.
     sessions_expired,
+    /// Sessions that ended when their connection did, instead of being kept, because
+    /// `limits.max_parked_sessions` sessions were already parked.
+    sessions_not_parked,
     /// Sessions taken over by a new connection with the same client id.
     sessions_taken_over,
     /// MQTT packets received.

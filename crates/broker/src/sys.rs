@@ -37,6 +37,10 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/clients/expired",
             s.sessions_expired.to_string(),
         ),
+        (
+            "$SYS/broker/sessions/not parked",
+            s.sessions_not_parked.to_string(),
+        ),
         // midge's own: connections refused at accept by the limits per address.
         (
             "$SYS/broker/connections/refused/per_ip",

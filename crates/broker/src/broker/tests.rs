@@ -77,6 +77,41 @@ async fn reconnect_loops_do_not_grow_the_timer_heap() {
     assert_eq!(broker.retained.matching("wills/c", 0).len(), 1);
 }
 
+/// Issue 9, defect 8: parked sessions had no cap. At `max_parked_sessions` a session
+/// ends with its connection (counted) instead of being kept; resumed ones free a place.
+#[tokio::test]
+async fn parked_sessions_stop_at_the_limit_and_the_rest_end_counted() {
+    let mut config = Config::default();
+    config.limits.max_parked_sessions = 3;
+    let broker = Broker::new(config);
+    for n in 0..5u64 {
+        let id: Arc<str> = format!("c{n}").into();
+        let mut state = broker.attach(id, false, n, 0).await.state;
+        state.expiry_interval = 3600;
+        broker.detach(n, state, None, 0);
+    }
+    assert_eq!(broker.registry.parked_len(), 3);
+    assert_eq!(broker.stats.snapshot().sessions_not_parked, 2);
+    // c3 and c4 were not kept; c0 is, and resuming it frees its place for c3.
+    assert!(
+        !broker
+            .attach("c4".into(), false, 10, 0)
+            .await
+            .session_present
+    );
+    let resumed = broker.attach("c0".into(), false, 11, 0).await;
+    assert!(resumed.session_present);
+    assert_eq!(broker.registry.parked_len(), 2);
+    let mut state = broker.attach("c3".into(), false, 12, 0).await.state;
+    state.expiry_interval = 3600;
+    broker.detach(12, state, None, 0);
+    assert_eq!(broker.registry.parked_len(), 3);
+    assert_eq!(broker.stats.snapshot().sessions_not_parked, 2);
+    // Expiry frees places too.
+    broker.tick(3_600_000 + 1);
+    assert_eq!(broker.registry.parked_len(), 0);
+}
+
 #[tokio::test]
 async fn a_delayed_will_is_cancelled_when_the_session_resumes_in_time() {
     let broker = Broker::new(Config::default());

@@ -109,13 +109,16 @@ pub fn negotiate(connect: &Connect, config: &MqttConfig) -> Result<Negotiated, R
         connack.server_keep_alive = Some(keep_alive);
     }
 
-    // Session expiry: v3 persistent sessions never expire unless the operator caps them.
+    // Session expiry: v3 clients cannot ask for one, so their persistent sessions get
+    // `v3_session_expiry_secs` (0: never), or a device that never returns is kept forever.
     let requested = if v5 {
         props.session_expiry_interval.unwrap_or(0)
     } else if connect.clean_start {
         0
-    } else {
+    } else if config.v3_session_expiry_secs == 0 {
         u32::MAX
+    } else {
+        config.v3_session_expiry_secs
     };
     let cap = config.max_session_expiry_secs;
     let expiry_interval = if cap > 0 && requested > cap {
@@ -294,8 +297,20 @@ mod tests {
     #[test]
     fn session_expiry_per_version_and_cap() {
         let config = MqttConfig::default();
+        // Issue 9, defect 8: v3 persistent sessions expire (7 days by default), or never
+        // when the operator says so with 0.
         assert_eq!(
             negotiate(&connect(ProtocolVersion::V311, "c", false), &config)
+                .unwrap()
+                .expiry_interval,
+            7 * 24 * 3600
+        );
+        let forever = MqttConfig {
+            v3_session_expiry_secs: 0,
+            ..MqttConfig::default()
+        };
+        assert_eq!(
+            negotiate(&connect(ProtocolVersion::V311, "c", false), &forever)
                 .unwrap()
                 .expiry_interval,
             u32::MAX
