@@ -6,6 +6,8 @@
 
 mod access_support;
 mod acl;
+mod admin;
+mod admin_http;
 mod client;
 mod connect;
 mod differential;

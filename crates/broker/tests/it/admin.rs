@@ -1,0 +1,265 @@
+//! The admin listener: access (loopback only without a password file; HTTP Basic with
+//! one; viewers read only; failed logins share the MQTT rate limit), `/metrics` valid
+//! under promtool with counters that move, and the REST API with its errors.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::access_support::{TempDir, broker_with, connack_v5_refused, connect};
+use crate::admin_http::{get, request};
+use crate::harness::{Raw, TestBroker};
+
+/// The value of one sample, `name` with its labels as written, e.g.
+/// `midge_sessions{state="online"}`.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().expect("a number"))
+        })
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+/// Runs `promtool check metrics` on `text`; panics with its findings.
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (Debian package prometheus); scripts/test-deps.sh installs it");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn metrics(broker: &TestBroker) -> String {
+    let answer = get(broker.admin(), "/metrics", None).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    answer.text()
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_counters_move() {
+    let broker = TestBroker::start().await;
+    let answer = get(broker.admin(), "/metrics", None).await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let before = answer.text();
+    promtool_check(&before);
+    // Listeners are named after their configured address (port 0 here), which stays the
+    // same across restarts.
+    let listener = "midge_connections{listener=\"mqtt:127.0.0.1:0\"}";
+    assert_eq!(sample(&before, listener), 0.0);
+    assert_eq!(sample(&before, "midge_connections_accepted_total"), 0.0);
+    assert_eq!(sample(&before, "midge_messages_received_total"), 0.0);
+    assert_eq!(sample(&before, "midge_build_info{version=\"0.1.0\"}"), 1.0);
+    assert!(sample(&before, "process_resident_memory_bytes") > 0.0);
+
+    // A subscriber and a publisher: accepted, connected, one message in and one out.
+    let (mut sub, _) = broker.raw_v311("sub", true).await;
+    sub.subscribe_v4(1, "t/#", 1).await;
+    let (mut publisher, _) = broker.raw_v311("pub", true).await;
+    publisher
+        .send_v4(rumqttc::Packet::Publish(rumqttc::Publish::new(
+            "t/1",
+            rumqttc::QoS::AtMostOnce,
+            "x",
+        )))
+        .await;
+    sub.recv_v4_publish().await;
+    publisher.ping_fence().await;
+    sub.ping_fence().await;
+    let after = metrics(&broker).await;
+    promtool_check(&after);
+    assert_eq!(sample(&after, listener), 2.0);
+    assert_eq!(sample(&after, "midge_connections_accepted_total"), 2.0);
+    assert_eq!(sample(&after, "midge_sessions{state=\"online\"}"), 2.0);
+    assert_eq!(sample(&after, "midge_subscriptions"), 1.0);
+    assert_eq!(sample(&after, "midge_messages_received_total"), 1.0);
+    assert_eq!(sample(&after, "midge_messages_delivered_total"), 1.0);
+    assert!(sample(&after, "midge_bytes_received_total") > 0.0);
+
+    drop(publisher);
+    drop(sub);
+    broker
+        .eventually("connections closed", |b| {
+            b.stats.snapshot().clients_connected == 0
+        })
+        .await;
+    let closed = metrics(&broker).await;
+    assert_eq!(sample(&closed, "midge_sessions{state=\"online\"}"), 0.0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_store_commit_histogram_counts_commits() {
+    let dir = TempDir::new("admin-store");
+    let broker = TestBroker::start_with(|c| {
+        c.storage.backend = midge_broker::config::StorageBackend::Redb;
+        c.storage.dir = dir.path().to_owned();
+        c.storage.durability = midge_broker::config::Durability::Sync;
+    })
+    .await;
+    let before = metrics(&broker).await;
+    let commits = sample(&before, "midge_store_commit_duration_seconds_count");
+    // A persistent session is written to the store.
+    let (mut raw, _) = broker.raw_v311("keeper", false).await;
+    raw.subscribe_v4(1, "a", 1).await;
+    let after = metrics(&broker).await;
+    promtool_check(&after);
+    let now = sample(&after, "midge_store_commit_duration_seconds_count");
+    assert!(now > commits, "commits before {commits}, after {now}");
+    assert_eq!(
+        sample(
+            &after,
+            "midge_store_commit_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        now
+    );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_paths_are_json_404s_and_health_answers() {
+    let broker = TestBroker::start().await;
+    let answer = get(broker.admin(), "/api/v1/nope", None).await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.error_code(), "not_found");
+    let health = get(broker.admin(), "/api/v1/health", None).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "ok");
+    broker.shutdown().await;
+}
+
+fn users(dir: &TempDir) -> std::path::PathBuf {
+    let admin = midge_broker::auth::hash_password(b"secret").unwrap();
+    let viewer = midge_broker::auth::hash_password(b"look").unwrap();
+    dir.write("admin-users", &format!("root:{admin}\nwatcher:{viewer}\n"))
+}
+
+#[tokio::test]
+async fn with_a_password_file_logins_are_required_and_viewers_only_read() {
+    let dir = TempDir::new("admin-login");
+    let file = users(&dir);
+    let broker = TestBroker::start_with(|c| {
+        c.admin.password_file = Some(file);
+        c.admin.viewers = vec!["watcher".to_owned()];
+    })
+    .await;
+    let admin = broker.admin();
+    let anonymous = get(admin, "/api/v1/stats", None).await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(anonymous.error_code(), "unauthorized");
+    assert!(
+        anonymous
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Basic")
+    );
+    let wrong = get(admin, "/api/v1/stats", Some(("root", "guess"))).await;
+    assert_eq!(wrong.status, 401);
+    let unknown = get(admin, "/api/v1/stats", Some(("nobody", "secret"))).await;
+    assert_eq!(unknown.status, 401);
+
+    let viewer = Some(("watcher", "look"));
+    assert_eq!(get(admin, "/api/v1/stats", viewer).await.status, 200);
+    assert_eq!(get(admin, "/metrics", viewer).await.status, 200);
+    let refused = request(admin, "POST", "/api/v1/reload", viewer, None).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.error_code(), "forbidden");
+
+    let root = Some(("root", "secret"));
+    let reloaded = request(admin, "POST", "/api/v1/reload", root, None).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    assert_eq!(reloaded.json()["reloaded"], true);
+
+    let text = metrics_as(&broker, root).await;
+    assert_eq!(sample(&text, "midge_auth_total{result=\"failure\"}"), 2.0);
+    // Repeated logins come from the cache, which the reload emptied: watcher, root, and
+    // root again after the reload were checked.
+    assert_eq!(sample(&text, "midge_auth_total{result=\"success\"}"), 3.0);
+    assert_eq!(sample(&text, "midge_auth_duration_seconds_count"), 5.0);
+    broker.shutdown().await;
+}
+
+async fn metrics_as(broker: &TestBroker, login: crate::admin_http::Login<'_>) -> String {
+    let answer = get(broker.admin(), "/metrics", login).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    answer.text()
+}
+
+#[tokio::test]
+async fn failed_admin_logins_spend_the_mqtt_login_budget() {
+    let dir = TempDir::new("admin-limit");
+    let file = users(&dir);
+    let mqtt_users = dir.write(
+        "mqtt-users",
+        &format!(
+            "alice:{}\n",
+            midge_broker::auth::hash_password(b"pw").unwrap()
+        ),
+    );
+    let broker = broker_with(|c| {
+        c.admin.password_file = Some(file);
+        c.auth.password_file = Some(mqtt_users);
+        c.auth.rate_limit.failures_burst = 2;
+        c.auth.rate_limit.failures_per_minute = 1;
+    })
+    .await;
+    let admin = broker.admin();
+    for _ in 0..2 {
+        let answer = get(admin, "/api/v1/stats", Some(("root", "guess"))).await;
+        assert_eq!(answer.status, 401);
+    }
+    // The budget is spent: the right password is refused without a check...
+    let limited = get(admin, "/api/v1/stats", Some(("root", "secret"))).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.error_code(), "rate_limited");
+    // ... and so is an MQTT login from the same address (v5 0x9F).
+    let mut raw = Raw {
+        stream: tokio::net::TcpStream::connect(broker.addr).await.unwrap(),
+    };
+    raw.send(&connect(true, "c", Some("alice"), Some(b"pw"), None))
+        .await;
+    assert_eq!(raw.recv_packet().await, connack_v5_refused(0x9F));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_non_loopback_bind_without_a_password_file_is_refused_naming_the_key() {
+    let text = "[admin]\nbind = \"0.0.0.0:18083\"\n";
+    let error = midge_broker::Config::from_toml(text, "test.toml").unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("admin.password_file"), "{message}");
+    assert!(message.contains("0.0.0.0:18083"), "{message}");
+    // With a password file it is accepted.
+    let text = "[admin]\nbind = \"0.0.0.0:18083\"\npassword_file = \"users\"\n";
+    midge_broker::Config::from_toml(text, "test.toml").expect("accepted");
+}
+
+#[tokio::test]
+async fn an_admin_bind_that_is_set_and_taken_stops_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut config = crate::harness::test_config();
+    config.admin.bind = Some(addr);
+    let error = midge_broker::Server::start(config).await.unwrap_err();
+    assert!(error.to_string().contains("admin"), "{error}");
+}
