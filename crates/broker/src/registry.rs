@@ -122,6 +122,36 @@ pub struct Registry {
     inner: Mutex<Inner>,
 }
 
+/// One session as the admin API lists it. Ordered by client id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// Whether a connection serves it.
+    pub online: bool,
+    /// Deliveries waiting in its queue.
+    pub queued: usize,
+    /// QoS 1/2 deliveries sent and not yet acknowledged; known here for offline sessions
+    /// only (an online session's in-flight window lives in its connection).
+    pub inflight: Option<usize>,
+    /// Subscriptions; known here for offline sessions only.
+    pub subscriptions: Option<usize>,
+    /// When an offline session expires.
+    pub expires_at: Option<Millis>,
+}
+
+impl Ord for SessionSummary {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.client_id.cmp(&other.client_id)
+    }
+}
+
+impl PartialOrd for SessionSummary {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// A session handed to a new connection.
 #[derive(Debug)]
 pub struct Attached {
@@ -482,6 +512,44 @@ impl Registry {
                 will,
             },
         );
+    }
+
+    /// Up to `limit` sessions whose client id comes after `after` and passes `keep`, in
+    /// client id order, for the admin API. Memory is O(limit) whatever the session count;
+    /// the registry lock is held for one pass over the sessions.
+    pub fn sessions_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        mut keep: impl FnMut(&SessionSummary) -> bool,
+    ) -> Vec<SessionSummary> {
+        let mut page = std::collections::BinaryHeap::<SessionSummary>::new();
+        let inner = self.lock();
+        for (id, slot) in &inner.slots {
+            if after.is_some_and(|after| &**id <= after)
+                || page.len() == limit && page.peek().is_some_and(|last| id >= &last.client_id)
+            {
+                continue;
+            }
+            let parked = slot.parked.as_deref();
+            let summary = SessionSummary {
+                client_id: id.clone(),
+                online: slot.owner.is_some(),
+                queued: slot.mailbox.len(),
+                inflight: parked.map(|p| p.inflight.len()),
+                subscriptions: parked.map(|p| p.subscriptions.len()),
+                expires_at: slot.expires_at,
+            };
+            if !keep(&summary) {
+                continue;
+            }
+            page.push(summary);
+            if page.len() > limit {
+                page.pop();
+            }
+        }
+        drop(inner);
+        page.into_sorted_vec()
     }
 
     /// Number of sessions with a live connection.

@@ -5,8 +5,14 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query};
 use axum::http::{Response, StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
+use base64ct::Encoding;
+use bytes::Bytes;
+use midge_proto::{PublishProperties, QoS};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AdminContext, metrics};
@@ -60,6 +66,40 @@ impl axum::response::IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
+/// Items per page when `limit` is not given.
+const DEFAULT_PAGE: usize = 100;
+/// Items per page at most: no request allocates in proportion to the broker's size.
+pub(super) const MAX_PAGE: usize = 1000;
+/// Largest request body (a publish): 1 MiB plus room for JSON and base64.
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// `?limit=`: the page size, checked against [`MAX_PAGE`]. Paging is by cursor: `after`
+/// is the last key of the previous page, which its answer gives as `next`.
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit {n} is out of range: 1 to {MAX_PAGE}"
+        ))),
+    }
+}
+
+/// A query string, or a JSON 400 saying what is wrong with it.
+fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    parsed
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("query string: {}", e.body_text())))
+}
+
+/// A page of `items`; `next` is the cursor for the next page when this one is full.
+fn page(items: Vec<Value>, limit: usize, key: impl Fn(&Value) -> Option<String>) -> Value {
+    let next = (items.len() == limit)
+        .then(|| items.last().and_then(&key))
+        .flatten();
+    json!({"items": items, "next": next})
+}
+
 /// Every route, over `context`.
 pub(super) fn router(context: AdminContext) -> Router {
     Router::new()
@@ -68,6 +108,14 @@ pub(super) fn router(context: AdminContext) -> Router {
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/listeners", get(listeners))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/sessions", get(sessions))
+        .route("/api/v1/clients", get(clients))
+        .route("/api/v1/clients/{client_id}", get(client))
+        .route("/api/v1/retained", get(retained))
+        .route("/api/v1/retained/{*topic}", delete(delete_retained))
+        .route("/api/v1/publish", post(publish))
+        .route("/api/v1/openapi.json", get(openapi))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(context)
 }
@@ -161,4 +209,294 @@ async fn reload(State(context): State<AdminContext>) -> ApiResult {
             e.to_string(),
         )),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+    /// Client id substring.
+    client_id: Option<String>,
+    /// `online` / `connected`, or `offline`.
+    state: Option<String>,
+}
+
+/// Which sessions a `state` filter keeps: `Some(true)` online only.
+fn state_filter(state: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match state {
+        None | Some("") | Some("all") => Ok(None),
+        Some("online" | "connected") => Ok(Some(true)),
+        Some("offline" | "disconnected") => Ok(Some(false)),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "state `{other}` is not one of online, offline, all"
+        ))),
+    }
+}
+
+fn session_json(s: &crate::registry::SessionSummary) -> Value {
+    // RabbitMQ's queue columns: messages = ready + unacknowledged; consumers is the
+    // connection serving the session, if any.
+    let unacked = s.inflight;
+    json!({
+        "client_id": &*s.client_id,
+        "name": &*s.client_id,
+        "online": s.online,
+        "messages": unacked.map(|u| s.queued + u),
+        "messages_ready": s.queued,
+        "messages_unacknowledged": unacked,
+        "consumers": u8::from(s.online),
+        "subscriptions": s.subscriptions,
+        "expires_at_ms": s.expires_at,
+    })
+}
+
+fn list_sessions(
+    context: &AdminContext,
+    query: &SessionQuery,
+    only: Option<bool>,
+) -> Result<Value, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let needle = query.client_id.as_deref().unwrap_or("");
+    let items: Vec<Value> = context
+        .broker
+        .registry
+        .sessions_page(query.after.as_deref(), limit, |s| {
+            only.is_none_or(|online| s.online == online) && s.client_id.contains(needle)
+        })
+        .iter()
+        .map(session_json)
+        .collect();
+    Ok(page(items, limit, |v| {
+        v["client_id"].as_str().map(str::to_owned)
+    }))
+}
+
+/// Every session, online or not, with the queue columns.
+async fn sessions(
+    State(context): State<AdminContext>,
+    parsed: Result<Query<SessionQuery>, QueryRejection>,
+) -> ApiResult {
+    let query = query(parsed)?;
+    let only = state_filter(query.state.as_deref())?;
+    Ok(Json(list_sessions(&context, &query, only)?))
+}
+
+/// Sessions seen as clients: connected ones by default (`state=offline` or `all` for the
+/// others).
+async fn clients(
+    State(context): State<AdminContext>,
+    parsed: Result<Query<SessionQuery>, QueryRejection>,
+) -> ApiResult {
+    let query = query(parsed)?;
+    let only = match query.state.as_deref() {
+        None => Some(true),
+        state => state_filter(state)?,
+    };
+    Ok(Json(list_sessions(&context, &query, only)?))
+}
+
+async fn client(State(context): State<AdminContext>, Path(client_id): Path<String>) -> ApiResult {
+    // The page after the id's predecessor starts with the id itself, if it exists.
+    let found = context
+        .broker
+        .registry
+        .sessions_page(None, 1, |s| *s.client_id == *client_id);
+    match found.first() {
+        Some(summary) => Ok(Json(session_json(summary))),
+        None => Err(ApiError::not_found(format!(
+            "no session with client id `{client_id}`"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RetainedQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+    filter: Option<String>,
+}
+
+fn message_json(m: &crate::message::Message) -> Value {
+    let p = &m.properties;
+    let user: Vec<Value> = p
+        .user_properties
+        .iter()
+        .map(|(k, v)| json!([k, v]))
+        .collect();
+    json!({
+        "topic": m.topic,
+        "payload_base64": base64ct::Base64::encode_string(&m.payload),
+        "payload": std::str::from_utf8(&m.payload).ok(),
+        "qos": m.qos as u8,
+        "properties": {
+            "payload_format_indicator": p.payload_format_indicator,
+            "content_type": p.content_type,
+            "response_topic": p.response_topic,
+            "correlation_data_base64": p.correlation_data.as_ref().map(|d| base64ct::Base64::encode_string(d)),
+            "user_properties": user,
+            "message_expiry_at_ms": m.expires_at,
+        },
+    })
+}
+
+/// Retained messages matching `filter` (default `#`), in topic order.
+async fn retained(
+    State(context): State<AdminContext>,
+    parsed: Result<Query<RetainedQuery>, QueryRejection>,
+) -> ApiResult {
+    let query = query(parsed)?;
+    let limit = page_limit(query.limit)?;
+    let filter = query.filter.as_deref().unwrap_or("#");
+    midge_proto::topic::validate_topic_filter(filter)
+        .map_err(|e| ApiError::bad_request(format!("filter `{filter}`: {e}")))?;
+    let mut matching = context
+        .broker
+        .retained
+        .matching(filter, crate::message::now_millis());
+    if let Some(after) = &query.after {
+        matching.retain(|m| m.topic.as_str() > after.as_str());
+    }
+    // Only the page is sorted and kept.
+    let take = limit.min(matching.len());
+    if take > 0 && take < matching.len() {
+        matching.select_nth_unstable_by(take - 1, |a, b| a.topic.cmp(&b.topic));
+    }
+    matching.truncate(take);
+    matching.sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
+    let items: Vec<Value> = matching.iter().map(|m| message_json(m)).collect();
+    Ok(Json(page(items, limit, |v| {
+        v["topic"].as_str().map(str::to_owned)
+    })))
+}
+
+async fn delete_retained(
+    State(context): State<AdminContext>,
+    Path(topic): Path<String>,
+) -> ApiResult {
+    midge_proto::topic::validate_topic_name(&topic)
+        .map_err(|e| ApiError::bad_request(format!("topic `{topic}`: {e}")))?;
+    let broker = &context.broker;
+    if broker
+        .retained
+        .matching(&topic, crate::message::now_millis())
+        .is_empty()
+    {
+        return Err(ApiError::not_found(format!(
+            "no retained message on `{topic}`"
+        )));
+    }
+    // An empty retained message removes it, as from a client, but reaches no subscriber.
+    let empty = crate::message::Message::internal(
+        topic.clone(),
+        Bytes::new(),
+        true,
+        crate::message::now_millis(),
+    );
+    broker.retained.update(&empty);
+    if let Some(journal) = &broker.journal {
+        journal.retained(&topic, None);
+    }
+    Ok(Json(json!({"deleted": topic})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    topic: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    payload_encoding: PayloadEncoding,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retain: bool,
+    #[serde(default)]
+    properties: PublishRequestProperties,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PayloadEncoding {
+    #[default]
+    Plain,
+    Base64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequestProperties {
+    payload_format_indicator: Option<u8>,
+    message_expiry_interval: Option<u32>,
+    content_type: Option<String>,
+    response_topic: Option<String>,
+    correlation_data: Option<String>,
+    #[serde(default)]
+    user_properties: Vec<(String, String)>,
+}
+
+/// Publishes as the broker; answers with how many sessions the message was queued for.
+async fn publish(
+    State(context): State<AdminContext>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let body = body.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(e.status(), code, e.body_text())
+    })?;
+    let request: PublishRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request body: {e}")))?;
+    midge_proto::topic::validate_topic_name(&request.topic)
+        .map_err(|e| ApiError::bad_request(format!("topic `{}`: {e}", request.topic)))?;
+    let qos = QoS::from_u8(request.qos)
+        .ok_or_else(|| ApiError::bad_request(format!("qos {} is not 0, 1 or 2", request.qos)))?;
+    let payload = match request.payload_encoding {
+        PayloadEncoding::Plain => Bytes::from(request.payload),
+        PayloadEncoding::Base64 => Bytes::from(
+            base64ct::Base64::decode_vec(&request.payload)
+                .map_err(|_| ApiError::bad_request("payload is not valid base64"))?,
+        ),
+    };
+    let max = context.broker.config.mqtt.max_packet_size as usize;
+    if payload.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "payload of {} bytes is above mqtt.max_packet_size ({max})",
+                payload.len()
+            ),
+        ));
+    }
+    let p = request.properties;
+    let now = crate::message::now_millis();
+    let mut message =
+        crate::message::Message::internal(request.topic, payload, request.retain, now);
+    message.qos = qos;
+    message.expires_at = p.message_expiry_interval.map(|s| now + u64::from(s) * 1000);
+    message.properties = PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data.map(Bytes::from),
+        user_properties: p.user_properties,
+        ..PublishProperties::default()
+    };
+    let outcome = context.broker.publish(message);
+    Ok(Json(
+        json!({"matched": outcome.delivered, "dropped": outcome.dropped}),
+    ))
+}
+
+async fn openapi() -> Response<Body> {
+    let mut response = Response::new(Body::from(include_str!("openapi.json")));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }

@@ -263,3 +263,215 @@ async fn an_admin_bind_that_is_set_and_taken_stops_the_start() {
     let error = midge_broker::Server::start(config).await.unwrap_err();
     assert!(error.to_string().contains("admin"), "{error}");
 }
+
+#[tokio::test]
+async fn sessions_and_clients_are_listed_in_pages_with_queue_columns() {
+    let broker = TestBroker::start().await;
+    let admin = broker.admin();
+    // Three offline persistent sessions, each with a queued message, and one online.
+    for id in ["q-a", "q-b", "q-c"] {
+        let (mut raw, _) = broker.raw_v311(id, false).await;
+        raw.subscribe_v4(1, "jobs", 1).await;
+        raw.send(&[0xE0, 0x00]).await;
+        raw.expect_closed().await;
+    }
+    let (mut online, _) = broker.raw_v311("live", true).await;
+    online.ping_fence().await;
+    let published = request(
+        admin,
+        "POST",
+        "/api/v1/publish",
+        None,
+        Some(br#"{"topic": "jobs", "payload": "work", "qos": 1}"#),
+    )
+    .await;
+    assert_eq!(published.status, 200, "{}", published.text());
+    assert_eq!(published.json()["matched"], 3);
+
+    let first = get(admin, "/api/v1/sessions?limit=2", None).await.json();
+    let ids: Vec<&str> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["live", "q-a"]);
+    assert_eq!(first["next"], "q-a");
+    let q_a = &first["items"][1];
+    assert_eq!(q_a["messages_ready"], 1);
+    assert_eq!(q_a["messages_unacknowledged"], 0);
+    assert_eq!(q_a["messages"], 1);
+    assert_eq!(q_a["consumers"], 0);
+    assert_eq!(first["items"][0]["consumers"], 1);
+    let second = get(admin, "/api/v1/sessions?limit=2&after=q-a", None)
+        .await
+        .json();
+    let ids: Vec<&str> = second["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["client_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["q-b", "q-c"]);
+    let last = get(admin, "/api/v1/sessions?limit=2&after=q-c", None)
+        .await
+        .json();
+    assert_eq!(last["items"].as_array().unwrap().len(), 0);
+    assert!(last["next"].is_null());
+
+    // Clients: connected ones by default; filters by state and id substring.
+    let clients = get(admin, "/api/v1/clients", None).await.json();
+    assert_eq!(clients["items"].as_array().unwrap().len(), 1);
+    assert_eq!(clients["items"][0]["client_id"], "live");
+    let offline = get(admin, "/api/v1/clients?state=offline&client_id=-b", None)
+        .await
+        .json();
+    assert_eq!(offline["items"][0]["client_id"], "q-b");
+    assert_eq!(offline["items"].as_array().unwrap().len(), 1);
+    let one = get(admin, "/api/v1/clients/q-c", None).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["messages_ready"], 1);
+
+    // Errors: JSON with honest statuses.
+    let missing = get(admin, "/api/v1/clients/nobody", None).await;
+    assert_eq!(
+        (missing.status, missing.error_code().as_str()),
+        (404, "not_found")
+    );
+    let too_big = get(admin, "/api/v1/sessions?limit=100000", None).await;
+    assert_eq!(
+        (too_big.status, too_big.error_code().as_str()),
+        (400, "bad_request")
+    );
+    let not_a_number = get(admin, "/api/v1/sessions?limit=many", None).await;
+    assert_eq!(not_a_number.status, 400);
+    assert_eq!(not_a_number.error_code(), "bad_request");
+    let bad_state = get(admin, "/api/v1/sessions?state=sleepy", None).await;
+    assert_eq!(bad_state.status, 400);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn retained_messages_are_listed_by_filter_and_deleted() {
+    let broker = TestBroker::start().await;
+    let admin = broker.admin();
+    for (topic, payload) in [
+        ("sensors/a", "\"1\""),
+        ("sensors/b", "\"2\""),
+        ("other", "\"3\""),
+    ] {
+        let body = format!(r#"{{"topic": "{topic}", "payload": {payload}, "retain": true}}"#);
+        let answer = request(
+            admin,
+            "POST",
+            "/api/v1/publish",
+            None,
+            Some(body.as_bytes()),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    let binary = br#"{"topic": "bin", "payload": "/wA=", "payload_encoding": "base64", "retain": true, "qos": 1}"#;
+    assert_eq!(
+        request(admin, "POST", "/api/v1/publish", None, Some(binary))
+            .await
+            .status,
+        200
+    );
+
+    let page = get(admin, "/api/v1/retained?filter=sensors/%23&limit=1", None)
+        .await
+        .json();
+    assert_eq!(page["items"][0]["topic"], "sensors/a");
+    assert_eq!(page["items"][0]["payload"], "1");
+    assert_eq!(page["items"][0]["payload_base64"], "MQ==");
+    assert_eq!(page["next"], "sensors/a");
+    let rest = get(
+        admin,
+        "/api/v1/retained?filter=sensors/%23&after=sensors/a",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(rest["items"][0]["topic"], "sensors/b");
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    let bin = get(admin, "/api/v1/retained?filter=bin", None).await.json();
+    assert!(
+        bin["items"][0]["payload"].is_null(),
+        "not UTF-8: no text form"
+    );
+    assert_eq!(bin["items"][0]["payload_base64"], "/wA=");
+    assert_eq!(bin["items"][0]["qos"], 1);
+
+    let deleted = request(admin, "DELETE", "/api/v1/retained/sensors/a", None, None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert_eq!(broker.broker().retained.len(), 3);
+    let again = request(admin, "DELETE", "/api/v1/retained/sensors/a", None, None).await;
+    assert_eq!(again.status, 404);
+    let wildcard = request(admin, "DELETE", "/api/v1/retained/sensors/%23", None, None).await;
+    assert_eq!(wildcard.status, 400);
+    let bad_filter = get(admin, "/api/v1/retained?filter=a/%23/b", None).await;
+    assert_eq!(bad_filter.status, 400);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn publish_refuses_bad_requests_with_their_status() {
+    let broker = TestBroker::start_with(|c| c.mqtt.max_packet_size = 1024).await;
+    let admin = broker.admin();
+    let cases: [(&[u8], u16, &str); 5] = [
+        (b"not json", 400, "bad_request"),
+        (br#"{"topic": "a/+"}"#, 400, "bad_request"),
+        (br#"{"topic": "a", "qos": 3}"#, 400, "bad_request"),
+        (
+            br#"{"topic": "a", "payload": "%%", "payload_encoding": "base64"}"#,
+            400,
+            "bad_request",
+        ),
+        (br#"{"topic": "a", "colour": "red"}"#, 400, "bad_request"),
+    ];
+    for (body, status, code) in cases {
+        let answer = request(admin, "POST", "/api/v1/publish", None, Some(body)).await;
+        assert_eq!(answer.status, status, "{}", String::from_utf8_lossy(body));
+        assert_eq!(answer.error_code(), code);
+    }
+    let large = format!(r#"{{"topic": "a", "payload": "{}"}}"#, "x".repeat(2048));
+    let answer = request(
+        admin,
+        "POST",
+        "/api/v1/publish",
+        None,
+        Some(large.as_bytes()),
+    )
+    .await;
+    assert_eq!(
+        (answer.status, answer.error_code().as_str()),
+        (413, "payload_too_large")
+    );
+    let huge = vec![b' '; 3 * 1024 * 1024];
+    let answer = request(admin, "POST", "/api/v1/publish", None, Some(&huge)).await;
+    assert_eq!(
+        (answer.status, answer.error_code().as_str()),
+        (413, "payload_too_large")
+    );
+    // A subscriber gets what the API publishes, with its properties.
+    let (mut sub, _) = broker.raw_v5(crate::harness::v5_connect("sub")).await;
+    sub.subscribe_v5(
+        1,
+        rumqttc::v5::mqttbytes::v5::Filter::new("a", rumqttc::v5::mqttbytes::QoS::AtLeastOnce),
+        None,
+    )
+    .await;
+    let body = br#"{"topic": "a", "payload": "hi", "qos": 1, "properties": {"content_type": "text/plain", "user_properties": [["k", "v"]]}}"#;
+    let answer = request(admin, "POST", "/api/v1/publish", None, Some(body)).await;
+    assert_eq!(answer.json()["matched"], 1);
+    let publish = sub.recv_v5_publish().await;
+    assert_eq!(&publish.payload[..], b"hi");
+    let props = publish.properties.unwrap();
+    assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(props.user_properties, [("k".to_owned(), "v".to_owned())]);
+    let openapi = get(admin, "/api/v1/openapi.json", None).await;
+    assert_eq!(openapi.status, 200);
+    assert!(openapi.json()["paths"]["/api/v1/publish"]["post"].is_object());
+    broker.shutdown().await;
+}
