@@ -55,6 +55,11 @@ enum End {
     Abnormal(&'static str),
     /// Another connection took the session over; answer once the session is parked.
     TakenOver(oneshot::Sender<()>),
+    /// An administrator disconnected the client (`Control::Kick`).
+    Kicked {
+        /// The session ends too.
+        discard_session: bool,
+    },
 }
 
 /// Reads what is there (up to [`READ_CHUNK`]) through a buffer on the stack and appends it
@@ -370,11 +375,23 @@ where
             End::TakenOver(_) => {
                 tracing::info!(client_id = %client_id, peer = %self.peer, "connection closed: session taken over by a new connection with the same client id")
             }
+            End::Kicked { discard_session } => {
+                tracing::info!(client_id = %client_id, peer = %self.peer, discard_session, "connection closed by an administrator")
+            }
         }
         session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
         let will_delay = session.will_delay();
         let username = session.username().map(str::to_owned);
-        let (state, will) = session.into_parts();
+        let (mut state, will) = session.into_parts();
+        if matches!(
+            end,
+            End::Kicked {
+                discard_session: true
+            }
+        ) {
+            // Expiry 0: the registry ends the session instead of parking it.
+            state.expiry_interval = 0;
+        }
         // The will's topic needs write access when the will is handed on, as Mosquitto
         // checks it when it sends the will; a refused will is dropped.
         let will = match will {
@@ -478,14 +495,25 @@ where
                         Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
                             .await;
                     }
-                    if let Some(Control::TakeOver(reply)) = mailbox.take_control() {
-                        // [MQTT-3.1.4-3]
-                        session.disconnect_packet(
-                            ReasonCode::SESSION_TAKEN_OVER,
-                            None,
-                            &mut self.wbuf,
-                        );
-                        return End::TakenOver(reply);
+                    match mailbox.take_control() {
+                        Some(Control::TakeOver(reply)) => {
+                            // [MQTT-3.1.4-3]
+                            session.disconnect_packet(
+                                ReasonCode::SESSION_TAKEN_OVER,
+                                None,
+                                &mut self.wbuf,
+                            );
+                            return End::TakenOver(reply);
+                        }
+                        Some(Control::Kick { discard_session }) => {
+                            session.disconnect_packet(
+                                ReasonCode::ADMINISTRATIVE_ACTION,
+                                None,
+                                &mut self.wbuf,
+                            );
+                            return End::Kicked { discard_session };
+                        }
+                        None => {}
                     }
                 }
                 Wait::KeepAlive => {

@@ -71,6 +71,13 @@ pub enum Control {
     /// Another connection is taking the session over: send DISCONNECT 0x8E, end the
     /// connection, hand the session back to the registry, then answer.
     TakeOver(oneshot::Sender<()>),
+    /// An administrator disconnects the client: send DISCONNECT 0x98, end the connection
+    /// as an abnormal close (the will is published); with `discard_session`, the session
+    /// ends too instead of being kept.
+    Kick {
+        /// End the session as well.
+        discard_session: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -480,6 +487,18 @@ impl Mailbox {
         let mut inner = self.lock();
         inner.control = Some(control);
         Self::wake(inner);
+    }
+
+    /// Sends `control` unless another one is pending (a takeover, which ends the
+    /// connection anyway and must not lose its answer); returns whether it was sent.
+    pub fn offer_control(&self, control: Control) -> bool {
+        let mut inner = self.lock();
+        if inner.control.is_some() {
+            return false;
+        }
+        inner.control = Some(control);
+        Self::wake(inner);
+        true
     }
 
     /// Wakes the serving connection without anything new to deliver (it then looks at

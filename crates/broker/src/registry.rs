@@ -122,6 +122,19 @@ pub struct Registry {
     inner: Mutex<Inner>,
 }
 
+/// What [`Registry::kick`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickOutcome {
+    /// No session has that client id.
+    NotFound,
+    /// The connection was told to go (it sends DISCONNECT 0x98 and closes).
+    Disconnecting,
+    /// The client is not connected and its session was kept (nothing to do).
+    NotConnected,
+    /// The client was not connected; its session was ended.
+    SessionEnded,
+}
+
 /// One session as the admin API lists it. Ordered by client id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSummary {
@@ -550,6 +563,52 @@ impl Registry {
         }
         drop(inner);
         page.into_sorted_vec()
+    }
+
+    /// Disconnects `client_id` for an administrator; with `discard_session` its session
+    /// ends too (at once when it is offline: its will, if any, is published, as when a
+    /// session expires).
+    pub fn kick(&self, broker: &Broker, client_id: &str, discard_session: bool) -> KickOutcome {
+        let mut ended = None;
+        let outcome = {
+            let mut inner = self.lock();
+            let Some((id, slot)) = inner.slots.get_key_value(client_id) else {
+                return KickOutcome::NotFound;
+            };
+            let id = id.clone();
+            if slot.owner.is_some() {
+                // A pending takeover ends the connection already; it is not disturbed.
+                slot.mailbox
+                    .offer_control(Control::Kick { discard_session });
+                KickOutcome::Disconnecting
+            } else if slot.parked.is_none() {
+                KickOutcome::NotFound
+            } else if !discard_session {
+                KickOutcome::NotConnected
+            } else {
+                let Some(slot) = inner.slots.get_mut(&id) else {
+                    return KickOutcome::NotFound;
+                };
+                slot.expires_at = None;
+                let state = slot.parked.take();
+                slot.mailbox = Mailbox::with_store(id.clone(), broker.journal.as_ref());
+                let will = slot.will.take().map(|pending| pending.will);
+                if slot.removable() {
+                    inner.slots.remove(&id);
+                }
+                ended = state.map(|state| (id, state, will));
+                KickOutcome::SessionEnded
+            }
+        };
+        if let Some((id, state, will)) = ended {
+            tracing::info!(client_id = %id, "session ended by an administrator");
+            end_session(broker, *state);
+            // [MQTT-3.1.3-9] the session ending makes a delayed will due.
+            if let Some(will) = will {
+                broker.publish_will(&id, will, crate::message::now_millis());
+            }
+        }
+        outcome
     }
 
     /// Number of sessions with a live connection.

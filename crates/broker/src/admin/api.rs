@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AdminContext, metrics};
+use crate::registry::KickOutcome;
 
 /// An error answer.
 #[derive(Debug)]
@@ -110,7 +111,7 @@ pub(super) fn router(context: AdminContext) -> Router {
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/clients", get(clients))
-        .route("/api/v1/clients/{client_id}", get(client))
+        .route("/api/v1/clients/{client_id}", get(client).delete(kick))
         .route("/api/v1/retained", get(retained))
         .route("/api/v1/retained/{*topic}", delete(delete_retained))
         .route("/api/v1/publish", post(publish))
@@ -499,4 +500,44 @@ async fn openapi() -> Response<Body> {
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[derive(Debug, Deserialize)]
+struct KickQuery {
+    #[serde(default)]
+    discard_session: bool,
+}
+
+/// Disconnects a client (v5: DISCONNECT 0x98, administrative action);
+/// `?discard_session=true` ends its session too, also when it is offline.
+async fn kick(
+    State(context): State<AdminContext>,
+    Path(client_id): Path<String>,
+    parsed: Result<Query<KickQuery>, QueryRejection>,
+) -> ApiResult {
+    let query = query(parsed)?;
+    let broker = &context.broker;
+    match broker
+        .registry
+        .kick(broker, &client_id, query.discard_session)
+    {
+        KickOutcome::Disconnecting => Ok(Json(json!({
+            "client_id": client_id,
+            "disconnected": true,
+            "session_discarded": query.discard_session,
+        }))),
+        KickOutcome::SessionEnded => Ok(Json(json!({
+            "client_id": client_id,
+            "disconnected": false,
+            "session_discarded": true,
+        }))),
+        KickOutcome::NotConnected => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_connected",
+            format!("`{client_id}` is not connected; add ?discard_session=true to end its session"),
+        )),
+        KickOutcome::NotFound => Err(ApiError::not_found(format!(
+            "no session with client id `{client_id}`"
+        ))),
+    }
 }

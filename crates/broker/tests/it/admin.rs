@@ -475,3 +475,91 @@ async fn publish_refuses_bad_requests_with_their_status() {
     assert!(openapi.json()["paths"]["/api/v1/publish"]["post"].is_object());
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn kicking_a_client_sends_administrative_action_and_can_end_its_session() {
+    let broker = TestBroker::start().await;
+    let admin = broker.admin();
+    let mut props = crate::harness::connect_properties();
+    props.session_expiry_interval = Some(3600);
+    let (mut v5, _) = broker
+        .raw_v5(crate::harness::v5_connect_with("dev-5", true, props))
+        .await;
+    let (mut v3, _) = broker.raw_v311("dev-3", false).await;
+    v3.subscribe_v4(1, "x", 1).await;
+
+    let kicked = request(admin, "DELETE", "/api/v1/clients/dev-5", None, None).await;
+    assert_eq!(kicked.status, 200, "{}", kicked.text());
+    assert_eq!(kicked.json()["disconnected"], true);
+    // v5: DISCONNECT 0x98 administrative action; v3.1.1 has no server DISCONNECT: closed.
+    v5.expect_disconnect(0x98).await;
+    assert_eq!(
+        request(admin, "DELETE", "/api/v1/clients/dev-3", None, None)
+            .await
+            .status,
+        200
+    );
+    v3.expect_closed().await;
+    broker
+        .eventually("both offline", |b| b.registry.connected_len() == 0)
+        .await;
+    // The sessions stay (they have an expiry); kicking an offline client again is a
+    // conflict, unless the session is to be discarded.
+    let offline = get(admin, "/api/v1/sessions?state=offline", None)
+        .await
+        .json();
+    assert_eq!(offline["items"].as_array().unwrap().len(), 2);
+    let again = request(admin, "DELETE", "/api/v1/clients/dev-5", None, None).await;
+    assert_eq!(
+        (again.status, again.error_code().as_str()),
+        (409, "not_connected")
+    );
+    let discard = request(
+        admin,
+        "DELETE",
+        "/api/v1/clients/dev-5?discard_session=true",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(discard.status, 200, "{}", discard.text());
+    assert_eq!(discard.json()["session_discarded"], true);
+    assert_eq!(get(admin, "/api/v1/clients/dev-5", None).await.status, 404);
+    assert_eq!(broker.broker().registry.len(), 1);
+    // dev-3's subscription went with its session when discarded.
+    assert_eq!(broker.broker().router.len(), 1);
+    let gone = request(
+        admin,
+        "DELETE",
+        "/api/v1/clients/dev-3?discard_session=true",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 200);
+    assert_eq!(broker.broker().router.len(), 0);
+    assert_eq!(
+        request(admin, "DELETE", "/api/v1/clients/nobody", None, None)
+            .await
+            .status,
+        404
+    );
+
+    // Online with discard_session: disconnected and the session does not stay.
+    let (mut online, _) = broker.raw_v311("dev-x", false).await;
+    online.ping_fence().await;
+    let answer = request(
+        admin,
+        "DELETE",
+        "/api/v1/clients/dev-x?discard_session=true",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    online.expect_closed().await;
+    broker
+        .eventually("dev-x's session ends", |b| b.registry.is_empty())
+        .await;
+    broker.shutdown().await;
+}
