@@ -112,6 +112,7 @@ pub(super) fn router(context: AdminContext) -> Router {
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/clients", get(clients))
         .route("/api/v1/clients/{client_id}", get(client).delete(kick))
+        .route("/api/v1/subscriptions", get(subscriptions))
         .route("/api/v1/retained", get(retained))
         .route("/api/v1/retained/{*topic}", delete(delete_retained))
         .route("/api/v1/publish", post(publish))
@@ -540,4 +541,61 @@ async fn kick(
             "no session with client id `{client_id}`"
         ))),
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscriptionQuery {
+    limit: Option<usize>,
+    /// Cursor: the previous page's `next`, `{filter}` and `{client_id}` joined by a NUL
+    /// (which neither may contain), as the answer gives it.
+    after: Option<String>,
+    /// Filter substring.
+    filter: Option<String>,
+    /// Client id substring.
+    client_id: Option<String>,
+}
+
+/// Every subscription, in filter then client id order.
+async fn subscriptions(
+    State(context): State<AdminContext>,
+    parsed: Result<Query<SubscriptionQuery>, QueryRejection>,
+) -> ApiResult {
+    let query = query(parsed)?;
+    let limit = page_limit(query.limit)?;
+    let after = match query.after.as_deref() {
+        None => None,
+        Some(cursor) => Some(cursor.split_once('\0').ok_or_else(|| {
+            ApiError::bad_request("after is not a cursor from a previous page's next")
+        })?),
+    };
+    let (filter, client) = (
+        query.filter.as_deref().unwrap_or(""),
+        query.client_id.as_deref().unwrap_or(""),
+    );
+    let items: Vec<Value> = context
+        .broker
+        .router
+        .subscriptions_page(after, limit, |f, c| {
+            f.contains(filter) && c.contains(client)
+        })
+        .into_iter()
+        .map(|s| {
+            json!({
+                "filter": s.filter,
+                "client_id": &*s.client_id,
+                "qos": s.options.qos as u8,
+                "no_local": s.options.no_local,
+                "retain_as_published": s.options.retain_as_published,
+                "subscription_identifier": s.identifier,
+                "online": s.online,
+            })
+        })
+        .collect();
+    Ok(Json(page(items, limit, |v| {
+        Some(format!(
+            "{}\0{}",
+            v["filter"].as_str()?,
+            v["client_id"].as_str()?
+        ))
+    })))
 }

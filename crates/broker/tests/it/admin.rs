@@ -563,3 +563,93 @@ async fn kicking_a_client_sends_administrative_action_and_can_end_its_session() 
         .await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn subscriptions_are_listed_with_their_filters_in_pages() {
+    let broker = TestBroker::start().await;
+    let admin = broker.admin();
+    let (mut a, _) = broker.raw_v311("sub-a", true).await;
+    for (id, filter) in [
+        (1, "a/+/b"),
+        (2, "#"),
+        (3, "a/#"),
+        (4, "/lead"),
+        (5, "$share/g/x/y"),
+    ] {
+        a.subscribe_v4(id, filter, 1).await;
+    }
+    let (mut b, _) = broker.raw_v311("sub-b", true).await;
+    b.subscribe_v4(1, "a/#", 0).await;
+    b.subscribe_v4(2, "$share/g/x/y", 0).await;
+
+    let all = get(admin, "/api/v1/subscriptions", None).await.json();
+    let listed: Vec<(String, String)> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["filter"].as_str().unwrap().to_owned(),
+                s["client_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("#", "sub-a"),
+        ("$share/g/x/y", "sub-a"),
+        ("$share/g/x/y", "sub-b"),
+        ("/lead", "sub-a"),
+        ("a/#", "sub-a"),
+        ("a/#", "sub-b"),
+        ("a/+/b", "sub-a"),
+    ]
+    .iter()
+    .map(|(f, c)| (f.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(listed, expected);
+    assert_eq!(all["items"][5]["qos"], 0);
+    assert_eq!(all["items"][4]["qos"], 1);
+
+    // Pages of 3 give the same list.
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            None => "/api/v1/subscriptions?limit=3".to_owned(),
+            Some(cursor) => format!(
+                "/api/v1/subscriptions?limit=3&after={}",
+                cursor
+                    .replace('%', "%25")
+                    .replace('#', "%23")
+                    .replace('$', "%24")
+                    .replace('/', "%2F")
+                    .replace('+', "%2B")
+                    .replace('\0', "%00")
+            ),
+        };
+        let page = get(admin, &path, None).await.json();
+        for s in page["items"].as_array().unwrap() {
+            paged.push((
+                s["filter"].as_str().unwrap().to_owned(),
+                s["client_id"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected);
+
+    let by_client = get(admin, "/api/v1/subscriptions?client_id=sub-b", None)
+        .await
+        .json();
+    assert_eq!(by_client["items"].as_array().unwrap().len(), 2);
+    let by_filter = get(admin, "/api/v1/subscriptions?filter=a/%23", None)
+        .await
+        .json();
+    assert_eq!(by_filter["items"].as_array().unwrap().len(), 2);
+    let bad_cursor = get(admin, "/api/v1/subscriptions?after=x", None).await;
+    assert_eq!(bad_cursor.status, 400);
+    broker.shutdown().await;
+}
