@@ -777,6 +777,25 @@ mod tests {
         assert_eq!(config.admin.bind, None);
     }
 
+    #[test]
+    fn the_container_config_listens_everywhere_with_anonymous_access_off() {
+        let text = include_str!("../../../contrib/docker/midge.toml");
+        for text in [text.to_owned(), uncomment_keys(text)] {
+            let config = Config::from_toml(&text, "contrib/docker/midge.toml").unwrap();
+            assert!(
+                config
+                    .listeners
+                    .iter()
+                    .all(|l| l.bind.ip().is_unspecified())
+            );
+            assert_eq!(config.auth.allow_anonymous, Some(false));
+            assert!(config.auth.password_file.is_some());
+            assert!(config.admin.bind_addr().ip().is_unspecified());
+            assert!(config.admin.password_file.is_some());
+            assert_eq!(config.storage.dir, PathBuf::from("/data"));
+        }
+    }
+
     /// Uncomments every commented `key = value`, `[[listener]]` and `[listener.tls]` line.
     fn uncomment_keys(text: &str) -> String {
         text.lines()

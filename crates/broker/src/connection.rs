@@ -241,7 +241,7 @@ where
         what: &str,
         client_id: &str,
     ) {
-        Stats::add(&self.broker.stats.connects_refused, 1);
+        self.broker.stats.connect_refused(reason);
         tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
         let connack = ConnAck {
             session_present: false,
@@ -358,6 +358,12 @@ where
         }
         session.start(connack, now_millis(), &mut self.wbuf);
         broker.stats.client_connected();
+        let fresh_or_resumed = if attached.session_present {
+            &broker.stats.sessions_resumed
+        } else {
+            &broker.stats.sessions_created
+        };
+        Stats::add(fresh_or_resumed, 1);
         Some((session, keep_alive, connection_id))
     }
 
@@ -366,7 +372,7 @@ where
         let broker = self.broker.clone();
         let client_id = session.client_id().clone();
         broker.stats.client_disconnected();
-        session.stats.flush(&broker.stats);
+        session.flush_stats(&broker.stats, true);
         match &end {
             End::ClientDisconnect => tracing::debug!(client_id = %client_id, "client disconnected"),
             End::Abnormal(why) => {
@@ -449,7 +455,7 @@ where
             if self.wbuf.len() < WRITE_HIGH_WATER {
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
             }
-            session.stats.flush(&self.broker.stats);
+            session.flush_stats(&self.broker.stats, false);
             if session.take_settle() && !self.broker.store_is_settled() {
                 // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
                 // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.

@@ -611,6 +611,23 @@ impl Registry {
         outcome
     }
 
+    /// Deliveries queued in every session's mailbox, and QoS 1/2 deliveries in flight in
+    /// offline sessions (online ones count theirs in `Stats::inflight`), for metrics. One
+    /// pass under the registry lock, taking each mailbox lock briefly (registry, then
+    /// mailbox, as attach does).
+    pub fn queue_totals(&self) -> (usize, usize) {
+        let inner = self.lock();
+        inner
+            .slots
+            .values()
+            .fold((0, 0), |(queued, inflight), slot| {
+                (
+                    queued + slot.mailbox.len(),
+                    inflight + slot.parked.as_ref().map_or(0, |p| p.inflight.len()),
+                )
+            })
+    }
+
     /// Number of sessions with a live connection.
     pub fn connected_len(&self) -> usize {
         self.lock()

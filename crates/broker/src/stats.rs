@@ -68,6 +68,37 @@ counters! {
     protocol_errors,
     /// Wills published.
     wills_published,
+    /// PUBLISH packets received at QoS 1 (QoS 0 is the rest of `publish_received`).
+    publish_received_qos1,
+    /// PUBLISH packets received at QoS 2.
+    publish_received_qos2,
+    /// PUBLISH packets sent at QoS 1 (QoS 0 is the rest of `publish_sent`).
+    publish_sent_qos1,
+    /// PUBLISH packets sent at QoS 2.
+    publish_sent_qos2,
+    /// Deliveries dropped because the message expired before it could be sent (part of
+    /// `publish_dropped`).
+    publish_dropped_expired,
+    /// Deliveries dropped because they exceed the client's Maximum Packet Size (part of
+    /// `publish_dropped`; the rest were dropped by full queues).
+    publish_dropped_too_large,
+    /// Sessions that began new at CONNECT (no stored session, or clean start).
+    sessions_created,
+    /// Sessions resumed at CONNECT (session present).
+    sessions_resumed,
+    /// CONNECTs refused with 0x86 (v3: 4), bad user name or password.
+    connects_refused_credentials,
+    /// CONNECTs refused with 0x87 (v3: 5), not authorized.
+    connects_refused_not_authorized,
+    /// CONNECTs refused with 0x9F, too many failed logins from the address.
+    connects_refused_rate_limited,
+    /// CONNECTs refused with 0x85 (v3: 2), client identifier not valid.
+    connects_refused_client_id,
+    /// CONNECTs refused with 0x88 or 0x89 (v3: 3), server unavailable or busy.
+    connects_refused_unavailable,
+    /// Gauge: QoS 1/2 deliveries in flight (sent, not yet acknowledged) on connected
+    /// sessions, as of each connection's last wake-up.
+    inflight,
 }
 
 impl Stats {
@@ -75,6 +106,21 @@ impl Stats {
     pub fn client_connected(&self) {
         let now = self.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
         self.clients_maximum.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Counts a refused CONNECT by its reason (v5 code; v3 refusals are mapped to one).
+    pub fn connect_refused(&self, reason: midge_proto::ReasonCode) {
+        use midge_proto::ReasonCode as R;
+        Self::add(&self.connects_refused, 1);
+        let by_reason = match reason {
+            R::BAD_USER_NAME_OR_PASSWORD => &self.connects_refused_credentials,
+            R::NOT_AUTHORIZED => &self.connects_refused_not_authorized,
+            R::CONNECTION_RATE_EXCEEDED => &self.connects_refused_rate_limited,
+            R::CLIENT_IDENTIFIER_NOT_VALID => &self.connects_refused_client_id,
+            R::SERVER_UNAVAILABLE | R::SERVER_BUSY => &self.connects_refused_unavailable,
+            _ => return,
+        };
+        Self::add(by_reason, 1);
     }
 
     /// Removes a connection.
@@ -90,39 +136,91 @@ impl Stats {
     }
 }
 
-/// Per-connection counts, flushed into [`Stats`] in one go.
+/// Per-connection counts, flushed into [`Stats`] in one go (once per wake-up, so the
+/// 32-bit counts cannot overflow; they keep this in every connection at 64 bytes).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LocalStats {
-    /// Packets received.
-    pub packets_received: u64,
-    /// Packets sent.
-    pub packets_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
     /// Bytes sent.
     pub bytes_sent: u64,
+    /// Packets received.
+    pub packets_received: u32,
+    /// Packets sent.
+    pub packets_sent: u32,
     /// PUBLISH received.
-    pub publish_received: u64,
+    pub publish_received: u32,
     /// PUBLISH sent.
-    pub publish_sent: u64,
-    /// Deliveries dropped.
-    pub publish_dropped: u64,
+    pub publish_sent: u32,
+    /// Deliveries dropped: expired (also in `dropped_expired`) or too large for the client.
+    pub publish_dropped: u32,
     /// PUBLISH denied.
-    pub publish_denied: u64,
+    pub publish_denied: u32,
+    /// PUBLISH received at QoS 1 and 2.
+    pub received_qos: [u32; 2],
+    /// PUBLISH sent at QoS 1 and 2.
+    pub sent_qos: [u32; 2],
+    /// Deliveries dropped because their message expired.
+    pub dropped_expired: u32,
+    /// The in-flight count last added to [`Stats::inflight`]; not reset by a flush.
+    inflight_reported: u32,
 }
 
 impl LocalStats {
-    /// Adds these counts to `stats` and resets them.
-    pub fn flush(&mut self, stats: &Stats) {
-        Stats::add(&stats.packets_received, self.packets_received);
-        Stats::add(&stats.packets_sent, self.packets_sent);
+    /// Counts a PUBLISH received at `qos`.
+    pub fn received(&mut self, qos: midge_proto::QoS) {
+        self.publish_received += 1;
+        match qos {
+            midge_proto::QoS::AtMostOnce => {}
+            midge_proto::QoS::AtLeastOnce => self.received_qos[0] += 1,
+            midge_proto::QoS::ExactlyOnce => self.received_qos[1] += 1,
+        }
+    }
+
+    /// Counts a PUBLISH sent at `qos`.
+    pub fn sent(&mut self, qos: midge_proto::QoS) {
+        self.publish_sent += 1;
+        match qos {
+            midge_proto::QoS::AtMostOnce => {}
+            midge_proto::QoS::AtLeastOnce => self.sent_qos[0] += 1,
+            midge_proto::QoS::ExactlyOnce => self.sent_qos[1] += 1,
+        }
+    }
+
+    /// Adds these counts to `stats` and resets them; `inflight` is the connection's
+    /// in-flight count now (0 when it ends), whose change goes to the gauge.
+    pub fn flush(&mut self, stats: &Stats, inflight: usize) {
+        let add = |counter: &AtomicU64, n: u32| Stats::add(counter, u64::from(n));
+        add(&stats.packets_received, self.packets_received);
+        add(&stats.packets_sent, self.packets_sent);
         Stats::add(&stats.bytes_received, self.bytes_received);
         Stats::add(&stats.bytes_sent, self.bytes_sent);
-        Stats::add(&stats.publish_received, self.publish_received);
-        Stats::add(&stats.publish_sent, self.publish_sent);
-        Stats::add(&stats.publish_dropped, self.publish_dropped);
-        Stats::add(&stats.publish_denied, self.publish_denied);
-        *self = Self::default();
+        add(&stats.publish_received, self.publish_received);
+        add(&stats.publish_sent, self.publish_sent);
+        add(&stats.publish_dropped, self.publish_dropped);
+        add(&stats.publish_denied, self.publish_denied);
+        add(&stats.publish_received_qos1, self.received_qos[0]);
+        add(&stats.publish_received_qos2, self.received_qos[1]);
+        add(&stats.publish_sent_qos1, self.sent_qos[0]);
+        add(&stats.publish_sent_qos2, self.sent_qos[1]);
+        add(&stats.publish_dropped_expired, self.dropped_expired);
+        add(
+            &stats.publish_dropped_too_large,
+            self.publish_dropped - self.dropped_expired,
+        );
+        let inflight = u32::try_from(inflight).unwrap_or(u32::MAX);
+        if inflight > self.inflight_reported {
+            add(&stats.inflight, inflight - self.inflight_reported);
+        } else if inflight < self.inflight_reported {
+            stats.inflight.fetch_sub(
+                u64::from(self.inflight_reported - inflight),
+                Ordering::Relaxed,
+            );
+        }
+        *self = Self {
+            inflight_reported: inflight,
+            ..Self::default()
+        };
     }
 }
 

@@ -160,6 +160,19 @@ impl Collector for BrokerCollector {
             "Retained messages.",
             broker.retained.len() as f64,
         )?;
+        let (queued, parked_inflight) = broker.registry.queue_totals();
+        gauge(
+            e,
+            "midge_queued_messages",
+            "Deliveries waiting in session queues (online and offline sessions).",
+            queued as f64,
+        )?;
+        gauge(
+            e,
+            "midge_inflight_messages",
+            "QoS 1/2 deliveries sent and not yet acknowledged (connected sessions as of their last wake-up, plus offline sessions').",
+            (s.inflight as usize + parked_inflight) as f64,
+        )?;
         gauge(
             e,
             "midge_clients_maximum",
@@ -181,27 +194,73 @@ impl Collector for BrokerCollector {
             &[
                 (vec![("reason", "max_connections")], s.connections_refused),
                 (vec![("reason", "handshake_failed")], s.handshakes_failed),
-                (vec![("reason", "connect_refused")], s.connects_refused),
+                (
+                    vec![("reason", "bad_credentials")],
+                    s.connects_refused_credentials,
+                ),
+                (
+                    vec![("reason", "not_authorized")],
+                    s.connects_refused_not_authorized,
+                ),
+                (
+                    vec![("reason", "rate_limited")],
+                    s.connects_refused_rate_limited,
+                ),
+                (
+                    vec![("reason", "client_id_rejected")],
+                    s.connects_refused_client_id,
+                ),
+                (
+                    vec![("reason", "server_unavailable")],
+                    s.connects_refused_unavailable,
+                ),
+                (
+                    vec![("reason", "other")],
+                    s.connects_refused.saturating_sub(
+                        s.connects_refused_credentials
+                            + s.connects_refused_not_authorized
+                            + s.connects_refused_rate_limited
+                            + s.connects_refused_client_id
+                            + s.connects_refused_unavailable,
+                    ),
+                ),
             ],
         )?;
-        counter(
+        let by_qos = |total: u64, qos1: u64, qos2: u64| {
+            vec![
+                (vec![("qos", "0")], total.saturating_sub(qos1 + qos2)),
+                (vec![("qos", "1")], qos1),
+                (vec![("qos", "2")], qos2),
+            ]
+        };
+        counter_family(
             e,
             "midge_messages_received",
-            "PUBLISH packets received from clients.",
-            s.publish_received,
+            "PUBLISH packets received from clients, by QoS.",
+            &by_qos(
+                s.publish_received,
+                s.publish_received_qos1,
+                s.publish_received_qos2,
+            ),
         )?;
-        counter(
+        counter_family(
             e,
             "midge_messages_delivered",
-            "PUBLISH packets sent to clients.",
-            s.publish_sent,
+            "PUBLISH packets sent to clients, by the QoS they were sent at.",
+            &by_qos(s.publish_sent, s.publish_sent_qos1, s.publish_sent_qos2),
         )?;
         counter_family(
             e,
             "midge_messages_dropped",
             "Messages or deliveries dropped, by reason.",
             &[
-                (vec![("reason", "delivery")], s.publish_dropped),
+                (
+                    vec![("reason", "queue")],
+                    s.publish_dropped
+                        .saturating_sub(s.publish_dropped_expired + s.publish_dropped_too_large),
+                ),
+                (vec![("reason", "expired")], s.publish_dropped_expired),
+                (vec![("reason", "too_large")], s.publish_dropped_too_large),
                 (vec![("reason", "not_authorized")], s.publish_denied),
                 (vec![("reason", "retained_queue_full")], s.retained_dropped),
                 (
@@ -262,6 +321,18 @@ impl Collector for BrokerCollector {
                 (vec![("result", "rate_limited")], load(&auth.rate_limited)),
                 (vec![("result", "error")], load(&auth.error)),
             ],
+        )?;
+        counter(
+            e,
+            "midge_sessions_created",
+            "Sessions begun new at CONNECT.",
+            s.sessions_created,
+        )?;
+        counter(
+            e,
+            "midge_sessions_resumed",
+            "Sessions resumed at CONNECT (session present).",
+            s.sessions_resumed,
         )?;
         counter(
             e,

@@ -198,7 +198,7 @@ impl Session {
             keep
         });
         let dropped = queued + inflight_before - self.state.inflight.len();
-        self.stats.publish_denied += dropped as u64;
+        self.stats.publish_denied += dropped as u32;
         dropped
     }
 
@@ -210,6 +210,13 @@ impl Session {
     /// The persistent state (read-only).
     pub fn state(&self) -> &SessionState {
         &self.state
+    }
+
+    /// Adds the connection's counts to `stats` (see [`LocalStats::flush`]); `ending`
+    /// takes its in-flight deliveries off the gauge.
+    pub fn flush_stats(&mut self, stats: &Stats, ending: bool) {
+        let inflight = if ending { 0 } else { self.state.inflight.len() };
+        self.stats.flush(stats, inflight);
     }
 
     /// Ends serving: hands back the persistent state and the will to publish (if the
@@ -321,7 +328,7 @@ impl Session {
         mut publish: Publish,
         broker: &Broker,
     ) -> Result<ResolvedPublish, Violation> {
-        self.stats.publish_received += 1;
+        self.stats.received(publish.qos);
         let config = &broker.config.mqtt;
         if self.protocol.is_v5() {
             // [MQTT-3.3.4-6] a client must not send Subscription Identifiers.
@@ -815,6 +822,7 @@ impl Session {
         if delivery.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not sent.
             self.stats.publish_dropped += 1;
+            self.stats.dropped_expired += 1;
             dropped(self.journal.as_ref());
             return;
         }
@@ -892,7 +900,7 @@ impl Session {
         match publish.encode(self.protocol, out) {
             Ok(()) => {
                 self.stats.packets_sent += 1;
-                self.stats.publish_sent += 1;
+                self.stats.sent(delivery.qos);
                 true
             }
             Err(e) => {

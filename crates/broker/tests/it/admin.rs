@@ -68,7 +68,10 @@ async fn metrics_pass_promtool_and_counters_move() {
     let listener = "midge_connections{listener=\"mqtt:127.0.0.1:0\"}";
     assert_eq!(sample(&before, listener), 0.0);
     assert_eq!(sample(&before, "midge_connections_accepted_total"), 0.0);
-    assert_eq!(sample(&before, "midge_messages_received_total"), 0.0);
+    assert_eq!(
+        sample(&before, "midge_messages_received_total{qos=\"0\"}"),
+        0.0
+    );
     assert_eq!(sample(&before, "midge_build_info{version=\"0.1.0\"}"), 1.0);
     assert!(sample(&before, "process_resident_memory_bytes") > 0.0);
 
@@ -92,8 +95,15 @@ async fn metrics_pass_promtool_and_counters_move() {
     assert_eq!(sample(&after, "midge_connections_accepted_total"), 2.0);
     assert_eq!(sample(&after, "midge_sessions{state=\"online\"}"), 2.0);
     assert_eq!(sample(&after, "midge_subscriptions"), 1.0);
-    assert_eq!(sample(&after, "midge_messages_received_total"), 1.0);
-    assert_eq!(sample(&after, "midge_messages_delivered_total"), 1.0);
+    assert_eq!(
+        sample(&after, "midge_messages_received_total{qos=\"0\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "midge_messages_delivered_total{qos=\"0\"}"),
+        1.0
+    );
+    assert_eq!(sample(&after, "midge_sessions_created_total"), 2.0);
     assert!(sample(&after, "midge_bytes_received_total") > 0.0);
 
     drop(publisher);
@@ -651,5 +661,175 @@ async fn subscriptions_are_listed_with_their_filters_in_pages() {
     assert_eq!(by_filter["items"].as_array().unwrap().len(), 2);
     let bad_cursor = get(admin, "/api/v1/subscriptions?after=x", None).await;
     assert_eq!(bad_cursor.status, 400);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn counters_by_qos_drop_reason_and_session_event_move() {
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::mqttbytes::v5::{Disconnect, DisconnectReasonCode, Filter, Packet as P5};
+    let broker = TestBroker::start().await;
+    // A v5 subscriber that does not acknowledge, with a small Maximum Packet Size.
+    let mut props = crate::harness::connect_properties();
+    props.max_packet_size = Some(64);
+    props.session_expiry_interval = Some(600);
+    let (mut sub, _) = broker
+        .raw_v5(crate::harness::v5_connect_with("slow", true, props))
+        .await;
+    sub.subscribe_v5(1, Filter::new("m/#", Q5::ExactlyOnce), None)
+        .await;
+    let (mut publisher, _) = broker.raw_v311("pub", true).await;
+    let mut qos1 = rumqttc::Publish::new("m/1", rumqttc::QoS::AtLeastOnce, "a");
+    qos1.pkid = 1;
+    publisher.send_v4(rumqttc::Packet::Publish(qos1)).await;
+    let _puback = publisher.recv_v4().await;
+    let delivered = sub.recv_v5_publish().await;
+    assert_eq!(delivered.qos, Q5::AtLeastOnce);
+    // Too large for the subscriber: dropped for it.
+    publisher
+        .send_v4(rumqttc::Packet::Publish(rumqttc::Publish::new(
+            "m/big",
+            rumqttc::QoS::AtMostOnce,
+            vec![b'x'; 200],
+        )))
+        .await;
+    publisher.ping_fence().await;
+    sub.ping_fence().await;
+    // The subscriber has not acknowledged its QoS 1 delivery: one in flight.
+    let text = metrics(&broker).await;
+    promtool_check(&text);
+    assert_eq!(
+        sample(&text, "midge_messages_received_total{qos=\"1\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "midge_messages_received_total{qos=\"0\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "midge_messages_delivered_total{qos=\"1\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "midge_messages_dropped_total{reason=\"too_large\"}"),
+        1.0
+    );
+    assert_eq!(sample(&text, "midge_inflight_messages"), 1.0);
+
+    // Offline: the subscriber leaves without acknowledging; its delivery stays in flight
+    // in the parked session, a QoS 1 message is queued, and a QoS 0 one is dropped (QoS 0
+    // is not queued for offline sessions by default).
+    sub.send_v5(P5::Disconnect(Disconnect::new(
+        DisconnectReasonCode::NormalDisconnection,
+    )))
+    .await;
+    broker
+        .eventually("subscriber parked", |b| b.registry.connected_len() == 1)
+        .await;
+    let mut queued = rumqttc::Publish::new("m/2", rumqttc::QoS::AtLeastOnce, "b");
+    queued.pkid = 2;
+    publisher.send_v4(rumqttc::Packet::Publish(queued)).await;
+    let _puback = publisher.recv_v4().await;
+    publisher
+        .send_v4(rumqttc::Packet::Publish(rumqttc::Publish::new(
+            "m/3",
+            rumqttc::QoS::AtMostOnce,
+            "c",
+        )))
+        .await;
+    publisher.ping_fence().await;
+    let text = metrics(&broker).await;
+    assert_eq!(sample(&text, "midge_inflight_messages"), 1.0);
+    assert_eq!(sample(&text, "midge_queued_messages"), 1.0);
+    assert_eq!(
+        sample(&text, "midge_messages_dropped_total{reason=\"queue\"}"),
+        1.0
+    );
+    assert_eq!(sample(&text, "midge_sessions{state=\"offline\"}"), 1.0);
+
+    // Back with the session: resumed.
+    let mut props = crate::harness::connect_properties();
+    props.session_expiry_interval = Some(600);
+    let (_back, _) = broker
+        .raw_v5(crate::harness::v5_connect_with("slow", false, props))
+        .await;
+    let text = metrics(&broker).await;
+    assert_eq!(sample(&text, "midge_sessions_resumed_total"), 1.0);
+    assert_eq!(sample(&text, "midge_sessions_created_total"), 2.0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_connects_are_counted_by_reason() {
+    let dir = TempDir::new("admin-refused");
+    let users = dir.write(
+        "mqtt-users",
+        &format!(
+            "alice:{}\n",
+            midge_broker::auth::hash_password(b"pw").unwrap()
+        ),
+    );
+    let broker = broker_with(|c| c.auth.password_file = Some(users)).await;
+    let mut raw = crate::access_support::raw(&broker).await;
+    raw.send(&connect(true, "c1", Some("alice"), Some(b"nope"), None))
+        .await;
+    raw.recv_packet().await;
+    let mut raw = crate::access_support::raw(&broker).await;
+    raw.send(&connect(true, "c2", None, None, None)).await;
+    raw.recv_packet().await;
+    let text = metrics(&broker).await;
+    promtool_check(&text);
+    assert_eq!(
+        sample(
+            &text,
+            "midge_connect_rejected_total{reason=\"bad_credentials\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "midge_connect_rejected_total{reason=\"not_authorized\"}"
+        ),
+        1.0
+    );
+    assert_eq!(sample(&text, "midge_auth_total{result=\"failure\"}"), 1.0);
+    broker.shutdown().await;
+}
+
+/// The metric names in the Grafana dashboard's queries.
+fn dashboard_metrics(dashboard: &str) -> Vec<String> {
+    let is_name = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    dashboard
+        .split(|c: char| !is_name(c))
+        .filter(|word| word.starts_with("midge_") || word.starts_with("process_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_the_grafana_dashboard_uses_is_exported() {
+    let dir = TempDir::new("admin-dashboard");
+    // With a store, so the store's metrics are there too.
+    let broker = TestBroker::start_with(|c| {
+        c.storage.backend = midge_broker::config::StorageBackend::Redb;
+        c.storage.dir = dir.path().to_owned();
+    })
+    .await;
+    let text = metrics(&broker).await;
+    let dashboard = include_str!("../../../../contrib/grafana/midge.json");
+    let json: serde_json::Value = serde_json::from_str(dashboard).expect("dashboard is JSON");
+    assert!(json["panels"].as_array().unwrap().len() >= 10);
+    let used = dashboard_metrics(dashboard);
+    assert!(used.len() >= 20, "{used:?}");
+    for name in used {
+        let exported = text
+            .lines()
+            .any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")));
+        assert!(
+            exported,
+            "the dashboard uses {name}, which /metrics does not export"
+        );
+    }
     broker.shutdown().await;
 }
