@@ -8,6 +8,7 @@ use std::time::Instant;
 use midge_proto::Will;
 
 use crate::config::Config;
+use crate::log_limit::LogLimiter;
 use crate::mailbox::QueueLimits;
 use crate::message::{Message, Millis};
 use crate::registry::Registry;
@@ -29,6 +30,8 @@ pub struct Broker {
     pub registry: Registry,
     /// Counters.
     pub stats: Stats,
+    /// Rate limits log lines about refused, malformed and failed connections per peer.
+    pub log_limit: Arc<LogLimiter>,
     /// Where persistent sessions and retained messages are recorded; `None` keeps
     /// everything in memory only (unit tests).
     pub journal: Option<Journal>,
@@ -44,12 +47,14 @@ impl Broker {
 
     /// A broker with nothing in it that records persistent state through `journal`.
     pub fn with_journal(config: Config, journal: Option<Journal>) -> Arc<Self> {
+        let log_limit = Arc::new(LogLimiter::new(&config.log));
         Arc::new(Self {
             router: Router::new(config.mqtt.shared_subscription_strategy),
             config: Arc::new(config),
             retained: RetainedStore::default(),
             registry: Registry::default(),
             stats: Stats::default(),
+            log_limit,
             journal,
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),

@@ -59,6 +59,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// `$SYS` topics.
     pub sys: SysConfig,
+    /// Limits on what misbehaving clients can write to the log.
+    pub log: LogConfig,
     /// Persistence of sessions, queues and retained messages.
     pub storage: StorageConfig,
     /// `[admin]`: the HTTP admin listener (metrics, REST API).
@@ -72,6 +74,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             mqtt: MqttConfig::default(),
             sys: SysConfig::default(),
+            log: LogConfig::default(),
             storage: StorageConfig::default(),
             admin: AdminConfig::default(),
         }
@@ -425,7 +428,9 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// Subscriptions per client; 0 is unlimited.
     pub max_subscriptions_per_client: usize,
-    /// Levels in a topic name or filter.
+    /// Levels in a topic name or filter. The spec sets no limit; the default, 200, is
+    /// Mosquitto's, so no topic it accepts is refused, while the depth the subscription
+    /// trie and retained tree walk (recursively) per message stays bounded.
     pub max_topic_levels: usize,
     /// Bytes in a topic name or filter.
     pub max_topic_length: usize,
@@ -433,6 +438,12 @@ pub struct MqttConfig {
     pub topic_alias_maximum: u16,
     /// Time allowed between accepting a connection and receiving CONNECT.
     pub connect_timeout_secs: u64,
+    /// Largest CONNECT accepted, in bytes (capped by `max_packet_size`): until CONNECT and
+    /// authentication are through, nobody knows who the client is.
+    pub max_connect_size: u32,
+    /// Bytes all connections that have not completed CONNECT may buffer together; 0 is
+    /// unlimited.
+    pub max_pre_connect_bytes: u64,
     /// Upper bound on session expiry; 0 means no bound (v3 persistent sessions never
     /// expire then).
     pub max_session_expiry_secs: u32,
@@ -455,14 +466,23 @@ impl Default for MqttConfig {
             retain_available: true,
             max_connections: 100_000,
             max_subscriptions_per_client: 10_000,
-            max_topic_levels: 128,
+            max_topic_levels: 200,
             max_topic_length: 65_535,
             topic_alias_maximum: 64,
             connect_timeout_secs: 10,
+            max_connect_size: 65_536,
+            max_pre_connect_bytes: 64 << 20,
             max_session_expiry_secs: 0,
             shared_subscription_strategy: ShareStrategyConfig::RoundRobin,
             response_information: None,
         }
+    }
+}
+
+impl MqttConfig {
+    /// The largest CONNECT accepted: `max_connect_size`, or `max_packet_size` if smaller.
+    pub fn connect_limit(&self) -> u32 {
+        self.max_connect_size.min(self.max_packet_size)
     }
 }
 
@@ -477,6 +497,30 @@ pub struct SysConfig {
 impl Default for SysConfig {
     fn default() -> Self {
         Self { interval_secs: 10 }
+    }
+}
+
+/// `[log]`: lines about refused, malformed and failed connections, per peer address
+/// (see `log_limit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Lines logged per address per window; the rest are summed up in one line. 0 logs
+    /// every line.
+    pub lines_per_peer: u32,
+    /// The window, in seconds.
+    pub peer_window_secs: u64,
+    /// Addresses tracked at most; beyond them, addresses share one allowance.
+    pub max_tracked_peers: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            lines_per_peer: 5,
+            peer_window_secs: 60,
+            max_tracked_peers: 10_000,
+        }
     }
 }
 
@@ -626,6 +670,26 @@ impl Config {
         if m.connect_timeout_secs == 0 {
             return invalid("mqtt.connect_timeout_secs", "must be at least 1");
         }
+        if m.max_connect_size < 64 {
+            return invalid("mqtt.max_connect_size", "must be at least 64 bytes");
+        }
+        // Large buffers may fill three quarters of the budget: twice the largest CONNECT
+        // leaves room for one.
+        if m.max_pre_connect_bytes != 0
+            && m.max_pre_connect_bytes < 2 * u64::from(m.connect_limit())
+        {
+            return invalid(
+                "mqtt.max_pre_connect_bytes",
+                "must be 0 (unlimited) or at least twice max_connect_size (or max_packet_size \
+                 if smaller)",
+            );
+        }
+        if self.log.peer_window_secs == 0 {
+            return invalid("log.peer_window_secs", "must be at least 1");
+        }
+        if self.log.max_tracked_peers == 0 {
+            return invalid("log.max_tracked_peers", "must be at least 1");
+        }
         let r = &self.auth.rate_limit;
         if r.failures_burst > 0 && r.failures_per_minute == 0 {
             return invalid(
@@ -773,6 +837,13 @@ mod tests {
         assert_eq!(example.failures_burst, default.failures_burst);
         assert_eq!(example.failures_per_minute, default.failures_per_minute);
         assert_eq!(example.max_tracked_addresses, default.max_tracked_addresses);
+        let (example, default) = (&config.mqtt, MqttConfig::default());
+        assert_eq!(example.max_connect_size, default.max_connect_size);
+        assert_eq!(example.max_pre_connect_bytes, default.max_pre_connect_bytes);
+        let (example, default) = (&config.log, LogConfig::default());
+        assert_eq!(example.lines_per_peer, default.lines_per_peer);
+        assert_eq!(example.peer_window_secs, default.peer_window_secs);
+        assert_eq!(example.max_tracked_peers, default.max_tracked_peers);
         assert_eq!(config.admin.enabled, AdminConfig::default().enabled);
         assert_eq!(config.admin.bind, None);
     }
@@ -837,6 +908,31 @@ mod tests {
         assert_eq!(config.admin.bind, Some(DEFAULT_ADMIN_BIND));
         assert_eq!(config.admin.viewers, ["grafana"]);
         assert!(config.admin.password_file.is_some() && config.admin.tls.is_some());
+    }
+
+    #[test]
+    fn pre_connect_limits_are_checked() {
+        let config = Config::from_toml("[mqtt]\nmax_packet_size = 1000\n", "t.toml").unwrap();
+        assert_eq!(config.mqtt.connect_limit(), 1000);
+        assert_eq!(Config::default().mqtt.connect_limit(), 65_536);
+        for (text, key) in [
+            ("[mqtt]\nmax_connect_size = 10\n", "mqtt.max_connect_size"),
+            (
+                "[mqtt]\nmax_pre_connect_bytes = 1000\n",
+                "mqtt.max_pre_connect_bytes",
+            ),
+        ] {
+            let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        for ok in [
+            "[mqtt]\nmax_pre_connect_bytes = 0\n",
+            "[mqtt]\nmax_pre_connect_bytes = 131072\n",
+        ] {
+            assert!(Config::from_toml(ok, "t.toml").is_ok(), "{ok}");
+        }
+        let too_small = "[mqtt]\nmax_pre_connect_bytes = 131071\n";
+        assert!(Config::from_toml(too_small, "t.toml").is_err());
     }
 
     #[test]

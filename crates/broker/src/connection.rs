@@ -22,6 +22,7 @@ use crate::auth::{AccessControl, Credentials, FilterVerdict};
 use crate::broker::Broker;
 use crate::mailbox::{Control, Mailbox};
 use crate::message::now_millis;
+use crate::pre_connect::{self, PreConnect, Refused};
 use crate::session::{Flow, Session, Violation, negotiate};
 use crate::stats::Stats;
 
@@ -30,10 +31,14 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Stop reading from a client whose responses pile up unread beyond this: TCP then pushes
 /// back on its sending, instead of the write buffer growing without bound.
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
-/// Most bytes taken in one read (through a buffer on the stack, see [`read_into`]).
+/// Most bytes taken in one read (through a buffer on the stack, see [`poll_read_into`]).
 const READ_CHUNK: usize = 64 * 1024;
 /// How long a closing connection may spend flushing its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// After its last packets, a closing connection reads and discards what the client still
+/// sends for at most this long and this many bytes (see [`Connection::close`]).
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+const CLOSE_DRAIN_BYTES: usize = 256 * 1024;
 
 /// What a listener gives each of its connections.
 #[derive(Debug)]
@@ -66,14 +71,6 @@ enum End {
 /// to `rbuf`. A connection waiting for input thus holds no read buffer: the stack buffer
 /// exists only while a read is attempted, and `rbuf` grows to exactly what arrived. The
 /// copy is cheap next to the system call, and there is still one read per wake-up.
-async fn read_into<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    rbuf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_into(reader, rbuf, cx)).await
-}
-
-/// One poll of [`read_into`].
 fn poll_read_into<R: AsyncRead + Unpin>(
     reader: &mut R,
     rbuf: &mut BytesMut,
@@ -149,7 +146,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let decoder = Decoder::new(broker.config.mqtt.max_packet_size);
+    // Until CONNECT is in, the smaller CONNECT limit applies (see `pre_connect`).
+    let decoder = Decoder::new(broker.config.mqtt.connect_limit());
     let conn = Connection {
         reader,
         writer,
@@ -172,32 +170,58 @@ where
     W: AsyncWrite + Unpin,
 {
     /// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1], within the connect
-    /// timeout. Answers a bad CONNECT itself where the protocol allows.
-    async fn read_connect(&mut self) -> Option<Box<Connect>> {
+    /// timeout, within the pre-CONNECT limits (`budget`). Answers a bad CONNECT itself
+    /// where the protocol allows.
+    async fn read_connect(&mut self, budget: &mut PreConnect) -> Option<Box<Connect>> {
         let timeout = Duration::from_secs(self.broker.config.mqtt.connect_timeout_secs);
         let deadline = Instant::now() + timeout;
         loop {
             match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(Packet::Connect(connect))) => return Some(connect),
+                Ok(Some(Packet::Connect(connect))) => {
+                    self.decoder
+                        .set_max_packet_size(self.broker.config.mqtt.max_packet_size);
+                    return Some(connect);
+                }
                 Ok(Some(other)) => {
                     self.protocol_error(&format!("first packet is {}, not CONNECT", other.name()));
                     return None;
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.connect_decode_error(&e);
+                    let refused = PreConnect::classify(&self.rbuf, &e);
+                    if let Some(refused) = refused {
+                        budget.count(refused);
+                    }
+                    if refused == Some(Refused::TooLarge) {
+                        // Seen in the fixed header: no version yet, so no CONNACK.
+                        self.protocol_error(&format!(
+                            "CONNECT too large: {e} (mqtt.max_connect_size)"
+                        ));
+                    } else {
+                        self.connect_decode_error(&e);
+                    }
                     return None;
                 }
             }
             let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, read_into(&mut self.reader, &mut self.rbuf)) => read,
+                read = tokio::time::timeout_at(deadline, budget.read(&mut self.reader, &mut self.rbuf)) => read,
                 // Shutdown does not wait for a client that has not sent CONNECT yet.
                 _ = self.shutdown.changed() => return None,
             };
             match read {
-                Ok(Ok(0)) | Ok(Err(_)) => return None,
-                Ok(Ok(n)) => Stats::add(&self.broker.stats.bytes_received, n as u64),
+                Ok(pre_connect::Read::Closed) => return None,
+                Ok(pre_connect::Read::Bytes(n)) => {
+                    Stats::add(&self.broker.stats.bytes_received, n as u64)
+                }
+                Ok(pre_connect::Read::OverBudget) => {
+                    budget.count(Refused::OverBudget);
+                    if self.log_allowed() {
+                        tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: partial CONNECT does not fit in mqtt.max_pre_connect_bytes");
+                    }
+                    return None;
+                }
                 Err(_) => {
+                    budget.count(Refused::Timeout);
                     tracing::debug!(peer = %self.peer, "no CONNECT within {timeout:?}; closing");
                     return None;
                 }
@@ -207,7 +231,14 @@ where
 
     fn protocol_error(&self, what: &str) {
         Stats::add(&self.broker.stats.protocol_errors, 1);
-        tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: {what}");
+        if self.log_allowed() {
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: {what}");
+        }
+    }
+
+    /// Whether a line about this connection failing may be logged (see `log_limit`).
+    fn log_allowed(&self) -> bool {
+        self.broker.log_limit.allow(self.peer.ip())
     }
 
     /// A CONNECT that does not decode: v3 return code 1 for an unknown protocol level
@@ -233,22 +264,21 @@ where
         let _ = Packet::ConnAck(connack).encode(version, &mut self.wbuf);
     }
 
-    /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6].
-    async fn refuse(
-        &mut self,
-        protocol: ProtocolVersion,
-        reason: ReasonCode,
-        what: &str,
-        client_id: &str,
-    ) {
+    /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6], within the
+    /// client's Maximum Packet Size.
+    async fn refuse(&mut self, connect: &Connect, reason: ReasonCode, what: &str, client_id: &str) {
         self.broker.stats.connect_refused(reason);
-        tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
+        if self.log_allowed() {
+            tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
+        }
         let connack = ConnAck {
             session_present: false,
             reason_code: reason,
             properties: Default::default(),
         };
-        let _ = Packet::ConnAck(connack).encode(protocol, &mut self.wbuf);
+        let max = connect.properties.maximum_packet_size;
+        let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        let _ = Packet::ConnAck(connack).encode_within(connect.protocol, max, &mut self.wbuf);
         Box::pin(self.close()).await;
     }
 
@@ -262,18 +292,27 @@ where
     fn serve_session(mut self, held: impl Send) -> impl Future<Output = ()> {
         async move {
             let _held = &held;
-            let Some(connect) = Box::pin(self.read_connect()).await else {
-                Box::pin(self.close()).await;
-                return;
-            };
-            let Some((mut session, keep_alive, connection_id)) =
-                Box::pin(self.establish(connect)).await
+            let Some((mut session, keep_alive, connection_id)) = Box::pin(self.connect()).await
             else {
                 return;
             };
             let end = self.run(&mut session, keep_alive).await;
             Box::pin(self.finish(session, end, connection_id)).await;
         }
+    }
+
+    /// Reads CONNECT and establishes the session (see [`Connection::establish`]); closes
+    /// the connection when no CONNECT is read. Until then the read buffer counts against
+    /// the pre-CONNECT budget (CONNECT's fields may share its storage until
+    /// authentication is done).
+    async fn connect(&mut self) -> Option<(Session, u16, u64)> {
+        let mut budget = PreConnect::new(&self.broker);
+        let Some(connect) = Box::pin(self.read_connect(&mut budget)).await else {
+            drop(budget);
+            Box::pin(self.close()).await;
+            return None;
+        };
+        Box::pin(self.establish(connect)).await
     }
 
     /// Negotiates, authenticates and attaches the session; writes CONNACK. Returns the
@@ -284,7 +323,7 @@ where
             Ok(n) => n,
             Err(refusal) => {
                 Box::pin(self.refuse(
-                    connect.protocol,
+                    &connect,
                     refusal.reason,
                     refusal.message,
                     &connect.client_id,
@@ -306,7 +345,7 @@ where
             Ok(identity) => negotiated.username = identity.username,
             Err(reason) => {
                 Box::pin(self.refuse(
-                    connect.protocol,
+                    &connect,
                     reason,
                     "authentication failed",
                     &negotiated.client_id,
@@ -378,12 +417,14 @@ where
             End::Abnormal(why) => {
                 tracing::debug!(client_id = %client_id, "connection closed: {why}")
             }
-            End::TakenOver(_) => {
+            // Two clients with one id can take it from each other in a loop.
+            End::TakenOver(_) if self.log_allowed() => {
                 tracing::info!(client_id = %client_id, peer = %self.peer, "connection closed: session taken over by a new connection with the same client id")
             }
             End::Kicked { discard_session } => {
                 tracing::info!(client_id = %client_id, peer = %self.peer, discard_session, "connection closed by an administrator")
             }
+            End::TakenOver(_) => {}
         }
         session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
         let will_delay = session.will_delay();
@@ -776,6 +817,12 @@ where
     }
 
     /// Writes what is left (a CONNACK, a DISCONNECT), bounded in time, and closes.
+    ///
+    /// A socket closed with input unread resets the connection, and a client still writing
+    /// (the rest of a packet too large, say) then gets the reset and may never read the
+    /// reason it was sent. So, when there was something to say: write it, shut down
+    /// writing (FIN after the data), and read and discard until the client closes too,
+    /// within [`CLOSE_DRAIN_TIMEOUT`] and [`CLOSE_DRAIN_BYTES`], before closing.
     async fn close(&mut self) {
         // Acknowledgements in the buffer wait for the store as in `run`; if it does not
         // commit in time they are not sent, and the client resends.
@@ -783,6 +830,7 @@ where
         if settled.await.is_err() {
             self.wbuf.clear();
         }
+        let drain = !self.wbuf.is_empty();
         let flush = async {
             while !self.wbuf.is_empty() {
                 match self.writer.write_buf(&mut self.wbuf).await {
@@ -793,6 +841,39 @@ where
             let _ = self.writer.shutdown().await;
         };
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
+        if drain {
+            self.drain().await;
+        }
+    }
+
+    /// Reads and discards input until the client closes, the budget is spent or the
+    /// server shuts down (which does not wait for clients).
+    async fn drain(&mut self) {
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let (reader, rbuf, stats) = (&mut self.reader, &mut self.rbuf, &self.broker.stats);
+        let discard = async {
+            let mut budget = CLOSE_DRAIN_BYTES;
+            loop {
+                rbuf.clear();
+                match std::future::poll_fn(|cx| poll_read_into(reader, rbuf, cx)).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        Stats::add(&stats.bytes_received, n as u64);
+                        budget = match budget.checked_sub(n) {
+                            Some(left) if left > 0 => left,
+                            _ => return,
+                        };
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, discard) => {}
+            _ = self.shutdown.changed() => {}
+        }
+        self.rbuf = BytesMut::new();
     }
 }
 

@@ -180,7 +180,7 @@ impl Server {
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
         let mut access_controls = Vec::new();
-        let login_guard = LoginGuard::new(&config);
+        let login_guard = LoginGuard::new(&config, broker.log_limit.clone());
         let mut tls_listeners = Vec::new();
         let mut listener_infos = Vec::new();
         for listener_config in &config.listeners {
@@ -434,7 +434,9 @@ async fn accept_loop(
         };
         let Ok(permit) = limiter.clone().try_acquire_owned() else {
             Stats::add(&broker.stats.connections_refused, 1);
-            tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
+            if broker.log_limit.allow(peer.ip()) {
+                tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
+            }
             continue;
         };
         Stats::add(&broker.stats.connections_accepted, 1);
@@ -533,7 +535,9 @@ impl Transport {
                     // The client got through TLS with a certificate the CA signed: worth
                     // telling the operator why it is turned away.
                     HandshakeFailure::Tls(tls::HandshakeError::NoCommonName) => {
-                        tracing::info!(listener = %context.name, %peer, "connection refused: {failure}")
+                        if broker.log_limit.allow(peer.ip()) {
+                            tracing::info!(listener = %context.name, %peer, "connection refused: {failure}")
+                        }
                     }
                     _ => {
                         tracing::debug!(listener = %context.name, %peer, "connection closed: {failure}")
@@ -614,6 +618,10 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         let now = now_millis();
         broker.registry.tick(&broker, now);
         sweeps = sweeps.wrapping_add(1);
+        if sweeps.is_multiple_of(4) {
+            // Sums up the log lines left out in windows that are over.
+            broker.log_limit.sweep();
+        }
         if sweeps.is_multiple_of(240) {
             broker.retained.sweep_expired(now);
         }

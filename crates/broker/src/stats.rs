@@ -99,6 +99,20 @@ counters! {
     /// Gauge: QoS 1/2 deliveries in flight (sent, not yet acknowledged) on connected
     /// sessions, as of each connection's last wake-up.
     inflight,
+    /// Gauge: bytes buffered by connections that have not completed CONNECT and
+    /// authentication (read buffer capacity), bounded by `mqtt.max_pre_connect_bytes`.
+    pre_connect_bytes,
+    /// Highest value `pre_connect_bytes` has reached.
+    pre_connect_bytes_maximum,
+    /// Connections closed because their first packet was not CONNECT.
+    pre_connect_dropped_not_connect,
+    /// Connections closed because their CONNECT announced more than `mqtt.max_connect_size`.
+    pre_connect_dropped_too_large,
+    /// Connections closed because their partial CONNECT did not fit in
+    /// `mqtt.max_pre_connect_bytes`.
+    pre_connect_dropped_over_budget,
+    /// Connections closed for sending no complete CONNECT within `mqtt.connect_timeout_secs`.
+    pre_connect_dropped_timeout,
 }
 
 impl Stats {

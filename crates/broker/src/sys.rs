@@ -68,6 +68,31 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/retained messages/dropped",
             s.retained_dropped.to_string(),
         ),
+        // midge's own: what connections cost before CONNECT, and those closed for it.
+        (
+            "$SYS/broker/connections/pre_connect/bytes",
+            s.pre_connect_bytes.to_string(),
+        ),
+        (
+            "$SYS/broker/connections/pre_connect/bytes/maximum",
+            s.pre_connect_bytes_maximum.to_string(),
+        ),
+        (
+            "$SYS/broker/connections/pre_connect/dropped/not_connect",
+            s.pre_connect_dropped_not_connect.to_string(),
+        ),
+        (
+            "$SYS/broker/connections/pre_connect/dropped/too_large",
+            s.pre_connect_dropped_too_large.to_string(),
+        ),
+        (
+            "$SYS/broker/connections/pre_connect/dropped/over_budget",
+            s.pre_connect_dropped_over_budget.to_string(),
+        ),
+        (
+            "$SYS/broker/connections/pre_connect/dropped/timeout",
+            s.pre_connect_dropped_timeout.to_string(),
+        ),
     ]
 }
 

@@ -222,3 +222,28 @@ fn fanin_fanout_and_shared_runs_deliver_what_each_subscriber_is_owed() {
         1200.0,
     );
 }
+
+#[test]
+fn device_run_sends_one_message_per_write_at_the_rate_and_loses_none() {
+    let broker = Broker::start();
+    // 200 devices at 2,000 msg/s in all (10 each): a short CI variant of the device-scale
+    // scenario (BENCHMARKS.md runs 1,000 to 10,000 devices). Correctness only.
+    for qos in ["0", "1"] {
+        assert_complete(
+            &broker,
+            &["device", "-N", "200", "-r", "2000", "-q", qos, "-n", "2000"],
+            2000.0,
+            2000.0,
+        );
+    }
+    let report = broker.bench_json(&["device", "-N", "50", "-r", "500", "-q", "1", "-d", "1"]);
+    assert_eq!(
+        number(&report, &["connections", "count"]),
+        100.0,
+        "{report}"
+    );
+    // Paced, not saturated: about 500 msg/s over the second measured.
+    let rate = number(&report, &["delivered_per_sec"]);
+    assert!((300.0..=700.0).contains(&rate), "{rate} msg/s: {report}");
+    assert_eq!(number(&report, &["lost"]), 0.0, "{report}");
+}

@@ -46,12 +46,101 @@ impl Packet {
         }
     }
 
+    /// Appends the packet like [`Packet::encode`], but no larger than `max_size` bytes, the
+    /// peer's Maximum Packet Size. Where the spec lets a sender leave them out so that a
+    /// packet fits — the Reason String and User Properties of CONNACK, PUBACK, PUBREC,
+    /// PUBREL, PUBCOMP, SUBACK, UNSUBACK, DISCONNECT and AUTH ([MQTT-3.1.2-24],
+    /// [MQTT-3.2.2-19], [MQTT-3.2.2-20], [MQTT-3.4.2-2], [MQTT-3.4.2-3], ...,
+    /// [MQTT-3.14.2-3], [MQTT-3.14.2-4], [MQTT-3.15.2-2], [MQTT-3.15.2-3]) — the reason
+    /// string goes first, then the user properties. A packet that still does not fit is
+    /// not written ([`EncodeError::ExceedsMaximumPacketSize`]): the sender must discard it
+    /// [MQTT-3.1.2-25]. On error `buf` is unchanged.
+    pub fn encode_within(
+        &self,
+        version: ProtocolVersion,
+        max_size: usize,
+        buf: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let mut size = self.encoded_len(version)?;
+        if size <= max_size {
+            return self.encode(version, buf);
+        }
+        // Only a peer with a small limit gets here, so a copy to trim is affordable.
+        let mut trimmed = self.clone();
+        for step in [Trim::ReasonString, Trim::UserProperties] {
+            if trimmed.trim(step) {
+                size = trimmed.encoded_len(version)?;
+                if size <= max_size {
+                    return trimmed.encode(version, buf);
+                }
+            }
+        }
+        Err(EncodeError::ExceedsMaximumPacketSize {
+            size,
+            max: max_size,
+        })
+    }
+
+    /// Removes what `step` names, if this packet may go without it; true if anything was
+    /// removed.
+    fn trim(&mut self, step: Trim) -> bool {
+        let (reason_string, user_properties) = match self {
+            Self::ConnAck(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::PubAck(p) | Self::PubRec(p) | Self::PubRel(p) | Self::PubComp(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::SubAck(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::UnsubAck(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::Disconnect(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            Self::Auth(p) => (
+                &mut p.properties.reason_string,
+                &mut p.properties.user_properties,
+            ),
+            // PUBLISH properties belong to the message: a PUBLISH that does not fit is not
+            // sent at all. CONNECT, SUBSCRIBE and UNSUBSCRIBE carry no reason string.
+            Self::Connect(_)
+            | Self::Publish(_)
+            | Self::Subscribe(_)
+            | Self::Unsubscribe(_)
+            | Self::PingReq
+            | Self::PingResp => return false,
+        };
+        match step {
+            Trim::ReasonString => reason_string.take().is_some(),
+            Trim::UserProperties => {
+                let had = !user_properties.is_empty();
+                user_properties.clear();
+                had
+            }
+        }
+    }
+
     fn check_version(&self, version: ProtocolVersion) -> Result<(), EncodeError> {
         match self {
             Self::Auth(_) if !version.is_v5() => Err(EncodeError::NotInVersion("AUTH")),
             _ => Ok(()),
         }
     }
+}
+
+/// What [`Packet::encode_within`] leaves out, in this order.
+#[derive(Clone, Copy)]
+enum Trim {
+    ReasonString,
+    UserProperties,
 }
 
 impl OutgoingPublish<'_> {
@@ -572,7 +661,10 @@ fn write_connect<S: Sink>(connect: &Connect, version: ProtocolVersion, s: &mut S
 }
 
 fn write_connack<S: Sink>(connack: &ConnAck, version: ProtocolVersion, s: &mut S) {
-    s.u8(u8::from(connack.session_present));
+    // 3.1 reserves this byte; session present is new in 3.1.1.
+    s.u8(u8::from(
+        connack.session_present && version != ProtocolVersion::V31,
+    ));
     if version.is_v5() {
         s.u8(connack.reason_code.0);
         s.properties(&connack.properties);

@@ -67,4 +67,13 @@ pub enum EncodeError {
     /// The packet does not exist in the protocol version (AUTH in v3).
     #[error("{0} does not exist in this protocol version")]
     NotInVersion(&'static str),
+    /// The packet exceeds the peer's Maximum Packet Size even without the properties the
+    /// spec lets a sender leave out (see [`crate::Packet::encode_within`]).
+    #[error("packet of {size} bytes exceeds the peer's maximum packet size of {max} bytes")]
+    ExceedsMaximumPacketSize {
+        /// The smallest encoding, fixed header included.
+        size: usize,
+        /// The peer's limit.
+        max: usize,
+    },
 }

@@ -301,6 +301,18 @@ fn connack_v3_return_codes_and_v5_reason_codes() {
 }
 
 #[test]
+fn v31_connack_leaves_the_reserved_session_present_bit_clear() {
+    let resumed = Packet::ConnAck(ConnAck {
+        session_present: true,
+        reason_code: ReasonCode::SUCCESS,
+        properties: Default::default(),
+    });
+    // 3.1 reserves the first byte of the variable header; 3.1.1 made bit 0 session present.
+    assert_eq!(encode(&resumed, V31), [0x20, 2, 0x00, 0x00]);
+    assert_eq!(encode(&resumed, V311), [0x20, 2, 0x01, 0x00]);
+}
+
+#[test]
 fn subscribe_options_byte() {
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: 10,
@@ -552,4 +564,139 @@ fn a_subscription_identifier_over_268435455_is_field_too_long() {
         ..outgoing
     };
     assert_eq!(outgoing.encoded_len(V5), Ok(2 + 3 + 1 + 5));
+}
+
+#[test]
+fn encode_within_leaves_out_the_reason_string_then_the_user_properties() {
+    let disconnect = Packet::Disconnect(Disconnect {
+        reason_code: ReasonCode::PACKET_TOO_LARGE,
+        properties: DisconnectProperties {
+            reason_string: Some("too big".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        },
+    });
+    let full = encode(&disconnect, V5);
+    assert_eq!(full.len(), 21);
+    let within = |max: usize| {
+        let mut buf = BytesMut::new();
+        disconnect
+            .encode_within(V5, max, &mut buf)
+            .map(|()| buf.to_vec())
+    };
+    assert_eq!(within(21), Ok(full));
+    #[rustfmt::skip]
+    let without_reason_string = [
+        0xE0, 9,                                // DISCONNECT, remaining length 9
+        0x95,                                   // packet too large
+        7,                                      // property length 7
+        0x26, 0, 1, b'k', 0, 1, b'v',           //   user property k=v
+    ];
+    assert_eq!(within(20).as_deref(), Ok(&without_reason_string[..]));
+    assert_eq!(within(11).as_deref(), Ok(&without_reason_string[..]));
+    assert_eq!(within(10).as_deref(), Ok(&[0xE0, 1, 0x95][..]));
+    assert_eq!(within(3).as_deref(), Ok(&[0xE0, 1, 0x95][..]));
+
+    // Below the smallest form nothing is written: the packet must be discarded.
+    let mut buf = BytesMut::from(&b"before"[..]);
+    assert_eq!(
+        disconnect.encode_within(V5, 2, &mut buf),
+        Err(EncodeError::ExceedsMaximumPacketSize { size: 3, max: 2 })
+    );
+    assert_eq!(&buf[..], b"before");
+}
+
+/// Every packet a server sends that may carry a reason string, with one (and a user
+/// property) or without either.
+fn server_packets(optional: bool) -> Vec<Packet> {
+    let reason_string = optional.then(|| "a reason".to_owned());
+    let user_properties = if optional {
+        vec![("k".to_owned(), "v".to_owned())]
+    } else {
+        Vec::new()
+    };
+    let response = ResponseProperties {
+        reason_string: reason_string.clone(),
+        user_properties: user_properties.clone(),
+    };
+    let ack = PubResponse {
+        packet_id: 1,
+        reason_code: ReasonCode::NO_MATCHING_SUBSCRIBERS,
+        properties: response.clone(),
+    };
+    vec![
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::NOT_AUTHORIZED,
+            properties: ConnAckProperties {
+                // Not optional: it stays.
+                receive_maximum: Some(10),
+                reason_string: reason_string.clone(),
+                user_properties: user_properties.clone(),
+                ..Default::default()
+            },
+        }),
+        Packet::PubAck(ack.clone()),
+        Packet::PubRec(ack.clone()),
+        Packet::PubRel(ack.clone()),
+        Packet::PubComp(ack),
+        Packet::SubAck(SubAck {
+            packet_id: 1,
+            reason_codes: vec![ReasonCode::GRANTED_QOS_1],
+            properties: response.clone(),
+        }),
+        Packet::UnsubAck(UnsubAck {
+            packet_id: 1,
+            reason_codes: vec![ReasonCode::SUCCESS],
+            properties: response,
+        }),
+        Packet::Disconnect(Disconnect {
+            reason_code: ReasonCode::SERVER_BUSY,
+            properties: DisconnectProperties {
+                reason_string: reason_string.clone(),
+                user_properties: user_properties.clone(),
+                ..Default::default()
+            },
+        }),
+        Packet::Auth(Auth {
+            reason_code: ReasonCode::CONTINUE_AUTHENTICATION,
+            properties: AuthProperties {
+                authentication_method: Some("m".into()),
+                reason_string,
+                user_properties,
+                ..Default::default()
+            },
+        }),
+    ]
+}
+
+#[test]
+fn encode_within_trims_every_server_packet_that_may_go_without() {
+    for (full, bare) in server_packets(true).into_iter().zip(server_packets(false)) {
+        let bare_bytes = encode(&bare, V5);
+        let mut buf = BytesMut::new();
+        full.encode_within(V5, bare_bytes.len(), &mut buf).unwrap();
+        assert_eq!(buf.to_vec(), bare_bytes, "{}", full.name());
+        // With room, nothing is left out.
+        buf.clear();
+        full.encode_within(V5, usize::MAX, &mut buf).unwrap();
+        assert_eq!(buf.to_vec(), encode(&full, V5), "{}", full.name());
+    }
+}
+
+#[test]
+fn encode_within_never_trims_a_publish() {
+    let mut message = publish(QoS::AtLeastOnce, 1);
+    message.properties.user_properties = vec![("k".into(), "v".into())];
+    let packet = Packet::Publish(message);
+    let size = packet.encoded_len(V5).unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        packet.encode_within(V5, size - 1, &mut buf),
+        Err(EncodeError::ExceedsMaximumPacketSize {
+            size,
+            max: size - 1
+        })
+    );
+    assert!(buf.is_empty());
 }

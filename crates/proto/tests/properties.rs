@@ -198,10 +198,11 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
 fn connack(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     if !version.is_v5() {
         return (any::<bool>(), 0..=5u8)
-            .prop_map(|(session_present, code)| {
+            .prop_map(move |(session_present, code)| {
                 let reason_code = ReasonCode::from_v3_connack(code).unwrap();
                 Packet::ConnAck(ConnAck {
-                    session_present: session_present && code == 0,
+                    // 3.1 has no session present flag: its encoding is always 0.
+                    session_present: session_present && code == 0 && version != V31,
                     reason_code,
                     properties: Default::default(),
                 })

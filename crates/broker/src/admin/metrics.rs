@@ -175,6 +175,12 @@ impl Collector for BrokerCollector {
         )?;
         gauge(
             e,
+            "midge_pre_connect_bytes",
+            "Bytes buffered by connections that have not completed CONNECT (bounded by mqtt.max_pre_connect_bytes).",
+            s.pre_connect_bytes as f64,
+        )?;
+        gauge(
+            e,
             "midge_clients_maximum",
             "Most connected clients at once since start.",
             s.clients_maximum as f64,
@@ -213,6 +219,22 @@ impl Collector for BrokerCollector {
                 (
                     vec![("reason", "server_unavailable")],
                     s.connects_refused_unavailable,
+                ),
+                (
+                    vec![("reason", "not_connect")],
+                    s.pre_connect_dropped_not_connect,
+                ),
+                (
+                    vec![("reason", "connect_too_large")],
+                    s.pre_connect_dropped_too_large,
+                ),
+                (
+                    vec![("reason", "pre_connect_budget")],
+                    s.pre_connect_dropped_over_budget,
+                ),
+                (
+                    vec![("reason", "connect_timeout")],
+                    s.pre_connect_dropped_timeout,
                 ),
                 (
                     vec![("reason", "other")],

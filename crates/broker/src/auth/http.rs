@@ -442,9 +442,13 @@ impl HttpBackend {
             "peer": peer.to_string(),
             "listener": self.listener,
         });
-        self.ask(endpoint, key, body).await.map(Some).inspect_err(|e| {
-            tracing::warn!(url = %endpoint.url, client_id, error = %e, "HTTP auth check failed; connection refused");
-        })
+        // The caller logs a failure, within the per-address log limit.
+        self.ask(endpoint, key, body).await.map(Some)
+    }
+
+    /// The `url` connect checks go to, for logs.
+    pub fn connect_url(&self) -> Option<&str> {
+        self.connect.as_ref().map(|endpoint| endpoint.url.as_str())
     }
 
     /// Asks `acl_url` whether this client may publish to or subscribe to `topic`.

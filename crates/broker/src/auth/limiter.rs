@@ -26,7 +26,7 @@ pub struct LoginLimiter {
 }
 
 /// The key for an address: IPv4 as is, IPv6 by its /64 prefix.
-fn key(ip: IpAddr) -> IpAddr {
+pub(crate) fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

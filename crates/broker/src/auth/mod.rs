@@ -33,6 +33,7 @@ pub use limiter::LoginLimiter;
 pub use password::{PasswordFile, hash_password};
 
 use crate::config::{Config, ListenerConfig};
+use crate::log_limit::LogLimiter;
 use crate::stats::{AuthStats, Stats};
 
 /// Why access settings could not be loaded.
@@ -99,11 +100,13 @@ pub enum Access {
     Subscribe,
 }
 
-/// State shared by every listener's access control: failed-login buckets per address and
-/// the bound on concurrent password checks.
+/// State shared by every listener's access control: failed-login buckets per address,
+/// the bound on concurrent password checks, and the broker's log limiter.
 #[derive(Debug)]
 pub struct LoginGuard {
     limiter: LoginLimiter,
+    /// Lines about failed logins are rate limited per address with the broker's others.
+    log_limit: Arc<LogLimiter>,
     /// Password checks in flight at most: a spray of slow hashes cannot fill the blocking
     /// thread pool.
     verifications: Arc<Semaphore>,
@@ -145,11 +148,12 @@ impl LoginGuard {
         ok
     }
 
-    /// From `[auth.rate_limit]`.
-    pub fn new(config: &Config) -> Arc<Self> {
+    /// From `[auth.rate_limit]`; failed logins are logged through `log_limit`.
+    pub fn new(config: &Config, log_limit: Arc<LogLimiter>) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Self {
             limiter: LoginLimiter::new(&config.auth.rate_limit),
+            log_limit,
             verifications: Arc::new(Semaphore::new(cores.max(2))),
             stats: AuthStats::default(),
         })
@@ -264,7 +268,7 @@ impl AccessControl {
                 passwords: None,
                 acl: None,
                 http: None,
-                guard: LoginGuard::new(&config),
+                guard: LoginGuard::new(&config, Default::default()),
             }),
         }
     }
@@ -334,13 +338,16 @@ impl AccessControl {
         }
         let ip = credentials.peer.ip();
         let limiter = &self.inner.guard.limiter;
+        let log = || self.inner.guard.log_limit.allow(ip);
         if !limiter.permits(ip, Instant::now()) {
-            tracing::info!(
-                peer = %credentials.peer,
-                listener = %self.inner.listener,
-                retry_after = ?limiter.retry_after(ip, Instant::now()),
-                "too many failed logins from this address; CONNECT refused without checking"
-            );
+            if log() {
+                tracing::info!(
+                    peer = %credentials.peer,
+                    listener = %self.inner.listener,
+                    retry_after = ?limiter.retry_after(ip, Instant::now()),
+                    "too many failed logins from this address; CONNECT refused without checking"
+                );
+            }
             Stats::add(&self.inner.guard.stats.rate_limited, 1);
             return Err(ReasonCode::CONNECTION_RATE_EXCEEDED);
         }
@@ -362,7 +369,9 @@ impl AccessControl {
             }),
             Ok(false) => {
                 limiter.record_failure(ip, Instant::now());
-                tracing::info!(peer = %credentials.peer, username, listener = %self.inner.listener, "bad user name or password");
+                if log() {
+                    tracing::info!(peer = %credentials.peer, username, listener = %self.inner.listener, "bad user name or password");
+                }
                 Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
             }
             Err(_) => Err(ReasonCode::SERVER_UNAVAILABLE),
@@ -370,7 +379,7 @@ impl AccessControl {
     }
 
     /// The password file decides for its users; other users go to the HTTP service if
-    /// there is one, and otherwise fail after a decoy verification.
+    /// there is one, and otherwise fail after the same verification work as a known user.
     async fn check_password(
         &self,
         credentials: &Credentials<'_>,
@@ -395,15 +404,20 @@ impl AccessControl {
             // JSON carries text; a binary password cannot be passed on faithfully.
             Some(Err(_)) => return Ok(false),
         };
-        Ok(http
+        let checked = http
             .check_connect(
                 credentials.client_id,
                 Some(username),
                 password,
                 credentials.peer,
             )
-            .await?
-            .unwrap_or(false))
+            .await;
+        if let Err(e) = &checked
+            && self.inner.guard.log_limit.allow(credentials.peer.ip())
+        {
+            tracing::warn!(url = http.connect_url().unwrap_or_default(), client_id = credentials.client_id, peer = %credentials.peer, error = %e, "HTTP auth check failed; connection refused");
+        }
+        Ok(checked?.unwrap_or(false))
     }
 
     async fn verify_blocking(

@@ -52,7 +52,51 @@ impl std::fmt::Debug for Hash {
     }
 }
 
+/// What verifying against a hash costs: the scheme and its work parameters. Two hashes of
+/// one class take the same time to check, whatever the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Cost {
+    Sha512,
+    Pbkdf2 {
+        iterations: u32,
+    },
+    Argon2id {
+        m_cost: u32,
+        t_cost: u32,
+        p_cost: u32,
+        output_len: usize,
+    },
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The cost class of every verification done on this thread, for the tests.
+    static WORK: std::cell::RefCell<Vec<Cost>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Hash {
+    fn cost(&self) -> Cost {
+        match self {
+            Self::Sha512 { .. } => Cost::Sha512,
+            Self::Pbkdf2 { iterations, .. } => Cost::Pbkdf2 {
+                iterations: *iterations,
+            },
+            Self::Argon2id(phc) => {
+                // Validated at load, so this parses.
+                let params = PasswordHash::new(phc)
+                    .ok()
+                    .and_then(|parsed| argon2::Params::try_from(&parsed).ok());
+                let params = params.unwrap_or_default();
+                Cost::Argon2id {
+                    m_cost: params.m_cost(),
+                    t_cost: params.t_cost(),
+                    p_cost: params.p_cost(),
+                    output_len: params.output_len().unwrap_or(0),
+                }
+            }
+        }
+    }
+
     fn parse(text: &str) -> Result<Self, String> {
         if let Some(rest) = text.strip_prefix("$7$") {
             let mut parts = rest.split('$');
@@ -111,6 +155,8 @@ impl Hash {
     /// Checks `password`; CPU-heavy for `$7$` with many iterations and for argon2id, so
     /// callers run it off the async workers.
     fn verify(&self, password: &[u8]) -> bool {
+        #[cfg(test)]
+        WORK.with(|work| work.borrow_mut().push(self.cost()));
         match self {
             Self::Sha512 { salt, digest } => {
                 let mut hasher = Sha512::new();
@@ -159,9 +205,12 @@ pub fn hash_password(password: &[u8]) -> Result<String, String> {
 pub struct PasswordFile {
     path: PathBuf,
     users: HashMap<String, Hash>,
-    /// The hash an unknown user's password is checked against, so that an unknown name
-    /// costs as much as a known one (the first entry: files usually use one scheme).
-    decoy: Option<Hash>,
+    /// One hash of each cost class in the file (its first), with the class. Every check
+    /// verifies exactly one hash of each class: the user's own for its class, these for
+    /// the others (all of them for an unknown user). A file mixing schemes, as a migration
+    /// from Mosquitto's `$7$` to argon2id does, thus costs the same for every name, known
+    /// or not, and timing does not tell which names exist.
+    decoys: Vec<(Cost, Hash)>,
 }
 
 impl PasswordFile {
@@ -171,14 +220,24 @@ impl PasswordFile {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let file = Self::parse(path, &text)?;
+        if file.verifications_per_login() > 1 {
+            tracing::info!(
+                path = %path.display(),
+                hash_kinds = file.verifications_per_login(),
+                "the password file mixes hash schemes or parameters: every login verifies one \
+                 hash of each kind, so that timing does not tell which user names exist; \
+                 set old passwords again with `midge passwd` to make logins cheaper"
+            );
+        }
+        Ok(file)
     }
 
     /// Parses password file text; `path` is for error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, AuthError> {
         let mut users = HashMap::new();
         let mut first_line = HashMap::new();
-        let mut decoy = None;
+        let mut decoys: Vec<(Cost, Hash)> = Vec::new();
         for (index, raw) in text.lines().enumerate() {
             let line_no = index + 1;
             let bad = |reason: String| AuthError::Line {
@@ -203,15 +262,16 @@ impl PasswordFile {
                     "user {user} is already defined on line {previous}"
                 )));
             }
-            if decoy.is_none() {
-                decoy = Some(hash.clone());
+            let cost = hash.cost();
+            if !decoys.iter().any(|(c, _)| *c == cost) {
+                decoys.push((cost, hash.clone()));
             }
             users.insert(user.to_owned(), hash);
         }
         Ok(Self {
             path: path.to_owned(),
             users,
-            decoy,
+            decoys,
         })
     }
 
@@ -236,17 +296,24 @@ impl PasswordFile {
     }
 
     /// Checks a user's password. Blocking and CPU-heavy: run it in `spawn_blocking`.
-    /// An unknown user costs a verification against a decoy hash and fails.
+    /// Every call, for a known or an unknown user, verifies one hash of each cost class
+    /// in the file (see `decoys`); an unknown user fails.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
-        match self.users.get(user) {
-            Some(hash) => hash.verify(password),
-            None => {
-                if let Some(decoy) = &self.decoy {
-                    let _ = decoy.verify(password);
-                }
-                false
+        let own = self.users.get(user);
+        let own_cost = own.map(Hash::cost);
+        let verified = own.is_some_and(|hash| hash.verify(password));
+        for (cost, decoy) in &self.decoys {
+            if Some(*cost) != own_cost {
+                // black_box: the result is unused, and the work must not be optimized out.
+                std::hint::black_box(decoy.verify(std::hint::black_box(password)));
             }
         }
+        verified
+    }
+
+    /// Hashes verified per login: the cost classes (scheme and parameters) in the file.
+    pub fn verifications_per_login(&self) -> usize {
+        self.decoys.len()
     }
 }
 
@@ -320,6 +387,69 @@ carol:$6$/gLxeBsT5Y7K/1z7$ODQfQYx1PvVTVm9apNA4E8NjmvmTKvKfdmxWk1w5S4vG0sojq8C+50
         let text = format!("{MOSQUITTO}{}", MOSQUITTO.lines().next().unwrap());
         let message = parse(&text).unwrap_err().to_string();
         assert!(message.contains("already defined on line 1"), "{message}");
+    }
+
+    /// The cost classes of the verifications `check` does, sorted.
+    fn work_of(check: impl FnOnce()) -> Vec<Cost> {
+        WORK.with(|work| work.borrow_mut().clear());
+        check();
+        let mut done = WORK.with(|work| std::mem::take(&mut *work.borrow_mut()));
+        done.sort();
+        done
+    }
+
+    /// An argon2id line with cheaper parameters than `hash_password`'s.
+    fn cheap_argon2id(password: &[u8]) -> String {
+        let params = argon2::Params::new(8192, 1, 1, None).unwrap();
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(password)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn an_unknown_user_costs_the_same_verifications_as_every_known_user() {
+        // The documented migration: Mosquitto's $7$ and $6$ lines next to argon2id ones,
+        // with two argon2id parameter sets. Whoever is asked about, the same hashing is
+        // done, so the time taken says nothing about whether the name exists.
+        let text = format!(
+            "{MOSQUITTO}dave:{}\nerin:{}\nfrank:{}\n",
+            hash_password(b"pw").unwrap(),
+            cheap_argon2id(b"pw2"),
+            cheap_argon2id(b"pw3"),
+        );
+        let file = parse(&text).unwrap();
+        let unknown = work_of(|| assert!(!file.verify("nobody", b"pw")));
+        assert_eq!(unknown.len(), 4, "one per cost class: {unknown:?}");
+        for (user, right) in [
+            ("alice", &b"secret1"[..]),
+            ("carol", b"hunter2"),
+            ("dave", b"pw"),
+            ("erin", b"pw2"),
+            ("frank", b"pw3"),
+        ] {
+            assert_eq!(
+                work_of(|| assert!(file.verify(user, right))),
+                unknown,
+                "{user}"
+            );
+            assert_eq!(
+                work_of(|| assert!(!file.verify(user, b"wrong"))),
+                unknown,
+                "{user}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_single_scheme_file_costs_one_verification_per_login() {
+        let file = parse(MOSQUITTO.lines().next().unwrap()).unwrap();
+        let unknown = work_of(|| assert!(!file.verify("nobody", b"secret1")));
+        assert_eq!(unknown, [Cost::Pbkdf2 { iterations: 101 }]);
+        assert_eq!(
+            work_of(|| assert!(file.verify("alice", b"secret1"))),
+            unknown
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use midge_proto::{ConnAckProperties, Connect, ProtocolVersion, ReasonCode, Will, topic};
+use midge_proto::{
+    ConnAck, ConnAckProperties, Connect, Packet, ProtocolVersion, ReasonCode, Will, topic,
+};
 
 use crate::config::MqttConfig;
 
@@ -156,6 +158,17 @@ pub fn negotiate(connect: &Connect, config: &MqttConfig) -> Result<Negotiated, R
         if props.request_response_information == Some(true) {
             connack.response_information = config.response_information.clone();
         }
+        // An accepting CONNACK the client's Maximum Packet Size leaves no room for cannot
+        // be sent [MQTT-3.1.2-25], and the client cannot be served without the limits it
+        // carries: refused instead, in a CONNACK of 5 bytes.
+        if let Some(max) = props.maximum_packet_size
+            && !connack_fits(&connack, max)
+        {
+            return Err(refuse(
+                ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                "CONNACK exceeds the client's maximum packet size",
+            ));
+        }
     }
 
     Ok(Negotiated {
@@ -173,6 +186,23 @@ pub fn negotiate(connect: &Connect, config: &MqttConfig) -> Result<Negotiated, R
         username: connect.username.clone(),
         connack,
     })
+}
+
+/// Whether an accepting CONNACK with `properties` fits in `max` bytes, without the reason
+/// string and user properties the encoder leaves out when they do not fit.
+fn connack_fits(properties: &ConnAckProperties, max: u32) -> bool {
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: true,
+        reason_code: ReasonCode::SUCCESS,
+        properties: ConnAckProperties {
+            reason_string: None,
+            user_properties: Vec::new(),
+            ..properties.clone()
+        },
+    });
+    connack
+        .encoded_len(ProtocolVersion::V5)
+        .is_ok_and(|len| u32::try_from(len).is_ok_and(|len| len <= max))
 }
 
 /// Whether a topic name or filter is within the configured length and depth limits.

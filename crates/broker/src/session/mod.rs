@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use midge_proto::{
-    ConnAck, Disconnect, DisconnectProperties, OutgoingPublish, Packet, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, ResponseProperties, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, Will, topic,
+    ConnAck, Disconnect, DisconnectProperties, EncodeError, OutgoingPublish, Packet,
+    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, ResponseProperties, SubAck, Subscribe,
+    UnsubAck, Unsubscribe, Will, topic,
 };
 
 pub use connect::{Negotiated, Refusal, negotiate, within_topic_limits};
@@ -244,9 +244,17 @@ impl Session {
 
     fn send(&mut self, packet: &Packet, out: &mut BytesMut) {
         self.settle = true;
-        match packet.encode(self.protocol, out) {
+        // Within the client's Maximum Packet Size, leaving out a reason string or user
+        // properties that do not fit [MQTT-3.1.2-24].
+        let max = usize::try_from(self.client_max_packet_size).unwrap_or(usize::MAX);
+        match packet.encode_within(self.protocol, max, out) {
             Ok(()) => self.stats.packets_sent += 1,
-            // Only our own oversized fields can fail to encode; nothing to tell the client.
+            // No room even in its smallest form (a SUBACK for many filters, say): not
+            // sent [MQTT-3.1.2-25]. The client chose the limit, so this is no warning.
+            Err(e @ EncodeError::ExceedsMaximumPacketSize { .. }) => {
+                tracing::debug!(client_id = %self.state.client_id, error = %e, "{} not sent", packet.name())
+            }
+            // Only our own oversized fields; nothing to tell the client.
             Err(e) => {
                 tracing::warn!(client_id = %self.state.client_id, error = %e, "cannot encode {}", packet.name())
             }
@@ -379,7 +387,7 @@ impl Session {
         }
         if publish.qos == QoS::ExactlyOnce
             && self.protocol.is_v5()
-            && !self.state.awaiting_pubrel.contains(&publish.packet_id)
+            && !self.state.awaiting_pubrel.contains_key(&publish.packet_id)
             && self.state.awaiting_pubrel.len() >= usize::from(config.max_inflight)
         {
             // [MQTT-3.3.4-7] [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISH than our
@@ -406,9 +414,17 @@ impl Session {
     ) {
         let publish = publish.0;
         let (qos, packet_id) = (publish.qos, publish.packet_id);
-        if qos == QoS::ExactlyOnce && self.state.awaiting_pubrel.contains(&packet_id) {
-            // [MQTT-4.3.3-9] a resent QoS 2 PUBLISH is acknowledged, not routed again.
-            self.send(&Packet::PubRec(PubResponse::success(packet_id)), out);
+        if qos == QoS::ExactlyOnce
+            && let Some(&reason_code) = self.state.awaiting_pubrel.get(&packet_id)
+        {
+            // [MQTT-4.3.3-9] a resent QoS 2 PUBLISH is acknowledged as the first was, not
+            // routed again.
+            let response = PubResponse {
+                packet_id,
+                reason_code,
+                properties: ResponseProperties::default(),
+            };
+            self.send(&Packet::PubRec(response), out);
             return;
         }
         let reason = if !authorized || is_sys_topic(&publish.topic) {
@@ -450,10 +466,14 @@ impl Session {
                 // A PUBREC with an error code ends the exchange [MQTT-4.3.3-?]; otherwise the
                 // id is held until PUBREL.
                 if !reason.is_error()
-                    && self.state.awaiting_pubrel.insert(packet_id)
+                    && self
+                        .state
+                        .awaiting_pubrel
+                        .insert(packet_id, reason)
+                        .is_none()
                     && let Some(journal) = &self.journal
                 {
-                    journal.pubrel_held(packet_id);
+                    journal.pubrel_held(packet_id, reason);
                 }
                 self.send(&Packet::PubRec(response), out);
             }
@@ -461,7 +481,7 @@ impl Session {
     }
 
     fn on_pubrel(&mut self, rel: &PubResponse, out: &mut BytesMut) {
-        let known = self.state.awaiting_pubrel.remove(&rel.packet_id);
+        let known = self.state.awaiting_pubrel.remove(&rel.packet_id).is_some();
         if known && let Some(journal) = &self.journal {
             journal.pubrel_released(rel.packet_id);
         }
@@ -731,9 +751,10 @@ impl Session {
     }
 
     /// The DISCONNECT the broker sends a v5 client before closing (nothing for v3). It
-    /// always carries a reason string (the spec's name for the reason unless a more
-    /// specific one is given): it tells a user what happened, and some clients (rumqttc
-    /// 0.25) cannot decode the reason-code-only short form at all.
+    /// carries a reason string (the spec's name for the reason unless a more specific one
+    /// is given): it tells a user what happened, and some clients (rumqttc 0.25) cannot
+    /// decode the reason-code-only short form at all. Only a client whose Maximum Packet
+    /// Size has no room for the string gets the short form (see `Session::send`).
     pub fn disconnect_packet(
         &mut self,
         reason: ReasonCode,

@@ -2,10 +2,10 @@
 //! both ways, and the mailbox. Plain data, so it can be parked in the registry, handed to
 //! the next connection, or (later) stored and moved between nodes.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use midge_proto::SubscriptionOptions;
+use midge_proto::{ReasonCode, SubscriptionOptions};
 
 use crate::mailbox::Mailbox;
 use crate::message::Delivery;
@@ -53,9 +53,10 @@ pub struct SessionState {
     pub subscriptions: SmallMap<String, SubscriptionRecord>,
     /// Outbound QoS 1/2 messages, oldest first (resent in this order on resume).
     pub inflight: VecDeque<Inflight>,
-    /// Inbound QoS 2 packet ids PUBREC'd and waiting for PUBREL: a PUBLISH repeating one of
-    /// them is not routed again.
-    pub awaiting_pubrel: HashSet<u16>,
+    /// Inbound QoS 2 packet ids PUBREC'd and waiting for PUBREL, with the PUBREC's reason
+    /// (success or no matching subscribers): a PUBLISH repeating one of them is not routed
+    /// again, and gets the same answer.
+    pub awaiting_pubrel: HashMap<u16, ReasonCode>,
     /// Next outbound packet identifier to try.
     pub next_packet_id: u16,
     /// Session expiry interval in seconds; 0 ends the session with the connection,
@@ -71,7 +72,7 @@ impl SessionState {
             mailbox,
             subscriptions: SmallMap::new(),
             inflight: VecDeque::new(),
-            awaiting_pubrel: HashSet::new(),
+            awaiting_pubrel: HashMap::new(),
             next_packet_id: 1,
             expiry_interval: 0,
         }

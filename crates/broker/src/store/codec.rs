@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use midge_proto::{
-    PublishProperties, QoS, RetainHandling, SubscriptionOptions, UserProperty, Will, WillProperties,
+    PublishProperties, QoS, ReasonCode, RetainHandling, SubscriptionOptions, UserProperty, Will,
+    WillProperties,
 };
 
 use crate::message::{Delivery, Message, MessageId, Millis};
@@ -460,6 +461,23 @@ pub(crate) fn decode_inflight(value: &[u8]) -> Result<InflightRecord, CodecError
     })
 }
 
+/// A held inbound QoS 2 id's row: the reason code of its PUBREC.
+pub(crate) fn encode_pubrel(reason: ReasonCode) -> Vec<u8> {
+    vec![reason.0]
+}
+
+/// An empty row, as written before the reason code was kept (a format both versions
+/// read, so the format version stays), was a success.
+pub(crate) fn decode_pubrel(value: &[u8]) -> Result<ReasonCode, CodecError> {
+    let mut d = Decoder::new(value, "pubrel record");
+    if value.is_empty() {
+        return Ok(ReasonCode::SUCCESS);
+    }
+    let reason = ReasonCode(d.u8("reason code")?);
+    d.end()?;
+    Ok(reason)
+}
+
 fn put_user_properties(e: &mut Encoder, props: &[UserProperty]) {
     e.u32(u32::try_from(props.len()).unwrap_or(u32::MAX));
     for (k, v) in props {
@@ -703,6 +721,15 @@ mod tests {
             received_at: 100,
             origin: Arc::from("publisher"),
         }
+    }
+
+    #[test]
+    fn pubrel_rows_keep_the_reason_and_old_empty_rows_read_as_success() {
+        for reason in [ReasonCode::SUCCESS, ReasonCode::NO_MATCHING_SUBSCRIBERS] {
+            assert_eq!(decode_pubrel(&encode_pubrel(reason)), Ok(reason));
+        }
+        assert_eq!(decode_pubrel(&[]), Ok(ReasonCode::SUCCESS));
+        assert!(decode_pubrel(&[0x10, 0x00]).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use midge_proto::Will;
+use midge_proto::{ReasonCode, Will};
 use tokio::sync::{oneshot, watch};
 
 use super::codec::SessionRecord;
@@ -61,9 +61,10 @@ pub(crate) enum SessionOp {
     Acked {
         packet_id: u16,
     },
-    /// An inbound QoS 2 packet id was PUBREC'd and is held until PUBREL.
+    /// An inbound QoS 2 packet id was PUBREC'd with `reason` and is held until PUBREL.
     PubrelHeld {
         packet_id: u16,
+        reason: ReasonCode,
     },
     /// PUBREL released an inbound QoS 2 packet id.
     PubrelReleased {
@@ -356,9 +357,9 @@ impl SessionJournal {
         self.send(SessionOp::Acked { packet_id });
     }
 
-    /// An inbound QoS 2 packet id is held until PUBREL.
-    pub fn pubrel_held(&self, packet_id: u16) {
-        self.send(SessionOp::PubrelHeld { packet_id });
+    /// An inbound QoS 2 packet id, PUBREC'd with `reason`, is held until PUBREL.
+    pub fn pubrel_held(&self, packet_id: u16, reason: ReasonCode) {
+        self.send(SessionOp::PubrelHeld { packet_id, reason });
     }
 
     /// An inbound QoS 2 packet id was released.

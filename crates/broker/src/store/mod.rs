@@ -49,7 +49,8 @@ pub enum Table {
     Queue,
     /// client + packet id → stage, resend order, delivery.
     Inflight,
-    /// client + packet id → (nothing): inbound QoS 2 ids awaiting PUBREL.
+    /// client + packet id → the PUBREC reason code: inbound QoS 2 ids awaiting PUBREL.
+    /// Rows written before the reason was kept are empty, and read as success.
     Pubrel,
     /// client → delayed will.
     Wills,

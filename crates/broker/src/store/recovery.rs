@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use midge_proto::Will;
+use midge_proto::{ReasonCode, Will};
 
 use super::codec::{self, CodecError, SessionRecord};
 use super::writer::{Index, InflightRow, MessageRef, QueueRow, RetainedRef, SessionRows};
@@ -51,8 +51,8 @@ pub struct RecoveredSession {
     pub queue: Vec<(u64, Delivery)>,
     /// In-flight messages in the order they were first sent.
     pub inflight: Vec<Inflight>,
-    /// Inbound QoS 2 packet ids awaiting PUBREL.
-    pub awaiting_pubrel: Vec<u16>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL, with their PUBREC reason.
+    pub awaiting_pubrel: Vec<(u16, ReasonCode)>,
     /// A delayed will and when it is due.
     pub will: Option<(Will, Millis)>,
     /// Above every queue sequence number and in-flight order of the session.
@@ -147,7 +147,7 @@ struct Building {
     subscriptions: Vec<(String, SubscriptionRecord)>,
     queue: Vec<(u64, Delivery)>,
     inflight: Vec<(u64, Inflight)>,
-    awaiting_pubrel: Vec<u16>,
+    awaiting_pubrel: Vec<(u16, ReasonCode)>,
     will: Option<(Will, Millis)>,
     next_seq: u64,
 }
@@ -351,14 +351,16 @@ pub(crate) fn load(store: &dyn Store, tolerant: bool) -> Result<Loaded, StoreErr
     }
 
     // Inbound QoS 2 ids awaiting PUBREL.
-    for (k, _) in read_table(store, Table::Pubrel)? {
-        let decoded = codec::split_client_key(&k, "pubrel key")
-            .and_then(|(c, rest)| Ok((c, codec::decode_u16_suffix(rest, "pubrel key")?)));
+    for (k, v) in read_table(store, Table::Pubrel)? {
+        let decoded = codec::split_client_key(&k, "pubrel key").and_then(|(c, rest)| {
+            let packet_id = codec::decode_u16_suffix(rest, "pubrel key")?;
+            Ok((c, packet_id, codec::decode_pubrel(&v)?))
+        });
         match decoded {
-            Ok((client, packet_id)) => match sessions.get_mut(client) {
+            Ok((client, packet_id, reason)) => match sessions.get_mut(client) {
                 Some(s) => {
                     s.rows.pubrel.insert(packet_id);
-                    s.awaiting_pubrel.push(packet_id);
+                    s.awaiting_pubrel.push((packet_id, reason));
                 }
                 None => l.delete(Table::Pubrel, &k),
             },

@@ -353,13 +353,15 @@ async fn with_sync_durability_settled_waits_for_the_commit() {
 
 /// Builds state worth recovering on `broker`: a parked subscriber "sub" with three queued
 /// messages, one QoS 2 message in flight awaiting PUBCOMP and one awaiting PUBACK; a
-/// publisher "pub" holding QoS 2 packet id 9 awaiting PUBREL; a retained message.
+/// publisher "pub" holding QoS 2 packet ids 9 (PUBREC success) and 11 (no matching
+/// subscribers) awaiting PUBREL; a retained message.
 async fn build_state(broker: &Broker) {
     let mut sub = Client::connect(broker, "sub", 3600, true).await;
     sub.subscribe(broker, "t/#", QoS::ExactlyOnce);
     let mut publisher = Client::connect(broker, "pub", 3600, true).await;
     publisher.publish(broker, "t/1", QoS::ExactlyOnce, 9, "in-flight-2");
     publisher.publish(broker, "t/1", QoS::AtLeastOnce, 10, "in-flight-1");
+    publisher.publish(broker, "nobody/here", QoS::ExactlyOnce, 11, "unheard");
     let sent = publish_payloads(&sub.pump());
     assert_eq!(sent.len(), 2);
     // PUBREC for the QoS 2 one: it now awaits PUBCOMP.
@@ -406,7 +408,37 @@ async fn check_recovered(recovered: &Recovered) {
         .iter()
         .find(|s| &*s.client_id == "pub")
         .expect("pub stored");
-    assert_eq!(publisher.awaiting_pubrel, [9]);
+    assert_eq!(
+        publisher.awaiting_pubrel,
+        [
+            (9, ReasonCode::SUCCESS),
+            (11, ReasonCode::NO_MATCHING_SUBSCRIBERS)
+        ]
+    );
+    assert!(recovered.losses.is_empty());
+}
+
+#[tokio::test]
+async fn held_qos2_ids_stored_without_a_reason_recover_as_success() {
+    let store = MemoryStore::default();
+    let config = memory_config();
+    let broker = broker_on(&config, opening(&store));
+    build_state(&broker).await;
+    broker.journal.as_ref().unwrap().close().await;
+    drop(broker);
+    // The row as it was written before the PUBREC reason was kept: empty.
+    let key = codec::client_key_with("pub", &11u16.to_be_bytes());
+    store.put_raw(Table::Pubrel, &key, &[]);
+    let (_, recovered) = open(&config.storage, opening(&store)).unwrap();
+    let publisher = recovered
+        .sessions
+        .iter()
+        .find(|s| &*s.client_id == "pub")
+        .expect("pub stored");
+    assert_eq!(
+        publisher.awaiting_pubrel,
+        [(9, ReasonCode::SUCCESS), (11, ReasonCode::SUCCESS)]
+    );
     assert!(recovered.losses.is_empty());
 }
 

@@ -541,12 +541,12 @@ impl Writer {
             SessionOp::Acked { packet_id } => {
                 self.remove_inflight_row(&client_key, &mut rows, packet_id);
             }
-            SessionOp::PubrelHeld { packet_id } => {
+            SessionOp::PubrelHeld { packet_id, reason } => {
                 let fresh = rows.pubrel.insert(packet_id);
                 self.put_row(
                     Table::Pubrel,
                     key_with(&packet_id.to_be_bytes()),
-                    Vec::new(),
+                    codec::encode_pubrel(reason),
                     fresh,
                 );
             }

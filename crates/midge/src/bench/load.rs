@@ -310,11 +310,22 @@ async fn publisher(
         payload: &payload,
     }
     .encoded_len(client.version)?;
-    let batch = (WRITE_BATCH_BYTES / packet_len).max(1) as u64;
+    let batch = if plan.one_per_write() {
+        1
+    } else {
+        (WRITE_BATCH_BYTES / packet_len).max(1) as u64
+    };
     let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES + packet_len);
     let (mut sent, mut acked, mut written_off, mut stalls) = (0u64, 0u64, 0u64, 0u64);
     let mut progress = (0u64, Instant::now());
-    let started = Instant::now();
+    // Devices do not fire together: each publisher's schedule starts at its own point of
+    // the first period, spread evenly over the publishers.
+    let phase = if plan.one_per_write() && rate > 0.0 {
+        Duration::from_secs_f64(f64::from(id) / f64::from(plan.publishers) / rate)
+    } else {
+        Duration::ZERO
+    };
+    let started = Instant::now() + phase;
     loop {
         let now = Instant::now();
         if end.is_some_and(|end| now >= end) || quota.is_some_and(|quota| sent >= quota) {
@@ -332,10 +343,12 @@ async fn publisher(
         let mut allowed = inflight.saturating_sub(outstanding).min(batch);
         let mut next_due = None;
         if rate > 0.0 {
-            let due = ((now - started).as_secs_f64() * rate) as u64 + 1;
+            let due = (now.saturating_duration_since(started).as_secs_f64() * rate) as u64
+                + u64::from(now >= started);
             if due.saturating_sub(sent) < allowed {
                 allowed = due.saturating_sub(sent);
-                next_due = Some(started + Duration::from_secs_f64((sent + 1) as f64 / rate));
+                // Message `sent` (counting from 0) is due at sent / rate.
+                next_due = Some(started + Duration::from_secs_f64(sent as f64 / rate));
             }
         }
         if let Some(quota) = quota {

@@ -34,6 +34,12 @@ pub enum Scenario {
     Pairs,
     /// P publishers to one `$share` group of S subscribers.
     Shared,
+    /// Traffic as devices send it: N publisher/subscriber pairs (default 1,000), each
+    /// publishing at its share of --rate (default 10,000 msg/s in all), every message in
+    /// a write of its own, the publishers' schedules spread evenly over each period
+    /// instead of firing together. Measures CPU per message while the broker is not
+    /// saturated.
+    Device,
     /// C idle connections opened at a given rate and held open (broker memory per
     /// connection).
     Conn,
@@ -46,6 +52,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Pairs => "pairs",
             Scenario::Shared => "shared",
+            Scenario::Device => "device",
             Scenario::Conn => "conn",
         }
     }
@@ -68,6 +75,7 @@ pub enum Version {
     midge bench fanin -P 100 -S 1 -q 0 --broker-pid $(pidof mosquitto)\n  \
     midge bench fanout -S 100 -q 1 -V 311 --json\n  \
     midge bench pairs -q 1 --rate 10000     # latency at a fixed rate\n  \
+    midge bench device -N 10000 --rate 10000 -q 1 --broker-pid $(pidof midge)\n  \
     midge bench conn -C 10000 --conn-subscribe --connect-rate 2000 --broker-pid $(pidof midge)")]
 pub struct BenchArgs {
     /// What to measure.
@@ -91,9 +99,9 @@ pub struct BenchArgs {
     /// Subscribers (default: fanin 1, fanout 100, shared 10).
     #[arg(short = 'S', long)]
     subscribers: Option<u32>,
-    /// Publisher/subscriber pairs for `pairs`.
-    #[arg(short = 'N', long, default_value_t = 100)]
-    pairs: u32,
+    /// Publisher/subscriber pairs for `pairs` (default 100) and `device` (default 1,000).
+    #[arg(short = 'N', long)]
+    pairs: Option<u32>,
     /// Idle connections for `conn`.
     #[arg(short = 'C', long, default_value_t = 1000)]
     connections: u32,
@@ -110,9 +118,10 @@ pub struct BenchArgs {
     /// Payload bytes (at least 16: send time, publisher id, sequence number).
     #[arg(short = 's', long, default_value_t = 16)]
     payload: usize,
-    /// Total messages per second over all publishers (0: as fast as sustainable).
-    #[arg(short, long, default_value_t = 0)]
-    rate: u64,
+    /// Total messages per second over all publishers (0: as fast as sustainable; `device`
+    /// defaults to 10,000 and needs a rate).
+    #[arg(short, long)]
+    rate: Option<u64>,
     /// Per publisher, the most messages sent but not yet acknowledged (QoS 1/2) or
     /// delivered to every subscriber: the broker's queues cannot hide a backlog.
     #[arg(short, long, default_value_t = 64)]
@@ -202,11 +211,20 @@ impl Plan {
                 args.publishers.unwrap_or(10),
                 args.subscribers.unwrap_or(10),
             ),
-            Scenario::Pairs => {
+            Scenario::Pairs | Scenario::Device => {
                 if args.publishers.is_some() || args.subscribers.is_some() {
-                    bail!("pairs takes --pairs N, not --publishers/--subscribers");
+                    bail!(
+                        "{} takes --pairs N, not --publishers/--subscribers",
+                        args.scenario.name()
+                    );
                 }
-                (args.pairs, args.pairs)
+                let default = if args.scenario == Scenario::Device {
+                    1000
+                } else {
+                    100
+                };
+                let pairs = args.pairs.unwrap_or(default);
+                (pairs, pairs)
             }
             Scenario::Conn => (0, 0),
         };
@@ -232,6 +250,13 @@ impl Plan {
         if args.count == Some(0) {
             bail!("--count must be at least 1");
         }
+        let rate = match (args.scenario, args.rate) {
+            (Scenario::Device, None) => 10_000,
+            (Scenario::Device, Some(0)) => {
+                bail!("device needs a fixed --rate: it measures a broker that is not saturated")
+            }
+            (_, rate) => rate.unwrap_or(0),
+        };
         let qos = match args.qos {
             0 => QoS::AtMostOnce,
             1 => QoS::AtLeastOnce,
@@ -252,7 +277,7 @@ impl Plan {
             connect_rate: args.connect_rate,
             hold: seconds(args.hold, "hold")?,
             payload: args.payload,
-            rate: args.rate,
+            rate,
             inflight: args.inflight,
             min_batch: args.min_batch,
             duration: seconds(args.duration, "duration")?,
@@ -272,7 +297,7 @@ impl Plan {
     pub fn fan(&self) -> u64 {
         match self.scenario {
             Scenario::Fanin | Scenario::Fanout => u64::from(self.subscribers),
-            Scenario::Pairs | Scenario::Shared | Scenario::Conn => 1,
+            Scenario::Pairs | Scenario::Device | Scenario::Shared | Scenario::Conn => 1,
         }
     }
 
@@ -284,8 +309,15 @@ impl Plan {
             Scenario::Fanout => format!("{prefix}/fanout"),
             Scenario::Pairs => format!("{prefix}/pairs/{id}"),
             Scenario::Shared => format!("{prefix}/shared/{id}"),
+            Scenario::Device => format!("{prefix}/device/{id}"),
             Scenario::Conn => format!("{prefix}/conn/{id}"),
         }
+    }
+
+    /// Whether every message goes out in a write of its own, on a schedule spread over
+    /// the publishers (devices), rather than as many as fit in one write.
+    pub fn one_per_write(&self) -> bool {
+        self.scenario == Scenario::Device
     }
 
     /// The filter subscriber `id` subscribes to.
@@ -296,6 +328,7 @@ impl Plan {
             Scenario::Fanout => format!("{prefix}/fanout"),
             Scenario::Pairs => format!("{prefix}/pairs/{id}"),
             Scenario::Shared => format!("$share/bench/{prefix}/shared/+"),
+            Scenario::Device => format!("{prefix}/device/{id}"),
             Scenario::Conn => format!("{prefix}/conn/{id}"),
         }
     }
@@ -371,6 +404,15 @@ mod tests {
         assert_eq!(pairs.publish_topic(2), pairs.subscribe_filter(2));
         let shared = plan(&["shared"]).unwrap();
         assert!(shared.subscribe_filter(0).starts_with("$share/"));
+        let device = plan(&["device"]).unwrap();
+        assert_eq!(
+            (device.publishers, device.subscribers, device.rate),
+            (1000, 1000, 10_000)
+        );
+        assert!(device.one_per_write() && !pairs.one_per_write());
+        assert_eq!(device.publish_topic(5), device.subscribe_filter(5));
+        assert_eq!(plan(&["device", "-N", "20", "-r", "50"]).unwrap().rate, 50);
+        assert_eq!(plan(&["pairs"]).unwrap().rate, 0);
     }
 
     #[test]
@@ -434,5 +476,13 @@ mod tests {
         assert!(plan(&["pairs", "-q", "1", "--inflight", "70000"]).is_err());
         assert!(plan(&["pairs", "-d", "-1"]).is_err(), "negative duration");
         assert!(plan(&["mesh"]).is_err(), "unknown scenario");
+        assert!(
+            plan(&["device", "--rate", "0"]).is_err(),
+            "device needs a rate"
+        );
+        assert!(
+            plan(&["device", "-S", "3"]).is_err(),
+            "device takes --pairs"
+        );
     }
 }
