@@ -320,6 +320,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn local_stats_stay_64_bytes() {
+        // Every connection carries one; the per-QoS and drop-reason counts fit in what
+        // 64-bit packet counts used to take.
+        assert_eq!(std::mem::size_of::<LocalStats>(), 64);
+    }
+
+    #[test]
+    fn flushing_moves_the_inflight_gauge_by_the_change() {
+        let stats = Stats::default();
+        let mut local = LocalStats::default();
+        local.flush(&stats, 3);
+        assert_eq!(stats.snapshot().inflight, 3);
+        local.flush(&stats, 1);
+        assert_eq!(stats.snapshot().inflight, 1);
+        local.sent(midge_proto::QoS::ExactlyOnce);
+        local.publish_dropped = 2;
+        local.dropped_expired = 1;
+        local.flush(&stats, 0);
+        let s = stats.snapshot();
+        assert_eq!((s.inflight, s.publish_sent, s.publish_sent_qos2), (0, 1, 1));
+        assert_eq!((s.publish_dropped_expired, s.publish_dropped_too_large), (1, 1));
+    }
+
+    #[test]
     fn histogram_observations_land_in_their_bucket() {
         let h = Histogram::default();
         h.observe(Duration::from_micros(50));
