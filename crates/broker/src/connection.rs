@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::auth::{AccessControl, Credentials, FilterVerdict};
 use crate::broker::Broker;
-use crate::mailbox::{Control, Mailbox};
+use crate::mailbox::{ConnectionDetail, Control, Mailbox};
 use crate::message::now_millis;
 use crate::pre_connect::{self, PreConnect, Refused};
 use crate::session::{Flow, Session, Violation, negotiate};
@@ -103,6 +103,27 @@ struct ForgetWaker<'a>(&'a Mailbox);
 impl Drop for ForgetWaker<'_> {
     fn drop(&mut self) {
         self.0.forget_waker();
+    }
+}
+
+/// What a serving connection adds up for the admin API (see [`Control::Describe`]).
+#[derive(Debug, Default)]
+struct Totals {
+    connected_at_ms: u64,
+    bytes_received: u64,
+    bytes_sent: u64,
+    dropped: u32,
+    keep_alive: u16,
+}
+
+impl Totals {
+    /// Adds a wake-up's counts, before they are flushed.
+    fn add(&mut self, stats: &crate::stats::LocalStats) {
+        self.bytes_received += stats.bytes_received;
+        self.bytes_sent += stats.bytes_sent;
+        self.dropped = self
+            .dropped
+            .saturating_add(stats.publish_dropped + stats.publish_denied);
     }
 }
 
@@ -468,8 +489,36 @@ where
         self.close().await;
     }
 
+    /// This connection for the admin API (`Control::Describe`).
+    fn describe(&self, session: &Session, totals: &Totals) -> ConnectionDetail {
+        let unflushed = &session.stats;
+        ConnectionDetail {
+            peer: self.peer,
+            listener: self.listener.name.clone(),
+            protocol: match session.protocol() {
+                ProtocolVersion::V31 => "3.1",
+                ProtocolVersion::V311 => "3.1.1",
+                ProtocolVersion::V5 => "5.0",
+            },
+            username: session.username().map(str::to_owned),
+            keep_alive: totals.keep_alive,
+            connected_at_ms: totals.connected_at_ms,
+            bytes_received: totals.bytes_received + unflushed.bytes_received,
+            bytes_sent: totals.bytes_sent + unflushed.bytes_sent,
+            dropped: u64::from(totals.dropped)
+                + u64::from(unflushed.publish_dropped + unflushed.publish_denied),
+            inflight: session.state().inflight.len(),
+            subscriptions: session.state().subscriptions.len(),
+        }
+    }
+
     async fn run(&mut self, session: &mut Session, keep_alive: u16) -> End {
         let mailbox = session.state().mailbox.clone();
+        let mut totals = Totals {
+            keep_alive,
+            connected_at_ms: now_millis(),
+            ..Totals::default()
+        };
         let _forget = ForgetWaker(&mailbox);
         // [MQTT-3.1.2-24] close after one and a half times the keep alive without a packet.
         let keep_alive =
@@ -496,6 +545,7 @@ where
             if self.wbuf.len() < WRITE_HIGH_WATER {
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
             }
+            totals.add(&session.stats);
             session.flush_stats(&self.broker.stats, false);
             if session.take_settle() && !self.broker.store_is_settled() {
                 // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
@@ -551,6 +601,9 @@ where
                                 &mut self.wbuf,
                             );
                             return End::TakenOver(reply);
+                        }
+                        Some(Control::Describe(reply)) => {
+                            let _ = reply.send(self.describe(session, &totals));
                         }
                         Some(Control::Kick { discard_session }) => {
                             session.disconnect_packet(

@@ -19,7 +19,7 @@ use midge_proto::Will;
 use tokio::sync::oneshot;
 
 use crate::broker::Broker;
-use crate::mailbox::{Control, Mailbox};
+use crate::mailbox::{ConnectionDetail, Control, Mailbox};
 use crate::message::{Delivery, Millis};
 use crate::session::SessionState;
 use crate::stats::Stats;
@@ -626,6 +626,18 @@ impl Registry {
                     inflight + slot.parked.as_ref().map_or(0, |p| p.inflight.len()),
                 )
             })
+    }
+
+    /// Asks the connection serving `client_id` to describe itself; `None` when it is not
+    /// connected or has another instruction pending (a takeover). The answer comes at
+    /// the connection's next wake-up; the receiver fails if the connection ends first.
+    pub fn describe(&self, client_id: &str) -> Option<oneshot::Receiver<ConnectionDetail>> {
+        let inner = self.lock();
+        let slot = inner.slots.get(client_id).filter(|s| s.owner.is_some())?;
+        let (reply, answer) = oneshot::channel();
+        slot.mailbox
+            .offer_control(Control::Describe(reply))
+            .then_some(answer)
     }
 
     /// Number of sessions with a live connection.

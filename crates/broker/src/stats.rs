@@ -238,6 +238,13 @@ impl LocalStats {
     }
 }
 
+impl StatsSnapshot {
+    /// CONNECTs accepted: sessions created plus sessions resumed.
+    pub fn clients_connected_total(&self) -> u64 {
+        self.sessions_created + self.sessions_resumed
+    }
+}
+
 /// Upper bounds (seconds) of [`Histogram`] buckets: 100 µs to 10 s, enough for a store
 /// commit (fsync) and a password hash.
 pub const HISTOGRAM_BOUNDS: [f64; 14] = [
@@ -340,7 +347,10 @@ mod tests {
         local.flush(&stats, 0);
         let s = stats.snapshot();
         assert_eq!((s.inflight, s.publish_sent, s.publish_sent_qos2), (0, 1, 1));
-        assert_eq!((s.publish_dropped_expired, s.publish_dropped_too_large), (1, 1));
+        assert_eq!(
+            (s.publish_dropped_expired, s.publish_dropped_too_large),
+            (1, 1)
+        );
     }
 
     #[test]

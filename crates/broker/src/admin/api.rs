@@ -67,6 +67,9 @@ impl axum::response::IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
+/// How long a client detail waits for the connection to describe itself.
+const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Items per page when `limit` is not given.
 const DEFAULT_PAGE: usize = 100;
 /// Items per page at most: no request allocates in proportion to the broker's size.
@@ -298,17 +301,43 @@ async fn clients(
 }
 
 async fn client(State(context): State<AdminContext>, Path(client_id): Path<String>) -> ApiResult {
-    // The page after the id's predecessor starts with the id itself, if it exists.
     let found = context
         .broker
         .registry
         .sessions_page(None, 1, |s| *s.client_id == *client_id);
-    match found.first() {
-        Some(summary) => Ok(Json(session_json(summary))),
-        None => Err(ApiError::not_found(format!(
+    let Some(summary) = found.first() else {
+        return Err(ApiError::not_found(format!(
             "no session with client id `{client_id}`"
-        ))),
+        )));
+    };
+    let mut detail = session_json(summary);
+    // The connection answers for itself; a connection that is leaving does not.
+    let answer = match context.broker.registry.describe(&client_id) {
+        Some(answer) => tokio::time::timeout(DESCRIBE_TIMEOUT, answer)
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
+    if let Some(c) = answer {
+        detail["messages_unacknowledged"] = json!(c.inflight);
+        detail["messages"] = json!(summary.queued + c.inflight);
+        detail["subscriptions"] = json!(c.subscriptions);
+        detail["connection"] = json!({
+            "address": c.peer.to_string(),
+            "listener": c.listener,
+            "protocol": c.protocol,
+            "username": c.username,
+            "keep_alive": c.keep_alive,
+            "connected_at_ms": c.connected_at_ms,
+            "bytes_received": c.bytes_received,
+            "bytes_sent": c.bytes_sent,
+            "dropped": c.dropped,
+        });
+    } else {
+        detail["connection"] = Value::Null;
     }
+    Ok(Json(detail))
 }
 
 #[derive(Debug, Deserialize)]

@@ -833,3 +833,50 @@ async fn every_metric_the_grafana_dashboard_uses_is_exported() {
     }
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_detail_is_answered_by_the_connection_itself() {
+    let broker = TestBroker::start().await;
+    let admin = broker.admin();
+    let mut connect = crate::harness::v5_connect("detail");
+    connect.keep_alive = 30;
+    let login = rumqttc::v5::mqttbytes::v5::Login::new("someone", "");
+    let mut raw = broker.raw().await;
+    raw.send_v5(rumqttc::v5::mqttbytes::v5::Packet::Connect(
+        connect,
+        None,
+        Some(login),
+    ))
+    .await;
+    let _connack = raw.recv_v5().await;
+    raw.subscribe_v5(
+        1,
+        rumqttc::v5::mqttbytes::v5::Filter::new("d/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce),
+        None,
+    )
+    .await;
+    let local = raw.stream.local_addr().unwrap();
+    let detail = get(admin, "/api/v1/clients/detail", None).await;
+    assert_eq!(detail.status, 200, "{}", detail.text());
+    let d = detail.json();
+    let c = &d["connection"];
+    assert_eq!(c["address"], local.to_string());
+    assert_eq!(c["listener"], "mqtt:127.0.0.1:0");
+    assert_eq!(c["protocol"], "5.0");
+    assert_eq!(c["username"], "someone");
+    assert_eq!(c["keep_alive"], 30);
+    // From CONNECT on: the SUBSCRIBE at least.
+    assert!(c["bytes_received"].as_u64().unwrap() >= 8, "{c}");
+    assert!(c["bytes_sent"].as_u64().unwrap() > 4);
+    let since = c["connected_at_ms"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(since <= now && now - since < 60_000);
+    assert_eq!(d["subscriptions"], 1);
+    assert_eq!(d["messages_unacknowledged"], 0);
+    // The connection goes on serving after answering.
+    raw.ping_fence().await;
+    broker.shutdown().await;
+}
