@@ -107,6 +107,7 @@ fn page(items: Vec<Value>, limit: usize, key: impl Fn(&Value) -> Option<String>)
 /// Every route, over `context`.
 pub(super) fn router(context: AdminContext) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/health", get(health))
         .route("/api/v1/stats", get(stats))
@@ -123,6 +124,25 @@ pub(super) fn router(context: AdminContext) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(context)
+}
+
+/// The dashboard: one page embedded in the binary, which talks to `/api/v1` with the
+/// browser's login.
+async fn dashboard() -> Response<Body> {
+    let mut response = Response::new(Body::from(include_str!("dashboard.html")));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Everything it needs is in the page and on this origin.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    response
 }
 
 async fn metrics_text(State(context): State<AdminContext>) -> Response<Body> {
@@ -175,6 +195,16 @@ async fn stats(State(context): State<AdminContext>) -> ApiResult {
             "denied": s.publish_denied,
             "retained_dropped": s.retained_dropped,
             "wills_published": s.wills_published,
+        },
+        "drops": {
+            "queue": s.publish_dropped.saturating_sub(s.publish_dropped_expired + s.publish_dropped_too_large),
+            "expired": s.publish_dropped_expired,
+            "too_large": s.publish_dropped_too_large,
+            "not_authorized": s.publish_denied,
+            "retained_queue_full": s.retained_dropped,
+            "store_full": broker.journal.as_ref().map_or(0, |j| {
+                j.stats().dropped_full.load(std::sync::atomic::Ordering::Relaxed)
+            }),
         },
         "packets": {"received": s.packets_received, "sent": s.packets_sent},
         "bytes": {"received": s.bytes_received, "sent": s.bytes_sent},

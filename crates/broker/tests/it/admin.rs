@@ -880,3 +880,63 @@ async fn client_detail_is_answered_by_the_connection_itself() {
     raw.ping_fence().await;
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_in_headless_chromium_lists_kicks_and_deletes() {
+    crate::interop_util::require(crate::interop_util::Tool::MqttJs);
+    let dir = TempDir::new("admin-dashboard-browser");
+    let file = users(&dir);
+    let broker = TestBroker::start_with(|c| c.admin.password_file = Some(file)).await;
+    // The page itself is served only with a login.
+    assert_eq!(get(broker.admin(), "/", None).await.status, 401);
+    let page = get(broker.admin(), "/", Some(("root", "secret"))).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().contains("<title>midge</title>"));
+
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let js = crate::interop_util::repo_root().join("tests/interop/js");
+    let run = tokio::process::Command::new("node")
+        .args([
+            "dashboard.mjs".to_owned(),
+            format!("http://{}/", broker.admin()),
+            format!("mqtt://127.0.0.1:{}", broker.port()),
+            "root".to_owned(),
+            "secret".to_owned(),
+            screenshot.display().to_string(),
+        ])
+        .current_dir(js)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the browser test finishes")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in [
+        "logged in: version ",
+        "device listed",
+        "details shown",
+        "device kicked: reason 152",
+        "retained listed",
+        "retained deleted",
+    ] {
+        assert!(stdout.contains(step), "{step} missing from {stdout}");
+    }
+    assert!(broker.broker().retained.is_empty());
+    let png = std::fs::read(&screenshot).expect("screenshot saved");
+    assert!(png.starts_with(b"\x89PNG"));
+    broker.shutdown().await;
+}
