@@ -492,11 +492,17 @@ impl MqttConfig {
 pub struct SysConfig {
     /// Seconds between `$SYS` updates; 0 disables them.
     pub interval_secs: u64,
+    /// Publish EMQX-style `$SYS/brokers/<node>/clients/<client id>/connected` and
+    /// `/disconnected` events (JSON, not retained).
+    pub client_events: bool,
 }
 
 impl Default for SysConfig {
     fn default() -> Self {
-        Self { interval_secs: 10 }
+        Self {
+            interval_secs: 10,
+            client_events: false,
+        }
     }
 }
 

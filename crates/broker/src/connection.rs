@@ -412,6 +412,25 @@ where
             keep_alive,
             "client connected"
         );
+        if broker.config.sys.client_events {
+            crate::sys::client_event(
+                &broker,
+                &client_id,
+                "connected",
+                serde_json::json!({
+                    "clientid": &*client_id,
+                    "username": negotiated.username,
+                    "ipaddress": self.peer.ip().to_string(),
+                    "port": self.peer.port(),
+                    "proto_ver": negotiated.protocol.level(),
+                    "keepalive": keep_alive,
+                    "clean_start": negotiated.clean_start,
+                    "expiry_interval": negotiated.expiry_interval,
+                    "connack": 0,
+                    "connected_at": now_millis(),
+                }),
+            );
+        }
         let mut session = Session::new(attached.state, negotiated, broker.config.mqtt.max_inflight);
         if attached.session_present {
             recheck_subscriptions(&self.listener, &self.broker, &mut session).await;
@@ -446,6 +465,25 @@ where
                 tracing::info!(client_id = %client_id, peer = %self.peer, discard_session, "connection closed by an administrator")
             }
             End::TakenOver(_) => {}
+        }
+        if broker.config.sys.client_events {
+            let reason = match &end {
+                End::ClientDisconnect => "normal",
+                End::Abnormal(why) => why,
+                End::TakenOver(_) => "takenover",
+                End::Kicked { .. } => "kicked",
+            };
+            crate::sys::client_event(
+                &broker,
+                &client_id,
+                "disconnected",
+                serde_json::json!({
+                    "clientid": &*client_id,
+                    "username": session.username(),
+                    "reason": reason,
+                    "disconnected_at": now_millis(),
+                }),
+            );
         }
         session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
         let will_delay = session.will_delay();

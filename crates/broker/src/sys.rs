@@ -154,6 +154,20 @@ impl LoadAverages {
     }
 }
 
+/// Publishes an EMQX-style client event, `$SYS/brokers/<node>/clients/<client id>/<event>`
+/// with a JSON payload, when `sys.client_events` is on. A client id with `+` or `#`
+/// (not allowed in a topic name) gets none.
+pub fn client_event(broker: &Broker, client_id: &str, event: &str, payload: serde_json::Value) {
+    if !broker.config.sys.client_events || client_id.contains(['+', '#']) {
+        return;
+    }
+    static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let node = NODE.get_or_init(node_name);
+    let topic = format!("$SYS/brokers/{node}/clients/{client_id}/{event}");
+    let body = Bytes::from(payload.to_string().into_bytes());
+    broker.publish(Message::internal(topic, body, false, now_millis()));
+}
+
 /// The node name in the EMQX-style `$SYS/brokers/<node>/...` topics: `midge@<host>`.
 pub fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -209,3 +209,45 @@ async fn load_averages_store_figures_and_emqx_node_topics_are_published() {
     assert!(datetime.starts_with("20"), "{datetime}");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_events_are_published_as_emqx_does_when_turned_on() {
+    let broker = TestBroker::start_with(|c| c.sys.client_events = true).await;
+    let mut watcher = V3::connect(&broker, "watcher").await;
+    watcher.subscribe_ok("$SYS/brokers/+/clients/#", 0).await;
+    let node = midge_broker::sys::node_name();
+    drop(V3::connect(&broker, "dev-1").await);
+    let mut seen = Seen::default();
+    let base = format!("$SYS/brokers/{node}/clients/dev-1");
+    seen.until(&mut watcher, |s| {
+        s.last(&format!("{base}/disconnected")).is_some()
+    })
+    .await;
+    let connected: serde_json::Value =
+        serde_json::from_str(seen.last(&format!("{base}/connected")).unwrap()).unwrap();
+    assert_eq!(connected["clientid"], "dev-1");
+    assert_eq!(connected["ipaddress"], "127.0.0.1");
+    assert_eq!(connected["proto_ver"], 4);
+    assert!(connected["connected_at"].as_u64().unwrap() > 1_600_000_000_000);
+    let disconnected: serde_json::Value =
+        serde_json::from_str(seen.last(&format!("{base}/disconnected")).unwrap()).unwrap();
+    assert_eq!(disconnected["clientid"], "dev-1");
+    assert!(disconnected["reason"].is_string());
+    broker.shutdown().await;
+
+    // Off by default: nothing is published.
+    let broker = TestBroker::start().await;
+    let mut watcher = V3::connect(&broker, "watcher").await;
+    watcher.subscribe_ok("$SYS/brokers/+/clients/#", 0).await;
+    drop(V3::connect(&broker, "dev-2").await);
+    let mut fence = V3::connect(&broker, "fence").await;
+    // dev-2 has been through connect and finish (where the events would go out).
+    broker
+        .eventually("dev-2 gone", |b| b.registry.connected_len() == 2)
+        .await;
+    // The watcher gets nothing: a message to itself is the first thing it sees.
+    watcher.subscribe_ok("self", 0).await;
+    fence.publish("self", 0, false, "done").await;
+    assert_eq!(watcher.next_publish().await.topic, "self");
+    broker.shutdown().await;
+}
