@@ -254,6 +254,106 @@ struct SessionQuery {
     client_id: Option<String>,
     /// `online` / `connected`, or `offline`.
     state: Option<String>,
+    /// Clients only: user name, exactly.
+    username: Option<String>,
+    /// Clients only: address (`ip` or `ip:port`) substring.
+    address: Option<String>,
+}
+
+/// Sessions scanned at most by one client list request filtered by user name or address
+/// (each is asked to describe itself); `next` continues the scan.
+const MAX_SCAN: usize = 5000;
+
+/// Asks each connected session of `sessions` to describe itself, all at once, and waits
+/// for the answers until [`DESCRIBE_TIMEOUT`] (a connection that ends meanwhile gives
+/// none).
+async fn describe_all(
+    context: &AdminContext,
+    sessions: Vec<crate::registry::SessionSummary>,
+) -> Vec<(
+    crate::registry::SessionSummary,
+    Option<crate::mailbox::ConnectionDetail>,
+)> {
+    let asked: Vec<_> = sessions
+        .into_iter()
+        .map(|s| {
+            let answer = context.broker.registry.describe(&s.client_id);
+            (s, answer)
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + DESCRIBE_TIMEOUT;
+    let mut out = Vec::with_capacity(asked.len());
+    for (summary, answer) in asked {
+        let detail = match answer {
+            Some(answer) => tokio::time::timeout_at(deadline, answer)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => None,
+        };
+        out.push((summary, detail));
+    }
+    out
+}
+
+fn connection_json(c: &crate::mailbox::ConnectionDetail) -> Value {
+    json!({
+        "address": c.peer.to_string(),
+        "listener": c.listener,
+        "protocol": c.protocol,
+        "username": c.username,
+        "keep_alive": c.keep_alive,
+        "connected_at_ms": c.connected_at_ms,
+        "bytes_received": c.bytes_received,
+        "bytes_sent": c.bytes_sent,
+        "dropped": c.dropped,
+    })
+}
+
+/// Connected clients whose connection matches `username` and `address`: scanned in
+/// client id order from `after`, a batch at a time, up to [`MAX_SCAN`] sessions.
+async fn clients_by_connection(context: &AdminContext, query: &SessionQuery) -> ApiResult {
+    let limit = page_limit(query.limit)?;
+    let needle = query.client_id.as_deref().unwrap_or("");
+    let mut items = Vec::new();
+    let mut cursor = query.after.clone();
+    let mut scanned = 0;
+    let mut exhausted = false;
+    while items.len() < limit && scanned < MAX_SCAN {
+        let batch = context.broker.registry.sessions_page(
+            cursor.as_deref(),
+            DEFAULT_PAGE.min(MAX_SCAN - scanned),
+            |s| s.online && s.client_id.contains(needle),
+        );
+        if batch.is_empty() {
+            exhausted = true;
+            break;
+        }
+        scanned += batch.len();
+        for (summary, detail) in describe_all(context, batch).await {
+            cursor = Some(summary.client_id.to_string());
+            let Some(c) = detail else { continue };
+            let user_ok = query
+                .username
+                .as_deref()
+                .is_none_or(|u| c.username.as_deref() == Some(u));
+            let address_ok = query
+                .address
+                .as_deref()
+                .is_none_or(|a| c.peer.to_string().contains(a));
+            if user_ok && address_ok {
+                let mut item = session_json(&summary);
+                item["connection"] = connection_json(&c);
+                items.push(item);
+                if items.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    // More may follow unless the scan reached the end.
+    let next = (!exhausted).then_some(cursor).flatten();
+    Ok(Json(json!({"items": items, "next": next})))
 }
 
 /// Which sessions a `state` filter keeps: `Some(true)` online only.
@@ -323,6 +423,18 @@ async fn clients(
     parsed: Result<Query<SessionQuery>, QueryRejection>,
 ) -> ApiResult {
     let query = query(parsed)?;
+    if query.username.is_some() || query.address.is_some() {
+        if query
+            .state
+            .as_deref()
+            .is_some_and(|s| !matches!(s, "online" | "connected"))
+        {
+            return Err(ApiError::bad_request(
+                "username and address filters apply to connected clients only",
+            ));
+        }
+        return clients_by_connection(&context, &query).await;
+    }
     let only = match query.state.as_deref() {
         None => Some(true),
         state => state_filter(state)?,
@@ -353,17 +465,7 @@ async fn client(State(context): State<AdminContext>, Path(client_id): Path<Strin
         detail["messages_unacknowledged"] = json!(c.inflight);
         detail["messages"] = json!(summary.queued + c.inflight);
         detail["subscriptions"] = json!(c.subscriptions);
-        detail["connection"] = json!({
-            "address": c.peer.to_string(),
-            "listener": c.listener,
-            "protocol": c.protocol,
-            "username": c.username,
-            "keep_alive": c.keep_alive,
-            "connected_at_ms": c.connected_at_ms,
-            "bytes_received": c.bytes_received,
-            "bytes_sent": c.bytes_sent,
-            "dropped": c.dropped,
-        });
+        detail["connection"] = connection_json(&c);
     } else {
         detail["connection"] = Value::Null;
     }

@@ -940,3 +940,68 @@ async fn the_dashboard_in_headless_chromium_lists_kicks_and_deletes() {
     assert!(png.starts_with(b"\x89PNG"));
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn clients_are_filtered_by_user_name_and_address() {
+    let broker = TestBroker::start_with(|c| c.auth.allow_anonymous = Some(true)).await;
+    let admin = broker.admin();
+    let mut kept = Vec::new();
+    for (id, user, source) in [
+        ("c-1", "alice", "127.0.0.1"),
+        ("c-2", "bob", "127.0.0.2"),
+        ("c-3", "alice", "127.0.0.2"),
+    ] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let mut raw = Raw {
+            stream: socket.connect(broker.addr).await.unwrap(),
+        };
+        raw.send(&connect(true, id, Some(user), None, None)).await;
+        raw.recv_packet().await;
+        kept.push(raw);
+    }
+    let ids = |answer: &serde_json::Value| -> Vec<String> {
+        answer["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["client_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let alice = get(admin, "/api/v1/clients?username=alice", None)
+        .await
+        .json();
+    assert_eq!(ids(&alice), ["c-1", "c-3"]);
+    assert_eq!(alice["items"][1]["connection"]["username"], "alice");
+    let second = get(admin, "/api/v1/clients?address=127.0.0.2", None)
+        .await
+        .json();
+    assert_eq!(ids(&second), ["c-2", "c-3"]);
+    let both = get(
+        admin,
+        "/api/v1/clients?address=127.0.0.2&username=alice",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(ids(&both), ["c-3"]);
+    // Paged: one at a time, following next.
+    let first = get(admin, "/api/v1/clients?username=alice&limit=1", None)
+        .await
+        .json();
+    assert_eq!(
+        (ids(&first), first["next"].as_str()),
+        (vec!["c-1".to_owned()], Some("c-1"))
+    );
+    let rest = get(
+        admin,
+        "/api/v1/clients?username=alice&limit=1&after=c-1",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(ids(&rest), ["c-3"]);
+    let refused = get(admin, "/api/v1/clients?username=alice&state=offline", None).await;
+    assert_eq!(refused.status, 400);
+    broker.shutdown().await;
+}
