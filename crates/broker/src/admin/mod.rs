@@ -44,6 +44,11 @@ pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request's headers may take to arrive (also bounds an idle keep-alive
+/// connection waiting for its next request).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Admin connections open at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
 /// How long verified credentials are remembered, so a dashboard polling every second
 /// does not run a password hash per request.
 const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -214,7 +219,13 @@ async fn accept_loop(
     router: axum::Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = shutdown.changed() => return,
+        };
+        let Ok(slot) = slot else { return };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
@@ -234,6 +245,7 @@ async fn accept_loop(
             shutdown.clone(),
         );
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(stream) = handshake(stream, tls.as_deref()).await else {
                 return;
             };
@@ -241,6 +253,8 @@ async fn accept_loop(
                 handle(context.clone(), router.clone(), peer, request)
             });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = connection => {}

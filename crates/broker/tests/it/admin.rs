@@ -1005,3 +1005,27 @@ async fn clients_are_filtered_by_user_name_and_address() {
     assert_eq!(refused.status, 400);
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn idle_admin_connections_are_capped() {
+    let broker = TestBroker::start().await;
+    let admin = broker.admin();
+    // 64 connections that send nothing take every slot.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    // Give the accept loop time to take them all.
+    tokio::time::sleep(crate::harness::QUIET).await;
+    let waiting = tokio::spawn(async move { get(admin, "/api/v1/health", None).await });
+    tokio::time::sleep(crate::harness::QUIET).await;
+    assert!(!waiting.is_finished(), "served beyond the connection cap");
+    // One leaves: the waiting request is served.
+    drop(idle.pop());
+    let answer = tokio::time::timeout(crate::harness::TIMEOUT, waiting)
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    broker.shutdown().await;
+}
