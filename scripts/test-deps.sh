@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the interop tests drive midge with, on a fresh Debian machine (as root, as
 # in CI) or completes an existing setup:
-#   - Python 3 with paho-mqtt 2.x (tests/interop/python/requirements.txt, via pip);
+#   - Python 3 with paho-mqtt 2.x, PyJWT and cryptography (tests/interop/python/requirements.txt,
+#     via pip);
 #   - node with mqtt.js (tests/interop/js/package-lock.json, via npm ci);
 #   - playwright-core (same npm ci), which drives Debian's Chromium in the browser test and
 #     never downloads a browser of its own;
@@ -20,7 +21,9 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have_mosquitto() { have mosquitto || [ -x /usr/sbin/mosquitto ]; }
 paho_ok() {
     python3 -c 'import sys, paho.mqtt; sys.exit(not paho.mqtt.__version__.startswith("2."))' \
-        >/dev/null 2>&1
+        >/dev/null 2>&1 &&
+        # PyJWT with cryptography (RS/ES keys) makes the tokens of the JWT tests.
+        python3 -c 'import jwt, cryptography' >/dev/null 2>&1
 }
 
 paho_go=/usr/share/gocode/src/github.com/eclipse/paho.mqtt.golang/client.go

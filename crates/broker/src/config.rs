@@ -221,6 +221,12 @@ impl ListenerConfig {
             }
         }
         if let Some(tls) = self.tls.as_ref().filter(|tls| tls.client_ca.is_none()) {
+            if tls.crl.is_some() {
+                return Err((
+                    key("tls.crl"),
+                    "needs tls.client_ca, the CA whose revocations it lists".to_owned(),
+                ));
+            }
             if tls.require_client_cert {
                 return Err((
                     key("tls.require_client_cert"),
@@ -279,6 +285,10 @@ pub struct TlsConfig {
     /// Refuse clients that present no certificate (needs `client_ca`).
     #[serde(default)]
     pub require_client_cert: bool,
+    /// PEM CRLs (`X509 CRL` blocks) of the `client_ca` CAs: a revoked client certificate
+    /// is refused. Reloaded with the certificates (needs `client_ca`).
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
     /// Use the verified client certificate's identity as the user name.
     #[serde(default)]
     pub cert_identity: CertIdentity,
@@ -308,10 +318,28 @@ pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     /// Mosquitto-format ACL file; when set, anything it does not allow is refused.
     pub acl_file: Option<PathBuf>,
+    /// Whom the ACL file's `topic` lines before the first `user` line apply to.
+    pub acl_leading_topics: AclLeadingTopics,
     /// `[auth.http]`: the HTTP auth backend.
     pub http: Option<HttpAuthConfig>,
+    /// `[auth.jwt]`: JWT authentication.
+    pub jwt: Option<JwtConfig>,
+    /// Which backends are asked about a user, in order; the first that knows the user
+    /// decides. Default: password file, JWT, HTTP.
+    pub order: Vec<AuthSource>,
     /// `[auth.rate_limit]`: failed logins per client address (all listeners).
     pub rate_limit: LoginRateLimitConfig,
+}
+
+/// Whom an ACL file's `topic` lines before its first `user` line apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AclLeadingTopics {
+    /// Anonymous clients only, as in Mosquitto.
+    #[default]
+    Anonymous,
+    /// Every client, anonymous or not (midge's earlier reading; not Mosquitto's).
+    Everyone,
 }
 
 /// `[listener.auth]`: a listener's own access settings. Each key left out falls back to
@@ -325,18 +353,117 @@ pub struct ListenerAuthConfig {
     pub password_file: Option<PathBuf>,
     /// See [`AuthConfig::acl_file`].
     pub acl_file: Option<PathBuf>,
+    /// See [`AuthConfig::acl_leading_topics`].
+    pub acl_leading_topics: Option<AclLeadingTopics>,
     /// See [`AuthConfig::http`]; replaces the global table as a whole.
     pub http: Option<HttpAuthConfig>,
+    /// See [`AuthConfig::jwt`]; replaces the global table as a whole.
+    pub jwt: Option<JwtConfig>,
+    /// See [`AuthConfig::order`].
+    pub order: Option<Vec<AuthSource>>,
+}
+
+/// A backend in `[auth] order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthSource {
+    /// `password_file`: knows the users it lists.
+    PasswordFile,
+    /// `[auth.jwt]`: knows a client whose credential is a JWT.
+    Jwt,
+    /// `[auth.http]`: knows every user (the service answers for all).
+    Http,
+}
+
+/// The default `[auth] order`.
+pub const DEFAULT_AUTH_ORDER: [AuthSource; 3] =
+    [AuthSource::PasswordFile, AuthSource::Jwt, AuthSource::Http];
+
+/// `[auth.jwt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Where the token is: the CONNECT password or user name.
+    pub from: JwtFrom,
+    /// Accepted algorithms: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA.
+    pub algorithms: Vec<String>,
+    /// Shared secret of the HS algorithms.
+    pub secret: Option<String>,
+    /// PEM public key for RS/PS, ES or EdDSA.
+    pub public_key: Option<PathBuf>,
+    /// JWKS: a file, or an `http(s)://` URL.
+    pub jwks: Option<String>,
+    /// How often a JWKS file is checked for changes, or a JWKS URL fetched again.
+    pub jwks_refresh_secs: u64,
+    /// PEM CAs for an `https://` JWKS URL; unset: the operating system's bundle.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds of clock skew allowed for `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// Claims that must equal these values; `%u` is the user name, `%c` the client id.
+    pub verify_claims: std::collections::BTreeMap<String, String>,
+    /// The claim granting topics (EMQX's `acl`); unset: tokens grant no topics.
+    pub acl_claim: Option<String>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            from: JwtFrom::Password,
+            algorithms: vec!["HS256".to_owned()],
+            secret: None,
+            public_key: None,
+            jwks: None,
+            jwks_refresh_secs: 300,
+            ca_file: None,
+            leeway_secs: 30,
+            verify_claims: std::collections::BTreeMap::new(),
+            acl_claim: None,
+        }
+    }
+}
+
+/// Where a JWT comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JwtFrom {
+    /// The CONNECT password.
+    #[default]
+    Password,
+    /// The CONNECT user name.
+    Username,
 }
 
 /// `[auth.http]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpAuthConfig {
-    /// `http://` URL for connect checks.
+    /// Which protocol the service speaks.
+    pub flavor: HttpFlavor,
+    /// `http://` or `https://` URL for connect checks (midge flavour).
     pub url: Option<String>,
-    /// `http://` URL for publish and subscribe checks.
+    /// URL for publish and subscribe checks (midge flavour).
     pub acl_url: Option<String>,
+    /// RabbitMQ flavour: full URLs, as RabbitMQ's `auth_http.user_path` and so on.
+    pub user_path: Option<String>,
+    /// See [`HttpAuthConfig::user_path`].
+    pub vhost_path: Option<String>,
+    /// See [`HttpAuthConfig::user_path`].
+    pub resource_path: Option<String>,
+    /// See [`HttpAuthConfig::user_path`].
+    pub topic_path: Option<String>,
+    /// RabbitMQ flavour: parameters in the query of a GET (RabbitMQ's default) or in a
+    /// form-encoded POST body.
+    pub method: HttpMethod,
+    /// RabbitMQ flavour: the virtual host named in checks.
+    pub vhost: String,
+    /// RabbitMQ flavour: the exchange named in resource and topic checks.
+    pub exchange: String,
+    /// PEM CA certificates for `https://` URLs; unset: the operating system's bundle.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for `https://` services that ask for one.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
     /// Time allowed for one check; a check that takes longer denies.
     pub timeout_ms: u64,
     /// Decisions kept; 0 turns the cache off.
@@ -348,13 +475,46 @@ pub struct HttpAuthConfig {
 impl Default for HttpAuthConfig {
     fn default() -> Self {
         Self {
+            flavor: HttpFlavor::Midge,
             url: None,
             acl_url: None,
+            user_path: None,
+            vhost_path: None,
+            resource_path: None,
+            topic_path: None,
+            method: HttpMethod::Get,
+            vhost: "/".to_owned(),
+            exchange: "amq.topic".to_owned(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
             timeout_ms: 2_000,
             cache_size: 10_000,
             cache_ttl_secs: 60,
         }
     }
+}
+
+/// The protocol an HTTP auth service speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpFlavor {
+    /// JSON POSTs to `url` and `acl_url`.
+    #[default]
+    Midge,
+    /// `rabbitmq_auth_backend_http`'s form parameters and `allow`/`deny` answers.
+    Rabbitmq,
+}
+
+/// How the RabbitMQ flavour sends its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpMethod {
+    /// In the query string.
+    #[default]
+    Get,
+    /// As an `application/x-www-form-urlencoded` body.
+    Post,
 }
 
 /// `[auth.rate_limit]`: a token bucket per client address, spent by failed logins.
@@ -703,10 +863,42 @@ impl Config {
                 "must be at least 1 while failures_burst is above 0",
             );
         }
+        let listener_jwt = self.listeners.iter().filter_map(|l| l.auth.jwt.as_ref());
+        // Which key goes with which algorithm is checked when the keys are loaded.
+        for jwt in self.auth.jwt.iter().chain(listener_jwt) {
+            if jwt.algorithms.is_empty() {
+                return invalid("auth.jwt.algorithms", "name at least one algorithm");
+            }
+        }
+        let listener_orders = self.listeners.iter().filter_map(|l| l.auth.order.as_ref());
+        for order in std::iter::once(&self.auth.order).chain(listener_orders) {
+            let mut seen = std::collections::HashSet::new();
+            if !order.iter().all(|source| seen.insert(*source)) {
+                return invalid("auth.order", "names a backend twice");
+            }
+        }
         let listener_http = self.listeners.iter().filter_map(|l| l.auth.http.as_ref());
         for http in self.auth.http.iter().chain(listener_http) {
-            if http.url.is_none() && http.acl_url.is_none() {
-                return invalid("auth.http", "set url, acl_url or both");
+            let rabbit = [
+                &http.user_path,
+                &http.vhost_path,
+                &http.resource_path,
+                &http.topic_path,
+            ];
+            match http.flavor {
+                HttpFlavor::Midge if http.url.is_none() && http.acl_url.is_none() => {
+                    return invalid("auth.http", "set url, acl_url or both");
+                }
+                HttpFlavor::Rabbitmq if rabbit.iter().all(|p| p.is_none()) => {
+                    return invalid("auth.http", "set user_path, topic_path or both");
+                }
+                _ => {}
+            }
+            if http.client_cert.is_some() != http.client_key.is_some() {
+                return invalid(
+                    "auth.http.client_cert",
+                    "client_cert and client_key go together",
+                );
             }
             if http.timeout_ms == 0 {
                 return invalid("auth.http.timeout_ms", "must be at least 1");
@@ -714,6 +906,10 @@ impl Config {
             for (key, url) in [
                 ("auth.http.url", &http.url),
                 ("auth.http.acl_url", &http.acl_url),
+                ("auth.http.user_path", &http.user_path),
+                ("auth.http.vhost_path", &http.vhost_path),
+                ("auth.http.resource_path", &http.resource_path),
+                ("auth.http.topic_path", &http.topic_path),
             ] {
                 if let Some(Err(reason)) = url.as_deref().map(crate::auth::Endpoint::parse) {
                     return invalid(key, &reason);
@@ -910,6 +1106,15 @@ mod tests {
         assert_eq!(config.listeners[3].ws_paths(), ["/mqtt", "/ws"]);
         assert_eq!(config.listeners[4].ws_paths(), [DEFAULT_WS_PATH]);
         assert_eq!(config.auth.allow_anonymous, Some(true));
+        assert!(mqtts.crl.is_some());
+        assert_eq!(config.auth.acl_leading_topics, AclLeadingTopics::Anonymous);
+        assert_eq!(config.auth.order, DEFAULT_AUTH_ORDER);
+        let jwt = config.auth.jwt.as_ref().unwrap();
+        assert_eq!(jwt.verify_claims.get("sub").map(String::as_str), Some("%u"));
+        assert_eq!(jwt.acl_claim.as_deref(), Some("acl"));
+        let http = config.auth.http.as_ref().unwrap();
+        assert!(http.topic_path.is_some() && http.client_key.is_some());
+        assert_eq!(http.method, HttpMethod::Get);
         assert!(config.admin.enabled);
         assert_eq!(config.admin.bind, Some(DEFAULT_ADMIN_BIND));
         assert_eq!(config.admin.viewers, ["grafana"]);

@@ -137,6 +137,8 @@ struct Connection<R, W> {
     /// The verified client certificate's identity, when the listener maps one to the user
     /// name (`cert_identity`).
     certificate_identity: Option<String>,
+    /// When the login's credential expires (a JWT's `exp`): the connection ends then.
+    credential_deadline: Option<Instant>,
     broker: Arc<Broker>,
     listener: Arc<ListenerContext>,
     shutdown: watch::Receiver<bool>,
@@ -177,6 +179,7 @@ where
         decoder,
         peer,
         certificate_identity,
+        credential_deadline: None,
         broker,
         listener,
         shutdown,
@@ -363,7 +366,13 @@ where
         match self.listener.access.authenticate(&credentials).await {
             // ACLs see the authenticated name (a certificate identity replaces the
             // CONNECT user name).
-            Ok(identity) => negotiated.username = identity.username,
+            Ok(identity) => {
+                negotiated.username = identity.username;
+                self.credential_deadline = identity.expires.map(|at| {
+                    let left = at.duration_since(std::time::SystemTime::now());
+                    Instant::now() + left.unwrap_or_default()
+                });
+            }
             Err(reason) => {
                 Box::pin(self.refuse(
                     &connect,
@@ -562,9 +571,20 @@ where
         let keep_alive =
             (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut last_read = Instant::now();
-        // Boxed and only with a keep alive: a `Sleep` is over 100 bytes, and inline it
-        // would be in every connection's task. It is reset, never re-created.
-        let mut sleep = keep_alive.map(|limit| Box::pin(tokio::time::sleep(limit)));
+        // Boxed and only with a keep alive or a credential deadline: a `Sleep` is over 100
+        // bytes, and inline it would be in every connection's task. It is reset, never
+        // re-created; it wakes at whichever of the two comes first.
+        let credential_deadline = self.credential_deadline;
+        let next_wake = |last_read: Instant| {
+            [
+                keep_alive.map(|limit| last_read + limit),
+                credential_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+        };
+        let mut sleep = next_wake(last_read).map(|at| Box::pin(tokio::time::sleep_until(at)));
         // Packets that came in the same read as CONNECT (a client may pipeline SUBSCRIBE
         // or PUBLISH right behind it) are handled now, not when more bytes arrive.
         if !self.rbuf.is_empty()
@@ -655,8 +675,17 @@ where
                     }
                 }
                 Wait::KeepAlive => {
-                    let limit = keep_alive.unwrap_or_default();
-                    if last_read.elapsed() >= limit {
+                    if credential_deadline.is_some_and(|at| Instant::now() >= at) {
+                        // MQTT 5 is told why (0xA0); an MQTT 3 connection is just closed.
+                        tracing::info!(client_id = %session.client_id(), peer = %self.peer, "credential expired; connection closed");
+                        session.disconnect_packet(
+                            ReasonCode::MAXIMUM_CONNECT_TIME,
+                            Some("credential expired"),
+                            &mut self.wbuf,
+                        );
+                        return End::Abnormal("credential expired");
+                    }
+                    if keep_alive.is_some_and(|limit| last_read.elapsed() >= limit) {
                         self.protocol_error("keep alive timeout");
                         session.disconnect_packet(
                             ReasonCode::KEEP_ALIVE_TIMEOUT,
@@ -665,8 +694,8 @@ where
                         );
                         return End::Abnormal("keep alive timeout");
                     }
-                    if let Some(sleep) = &mut sleep {
-                        sleep.as_mut().reset(last_read + limit);
+                    if let (Some(sleep), Some(at)) = (&mut sleep, next_wake(last_read)) {
+                        sleep.as_mut().reset(at);
                     }
                 }
             }

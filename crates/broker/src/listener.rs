@@ -188,10 +188,12 @@ impl Server {
             let addr = listener_config.bind;
             let tls = match &listener_config.tls {
                 Some(settings) => {
-                    let loaded = TlsListener::load(settings).map_err(|source| StartError::Tls {
-                        name: name.clone(),
-                        source,
-                    })?;
+                    let loaded = TlsListener::load(settings, broker.log_limit.clone()).map_err(
+                        |source| StartError::Tls {
+                            name: name.clone(),
+                            source,
+                        },
+                    )?;
                     let loaded = Arc::new(loaded);
                     tls_listeners.push((name.clone(), loaded.clone()));
                     Some(loaded)

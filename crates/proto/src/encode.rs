@@ -61,6 +61,10 @@ impl Packet {
         max_size: usize,
         buf: &mut BytesMut,
     ) -> Result<(), EncodeError> {
+        // No limit set (the usual case): every encodable packet fits, so skip measuring.
+        if max_size >= crate::MAX_PACKET_SIZE as usize {
+            return self.encode(version, buf);
+        }
         let mut size = self.encoded_len(version)?;
         if size <= max_size {
             return self.encode(version, buf);

@@ -185,13 +185,17 @@ pub async fn start(
 ) -> Result<(SocketAddr, JoinHandle<()>), AdminError> {
     let addr = config.bind_addr();
     let tls = match &config.tls {
-        Some(files) => Some(Arc::new(TlsListener::load(&TlsConfig {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            client_ca: None,
-            require_client_cert: false,
-            cert_identity: CertIdentity::None,
-        })?)),
+        Some(files) => Some(Arc::new(TlsListener::load(
+            &TlsConfig {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                client_ca: None,
+                require_client_cert: false,
+                cert_identity: CertIdentity::None,
+                crl: None,
+            },
+            context.broker.log_limit.clone(),
+        )?)),
         None => None,
     };
     let listener = TcpListener::bind(addr)

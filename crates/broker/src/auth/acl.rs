@@ -1,7 +1,7 @@
 //! Mosquitto-format ACL files and the topic checks they drive.
 //!
 //! ```text
-//! # rules before any `user` line apply to every client, anonymous ones included
+//! # `topic` rules before any `user` line apply to anonymous clients only
 //! topic read public/#
 //! user alice
 //! topic readwrite alice/#
@@ -9,8 +9,9 @@
 //! pattern write devices/%c/status
 //! ```
 //!
-//! A client's rules are the ones before any `user` line, those under its own `user` line,
-//! and every `pattern` (with `%u` and `%c` replaced by its user name and client id; a
+//! A client's rules are, as in Mosquitto: for an anonymous client the `topic` lines before
+//! any `user` line (with `acl_leading_topics = "everyone"`, for every client), for a named
+//! client those under its own `user` line; and for both, every `pattern` (with `%u` and `%c` replaced by its user name and client id; a
 //! pattern with `%u` does not apply to anonymous clients). Deny wins: a matching `deny`
 //! rule refuses whatever allow rules say. Without a matching allow rule, access is refused.
 
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use midge_proto::topic;
 
 use super::AuthError;
+use crate::config::AclLeadingTopics;
 
 /// What a rule grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +184,9 @@ pub enum FilterVerdict {
 #[derive(Debug, Default)]
 pub struct AclFile {
     path: PathBuf,
+    /// Whom `general` applies to.
+    leading: AclLeadingTopics,
+    /// `topic` lines before the first `user` line.
     general: Vec<Rule>,
     users: HashMap<String, Vec<Rule>>,
     patterns: Vec<Rule>,
@@ -189,18 +194,19 @@ pub struct AclFile {
 
 impl AclFile {
     /// Reads and parses `path`; a bad line is an error naming the file and the line.
-    pub fn load(path: &Path) -> Result<Self, AuthError> {
+    pub fn load(path: &Path, leading: AclLeadingTopics) -> Result<Self, AuthError> {
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        Self::parse(path, &text, leading)
     }
 
     /// Parses ACL text; `path` is for error messages.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, AuthError> {
+    pub fn parse(path: &Path, text: &str, leading: AclLeadingTopics) -> Result<Self, AuthError> {
         let mut acl = Self {
             path: path.to_owned(),
+            leading,
             ..Self::default()
         };
         let mut user: Option<String> = None;
@@ -256,6 +262,11 @@ impl AclFile {
         Ok(acl)
     }
 
+    /// Whom the leading `topic` lines apply to.
+    pub fn leading(&self) -> AclLeadingTopics {
+        self.leading
+    }
+
     /// The file this was read from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -271,7 +282,12 @@ impl AclFile {
             .and_then(|u| self.users.get(u))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        self.general
+        let general = if username.is_none() || self.leading == AclLeadingTopics::Everyone {
+            self.general.as_slice()
+        } else {
+            &[]
+        };
+        general
             .iter()
             .chain(own)
             .chain(self.patterns.iter())
@@ -381,7 +397,7 @@ mod tests {
     use super::*;
 
     fn acl(text: &str) -> AclFile {
-        AclFile::parse(Path::new("acl"), text).unwrap()
+        AclFile::parse(Path::new("acl"), text, AclLeadingTopics::Anonymous).unwrap()
     }
 
     fn covers_str(rule: &str, filter: &str) -> bool {
@@ -432,11 +448,26 @@ mod tests {
     }
 
     #[test]
-    fn user_sections_add_to_the_general_rules() {
+    fn leading_topics_are_for_anonymous_clients_and_patterns_for_everyone() {
+        let text = "topic read public/#\npattern read news/#\nuser alice\ntopic alice/#\n";
+        let acl = acl(text);
+        assert!(acl.may_read("c", None, "public/x"));
+        assert!(!acl.may_read("c", Some("alice"), "public/x"));
+        assert!(!acl.may_read("c", Some("mallory"), "public/x"));
+        for user in [None, Some("alice"), Some("mallory")] {
+            assert!(acl.may_read("c", user, "news/x"));
+        }
+        let old = AclFile::parse(Path::new("acl"), text, AclLeadingTopics::Everyone).unwrap();
+        assert!(old.may_read("c", Some("alice"), "public/x"));
+        assert!(old.may_publish("c", Some("alice"), "alice/x"));
+    }
+
+    #[test]
+    fn user_sections_replace_the_leading_rules() {
         let acl = acl(
             "topic read public/#\nuser alice\ntopic readwrite alice/#\nuser bob\ntopic bob/#\n",
         );
-        assert!(acl.may_read("c", Some("alice"), "public/x"));
+        assert!(!acl.may_read("c", Some("alice"), "public/x"));
         assert!(acl.may_publish("c", Some("alice"), "alice/x"));
         assert!(!acl.may_publish("c", Some("alice"), "bob/x"));
         assert!(acl.may_publish("c", Some("bob"), "bob/x"));
@@ -516,7 +547,7 @@ mod tests {
             ("topic read\n", "needs a topic filter"),
             ("pattern read dev_%c/x\n", "whole topic level"),
         ] {
-            let message = AclFile::parse(Path::new("acl"), text)
+            let message = AclFile::parse(Path::new("acl"), text, AclLeadingTopics::Anonymous)
                 .unwrap_err()
                 .to_string();
             assert!(message.starts_with("acl:"), "{message}");

@@ -1,6 +1,7 @@
 //! The identity in a verified client certificate: the subject's common name, or the whole
-//! subject as an RFC 4514 string. rustls-webpki parses the certificate and hands out the
-//! subject's DER; this module reads the few DER forms an X.501 Name is made of:
+//! subject as an RFC 4514 string. [`x509`] finds the subject's DER (in v1 certificates too,
+//! which rustls-webpki does not parse); this module reads the few DER forms an X.501 Name
+//! is made of:
 //!
 //! ```text
 //! Name ::= SEQUENCE OF RelativeDistinguishedName
@@ -13,6 +14,8 @@
 //! `None`.
 
 use rustls::pki_types::CertificateDer;
+
+use super::x509;
 
 const TAG_SEQUENCE: u8 = 0x30;
 const TAG_SET: u8 = 0x31;
@@ -53,8 +56,7 @@ const SHORT_NAMES: &[(&[u8], &str)] = &[
 
 /// The first common name in the certificate's subject, if it has one that is a string.
 pub fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
-    let end_entity = webpki::EndEntityCert::try_from(certificate).ok()?;
-    let names = relative_names(end_entity.subject())?;
+    let names = relative_names(x509::certificate(certificate)?.subject)?;
     names
         .iter()
         .flatten()
@@ -66,8 +68,7 @@ pub fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
 /// by `,`, multi-valued ones by `+`, special characters escaped (`CN=dev1,O=Acme,C=DE`).
 /// `None` when the subject is empty or malformed.
 pub fn subject_string(certificate: &CertificateDer<'_>) -> Option<String> {
-    let end_entity = webpki::EndEntityCert::try_from(certificate).ok()?;
-    let names = relative_names(end_entity.subject())?;
+    let names = relative_names(x509::certificate(certificate)?.subject)?;
     if names.is_empty() {
         return None;
     }
@@ -114,15 +115,15 @@ impl Attribute<'_> {
 
 /// A DER tag-length-value.
 #[derive(Debug, Clone, Copy)]
-struct Tlv<'a> {
-    tag: u8,
-    content: &'a [u8],
+pub(super) struct Tlv<'a> {
+    pub tag: u8,
+    pub content: &'a [u8],
     /// Tag, length and content.
-    whole: &'a [u8],
+    pub whole: &'a [u8],
 }
 
 /// Reads one TLV from the front of `input`; returns it and the rest.
-fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
+pub(super) fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
     let (&tag, after_tag) = input.split_first()?;
     // High tag numbers (0x1F) never occur in a Name.
     if tag & 0x1F == 0x1F {

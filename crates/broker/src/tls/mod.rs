@@ -7,6 +7,8 @@
 //! are already up keep theirs.
 
 mod identity;
+mod verifier;
+mod x509;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,12 +19,13 @@ use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::{CertIdentity, TlsConfig};
+use crate::log_limit::LogLimiter;
 
 pub use identity::{common_name, subject_string};
 
@@ -80,18 +83,21 @@ pub struct TlsListener {
     /// The files' state at the last load attempt, successful or not, so a broken file is
     /// reported once rather than at every poll.
     last_attempt: Mutex<Fingerprint>,
+    /// Lines about failed handshakes are limited per peer address (`[log]`).
+    log_limit: Arc<LogLimiter>,
 }
 
 impl TlsListener {
     /// Loads the certificate chain, the key and the client CAs. Any problem is an error
-    /// naming the file.
-    pub fn load(settings: &TlsConfig) -> Result<Self, TlsError> {
+    /// naming the file. Failed handshakes are logged within `log_limit`.
+    pub fn load(settings: &TlsConfig, log_limit: Arc<LogLimiter>) -> Result<Self, TlsError> {
         let fingerprint = fingerprint(settings);
         let config = build_server_config(settings)?;
         Ok(Self {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(config)),
             last_attempt: Mutex::new(fingerprint),
+            log_limit,
         })
     }
 
@@ -107,12 +113,43 @@ impl TlsListener {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let stream = tokio_rustls::TlsAcceptor::from(config)
-            .accept(stream)
-            .await
-            .map_err(HandshakeError::Tls)?;
+        let (peer, local) = (stream.peer_addr().ok(), stream.local_addr().ok());
+        // The caller drops this future when the connect timeout passes (or at shutdown):
+        // that failed handshake is logged too.
+        let mut unfinished = Unfinished {
+            listener: Some(self),
+            peer,
+            local,
+        };
+        let result = tokio_rustls::TlsAcceptor::from(config).accept(stream).await;
+        unfinished.listener = None;
+        let stream = match result {
+            Ok(stream) => stream,
+            Err(error) => {
+                self.log_failure(peer, local, &error);
+                return Err(HandshakeError::Tls(error));
+            }
+        };
         let identity = self.identity(&stream)?;
         Ok((stream, identity))
+    }
+
+    /// Tells the operator why a handshake failed (a client certificate refused, no common
+    /// protocol version, not TLS at all, ...): the client is only told "certificate
+    /// unknown" or less. Rate-limited per address.
+    fn log_failure(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        local: Option<std::net::SocketAddr>,
+        error: &io::Error,
+    ) {
+        if peer.is_some_and(|p| !self.log_limit.allow(p.ip())) {
+            return;
+        }
+        let show =
+            |a: Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_owned(), |a| a.to_string());
+        let (peer, local) = (show(peer), show(local));
+        tracing::warn!(%peer, %local, "TLS handshake failed: {error}");
     }
 
     /// The user name a verified client certificate gives, if `cert_identity` asks for one
@@ -162,11 +199,31 @@ impl TlsListener {
     }
 }
 
+/// Logs a handshake whose future was dropped before it finished.
+struct Unfinished<'a> {
+    listener: Option<&'a TlsListener>,
+    peer: Option<std::net::SocketAddr>,
+    local: Option<std::net::SocketAddr>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener {
+            let error = io::Error::new(
+                io::ErrorKind::TimedOut,
+                "not finished within mqtt.connect_timeout_secs (or the server is shutting down)",
+            );
+            listener.log_failure(self.peer, self.local, &error);
+        }
+    }
+}
+
 fn fingerprint(settings: &TlsConfig) -> Fingerprint {
     let files = [
         Some(&settings.cert),
         Some(&settings.key),
         settings.client_ca.as_ref(),
+        settings.crl.as_ref(),
     ];
     Fingerprint(
         files
@@ -199,23 +256,35 @@ fn build_server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
         None => builder.with_no_client_auth(),
         Some(ca_path) => {
             let mut roots = RootCertStore::empty();
-            for ca in read_certificates(ca_path)? {
-                roots.add(ca).map_err(|e| TlsError::Rejected {
+            let cas = read_certificates(ca_path)?;
+            for ca in &cas {
+                roots.add(ca.clone()).map_err(|e| TlsError::Rejected {
                     path: ca_path.clone(),
                     reason: format!("not a usable CA certificate: {e}"),
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            let crls = match &settings.crl {
+                Some(path) => read_crls(path)?,
+                None => Vec::new(),
+            };
+            let rejected = |path: &Path, reason: String| TlsError::Rejected {
+                path: path.to_owned(),
+                reason,
+            };
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .with_crls(crls.iter().cloned());
             let verifier = if settings.require_client_cert {
                 verifier
             } else {
                 verifier.allow_unauthenticated()
             };
-            let verifier = verifier.build().map_err(|e| TlsError::Rejected {
-                path: ca_path.clone(),
-                reason: e.to_string(),
-            })?;
-            builder.with_client_cert_verifier(verifier)
+            let webpki = verifier
+                .build()
+                .map_err(|e| rejected(settings.crl.as_deref().unwrap_or(ca_path), e.to_string()))?;
+            let algorithms = provider().signature_verification_algorithms;
+            let verifier = verifier::ClientVerifier::new(webpki, &cas, &crls, algorithms)
+                .map_err(|reason| rejected(settings.crl.as_deref().unwrap_or(ca_path), reason))?;
+            builder.with_client_cert_verifier(Arc::new(verifier))
         }
     };
     // rustls checks that the key belongs to the first certificate of the chain.
@@ -257,6 +326,21 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
         });
     }
     Ok(certificates)
+}
+
+/// Every `X509 CRL` block in a PEM file; at least one.
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = read_file(path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, &e))?;
+    if crls.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            reason: "no PEM X509 CRL block found".to_owned(),
+        });
+    }
+    Ok(crls)
 }
 
 /// The first private key in a PEM file: `PRIVATE KEY` (PKCS#8), `RSA PRIVATE KEY` (PKCS#1)

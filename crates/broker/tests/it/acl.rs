@@ -16,9 +16,9 @@ const V3: bool = false;
 const V5: bool = true;
 
 const ACL: &str = "\
-# rules for everyone
-topic read public/#
-topic deny test/nosubscribe
+# rules for everyone: `pattern` lines (leading `topic` lines would be for anonymous clients)
+pattern read public/#
+pattern deny test/nosubscribe
 
 user admin
 topic readwrite #
@@ -50,6 +50,54 @@ async fn acl_broker(dir: &TempDir) -> TestBroker {
         c.auth.acl_file = Some(acl_file);
     })
     .await
+}
+
+/// Mosquitto's meaning: leading `topic` lines are for anonymous clients only, so a file
+/// that grants anonymous clients `anon/#` grants a named user nothing of it; with
+/// `acl_leading_topics = "everyone"` (the old reading, an explicit option) it does.
+#[tokio::test]
+async fn leading_topic_lines_grant_anonymous_clients_only() {
+    use midge_broker::config::AclLeadingTopics;
+    const FILE: &str = "topic readwrite anon/#\nuser alice\ntopic readwrite alice/#\n";
+    for (leading, alice_gets_anon) in [
+        (None, false),
+        (Some(AclLeadingTopics::Anonymous), false),
+        (Some(AclLeadingTopics::Everyone), true),
+    ] {
+        let dir = TempDir::new("acl-leading");
+        let hash = midge_broker::auth::hash_password(b"alice").unwrap();
+        let password_file = dir.write("passwords", &format!("alice:{hash}\n"));
+        let acl_file = dir.write("acl", FILE);
+        let broker = broker_with(|c| {
+            c.auth.password_file = Some(password_file);
+            c.auth.acl_file = Some(acl_file);
+            c.auth.allow_anonymous = Some(true);
+            if let Some(leading) = leading {
+                c.auth.acl_leading_topics = leading;
+            }
+        })
+        .await;
+        for v5 in [V3, V5] {
+            let refused = if v5 { 0x87 } else { 0x80 };
+            let mut anonymous = connected(&broker, v5, &format!("anon-{v5}"), None, None).await;
+            assert_eq!(suback_code(&mut anonymous, v5, "anon/#").await, 0x01);
+            assert_eq!(suback_code(&mut anonymous, v5, "alice/#").await, refused);
+            let mut alice = login(&broker, v5, &format!("alice-{v5}"), "alice").await;
+            assert_eq!(suback_code(&mut alice, v5, "alice/#").await, 0x01);
+            let expected = if alice_gets_anon { 0x01 } else { refused };
+            assert_eq!(
+                suback_code(&mut alice, v5, "anon/x").await,
+                expected,
+                "{leading:?}"
+            );
+            if v5 {
+                let ack = puback(&mut alice, v5, "anon/x", b"p", false).await;
+                let code = ack.get(4).copied().unwrap_or(0);
+                assert_eq!(code == 0x87, !alice_gets_anon, "{leading:?}");
+            }
+        }
+        broker.shutdown().await;
+    }
 }
 
 async fn login(broker: &TestBroker, v5: bool, client_id: &str, user: &str) -> Raw {
@@ -145,9 +193,9 @@ async fn subscriptions_outside_the_acl_are_refused() {
         assert_eq!(suback_code(&mut bob, v5, "bob/#").await, 0x01);
         assert_eq!(suback_code(&mut bob, v5, "alice/#").await, refused);
         assert_eq!(suback_code(&mut bob, v5, "other/#").await, refused);
-        // General rules apply to users too.
+        // Patterns apply to users too.
         assert_eq!(suback_code(&mut bob, v5, "public/news").await, 0x01);
-        // `topic deny test/nosubscribe` refuses it even to admin, who may read `#`.
+        // `pattern deny test/nosubscribe` refuses it even to admin, who may read `#`.
         let mut admin = login(&broker, v5, "admin", "admin").await;
         assert_eq!(
             suback_code(&mut admin, v5, "test/nosubscribe").await,

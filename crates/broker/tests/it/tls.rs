@@ -27,6 +27,7 @@ pub fn tls_settings(server: &Issued) -> TlsConfig {
         key: server.key_path.clone(),
         client_ca: None,
         require_client_cert: false,
+        crl: None,
         cert_identity: CertIdentity::None,
     }
 }
@@ -103,6 +104,7 @@ async fn silent_client_on_the_tls_port_does_not_delay_another_clients_connect() 
 
 #[tokio::test]
 async fn silent_client_is_closed_after_the_connect_timeout() {
+    let (logs, _guard) = LogCapture::start();
     let pki = Pki::new("timeout");
     let server_cert = pki.server("server");
     let (server, ports) = start(vec![listener(Some(tls_settings(&server_cert)))], |config| {
@@ -116,6 +118,15 @@ async fn silent_client_is_closed_after_the_connect_timeout() {
         .expect("the broker should close a client that sends no handshake");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert_eq!(server.broker().stats.snapshot().handshakes_failed, 1);
+    // The operator sees who failed and why (issue 14).
+    let local = silent.local_addr().unwrap();
+    let logged = logs.lines_with("TLS handshake failed");
+    assert!(
+        logged.iter().any(|line| line.contains(" WARN ")
+            && line.contains(&format!("peer={local}"))
+            && line.contains("not finished within mqtt.connect_timeout_secs")),
+        "{logged:#?}"
+    );
     server.shutdown().await;
 }
 
