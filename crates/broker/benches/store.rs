@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use midge_broker::config::{Durability, StorageBackend};
-use midge_broker::message::{Delivery, Message, now_millis};
-use midge_broker::session::SubscriptionRecord;
+use midge_broker::model::SubscriptionRecord;
+use midge_broker::model::{Delivery, Message, now_millis};
 use midge_broker::store::{self, Opening};
 use midge_broker::{Broker, Config, Server};
 use midge_proto::{

@@ -5,27 +5,41 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use midge_proto::Will;
+use midge_proto::{SubscriptionOptions, Will};
 
-use crate::config::Config;
+use crate::config::{Config, MqttConfig};
 use crate::log_limit::LogLimiter;
-use crate::mailbox::QueueLimits;
-use crate::message::{Message, Millis};
-use crate::registry::Registry;
-use crate::retain::RetainedStore;
-use crate::router::{RouteOutcome, Router};
+use crate::mailbox::Mailbox;
+use crate::model::QueueLimits;
+use crate::model::{Delivery, Message, Millis, Stage};
+use crate::registry::{Attached, Effects, LocalOwnership, Ownership, Registry};
+use crate::retain::{Retained, RetainedStore};
+use crate::router::{RouteOutcome, Router, Routing};
+use crate::session::{SessionEnv, SessionState};
 use crate::stats::Stats;
 use crate::store::{Journal, Recovered};
+
+/// The implementations of the broker's seams: the in-process ones for a single node
+/// ([`Broker::with_journal`]); a cluster would pass its own.
+#[derive(Debug)]
+pub struct Parts {
+    /// Subscriptions and routing, with remote interest and forwarding in a cluster.
+    pub router: Box<dyn Routing>,
+    /// Retained messages, cluster-wide in a cluster.
+    pub retained: Box<dyn Retained>,
+    /// Who holds a client id, cluster-wide in a cluster.
+    pub ownership: Box<dyn Ownership>,
+}
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Broker {
     /// Configuration in force.
     pub config: Arc<Config>,
-    /// Subscriptions and routing.
-    pub router: Router,
-    /// Retained messages.
-    pub retained: RetainedStore,
+    /// Subscriptions and routing: the seam for remote interest and forwarding.
+    pub router: Box<dyn Routing>,
+    /// Retained messages: the seam for cluster-wide retained.
+    pub retained: Box<dyn Retained>,
     /// Sessions by client id.
     pub registry: Registry,
     /// Counters.
@@ -45,14 +59,25 @@ impl Broker {
         Self::with_journal(config, None)
     }
 
-    /// A broker with nothing in it that records persistent state through `journal`.
+    /// A broker with nothing in it that records persistent state through `journal`: the
+    /// single node, with the in-process router, retained store and client-id ownership.
     pub fn with_journal(config: Config, journal: Option<Journal>) -> Arc<Self> {
+        let parts = Parts {
+            router: Box::new(Router::new(config.mqtt.shared_subscription_strategy)),
+            retained: Box::<RetainedStore>::default(),
+            ownership: Box::new(LocalOwnership),
+        };
+        Self::assemble(config, journal, parts)
+    }
+
+    /// A broker built on the given implementations of its seams.
+    pub fn assemble(config: Config, journal: Option<Journal>, parts: Parts) -> Arc<Self> {
         let log_limit = Arc::new(LogLimiter::new(&config.log));
         Arc::new(Self {
-            router: Router::new(config.mqtt.shared_subscription_strategy),
+            router: parts.router,
             config: Arc::new(config),
-            retained: RetainedStore::default(),
-            registry: Registry::default(),
+            retained: parts.retained,
+            registry: Registry::with_ownership(journal.clone(), parts.ownership),
             stats: Stats::default(),
             log_limit,
             journal,
@@ -72,10 +97,17 @@ impl Broker {
         for message in recovered.retained {
             self.retained.update(&message);
         }
+        let limits = self.queue_limits();
         for session in recovered.sessions {
-            self.registry.restore(self, session, journal, now);
+            let subscriptions = session.subscriptions.clone();
+            let (mailbox, dropped) = self.registry.restore(session, journal, &limits, now);
+            Stats::add(&self.stats.publish_dropped, dropped as u64);
+            for (filter, record) in &subscriptions {
+                self.router
+                    .subscribe(&mailbox, filter, record.options, record.identifier);
+            }
         }
-        self.registry.tick(self, now);
+        self.tick(now);
         if retained + sessions > 0 || recovered.expired_messages > 0 {
             tracing::info!(
                 store = %journal.location(),
@@ -134,6 +166,87 @@ impl Broker {
         outcome
     }
 
+    /// Attaches connection `connection_id` to `client_id` ([`Registry::attach`]), then
+    /// ends the session it replaced and publishes that session's will.
+    pub async fn attach(
+        &self,
+        client_id: Arc<str>,
+        clean_start: bool,
+        connection_id: u64,
+        now: Millis,
+    ) -> Attached {
+        let (attached, effects) = self
+            .registry
+            .attach(&self.stats, client_id, clean_start, connection_id)
+            .await;
+        self.apply(effects, now);
+        attached
+    }
+
+    /// A connection ended ([`Registry::detach`]): the session is parked or ends, and the
+    /// will is published now or scheduled.
+    pub fn detach(
+        &self,
+        connection_id: u64,
+        state: SessionState,
+        will: Option<(Will, u32)>,
+        now: Millis,
+    ) {
+        let effects = self.registry.detach(connection_id, state, will, now);
+        self.apply(effects, now);
+    }
+
+    /// Ends expired sessions and publishes delayed wills that are due ([`Registry::tick`]).
+    pub fn tick(&self, now: Millis) {
+        let effects = self.registry.tick(&self.stats, now);
+        self.apply(effects, now);
+    }
+
+    /// Disconnects a client for an administrator ([`Registry::kick`]) and carries out
+    /// what that leaves to do (an offline session that ends, its will).
+    pub fn kick(&self, client_id: &str, discard_session: bool) -> crate::registry::KickOutcome {
+        let (outcome, effects) = self.registry.kick(client_id, discard_session);
+        self.apply(effects, crate::model::now_millis());
+        outcome
+    }
+
+    /// Carries out what the registry left to do, in its order.
+    fn apply(&self, effects: Effects, now: Millis) {
+        for state in effects.ended {
+            self.end_session(state);
+        }
+        for (client_id, will) in effects.wills {
+            self.publish_will(&client_id, will, now);
+        }
+        if let Some(reply) = effects.release {
+            let _ = reply.send(());
+        }
+    }
+
+    /// A session ends: its subscriptions go, its mailbox closes, and messages it held for
+    /// a shared subscription go to another member of the group [MQTT-4.8.2-?].
+    fn end_session(&self, state: SessionState) {
+        for filter in state.subscriptions.keys() {
+            self.router.unsubscribe_mailbox(filter, &state.mailbox);
+        }
+        let limits = self.queue_limits();
+        let queued = state.mailbox.close();
+        let unacked = state
+            .inflight
+            .into_iter()
+            .filter(|i| i.stage != Stage::AwaitPubComp)
+            .map(|i| i.delivery);
+        let shared: Vec<Delivery> = queued
+            .into_iter()
+            .chain(unacked)
+            .filter(|d| d.shared.is_some() && d.qos != midge_proto::QoS::AtMostOnce)
+            .collect();
+        if !shared.is_empty() {
+            self.router
+                .hand_over_all(&shared, &state.client_id, &limits);
+        }
+    }
+
     /// Publishes a client's will.
     pub fn publish_will(&self, client_id: &Arc<str>, will: Will, now: Millis) {
         tracing::debug!(client_id = %client_id, topic = %will.topic, "publishing will");
@@ -141,3 +254,49 @@ impl Broker {
         self.publish(Message::from_will(will, client_id.clone(), now));
     }
 }
+
+/// The single node's answer to what a session asks: this process's router and retained
+/// store.
+impl SessionEnv for Broker {
+    fn mqtt(&self) -> &MqttConfig {
+        &self.config.mqtt
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        Broker::queue_limits(self)
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn publish(&self, message: Message) -> usize {
+        Broker::publish(self, message).delivered
+    }
+
+    fn subscribe(
+        &self,
+        mailbox: &Arc<Mailbox>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> bool {
+        self.router.subscribe(mailbox, filter, options, identifier)
+    }
+
+    fn unsubscribe(&self, filter: &str, client_id: &str) {
+        self.router.unsubscribe(filter, client_id);
+    }
+
+    fn hand_over(&self, deliveries: &[Delivery], leaving: &str) -> Vec<bool> {
+        self.router
+            .hand_over_all(deliveries, leaving, &self.queue_limits())
+    }
+
+    fn retained(&self, filter: &str, now: Millis) -> Vec<Arc<Message>> {
+        self.retained.matching(filter, now)
+    }
+}
+
+#[cfg(test)]
+mod tests;

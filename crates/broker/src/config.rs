@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod endpoint;
+
+pub use endpoint::Endpoint;
+
 /// Why a configuration was refused. The message names the file, the key and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -911,7 +915,7 @@ impl Config {
                 ("auth.http.resource_path", &http.resource_path),
                 ("auth.http.topic_path", &http.topic_path),
             ] {
-                if let Some(Err(reason)) = url.as_deref().map(crate::auth::Endpoint::parse) {
+                if let Some(Err(reason)) = url.as_deref().map(Endpoint::parse) {
                     return invalid(key, &reason);
                 }
             }

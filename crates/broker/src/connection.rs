@@ -21,9 +21,9 @@ use tokio::time::Instant;
 use crate::auth::{AccessControl, Credentials, FilterVerdict};
 use crate::broker::Broker;
 use crate::mailbox::{ConnectionDetail, Control, Mailbox};
-use crate::message::now_millis;
+use crate::model::now_millis;
 use crate::pre_connect::{self, PreConnect, Refused};
-use crate::session::{Flow, Session, Violation, negotiate};
+use crate::session::{Flow, ResolvedPublish, Session, Violation, negotiate};
 use crate::stats::Stats;
 
 /// Stop pumping deliveries into the write buffer beyond this; the socket drains it first.
@@ -397,9 +397,7 @@ where
         let client_id = negotiated.client_id.clone();
         let keep_alive = negotiated.keep_alive;
         let attached = broker
-            .registry
             .attach(
-                &broker,
                 client_id.clone(),
                 negotiated.clean_start,
                 connection_id,
@@ -523,8 +521,7 @@ where
             }
             will => will,
         };
-        broker.registry.detach(
-            &broker,
+        broker.detach(
             connection_id,
             state,
             will.map(|w| (w, will_delay)),
@@ -755,38 +752,40 @@ where
     /// topic checks wait for an HTTP service: those run in a boxed future, so every
     /// other connection's task holds no state for packet handling.
     async fn process_input(&mut self, session: &mut Session) -> Option<End> {
-        if self.listener.access.topic_checks_wait() {
-            return Box::pin(self.process_input_waiting(session)).await;
-        }
+        let checks_wait = self.listener.access.topic_checks_wait();
         loop {
             let packet = match self.next_packet(session) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return None,
                 Err(end) => return Some(end),
             };
-            let handled = self.dispatch(session, packet);
-            if let Some(end) = self.handled(session, handled) {
-                return Some(end);
+            // Only a boxed future is kept across the await: the packet moves into it, and
+            // everything decided without waiting is decided in this statement.
+            let waiting = match self.dispatch(session, packet) {
+                Ok(Dispatch::Authorize(pending)) if checks_wait => Some(Box::pin(authorize(
+                    self.listener.clone(),
+                    session.client_id().clone(),
+                    session.username().map(str::to_owned),
+                    pending,
+                ))),
+                dispatched => {
+                    let handled = self.handle_now(session, dispatched);
+                    if let Some(end) = self.handled(session, handled) {
+                        return Some(end);
+                    }
+                    None
+                }
+            };
+            if let Some(authorizing) = waiting {
+                let authorized = authorizing.await;
+                let handled = self.complete(session, authorized);
+                if let Some(end) = self.handled(session, handled) {
+                    return Some(end);
+                }
             }
             // One unit of the task's cooperative budget per packet: a client that sends
             // packets faster than they are handled gives up its worker every so often
             // instead of holding it for a whole buffer of them.
-            tokio::task::coop::consume_budget().await;
-        }
-    }
-
-    /// [`Connection::process_input`] with authorization that may wait.
-    async fn process_input_waiting(&mut self, session: &mut Session) -> Option<End> {
-        loop {
-            let packet = match self.next_packet(session) {
-                Ok(Some(packet)) => packet,
-                Ok(None) => return None,
-                Err(end) => return Some(end),
-            };
-            let handled = self.dispatch_waiting(session, packet).await;
-            if let Some(end) = self.handled(session, handled) {
-                return Some(end);
-            }
             tokio::task::coop::consume_budget().await;
         }
     }
@@ -834,78 +833,56 @@ where
         session.disconnect_packet(violation.reason, Some(violation.message), &mut self.wbuf);
     }
 
-    /// Handles one packet, authorizing with the ACL file alone (no HTTP topic checks).
-    fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Flow, Violation> {
-        let access = &self.listener.access;
+    /// Handles one packet, or, for PUBLISH and SUBSCRIBE, takes it as far as the
+    /// authorization verdict it needs.
+    fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Dispatch, Violation> {
         match packet {
             Packet::Publish(publish) => {
-                let resolved = session.resolve_publish(publish, &self.broker)?;
-                let allowed = access.authorize_publish_now(
-                    session.client_id(),
-                    session.username(),
-                    resolved.topic(),
-                );
-                session.publish(
-                    resolved,
-                    allowed,
-                    &self.broker,
-                    now_millis(),
-                    &mut self.wbuf,
-                );
-                Ok(Flow::Continue)
+                let resolved = session.resolve_publish(publish, &*self.broker)?;
+                Ok(Dispatch::Authorize(Pending::Publish(resolved)))
             }
-            Packet::Subscribe(subscribe) => {
-                let verdicts = subscribe
-                    .filters
-                    .iter()
-                    .map(|(filter, _)| {
-                        access.authorize_subscribe_now(
-                            session.client_id(),
-                            session.username(),
-                            filter,
-                        )
-                    })
-                    .collect();
-                self.subscribe(session, subscribe, verdicts)
-            }
-            other => session.handle(other, &self.broker, &mut self.wbuf),
+            Packet::Subscribe(subscribe) => Ok(Dispatch::Authorize(Pending::Subscribe(subscribe))),
+            other => session
+                .handle(other, &*self.broker, &mut self.wbuf)
+                .map(Dispatch::Handled),
         }
     }
 
-    /// [`Connection::dispatch`] when authorization may have to wait for an HTTP service.
-    async fn dispatch_waiting(
+    /// Finishes what [`Connection::dispatch`] started, authorizing with the ACL file alone.
+    fn handle_now(
         &mut self,
         session: &mut Session,
-        packet: Packet,
+        dispatched: Result<Dispatch, Violation>,
     ) -> Result<Flow, Violation> {
-        let access = &self.listener.access;
-        match packet {
-            Packet::Publish(publish) => {
-                let resolved = session.resolve_publish(publish, &self.broker)?;
-                let allowed = access
-                    .authorize_publish(session.client_id(), session.username(), resolved.topic())
-                    .await;
+        match dispatched? {
+            Dispatch::Handled(flow) => Ok(flow),
+            Dispatch::Authorize(pending) => {
+                let authorized = authorize_now(&self.listener.access, session, pending);
+                self.complete(session, authorized)
+            }
+        }
+    }
+
+    /// Finishes a PUBLISH or SUBSCRIBE with its verdict.
+    fn complete(
+        &mut self,
+        session: &mut Session,
+        authorized: Authorized,
+    ) -> Result<Flow, Violation> {
+        match authorized {
+            Authorized::Publish(resolved, allowed) => {
                 session.publish(
                     resolved,
                     allowed,
-                    &self.broker,
+                    &*self.broker,
                     now_millis(),
                     &mut self.wbuf,
                 );
                 Ok(Flow::Continue)
             }
-            Packet::Subscribe(subscribe) => {
-                let mut verdicts = Vec::with_capacity(subscribe.filters.len());
-                for (filter, _) in &subscribe.filters {
-                    verdicts.push(
-                        access
-                            .authorize_subscribe(session.client_id(), session.username(), filter)
-                            .await,
-                    );
-                }
+            Authorized::Subscribe(subscribe, verdicts) => {
                 self.subscribe(session, subscribe, verdicts)
             }
-            other => session.handle(other, &self.broker, &mut self.wbuf),
         }
     }
 
@@ -929,7 +906,7 @@ where
         session.subscribe(
             subscribe,
             &granted,
-            &self.broker,
+            &*self.broker,
             now_millis(),
             &mut self.wbuf,
         )?;
@@ -994,6 +971,84 @@ where
             _ = self.shutdown.changed() => {}
         }
         self.rbuf = BytesMut::new();
+    }
+}
+
+/// What [`Connection::dispatch`] did with a packet.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned and taken apart at once; boxing would allocate for every PUBLISH"
+)]
+enum Dispatch {
+    /// Handled completely.
+    Handled(Flow),
+    /// Needs an authorization verdict first.
+    Authorize(Pending),
+}
+
+/// A PUBLISH or SUBSCRIBE waiting for its authorization verdict.
+enum Pending {
+    Publish(ResolvedPublish),
+    Subscribe(Subscribe),
+}
+
+/// A [`Pending`] packet with its verdict.
+enum Authorized {
+    Publish(ResolvedPublish, bool),
+    /// One verdict per filter, in order.
+    Subscribe(Subscribe, Vec<FilterVerdict>),
+}
+
+/// Authorizes with the ACL file alone, no waiting: for listeners without HTTP topic
+/// checks.
+fn authorize_now(access: &AccessControl, session: &Session, pending: Pending) -> Authorized {
+    let (client_id, username) = (session.client_id(), session.username());
+    match pending {
+        Pending::Publish(resolved) => {
+            let allowed = access.authorize_publish_now(client_id, username, resolved.topic());
+            Authorized::Publish(resolved, allowed)
+        }
+        Pending::Subscribe(subscribe) => {
+            let verdicts = subscribe
+                .filters
+                .iter()
+                .map(|(filter, _)| access.authorize_subscribe_now(client_id, username, filter))
+                .collect();
+            Authorized::Subscribe(subscribe, verdicts)
+        }
+    }
+}
+
+/// Authorizes, waiting for the HTTP service where it decides. It owns what it needs (a
+/// rare path: the clones cost nothing next to an HTTP request), and the packet is moved in
+/// and comes back with its verdict, so the caller's future holds only this boxed one while
+/// it waits.
+async fn authorize(
+    listener: Arc<ListenerContext>,
+    client_id: Arc<str>,
+    username: Option<String>,
+    pending: Pending,
+) -> Authorized {
+    let (access, username) = (&listener.access, username.as_deref());
+    let client_id = &*client_id;
+    match pending {
+        Pending::Publish(resolved) => {
+            let allowed = access
+                .authorize_publish(client_id, username, resolved.topic())
+                .await;
+            Authorized::Publish(resolved, allowed)
+        }
+        Pending::Subscribe(subscribe) => {
+            let mut verdicts = Vec::with_capacity(subscribe.filters.len());
+            for (filter, _) in &subscribe.filters {
+                verdicts.push(
+                    access
+                        .authorize_subscribe(client_id, username, filter)
+                        .await,
+                );
+            }
+            Authorized::Subscribe(subscribe, verdicts)
+        }
     }
 }
 

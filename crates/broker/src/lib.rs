@@ -18,7 +18,7 @@ pub mod connection;
 pub mod listener;
 pub mod log_limit;
 pub mod mailbox;
-pub mod message;
+pub mod model;
 pub mod pre_connect;
 pub mod registry;
 pub mod retain;

@@ -20,7 +20,7 @@ use crate::auth::{AccessControl, AuthError, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ListenerProtocol};
 use crate::connection::{self, ListenerContext};
-use crate::message::now_millis;
+use crate::model::now_millis;
 use crate::stats::Stats;
 use crate::store::{self, Opening, StoreError};
 use crate::sys;
@@ -618,7 +618,7 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
             _ = shutdown.changed() => return,
         }
         let now = now_millis();
-        broker.registry.tick(&broker, now);
+        broker.tick(now);
         sweeps = sweeps.wrapping_add(1);
         if sweeps.is_multiple_of(4) {
             // Sums up the log lines left out in windows that are over.

@@ -128,7 +128,7 @@ impl LogLimiter {
         if self.per_window == 0 {
             return (true, None);
         }
-        let key = crate::auth::limiter::key(peer);
+        let key = crate::model::address_key(peer);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *state;
         let full = state.peers.len() >= self.max_peers;

@@ -8,7 +8,8 @@
 //! carries a sequence number that orders the queue in the store.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -16,18 +17,11 @@ use midge_proto::QoS;
 use tokio::sync::oneshot;
 
 use crate::config::QueueFullPolicy;
-use crate::message::Delivery;
+use crate::model::{Delivery, QueueLimits, next_session_id};
 use crate::store::{Journal, SessionJournal};
-
-static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An emptied queue with room for more than this many deliveries gives its memory back.
 const KEEP_QUEUE_CAPACITY: usize = 16;
-
-/// Makes every later session id greater than `id` (ids found in the store at start).
-pub fn session_ids_above(id: u64) {
-    NEXT_SESSION_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
-}
 
 /// A queued delivery and its place in the queue.
 #[derive(Debug, Clone)]
@@ -36,19 +30,6 @@ pub struct Queued {
     pub seq: u64,
     /// The delivery.
     pub delivery: Delivery,
-}
-
-/// Limits applied when pushing, taken from the configuration at push time.
-#[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
-    /// Most deliveries queued; 0 means unlimited.
-    pub max_messages: usize,
-    /// Most payload bytes queued; 0 means unlimited.
-    pub max_bytes: usize,
-    /// What happens to a QoS 1/2 delivery when the queue is full of QoS 1/2 deliveries.
-    pub policy: QueueFullPolicy,
-    /// Whether QoS 0 messages queue for offline sessions.
-    pub queue_qos0_offline: bool,
 }
 
 /// What a push did.
@@ -63,6 +44,36 @@ pub enum PushOutcome {
     Dropped,
     /// Not queued: the session has ended.
     Closed,
+}
+
+/// What routing delivers to: a subscriber's bounded queue, with an owner id (for no-local
+/// and shared groups) and whether anyone is draining it now. It assumes nothing about who
+/// drains it: an MQTT connection serving a session today (through [`Mailbox::pop_queued`]
+/// and [`Mailbox::poll_notified`]); an AMQP queue, drained by its consumers, would be
+/// another implementation. [`Mailbox`] is the one in use.
+pub trait Inbox: Send + Sync + fmt::Debug {
+    /// Client id (or queue name) owning the inbox.
+    fn owner(&self) -> &Arc<str>;
+
+    /// Queues a delivery within `limits`, waking whoever drains the inbox.
+    fn push(&self, delivery: Delivery, limits: &QueueLimits) -> PushOutcome;
+
+    /// Whether a consumer is attached now.
+    fn is_online(&self) -> bool;
+}
+
+impl Inbox for Mailbox {
+    fn owner(&self) -> &Arc<str> {
+        self.client_id()
+    }
+
+    fn push(&self, delivery: Delivery, limits: &QueueLimits) -> PushOutcome {
+        Mailbox::push(self, delivery, limits)
+    }
+
+    fn is_online(&self) -> bool {
+        Mailbox::is_online(self)
+    }
 }
 
 /// An instruction for the connection currently serving this session.
@@ -174,7 +185,7 @@ impl Mailbox {
     /// A new, empty, offline mailbox whose session is stored through `store` once it is
     /// persistent (see [`Mailbox::persist`]).
     pub fn with_store(client_id: Arc<str>, store: Option<&Journal>) -> Arc<Self> {
-        let session_id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+        let session_id = next_session_id();
         Self::build(client_id, session_id, store, Inner::default())
     }
 
@@ -641,7 +652,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let mut m = crate::message::Message::internal(
+            let mut m = crate::model::Message::internal(
                 format!("t/{i}"),
                 Bytes::from_static(b"x"),
                 false,
@@ -671,7 +682,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::message::Message;
+    use crate::model::Message;
     use bytes::Bytes;
 
     fn delivery(qos: QoS, payload: &'static str) -> Delivery {

@@ -9,6 +9,13 @@
 //! For stored sessions the registry records what only it knows: the expiry deadline when a
 //! session is parked, and delayed wills. At start, [`Registry::restore`] puts back the
 //! sessions read from the store as parked sessions.
+//!
+//! The registry never calls back into the broker: what must happen once its lock is
+//! released (sessions that ended, wills that are due, a takeover to answer) is returned as
+//! [`Effects`], which the broker carries out ([`Broker::attach`](crate::Broker::attach),
+//! [`Broker::detach`](crate::Broker::detach), [`Broker::tick`](crate::Broker::tick)).
+//! Telling a client id's current holder to let go goes through [`Ownership`]: the seam where
+//! a cluster adds cluster-wide uniqueness; [`LocalOwnership`] is the single node's.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,12 +25,15 @@ use std::time::Duration;
 use midge_proto::Will;
 use tokio::sync::oneshot;
 
-use crate::broker::Broker;
 use crate::mailbox::{ConnectionDetail, Control, Mailbox};
-use crate::message::{Delivery, Millis};
+use crate::model::{Millis, QueueLimits};
 use crate::session::SessionState;
 use crate::stats::Stats;
 use crate::store::{Journal, RecoveredSession};
+
+mod ownership;
+
+pub use ownership::{LocalOwnership, Ownership};
 
 /// How long a new connection waits for the old owner of its client id to let go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,9 +63,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(client_id: &Arc<str>, store: Option<&Journal>) -> Self {
+    fn new(mailbox: Arc<Mailbox>) -> Self {
         Self {
-            mailbox: Mailbox::with_store(client_id.clone(), store),
+            mailbox,
             attach_lock: None,
             owner: None,
             parked: None,
@@ -86,9 +96,9 @@ struct Inner {
 
 /// Stale timers tolerated beyond this many per slot (each slot has at most two live
 /// ones) before the heap is rebuilt from the slots.
-const TIMERS_PER_SLOT: usize = 4;
+pub(crate) const TIMERS_PER_SLOT: usize = 4;
 /// ... plus this many, so small registries do not rebuild on every push.
-const TIMER_SLACK: usize = 1024;
+pub(crate) const TIMER_SLACK: usize = 1024;
 
 impl Inner {
     /// Schedules a deadline for `client_id`. A client reconnecting in a loop leaves a
@@ -117,9 +127,27 @@ impl Inner {
 }
 
 /// See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Where new mailboxes record persistent sessions; `None` keeps them in memory only.
+    journal: Option<Journal>,
+    /// How the holder of a client id is told to let go.
+    ownership: Box<dyn Ownership>,
+}
+
+/// What the registry leaves the broker to do once its lock is released, in this order:
+/// end the sessions (subscriptions, mailbox, shared deliveries to other members), publish
+/// the wills, then answer a takeover that waits for this session to be parked.
+#[derive(Debug, Default)]
+#[must_use = "ended sessions and due wills must be carried out"]
+pub struct Effects {
+    /// Sessions that ended: replaced, expired, or gone with their connection.
+    pub ended: Vec<SessionState>,
+    /// Wills due now, with the client id they belong to.
+    pub wills: Vec<(Arc<str>, Will)>,
+    /// A takeover waiting for this session to be parked, answered last.
+    pub release: Option<oneshot::Sender<()>>,
 }
 
 /// What [`Registry::kick`] did.
@@ -175,6 +203,25 @@ pub struct Attached {
 }
 
 impl Registry {
+    /// An empty registry whose sessions record through `journal` (if any) and whose
+    /// client ids are held by this process alone.
+    pub fn new(journal: Option<Journal>) -> Self {
+        Self::with_ownership(journal, Box::new(LocalOwnership))
+    }
+
+    /// An empty registry with another notion of who holds a client id.
+    pub fn with_ownership(journal: Option<Journal>, ownership: Box<dyn Ownership>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            journal,
+            ownership,
+        }
+    }
+
+    fn new_mailbox(&self, client_id: &Arc<str>) -> Arc<Mailbox> {
+        Mailbox::with_store(client_id.clone(), self.journal.as_ref())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -226,20 +273,20 @@ impl Registry {
 
     /// Attaches connection `connection_id` to `client_id`: a live owner is told to go
     /// (v5 DISCONNECT 0x8E) and waited for, then the stored session is resumed, or
-    /// replaced when `clean_start` [MQTT-3.1.2-4] [MQTT-3.1.2-5] [MQTT-3.1.4-3].
+    /// replaced when `clean_start` [MQTT-3.1.2-4] [MQTT-3.1.2-5] [MQTT-3.1.4-3]. A replaced
+    /// session and its delayed will are in the effects.
     pub async fn attach(
         &self,
-        broker: &Broker,
+        stats: &Stats,
         client_id: Arc<str>,
         clean_start: bool,
         connection_id: u64,
-        now: Millis,
-    ) -> Attached {
+    ) -> (Attached, Effects) {
         let attach_lock = self
             .lock()
             .slots
             .entry(client_id.clone())
-            .or_insert_with(|| Slot::new(&client_id, broker.journal.as_ref()))
+            .or_insert_with(|| Slot::new(self.new_mailbox(&client_id)))
             .attach_lock
             .get_or_insert_with(Arc::default)
             .clone();
@@ -248,24 +295,22 @@ impl Registry {
         // Looking at the owner and telling it to go happen under one lock, so `detach`
         // (which takes the same lock) either runs first, and there is no owner, or finds
         // the instruction and answers it.
-        let (reply, done) = oneshot::channel();
         let told_owner = match self.lock().slots.get(&client_id) {
             Some(slot) if slot.owner.is_some() => {
-                slot.mailbox.send_control(Control::TakeOver(reply));
-                true
+                Some(self.ownership.ask_to_leave(&client_id, &slot.mailbox))
             }
-            _ => false,
+            _ => None,
         };
-        if told_owner {
+        if let Some(done) = told_owner {
             tracing::info!(client_id = %client_id, "client id already connected: taking the session over from the existing connection");
-            Stats::add(&broker.stats.sessions_taken_over, 1);
+            Stats::add(&stats.sessions_taken_over, 1);
             if tokio::time::timeout(TAKEOVER_TIMEOUT, done).await.is_err() {
                 tracing::warn!(client_id = %client_id, "previous connection did not let go in time; its session state is dropped");
                 if let Some(slot) = self.lock().slots.get_mut(&client_id) {
                     // The old connection ends its session itself when it finally detaches;
                     // the new one starts on a mailbox of its own.
                     slot.owner = None;
-                    slot.mailbox = Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
+                    slot.mailbox = self.new_mailbox(&client_id);
                 }
             }
         }
@@ -275,7 +320,7 @@ impl Registry {
             let slot = inner
                 .slots
                 .entry(client_id.clone())
-                .or_insert_with(|| Slot::new(&client_id, broker.journal.as_ref()));
+                .or_insert_with(|| Slot::new(self.new_mailbox(&client_id)));
             let pending_will = slot.will.take();
             let parked = slot.parked.take().map(|state| *state);
             slot.expires_at = None;
@@ -294,8 +339,7 @@ impl Registry {
                     // A replaced session ends now, and so its delayed will is due. A new
                     // session never inherits the mailbox of one that ended.
                     if parked.is_some() || slot.mailbox.is_closed() {
-                        slot.mailbox =
-                            Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
+                        slot.mailbox = self.new_mailbox(&client_id);
                     }
                     let state = SessionState::new(client_id.clone(), slot.mailbox.clone());
                     (parked, pending_will.map(|w| w.will), state, false)
@@ -311,12 +355,14 @@ impl Registry {
                 },
             )
         };
-        if let Some(old) = ended {
-            end_session(broker, old);
-        }
-        if let Some(will) = will {
-            broker.publish_will(&client_id, will, now);
-        }
+        let effects = Effects {
+            ended: ended.into_iter().collect(),
+            wills: will
+                .map(|will| (client_id.clone(), will))
+                .into_iter()
+                .collect(),
+            release: None,
+        };
         drop(attaching);
         // Clones are only taken under the registry lock, so a count of 2 (the slot's and
         // ours) seen under it means no other attach holds or waits for this lock, and the
@@ -329,7 +375,7 @@ impl Registry {
         {
             slot.attach_lock = None;
         }
-        attached
+        (attached, effects)
     }
 
     /// A connection ended: the session is parked until it expires, or ends now when its
@@ -337,12 +383,11 @@ impl Registry {
     /// [MQTT-3.1.3-9] [MQTT-3.1.2-8].
     pub fn detach(
         &self,
-        broker: &Broker,
         connection_id: u64,
         state: SessionState,
         will: Option<(Will, u32)>,
         now: Millis,
-    ) {
+    ) -> Effects {
         let client_id = state.client_id.clone();
         let mut ended = None;
         let mut will_now = None;
@@ -353,7 +398,7 @@ impl Registry {
             let Inner { slots, .. } = &mut *inner;
             let slot = slots
                 .entry(client_id.clone())
-                .or_insert_with(|| Slot::new(&client_id, broker.journal.as_ref()));
+                .or_insert_with(|| Slot::new(self.new_mailbox(&client_id)));
             let owned = slot.owner == Some(connection_id);
             if owned {
                 slot.owner = None;
@@ -361,9 +406,7 @@ impl Registry {
                 // one took over never read the takeover instruction: answer it here, once
                 // the session is parked below, instead of leaving the new connection
                 // waiting for TAKEOVER_TIMEOUT.
-                if let Some(Control::TakeOver(reply)) = slot.mailbox.take_control() {
-                    answer_takeover = Some(reply);
-                }
+                answer_takeover = self.ownership.unanswered(&slot.mailbox);
             }
             state.mailbox.set_online(false);
             if !owned || state.expiry_interval == 0 {
@@ -402,26 +445,22 @@ impl Registry {
                 if slot.removable() {
                     slots.remove(&client_id);
                 } else {
-                    slot.mailbox = Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
+                    slot.mailbox = self.new_mailbox(&client_id);
                 }
             }
             for at in timers {
                 inner.push_timer(at, client_id.clone());
             }
         }
-        if let Some(state) = ended {
-            end_session(broker, state);
-        }
-        if let Some(will) = will_now {
-            broker.publish_will(&client_id, will, now);
-        }
-        if let Some(reply) = answer_takeover {
-            let _ = reply.send(());
+        Effects {
+            ended: ended.into_iter().collect(),
+            wills: will_now.map(|will| (client_id, will)).into_iter().collect(),
+            release: answer_takeover,
         }
     }
 
     /// Expires sessions and publishes delayed wills that are due.
-    pub fn tick(&self, broker: &Broker, now: Millis) {
+    pub fn tick(&self, stats: &Stats, now: Millis) -> Effects {
         let mut ended = Vec::new();
         let mut wills = Vec::new();
         {
@@ -449,14 +488,13 @@ impl Registry {
                     slot.expires_at = None;
                     if let Some(state) = slot.parked.take() {
                         tracing::debug!(client_id = %client_id, "session expired");
-                        slot.mailbox =
-                            Mailbox::with_store(client_id.clone(), broker.journal.as_ref());
-                        Stats::add(&broker.stats.sessions_expired, 1);
+                        slot.mailbox = self.new_mailbox(&client_id);
+                        Stats::add(&stats.sessions_expired, 1);
                         // [MQTT-3.1.3-9] the session ending also makes a delayed will due.
                         if let Some(pending) = slot.will.take() {
                             wills.push((client_id.clone(), pending.will));
                         }
-                        ended.push(state);
+                        ended.push(*state);
                     }
                 }
                 if slot.removable() {
@@ -464,11 +502,10 @@ impl Registry {
                 }
             }
         }
-        for state in ended {
-            end_session(broker, *state);
-        }
-        for (client_id, will) in wills {
-            broker.publish_will(&client_id, will, now);
+        Effects {
+            ended,
+            wills,
+            release: None,
         }
     }
 
@@ -477,17 +514,18 @@ impl Registry {
     /// published before the client returns are queued for it. A session that was connected
     /// when the broker stopped gets its full expiry interval from `now`. Call
     /// [`Registry::tick`] afterwards to end sessions and publish wills that fell due while
-    /// the broker was down.
-    pub fn restore(&self, broker: &Broker, stored: RecoveredSession, store: &Journal, now: Millis) {
+    /// the broker was down. Returns the session's mailbox, for its subscriptions to point
+    /// at, and how many queued deliveries the queue limits dropped.
+    pub fn restore(
+        &self,
+        stored: RecoveredSession,
+        store: &Journal,
+        limits: &QueueLimits,
+        now: Millis,
+    ) -> (Arc<Mailbox>, usize) {
         let client_id = stored.client_id;
         let mailbox = Mailbox::restored(client_id.clone(), stored.session, store, stored.next_seq);
-        let dropped = mailbox.restore(stored.queue, &broker.queue_limits());
-        Stats::add(&broker.stats.publish_dropped, dropped as u64);
-        for (filter, record) in &stored.subscriptions {
-            broker
-                .router
-                .subscribe(&mailbox, filter, record.options, record.identifier);
-        }
+        let dropped = mailbox.restore(stored.queue, limits);
         let expires_at = stored.expires_at.or_else(|| {
             (stored.expiry_interval != u32::MAX)
                 .then(|| now + u64::from(stored.expiry_interval) * 1000)
@@ -517,7 +555,7 @@ impl Registry {
         slots.insert(
             client_id,
             Slot {
-                mailbox,
+                mailbox: mailbox.clone(),
                 attach_lock: None,
                 owner: None,
                 parked: Some(Box::new(state)),
@@ -525,6 +563,32 @@ impl Registry {
                 will,
             },
         );
+        (mailbox, dropped)
+    }
+
+    /// Whether an attach of `client_id` holds or waits for its slot's lock.
+    #[cfg(test)]
+    pub(crate) fn attach_lock_held(&self, client_id: &str) -> bool {
+        self.lock()
+            .slots
+            .get(client_id)
+            .is_some_and(|s| s.attach_lock.is_some())
+    }
+
+    /// Entries in the timer heap, and slots.
+    #[cfg(test)]
+    pub(crate) fn timers_and_slots(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.timers.len(), inner.slots.len())
+    }
+
+    /// Takes a clone of `client_id`'s attach lock, as an attach under way would.
+    #[cfg(test)]
+    pub(crate) fn hold_attach_lock(&self, client_id: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.lock()
+            .slots
+            .get_mut(client_id)
+            .map(|s| s.attach_lock.get_or_insert_with(Arc::default).clone())
     }
 
     /// Up to `limit` sessions whose client id comes after `after` and passes `keep`, in
@@ -566,49 +630,45 @@ impl Registry {
     }
 
     /// Disconnects `client_id` for an administrator; with `discard_session` its session
-    /// ends too (at once when it is offline: its will, if any, is published, as when a
-    /// session expires).
-    pub fn kick(&self, broker: &Broker, client_id: &str, discard_session: bool) -> KickOutcome {
-        let mut ended = None;
-        let outcome = {
-            let mut inner = self.lock();
-            let Some((id, slot)) = inner.slots.get_key_value(client_id) else {
-                return KickOutcome::NotFound;
-            };
-            let id = id.clone();
-            if slot.owner.is_some() {
-                // A pending takeover ends the connection already; it is not disturbed.
-                slot.mailbox
-                    .offer_control(Control::Kick { discard_session });
-                KickOutcome::Disconnecting
-            } else if slot.parked.is_none() {
-                KickOutcome::NotFound
-            } else if !discard_session {
-                KickOutcome::NotConnected
-            } else {
-                let Some(slot) = inner.slots.get_mut(&id) else {
-                    return KickOutcome::NotFound;
-                };
-                slot.expires_at = None;
-                let state = slot.parked.take();
-                slot.mailbox = Mailbox::with_store(id.clone(), broker.journal.as_ref());
-                let will = slot.will.take().map(|pending| pending.will);
-                if slot.removable() {
-                    inner.slots.remove(&id);
-                }
-                ended = state.map(|state| (id, state, will));
-                KickOutcome::SessionEnded
-            }
+    /// ends too (at once when it is offline: its will, if any, is due, as when a session
+    /// expires). The broker carries out the effects ([`Broker::kick`](crate::Broker)).
+    pub fn kick(&self, client_id: &str, discard_session: bool) -> (KickOutcome, Effects) {
+        let mut effects = Effects::default();
+        let mut inner = self.lock();
+        let Some((id, slot)) = inner.slots.get_key_value(client_id) else {
+            return (KickOutcome::NotFound, effects);
         };
-        if let Some((id, state, will)) = ended {
-            tracing::info!(client_id = %id, "session ended by an administrator");
-            end_session(broker, *state);
-            // [MQTT-3.1.3-9] the session ending makes a delayed will due.
-            if let Some(will) = will {
-                broker.publish_will(&id, will, crate::message::now_millis());
-            }
+        let id = id.clone();
+        if slot.owner.is_some() {
+            // A pending takeover ends the connection already; it is not disturbed.
+            slot.mailbox
+                .offer_control(Control::Kick { discard_session });
+            return (KickOutcome::Disconnecting, effects);
         }
-        outcome
+        if slot.parked.is_none() {
+            return (KickOutcome::NotFound, effects);
+        }
+        if !discard_session {
+            return (KickOutcome::NotConnected, effects);
+        }
+        let fresh = self.new_mailbox(&id);
+        let Some(slot) = inner.slots.get_mut(&id) else {
+            return (KickOutcome::NotFound, effects);
+        };
+        slot.expires_at = None;
+        slot.mailbox = fresh;
+        if let Some(state) = slot.parked.take() {
+            tracing::info!(client_id = %id, "session ended by an administrator");
+            effects.ended.push(*state);
+        }
+        // [MQTT-3.1.3-9] the session ending makes a delayed will due.
+        if let Some(pending) = slot.will.take() {
+            effects.wills.push((id.clone(), pending.will));
+        }
+        if slot.removable() {
+            inner.slots.remove(&id);
+        }
+        (KickOutcome::SessionEnded, effects)
     }
 
     /// Deliveries queued in every session's mailbox, and QoS 1/2 deliveries in flight in
@@ -650,246 +710,33 @@ impl Registry {
     }
 }
 
-/// A session ends: its subscriptions go, its mailbox closes, and messages it held for a
-/// shared subscription go to another member of the group [MQTT-4.8.2-?].
-fn end_session(broker: &Broker, state: SessionState) {
-    for filter in state.subscriptions.keys() {
-        broker.router.unsubscribe_mailbox(filter, &state.mailbox);
-    }
-    let limits = broker.queue_limits();
-    let queued = state.mailbox.close();
-    let unacked = state
-        .inflight
-        .into_iter()
-        .filter(|i| i.stage != crate::session::Stage::AwaitPubComp)
-        .map(|i| i.delivery);
-    let shared: Vec<Delivery> = queued
-        .into_iter()
-        .chain(unacked)
-        .filter(|d| d.shared.is_some() && d.qos != midge_proto::QoS::AtMostOnce)
-        .collect();
-    if !shared.is_empty() {
-        broker
-            .router
-            .hand_over_all(&shared, &state.client_id, &limits);
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::config::Config;
     use bytes::Bytes;
     use midge_proto::{QoS, WillProperties};
 
-    fn will(delay: u32) -> Will {
-        Will {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_ending_with_its_connection_comes_back_as_effects() {
+        let registry = Registry::new(None);
+        let stats = Stats::default();
+        let id: Arc<str> = "c".into();
+        let (attached, effects) = registry.attach(&stats, id.clone(), true, 1).await;
+        assert!(effects.ended.is_empty() && effects.wills.is_empty());
+        let will = Will {
             topic: "wills/c".into(),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtMostOnce,
-            retain: true,
-            properties: WillProperties {
-                will_delay_interval: Some(delay),
-                ..Default::default()
-            },
-        }
-    }
-
-    #[tokio::test]
-    async fn a_session_expiring_while_a_connection_attaches_leaves_it_a_live_mailbox() {
-        let broker = Broker::new(Config::default());
-        let id: Arc<str> = "c".into();
-        let mut state = broker
-            .registry
-            .attach(&broker, id.clone(), true, 1, 0)
-            .await
-            .state;
-        // A finished attach leaves no lock behind in the slot.
-        assert!(broker.registry.lock().slots[&id].attach_lock.is_none());
-        state.expiry_interval = 1;
-        broker
-            .registry
-            .detach(&broker, 1, state, Some((will(60), 60)), 0);
-        // A connection with this client id is attaching (it holds the slot's lock) when
-        // the session expires, so the slot must stay.
-        let attaching = broker
-            .registry
-            .lock()
-            .slots
-            .get_mut(&id)
-            .map(|s| s.attach_lock.get_or_insert_with(Arc::default).clone());
-        broker.registry.tick(&broker, 1_000);
-        assert_eq!(
-            broker.retained.matching("wills/c", 1_000).len(),
-            1,
-            "will published at session end"
-        );
-        drop(attaching);
-
-        let next = broker.registry.attach(&broker, id, false, 2, 2_000).await;
-        assert!(!next.session_present);
-        assert!(!next.state.mailbox.is_closed());
-    }
-
-    /// Issue 9, defect 3: every park pushed a timer and stale ones left only at their
-    /// deadline, so a client reconnecting in a loop with a long expiry grew the heap
-    /// forever.
-    #[tokio::test]
-    async fn reconnect_loops_do_not_grow_the_timer_heap() {
-        let broker = Broker::new(Config::default());
-        for round in 0..20_000u64 {
-            let id: Arc<str> = format!("c{}", round % 10).into();
-            let mut state = broker
-                .registry
-                .attach(&broker, id, false, round, round)
-                .await
-                .state;
-            state.expiry_interval = 3600;
-            broker
-                .registry
-                .detach(&broker, round, state, Some((will(600), 600)), round);
-        }
-        let inner = broker.registry.lock();
-        assert_eq!(inner.slots.len(), 10);
-        assert!(
-            inner.timers.len() <= TIMERS_PER_SLOT * inner.slots.len() + TIMER_SLACK,
-            "{} timers for {} sessions",
-            inner.timers.len(),
-            inner.slots.len()
-        );
-        drop(inner);
-        // The live deadlines survived the rebuilds: each session still expires on time,
-        // with its will.
-        broker.registry.tick(&broker, 20_000 + 3_600_000);
-        assert_eq!(broker.registry.parked_len(), 0);
-        assert_eq!(broker.retained.matching("wills/c", 0).len(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_delayed_will_is_cancelled_when_the_session_resumes_in_time() {
-        let broker = Broker::new(Config::default());
-        let id: Arc<str> = "c".into();
-        let mut state = broker
-            .registry
-            .attach(&broker, id.clone(), true, 1, 0)
-            .await
-            .state;
-        state.expiry_interval = 600;
-        broker
-            .registry
-            .detach(&broker, 1, state, Some((will(30), 30)), 0);
-        let resumed = broker.registry.attach(&broker, id, false, 2, 10_000).await;
-        assert!(resumed.session_present);
-        broker.registry.tick(&broker, 40_000);
-        assert!(
-            broker.retained.is_empty(),
-            "[MQTT-3.1.3-9] no will after a timely resume"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_delayed_will_is_published_after_its_delay() {
-        let broker = Broker::new(Config::default());
-        let id: Arc<str> = "c".into();
-        let mut state = broker
-            .registry
-            .attach(&broker, id.clone(), true, 1, 0)
-            .await
-            .state;
-        state.expiry_interval = 600;
-        broker
-            .registry
-            .detach(&broker, 1, state, Some((will(30), 30)), 0);
-        broker.registry.tick(&broker, 29_999);
-        assert!(broker.retained.is_empty());
-        broker.registry.tick(&broker, 30_000);
-        assert_eq!(broker.retained.len(), 1);
-        assert_eq!(
-            broker.registry.parked_len(),
-            1,
-            "the session itself lives on"
-        );
-    }
-
-    #[tokio::test]
-    async fn clean_start_ends_the_parked_session_and_its_subscriptions() {
-        let broker = Broker::new(Config::default());
-        let id: Arc<str> = "c".into();
-        let mut state = broker
-            .registry
-            .attach(&broker, id.clone(), true, 1, 0)
-            .await
-            .state;
-        state.expiry_interval = 600;
-        broker
-            .router
-            .subscribe(&state.mailbox, "t", Default::default(), None);
-        state.subscriptions.insert(
-            "t".into(),
-            crate::session::SubscriptionRecord {
-                options: Default::default(),
-                identifier: None,
-            },
-        );
-        broker.registry.detach(&broker, 1, state, None, 0);
-        assert_eq!(
-            broker.router.len(),
-            1,
-            "parked session keeps its subscription"
-        );
-        let fresh = broker.registry.attach(&broker, id, true, 2, 1_000).await;
-        assert!(!fresh.session_present);
-        assert!(broker.router.is_empty());
-        assert!(!fresh.state.mailbox.is_closed());
-    }
-
-    /// A connection that ends on its own (EOF, DISCONNECT) right after a new connection
-    /// told it to go never reads that instruction; the new connection must not wait the
-    /// whole takeover timeout for an answer.
-    #[tokio::test(start_paused = true)]
-    async fn takeover_racing_with_the_old_connection_ending_does_not_wait_for_the_timeout() {
-        let broker = Broker::new(Config::default());
-        let client_id: Arc<str> = Arc::from("racer");
-        let mut old = broker
-            .registry
-            .attach(&broker, client_id.clone(), true, 1, 0)
-            .await;
-        old.state.expiry_interval = 60;
-        let mailbox = old.state.mailbox.clone();
-
-        let new = tokio::spawn({
-            let broker = broker.clone();
-            let client_id = client_id.clone();
-            async move {
-                broker
-                    .registry
-                    .attach(&broker, client_id, false, 2, 0)
-                    .await
-            }
-        });
-        // The new connection has told the old one to go...
-        let mut told = false;
-        for _ in 0..100 {
-            if let Some(control) = mailbox.take_control() {
-                told = matches!(control, Control::TakeOver(_));
-                mailbox.send_control(control);
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(told, "the new connection sent the takeover instruction");
-        // ...which ends without reading it, as on EOF.
-        broker.registry.detach(&broker, 1, old.state, None, 0);
-
-        // Virtual time: were the new connection still waiting for TAKEOVER_TIMEOUT, this
-        // one-second timeout would fire first.
-        let attached = tokio::time::timeout(Duration::from_secs(1), new)
-            .await
-            .expect("attach finished without waiting for the takeover timeout")
-            .expect("attach task");
-        assert!(attached.session_present, "the parked session is resumed");
-        assert_eq!(broker.registry.connected_len(), 1);
+            retain: false,
+            properties: WillProperties::default(),
+        };
+        let effects = registry.detach(1, attached.state, Some((will, 0)), 0);
+        assert_eq!(effects.ended.len(), 1);
+        assert_eq!(effects.wills.len(), 1);
+        assert_eq!(effects.wills[0].0, id);
+        // Closing the mailbox and publishing are the broker's part.
+        assert!(!effects.ended[0].mailbox.is_closed());
+        assert!(registry.is_empty());
     }
 }

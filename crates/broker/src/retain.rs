@@ -2,11 +2,12 @@
 //! walks only the branches it matches.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use crate::message::{Message, Millis};
+use crate::model::{Message, Millis};
 
 #[derive(Debug, Default)]
 struct Node {
@@ -106,11 +107,34 @@ impl RetainedStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tree> {
         self.tree.write().unwrap_or_else(|e| e.into_inner())
     }
+}
 
+/// The retained messages as the broker uses them: the seam where a cluster keeps them
+/// cluster-wide (replicating updates to other nodes, or asking them at subscribe).
+/// [`RetainedStore`] is the single node's, in memory.
+pub trait Retained: Send + Sync + fmt::Debug {
     /// Stores `message` as the retained message of its topic, or deletes the topic's
     /// retained message when the payload is empty [MQTT-3.3.1-6] [MQTT-3.3.1-10].
     /// Returns the stored copy.
-    pub fn update(&self, message: &Message) -> Option<Arc<Message>> {
+    fn update(&self, message: &Message) -> Option<Arc<Message>>;
+
+    /// Retained messages matching a (non-shared) filter, skipping expired ones.
+    fn matching(&self, filter: &str, now: Millis) -> Vec<Arc<Message>>;
+
+    /// Number of retained messages.
+    fn len(&self) -> usize;
+
+    /// True when nothing is retained.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes expired messages; returns how many.
+    fn sweep_expired(&self, now: Millis) -> usize;
+}
+
+impl Retained for RetainedStore {
+    fn update(&self, message: &Message) -> Option<Arc<Message>> {
         let levels: Vec<&str> = message.topic.split('/').collect();
         let mut tree = self.write();
         if message.payload.is_empty() {
@@ -137,26 +161,18 @@ impl RetainedStore {
         Some(stored)
     }
 
-    /// Retained messages matching a (non-shared) filter, skipping expired ones.
-    pub fn matching(&self, filter: &str, now: Millis) -> Vec<Arc<Message>> {
+    fn matching(&self, filter: &str, now: Millis) -> Vec<Arc<Message>> {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
         self.read().root.collect(&levels, true, now, &mut out);
         out
     }
 
-    /// Number of retained messages.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.read().count
     }
 
-    /// True when nothing is retained.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Removes expired messages; returns how many.
-    pub fn sweep_expired(&self, now: Millis) -> usize {
+    fn sweep_expired(&self, now: Millis) -> usize {
         let mut tree = self.write();
         let removed = tree.root.sweep(now);
         tree.count -= removed;

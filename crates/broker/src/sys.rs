@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
-use crate::message::{Message, Millis, now_millis};
+use crate::model::{Message, Millis, now_millis};
 use crate::stats::StatsSnapshot;
 
 /// The `$SYS` topics and their current values.

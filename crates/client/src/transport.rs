@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::Error;
-use crate::ws::WsByteStream;
+use crate::ws;
 
 /// A bidirectional byte stream the client can run MQTT over.
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
@@ -152,7 +152,7 @@ impl Transport {
                     self.port,
                     self.ws_path
                 );
-                let ws = WsByteStream::connect(&url, stream).await?;
+                let ws = ws::connect(&url, stream).await?;
                 Ok(Box::new(ws))
             }
         }

@@ -479,7 +479,7 @@ struct RetainedQuery {
     filter: Option<String>,
 }
 
-fn message_json(m: &crate::message::Message) -> Value {
+fn message_json(m: &crate::model::Message) -> Value {
     let p = &m.properties;
     let user: Vec<Value> = p
         .user_properties
@@ -515,7 +515,7 @@ async fn retained(
     let mut matching = context
         .broker
         .retained
-        .matching(filter, crate::message::now_millis());
+        .matching(filter, crate::model::now_millis());
     if let Some(after) = &query.after {
         matching.retain(|m| m.topic.as_str() > after.as_str());
     }
@@ -541,7 +541,7 @@ async fn delete_retained(
     let broker = &context.broker;
     if broker
         .retained
-        .matching(&topic, crate::message::now_millis())
+        .matching(&topic, crate::model::now_millis())
         .is_empty()
     {
         return Err(ApiError::not_found(format!(
@@ -549,11 +549,11 @@ async fn delete_retained(
         )));
     }
     // An empty retained message removes it, as from a client, but reaches no subscriber.
-    let empty = crate::message::Message::internal(
+    let empty = crate::model::Message::internal(
         topic.clone(),
         Bytes::new(),
         true,
-        crate::message::now_millis(),
+        crate::model::now_millis(),
     );
     broker.retained.update(&empty);
     if let Some(journal) = &broker.journal {
@@ -636,9 +636,8 @@ async fn publish(
         ));
     }
     let p = request.properties;
-    let now = crate::message::now_millis();
-    let mut message =
-        crate::message::Message::internal(request.topic, payload, request.retain, now);
+    let now = crate::model::now_millis();
+    let mut message = crate::model::Message::internal(request.topic, payload, request.retain, now);
     message.qos = qos;
     message.expires_at = p.message_expiry_interval.map(|s| now + u64::from(s) * 1000);
     message.properties = PublishProperties {
@@ -679,10 +678,7 @@ async fn kick(
 ) -> ApiResult {
     let query = query(parsed)?;
     let broker = &context.broker;
-    match broker
-        .registry
-        .kick(broker, &client_id, query.discard_session)
-    {
+    match broker.kick(&client_id, query.discard_session) {
         KickOutcome::Disconnecting => Ok(Json(json!({
             "client_id": client_id,
             "disconnected": true,
@@ -736,7 +732,7 @@ async fn subscriptions(
     let items: Vec<Value> = context
         .broker
         .router
-        .subscriptions_page(after, limit, |f, c| {
+        .subscriptions_page(after, limit, &mut |f, c| {
             f.contains(filter) && c.contains(client)
         })
         .into_iter()

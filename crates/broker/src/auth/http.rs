@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::AuthError;
-use crate::config::{HttpAuthConfig, HttpFlavor, HttpMethod};
+use crate::config::{Endpoint, HttpAuthConfig, HttpFlavor, HttpMethod};
 
 /// Largest response read from the service.
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -39,85 +39,7 @@ pub enum HttpError {
     Response(&'static str),
 }
 
-/// A parsed `http://host:port/path` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// Host name or address to connect to (no brackets).
-    host: String,
-    /// Port to connect to.
-    port: u16,
-    /// `host:port` for the Host header (brackets kept for IPv6).
-    authority: String,
-    /// Path and query.
-    path: String,
-    /// The original URL, for logs.
-    url: String,
-    /// `https://`.
-    tls: bool,
-}
-
 impl Endpoint {
-    /// Parses an `http://` or `https://` URL.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
-            (Some(rest), _) => (rest, false),
-            (_, Some(rest)) => (rest, true),
-            _ => return Err("must start with http:// or https://".to_owned()),
-        };
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return Err("needs a host (and no user info)".into());
-        }
-        let (host, port) = match authority.rfind(':') {
-            Some(i) if !authority[i..].contains(']') => (
-                &authority[..i],
-                authority[i + 1..]
-                    .parse::<u16>()
-                    .map_err(|_| "bad port".to_owned())?,
-            ),
-            _ => (authority, if tls { 443 } else { 80 }),
-        };
-        let authority = format!("{host}:{port}");
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        if host.is_empty() {
-            return Err("needs a host".into());
-        }
-        let path = if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_owned()
-        };
-        Ok(Self {
-            host,
-            port,
-            authority,
-            path,
-            url: url.to_owned(),
-            tls,
-        })
-    }
-
-    /// Whether the URL is `https://`.
-    pub fn is_https(&self) -> bool {
-        self.tls
-    }
-
-    /// The path and query.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// The URL as configured.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// POSTs a JSON `body` and returns the status code and the response body.
     async fn post(&self, tls: &ClientTls, body: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
         self.send(tls, "POST", &self.path, Some("application/json"), body)

@@ -28,8 +28,8 @@ use serde_json::Value;
 
 use super::AuthError;
 use super::acl::AclFile;
-use super::http::{ClientTls, Endpoint};
-use crate::config::{AclLeadingTopics, JwtConfig, JwtFrom};
+use super::http::ClientTls;
+use crate::config::{AclLeadingTopics, Endpoint, JwtConfig, JwtFrom};
 
 /// An unknown `kid`, or a failed JWKS fetch, has the keys loaded again after this long
 /// (or after `jwks_refresh_secs`, if that is shorter).

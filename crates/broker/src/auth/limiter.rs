@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::LoginRateLimitConfig;
+use crate::model::address_key as key;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -23,20 +24,6 @@ pub struct LoginLimiter {
     per_second: f64,
     max_addresses: usize,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
-}
-
-/// The key for an address: IPv4 as is, IPv6 by its /64 prefix.
-pub(crate) fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-        },
-        v4 => v4,
-    }
 }
 
 impl LoginLimiter {

@@ -31,7 +31,7 @@ use midge_proto::{ReasonCode, topic};
 use tokio::sync::Semaphore;
 
 pub use acl::{AclFile, FilterVerdict};
-pub use http::{Action, Endpoint, HttpBackend, HttpError};
+pub use http::{Action, HttpBackend, HttpError};
 pub use jwt::JwtBackend;
 pub use limiter::LoginLimiter;
 pub use password::{PasswordFile, hash_password};

@@ -1,10 +1,10 @@
 //! MQTT over WebSocket, server side: the HTTP upgrade (path check, `mqtt` subprotocol).
-//! The upgraded socket is read and written through `midge_client::ws::WsByteStream`, which
+//! The upgraded socket is read and written through `midge_ws_stream::WsByteStream`, which
 //! turns binary messages back into a byte stream, so the connection task reads it with the
 //! same streaming decoder as TCP. A message may carry part of a packet or several packets
 //! [MQTT-6.0.0-2]; the decoder does not care where frames end.
 
-use midge_client::ws::WsByteStream;
+use midge_ws_stream::WsByteStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};

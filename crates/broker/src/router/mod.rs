@@ -2,18 +2,125 @@
 //!
 //! The trie's read lock is held only to collect targets; pushing onto mailboxes happens
 //! after it is released, so a slow or contended mailbox never blocks subscribes.
+//!
+//! The broker routes through [`Routing`], the seam for remote interest and forwarding;
+//! [`Router`] is the single node's implementation. Deliveries go to each subscriber's
+//! [`Inbox`].
 
 mod trie;
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use midge_proto::SubscriptionOptions;
 
 use crate::config::ShareStrategyConfig;
-use crate::mailbox::{Mailbox, PushOutcome, QueueLimits};
-use crate::message::{Delivery, Message};
+use crate::mailbox::{Inbox, Mailbox, PushOutcome};
+use crate::model::QueueLimits;
+use crate::model::{Delivery, Message};
 use trie::{ShareStrategy, Subscriber, Target, Trie};
+
+/// Subscriptions and routing as the broker uses them: the seam where a cluster adds
+/// remote interest and forwarding. Every change of local interest passes through
+/// `subscribe` / `unsubscribe` / `unsubscribe_mailbox` (a cluster implementation tells the
+/// other nodes which filters this node wants, and keeps theirs); every publish made here
+/// passes through `route` (forwarded to the nodes whose interest matches), and a publish
+/// received from another node enters through `route` too (delivered locally only).
+/// [`Router`] is the single node's: the local trie alone.
+pub trait Routing: Send + Sync + fmt::Debug {
+    /// Adds or replaces `mailbox`'s subscription to a validated filter (which may be a
+    /// `$share/` filter). Returns true if the subscription already existed.
+    fn subscribe(
+        &self,
+        mailbox: &Arc<Mailbox>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> bool;
+
+    /// Removes `client_id`'s subscription to `filter`; returns true if it existed.
+    fn unsubscribe(&self, filter: &str, client_id: &str) -> bool;
+
+    /// Removes a subscription only if it still points at `mailbox`.
+    fn unsubscribe_mailbox(&self, filter: &str, mailbox: &Arc<Mailbox>) -> bool;
+
+    /// Queues `message` for every matching subscriber.
+    fn route(&self, message: &Arc<Message>, limits: &QueueLimits) -> RouteOutcome;
+
+    /// Hands deliveries taken from a member that left their shared groups to other
+    /// members. Returns, for each delivery, whether another member took it. Called with no
+    /// mailbox lock held.
+    fn hand_over_all(
+        &self,
+        deliveries: &[Delivery],
+        leaving: &str,
+        limits: &QueueLimits,
+    ) -> Vec<bool>;
+
+    /// Number of subscriptions.
+    fn len(&self) -> usize;
+
+    /// True when there are no subscriptions.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `limit` subscriptions after `after` (filter, client id) that `keep` accepts,
+    /// in filter then client id order, for the admin API ([`Router::subscriptions_page`]).
+    fn subscriptions_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+        keep: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Vec<SubscriptionSummary>;
+}
+
+impl Routing for Router {
+    fn subscriptions_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+        keep: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Vec<SubscriptionSummary> {
+        Router::subscriptions_page(self, after, limit, keep)
+    }
+
+    fn subscribe(
+        &self,
+        mailbox: &Arc<Mailbox>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> bool {
+        Router::subscribe(self, mailbox, filter, options, identifier)
+    }
+
+    fn unsubscribe(&self, filter: &str, client_id: &str) -> bool {
+        Router::unsubscribe(self, filter, client_id)
+    }
+
+    fn unsubscribe_mailbox(&self, filter: &str, mailbox: &Arc<Mailbox>) -> bool {
+        Router::unsubscribe_mailbox(self, filter, mailbox)
+    }
+
+    fn route(&self, message: &Arc<Message>, limits: &QueueLimits) -> RouteOutcome {
+        Router::route(self, message, limits)
+    }
+
+    fn hand_over_all(
+        &self,
+        deliveries: &[Delivery],
+        leaving: &str,
+        limits: &QueueLimits,
+    ) -> Vec<bool> {
+        Router::hand_over_all(self, deliveries, leaving, limits)
+    }
+
+    fn len(&self) -> usize {
+        Router::len(self)
+    }
+}
 
 /// What routing one message did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,7 +173,7 @@ impl Router {
             ShareStrategyConfig::RoundRobin => ShareStrategy::RoundRobin,
             ShareStrategyConfig::Random => ShareStrategy::Random,
         };
-        let seed = crate::message::now_millis() | 1;
+        let seed = crate::model::now_millis() | 1;
         Self {
             trie: RwLock::default(),
             strategy,
@@ -182,7 +289,7 @@ impl Router {
         self.read()
             .collect(&message.topic, self.strategy, random, &mut targets);
         // [MQTT-3.8.3-3] no-local: not sent back to the publisher.
-        targets.retain(|t| !(t.options.no_local && *t.mailbox.client_id() == message.origin));
+        targets.retain(|t| !(t.options.no_local && *Inbox::owner(&*t.mailbox) == message.origin));
         // Group the plain subscriptions of each session together; shared ones stay apart.
         targets.sort_unstable_by_key(|t| (t.shared.is_some(), Arc::as_ptr(&t.mailbox) as usize));
 
@@ -199,7 +306,7 @@ impl Router {
             let (group, tail) = rest.split_at(same);
             rest = tail;
             let delivery = merge(message, group);
-            outcome.record(first.mailbox.push(delivery, limits));
+            outcome.record(Inbox::push(&*first.mailbox, delivery, limits));
         }
         outcome
     }
@@ -250,7 +357,7 @@ impl Router {
                     let target = &members[first + (turn + i) % count];
                     let delivery = merge(&delivery.message, std::slice::from_ref(target));
                     let taken = matches!(
-                        target.mailbox.push(delivery, limits),
+                        Inbox::push(&*target.mailbox, delivery, limits),
                         PushOutcome::Queued { .. }
                     );
                     if taken {

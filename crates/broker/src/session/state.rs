@@ -5,42 +5,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use midge_proto::{ReasonCode, SubscriptionOptions};
+use midge_proto::ReasonCode;
 
 use crate::mailbox::Mailbox;
-use crate::message::Delivery;
+use crate::model::{Inflight, SubscriptionRecord};
 use crate::small_map::SmallMap;
-
-/// A subscription as the session remembers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubscriptionRecord {
-    /// Options from SUBSCRIBE.
-    pub options: SubscriptionOptions,
-    /// v5 subscription identifier.
-    pub identifier: Option<u32>,
-}
-
-/// Where an outbound QoS 1/2 message stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// QoS 1 PUBLISH sent, waiting for PUBACK.
-    AwaitPubAck,
-    /// QoS 2 PUBLISH sent, waiting for PUBREC.
-    AwaitPubRec,
-    /// QoS 2 PUBREL sent, waiting for PUBCOMP.
-    AwaitPubComp,
-}
-
-/// An outbound message the client has not finished acknowledging.
-#[derive(Debug, Clone)]
-pub struct Inflight {
-    /// Packet identifier it was sent with; never reused while this entry exists.
-    pub packet_id: u16,
-    /// What was sent.
-    pub delivery: Delivery,
-    /// Acknowledgement stage.
-    pub stage: Stage,
-}
 
 /// See the module documentation.
 #[derive(Debug)]

@@ -14,8 +14,8 @@ use midge_proto::{
     WillProperties,
 };
 
-use crate::message::{Delivery, Message, MessageId, Millis};
-use crate::session::{Stage, SubscriptionRecord};
+use crate::model::{Delivery, Message, MessageId, Millis};
+use crate::model::{Stage, SubscriptionRecord};
 
 /// A record or key that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

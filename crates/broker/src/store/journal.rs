@@ -10,8 +10,8 @@ use midge_proto::{ReasonCode, Will};
 use tokio::sync::{oneshot, watch};
 
 use super::codec::SessionRecord;
-use crate::message::{Delivery, Message, Millis, now_millis};
-use crate::session::{Stage, SubscriptionRecord};
+use crate::model::{Delivery, Message, Millis, now_millis};
+use crate::model::{Stage, SubscriptionRecord};
 
 /// In `interval` and `none` modes, connections wait for the writer once this many
 /// operations are queued for it, so a disk slower than the clients bounds memory instead

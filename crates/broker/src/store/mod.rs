@@ -220,8 +220,8 @@ pub fn open(config: &StorageConfig, opening: Opening) -> Result<(Journal, Recove
         max_message_id,
         max_session_id,
     } = loaded;
-    crate::message::message_ids_above(max_message_id);
-    crate::mailbox::session_ids_above(max_session_id);
+    crate::model::message_ids_above(max_message_id);
+    crate::model::session_ids_above(max_session_id);
     let location = store.location();
     let journal = writer::spawn(store, config, index, cleanup)?;
     tracing::info!(
@@ -278,7 +278,7 @@ fn open_redb(path: &Path, recover: bool) -> Result<(Box<dyn Store>, recovery::Lo
 
 /// `midge.redb.damaged-<unix seconds>` beside the store (with a counter if taken).
 fn aside_path(path: &Path) -> PathBuf {
-    let secs = crate::message::now_millis() / 1000;
+    let secs = crate::model::now_millis() / 1000;
     let name = path
         .file_name()
         .map_or_else(|| "midge.redb".into(), |n| n.to_string_lossy().into_owned());

@@ -16,8 +16,8 @@ use midge_proto::{ReasonCode, Will};
 use super::codec::{self, CodecError, SessionRecord};
 use super::writer::{Index, InflightRow, MessageRef, QueueRow, RetainedRef, SessionRows};
 use super::{FORMAT_KEY, FORMAT_VERSION, RowOp, Store, StoreError, Table};
-use crate::message::{Delivery, Message, MessageId, Millis, now_millis};
-use crate::session::{Inflight, SubscriptionRecord};
+use crate::model::{Delivery, Message, MessageId, Millis, now_millis};
+use crate::model::{Inflight, SubscriptionRecord};
 
 /// What the store held, ready to be put back into the broker.
 #[derive(Debug, Default)]

@@ -14,9 +14,10 @@ use midge_proto::{
 use super::*;
 use crate::broker::Broker;
 use crate::config::{Config, Durability, StorageConfig};
-use crate::mailbox::QueueLimits;
-use crate::message::{Delivery, Message, now_millis};
-use crate::session::{Session, Stage, negotiate};
+use crate::model::QueueLimits;
+use crate::model::Stage;
+use crate::model::{Delivery, Message, now_millis};
+use crate::session::{Session, negotiate};
 
 fn memory_config() -> Config {
     let mut config = Config::default();
@@ -96,9 +97,7 @@ impl Client {
         let negotiated = negotiate(&connect, &broker.config.mqtt).expect("CONNECT accepted");
         let connection_id = broker.next_connection_id();
         let attached = broker
-            .registry
             .attach(
-                broker,
                 negotiated.client_id.clone(),
                 clean,
                 connection_id,
@@ -174,8 +173,7 @@ impl Client {
     fn disconnect(self, broker: &Broker) {
         let will_delay = self.session.will_delay();
         let (state, will) = self.session.into_parts();
-        broker.registry.detach(
-            broker,
+        broker.detach(
             self.connection_id,
             state,
             will.map(|w| (w, will_delay)),
@@ -295,7 +293,7 @@ async fn a_late_change_from_a_replaced_session_does_not_touch_its_successor() {
     old.put(60, None);
     old.subscribe(
         "old/#",
-        crate::session::SubscriptionRecord {
+        crate::model::SubscriptionRecord {
             options: SubscriptionOptions::default(),
             identifier: None,
         },
@@ -304,7 +302,7 @@ async fn a_late_change_from_a_replaced_session_does_not_touch_its_successor() {
     new.put(60, None);
     new.subscribe(
         "new/#",
-        crate::session::SubscriptionRecord {
+        crate::model::SubscriptionRecord {
             options: SubscriptionOptions::default(),
             identifier: None,
         },
@@ -313,7 +311,7 @@ async fn a_late_change_from_a_replaced_session_does_not_touch_its_successor() {
     old.delete();
     old.subscribe(
         "late/#",
-        crate::session::SubscriptionRecord {
+        crate::model::SubscriptionRecord {
             options: SubscriptionOptions::default(),
             identifier: None,
         },

@@ -29,7 +29,7 @@ use super::codec::{self, DeliveryRecord, InflightRecord, WillRecord};
 use super::journal::{Op, SessionOp, StoreStats};
 use super::{Journal, RowOp, Store, StoreError, Table};
 use crate::config::{Durability, StorageConfig};
-use crate::message::{Message, MessageId, Millis, now_millis};
+use crate::model::{Message, MessageId, Millis, now_millis};
 
 /// How often expired messages are removed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);

@@ -15,7 +15,7 @@
 
 use rustls::pki_types::CertificateDer;
 
-use super::x509;
+use super::x509::{self, Tlv, read_tlv};
 
 const TAG_SEQUENCE: u8 = 0x30;
 const TAG_SET: u8 = 0x31;
@@ -111,49 +111,6 @@ impl Attribute<'_> {
             ),
         }
     }
-}
-
-/// A DER tag-length-value.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Tlv<'a> {
-    pub tag: u8,
-    pub content: &'a [u8],
-    /// Tag, length and content.
-    pub whole: &'a [u8],
-}
-
-/// Reads one TLV from the front of `input`; returns it and the rest.
-pub(super) fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
-    let (&tag, after_tag) = input.split_first()?;
-    // High tag numbers (0x1F) never occur in a Name.
-    if tag & 0x1F == 0x1F {
-        return None;
-    }
-    let (&first, after_first) = after_tag.split_first()?;
-    let (length, after_length) = if first < 0x80 {
-        (usize::from(first), after_first)
-    } else {
-        let count = usize::from(first & 0x7F);
-        if count == 0 || count > 4 {
-            return None;
-        }
-        let (bytes, rest) = after_first.split_at_checked(count)?;
-        let length = bytes
-            .iter()
-            .fold(0usize, |length, &byte| (length << 8) | usize::from(byte));
-        (length, rest)
-    };
-    let (content, rest) = after_length.split_at_checked(length)?;
-    let header = input.len() - after_length.len();
-    let whole = input.get(..header + length)?;
-    Some((
-        Tlv {
-            tag,
-            content,
-            whole,
-        },
-        rest,
-    ))
 }
 
 /// Reads consecutive TLVs that fill `input` exactly.

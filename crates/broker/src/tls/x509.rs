@@ -15,8 +15,6 @@
 //! A CRL (`CertificateList`) has the same signed envelope. Nothing here trusts a length;
 //! malformed input gives `None`.
 
-use super::identity::{Tlv, read_tlv};
-
 const TAG_INTEGER: u8 = 0x02;
 const TAG_BIT_STRING: u8 = 0x03;
 const TAG_SEQUENCE: u8 = 0x30;
@@ -189,6 +187,49 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// A DER tag-length-value.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tlv<'a> {
+    pub tag: u8,
+    pub content: &'a [u8],
+    /// Tag, length and content.
+    pub whole: &'a [u8],
+}
+
+/// Reads one TLV from the front of `input`; returns it and the rest.
+pub(super) fn read_tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
+    let (&tag, after_tag) = input.split_first()?;
+    // High tag numbers (0x1F) never occur in a Name.
+    if tag & 0x1F == 0x1F {
+        return None;
+    }
+    let (&first, after_first) = after_tag.split_first()?;
+    let (length, after_length) = if first < 0x80 {
+        (usize::from(first), after_first)
+    } else {
+        let count = usize::from(first & 0x7F);
+        if count == 0 || count > 4 {
+            return None;
+        }
+        let (bytes, rest) = after_first.split_at_checked(count)?;
+        let length = bytes
+            .iter()
+            .fold(0usize, |length, &byte| (length << 8) | usize::from(byte));
+        (length, rest)
+    };
+    let (content, rest) = after_length.split_at_checked(length)?;
+    let header = input.len() - after_length.len();
+    let whole = input.get(..header + length)?;
+    Some((
+        Tlv {
+            tag,
+            content,
+            whole,
+        },
+        rest,
+    ))
 }
 
 #[cfg(test)]

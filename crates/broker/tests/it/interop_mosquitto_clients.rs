@@ -226,7 +226,7 @@ async fn mosquitto_sub_reads_sys_topics_with_mosquitto_names() {
             !b.retained
                 .matching(
                     "$SYS/broker/load/sockets/15min",
-                    midge_broker::message::now_millis(),
+                    midge_broker::model::now_millis(),
                 )
                 .is_empty()
         })
@@ -234,7 +234,7 @@ async fn mosquitto_sub_reads_sys_topics_with_mosquitto_names() {
     let expected = broker
         .broker()
         .retained
-        .matching("$SYS/#", midge_broker::message::now_millis())
+        .matching("$SYS/#", midge_broker::model::now_millis())
         .len()
         .to_string();
     let sub = Running::spawn(

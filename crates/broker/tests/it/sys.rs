@@ -66,7 +66,7 @@ async fn sys_topics_carry_mosquitto_names_and_are_retained() {
     let under_broker = broker
         .broker()
         .retained
-        .matching("$SYS/broker/#", midge_broker::message::now_millis())
+        .matching("$SYS/broker/#", midge_broker::model::now_millis())
         .len();
     for _ in 0..under_broker {
         let p = watcher.next_publish().await;

@@ -1,0 +1,19 @@
+//! The plain data every other module shares: the routed message and its per-subscriber
+//! delivery, what a session records about subscriptions and messages in flight, queue
+//! limits, ids, peer address keys and wall-clock time. It depends on nothing else in the
+//! crate except the configuration's types, so the store, the mailbox, the router and the
+//! session machine can all use it without using each other.
+
+pub mod ids;
+pub mod limits;
+pub mod message;
+pub mod peer;
+pub mod session_record;
+
+pub use ids::{next_session_id, session_ids_above};
+pub use limits::QueueLimits;
+pub use message::{
+    Delivery, Message, MessageId, Millis, message_ids_above, next_message_id, now_millis,
+};
+pub use peer::address_key;
+pub use session_record::{Inflight, Stage, SubscriptionRecord};

@@ -1,0 +1,45 @@
+//! Client-id ownership: how the holder of a client id is told to let its session go when
+//! another connection claims the id. The seam where a cluster adds cluster-wide uniqueness
+//! and takeover: its implementation would also ask the node holding the id and wait for it
+//! to park and hand over the session.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::mailbox::{Control, Mailbox};
+
+/// See the module documentation. Both methods are called with the registry's lock held:
+/// they must only send, never wait.
+pub trait Ownership: Send + Sync + fmt::Debug {
+    /// Tells whoever serves `client_id` through `mailbox` to let the session go (an MQTT
+    /// connection sends DISCONNECT 0x8E, parks the session, then answers). The receiver
+    /// resolves once it has.
+    fn ask_to_leave(&self, client_id: &Arc<str>, mailbox: &Mailbox) -> oneshot::Receiver<()>;
+
+    /// The holder behind `mailbox` let go on its own (EOF, DISCONNECT) before reading a
+    /// request to leave: the request's answer, to send once the session is parked.
+    fn unanswered(&self, mailbox: &Mailbox) -> Option<oneshot::Sender<()>>;
+}
+
+/// The single node's ownership: every client id is held in this process, and its holder
+/// is reached through the session's mailbox.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalOwnership;
+
+impl Ownership for LocalOwnership {
+    fn ask_to_leave(&self, _client_id: &Arc<str>, mailbox: &Mailbox) -> oneshot::Receiver<()> {
+        let (reply, done) = oneshot::channel();
+        mailbox.send_control(Control::TakeOver(reply));
+        done
+    }
+
+    fn unanswered(&self, mailbox: &Mailbox) -> Option<oneshot::Sender<()>> {
+        // A kick or describe pending for a connection that already ended is moot.
+        match mailbox.take_control() {
+            Some(Control::TakeOver(reply)) => Some(reply),
+            _ => None,
+        }
+    }
+}
