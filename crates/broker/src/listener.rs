@@ -296,6 +296,7 @@ impl Server {
                 users,
                 listeners: Arc::new(listener_infos),
                 reload: Arc::new(move || for_admin.reload().map_err(|e| e.to_string())),
+                live_views: Arc::default(),
             };
             match admin::start(context, &config.admin, shutdown_rx.clone()).await {
                 Ok((addr, task)) => {

@@ -2,7 +2,8 @@
 //
 // Logs in with HTTP Basic credentials, sees a client that connects appear in the clients
 // table, kicks it and sees it go (and the client sees its connection end), then opens the
-// retained browser and deletes a message. Each step waits for what the page shows.
+// retained browser and deletes a message, then watches a live message arrive. Each step
+// waits for what the page shows.
 // Saves a screenshot of the overview.
 //
 //   node dashboard.mjs ADMIN_URL MQTT_URL USER PASSWORD SCREENSHOT
@@ -78,6 +79,19 @@ try {
   await retainedRow.getByRole("button", { name: "Delete" }).click();
   await retainedRow.waitFor({ state: "detached", timeout: STEP_TIMEOUT });
   steps.push("retained deleted");
+
+  // Live view: watch dash/#, a message published now shows.
+  await tab.click("nav button[data-tab=live]");
+  await tab.fill("#live-filter", "dash/#");
+  await tab.click("#live-start");
+  await tab.waitForFunction(() => document.getElementById("live-status").textContent === "watching dash/#",
+    null, { timeout: STEP_TIMEOUT });
+  const talker = await mqtt.connectAsync(mqttUrl, { clientId: "dashboard-talker", reconnectPeriod: 0 });
+  await talker.publishAsync("dash/live", "hello live");
+  await talker.endAsync();
+  await tab.locator("#live-rows tr", { hasText: "hello live" }).waitFor({ timeout: STEP_TIMEOUT });
+  steps.push("live message shown");
+  await tab.click("#live-stop");
 
   // The overview, for the screenshot (a few samples make the chart).
   await tab.click("nav button[data-tab=overview]");

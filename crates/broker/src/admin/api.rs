@@ -120,6 +120,7 @@ pub(super) fn router(context: AdminContext) -> Router {
         .route("/api/v1/retained", get(retained))
         .route("/api/v1/retained/{*topic}", delete(delete_retained))
         .route("/api/v1/publish", post(publish))
+        .route("/api/v1/live", get(live_view))
         .route("/api/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -755,4 +756,34 @@ async fn subscriptions(
             v["client_id"].as_str()?
         ))
     })))
+}
+
+#[derive(Debug, Deserialize)]
+struct LiveQuery {
+    filter: String,
+}
+
+/// The messages matching `?filter=` as they are published (server-sent events).
+async fn live_view(
+    State(context): State<AdminContext>,
+    parsed: Result<Query<LiveQuery>, QueryRejection>,
+) -> Result<Response<Body>, ApiError> {
+    let LiveQuery { filter } = query(parsed)?;
+    midge_proto::topic::validate_topic_filter(&filter)
+        .map_err(|e| ApiError::bad_request(format!("filter `{filter}`: {e}")))?;
+    if filter.starts_with("$share/") {
+        return Err(ApiError::bad_request(
+            "a live view cannot join a shared subscription group",
+        ));
+    }
+    super::live::open(&context, filter).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_live_views",
+            format!(
+                "{} live views are open, the most there may be",
+                super::live::MAX_LIVE_VIEWS
+            ),
+        )
+    })
 }

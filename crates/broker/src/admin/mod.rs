@@ -10,6 +10,7 @@
 //! server only through [`ReloadFn`], so it imports nothing of the listener.
 
 mod api;
+mod live;
 mod metrics;
 mod process;
 
@@ -167,6 +168,8 @@ pub struct AdminContext {
     pub listeners: Arc<Vec<ListenerInfo>>,
     /// What `POST /api/v1/reload` runs.
     pub reload: ReloadFn,
+    /// Live views (`/api/v1/live`) open now.
+    pub live_views: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for AdminContext {

@@ -932,6 +932,7 @@ async fn the_dashboard_in_headless_chromium_lists_kicks_and_deletes() {
         "device kicked: reason 152",
         "retained listed",
         "retained deleted",
+        "live message shown",
     ] {
         assert!(stdout.contains(step), "{step} missing from {stdout}");
     }
@@ -1027,5 +1028,93 @@ async fn idle_admin_connections_are_capped() {
         .expect("served once a slot is free")
         .unwrap();
     assert_eq!(answer.status, 200);
+    broker.shutdown().await;
+}
+
+/// Opens `path` and returns the connection, with what it sent so far.
+async fn open_stream(admin: std::net::SocketAddr, path: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    (stream, String::new())
+}
+
+/// Reads from `stream` into `seen` until it contains `wanted`, bounded by TIMEOUT.
+async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, wanted: &str) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + crate::harness::TIMEOUT;
+    while !seen.contains(wanted) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{wanted} not seen in {seen}"))
+            .unwrap();
+        assert!(n > 0, "closed before {wanted}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn the_live_view_streams_matching_messages_until_the_reader_goes() {
+    let broker = TestBroker::start().await;
+    let admin = broker.admin();
+    let (mut stream, mut seen) = open_stream(admin, "/api/v1/live?filter=live/%23").await;
+    read_until(&mut stream, &mut seen, ": live view of live/#").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("content-type: text/event-stream")
+    );
+    assert_eq!(broker.broker().router.len(), 1);
+    let (mut publisher, _) = broker.raw_v311("pub", true).await;
+    for (topic, payload) in [("other", "no"), ("live/a", "first"), ("live/b/c", "second")] {
+        publisher
+            .send_v4(rumqttc::Packet::Publish(rumqttc::Publish::new(
+                topic,
+                rumqttc::QoS::AtMostOnce,
+                payload,
+            )))
+            .await;
+    }
+    read_until(&mut stream, &mut seen, r#""payload":"second""#).await;
+    assert!(seen.contains(r#"data: {"payload":"first","payload_base64":"Zmlyc3Q=","qos":0,"retain":false,"topic":"live/a"}"#), "{seen}");
+    assert!(!seen.contains(r#""topic":"other""#), "{seen}");
+    // Bad filters are refused.
+    assert_eq!(
+        get(admin, "/api/v1/live?filter=a/%23/b", None).await.status,
+        400
+    );
+    assert_eq!(get(admin, "/api/v1/live", None).await.status, 400);
+    // The reader goes: the subscription goes too (noticed at the next message).
+    drop(stream);
+    publisher
+        .send_v4(rumqttc::Packet::Publish(rumqttc::Publish::new(
+            "live/x",
+            rumqttc::QoS::AtMostOnce,
+            "after",
+        )))
+        .await;
+    broker
+        .eventually("the live view's subscription ends", |b| b.router.is_empty())
+        .await;
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn live_views_are_capped() {
+    let broker = TestBroker::start().await;
+    let admin = broker.admin();
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let (mut stream, mut seen) = open_stream(admin, "/api/v1/live?filter=%23").await;
+        read_until(&mut stream, &mut seen, ": live view of #").await;
+        open.push(stream);
+    }
+    let refused = get(admin, "/api/v1/live?filter=%23", None).await;
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (429, "too_many_live_views")
+    );
     broker.shutdown().await;
 }
