@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::AdminContext;
 use crate::mailbox::Mailbox;
-use crate::message::Delivery;
+use crate::model::Delivery;
 
 /// Live views open at once; more are refused (429), so they cannot pile up.
 pub(super) const MAX_LIVE_VIEWS: usize = 16;
