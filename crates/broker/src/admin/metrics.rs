@@ -199,6 +199,11 @@ impl Collector for BrokerCollector {
             "Connections turned away, by reason.",
             &[
                 (vec![("reason", "max_connections")], s.connections_refused),
+                (
+                    vec![("reason", "per_ip_connections")],
+                    s.connections_refused_per_ip,
+                ),
+                (vec![("reason", "per_ip_rate")], s.connections_refused_rate),
                 (vec![("reason", "handshake_failed")], s.handshakes_failed),
                 (
                     vec![("reason", "bad_credentials")],
