@@ -1118,3 +1118,46 @@ async fn live_views_are_capped() {
     );
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_admin_listener_speaks_https_with_admin_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = crate::pki::Pki::new("admin-tls");
+    let server = pki.server("admin");
+    let broker = TestBroker::start_with(|c| {
+        c.admin.tls = Some(midge_broker::config::AdminTlsConfig {
+            cert: server.cert_path.clone(),
+            key: server.key_path.clone(),
+        });
+    })
+    .await;
+    let config = crate::pki::client_config(&pki.ca_path, None, crate::pki::ALL_VERSIONS);
+    let mut tls = crate::pki::tls_connect(broker.admin().port(), config)
+        .await
+        .expect("TLS handshake with the admin listener");
+    tls.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(crate::harness::TIMEOUT, tls.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""status":"ok""#), "{text}");
+    // Plain HTTP is not served on it: the handshake fails and the connection closes.
+    let mut plain = tokio::net::TcpStream::connect(broker.admin())
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(crate::harness::TIMEOUT, plain.read_to_end(&mut answer))
+        .await
+        .expect("closed");
+    assert!(!answer.starts_with(b"HTTP/1.1 200"));
+    broker.shutdown().await;
+}
