@@ -1161,3 +1161,35 @@ async fn the_admin_listener_speaks_https_with_admin_tls() {
     assert!(!answer.starts_with(b"HTTP/1.1 200"));
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn reload_keeps_clients_connected_and_refuses_a_bad_file_with_409() {
+    let dir = TempDir::new("admin-reload");
+    let file = users(&dir);
+    let broker = TestBroker::start_with(|c| c.admin.password_file = Some(file.clone())).await;
+    let admin = broker.admin();
+    let root = Some(("root", "secret"));
+    let (mut client, _) = broker.raw_v311("stays", true).await;
+    let reloaded = request(admin, "POST", "/api/v1/reload", root, None).await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.text());
+    client.ping_fence().await;
+    // A broken file: refused with the file and line, and the users in force stay.
+    std::fs::write(&file, "root:not-a-hash\n").unwrap();
+    let refused = request(admin, "POST", "/api/v1/reload", root, None).await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert_eq!(refused.error_code(), "reload_failed");
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains(&file.display().to_string()) && message.contains("line 1"),
+        "{message}"
+    );
+    // The users in force stay: watcher, not in the broken file and not yet logged in
+    // (so checked against the file, not the cache), still logs in.
+    let watcher = Some(("watcher", "look"));
+    assert_eq!(get(admin, "/api/v1/health", watcher).await.status, 200);
+    client.ping_fence().await;
+    broker.shutdown().await;
+}
