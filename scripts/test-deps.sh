@@ -8,6 +8,7 @@
 #     never downloads a browser of its own;
 #   - Mosquitto and mosquitto-clients (Debian packages), for mosquitto_pub/sub and the
 #     differential tests; Chromium (Debian package) for the browser test;
+#   - promtool (Debian package prometheus), which checks the /metrics output;
 #   - Go and eclipse/paho.mqtt.golang (Debian packages; the Go seed test builds offline in
 #     GOPATH mode from /usr/share/gocode), gcc and the Paho C client library and example
 #     programs (Debian packages), for the seed scenario tests (interop_go, interop_pahoc).
@@ -36,6 +37,8 @@ have npm || packages+=(npm)
 have_mosquitto || packages+=(mosquitto)
 { have mosquitto_pub && have mosquitto_sub; } || packages+=(mosquitto-clients)
 [ -x /usr/bin/chromium ] || packages+=(chromium)
+# promtool (Debian's prometheus package) validates the admin listener's /metrics.
+have promtool || packages+=(prometheus)
 have go || packages+=(golang-go)
 [ -f "$paho_go" ] || packages+=(golang-github-eclipse-paho.mqtt.golang-dev)
 have gcc || packages+=(gcc)

@@ -204,6 +204,14 @@ impl Broker {
         self.apply(effects, now);
     }
 
+    /// Disconnects a client for an administrator ([`Registry::kick`]) and carries out
+    /// what that leaves to do (an offline session that ends, its will).
+    pub fn kick(&self, client_id: &str, discard_session: bool) -> crate::registry::KickOutcome {
+        let (outcome, effects) = self.registry.kick(client_id, discard_session);
+        self.apply(effects, crate::model::now_millis());
+        outcome
+    }
+
     /// Carries out what the registry left to do, in its order.
     fn apply(&self, effects: Effects, now: Millis) {
         if effects.over_parked_limit > 0 {

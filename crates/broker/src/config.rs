@@ -69,6 +69,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Persistence of sessions, queues and retained messages.
     pub storage: StorageConfig,
+    /// `[admin]`: the HTTP admin listener (metrics, REST API).
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -81,8 +83,61 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             storage: StorageConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
+}
+
+/// The admin listener's address when `[admin] bind` is not set.
+pub const DEFAULT_ADMIN_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18083);
+
+/// `[admin]`: the HTTP admin listener (`/metrics`, `/api/v1`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Whether the admin listener runs.
+    pub enabled: bool,
+    /// Address and port; unset means [`DEFAULT_ADMIN_BIND`]. When unset and that port is
+    /// taken, the broker runs without the admin listener and logs a warning (two brokers
+    /// on one host); a `bind` that is set and fails stops the start.
+    pub bind: Option<SocketAddr>,
+    /// `[admin.tls]`: HTTPS with this certificate chain and key.
+    pub tls: Option<AdminTlsConfig>,
+    /// Users (Mosquitto password-file format, written by `midge passwd`). Unset: no login,
+    /// and only loopback clients are served.
+    pub password_file: Option<PathBuf>,
+    /// Users of `password_file` who may only read (GET); every other user is an admin.
+    pub viewers: Vec<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: None,
+            tls: None,
+            password_file: None,
+            viewers: Vec::new(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The address in force.
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.bind.unwrap_or(DEFAULT_ADMIN_BIND)
+    }
+}
+
+/// `[admin.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// A `[[listener]]` entry.
@@ -637,11 +692,17 @@ impl MqttConfig {
 pub struct SysConfig {
     /// Seconds between `$SYS` updates; 0 disables them.
     pub interval_secs: u64,
+    /// Publish EMQX-style `$SYS/brokers/<node>/clients/<client id>/connected` and
+    /// `/disconnected` events (JSON, not retained).
+    pub client_events: bool,
 }
 
 impl Default for SysConfig {
     fn default() -> Self {
-        Self { interval_secs: 10 }
+        Self {
+            interval_secs: 10,
+            client_events: false,
+        }
     }
 }
 
@@ -914,6 +975,22 @@ impl Config {
         if self.storage.backend == StorageBackend::Redb && self.storage.dir.as_os_str().is_empty() {
             return invalid("storage.dir", "must name a directory");
         }
+        let admin = &self.admin;
+        if admin.enabled && admin.password_file.is_none() && !admin.bind_addr().ip().is_loopback() {
+            return invalid(
+                "admin.password_file",
+                &format!(
+                    "needed because admin.bind ({}) is not a loopback address; without it the admin API would be open to the network",
+                    admin.bind_addr()
+                ),
+            );
+        }
+        if !admin.viewers.is_empty() && admin.password_file.is_none() {
+            return invalid(
+                "admin.viewers",
+                "needs admin.password_file, which names the users",
+            );
+        }
         let mut binds = std::collections::HashSet::new();
         for (index, l) in self.listeners.iter().enumerate() {
             if let Err((key, reason)) = l.validate(index) {
@@ -1029,6 +1106,27 @@ mod tests {
             MqttConfig::default().v3_session_expiry_secs
         );
         assert_eq!(example.max_tracked_addresses, default.max_tracked_addresses);
+        assert_eq!(config.admin.enabled, AdminConfig::default().enabled);
+        assert_eq!(config.admin.bind, None);
+    }
+
+    #[test]
+    fn the_container_config_listens_everywhere_with_anonymous_access_off() {
+        let text = include_str!("../../../contrib/docker/midge.toml");
+        for text in [text.to_owned(), uncomment_keys(text)] {
+            let config = Config::from_toml(&text, "contrib/docker/midge.toml").unwrap();
+            assert!(
+                config
+                    .listeners
+                    .iter()
+                    .all(|l| l.bind.ip().is_unspecified())
+            );
+            assert_eq!(config.auth.allow_anonymous, Some(false));
+            assert!(config.auth.password_file.is_some());
+            assert!(config.admin.bind_addr().ip().is_unspecified());
+            assert!(config.admin.password_file.is_some());
+            assert_eq!(config.storage.dir, PathBuf::from("/data"));
+        }
     }
 
     #[test]
@@ -1098,6 +1196,10 @@ mod tests {
         let http = config.auth.http.as_ref().unwrap();
         assert!(http.topic_path.is_some() && http.client_key.is_some());
         assert_eq!(http.method, HttpMethod::Get);
+        assert!(config.admin.enabled);
+        assert_eq!(config.admin.bind, Some(DEFAULT_ADMIN_BIND));
+        assert_eq!(config.admin.viewers, ["grafana"]);
+        assert!(config.admin.password_file.is_some() && config.admin.tls.is_some());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::auth::{AccessControl, Credentials, FilterVerdict};
 use crate::broker::Broker;
-use crate::mailbox::{Control, Mailbox};
+use crate::mailbox::{ConnectionDetail, Control, Mailbox};
 use crate::model::now_millis;
 use crate::pre_connect::{self, PreConnect, Refused};
 use crate::session::{Flow, ResolvedPublish, Session, Violation, negotiate};
@@ -63,6 +63,11 @@ enum End {
     Abnormal(&'static str),
     /// Another connection took the session over; answer once the session is parked.
     TakenOver(oneshot::Sender<()>),
+    /// An administrator disconnected the client (`Control::Kick`).
+    Kicked {
+        /// The session ends too.
+        discard_session: bool,
+    },
 }
 
 /// Reads what is there (up to [`READ_CHUNK`]) through a buffer on the stack and appends it
@@ -101,6 +106,27 @@ struct ForgetWaker<'a>(&'a Mailbox);
 impl Drop for ForgetWaker<'_> {
     fn drop(&mut self) {
         self.0.forget_waker();
+    }
+}
+
+/// What a serving connection adds up for the admin API (see [`Control::Describe`]).
+#[derive(Debug, Default)]
+struct Totals {
+    connected_at_ms: u64,
+    bytes_received: u64,
+    bytes_sent: u64,
+    dropped: u32,
+    keep_alive: u16,
+}
+
+impl Totals {
+    /// Adds a wake-up's counts, before they are flushed.
+    fn add(&mut self, stats: &crate::stats::LocalStats) {
+        self.bytes_received += stats.bytes_received;
+        self.bytes_sent += stats.bytes_sent;
+        self.dropped = self
+            .dropped
+            .saturating_add(stats.publish_dropped + stats.publish_denied);
     }
 }
 
@@ -268,7 +294,7 @@ where
     /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6], within the
     /// client's Maximum Packet Size.
     async fn refuse(&mut self, connect: &Connect, reason: ReasonCode, what: &str, client_id: &str) {
-        Stats::add(&self.broker.stats.connects_refused, 1);
+        self.broker.stats.connect_refused(reason);
         if self.log_allowed() {
             tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
         }
@@ -396,12 +422,37 @@ where
             keep_alive,
             "client connected"
         );
+        if broker.config.sys.client_events {
+            crate::sys::client_event(
+                &broker,
+                &client_id,
+                "connected",
+                serde_json::json!({
+                    "clientid": &*client_id,
+                    "username": negotiated.username,
+                    "ipaddress": self.peer.ip().to_string(),
+                    "port": self.peer.port(),
+                    "proto_ver": negotiated.protocol.level(),
+                    "keepalive": keep_alive,
+                    "clean_start": negotiated.clean_start,
+                    "expiry_interval": negotiated.expiry_interval,
+                    "connack": 0,
+                    "connected_at": now_millis(),
+                }),
+            );
+        }
         let mut session = Session::new(attached.state, negotiated, broker.config.mqtt.max_inflight);
         if attached.session_present {
             recheck_subscriptions(&self.listener, &self.broker, &mut session).await;
         }
         session.start(connack, now_millis(), &mut self.wbuf);
         broker.stats.client_connected();
+        let fresh_or_resumed = if attached.session_present {
+            &broker.stats.sessions_resumed
+        } else {
+            &broker.stats.sessions_created
+        };
+        Stats::add(fresh_or_resumed, 1);
         Some((session, keep_alive, connection_id))
     }
 
@@ -410,7 +461,7 @@ where
         let broker = self.broker.clone();
         let client_id = session.client_id().clone();
         broker.stats.client_disconnected();
-        session.stats.flush(&broker.stats);
+        session.flush_stats(&broker.stats, true);
         match &end {
             End::ClientDisconnect => tracing::debug!(client_id = %client_id, "client disconnected"),
             End::Abnormal(why) => {
@@ -420,12 +471,43 @@ where
             End::TakenOver(_) if self.log_allowed() => {
                 tracing::info!(client_id = %client_id, peer = %self.peer, "connection closed: session taken over by a new connection with the same client id")
             }
+            End::Kicked { discard_session } => {
+                tracing::info!(client_id = %client_id, peer = %self.peer, discard_session, "connection closed by an administrator")
+            }
             End::TakenOver(_) => {}
+        }
+        if broker.config.sys.client_events {
+            let reason = match &end {
+                End::ClientDisconnect => "normal",
+                End::Abnormal(why) => why,
+                End::TakenOver(_) => "takenover",
+                End::Kicked { .. } => "kicked",
+            };
+            crate::sys::client_event(
+                &broker,
+                &client_id,
+                "disconnected",
+                serde_json::json!({
+                    "clientid": &*client_id,
+                    "username": session.username(),
+                    "reason": reason,
+                    "disconnected_at": now_millis(),
+                }),
+            );
         }
         session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
         let will_delay = session.will_delay();
         let username = session.username().map(str::to_owned);
-        let (state, will) = session.into_parts();
+        let (mut state, will) = session.into_parts();
+        if matches!(
+            end,
+            End::Kicked {
+                discard_session: true
+            }
+        ) {
+            // Expiry 0: the registry ends the session instead of parking it.
+            state.expiry_interval = 0;
+        }
         // The will's topic needs write access when the will is handed on, as Mosquitto
         // checks it when it sends the will; a refused will is dropped.
         let will = match will {
@@ -454,8 +536,36 @@ where
         self.close().await;
     }
 
+    /// This connection for the admin API (`Control::Describe`).
+    fn describe(&self, session: &Session, totals: &Totals) -> ConnectionDetail {
+        let unflushed = &session.stats;
+        ConnectionDetail {
+            peer: self.peer,
+            listener: self.listener.name.clone(),
+            protocol: match session.protocol() {
+                ProtocolVersion::V31 => "3.1",
+                ProtocolVersion::V311 => "3.1.1",
+                ProtocolVersion::V5 => "5.0",
+            },
+            username: session.username().map(str::to_owned),
+            keep_alive: totals.keep_alive,
+            connected_at_ms: totals.connected_at_ms,
+            bytes_received: totals.bytes_received + unflushed.bytes_received,
+            bytes_sent: totals.bytes_sent + unflushed.bytes_sent,
+            dropped: u64::from(totals.dropped)
+                + u64::from(unflushed.publish_dropped + unflushed.publish_denied),
+            inflight: session.state().inflight.len(),
+            subscriptions: session.state().subscriptions.len(),
+        }
+    }
+
     async fn run(&mut self, session: &mut Session, keep_alive: u16) -> End {
         let mailbox = session.state().mailbox.clone();
+        let mut totals = Totals {
+            keep_alive,
+            connected_at_ms: now_millis(),
+            ..Totals::default()
+        };
         let _forget = ForgetWaker(&mailbox);
         // [MQTT-3.1.2-24] close after one and a half times the keep alive without a packet.
         let keep_alive =
@@ -493,7 +603,8 @@ where
             if self.wbuf.len() < WRITE_HIGH_WATER {
                 session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
             }
-            session.stats.flush(&self.broker.stats);
+            totals.add(&session.stats);
+            session.flush_stats(&self.broker.stats, false);
             if session.take_settle() && !self.broker.store_is_settled() {
                 // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
                 // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
@@ -539,14 +650,28 @@ where
                         Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
                             .await;
                     }
-                    if let Some(Control::TakeOver(reply)) = mailbox.take_control() {
-                        // [MQTT-3.1.4-3]
-                        session.disconnect_packet(
-                            ReasonCode::SESSION_TAKEN_OVER,
-                            None,
-                            &mut self.wbuf,
-                        );
-                        return End::TakenOver(reply);
+                    match mailbox.take_control() {
+                        Some(Control::TakeOver(reply)) => {
+                            // [MQTT-3.1.4-3]
+                            session.disconnect_packet(
+                                ReasonCode::SESSION_TAKEN_OVER,
+                                None,
+                                &mut self.wbuf,
+                            );
+                            return End::TakenOver(reply);
+                        }
+                        Some(Control::Describe(reply)) => {
+                            let _ = reply.send(self.describe(session, &totals));
+                        }
+                        Some(Control::Kick { discard_session }) => {
+                            session.disconnect_packet(
+                                ReasonCode::ADMINISTRATIVE_ACTION,
+                                None,
+                                &mut self.wbuf,
+                            );
+                            return End::Kicked { discard_session };
+                        }
+                        None => {}
                     }
                 }
                 Wait::KeepAlive => {

@@ -8,6 +8,7 @@ mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -15,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, AdminContext, AdminError, AdminUsers, ListenerInfo};
 use crate::auth::{AccessControl, AuthError, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ListenerProtocol};
@@ -94,10 +96,58 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
     /// One clone per live connection task; the count tells shutdown when all have ended.
     live: Arc<()>,
-    /// Each listener's access control, for [`Server::reload`].
+    /// What [`Server::reload`] re-reads; shared with the admin listener.
+    reloader: Arc<Reloader>,
+    /// Where the admin listener listens, when it runs.
+    admin_addr: Option<SocketAddr>,
+}
+
+/// What SIGHUP re-reads.
+#[derive(Debug)]
+struct Reloader {
+    broker: Arc<Broker>,
+    /// Each listener's access control.
     access: Vec<AccessControl>,
-    /// The TLS listeners, for [`Server::reload`].
+    /// The TLS listeners.
     tls: TlsListeners,
+    /// The admin listener's users.
+    admin_users: Option<Arc<AdminUsers>>,
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<(), ReloadError> {
+        let mut first_error = reload_certificates(&self.tls, true).err();
+        for access in &self.access {
+            if let Err(e) = access.reload() {
+                first_error.get_or_insert(e.into());
+            }
+        }
+        if let Some(Err(e)) = self.admin_users.as_ref().map(|users| users.reload()) {
+            tracing::warn!("admin.password_file: {e}; keeping the previous users");
+            first_error.get_or_insert(e.into());
+        }
+        // Subscriptions granted under the old rules are checked under the new ones.
+        self.broker.registry.recheck_owners();
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Counts a connection on its listener while it lives (part of what the connection
+/// task holds).
+#[derive(Debug)]
+struct OpenConnection(Arc<AtomicU64>);
+
+impl OpenConnection {
+    fn enter(gauge: &Arc<AtomicU64>) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Server {
@@ -138,6 +188,7 @@ impl Server {
         let mut access_controls = Vec::new();
         let login_guard = LoginGuard::new(&config, broker.log_limit.clone());
         let mut tls_listeners = Vec::new();
+        let mut listener_infos = Vec::new();
         for listener_config in &config.listeners {
             let name = listener_config.display_name();
             let addr = listener_config.bind;
@@ -185,8 +236,19 @@ impl Server {
                 tracing::warn!(listener = %name, "auth.allow_anonymous is not set: anonymous clients are accepted from loopback addresses only; set it explicitly in the config file");
             }
             local_addrs.push(local);
+            let gauge = Arc::new(AtomicU64::new(0));
+            listener_infos.push(ListenerInfo {
+                name: name.clone(),
+                scheme: listener_config.scheme(),
+                addr: local,
+                connections: gauge.clone(),
+            });
             let context = Arc::new(ListenerContext { name, access });
-            let transport = Arc::new(Transport { tls, websocket });
+            let transport = Arc::new(Transport {
+                tls,
+                websocket,
+                open: gauge,
+            });
             tasks.push(tokio::spawn(accept_loop(
                 listener,
                 transport,
@@ -216,15 +278,78 @@ impl Server {
                 shutdown_rx.clone(),
             )));
         }
+        let admin_users = if config.admin.enabled {
+            let users = AdminUsers::load(&config.admin).map_err(|source| StartError::Auth {
+                name: "admin".to_owned(),
+                source,
+            })?;
+            Some(Arc::new(users))
+        } else {
+            None
+        };
+        let reloader = Arc::new(Reloader {
+            broker: broker.clone(),
+            access: access_controls,
+            tls,
+            admin_users: admin_users.clone(),
+        });
+        let mut admin_addr = None;
+        if let Some(users) = admin_users {
+            let for_admin = reloader.clone();
+            let context = AdminContext {
+                broker: broker.clone(),
+                guard: login_guard.clone(),
+                users,
+                listeners: Arc::new(listener_infos),
+                reload: Arc::new(move || for_admin.reload().map_err(|e| e.to_string())),
+                live_views: Arc::default(),
+            };
+            match admin::start(context, &config.admin, shutdown_rx.clone()).await {
+                Ok((addr, task)) => {
+                    admin_addr = Some(addr);
+                    tasks.push(task);
+                }
+                // Nobody asked for this port: a second broker on the host runs without.
+                Err(AdminError::Bind { addr, source }) if config.admin.bind.is_none() => {
+                    tracing::warn!(
+                        "admin listener not started: cannot listen on {addr} ({source}); set admin.bind to another address, or admin.enabled = false"
+                    );
+                }
+                Err(AdminError::Bind { addr, source }) => {
+                    return Err(StartError::Bind {
+                        name: "admin".to_owned(),
+                        addr,
+                        source,
+                    });
+                }
+                Err(AdminError::Tls(source)) => {
+                    return Err(StartError::Tls {
+                        name: "admin".to_owned(),
+                        source,
+                    });
+                }
+                Err(AdminError::Auth(source)) => {
+                    return Err(StartError::Auth {
+                        name: "admin".to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
         Ok(Self {
             broker,
             local_addrs,
             shutdown,
             tasks,
             live,
-            access: access_controls,
-            tls,
+            reloader,
+            admin_addr,
         })
+    }
+
+    /// Where the admin listener listens, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Re-reads the files that can change without a restart (the binary calls this on
@@ -233,15 +358,7 @@ impl Server {
     /// stay up. Whatever fails to load keeps its previous contents; the first failure is
     /// returned and every one is logged.
     pub fn reload(&self) -> Result<(), ReloadError> {
-        let mut first_error = reload_certificates(&self.tls, true).err();
-        for access in &self.access {
-            if let Err(e) = access.reload() {
-                first_error.get_or_insert(e.into());
-            }
-        }
-        // Subscriptions granted under the old rules are checked under the new ones.
-        self.broker.registry.recheck_owners();
-        first_error.map_or(Ok(()), Err)
+        self.reloader.reload()
     }
 
     /// The broker, for in-process use and tests.
@@ -371,7 +488,7 @@ async fn accept_loop(
             shutdown.clone(),
             live.clone(),
         );
-        let held = (permit, slot, live);
+        let held = (permit, slot, live, OpenConnection::enter(&transport.open));
         if transport.is_plain() {
             // Spawned as it is, without a wrapping future: plain TCP connections are most
             // of them, and each extra layer would add to every connection's task.
@@ -394,6 +511,8 @@ async fn accept_loop(
 struct Transport {
     tls: Option<Arc<TlsListener>>,
     websocket: Option<ws::WsSettings>,
+    /// Gauge: connections open on this listener.
+    open: Arc<AtomicU64>,
 }
 
 impl Transport {

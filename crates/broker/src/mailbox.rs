@@ -82,6 +82,44 @@ pub enum Control {
     /// Another connection is taking the session over: send DISCONNECT 0x8E, end the
     /// connection, hand the session back to the registry, then answer.
     TakeOver(oneshot::Sender<()>),
+    /// An administrator disconnects the client: send DISCONNECT 0x98, end the connection
+    /// as an abnormal close (the will is published); with `discard_session`, the session
+    /// ends too instead of being kept.
+    Kick {
+        /// End the session as well.
+        discard_session: bool,
+    },
+    /// The admin API asks who is connected: answer with the connection's details and
+    /// carry on.
+    Describe(oneshot::Sender<ConnectionDetail>),
+}
+
+/// A connection as the admin API shows it, answered by the connection itself through
+/// [`Control::Describe`], so nothing is kept for it while nobody asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionDetail {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// The listener it connected to.
+    pub listener: String,
+    /// `3.1`, `3.1.1` or `5.0`.
+    pub protocol: &'static str,
+    /// The user name it is known by (certificate identity, verified or given name).
+    pub username: Option<String>,
+    /// Keep alive in force, in seconds (0: none).
+    pub keep_alive: u16,
+    /// When CONNECT completed, in milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// Bytes received from it and sent to it on this connection.
+    pub bytes_received: u64,
+    /// See `bytes_received`.
+    pub bytes_sent: u64,
+    /// Deliveries to it dropped on this connection (expired, too large, not authorized).
+    pub dropped: u64,
+    /// QoS 1/2 deliveries sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Subscriptions of its session.
+    pub subscriptions: usize,
 }
 
 #[derive(Debug)]
@@ -491,6 +529,18 @@ impl Mailbox {
         let mut inner = self.lock();
         inner.control = Some(control);
         Self::wake(inner);
+    }
+
+    /// Sends `control` unless another one is pending (a takeover, which ends the
+    /// connection anyway and must not lose its answer); returns whether it was sent.
+    pub fn offer_control(&self, control: Control) -> bool {
+        let mut inner = self.lock();
+        if inner.control.is_some() {
+            return false;
+        }
+        inner.control = Some(control);
+        Self::wake(inner);
+        true
     }
 
     /// Wakes the serving connection without anything new to deliver (it then looks at

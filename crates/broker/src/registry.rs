@@ -25,7 +25,7 @@ use std::time::Duration;
 use midge_proto::Will;
 use tokio::sync::oneshot;
 
-use crate::mailbox::Mailbox;
+use crate::mailbox::{ConnectionDetail, Control, Mailbox};
 use crate::model::{Millis, QueueLimits};
 use crate::session::SessionState;
 use crate::stats::Stats;
@@ -155,6 +155,49 @@ pub struct Effects {
     /// Sessions that ended at disconnect instead of being parked, because
     /// `max_parked_sessions` parked sessions already wait.
     pub over_parked_limit: u64,
+}
+
+/// What [`Registry::kick`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickOutcome {
+    /// No session has that client id.
+    NotFound,
+    /// The connection was told to go (it sends DISCONNECT 0x98 and closes).
+    Disconnecting,
+    /// The client is not connected and its session was kept (nothing to do).
+    NotConnected,
+    /// The client was not connected; its session was ended.
+    SessionEnded,
+}
+
+/// One session as the admin API lists it. Ordered by client id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    /// Client identifier.
+    pub client_id: Arc<str>,
+    /// Whether a connection serves it.
+    pub online: bool,
+    /// Deliveries waiting in its queue.
+    pub queued: usize,
+    /// QoS 1/2 deliveries sent and not yet acknowledged; known here for offline sessions
+    /// only (an online session's in-flight window lives in its connection).
+    pub inflight: Option<usize>,
+    /// Subscriptions; known here for offline sessions only.
+    pub subscriptions: Option<usize>,
+    /// When an offline session expires.
+    pub expires_at: Option<Millis>,
+}
+
+impl Ord for SessionSummary {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.client_id.cmp(&other.client_id)
+    }
+}
+
+impl PartialOrd for SessionSummary {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// A session handed to a new connection.
@@ -582,6 +625,115 @@ impl Registry {
             .slots
             .get_mut(client_id)
             .map(|s| s.attach_lock.get_or_insert_with(Arc::default).clone())
+    }
+
+    /// Up to `limit` sessions whose client id comes after `after` and passes `keep`, in
+    /// client id order, for the admin API. Memory is O(limit) whatever the session count;
+    /// the registry lock is held for one pass over the sessions.
+    pub fn sessions_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        mut keep: impl FnMut(&SessionSummary) -> bool,
+    ) -> Vec<SessionSummary> {
+        let mut page = std::collections::BinaryHeap::<SessionSummary>::new();
+        let inner = self.lock();
+        for (id, slot) in &inner.slots {
+            if after.is_some_and(|after| &**id <= after)
+                || page.len() == limit && page.peek().is_some_and(|last| id >= &last.client_id)
+            {
+                continue;
+            }
+            let parked = slot.parked.as_deref();
+            let summary = SessionSummary {
+                client_id: id.clone(),
+                online: slot.owner.is_some(),
+                queued: slot.mailbox.len(),
+                inflight: parked.map(|p| p.inflight.len()),
+                subscriptions: parked.map(|p| p.subscriptions.len()),
+                expires_at: slot.expires_at,
+            };
+            if !keep(&summary) {
+                continue;
+            }
+            page.push(summary);
+            if page.len() > limit {
+                page.pop();
+            }
+        }
+        drop(inner);
+        page.into_sorted_vec()
+    }
+
+    /// Disconnects `client_id` for an administrator; with `discard_session` its session
+    /// ends too (at once when it is offline: its will, if any, is due, as when a session
+    /// expires). The broker carries out the effects ([`Broker::kick`](crate::Broker)).
+    pub fn kick(&self, client_id: &str, discard_session: bool) -> (KickOutcome, Effects) {
+        let mut effects = Effects::default();
+        let mut inner = self.lock();
+        let Some((id, slot)) = inner.slots.get_key_value(client_id) else {
+            return (KickOutcome::NotFound, effects);
+        };
+        let id = id.clone();
+        if slot.owner.is_some() {
+            // A pending takeover ends the connection already; it is not disturbed.
+            slot.mailbox
+                .offer_control(Control::Kick { discard_session });
+            return (KickOutcome::Disconnecting, effects);
+        }
+        if slot.parked.is_none() {
+            return (KickOutcome::NotFound, effects);
+        }
+        if !discard_session {
+            return (KickOutcome::NotConnected, effects);
+        }
+        let fresh = self.new_mailbox(&id);
+        let Some(slot) = inner.slots.get_mut(&id) else {
+            return (KickOutcome::NotFound, effects);
+        };
+        slot.expires_at = None;
+        slot.mailbox = fresh;
+        if let Some(state) = slot.parked.take() {
+            tracing::info!(client_id = %id, "session ended by an administrator");
+            effects.ended.push(*state);
+        }
+        // [MQTT-3.1.3-9] the session ending makes a delayed will due.
+        if let Some(pending) = slot.will.take() {
+            effects.wills.push((id.clone(), pending.will));
+        }
+        if slot.removable() {
+            inner.slots.remove(&id);
+        }
+        (KickOutcome::SessionEnded, effects)
+    }
+
+    /// Deliveries queued in every session's mailbox, and QoS 1/2 deliveries in flight in
+    /// offline sessions (online ones count theirs in `Stats::inflight`), for metrics. One
+    /// pass under the registry lock, taking each mailbox lock briefly (registry, then
+    /// mailbox, as attach does).
+    pub fn queue_totals(&self) -> (usize, usize) {
+        let inner = self.lock();
+        inner
+            .slots
+            .values()
+            .fold((0, 0), |(queued, inflight), slot| {
+                (
+                    queued + slot.mailbox.len(),
+                    inflight + slot.parked.as_ref().map_or(0, |p| p.inflight.len()),
+                )
+            })
+    }
+
+    /// Asks the connection serving `client_id` to describe itself; `None` when it is not
+    /// connected or has another instruction pending (a takeover). The answer comes at
+    /// the connection's next wake-up; the receiver fails if the connection ends first.
+    pub fn describe(&self, client_id: &str) -> Option<oneshot::Receiver<ConnectionDetail>> {
+        let inner = self.lock();
+        let slot = inner.slots.get(client_id).filter(|s| s.owner.is_some())?;
+        let (reply, answer) = oneshot::channel();
+        slot.mailbox
+            .offer_control(Control::Describe(reply))
+            .then_some(answer)
     }
 
     /// Number of sessions with a live connection.

@@ -76,6 +76,37 @@ counters! {
     protocol_errors,
     /// Wills published.
     wills_published,
+    /// PUBLISH packets received at QoS 1 (QoS 0 is the rest of `publish_received`).
+    publish_received_qos1,
+    /// PUBLISH packets received at QoS 2.
+    publish_received_qos2,
+    /// PUBLISH packets sent at QoS 1 (QoS 0 is the rest of `publish_sent`).
+    publish_sent_qos1,
+    /// PUBLISH packets sent at QoS 2.
+    publish_sent_qos2,
+    /// Deliveries dropped because the message expired before it could be sent (part of
+    /// `publish_dropped`).
+    publish_dropped_expired,
+    /// Deliveries dropped because they exceed the client's Maximum Packet Size (part of
+    /// `publish_dropped`; the rest were dropped by full queues).
+    publish_dropped_too_large,
+    /// Sessions that began new at CONNECT (no stored session, or clean start).
+    sessions_created,
+    /// Sessions resumed at CONNECT (session present).
+    sessions_resumed,
+    /// CONNECTs refused with 0x86 (v3: 4), bad user name or password.
+    connects_refused_credentials,
+    /// CONNECTs refused with 0x87 (v3: 5), not authorized.
+    connects_refused_not_authorized,
+    /// CONNECTs refused with 0x9F, too many failed logins from the address.
+    connects_refused_rate_limited,
+    /// CONNECTs refused with 0x85 (v3: 2), client identifier not valid.
+    connects_refused_client_id,
+    /// CONNECTs refused with 0x88 or 0x89 (v3: 3), server unavailable or busy.
+    connects_refused_unavailable,
+    /// Gauge: QoS 1/2 deliveries in flight (sent, not yet acknowledged) on connected
+    /// sessions, as of each connection's last wake-up.
+    inflight,
     /// Gauge: bytes buffered by connections that have not completed CONNECT and
     /// authentication (read buffer capacity), bounded by `mqtt.max_pre_connect_bytes`.
     pre_connect_bytes,
@@ -99,6 +130,21 @@ impl Stats {
         self.clients_maximum.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// Counts a refused CONNECT by its reason (v5 code; v3 refusals are mapped to one).
+    pub fn connect_refused(&self, reason: midge_proto::ReasonCode) {
+        use midge_proto::ReasonCode as R;
+        Self::add(&self.connects_refused, 1);
+        let by_reason = match reason {
+            R::BAD_USER_NAME_OR_PASSWORD => &self.connects_refused_credentials,
+            R::NOT_AUTHORIZED => &self.connects_refused_not_authorized,
+            R::CONNECTION_RATE_EXCEEDED => &self.connects_refused_rate_limited,
+            R::CLIENT_IDENTIFIER_NOT_VALID => &self.connects_refused_client_id,
+            R::SERVER_UNAVAILABLE | R::SERVER_BUSY => &self.connects_refused_unavailable,
+            _ => return,
+        };
+        Self::add(by_reason, 1);
+    }
+
     /// Removes a connection.
     pub fn client_disconnected(&self) {
         self.clients_connected.fetch_sub(1, Ordering::Relaxed);
@@ -112,38 +158,223 @@ impl Stats {
     }
 }
 
-/// Per-connection counts, flushed into [`Stats`] in one go.
+/// Per-connection counts, flushed into [`Stats`] in one go (once per wake-up, so the
+/// 32-bit counts cannot overflow; they keep this in every connection at 64 bytes).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LocalStats {
-    /// Packets received.
-    pub packets_received: u64,
-    /// Packets sent.
-    pub packets_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
     /// Bytes sent.
     pub bytes_sent: u64,
+    /// Packets received.
+    pub packets_received: u32,
+    /// Packets sent.
+    pub packets_sent: u32,
     /// PUBLISH received.
-    pub publish_received: u64,
+    pub publish_received: u32,
     /// PUBLISH sent.
-    pub publish_sent: u64,
-    /// Deliveries dropped.
-    pub publish_dropped: u64,
+    pub publish_sent: u32,
+    /// Deliveries dropped: expired (also in `dropped_expired`) or too large for the client.
+    pub publish_dropped: u32,
     /// PUBLISH denied.
-    pub publish_denied: u64,
+    pub publish_denied: u32,
+    /// PUBLISH received at QoS 1 and 2.
+    pub received_qos: [u32; 2],
+    /// PUBLISH sent at QoS 1 and 2.
+    pub sent_qos: [u32; 2],
+    /// Deliveries dropped because their message expired.
+    pub dropped_expired: u32,
+    /// The in-flight count last added to [`Stats::inflight`]; not reset by a flush.
+    inflight_reported: u32,
 }
 
 impl LocalStats {
-    /// Adds these counts to `stats` and resets them.
-    pub fn flush(&mut self, stats: &Stats) {
-        Stats::add(&stats.packets_received, self.packets_received);
-        Stats::add(&stats.packets_sent, self.packets_sent);
+    /// Counts a PUBLISH received at `qos`.
+    pub fn received(&mut self, qos: midge_proto::QoS) {
+        self.publish_received += 1;
+        match qos {
+            midge_proto::QoS::AtMostOnce => {}
+            midge_proto::QoS::AtLeastOnce => self.received_qos[0] += 1,
+            midge_proto::QoS::ExactlyOnce => self.received_qos[1] += 1,
+        }
+    }
+
+    /// Counts a PUBLISH sent at `qos`.
+    pub fn sent(&mut self, qos: midge_proto::QoS) {
+        self.publish_sent += 1;
+        match qos {
+            midge_proto::QoS::AtMostOnce => {}
+            midge_proto::QoS::AtLeastOnce => self.sent_qos[0] += 1,
+            midge_proto::QoS::ExactlyOnce => self.sent_qos[1] += 1,
+        }
+    }
+
+    /// Adds these counts to `stats` and resets them; `inflight` is the connection's
+    /// in-flight count now (0 when it ends), whose change goes to the gauge.
+    pub fn flush(&mut self, stats: &Stats, inflight: usize) {
+        let add = |counter: &AtomicU64, n: u32| Stats::add(counter, u64::from(n));
+        add(&stats.packets_received, self.packets_received);
+        add(&stats.packets_sent, self.packets_sent);
         Stats::add(&stats.bytes_received, self.bytes_received);
         Stats::add(&stats.bytes_sent, self.bytes_sent);
-        Stats::add(&stats.publish_received, self.publish_received);
-        Stats::add(&stats.publish_sent, self.publish_sent);
-        Stats::add(&stats.publish_dropped, self.publish_dropped);
-        Stats::add(&stats.publish_denied, self.publish_denied);
-        *self = Self::default();
+        add(&stats.publish_received, self.publish_received);
+        add(&stats.publish_sent, self.publish_sent);
+        add(&stats.publish_dropped, self.publish_dropped);
+        add(&stats.publish_denied, self.publish_denied);
+        add(&stats.publish_received_qos1, self.received_qos[0]);
+        add(&stats.publish_received_qos2, self.received_qos[1]);
+        add(&stats.publish_sent_qos1, self.sent_qos[0]);
+        add(&stats.publish_sent_qos2, self.sent_qos[1]);
+        add(&stats.publish_dropped_expired, self.dropped_expired);
+        add(
+            &stats.publish_dropped_too_large,
+            self.publish_dropped - self.dropped_expired,
+        );
+        let inflight = u32::try_from(inflight).unwrap_or(u32::MAX);
+        if inflight > self.inflight_reported {
+            add(&stats.inflight, inflight - self.inflight_reported);
+        } else if inflight < self.inflight_reported {
+            stats.inflight.fetch_sub(
+                u64::from(self.inflight_reported - inflight),
+                Ordering::Relaxed,
+            );
+        }
+        *self = Self {
+            inflight_reported: inflight,
+            ..Self::default()
+        };
+    }
+}
+
+impl StatsSnapshot {
+    /// CONNECTs accepted: sessions created plus sessions resumed.
+    pub fn clients_connected_total(&self) -> u64 {
+        self.sessions_created + self.sessions_resumed
+    }
+}
+
+/// Upper bounds (seconds) of [`Histogram`] buckets: 100 µs to 10 s, enough for a store
+/// commit (fsync) and a password hash.
+pub const HISTOGRAM_BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+/// A duration histogram with fixed buckets ([`HISTOGRAM_BOUNDS`]); lock-free, so the
+/// timed code never waits for a scrape.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is above every bound.
+    buckets: [AtomicU64; HISTOGRAM_BOUNDS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A snapshot of a [`Histogram`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Sum of the observations, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+    /// `(upper bound, observations in this bucket)` (not cumulative); the last bound is
+    /// infinity.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        let secs = elapsed.as_secs_f64();
+        let index = HISTOGRAM_BOUNDS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(HISTOGRAM_BOUNDS.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads the histogram. Read while observations land, the count and the buckets may
+    /// disagree by the few in flight; the count is taken as the total of the buckets so
+    /// that the `+Inf` bucket always equals it.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let bounds = HISTOGRAM_BOUNDS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        HistogramSnapshot {
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+        }
+    }
+}
+
+/// Logins checked by the password file or the HTTP service, shared by every listener
+/// (held by the `LoginGuard`); the admin listener counts its logins here too.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    /// Credentials accepted.
+    pub success: AtomicU64,
+    /// Credentials refused (wrong password, unknown user).
+    pub failure: AtomicU64,
+    /// Refused without checking: too many failed logins from the address.
+    pub rate_limited: AtomicU64,
+    /// The HTTP service did not answer.
+    pub error: AtomicU64,
+    /// Time spent checking credentials (password hash or HTTP round trip).
+    pub duration: Histogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn local_stats_stay_64_bytes() {
+        // Every connection carries one; the per-QoS and drop-reason counts fit in what
+        // 64-bit packet counts used to take.
+        assert_eq!(std::mem::size_of::<LocalStats>(), 64);
+    }
+
+    #[test]
+    fn flushing_moves_the_inflight_gauge_by_the_change() {
+        let stats = Stats::default();
+        let mut local = LocalStats::default();
+        local.flush(&stats, 3);
+        assert_eq!(stats.snapshot().inflight, 3);
+        local.flush(&stats, 1);
+        assert_eq!(stats.snapshot().inflight, 1);
+        local.sent(midge_proto::QoS::ExactlyOnce);
+        local.publish_dropped = 2;
+        local.dropped_expired = 1;
+        local.flush(&stats, 0);
+        let s = stats.snapshot();
+        assert_eq!((s.inflight, s.publish_sent, s.publish_sent_qos2), (0, 1, 1));
+        assert_eq!(
+            (s.publish_dropped_expired, s.publish_dropped_too_large),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn histogram_observations_land_in_their_bucket() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(50));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(20));
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets[0], (0.0001, 1));
+        // 3 ms lands in the 5 ms bucket, 20 s above every bound.
+        let five_ms = s.buckets.iter().find(|(b, _)| *b == 0.005).unwrap();
+        assert_eq!(five_ms.1, 1);
+        assert_eq!(s.buckets.last().unwrap(), &(f64::INFINITY, 1));
+        assert_eq!(s.buckets.iter().map(|(_, n)| n).sum::<u64>(), 3);
+        assert!((s.sum - 20.00305).abs() < 1e-9);
     }
 }

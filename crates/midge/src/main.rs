@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod ctl;
 mod passwd;
 mod serve;
 mod tools;
@@ -33,6 +34,9 @@ enum Command {
     Pub(tools::publish::PubArgs),
     /// Subscribe and print messages (Mosquitto's mosquitto_sub flags).
     Sub(tools::subscribe::SubArgs),
+    /// Talk to a running broker's admin API: status, list connections, queues and
+    /// subscriptions, retained messages, kick, publish, reload.
+    Ctl(ctl::CtlArgs),
     /// Load-test an MQTT broker (any broker): throughput, latency, loss, connections.
     Bench(bench::BenchArgs),
 }
@@ -45,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Some(Command::Pub(args)) => return tools::publish::run(args),
         Some(Command::Sub(args)) => return tools::subscribe::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Ctl(args)) => return ctl::run(args),
         None => serve::run(cli.serve),
     };
     match result {

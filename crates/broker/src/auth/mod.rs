@@ -22,7 +22,7 @@ pub mod jwt;
 pub mod limiter;
 pub mod password;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
@@ -38,6 +38,7 @@ pub use password::{PasswordFile, hash_password};
 
 use crate::config::{AuthSource, Config, DEFAULT_AUTH_ORDER, JwtFrom, ListenerConfig};
 use crate::log_limit::LogLimiter;
+use crate::stats::{AuthStats, Stats};
 
 /// Why access settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +126,44 @@ pub struct LoginGuard {
     /// Password checks in flight at most: a spray of slow hashes cannot fill the blocking
     /// thread pool.
     verifications: Arc<Semaphore>,
+    /// Logins checked, by outcome, and how long the checks took.
+    pub stats: AuthStats,
 }
 
 impl LoginGuard {
+    /// Whether `ip` may try a login now (it has not used up its failed logins).
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.limiter.permits(ip, Instant::now())
+    }
+
+    /// Counts a failed login from `ip` (the admin listener's too).
+    pub fn record_failure(&self, ip: IpAddr) {
+        self.limiter.record_failure(ip, Instant::now());
+    }
+
+    /// Checks a password against `file` on the blocking pool, a few at a time, counting
+    /// the outcome and the time taken in [`LoginGuard::stats`]; a failure is recorded
+    /// against `ip`.
+    pub async fn verify_password(
+        &self,
+        file: Arc<PasswordFile>,
+        ip: IpAddr,
+        username: &str,
+        password: &[u8],
+    ) -> bool {
+        let started = Instant::now();
+        let ok = verify_on_pool(&self.verifications, file, username, password).await;
+        self.stats.duration.observe(started.elapsed());
+        let counter = if ok {
+            &self.stats.success
+        } else {
+            self.record_failure(ip);
+            &self.stats.failure
+        };
+        Stats::add(counter, 1);
+        ok
+    }
+
     /// From `[auth.rate_limit]`; failed logins are logged through `log_limit`.
     pub fn new(config: &Config, log_limit: Arc<LogLimiter>) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -135,8 +171,28 @@ impl LoginGuard {
             limiter: LoginLimiter::new(&config.auth.rate_limit),
             log_limit,
             verifications: Arc::new(Semaphore::new(cores.max(2))),
+            stats: AuthStats::default(),
         })
     }
+}
+
+/// Verifies a password on the blocking pool, holding one of `slots`.
+async fn verify_on_pool(
+    slots: &Arc<Semaphore>,
+    file: Arc<PasswordFile>,
+    username: &str,
+    password: &[u8],
+) -> bool {
+    let Ok(permit) = slots.clone().acquire_owned().await else {
+        return false;
+    };
+    let (username, password) = (username.to_owned(), password.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        file.verify(&username, &password)
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// A file that SIGHUP reloads: readers take the current `Arc`, a reload swaps it.
@@ -333,11 +389,22 @@ impl AccessControl {
                     "too many failed logins from this address; CONNECT refused without checking"
                 );
             }
+            Stats::add(&self.inner.guard.stats.rate_limited, 1);
             return Err(ReasonCode::CONNECTION_RATE_EXCEEDED);
         }
+        let stats = &self.inner.guard.stats;
+        let started = Instant::now();
         // Boxed for the same reason as in `ask_http`: it only exists while a password
         // is being checked.
-        match Box::pin(self.check_chain(credentials)).await {
+        let checked = Box::pin(self.check_chain(credentials)).await;
+        stats.duration.observe(started.elapsed());
+        let counter = match &checked {
+            Ok(Some(_)) => &stats.success,
+            Ok(None) => &stats.failure,
+            Err(_) => &stats.error,
+        };
+        Stats::add(counter, 1);
+        match checked {
             Ok(Some(identity)) => Ok(identity),
             Ok(None) => {
                 limiter.record_failure(ip, Instant::now());
@@ -458,16 +525,7 @@ impl AccessControl {
         username: &str,
         password: &[u8],
     ) -> bool {
-        let Ok(permit) = self.inner.guard.verifications.clone().acquire_owned().await else {
-            return false;
-        };
-        let (username, password) = (username.to_owned(), password.to_vec());
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            file.verify(&username, &password)
-        })
-        .await
-        .unwrap_or(false)
+        verify_on_pool(&self.inner.guard.verifications, file, username, password).await
     }
 
     /// Checks a publish or subscribe; see [`AccessControl::authorize_publish`] and

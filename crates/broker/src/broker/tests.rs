@@ -267,6 +267,15 @@ impl Routing for RecordingRouter {
     fn len(&self) -> usize {
         self.local.len()
     }
+
+    fn subscriptions_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+        keep: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Vec<crate::router::SubscriptionSummary> {
+        self.local.subscriptions_page(after, limit, keep)
+    }
 }
 
 #[tokio::test]

@@ -36,6 +36,10 @@ impl Ownership for LocalOwnership {
     }
 
     fn unanswered(&self, mailbox: &Mailbox) -> Option<oneshot::Sender<()>> {
-        mailbox.take_control().map(|Control::TakeOver(reply)| reply)
+        // A kick or describe pending for a connection that already ended is moot.
+        match mailbox.take_control() {
+            Some(Control::TakeOver(reply)) => Some(reply),
+            _ => None,
+        }
     }
 }

@@ -65,9 +65,27 @@ pub trait Routing: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Up to `limit` subscriptions after `after` (filter, client id) that `keep` accepts,
+    /// in filter then client id order, for the admin API ([`Router::subscriptions_page`]).
+    fn subscriptions_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+        keep: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Vec<SubscriptionSummary>;
 }
 
 impl Routing for Router {
+    fn subscriptions_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+        keep: &mut dyn FnMut(&str, &str) -> bool,
+    ) -> Vec<SubscriptionSummary> {
+        Router::subscriptions_page(self, after, limit, keep)
+    }
+
     fn subscribe(
         &self,
         mailbox: &Arc<Mailbox>,
@@ -111,6 +129,33 @@ pub struct RouteOutcome {
     pub delivered: usize,
     /// Deliveries dropped: full queues, offline QoS 0, and older deliveries evicted.
     pub dropped: usize,
+}
+
+/// One subscription as the admin API lists it. Ordered by filter, then client id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSummary {
+    /// The filter as subscribed (`$share/{group}/...` for a shared subscription).
+    pub filter: String,
+    /// The subscriber.
+    pub client_id: Arc<str>,
+    /// Its options (maximum QoS, no local, ...).
+    pub options: midge_proto::SubscriptionOptions,
+    /// Its subscription identifier (v5).
+    pub identifier: Option<u32>,
+    /// Whether its session is connected.
+    pub online: bool,
+}
+
+impl Ord for SubscriptionSummary {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.filter.as_str(), &*self.client_id).cmp(&(other.filter.as_str(), &*other.client_id))
+    }
+}
+
+impl PartialOrd for SubscriptionSummary {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// The subscription table and the routing of messages through it.
@@ -171,6 +216,42 @@ impl Router {
     pub fn unsubscribe_mailbox(&self, filter: &str, mailbox: &Arc<Mailbox>) -> bool {
         self.write()
             .remove(filter, mailbox.client_id(), Some(mailbox))
+    }
+
+    /// Up to `limit` subscriptions after `after` (a `(filter, client id)` pair) that pass
+    /// `keep`, in filter then client id order, for the admin API. Memory is O(limit);
+    /// the trie's read lock is held for one pass over it.
+    pub fn subscriptions_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+        mut keep: impl FnMut(&str, &str) -> bool,
+    ) -> Vec<SubscriptionSummary> {
+        let mut page = std::collections::BinaryHeap::<SubscriptionSummary>::new();
+        self.read().visit(&mut |filter, subscriber| {
+            let client_id = subscriber.mailbox.client_id();
+            let key = (filter, &**client_id);
+            if after.is_some_and(|after| key <= after)
+                || page.len() == limit
+                    && page
+                        .peek()
+                        .is_some_and(|last| key >= (last.filter.as_str(), &*last.client_id))
+                || !keep(filter, client_id)
+            {
+                return;
+            }
+            page.push(SubscriptionSummary {
+                filter: filter.to_owned(),
+                client_id: client_id.clone(),
+                options: subscriber.options,
+                identifier: subscriber.identifier,
+                online: subscriber.mailbox.is_online(),
+            });
+            if page.len() > limit {
+                page.pop();
+            }
+        });
+        page.into_sorted_vec()
     }
 
     /// Number of subscriptions.

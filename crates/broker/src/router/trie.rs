@@ -281,7 +281,50 @@ fn split_filter(filter: &str) -> (Option<&str>, &str) {
     }
 }
 
+impl Subscribers {
+    fn visit(&self, filter: &str, f: &mut dyn FnMut(&str, &Subscriber)) {
+        for s in self.direct.values() {
+            f(filter, s);
+        }
+        for group in self.shared.iter().flat_map(|groups| groups.values()) {
+            for member in &group.members {
+                f(&group.full_filter, member);
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Calls `f` with every subscription below this node; `levels` is the path to it.
+    fn visit<'a>(&'a self, levels: &mut Vec<&'a str>, f: &mut dyn FnMut(&str, &Subscriber)) {
+        if !self.here.is_empty() {
+            self.here.visit(&levels.join("/"), f);
+        }
+        if let Some(hash) = &self.hash {
+            levels.push("#");
+            hash.visit(&levels.join("/"), f);
+            levels.pop();
+        }
+        if let Some(plus) = &self.plus {
+            levels.push("+");
+            plus.visit(levels, f);
+            levels.pop();
+        }
+        for (name, child) in &self.children {
+            levels.push(name);
+            child.visit(levels, f);
+            levels.pop();
+        }
+    }
+}
+
 impl Trie {
+    /// Calls `f` with every subscription: its filter (the full `$share/...` filter for a
+    /// group member) and its subscriber, in no particular order.
+    pub(crate) fn visit(&self, f: &mut dyn FnMut(&str, &Subscriber)) {
+        self.root.visit(&mut Vec::new(), f);
+    }
+
     /// Number of subscriptions (each shared-group membership counts once).
     pub(crate) fn len(&self) -> usize {
         self.count

@@ -36,7 +36,7 @@ impl Session {
         mut publish: Publish,
         env: &impl SessionEnv,
     ) -> Result<ResolvedPublish, Violation> {
-        self.stats.publish_received += 1;
+        self.stats.received(publish.qos);
         let config = env.mqtt();
         if self.protocol.is_v5() {
             // [MQTT-3.3.4-6] a client must not send Subscription Identifiers.

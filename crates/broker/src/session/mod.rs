@@ -145,6 +145,13 @@ impl Session {
         &self.state
     }
 
+    /// Adds the connection's counts to `stats` (see [`LocalStats::flush`]); `ending`
+    /// takes its in-flight deliveries off the gauge.
+    pub fn flush_stats(&mut self, stats: &crate::stats::Stats, ending: bool) {
+        let inflight = if ending { 0 } else { self.state.inflight.len() };
+        self.stats.flush(stats, inflight);
+    }
+
     /// Ends serving: hands back the persistent state and the will to publish (if the
     /// connection did not end with a normal DISCONNECT).
     pub fn into_parts(self) -> (SessionState, Option<Will>) {

@@ -135,6 +135,7 @@ impl Session {
         if delivery.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not sent.
             self.stats.publish_dropped += 1;
+            self.stats.dropped_expired += 1;
             dropped(self.journal.as_ref());
             return;
         }
@@ -212,7 +213,7 @@ impl Session {
         match publish.encode(self.protocol, out) {
             Ok(()) => {
                 self.stats.packets_sent += 1;
-                self.stats.publish_sent += 1;
+                self.stats.sent(delivery.qos);
                 true
             }
             Err(e) => {

@@ -52,7 +52,7 @@ impl Session {
             keep
         });
         let dropped = queued + inflight_before - self.state.inflight.len();
-        self.stats.publish_denied += dropped as u64;
+        self.stats.publish_denied += dropped as u32;
         dropped
     }
 

@@ -108,6 +108,8 @@ pub struct StoreStats {
     pub failed_commits: AtomicU64,
     /// Messages for offline sessions dropped because the store was full.
     pub dropped_full: AtomicU64,
+    /// Time each successful commit took (with its fsync when durable).
+    pub commit_duration: crate::stats::Histogram,
     last_full_warning: AtomicU64,
 }
 

@@ -694,6 +694,7 @@ impl Writer {
                     value: p.value,
                 })
                 .collect();
+            let started = Instant::now();
             if let Err(e) = self.store.apply(&rows, durable) {
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 if self
@@ -714,6 +715,7 @@ impl Writer {
                 self.batch_ops = ops;
                 return false;
             }
+            self.stats.commit_duration.observe(started.elapsed());
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
             self.unsynced = !durable;
         }

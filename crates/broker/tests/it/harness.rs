@@ -34,6 +34,8 @@ pub fn test_config() -> Config {
     config.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
     config.sys.interval_secs = 0;
     config.storage.backend = midge_broker::config::StorageBackend::Memory;
+    // Many brokers run at once: each admin listener gets a free port.
+    config.admin.bind = Some("127.0.0.1:0".parse().unwrap());
     config
 }
 
@@ -67,6 +69,15 @@ impl TestBroker {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.broker().stats.snapshot()
+    }
+
+    /// The admin listener's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .unwrap()
+            .admin_addr()
+            .expect("admin listener runs")
     }
 
     pub fn port(&self) -> u16 {

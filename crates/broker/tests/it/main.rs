@@ -6,6 +6,8 @@
 
 mod access_support;
 mod acl;
+mod admin;
+mod admin_http;
 mod auth_chain;
 mod client;
 mod client_certs;

@@ -62,7 +62,13 @@ async fn sys_topics_carry_mosquitto_names_and_are_retained() {
     let mut watcher = V3::connect(&broker, "watcher").await;
     watcher.subscribe_ok("$SYS/broker/#", 0).await;
     let mut seen = Seen::default();
-    for _ in 0..broker.broker().retained.len() {
+    // `$SYS/brokers/...` (the EMQX-style node topics) is retained too, outside this filter.
+    let under_broker = broker
+        .broker()
+        .retained
+        .matching("$SYS/broker/#", midge_broker::model::now_millis())
+        .len();
+    for _ in 0..under_broker {
         let p = watcher.next_publish().await;
         assert!(p.retain, "{} sent at subscribe with RETAIN", p.topic);
         seen.0.entry(p.topic).or_default().push(text(&p.payload));
@@ -135,5 +141,113 @@ async fn sys_values_follow_the_broker_every_interval() {
     ] {
         assert!(seen.number(topic).unwrap() > 0, "{topic}");
     }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn load_averages_store_figures_and_emqx_node_topics_are_published() {
+    let broker = TestBroker::start_with(|c| c.sys.interval_secs = 1).await;
+    let mut watcher = V3::connect(&broker, "watcher").await;
+    watcher.subscribe_ok("$SYS/#", 0).await;
+    let node = midge_broker::sys::node_name();
+    let base = format!("$SYS/brokers/{node}");
+    let mut seen = Seen::default();
+    // Load averages come from the second update on (the first is their baseline).
+    seen.until(&mut watcher, |s| {
+        // The last topic of an update.
+        s.last(&format!("{base}/sysdescr")).is_some()
+            && s.last("$SYS/broker/load/sockets/15min").is_some()
+    })
+    .await;
+    for name in [
+        "messages/received",
+        "messages/sent",
+        "publish/received",
+        "publish/sent",
+        "publish/dropped",
+        "bytes/received",
+        "bytes/sent",
+        "connections",
+        "sockets",
+    ] {
+        for period in ["1min", "5min", "15min"] {
+            let topic = format!("$SYS/broker/load/{name}/{period}");
+            let value = seen
+                .last(&topic)
+                .unwrap_or_else(|| panic!("{topic} missing"));
+            let number: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("{topic} = {value}"));
+            assert!(number >= 0.0 && value.contains('.'), "{topic} = {value}");
+        }
+    }
+    // A connection after the first update shows in the next one's 1-minute loads.
+    V3::connect(&broker, "later").await;
+    seen.until(&mut watcher, |s| {
+        s.last("$SYS/broker/load/sockets/1min") != Some("0.00")
+            && s.last("$SYS/broker/load/connections/1min") != Some("0.00")
+    })
+    .await;
+    assert_eq!(seen.last("$SYS/broker/store/messages/count"), Some("0"));
+    assert!(seen.number("$SYS/broker/store/messages/bytes").is_some());
+    assert_eq!(seen.last("$SYS/brokers"), Some(node.as_str()));
+    assert_eq!(
+        seen.last(&format!("{base}/version")),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert!(
+        seen.last(&format!("{base}/uptime"))
+            .unwrap()
+            .ends_with(" seconds")
+    );
+    assert_eq!(
+        seen.last(&format!("{base}/sysdescr")),
+        Some("midge MQTT broker")
+    );
+    let datetime = seen.last(&format!("{base}/datetime")).unwrap();
+    assert_eq!(datetime.len(), 19, "{datetime}");
+    assert!(datetime.starts_with("20"), "{datetime}");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_events_are_published_as_emqx_does_when_turned_on() {
+    let broker = TestBroker::start_with(|c| c.sys.client_events = true).await;
+    let mut watcher = V3::connect(&broker, "watcher").await;
+    watcher.subscribe_ok("$SYS/brokers/+/clients/#", 0).await;
+    let node = midge_broker::sys::node_name();
+    drop(V3::connect(&broker, "dev-1").await);
+    let mut seen = Seen::default();
+    let base = format!("$SYS/brokers/{node}/clients/dev-1");
+    seen.until(&mut watcher, |s| {
+        s.last(&format!("{base}/disconnected")).is_some()
+    })
+    .await;
+    let connected: serde_json::Value =
+        serde_json::from_str(seen.last(&format!("{base}/connected")).unwrap()).unwrap();
+    assert_eq!(connected["clientid"], "dev-1");
+    assert_eq!(connected["ipaddress"], "127.0.0.1");
+    assert_eq!(connected["proto_ver"], 4);
+    assert!(connected["connected_at"].as_u64().unwrap() > 1_600_000_000_000);
+    let disconnected: serde_json::Value =
+        serde_json::from_str(seen.last(&format!("{base}/disconnected")).unwrap()).unwrap();
+    assert_eq!(disconnected["clientid"], "dev-1");
+    assert!(disconnected["reason"].is_string());
+    broker.shutdown().await;
+
+    // Off by default: nothing is published.
+    let broker = TestBroker::start().await;
+    let mut watcher = V3::connect(&broker, "watcher").await;
+    watcher.subscribe_ok("$SYS/brokers/+/clients/#", 0).await;
+    drop(V3::connect(&broker, "dev-2").await);
+    let mut fence = V3::connect(&broker, "fence").await;
+    // dev-2 has been through connect and finish (where the events would go out).
+    broker
+        .eventually("dev-2 gone", |b| b.registry.connected_len() == 2)
+        .await;
+    // The watcher gets nothing: a message to itself is the first thing it sees.
+    watcher.subscribe_ok("self", 0).await;
+    fence.publish("self", 0, false, "done").await;
+    assert_eq!(watcher.next_publish().await.topic, "self");
     broker.shutdown().await;
 }
