@@ -69,6 +69,11 @@ impl FieldTable {
         self.0.is_empty()
     }
 
+    /// Decodes a table's fields without the length in front (AMQPLAIN's response).
+    pub fn decode_body(bytes: Bytes) -> Result<Self, DecodeError> {
+        read_table_body(bytes, 0, "field table")
+    }
+
     pub(crate) fn read(r: &mut Reader, what: &str) -> Result<Self, DecodeError> {
         let bytes = r.long_str(what)?;
         read_table_body(bytes, 0, what)

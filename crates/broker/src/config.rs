@@ -131,13 +131,15 @@ impl ListenerConfig {
             .unwrap_or_else(|| format!("{}:{}", self.scheme(), self.bind))
     }
 
-    /// `mqtt`, `mqtts`, `ws` or `wss`.
+    /// `mqtt`, `mqtts`, `ws`, `wss`, `amqp` or `amqps`.
     pub fn scheme(&self) -> &'static str {
         match (self.protocol, self.tls.is_some()) {
             (ListenerProtocol::Mqtt, false) => "mqtt",
             (ListenerProtocol::Mqtt, true) => "mqtts",
             (ListenerProtocol::Ws, false) => "ws",
             (ListenerProtocol::Ws, true) => "wss",
+            (ListenerProtocol::Amqp, false) => "amqp",
+            (ListenerProtocol::Amqp, true) => "amqps",
         }
     }
 
@@ -217,6 +219,8 @@ pub enum ListenerProtocol {
     Mqtt,
     /// MQTT over WebSocket (or secure WebSocket with `[listener.tls]`).
     Ws,
+    /// AMQP 0-9-1 (or `amqps` with `[listener.tls]`); the usual port is 5672 (5671).
+    Amqp,
 }
 
 /// `[listener.tls]`: TLS 1.2 and 1.3 with a certificate chain and key from PEM files.

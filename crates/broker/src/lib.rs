@@ -10,6 +10,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(missing_debug_implementations)]
 
+pub mod amqp;
 pub mod auth;
 pub mod broker;
 pub mod config;
