@@ -6,6 +6,7 @@
 
 mod access_support;
 mod acl;
+mod amqp;
 mod auth_chain;
 mod client;
 mod client_certs;
