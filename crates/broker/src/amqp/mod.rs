@@ -501,6 +501,19 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                         Stats::add(&self.broker.stats.packets_received, 1);
                         if self.frame(frame).await? {
                             self.flush().await;
+                            // The client closes the socket once it has close-ok; until then
+                            // what it still sends (frames queued on other channels before
+                            // its close) is read and dropped, so it gets no reset.
+                            let linger = async {
+                                loop {
+                                    buf.clear();
+                                    match reader.read_buf(buf).await {
+                                        Ok(0) | Err(_) => return,
+                                        Ok(_) => {}
+                                    }
+                                }
+                            };
+                            let _ = tokio::time::timeout(CLOSE_WAIT, linger).await;
                             return Ok(());
                         }
                     }

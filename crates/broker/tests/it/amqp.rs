@@ -327,3 +327,41 @@ async fn a_bad_password_is_refused_with_access_refused() {
     assert!(text.contains("PLAIN"), "{text}");
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn amqplib_publishes_the_seed_message_to_an_mqtt_subscriber_and_round_trips() {
+    require(Tool::MqttJs);
+    let module = repo_root().join("tests/interop/js/node_modules/amqplib/package.json");
+    assert!(
+        module.is_file(),
+        "amqplib is needed: npm ci in tests/interop/js ({} is missing)",
+        module.display()
+    );
+    let (broker, amqp) = start().await;
+    let script = repo_root().join("tests/interop/js/amqp_seed.mjs");
+    let args = vec![
+        script.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        broker.port().to_string(),
+        "--amqp-port".into(),
+        amqp.port().to_string(),
+    ];
+    let r: Value = run_json("node", &args).await;
+    // The seed's publish has no delivery mode: QoS 0 on the MQTT side.
+    assert_eq!(
+        r["seed"],
+        serde_json::json!({"topic": "hello/amqp", "payload": "hello amqp", "qos": 0})
+    );
+    assert_eq!(r["server_named"], true);
+    assert_eq!(r["confirmed"], true);
+    assert_eq!(
+        r["round_trip"],
+        serde_json::json!([
+            {"key": "round.one", "body": "1", "redelivered": false},
+            {"key": "round.two", "body": "2", "redelivered": false}
+        ])
+    );
+    broker.shutdown().await;
+}
