@@ -365,3 +365,79 @@ async fn amqplib_publishes_the_seed_message_to_an_mqtt_subscriber_and_round_trip
     );
     broker.shutdown().await;
 }
+
+/// queue.declare of `name` with no flags and no arguments.
+fn declare(channel: u16, name: &str) -> Vec<u8> {
+    let mut args = vec![0, 0];
+    args.extend(short(name));
+    args.extend_from_slice(&[0, 0, 0, 0, 0]);
+    method(channel, 50, 10, &args)
+}
+
+fn bind(channel: u16, queue: &str, key: &str) -> Vec<u8> {
+    let mut args = vec![0, 0];
+    args.extend(short(queue));
+    args.extend(short("amq.topic"));
+    args.extend(short(key));
+    args.extend_from_slice(&[0, 0, 0, 0, 0]);
+    method(channel, 50, 20, &args)
+}
+
+#[tokio::test]
+async fn acls_apply_through_the_mapped_topics_binding_needs_read_publishing_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    // Without a password file the PLAIN user name is the name ACLs see, as for MQTT.
+    std::fs::write(&acl, "user guest\ntopic readwrite allowed/#\n").unwrap();
+    let broker = TestBroker::start_with(|config| {
+        config.auth.acl_file = Some(acl.clone());
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Amqp,
+            ..ListenerConfig::default()
+        });
+    })
+    .await;
+    let amqp = broker.server.as_ref().unwrap().local_addrs()[1];
+    let mut s = handshake(amqp, "/").await;
+    assert_eq!(read_method(&mut s).await.1, 10, "open-ok");
+    for channel in 1..=3 {
+        s.write_all(&method(channel, 20, 10, &short("")))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_method(&mut s).await,
+            (channel, 20, 11, vec![0, 0, 0, 0])
+        );
+    }
+    s.write_all(&declare(1, "q")).await.unwrap();
+    let (channel, class, id, _) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (1, 50, 11), "queue.declare-ok");
+    // Binding outside the readable topics: the channel is closed with 403.
+    s.write_all(&bind(1, "q", "secret.x")).await.unwrap();
+    let (channel, class, id, args) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (1, 20, 40), "channel.close");
+    let (code, text) = close_reason(&args);
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("secret/x"), "{text}");
+    // Publishing outside the writable topics: 403 on that channel too.
+    let mut publish = vec![0, 0];
+    publish.extend(short("amq.topic"));
+    publish.extend(short("secret.y"));
+    publish.push(0);
+    s.write_all(&method(2, 60, 40, &publish)).await.unwrap();
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    s.write_all(&frame(2, 2, &header)).await.unwrap();
+    s.write_all(&frame(3, 2, b"x")).await.unwrap();
+    let (channel, class, id, args) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (2, 20, 40), "channel.close");
+    assert_eq!(close_reason(&args).0, 403);
+    // Within the ACL, channel 3 binds; the other channels' errors did not touch it.
+    s.write_all(&bind(3, "q", "allowed.#")).await.unwrap();
+    let (channel, class, id, _) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (3, 50, 21), "queue.bind-ok");
+    assert_eq!(broker.stats().publish_denied, 1);
+    broker.shutdown().await;
+}
