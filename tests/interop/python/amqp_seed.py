@@ -189,8 +189,38 @@ def main():
     result["purged"] = again.queue_purge("work").method.message_count
     result["deleted"] = again.queue_delete("work").method.message_count
 
+    # ack with multiple settles every earlier tag: closing the channel requeues nothing.
+    multi = conn.channel()
+    multi.queue_declare("multi")
+    for i in range(3):
+        multi.basic_publish("", "multi", f"m{i}".encode())
+    tags = [get(multi, "multi")[0].delivery_tag for _ in range(3)]
+    multi.basic_ack(tags[-1], multiple=True)
+    multi.close()
+    result["after_multiple_ack"] = ch.queue_declare("multi", passive=True).method.message_count
+
+    # auto_delete: the queue goes with its last consumer.
+    auto = conn.channel()
+    auto.queue_declare("auto", auto_delete=True)
+    tag = auto.basic_consume("auto", lambda *_a: None)
+    auto.basic_cancel(tag)
+    try:
+        conn.channel().queue_declare("auto", passive=True)
+        result["auto_deleted"] = False
+    except pika.exceptions.ChannelClosedByBroker as e:
+        result["auto_deleted"] = e.reply_code == 404
+
     sub.loop_stop()
     pub.loop_stop()
+    conn.close()
+
+    # The exclusive queue went with its connection.
+    conn = amqp(a.host, a.amqp_port)
+    try:
+        conn.channel().queue_declare("mapping", passive=True)
+        result["exclusive_deleted"] = False
+    except pika.exceptions.ChannelClosedByBroker as e:
+        result["exclusive_deleted"] = e.reply_code == 404
     conn.close()
     emit(result)
 

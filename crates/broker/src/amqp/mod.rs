@@ -200,21 +200,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 fn decode_fault(e: &DecodeError) -> Fault {
-    Fault::Connection(e.reply_code(), format!("{}", e).to_uppercase_first())
-}
-
-trait UpperFirst {
-    fn to_uppercase_first(self) -> String;
-}
-
-impl UpperFirst for String {
-    fn to_uppercase_first(self) -> String {
-        let mut chars = self.chars();
-        match chars.next() {
-            Some(c) => c.to_uppercase().chain(chars).collect(),
-            None => self,
-        }
-    }
+    Fault::Connection(e.reply_code(), e.to_string())
 }
 
 /// Reply texts carry RabbitMQ's prefix: the code's name, then what was wrong.
@@ -307,8 +293,9 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             },
         );
         self.flush().await;
-        let Some(frame) = read_frame(reader, buf, wire::FRAME_MIN_SIZE.max(FRAME_MAX)).await?
-        else {
+        // Until tune-ok, frames are at most the spec's minimum frame-max (4.2.1), which
+        // also bounds what an unauthenticated client makes midge buffer.
+        let Some(frame) = read_frame(reader, buf, wire::FRAME_MIN_SIZE).await? else {
             return Ok(false);
         };
         let (mechanism, response) = match (frame.channel, frame.payload) {
@@ -1198,8 +1185,16 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             }
             Method::BasicGet { queue, no_ack } => {
                 let q = self.usable_queue(&queue)?;
+                let now = now_millis();
                 let mut got = Vec::new();
-                q.mailbox.pop_queued(1, usize::MAX, &mut got);
+                // Expired messages are dropped on the way, as for consumers.
+                loop {
+                    q.mailbox.pop_queued(1, usize::MAX, &mut got);
+                    match got.last() {
+                        Some(queued) if queued.delivery.message.is_expired(now) => got.clear(),
+                        _ => break,
+                    }
+                }
                 match got.pop() {
                     None => self.send(number, &Method::BasicGetEmpty),
                     Some(queued) => {

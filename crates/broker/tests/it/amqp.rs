@@ -110,6 +110,9 @@ async fn pika_and_paho_run_the_seed_examples() {
     assert_eq!(r["after_reject"], 0);
     assert_eq!(r["purged"], 0);
     assert_eq!(r["deleted"], 0);
+    assert_eq!(r["after_multiple_ack"], 0);
+    assert_eq!(r["auto_deleted"], true);
+    assert_eq!(r["exclusive_deleted"], true);
     broker.shutdown().await;
 }
 
