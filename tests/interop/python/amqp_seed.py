@@ -210,6 +210,36 @@ def main():
     except pika.exceptions.ChannelClosedByBroker as e:
         result["auto_deleted"] = e.reply_code == 404
 
+    # Consumers of one queue on two connections share it: A holds one unacknowledged
+    # message (prefetch 1), so what comes next goes to B; when A's channel closes, its
+    # message goes to B, redelivered.
+    conn_b = amqp(a.host, a.amqp_port)
+    chan_a, chan_b = conn.channel(), conn_b.channel()
+    chan_a.queue_declare("shared")
+    chan_a.basic_qos(prefetch_count=1)
+    got_a, got_b = [], []
+    chan_a.basic_consume("shared", lambda c, m, p, b: got_a.append(b.decode()))
+    ch.basic_publish("", "shared", b"s1")
+    deadline = time.monotonic() + WAIT
+    while not got_a and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    chan_b.basic_consume(
+        "shared",
+        lambda c, m, p, b: (got_b.append([b.decode(), m.redelivered]), c.basic_ack(m.delivery_tag)),
+    )
+    ch.basic_publish("", "shared", b"s2")
+    ch.basic_publish("", "shared", b"s3")
+    deadline = time.monotonic() + WAIT
+    while len(got_b) < 2 and time.monotonic() < deadline:
+        conn_b.process_data_events(time_limit=0.05)
+    chan_a.close()
+    deadline = time.monotonic() + WAIT
+    while len(got_b) < 3 and time.monotonic() < deadline:
+        conn_b.process_data_events(time_limit=0.05)
+    result["shared_a"] = got_a
+    result["shared_b"] = got_b
+    conn_b.close()
+
     sub.loop_stop()
     pub.loop_stop()
     conn.close()

@@ -509,6 +509,17 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 }
             }
             self.settle_confirms().await;
+            // Registered before pumping, so a message that arrives after the pump looked
+            // wakes this connection.
+            let ready: Vec<Arc<tokio::sync::Notify>> = self
+                .channels
+                .values()
+                .flat_map(|c| c.consumers.iter().map(|k| k.queue.ready.clone()))
+                .collect();
+            let mut notified: Vec<_> = ready.iter().map(|n| Box::pin(n.notified())).collect();
+            for waiting in &mut notified {
+                waiting.as_mut().enable();
+            }
             more |= self.pump();
             if !self.flush().await {
                 return Ok(());
@@ -518,15 +529,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 more = self.pump();
                 continue;
             }
-            let queues: Vec<Arc<Queue>> = self
-                .channels
-                .values()
-                .flat_map(|c| c.consumers.iter().map(|k| k.queue.clone()))
-                .collect();
             let notified = std::future::poll_fn(|cx| {
                 let mut ready = false;
-                for q in &queues {
-                    ready |= q.mailbox.poll_notified(cx).is_ready();
+                for waiting in &mut notified {
+                    ready |= waiting.as_mut().poll(cx).is_ready();
                 }
                 if ready {
                     Poll::Ready(())
@@ -1131,14 +1137,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                         format!("attempt to reuse consumer tag '{tag}'"),
                     ));
                 }
-                if !q.add_consumer(self.id) {
-                    return Err(channel_fault(
-                        reply::RESOURCE_LOCKED,
-                        format!(
-                            "queue '{queue}' is consumed from another connection; midge serves a queue's consumers from one connection at a time for now"
-                        ),
-                    ));
-                }
+                q.add_consumer();
                 if !no_wait {
                     self.send(
                         number,
@@ -1476,9 +1475,6 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
     }
 
     fn release_all(&mut self) {
-        for consumer in self.channels.values().flat_map(|c| c.consumers.iter()) {
-            consumer.queue.mailbox.forget_waker();
-        }
         let numbers: Vec<u16> = self.channels.keys().copied().collect();
         for number in numbers {
             self.release_channel(number);

@@ -2,6 +2,10 @@
 //! bound to `amq.topic` through router subscriptions with the mapped filters. Shared by
 //! every AMQP listener of one server.
 //!
+//! A mailbox wakes one waiter; a queue's consumers may be on several connections, so each
+//! queue has a relay task that turns the mailbox's wake-ups into a `Notify` every consuming
+//! connection waits on. Whichever connection pops a message first delivers it.
+//!
 //! Locks: the table's lock and a queue's state lock are never held while calling the
 //! router or a mailbox (see ARCHITECTURE.md, lock hierarchy).
 
@@ -10,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use midge_proto::{QoS, SubscriptionOptions};
+use tokio::sync::Notify;
 
 use crate::broker::Broker;
 use crate::mailbox::Mailbox;
@@ -31,6 +36,8 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     /// Deleted when its last consumer goes.
     pub auto_delete: bool,
+    /// Woken when the queue gets messages after being empty (or gets some back).
+    pub ready: Arc<Notify>,
     state: Mutex<QueueState>,
 }
 
@@ -40,9 +47,6 @@ struct QueueState {
     bindings: BTreeSet<String>,
     consumers: usize,
     had_consumer: bool,
-    /// The connection whose consumers drain it (one at a time in this stage: the mailbox
-    /// wakes one waiter).
-    consumed_by: Option<u64>,
     /// Queue sequence numbers delivered once and put back.
     redelivered: HashSet<u64>,
     deleted: bool,
@@ -68,28 +72,17 @@ impl Queue {
         self.lock().deleted
     }
 
-    /// Adds a consumer from `connection`; false (and nothing added) when another
-    /// connection consumes it.
-    pub fn add_consumer(&self, connection: u64) -> bool {
+    /// Adds a consumer.
+    pub fn add_consumer(&self) {
         let mut s = self.lock();
-        match s.consumed_by {
-            Some(c) if c != connection && s.consumers > 0 => false,
-            _ => {
-                s.consumed_by = Some(connection);
-                s.consumers += 1;
-                s.had_consumer = true;
-                true
-            }
-        }
+        s.consumers += 1;
+        s.had_consumer = true;
     }
 
     /// Removes a consumer; true when the queue should now be auto-deleted.
     pub fn remove_consumer(&self) -> bool {
         let mut s = self.lock();
         s.consumers = s.consumers.saturating_sub(1);
-        if s.consumers == 0 {
-            s.consumed_by = None;
-        }
         self.auto_delete && s.had_consumer && s.consumers == 0
     }
 
@@ -174,15 +167,28 @@ impl Queues {
         let mailbox = Mailbox::new(Arc::from(format!("{OWNER_PREFIX}{name}")));
         // A queue keeps what it is sent whether or not a consumer is attached.
         mailbox.set_online(true);
+        let ready = Arc::new(Notify::new());
         let queue = Arc::new(Queue {
             name: name.clone(),
-            mailbox,
+            mailbox: mailbox.clone(),
             durable: flags.durable,
             exclusive_owner: flags.exclusive.then_some(connection),
             auto_delete: flags.auto_delete,
+            ready: ready.clone(),
             state: Mutex::default(),
         });
         map.insert(name, queue.clone());
+        drop(map);
+        // The relay ends once the mailbox is closed (`delete` wakes it to see that).
+        tokio::spawn(async move {
+            loop {
+                mailbox.notified().await;
+                ready.notify_waiters();
+                if mailbox.is_closed() {
+                    return;
+                }
+            }
+        });
         Declared::Queue(queue)
     }
 
@@ -225,7 +231,10 @@ impl Queues {
         for filter in &bindings {
             broker.router.unsubscribe_mailbox(filter, &queue.mailbox);
         }
-        u32::try_from(queue.mailbox.close().len()).unwrap_or(u32::MAX)
+        let dropped = queue.mailbox.close().len();
+        // Ends the relay task.
+        queue.mailbox.wake_connection();
+        u32::try_from(dropped).unwrap_or(u32::MAX)
     }
 
     /// Deletes the exclusive queues of a connection that ended.

@@ -113,6 +113,11 @@ async fn pika_and_paho_run_the_seed_examples() {
     assert_eq!(r["after_multiple_ack"], 0);
     assert_eq!(r["auto_deleted"], true);
     assert_eq!(r["exclusive_deleted"], true);
+    assert_eq!(r["shared_a"], serde_json::json!(["s1"]));
+    assert_eq!(
+        r["shared_b"],
+        serde_json::json!([["s2", false], ["s3", false], ["s1", true]])
+    );
     broker.shutdown().await;
 }
 
