@@ -63,6 +63,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// `$SYS` topics.
     pub sys: SysConfig,
+    /// Limits per client address, applied before any handshake.
+    pub limits: LimitsConfig,
     /// Limits on what misbehaving clients can write to the log.
     pub log: LogConfig,
     /// Persistence of sessions, queues and retained messages.
@@ -76,6 +78,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             mqtt: MqttConfig::default(),
             sys: SysConfig::default(),
+            limits: LimitsConfig::default(),
             log: LogConfig::default(),
             storage: StorageConfig::default(),
         }
@@ -592,6 +595,32 @@ impl Default for MqttConfig {
     }
 }
 
+/// `[limits]`: connections per client address, checked when a connection is accepted,
+/// before any TLS or WebSocket handshake (see `conn_limit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections one address (IPv6: one /64) may have open at once; 0 is unlimited.
+    pub connections_per_ip: u32,
+    /// New connections per second one address earns; 0 turns the rate limit off.
+    pub connect_rate_per_ip: u32,
+    /// New connections one address may open in a burst (the token bucket's size).
+    pub connect_burst_per_ip: u32,
+    /// Addresses with no connection open remembered at most for their rate bucket.
+    pub max_tracked_addresses: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            connections_per_ip: 20_000,
+            connect_rate_per_ip: 0,
+            connect_burst_per_ip: 100,
+            max_tracked_addresses: 10_000,
+        }
+    }
+}
+
 impl MqttConfig {
     /// The largest CONNECT accepted: `max_connect_size`, or `max_packet_size` if smaller.
     pub fn connect_limit(&self) -> u32 {
@@ -782,6 +811,16 @@ impl Config {
         }
         if m.connect_timeout_secs == 0 {
             return invalid("mqtt.connect_timeout_secs", "must be at least 1");
+        }
+        let l = &self.limits;
+        if l.connect_rate_per_ip > 0 && l.connect_burst_per_ip == 0 {
+            return invalid(
+                "limits.connect_burst_per_ip",
+                "must be at least 1 while connect_rate_per_ip is above 0",
+            );
+        }
+        if l.max_tracked_addresses == 0 {
+            return invalid("limits.max_tracked_addresses", "must be at least 1");
         }
         if m.max_connect_size < 64 {
             return invalid("mqtt.max_connect_size", "must be at least 64 bytes");
@@ -977,6 +1016,32 @@ mod tests {
         assert_eq!(example.lines_per_peer, default.lines_per_peer);
         assert_eq!(example.peer_window_secs, default.peer_window_secs);
         assert_eq!(example.max_tracked_peers, default.max_tracked_peers);
+        let (example, default) = (&config.limits, LimitsConfig::default());
+        assert_eq!(example.connections_per_ip, default.connections_per_ip);
+        assert_eq!(example.connect_rate_per_ip, default.connect_rate_per_ip);
+        assert_eq!(example.connect_burst_per_ip, default.connect_burst_per_ip);
+        assert_eq!(example.max_tracked_addresses, default.max_tracked_addresses);
+    }
+
+    #[test]
+    fn connection_limits_are_checked_and_named() {
+        for (text, key) in [
+            (
+                "[limits]\nconnect_rate_per_ip = 5\nconnect_burst_per_ip = 0\n",
+                "limits.connect_burst_per_ip",
+            ),
+            (
+                "[limits]\nmax_tracked_addresses = 0\n",
+                "limits.max_tracked_addresses",
+            ),
+        ] {
+            let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let off =
+            "[limits]\nconnections_per_ip = 0\nconnect_rate_per_ip = 0\nconnect_burst_per_ip = 0\n";
+        let config = Config::from_toml(off, "t.toml").unwrap();
+        assert_eq!(config.limits.connections_per_ip, 0);
     }
 
     /// Uncomments every commented `key = value`, `[[listener]]` and `[listener.tls]` line.

@@ -14,6 +14,7 @@ pub mod amqp;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod conn_limit;
 pub mod connection;
 pub mod listener;
 pub mod log_limit;

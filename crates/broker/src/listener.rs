@@ -1,7 +1,8 @@
 //! Accept loops and the running server: binds every listener, accepts and spawns at once
 //! (TLS and WebSocket handshakes and CONNECT happen in the connection's task under the
-//! connect timeout, so a slow client never stalls accepting), limits connections, runs the
-//! background tasks, reloads certificates, and shuts down gracefully.
+//! connect timeout, so a slow client never stalls accepting), limits connections (in all,
+//! and per address before any handshake), runs the background tasks, reloads
+//! certificates, and shuts down gracefully.
 
 mod ws;
 
@@ -18,6 +19,7 @@ use crate::amqp::{self, AmqpContext, queues::Queues};
 use crate::auth::{AccessControl, AuthError, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ListenerProtocol};
+use crate::conn_limit::{ConnLimiter, Refusal};
 use crate::connection::{self, ListenerContext};
 use crate::model::now_millis;
 use crate::stats::Stats;
@@ -126,7 +128,11 @@ impl Server {
             0 => Semaphore::MAX_PERMITS,
             n => n,
         };
-        let limiter = Arc::new(Semaphore::new(limit));
+        // One per server: both limits hold across listeners.
+        let limits = AcceptLimits {
+            total: Arc::new(Semaphore::new(limit)),
+            per_ip: ConnLimiter::new(&config.limits),
+        };
 
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
@@ -204,7 +210,7 @@ impl Server {
                 transport,
                 context,
                 broker.clone(),
-                limiter.clone(),
+                limits.clone(),
                 shutdown_rx.clone(),
                 live.clone(),
             )));
@@ -313,12 +319,21 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
+/// What the accept loops check before spawning a connection.
+#[derive(Debug, Clone)]
+struct AcceptLimits {
+    /// `mqtt.max_connections`.
+    total: Arc<Semaphore>,
+    /// `[limits]`, per client address.
+    per_ip: Arc<ConnLimiter>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     transport: Arc<Transport>,
     context: Arc<ListenerContext>,
     broker: Arc<Broker>,
-    limiter: Arc<Semaphore>,
+    limits: AcceptLimits,
     mut shutdown: watch::Receiver<bool>,
     live: Arc<()>,
 ) {
@@ -336,7 +351,29 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = limiter.clone().try_acquire_owned() else {
+        // Before the global limit, so a flooding address's refusals are counted as its
+        // own; dropping `stream` closes the socket unread.
+        let slot = match limits.per_ip.admit(peer.ip(), std::time::Instant::now()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let (counter, key) = match refusal {
+                    Refusal::PerIp => (
+                        &broker.stats.connections_refused_per_ip,
+                        "limits.connections_per_ip",
+                    ),
+                    Refusal::Rate => (
+                        &broker.stats.connections_refused_rate,
+                        "limits.connect_rate_per_ip",
+                    ),
+                };
+                Stats::add(counter, 1);
+                if broker.log_limit.allow(peer.ip()) {
+                    tracing::info!(listener = %context.name, %peer, "{key} reached; connection refused");
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = limits.total.clone().try_acquire_owned() else {
             Stats::add(&broker.stats.connections_refused, 1);
             if broker.log_limit.allow(peer.ip()) {
                 tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
@@ -352,7 +389,7 @@ async fn accept_loop(
             shutdown.clone(),
             live.clone(),
         );
-        let held = (permit, live);
+        let held = (permit, slot, live);
         if transport.is_plain() {
             // Spawned as it is, without a wrapping future: plain TCP connections are most
             // of them, and each extra layer would add to every connection's task.

@@ -37,6 +37,11 @@ counters! {
     connections_accepted,
     /// Connections refused at accept because of `max_connections`.
     connections_refused,
+    /// Connections refused at accept: their address had `limits.connections_per_ip` open.
+    connections_refused_per_ip,
+    /// Connections refused at accept: their address connected faster than
+    /// `limits.connect_rate_per_ip` allows.
+    connections_refused_rate,
     /// CONNECTs refused (bad credentials, client id, protocol version, ...).
     connects_refused,
     /// Connections closed before MQTT began: TLS or WebSocket handshake failed or timed out.

@@ -37,6 +37,15 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/clients/expired",
             s.sessions_expired.to_string(),
         ),
+        // midge's own: connections refused at accept by the limits per address.
+        (
+            "$SYS/broker/connections/refused/per_ip",
+            s.connections_refused_per_ip.to_string(),
+        ),
+        (
+            "$SYS/broker/connections/refused/rate",
+            s.connections_refused_rate.to_string(),
+        ),
         (
             "$SYS/broker/messages/received",
             s.packets_received.to_string(),

@@ -1,42 +1,78 @@
 //! Stress scenarios against the real binary, run with more worker threads than cores so
-//! lock-order cycles show up as a broker that stops answering.
+//! lock-order cycles show up as a broker that stops answering. RELIABILITY.md has what
+//! each scenario showed, with its figures; `scripts/stress.sh` runs the long variants.
 //!
 //! Each scenario runs for `MIDGE_STRESS_SECS` seconds (default 6, the CI variant); the long
-//! variant is `MIDGE_STRESS_SECS=300 cargo test --release -p midge --test stress`.
+//! variant is `MIDGE_STRESS_SECS=300 cargo test --release -p midge --test stress`, with the
+//! sizes scaled up by the `MIDGE_STRESS_*` variables below. Scenarios run one at a time
+//! (they measure the broker's memory and latency) and print their figures on stderr
+//! (`-- --nocapture`).
 //! A watchdog opens a fresh connection every 100 ms and pings an existing one; any answer
 //! slower than `STALL` fails the scenario, naming what stalled.
 
 mod support;
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{Midge, TestDir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 /// An answer slower than this counts as a stall. Far above any honest answer from a debug
 /// build under this load (milliseconds), far below "never".
 const STALL: Duration = Duration::from_secs(3);
 
-fn scenario_duration() -> Duration {
-    let secs = std::env::var("MIDGE_STRESS_SECS")
+/// One scenario at a time: each measures the broker's memory and latency, which another
+/// scenario running beside it on the same cores would distort.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A number from the environment, or `default` (the CI size).
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
-    Duration::from_secs(secs)
+        .unwrap_or(default)
 }
 
-async fn start_broker(dir: &TestDir) -> Midge {
+fn scenario_duration() -> Duration {
+    Duration::from_secs(env_or("MIDGE_STRESS_SECS", 6))
+}
+
+/// Starts the broker with eight workers, `$SYS` every second when `sys`, and `extra`
+/// configuration sections appended.
+async fn start_broker_with(dir: &TestDir, sys: bool, extra: &str) -> Midge {
     let mut midge = Midge::new(dir, "none");
     // Eight workers on a two-core machine: the default on an eight-core host, and enough
     // threads to sit in every position of a lock cycle at once.
     midge.env.push(("TOKIO_WORKER_THREADS".into(), "8".into()));
+    midge.edit_config(|text| {
+        let text = if sys {
+            text.replace("interval_secs = 0", "interval_secs = 1")
+        } else {
+            text
+        };
+        // `MIDGE_STRESS_STORAGE=memory` takes the store out of a figure.
+        let text = match std::env::var("MIDGE_STRESS_STORAGE") {
+            Ok(backend) => text.replace(
+                "[storage]\n",
+                &format!("[storage]\nbackend = \"{backend}\"\n"),
+            ),
+            Err(_) => text,
+        };
+        format!("{text}\n{extra}")
+    });
     midge.start(&[]).await;
     midge
+}
+
+async fn start_broker(dir: &TestDir) -> Midge {
+    start_broker_with(dir, false, "").await
 }
 
 /// Connects (MQTT 3.1.1, clean session), checks the CONNACK, and returns the write half;
@@ -65,12 +101,38 @@ async fn connect_discarding(port: u16, client_id: &str) -> OwnedWriteHalf {
     write
 }
 
+/// A TCP connection to the broker (on 127.0.0.1) from another loopback address, so the
+/// limits per address see a different client.
+async fn connect_from(
+    source: Ipv4Addr,
+    port: u16,
+    recv_buffer: Option<u32>,
+) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    socket.bind(SocketAddr::from((source, 0)))?;
+    socket
+        .connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+}
+
+/// What the watchdog saw.
+struct Watch {
+    /// Slowest round (a fresh CONNECT/CONNACK plus a PINGREQ/PINGRESP).
+    slowest: Duration,
+    /// Every PINGREQ/PINGRESP round trip of the connected client.
+    pings: Vec<Duration>,
+}
+
 /// Fails the test if a new client cannot connect, or an existing one gets no PINGRESP,
-/// within [`STALL`], checking every 100 ms until `stop`. Returns the slowest answer.
-async fn watchdog(port: u16, stop: Arc<AtomicBool>) -> Duration {
+/// within [`STALL`], checking every `every` until `stop`.
+async fn watchdog_every(port: u16, stop: Arc<AtomicBool>, every: Duration) -> Watch {
     let (mut pinger, _) =
         support::connect(port, &support::connect_v311("watchdog-ping", true)).await;
     let mut slowest = Duration::ZERO;
+    let mut pings = Vec::new();
     let mut n = 0u32;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
@@ -88,15 +150,125 @@ async fn watchdog(port: u16, stop: Arc<AtomicBool>) -> Duration {
                 panic!("broker stalled: no CONNACK for a new client within {STALL:?} ({other:?})")
             }
         }
+        let ping = Instant::now();
         pinger.send(&support::PINGREQ).await.expect("send PINGREQ");
         match pinger.recv_within(STALL).await {
             Ok(Some(p)) if p.kind() == 13 => {}
             other => panic!("broker stalled: no PINGRESP within {STALL:?} ({other:?})"),
         }
+        pings.push(ping.elapsed());
         slowest = slowest.max(started.elapsed());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
-    slowest
+    Watch { slowest, pings }
+}
+
+async fn watchdog(port: u16, stop: Arc<AtomicBool>) -> Watch {
+    watchdog_every(port, stop, Duration::from_millis(100)).await
+}
+
+/// Awaits a watchdog, passing its panic on.
+async fn watched(guard: tokio::task::JoinHandle<Watch>) -> Watch {
+    match guard.await {
+        Ok(watch) => watch,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Percentiles of a set of durations.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    n: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Spread {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort_unstable();
+        let at = |p: f64| {
+            samples
+                .get(((samples.len().saturating_sub(1)) as f64 * p).round() as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        Self {
+            n: samples.len(),
+            p50: at(0.50),
+            p99: at(0.99),
+            max: samples.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+            self.max.as_secs_f64() * 1e3,
+            self.n
+        )
+    }
+}
+
+/// The broker's `$SYS/broker/...` values, as retained messages (needs `$SYS` on; read
+/// after at least one interval has passed since what is to be counted).
+async fn sys_values(port: u16) -> HashMap<String, String> {
+    let (mut raw, _) = support::connect(port, &support::connect_v311("sys-reader", true)).await;
+    raw.send(&support::subscribe(false, 1, "$SYS/broker/#", 0))
+        .await
+        .expect("send SUBSCRIBE");
+    let mut values = HashMap::new();
+    while let Ok(Some(p)) = raw.recv_within(Duration::from_millis(500)).await {
+        if p.kind() == 3 {
+            let publish = p.publish(false);
+            values.insert(
+                publish.topic,
+                String::from_utf8_lossy(&publish.payload).into_owned(),
+            );
+        }
+    }
+    values
+}
+
+fn sys_counter(values: &HashMap<String, String>, topic: &str) -> u64 {
+    values
+        .get(topic)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
+}
+
+/// Samples a process's RSS every 200 ms until `stop`: (when, KiB).
+fn sample_rss(pid: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<(Instant, u64)>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            samples.push((Instant::now(), support::rss_kib_of(pid)));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        samples
+    })
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A small deterministic generator, so a failing run can be repeated.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
 }
 
 /// Issue 9, defect 1: members of two shared groups, with deliveries queued, leave and
@@ -107,6 +279,7 @@ async fn watchdog(port: u16, stop: Arc<AtomicBool>) -> Duration {
 /// up in `futex_wait` within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shared_group_churn_under_flood_never_stalls() {
+    let _serial = SERIAL.lock().await;
     let dir = TestDir::new("stress-shared");
     let midge = start_broker(&dir).await;
     let port = midge.port;
@@ -181,10 +354,7 @@ async fn shared_group_churn_under_flood_never_stalls() {
     let guard = tokio::spawn(watchdog(port, stop.clone()));
     tokio::time::sleep(scenario_duration()).await;
     stop.store(true, Ordering::Relaxed);
-    let slowest = match guard.await {
-        Ok(slowest) => slowest,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    };
+    let slowest = watched(guard).await.slowest;
     for task in tasks {
         task.abort();
     }
@@ -197,5 +367,856 @@ async fn shared_group_churn_under_flood_never_stalls() {
     );
     assert!(churns > 100, "the members churned ({churns})");
     assert!(published > 1000, "the publisher flooded ({published})");
+    drop(midge);
+}
+
+/// Storm counts, shared by the storm's connections.
+#[derive(Default)]
+struct StormCounts {
+    connacks: AtomicU64,
+    /// Connections the broker closed while the client was still using them (taken over).
+    closed_by_broker: AtomicU64,
+    /// Connections closed before their CONNACK (taken over at once).
+    closed_before_connack: AtomicU64,
+    /// CONNECTs that got no answer within [`STALL`].
+    stalled: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// One of the storm's connections, reconnecting under `client_id` until `stop`: each
+/// connection subscribes and unsubscribes a normal and a `$share` filter, publishes QoS 0
+/// to them, a few times, then ends by DISCONNECT, by dropping the socket, or by being
+/// taken over by another connection with the same id. Nothing is acknowledged and the
+/// `keep/` subscription is never touched.
+async fn storm_connection(
+    port: u16,
+    client_id: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    counts: Arc<StormCounts>,
+) {
+    let mut rng = Lcg(seed);
+    let mut packet_id = 1u16;
+    // Which filters the connections churn: `MIDGE_STRESS_STORM_CHURN` = normal, share,
+    // both (the default) or none, to tell apart what a figure comes from.
+    let churn = std::env::var("MIDGE_STRESS_STORM_CHURN").unwrap_or_else(|_| "both".into());
+    let (use_normal, use_shared) = (
+        matches!(churn.as_str(), "both" | "normal"),
+        matches!(churn.as_str(), "both" | "share"),
+    );
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut read, mut write) = stream.into_split();
+        if write
+            .write_all(&support::connect_v311(&client_id, false))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let mut connack = [0u8; 4];
+        match tokio::time::timeout(STALL, read.read_exact(&mut connack)).await {
+            Ok(Ok(_)) => {
+                assert_eq!(&connack[..2], [0x20, 0x02], "CONNACK for {client_id}");
+                assert_eq!(connack[3], 0, "CONNACK accepts {client_id}");
+                counts.connacks.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(_)) => {
+                counts.closed_before_connack.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(_) => {
+                counts.stalled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        let reader = tokio::spawn(async move {
+            let mut sink = vec![0u8; 16 * 1024];
+            while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        for _ in 0..=rng.below(8) {
+            if reader.is_finished() || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let (k, g) = (rng.below(50), rng.below(5));
+            let normal = format!("churn/{k}/+");
+            let shared = format!("$share/g{g}/churn/{k}/x");
+            let filters: Vec<&String> = [(use_normal, &normal), (use_shared, &shared)]
+                .into_iter()
+                .filter_map(|(on, f)| on.then_some(f))
+                .collect();
+            let mut batch = Vec::new();
+            for filter in &filters {
+                batch.extend(support::subscribe(false, packet_id, filter, 1));
+                packet_id = packet_id.checked_add(1).unwrap_or(1);
+            }
+            // QoS 0: leftover churn subscriptions of a session taken over mid-batch must
+            // not fill its queue with QoS 1 messages, which would crowd out `keep/`.
+            let topic = format!("churn/{k}/x");
+            batch.extend(support::publish(
+                false, 0, false, false, &topic, 0, b"storm",
+            ));
+            for filter in &filters {
+                batch.extend(support::unsubscribe(false, packet_id, filter));
+                packet_id = packet_id.checked_add(1).unwrap_or(1);
+            }
+            if write.write_all(&batch).await.is_err() {
+                break;
+            }
+            counts.batches.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(rng.below(5))).await;
+        }
+        let ending = rng.below(3);
+        if ending == 2 {
+            // Stay a moment, to be taken over.
+            let until = Instant::now() + Duration::from_millis(50);
+            while !reader.is_finished() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        if reader.is_finished() {
+            counts.closed_by_broker.fetch_add(1, Ordering::Relaxed);
+        } else if ending == 0 {
+            let _ = write.write_all(&support::DISCONNECT).await;
+        }
+        // Otherwise the socket is dropped without a word.
+        reader.abort();
+    }
+}
+
+/// Publishes up to `per_id` QoS 1 messages to each `keep/{i}`, in acknowledged batches
+/// spread over `spread` (and stopping there); returns the payloads the broker
+/// acknowledged, per id.
+async fn keep_publisher(
+    port: u16,
+    ids: usize,
+    per_id: usize,
+    spread: Duration,
+) -> Vec<Vec<Vec<u8>>> {
+    let (mut raw, _) = support::connect(port, &support::connect_v311("keep-publisher", true)).await;
+    let total = ids * per_id;
+    // One round trip per batch, not per message: a storm slows every round trip down.
+    let batch = ids.min(32);
+    let batches = total.div_ceil(batch);
+    let interval = spread / u32::try_from(batches).expect("few batches");
+    let deadline = Instant::now() + spread;
+    let mut published = vec![Vec::new(); ids];
+    let mut j = 0;
+    while j < total && Instant::now() < deadline {
+        let mut bytes = Vec::new();
+        let mut pending = HashMap::new();
+        for _ in 0..batch.min(total - j) {
+            let i = j % ids;
+            let payload = format!("keep-{j}").into_bytes();
+            let packet_id = u16::try_from(j % 65_535 + 1).expect("fits");
+            bytes.extend(support::publish(
+                false,
+                1,
+                false,
+                false,
+                &format!("keep/{i}"),
+                packet_id,
+                &payload,
+            ));
+            pending.insert(packet_id, (i, payload));
+            j += 1;
+        }
+        raw.send(&bytes).await.expect("send keep PUBLISHes");
+        while !pending.is_empty() {
+            match raw.recv_within(STALL).await {
+                Ok(Some(p)) if p.kind() == 4 => {
+                    let (i, payload) = pending
+                        .remove(&p.packet_id())
+                        .expect("PUBACK for a keep message in flight");
+                    published[i].push(payload);
+                }
+                other => panic!("no PUBACK for a keep message within {STALL:?} ({other:?})"),
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+    published
+}
+
+/// Issue 9, "takeover and churn storms" (scaled down for CI: 200 connections over 20
+/// client ids; `MIDGE_STRESS_STORM_CONNECTIONS`/`_IDS` scale it): persistent sessions
+/// taken over again and again while their connections subscribe, unsubscribe (normal and
+/// `$share`) and publish. The broker keeps answering (watchdog), every QoS 1 message
+/// published to the sessions' own subscription is delivered after each storm, open files
+/// come back, and RSS after the storms stays within a bound (RSS after each round is
+/// printed: a leak grows with every round, allocator slack does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn takeover_and_churn_storm_loses_no_qos1_message() {
+    let _serial = SERIAL.lock().await;
+    let connections = env_or("MIDGE_STRESS_STORM_CONNECTIONS", 200) as usize;
+    let ids = env_or("MIDGE_STRESS_STORM_IDS", 20) as usize;
+    let rounds = env_or("MIDGE_STRESS_STORM_ROUNDS", 2).max(2) as u32;
+    let duration = scenario_duration() / rounds;
+    // Enough to cover a storm, and all of it fits in a session's in-flight window plus
+    // its queue (32 + 1000 by default): a message dropped for a full queue would be the
+    // configured policy, not a loss.
+    let per_id = (duration.as_secs() as usize * 8).clamp(20, 500);
+    let dir = TestDir::new("stress-storm");
+    let midge = start_broker(&dir).await;
+    let port = midge.port;
+    let pid = midge.pid().expect("running");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_start, fds_start) = (midge.rss_kib(), midge.open_fds());
+    let mut rss_after = Vec::new();
+    let mut fds_end = 0;
+
+    for round in 1..=rounds {
+        // Each id's persistent session subscribes to its own topic once; the storm never
+        // touches that subscription, so everything published to it must arrive.
+        for i in 0..ids {
+            let id = format!("storm-{i}");
+            let (mut raw, _) = support::connect(port, &support::connect_v311(&id, false)).await;
+            support::subscribe_and_wait(&mut raw, false, &format!("keep/{i}"), 1).await;
+            raw.send(&support::DISCONNECT).await.expect("DISCONNECT");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(StormCounts::default());
+        let sampler = sample_rss(pid, stop.clone());
+        let cpu_from = support::cpu_secs_of(pid);
+        let storm_from = Instant::now();
+        let tasks: Vec<_> = (0..connections)
+            .map(|t| {
+                tokio::spawn(storm_connection(
+                    port,
+                    format!("storm-{}", t % ids),
+                    u64::from(round) * 1_000_000 + t as u64 + 1,
+                    stop.clone(),
+                    counts.clone(),
+                ))
+            })
+            .collect();
+        let publisher = tokio::spawn(keep_publisher(port, ids, per_id, duration * 3 / 4));
+        let guard = tokio::spawn(watchdog(port, stop.clone()));
+        tokio::time::sleep(duration).await;
+        let published = match publisher.await {
+            Ok(published) => published,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        stop.store(true, Ordering::Relaxed);
+        let cpu = (support::cpu_secs_of(pid) - cpu_from) / storm_from.elapsed().as_secs_f64();
+        let watch = watched(guard).await;
+        for task in tasks {
+            let _ = tokio::time::timeout(support::TIMEOUT, task).await;
+        }
+        let rss_peak = sampler
+            .await
+            .expect("sampler")
+            .iter()
+            .map(|s| s.1)
+            .max()
+            .unwrap_or(0);
+
+        // Every QoS 1 message to the surviving sessions: each id's session, resumed, gets
+        // all of its `keep/` messages (in-flight ones again, with DUP) and acknowledges them.
+        let (mut lost, mut duplicates, mut delivered) = (0usize, 0usize, 0usize);
+        for (i, expected) in published.iter().enumerate() {
+            let id = format!("storm-{i}");
+            let (mut raw, present) =
+                support::connect(port, &support::connect_v311(&id, false)).await;
+            assert!(present, "{id}'s session survived the storm");
+            let topic = format!("keep/{i}");
+            let mut got: HashSet<Vec<u8>> = HashSet::new();
+            let deadline = Instant::now() + support::TIMEOUT;
+            while got.len() < expected.len() {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                match raw.recv_within(wait).await {
+                    Ok(Some(p)) if p.kind() == 3 => {
+                        let publish = p.publish(false);
+                        if publish.qos > 0 {
+                            raw.send(&support::ack(support::PUBACK, publish.packet_id))
+                                .await
+                                .expect("PUBACK");
+                        }
+                        if publish.topic == topic && !got.insert(publish.payload) {
+                            duplicates += 1;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            delivered += got.len();
+            lost += expected.iter().filter(|p| !got.contains(*p)).count();
+            raw.send(&support::DISCONNECT).await.expect("DISCONNECT");
+            // A clean session replaces the persistent one: nothing of the storm stays.
+            let (mut clean, _) = support::connect(port, &support::connect_v311(&id, true)).await;
+            clean.send(&support::DISCONNECT).await.expect("DISCONNECT");
+        }
+        let total: usize = published.iter().map(Vec::len).sum();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_after.push(midge.rss_kib());
+        fds_end = midge.open_fds();
+        let pings = Spread::of(watch.pings);
+        let c = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        eprintln!(
+            "storm round {round}/{rounds}: {connections} connections over {ids} ids for \
+             {duration:?}: {} CONNACKs, {} taken over (closed by the broker in use), {} closed \
+             before CONNACK, {} batches of sub/unsub/publish; QoS 1 to the surviving sessions: \
+             {total} published, {delivered} delivered, {lost} lost, {duplicates} duplicates; RSS \
+             {:.1} MiB at the start, {:.1} peak, {:.1} after this round; open files \
+             {fds_start} -> {fds_end}; broker CPU {:.0} % of a core; watchdog slowest round \
+             {:?}, PINGREQ {pings}",
+            c(&counts.connacks),
+            c(&counts.closed_by_broker),
+            c(&counts.closed_before_connack),
+            c(&counts.batches),
+            mib(rss_start),
+            mib(rss_peak),
+            mib(*rss_after.last().expect("pushed")),
+            cpu * 100.0,
+            watch.slowest,
+        );
+        assert_eq!(
+            c(&counts.stalled),
+            0,
+            "every CONNECT answered within {STALL:?}"
+        );
+        assert!(
+            c(&counts.connacks) > connections as u64,
+            "the connections reconnected"
+        );
+        assert!(c(&counts.closed_by_broker) > 0, "sessions were taken over");
+        // Acknowledged batches slow down with the storm; what matters is that every id got
+        // messages to lose.
+        assert!(
+            published.iter().all(|p| !p.is_empty()),
+            "the keep publisher got through to every id ({total})"
+        );
+        assert_eq!(lost, 0, "QoS 1 messages lost");
+    }
+    assert!(
+        fds_end <= fds_start + 2,
+        "open files back to {fds_start} (now {fds_end})"
+    );
+    // Not "back within 10 %" (issue 9): glibc keeps freed memory in per-thread heaps, and
+    // what a storm leaves varies from round to round by more than a round adds (see
+    // RELIABILITY.md). The bound scales with the connections a storm keeps open at once
+    // and catches a leak of ~100 bytes per takeover (the CI storm makes ~150,000).
+    let allowance_kib = 16 * 1024 * (connections as u64 / 200).max(1);
+    let last = *rss_after.last().expect("rounds");
+    assert!(
+        last <= rss_start + allowance_kib,
+        "RSS after the storms {rss_after:?} KiB, start {rss_start} KiB"
+    );
+    drop(midge);
+}
+
+/// Payload of the fan-out messages: 1 KiB, starting with the send time in nanoseconds
+/// since `epoch`.
+fn timed_payload(epoch: Instant) -> Vec<u8> {
+    let mut payload = vec![0u8; 1024];
+    let nanos = u64::try_from(epoch.elapsed().as_nanos()).expect("fits");
+    payload[..8].copy_from_slice(&nanos.to_be_bytes());
+    payload
+}
+
+/// Issue 9, "slow and dead consumers" (scaled down for CI: 100 subscribers that never read,
+/// which a debug build keeps up with on two shared cores at 1,000 messages a second;
+/// `MIDGE_STRESS_DEAD` and `MIDGE_STRESS_FANOUT_RATE` scale it): a publisher fans 1 KiB
+/// QoS 0 messages out at a fixed rate to one live subscriber, first alone, then with the dead subscribers added. The
+/// live one keeps its throughput and latency, the broker keeps answering, and RSS stays
+/// bounded by the queue limits: it levels off once the dead sessions' queues are full
+/// instead of growing with time, and every drop is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
+    let _serial = SERIAL.lock().await;
+    let dead = env_or("MIDGE_STRESS_DEAD", 100) as usize;
+    let rate = env_or("MIDGE_STRESS_FANOUT_RATE", 1000);
+    // Each phase (alone, then with the dead): half the scenario, or
+    // `MIDGE_STRESS_DEAD_PHASE_SECS` (the issue's run is 60 s).
+    let phase = match env_or("MIDGE_STRESS_DEAD_PHASE_SECS", 0) {
+        0 => scenario_duration() / 2,
+        secs => Duration::from_secs(secs),
+    };
+    let max_queued = 100u64;
+    let dir = TestDir::new("stress-dead");
+    let midge = start_broker_with(
+        &dir,
+        true,
+        &format!("[mqtt]\nmax_queued_messages = {max_queued}\n"),
+    )
+    .await;
+    let port = midge.port;
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // The live subscriber: every message's (arrival, latency).
+    let (mut live, _) = support::connect(port, &support::connect_v311("live", true)).await;
+    support::subscribe_and_wait(&mut live, false, "fan/t", 0).await;
+    let arrivals: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
+    let reader = {
+        let (arrivals, stop) = (arrivals.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match live.recv_within(Duration::from_millis(100)).await {
+                    Ok(Some(p)) if p.kind() == 3 => {
+                        let publish = p.publish(false);
+                        let sent = u64::from_be_bytes(publish.payload[..8].try_into().unwrap());
+                        let now = Instant::now();
+                        let latency = (now - epoch).saturating_sub(Duration::from_nanos(sent));
+                        arrivals.lock().unwrap().push((now, latency));
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("live subscriber lost its connection: {e}"),
+                }
+            }
+        })
+    };
+    // The publisher: `rate` messages a second, in batches every 10 ms.
+    let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let publisher = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        let mut w = connect_discarding(port, "fan-publisher").await;
+        tokio::spawn(async move {
+            let per_tick = (rate / 100).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let mut batch = Vec::new();
+                for _ in 0..per_tick {
+                    let payload = timed_payload(epoch);
+                    batch.extend(support::publish(
+                        false, 0, false, false, "fan/t", 0, &payload,
+                    ));
+                }
+                w.write_all(&batch).await.expect("publish");
+                let now = Instant::now();
+                sent.lock().unwrap().extend((0..per_tick).map(|_| now));
+            }
+        })
+    };
+    let guard = tokio::spawn(watchdog(port, stop.clone()));
+    let sampler = sample_rss(midge.pid().expect("running"), stop.clone());
+
+    let pid = midge.pid().expect("running");
+    let quiet_from = Instant::now();
+    let cpu_quiet_from = support::cpu_secs_of(pid);
+    tokio::time::sleep(phase).await;
+    let quiet_to = Instant::now();
+    let cpu_quiet = support::cpu_secs_of(pid) - cpu_quiet_from;
+    let rss_before_dead = midge.rss_kib();
+
+    // The dead: persistent sessions subscribed to the fan-out, whose sockets are never
+    // read again (a small receive buffer, so the broker's writes block soon).
+    let mut holders = Vec::with_capacity(dead);
+    for chunk in (0..dead).collect::<Vec<_>>().chunks(50) {
+        let connects = chunk.iter().map(|&d| async move {
+            let mut stream = connect_from(Ipv4Addr::LOCALHOST, port, Some(4096))
+                .await
+                .expect("dead subscriber connects");
+            let mut hello = support::connect_v311(&format!("dead-{d}"), false);
+            hello.extend(support::subscribe(false, 1, "fan/t", 0));
+            stream
+                .write_all(&hello)
+                .await
+                .expect("CONNECT and SUBSCRIBE");
+            let mut connack = [0u8; 4];
+            tokio::time::timeout(support::TIMEOUT, stream.read_exact(&mut connack))
+                .await
+                .expect("CONNACK in time")
+                .expect("CONNACK");
+            assert_eq!(connack[3], 0, "dead-{d} accepted");
+            stream
+        });
+        holders.extend(futures_join_all(connects).await);
+    }
+    let loaded_from = Instant::now();
+    let cpu_loaded_from = support::cpu_secs_of(pid);
+    tokio::time::sleep(phase).await;
+    let loaded_to = Instant::now();
+    let cpu_loaded = support::cpu_secs_of(pid) - cpu_loaded_from;
+    stop.store(true, Ordering::Relaxed);
+    let watch = watched(guard).await;
+    publisher.await.expect("publisher");
+    match reader.await {
+        Ok(()) => {}
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+    let rss = sampler.await.expect("sampler");
+    // $SYS is published every second: wait for the values that count the whole run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sys = sys_values(port).await;
+    let dropped = sys_counter(&sys, "$SYS/broker/publish/messages/dropped");
+
+    let window = |from: Instant, to: Instant| {
+        let sent = sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t >= from && **t < to)
+            .count();
+        let arrived: Vec<Duration> = arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, l)| *l)
+            .collect();
+        let secs = (to - from).as_secs_f64();
+        (
+            sent as f64 / secs,
+            arrived.len() as f64 / secs,
+            Spread::of(arrived),
+        )
+    };
+    let (quiet_sent, quiet_rate, quiet_latency) = window(quiet_from, quiet_to);
+    let (loaded_sent, loaded_rate, loaded_latency) = window(loaded_from, loaded_to);
+    // Memory and latency while the dead were there: the first and second half of that
+    // phase (the first includes filling their socket buffers and queues).
+    let half = loaded_from + (loaded_to - loaded_from) / 2;
+    let (_, _, settled_latency) = window(half, loaded_to);
+    let max_in = |from: Instant, to: Instant| {
+        rss.iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|s| s.1)
+            .max()
+            .unwrap_or(0)
+    };
+    let (first_half, second_half) = (max_in(loaded_from, half), max_in(half, loaded_to));
+    let per_dead = (second_half.max(first_half).saturating_sub(rss_before_dead)) / dead as u64;
+    let pings = Spread::of(watch.pings);
+    eprintln!(
+        "dead consumers: {dead} subscribers that never read, {rate} msg/s of 1 KiB QoS 0 fan-out, \
+         max_queued_messages {max_queued}; live subscriber alone: {quiet_sent:.0} sent/s, \
+         {quiet_rate:.0} received/s, latency {quiet_latency}; with the dead: {loaded_sent:.0} \
+         sent/s, {loaded_rate:.0} received/s, latency {loaded_latency}, in its second half \
+         {settled_latency}; RSS {:.1} MiB before \
+         the dead, max {:.1} in the first half and {:.1} in the second half of their phase \
+         ({per_dead} KiB per dead session); dropped deliveries ($SYS) {dropped}; broker CPU \
+         {:.0} % of a core alone, {:.0} % with the dead; watchdog slowest round {:?}, \
+         PINGREQ {pings}",
+        mib(rss_before_dead),
+        mib(first_half),
+        mib(second_half),
+        cpu_quiet * 100.0 / (quiet_to - quiet_from).as_secs_f64(),
+        cpu_loaded * 100.0 / (loaded_to - loaded_from).as_secs_f64(),
+        watch.slowest,
+    );
+    drop(holders);
+    assert!(
+        quiet_rate > 0.0 && loaded_rate > 0.0,
+        "the live subscriber received"
+    );
+    // The live subscriber keeps most of its throughput (CI machines are noisy and this
+    // is a debug build; RELIABILITY.md has the release figures).
+    assert!(
+        loaded_rate >= quiet_rate * 0.5,
+        "live throughput {loaded_rate:.0}/s with the dead, {quiet_rate:.0}/s without"
+    );
+    assert!(loaded_latency.p99 < STALL, "live latency {loaded_latency}");
+    assert!(
+        dropped > 0,
+        "full queues of the dead dropped messages, counted"
+    );
+    // Bounded by the queue limits: per dead session, its queue of 1 KiB messages with room
+    // for their overhead, plus its write buffer and the publisher's read buffer its
+    // messages may pin (issue 9, defect 4); at this rate, unbounded queues would take
+    // 1 MiB a second per session.
+    let budget_kib = dead as u64 * (max_queued * 5 / 4 + 128) + 8 * 1024;
+    let growth = second_half.max(first_half).saturating_sub(rss_before_dead);
+    assert!(
+        growth <= budget_kib,
+        "RSS grew {growth} KiB with {dead} dead subscribers (budget {budget_kib} KiB)"
+    );
+    drop(midge);
+}
+
+/// Runs futures to completion concurrently, in order (no extra crate for `join_all`).
+async fn futures_join_all<
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        match handle.await {
+            Ok(v) => out.push(v),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    out
+}
+
+/// Slowloris counts.
+#[derive(Default)]
+struct SlowCounts {
+    opened: AtomicU64,
+    /// Sockets the broker closed before their CONNECT was complete.
+    closed: AtomicU64,
+    /// Refused at once (closed before the first byte of CONNECT could be sent).
+    refused: AtomicU64,
+    /// Closed sockets' lifetimes in milliseconds, longest.
+    longest_ms: AtomicU64,
+}
+
+/// A slowloris socket from `source`, again and again until `stop`: sends `hello` (a
+/// CONNECT, or the start of a TLS ClientHello) one byte a second and counts when the
+/// broker closes it.
+async fn slowloris(
+    port: u16,
+    source: Ipv4Addr,
+    hello: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    counts: Arc<SlowCounts>,
+) {
+    let connect = hello;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = connect_from(source, port, None).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        counts.opened.fetch_add(1, Ordering::Relaxed);
+        let opened = Instant::now();
+        let mut probe = [0u8; 16];
+        let mut closed = false;
+        for byte in &connect {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if stream.write_all(std::slice::from_ref(byte)).await.is_err() {
+                closed = true;
+                break;
+            }
+            // A second between bytes, watching for the broker's close meanwhile.
+            match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut probe)).await {
+                Ok(Ok(0) | Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                Ok(Ok(_)) => panic!("the broker answered an incomplete CONNECT or ClientHello"),
+                Err(_) => {}
+            }
+        }
+        assert!(
+            closed,
+            "a CONNECT or ClientHello trickled over {} s was let through",
+            connect.len()
+        );
+        let lived = opened.elapsed();
+        if lived < Duration::from_millis(500) {
+            counts.refused.fetch_add(1, Ordering::Relaxed);
+            // A slowloris holds sockets rather than spinning: try again a second later.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } else {
+            counts.closed.fetch_add(1, Ordering::Relaxed);
+            let ms = u64::try_from(lived.as_millis()).unwrap_or(u64::MAX);
+            counts.longest_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The start of a TLS ClientHello that never completes: a handshake record announcing 512
+/// bytes, then the ClientHello's header and version, then padding.
+fn partial_client_hello() -> Vec<u8> {
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, // record: handshake, TLS 1.0 framing, 512 bytes
+        0x01, 0x00, 0x01, 0xFC, // handshake: ClientHello, 508 bytes
+        0x03, 0x03, // client version TLS 1.2
+    ];
+    hello.resize(24, 0x2A); // the start of the client random
+    hello
+}
+
+/// Issue 9, "connection floods and slowloris" (scaled down for CI: bursts of 500 connects
+/// four times a second from 8 addresses, 100 slowloris sockets on the MQTT port from 2
+/// addresses and 100 half-open TLS handshakes on a TLS port from 2 more;
+/// `MIDGE_STRESS_BURST` and `MIDGE_STRESS_SLOWLORIS` scale it): with `[limits]` per address
+/// and a 2 s CONNECT deadline (which also bounds the TLS handshake), refusals are counted
+/// by reason, every slowloris and half-open TLS socket is closed at its deadline, open
+/// files come back, and a connected client's PINGREQ latency stays low.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_flood_and_slowloris_spare_connected_clients() {
+    let _serial = SERIAL.lock().await;
+    let burst = env_or("MIDGE_STRESS_BURST", 500) as usize;
+    let slow = env_or("MIDGE_STRESS_SLOWLORIS", 100) as usize;
+    let duration = scenario_duration();
+    let connect_timeout = 2u64;
+    let dir = TestDir::new("stress-flood");
+    // A second listener with TLS, for the half-open handshakes.
+    let tls_port = support::free_port();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.0.join("server.crt"), dir.0.join("server.key"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let midge = start_broker_with(
+        &dir,
+        true,
+        &format!(
+            "[mqtt]\nconnect_timeout_secs = {connect_timeout}\n\n[limits]\n\
+             connections_per_ip = 32\nconnect_rate_per_ip = 100\nconnect_burst_per_ip = 50\n\n\
+             [[listener]]\nbind = \"127.0.0.1:{tls_port}\"\n[listener.tls]\ncert = \"{}\"\n\
+             key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let port = midge.port;
+
+    // Quiet: the watchdog alone (from 127.0.0.1, which nothing below uses).
+    let stop = Arc::new(AtomicBool::new(false));
+    let every = Duration::from_millis(20);
+    let quiet_guard = tokio::spawn(watchdog_every(port, stop.clone(), every));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let quiet = Spread::of(watched(quiet_guard).await.pings);
+    let (rss_start, fds_start) = (midge.rss_kib(), midge.open_fds());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let pid = midge.pid().expect("running");
+    let sampler = sample_rss(pid, stop.clone());
+    let cpu_from = support::cpu_secs_of(pid);
+    let guard = tokio::spawn(watchdog_every(port, stop.clone(), every));
+    // Slowloris from 127.0.0.10 and .11: more than connections_per_ip from each.
+    let slow_counts = Arc::new(SlowCounts::default());
+    let mut slow_tasks: Vec<_> = (0..slow)
+        .map(|n| {
+            let source = Ipv4Addr::new(127, 0, 0, 10 + (n % 2) as u8);
+            let hello = support::connect_v311(&format!("slow-{n}"), true);
+            tokio::spawn(slowloris(
+                port,
+                source,
+                hello,
+                stop.clone(),
+                slow_counts.clone(),
+            ))
+        })
+        .collect();
+    // Half-open TLS handshakes from 127.0.0.12 and .13.
+    let tls_counts = Arc::new(SlowCounts::default());
+    slow_tasks.extend((0..slow).map(|n| {
+        let source = Ipv4Addr::new(127, 0, 0, 12 + (n % 2) as u8);
+        tokio::spawn(slowloris(
+            tls_port,
+            source,
+            partial_client_hello(),
+            stop.clone(),
+            tls_counts.clone(),
+        ))
+    }));
+    // Bursts from 127.0.0.2 to .9: connect, then close (the admitted ones) or be closed.
+    let (attempts, connected) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let flood = {
+        let (stop, attempts, connected) = (stop.clone(), attempts.clone(), connected.clone());
+        tokio::spawn(async move {
+            let mut round = 0u8;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let source = Ipv4Addr::new(127, 0, 0, 2 + round % 8);
+                round = round.wrapping_add(1);
+                let connects = (0..burst).map(|_| {
+                    let (attempts, connected) = (attempts.clone(), connected.clone());
+                    async move {
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(STALL, connect_from(source, port, None)).await
+                        {
+                            connected.fetch_add(1, Ordering::Relaxed);
+                            drop(stream);
+                        }
+                    }
+                });
+                futures_join_all(connects).await;
+                tokio::time::sleep(Duration::from_millis(250).saturating_sub(started.elapsed()))
+                    .await;
+            }
+        })
+    };
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let cpu = (support::cpu_secs_of(pid) - cpu_from) / duration.as_secs_f64();
+    let watch = watched(guard).await;
+    flood.await.expect("flood");
+    for task in slow_tasks {
+        match tokio::time::timeout(support::TIMEOUT, task).await {
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            _ => {}
+        }
+    }
+    let rss_peak = sampler
+        .await
+        .expect("sampler")
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .unwrap_or(0);
+    // Everything the flood opened is closed by now or within the CONNECT deadline.
+    tokio::time::sleep(Duration::from_secs(connect_timeout + 1)).await;
+    let sys = sys_values(port).await;
+    let (rss_end, fds_end) = (midge.rss_kib(), midge.open_fds());
+    let per_ip = sys_counter(&sys, "$SYS/broker/connections/refused/per_ip");
+    let by_rate = sys_counter(&sys, "$SYS/broker/connections/refused/rate");
+    let timeouts = sys_counter(&sys, "$SYS/broker/connections/pre_connect/dropped/timeout");
+    let pre_connect_max = sys_counter(&sys, "$SYS/broker/connections/pre_connect/bytes/maximum");
+    let flooded = Spread::of(watch.pings);
+    let c = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    eprintln!(
+        "flood: {} connects in bursts of {burst} from 8 addresses over {duration:?} ({} \
+         completed the TCP handshake); refused at accept: {per_ip} per_ip, {by_rate} rate; \
+         slowloris: {} sockets opened from 2 addresses, {} closed at the {connect_timeout} s \
+         CONNECT deadline (longest lived {} ms), {} refused at once, {timeouts} CONNECT \
+         timeouts counted ($SYS), pre-CONNECT buffers at most {pre_connect_max} bytes; \
+         half-open TLS: {} \
+         opened from 2 addresses, {} closed at the deadline (longest lived {} ms), {} \
+         refused at once; RSS {:.1} MiB before, \
+         {:.1} peak, {:.1} after; open files {fds_start} -> {fds_end}; broker CPU {:.0} % of \
+         a core; connected client's \
+         PINGREQ quiet {quiet}, under flood {flooded} (p99 x{:.1}); watchdog slowest round {:?}",
+        c(&attempts),
+        c(&connected),
+        c(&slow_counts.opened),
+        c(&slow_counts.closed),
+        c(&slow_counts.longest_ms),
+        c(&slow_counts.refused),
+        c(&tls_counts.opened),
+        c(&tls_counts.closed),
+        c(&tls_counts.longest_ms),
+        c(&tls_counts.refused),
+        mib(rss_start),
+        mib(rss_peak),
+        mib(rss_end),
+        cpu * 100.0,
+        flooded.p99.as_secs_f64() / quiet.p99.as_secs_f64().max(1e-6),
+        watch.slowest,
+    );
+    assert!(
+        per_ip > 0 && by_rate > 0,
+        "both limits refused, counted by reason"
+    );
+    assert!(
+        timeouts >= c(&slow_counts.closed),
+        "every slowloris socket closed at the deadline is counted ({timeouts})"
+    );
+    for (what, counts) in [("slowloris", &slow_counts), ("half-open TLS", &tls_counts)] {
+        assert!(
+            c(&counts.closed) > 0,
+            "{what} sockets were closed at the deadline"
+        );
+        assert!(
+            c(&counts.longest_ms) < (connect_timeout + 2) * 1000,
+            "no {what} socket outlived the deadline by much"
+        );
+    }
+    assert!(
+        fds_end <= fds_start + 2,
+        "open files back to {fds_start} (now {fds_end})"
+    );
+    // Generous for a debug build on a shared machine; RELIABILITY.md has the figures.
+    assert!(
+        flooded.p99 < Duration::from_millis(500),
+        "connected client's PINGREQ under flood: {flooded}"
+    );
     drop(midge);
 }

@@ -11,6 +11,7 @@ mod auth_chain;
 mod client;
 mod client_certs;
 mod conformance;
+mod conn_limits;
 mod connect;
 mod differential;
 mod harness;

@@ -83,6 +83,30 @@ impl Midge {
         }
     }
 
+    /// Rewrites the configuration file (before [`Midge::start`]).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        std::fs::write(&self.config, edit(text)).expect("write config");
+    }
+
+    /// The running broker's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The running broker's resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib_of(self.pid().expect("midge is running"))
+    }
+
+    /// The running broker's open file descriptors.
+    pub fn open_fds(&self) -> usize {
+        let pid = self.pid().expect("midge is running");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("/proc/PID/fd")
+            .count()
+    }
+
     pub fn store_file(&self) -> PathBuf {
         self.dir.join("data").join("midge.redb")
     }
@@ -186,6 +210,36 @@ impl Drop for Midge {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A process's resident set size in KiB (`VmRSS` in `/proc/PID/status`; 0 once it is gone).
+pub fn rss_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time a process has used, user and system, in seconds (`/proc/PID/stat`; Linux
+/// reports it in USER_HZ, 100 a second, on every architecture).
+pub fn cpu_secs_of(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split(' ').collect();
+            // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 // ---- raw MQTT ----

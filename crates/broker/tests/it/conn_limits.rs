@@ -1,0 +1,128 @@
+//! Limits per client address (`[limits]`), applied when a connection is accepted: before a
+//! byte is read and before any TLS or WebSocket handshake. A refused socket is closed at
+//! once without an answer, and counted by reason.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::harness::{CONNACK_V311_OK, Raw, TIMEOUT, TestBroker, connect_v311};
+use crate::ws::ws_listener;
+
+/// Writes, ignoring an error: the broker may have closed a refused socket already, and
+/// what it did is read next.
+async fn send_unchecked(raw: &mut Raw, bytes: &[u8]) {
+    let _ = raw.stream.write_all(bytes).await;
+}
+
+/// Far below `connect_timeout_secs` (set to 120 below): a socket closed within this was
+/// closed by a refusal, not by the CONNECT deadline.
+const AT_ONCE: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn connections_per_ip_counts_silent_sockets_and_refuses_at_once() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.connections_per_ip = 3;
+        c.mqtt.connect_timeout_secs = 120;
+    })
+    .await;
+    // Two silent sockets (a slowloris holds them without sending CONNECT) and one client.
+    let silent_a = broker.raw().await;
+    let _silent_b = broker.raw().await;
+    let (mut client, _) = broker.raw_v311("one", true).await;
+
+    // The fourth from 127.0.0.1 is closed without a word, though it sends a valid CONNECT.
+    let mut fourth = broker.raw().await;
+    send_unchecked(&mut fourth, &connect_v311("four")).await;
+    let started = Instant::now();
+    fourth.expect_closed().await;
+    assert!(started.elapsed() < AT_ONCE, "closed by the refusal");
+    let stats = broker.stats();
+    assert_eq!(stats.connections_refused_per_ip, 1);
+    assert_eq!(stats.connections_refused_rate, 0);
+    assert_eq!(stats.connections_accepted, 3);
+    client.ping_fence().await;
+
+    // When one of the three closes, its place is free again (the release follows the
+    // close by a moment, so a refused try is retried, boundedly).
+    drop(silent_a);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut again = broker.raw().await;
+        send_unchecked(&mut again, &connect_v311("again")).await;
+        let mut ack = [0u8; 4];
+        match tokio::time::timeout(TIMEOUT, again.stream.read_exact(&mut ack)).await {
+            Ok(Ok(_)) => {
+                assert_eq!(ack, CONNACK_V311_OK);
+                break;
+            }
+            _ => assert!(Instant::now() < deadline, "no place after a socket closed"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_limit_applies_before_the_websocket_handshake() {
+    let broker = TestBroker::start_with(|c| {
+        c.listeners = vec![ws_listener(&[])];
+        c.limits.connections_per_ip = 1;
+        c.mqtt.connect_timeout_secs = 120;
+    })
+    .await;
+    // One socket that never starts its upgrade holds the address's only place.
+    let _holder = broker.raw().await;
+    let mut refused = broker.raw().await;
+    send_unchecked(
+        &mut refused,
+        b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",
+    )
+    .await;
+    let started = Instant::now();
+    // No HTTP answer at all: the socket was never handed to the handshake.
+    refused.expect_closed().await;
+    assert!(started.elapsed() < AT_ONCE);
+    let stats = broker.stats();
+    assert_eq!(stats.connections_refused_per_ip, 1);
+    assert_eq!(stats.handshakes_failed, 0, "no handshake was attempted");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_rate_per_ip_is_a_token_bucket() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.connect_rate_per_ip = 1;
+        c.limits.connect_burst_per_ip = 2;
+        c.limits.connections_per_ip = 0;
+    })
+    .await;
+    let started = Instant::now();
+    let (mut admitted, mut refused) = (Vec::new(), 0u64);
+    for n in 0..6 {
+        let mut raw = broker.raw().await;
+        send_unchecked(&mut raw, &connect_v311(&format!("c{n}"))).await;
+        let mut ack = [0u8; 4];
+        match tokio::time::timeout(TIMEOUT, raw.stream.read_exact(&mut ack)).await {
+            Ok(Ok(_)) => {
+                assert_eq!(ack, CONNACK_V311_OK);
+                admitted.push(raw);
+            }
+            Ok(Err(_)) => refused += 1,
+            Err(_) => panic!("neither CONNACK nor close within {TIMEOUT:?}"),
+        }
+    }
+    // The burst of two, plus one per second that passed (slow machines take longer).
+    let earned = 2 + started.elapsed().as_secs() as usize;
+    assert!(admitted.len() >= 2, "the burst is admitted");
+    assert!(admitted.len() <= earned, "{} admitted", admitted.len());
+    assert!(refused >= 1);
+    assert_eq!(broker.stats().connections_refused_rate, refused);
+    assert_eq!(broker.stats().connections_refused_per_ip, 0);
+    // Connections admitted are not disturbed by the refusals.
+    for raw in &mut admitted {
+        raw.ping_fence().await;
+    }
+    broker.shutdown().await;
+}

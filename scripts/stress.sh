@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs the stress scenarios of issue 9 (crates/midge/tests/stress.rs) against a release
+# build of the real binary, with the issue's sizes, and prints each scenario's figures.
+# RELIABILITY.md says what each scenario does and what it measured.
+#
+#   scripts/stress.sh                      # the long run: about 20 minutes
+#   scripts/stress.sh takeover             # one scenario (a cargo test name filter)
+#   MIDGE_STRESS_SECS=30 scripts/stress.sh # shorter, same sizes
+#
+# Every size can be overridden from the environment (defaults below are the issue's):
+#   MIDGE_STRESS_SECS               seconds per scenario (the storm splits it into rounds)
+#   MIDGE_STRESS_STORM_CONNECTIONS  connections fighting over ...
+#   MIDGE_STRESS_STORM_IDS          ... this many client ids
+#   MIDGE_STRESS_STORM_ROUNDS       storms in a row (memory after each is compared)
+#   MIDGE_STRESS_STORM_CHURN        filters churned: both, normal, share or none
+#   MIDGE_STRESS_DEAD               subscribers that never read
+#   MIDGE_STRESS_DEAD_PHASE_SECS    seconds of fan-out without, then with, the dead ones
+#   MIDGE_STRESS_FANOUT_RATE        fan-out messages (1 KiB, QoS 0) per second
+#   MIDGE_STRESS_BURST              TCP connects per burst (four bursts a second)
+#   MIDGE_STRESS_SLOWLORIS          sockets trickling a CONNECT one byte a second
+#   MIDGE_STRESS_STORAGE            "memory" takes the store out of the figures
+# The CI variant is the same test binary in debug with the defaults in stress.rs:
+#   cargo test -p midge --test stress -- --nocapture
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export MIDGE_STRESS_SECS="${MIDGE_STRESS_SECS:-300}"
+export MIDGE_STRESS_STORM_CONNECTIONS="${MIDGE_STRESS_STORM_CONNECTIONS:-1000}"
+export MIDGE_STRESS_STORM_IDS="${MIDGE_STRESS_STORM_IDS:-100}"
+export MIDGE_STRESS_STORM_ROUNDS="${MIDGE_STRESS_STORM_ROUNDS:-5}"
+export MIDGE_STRESS_DEAD="${MIDGE_STRESS_DEAD:-10000}"
+export MIDGE_STRESS_DEAD_PHASE_SECS="${MIDGE_STRESS_DEAD_PHASE_SECS:-60}"
+export MIDGE_STRESS_FANOUT_RATE="${MIDGE_STRESS_FANOUT_RATE:-1000}"
+export MIDGE_STRESS_BURST="${MIDGE_STRESS_BURST:-20000}"
+export MIDGE_STRESS_SLOWLORIS="${MIDGE_STRESS_SLOWLORIS:-1000}"
+
+# 10,000 dead subscribers and bursts of 20,000 connects need descriptors on both sides.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if (( $(ulimit -n) < 30000 )); then
+    echo "warning: open files limit is $(ulimit -n); the issue's sizes need about 30,000" >&2
+fi
+
+log="$(mktemp -t midge-stress.XXXXXX)"
+echo "machine: $(nproc) cores, $(free -m | awk '/^Mem:/ {print $2}') MiB; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "sizes: $(env | grep '^MIDGE_STRESS_' | sort | tr '\n' ' ')"
+echo "full output: $log"
+set +e
+cargo test --release --locked -p midge --test stress -- --nocapture --test-threads=1 "$@" >"$log" 2>&1
+status=$?
+set -e
+# The figures each scenario prints (libtest may put "test NAME ..." before them on the
+# same line), then the verdicts.
+grep -oE '(storm round [0-9]+/[0-9]+|dead consumers|flood|shared churn):.*' "$log" || true
+grep -E '^test result|panicked|FAILED' "$log" || true
+exit "$status"
