@@ -189,6 +189,10 @@ fn close_reason(args: &[u8]) -> (u16, String) {
 
 /// Header, start-ok (PLAIN guest/guest), tune-ok with frame-max 4096, open `vhost`.
 async fn handshake(addr: SocketAddr, vhost: &str) -> TcpStream {
+    handshake_with_heartbeat(addr, vhost, 0).await
+}
+
+async fn handshake_with_heartbeat(addr: SocketAddr, vhost: &str, heartbeat: u16) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(HEADER).await.unwrap();
     let (_, class, id, _) = read_method(&mut s).await;
@@ -202,9 +206,9 @@ async fn handshake(addr: SocketAddr, vhost: &str) -> TcpStream {
     let (_, class, id, tune) = read_method(&mut s).await;
     assert_eq!((class, id), (10, 30), "connection.tune");
     assert_eq!(&tune[2..6], &131072u32.to_be_bytes(), "frame-max proposed");
-    s.write_all(&method(0, 10, 31, &[0, 0, 0, 0, 0x10, 0, 0, 0]))
-        .await
-        .unwrap();
+    let mut tune_ok = vec![0, 0, 0, 0, 0x10, 0];
+    tune_ok.extend_from_slice(&heartbeat.to_be_bytes());
+    s.write_all(&method(0, 10, 31, &tune_ok)).await.unwrap();
     let mut open = short(vhost);
     open.extend(short(""));
     open.push(0);
@@ -447,5 +451,27 @@ async fn acls_apply_through_the_mapped_topics_binding_needs_read_publishing_writ
     let (channel, class, id, _) = read_method(&mut s).await;
     assert_eq!((channel, class, id), (3, 50, 21), "queue.bind-ok");
     assert_eq!(broker.stats().publish_denied, 1);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn heartbeats_are_sent_and_a_silent_client_is_closed() {
+    let (broker, amqp) = start().await;
+    // Heartbeat 1 s: midge beats every half second, and closes after 2 s of silence.
+    let mut s = handshake_with_heartbeat(amqp, "/", 1).await;
+    let (_, class, id, _) = read_method(&mut s).await;
+    assert_eq!((class, id), (10, 41));
+    let (kind, channel, payload) = read_frame(&mut s).await;
+    assert_eq!(
+        (kind, channel, payload.len()),
+        (8, 0, 0),
+        "a heartbeat frame"
+    );
+    // Silence from here on: connection.close 320, then the socket closes.
+    let started = tokio::time::Instant::now();
+    let (code, text) = expect_connection_close(&mut s).await;
+    assert_eq!(code, 320, "{text}");
+    assert!(text.contains("heartbeat"), "{text}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1000));
     broker.shutdown().await;
 }
