@@ -1073,7 +1073,7 @@ mod tests {
         let text = uncomment_keys(include_str!("../../../midge.example.toml"));
         let config = Config::from_toml(&text, "midge.example.toml, uncommented").unwrap();
         let schemes: Vec<_> = config.listeners.iter().map(|l| l.scheme()).collect();
-        assert_eq!(schemes, ["mqtt", "mqtt", "mqtts", "ws", "wss"]);
+        assert_eq!(schemes, ["mqtt", "mqtt", "mqtts", "ws", "amqp", "wss"]);
         assert_eq!(config.listeners[1].auth.allow_anonymous, Some(false));
         let mqtts = config.listeners[2].tls.as_ref().unwrap();
         assert!(mqtts.require_client_cert);

@@ -473,7 +473,6 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         let mut ticker = tokio::time::interval(beat / 2);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_read = tokio::time::Instant::now();
-        let mut more = false;
         loop {
             if *shutdown.borrow() {
                 return Err(Fault::Connection(
@@ -520,14 +519,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             for waiting in &mut notified {
                 waiting.as_mut().enable();
             }
-            more |= self.pump();
+            // More than one batch ready: after a turn for the socket and other tasks.
+            let more = self.pump();
             if !self.flush().await {
                 return Ok(());
-            }
-            if more {
-                tokio::task::yield_now().await;
-                more = self.pump();
-                continue;
             }
             let notified = std::future::poll_fn(|cx| {
                 let mut ready = false;
@@ -541,6 +536,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 }
             });
             tokio::select! {
+                biased;
                 read = reader.read_buf(buf) => match read {
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(n) => {
@@ -548,7 +544,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                         last_read = tokio::time::Instant::now();
                     }
                 },
-                _ = notified => more = true,
+                _ = shutdown.changed() => {}
                 _ = ticker.tick(), if self.heartbeat > 0 => {
                     if last_read.elapsed() > beat * 2 {
                         // Two missed heartbeats: the peer is gone (spec 4.2.7).
@@ -556,7 +552,8 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                     }
                     wire::encode_heartbeat(&mut self.out);
                 }
-                _ = shutdown.changed() => {}
+                _ = notified => {}
+                _ = tokio::task::yield_now(), if more => {}
             }
         }
     }
