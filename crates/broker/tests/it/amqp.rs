@@ -475,3 +475,32 @@ async fn heartbeats_are_sent_and_a_silent_client_is_closed() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(1000));
     broker.shutdown().await;
 }
+
+#[tokio::test]
+async fn amqps_serves_amqp_through_the_listener_tls_keys() {
+    use crate::pki::{ALL_VERSIONS, Pki, client_config, tls_connect};
+    let pki = Pki::new("amqps");
+    let server = pki.server("127.0.0.1");
+    let listener = ListenerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        protocol: ListenerProtocol::Amqp,
+        tls: Some(crate::tls::tls_settings(&server)),
+        ..ListenerConfig::default()
+    };
+    let (server, ports) = crate::tls::start(vec![listener], |_| {}).await;
+    let mut s = tls_connect(ports[0], client_config(&pki.ca_path, None, ALL_VERSIONS))
+        .await
+        .expect("TLS handshake");
+    s.write_all(HEADER).await.unwrap();
+    let mut head = [0u8; 11];
+    timeout(TIMEOUT, s.read_exact(&mut head))
+        .await
+        .expect("in time")
+        .expect("connection.start");
+    // A method frame on channel 0 whose class and method are 10, 10: connection.start.
+    assert_eq!(
+        (head[0], &head[1..3], &head[7..11]),
+        (1, &[0, 0][..], &[0, 10, 0, 10][..])
+    );
+    server.shutdown().await;
+}
