@@ -350,6 +350,7 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     dirs = sys.argv[1:] or [
         "crates/proto/src",
+        "crates/amqp-proto/src",
         "crates/ws-stream/src",
         "crates/broker/src",
         "crates/client/src",

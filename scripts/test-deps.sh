@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the interop tests drive midge with, on a fresh Debian machine (as root, as
 # in CI) or completes an existing setup:
-#   - Python 3 with paho-mqtt 2.x, PyJWT and cryptography (tests/interop/python/requirements.txt,
+#   - Python 3 with paho-mqtt 2.x, PyJWT, cryptography and pika (tests/interop/python/requirements.txt,
 #     via pip);
-#   - node with mqtt.js (tests/interop/js/package-lock.json, via npm ci);
+#   - node with mqtt.js and amqplib (tests/interop/js/package-lock.json, via npm ci);
 #   - playwright-core (same npm ci), which drives Debian's Chromium in the browser test and
 #     never downloads a browser of its own;
 #   - Mosquitto and mosquitto-clients (Debian packages), for mosquitto_pub/sub and the
@@ -23,7 +23,9 @@ paho_ok() {
     python3 -c 'import sys, paho.mqtt; sys.exit(not paho.mqtt.__version__.startswith("2."))' \
         >/dev/null 2>&1 &&
         # PyJWT with cryptography (RS/ES keys) makes the tokens of the JWT tests.
-        python3 -c 'import jwt, cryptography' >/dev/null 2>&1
+        python3 -c 'import jwt, cryptography' >/dev/null 2>&1 &&
+        # pika is the AMQP 0-9-1 client of the AMQP tests.
+        python3 -c 'import pika' >/dev/null 2>&1
 }
 
 paho_go=/usr/share/gocode/src/github.com/eclipse/paho.mqtt.golang/client.go
@@ -74,6 +76,7 @@ fi
 js=tests/interop/js
 if [ ! -f "$js/node_modules/mqtt/package.json" ] ||
     [ ! -f "$js/node_modules/playwright-core/package.json" ] ||
+    [ ! -f "$js/node_modules/amqplib/package.json" ] ||
     [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
     echo "test-deps: installing mqtt.js and playwright-core (npm ci in $js)" >&2
     (cd "$js" && npm ci --silent --no-audit --no-fund)
@@ -85,6 +88,7 @@ paho_ok || problems+=("python3 cannot import paho-mqtt 2.x")
 [ -f "$js/node_modules/mqtt/package.json" ] || problems+=("mqtt.js is not in $js/node_modules")
 [ -f "$js/node_modules/playwright-core/package.json" ] ||
     problems+=("playwright-core is not in $js/node_modules")
+[ -f "$js/node_modules/amqplib/package.json" ] || problems+=("amqplib is not in $js/node_modules")
 [ -x /usr/bin/chromium ] || problems+=("chromium is not installed (/usr/bin/chromium)")
 have_mosquitto || problems+=("mosquitto is not installed")
 { have mosquitto_pub && have mosquitto_sub; } || problems+=("mosquitto_pub/sub are not installed")

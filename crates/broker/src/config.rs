@@ -189,13 +189,15 @@ impl ListenerConfig {
             .unwrap_or_else(|| format!("{}:{}", self.scheme(), self.bind))
     }
 
-    /// `mqtt`, `mqtts`, `ws` or `wss`.
+    /// `mqtt`, `mqtts`, `ws`, `wss`, `amqp` or `amqps`.
     pub fn scheme(&self) -> &'static str {
         match (self.protocol, self.tls.is_some()) {
             (ListenerProtocol::Mqtt, false) => "mqtt",
             (ListenerProtocol::Mqtt, true) => "mqtts",
             (ListenerProtocol::Ws, false) => "ws",
             (ListenerProtocol::Ws, true) => "wss",
+            (ListenerProtocol::Amqp, false) => "amqp",
+            (ListenerProtocol::Amqp, true) => "amqps",
         }
     }
 
@@ -275,6 +277,8 @@ pub enum ListenerProtocol {
     Mqtt,
     /// MQTT over WebSocket (or secure WebSocket with `[listener.tls]`).
     Ws,
+    /// AMQP 0-9-1 (or `amqps` with `[listener.tls]`); the usual port is 5672 (5671).
+    Amqp,
 }
 
 /// `[listener.tls]`: TLS 1.2 and 1.3 with a certificate chain and key from PEM files.
@@ -1179,7 +1183,7 @@ mod tests {
         let text = uncomment_keys(include_str!("../../../midge.example.toml"));
         let config = Config::from_toml(&text, "midge.example.toml, uncommented").unwrap();
         let schemes: Vec<_> = config.listeners.iter().map(|l| l.scheme()).collect();
-        assert_eq!(schemes, ["mqtt", "mqtt", "mqtts", "ws", "wss"]);
+        assert_eq!(schemes, ["mqtt", "mqtt", "mqtts", "ws", "amqp", "wss"]);
         assert_eq!(config.listeners[1].auth.allow_anonymous, Some(false));
         let mqtts = config.listeners[2].tls.as_ref().unwrap();
         assert!(mqtts.require_client_cert);

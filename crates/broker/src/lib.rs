@@ -11,6 +11,7 @@
 #![deny(missing_debug_implementations)]
 
 pub mod admin;
+pub mod amqp;
 pub mod auth;
 pub mod broker;
 pub mod config;

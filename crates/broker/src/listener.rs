@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminContext, AdminError, AdminUsers, ListenerInfo};
+use crate::amqp::{self, AmqpContext, queues::Queues};
 use crate::auth::{AccessControl, AuthError, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ListenerProtocol};
@@ -189,6 +190,8 @@ impl Server {
         let login_guard = LoginGuard::new(&config, broker.log_limit.clone());
         let mut tls_listeners = Vec::new();
         let mut listener_infos = Vec::new();
+        // AMQP queues are shared by every AMQP listener.
+        let amqp_queues = Arc::new(Queues::default());
         for listener_config in &config.listeners {
             let name = listener_config.display_name();
             let addr = listener_config.bind;
@@ -223,7 +226,11 @@ impl Server {
                     name: name.clone(),
                     source,
                 })?;
+            let is_amqp = listener_config.protocol == ListenerProtocol::Amqp;
             match &websocket {
+                _ if is_amqp => {
+                    tracing::info!(listener = %name, address = %local, "listening for AMQP 0-9-1 over {}; {}", listener_config.scheme(), access.describe())
+                }
                 Some(ws) => {
                     tracing::info!(listener = %name, address = %local, paths = ?ws.paths, "listening for MQTT over {}; {}", listener_config.scheme(), access.describe())
                 }
@@ -243,11 +250,19 @@ impl Server {
                 addr: local,
                 connections: gauge.clone(),
             });
+            let amqp = is_amqp.then(|| {
+                Arc::new(AmqpContext {
+                    name: name.clone(),
+                    access: access.clone(),
+                    queues: amqp_queues.clone(),
+                })
+            });
             let context = Arc::new(ListenerContext { name, access });
             let transport = Arc::new(Transport {
                 tls,
                 websocket,
                 open: gauge,
+                amqp,
             });
             tasks.push(tokio::spawn(accept_loop(
                 listener,
@@ -513,12 +528,14 @@ struct Transport {
     websocket: Option<ws::WsSettings>,
     /// Gauge: connections open on this listener.
     open: Arc<AtomicU64>,
+    /// Set on AMQP listeners: what their connections share.
+    amqp: Option<Arc<AmqpContext>>,
 }
 
 impl Transport {
     /// Plain TCP: no handshake before MQTT.
     fn is_plain(&self) -> bool {
-        self.tls.is_none() && self.websocket.is_none()
+        self.tls.is_none() && self.websocket.is_none() && self.amqp.is_none()
     }
 }
 
@@ -562,6 +579,12 @@ impl Transport {
             _ = shutdown.changed() => return,
         };
         match handshake {
+            Ok((stream, _)) if self.amqp.is_some() => {
+                let (reader, writer) = tokio::io::split(stream);
+                if let Some(context) = self.amqp.clone() {
+                    amqp::serve(reader, writer, peer, context, broker, shutdown, held).await;
+                }
+            }
             Ok((stream, identity)) => {
                 let (reader, writer) = tokio::io::split(stream);
                 connection::serve(

@@ -8,6 +8,7 @@ mod access_support;
 mod acl;
 mod admin;
 mod admin_http;
+mod amqp;
 mod auth_chain;
 mod client;
 mod client_certs;

@@ -1,0 +1,246 @@
+//! RabbitMQ's mapping between `amq.topic` and the MQTT topic space: routing keys and
+//! binding keys to topics and filters (`.` ↔ `/`, `*` ↔ `+`, `#` ↔ `#`), and messages
+//! both ways (delivery mode ↔ QoS with the `x-mqtt-publish-qos` header, content type,
+//! correlation id, reply-to, expiration, headers ↔ MQTT 5 properties).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use midge_amqp_proto::{BasicProperties, FieldTable, FieldValue};
+use midge_proto::{PublishProperties, QoS, topic};
+
+use crate::model::{Message, Millis, next_message_id};
+
+/// The header RabbitMQ carries the MQTT publisher's QoS in.
+pub const QOS_HEADER: &str = "x-mqtt-publish-qos";
+
+/// An AMQP routing key as the MQTT topic it names: `.` → `/`. Wildcards have no place
+/// in a topic name, so a key with `*` or `#` words is refused, as is an empty key.
+pub fn routing_key_to_topic(key: &str) -> Result<String, String> {
+    let topic = key.replace('.', "/");
+    if topic.is_empty() {
+        return Err("an empty routing key names no MQTT topic".to_owned());
+    }
+    if topic.split('/').any(|w| w == "*" || w == "#") || topic.contains(['+', '#']) {
+        return Err(format!(
+            "routing key '{key}' holds a wildcard; on amq.topic a routing key is an MQTT topic name"
+        ));
+    }
+    topic::validate_topic_name(&topic)
+        .map_err(|e| format!("routing key '{key}' is not a valid MQTT topic: {e}"))?;
+    Ok(topic)
+}
+
+/// An AMQP binding key as the MQTT filter it stands for: `.` → `/`, `*` → `+`, `#` → `#`.
+/// Keys with no MQTT equivalent (`#` before the last word, a wildcard inside a word) are
+/// refused with a reason.
+pub fn binding_key_to_filter(key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("an empty binding key names no MQTT topic".to_owned());
+    }
+    let mut words = Vec::new();
+    for word in key.split('.') {
+        words.push(match word {
+            "*" => "+".to_owned(),
+            "#" => "#".to_owned(),
+            w if w.contains(['*', '#', '+']) => {
+                return Err(format!(
+                    "binding key '{key}': a wildcard inside the word '{w}' has no MQTT equivalent"
+                ));
+            }
+            w => w.to_owned(),
+        });
+    }
+    let filter = words.join("/");
+    topic::validate_topic_filter(&filter).map_err(|_| {
+        format!("binding key '{key}' has no MQTT equivalent ('#' must be the last word)")
+    })?;
+    Ok(filter)
+}
+
+/// An MQTT topic as the routing key AMQP consumers see: `/` → `.`.
+pub fn topic_to_routing_key(topic: &str) -> String {
+    topic.replace('/', ".")
+}
+
+/// The message an AMQP publish becomes.
+pub fn to_message(
+    topic: String,
+    properties: &BasicProperties,
+    body: Bytes,
+    origin: Arc<str>,
+    now: Millis,
+) -> Message {
+    let header_qos = properties
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(QOS_HEADER))
+        .and_then(FieldValue::as_i64);
+    let qos = match (properties.delivery_mode, header_qos) {
+        (_, Some(0)) | (None | Some(0) | Some(1), None) => QoS::AtMostOnce,
+        // RabbitMQ delivers QoS 2 as QoS 1; so do AMQP publishes here.
+        _ => QoS::AtLeastOnce,
+    };
+    let mut user_properties = Vec::new();
+    if let Some(headers) = &properties.headers {
+        for (name, value) in &headers.0 {
+            if name == QOS_HEADER {
+                continue;
+            }
+            if let Some(text) = header_text(value) {
+                user_properties.push((name.clone(), text));
+            }
+        }
+    }
+    let expires_at = properties
+        .expiration
+        .as_deref()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| now.saturating_add(ms));
+    Message {
+        id: next_message_id(),
+        topic,
+        payload: body,
+        qos,
+        retain: false,
+        properties: PublishProperties {
+            content_type: properties.content_type.clone(),
+            correlation_data: properties
+                .correlation_id
+                .as_ref()
+                .map(|c| Bytes::copy_from_slice(c.as_bytes())),
+            response_topic: properties.reply_to.as_deref().map(|r| r.replace('.', "/")),
+            user_properties,
+            ..PublishProperties::default()
+        },
+        expires_at,
+        received_at: now,
+        origin,
+    }
+}
+
+/// A header value as MQTT user property text: strings as they are, numbers and booleans
+/// written out; tables and arrays are left out (MQTT user properties are flat text).
+fn header_text(value: &FieldValue) -> Option<String> {
+    match value {
+        FieldValue::LongString(_) | FieldValue::ByteArray(_) => value.as_str().map(str::to_owned),
+        FieldValue::Bool(b) => Some(b.to_string()),
+        FieldValue::F32(f) => Some(f.to_string()),
+        FieldValue::F64(f) => Some(f.to_string()),
+        v => v.as_i64().map(|n| n.to_string()),
+    }
+}
+
+/// The properties an AMQP consumer sees for a routed message.
+pub fn to_properties(message: &Message, qos: QoS, now: Millis) -> BasicProperties {
+    let p = &message.properties;
+    let mut headers = FieldTable::default();
+    // Signed byte, as RabbitMQ's MQTT plugin writes it.
+    headers.insert(QOS_HEADER, FieldValue::I8(message.qos as i8));
+    for (k, v) in &p.user_properties {
+        headers.insert(k.clone(), FieldValue::string(v));
+    }
+    let correlation = p
+        .correlation_data
+        .as_ref()
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .filter(|c| c.len() <= 255);
+    if let (Some(data), None) = (&p.correlation_data, correlation) {
+        // Binary or long correlation data cannot be a short string: RabbitMQ's header.
+        headers.insert("x-correlation-id", FieldValue::ByteArray(data.clone()));
+    }
+    BasicProperties {
+        content_type: p.content_type.clone(),
+        headers: Some(headers),
+        delivery_mode: Some(if qos == QoS::AtMostOnce { 1 } else { 2 }),
+        correlation_id: correlation.map(str::to_owned),
+        reply_to: p.response_topic.as_deref().map(topic_to_routing_key),
+        expiration: message
+            .expires_at
+            .map(|at| at.saturating_sub(now).to_string()),
+        ..BasicProperties::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_mapping_table() {
+        assert_eq!(
+            topic_to_routing_key("sensors/temp/room1"),
+            "sensors.temp.room1"
+        );
+        assert_eq!(
+            routing_key_to_topic("sensors.temp.room1").unwrap(),
+            "sensors/temp/room1"
+        );
+        assert_eq!(
+            binding_key_to_filter("home.*.light").unwrap(),
+            "home/+/light"
+        );
+        assert_eq!(binding_key_to_filter("sensors.#").unwrap(), "sensors/#");
+        assert_eq!(binding_key_to_filter("hello.mqtt").unwrap(), "hello/mqtt");
+        assert_eq!(routing_key_to_topic("hello.amqp").unwrap(), "hello/amqp");
+    }
+
+    #[test]
+    fn keys_without_an_mqtt_equivalent_are_refused() {
+        assert!(binding_key_to_filter("a.#.b").is_err());
+        assert!(binding_key_to_filter("a*.b").is_err());
+        assert!(binding_key_to_filter("").is_err());
+        assert!(routing_key_to_topic("a.*").is_err());
+        assert!(routing_key_to_topic("a.+").is_err());
+        assert!(routing_key_to_topic("").is_err());
+    }
+
+    #[test]
+    fn message_mapping_both_ways() {
+        let mut headers = FieldTable::default();
+        headers.insert("app", FieldValue::string("x"));
+        headers.insert("n", FieldValue::I32(5));
+        let props = BasicProperties {
+            content_type: Some("application/json".into()),
+            delivery_mode: Some(2),
+            correlation_id: Some("c-1".into()),
+            reply_to: Some("replies.client1".into()),
+            expiration: Some("60000".into()),
+            headers: Some(headers),
+            ..BasicProperties::default()
+        };
+        let m = to_message(
+            "a/b".into(),
+            &props,
+            Bytes::from_static(b"hi"),
+            Arc::from("o"),
+            1000,
+        );
+        assert_eq!(m.qos, QoS::AtLeastOnce);
+        assert_eq!(m.expires_at, Some(61_000));
+        assert_eq!(
+            m.properties.response_topic.as_deref(),
+            Some("replies/client1")
+        );
+        assert_eq!(m.properties.correlation_data.as_deref(), Some(&b"c-1"[..]));
+        assert_eq!(
+            m.properties.user_properties,
+            vec![("app".into(), "x".into()), ("n".into(), "5".into())]
+        );
+        let back = to_properties(&m, m.qos, 31_000);
+        assert_eq!(back.delivery_mode, Some(2));
+        assert_eq!(back.expiration.as_deref(), Some("30000"));
+        assert_eq!(back.reply_to.as_deref(), Some("replies.client1"));
+        assert_eq!(back.correlation_id.as_deref(), Some("c-1"));
+        let h = back.headers.unwrap();
+        assert_eq!(h.get(QOS_HEADER), Some(&FieldValue::I8(1)));
+        // delivery_mode 1 (or none) is QoS 0; the header overrides the mode.
+        let transient = BasicProperties::default();
+        let m0 = to_message("t".into(), &transient, Bytes::new(), Arc::from(""), 0);
+        assert_eq!(m0.qos, QoS::AtMostOnce);
+        assert_eq!(
+            to_properties(&m0, QoS::AtMostOnce, 0).delivery_mode,
+            Some(1)
+        );
+    }
+}

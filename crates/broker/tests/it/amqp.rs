@@ -1,0 +1,506 @@
+//! AMQP 0-9-1 listeners: the seeds' RabbitMQ MQTT <-> AMQP examples with pika and paho
+//! (tests/interop/python/amqp_seed.py), and raw bytes for what bad input gets. The raw
+//! frames here are written and read by hand, not with midge-amqp-proto, so a symmetric
+//! codec bug cannot pass unnoticed.
+
+use std::net::SocketAddr;
+
+use midge_broker::config::{ListenerConfig, ListenerProtocol};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::harness::{TIMEOUT, TestBroker};
+use crate::interop_util::{Tool, repo_root, require, run_json};
+
+/// A broker with its MQTT listener first and an AMQP listener second.
+async fn start() -> (TestBroker, SocketAddr) {
+    let broker = TestBroker::start_with(|config| {
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Amqp,
+            ..ListenerConfig::default()
+        });
+    })
+    .await;
+    let amqp = broker.server.as_ref().unwrap().local_addrs()[1];
+    (broker, amqp)
+}
+
+fn require_pika() {
+    require(Tool::Paho);
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import pika"])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pika is needed by this test: pip install -r tests/interop/python/requirements.txt"
+    );
+}
+
+#[tokio::test]
+async fn pika_and_paho_run_the_seed_examples() {
+    require_pika();
+    let (broker, amqp) = start().await;
+    let script = repo_root().join("tests/interop/python/amqp_seed.py");
+    let args = vec![
+        script.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        broker.port().to_string(),
+        "--amqp-port".into(),
+        amqp.port().to_string(),
+    ];
+    let r: Value = run_json("python3", &args).await;
+
+    // MQTT -> AMQP: QoS 0 is delivery mode 1, QoS 1 is 2, with RabbitMQ's header.
+    let m = &r["mqtt_to_amqp"];
+    assert_eq!(m[0]["exchange"], "amq.topic");
+    assert_eq!(m[0]["routing_key"], "hello.mqtt");
+    assert_eq!(m[0]["body"], "hello mqtt");
+    assert_eq!(m[0]["delivery_mode"], 1);
+    assert_eq!(m[0]["mqtt_qos"], 0);
+    assert_eq!(m[1]["body"], "hello mqtt qos1");
+    assert_eq!(m[1]["delivery_mode"], 2);
+    assert_eq!(m[1]["mqtt_qos"], 1);
+
+    // AMQP -> MQTT with the properties carried across.
+    let a = &r["amqp_to_mqtt"];
+    assert_eq!(a["topic"], "hello/amqp");
+    assert_eq!(a["payload"], "hello amqp");
+    assert_eq!(a["qos"], 1);
+    assert_eq!(a["content_type"], "text/plain");
+    assert_eq!(a["correlation_data"], "req-1");
+    assert_eq!(a["response_topic"], "replies/seed");
+    assert_eq!(
+        a["user_properties"],
+        serde_json::json!([["origin", "pika"]])
+    );
+
+    // The mapping table: home.*.light and sensors.# as MQTT filters; home/a/b/light does
+    // not match home.*.light; sensors matches sensors.# (as # matches zero words).
+    assert_eq!(
+        r["mapping_to_amqp"],
+        serde_json::json!(["sensors.temp.room1", "home.kitchen.light", "sensors"])
+    );
+    assert_eq!(r["mapping_left"], 0);
+    assert_eq!(r["mapping_to_mqtt"], "sensors/temp/room1");
+
+    assert_eq!(r["unroutable"], "returned");
+    assert_eq!(r["passive_unknown"][0], 404);
+    assert!(
+        r["passive_unknown"][1]
+            .as_str()
+            .unwrap()
+            .contains("no-such-exchange")
+    );
+    assert_eq!(r["fanout"][0], 540);
+    assert_eq!(r["other_channel_open"], true);
+
+    // Prefetch 2 held the third job back; closing the channel put the two back first.
+    assert_eq!(r["prefetched"], serde_json::json!(["job0", "job1"]));
+    assert_eq!(
+        r["redelivered"],
+        serde_json::json!([["job0", true], ["job1", true], ["job2", false]])
+    );
+    assert_eq!(r["nack_requeued"], serde_json::json!(["n", true]));
+    assert_eq!(r["after_reject"], 0);
+    assert_eq!(r["purged"], 0);
+    assert_eq!(r["deleted"], 0);
+    assert_eq!(r["after_multiple_ack"], 0);
+    assert_eq!(r["auto_deleted"], true);
+    assert_eq!(r["exclusive_deleted"], true);
+    assert_eq!(r["shared_a"], serde_json::json!(["s1"]));
+    assert_eq!(
+        r["shared_b"],
+        serde_json::json!([["s2", false], ["s3", false], ["s1", true]])
+    );
+    broker.shutdown().await;
+}
+
+// ---- raw bytes ----
+
+const HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+
+fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(0xCE);
+    f
+}
+
+fn method(channel: u16, class: u16, id: u16, args: &[u8]) -> Vec<u8> {
+    let mut p = class.to_be_bytes().to_vec();
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(args);
+    frame(1, channel, &p)
+}
+
+fn short(s: &str) -> Vec<u8> {
+    let mut v = vec![s.len() as u8];
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// Reads one frame: (type, channel, payload).
+async fn read_frame(s: &mut TcpStream) -> (u8, u16, Vec<u8>) {
+    let mut head = [0u8; 7];
+    timeout(TIMEOUT, s.read_exact(&mut head))
+        .await
+        .expect("frame in time")
+        .expect("frame");
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+    let mut rest = vec![0u8; size + 1];
+    timeout(TIMEOUT, s.read_exact(&mut rest))
+        .await
+        .expect("frame in time")
+        .expect("frame");
+    assert_eq!(rest[size], 0xCE, "frame end");
+    rest.truncate(size);
+    (head[0], u16::from_be_bytes([head[1], head[2]]), rest)
+}
+
+/// Reads frames until a method frame and returns (channel, class, method, args).
+async fn read_method(s: &mut TcpStream) -> (u16, u16, u16, Vec<u8>) {
+    loop {
+        let (kind, channel, p) = read_frame(s).await;
+        if kind == 1 {
+            let class = u16::from_be_bytes([p[0], p[1]]);
+            let id = u16::from_be_bytes([p[2], p[3]]);
+            return (channel, class, id, p[4..].to_vec());
+        }
+    }
+}
+
+/// A close method's reply code and text.
+fn close_reason(args: &[u8]) -> (u16, String) {
+    let code = u16::from_be_bytes([args[0], args[1]]);
+    let len = args[2] as usize;
+    (
+        code,
+        String::from_utf8_lossy(&args[3..3 + len]).into_owned(),
+    )
+}
+
+/// Header, start-ok (PLAIN guest/guest), tune-ok with frame-max 4096, open `vhost`.
+async fn handshake(addr: SocketAddr, vhost: &str) -> TcpStream {
+    handshake_with_heartbeat(addr, vhost, 0).await
+}
+
+async fn handshake_with_heartbeat(addr: SocketAddr, vhost: &str, heartbeat: u16) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(HEADER).await.unwrap();
+    let (_, class, id, _) = read_method(&mut s).await;
+    assert_eq!((class, id), (10, 10), "connection.start");
+    let mut start_ok = vec![0, 0, 0, 0];
+    start_ok.extend(short("PLAIN"));
+    start_ok.extend_from_slice(&12u32.to_be_bytes());
+    start_ok.extend_from_slice(b"\0guest\0guest");
+    start_ok.extend(short("en_US"));
+    s.write_all(&method(0, 10, 11, &start_ok)).await.unwrap();
+    let (_, class, id, tune) = read_method(&mut s).await;
+    assert_eq!((class, id), (10, 30), "connection.tune");
+    assert_eq!(&tune[2..6], &131072u32.to_be_bytes(), "frame-max proposed");
+    let mut tune_ok = vec![0, 0, 0, 0, 0x10, 0];
+    tune_ok.extend_from_slice(&heartbeat.to_be_bytes());
+    s.write_all(&method(0, 10, 31, &tune_ok)).await.unwrap();
+    let mut open = short(vhost);
+    open.extend(short(""));
+    open.push(0);
+    s.write_all(&method(0, 10, 40, &open)).await.unwrap();
+    s
+}
+
+async fn expect_connection_close(s: &mut TcpStream) -> (u16, String) {
+    let (channel, class, id, args) = read_method(s).await;
+    assert_eq!((channel, class, id), (0, 10, 50), "connection.close");
+    close_reason(&args)
+}
+
+#[tokio::test]
+async fn another_protocol_header_gets_the_0_9_1_header_back_and_the_socket_closed() {
+    let (broker, amqp) = start().await;
+    for wrong in [
+        &b"AMQP\x00\x01\x00\x00"[..],
+        b"AMQP\x01\x01\x00\x0a",
+        b"\x10\x0c\x00\x04MQTT",
+    ] {
+        let mut s = TcpStream::connect(amqp).await.unwrap();
+        s.write_all(wrong).await.unwrap();
+        let mut back = Vec::new();
+        timeout(TIMEOUT, s.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, HEADER, "answer to {wrong:?}");
+    }
+    assert!(broker.stats().protocol_errors >= 3);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_vhost_slash_is_served() {
+    let (broker, amqp) = start().await;
+    let mut s = handshake(amqp, "production").await;
+    let (code, text) = expect_connection_close(&mut s).await;
+    assert_eq!(code, 530);
+    assert!(text.contains("vhost 'production'"), "{text}");
+    let mut ok = handshake(amqp, "/").await;
+    let (_, class, id, _) = read_method(&mut ok).await;
+    assert_eq!((class, id), (10, 41), "connection.open-ok");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_frames_close_the_connection_with_their_reply_codes() {
+    let (broker, amqp) = start().await;
+    let open = async || {
+        let mut s = handshake(amqp, "/").await;
+        let (_, class, id, _) = read_method(&mut s).await;
+        assert_eq!((class, id), (10, 41));
+        s.write_all(&method(1, 20, 10, &short(""))).await.unwrap();
+        let (channel, class, id, _) = read_method(&mut s).await;
+        assert_eq!((channel, class, id), (1, 20, 11), "channel.open-ok");
+        s
+    };
+    // A frame over the frame-max of 4096 the client agreed to.
+    let mut s = open().await;
+    s.write_all(&frame(3, 1, &vec![0u8; 5000])).await.unwrap();
+    let (code, text) = expect_connection_close(&mut s).await;
+    assert_eq!(code, 501, "{text}");
+    assert!(text.contains("frame-max"), "{text}");
+    // An unknown method.
+    let mut s = open().await;
+    s.write_all(&method(1, 60, 99, &[])).await.unwrap();
+    let (code, text) = expect_connection_close(&mut s).await;
+    assert_eq!(code, 540, "{text}");
+    assert!(text.contains("60.99"), "{text}");
+    // Arguments cut short (basic.ack with 2 of its 9 bytes).
+    let mut s = open().await;
+    s.write_all(&method(1, 60, 80, &[0, 0])).await.unwrap();
+    let (code, _) = expect_connection_close(&mut s).await;
+    assert_eq!(code, 502);
+    // A body frame with no basic.publish before it.
+    let mut s = open().await;
+    s.write_all(&frame(3, 1, b"stray")).await.unwrap();
+    let (code, text) = expect_connection_close(&mut s).await;
+    assert_eq!(code, 505, "{text}");
+    // A bad frame end octet.
+    let mut s = open().await;
+    let mut bad = frame(8, 0, &[]);
+    *bad.last_mut().unwrap() = 0;
+    s.write_all(&bad).await.unwrap();
+    let (code, _) = expect_connection_close(&mut s).await;
+    assert_eq!(code, 501);
+    // The broker still serves others.
+    let mut fine = open().await;
+    fine.write_all(&method(0, 10, 50, &[0, 200, 0, 0, 0, 0, 0]))
+        .await
+        .unwrap();
+    let (_, class, id, _) = read_method(&mut fine).await;
+    assert_eq!((class, id), (10, 51), "connection.close-ok");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_password_is_refused_with_access_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords = dir.path().join("passwd");
+    let hash = midge_broker::auth::hash_password(b"right").unwrap();
+    std::fs::write(&passwords, format!("alice:{hash}\n")).unwrap();
+    let broker = TestBroker::start_with(|config| {
+        config.auth.password_file = Some(passwords.clone());
+        config.auth.allow_anonymous = Some(false);
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Amqp,
+            ..ListenerConfig::default()
+        });
+    })
+    .await;
+    let amqp = broker.server.as_ref().unwrap().local_addrs()[1];
+    // guest/guest: not in the file, and anonymous clients are refused here.
+    let mut s = TcpStream::connect(amqp).await.unwrap();
+    s.write_all(HEADER).await.unwrap();
+    read_method(&mut s).await;
+    let mut start_ok = vec![0, 0, 0, 0];
+    start_ok.extend(short("PLAIN"));
+    start_ok.extend_from_slice(&12u32.to_be_bytes());
+    start_ok.extend_from_slice(b"\0guest\0guest");
+    start_ok.extend(short("en_US"));
+    s.write_all(&method(0, 10, 11, &start_ok)).await.unwrap();
+    let (code, text) = expect_connection_close(&mut s).await;
+    assert_eq!(code, 403);
+    assert!(text.contains("PLAIN"), "{text}");
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn amqplib_publishes_the_seed_message_to_an_mqtt_subscriber_and_round_trips() {
+    require(Tool::MqttJs);
+    let module = repo_root().join("tests/interop/js/node_modules/amqplib/package.json");
+    assert!(
+        module.is_file(),
+        "amqplib is needed: npm ci in tests/interop/js ({} is missing)",
+        module.display()
+    );
+    let (broker, amqp) = start().await;
+    let script = repo_root().join("tests/interop/js/amqp_seed.mjs");
+    let args = vec![
+        script.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        broker.port().to_string(),
+        "--amqp-port".into(),
+        amqp.port().to_string(),
+    ];
+    let r: Value = run_json("node", &args).await;
+    // The seed's publish has no delivery mode: QoS 0 on the MQTT side.
+    assert_eq!(
+        r["seed"],
+        serde_json::json!({"topic": "hello/amqp", "payload": "hello amqp", "qos": 0})
+    );
+    assert_eq!(r["server_named"], true);
+    assert_eq!(r["confirmed"], true);
+    assert_eq!(
+        r["round_trip"],
+        serde_json::json!([
+            {"key": "round.one", "body": "1", "redelivered": false},
+            {"key": "round.two", "body": "2", "redelivered": false}
+        ])
+    );
+    broker.shutdown().await;
+}
+
+/// queue.declare of `name` with no flags and no arguments.
+fn declare(channel: u16, name: &str) -> Vec<u8> {
+    let mut args = vec![0, 0];
+    args.extend(short(name));
+    args.extend_from_slice(&[0, 0, 0, 0, 0]);
+    method(channel, 50, 10, &args)
+}
+
+fn bind(channel: u16, queue: &str, key: &str) -> Vec<u8> {
+    let mut args = vec![0, 0];
+    args.extend(short(queue));
+    args.extend(short("amq.topic"));
+    args.extend(short(key));
+    args.extend_from_slice(&[0, 0, 0, 0, 0]);
+    method(channel, 50, 20, &args)
+}
+
+#[tokio::test]
+async fn acls_apply_through_the_mapped_topics_binding_needs_read_publishing_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    // Without a password file the PLAIN user name is the name ACLs see, as for MQTT.
+    std::fs::write(&acl, "user guest\ntopic readwrite allowed/#\n").unwrap();
+    let broker = TestBroker::start_with(|config| {
+        config.auth.acl_file = Some(acl.clone());
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Amqp,
+            ..ListenerConfig::default()
+        });
+    })
+    .await;
+    let amqp = broker.server.as_ref().unwrap().local_addrs()[1];
+    let mut s = handshake(amqp, "/").await;
+    assert_eq!(read_method(&mut s).await.1, 10, "open-ok");
+    for channel in 1..=3 {
+        s.write_all(&method(channel, 20, 10, &short("")))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_method(&mut s).await,
+            (channel, 20, 11, vec![0, 0, 0, 0])
+        );
+    }
+    s.write_all(&declare(1, "q")).await.unwrap();
+    let (channel, class, id, _) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (1, 50, 11), "queue.declare-ok");
+    // Binding outside the readable topics: the channel is closed with 403.
+    s.write_all(&bind(1, "q", "secret.x")).await.unwrap();
+    let (channel, class, id, args) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (1, 20, 40), "channel.close");
+    let (code, text) = close_reason(&args);
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("secret/x"), "{text}");
+    // Publishing outside the writable topics: 403 on that channel too.
+    let mut publish = vec![0, 0];
+    publish.extend(short("amq.topic"));
+    publish.extend(short("secret.y"));
+    publish.push(0);
+    s.write_all(&method(2, 60, 40, &publish)).await.unwrap();
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    s.write_all(&frame(2, 2, &header)).await.unwrap();
+    s.write_all(&frame(3, 2, b"x")).await.unwrap();
+    let (channel, class, id, args) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (2, 20, 40), "channel.close");
+    assert_eq!(close_reason(&args).0, 403);
+    // Within the ACL, channel 3 binds; the other channels' errors did not touch it.
+    s.write_all(&bind(3, "q", "allowed.#")).await.unwrap();
+    let (channel, class, id, _) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (3, 50, 21), "queue.bind-ok");
+    assert_eq!(broker.stats().publish_denied, 1);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn heartbeats_are_sent_and_a_silent_client_is_closed() {
+    let (broker, amqp) = start().await;
+    // Heartbeat 1 s: midge beats every half second, and closes after 2 s of silence.
+    let mut s = handshake_with_heartbeat(amqp, "/", 1).await;
+    let (_, class, id, _) = read_method(&mut s).await;
+    assert_eq!((class, id), (10, 41));
+    let (kind, channel, payload) = read_frame(&mut s).await;
+    assert_eq!(
+        (kind, channel, payload.len()),
+        (8, 0, 0),
+        "a heartbeat frame"
+    );
+    // Silence from here on: connection.close 320, then the socket closes.
+    let started = tokio::time::Instant::now();
+    let (code, text) = expect_connection_close(&mut s).await;
+    assert_eq!(code, 320, "{text}");
+    assert!(text.contains("heartbeat"), "{text}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1000));
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn amqps_serves_amqp_through_the_listener_tls_keys() {
+    use crate::pki::{ALL_VERSIONS, Pki, client_config, tls_connect};
+    let pki = Pki::new("amqps");
+    let server = pki.server("127.0.0.1");
+    let listener = ListenerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        protocol: ListenerProtocol::Amqp,
+        tls: Some(crate::tls::tls_settings(&server)),
+        ..ListenerConfig::default()
+    };
+    let (server, ports) = crate::tls::start(vec![listener], |_| {}).await;
+    let mut s = tls_connect(ports[0], client_config(&pki.ca_path, None, ALL_VERSIONS))
+        .await
+        .expect("TLS handshake");
+    s.write_all(HEADER).await.unwrap();
+    let mut head = [0u8; 11];
+    timeout(TIMEOUT, s.read_exact(&mut head))
+        .await
+        .expect("in time")
+        .expect("connection.start");
+    // A method frame on channel 0 whose class and method are 10, 10: connection.start.
+    assert_eq!(
+        (head[0], &head[1..3], &head[7..11]),
+        (1, &[0, 0][..], &[0, 10, 0, 10][..])
+    );
+    server.shutdown().await;
+}
