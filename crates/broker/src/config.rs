@@ -806,8 +806,19 @@ impl Config {
             }
             None => (String::new(), "defaults".to_owned()),
         };
+        Self::from_toml_with_env(&text, &origin, env)
+    }
+
+    /// Parses TOML text, applies `MIDGE_*` overrides from `env`, and validates; `origin`
+    /// names the text in errors. What [`Config::load`] does once it has read the file.
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let origin = origin.to_owned();
         // Parse the file text itself first, so its errors carry line numbers.
-        let mut config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.clone(),
             message: e.to_string(),
         })?;
@@ -841,12 +852,7 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?;
-        config.validate(origin)?;
-        Ok(config)
+        Self::from_toml_with_env(text, origin, std::iter::empty())
     }
 
     /// Checks values that parse but make no sense.

@@ -1,0 +1,143 @@
+//! Checks shared by the fuzz targets, and the seed corpus they start from.
+//!
+//! The targets only call these; keeping the oracles here lets the seed test below run
+//! them on every seed with plain `cargo test`, so a seed that stops decoding (or stops
+//! round-tripping) after a protocol change is noticed without a fuzz run.
+
+use bytes::BytesMut;
+use midge_proto::{DecodeError, Decoder, MAX_PACKET_SIZE, Packet, ProtocolVersion};
+
+pub mod seeds;
+
+/// The three versions, indexed by a fuzz input byte.
+pub const VERSIONS: [ProtocolVersion; 3] = [
+    ProtocolVersion::V31,
+    ProtocolVersion::V311,
+    ProtocolVersion::V5,
+];
+
+/// What decoding a byte stream gave: the packets in order, then the error that ended it
+/// (if any), and the bytes left undecoded (only meaningful without an error).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub packets: Vec<(Packet, Option<ProtocolVersion>)>,
+    pub error: Option<DecodeError>,
+    pub left: Vec<u8>,
+}
+
+/// Decodes `bytes` arriving in one read.
+pub fn decode_at_once(decoder: Decoder, bytes: &[u8]) -> Decoded {
+    decode_in_chunks(decoder, bytes, bytes.len())
+}
+
+/// Decodes `bytes` arriving in reads of `chunk` bytes, calling the decoder after every
+/// read until it wants more, as the connection task does.
+pub fn decode_in_chunks(mut decoder: Decoder, bytes: &[u8], chunk: usize) -> Decoded {
+    let mut buf = BytesMut::new();
+    let mut packets = Vec::new();
+    for piece in bytes.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            let before = buf.len();
+            match decoder.decode(&mut buf) {
+                Ok(Some(packet)) => {
+                    // A decoded packet always consumes bytes; otherwise the caller's loop
+                    // would spin forever.
+                    assert!(buf.len() < before, "a packet was decoded from no bytes");
+                    packets.push((packet, decoder.version()));
+                }
+                Ok(None) => {
+                    assert_eq!(
+                        buf.len(),
+                        before,
+                        "Ok(None) must leave the buffer untouched"
+                    );
+                    break;
+                }
+                Err(error) => {
+                    return Decoded {
+                        packets,
+                        error: Some(error),
+                        left: Vec::new(),
+                    };
+                }
+            }
+        }
+    }
+    Decoded {
+        packets,
+        error: None,
+        left: buf.to_vec(),
+    }
+}
+
+/// Whatever decodes must encode again, at the length `encoded_len` predicts, and decode
+/// to the same packet. `version` is the one the packet was decoded in; a CONNECT is
+/// encoded in its own protocol version and decoded by a fresh server-side decoder.
+pub fn check_round_trip(packet: &Packet, version: ProtocolVersion) {
+    let (version, mut decoder) = match packet {
+        Packet::Connect(connect) => (connect.protocol, Decoder::new(MAX_PACKET_SIZE)),
+        _ => (version, Decoder::with_version(version, MAX_PACKET_SIZE)),
+    };
+    let mut buf = BytesMut::new();
+    if let Err(e) = packet.encode(version, &mut buf) {
+        panic!("decoded packet does not encode in {version:?}: {e}\n{packet:#?}");
+    }
+    let len = packet
+        .encoded_len(version)
+        .expect("encode worked, so encoded_len must");
+    assert_eq!(len, buf.len(), "encoded_len disagrees with encode");
+    let encoded = buf.clone();
+    match decoder.decode(&mut buf) {
+        Ok(Some(again)) => {
+            assert_eq!(
+                &again, packet,
+                "round trip changed the packet ({version:?}): {encoded:?}"
+            );
+            assert!(buf.is_empty(), "round trip left bytes over");
+        }
+        other => panic!(
+            "re-encoded packet does not decode ({version:?}): {other:?}\n{encoded:?}\n{packet:#?}"
+        ),
+    }
+
+    // Within its own size the packet is written as is; one byte less either trims it to
+    // something that still decodes, or refuses.
+    let mut within = BytesMut::new();
+    packet
+        .encode_within(version, len, &mut within)
+        .expect("a packet fits its own size");
+    assert_eq!(
+        within, encoded,
+        "encode_within at full size changed the bytes"
+    );
+    let mut smaller = BytesMut::new();
+    if packet.encode_within(version, len - 1, &mut smaller).is_ok() {
+        assert!(smaller.len() < len, "encode_within exceeded its limit");
+        let mut decoder = match packet {
+            Packet::Connect(_) => Decoder::new(MAX_PACKET_SIZE),
+            _ => Decoder::with_version(version, MAX_PACKET_SIZE),
+        };
+        match decoder.decode(&mut smaller) {
+            Ok(Some(trimmed)) => assert_eq!(trimmed.name(), packet.name()),
+            other => panic!("trimmed packet does not decode: {other:?}"),
+        }
+    } else {
+        assert!(smaller.is_empty(), "a refused encode_within wrote bytes");
+    }
+}
+
+/// Decodes `bytes` at once and in chunks of `chunk`; both must agree, and every packet
+/// must round-trip.
+pub fn check_stream(decoder: Decoder, bytes: &[u8], chunk: usize) {
+    let whole = decode_at_once(decoder.clone(), bytes);
+    let pieces = decode_in_chunks(decoder, bytes, chunk);
+    assert_eq!(
+        whole, pieces,
+        "decoding depends on how the bytes were split"
+    );
+    for (packet, version) in &whole.packets {
+        let version = version.expect("a decoded packet implies a known version");
+        check_round_trip(packet, version);
+    }
+}
