@@ -624,11 +624,18 @@ fn will_properties(r: &mut Reader) -> Result<WillProperties> {
 /// CONNACK (3.2).
 fn connack(mut r: Reader, version: ProtocolVersion) -> Result<ConnAck> {
     let flags = r.u8()?;
-    // v5 [MQTT-3.2.2-1], 3.1.1 3.2.2.1: bits 7-1 of the acknowledge flags are reserved, 0.
-    if flags & 0xFE != 0 {
-        return Err(DecodeError::Malformed("CONNACK reserved flags are set"));
-    }
-    let session_present = flags & 1 != 0;
+    // MQTT 3.1 reserves this whole byte ("not used") and has no session present flag, which
+    // the encoder therefore never writes in 3.1: ignore it, as 3.1 peers are not held to
+    // reserved bits elsewhere either.
+    let session_present = if version == ProtocolVersion::V31 {
+        false
+    } else {
+        // v5 [MQTT-3.2.2-1], 3.1.1 3.2.2.1: bits 7-1 of the acknowledge flags are reserved, 0.
+        if flags & 0xFE != 0 {
+            return Err(DecodeError::Malformed("CONNACK reserved flags are set"));
+        }
+        flags & 1 != 0
+    };
     let code = r.u8()?;
     let reason_code = if version.is_v5() {
         reason(code, reasons::CONNACK)?
@@ -1045,4 +1052,62 @@ fn auth(mut r: Reader) -> Result<Auth> {
         reason_code,
         properties: p,
     })
+}
+
+/// Inputs the fuzz targets (fuzz/) found, each with the bytes that showed the fault.
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    fn decode_all(mut decoder: Decoder, bytes: &[u8]) -> Result<Vec<Packet>> {
+        let mut buf = BytesMut::from(bytes);
+        let mut packets = Vec::new();
+        while let Some(packet) = decoder.decode(&mut buf)? {
+            packets.push(packet);
+        }
+        assert!(buf.is_empty(), "bytes left over");
+        Ok(packets)
+    }
+
+    /// Decodes `bytes` as a client of `version`, encodes the packet again and decodes that.
+    fn round_trip(version: ProtocolVersion, bytes: &[u8]) -> (Packet, Packet) {
+        let [packet] = &decode_all(Decoder::with_version(version, 1 << 20), bytes).unwrap()[..]
+        else {
+            panic!("not one packet")
+        };
+        let mut encoded = BytesMut::new();
+        packet.encode(version, &mut encoded).unwrap();
+        let [again] = &decode_all(Decoder::with_version(version, 1 << 20), &encoded).unwrap()[..]
+        else {
+            panic!("not one packet")
+        };
+        (packet.clone(), again.clone())
+    }
+
+    /// decode_versioned, crash-5b6cb4e9: a 3.1 CONNACK with bit 0 of its reserved first
+    /// byte set decoded as "session present", which 3.1 does not have and the encoder
+    /// rightly leaves out, so the packet changed in a round trip.
+    #[test]
+    fn v31_connack_first_byte_is_not_session_present() {
+        let bytes = [0x20, 0x02, 0x01, 0x00];
+        let (packet, again) = round_trip(ProtocolVersion::V31, &bytes);
+        assert_eq!(packet, again);
+        let Packet::ConnAck(connack) = packet else {
+            panic!("{packet:?}")
+        };
+        assert!(!connack.session_present);
+        // Any value of the unused byte is accepted from a 3.1 server.
+        let (packet, _) = round_trip(ProtocolVersion::V31, &[0x20, 0x02, 0xFF, 0x00]);
+        assert!(matches!(packet, Packet::ConnAck(c) if !c.session_present));
+        // 3.1.1 keeps the flag and the reserved bits.
+        let (packet, _) = round_trip(ProtocolVersion::V311, &bytes);
+        assert!(matches!(packet, Packet::ConnAck(c) if c.session_present));
+        assert!(
+            decode_all(
+                Decoder::with_version(ProtocolVersion::V311, 1 << 20),
+                &[0x20, 0x02, 0x03, 0x00]
+            )
+            .is_err()
+        );
+    }
 }
