@@ -19,7 +19,7 @@ cd "$(dirname "$0")/../fuzz"
 
 seconds=${1:-20}
 shift || true
-all=(decode_stream decode_versioned password_file acl_file config)
+all=(decode_stream decode_versioned session password_file acl_file config)
 targets=("${@:-${all[@]}}")
 
 # ---- tools ----
@@ -49,8 +49,15 @@ flags=(
     -Cdebug-assertions
     -Coverflow-checks
 )
+# fuzz/Cargo.lock pins the build; when crates/ gain a dependency it is behind, and cargo
+# adds what is missing (commit the result) rather than the run failing.
+locked=(--locked)
+if ! cargo metadata --locked --format-version 1 >/dev/null 2>&1; then
+    echo "fuzz: fuzz/Cargo.lock lacks dependencies added to crates/; adding them" >&2
+    locked=()
+fi
 # --target keeps these flags off build scripts and proc macros.
-RUSTFLAGS="${flags[*]}" cargo build --release --locked --bins --target "$host" \
+RUSTFLAGS="${flags[*]}" cargo build --release "${locked[@]}" --bins --target "$host" \
     ${FUZZ_JOBS:+--jobs "$FUZZ_JOBS"}
 bin=target/$host/release
 

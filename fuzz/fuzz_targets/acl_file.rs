@@ -11,6 +11,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use midge_broker::auth::{AclFile, FilterVerdict};
+use midge_broker::config::AclLeadingTopics;
 use midge_proto::topic;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,7 +20,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut parts = text.split('\0');
     let file = parts.next().unwrap_or_default();
-    let Ok(acl) = AclFile::parse(Path::new("fuzz.acl"), file) else {
+    // Both readings of the `topic` lines before the first `user` line, by the parity of
+    // the file's length.
+    let leading = if file.len() % 2 == 0 {
+        AclLeadingTopics::Anonymous
+    } else {
+        AclLeadingTopics::Everyone
+    };
+    let Ok(acl) = AclFile::parse(Path::new("fuzz.acl"), file, leading) else {
         return;
     };
     let client_id = parts.next().unwrap_or("client");

@@ -513,6 +513,8 @@ pub fn all() -> Vec<(&'static str, Seeds)> {
     vec![
         ("decode_stream", decode_stream()),
         ("decode_versioned", decode_versioned()),
+        // A client's stream, CONNECT first, is what the session target reads too.
+        ("session", decode_stream()),
         ("password_file", password_file()),
         ("acl_file", acl_file()),
         ("config", config()),
@@ -527,6 +529,7 @@ mod tests {
     use crate::check_stream;
     use midge_broker::Config;
     use midge_broker::auth::{AclFile, PasswordFile};
+    use midge_broker::config::AclLeadingTopics;
     use midge_proto::Decoder;
 
     fn dir(target: &str) -> std::path::PathBuf {
@@ -585,7 +588,9 @@ mod tests {
         for (name, bytes) in acl_file() {
             let text = String::from_utf8(bytes).unwrap();
             let rules = text.split('\0').next().unwrap();
-            AclFile::parse(Path::new(&name), rules).unwrap();
+            for leading in [AclLeadingTopics::Anonymous, AclLeadingTopics::Everyone] {
+                AclFile::parse(Path::new(&name), rules, leading).unwrap();
+            }
         }
         for (name, bytes) in config() {
             let text = String::from_utf8(bytes).unwrap();
