@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::config::LimitsConfig;
+use crate::model::address_key;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,17 +73,6 @@ impl Drop for ConnSlot {
     }
 }
 
-/// The key for an address: IPv4 as is, IPv6 by its /64 prefix.
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-        v4 => v4,
-    }
-}
-
 impl ConnLimiter {
     /// A limiter from `[limits]`.
     pub fn new(config: &LimitsConfig) -> Arc<Self> {
@@ -116,7 +106,7 @@ impl ConnLimiter {
         if !self.enabled() {
             return Ok(ConnSlot { held: None });
         }
-        let key = key(ip);
+        let key = address_key(ip);
         let mut table = self.lock();
         let Table { entries, idle } = &mut *table;
         let entry = entries.entry(key).or_insert_with(|| {
@@ -201,7 +191,10 @@ impl ConnLimiter {
 
     /// Connections open from `ip`'s address (or /64) as counted here.
     pub fn open_from(&self, ip: IpAddr) -> u32 {
-        self.lock().entries.get(&key(ip)).map_or(0, |e| e.open)
+        self.lock()
+            .entries
+            .get(&address_key(ip))
+            .map_or(0, |e| e.open)
     }
 }
 
