@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cluster;
 mod endpoint;
 
+pub use cluster::{ClusterBackend, ClusterConfig};
 pub use endpoint::Endpoint;
 
 /// Why a configuration was refused. The message names the file, the key and the reason.
@@ -71,6 +73,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[admin]`: the HTTP admin listener (metrics, REST API).
     pub admin: AdminConfig,
+    /// `[cluster]`: nodes serving as one broker through NATS; `None` is a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -84,6 +88,7 @@ impl Default for Config {
             log: LogConfig::default(),
             storage: StorageConfig::default(),
             admin: AdminConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -1000,6 +1005,9 @@ impl Config {
                 "admin.viewers",
                 "needs admin.password_file, which names the users",
             );
+        }
+        if let Some(Err((key, reason))) = self.cluster.as_ref().map(ClusterConfig::validate) {
+            return invalid(key, &reason);
         }
         let mut binds = std::collections::HashSet::new();
         for (index, l) in self.listeners.iter().enumerate() {
