@@ -14,6 +14,7 @@ pub mod admin;
 pub mod amqp;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod conn_limit;
 pub mod connection;
