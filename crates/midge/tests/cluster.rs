@@ -1,0 +1,457 @@
+//! A cluster of real `midge` binaries through a real nats-server (2.15.1, installed by
+//! scripts/nats-server.sh; CI installs it through scripts/test-deps.sh). Publisher and
+//! subscriber sit on different nodes; clients are raw MQTT bytes sharing no code with the
+//! broker. A missing nats-server fails these tests: they never skip.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// How long "nothing more arrives" is watched for (absence is not an event).
+const QUIET: Duration = Duration::from_millis(500);
+
+fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MIDGE_NATS_SERVER") {
+        return path.into();
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let dir = std::env::var_os("MIDGE_NATS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/midge/nats-server-2.15.1"));
+    let path = dir.join("nats-server");
+    assert!(
+        path.is_file(),
+        "nats-server is missing ({}): the cluster tests need it. Install it with \
+         `scripts/nats-server.sh install` (scripts/test-deps.sh does it for CI), or set \
+         MIDGE_NATS_SERVER to a nats-server 2.10 or later",
+        path.display()
+    );
+    path
+}
+
+/// One nats-server with JetStream on loopback, in the test's directory; killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    monitor: u16,
+}
+
+impl Nats {
+    async fn start(dir: &TestDir) -> Self {
+        Self::start_on(dir, free_port()).await
+    }
+
+    async fn start_on(dir: &TestDir, port: u16) -> Self {
+        let monitor = free_port();
+        let log = std::fs::File::create(dir.0.join(format!("nats-{port}.log"))).expect("log");
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string(), "-js", "-sd"])
+            .arg(dir.0.join(format!("js-{port}")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        let nats = Self {
+            child,
+            port,
+            monitor,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while nats.connz().is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            // Polling the monitoring port: the server gives no other readiness signal.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `/connz?subs=1` from the monitoring endpoint.
+    fn connz(&self) -> std::io::Result<serde_json::Value> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.monitor))?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.write_all(b"GET /connz?subs=1 HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .ok_or_else(|| std::io::Error::other("no HTTP body"))?;
+        serde_json::from_str(body).map_err(std::io::Error::other)
+    }
+
+    /// The connection NATS knows as node `node`: its subjects and the messages NATS sent it.
+    fn node(&self, node: &str) -> (Vec<String>, u64) {
+        let connz = self.connz().expect("connz");
+        let name = format!("midge {node}");
+        let connection = connz["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("node {node} is not connected to NATS: {connz}"));
+        let mut subjects: Vec<String> = connection["subscriptions_list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect();
+        subjects.sort();
+        (subjects, connection["out_msgs"].as_u64().unwrap_or(0))
+    }
+
+    /// Waits until node `node` is subscribed to exactly `subjects` (sorted).
+    async fn wait_subjects(&self, node: &str, subjects: &[&str]) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (now, _) = self.node(node);
+            if now == subjects {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} subscribes to {now:?}, expected {subjects:?}"
+            );
+            // Interest reaches NATS asynchronously; its monitoring endpoint is the signal.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A midge node `name` of a cluster on `urls`, with `$SYS` every `sys_secs` (0: off).
+fn node(dir: &TestDir, name: &str, urls: &[String], sys_secs: u32) -> Midge {
+    let node = Midge::new(dir, "none");
+    let urls = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    node.edit_config(|text| {
+        text.replace("interval_secs = 0", &format!("interval_secs = {sys_secs}"))
+            + &format!(
+                "\n[cluster]\nbackend = \"nats\"\nnode_id = \"{name}\"\nnats_urls = [{urls}]\n"
+            )
+    });
+    node
+}
+
+/// A NATS server and two started nodes, "a" and "b".
+async fn two_nodes(name: &str) -> (TestDir, Nats, Midge, Midge, TestDir, TestDir) {
+    let dir = TestDir::new(name);
+    let nats = Nats::start(&dir).await;
+    let (dir_a, dir_b) = (
+        TestDir::new(&format!("{name}-a")),
+        TestDir::new(&format!("{name}-b")),
+    );
+    let mut a = node(&dir_a, "a", &[nats.url()], 0);
+    let mut b = node(&dir_b, "b", &[nats.url()], 0);
+    a.start(&[]).await;
+    b.start(&[]).await;
+    (dir, nats, a, b, dir_a, dir_b)
+}
+
+/// Reads PUBLISH packets until `count` arrived, acknowledging each, then checks that
+/// nothing more arrives.
+async fn receive(raw: &mut Raw, count: usize) -> Vec<RawPublish> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let packet = raw
+            .recv()
+            .await
+            .unwrap_or_else(|e| panic!("after {} of {count} messages ({got:?}): {e}", got.len()));
+        match packet.kind() {
+            3 => {
+                let p = packet.publish(false);
+                match p.qos {
+                    1 => raw.send(&ack(PUBACK, p.packet_id)).await.unwrap(),
+                    2 => raw.send(&ack(PUBREC, p.packet_id)).await.unwrap(),
+                    _ => {}
+                }
+                got.push(p);
+            }
+            6 => raw.send(&ack(PUBCOMP, packet.packet_id())).await.unwrap(),
+            other => panic!("unexpected packet type {other}: {packet:02X?}"),
+        }
+    }
+    loop {
+        match raw.recv_within(QUIET).await.unwrap() {
+            None => break,
+            Some(p) if p.kind() == 6 => raw.send(&ack(PUBCOMP, p.packet_id())).await.unwrap(),
+            Some(p) => panic!("more than {count} messages: {got:?} then {p:02X?}"),
+        }
+    }
+    got
+}
+
+/// Publishes and completes the QoS handshake with the publisher's node.
+async fn publish_acked(raw: &mut Raw, qos: u8, topic: &str, packet_id: u16, payload: &[u8]) {
+    raw.send(&publish(
+        false, qos, false, false, topic, packet_id, payload,
+    ))
+    .await
+    .unwrap();
+    match qos {
+        0 => {}
+        1 => assert_eq!(raw.recv().await.unwrap().kind(), 4, "PUBACK"),
+        _ => {
+            assert_eq!(raw.recv().await.unwrap().kind(), 5, "PUBREC");
+            raw.send(&ack(PUBREL, packet_id)).await.unwrap();
+            assert_eq!(raw.recv().await.unwrap().kind(), 7, "PUBCOMP");
+        }
+    }
+}
+
+async fn subscribe_to(raw: &mut Raw, packet_id: u16, filter: &str, qos: u8) {
+    raw.send(&subscribe(false, packet_id, filter, qos))
+        .await
+        .unwrap();
+    let suback = raw.recv().await.unwrap();
+    assert_eq!(suback.kind(), 9, "SUBACK: {suback:02X?}");
+    assert_eq!(suback.body.last(), Some(&qos), "granted QoS");
+}
+
+#[tokio::test]
+async fn qos_0_1_2_cross_nodes_downgraded_per_subscription() {
+    let (_dir, nats, a, b, _da, _db) = two_nodes("cluster-qos").await;
+    let (mut sub, _) = connect(b.port, &connect_v311("sub", true)).await;
+    for (id, qos) in [(1, 0), (2, 1), (3, 2)] {
+        subscribe_to(&mut sub, id, &format!("q/{qos}"), qos).await;
+    }
+    nats.wait_subjects("b", &["mq.m.q.0", "mq.m.q.1", "mq.m.q.2"])
+        .await;
+    let (mut publisher, _) = connect(a.port, &connect_v311("pub", true)).await;
+    // Every publish QoS to every subscription QoS: delivered at the lower of the two.
+    let mut id = 0;
+    for publish_qos in 0..=2u8 {
+        for sub_qos in 0..=2u8 {
+            id += 1;
+            let payload = format!("{publish_qos}{sub_qos}");
+            publish_acked(
+                &mut publisher,
+                publish_qos,
+                &format!("q/{sub_qos}"),
+                id,
+                payload.as_bytes(),
+            )
+            .await;
+        }
+    }
+    let got = receive(&mut sub, 9).await;
+    let mut seen: Vec<(String, u8)> = got
+        .iter()
+        .map(|p| (String::from_utf8(p.payload.clone()).unwrap(), p.qos))
+        .collect();
+    seen.sort();
+    let expected: Vec<(String, u8)> = (0..=2u8)
+        .flat_map(|p| (0..=2u8).map(move |s| (format!("{p}{s}"), p.min(s))))
+        .collect();
+    assert_eq!(seen, expected);
+    assert!(got.iter().all(|p| !p.retain && !p.dup));
+}
+
+#[tokio::test]
+async fn tricky_topics_wildcards_and_sys_across_nodes() {
+    let dir = TestDir::new("cluster-topics");
+    let nats = Nats::start(&dir).await;
+    let (dir_a, dir_b) = (
+        TestDir::new("cluster-topics-a"),
+        TestDir::new("cluster-topics-b"),
+    );
+    // Node a publishes $SYS every second; none of it may reach b.
+    let mut a = node(&dir_a, "a", &[nats.url()], 1);
+    let mut b = node(&dir_b, "b", &[nats.url()], 0);
+    a.start(&[]).await;
+    b.start(&[]).await;
+    let (mut sub, _) = connect(b.port, &connect_v311("sub", true)).await;
+    subscribe_to(&mut sub, 1, "#", 1).await;
+    subscribe_to(&mut sub, 2, "$dollar/#", 1).await;
+    subscribe_to(&mut sub, 3, "$SYS/#", 1).await;
+    // Overlaps "#": each message still arrives once.
+    subscribe_to(&mut sub, 4, "a.b/+", 1).await;
+    subscribe_to(&mut sub, 5, "parent/#", 1).await;
+    nats.wait_subjects(
+        "b",
+        &[
+            "mq.d.=24dollar",
+            "mq.d.=24dollar.>",
+            "mq.m.>",
+            "mq.m.a=2Eb.*",
+            "mq.m.parent",
+            "mq.m.parent.>",
+        ],
+    )
+    .await;
+    let (mut publisher, _) = connect(a.port, &connect_v311("pub", true)).await;
+    let topics = [
+        "a.b/c",
+        "sp ace/*/>",
+        "/leading",
+        "empty//levels/",
+        "é/ü/日本",
+        "x=3D/=",
+        "$dollar/x",
+        "$dollar",
+        "parent",
+    ];
+    for (i, topic) in topics.iter().enumerate() {
+        publish_acked(&mut publisher, 1, topic, i as u16 + 1, topic.as_bytes()).await;
+    }
+    // "$notsubscribed/x" matches no filter: "#" does not match "$" topics [MQTT-4.7.2-1].
+    publish_acked(&mut publisher, 1, "$notsubscribed/x", 100, b"no").await;
+    let got = receive(&mut sub, topics.len()).await;
+    let mut got: Vec<String> = got
+        .into_iter()
+        .map(|p| {
+            assert_eq!(p.payload, p.topic.as_bytes(), "payload intact");
+            p.topic
+        })
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        got, expected,
+        "every topic byte-identical, once, and no $SYS from node a"
+    );
+    // Node a did publish $SYS (seen by a local subscriber).
+    let (mut local, _) = connect(a.port, &connect_v311("local", true)).await;
+    subscribe_to(&mut local, 1, "$SYS/broker/uptime", 0).await;
+    let p = local
+        .recv_within(Duration::from_secs(3))
+        .await
+        .unwrap()
+        .expect("$SYS on a");
+    assert_eq!(p.publish(false).topic, "$SYS/broker/uptime");
+    assert!(
+        sub.recv_within(Duration::from_millis(1500))
+            .await
+            .unwrap()
+            .is_none(),
+        "$SYS stays on its node"
+    );
+}
+
+#[tokio::test]
+async fn order_per_publisher_holds_across_nodes() {
+    let (_dir, nats, a, b, _da, _db) = two_nodes("cluster-order").await;
+    let (mut sub, _) = connect(b.port, &connect_v311("sub", true)).await;
+    subscribe_to(&mut sub, 1, "o/+", 2).await;
+    nats.wait_subjects("b", &["mq.m.o.*"]).await;
+    let (mut publisher, _) = connect(a.port, &connect_v311("pub", true)).await;
+    const N: u16 = 300;
+    // Pipelined: QoS 1 without waiting for each PUBACK, mixed with QoS 0.
+    for i in 1..=N {
+        let qos = u8::from(i % 3 != 0);
+        publisher
+            .send(&publish(
+                false,
+                qos,
+                false,
+                false,
+                "o/t",
+                i,
+                &i.to_be_bytes(),
+            ))
+            .await
+            .unwrap();
+    }
+    let got = receive(&mut sub, usize::from(N)).await;
+    let order: Vec<u16> = got
+        .iter()
+        .map(|p| u16::from_be_bytes([p.payload[0], p.payload[1]]))
+        .collect();
+    assert_eq!(order, (1..=N).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_node_receives_only_what_its_subscriptions_want() {
+    let (_dir, nats, a, b, _da, _db) = two_nodes("cluster-interest").await;
+    let (mut publisher, _) = connect(a.port, &connect_v311("pub", true)).await;
+    for i in 1..=50 {
+        publish_acked(&mut publisher, 1, "busy/topic", i, b"x").await;
+    }
+    nats.wait_subjects("b", &[]).await;
+    assert_eq!(nats.node("b").1, 0, "no interest: NATS sent node b nothing");
+
+    let (mut sub, _) = connect(b.port, &connect_v311("sub", true)).await;
+    subscribe_to(&mut sub, 1, "wanted/1", 1).await;
+    // A second subscriber to the same filter shares the node's one NATS subscription.
+    let (mut sub2, _) = connect(b.port, &connect_v311("sub2", true)).await;
+    subscribe_to(&mut sub2, 1, "wanted/1", 1).await;
+    nats.wait_subjects("b", &["mq.m.wanted.1"]).await;
+    for i in 1..=20 {
+        publish_acked(&mut publisher, 1, "busy/topic", i, b"x").await;
+    }
+    publish_acked(&mut publisher, 1, "wanted/1", 99, b"y").await;
+    assert_eq!(receive(&mut sub, 1).await[0].payload, b"y");
+    assert_eq!(receive(&mut sub2, 1).await[0].payload, b"y");
+    assert_eq!(nats.node("b").1, 1, "only the wanted message crossed");
+
+    // The subject stays while one subscriber remains, and goes with the last.
+    sub.send(&unsubscribe(false, 2, "wanted/1")).await.unwrap();
+    assert_eq!(sub.recv().await.unwrap().kind(), 11, "UNSUBACK");
+    assert_eq!(nats.node("b").0, ["mq.m.wanted.1"]);
+    sub2.send(&DISCONNECT).await.unwrap();
+    nats.wait_subjects("b", &[]).await;
+    drop(a);
+}
+
+#[tokio::test]
+async fn a_node_opens_no_listener_until_nats_is_reachable() {
+    let dir = TestDir::new("cluster-wait");
+    let nats_port = free_port();
+    let node_dir = TestDir::new("cluster-wait-a");
+    let mut a = node(
+        &node_dir,
+        "a",
+        &[format!("nats://127.0.0.1:{nats_port}")],
+        0,
+    );
+    let port = a.port;
+    let log = node_dir.0.join("midge-1.log");
+    let (_nats, ()) = tokio::join!(
+        async {
+            // The node retries and says so, and does not serve meanwhile.
+            let deadline = Instant::now() + START_TIMEOUT;
+            while !std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("cannot reach NATS")
+            {
+                assert!(Instant::now() < deadline, "no retry logged");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_err(),
+                "MQTT served before NATS was reachable"
+            );
+            Nats::start_on(&dir, nats_port).await
+        },
+        a.start(&[]),
+    );
+    let log = a.last_log();
+    assert!(log.contains("joined through NATS"), "{log}");
+    let (mut c, _) = connect(a.port, &connect_v311("c", true)).await;
+    subscribe_to(&mut c, 1, "t", 0).await;
+}
