@@ -49,12 +49,44 @@ impl Nats {
     }
 
     async fn start_on(dir: &TestDir, port: u16) -> Self {
+        Self::start_with(dir, port, &[]).await
+    }
+
+    /// `n` servers clustered over loopback routes.
+    async fn cluster(dir: &TestDir, n: usize) -> Vec<Self> {
+        let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let listen = format!("nats://127.0.0.1:{route_port}");
+            let name = format!("n{i}");
+            let args = [
+                "-n",
+                &name,
+                "--cluster_name",
+                "midge-test",
+                "--cluster",
+                &listen,
+                "--routes",
+                &routes,
+            ];
+            servers.push(Self::start_with(dir, free_port(), &args).await);
+        }
+        servers
+    }
+
+    async fn start_with(dir: &TestDir, port: u16, extra: &[&str]) -> Self {
         let monitor = free_port();
         let log = std::fs::File::create(dir.0.join(format!("nats-{port}.log"))).expect("log");
         let child = Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .args(["-m", &monitor.to_string(), "-js", "-sd"])
             .arg(dir.0.join(format!("js-{port}")))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -80,9 +112,13 @@ impl Nats {
 
     /// `/connz?subs=1` from the monitoring endpoint.
     fn connz(&self) -> std::io::Result<serde_json::Value> {
+        self.monitoring("/connz?subs=1")
+    }
+
+    fn monitoring(&self, path: &str) -> std::io::Result<serde_json::Value> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.monitor))?;
         stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.write_all(b"GET /connz?subs=1 HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         let body = response
@@ -110,6 +146,31 @@ impl Nats {
             .collect();
         subjects.sort();
         (subjects, connection["out_msgs"].as_u64().unwrap_or(0))
+    }
+
+    /// Waits until this server's routes carry interest in every one of `subjects` (from a
+    /// node on another server of the NATS cluster).
+    async fn wait_route_interest(&self, subjects: &[&str]) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let routez = self.monitoring("/routez?subs=1").expect("routez");
+            let known: Vec<&str> = routez["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r["subscriptions_list"].as_array().into_iter().flatten())
+                .filter_map(|s| s.as_str())
+                .collect();
+            if subjects.iter().all(|s| known.contains(s)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "routes never carried {subjects:?}: {known:?}"
+            );
+            // Route interest has no other signal than the monitoring endpoint.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until node `node` is subscribed to exactly `subjects` (sorted).
@@ -454,4 +515,58 @@ async fn a_node_opens_no_listener_until_nats_is_reachable() {
     assert!(log.contains("joined through NATS"), "{log}");
     let (mut c, _) = connect(a.port, &connect_v311("c", true)).await;
     subscribe_to(&mut c, 1, "t", 0).await;
+}
+
+#[tokio::test]
+async fn three_nodes_on_three_clustered_nats_servers() {
+    let dir = TestDir::new("cluster-three");
+    let servers = Nats::cluster(&dir, 3).await;
+    let dirs: Vec<TestDir> = ["a", "b", "c"]
+        .iter()
+        .map(|n| TestDir::new(&format!("cluster-three-{n}")))
+        .collect();
+    // Each node lists its own server first and the others for failover.
+    let mut nodes = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let urls: Vec<String> = (0..3).map(|k| servers[(i + k) % 3].url()).collect();
+        let mut node = node(&dirs[i], name, &urls, 0);
+        node.start(&[]).await;
+        nodes.push(node);
+    }
+    let (mut sub, _) = connect(nodes[2].port, &connect_v311("sub", true)).await;
+    subscribe_to(&mut sub, 1, "w/+/x", 2).await;
+    subscribe_to(&mut sub, 2, "w/#", 1).await;
+    servers[2]
+        .wait_subjects("c", &["mq.m.w", "mq.m.w.*.x", "mq.m.w.>"])
+        .await;
+    servers[0]
+        .wait_route_interest(&["mq.m.w", "mq.m.w.*.x", "mq.m.w.>"])
+        .await;
+    let (mut publisher, _) = connect(nodes[0].port, &connect_v311("pub", true)).await;
+    for i in 1..=100u16 {
+        let topic = if i % 2 == 0 { "w/a/x" } else { "w" };
+        publish_acked(&mut publisher, 2, topic, i, &i.to_be_bytes()).await;
+    }
+    let got = receive(&mut sub, 100).await;
+    // Order holds per topic (MQTT's Ordered Topic). The two topics reach node c through
+    // different NATS subscriptions, whose relative order NATS clients do not keep.
+    for (topic, parity) in [("w", 1), ("w/a/x", 0)] {
+        let order: Vec<u16> = got
+            .iter()
+            .filter(|p| p.topic == topic)
+            .map(|p| u16::from_be_bytes([p.payload[0], p.payload[1]]))
+            .collect();
+        let expected: Vec<u16> = (1..=100).filter(|i| i % 2 == parity).collect();
+        assert_eq!(order, expected, "{topic}: once each, in order");
+    }
+    for p in &got {
+        // "w/a/x" matches both filters: the higher QoS (2) wins; "w" only "w/#" (QoS 1).
+        let expected = if p.topic == "w" { 1 } else { 2 };
+        assert_eq!(p.qos, expected, "{p:?}");
+    }
+    assert_eq!(
+        servers[1].node("b").1,
+        0,
+        "node b wants nothing and got nothing"
+    );
 }

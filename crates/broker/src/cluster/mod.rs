@@ -116,6 +116,9 @@ async fn options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions, C
         .name(format!("midge {node}"))
         // The node routes its own messages locally; NATS must not send them back.
         .no_echo()
+        // The first server listed is the node's own (a sidecar, or the nearest); the
+        // others are for failover.
+        .retain_servers_order()
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None::<usize>)
         .event_callback(move |event| {
