@@ -570,3 +570,115 @@ async fn three_nodes_on_three_clustered_nats_servers() {
         "node b wants nothing and got nothing"
     );
 }
+
+/// The properties of a v5 PUBLISH body (after the topic and, for QoS > 0, the packet id),
+/// as (identifier, value bytes), and the payload.
+fn v5_properties(body: &[u8], qos: u8) -> (Vec<(u8, Vec<u8>)>, Vec<u8>) {
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let mut at = 2 + topic_len + if qos > 0 { 2 } else { 0 };
+    let (len, used) = (usize::from(body[at]), 1);
+    assert!(len < 128, "short property list expected");
+    at += used;
+    let end = at + len;
+    let mut props = Vec::new();
+    let u16_at = |at: usize| usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
+    while at < end {
+        let id = body[at];
+        at += 1;
+        let size = match id {
+            0x01 => 1,
+            0x02 => 4,
+            0x03 | 0x08 | 0x09 => 2 + u16_at(at),
+            0x26 => {
+                let key = 2 + u16_at(at);
+                key + 2 + u16_at(at + key)
+            }
+            other => panic!("unexpected property {other:#x}"),
+        };
+        props.push((id, body[at..at + size].to_vec()));
+        at += size;
+    }
+    (props, body[end..].to_vec())
+}
+
+fn string_property(id: u8, s: &str) -> Vec<u8> {
+    let mut out = vec![id];
+    out.extend((s.len() as u16).to_be_bytes());
+    out.extend(s.as_bytes());
+    out
+}
+
+#[tokio::test]
+async fn v5_properties_and_retain_as_published_cross_nodes() {
+    let (_dir, nats, a, b, _da, _db) = two_nodes("cluster-v5").await;
+    let (mut sub, _) = connect(b.port, &connect_v5("sub", true, 0)).await;
+    // SUBSCRIBE v5: "p/#" at QoS 1 with Retain As Published (options bit 3).
+    let mut body = vec![0x00, 0x01, 0x00, 0x00, 0x03];
+    body.extend(b"p/#");
+    body.push(0x01 | 0x08);
+    sub.send(&[&[0x82, body.len() as u8][..], &body].concat())
+        .await
+        .unwrap();
+    assert_eq!(sub.recv().await.unwrap().kind(), 9, "SUBACK");
+    let (mut plain, _) = connect(b.port, &connect_v5("plain", true, 0)).await;
+    subscribe_to_v5(&mut plain, "p/#").await;
+    nats.wait_subjects("b", &["mq.m.p", "mq.m.p.>"]).await;
+
+    let mut props = vec![0x01, 0x01]; // payload format: UTF-8
+    props.extend([0x02, 0, 0, 0, 100]); // message expiry: 100 s
+    props.extend(string_property(0x03, "text/plain"));
+    props.extend(string_property(0x08, "reply/x"));
+    props.extend(string_property(0x09, "corr\u{1}"));
+    let mut user = string_property(0x26, "k");
+    user.extend(&string_property(0, "v")[1..]);
+    props.extend(&user);
+    let mut body = Vec::new();
+    body.extend(6u16.to_be_bytes());
+    body.extend(b"p/topi");
+    body.extend(7u16.to_be_bytes()); // packet id
+    body.push(props.len() as u8);
+    body.extend(&props);
+    body.extend(b"payload");
+    // PUBLISH QoS 1 with RETAIN.
+    let (mut publisher, _) = connect(a.port, &connect_v5("pub", true, 0)).await;
+    publisher
+        .send(&[&[0x33, body.len() as u8][..], &body].concat())
+        .await
+        .unwrap();
+    assert_eq!(publisher.recv().await.unwrap().kind(), 4, "PUBACK");
+
+    for (client, retain) in [(&mut sub, true), (&mut plain, false)] {
+        let packet = client.recv().await.unwrap();
+        assert_eq!(packet.kind(), 3, "PUBLISH: {packet:02X?}");
+        assert_eq!(
+            packet.first & 0x01 == 1,
+            retain,
+            "retain as published: {retain}"
+        );
+        let publish = packet.publish(true);
+        assert_eq!(publish.topic, "p/topi");
+        client.send(&ack(PUBACK, publish.packet_id)).await.unwrap();
+        let (got, payload) = v5_properties(&packet.body, publish.qos);
+        assert_eq!(payload, b"payload");
+        let expiry = got.iter().find(|(id, _)| *id == 0x02).expect("expiry kept");
+        let left = u32::from_be_bytes(expiry.1[..].try_into().unwrap());
+        assert!((95..=100).contains(&left), "remaining expiry {left}");
+        let others: Vec<(u8, Vec<u8>)> = got.into_iter().filter(|(id, _)| *id != 0x02).collect();
+        let expected = vec![
+            (0x01, vec![0x01]),
+            (0x03, string_property(0x03, "text/plain")[1..].to_vec()),
+            (0x08, string_property(0x08, "reply/x")[1..].to_vec()),
+            (0x09, string_property(0x09, "corr\u{1}")[1..].to_vec()),
+            (0x26, user[1..].to_vec()),
+        ];
+        let mut sorted = others.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected, "properties as published");
+    }
+}
+
+async fn subscribe_to_v5(raw: &mut Raw, filter: &str) {
+    raw.send(&subscribe(true, 1, filter, 1)).await.unwrap();
+    let suback = raw.recv().await.unwrap();
+    assert_eq!(suback.kind(), 9, "SUBACK: {suback:02X?}");
+}
