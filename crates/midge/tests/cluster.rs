@@ -682,3 +682,63 @@ async fn subscribe_to_v5(raw: &mut Raw, filter: &str) {
     let suback = raw.recv().await.unwrap();
     assert_eq!(suback.kind(), 9, "SUBACK: {suback:02X?}");
 }
+
+#[tokio::test]
+async fn nats_credentials_are_used_and_a_refused_node_keeps_waiting() {
+    let dir = TestDir::new("cluster-auth");
+    let port = free_port();
+    let nats = Nats::start_with(&dir, port, &["--user", "midge", "--pass", "s3cret"]).await;
+    let good_dir = TestDir::new("cluster-auth-good");
+    let mut good = node(&good_dir, "good", &[nats.url()], 0);
+    good.edit_config(|t| t + "user = \"midge\"\npassword = \"s3cret\"\n");
+    good.start(&[]).await;
+    let (mut c, _) = connect(good.port, &connect_v311("c", true)).await;
+    subscribe_to(&mut c, 1, "t", 0).await;
+    nats.wait_subjects("good", &["mq.m.t"]).await;
+
+    // A wrong password: NATS refuses, the node says so, retries, and serves no one.
+    let bad_dir = TestDir::new("cluster-auth-bad");
+    let bad = node(&bad_dir, "bad", &[nats.url()], 0);
+    bad.edit_config(|t| t + "user = \"midge\"\npassword = \"wrong\"\n");
+    // Spawned here rather than through Midge::start, which waits for the listener.
+    let log = bad_dir.0.join("bad.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&bad.config)
+        .env("RUST_LOG", "info")
+        .env_remove("MIDGE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn midge");
+    let deadline = Instant::now() + START_TIMEOUT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("cannot reach NATS").count() >= 3 {
+            break text;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("no repeated retries logged: {text}");
+        }
+        // The log is the node's only signal while it waits.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let listening = tokio::net::TcpStream::connect(("127.0.0.1", bad.port))
+        .await
+        .is_ok();
+    let running = child.try_wait().expect("try_wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(running, "the node gave up instead of retrying: {text}");
+    assert!(
+        !listening,
+        "a node refused by NATS opened its listener: {text}"
+    );
+    assert!(
+        text.contains("uthorization"),
+        "the refusal is named: {text}"
+    );
+}

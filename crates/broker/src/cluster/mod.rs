@@ -211,11 +211,6 @@ impl Cluster {
         })
     }
 
-    /// The counters, shared with the tasks.
-    pub fn stats(&self) -> Arc<ClusterStats> {
-        self.stats.clone()
-    }
-
     /// Spawns the publisher, interest and receiver tasks for `broker` (built with
     /// [`Cluster::routing`]); they end when `shutdown` turns true.
     pub fn start(
