@@ -16,21 +16,22 @@ use support::*;
 const QUIET: Duration = Duration::from_millis(500);
 
 fn nats_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MIDGE_NATS_SERVER") {
-        return path.into();
-    }
-    let home = std::env::var_os("HOME")
+    let path = std::env::var_os("MIDGE_NATS_SERVER")
         .map(PathBuf::from)
-        .unwrap_or_default();
-    let dir = std::env::var_os("MIDGE_NATS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache/midge/nats-server-2.15.1"));
-    let path = dir.join("nats-server");
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            std::env::var_os("MIDGE_NATS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join(".cache/midge/nats-server-2.15.1"))
+                .join("nats-server")
+        });
     assert!(
         path.is_file(),
         "nats-server is missing ({}): the cluster tests need it. Install it with \
          `scripts/nats-server.sh install` (scripts/test-deps.sh does it for CI), or set \
-         MIDGE_NATS_SERVER to a nats-server 2.10 or later",
+         MIDGE_NATS_SERVER to another nats-server (2.15.1 is what they are run with)",
         path.display()
     );
     path
