@@ -743,3 +743,40 @@ async fn nats_credentials_are_used_and_a_refused_node_keeps_waiting() {
         "the refusal is named: {text}"
     );
 }
+
+#[tokio::test]
+async fn nodes_reconnect_and_restore_interest_after_nats_restarts() {
+    let (dir, nats, a, b, _da, _db) = two_nodes("cluster-restart").await;
+    let (mut sub, _) = connect(b.port, &connect_v311("sub", true)).await;
+    subscribe_to(&mut sub, 1, "r/#", 1).await;
+    nats.wait_subjects("b", &["mq.m.r", "mq.m.r.>"]).await;
+    let port = nats.port;
+    drop(nats);
+    let nats = Nats::start_on(&dir, port).await;
+    // No midge restart: the NATS client reconnects and subscribes again.
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let connz = nats.connz().expect("connz");
+        let both = ["midge a", "midge b"].iter().all(|name| {
+            connz["connections"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == *name)
+        });
+        if both {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not reconnect: {connz}"
+        );
+        // Reconnection has no signal but the server's connection list.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nats.wait_subjects("b", &["mq.m.r", "mq.m.r.>"]).await;
+    let (mut publisher, _) = connect(a.port, &connect_v311("pub", true)).await;
+    publish_acked(&mut publisher, 1, "r", 1, b"after restart").await;
+    let got = receive(&mut sub, 1).await;
+    assert_eq!(got[0].payload, b"after restart");
+}
