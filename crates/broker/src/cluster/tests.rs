@@ -127,3 +127,64 @@ fn window_slots_are_reused_after_wrapping() {
         assert!(!w.first_time(seq), "{seq}");
     }
 }
+
+/// Many threads subscribing, unsubscribing and routing at once: the interest changes sent
+/// to NATS add up, per subject, to what the router holds at the end, and no route blocks.
+#[test]
+fn concurrent_churn_keeps_interest_counts_exact() {
+    let (routing, mut forward, mut interest) = routing(1 << 20);
+    let routing = Arc::new(routing);
+    let filters = ["a/#", "a/+", "b", "$share/g/a/#", "#"];
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let routing = routing.clone();
+            std::thread::spawn(move || {
+                let mailboxes: Vec<_> = (0..4)
+                    .map(|i| Mailbox::new(format!("c{}", i % 2 + t * 10).into()))
+                    .collect();
+                for n in 0..2000usize {
+                    let mailbox = &mailboxes[n % mailboxes.len()];
+                    let filter = filters[(n * 7 + t) % filters.len()];
+                    match n % 3 {
+                        0 => {
+                            routing.subscribe(mailbox, filter, options(), None);
+                        }
+                        1 => {
+                            routing.unsubscribe_mailbox(filter, mailbox);
+                        }
+                        _ => {
+                            routing.route(&message("a/b"), &LIMITS);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let mut net: HashMap<String, i64> = HashMap::new();
+    while let Ok(change) = interest.try_recv() {
+        match change {
+            Interest::Add(s) => *net.entry(s).or_default() += 1,
+            Interest::Remove(s) => *net.entry(s).or_default() -= 1,
+        }
+    }
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for summary in routing.subscriptions_page(None, usize::MAX, &mut |_, _| true) {
+        let filter = match midge_proto::topic::parse_shared(&summary.filter) {
+            Ok(Some(shared)) => shared.filter.to_owned(),
+            _ => summary.filter.clone(),
+        };
+        for subject in subject::filter_to_subjects(&filter) {
+            *expected.entry(subject).or_default() += 1;
+        }
+    }
+    net.retain(|_, n| *n != 0);
+    assert_eq!(net, expected);
+    let mut forwarded = 0;
+    while forward.try_recv().is_ok() {
+        forwarded += 1;
+    }
+    assert_eq!(forwarded, 8 * 666, "every route forwarded once");
+}
