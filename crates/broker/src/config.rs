@@ -1218,6 +1218,9 @@ mod tests {
         assert_eq!(config.admin.bind, Some(DEFAULT_ADMIN_BIND));
         assert_eq!(config.admin.viewers, ["grafana"]);
         assert!(config.admin.password_file.is_some() && config.admin.tls.is_some());
+        let cluster = config.cluster.as_ref().unwrap();
+        assert_eq!(cluster.node_id, "node-1");
+        assert!(cluster.user.is_some() && cluster.tls_ca_file.is_some());
     }
 
     #[test]
