@@ -780,3 +780,20 @@ async fn nodes_reconnect_and_restore_interest_after_nats_restarts() {
     let got = receive(&mut sub, 1).await;
     assert_eq!(got[0].payload, b"after restart");
 }
+
+#[tokio::test]
+async fn unreadable_nats_files_stop_the_start_with_the_key_named() {
+    let dir = TestDir::new("cluster-files");
+    for (key, file) in [
+        ("tls_ca_file", "missing-ca.pem"),
+        ("creds_file", "missing.creds"),
+    ] {
+        let mut node = node(&dir, "a", &["nats://127.0.0.1:1".to_owned()], 0);
+        let path = dir.0.join(file);
+        node.edit_config(|t| t + &format!("{key} = \"{}\"\n", path.display()));
+        let (status, log) = node.start_refused(&[]).await;
+        assert!(!status.success(), "{log}");
+        assert!(log.contains(&format!("cluster.{key}")), "{log}");
+        assert!(log.contains(file), "{log}");
+    }
+}

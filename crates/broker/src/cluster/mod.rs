@@ -78,6 +78,15 @@ pub enum ClusterError {
         /// Why.
         source: std::io::Error,
     },
+    /// `cluster.tls_ca_file` could not be read. Checked before connecting: retrying
+    /// would not make it appear.
+    #[error("cluster.tls_ca_file {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 enum Interest {
@@ -143,6 +152,10 @@ async fn options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions, C
         options = options.token(token.clone());
     }
     if let Some(ca) = &config.tls_ca_file {
+        std::fs::File::open(ca).map_err(|source| ClusterError::CaFile {
+            path: ca.display().to_string(),
+            source,
+        })?;
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
     if config.tls_required {
