@@ -797,3 +797,33 @@ async fn unreadable_nats_files_stop_the_start_with_the_key_named() {
         assert!(log.contains(file), "{log}");
     }
 }
+
+#[tokio::test]
+async fn survivors_keep_serving_after_a_node_is_killed() {
+    let (_dir, nats, mut a, b, _da, _db) = two_nodes("cluster-kill").await;
+    let dir_c = TestDir::new("cluster-kill-c");
+    let mut c = node(&dir_c, "c", &[nats.url()], 0);
+    c.start(&[]).await;
+    let (mut on_a, _) = connect(a.port, &connect_v311("on-a", true)).await;
+    subscribe_to(&mut on_a, 1, "k", 1).await;
+    let (mut on_c, _) = connect(c.port, &connect_v311("on-c", true)).await;
+    subscribe_to(&mut on_c, 1, "k", 1).await;
+    nats.wait_subjects("a", &["mq.m.k"]).await;
+    nats.wait_subjects("c", &["mq.m.k"]).await;
+    a.kill();
+    // Node a's interest goes with its NATS connection: nothing to clean up.
+    let deadline = Instant::now() + START_TIMEOUT;
+    while nats.connz().expect("connz")["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"] == "midge a")
+    {
+        assert!(Instant::now() < deadline, "node a's connection stayed");
+        // The server notices the closed socket on its own; its list is the signal.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut publisher, _) = connect(b.port, &connect_v311("pub", true)).await;
+    publish_acked(&mut publisher, 1, "k", 1, b"still here").await;
+    assert_eq!(receive(&mut on_c, 1).await[0].payload, b"still here");
+}
