@@ -13,6 +13,8 @@ use crate::model::{Message, Millis, next_message_id};
 
 /// The header RabbitMQ carries the MQTT publisher's QoS in.
 pub const QOS_HEADER: &str = "x-mqtt-publish-qos";
+/// The header RabbitMQ carries the MQTT PUBLISH's DUP flag in.
+pub const DUP_HEADER: &str = "x-mqtt-dup";
 
 /// An AMQP routing key as the MQTT topic it names: `.` → `/`. Wildcards have no place
 /// in a topic name, so a key with `*` or `#` words is refused, as is an empty key.
@@ -84,7 +86,7 @@ pub fn to_message(
     let mut user_properties = Vec::new();
     if let Some(headers) = &properties.headers {
         for (name, value) in &headers.0 {
-            if name == QOS_HEADER {
+            if name == QOS_HEADER || name == DUP_HEADER {
                 continue;
             }
             if let Some(text) = header_text(value) {
@@ -135,8 +137,13 @@ fn header_text(value: &FieldValue) -> Option<String> {
 pub fn to_properties(message: &Message, qos: QoS, now: Millis) -> BasicProperties {
     let p = &message.properties;
     let mut headers = FieldTable::default();
-    // Signed byte, as RabbitMQ's MQTT plugin writes it.
-    headers.insert(QOS_HEADER, FieldValue::I8(message.qos as i8));
+    // Signed byte, as RabbitMQ's MQTT plugin writes it. RabbitMQ takes a QoS 2 publish in
+    // as QoS 1, and says 1 here.
+    let publish_qos = (message.qos as i8).min(QoS::AtLeastOnce as i8);
+    headers.insert(QOS_HEADER, FieldValue::I8(publish_qos));
+    // RabbitMQ's MQTT plugin says whether the PUBLISH was a retransmission; midge settles
+    // retransmissions before routing, so what it routes is never one.
+    headers.insert(DUP_HEADER, FieldValue::Bool(false));
     for (k, v) in &p.user_properties {
         headers.insert(k.clone(), FieldValue::string(v));
     }
@@ -232,8 +239,26 @@ mod tests {
         assert_eq!(back.expiration.as_deref(), Some("30000"));
         assert_eq!(back.reply_to.as_deref(), Some("replies.client1"));
         assert_eq!(back.correlation_id.as_deref(), Some("c-1"));
-        let h = back.headers.unwrap();
+        let h = back.headers.clone().unwrap();
         assert_eq!(h.get(QOS_HEADER), Some(&FieldValue::I8(1)));
+        assert_eq!(h.get(DUP_HEADER), Some(&FieldValue::Bool(false)));
+        // QoS 2 is reported as 1, as RabbitMQ does; the dup header does not come back.
+        let m2 = Message {
+            qos: QoS::ExactlyOnce,
+            ..m.clone()
+        };
+        let h2 = to_properties(&m2, QoS::ExactlyOnce, 31_000)
+            .headers
+            .unwrap();
+        assert_eq!(h2.get(QOS_HEADER), Some(&FieldValue::I8(1)));
+        let again = to_message("a/b".into(), &back, Bytes::new(), Arc::from("o"), 0);
+        assert!(
+            again
+                .properties
+                .user_properties
+                .iter()
+                .all(|(k, _)| k != DUP_HEADER)
+        );
         // delivery_mode 1 (or none) is QoS 0; the header overrides the mode.
         let transient = BasicProperties::default();
         let m0 = to_message("t".into(), &transient, Bytes::new(), Arc::from(""), 0);

@@ -1124,11 +1124,8 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 } else {
                     consumer_tag
                 };
-                if self
-                    .channels
-                    .values()
-                    .any(|c| c.consumers.iter().any(|k| k.tag == tag))
-                {
+                // A consumer tag is unique on its channel only, as in RabbitMQ.
+                if self.channel(number).consumers.iter().any(|k| k.tag == tag) {
                     return Err(Fault::Connection(
                         reply::NOT_ALLOWED,
                         format!("attempt to reuse consumer tag '{tag}'"),
