@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use midge_amqp_proto::{BasicProperties, FieldTable, FieldValue};
+use base64ct::{Base64, Encoding};
+use bytes::{Bytes, BytesMut};
+use midge_amqp_proto::{BasicProperties, FieldTable, FieldValue, FramePayload};
 use midge_proto::{PublishProperties, QoS, topic};
 
 use crate::model::{Message, Millis, next_message_id};
@@ -133,8 +134,50 @@ fn header_text(value: &FieldValue) -> Option<String> {
     }
 }
 
+/// The user property a default-exchange message keeps its AMQP properties in. Such a
+/// message only ever reaches AMQP queues, so no MQTT client sees it; and no MQTT user
+/// property can have this name, as MQTT strings hold no U+0000 [MQTT-1.5.4-2].
+const AMQP_PROPERTIES: &str = "\u{0}amqp-properties";
+
+/// The message a publish to the default exchange becomes: `to_message`'s, with the AMQP
+/// properties kept whole (as a content header, in base64) for its AMQP consumer, which
+/// gets them back untouched, as from RabbitMQ.
+pub fn to_direct_message(
+    properties: &BasicProperties,
+    body: Bytes,
+    origin: Arc<str>,
+    now: Millis,
+) -> Message {
+    let mut message = to_message(String::new(), properties, body, origin, now);
+    let mut header = BytesMut::new();
+    midge_amqp_proto::encode_content(0, properties, &[], 0, &mut header);
+    message.properties.user_properties =
+        vec![(AMQP_PROPERTIES.to_owned(), Base64::encode_string(&header))];
+    message
+}
+
+/// The AMQP properties `to_direct_message` kept, if `message` has them.
+fn kept_properties(message: &Message) -> Option<BasicProperties> {
+    let (_, kept) = message
+        .properties
+        .user_properties
+        .iter()
+        .find(|(k, _)| k == AMQP_PROPERTIES)?;
+    let mut header = BytesMut::from(&Base64::decode_vec(kept).ok()?[..]);
+    match midge_amqp_proto::decode_frame(&mut header, u32::MAX) {
+        Ok(Some(frame)) => match frame.payload {
+            FramePayload::Header(h) => Some(h.properties),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The properties an AMQP consumer sees for a routed message.
 pub fn to_properties(message: &Message, qos: QoS, now: Millis) -> BasicProperties {
+    if let Some(kept) = kept_properties(message) {
+        return kept;
+    }
     let p = &message.properties;
     let mut headers = FieldTable::default();
     // Signed byte, as RabbitMQ's MQTT plugin writes it. RabbitMQ takes a QoS 2 publish in
@@ -190,6 +233,27 @@ mod tests {
         assert_eq!(binding_key_to_filter("sensors.#").unwrap(), "sensors/#");
         assert_eq!(binding_key_to_filter("hello.mqtt").unwrap(), "hello/mqtt");
         assert_eq!(routing_key_to_topic("hello.amqp").unwrap(), "hello/amqp");
+    }
+
+    #[test]
+    fn default_exchange_messages_keep_their_amqp_properties_whole() {
+        let mut headers = FieldTable::default();
+        headers.insert("n", FieldValue::I32(42));
+        let props = BasicProperties {
+            content_encoding: Some("gzip".into()),
+            headers: Some(headers),
+            message_id: Some("m-1".into()),
+            timestamp: Some(1_700_000_000),
+            priority: Some(3),
+            expiration: Some("60000".into()),
+            ..BasicProperties::default()
+        };
+        let m = to_direct_message(&props, Bytes::from_static(b"x"), Arc::from("o"), 1000);
+        assert_eq!(m.expires_at, Some(61_000), "expiry is still enforced");
+        assert_eq!(to_properties(&m, m.qos, 30_000), props);
+        // An MQTT message with no kept properties is mapped as before.
+        let plain = to_message("t".into(), &props, Bytes::new(), Arc::from("o"), 0);
+        assert_eq!(to_properties(&plain, plain.qos, 0).message_id, None);
     }
 
     #[test]

@@ -815,8 +815,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 Some(queue) => {
                     // The default exchange: straight into the named queue. An empty topic
                     // (never an MQTT topic) tells the delivery which exchange it came by.
-                    let message = mapping::to_message(
-                        String::new(),
+                    let message = mapping::to_direct_message(
                         &properties,
                         body.clone(),
                         self.client_id.clone(),
