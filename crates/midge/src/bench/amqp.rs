@@ -20,8 +20,8 @@ use tokio::time::sleep_until;
 
 use super::client::explain_io;
 use super::histogram::Histogram;
-use super::load::{Published, Received, STALL, Shared, read_header};
 use super::sequence::Stream;
+use super::shared::{Published, Received, STALL, Shared, read_header};
 use super::{Plan, Scenario};
 
 /// How long a handshake or a declaration may take before the bench gives up.

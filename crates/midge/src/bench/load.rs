@@ -18,47 +18,15 @@ use super::client::Client;
 use super::histogram::Histogram;
 use super::report::{Report, Usage};
 use super::sequence::Stream;
-use super::{HEADER_LEN, Plan, Scenario};
+use super::shared::{Published, Received, STALL, Shared, read_header};
+use super::{Plan, Scenario};
 
 /// Bytes of PUBLISH packets per write (many messages per system call).
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Read buffer per subscriber; large, so one read takes everything the broker wrote.
 const READ_BUF: usize = 256 * 1024;
-/// A QoS 0 publisher waiting this long for deliveries that do not come counts the missing
-/// messages as gone (the broker dropped them) instead of waiting forever.
-pub(super) const STALL: Duration = Duration::from_secs(1);
 /// Connections opened at once while setting up.
 const CONNECT_CONCURRENCY: usize = 100;
-
-/// What the tasks share: counters only, each written with one atomic add per batch.
-pub(super) struct Shared {
-    clock: Instant,
-    /// Per publisher: deliveries of its messages counted at the subscribers.
-    pub(super) delivered: Box<[AtomicU64]>,
-    /// Per publisher: woken when deliveries of its messages are counted.
-    pub(super) wake: Box<[Notify]>,
-    pub(super) delivered_total: AtomicU64,
-    pub(super) sent_total: AtomicU64,
-    /// The measured window, in nanoseconds of `clock`.
-    pub(super) window_start_ns: u64,
-    pub(super) window_end_ns: AtomicU64,
-}
-
-impl Shared {
-    pub(super) fn now_ns(&self) -> u64 {
-        self.clock.elapsed().as_nanos() as u64
-    }
-}
-
-/// The payload's header: send time in ns of the shared clock, publisher id, sequence.
-pub(super) fn read_header(payload: &[u8]) -> Option<(u64, u32, u32)> {
-    let header = payload.get(..HEADER_LEN)?;
-    Some((
-        u64::from_le_bytes(header[0..8].try_into().ok()?),
-        u32::from_le_bytes(header[8..12].try_into().ok()?),
-        u32::from_le_bytes(header[12..16].try_into().ok()?),
-    ))
-}
 
 /// Connects `count` clients, `CONNECT_CONCURRENCY` at a time, subscribing each if `subscribe`.
 async fn connect_all(
@@ -281,15 +249,6 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-pub(super) struct Published {
-    pub(super) sent: u64,
-    pub(super) stalls: u64,
-    /// The in-flight bound used: --inflight, capped by the broker's Receive Maximum.
-    pub(super) inflight: u64,
-    /// The connection (MQTT or AMQP), held open until the subscribers are done.
-    pub(super) client: Box<dyn std::any::Any + Send>,
-}
-
 /// Reads whatever acknowledgements have arrived, without waiting; PUBREC is answered with
 /// PUBREL (into `out`). Returns how many messages completed.
 fn read_acks(client: &mut Client, out: &mut BytesMut) -> anyhow::Result<u64> {
@@ -486,14 +445,6 @@ async fn publisher(
         inflight,
         client: Box::new(client),
     })
-}
-
-pub(super) struct Received {
-    pub(super) streams: Vec<Stream>,
-    pub(super) latency: Histogram,
-    pub(super) delivered_window: u64,
-    pub(super) delivered_total: u64,
-    pub(super) unexpected: u64,
 }
 
 async fn subscriber(

@@ -14,6 +14,7 @@ mod load;
 mod procstat;
 mod report;
 mod sequence;
+mod shared;
 
 use std::time::Duration;
 
