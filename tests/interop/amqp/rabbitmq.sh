@@ -41,9 +41,14 @@ stop_node() {
         done
         [ -n "${pid:-}" ] && kill -9 "$pid" 2>/dev/null || true
         kill "$launcher" 2>/dev/null || true
-        # Refused by epmd while another node is registered, so a shared epmd stays.
+        # epmd refuses to stop while a node is registered, so a shared epmd stays; ours may
+        # still list the node for a moment after it exited, hence the retries.
         if [ "${started_epmd:-0}" = 1 ]; then
-            epmd -kill >/dev/null 2>&1 || true
+            for _ in $(seq 1 20); do
+                epmd -names >/dev/null 2>&1 || break
+                epmd -kill >/dev/null 2>&1 || true
+                sleep 0.1
+            done
         fi
         rm -f "$dir/pid"
         launcher=""
@@ -67,7 +72,8 @@ web_mqtt.tcp.port = $ws
 web_mqtt.tcp.ip = 127.0.0.1
 loopback_users.guest = true
 CONF
-    pgrep -x epmd >/dev/null 2>&1 || started_epmd=1
+    # Asked, not looked up by process name: an exited epmd may linger as a zombie.
+    epmd -names >/dev/null 2>&1 || started_epmd=1
     # Unique per AMQP port; a node name allows letters, digits, "-" and "_" only.
     local node="rabbit-$amqp@localhost"
     (

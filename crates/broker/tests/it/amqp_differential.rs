@@ -154,7 +154,7 @@ struct RabbitMq {
     mqtt: u16,
     child: Child,
     stdin: Option<ChildStdin>,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl RabbitMq {
@@ -199,15 +199,14 @@ impl RabbitMq {
             mqtt,
             child,
             stdin,
-            dir,
+            _dir: dir,
         }
     }
 
-    /// Closes the script's input and waits for the node to stop.
+    /// Closes the script's input and waits for the node to stop (its directory goes after).
     async fn stop(mut self) {
         drop(self.stdin.take());
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
-        let _ = &self.dir;
     }
 }
 
