@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminContext, AdminError, AdminUsers, ListenerInfo};
 use crate::amqp::{self, AmqpContext, queues::Queues};
-use crate::auth::{AccessControl, AuthError, LoginGuard};
+use crate::auth::{AccessControl, AuthError, Dynsec, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ListenerProtocol};
 use crate::conn_limit::{ConnLimiter, Refusal};
@@ -187,7 +187,18 @@ impl Server {
         let mut tasks = Vec::new();
         let mut local_addrs = Vec::new();
         let mut access_controls = Vec::new();
-        let login_guard = LoginGuard::new(&config, broker.log_limit.clone());
+        // One dynamic-security state for every listener; a damaged file stops the start.
+        let dynsec = config
+            .auth
+            .dynsec
+            .as_ref()
+            .map(Dynsec::load)
+            .transpose()
+            .map_err(|source| StartError::Auth {
+                name: "auth.dynsec".to_owned(),
+                source,
+            })?;
+        let login_guard = LoginGuard::with_dynsec(&config, broker.log_limit.clone(), dynsec);
         let mut tls_listeners = Vec::new();
         let mut listener_infos = Vec::new();
         // AMQP queues are shared by every AMQP listener.

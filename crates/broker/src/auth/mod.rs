@@ -17,6 +17,7 @@
 //! (SIGHUP) without touching connections.
 
 pub mod acl;
+pub mod dynsec;
 pub mod http;
 pub mod jwt;
 pub mod limiter;
@@ -31,6 +32,7 @@ use midge_proto::{ReasonCode, topic};
 use tokio::sync::Semaphore;
 
 pub use acl::{AclFile, FilterVerdict};
+pub use dynsec::Dynsec;
 pub use http::{Action, HttpBackend, HttpError};
 pub use jwt::JwtBackend;
 pub use limiter::LoginLimiter;
@@ -58,6 +60,14 @@ pub enum AuthError {
         path: PathBuf,
         /// 1-based line number.
         line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The dynamic-security file is damaged.
+    #[error("{path}: {reason}")]
+    Dynsec {
+        /// The file.
+        path: PathBuf,
         /// What is wrong.
         reason: String,
     },
@@ -128,6 +138,8 @@ pub struct LoginGuard {
     verifications: Arc<Semaphore>,
     /// Logins checked, by outcome, and how long the checks took.
     pub stats: AuthStats,
+    /// `[auth.dynsec]`: one state for every listener.
+    dynsec: Option<Arc<Dynsec>>,
 }
 
 impl LoginGuard {
@@ -166,14 +178,45 @@ impl LoginGuard {
 
     /// From `[auth.rate_limit]`; failed logins are logged through `log_limit`.
     pub fn new(config: &Config, log_limit: Arc<LogLimiter>) -> Arc<Self> {
+        Self::with_dynsec(config, log_limit, None)
+    }
+
+    /// [`LoginGuard::new`], with the dynamic-security state every listener shares.
+    pub fn with_dynsec(
+        config: &Config,
+        log_limit: Arc<LogLimiter>,
+        dynsec: Option<Arc<Dynsec>>,
+    ) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Self {
             limiter: LoginLimiter::new(&config.auth.rate_limit),
             log_limit,
             verifications: Arc::new(Semaphore::new(cores.max(2))),
             stats: AuthStats::default(),
+            dynsec,
         })
     }
+
+    /// The dynamic-security state, when `[auth.dynsec]` is set.
+    pub fn dynsec(&self) -> Option<&Arc<Dynsec>> {
+        self.dynsec.as_ref()
+    }
+}
+
+/// Runs a CPU-heavy check on the blocking pool, holding one of `slots`.
+async fn check_on_pool(
+    slots: &Arc<Semaphore>,
+    check: impl FnOnce() -> bool + Send + 'static,
+) -> bool {
+    let Ok(permit) = slots.clone().acquire_owned().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        check()
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Verifies a password on the blocking pool, holding one of `slots`.
@@ -316,8 +359,33 @@ impl AccessControl {
         self.inner.allow_anonymous.is_none()
     }
 
+    /// The dynamic-security state, when `[auth.dynsec]` is set.
+    pub fn dynsec(&self) -> Option<&Arc<Dynsec>> {
+        self.inner.guard.dynsec()
+    }
+
+    /// The dynamic-security state, when `topic` is where its commands are published.
+    pub fn dynsec_command(&self, topic: &str) -> Option<&Arc<Dynsec>> {
+        self.dynsec().filter(|_| topic == dynsec::COMMAND_TOPIC)
+    }
+
+    /// The dynamic-security state when it decides topics for `username`.
+    fn dynsec_for(&self, username: Option<&str>) -> Option<&Arc<Dynsec>> {
+        self.dynsec().filter(|d| d.decides_for(username))
+    }
+
+    /// Whether a connection logged in as `username` must be closed: dynamic security
+    /// disabled or deleted its client.
+    pub fn revoked(&self, username: Option<&str>) -> bool {
+        match (self.dynsec(), username) {
+            (Some(d), Some(u)) => d.revoked(u),
+            _ => false,
+        }
+    }
+
     fn checks_passwords(&self) -> bool {
         self.inner.passwords.is_some()
+            || (self.dynsec().is_some() && self.inner.order.contains(&AuthSource::Dynsec))
             || self.inner.jwt.is_some()
             || self
                 .inner
@@ -329,6 +397,7 @@ impl AccessControl {
     /// Whether anything restricts publish and subscribe.
     pub fn checks_topics(&self) -> bool {
         self.inner.acl.is_some()
+            || self.dynsec().is_some()
             || self
                 .inner
                 .jwt
@@ -453,6 +522,26 @@ impl AccessControl {
                     let ok = self.verify_blocking(file, username, password).await;
                     return Ok(ok.then(|| Identity::named(Some(username))));
                 }
+                AuthSource::Dynsec => {
+                    let (Some(dynsec), Some(username)) = (self.dynsec(), username) else {
+                        continue;
+                    };
+                    let Some(login) = dynsec.login(username) else {
+                        continue;
+                    };
+                    self.forget_token(client_id);
+                    // A client without a password, disabled or bound to another client
+                    // id costs the same check as the others.
+                    let usable =
+                        !login.disabled && login.clientid.as_deref().is_none_or(|c| c == client_id);
+                    let hash = login.password.unwrap_or_else(|| dynsec.decoy());
+                    let password = credentials.password.unwrap_or_default().to_vec();
+                    let ok = check_on_pool(&self.inner.guard.verifications, move || {
+                        hash.verify(&password)
+                    })
+                    .await;
+                    return Ok((ok && usable).then(|| Identity::named(Some(username))));
+                }
                 AuthSource::Jwt => {
                     let Some(jwt) = &self.inner.jwt else {
                         continue;
@@ -510,11 +599,28 @@ impl AccessControl {
                 }
             }
         }
-        if let (Some(passwords), Some(username)) = (&self.inner.passwords, username) {
-            let password = credentials.password.unwrap_or_default();
-            let _ = self
-                .verify_blocking(passwords.current(), username, password)
-                .await;
+        // The decoy is the first hashing source in the order, which a known user's login
+        // would most likely have cost.
+        let Some(username) = username else {
+            return Ok(None);
+        };
+        let password = credentials.password.unwrap_or_default();
+        for source in &self.inner.order {
+            match (source, &self.inner.passwords, self.dynsec()) {
+                (AuthSource::PasswordFile, Some(passwords), _) => {
+                    let _ = self
+                        .verify_blocking(passwords.current(), username, password)
+                        .await;
+                    break;
+                }
+                (AuthSource::Dynsec, _, Some(dynsec)) => {
+                    let (hash, password) = (dynsec.decoy(), password.to_vec());
+                    let slots = &self.inner.guard.verifications;
+                    let _ = check_on_pool(slots, move || hash.verify(&password)).await;
+                    break;
+                }
+                _ => {}
+            }
         }
         Ok(None)
     }
@@ -576,6 +682,13 @@ impl AccessControl {
         if let Some(granted) = self.token_grant(client_id) {
             return granted.may_publish(client_id, username, topic);
         }
+        if let Some(dynsec) = self.dynsec_for(username) {
+            return dynsec.may_publish(username, topic);
+        }
+        if self.dynsec().is_some() && topic.starts_with(dynsec::CONTROL_PREFIX) {
+            // Only clients whose dynsec roles allow it may send commands.
+            return false;
+        }
         self.inner
             .acl
             .as_ref()
@@ -605,6 +718,9 @@ impl AccessControl {
         };
         if let Some(granted) = self.token_grant(client_id) {
             return granted.subscribe_verdict(client_id, username, plain);
+        }
+        if let Some(dynsec) = self.dynsec_for(username) {
+            return dynsec.subscribe_verdict(username, plain);
         }
         let Some(acl) = &self.inner.acl else {
             return FilterVerdict::Allowed;
@@ -643,7 +759,7 @@ impl AccessControl {
         topic: &str,
         action: Action,
     ) -> bool {
-        if self.token_grant(client_id).is_some() {
+        if self.token_grant(client_id).is_some() || self.dynsec_for(username).is_some() {
             return true;
         }
         match &self.inner.http {
@@ -724,6 +840,13 @@ impl AccessControl {
                 a.path.display()
             ));
         }
+        if let Some(d) = self.dynsec() {
+            parts.push(format!(
+                "{} dynamic-security clients from {}",
+                d.snapshot().clients.len(),
+                d.path().display()
+            ));
+        }
         if inner.jwt.is_some() {
             parts.push("JWT".to_owned());
         }
@@ -752,6 +875,9 @@ impl DeliveryFilter {
     pub fn allows(&self, topic: &str) -> bool {
         if let Some(granted) = self.access.token_grant(&self.client_id) {
             return granted.may_read(&self.client_id, self.username.as_deref(), topic);
+        }
+        if let Some(dynsec) = self.access.dynsec_for(self.username.as_deref()) {
+            return dynsec.may_read(self.username.as_deref(), topic);
         }
         match &self.access.inner.acl {
             Some(acl) => acl

@@ -1,0 +1,272 @@
+//! Dynamic security driven by Debian's `mosquitto_ctrl`, unchanged: a file made offline by
+//! `mosquitto_ctrl dynsec init`, whose admin then creates a client and a role over MQTT;
+//! the client is refused a topic, gains it, loses a live subscription when the ACL is
+//! removed, is disconnected when disabled, and the state survives a restart.
+
+use midge_broker::config::DynsecConfig;
+use rumqttc::SubscribeReasonCode;
+
+use crate::access_support::{TempDir, broker_with, connack_for};
+use crate::client::V3;
+use crate::harness::{TIMEOUT, TestBroker, qos4};
+use crate::interop_util::{Tool, require, run};
+
+/// Runs `mosquitto_ctrl` as the admin against `broker`; it must succeed and print no
+/// error. Returns what it printed.
+async fn ctrl(broker: &TestBroker, args: &[&str]) -> String {
+    let mut all: Vec<String> = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &broker.port().to_string(),
+        "-u",
+        "admin",
+        "-P",
+        "adminpw",
+        "dynsec",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    all.extend(args.iter().map(|s| (*s).to_owned()));
+    let out = run("mosquitto_ctrl", &all, TIMEOUT * 2).await;
+    assert!(
+        out.status.success() && !out.stdout.contains("Error") && !out.stderr.contains("Error"),
+        "mosquitto_ctrl {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+async fn init(dir: &TempDir) -> std::path::PathBuf {
+    require(Tool::MosquittoClients);
+    let file = dir.path().join("dynamic-security.json");
+    let out = run(
+        "mosquitto_ctrl",
+        &[
+            "dynsec".into(),
+            "init".into(),
+            file.display().to_string(),
+            "admin".into(),
+            "adminpw".into(),
+        ],
+        TIMEOUT,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "mosquitto_ctrl dynsec init failed (scripts/test-deps.sh installs mosquitto-clients): {}",
+        out.stderr
+    );
+    file
+}
+
+async fn dynsec_broker(file: &std::path::Path) -> TestBroker {
+    let file = file.to_owned();
+    broker_with(|c| {
+        c.auth.dynsec = Some(DynsecConfig {
+            file,
+            iterations: 1000,
+        });
+        c.auth.rate_limit.failures_burst = 0;
+    })
+    .await
+}
+
+fn login(broker: &TestBroker, client_id: &str, user: &str, password: &str) -> rumqttc::MqttOptions {
+    let mut options = V3::options(broker, client_id);
+    options.set_credentials(user, password);
+    options
+}
+
+#[tokio::test]
+async fn mosquitto_ctrl_manages_clients_roles_and_live_subscriptions() {
+    let dir = TempDir::new("dynsec");
+    let file = init(&dir).await;
+    let broker = dynsec_broker(&file).await;
+
+    ctrl(&broker, &["createClient", "alice", "-p", "alicepw"]).await;
+    ctrl(&broker, &["createClient", "bob", "-p", "bobpw"]).await;
+    ctrl(&broker, &["createRole", "reader"]).await;
+    ctrl(&broker, &["createRole", "writer"]).await;
+    ctrl(
+        &broker,
+        &[
+            "addRoleACL",
+            "writer",
+            "publishClientSend",
+            "data/#",
+            "allow",
+        ],
+    )
+    .await;
+    ctrl(
+        &broker,
+        &[
+            "addRoleACL",
+            "writer",
+            "publishClientSend",
+            "fence/#",
+            "allow",
+        ],
+    )
+    .await;
+    ctrl(&broker, &["addClientRole", "bob", "writer"]).await;
+    let listed = ctrl(&broker, &["listClients"]).await;
+    assert!(
+        listed.contains("alice") && listed.contains("bob"),
+        "{listed}"
+    );
+
+    // alice may connect, but holds no role: defaultACLAccess refuses subscribing and
+    // publishing.
+    let (mut alice, _) = V3::connect_with(login(&broker, "alice-1", "alice", "alicepw")).await;
+    assert_eq!(
+        alice.subscribe("data/#", 1).await,
+        [SubscribeReasonCode::Failure]
+    );
+    let denied = broker.stats().publish_denied;
+    alice.publish("data/x", 1, false, "refused").await;
+    assert_eq!(broker.stats().publish_denied, denied + 1);
+    // A client without the admin role cannot send commands: refused like any publish.
+    alice
+        .publish(
+            "$CONTROL/dynamic-security/v1",
+            1,
+            false,
+            r#"{"commands":[{"command":"deleteClient","username":"bob"}]}"#,
+        )
+        .await;
+    assert_eq!(broker.stats().publish_denied, denied + 2);
+    assert!(ctrl(&broker, &["getClient", "bob"]).await.contains("bob"));
+
+    // Granted through a role: the subscription succeeds and messages arrive.
+    ctrl(
+        &broker,
+        &[
+            "addRoleACL",
+            "reader",
+            "subscribePattern",
+            "data/#",
+            "allow",
+        ],
+    )
+    .await;
+    ctrl(
+        &broker,
+        &[
+            "addRoleACL",
+            "reader",
+            "subscribePattern",
+            "fence/#",
+            "allow",
+        ],
+    )
+    .await;
+    ctrl(&broker, &["addClientRole", "alice", "reader", "5"]).await;
+    alice.subscribe_ok("data/#", 1).await;
+    alice.subscribe_ok("fence/#", 1).await;
+    let (mut bob, _) = V3::connect_with(login(&broker, "bob-1", "bob", "bobpw")).await;
+    bob.publish("data/1", 1, false, "one").await;
+    let got = alice.next_publish().await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("data/1", &b"one"[..])
+    );
+
+    // The ACL goes: the live subscription goes with it. What bob publishes next under
+    // data/ no longer arrives; the fence message, published after it, does.
+    ctrl(
+        &broker,
+        &["removeRoleACL", "reader", "subscribePattern", "data/#"],
+    )
+    .await;
+    bob.publish("data/2", 1, false, "two").await;
+    bob.publish("fence/1", 1, false, "fence").await;
+    let got = alice.next_publish().await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("fence/1", &b"fence"[..]),
+        "a message under the removed ACL arrived"
+    );
+    assert_eq!(
+        alice.subscribe("data/#", 1).await,
+        [SubscribeReasonCode::Failure]
+    );
+
+    // Disabled: the live connection is closed, and logging in again is refused.
+    ctrl(&broker, &["disableClient", "alice"]).await;
+    let _ = tokio::time::timeout(TIMEOUT, alice.closed())
+        .await
+        .expect("alice's connection was not closed after disableClient");
+    assert_eq!(
+        connack_for(&broker, false, Some("alice"), Some(b"alicepw")).await[3],
+        4,
+        "a disabled client logged in"
+    );
+    // Deleted: bob's connection is closed too.
+    ctrl(&broker, &["deleteClient", "bob"]).await;
+    let _ = tokio::time::timeout(TIMEOUT, bob.closed())
+        .await
+        .expect("bob's connection was not closed after deleteClient");
+    broker.shutdown().await;
+
+    // The file holds the changes: a new broker starts from it.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let users: Vec<&str> = saved["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["admin", "alice"]);
+    let broker = dynsec_broker(&file).await;
+    assert_eq!(
+        connack_for(&broker, false, Some("alice"), Some(b"alicepw")).await[3],
+        4,
+        "alice is no longer disabled after a restart"
+    );
+    ctrl(&broker, &["enableClient", "alice"]).await;
+    let (mut alice, _) = V3::connect_with(login(&broker, "alice-2", "alice", "alicepw")).await;
+    alice.subscribe_ok("fence/#", 1).await;
+    assert_eq!(
+        alice.subscribe("data/#", 0).await,
+        [SubscribeReasonCode::Failure]
+    );
+    assert_eq!(
+        connack_for(&broker, false, Some("alice"), Some(b"wrong")).await[3],
+        4
+    );
+    let _ = qos4(0);
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_damaged_file_stops_the_start_naming_it() {
+    let dir = TempDir::new("dynsec-damaged");
+    let file = dir.write(
+        "dynamic-security.json",
+        "{\"clients\": [{\"username\": 5}]}",
+    );
+    let mut config = crate::harness::test_config();
+    config.auth.dynsec = Some(DynsecConfig {
+        file: file.clone(),
+        iterations: 1000,
+    });
+    let error = midge_broker::Server::start(config)
+        .await
+        .expect_err("a damaged dynamic-security file was accepted")
+        .to_string();
+    assert!(
+        error.contains(&file.display().to_string()) && error.contains("username"),
+        "{error}"
+    );
+    // Never silently replaced.
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "{\"clients\": [{\"username\": 5}]}"
+    );
+}
