@@ -270,3 +270,91 @@ async fn a_damaged_file_stops_the_start_naming_it() {
         "{\"clients\": [{\"username\": 5}]}"
     );
 }
+
+/// The admin API takes the same command documents: an admin changes, a viewer only
+/// reads, and a change applies to live connections at once.
+#[tokio::test]
+async fn the_admin_api_runs_the_same_commands() {
+    use crate::admin_http::request;
+
+    let dir = TempDir::new("dynsec-admin");
+    let file = init(&dir).await;
+    let admin_hash = midge_broker::auth::hash_password(b"secret").unwrap();
+    let viewer_hash = midge_broker::auth::hash_password(b"look").unwrap();
+    let users = dir.write(
+        "admin-users",
+        &format!("root:{admin_hash}\nwatcher:{viewer_hash}\n"),
+    );
+    let dynsec_file = file.clone();
+    let broker = broker_with(|c| {
+        c.auth.dynsec = Some(DynsecConfig {
+            file: dynsec_file,
+            iterations: 1000,
+        });
+        c.admin.password_file = Some(users);
+        c.admin.viewers = vec!["watcher".to_owned()];
+    })
+    .await;
+    let post = |login: (&'static str, &'static str), body: serde_json::Value| {
+        let addr = broker.admin();
+        async move {
+            let answer = request(
+                addr,
+                "POST",
+                "/api/v1/dynsec",
+                Some(login),
+                Some(body.to_string().as_bytes()),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            answer.json()["responses"].clone()
+        }
+    };
+    let root = ("root", "secret");
+    let watcher = ("watcher", "look");
+
+    let replies = post(
+        root,
+        serde_json::json!({"commands": [
+            {"command": "createRole", "rolename": "r", "acls": [
+                {"acltype": "subscribePattern", "topic": "t/#", "allow": true}]},
+            {"command": "createClient", "username": "carol", "password": "cpw",
+             "roles": [{"rolename": "r"}], "correlationData": "42"},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        replies,
+        serde_json::json!([
+            {"command": "createRole"},
+            {"command": "createClient", "correlationData": "42"},
+        ])
+    );
+    let (mut carol, _) = V3::connect_with(login(&broker, "carol-1", "carol", "cpw")).await;
+    carol.subscribe_ok("t/#", 0).await;
+
+    // A viewer reads; its changes are refused and change nothing.
+    let replies = post(
+        watcher,
+        serde_json::json!({"commands": [
+            {"command": "getRole", "rolename": "r"},
+            {"command": "disableClient", "username": "carol"},
+        ]}),
+    )
+    .await;
+    assert_eq!(replies[0]["data"]["role"]["acls"][0]["topic"], "t/#");
+    assert_eq!(replies[1]["error"], "Not authorized");
+    carol.subscribe_ok("t/x", 0).await;
+
+    // The admin disables carol: her live connection ends.
+    let replies = post(
+        root,
+        serde_json::json!({"commands": [{"command": "disableClient", "username": "carol"}]}),
+    )
+    .await;
+    assert!(replies[0].get("error").is_none(), "{replies}");
+    let _ = tokio::time::timeout(TIMEOUT, carol.closed())
+        .await
+        .expect("carol's connection was not closed after disableClient");
+    broker.shutdown().await;
+}
