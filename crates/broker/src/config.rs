@@ -1232,6 +1232,9 @@ mod tests {
         assert!(mqtts.crl.is_some());
         assert_eq!(config.auth.acl_leading_topics, AclLeadingTopics::Anonymous);
         assert_eq!(config.auth.order, DEFAULT_AUTH_ORDER);
+        let dynsec = config.auth.dynsec.as_ref().unwrap();
+        assert_eq!(dynsec.iterations, DynsecConfig::default().iterations);
+        assert!(dynsec.file.ends_with("dynamic-security.json"));
         let jwt = config.auth.jwt.as_ref().unwrap();
         assert_eq!(jwt.verify_claims.get("sub").map(String::as_str), Some("%u"));
         assert_eq!(jwt.acl_claim.as_deref(), Some("acl"));

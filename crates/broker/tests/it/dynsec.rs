@@ -358,3 +358,82 @@ async fn the_admin_api_runs_the_same_commands() {
         .expect("carol's connection was not closed after disableClient");
     broker.shutdown().await;
 }
+
+/// A dynsec file with `users` (name, password) and no roles, written by the test.
+fn dynsec_file(dir: &TempDir, users: &[(&str, &str)]) -> std::path::PathBuf {
+    use base64ct::Encoding;
+    let clients: Vec<serde_json::Value> = users
+        .iter()
+        .map(|(name, password)| {
+            let hash = midge_broker::auth::dynsec::Hashed::new(password.as_bytes(), 1000).unwrap();
+            serde_json::json!({
+                "username": name,
+                "password": base64ct::Base64::encode_string(&hash.hash),
+                "salt": base64ct::Base64::encode_string(&hash.salt),
+                "iterations": hash.iterations,
+            })
+        })
+        .collect();
+    dir.write(
+        "dynamic-security.json",
+        &serde_json::json!({ "clients": clients }).to_string(),
+    )
+}
+
+/// `[auth] order` with the password file and dynsec: the first that knows the user
+/// decides; a user only the password file knows may not send dynsec commands.
+#[tokio::test]
+async fn the_first_source_that_knows_the_user_decides() {
+    use midge_broker::config::AuthSource;
+
+    let dir = TempDir::new("dynsec-order");
+    let file = dynsec_file(&dir, &[("alice", "dynpass"), ("bob", "bobpass")]);
+    let hash = midge_broker::auth::hash_password(b"filepass").unwrap();
+    let passwd = dir.write("passwd", &format!("alice:{hash}\ncarol:{hash}\n"));
+    for (order, alice_ok, alice_refused) in [
+        (Vec::new(), "filepass", "dynpass"),
+        (
+            vec![AuthSource::Dynsec, AuthSource::PasswordFile],
+            "dynpass",
+            "filepass",
+        ),
+    ] {
+        let (file, passwd) = (file.clone(), passwd.clone());
+        let broker = broker_with(|c| {
+            c.auth.dynsec = Some(DynsecConfig {
+                file,
+                iterations: 1000,
+            });
+            c.auth.password_file = Some(passwd);
+            c.auth.order = order.clone();
+            c.auth.rate_limit.failures_burst = 0;
+        })
+        .await;
+        let code = |user: &'static str, password: &'static str| {
+            let broker = &broker;
+            async move { connack_for(broker, false, Some(user), Some(password.as_bytes())).await[3] }
+        };
+        assert_eq!(code("alice", alice_ok).await, 0, "{order:?}");
+        assert_eq!(code("alice", alice_refused).await, 4, "{order:?}");
+        assert_eq!(code("bob", "bobpass").await, 0, "{order:?}");
+        assert_eq!(code("carol", "filepass").await, 0, "{order:?}");
+        assert_eq!(code("nobody", "filepass").await, 4, "{order:?}");
+
+        // carol (password file only, no ACL file: every topic open) still may not send
+        // dynsec commands.
+        let (mut carol, _) = V3::connect_with(login(&broker, "carol-1", "carol", "filepass")).await;
+        let denied = broker.stats().publish_denied;
+        carol
+            .publish(
+                "$CONTROL/dynamic-security/v1",
+                1,
+                false,
+                r#"{"commands":[{"command":"deleteClient","username":"bob"}]}"#,
+            )
+            .await;
+        assert_eq!(broker.stats().publish_denied, denied + 1);
+        carol.publish("open/topic", 1, false, "fine").await;
+        assert_eq!(broker.stats().publish_denied, denied + 1);
+        broker.shutdown().await;
+    }
+}
