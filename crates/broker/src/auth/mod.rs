@@ -722,6 +722,10 @@ impl AccessControl {
         if let Some(dynsec) = self.dynsec_for(username) {
             return dynsec.subscribe_verdict(username, plain);
         }
+        if self.dynsec().is_some() && acl::intersects_filter(dynsec::CONTROL_FILTER, plain) {
+            // Replies to dynsec commands are for clients whose roles allow them.
+            return FilterVerdict::Denied;
+        }
         let Some(acl) = &self.inner.acl else {
             return FilterVerdict::Allowed;
         };
@@ -1025,6 +1029,39 @@ mod tests {
             );
         }
         config.auth.password_file = None;
+
+        // Dynamic security: clients with the default 10,000 iterations; the decoy for an
+        // unknown user has the count most clients have.
+        let dynsec_path = dir.join("dynamic-security.json");
+        let _ = std::fs::remove_file(&dynsec_path);
+        let dynsec = Dynsec::load(&crate::config::DynsecConfig {
+            file: dynsec_path,
+            ..Default::default()
+        })
+        .unwrap();
+        let made = dynsec.execute(
+            br#"{"commands":[{"command":"createClient","username":"dana","password":"pw"},
+                {"command":"createClient","username":"erin","password":"pw"},
+                {"command":"createClient","username":"off","password":"pw"},
+                {"command":"disableClient","username":"off"}]}"#,
+            "timing",
+            false,
+        );
+        assert!(made.changed);
+        let access = AccessControl::for_listener(
+            &config,
+            &ListenerConfig::default(),
+            LoginGuard::with_dynsec(&config, Default::default(), Some(dynsec)),
+        )
+        .unwrap();
+        let (good, ok) = median(&access, "dana", b"pw").await;
+        assert!(ok);
+        let (bad, _) = median(&access, "dana", b"wrong").await;
+        let (unknown, _) = median(&access, "nobody", b"pw").await;
+        let (disabled, _) = median(&access, "off", b"pw").await;
+        println!(
+            "dynsec pbkdf2 10000: known user right password {good} us, wrong password {bad} us, unknown user {unknown} us, disabled user {disabled} us"
+        );
 
         // JWT, HS256 with a secret and ES256 with a JWKS of two keys.
         let secret = "a shared secret of thirty-two bytes or more";

@@ -169,6 +169,13 @@ async fn mosquitto_ctrl_manages_clients_roles_and_live_subscriptions() {
     alice.subscribe_ok("data/#", 1).await;
     alice.subscribe_ok("fence/#", 1).await;
     let (mut bob, _) = V3::connect_with(login(&broker, "bob-1", "bob", "bobpw")).await;
+    // Bound to a client id, bob may log in with that one only.
+    ctrl(&broker, &["setClientId", "bob", "bob-1"]).await;
+    assert_eq!(
+        connack_for(&broker, false, Some("bob"), Some(b"bobpw")).await[3],
+        4,
+        "bob logged in with another client id"
+    );
     bob.publish("data/1", 1, false, "one").await;
     let got = alice.next_publish().await;
     assert_eq!(
@@ -434,6 +441,12 @@ async fn the_first_source_that_knows_the_user_decides() {
         assert_eq!(broker.stats().publish_denied, denied + 1);
         carol.publish("open/topic", 1, false, "fine").await;
         assert_eq!(broker.stats().publish_denied, denied + 1);
+        // Nor read their replies.
+        assert_eq!(
+            carol.subscribe("$CONTROL/#", 0).await,
+            [SubscribeReasonCode::Failure]
+        );
+        carol.subscribe_ok("open/#", 0).await;
         broker.shutdown().await;
     }
 }

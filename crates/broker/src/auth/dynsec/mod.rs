@@ -35,6 +35,8 @@ pub const COMMAND_TOPIC: &str = "$CONTROL/dynamic-security/v1";
 pub const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
 /// Topics only clients that dynsec decides for may publish to.
 pub const CONTROL_PREFIX: &str = "$CONTROL/dynamic-security/";
+/// The same topics as a filter: only clients that dynsec decides for may subscribe.
+pub const CONTROL_FILTER: &str = "$CONTROL/dynamic-security/#";
 
 /// MQTT commands waiting at most; beyond, a command is dropped and logged (only clients
 /// whose roles allow publishing to `$CONTROL/dynamic-security/#` get here).
