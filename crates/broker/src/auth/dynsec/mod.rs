@@ -251,12 +251,11 @@ impl Dynsec {
             } else {
                 // A failing command leaves the state as it was.
                 let mut trial = next.clone();
-                commands::apply(&mut trial, name, cmd, self.iterations).map(|done| {
-                    if done.changed {
-                        next = trial;
-                    }
-                    done
-                })
+                let applied = commands::apply(&mut trial, name, cmd, self.iterations);
+                if applied.as_ref().is_ok_and(|done| done.changed) {
+                    next = trial;
+                }
+                applied
             };
             match result {
                 Ok(done) => {
