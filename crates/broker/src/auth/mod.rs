@@ -3,10 +3,12 @@
 //!
 //! - Who may connect: a verified client certificate identity; else a user name and
 //!   password (or a token) checked by the backends in `[auth] order`, the first that
-//!   knows the user deciding: the password file ([`password`]), JWT ([`jwt`]), the HTTP
-//!   service ([`http`]); else the anonymous policy (by default: loopback clients only).
+//!   knows the user deciding: the password file ([`password`]), dynamic security
+//!   ([`dynsec`]), JWT ([`jwt`]), the HTTP service ([`http`]); else the anonymous policy
+//!   (by default: loopback clients only).
 //! - What they may do: the ACL file ([`acl`]) and the HTTP service's topic checks; deny
-//!   wins. A token's ACL claim, when it has one, decides alone for its connection.
+//!   wins. A token's ACL claim, when it has one, decides alone for its connection; so do
+//!   dynsec's roles for the users dynsec lists and for anonymous clients.
 //!   Without any of these, everything is allowed (the session machine itself keeps
 //!   clients out of `$SYS`).
 //! - Failed logins are rate limited per client address ([`limiter`]); password checks
