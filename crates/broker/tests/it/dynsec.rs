@@ -8,7 +8,7 @@ use rumqttc::SubscribeReasonCode;
 
 use crate::access_support::{TempDir, broker_with, connack_for};
 use crate::client::V3;
-use crate::harness::{TIMEOUT, TestBroker, qos4};
+use crate::harness::{TIMEOUT, TestBroker};
 use crate::interop_util::{Tool, require, run};
 
 /// Runs `mosquitto_ctrl` as the admin against `broker`; it must succeed and print no
@@ -205,6 +205,11 @@ async fn mosquitto_ctrl_manages_clients_roles_and_live_subscriptions() {
 
     // Disabled: the live connection is closed, and logging in again is refused.
     ctrl(&broker, &["disableClient", "alice"]).await;
+    let shown = ctrl(&broker, &["getClient", "alice"]).await;
+    assert!(
+        shown.contains("Disabled: true") && shown.contains("reader (priority: 5)"),
+        "{shown}"
+    );
     let _ = tokio::time::timeout(TIMEOUT, alice.closed())
         .await
         .expect("alice's connection was not closed after disableClient");
@@ -243,11 +248,19 @@ async fn mosquitto_ctrl_manages_clients_roles_and_live_subscriptions() {
         alice.subscribe("data/#", 0).await,
         [SubscribeReasonCode::Failure]
     );
+    // mosquitto_ctrl's form of setDefaultACLAccess: with no ACL about data/#, the default
+    // now allows it.
+    ctrl(&broker, &["setDefaultACLAccess", "subscribe", "allow"]).await;
+    let defaults = ctrl(&broker, &["getDefaultACLAccess"]).await;
+    assert!(
+        defaults.contains("subscribe            : allow"),
+        "{defaults}"
+    );
+    alice.subscribe_ok("data/#", 0).await;
     assert_eq!(
         connack_for(&broker, false, Some("alice"), Some(b"wrong")).await[3],
         4
     );
-    let _ = qos4(0);
     broker.shutdown().await;
 }
 

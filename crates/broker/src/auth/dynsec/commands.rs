@@ -172,10 +172,14 @@ pub(super) fn apply(
                     .get("acltype")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                let allow = acl
-                    .get("allow")
-                    .and_then(Value::as_bool)
-                    .ok_or("Invalid allow")?;
+                // The plugin's documents say `"allow": true`; mosquitto_ctrl 2.0 sends
+                // `"access": "allow"`.
+                let allow = match (acl.get("allow"), acl.get("access").and_then(Value::as_str)) {
+                    (Some(Value::Bool(b)), _) => *b,
+                    (None, Some("allow")) => true,
+                    (None, Some("deny")) => false,
+                    _ => return Err("Invalid allow".into()),
+                };
                 if !next.set(kind, allow) {
                     return Err("Invalid acltype".into());
                 }
