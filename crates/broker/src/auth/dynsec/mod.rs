@@ -38,8 +38,9 @@ pub const CONTROL_PREFIX: &str = "$CONTROL/dynamic-security/";
 /// The same topics as a filter: only clients that dynsec decides for may subscribe.
 pub const CONTROL_FILTER: &str = "$CONTROL/dynamic-security/#";
 
-/// MQTT commands waiting at most; beyond, a command is dropped and logged (only clients
-/// whose roles allow publishing to `$CONTROL/dynamic-security/#` get here).
+/// MQTT command documents waiting at most; beyond, a document is answered at once with
+/// an error instead of running (only clients whose roles allow publishing to
+/// `$CONTROL/dynamic-security/v1` get here).
 const MAX_QUEUED: usize = 1024;
 
 /// What a command document did.
@@ -300,21 +301,35 @@ impl Dynsec {
         caller: String,
         done: impl FnOnce(Outcome) + Send + 'static,
     ) {
-        let start = {
+        let job = Job {
+            payload,
+            caller,
+            done: Box::new(done),
+        };
+        let queued = {
             let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if queue.jobs.len() >= MAX_QUEUED {
+            if queue.jobs.len() < MAX_QUEUED {
+                queue.jobs.push_back(job);
+                Ok(!std::mem::replace(&mut queue.running, true))
+            } else {
+                Err(job)
+            }
+        };
+        let start = match queued {
+            Ok(start) => start,
+            Err(job) => {
                 tracing::warn!(
-                    caller,
-                    "dynamic security command dropped: {MAX_QUEUED} commands already waiting"
+                    caller = job.caller,
+                    "dynamic security commands refused: {MAX_QUEUED} documents already waiting"
                 );
+                let response = json!({"responses": [
+                    {"command": "Unknown command", "error": "Too many commands waiting"}]});
+                (job.done)(Outcome {
+                    response: response.to_string().into_bytes(),
+                    changed: false,
+                });
                 return;
             }
-            queue.jobs.push_back(Job {
-                payload,
-                caller,
-                done: Box::new(done),
-            });
-            !std::mem::replace(&mut queue.running, true)
         };
         if start {
             let me = self.clone();

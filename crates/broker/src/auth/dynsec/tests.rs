@@ -415,3 +415,42 @@ async fn submitted_commands_run_in_order() {
         19
     );
 }
+
+/// A full queue answers at once with an error rather than dropping a document silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_with_an_error() {
+    let dynsec = dynsec_with("{}");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let total = MAX_QUEUED + 50;
+    let refused = {
+        // Commands wait for the writer lock: the queue fills.
+        let _writer = dynsec.writer.lock().unwrap();
+        for _ in 0..total {
+            let tx = tx.clone();
+            let doc = json!({"commands": [{"command": "getDefaultACLAccess"}]});
+            dynsec.submit(doc.to_string().into_bytes(), "t".into(), move |o| {
+                let _ = tx.send(o);
+            });
+        }
+        let mut refused = 0;
+        while let Ok(outcome) = rx.try_recv() {
+            let text = String::from_utf8_lossy(&outcome.response).into_owned();
+            assert!(text.contains("Too many commands waiting"), "{text}");
+            refused += 1;
+        }
+        // One document may already have left the queue for the blocked drainer.
+        assert!((49..=50).contains(&refused), "{refused}");
+        refused
+    };
+    for _ in 0..total - refused {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&outcome.response).into_owned();
+        assert!(
+            text.contains("publishClientSend") && !text.contains("error"),
+            "{text}"
+        );
+    }
+}
