@@ -871,6 +871,19 @@ where
                 Ok(Dispatch::Authorize(Pending::Publish(resolved)))
             }
             Packet::Subscribe(subscribe) => Ok(Dispatch::Authorize(Pending::Subscribe(subscribe))),
+            Packet::Unsubscribe(unsubscribe) if self.listener.access.checks_unsubscribe() => {
+                let access = &self.listener.access;
+                let allowed: Vec<bool> = (unsubscribe.filters.iter())
+                    .map(|f| access.authorize_unsubscribe(session.username(), f))
+                    .collect();
+                session.unsubscribe_authorized(
+                    unsubscribe,
+                    &allowed,
+                    &*self.broker,
+                    &mut self.wbuf,
+                );
+                Ok(Dispatch::Handled(Flow::Continue))
+            }
             other => session
                 .handle(other, &*self.broker, &mut self.wbuf)
                 .map(Dispatch::Handled),

@@ -707,6 +707,23 @@ impl AccessControl {
             .grant(client_id)
     }
 
+    /// Whether UNSUBSCRIBE is checked: dynamic security has unsubscribe ACLs.
+    pub fn checks_unsubscribe(&self) -> bool {
+        self.dynsec().is_some()
+    }
+
+    /// May this client unsubscribe from `filter`? Only dynamic security says no (its
+    /// `unsubscribeLiteral`/`unsubscribePattern` ACLs, else `defaultACLAccess`); a
+    /// `$share/{group}/` prefix is set aside.
+    pub fn authorize_unsubscribe(&self, username: Option<&str>, filter: &str) -> bool {
+        let plain = match topic::parse_shared(filter) {
+            Ok(Some(shared)) => shared.filter,
+            _ => filter,
+        };
+        self.dynsec_for(username)
+            .is_none_or(|d| d.may_unsubscribe(username, plain))
+    }
+
     /// The ACL file's part of [`AccessControl::authorize_subscribe`].
     pub fn authorize_subscribe_now(
         &self,

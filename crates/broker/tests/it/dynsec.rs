@@ -168,6 +168,39 @@ async fn mosquitto_ctrl_manages_clients_roles_and_live_subscriptions() {
     ctrl(&broker, &["addClientRole", "alice", "reader", "5"]).await;
     alice.subscribe_ok("data/#", 1).await;
     alice.subscribe_ok("fence/#", 1).await;
+    // An unsubscribe ACL that denies: MQTT 3 gets its UNSUBACK, but the subscription
+    // stays (the fence message below still arrives); MQTT 5 is told 0x87.
+    ctrl(
+        &broker,
+        &[
+            "addRoleACL",
+            "reader",
+            "unsubscribePattern",
+            "fence/#",
+            "deny",
+        ],
+    )
+    .await;
+    alice.unsubscribe("fence/#").await;
+    let mut options = crate::client::V5::options(&broker, "alice-v5");
+    options.set_credentials("alice", "alicepw");
+    let (mut alice5, _) = crate::client::V5::connect_with(options).await;
+    alice5.subscribe_ok("fence/#", 0).await;
+    alice5
+        .client
+        .unsubscribe("fence/#")
+        .await
+        .expect("request queued");
+    loop {
+        if let rumqttc::v5::mqttbytes::v5::Packet::UnsubAck(ack) = alice5.incoming().await {
+            assert_eq!(
+                ack.reasons,
+                [rumqttc::v5::mqttbytes::v5::UnsubAckReason::NotAuthorized]
+            );
+            break;
+        }
+    }
+    drop(alice5);
     let (mut bob, _) = V3::connect_with(login(&broker, "bob-1", "bob", "bobpw")).await;
     // Bound to a client id, bob may log in with that one only.
     ctrl(&broker, &["setClientId", "bob", "bob-1"]).await;

@@ -198,6 +198,12 @@ impl Dynsec {
             .allows(username, AclType::PublishClientReceive, topic)
     }
 
+    /// `unsubscribeLiteral`/`unsubscribePattern`.
+    pub fn may_unsubscribe(&self, username: Option<&str>, filter: &str) -> bool {
+        self.snapshot()
+            .allows(username, AclType::UnsubscribePattern, filter)
+    }
+
     /// `subscribeLiteral`/`subscribePattern`, then whether every topic under the filter
     /// may be received.
     pub fn subscribe_verdict(&self, username: Option<&str>, filter: &str) -> FilterVerdict {
