@@ -62,32 +62,25 @@ fn priority(cmd: &Map<String, Value>) -> Result<i64, String> {
     }
 }
 
-/// `count` and `offset` of the list commands (`count` -1: all).
-fn page(cmd: &Map<String, Value>, names: Vec<&String>, full: impl Fn(&str) -> Value) -> Value {
-    let count = cmd.get("count").and_then(Value::as_i64).unwrap_or(-1);
-    let offset = cmd
-        .get("offset")
-        .and_then(Value::as_i64)
-        .unwrap_or(0)
-        .max(0) as usize;
+/// A list command's reply: `{"totalCount": N, key: [...]}`, the names (or, with
+/// `verbose`, the whole objects) from `offset`, `count` of them (-1: all).
+fn page(
+    cmd: &Map<String, Value>,
+    key: &str,
+    names: Vec<&String>,
+    full: impl Fn(&str) -> Value,
+) -> Value {
+    let number = |k: &str, default: i64| cmd.get(k).and_then(Value::as_i64).unwrap_or(default);
+    let offset = usize::try_from(number("offset", 0)).unwrap_or(0);
+    let take = usize::try_from(number("count", -1)).unwrap_or(usize::MAX);
     let verbose = cmd.get("verbose").and_then(Value::as_bool).unwrap_or(false);
-    let take = if count < 0 {
-        usize::MAX
-    } else {
-        count as usize
-    };
     let items: Vec<Value> = names
         .iter()
         .skip(offset)
         .take(take)
         .map(|n| if verbose { full(n) } else { json!(n) })
         .collect();
-    json!({"totalCount": names.len(), "items": items})
-}
-
-fn listed(key: &str, mut paged: Value) -> Value {
-    let items = paged["items"].take();
-    json!({"totalCount": paged["totalCount"], key: items})
+    json!({"totalCount": names.len(), key: items})
 }
 
 /// The roles of a `roles` list in a command, each of which must exist.
@@ -282,8 +275,10 @@ pub(super) fn apply(
         }
         "listClients" => {
             let names: Vec<&String> = state.clients.keys().collect();
-            let paged = page(cmd, names, |n| state.client_json(n, &state.clients[n]));
-            data(listed("clients", paged))
+            let paged = page(cmd, "clients", names, |n| {
+                state.client_json(n, &state.clients[n])
+            });
+            data(paged)
         }
         "addClientRole" => {
             let username = string(cmd, "username")?;
@@ -390,12 +385,12 @@ pub(super) fn apply(
         }
         "listGroups" => {
             let names: Vec<&String> = state.groups.keys().collect();
-            let paged = page(cmd, names, |n| {
+            let paged = page(cmd, "groups", names, |n| {
                 let mut obj = state.group_json(n, &state.groups[n]);
                 obj.insert("clients".into(), state.group_clients(n));
                 Value::Object(obj)
             });
-            data(listed("groups", paged))
+            data(paged)
         }
         "addGroupClient" => {
             let groupname = string(cmd, "groupname")?;
@@ -506,8 +501,10 @@ pub(super) fn apply(
         }
         "listRoles" => {
             let names: Vec<&String> = state.roles.keys().collect();
-            let paged = page(cmd, names, |n| Value::Object(role_json(n, &state.roles[n])));
-            data(listed("roles", paged))
+            let paged = page(cmd, "roles", names, |n| {
+                Value::Object(role_json(n, &state.roles[n]))
+            });
+            data(paged)
         }
         "addRoleACL" => {
             let rolename = string(cmd, "rolename")?;
