@@ -651,7 +651,9 @@ where
                 Wait::Mailbox => {
                     woken = true;
                     if mailbox.take_recheck() {
-                        if self.listener.access.revoked(session.username()) {
+                        if (self.listener.access)
+                            .revoked(session.username(), totals.connected_at_ms)
+                        {
                             tracing::info!(client_id = %session.client_id(), peer = %self.peer, "connection closed: dynamic security disabled or deleted its client");
                             session.disconnect_packet(
                                 ReasonCode::ADMINISTRATIVE_ACTION,

@@ -378,9 +378,9 @@ impl AccessControl {
 
     /// Whether a connection logged in as `username` must be closed: dynamic security
     /// disabled or deleted its client.
-    pub fn revoked(&self, username: Option<&str>) -> bool {
+    pub fn revoked(&self, username: Option<&str>, connected_at_ms: u64) -> bool {
         match (self.dynsec(), username) {
-            (Some(d), Some(u)) => d.revoked(u),
+            (Some(d), Some(u)) => d.revoked(u, connected_at_ms),
             _ => false,
         }
     }

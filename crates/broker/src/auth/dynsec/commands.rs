@@ -208,7 +208,7 @@ pub(super) fn apply(
         "deleteClient" => {
             let username = string(cmd, "username")?;
             state.clients.remove(&username).ok_or("Client not found")?;
-            state.deleted.insert(username);
+            state.deleted.insert(username, crate::model::now_millis());
             done(true)
         }
         "setClientId" => {

@@ -170,13 +170,18 @@ impl Dynsec {
         }
     }
 
-    /// Whether a connection logged in as `username` must go: the client was disabled or
-    /// deleted.
-    pub fn revoked(&self, username: &str) -> bool {
+    /// Whether a connection logged in as `username` at `connected_at_ms` (wall clock)
+    /// must go: the client is disabled, or was deleted after that connection was made (as
+    /// the plugin kicks clients by user name; a later login of that name, which another
+    /// source decided, stays).
+    pub fn revoked(&self, username: &str, connected_at_ms: u64) -> bool {
         let state = self.snapshot();
         match state.clients.get(username) {
             Some(c) => c.disabled,
-            None => state.deleted.contains(username),
+            None => state
+                .deleted
+                .get(username)
+                .is_some_and(|at| connected_at_ms <= *at),
         }
     }
 

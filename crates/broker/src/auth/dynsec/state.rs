@@ -7,7 +7,7 @@
 //! count, in priority order; the first whose topic matches decides (allow or deny).
 //! When none matches, `defaultACLAccess` decides.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use base64ct::{Base64, Encoding};
 use serde_json::{Map, Value, json};
@@ -318,8 +318,9 @@ pub struct State {
     pub default_access: DefaultAccess,
     /// `anonymousGroup`: the group whose roles apply to anonymous clients.
     pub anonymous_group: Option<String>,
-    /// User names deleted since start: their connections are closed (not in the file).
-    pub deleted: HashSet<String>,
+    /// User names deleted since start, with when (wall-clock ms): connections made
+    /// before then are closed (not in the file).
+    pub deleted: HashMap<String, u64>,
 }
 
 /// What is wrong with a dynamic-security file.

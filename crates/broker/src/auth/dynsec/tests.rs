@@ -281,29 +281,33 @@ fn disabled_and_deleted_clients_are_revoked() {
         &dynsec,
         json!([{"command": "createClient", "username": "u", "password": "p"}]),
     );
-    assert!(!dynsec.revoked("u"));
+    let before = crate::model::now_millis();
+    assert!(!dynsec.revoked("u", before));
     ok(
         &dynsec,
         json!([{"command": "disableClient", "username": "u"}]),
     );
-    assert!(dynsec.revoked("u") && dynsec.login("u").unwrap().disabled);
+    assert!(dynsec.revoked("u", before) && dynsec.login("u").unwrap().disabled);
     ok(
         &dynsec,
         json!([{"command": "enableClient", "username": "u"}]),
     );
-    assert!(!dynsec.revoked("u"));
+    assert!(!dynsec.revoked("u", before));
     ok(
         &dynsec,
         json!([{"command": "deleteClient", "username": "u"}]),
     );
-    assert!(dynsec.revoked("u") && dynsec.login("u").is_none());
-    // A name dynsec never had is not revoked (another source may know it).
-    assert!(!dynsec.revoked("someone"));
+    assert!(dynsec.revoked("u", before) && dynsec.login("u").is_none());
+    // A login of that name after the deletion (another source knows it) stays.
+    let deleted_at = dynsec.snapshot().deleted["u"];
+    assert!(!dynsec.revoked("u", deleted_at + 1));
+    // A name dynsec never had is not revoked.
+    assert!(!dynsec.revoked("someone", before));
     ok(
         &dynsec,
         json!([{"command": "createClient", "username": "u", "password": "p"}]),
     );
-    assert!(!dynsec.revoked("u"));
+    assert!(!dynsec.revoked("u", before));
     let hash = dynsec.login("u").unwrap().password.unwrap();
     assert!(hash.verify(b"p") && hash.iterations == 10);
     // The decoy costs what most clients' checks cost.
