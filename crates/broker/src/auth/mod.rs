@@ -441,8 +441,12 @@ impl AccessControl {
         }
         if !self.checks_passwords() {
             // Nothing can check a password: the name is only a name, and the anonymous
-            // policy decides (as Mosquitto does without a password file).
-            return if self.anonymous_allowed(&credentials.peer) {
+            // policy decides (as Mosquitto does without a password file). But a dynsec
+            // client's name carries its roles: unchecked, it would lend them to anyone.
+            let dynsec_name = credentials
+                .username
+                .is_some_and(|u| self.dynsec().is_some_and(|d| d.knows(u)));
+            return if self.anonymous_allowed(&credentials.peer) && !dynsec_name {
                 Ok(Identity::named(credentials.username))
             } else {
                 Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
@@ -961,6 +965,46 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// A listener whose order leaves dynsec (and every password check) out must not let
+    /// a dynsec client's name in unchecked: its roles would come with it.
+    #[tokio::test]
+    async fn an_unchecked_name_cannot_borrow_a_dynsec_clients_roles() {
+        let dir = std::env::temp_dir().join(format!("midge-unchecked-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dynamic-security.json");
+        std::fs::write(&file, include_str!("dynsec/init-fixture.json")).unwrap();
+        let mut config = Config::default();
+        config.auth.allow_anonymous = Some(true);
+        config.auth.order = vec![AuthSource::PasswordFile];
+        let dynsec = Dynsec::load(&crate::config::DynsecConfig {
+            file,
+            iterations: 10,
+        })
+        .unwrap();
+        let access = AccessControl::for_listener(
+            &config,
+            &ListenerConfig::default(),
+            LoginGuard::with_dynsec(&config, Default::default(), Some(dynsec)),
+        )
+        .unwrap();
+        let as_user = |username| Credentials {
+            username: Some(username),
+            ..credentials("127.0.0.1:5000")
+        };
+        assert_eq!(
+            access.authenticate(&as_user("admin")).await,
+            Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+        );
+        let other = access.authenticate(&as_user("someone")).await.unwrap();
+        assert_eq!(other.username.as_deref(), Some("someone"));
+        assert!(!access.authorize_publish_now(
+            "c",
+            Some("someone"),
+            "$CONTROL/dynamic-security/v1"
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
