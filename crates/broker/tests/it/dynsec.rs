@@ -386,6 +386,36 @@ async fn the_admin_api_runs_the_same_commands() {
     let (mut carol, _) = V3::connect_with(login(&broker, "carol-1", "carol", "cpw")).await;
     carol.subscribe_ok("t/#", 0).await;
 
+    // publishClientReceive: the subscription stands, and each delivery is checked.
+    let replies = post(
+        root,
+        serde_json::json!({"commands": [
+            {"command": "addRoleACL", "rolename": "r", "acltype": "publishClientReceive",
+             "topic": "t/secret", "allow": false},
+            {"command": "createRole", "rolename": "w", "acls": [
+                {"acltype": "publishClientSend", "topic": "t/#", "allow": true}]},
+            {"command": "createClient", "username": "dave", "password": "dpw",
+             "roles": [{"rolename": "w"}]},
+        ]}),
+    )
+    .await;
+    assert!(
+        replies
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("error").is_none()),
+        "{replies}"
+    );
+    let (mut dave, _) = V3::connect_with(login(&broker, "dave-1", "dave", "dpw")).await;
+    dave.publish("t/secret", 1, false, "hidden").await;
+    dave.publish("t/open", 1, false, "shown").await;
+    let got = carol.next_publish().await;
+    assert_eq!(
+        got.topic, "t/open",
+        "a delivery the receive ACL denies arrived"
+    );
+
     // A viewer reads; its changes are refused and change nothing.
     let replies = post(
         watcher,
@@ -395,7 +425,17 @@ async fn the_admin_api_runs_the_same_commands() {
         ]}),
     )
     .await;
-    assert_eq!(replies[0]["data"]["role"]["acls"][0]["topic"], "t/#");
+    let acls = replies[0]["data"]["role"]["acls"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        acls.contains(
+            &serde_json::json!({"acltype": "subscribePattern", "topic": "t/#",
+            "priority": -1, "allow": true})
+        ),
+        "{acls:?}"
+    );
     assert_eq!(replies[1]["error"], "Not authorized");
     carol.subscribe_ok("t/x", 0).await;
 
