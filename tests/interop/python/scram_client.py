@@ -90,7 +90,8 @@ class Conn:
             self.buf += chunk
 
     def recv(self):
-        """The next packet as (type, reason, properties), or None once the broker closed."""
+        """The next packet as (type, reason, properties), None once the broker closed, or
+        "timeout"."""
         try:
             self._need(2)
             length, shift, i = 0, 0, 1
@@ -103,7 +104,9 @@ class Conn:
                 if not byte & 0x80:
                     break
             self._need(i + length)
-        except (EOFError, ConnectionResetError, socket.timeout):
+        except socket.timeout:
+            return "timeout"
+        except (EOFError, ConnectionResetError):
             return None
         kind = self.buf[0] >> 4
         body = self.buf[i:i + length]
@@ -115,6 +118,13 @@ class Conn:
                 return kind, 0, {}
             return kind, body[0], parse_properties(body[1:]) if len(body) > 1 else {}
         return kind, None, {}
+
+    def recv_within(self, seconds):
+        self.sock.settimeout(seconds)
+        try:
+            return self.recv()
+        finally:
+            self.sock.settimeout(WAIT)
 
     def closed(self):
         """True when the broker closes without sending anything more."""
@@ -166,6 +176,8 @@ def parse_properties(data):
 def describe(got):
     if got is None:
         return {"closed": True}
+    if got == "timeout":
+        return {"timeout": True}
     kind, reason, props = got
     return {
         "type": kind,
@@ -184,7 +196,16 @@ def tamper(client_final):
     return head + ",p=" + base64.b64encode(bytes(raw)).decode()
 
 
-def exchange(conn, method, client, first_packet, bad_proof, final_reason):
+# Instead of the client-final message (--instead): what a misbehaving client sends.
+INSTEAD = {
+    "ping": lambda method: b"\xc0\x00",
+    "auth-0x19": lambda method: auth(0x19, method, b"n,,n=user,r=abcdefghijkl"),
+    "other-method": lambda method: auth(0x18, "SCRAM-SHA-1", b"c=biws,r=x,p=AAAA"),
+    "stall": lambda method: b"",
+}
+
+
+def exchange(conn, method, client, first_packet, bad_proof, final_reason, instead=None):
     """One SCRAM exchange after `first_packet` (CONNECT or AUTH 0x19) went out: returns
     the steps seen; the last is the final answer (CONNACK, AUTH 0x00 or DISCONNECT)."""
     steps = []
@@ -192,6 +213,12 @@ def exchange(conn, method, client, first_packet, bad_proof, final_reason):
     got = conn.recv()
     steps.append(describe(got))
     if got is None or got[0] != AUTH:
+        return steps
+    if instead is not None:
+        started = time.monotonic()
+        conn.send(INSTEAD[instead](method))
+        steps.append(describe(conn.recv_within(WAIT * 2)))
+        steps[-1]["after_s"] = round(time.monotonic() - started, 1)
         return steps
     client.set_server_first(got[2][0x16].decode())
     final = client.get_client_final()
@@ -232,14 +259,14 @@ def login(args):
         first = "p=tls-unique" + first[1:]
     result = {"connect": exchange(conn, args.method, client,
                                   connect(args.method, first.encode(), args.connect_user),
-                                  args.bad_proof, None)}
+                                  args.bad_proof, None, args.instead)}
     last = result["connect"][-1]
     if last.get("type") == CONNACK and last["reason"] == 0:
         for password in args.reauth or []:
             client = ScramClient([args.method], args.user, password)
             method = args.reauth_method or args.method
             first = auth(0x19, method, client.get_client_first().encode())
-            steps = exchange(conn, method, client, first, False, 0)
+            steps = exchange(conn, method, client, first, False, 0, args.reauth_instead)
             if steps[-1].get("type") == AUTH:
                 # Re-authenticated: the connection goes on.
                 conn.send(b"\xc0\x00")
@@ -328,6 +355,8 @@ def main():
             s.add_argument("--channel-binding", action="store_true")
             s.add_argument("--reauth", action="append")
             s.add_argument("--reauth-method")
+            s.add_argument("--instead", choices=sorted(INSTEAD))
+            s.add_argument("--reauth-instead", choices=sorted(INSTEAD))
         else:
             s.add_argument("--count", type=int, default=200)
     for name in ("v3-auth", "auth-without-method", "auth-first"):

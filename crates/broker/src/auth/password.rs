@@ -577,6 +577,67 @@ carol:$6$/gLxeBsT5Y7K/1z7$ODQfQYx1PvVTVm9apNA4E8NjmvmTKvKfdmxWk1w5S4vG0sojq8C+50
     }
 
     #[test]
+    fn mosquitto_pbkdf2_lines_are_scram_sha_512_keys() {
+        let file = parse(MOSQUITTO).unwrap();
+        let alice = file.scram_keys(Mechanism::Sha512, "alice");
+        assert!(alice.genuine && alice.listed);
+        let salt = Base64::decode_vec("7uMu3Vpxl+R6GBp2").unwrap();
+        let expected = StoredKeys::from_password(Mechanism::Sha512, b"secret1", &salt, 101);
+        assert_eq!(alice.keys, expected);
+        // $7$ holds nothing for SHA-256, and $6$ nothing for either.
+        assert!(!file.offers_scram(Mechanism::Sha256));
+        assert!(file.offers_scram(Mechanism::Sha512));
+        let carol = file.scram_keys(Mechanism::Sha512, "carol");
+        assert!(!carol.genuine && carol.listed);
+    }
+
+    #[test]
+    fn scram_lines_check_plain_passwords_and_unknown_names_get_decoys_alike() {
+        let entry = super::super::scram::scram_entry(b"pw", Some(4096)).unwrap();
+        let text = format!("{MOSQUITTO}erin:{entry}\n");
+        let file = parse(&text).unwrap();
+        assert!(file.verify("erin", b"pw"));
+        assert!(!file.verify("erin", b"pW"));
+        for mechanism in Mechanism::ALL {
+            let erin = file.scram_keys(mechanism, "erin");
+            assert!(erin.genuine, "{mechanism:?}");
+            let nobody = file.scram_keys(mechanism, "nobody");
+            assert!(!nobody.genuine && !nobody.listed);
+            assert_eq!(
+                nobody.keys,
+                file.scram_keys(mechanism, "nobody").keys,
+                "the same decoy each time"
+            );
+            assert_eq!(
+                nobody.keys.salt.len(),
+                erin.keys.salt.len(),
+                "{mechanism:?}"
+            );
+        }
+        // SHA-512 decoys take the most common shape: two lines of 4096, one of 101.
+        let more = format!(
+            "{text}frank:{}\n",
+            super::super::scram::scram_entry(b"pw2", Some(4096)).unwrap()
+        );
+        let file = parse(&more).unwrap();
+        assert_eq!(
+            file.scram_keys(Mechanism::Sha512, "nobody").keys.iterations,
+            4096
+        );
+        // A SCRAM line costs a verification class of its own, for every name.
+        let unknown = work_of(|| assert!(!file.verify("nobody", b"pw")));
+        assert_eq!(work_of(|| assert!(file.verify("erin", b"pw"))), unknown);
+        assert_eq!(unknown.len(), 3, "{unknown:?}");
+        for bad in [
+            "e:SCRAM-SHA-256$4096:c2FsdA==$AAAA:AAAA\n",
+            "e:SCRAM-SHA-999$4096:c2FsdA==$AAAA:AAAA\n",
+            &format!("e:{entry},{entry}\n"),
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn hashes_stay_out_of_debug_output() {
         let file = parse(MOSQUITTO).unwrap();
         let debug = format!("{file:?}");

@@ -333,6 +333,74 @@ async fn auth_out_of_place_closes_the_connection() {
     broker.shutdown().await;
 }
 
+/// Between CONNECT and CONNACK only AUTH 0x18 with CONNECT's method (or DISCONNECT) may
+/// come [MQTT-3.1.2-30] [MQTT-4.12.0-3] [MQTT-4.12.0-5]: anything else is refused with
+/// CONNACK 0x82. A client that stops answering is closed at the CONNECT deadline; one
+/// that leaves a re-authentication unfinished gets DISCONNECT 0x87 after as long.
+#[tokio::test]
+async fn misbehaving_clients_and_deadlines() {
+    let dir = TempDir::new("scram-misbehave");
+    let file = passwords(&dir);
+    let broker = broker_with(|c| {
+        c.auth.password_file = Some(file);
+        c.mqtt.connect_timeout_secs = 1;
+    })
+    .await;
+    for instead in ["ping", "auth-0x19", "other-method"] {
+        let result = login(
+            &broker,
+            SHA256,
+            "alice",
+            "wonderland",
+            &["--instead", instead],
+        )
+        .await;
+        assert_eq!(connack(&result)["reason"], 0x82, "{instead}: {result}");
+    }
+    let stalled = login(
+        &broker,
+        SHA256,
+        "alice",
+        "wonderland",
+        &["--instead", "stall"],
+    )
+    .await;
+    let last = &stalled["connect"][1];
+    assert_eq!(last["closed"], true, "{stalled}");
+    assert!(last["after_s"].as_f64().unwrap() <= 2.0, "{stalled}");
+
+    let shared = &broker;
+    let reauth = |instead| {
+        let args = ["--reauth", "wonderland", "--reauth-instead", instead];
+        async move { login(shared, SHA256, "alice", "wonderland", &args).await }
+    };
+    // A second re-authentication while one is in progress.
+    let twice = reauth("auth-0x19").await;
+    let step = &twice["reauth"][0][1];
+    assert_eq!(
+        (&step["type"], &step["reason"]),
+        (&DISCONNECT.into(), &0x82.into()),
+        "{twice}"
+    );
+    let other = reauth("other-method").await;
+    let step = &other["reauth"][0][1];
+    assert_eq!(
+        (&step["type"], &step["reason"]),
+        (&DISCONNECT.into(), &0x82.into()),
+        "{other}"
+    );
+    let stalled = reauth("stall").await;
+    let step = &stalled["reauth"][0][1];
+    assert_eq!(
+        (&step["type"], &step["reason"]),
+        (&DISCONNECT.into(), &0x87.into()),
+        "{stalled}"
+    );
+    let after = step["after_s"].as_f64().unwrap();
+    assert!((0.8..=2.5).contains(&after), "{stalled}");
+    broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn failed_scram_logins_count_against_the_address_and_in_metrics() {
     let dir = TempDir::new("scram-limit");
