@@ -244,6 +244,34 @@ async fn a_file_made_by_mosquitto_passwd_serves_scram_sha_512_only() {
     broker.shutdown().await;
 }
 
+/// SCRAM is answered by the password file only: a listener without one (JWT or HTTP
+/// alone, or anonymous), or whose `[auth] order` leaves it out, does not offer it (0x8C),
+/// whoever the user.
+#[tokio::test]
+async fn scram_is_offered_only_where_the_password_file_answers() {
+    let dir = TempDir::new("scram-offered");
+    let file = passwords(&dir);
+    let anonymous = broker_with(|c| c.auth.allow_anonymous = Some(true)).await;
+    let jwt_first = broker_with(|c| {
+        c.auth.password_file = Some(file);
+        c.auth.jwt = Some(midge_broker::config::JwtConfig {
+            secret: Some("a shared secret of thirty-two bytes or more".into()),
+            ..Default::default()
+        });
+        c.auth.order = vec![midge_broker::config::AuthSource::Jwt];
+    })
+    .await;
+    for broker in [&anonymous, &jwt_first] {
+        for user in ["alice", "mallory"] {
+            let result = login(broker, SHA256, user, "wonderland", &[]).await;
+            assert_eq!(result["connect"].as_array().unwrap().len(), 1, "{result}");
+            assert_eq!(connack(&result)["reason"], 0x8C, "{result}");
+        }
+    }
+    anonymous.shutdown().await;
+    jwt_first.shutdown().await;
+}
+
 #[tokio::test]
 async fn reauthentication_good_then_bad_and_with_another_method() {
     let dir = TempDir::new("scram-reauth");
