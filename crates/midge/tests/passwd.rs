@@ -138,3 +138,74 @@ fn passwd_refuses_mistakes_with_a_message() {
     assert!(!output.status.success());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `midge passwd --scram` writes an entry that serves SCRAM-SHA-256 and SCRAM-SHA-512
+/// (driven by Python scramp through tests/interop/python/scram_client.py) and plain
+/// passwords alike.
+#[tokio::test]
+async fn passwd_scram_entries_serve_both_hashes_and_plain_passwords() {
+    let dir = temp_dir("scram");
+    let file = dir.join("passwords");
+    let f = file.to_str().unwrap();
+    passwd(&[
+        "-c",
+        "-b",
+        "--scram",
+        "--iterations",
+        "4096",
+        f,
+        "erin",
+        "s3cret",
+    ]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("erin:SCRAM-SHA-256$4096:") && text.contains(",SCRAM-SHA-512$4096:"),
+        "{text}"
+    );
+    let output = midge(&[
+        "passwd",
+        "-b",
+        "--scram",
+        "--iterations",
+        "100",
+        f,
+        "x",
+        "pw",
+    ]);
+    assert!(!output.status.success(), "too few iterations are refused");
+
+    let server = start_broker(&file).await;
+    let addr = server.local_addrs()[0];
+    assert_eq!(connect_code(addr, "erin", "s3cret").await, 0);
+    assert_eq!(connect_code(addr, "erin", "s3creT").await, 4);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/python/scram_client.py")
+        .display()
+        .to_string();
+    for method in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        for (password, reason) in [("s3cret", 0), ("s3creT", 0x86)] {
+            let mut child = tokio::process::Command::new("python3");
+            child.args([&script, "--port", &addr.port().to_string(), "login"]);
+            child.args(["--method", method, "--user", "erin", "--password", password]);
+            child.kill_on_drop(true);
+            let out = tokio::time::timeout(Duration::from_secs(30), child.output())
+                .await
+                .expect("scram_client.py in time")
+                .expect("python3 with scramp (scripts/test-deps.sh)");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            let connack = &result["connect"][1];
+            assert_eq!(connack["reason"], reason, "{method}: {result}");
+            if reason == 0 {
+                assert_eq!(connack["verified"], true, "{method}: {result}");
+            }
+        }
+    }
+    server.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

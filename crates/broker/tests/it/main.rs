@@ -37,6 +37,7 @@ mod passwords;
 mod pki;
 mod qos;
 mod retain;
+mod scram;
 mod sessions;
 mod smoke;
 mod sys;
