@@ -53,6 +53,9 @@ pub struct ListenerContext {
     pub name: String,
     /// Authentication and authorization for this listener.
     pub access: AccessControl,
+    /// The configuration this connection was accepted under: a reload gives new
+    /// connections a new one and leaves this connection's as it was.
+    pub config: Arc<crate::config::Config>,
 }
 
 /// How the connection ended, which decides the will.
@@ -176,7 +179,7 @@ where
     W: AsyncWrite + Unpin,
 {
     // Until CONNECT is in, the smaller CONNECT limit applies (see `pre_connect`).
-    let decoder = Decoder::new(broker.config.mqtt.connect_limit());
+    let decoder = Decoder::new(listener.config.mqtt.connect_limit());
     let conn = Connection {
         reader,
         writer,
@@ -203,13 +206,13 @@ where
     /// timeout, within the pre-CONNECT limits (`budget`). Answers a bad CONNECT itself
     /// where the protocol allows.
     async fn read_connect(&mut self, budget: &mut PreConnect) -> Option<Box<Connect>> {
-        let timeout = Duration::from_secs(self.broker.config.mqtt.connect_timeout_secs);
+        let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
         let deadline = Instant::now() + timeout;
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(Packet::Connect(connect))) => {
                     self.decoder
-                        .set_max_packet_size(self.broker.config.mqtt.max_packet_size);
+                        .set_max_packet_size(self.listener.config.mqtt.max_packet_size);
                     return Some(connect);
                 }
                 Ok(Some(other)) => {
@@ -336,7 +339,7 @@ where
     /// the pre-CONNECT budget (CONNECT's fields may share its storage until
     /// authentication is done).
     async fn connect(&mut self) -> Option<(Session, u16, u64)> {
-        let mut budget = PreConnect::new(&self.broker);
+        let mut budget = PreConnect::new(&self.broker, &self.listener.config.mqtt);
         let Some(connect) = Box::pin(self.read_connect(&mut budget)).await else {
             drop(budget);
             Box::pin(self.close()).await;
@@ -349,7 +352,7 @@ where
     /// session, its keep alive and the connection id, or `None` after a refusal.
     async fn establish(&mut self, connect: Box<Connect>) -> Option<(Session, u16, u64)> {
         let broker = self.broker.clone();
-        let mut negotiated = match negotiate(&connect, &broker.config.mqtt) {
+        let mut negotiated = match negotiate(&connect, &self.listener.config.mqtt) {
             Ok(n) => n,
             Err(refusal) => {
                 Box::pin(self.refuse(
@@ -425,7 +428,7 @@ where
             keep_alive,
             "client connected"
         );
-        if broker.config.sys.client_events {
+        if self.listener.config.sys.client_events {
             crate::sys::client_event(
                 &broker,
                 &client_id,
@@ -444,7 +447,11 @@ where
                 }),
             );
         }
-        let mut session = Session::new(attached.state, negotiated, broker.config.mqtt.max_inflight);
+        let mut session = Session::new(
+            attached.state,
+            negotiated,
+            self.listener.config.mqtt.max_inflight,
+        );
         if attached.session_present {
             recheck_subscriptions(&self.listener, &self.broker, &mut session).await;
         }
@@ -479,7 +486,7 @@ where
             }
             End::TakenOver(_) => {}
         }
-        if broker.config.sys.client_events {
+        if self.listener.config.sys.client_events {
             let reason = match &end {
                 End::ClientDisconnect => "normal",
                 End::Abnormal(why) => why,
@@ -498,7 +505,7 @@ where
                 }),
             );
         }
-        session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
+        session.cap_expiry(self.listener.config.mqtt.max_session_expiry_secs);
         let will_delay = session.will_delay();
         let username = session.username().map(str::to_owned);
         let (mut state, will) = session.into_parts();
@@ -855,12 +862,17 @@ where
     fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Dispatch, Violation> {
         match packet {
             Packet::Publish(publish) => {
-                let resolved = session.resolve_publish(publish, &*self.broker)?;
+                let resolved =
+                    session.resolve_publish(publish, &self.broker.env(&self.listener.config))?;
                 Ok(Dispatch::Authorize(Pending::Publish(resolved)))
             }
             Packet::Subscribe(subscribe) => Ok(Dispatch::Authorize(Pending::Subscribe(subscribe))),
             other => session
-                .handle(other, &*self.broker, &mut self.wbuf)
+                .handle(
+                    other,
+                    &self.broker.env(&self.listener.config),
+                    &mut self.wbuf,
+                )
                 .map(Dispatch::Handled),
         }
     }
@@ -891,7 +903,7 @@ where
                 session.publish(
                     resolved,
                     allowed,
-                    &*self.broker,
+                    &self.broker.env(&self.listener.config),
                     now_millis(),
                     &mut self.wbuf,
                 );
@@ -923,7 +935,7 @@ where
         session.subscribe(
             subscribe,
             &granted,
-            &*self.broker,
+            &self.broker.env(&self.listener.config),
             now_millis(),
             &mut self.wbuf,
         )?;
@@ -1093,7 +1105,7 @@ async fn recheck_subscriptions(listener: &ListenerContext, broker: &Broker, sess
             }
             FilterVerdict::Denied => {
                 tracing::info!(client_id = %session.client_id(), %filter, "resumed subscription dropped: no longer authorized");
-                session.drop_subscription(&filter, broker);
+                session.drop_subscription(&filter, &broker.env(&listener.config));
                 dropped = true;
             }
         }
