@@ -460,4 +460,29 @@ mod tests {
             assert_eq!(l.open_from(v4(a)), 0);
         }
     }
+
+    #[test]
+    fn reconfigure_applies_to_the_next_admission_and_keeps_the_counts() {
+        let limiter = limiter(1, 0, 1, 100);
+        let now = Instant::now();
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let first = limiter.admit(ip, now).unwrap();
+        assert_eq!(limiter.admit(ip, now).unwrap_err(), Refusal::PerIp);
+        let mut config = LimitsConfig {
+            connections_per_ip: 2,
+            ..LimitsConfig::default()
+        };
+        limiter.reconfigure(&config);
+        // The open connection still counts: one more, not two.
+        let second = limiter.admit(ip, now).unwrap();
+        assert_eq!(limiter.admit(ip, now).unwrap_err(), Refusal::PerIp);
+        assert_eq!(limiter.open_from(ip), 2);
+        // Both limits off: admitted without counting; the counted ones still leave.
+        config.connections_per_ip = 0;
+        limiter.reconfigure(&config);
+        let uncounted = limiter.admit(ip, now).unwrap();
+        drop((first, second, uncounted));
+        assert_eq!(limiter.open_from(ip), 0);
+        assert_eq!(limiter.tracked(), 0);
+    }
 }

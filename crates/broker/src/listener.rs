@@ -685,3 +685,48 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many threads take and give back places while the limit changes: no more are ever
+    /// held than the highest limit, and every place comes back.
+    #[test]
+    fn the_connection_count_holds_its_limit_under_contention() {
+        let count = Arc::new(ConnectionCount::new(3));
+        let held = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        let refused = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        let Some(place) = count.enter() else {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        std::hint::spin_loop();
+                        held.fetch_sub(1, Ordering::SeqCst);
+                        drop(place);
+                    }
+                });
+            }
+            s.spawn(|| {
+                for i in 0..2_000 {
+                    count.set_max(if i % 2 == 0 { 2 } else { 5 });
+                    std::thread::yield_now();
+                }
+                count.set_max(3);
+            });
+        });
+        assert!(peak.load(Ordering::SeqCst) <= 5, "{peak:?}");
+        assert!(refused.load(Ordering::Relaxed) > 0);
+        assert_eq!(count.open.load(Ordering::SeqCst), 0);
+        count.set_max(0);
+        let unlimited: Vec<_> = (0..100).filter_map(|_| count.enter()).collect();
+        assert_eq!(unlimited.len(), 100);
+    }
+}

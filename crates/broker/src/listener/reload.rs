@@ -233,7 +233,8 @@ impl Reloader {
             return Err(e.into());
         }
         let config = Arc::new(config);
-        let places = match_listeners(&state.listeners, &config.listeners);
+        let running: Vec<&ListenerConfig> = state.listeners.iter().map(|l| &l.config).collect();
+        let places = match_listeners(&running, &config.listeners);
         let mut prepared = Vec::with_capacity(places.len());
         for (listener, place) in config.listeners.iter().zip(&places) {
             let previous = place.map(|i| (i, &state.listeners[i], &*state.config));
@@ -384,7 +385,7 @@ pub fn keep_fixed(running: &Config, new: &mut Config) -> Vec<String> {
 /// For each listener of `new`, the index of the running listener it is: the one with the
 /// same name, else the first unmatched one with the same configured address (with port 0,
 /// also the same protocol, since several may share that address).
-fn match_listeners(running: &[Running], new: &[ListenerConfig]) -> Vec<Option<usize>> {
+fn match_listeners(running: &[&ListenerConfig], new: &[ListenerConfig]) -> Vec<Option<usize>> {
     let mut taken = vec![false; running.len()];
     let mut places = vec![None; new.len()];
     let claim = |places: &mut Vec<Option<usize>>,
@@ -397,7 +398,7 @@ fn match_listeners(running: &[Running], new: &[ListenerConfig]) -> Vec<Option<us
             let found = running
                 .iter()
                 .enumerate()
-                .find(|(i, r)| !taken[*i] && same(&r.config, listener));
+                .find(|(i, r)| !taken[*i] && same(r, listener));
             if let Some((i, _)) = found {
                 taken[i] = true;
                 *place = Some(i);
@@ -683,5 +684,77 @@ fn describe_settings(running: &Config, new: &Config, report: &mut ReloadReport) 
         report
             .changes
             .push("admin: users and viewers read from the new settings".to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(bind: &str, protocol: ListenerProtocol, name: Option<&str>) -> ListenerConfig {
+        ListenerConfig {
+            bind: bind.parse().unwrap(),
+            protocol,
+            name: name.map(str::to_owned),
+            ..ListenerConfig::default()
+        }
+    }
+
+    #[test]
+    fn listeners_are_matched_by_name_then_by_address() {
+        use ListenerProtocol::{Mqtt, Ws};
+        let running = [
+            listener("127.0.0.1:1883", Mqtt, None),
+            listener("127.0.0.1:8083", Ws, Some("web")),
+            listener("127.0.0.1:0", Mqtt, None),
+            listener("127.0.0.1:0", Ws, None),
+            listener("127.0.0.1:9000", Mqtt, None),
+        ];
+        let new = [
+            // Port 0: the running one of the same protocol, not the first with the address.
+            listener("127.0.0.1:0", Ws, None),
+            // Same address, another protocol: the same listener, changed in place.
+            listener("127.0.0.1:1883", Ws, None),
+            // Same name, same address: kept; a name added to an address: kept too.
+            listener("127.0.0.1:8083", Ws, Some("web")),
+            listener("127.0.0.1:9000", Mqtt, Some("named-now")),
+            // New.
+            listener("127.0.0.1:1884", Mqtt, None),
+            listener("127.0.0.1:0", Mqtt, None),
+        ];
+        let running: Vec<&ListenerConfig> = running.iter().collect();
+        assert_eq!(
+            match_listeners(&running, &new),
+            [Some(3), Some(0), Some(1), Some(4), None, Some(2)]
+        );
+        // A named listener moved to another address is a new one (the old one goes).
+        let moved = [listener("127.0.0.1:8084", Ws, Some("web"))];
+        assert_eq!(match_listeners(&running, &moved), [None]);
+    }
+
+    #[test]
+    fn keys_that_take_a_restart_keep_their_running_values() {
+        let running = Config::default();
+        let text = "[storage]\ndir = \"/elsewhere\"\nbackend = \"memory\"\n\
+                    [mqtt]\nmax_inflight = 7\nshared_subscription_strategy = \"random\"\n\
+                    [sys]\ninterval_secs = 1\n[admin]\nbind = \"127.0.0.1:18084\"\n";
+        let mut new = Config::from_toml(text, "t.toml").unwrap();
+        let keys = keep_fixed(&running, &mut new);
+        assert_eq!(
+            keys,
+            [
+                "storage.backend",
+                "storage.dir",
+                "mqtt.shared_subscription_strategy",
+                "sys.interval_secs",
+                "admin.bind"
+            ]
+        );
+        assert_eq!(new.storage, running.storage);
+        assert_eq!(new.sys, running.sys);
+        assert_eq!(new.admin, running.admin);
+        // What can change live is left as the file says.
+        assert_eq!(new.mqtt.max_inflight, 7);
+        assert!(keep_fixed(&running, &mut new).is_empty());
     }
 }
