@@ -186,7 +186,7 @@ impl Server {
             // AMQP queues are shared by every AMQP listener.
             amqp_queues: Arc::new(Queues::default()),
             shutdown: shutdown_rx.clone(),
-            live: live.clone(),
+            live: Arc::downgrade(&live),
             tls: Arc::default(),
             admin_users: admin_users.clone(),
             admin_listeners: Arc::default(),
