@@ -123,16 +123,14 @@ impl Fixture {
         }
     }
 
-    /// `POST /api/v1/reload` over plain HTTP/1.1: the status and the body.
-    async fn post_reload(&self) -> (u16, serde_json::Value) {
+    /// An admin API request over plain HTTP/1.1: the status and the JSON body.
+    async fn http(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
         let mut stream = TcpStream::connect(("127.0.0.1", self.admin)).await.unwrap();
-        stream
-            .write_all(
-                b"POST /api/v1/reload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\
-                  Connection: close\r\n\r\n",
-            )
-            .await
-            .unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut answer))
             .await
@@ -201,6 +199,17 @@ async fn a_listener_added_to_the_file_accepts_clients_after_sighup() {
         log.contains(&format!("listener mqtt:127.0.0.1:{port} added")),
         "{log}"
     );
+    // The admin API lists it, with its client.
+    let (status, body) = f.http("GET", "/api/v1/listeners").await;
+    assert_eq!(status, 200, "{body}");
+    let added = body["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["address"] == format!("127.0.0.1:{port}"))
+        .unwrap_or_else(|| panic!("{body}"))
+        .clone();
+    assert_eq!(added["connections"], 1, "{body}");
 }
 
 #[tokio::test]
@@ -395,7 +404,7 @@ async fn a_bad_file_is_refused_with_file_line_and_key_and_changes_nothing() {
     // An unknown key: named, with its line, in the API's error JSON.
     f.edit(|_| format!("{good}\n[mqtt]\nmax_inflight = 10\nmax_inflite = 3\n"));
     let line = good.lines().count() + 4;
-    let (status, body) = f.post_reload().await;
+    let (status, body) = f.http("POST", "/api/v1/reload").await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "reload_failed", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
