@@ -1,6 +1,7 @@
 //! Reloading the configuration in process (`Server::reload_with`, what SIGHUP does with
 //! the file it reads): admin users from a new password file, `max_connections` and a
-//! listener's access settings for new connections only, and the report. The real binary's
+//! listener's access settings for new connections only, a protocol changed in place on
+//! the listener's port, and the report. The real binary's
 //! reloads are in `crates/midge/tests/reload.rs`.
 
 use crate::access_support::{TempDir, connack_v3};
@@ -100,5 +101,49 @@ async fn new_access_settings_apply_to_new_connections_and_connected_clients_stay
             server(&broker).local_addrs()[0]
         )]
     );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_listener_changes_protocol_in_place_on_its_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let broker = TestBroker::start_with(|c| {
+        c.listeners[0].bind = format!("127.0.0.1:{port}").parse().unwrap();
+    })
+    .await;
+    let (mut plain, _) = broker.raw_v311("plain", true).await;
+    let mut config = running(&broker);
+    config.listeners[0].protocol = midge_broker::config::ListenerProtocol::Ws;
+    let report = server(&broker).reload_with(config).await.unwrap();
+    assert!(
+        report
+            .changes
+            .iter()
+            .any(|c| c.contains("protocol settings")),
+        "{report:?}"
+    );
+    // The same socket now answers a WebSocket upgrade; the MQTT client keeps its TCP.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let upgrade = format!(
+        "GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut status = [0u8; 12];
+    tokio::time::timeout(crate::harness::TIMEOUT, tcp.read_exact(&mut status))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(&status, b"HTTP/1.1 101");
+    plain.ping_fence().await;
+    assert_eq!(server(&broker).listeners().await[0].1.port(), port);
     broker.shutdown().await;
 }
