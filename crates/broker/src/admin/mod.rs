@@ -130,7 +130,7 @@ pub struct AdminUsers {
 }
 
 /// What [`AdminUsers`] swaps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Users {
     path: Option<PathBuf>,
     file: Option<Arc<PasswordFile>>,
@@ -164,13 +164,14 @@ impl AdminUsers {
     /// `admin.viewers` from `config`; on error the previous users stay. Remembered logins
     /// are forgotten either way.
     pub fn reconfigure(&self, config: &AdminConfig) -> Result<(), AuthError> {
-        let fresh = Users::load(config);
+        let swapped = Users::load(config)
+            .map(|users| *self.file.write().unwrap_or_else(|e| e.into_inner()) = users);
+        // After the swap, so no login checked against the old file is remembered.
         self.verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        *self.file.write().unwrap_or_else(|e| e.into_inner()) = fresh?;
-        Ok(())
+        swapped
     }
 
     fn current(&self) -> Option<Arc<PasswordFile>> {
