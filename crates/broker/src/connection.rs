@@ -55,6 +55,9 @@ pub struct ListenerContext {
     pub name: String,
     /// Authentication and authorization for this listener.
     pub access: AccessControl,
+    /// The configuration this connection was accepted under: a reload gives new
+    /// connections a new one and leaves this connection's as it was.
+    pub config: Arc<crate::config::Config>,
 }
 
 /// A SCRAM login's state kept for re-authentication (AUTH 0x19) [MQTT-4.12.1-1].
@@ -192,7 +195,7 @@ where
     W: AsyncWrite + Unpin,
 {
     // Until CONNECT is in, the smaller CONNECT limit applies (see `pre_connect`).
-    let decoder = Decoder::new(broker.config.mqtt.connect_limit());
+    let decoder = Decoder::new(listener.config.mqtt.connect_limit());
     let conn = Connection {
         reader,
         writer,
@@ -224,12 +227,12 @@ where
         budget: &mut PreConnect,
         deadline: Instant,
     ) -> Option<Box<Connect>> {
-        let timeout = Duration::from_secs(self.broker.config.mqtt.connect_timeout_secs);
+        let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(Packet::Connect(connect))) => {
                     self.decoder
-                        .set_max_packet_size(self.broker.config.mqtt.max_packet_size);
+                        .set_max_packet_size(self.listener.config.mqtt.max_packet_size);
                     return Some(connect);
                 }
                 Ok(Some(other)) => {
@@ -380,11 +383,11 @@ where
             return Err(None);
         }
         // Until CONNACK, the CONNECT limits apply to AUTH too.
-        let mqtt = &self.broker.config.mqtt;
+        let mqtt = &self.listener.config.mqtt;
         self.decoder.set_max_packet_size(mqtt.connect_limit());
         let packet = Box::pin(self.read_pre_connack(budget, deadline)).await;
         self.decoder
-            .set_max_packet_size(self.broker.config.mqtt.max_packet_size);
+            .set_max_packet_size(self.listener.config.mqtt.max_packet_size);
         let protocol_error = |message| {
             Some(Failure {
                 reason: ReasonCode::PROTOCOL_ERROR,
@@ -524,7 +527,7 @@ where
                 let (exchange, server_first) = access
                     .scram_begin(mechanism, data, self.peer, Some(&enhanced.username))
                     .map_err(failed)?;
-                let timeout = Duration::from_secs(self.broker.config.mqtt.connect_timeout_secs);
+                let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
                 enhanced.pending = Some((exchange, Instant::now() + timeout));
                 (ReasonCode::CONTINUE_AUTHENTICATION, server_first)
             }
@@ -574,9 +577,9 @@ where
     /// the pre-CONNECT budget (CONNECT's fields may share its storage until
     /// authentication is done).
     async fn connect(&mut self) -> Option<(Session, u16, u64)> {
-        let mut budget = PreConnect::new(&self.broker);
+        let mut budget = PreConnect::new(&self.broker, &self.listener.config.mqtt);
         // One deadline for CONNECT and, with enhanced authentication, the AUTH exchange.
-        let timeout = Duration::from_secs(self.broker.config.mqtt.connect_timeout_secs);
+        let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
         let deadline = Instant::now() + timeout;
         let Some(connect) = Box::pin(self.read_connect(&mut budget, deadline)).await else {
             drop(budget);
@@ -595,7 +598,7 @@ where
         deadline: Instant,
     ) -> Option<(Session, u16, u64)> {
         let broker = self.broker.clone();
-        let mut negotiated = match negotiate(&connect, &broker.config.mqtt) {
+        let mut negotiated = match negotiate(&connect, &self.listener.config.mqtt) {
             Ok(n) => n,
             Err(refusal) => {
                 Box::pin(self.refuse(
@@ -728,7 +731,7 @@ where
             keep_alive,
             "client connected"
         );
-        if broker.config.sys.client_events {
+        if self.listener.config.sys.client_events {
             crate::sys::client_event(
                 &broker,
                 &client_id,
@@ -747,7 +750,11 @@ where
                 }),
             );
         }
-        let mut session = Session::new(attached.state, negotiated, broker.config.mqtt.max_inflight);
+        let mut session = Session::new(
+            attached.state,
+            negotiated,
+            self.listener.config.mqtt.max_inflight,
+        );
         if attached.session_present {
             recheck_subscriptions(&self.listener, &self.broker, &mut session).await;
         }
@@ -782,7 +789,7 @@ where
             }
             End::TakenOver(_) => {}
         }
-        if broker.config.sys.client_events {
+        if self.listener.config.sys.client_events {
             let reason = match &end {
                 End::ClientDisconnect => "normal",
                 End::Abnormal(why) => why,
@@ -801,7 +808,7 @@ where
                 }),
             );
         }
-        session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
+        session.cap_expiry(self.listener.config.mqtt.max_session_expiry_secs);
         let will_delay = session.will_delay();
         let username = session.username().map(str::to_owned);
         let (mut state, will) = session.into_parts();
@@ -1199,7 +1206,8 @@ where
     ) -> Result<Dispatch, Violation> {
         match packet {
             Packet::Publish(publish) => {
-                let resolved = session.resolve_publish(publish, &*self.broker)?;
+                let resolved =
+                    session.resolve_publish(publish, &self.broker.env(&self.listener.config))?;
                 if checks_wait {
                     return Ok(Dispatch::Authorize(Pending::Publish(resolved)));
                 }
@@ -1214,7 +1222,11 @@ where
             Packet::Subscribe(subscribe) => Ok(Dispatch::Authorize(Pending::Subscribe(subscribe))),
             Packet::Auth(auth) => self.on_auth(session, auth).map(Dispatch::Handled),
             other => session
-                .handle(other, &*self.broker, &mut self.wbuf)
+                .handle(
+                    other,
+                    &self.broker.env(&self.listener.config),
+                    &mut self.wbuf,
+                )
                 .map(Dispatch::Handled),
         }
     }
@@ -1256,7 +1268,7 @@ where
         session.publish(
             resolved,
             allowed,
-            &*self.broker,
+            &self.broker.env(&self.listener.config),
             now_millis(),
             &mut self.wbuf,
         );
@@ -1282,7 +1294,7 @@ where
         session.subscribe(
             subscribe,
             &granted,
-            &*self.broker,
+            &self.broker.env(&self.listener.config),
             now_millis(),
             &mut self.wbuf,
         )?;
@@ -1464,7 +1476,7 @@ async fn recheck_subscriptions(listener: &ListenerContext, broker: &Broker, sess
             }
             FilterVerdict::Denied => {
                 tracing::info!(client_id = %session.client_id(), %filter, "resumed subscription dropped: no longer authorized");
-                session.drop_subscription(&filter, broker);
+                session.drop_subscription(&filter, &broker.env(&listener.config));
                 dropped = true;
             }
         }

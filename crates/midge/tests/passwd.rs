@@ -94,7 +94,7 @@ async fn passwd_creates_updates_and_deletes_users_the_broker_then_checks() {
     assert_eq!(connect_code(addr, "bob", "bobs").await, 0);
 
     passwd(&["-D", f, "bob"]);
-    server.reload().expect("reload");
+    server.reload().await.expect("reload");
     assert_eq!(connect_code(addr, "bob", "bobs").await, 4);
     assert_eq!(connect_code(addr, "alice", "second").await, 0);
     server.shutdown().await;

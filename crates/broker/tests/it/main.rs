@@ -36,6 +36,7 @@ mod overlap;
 mod passwords;
 mod pki;
 mod qos;
+mod reload;
 mod retain;
 mod scram;
 mod sessions;
