@@ -120,6 +120,7 @@ pub(super) fn router(context: AdminContext) -> Router {
         .route("/api/v1/retained", get(retained))
         .route("/api/v1/retained/{*topic}", delete(delete_retained))
         .route("/api/v1/publish", post(publish))
+        .route("/api/v1/dynsec", post(dynsec))
         .route("/api/v1/live", get(live_view))
         .route("/api/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -215,6 +216,7 @@ async fn stats(State(context): State<AdminContext>) -> ApiResult {
 async fn listeners(State(context): State<AdminContext>) -> ApiResult {
     let list: Vec<Value> = context
         .listeners
+        .list()
         .iter()
         .map(|l| {
             json!({
@@ -228,12 +230,52 @@ async fn listeners(State(context): State<AdminContext>) -> ApiResult {
     Ok(Json(json!({ "listeners": list })))
 }
 
-/// What SIGHUP does. A file that fails to load keeps its previous contents: 409 with
-/// the reason, since the request was valid but the files on disk are not.
+/// Dynamic-security commands: the same `{"commands":[…]}` document as on
+/// `$CONTROL/dynamic-security/v1`, answered with the same `{"responses":[…]}`. A viewer
+/// may send only the commands that read. Changes apply at once, as over MQTT.
+async fn dynsec(
+    State(context): State<AdminContext>,
+    axum::Extension(role): axum::Extension<super::Role>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response<Body>, ApiError> {
+    let Some(dynsec) = context.guard.dynsec().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "dynamic security is not configured ([auth.dynsec])",
+        ));
+    };
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    let read_only = role == super::Role::Viewer;
+    let caller = if read_only {
+        "admin API (viewer)"
+    } else {
+        "admin API"
+    };
+    let outcome = tokio::task::spawn_blocking(move || dynsec.execute(&body, caller, read_only))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if outcome.changed {
+        context.broker.registry.recheck_owners();
+    }
+    let mut response = Response::new(Body::from(outcome.response));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// What SIGHUP does: 200 with the report (`changes`, and `restart_required`: keys whose
+/// new values wait for a restart). A config file that does not load, or new settings that
+/// cannot be used, change nothing; a password, ACL or certificate file that fails to load
+/// again keeps its previous contents. Both answer 409 with the reason, since the request
+/// was valid but the files on disk are not.
 async fn reload(State(context): State<AdminContext>) -> ApiResult {
+    // On a task of its own, so that a client going away does not cancel it half-way.
     let reload = context.reload.clone();
-    match tokio::task::spawn_blocking(move || reload()).await {
-        Ok(Ok(())) => Ok(Json(json!({"reloaded": true}))),
+    match tokio::spawn(async move { reload().await }).await {
+        Ok(Ok(report)) => Ok(Json(report)),
         Ok(Err(message)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "reload_failed",
@@ -625,7 +667,7 @@ async fn publish(
                 .map_err(|_| ApiError::bad_request("payload is not valid base64"))?,
         ),
     };
-    let max = context.broker.config.mqtt.max_packet_size as usize;
+    let max = context.broker.config().mqtt.max_packet_size as usize;
     if payload.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
