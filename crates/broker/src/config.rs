@@ -400,7 +400,7 @@ pub const DEFAULT_AUTH_ORDER: [AuthSource; 4] = [
 ];
 
 /// `[auth.dynsec]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DynsecConfig {
     /// The state, in Mosquitto's dynamic-security plugin JSON format. Written (atomically)
