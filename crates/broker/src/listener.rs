@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminContext, AdminError, AdminUsers, ListenerInfo};
-use crate::amqp::{self, AmqpContext, queues::Queues};
+use crate::amqp::{self, AmqpContext};
 use crate::auth::{AccessControl, AuthError, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ListenerProtocol};
@@ -191,7 +191,7 @@ impl Server {
         let mut tls_listeners = Vec::new();
         let mut listener_infos = Vec::new();
         // AMQP queues are shared by every AMQP listener.
-        let amqp_queues = Arc::new(Queues::default());
+        let amqp_queues = broker.amqp.clone();
         for listener_config in &config.listeners {
             let name = listener_config.display_name();
             let addr = listener_config.bind;

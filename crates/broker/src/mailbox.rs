@@ -46,6 +46,19 @@ pub enum PushOutcome {
     Closed,
 }
 
+/// Limits a queue sets for itself (an AMQP queue's `x-max-length`, `x-max-length-bytes`
+/// and `x-overflow`), applied instead of the broker's to every delivery, whatever its QoS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OwnLimits {
+    /// Most deliveries queued.
+    pub max_messages: Option<usize>,
+    /// Most bytes queued (by [`crate::model::Message::weight`]).
+    pub max_bytes: Option<usize>,
+    /// When full, drop the oldest (RabbitMQ's `drop-head`) rather than the newcomer
+    /// (`reject-publish`).
+    pub drop_head: bool,
+}
+
 /// What routing delivers to: a subscriber's bounded queue, with an owner id (for no-local
 /// and shared groups) and whether anyone is draining it now. It assumes nothing about who
 /// drains it: an MQTT connection serving a session today (through [`Mailbox::pop_queued`]
@@ -137,6 +150,8 @@ struct Inner {
     persistent: bool,
     /// A wake-up not yet seen by the connection (like a `Notify` permit).
     notified: bool,
+    /// The queue's own limits, used instead of the ones each push passes.
+    own: Option<OwnLimits>,
     /// The waiting connection's waker. Kept here rather than in a `Notified` future so
     /// the connection's task holds no waiting state for it (see `poll_notified`).
     waker: Option<Waker>,
@@ -155,6 +170,7 @@ impl Default for Inner {
             next_seq: 1,
             persistent: false,
             notified: false,
+            own: None,
             waker: None,
         }
     }
@@ -275,6 +291,9 @@ impl Mailbox {
         if inner.closed {
             return PushOutcome::Closed;
         }
+        if let Some(own) = inner.own {
+            return self.push_within(inner, delivery, own);
+        }
         let is_qos0 = delivery.qos == QoS::AtMostOnce;
         if is_qos0 && !inner.online && !limits.queue_qos0_offline {
             return PushOutcome::Dropped;
@@ -312,9 +331,19 @@ impl Mailbox {
             }
             evicted += 1;
         }
+        Self::enqueue(inner, delivery, journal, evicted)
+    }
+
+    /// The end of a push: the delivery joins the queue (and the store, with `journal`).
+    fn enqueue(
+        mut inner: MutexGuard<'_, Inner>,
+        delivery: Delivery,
+        journal: Option<&SessionJournal>,
+        evicted: usize,
+    ) -> PushOutcome {
         let was_empty = inner.queue.is_empty();
-        inner.bytes += weight;
-        inner.qos0 += usize::from(is_qos0);
+        inner.bytes += delivery.message.weight();
+        inner.qos0 += usize::from(delivery.qos == QoS::AtMostOnce);
         let seq = inner.next_seq;
         inner.next_seq += 1;
         if let Some(journal) = journal {
@@ -325,6 +354,46 @@ impl Mailbox {
             Self::wake(inner);
         }
         PushOutcome::Queued { evicted }
+    }
+
+    /// Sets limits of the queue's own (see [`OwnLimits`]).
+    pub fn set_own_limits(&self, limits: OwnLimits) {
+        self.lock().own = Some(limits);
+    }
+
+    /// A push within the queue's own limits: when full, the oldest delivery goes
+    /// (`drop_head`) or the newcomer is refused.
+    fn push_within(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        delivery: Delivery,
+        own: OwnLimits,
+    ) -> PushOutcome {
+        let weight = delivery.message.weight();
+        let mut evicted = 0;
+        loop {
+            let full = own.max_messages.is_some_and(|m| inner.queue.len() >= m)
+                || own.max_bytes.is_some_and(|m| inner.bytes + weight > m);
+            if !full {
+                break;
+            }
+            if !own.drop_head || inner.queue.is_empty() {
+                return PushOutcome::Dropped;
+            }
+            if let Some(old) = inner.pop_front()
+                && old.delivery.qos != QoS::AtMostOnce
+                && inner.persistent
+                && let Some(journal) = &self.journal
+            {
+                journal.dequeue(old.seq);
+            }
+            evicted += 1;
+        }
+        let journal = self
+            .journal
+            .as_ref()
+            .filter(|_| inner.persistent && delivery.qos != QoS::AtMostOnce);
+        Self::enqueue(inner, delivery, journal, evicted)
     }
 
     /// Takes up to `max` deliveries from the front, stopping before a QoS 1/2 delivery

@@ -30,7 +30,7 @@ use crate::broker::Broker;
 use crate::mailbox::{Inbox, Queued};
 use crate::model::{Delivery, now_millis};
 use crate::stats::Stats;
-use queues::{Declared, Queue, QueueFlags, Queues};
+use queues::{Declared, Queue, QueueArgs, QueueFlags, Queues};
 
 /// Largest frame midge accepts and proposes (RabbitMQ's default).
 const FRAME_MAX: u32 = 131_072;
@@ -940,24 +940,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 no_wait,
                 arguments,
             } => {
-                if let Some((name, _)) = arguments
-                    .0
-                    .iter()
-                    .find(|(k, _)| k.starts_with("x-") && k != "x-queue-type")
-                {
-                    return Err(channel_fault(
-                        reply::NOT_IMPLEMENTED,
-                        format!("queue argument '{name}' is not supported yet"),
-                    ));
-                }
-                if let Some(kind) = arguments.get("x-queue-type").and_then(FieldValue::as_str)
-                    && kind != "classic"
-                {
-                    return Err(channel_fault(
-                        reply::NOT_IMPLEMENTED,
-                        format!("queue type '{kind}' is not supported; midge queues are classic"),
-                    ));
-                }
+                // Validated even when passive, as RabbitMQ does.
+                let name_for_errors = if queue.is_empty() { "amq.gen" } else { &queue };
+                let args = QueueArgs::parse(&arguments, name_for_errors)
+                    .map_err(|text| channel_fault(reply::PRECONDITION_FAILED, text))?;
                 let q = if passive {
                     match queues.get(&queue) {
                         Some(q) if q.exclusive_owner.is_some_and(|c| c != self.id) => {
@@ -983,16 +969,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                         exclusive,
                         auto_delete,
                     };
-                    match queues.declare(&name, flags, self.id) {
+                    match queues.declare(&broker, &name, flags, args, self.id) {
                         Declared::Queue(q) => q,
                         Declared::Locked => return Err(locked(&name)),
-                        Declared::Inequivalent(what) => {
-                            return Err(channel_fault(
-                                reply::PRECONDITION_FAILED,
-                                format!(
-                                    "inequivalent arg '{what}' for queue '{name}' in vhost '/'"
-                                ),
-                            ));
+                        Declared::Inequivalent(text) => {
+                            return Err(channel_fault(reply::PRECONDITION_FAILED, text));
                         }
                     }
                 };
@@ -1040,7 +1021,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             }
             Method::QueuePurge { queue, no_wait } => {
                 let q = self.usable_queue(&queue)?;
-                let purged = q.mailbox.take_deliveries(|_| true).len();
+                let purged = q.mailbox.take_deliveries(|_| true);
+                for queued in &purged {
+                    q.forget(queued);
+                }
+                let purged = purged.len();
                 if !no_wait {
                     self.send(
                         number,
@@ -1181,17 +1166,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             }
             Method::BasicGet { queue, no_ack } => {
                 let q = self.usable_queue(&queue)?;
-                let now = now_millis();
-                let mut got = Vec::new();
+                q.touch();
                 // Expired messages are dropped on the way, as for consumers.
-                loop {
-                    q.mailbox.pop_queued(1, usize::MAX, &mut got);
-                    match got.last() {
-                        Some(queued) if queued.delivery.message.is_expired(now) => got.clear(),
-                        _ => break,
-                    }
-                }
-                match got.pop() {
+                let got = q.pop_live(now_millis());
+                match got {
                     None => self.send(number, &Method::BasicGetEmpty),
                     Some(queued) => {
                         let redelivered = q.take_redelivered(queued.seq);
@@ -1207,7 +1185,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                             message_count: q.message_count(),
                         };
                         self.write_delivery(number, &method, &queued.delivery);
-                        if !no_ack {
+                        if no_ack {
+                            q.forget(&queued);
+                        } else {
+                            q.add_unacked(1);
                             self.channel(number)
                                 .unacked
                                 .insert(tag, Unacked { queue: q, queued });
@@ -1350,6 +1331,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         };
         if requeue == Some(true) {
             requeue_all(taken.into_iter());
+        } else {
+            for u in taken {
+                u.queue.add_unacked(-1);
+                u.queue.forget(&u.queued);
+            }
         }
         Ok(())
     }
@@ -1383,15 +1369,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                     {
                         continue;
                     }
-                    let mut got = Vec::new();
-                    consumer.queue.mailbox.pop_queued(1, usize::MAX, &mut got);
-                    let Some(queued) = got.pop() else {
+                    let Some(queued) = consumer.queue.pop_live(now) else {
                         continue;
                     };
                     progressed = true;
-                    if queued.delivery.message.is_expired(now) {
-                        break;
-                    }
                     let queue = consumer.queue.clone();
                     let tag = channel.next_delivery_tag;
                     channel.next_delivery_tag += 1;
@@ -1405,7 +1386,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                         routing_key,
                     };
                     let delivery = queued.delivery.clone();
-                    if !consumer.no_ack {
+                    if consumer.no_ack {
+                        queue.forget(&queued);
+                    } else {
+                        queue.add_unacked(1);
                         channel.unacked.insert(tag, Unacked { queue, queued });
                     }
                     ready = Some((method, delivery));
@@ -1484,6 +1468,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
 fn requeue_all(unacked: impl Iterator<Item = Unacked>) {
     let mut by_queue: Vec<(Arc<Queue>, Vec<Queued>)> = Vec::new();
     for u in unacked {
+        u.queue.add_unacked(-1);
         u.queue.mark_redelivered(u.queued.seq);
         match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
             Some((_, list)) => list.push(u.queued),
