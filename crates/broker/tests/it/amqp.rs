@@ -121,6 +121,60 @@ async fn pika_and_paho_run_the_seed_examples() {
     broker.shutdown().await;
 }
 
+#[tokio::test]
+async fn queue_arguments_follow_rabbitmq_semantics() {
+    require_pika();
+    let (broker, amqp) = start().await;
+    let script = repo_root().join("tests/interop/python/amqp_args.py");
+    let args = vec![
+        script.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        broker.port().to_string(),
+        "--amqp-port".into(),
+        amqp.port().to_string(),
+    ];
+    let r: Value = run_json("python3", &args).await;
+    // TTLs: the queue's and the message's own; the expired heads are not counted.
+    assert_eq!(r["ttl_count"], 2, "{r}");
+    assert_eq!(r["ttl"], serde_json::json!(["fresh", "long-expiration"]));
+    assert_eq!(r["drop_head"], serde_json::json!(["b", "c"]));
+    assert_eq!(r["reject_publish"], serde_json::json!(["a", "b"]));
+    assert_eq!(r["max_bytes"], serde_json::json!(["bbbb", "cccc"]));
+    assert_eq!(r["unacked_len"], serde_json::json!(["first", 1]));
+    assert_eq!(r["expired_queue_gone"], true);
+    assert_eq!(r["consumed_queue_kept"], true);
+    for (key, arg) in [
+        ("quorum", "x-queue-type"),
+        ("stream", "x-queue-type"),
+        ("dlx", "x-dead-letter-exchange"),
+        ("negative_ttl", "x-message-ttl"),
+    ] {
+        assert_eq!(r[key][0], 406, "{key}: {r}");
+        let text = r[key][1].as_str().unwrap();
+        assert!(
+            text.starts_with("PRECONDITION_FAILED - invalid arg '") && text.contains(arg),
+            "{key}: {text}"
+        );
+    }
+    assert!(
+        r["quorum"][1]
+            .as_str()
+            .unwrap()
+            .contains("'quorum' is not supported")
+    );
+    assert_eq!(r["lazy"], Value::Null);
+    assert_eq!(r["same_again"], Value::Null);
+    assert_eq!(r["other_ttl"][0], 406);
+    assert_eq!(
+        r["other_ttl"][1],
+        "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'ttl' in vhost '/': received '400' but current is '300'"
+    );
+    assert_eq!(r["passive_ignores_args"], Value::Null);
+    broker.shutdown().await;
+}
+
 // ---- raw bytes ----
 
 const HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
