@@ -337,11 +337,16 @@ where
     /// authentication is done).
     async fn connect(&mut self) -> Option<(Session, u16, u64)> {
         let mut budget = PreConnect::new(&self.broker);
-        let Some(connect) = Box::pin(self.read_connect(&mut budget)).await else {
+        let Some(mut connect) = Box::pin(self.read_connect(&mut budget)).await else {
             drop(budget);
             Box::pin(self.close()).await;
             return None;
         };
+        if self.broker.config.amqp.mqtt_dots_as_separators
+            && let Some(will) = &mut connect.will
+        {
+            crate::amqp::mapping::dots_to_slashes(&mut will.topic);
+        }
         Box::pin(self.establish(connect)).await
     }
 
@@ -852,7 +857,14 @@ where
 
     /// Handles one packet, or, for PUBLISH and SUBSCRIBE, takes it as far as the
     /// authorization verdict it needs.
-    fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Dispatch, Violation> {
+    fn dispatch(
+        &mut self,
+        session: &mut Session,
+        mut packet: Packet,
+    ) -> Result<Dispatch, Violation> {
+        if self.broker.config.amqp.mqtt_dots_as_separators {
+            crate::amqp::mapping::dots_as_separators(&mut packet);
+        }
         match packet {
             Packet::Publish(publish) => {
                 let resolved = session.resolve_publish(publish, &*self.broker)?;

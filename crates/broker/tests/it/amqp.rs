@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::harness::{TIMEOUT, TestBroker};
+use crate::harness::{TIMEOUT, TestBroker, V4Packet, qos4};
 use crate::interop_util::{Tool, repo_root, require, run_json};
 
 /// A broker with its MQTT listener first and an AMQP listener second.
@@ -172,6 +172,74 @@ async fn queue_arguments_follow_rabbitmq_semantics() {
         "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'ttl' in vhost '/': received '400' but current is '300'"
     );
     assert_eq!(r["passive_ignores_args"], Value::Null);
+    broker.shutdown().await;
+}
+
+/// `[amqp] mqtt_dots_as_separators`: on, an MQTT subscription to `hello.amqp` is one to
+/// `hello/amqp` (RabbitMQ's behaviour); off, `.` is an ordinary character.
+#[tokio::test]
+async fn mqtt_dots_as_separators_makes_a_dot_a_level_separator_only_when_on() {
+    for on in [true, false] {
+        let broker = TestBroker::start_with(|c| c.amqp.mqtt_dots_as_separators = on).await;
+        let (mut sub, _) = broker.raw_v311("dots-sub", true).await;
+        sub.subscribe_v4(1, "hello.amqp", 0).await;
+        let (mut publisher, _) = broker.raw_v311("dots-pub", true).await;
+        for topic in ["hello/amqp", "hello.amqp"] {
+            let publish = rumqttc::Publish::new(topic, qos4(0), topic.as_bytes().to_vec());
+            publisher.send_v4(V4Packet::Publish(publish)).await;
+        }
+        // In order from one publisher: the first message the subscriber gets tells
+        // whether hello/amqp matched hello.amqp. With the option on, both arrive under
+        // the slash form, as RabbitMQ delivers them.
+        let first = sub.recv_v4_publish().await;
+        if on {
+            assert_eq!(&first.payload[..], b"hello/amqp");
+            assert_eq!(first.topic, "hello/amqp");
+            let second = sub.recv_v4_publish().await;
+            assert_eq!(&second.payload[..], b"hello.amqp");
+            assert_eq!(second.topic, "hello/amqp");
+        } else {
+            assert_eq!(&first.payload[..], b"hello.amqp");
+            assert_eq!(first.topic, "hello.amqp");
+        }
+        broker.shutdown().await;
+    }
+}
+
+/// Seed 002's browser example: Paho JS in headless Chromium over the WebSocket listener
+/// (path /ws), subscribed to `hello.amqp`, gets what amqplib publishes with routing key
+/// `hello.amqp` (tests/interop/js/amqp_browser.mjs).
+#[tokio::test]
+async fn paho_js_in_chromium_receives_the_seed_amqplib_message_with_dots_as_separators() {
+    require(Tool::MqttJs);
+    let broker = TestBroker::start_with(|config| {
+        config.amqp.mqtt_dots_as_separators = true;
+        config.mqtt.connect_timeout_secs = 30;
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Ws,
+            ws_path: vec!["/ws".to_owned()],
+            ..ListenerConfig::default()
+        });
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Amqp,
+            ..ListenerConfig::default()
+        });
+    })
+    .await;
+    let addrs = broker.server.as_ref().unwrap().local_addrs().to_vec();
+    let script = repo_root().join("tests/interop/js/amqp_browser.mjs");
+    let args = vec![
+        script.display().to_string(),
+        addrs[1].port().to_string(),
+        addrs[0].port().to_string(),
+        addrs[2].port().to_string(),
+    ];
+    let r: Value = run_json("node", &args).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["fromAmqp"], true, "{r}");
+    assert_eq!(r["fromMqtt"], true, "{r}");
     broker.shutdown().await;
 }
 
