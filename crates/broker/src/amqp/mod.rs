@@ -8,6 +8,7 @@
 //! deliveries out. What is not built yet is refused with 540 NOT_IMPLEMENTED and a reply
 //! text that names it; nothing is acknowledged that was not done.
 
+pub mod connections;
 pub mod mapping;
 pub mod queues;
 
@@ -30,6 +31,7 @@ use crate::broker::Broker;
 use crate::mailbox::{Inbox, Queued};
 use crate::model::{Delivery, now_millis};
 use crate::stats::Stats;
+use connections::ConnectionInfo;
 use queues::{Declared, Queue, QueueArgs, QueueFlags, Queues};
 
 /// Largest frame midge accepts and proposes (RabbitMQ's default).
@@ -138,6 +140,7 @@ pub async fn serve<R, W>(
         channel_max: CHANNEL_MAX,
         heartbeat: 0,
         channels: HashMap::new(),
+        info: None,
     };
     let mut buf = BytesMut::with_capacity(4096);
     let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs.max(1));
@@ -154,6 +157,19 @@ pub async fn serve<R, W>(
         }
     }
     broker.stats.client_connected();
+    let info = Arc::new(ConnectionInfo {
+        client_id: conn.client_id.clone(),
+        peer,
+        listener: conn.context.name.clone(),
+        username: conn.username(),
+        connected_at_ms: now_millis(),
+        heartbeat: conn.heartbeat,
+        bytes_received: Default::default(),
+        bytes_sent: Default::default(),
+        channels: Default::default(),
+    });
+    conn.context.queues.connections.add(id, info.clone());
+    conn.info = Some(info);
     tracing::debug!(listener = %conn.context.name, %peer, connection = id, "AMQP connection open");
     let ended = conn.run(&mut reader, &mut buf, &mut shutdown).await;
     if let Err(fault) = ended {
@@ -161,6 +177,7 @@ pub async fn serve<R, W>(
     }
     conn.release_all();
     conn.context.queues.connection_closed(&broker, id);
+    conn.context.queues.connections.remove(id);
     broker.stats.client_disconnected();
 }
 
@@ -178,6 +195,8 @@ struct Connection<W> {
     channel_max: u16,
     heartbeat: u16,
     channels: HashMap<u16, Channel>,
+    /// What the admin API shows of it, once open.
+    info: Option<Arc<ConnectionInfo>>,
 }
 
 /// Reads one frame, waiting for more bytes as needed. `Ok(None)`: the peer closed.
@@ -234,6 +253,9 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         let ok =
             self.writer.write_all(&self.out).await.is_ok() && self.writer.flush().await.is_ok();
         Stats::add(&self.broker.stats.bytes_sent, self.out.len() as u64);
+        if let Some(info) = &self.info {
+            ConnectionInfo::add(&info.bytes_sent, self.out.len() as u64);
+        }
         self.out.clear();
         ok
     }
@@ -541,6 +563,9 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(n) => {
                         Stats::add(&self.broker.stats.bytes_received, n as u64);
+                        if let Some(info) = &self.info {
+                            ConnectionInfo::add(&info.bytes_received, n as u64);
+                        }
                         last_read = tokio::time::Instant::now();
                     }
                 },
@@ -609,6 +634,12 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             ));
         }
         let result = self.channel_frame(number, frame.payload).await;
+        if let Some(info) = &self.info {
+            info.channels.store(
+                self.channels.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         match result {
             Ok(()) => Ok(false),
             Err(Fault::Channel(code, text)) => {

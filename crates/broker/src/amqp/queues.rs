@@ -343,6 +343,51 @@ impl Queue {
         self.lock().redelivered.remove(&seq)
     }
 
+    /// The queue as the admin API lists it: RabbitMQ's `list_queues` columns (messages =
+    /// ready + unacknowledged) in the shape of a session's entry, with the declaration.
+    pub fn describe(&self) -> serde_json::Value {
+        let ready = self.message_count();
+        let (unacked, consumers, bindings) = {
+            let s = self.lock();
+            (s.unacked, s.consumers, s.bindings.clone())
+        };
+        let keys: Vec<String> = bindings
+            .iter()
+            .map(|f| super::mapping::topic_to_routing_key(f).replace('+', "*"))
+            .collect();
+        let a = &self.args;
+        let mut arguments = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                arguments.insert(k.to_owned(), v.into());
+            }
+        };
+        put("x-message-ttl", a.message_ttl);
+        put("x-expires", a.expires);
+        put("x-max-length", a.max_length);
+        put("x-max-length-bytes", a.max_length_bytes);
+        if a.reject_publish {
+            arguments.insert("x-overflow".into(), "reject-publish".into());
+        }
+        serde_json::json!({
+            "client_id": format!("amqp-queue:{}", self.name),
+            "name": &*self.name,
+            "protocol": "amqp",
+            "online": consumers > 0,
+            "messages": u64::from(ready) + unacked as u64,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+            "consumers": consumers,
+            "subscriptions": bindings.len(),
+            "expires_at_ms": null,
+            "durable": self.durable,
+            "exclusive": self.exclusive_owner.is_some(),
+            "auto_delete": self.auto_delete,
+            "arguments": arguments,
+            "bindings": keys,
+        })
+    }
+
     /// Whether `x-expires` has run out: unused that long, with no consumer.
     fn is_unused_since(&self, now: Millis) -> bool {
         self.args.expires.is_some_and(|expires| {
@@ -363,6 +408,8 @@ pub struct Queues {
     next_generated: AtomicU64,
     /// The broker's store, where durable queues are kept.
     journal: Option<Journal>,
+    /// Open AMQP connections (for the admin API and `$SYS`).
+    pub connections: super::connections::Connections,
 }
 
 /// What declaring did.

@@ -626,3 +626,124 @@ async fn amqps_serves_amqp_through_the_listener_tls_keys() {
     );
     server.shutdown().await;
 }
+
+/// Visibility: an AMQP queue shows in `/api/v1/queues` with RabbitMQ's `list_queues`
+/// columns and in the sessions list, an AMQP connection in the clients list, both with
+/// protocol "amqp", and both count in `$SYS` and `/api/v1/stats`.
+#[tokio::test]
+async fn queues_and_connections_show_in_the_admin_api_and_sys() {
+    use crate::admin_http::get;
+    let (broker, amqp) = start().await;
+    let mut s = handshake(amqp, "/").await;
+    assert_eq!(read_method(&mut s).await.1, 10, "open-ok");
+    s.write_all(&method(1, 20, 10, &short(""))).await.unwrap();
+    assert_eq!(read_method(&mut s).await.2, 11, "channel.open-ok");
+    s.write_all(&declare(1, "visible")).await.unwrap();
+    assert_eq!(read_method(&mut s).await.2, 11, "queue.declare-ok");
+    s.write_all(&bind(1, "visible", "sensors.#")).await.unwrap();
+    assert_eq!(read_method(&mut s).await.2, 21, "queue.bind-ok");
+    let (mut publisher, _) = broker.raw_v311("visible-pub", true).await;
+    for i in 0..3u8 {
+        let publish = rumqttc::Publish::new(format!("sensors/{i}"), qos4(0), vec![i]);
+        publisher.send_v4(V4Packet::Publish(publish)).await;
+    }
+    publisher.ping_fence().await;
+    // Prefetch 1, one consumer: one message unacknowledged, two ready.
+    s.write_all(&method(1, 60, 10, &[0, 0, 0, 0, 0, 1, 0]))
+        .await
+        .unwrap();
+    assert_eq!(read_method(&mut s).await.2, 11, "basic.qos-ok");
+    let mut consume = vec![0, 0];
+    consume.extend(short("visible"));
+    consume.extend(short("watcher"));
+    consume.extend_from_slice(&[0, 0, 0, 0, 0]);
+    s.write_all(&method(1, 60, 20, &consume)).await.unwrap();
+    assert_eq!(read_method(&mut s).await.2, 21, "basic.consume-ok");
+    assert_eq!(read_method(&mut s).await.2, 60, "basic.deliver");
+
+    let admin = broker.admin();
+    let queues = get(admin, "/api/v1/queues", None).await.json();
+    let q = &queues["items"][0];
+    assert_eq!(q["name"], "visible", "{queues}");
+    assert_eq!(q["protocol"], "amqp");
+    assert_eq!(q["messages"], 3, "{q}");
+    assert_eq!(q["messages_ready"], 2, "{q}");
+    assert_eq!(q["messages_unacknowledged"], 1, "{q}");
+    assert_eq!(q["consumers"], 1, "{q}");
+    assert_eq!(q["bindings"], serde_json::json!(["sensors.#"]));
+    assert_eq!(q["durable"], false);
+
+    let sessions = get(admin, "/api/v1/sessions", None).await.json();
+    let items = sessions["items"].as_array().unwrap();
+    let queue = items
+        .iter()
+        .find(|i| i["client_id"] == "amqp-queue:visible")
+        .unwrap_or_else(|| panic!("queue not among the sessions: {sessions}"));
+    assert_eq!(queue["protocol"], "amqp");
+    assert_eq!(queue["messages_ready"], 2);
+    assert!(
+        items
+            .iter()
+            .any(|i| i["client_id"] == "visible-pub" && i["protocol"] == "mqtt"),
+        "{sessions}"
+    );
+
+    let clients = get(admin, "/api/v1/clients", None).await.json();
+    let amqp_client = clients["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["protocol"] == "amqp")
+        .unwrap_or_else(|| panic!("no AMQP client listed: {clients}"));
+    assert!(
+        amqp_client["client_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("amqp-")
+    );
+    assert_eq!(amqp_client["connection"]["protocol"], "amqp");
+    assert_eq!(amqp_client["connection"]["username"], "guest");
+    assert_eq!(amqp_client["connection"]["channels"], 1);
+    assert!(
+        amqp_client["connection"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    // Paging by client id covers both kinds: one at a time, every entry once.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = if after.is_empty() {
+            "/api/v1/clients?limit=1".to_owned()
+        } else {
+            format!("/api/v1/clients?limit=1&after={after}")
+        };
+        let page = get(admin, &path, None).await.json();
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["client_id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.contains(&"visible-pub".to_owned()), "{seen:?}");
+
+    let stats = get(admin, "/api/v1/stats", None).await.json();
+    assert_eq!(
+        stats["amqp"],
+        serde_json::json!({"connections": 1, "queues": 1})
+    );
+    assert_eq!(stats["connections"]["connected"], 2);
+    assert_eq!(stats["sessions"]["online"], 1, "{stats}");
+    let sys: std::collections::HashMap<&str, String> = midge_broker::sys::values(broker.broker())
+        .into_iter()
+        .collect();
+    assert_eq!(sys["$SYS/broker/amqp/connections"], "1");
+    assert_eq!(sys["$SYS/broker/amqp/queues"], "1");
+    assert_eq!(sys["$SYS/broker/clients/connected"], "2");
+    assert_eq!(sys["$SYS/broker/clients/disconnected"], "0");
+    broker.shutdown().await;
+}
