@@ -971,10 +971,14 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 no_wait,
                 arguments,
             } => {
-                // Validated even when passive, as RabbitMQ does.
-                let name_for_errors = if queue.is_empty() { "amq.gen" } else { &queue };
-                let args = QueueArgs::parse(&arguments, name_for_errors)
-                    .map_err(|text| channel_fault(reply::PRECONDITION_FAILED, text))?;
+                // A passive declaration checks existence only, as RabbitMQ's does.
+                let args = if passive {
+                    QueueArgs::default()
+                } else {
+                    let name = if queue.is_empty() { "amq.gen" } else { &queue };
+                    QueueArgs::parse(&arguments, name)
+                        .map_err(|text| channel_fault(reply::PRECONDITION_FAILED, text))?
+                };
                 let q = if passive {
                     match queues.get(&queue) {
                         Some(q) if q.exclusive_owner.is_some_and(|c| c != self.id) => {

@@ -259,7 +259,7 @@ impl Queue {
     /// Drops the expired messages at the head, so counts leave them out (RabbitMQ drops
     /// them at the head as their time comes).
     pub fn drop_expired_head(&self, now: Millis) {
-        if self.args.message_ttl.is_none() && self.mailbox.is_empty() {
+        if self.mailbox.is_empty() {
             return;
         }
         if let Some(live) = self.pop_live(now) {
@@ -509,6 +509,9 @@ impl Queues {
                 }
             };
         }
+        // The new mailbox is reached by nobody else until the table lock is released, so
+        // taking its lock (and recording it) here closes no lock-order cycle; doing it under
+        // the table lock keeps two declarations of one name from both creating it.
         let stored = flags.durable && !flags.exclusive && self.journal.is_some();
         let owner: Arc<str> = Arc::from(format!("{OWNER_PREFIX}{name}"));
         let mailbox = Mailbox::with_store(owner, self.journal.as_ref());
