@@ -766,6 +766,88 @@ mod tests {
         }
     }
 
+    /// A queue's own limits hold whatever the QoS and whatever limits a push passes:
+    /// drop-head drops the oldest (a QoS 1 one before a newer QoS 0 one), reject-publish
+    /// the newcomer; a byte limit counts like the broker's.
+    #[test]
+    fn own_limits_drop_the_head_or_refuse_the_newcomer() {
+        let broker_limits = QueueLimits {
+            max_messages: 1000,
+            max_bytes: 0,
+            policy: QueueFullPolicy::DropNew,
+            queue_qos0_offline: true,
+        };
+        let contents = |m: &Mailbox| {
+            let mut out = Vec::new();
+            m.pop_batch(100, 100, &mut out);
+            let texts: Vec<String> = out
+                .iter()
+                .map(|d| String::from_utf8_lossy(&d.message.payload).into_owned())
+                .collect();
+            m.unpop(
+                out.into_iter()
+                    .enumerate()
+                    .map(|(i, delivery)| Queued {
+                        seq: i as u64,
+                        delivery,
+                    })
+                    .collect(),
+            );
+            texts
+        };
+        let head = Mailbox::new("q".into());
+        head.set_online(true);
+        head.set_own_limits(OwnLimits {
+            max_messages: Some(2),
+            max_bytes: None,
+            drop_head: true,
+        });
+        head.push(delivery(QoS::AtLeastOnce, "a"), &broker_limits);
+        head.push(delivery(QoS::AtMostOnce, "b"), &broker_limits);
+        let outcome = head.push(delivery(QoS::AtMostOnce, "c"), &broker_limits);
+        assert_eq!(outcome, PushOutcome::Queued { evicted: 1 });
+        assert_eq!(contents(&head), ["b", "c"]);
+
+        let reject = Mailbox::new("r".into());
+        reject.set_online(true);
+        reject.set_own_limits(OwnLimits {
+            max_messages: Some(2),
+            max_bytes: None,
+            drop_head: false,
+        });
+        for p in ["a", "b"] {
+            reject.push(delivery(QoS::AtMostOnce, p), &broker_limits);
+        }
+        let outcome = reject.push(delivery(QoS::AtLeastOnce, "c"), &broker_limits);
+        assert_eq!(outcome, PushOutcome::Dropped);
+        assert_eq!(contents(&reject), ["a", "b"]);
+
+        // Weight is payload + topic ("t"): 3 bytes each, 7 hold two.
+        let bytes = Mailbox::new("b".into());
+        bytes.set_online(true);
+        bytes.set_own_limits(OwnLimits {
+            max_messages: None,
+            max_bytes: Some(7),
+            drop_head: true,
+        });
+        for p in ["aa", "bb", "cc"] {
+            bytes.push(delivery(QoS::AtLeastOnce, p), &broker_limits);
+        }
+        assert_eq!(contents(&bytes), ["bb", "cc"]);
+        // Zero messages allowed: nothing is kept.
+        let none = Mailbox::new("n".into());
+        none.set_own_limits(OwnLimits {
+            max_messages: Some(0),
+            max_bytes: None,
+            drop_head: true,
+        });
+        assert_eq!(
+            none.push(delivery(QoS::AtLeastOnce, "x"), &broker_limits),
+            PushOutcome::Dropped
+        );
+        assert!(none.is_empty());
+    }
+
     fn limits(max_messages: usize, policy: QueueFullPolicy) -> QueueLimits {
         QueueLimits {
             max_messages,
