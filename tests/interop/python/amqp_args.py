@@ -87,6 +87,17 @@ def main():
     for body in [b"a", b"b", b"c"]:
         ch.basic_publish("", "reject", body)
     result["reject_publish"] = drain(ch, "reject")
+    # With confirms, a message reject-publish refuses is nacked (the others acked).
+    cch = conn.channel()
+    cch.confirm_delivery()
+    cch.queue_declare("reject-confirm", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    cch.basic_publish("", "reject-confirm", b"kept")
+    try:
+        cch.basic_publish("", "reject-confirm", b"refused")
+        result["reject_confirm"] = "acked"
+    except pika.exceptions.NackError:
+        result["reject_confirm"] = "nacked"
+    result["reject_confirm_kept"] = drain(cch, "reject-confirm")
     # x-max-length-bytes: 10 bytes hold two 4-byte bodies, not three.
     ch.queue_declare("maxbytes", arguments={"x-max-length-bytes": 10})
     for body in [b"aaaa", b"bbbb", b"cccc"]:

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::auth::{AccessControl, Credentials, FilterVerdict, Identity};
 use crate::broker::Broker;
-use crate::mailbox::{Inbox, Queued};
+use crate::mailbox::{Inbox, PushOutcome, Queued};
 use crate::model::{Delivery, now_millis};
 use crate::stats::Stats;
 use connections::ConnectionInfo;
@@ -65,6 +65,17 @@ enum Fault {
 }
 
 type Outcome = Result<(), Fault>;
+
+/// Where a published message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routed {
+    /// At least one queue or subscriber took it.
+    Taken,
+    /// Nothing it was for (basic.return when mandatory; confirmed).
+    Unroutable,
+    /// The queue it was for refused it (full with reject-publish): nacked.
+    Rejected,
+}
 
 fn channel_fault(code: u16, text: impl Into<String>) -> Fault {
     Fault::Channel(code, text.into())
@@ -106,8 +117,8 @@ struct Channel {
     /// Publisher confirms on: the sequence number of the last publish.
     confirms: Option<u64>,
     incoming: Option<Incoming>,
-    /// Confirms to send once the store has settled: (tag, multiple).
-    pending_acks: Vec<u64>,
+    /// Confirms to send once the store has settled: (tag, ack; false: nack).
+    pending_acks: Vec<(u64, bool)>,
 }
 
 /// Serves one AMQP connection until it ends. `held` (the connection permit) is released
@@ -595,14 +606,20 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 acks.push((number, tag));
             }
         }
-        for (number, tag) in acks {
-            self.send(
-                number,
-                &Method::BasicAck {
+        for (number, (tag, ack)) in acks {
+            let method = if ack {
+                Method::BasicAck {
                     delivery_tag: tag,
                     multiple: false,
-                },
-            );
+                }
+            } else {
+                Method::BasicNack {
+                    delivery_tag: tag,
+                    multiple: false,
+                    requeue: false,
+                }
+            };
+            self.send(number, &method);
         }
     }
 
@@ -783,18 +800,19 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             *seq += 1;
             *seq
         });
-        // An unroutable message is confirmed too, after its basic.return, as RabbitMQ does.
-        self.publish(number, incoming).await?;
+        // An unroutable message is confirmed too, after its basic.return, as RabbitMQ does;
+        // one a queue refused (x-overflow reject-publish, or full) is nacked.
+        let routed = self.publish(number, incoming).await?;
         if let Some(tag) = tag
             && let Some(channel) = self.channels.get_mut(&number)
         {
-            channel.pending_acks.push(tag);
+            channel.pending_acks.push((tag, routed != Routed::Rejected));
         }
         Ok(())
     }
 
-    /// Routes a complete message; false when nothing took it.
-    async fn publish(&mut self, number: u16, incoming: Incoming) -> Result<bool, Fault> {
+    /// Routes a complete message.
+    async fn publish(&mut self, number: u16, incoming: Incoming) -> Result<Routed, Fault> {
         let Incoming {
             exchange,
             routing_key,
@@ -840,7 +858,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                     self.client_id.clone(),
                     now,
                 );
-                self.broker.publish(message).delivered > 0
+                if self.broker.publish(message).delivered > 0 {
+                    Routed::Taken
+                } else {
+                    Routed::Unroutable
+                }
             }
             "" => match self.context.queues.get(&routing_key) {
                 Some(queue) => {
@@ -860,12 +882,16 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                         subscription_ids: Vec::new(),
                         shared: None,
                     };
-                    matches!(
-                        Inbox::push(&*queue.mailbox, delivery, &self.broker.queue_limits()),
-                        crate::mailbox::PushOutcome::Queued { .. }
-                    )
+                    match Inbox::push(&*queue.mailbox, delivery, &self.broker.queue_limits()) {
+                        PushOutcome::Queued { .. } => Routed::Taken,
+                        PushOutcome::Dropped => {
+                            Stats::add(&self.broker.stats.publish_dropped, 1);
+                            Routed::Rejected
+                        }
+                        PushOutcome::Closed => Routed::Unroutable,
+                    }
                 }
-                None => false,
+                None => Routed::Unroutable,
             },
             other => {
                 return Err(channel_fault(
@@ -874,7 +900,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 ));
             }
         };
-        if !delivered && mandatory {
+        if delivered == Routed::Unroutable && mandatory {
             self.send(
                 number,
                 &Method::BasicReturn {

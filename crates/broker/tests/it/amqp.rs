@@ -141,6 +141,8 @@ async fn queue_arguments_follow_rabbitmq_semantics() {
     assert_eq!(r["ttl"], serde_json::json!(["fresh", "long-expiration"]));
     assert_eq!(r["drop_head"], serde_json::json!(["b", "c"]));
     assert_eq!(r["reject_publish"], serde_json::json!(["a", "b"]));
+    assert_eq!(r["reject_confirm"], "nacked", "{r}");
+    assert_eq!(r["reject_confirm_kept"], serde_json::json!(["kept"]));
     assert_eq!(r["max_bytes"], serde_json::json!(["bbbb", "cccc"]));
     assert_eq!(r["unacked_len"], serde_json::json!(["first", 1]));
     assert_eq!(r["expired_queue_gone"], true);
