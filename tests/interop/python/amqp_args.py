@@ -68,10 +68,10 @@ def main():
 
     # x-message-ttl: a message older than the queue's TTL is gone; per-message
     # expiration likewise, whichever is lower wins.
-    ch.queue_declare("ttl", arguments={"x-message-ttl": 300})
+    ch.queue_declare("ttl", arguments={"x-message-ttl": 1000})
     ch.basic_publish("", "ttl", b"short")
     ch.basic_publish("", "ttl", b"per-message", pika.BasicProperties(expiration="100"))
-    time.sleep(0.5)
+    time.sleep(1.2)
     ch.basic_publish("", "ttl", b"fresh")
     ch.basic_publish("", "ttl", b"long-expiration", pika.BasicProperties(expiration="60000"))
     result["ttl_count"] = count(ch, "ttl")
@@ -147,10 +147,10 @@ def main():
     )
     # Equivalence: the same arguments again are fine, other ones (or none) are not.
     result["same_again"] = channel_error(
-        conn, lambda c: c.queue_declare("ttl", arguments={"x-message-ttl": 300})
+        conn, lambda c: c.queue_declare("ttl", arguments={"x-message-ttl": 1000})
     )
     result["other_ttl"] = channel_error(
-        conn, lambda c: c.queue_declare("ttl", arguments={"x-message-ttl": 400})
+        conn, lambda c: c.queue_declare("ttl", arguments={"x-message-ttl": 1100})
     )
     result["passive_ignores_args"] = channel_error(
         conn, lambda c: c.queue_declare("ttl", passive=True)

@@ -171,7 +171,7 @@ async fn queue_arguments_follow_rabbitmq_semantics() {
     assert_eq!(r["other_ttl"][0], 406);
     assert_eq!(
         r["other_ttl"][1],
-        "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'ttl' in vhost '/': received '400' but current is '300'"
+        "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'ttl' in vhost '/': received '1100' but current is '1000'"
     );
     assert_eq!(r["passive_ignores_args"], Value::Null);
     broker.shutdown().await;
