@@ -650,7 +650,11 @@ impl Queues {
 
     /// Binds `queue` to `amq.topic` with an MQTT filter (a router subscription).
     pub fn bind(&self, broker: &Broker, queue: &Queue, filter: &str) {
-        let fresh = queue.lock().bindings.insert(filter.to_owned());
+        let fresh = {
+            let mut s = queue.lock();
+            // Deleted since the caller found it (its ACL check awaits in between).
+            !s.deleted && s.bindings.insert(filter.to_owned())
+        };
         if fresh {
             let options = SubscriptionOptions {
                 qos: QoS::AtLeastOnce,
@@ -668,6 +672,11 @@ impl Queues {
             broker
                 .router
                 .subscribe(&queue.mailbox, filter, options, None);
+            // A delete between the insert above and this subscribe took the binding and
+            // unsubscribed before there was anything to unsubscribe: undo it here.
+            if queue.is_deleted() {
+                broker.router.unsubscribe_mailbox(filter, &queue.mailbox);
+            }
         }
     }
 
@@ -808,6 +817,71 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// Declarations, bindings and deletions of the same few queues from many threads at
+    /// once leave the table and the router agreeing: every queue in the table is live,
+    /// and the router holds exactly the bindings of the queues in the table.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_declares_binds_and_deletes_stay_consistent() {
+        let broker = crate::broker::Broker::new(crate::config::Config::default());
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let broker = broker.clone();
+                tokio::task::spawn_blocking(move || {
+                    let queues = &broker.amqp;
+                    let flags = QueueFlags {
+                        durable: false,
+                        exclusive: false,
+                        auto_delete: false,
+                    };
+                    for i in 0..1000 {
+                        let name = format!("q{}", (t + i) % 5);
+                        let Declared::Queue(q) =
+                            queues.declare(&broker, &name, flags, QueueArgs::default(), t)
+                        else {
+                            panic!("same flags and arguments: declared");
+                        };
+                        queues.bind(&broker, &q, &format!("t/{}", i % 3));
+                        if i % 4 == t % 4 {
+                            queues.delete(&broker, &q);
+                        } else if i % 5 == 0 {
+                            queues.unbind(&broker, &q, &format!("t/{}", i % 3));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let live = broker.amqp.all();
+        assert!(live.iter().all(|q| !q.is_deleted()));
+        let bindings: usize = live.iter().map(|q| q.bindings().len()).sum();
+        assert_eq!(broker.router.len(), bindings);
+    }
+
+    /// A connection that found a queue, then awaited its ACL check while another deleted
+    /// the queue, binds a deleted queue: nothing may be left subscribed for it.
+    #[tokio::test]
+    async fn binding_a_queue_deleted_meanwhile_leaves_no_subscription() {
+        let broker = crate::broker::Broker::new(crate::config::Config::default());
+        let flags = QueueFlags {
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+        };
+        let Declared::Queue(q) =
+            broker
+                .amqp
+                .declare(&broker, "gone", flags, QueueArgs::default(), 1)
+        else {
+            panic!("declared");
+        };
+        broker.amqp.delete(&broker, &q);
+        broker.amqp.bind(&broker, &q, "t/#");
+        assert_eq!(broker.router.len(), 0);
+        assert!(q.bindings().is_empty());
     }
 
     #[test]
