@@ -51,7 +51,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Listeners; by default one MQTT listener on 127.0.0.1:1883.
@@ -105,7 +105,7 @@ pub const DEFAULT_ADMIN_BIND: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18083);
 
 /// `[admin]`: the HTTP admin listener (`/metrics`, `/api/v1`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Whether the admin listener runs.
@@ -153,7 +153,7 @@ pub struct AdminTlsConfig {
 }
 
 /// A `[[listener]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Address and port; port 0 picks a free port.
@@ -332,7 +332,7 @@ pub enum CertIdentity {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Allow clients without credentials. Unset means: only from loopback addresses.
@@ -367,7 +367,7 @@ pub enum AclLeadingTopics {
 
 /// `[listener.auth]`: a listener's own access settings. Each key left out falls back to
 /// the same key of `[auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerAuthConfig {
     /// See [`AuthConfig::allow_anonymous`].
@@ -403,7 +403,7 @@ pub const DEFAULT_AUTH_ORDER: [AuthSource; 3] =
     [AuthSource::PasswordFile, AuthSource::Jwt, AuthSource::Http];
 
 /// `[auth.jwt]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
     /// Where the token is: the CONNECT password or user name.
@@ -457,7 +457,7 @@ pub enum JwtFrom {
 }
 
 /// `[auth.http]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpAuthConfig {
     /// Which protocol the service speaks.
@@ -541,7 +541,7 @@ pub enum HttpMethod {
 }
 
 /// `[auth.rate_limit]`: a token bucket per client address, spent by failed logins.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoginRateLimitConfig {
     /// Failed logins an address may have in a row; 0 turns the limit off.
@@ -586,7 +586,7 @@ pub enum ShareStrategyConfig {
 }
 
 /// `[mqtt]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// Largest keep-alive accepted, in seconds. v5 clients asking for more (or for 0 when
@@ -667,7 +667,7 @@ impl Default for MqttConfig {
 
 /// `[limits]`: connections per client address, checked when a connection is accepted,
 /// before any TLS or WebSocket handshake (see `conn_limit`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Connections one address (IPv6: one /64) may have open at once; 0 is unlimited.
@@ -703,7 +703,7 @@ impl MqttConfig {
 }
 
 /// `[sys]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SysConfig {
     /// Seconds between `$SYS` updates; 0 disables them.
@@ -724,7 +724,7 @@ impl Default for SysConfig {
 
 /// `[log]`: lines about refused, malformed and failed connections, per peer address
 /// (see `log_limit`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Lines logged per address per window; the rest are summed up in one line. 0 logs
@@ -774,7 +774,7 @@ pub enum Durability {
 }
 
 /// `[storage]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Where persistent state is kept.
@@ -799,6 +799,30 @@ impl Default for StorageConfig {
             flush_interval_ms: 100,
             max_stored_bytes: 1 << 30,
         }
+    }
+}
+
+/// Where the configuration in force came from, so that a reload reads it again the same
+/// way: the file, and the `MIDGE_*` overrides of the environment at start.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The TOML file; `None`: the defaults.
+    pub path: Option<PathBuf>,
+    /// The environment's variables (only `MIDGE_SECTION__KEY` ones are used).
+    pub env: Vec<(String, String)>,
+}
+
+impl ConfigSource {
+    /// Reads and validates the configuration ([`Config::load`]).
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.path.as_deref(), self.env.iter().cloned())
+    }
+
+    /// How errors name it: the file's path, or `defaults`.
+    pub fn origin(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string())
     }
 }
 

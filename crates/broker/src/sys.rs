@@ -178,7 +178,7 @@ impl LoadAverages {
 /// with a JSON payload, when `sys.client_events` is on. A client id with `+` or `#`
 /// (not allowed in a topic name) gets none.
 pub fn client_event(broker: &Broker, client_id: &str, event: &str, payload: serde_json::Value) {
-    if !broker.config.sys.client_events || client_id.contains(['+', '#']) {
+    if !broker.config().sys.client_events || client_id.contains(['+', '#']) {
         return;
     }
     static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();

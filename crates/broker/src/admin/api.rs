@@ -219,6 +219,7 @@ async fn stats(State(context): State<AdminContext>) -> ApiResult {
 async fn listeners(State(context): State<AdminContext>) -> ApiResult {
     let list: Vec<Value> = context
         .listeners
+        .list()
         .iter()
         .map(|l| {
             json!({
@@ -232,12 +233,16 @@ async fn listeners(State(context): State<AdminContext>) -> ApiResult {
     Ok(Json(json!({ "listeners": list })))
 }
 
-/// What SIGHUP does. A file that fails to load keeps its previous contents: 409 with
-/// the reason, since the request was valid but the files on disk are not.
+/// What SIGHUP does: 200 with the report (`changes`, and `restart_required`: keys whose
+/// new values wait for a restart). A config file that does not load, or new settings that
+/// cannot be used, change nothing; a password, ACL or certificate file that fails to load
+/// again keeps its previous contents. Both answer 409 with the reason, since the request
+/// was valid but the files on disk are not.
 async fn reload(State(context): State<AdminContext>) -> ApiResult {
+    // On a task of its own, so that a client going away does not cancel it half-way.
     let reload = context.reload.clone();
-    match tokio::task::spawn_blocking(move || reload()).await {
-        Ok(Ok(())) => Ok(Json(json!({"reloaded": true}))),
+    match tokio::spawn(async move { reload().await }).await {
+        Ok(Ok(report)) => Ok(Json(report)),
         Ok(Err(message)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "reload_failed",
@@ -696,7 +701,7 @@ async fn publish(
                 .map_err(|_| ApiError::bad_request("payload is not valid base64"))?,
         ),
     };
-    let max = context.broker.config.mqtt.max_packet_size as usize;
+    let max = context.broker.config().mqtt.max_packet_size as usize;
     if payload.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -55,6 +55,9 @@ pub struct AmqpContext {
     pub access: AccessControl,
     /// Queues, shared by every AMQP listener of the server.
     pub queues: Arc<Queues>,
+    /// The configuration its connections are accepted under (a reload gives new
+    /// connections a new one).
+    pub config: Arc<crate::config::Config>,
 }
 
 /// An error that closes a channel or the whole connection.
@@ -154,7 +157,7 @@ pub async fn serve<R, W>(
         info: None,
     };
     let mut buf = BytesMut::with_capacity(4096);
-    let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs.max(1));
+    let timeout = Duration::from_secs(conn.context.config.mqtt.connect_timeout_secs.max(1));
     let opened = tokio::select! {
         r = tokio::time::timeout(timeout, conn.open(&mut reader, &mut buf)) => r.unwrap_or(Ok(false)),
         _ = shutdown.changed() => Ok(false),
@@ -725,7 +728,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         if let Some(incoming) = &mut channel.incoming {
             return match payload {
                 FramePayload::Header(header) if incoming.header.is_none() => {
-                    let max = u64::from(self.broker.config.mqtt.max_packet_size);
+                    let max = u64::from(self.context.config.mqtt.max_packet_size);
                     if header.body_size > max {
                         channel.incoming = None;
                         return Err(channel_fault(

@@ -9,6 +9,8 @@
 //!   wins. A token's ACL claim, when it has one, decides alone for its connection.
 //!   Without any of these, everything is allowed (the session machine itself keeps
 //!   clients out of `$SYS`).
+//! - MQTT 5 enhanced authentication: SCRAM-SHA-256 and SCRAM-SHA-512 ([`scram`]), served
+//!   by the password file's `$7$` and SCRAM entries.
 //! - Failed logins are rate limited per client address ([`limiter`]); password checks
 //!   run in `spawn_blocking`, a few at a time, so they never stall the async workers.
 //!
@@ -21,6 +23,7 @@ pub mod http;
 pub mod jwt;
 pub mod limiter;
 pub mod password;
+pub mod scram;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
