@@ -76,7 +76,7 @@ pub struct Config {
 }
 
 /// `[amqp]`: how AMQP 0-9-1 and MQTT meet.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpConfig {
     /// RabbitMQ's behaviour for MQTT clients: a `.` in a topic name or filter is a level
