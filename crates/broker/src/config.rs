@@ -347,8 +347,11 @@ pub struct AuthConfig {
     pub http: Option<HttpAuthConfig>,
     /// `[auth.jwt]`: JWT authentication.
     pub jwt: Option<JwtConfig>,
+    /// `[auth.dynsec]`: dynamic security in Mosquitto's plugin file format, shared by
+    /// every listener.
+    pub dynsec: Option<DynsecConfig>,
     /// Which backends are asked about a user, in order; the first that knows the user
-    /// decides. Default: password file, JWT, HTTP.
+    /// decides. Default: password file, dynsec, JWT, HTTP.
     pub order: Vec<AuthSource>,
     /// `[auth.rate_limit]`: failed logins per client address (all listeners).
     pub rate_limit: LoginRateLimitConfig,
@@ -392,6 +395,8 @@ pub struct ListenerAuthConfig {
 pub enum AuthSource {
     /// `password_file`: knows the users it lists.
     PasswordFile,
+    /// `[auth.dynsec]`: knows the clients its file lists.
+    Dynsec,
     /// `[auth.jwt]`: knows a client whose credential is a JWT.
     Jwt,
     /// `[auth.http]`: knows every user (the service answers for all).
@@ -399,8 +404,32 @@ pub enum AuthSource {
 }
 
 /// The default `[auth] order`.
-pub const DEFAULT_AUTH_ORDER: [AuthSource; 3] =
-    [AuthSource::PasswordFile, AuthSource::Jwt, AuthSource::Http];
+pub const DEFAULT_AUTH_ORDER: [AuthSource; 4] = [
+    AuthSource::PasswordFile,
+    AuthSource::Dynsec,
+    AuthSource::Jwt,
+    AuthSource::Http,
+];
+
+/// `[auth.dynsec]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynsecConfig {
+    /// The state, in Mosquitto's dynamic-security plugin JSON format. Written (atomically)
+    /// at every change; a missing file starts empty.
+    pub file: PathBuf,
+    /// PBKDF2-SHA512 iterations for passwords set by commands.
+    pub iterations: u32,
+}
+
+impl Default for DynsecConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("dynamic-security.json"),
+            iterations: 10_000,
+        }
+    }
+}
 
 /// `[auth.jwt]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -966,6 +995,9 @@ impl Config {
                 return invalid("auth.jwt.algorithms", "name at least one algorithm");
             }
         }
+        if self.auth.dynsec.as_ref().is_some_and(|d| d.iterations == 0) {
+            return invalid("auth.dynsec.iterations", "must be at least 1");
+        }
         let listener_orders = self.listeners.iter().filter_map(|l| l.auth.order.as_ref());
         for order in std::iter::once(&self.auth.order).chain(listener_orders) {
             let mut seen = std::collections::HashSet::new();
@@ -1236,6 +1268,9 @@ mod tests {
         assert!(mqtts.crl.is_some());
         assert_eq!(config.auth.acl_leading_topics, AclLeadingTopics::Anonymous);
         assert_eq!(config.auth.order, DEFAULT_AUTH_ORDER);
+        let dynsec = config.auth.dynsec.as_ref().unwrap();
+        assert_eq!(dynsec.iterations, DynsecConfig::default().iterations);
+        assert!(dynsec.file.ends_with("dynamic-security.json"));
         let jwt = config.auth.jwt.as_ref().unwrap();
         assert_eq!(jwt.verify_claims.get("sub").map(String::as_str), Some("%u"));
         assert_eq!(jwt.acl_claim.as_deref(), Some("acl"));

@@ -19,11 +19,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use crate::auth::dynsec::RESPONSE_TOPIC;
 use crate::auth::scram::{Exchange, Failure, Mechanism};
 use crate::auth::{AccessControl, Credentials, FilterVerdict, Identity};
 use crate::broker::Broker;
 use crate::mailbox::{ConnectionDetail, Control, Mailbox};
-use crate::model::now_millis;
+use crate::model::{Message, now_millis};
 use crate::pre_connect::{self, PreConnect, Refused};
 use crate::session::{Flow, ResolvedPublish, Session, Violation, negotiate};
 use crate::stats::Stats;
@@ -977,6 +978,19 @@ where
                 Wait::Mailbox => {
                     woken = true;
                     if mailbox.take_recheck() {
+                        if (self.listener.access)
+                            .revoked(session.username(), totals.connected_at_ms)
+                        {
+                            tracing::info!(client_id = %session.client_id(), peer = %self.peer, "connection closed: dynamic security disabled or deleted its client");
+                            session.disconnect_packet(
+                                ReasonCode::ADMINISTRATIVE_ACTION,
+                                None,
+                                &mut self.wbuf,
+                            );
+                            return End::Kicked {
+                                discard_session: false,
+                            };
+                        }
                         Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
                             .await;
                     }
@@ -1228,6 +1242,19 @@ where
                 Ok(Dispatch::Handled(Flow::Continue))
             }
             Packet::Subscribe(subscribe) => Ok(Dispatch::Authorize(Pending::Subscribe(subscribe))),
+            Packet::Unsubscribe(unsubscribe) if self.listener.access.checks_unsubscribe() => {
+                let access = &self.listener.access;
+                let allowed: Vec<bool> = (unsubscribe.filters.iter())
+                    .map(|f| access.authorize_unsubscribe(session.username(), f))
+                    .collect();
+                session.unsubscribe_authorized(
+                    unsubscribe,
+                    &allowed,
+                    &self.broker.env(&self.listener.config),
+                    &mut self.wbuf,
+                );
+                Ok(Dispatch::Handled(Flow::Continue))
+            }
             Packet::Auth(auth) => self.on_auth(session, auth).map(Dispatch::Handled),
             other => session
                 .handle(
@@ -1271,8 +1298,46 @@ where
         }
     }
 
+    /// A dynamic-security command (an authorized PUBLISH to its topic) is not routed: it
+    /// runs, in order, on the blocking pool; then every connection checks its user and
+    /// subscriptions again (if something changed) and the reply is published on the
+    /// response topic, as the plugin does. A QoS 2 PUBLISH sent again is not run again.
+    fn dynsec_command(&self, session: &Session, resolved: &mut ResolvedPublish) {
+        let Some(dynsec) = self.listener.access.dynsec_command(resolved.topic()) else {
+            return;
+        };
+        let repeated = resolved.qos() == midge_proto::QoS::ExactlyOnce
+            && (session.state().awaiting_pubrel).contains_key(&resolved.packet_id());
+        resolved.take_by_broker();
+        if repeated {
+            return;
+        }
+        let broker = self.broker.clone();
+        let caller = format!(
+            "{}/{}",
+            session.client_id(),
+            session.username().unwrap_or_default()
+        );
+        dynsec.submit(resolved.payload().to_vec(), caller, move |outcome| {
+            if outcome.changed {
+                broker.registry.recheck_owners();
+            }
+            let mut reply = Message::internal(
+                RESPONSE_TOPIC.to_owned(),
+                outcome.response.into(),
+                false,
+                now_millis(),
+            );
+            reply.qos = midge_proto::QoS::AtLeastOnce;
+            broker.publish(reply);
+        });
+    }
+
     /// Publishes with its authorization verdict.
-    fn publish(&mut self, session: &mut Session, resolved: ResolvedPublish, allowed: bool) {
+    fn publish(&mut self, session: &mut Session, mut resolved: ResolvedPublish, allowed: bool) {
+        if allowed {
+            self.dynsec_command(session, &mut resolved);
+        }
         session.publish(
             resolved,
             allowed,

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminContext, AdminError, AdminUsers};
 use crate::amqp::{self, AmqpContext};
-use crate::auth::{AuthError, LoginGuard};
+use crate::auth::{AuthError, Dynsec, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError, ConfigSource};
 use crate::conn_limit::{ConnLimiter, Refusal};
@@ -169,7 +169,18 @@ impl Server {
             total: Arc::new(ConnectionCount::new(config.mqtt.max_connections)),
             per_ip: ConnLimiter::new(&config.limits),
         };
-        let login_guard = LoginGuard::new(&config, broker.log_limit.clone());
+        // One dynamic-security state for every listener; a damaged file stops the start.
+        let dynsec = config
+            .auth
+            .dynsec
+            .as_ref()
+            .map(Dynsec::load)
+            .transpose()
+            .map_err(|source| StartError::Auth {
+                name: "auth.dynsec".to_owned(),
+                source,
+            })?;
+        let login_guard = LoginGuard::with_dynsec(&config, broker.log_limit.clone(), dynsec);
         let admin_users = if config.admin.enabled {
             let users = AdminUsers::load(&config.admin).map_err(|source| StartError::Auth {
                 name: "admin".to_owned(),

@@ -121,6 +121,7 @@ pub(super) fn router(context: AdminContext) -> Router {
         .route("/api/v1/retained", get(retained))
         .route("/api/v1/retained/{*topic}", delete(delete_retained))
         .route("/api/v1/publish", post(publish))
+        .route("/api/v1/dynsec", post(dynsec))
         .route("/api/v1/live", get(live_view))
         .route("/api/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -231,6 +232,42 @@ async fn listeners(State(context): State<AdminContext>) -> ApiResult {
         })
         .collect();
     Ok(Json(json!({ "listeners": list })))
+}
+
+/// Dynamic-security commands: the same `{"commands":[…]}` document as on
+/// `$CONTROL/dynamic-security/v1`, answered with the same `{"responses":[…]}`. A viewer
+/// may send only the commands that read. Changes apply at once, as over MQTT.
+async fn dynsec(
+    State(context): State<AdminContext>,
+    axum::Extension(role): axum::Extension<super::Role>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response<Body>, ApiError> {
+    let Some(dynsec) = context.guard.dynsec().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "dynamic security is not configured ([auth.dynsec])",
+        ));
+    };
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    let read_only = role == super::Role::Viewer;
+    let caller = if read_only {
+        "admin API (viewer)"
+    } else {
+        "admin API"
+    };
+    let outcome = tokio::task::spawn_blocking(move || dynsec.execute(&body, caller, read_only))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if outcome.changed {
+        context.broker.registry.recheck_owners();
+    }
+    let mut response = Response::new(Body::from(outcome.response));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// What SIGHUP does: 200 with the report (`changes`, and `restart_required`: keys whose

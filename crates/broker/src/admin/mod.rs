@@ -347,7 +347,10 @@ async fn handle(
         Ok(role) => role,
         Err(refusal) => return Ok(refusal),
     };
-    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    // Dynamic-security commands are posted by viewers too; they may send only those
+    // that read (see `api::dynsec`).
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD)
+        || (request.method() == Method::POST && request.uri().path() == "/api/v1/dynsec");
     if role == Role::Viewer && !reads {
         return Ok(ApiError::new(
             StatusCode::FORBIDDEN,

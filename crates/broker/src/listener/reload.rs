@@ -376,6 +376,9 @@ pub fn keep_fixed(running: &Config, new: &mut Config) -> Vec<String> {
         &r.max_tracked_addresses,
         &mut n.max_tracked_addresses,
     );
+    // One dynamic-security state is loaded at start and shared by every listener; its
+    // commands, not the config file, change it.
+    keep(k, "auth.dynsec", &running.auth.dynsec, &mut new.auth.dynsec);
     // The admin listener is bound once, with its TLS files.
     let (r, n) = (&running.admin, &mut new.admin);
     keep(k, "admin.enabled", &r.enabled, &mut n.enabled);
@@ -740,7 +743,8 @@ mod tests {
         let running = Config::default();
         let text = "[storage]\ndir = \"/elsewhere\"\nbackend = \"memory\"\n\
                     [mqtt]\nmax_inflight = 7\nshared_subscription_strategy = \"random\"\n\
-                    [sys]\ninterval_secs = 1\n[admin]\nbind = \"127.0.0.1:18084\"\n";
+                    [sys]\ninterval_secs = 1\n[auth.dynsec]\nfile = \"ds.json\"\n\
+                    [admin]\nbind = \"127.0.0.1:18084\"\n";
         let mut new = Config::from_toml(text, "t.toml").unwrap();
         let keys = keep_fixed(&running, &mut new);
         assert_eq!(
@@ -750,11 +754,13 @@ mod tests {
                 "storage.dir",
                 "mqtt.shared_subscription_strategy",
                 "sys.interval_secs",
+                "auth.dynsec",
                 "admin.bind"
             ]
         );
         assert_eq!(new.storage, running.storage);
         assert_eq!(new.sys, running.sys);
+        assert_eq!(new.auth.dynsec, None);
         assert_eq!(new.admin, running.admin);
         // What can change live is left as the file says.
         assert_eq!(new.mqtt.max_inflight, 7);

@@ -16,6 +16,7 @@ mod conformance;
 mod conn_limits;
 mod connect;
 mod differential;
+mod dynsec;
 mod harness;
 mod hostile_connect;
 mod http_auth;
