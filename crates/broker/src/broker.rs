@@ -49,6 +49,8 @@ pub struct Broker {
     /// Where persistent sessions and retained messages are recorded; `None` keeps
     /// everything in memory only (unit tests).
     pub journal: Option<Journal>,
+    /// AMQP queues, shared by every AMQP listener (durable ones kept through `journal`).
+    pub amqp: Arc<crate::amqp::queues::Queues>,
     started: Instant,
     next_connection_id: AtomicU64,
 }
@@ -82,6 +84,7 @@ impl Broker {
             registry,
             stats: Stats::default(),
             log_limit,
+            amqp: Arc::new(crate::amqp::queues::Queues::new(journal.clone())),
             journal,
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),
@@ -91,10 +94,12 @@ impl Broker {
     /// Puts back what the store held (before any listener opens): the retained tree, then
     /// the sessions with their subscriptions and queues; then ends sessions and publishes
     /// wills that fell due while the broker was down.
-    pub fn restore(&self, recovered: Recovered, now: Millis) {
+    pub fn restore(&self, mut recovered: Recovered, now: Millis) {
         let Some(journal) = &self.journal else {
             return;
         };
+        self.amqp
+            .restore(self, std::mem::take(&mut recovered.amqp_queues));
         let (retained, sessions) = (recovered.retained.len(), recovered.sessions.len());
         for message in recovered.retained {
             self.retained.update(&message);
@@ -230,6 +235,7 @@ impl Broker {
     pub fn tick(&self, now: Millis) {
         let effects = self.registry.tick(&self.stats, now);
         self.apply(effects, now);
+        self.amqp.tick(self, now);
     }
 
     /// Disconnects a client for an administrator ([`Registry::kick`]) and carries out

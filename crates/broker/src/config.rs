@@ -71,6 +71,17 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[admin]`: the HTTP admin listener (metrics, REST API).
     pub admin: AdminConfig,
+    /// `[amqp]`: how AMQP 0-9-1 and MQTT meet.
+    pub amqp: AmqpConfig,
+}
+
+/// `[amqp]`: how AMQP 0-9-1 and MQTT meet.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// RabbitMQ's behaviour for MQTT clients: a `.` in a topic name or filter is a level
+    /// separator too (`a.b` is `a/b`), as when the topic is a routing key.
+    pub mqtt_dots_as_separators: bool,
 }
 
 impl Default for Config {
@@ -84,6 +95,7 @@ impl Default for Config {
             log: LogConfig::default(),
             storage: StorageConfig::default(),
             admin: AdminConfig::default(),
+            amqp: AmqpConfig::default(),
         }
     }
 }

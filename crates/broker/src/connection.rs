@@ -582,11 +582,16 @@ where
         // One deadline for CONNECT and, with enhanced authentication, the AUTH exchange.
         let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
         let deadline = Instant::now() + timeout;
-        let Some(connect) = Box::pin(self.read_connect(&mut budget, deadline)).await else {
+        let Some(mut connect) = Box::pin(self.read_connect(&mut budget, deadline)).await else {
             drop(budget);
             Box::pin(self.close()).await;
             return None;
         };
+        if self.listener.config.amqp.mqtt_dots_as_separators
+            && let Some(will) = &mut connect.will
+        {
+            crate::amqp::mapping::dots_to_slashes(&mut will.topic);
+        }
         Box::pin(self.establish(connect, &mut budget, deadline)).await
     }
 
@@ -1215,9 +1220,12 @@ where
     fn dispatch(
         &mut self,
         session: &mut Session,
-        packet: Packet,
+        mut packet: Packet,
         checks_wait: bool,
     ) -> Result<Dispatch, Violation> {
+        if self.listener.config.amqp.mqtt_dots_as_separators {
+            crate::amqp::mapping::dots_as_separators(&mut packet);
+        }
         match packet {
             Packet::Publish(publish) => {
                 let resolved =

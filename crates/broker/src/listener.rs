@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminContext, AdminError, AdminUsers};
-use crate::amqp::{self, AmqpContext, queues::Queues};
+use crate::amqp::{self, AmqpContext};
 use crate::auth::{AuthError, Dynsec, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError, ConfigSource};
@@ -195,7 +195,7 @@ impl Server {
             limits,
             guard: login_guard.clone(),
             // AMQP queues are shared by every AMQP listener.
-            amqp_queues: Arc::new(Queues::default()),
+            amqp_queues: broker.amqp.clone(),
             shutdown: shutdown_rx.clone(),
             live: Arc::downgrade(&live),
             tls: Arc::default(),

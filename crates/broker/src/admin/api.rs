@@ -116,6 +116,7 @@ pub(super) fn router(context: AdminContext) -> Router {
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/clients", get(clients))
         .route("/api/v1/clients/{client_id}", get(client).delete(kick))
+        .route("/api/v1/queues", get(queues))
         .route("/api/v1/subscriptions", get(subscriptions))
         .route("/api/v1/retained", get(retained))
         .route("/api/v1/retained/{*topic}", delete(delete_retained))
@@ -170,6 +171,8 @@ async fn stats(State(context): State<AdminContext>) -> ApiResult {
     let broker = &context.broker;
     let s = broker.stats.snapshot();
     let sessions = broker.registry.len() as u64;
+    let amqp_connections = broker.amqp.connections.len() as u64;
+    let mqtt_connected = s.clients_connected.saturating_sub(amqp_connections);
     Ok(Json(json!({
         "uptime_secs": broker.uptime_secs(),
         "connections": {
@@ -183,13 +186,14 @@ async fn stats(State(context): State<AdminContext>) -> ApiResult {
         },
         "sessions": {
             "total": sessions,
-            "online": s.clients_connected.min(sessions),
-            "offline": sessions.saturating_sub(s.clients_connected),
+            "online": mqtt_connected.min(sessions),
+            "offline": sessions.saturating_sub(mqtt_connected),
             "taken_over": s.sessions_taken_over,
             "expired": s.sessions_expired,
         },
         "subscriptions": broker.router.len(),
         "retained_messages": broker.retained.len(),
+        "amqp": {"connections": amqp_connections, "queues": broker.amqp.len()},
         "messages": {
             "received": s.publish_received,
             "delivered": s.publish_sent,
@@ -418,6 +422,7 @@ fn session_json(s: &crate::registry::SessionSummary) -> Value {
     json!({
         "client_id": &*s.client_id,
         "name": &*s.client_id,
+        "protocol": "mqtt",
         "online": s.online,
         "messages": unacked.map(|u| s.queued + u),
         "messages_ready": s.queued,
@@ -428,14 +433,17 @@ fn session_json(s: &crate::registry::SessionSummary) -> Value {
     })
 }
 
+/// MQTT sessions in client id order, a page at a time, with AMQP queues (as sessions) or
+/// AMQP connections (as clients) merged in by client id.
 fn list_sessions(
     context: &AdminContext,
     query: &SessionQuery,
     only: Option<bool>,
+    amqp_entries: Option<AmqpEntries>,
 ) -> Result<Value, ApiError> {
     let limit = page_limit(query.limit)?;
     let needle = query.client_id.as_deref().unwrap_or("");
-    let items: Vec<Value> = context
+    let mut items: Vec<Value> = context
         .broker
         .registry
         .sessions_page(query.after.as_deref(), limit, |s| {
@@ -444,9 +452,62 @@ fn list_sessions(
         .iter()
         .map(session_json)
         .collect();
+    let amqp = &context.broker.amqp;
+    let extra: Vec<Value> = match amqp_entries {
+        Some(AmqpEntries::Queues) => amqp.all().iter().map(|q| q.describe()).collect(),
+        Some(AmqpEntries::Connections) => amqp
+            .connections
+            .all()
+            .iter()
+            .map(|c| c.describe())
+            .collect(),
+        None => Vec::new(),
+    };
+    let key = |v: &Value| v["client_id"].as_str().unwrap_or("").to_owned();
+    items.extend(extra.into_iter().filter(|v| {
+        let id = key(v);
+        query
+            .after
+            .as_deref()
+            .is_none_or(|after| id.as_str() > after)
+            && id.contains(needle)
+            && only.is_none_or(|online| v["online"] == online)
+    }));
+    items.sort_by_key(|v| key(v));
+    items.truncate(limit);
     Ok(page(items, limit, |v| {
         v["client_id"].as_str().map(str::to_owned)
     }))
+}
+
+/// Which AMQP entries a list merges in.
+#[derive(Debug, Clone, Copy)]
+enum AmqpEntries {
+    Queues,
+    Connections,
+}
+
+/// AMQP queues with RabbitMQ's `list_queues` columns (`name messages consumers`, ready
+/// and unacknowledged), in name order.
+async fn queues(
+    State(context): State<AdminContext>,
+    parsed: Result<Query<SessionQuery>, QueryRejection>,
+) -> ApiResult {
+    let query = query(parsed)?;
+    let limit = page_limit(query.limit)?;
+    let needle = query.client_id.as_deref().unwrap_or("");
+    let items: Vec<Value> = context
+        .broker
+        .amqp
+        .all()
+        .iter()
+        .filter(|q| q.name.contains(needle) && query.after.as_deref().is_none_or(|a| &*q.name > a))
+        .take(limit)
+        .map(|q| q.describe())
+        .collect();
+    Ok(Json(page(items, limit, |v| {
+        v["name"].as_str().map(str::to_owned)
+    })))
 }
 
 /// Every session, online or not, with the queue columns.
@@ -456,7 +517,12 @@ async fn sessions(
 ) -> ApiResult {
     let query = query(parsed)?;
     let only = state_filter(query.state.as_deref())?;
-    Ok(Json(list_sessions(&context, &query, only)?))
+    Ok(Json(list_sessions(
+        &context,
+        &query,
+        only,
+        Some(AmqpEntries::Queues),
+    )?))
 }
 
 /// Sessions seen as clients: connected ones by default (`state=offline` or `all` for the
@@ -482,7 +548,12 @@ async fn clients(
         None => Some(true),
         state => state_filter(state)?,
     };
-    Ok(Json(list_sessions(&context, &query, only)?))
+    Ok(Json(list_sessions(
+        &context,
+        &query,
+        only,
+        Some(AmqpEntries::Connections),
+    )?))
 }
 
 async fn client(State(context): State<AdminContext>, Path(client_id): Path<String>) -> ApiResult {
