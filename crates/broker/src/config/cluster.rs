@@ -13,7 +13,7 @@ pub enum ClusterBackend {
 }
 
 /// `[cluster]`. Without the section midge is a single node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Only `"nats"`.
