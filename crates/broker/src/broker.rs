@@ -50,7 +50,7 @@ pub struct Broker {
     /// everything in memory only (unit tests).
     pub journal: Option<Journal>,
     /// AMQP queues, shared by every AMQP listener (durable ones kept through `journal`).
-    pub amqp: Arc<crate::amqp::queues::Queues>,
+    pub amqp: Arc<crate::amqp_queues::Queues>,
     started: Instant,
     next_connection_id: AtomicU64,
 }
@@ -84,7 +84,7 @@ impl Broker {
             registry,
             stats: Stats::default(),
             log_limit,
-            amqp: Arc::new(crate::amqp::queues::Queues::new(journal.clone())),
+            amqp: Arc::new(crate::amqp_queues::Queues::new(journal.clone())),
             journal,
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),
@@ -413,6 +413,16 @@ impl SessionEnv for ConnectionEnv<'_> {
 
 /// The single node's answer to what a session asks: this process's router and retained
 /// store. Connections use [`ConnectionEnv`], which differs only in [`SessionEnv::mqtt`].
+impl crate::amqp_queues::QueueHost for Broker {
+    fn routing(&self) -> &dyn Routing {
+        &*self.router
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        Broker::queue_limits(self)
+    }
+}
+
 impl SessionEnv for Broker {
     fn mqtt(&self) -> &MqttConfig {
         &self.config.initial.mqtt

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod amqp;
+pub mod amqp_queues;
 pub mod auth;
 pub mod broker;
 pub mod cluster;

@@ -46,7 +46,8 @@ use super::{
     TlsListeners, Transport, accept_loop, bind, reload_certificate, ws,
 };
 use crate::admin::{AdminUsers, ListenerInfo, Listeners};
-use crate::amqp::{AmqpContext, queues::Queues};
+use crate::amqp::AmqpContext;
+use crate::amqp_queues::Queues;
 use crate::auth::{AccessControl, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError, ConfigSource, ListenerConfig, ListenerProtocol};
