@@ -1598,7 +1598,8 @@ async fn soak_reconnector(port: u16, t: u64, stop: Arc<AtomicBool>, counts: Arc<
                     false,
                     None,
                 ),
-                format!("soak/data/+/{}", rng.below(20)),
+                // A resumed session subscribes again to the same filter, as devices do.
+                format!("soak/data/+/{}", t % 20),
                 false,
             ),
             2 => (
@@ -1622,7 +1623,7 @@ async fn soak_reconnector(port: u16, t: u64, stop: Arc<AtomicBool>, counts: Arc<
                     false,
                     Some(3),
                 ),
-                format!("soak/data/{}/{}", rng.below(4), rng.below(20)),
+                format!("soak/data/{}/{}", t % 4, t % 20),
                 false,
             ),
             4 => {
