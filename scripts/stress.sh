@@ -24,6 +24,7 @@
 #   MIDGE_STRESS_SOAK_RATE          ... each this many messages a second (QoS 0, 1, 2 in turn)
 #   MIDGE_STRESS_SOAK_RECONNECTORS  clients connecting and leaving in a loop
 #   MIDGE_STRESS_SOAK_SLOW          slow consumers at their queue limits
+#   MIDGE_STRESS_SOAK_MAX_QUEUED    the broker's max_queued_messages in the soak
 #   MIDGE_STRESS_SOAK_RSS_PCT       allowed RSS growth after the warm-up, in percent
 # The CI variant is the same test binary in debug with the defaults in stress.rs:
 #   cargo test -p midge --test stress -- --nocapture
@@ -42,6 +43,7 @@ export MIDGE_STRESS_SLOWLORIS="${MIDGE_STRESS_SLOWLORIS:-1000}"
 export MIDGE_STRESS_SOAK_SECS="${MIDGE_STRESS_SOAK_SECS:-1800}"
 export MIDGE_STRESS_SOAK_RATE="${MIDGE_STRESS_SOAK_RATE:-100}"
 export MIDGE_STRESS_SOAK_RECONNECTORS="${MIDGE_STRESS_SOAK_RECONNECTORS:-24}"
+export MIDGE_STRESS_SOAK_MAX_QUEUED="${MIDGE_STRESS_SOAK_MAX_QUEUED:-200}"
 
 # 10,000 dead subscribers and bursts of 20,000 connects need descriptors on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

@@ -1376,7 +1376,7 @@ async fn soak_publisher(
     stop: Arc<AtomicBool>,
     counts: Arc<SoakCounts>,
 ) {
-    let version = if p % 2 == 0 {
+    let version = if p.is_multiple_of(2) {
         ProtocolVersion::V311
     } else {
         ProtocolVersion::V5
@@ -1395,7 +1395,7 @@ async fn soak_publisher(
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let qos = qos_of(n);
-        let expiry = (version == ProtocolVersion::V5 && n % 4 == 0).then_some(3);
+        let expiry = (version == ProtocolVersion::V5 && n.is_multiple_of(4)).then_some(3);
         let mut payload = format!("{p}-{n}-").into_bytes();
         payload.resize(64 + rng.below(512) as usize, b'.');
         let topic = format!("soak/data/{p}/{}", rng.below(20));
@@ -1418,7 +1418,6 @@ async fn soak_steady_subscriber(
     qos: QoS,
     stop: Arc<AtomicBool>,
     counter: Arc<SoakCounts>,
-    shared: bool,
 ) {
     let mut client = soak_connect(port, soak_options(version, &client_id, true, None))
         .await
@@ -1426,7 +1425,7 @@ async fn soak_steady_subscriber(
     soak_subscribe(&mut client, filter, qos)
         .await
         .expect("SUBACK");
-    let count = if shared {
+    let count = if filter.starts_with("$share/") {
         &counter.shared_received
     } else {
         &counter.received
@@ -1458,7 +1457,7 @@ async fn soak_keep_publisher(port: u16, rate: u64, stop: Arc<AtomicBool>) -> Vec
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let i = (seq % SOAK_KEEPERS as u64) as usize;
-        let qos = if seq % 2 == 0 {
+        let qos = if seq.is_multiple_of(2) {
             QoS::AtLeastOnce
         } else {
             QoS::ExactlyOnce
@@ -1482,7 +1481,7 @@ async fn soak_keep_publisher(port: u16, rate: u64, stop: Arc<AtomicBool>) -> Vec
 
 fn keep_options(i: usize) -> ConnectOptions {
     // Even keepers are MQTT 3.1.1 (clean session 0), odd ones MQTT 5 with an hour's expiry.
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         soak_options(
             ProtocolVersion::V311,
             &format!("soak-keep-{i}"),
@@ -1520,7 +1519,7 @@ async fn soak_keeper(
     let mut client = soak_connect(port, keep_options(i))
         .await
         .expect("keeper connects");
-    let qos = if i % 2 == 0 {
+    let qos = if i.is_multiple_of(2) {
         QoS::AtLeastOnce
     } else {
         QoS::ExactlyOnce
@@ -1821,26 +1820,42 @@ async fn soak_will_watcher(port: u16, stop: Arc<AtomicBool>, counts: Arc<SoakCou
     let _ = client.disconnect(Disconnect::default()).await;
 }
 
-/// Samples a process's RSS (KiB) and open files every `every` until `stop`.
+/// A process's anonymous resident memory in KiB (`RssAnon`): RSS without the pages of the
+/// binary, which grow as code runs for the first time (a debug binary is over 200 MiB).
+fn rss_anon_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Samples a process's RSS and anonymous RSS (KiB) and open files every `every` until
+/// `stop`.
 fn sample_process(
     pid: u32,
     stop: Arc<AtomicBool>,
     every: Duration,
-) -> tokio::task::JoinHandle<Vec<(Instant, u64, usize)>> {
+) -> tokio::task::JoinHandle<Vec<(Instant, u64, u64, usize)>> {
     tokio::spawn(async move {
         let mut samples = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
-            let rss = support::rss_kib_of(pid);
+            let (rss, anon) = (support::rss_kib_of(pid), rss_anon_kib_of(pid));
             // A line a minute, so a long run shows its course while it runs.
             if samples.len() % 60 == 59 {
                 eprintln!(
-                    "soak progress: {} s, RSS {:.1} MiB, open files {fds}",
+                    "soak progress: {} s, RSS {:.1} MiB (anonymous {:.1}), open files {fds}",
                     samples.len() + 1,
-                    mib(rss)
+                    mib(rss),
+                    mib(anon)
                 );
             }
-            samples.push((Instant::now(), rss, fds));
+            samples.push((Instant::now(), rss, anon, fds));
             tokio::time::sleep(every).await;
         }
         samples
@@ -1887,28 +1902,40 @@ fn dropped_by_reason(samples: &[(String, u64)]) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// What the broker holds: its gauges of sessions, subscriptions, retained, queued and
-/// in-flight messages and stored bytes, as `name value` pairs.
-fn holdings(samples: &[(String, u64)]) -> String {
+/// What the broker holds: its gauges of connections, sessions, subscriptions, retained,
+/// queued and in-flight messages, and stored bytes.
+fn holdings(samples: &[(String, u64)]) -> Vec<(&'static str, u64)> {
     const GAUGES: [&str; 7] = [
-        "midge_connections",
-        "midge_sessions",
-        "midge_subscriptions",
-        "midge_retained_messages",
-        "midge_queued_messages",
-        "midge_inflight_messages",
-        "midge_store_bytes",
+        "connections",
+        "sessions",
+        "subscriptions",
+        "retained_messages",
+        "queued_messages",
+        "inflight_messages",
+        "store_bytes",
     ];
     GAUGES
-        .iter()
+        .into_iter()
         .map(|name| {
-            let total: u64 = samples
+            let full = format!("midge_{name}");
+            let total = samples
                 .iter()
-                .filter(|(series, _)| series == name || series.starts_with(&format!("{name}{{")))
+                .filter(|(series, _)| *series == full || series.starts_with(&format!("{full}{{")))
                 .map(|s| s.1)
                 .sum();
-            format!("{} {total}", name.trim_start_matches("midge_"))
+            (name, total)
         })
+        .collect()
+}
+
+fn held(holdings: &[(&str, u64)], name: &str) -> u64 {
+    holdings.iter().find(|(n, _)| *n == name).map_or(0, |h| h.1)
+}
+
+fn show_holdings(holdings: &[(&str, u64)]) -> String {
+    holdings
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -1930,13 +1957,15 @@ async fn long_soak_keeps_memory_flat_and_loses_nothing() {
     let reconnectors = env_or("MIDGE_STRESS_SOAK_RECONNECTORS", 12);
     let slow = env_or("MIDGE_STRESS_SOAK_SLOW", 3) as usize;
     let retain_rate = env_or("MIDGE_STRESS_SOAK_RETAIN_RATE", 50);
-    // Debug builds allocate differently and a 30 s run leaves allocator slack a larger share
-    // of the figure; RELIABILITY.md has why the bounds differ.
+    // The issue's 5 % needs a run past its warm-up: in the 30 s debug run the persistent
+    // sessions' queues are still filling and RSS still rises (+9 to +14 % measured, see
+    // RELIABILITY.md), so CI allows 20 % and checks what the broker holds instead.
     let rss_bound_pct = env_or(
         "MIDGE_STRESS_SOAK_RSS_PCT",
-        if cfg!(debug_assertions) { 15 } else { 5 },
+        if cfg!(debug_assertions) { 20 } else { 5 },
     );
-    let max_queued = 200;
+    // Room for the `$SYS` reader's retained topics at SUBSCRIBE.
+    let max_queued = env_or("MIDGE_STRESS_SOAK_MAX_QUEUED", 200);
     let dir = TestDir::new("stress-soak");
     let admin_port = support::free_port();
     let midge = start_broker_with(
@@ -1975,11 +2004,10 @@ async fn long_soak_keeps_memory_flat_and_loses_nothing() {
             qos_of(s + 1),
             stop.clone(),
             counts.clone(),
-            false,
         )));
     }
     for s in 0..4u64 {
-        let version = if s % 2 == 0 {
+        let version = if s.is_multiple_of(2) {
             ProtocolVersion::V311
         } else {
             ProtocolVersion::V5
@@ -1992,7 +2020,6 @@ async fn long_soak_keeps_memory_flat_and_loses_nothing() {
             qos_of(s),
             stop.clone(),
             counts.clone(),
-            true,
         )));
     }
     let keepers: Vec<_> = (0..SOAK_KEEPERS)
@@ -2124,30 +2151,35 @@ async fn long_soak_keeps_memory_flat_and_loses_nothing() {
 
     // RSS: median of the tenth of the run right after the warm-up (the first fifth) against
     // the median of the last tenth, which a spike or a trough does not move.
-    let window = |from: f64, to: f64| {
+    let window = |from: f64, to: f64, anon: bool| {
         median(
             samples
                 .iter()
-                .filter(|(t, _, _)| {
+                .filter(|(t, ..)| {
                     let at = (*t - started).as_secs_f64() / loaded_for.as_secs_f64();
                     at >= from && at < to
                 })
-                .map(|s| s.1)
+                .map(|s| if anon { s.2 } else { s.1 })
                 .collect(),
         )
     };
-    let after_warmup = window(0.2, 0.3);
-    let last = window(0.9, 1.0);
+    let after_warmup = window(0.2, 0.3, false);
+    let last = window(0.9, 1.0, false);
     let growth_pct = (last as f64 - after_warmup as f64) * 100.0 / after_warmup.max(1) as f64;
-    let tenths: Vec<String> = (0..10)
-        .map(|d| {
-            format!(
-                "{:.1}",
-                mib(window(f64::from(d) / 10.0, f64::from(d + 1) / 10.0))
-            )
-        })
-        .collect();
-    let fds_loaded: Vec<usize> = samples.iter().map(|s| s.2).collect();
+    let anon_growth_pct = (window(0.9, 1.0, true) as f64 - window(0.2, 0.3, true) as f64) * 100.0
+        / window(0.2, 0.3, true).max(1) as f64;
+    let tenths = |anon: bool| {
+        (0..10)
+            .map(|d| {
+                format!(
+                    "{:.1}",
+                    mib(window(f64::from(d) / 10.0, f64::from(d + 1) / 10.0, anon))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fds_loaded: Vec<usize> = samples.iter().map(|s| s.3).collect();
     let rss_peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
     let published: Vec<u64> = counts
         .published
@@ -2166,12 +2198,11 @@ async fn long_soak_keeps_memory_flat_and_loses_nothing() {
          {duplicates} duplicates, {} reconnects without the session; $SYS: {} publish \
          received, {} sent, {} dropped, {} sessions expired, {} sessions and {} subscriptions \
          left after everyone left; dropped by reason {drops:?}; held after the warm-up \
-         [{held_after_warmup}], at the end of the load [{held_at_end}], after everyone left \
-         [{held_after}]; \
+         [{}], at the end of the load [{}], after everyone left [{}]; \
          loop errors {errors:?}; RSS {:.1} MiB at the start, {:.1} after the warm-up \
          (median), {:.1} in the last tenth (median, {growth_pct:+.1} %), peak {:.1}, {:.1} at \
          the end of the load, {:.1} after everyone left; RSS by tenths of the run (median, \
-         MiB) [{}]; open files {fds_start} at the start, {}..{} under load, {fds_end} after; \
+         MiB) [{}], anonymous [{}] ({anon_growth_pct:+.1} % after the warm-up); open files {fds_start} at the start, {}..{} under load, {fds_end} after; \
          broker CPU {:.0} % of a core; watchdog slowest round {:?}, PINGREQ {pings}",
         c(&counts.received),
         c(&counts.shared_received),
@@ -2191,13 +2222,17 @@ async fn long_soak_keeps_memory_flat_and_loses_nothing() {
         sys_counter(&sys, "$SYS/broker/clients/expired"),
         sys_counter(&sys, "$SYS/broker/clients/total"),
         sys_counter(&sys, "$SYS/broker/subscriptions/count"),
+        show_holdings(&held_after_warmup),
+        show_holdings(&held_at_end),
+        show_holdings(&held_after),
         mib(rss_start),
         mib(after_warmup),
         mib(last),
         mib(rss_peak),
         mib(rss_loaded_end),
         mib(rss_end),
-        tenths.join(", "),
+        tenths(false),
+        tenths(true),
         fds_loaded.iter().min().unwrap_or(&0),
         fds_loaded.iter().max().unwrap_or(&0),
         cpu * 100.0,
@@ -2237,11 +2272,29 @@ async fn long_soak_keeps_memory_flat_and_loses_nothing() {
     assert!(
         growth_pct < rss_bound_pct as f64,
         "RSS grew {growth_pct:.1} % after the warm-up (bound {rss_bound_pct} %): [{}] MiB by tenths",
-        tenths.join(", ")
+        tenths(false)
     );
     assert!(
         fds_end <= fds_start + 2,
         "open files back to {fds_start} (now {fds_end})"
+    );
+    // Once everyone has left and the short sessions have expired, only the loops' 3.1.1
+    // persistent sessions (one id, one filter each) and the last `$SYS` reader may be left,
+    // with at most a full queue each: nothing accumulates with the number of sessions run.
+    let (sessions, subscriptions, queued) = (
+        held(&held_after, "sessions"),
+        held(&held_after, "subscriptions"),
+        held(&held_after, "queued_messages"),
+    );
+    assert!(
+        sessions <= reconnectors + 1 && subscriptions <= reconnectors + 1,
+        "sessions and subscriptions left: [{}]",
+        show_holdings(&held_after)
+    );
+    assert!(
+        queued <= sessions * max_queued,
+        "queued messages left: [{}]",
+        show_holdings(&held_after)
     );
     drop(midge);
 }
