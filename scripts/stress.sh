@@ -24,6 +24,7 @@
 #   MIDGE_STRESS_SOAK_RATE          ... each this many messages a second (QoS 0, 1, 2 in turn)
 #   MIDGE_STRESS_SOAK_RECONNECTORS  clients connecting and leaving in a loop
 #   MIDGE_STRESS_SOAK_SLOW          slow consumers at their queue limits
+#   MIDGE_STRESS_SOAK_RETAIN_RATE   retained messages set, replaced or deleted a second
 #   MIDGE_STRESS_SOAK_MAX_QUEUED    the broker's max_queued_messages in the soak
 #   MIDGE_STRESS_SOAK_RSS_PCT       allowed RSS growth after the warm-up, in percent
 # The CI variant is the same test binary in debug with the defaults in stress.rs:
