@@ -702,15 +702,22 @@ async fn watch_certificates(
     }
 }
 
-/// Session expiry, delayed wills and expired retained messages.
+/// Session expiry, delayed wills, expired retained messages, and AMQP bindings checked again
+/// after the access rules changed.
 async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweeps = 0u32;
+    let mut access = broker.amqp.watch_access();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+            // AMQP bindings granted under rules that changed are checked again.
+            Ok(()) = access.changed() => {
+                broker.amqp.recheck_bindings(&*broker).await;
+                continue;
+            }
         }
         let now = now_millis();
         broker.tick(now);

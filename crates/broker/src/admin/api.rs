@@ -260,7 +260,7 @@ async fn dynsec(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     if outcome.changed {
-        context.broker.registry.recheck_owners();
+        context.broker.access_changed();
     }
     let mut response = Response::new(Body::from(outcome.response));
     response.headers_mut().insert(
