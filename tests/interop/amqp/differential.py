@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import queue
+import re
 import sys
 import time
 import traceback
@@ -935,6 +936,45 @@ def durable_after(ctx):
     return out
 
 
+def login(ctx):
+    """Connection negotiation: guest from loopback, another vhost, a wrong password."""
+
+    def connect(vhost="/", password="guest"):
+        params = pika.ConnectionParameters(
+            host=ctx.host,
+            port=ctx.amqp_port,
+            virtual_host=vhost,
+            credentials=pika.PlainCredentials("guest", password),
+            connection_attempts=1,
+        )
+        try:
+            conn = pika.BlockingConnection(params)
+        except pika.exceptions.AMQPConnectionError as e:
+            # pika wraps the broker's connection.close: "...: (530) 'NOT_ALLOWED - ...'".
+            m = re.search(r"\((\d+)\) ['\"](\w+)", str(e))
+            return {"refused": int(m.group(1)), "name": m.group(2)} if m else {"refused": type(e).__name__}
+        conn.close()
+        return {"ok": None}
+
+    return {"guest": connect(), "other_vhost": connect(vhost="other"), "wrong_password": connect(password="nope")}
+
+
+def unsupported(ctx):
+    """What midge refuses with 540 on that channel (README's list), beside RabbitMQ."""
+    conn = ctx.amqp()
+    ch = conn.channel()
+    ch.queue_declare("uns", exclusive=True)
+    out = {
+        "tx_select": attempt(lambda: conn.channel().tx_select() and None),
+        "qos_global": attempt(lambda: conn.channel().basic_qos(prefetch_count=5, global_qos=True) and None),
+        "exclusive_consumer": attempt(lambda: conn.channel().basic_consume("uns", lambda *_a: None, exclusive=True) and None),
+        "other_channel_open": [ch.is_open, count(ch, "uns")[0]],
+    }
+    # Last: RabbitMQ closes the whole connection for it.
+    out["flow_off"] = attempt(lambda: conn.channel().flow(False) and None)
+    return out
+
+
 SCENARIOS = [
     mapping_mqtt_to_amqp,
     mapping_amqp_to_mqtt,
@@ -961,6 +1001,8 @@ SCENARIOS = [
     consume_cancel,
     queue_arguments,
     exchanges,
+    login,
+    unsupported,
     durable_before,
 ]
 
