@@ -21,9 +21,32 @@ import sys
 import time
 import traceback
 
+import struct
+
 import paho.mqtt.client as mqtt
 import pika
+import pika.data
 import pika.exceptions
+
+
+
+class SignedByte(int):
+    """A header value pika writes as a signed byte ('b'), the type RabbitMQ's MQTT plugin
+    gives x-mqtt-publish-qos (pika writes other ints as 32-bit values)."""
+
+
+_encode_value = pika.data.encode_value
+
+
+def _encode_signed_byte(pieces, value):
+    if isinstance(value, SignedByte):
+        pieces.append(struct.pack(">cb", b"b", value))
+        return 2
+    return _encode_value(pieces, value)
+
+
+# encode_table looks the function up in its module at each call.
+pika.data.encode_value = _encode_signed_byte
 
 WAIT = 5.0
 # After the last expected message, how long to look for one that must not come (prefetch).
@@ -352,13 +375,20 @@ def qos_amqp_to_mqtt(ctx):
         subs.append(s)
     conn = ctx.amqp()
     ch = conn.channel()
+    def qos_header(qos, **kw):
+        return pika.BasicProperties(headers={"x-mqtt-publish-qos": SignedByte(qos)}, **kw)
+
     cases = [
         ("none", pika.BasicProperties()),
         ("dm1", pika.BasicProperties(delivery_mode=1)),
         ("dm2", pika.BasicProperties(delivery_mode=2)),
+        # The header as RabbitMQ's MQTT plugin writes it (a signed byte; other integer
+        # types make RabbitMQ 3.10 drop the MQTT subscriber's connection).
+        ("h0", qos_header(0)),
+        ("h1", qos_header(1)),
+        ("h0-dm2", qos_header(0, delivery_mode=2)),
+        ("h1-dm1", qos_header(1, delivery_mode=1)),
     ]
-    # Not sent: an x-mqtt-publish-qos header of a type other than a signed byte (pika writes
-    # ints as longs), which makes RabbitMQ 3.10 drop the MQTT subscriber's connection.
     for name, props in cases:
         ch.basic_publish("amq.topic", f"qa.{name}", name.encode(), props)
     ch.basic_publish("amq.topic", "fence", b"fence")
