@@ -741,6 +741,28 @@ impl Queues {
             s.granted.remove(filter);
             s.bindings.remove(filter)
         };
+        Self::unsubscribe(broker, queue, filter, had)
+    }
+
+    /// Removes a binding if it is still the one `grant` made (not made again since by
+    /// someone else, whose rights were not what was checked).
+    fn revoke(&self, broker: &dyn QueueHost, queue: &Queue, filter: &str, grant: &Grant) -> bool {
+        let had = {
+            let mut s = queue.lock();
+            let same = s
+                .granted
+                .get(filter)
+                .is_some_and(|g| g.client_id == grant.client_id && g.username == grant.username);
+            if same {
+                s.granted.remove(filter);
+            }
+            same && s.bindings.remove(filter)
+        };
+        Self::unsubscribe(broker, queue, filter, had)
+    }
+
+    /// The store and the router forget a binding the queue dropped (`had`).
+    fn unsubscribe(broker: &dyn QueueHost, queue: &Queue, filter: &str, had: bool) -> bool {
         if had {
             if let Some(journal) = queue.mailbox.journal() {
                 journal.unsubscribe(filter);
@@ -833,8 +855,10 @@ impl Queues {
                 // Partly is refused at bind time too (no per-delivery check on queues).
                 if verdict != FilterVerdict::Allowed {
                     tracing::info!(queue = %queue.name, %filter, user = ?grant.username, "AMQP binding removed: read access no longer granted");
-                    dropped |= self.unbind(broker, &queue, &filter);
-                    removed += 1;
+                    if self.revoke(broker, &queue, &filter, &grant) {
+                        dropped = true;
+                        removed += 1;
+                    }
                 }
             }
             if dropped {
@@ -963,6 +987,81 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// Bindings made and removed from many threads while the housekeeping task checks
+    /// them again under rules that deny one filter: at the end, after a last check, no
+    /// denied binding is left and the router holds exactly the queues' bindings.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_binds_and_rechecks_leave_only_allowed_bindings() {
+        let dir = tempfile::tempdir().unwrap();
+        let acl = dir.path().join("acl");
+        std::fs::write(&acl, "user a\ntopic read t/0\ntopic read t/1\n").unwrap();
+        let mut config = crate::config::Config::default();
+        config.auth.acl_file = Some(acl);
+        let access = AccessControl::for_listener(
+            &config,
+            &crate::config::ListenerConfig::default(),
+            crate::auth::LoginGuard::new(&config, Default::default()),
+        )
+        .unwrap();
+        let broker = host();
+        let binders: Vec<_> = (0..6u64)
+            .map(|t| {
+                let (broker, access) = (broker.clone(), access.clone());
+                tokio::task::spawn_blocking(move || {
+                    let queues = &broker.amqp;
+                    let flags = QueueFlags {
+                        durable: false,
+                        exclusive: false,
+                        auto_delete: false,
+                    };
+                    for i in 0..500u64 {
+                        let name = format!("q{}", (t + i) % 4);
+                        let Declared::Queue(q) =
+                            queues.declare(&broker, &name, flags, QueueArgs::default(), t)
+                        else {
+                            panic!("same flags and arguments: declared");
+                        };
+                        let grant = Grant {
+                            client_id: Arc::from(format!("amqp-{t}")),
+                            username: Some("a".to_owned()),
+                            access: access.clone(),
+                        };
+                        let filter = format!("t/{}", i % 3);
+                        queues.bind(&broker, &q, &filter, Some(grant));
+                        if i % 7 == t % 7 {
+                            queues.delete(&broker, &q);
+                        } else if i % 5 == 0 {
+                            queues.unbind(&broker, &q, &filter);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let checker = {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    broker.amqp.recheck_bindings(&*broker).await;
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for task in binders {
+            task.await.unwrap();
+        }
+        checker.await.unwrap();
+        broker.amqp.recheck_bindings(&*broker).await;
+        let live = broker.amqp.all();
+        assert!(!live.is_empty());
+        assert!(
+            live.iter()
+                .all(|q| !q.bindings().contains(&"t/2".to_owned())),
+            "a denied binding survived the check"
+        );
+        let bindings: usize = live.iter().map(|q| q.bindings().len()).sum();
+        assert_eq!(broker.router.len(), bindings);
     }
 
     /// Declarations, bindings and deletions of the same few queues from many threads at
