@@ -94,8 +94,9 @@ pub fn handover_subject(full_filter: &str) -> String {
 /// Whether `topic`'s subject fits [`MAX_SUBJECT_LEN`] (what the publisher task forwards),
 /// without building it.
 pub fn travels(topic: &str) -> bool {
-    // Each byte becomes at most three (`=XX`), each level adds a `.`.
-    if subject::PLAIN_PREFIX.len() + 4 * topic.len() + 1 <= MAX_SUBJECT_LEN {
+    // Each byte becomes at most three (`=XX`), and each of the at most `len + 1` levels
+    // adds a `.`.
+    if subject::PLAIN_PREFIX.len() + 4 * topic.len() < MAX_SUBJECT_LEN {
         return true;
     }
     let len: usize = topic

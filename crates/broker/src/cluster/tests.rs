@@ -27,15 +27,18 @@ fn routing(
     (routing, forward, interest)
 }
 
-/// [`routing`], with what it tells the shared-subscription tasks, each as
+/// Drains what a [`ClusterRouting`] told the shared-subscription tasks, each as
 /// `+group`, `-group` or `hand over N`.
+type SharedCommands = Box<dyn FnMut() -> Vec<String> + Send>;
+
+/// [`routing`], with what it tells the shared-subscription tasks.
 fn routing_shared(
     queue: usize,
 ) -> (
     ClusterRouting,
     mpsc::Receiver<Arc<Message>>,
     mpsc::UnboundedReceiver<Interest>,
-    Box<dyn FnMut() -> Vec<String> + Send>,
+    SharedCommands,
 ) {
     let (forward, forward_rx) = mpsc::channel(queue);
     let (interest, interest_rx) = mpsc::unbounded_channel();
@@ -47,7 +50,7 @@ fn routing_shared(
         stats: Arc::default(),
         shared,
     };
-    let commands = Box::new(move || {
+    let commands: SharedCommands = Box::new(move || {
         let mut out = Vec::new();
         while let Ok(c) = shared_rx.try_recv() {
             out.push(format!("{c:?}"));
