@@ -73,7 +73,7 @@ def per_msg(r, key):
 def fmt(v, digits=0):
     return "n/a" if v is None else f"{v:,.{digits}f}"
 
-print("| scenario | setup | msgs/s | p50 µs | p99 µs | midge CPU µs/msg | NATS CPU µs/msg | total CPU µs/msg | lost / dup / stalls |")
+print("| scenario | setup | msgs/s | p50 µs | p99 µs | midge CPU µs/msg | NATS CPU µs/msg | total CPU µs/msg | lost / dup / reordered / stalls |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 for name in names:
     for setup in ("single", "cluster"):
@@ -82,7 +82,7 @@ for name in names:
         midge = median(rs, lambda r: per_msg(r, "midge_s"))
         nats = median(rs, lambda r: per_msg(r, "nats_s"))
         total = median(rs, lambda r: per_msg(r, "total_s"))
-        health = " / ".join(fmt(median(rs, lambda r: get(r, k))) for k in ("lost", "duplicated", "stalls"))
+        health = " / ".join(fmt(median(rs, lambda r: get(r, k))) for k in ("lost", "duplicated", "reordered", "stalls"))
         if errors:
             health += f" (error: {errors[0][:80]})"
         label = "1 node" if setup == "single" else "2 nodes + NATS, cross-node"
