@@ -69,8 +69,14 @@ async fn member(port: u16, id: &str, filter: &str) -> Raw {
 }
 
 /// Reads from all `clients` (acknowledging) until `total` PUBLISHes arrived among them,
-/// then checks that nothing more arrives. Returns, per client, the payloads it got.
+/// then checks that nothing more arrives. Returns, per client, the payloads it got; each
+/// must have come at QoS 1.
 async fn collect(clients: &mut [Raw], total: usize) -> Vec<Vec<String>> {
+    collect_at(clients, total, &vec![1; clients.len()]).await
+}
+
+/// [`collect`], client `i`'s messages expected at QoS `qos[i]`.
+async fn collect_at(clients: &mut [Raw], total: usize, qos: &[u8]) -> Vec<Vec<String>> {
     let mut got: Vec<Vec<String>> = vec![Vec::new(); clients.len()];
     let deadline = Instant::now() + 3 * TIMEOUT;
     while got.iter().map(Vec::len).sum::<usize>() < total {
@@ -86,8 +92,10 @@ async fn collect(clients: &mut [Raw], total: usize) -> Vec<Vec<String>> {
                 .expect("connected")
             {
                 let p = packet.publish(false);
-                assert_eq!(p.qos, 1, "{p:?}");
-                raw.send(&ack(PUBACK, p.packet_id)).await.unwrap();
+                assert_eq!(p.qos, qos[i], "client {i}: {p:?}");
+                if p.qos == 1 {
+                    raw.send(&ack(PUBACK, p.packet_id)).await.unwrap();
+                }
                 got[i].push(String::from_utf8(p.payload).unwrap());
             }
         }
@@ -197,6 +205,10 @@ async fn three_nodes_two_groups_and_a_plain_subscriber_on_one_filter() {
         nodes_g[0] as u8 + (nodes_g[1] || nodes_g[2]) as u8 + nodes_g[3] as u8 >= 2,
         "over more than one node: {got_g:?}"
     );
+    assert!(
+        nodes_g[1] && nodes_g[2],
+        "node b's strategy (round robin) uses both its members: {got_g:?}"
+    );
     let got_h = collect(&mut group_h, sent.len()).await;
     assert_eq!(
         once_each(&got_h, &sent),
@@ -285,4 +297,22 @@ async fn a_nodes_last_member_leaving_hands_its_queue_to_another_node() {
     all.extend(rest.into_iter().flatten());
     once_each(&[all], &sent);
     assert!(fresh.recv_within(QUIET).await.unwrap().is_none());
+}
+
+/// QoS is downgraded per member's subscription, wherever the member is: a QoS 0 member on
+/// node b gets its share at QoS 0, a QoS 1 member on node a at QoS 1.
+#[tokio::test]
+async fn qos_is_downgraded_per_member_across_nodes() {
+    let names = ["a", "b"];
+    let (_dirs, nats, nodes) = nodes("cluster-shared-qos", &names).await;
+    let mut members = vec![member(nodes[0].port, "m-a", "$share/g/k").await];
+    let (mut low, _) = connect(nodes[1].port, &connect_v311("m-b", true)).await;
+    subscribe_to(&mut low, 1, "$share/g/k", 0).await;
+    members.push(low);
+    wait_node_subscriptions(&nats, "a", 2).await;
+    wait_node_subscriptions(&nats, "b", 2).await;
+    let mut publishers = publishers(&nodes, &names).await;
+    let sent = publish_from(&mut publishers, 40, |_| "k".into()).await;
+    let got = collect_at(&mut members, sent.len(), &[1, 0]).await;
+    assert_eq!(once_each(&got, &sent), 2, "{got:?}");
 }
