@@ -456,7 +456,10 @@ async fn deliver_loop(
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let now = now_millis();
-        let handed = message.subject.starts_with(HANDOVER_PREFIX);
+        let handed = message
+            .subject
+            .strip_prefix(HANDOVER_PREFIX)
+            .is_some_and(|rest| rest.starts_with('.'));
         let decoded = if handed {
             parse_handover(message.payload)
                 .ok_or_else(|| "hand-over framing".to_owned())
