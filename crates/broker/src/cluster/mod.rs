@@ -17,6 +17,7 @@
 //! is taken only inside `Router` calls, and no NATS call is made under it.
 
 pub mod envelope;
+pub mod retained;
 pub mod subject;
 
 use std::collections::HashMap;
