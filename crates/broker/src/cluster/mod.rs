@@ -124,8 +124,6 @@ async fn options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions, C
     };
     options = options
         .name(format!("midge {node}"))
-        // The node routes its own messages locally; NATS must not send them back.
-        .no_echo()
         // The first server listed is the node's own (a sidecar, or the nearest); the
         // others are for failover.
         .retain_servers_order()
@@ -176,7 +174,11 @@ impl Cluster {
     ) -> Result<Self, ClusterError> {
         let mut delay = Duration::from_millis(100);
         let client = loop {
-            let attempt = options(config).await?.connect(&config.nats_urls[..]);
+            // The node routes its own messages locally; NATS must not send them back.
+            let attempt = options(config)
+                .await?
+                .no_echo()
+                .connect(&config.nats_urls[..]);
             match attempt.await {
                 Ok(client) => break client,
                 Err(e) => {

@@ -54,7 +54,7 @@ pub const BUCKET: &str = "midge_retained";
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// How long the initial load may take before it is started again.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+const LOAD_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Counters of the retained bucket on this node.
 #[derive(Debug, Default)]
@@ -79,14 +79,35 @@ struct Write {
     message: Option<Arc<Message>>,
 }
 
+/// What this node knows of its own changes of one topic, to tell which bucket entries are
+/// older than what its mirror holds.
+#[derive(Debug, Default)]
+struct Guard {
+    /// Sequence number of this node's latest change of the topic.
+    latest: u64,
+    /// Sequence number of its latest change written (or given up).
+    settled: u64,
+    /// Bucket revision of its latest write: entries at or below it are older.
+    floor: u64,
+    /// The newest entry received while a change was not yet written, with its revision:
+    /// it may turn out newer than the write (applied then) or older (dropped).
+    held: Option<(u64, Message)>,
+}
+
+impl Guard {
+    fn unsettled(&self) -> bool {
+        self.latest > self.settled
+    }
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     next_seq: u64,
     queued: HashMap<String, Write>,
     order: VecDeque<String>,
-    /// Per topic, the sequence number of this node's latest change not yet seen back
-    /// through the watch.
-    unconfirmed: HashMap<String, u64>,
+    guards: HashMap<String, Guard>,
+    /// The highest revision received from the bucket: none below it comes any more.
+    position: u64,
 }
 
 impl Pending {
@@ -107,30 +128,18 @@ impl Pending {
         }
     }
 
-    /// Forgets a write that will never be made.
-    fn abandon(&mut self, topic: &str, seq: u64) {
-        if self.unconfirmed.get(topic) == Some(&seq) {
-            self.unconfirmed.remove(topic);
-        }
-    }
-
-    /// Whether a bucket entry for `topic` written by `own_seq` (this incarnation's
-    /// sequence number, if it is its own) goes to the mirror.
-    fn accept(&mut self, topic: &str, own_seq: Option<u64>) -> bool {
-        let Some(&latest) = self.unconfirmed.get(topic) else {
-            return true;
-        };
-        if own_seq == Some(latest) {
-            self.unconfirmed.remove(topic);
-            return true;
-        }
-        false
+    /// Drops the guards that can no longer skip anything.
+    fn prune(&mut self) {
+        let position = self.position;
+        self.guards
+            .retain(|_, g| g.unsettled() || g.held.is_some() || g.floor > position);
     }
 }
 
 #[derive(Debug)]
 struct Shared {
     mirror: RetainedStore,
+    /// Taken before the mirror's lock, whenever both are (see the module documentation).
     pending: Mutex<Pending>,
     wake: Notify,
     /// Topics whose change may wait at once.
@@ -154,48 +163,101 @@ impl Shared {
         }
     }
 
-    fn enqueue(&self, topic: &str, message: Option<Arc<Message>>) {
+    /// A change made on this node: to the mirror at once, and queued for the bucket.
+    fn change(&self, message: &Message) -> Option<Arc<Message>> {
+        let topic = message.topic.as_str();
         if key_too_long(topic) {
             self.dropped(topic, "the topic is too long for a KV key");
-            return;
+            return self.mirror.update(message);
         }
         let mut pending = self.pending();
         if !pending.queued.contains_key(topic) && pending.queued.len() >= self.capacity {
             drop(pending);
             self.dropped(topic, "too many changes wait for NATS");
-            return;
+            return self.mirror.update(message);
         }
+        // Under the pending lock, so no bucket entry lands between the two.
+        let stored = self.mirror.update(message);
         pending.next_seq += 1;
         let seq = pending.next_seq;
-        pending.unconfirmed.insert(topic.to_owned(), seq);
-        if pending
-            .queued
-            .insert(topic.to_owned(), Write { seq, message })
-            .is_none()
-        {
+        pending.guards.entry(topic.to_owned()).or_default().latest = seq;
+        let write = Write {
+            seq,
+            message: stored.clone(),
+        };
+        if pending.queued.insert(topic.to_owned(), write).is_none() {
             pending.order.push_back(topic.to_owned());
         }
         drop(pending);
         self.wake.notify_one();
+        stored
+    }
+
+    /// The write of change `seq` of `topic` is done: stored at `revision`, or given up
+    /// (`None`).
+    fn settle(&self, topic: &str, seq: u64, revision: Option<u64>) {
+        let mut pending = self.pending();
+        let position = pending.position;
+        let Some(guard) = pending.guards.get_mut(topic) else {
+            return;
+        };
+        guard.settled = guard.settled.max(seq);
+        if let Some(revision) = revision {
+            guard.floor = guard.floor.max(revision);
+        }
+        let floor = guard.floor;
+        if guard.held.as_ref().is_some_and(|(r, _)| *r <= floor) {
+            guard.held = None;
+        }
+        if guard.unsettled() {
+            return;
+        }
+        let held = guard.held.take();
+        if held.is_some() || floor <= position {
+            pending.guards.remove(topic);
+        }
+        if let Some((_, message)) = held {
+            // Another node's value, stored after this node's write.
+            self.mirror.update(&message);
+            Stats::add(&self.stats.applied, 1);
+        }
     }
 
     /// Applies one bucket entry received at `now` to the mirror.
     fn apply(&self, entry: kv::Entry, now: Millis) {
-        let Some(message) = self.decode(entry, now) else {
+        let revision = entry.revision;
+        let message = self.decode(entry, now);
+        let mut pending = self.pending();
+        pending.position = pending.position.max(revision);
+        let Some(message) = message else {
             return;
         };
-        let (message, own_seq) = message;
-        if !self.pending().accept(&message.topic, own_seq) {
-            Stats::add(&self.stats.superseded, 1);
-            return;
+        match pending.guards.get_mut(&message.topic) {
+            Some(guard) if guard.unsettled() => {
+                // Older or newer than this node's write in flight: known once it is
+                // written.
+                Stats::add(&self.stats.superseded, 1);
+                if revision > guard.floor && guard.held.as_ref().is_none_or(|(r, _)| revision > *r)
+                {
+                    guard.held = Some((revision, message));
+                }
+                return;
+            }
+            Some(guard) if revision <= guard.floor => {
+                Stats::add(&self.stats.superseded, 1);
+                return;
+            }
+            Some(_) => {
+                pending.guards.remove(&message.topic);
+            }
+            None => {}
         }
         self.mirror.update(&message);
         Stats::add(&self.stats.applied, 1);
     }
 
-    /// The message an entry holds (an empty payload deletes), and its sequence number if
-    /// this incarnation wrote it.
-    fn decode(&self, entry: kv::Entry, now: Millis) -> Option<(Message, Option<u64>)> {
+    /// The message an entry holds (an empty payload deletes).
+    fn decode(&self, entry: kv::Entry, now: Millis) -> Option<Message> {
         let invalid = |why: &str| {
             Stats::add(&self.stats.invalid, 1);
             tracing::debug!(key = %entry.key, "cluster: ignored a retained entry: {why}");
@@ -212,16 +274,16 @@ impl Shared {
             }
         };
         let deleted = || Message::internal(topic.clone(), Bytes::new(), true, now);
-        let (origin, mut message) = match entry.operation {
+        let mut message = match entry.operation {
             kv::Operation::Put => match envelope::decode(topic.clone(), entry.value.clone(), now) {
-                Ok((origin, message)) => (Some(origin), message),
+                Ok((_, message)) => message,
                 Err(e) => {
                     invalid(&e.to_string());
                     return None;
                 }
             },
             // Deleted with a NATS tool rather than through a node.
-            kv::Operation::Delete | kv::Operation::Purge => (None, deleted()),
+            kv::Operation::Delete | kv::Operation::Purge => deleted(),
         };
         if let Some(at) = message.expires_at {
             let stored =
@@ -233,10 +295,7 @@ impl Shared {
                 message.expires_at = Some(at);
             }
         }
-        let own_seq = origin
-            .filter(|o| o.node == self.node && o.incarnation == self.incarnation)
-            .map(|o| o.seq);
-        Some((message, own_seq))
+        Some(message)
     }
 }
 
@@ -274,7 +333,7 @@ impl ClusterRetained {
             last_warning: Mutex::default(),
         });
         let mut delay = Duration::from_millis(100);
-        let (client, store, watch, revision) = loop {
+        let (client, store, stream, changes, revision) = loop {
             match load(config, &shared).await {
                 Ok(loaded) => break loaded,
                 Err(LoadError::Config(e)) => return Err(e),
@@ -299,8 +358,8 @@ impl ClusterRetained {
         let tasks = vec![
             tokio::spawn(watch_loop(
                 shared.clone(),
-                store.clone(),
-                watch,
+                stream,
+                changes,
                 revision,
                 shutdown.clone(),
             )),
@@ -317,11 +376,10 @@ impl ClusterRetained {
 
 impl Retained for ClusterRetained {
     fn update(&self, message: &Message) -> Option<Arc<Message>> {
-        let stored = self.shared.mirror.update(message);
-        if !subject::is_node_local(&message.topic) {
-            self.shared.enqueue(&message.topic, stored.clone());
+        if subject::is_node_local(&message.topic) {
+            return self.shared.mirror.update(message);
         }
-        stored
+        self.shared.change(message)
     }
 
     fn matching(&self, filter: &str, now: Millis) -> Vec<Arc<Message>> {
@@ -347,16 +405,86 @@ fn nats(e: impl std::fmt::Display) -> LoadError {
     LoadError::Nats(e.to_string())
 }
 
+/// The bucket's entries from `from` (a revision), or each key's latest entry first when
+/// `None`, and how many of those were pending when it started. A pull consumer rather than
+/// the KV watch: async-nats's watch subscribes after creating its push consumer, so the
+/// first entries can pass before it listens (seen here: an initial load never came).
+async fn changes(
+    stream: &async_nats::jetstream::stream::Stream,
+    from: Option<u64>,
+) -> Result<(Changes, u64), String> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let deliver_policy = match from {
+        Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+        None => DeliverPolicy::LastPerSubject,
+    };
+    let consumer = stream
+        .create_consumer(pull::Config {
+            description: Some("midge retained mirror".to_owned()),
+            deliver_policy,
+            ack_policy: AckPolicy::None,
+            filter_subject: format!("$KV.{BUCKET}.>"),
+            // Removed by the server once this node stops asking (gone or cut off); the
+            // node then starts a new one from the last revision it saw.
+            inactive_threshold: Duration::from_secs(30),
+            ..pull::Config::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    Ok((messages, pending))
+}
+
+type Changes = async_nats::jetstream::consumer::pull::Stream;
+
+/// The next entry of `changes`, as the KV API describes one; `None` when the stream
+/// failed or ended (the caller starts another).
+async fn next_entry(changes: &mut Changes) -> Result<kv::Entry, String> {
+    let message = changes
+        .next()
+        .await
+        .ok_or_else(|| "the consumer ended".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let info = message.info().map_err(|e| e.to_string())?;
+    let operation = match message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("KV-Operation"))
+        .map(|v| v.as_str())
+    {
+        Some("DEL") => kv::Operation::Delete,
+        Some("PURGE") => kv::Operation::Purge,
+        _ => kv::Operation::Put,
+    };
+    let prefix = format!("$KV.{BUCKET}.");
+    Ok(kv::Entry {
+        bucket: BUCKET.to_owned(),
+        key: message
+            .subject
+            .strip_prefix(prefix.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        value: message.payload.clone(),
+        revision: info.stream_sequence,
+        delta: info.pending,
+        created: info.published,
+        operation,
+        seen_current: info.pending == 0,
+    })
+}
+
 /// One attempt at connecting, opening the bucket and loading it into the mirror; returns
-/// the watch positioned after the loaded values and the last revision seen.
+/// the changes after the loaded values and the last revision seen.
 async fn load(
     config: &ClusterConfig,
     shared: &Shared,
-) -> Result<(async_nats::Client, kv::Store, kv::Watch, u64), LoadError> {
+) -> Result<(async_nats::Client, kv::Store, Stream, Changes, u64), LoadError> {
     let client = super::options(config)
         .await
         .map_err(LoadError::Config)?
-        // Its own connection: the fabric's subscriptions and counters stay its own.
+        // Its own connection: the fabric's subscriptions and counters stay its own, and
+        // this node's writes come back to it (the fabric's connection has no echo).
         .name(format!("midge {} retained", config.node_id))
         .connect(&config.nats_urls[..])
         .await
@@ -375,19 +503,17 @@ async fn load(
             .await
             .map_err(nats)?,
     };
-    let values = store.status().await.map_err(nats)?.values();
-    let mut watch = store.watch_all().await.map_err(nats)?;
+    let stream = js.get_stream(&store.stream_name).await.map_err(nats)?;
+    let (mut changes, pending) = changes(&stream, None).await.map_err(LoadError::Nats)?;
     let mut revision = 0;
-    if values > 0 {
-        // The watch first sends each key's latest entry; the last of them has nothing
-        // pending after it.
+    if pending > 0 {
+        // Each key's latest entry comes first; the last of them has nothing pending after.
         let deadline = tokio::time::Instant::now() + LOAD_TIMEOUT;
         loop {
-            let entry = tokio::time::timeout_at(deadline, watch.next())
+            let entry = tokio::time::timeout_at(deadline, next_entry(&mut changes))
                 .await
                 .map_err(|_| LoadError::Nats("the initial values took too long".to_owned()))?
-                .ok_or_else(|| LoadError::Nats("the watch ended".to_owned()))?
-                .map_err(nats)?;
+                .map_err(LoadError::Nats)?;
             revision = entry.revision;
             let done = entry.delta == 0;
             shared.apply(entry, now_millis());
@@ -396,47 +522,48 @@ async fn load(
             }
         }
     }
-    Ok((client, store, watch, revision))
+    Ok((client, store, stream, changes, revision))
 }
 
-/// Applies the bucket's changes to the mirror, watching again from the last revision seen
-/// when the watch fails.
+type Stream = async_nats::jetstream::stream::Stream;
+
+/// Applies the bucket's changes to the mirror, reading again from the revision after the
+/// last one seen when the consumer fails.
 async fn watch_loop(
     shared: Arc<Shared>,
-    store: kv::Store,
-    mut watch: kv::Watch,
+    stream: Stream,
+    mut changes: Changes,
     mut revision: u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
         let next = tokio::select! {
-            e = watch.next() => e,
+            e = next_entry(&mut changes) => e,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let why = match next {
-            Some(Ok(entry)) => {
+            Ok(entry) => {
                 revision = revision.max(entry.revision);
                 shared.apply(entry, now_millis());
                 delay = Duration::from_millis(100);
                 continue;
             }
-            Some(Err(e)) => e.to_string(),
-            None => "the watch ended".to_owned(),
+            Err(e) => e,
         };
-        tracing::warn!(error = %why, "cluster: retained watch interrupted; watching again from revision {}", revision + 1);
+        tracing::warn!(error = %why, "cluster: retained changes interrupted; reading again from revision {}", revision + 1);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             delay = (delay * 2).min(Duration::from_secs(5));
-            match store.watch_all_from_revision(revision + 1).await {
-                Ok(w) => {
-                    watch = w;
+            match self::changes(&stream, Some(revision + 1)).await {
+                Ok((c, _)) => {
+                    changes = c;
                     break;
                 }
-                Err(e) => tracing::warn!(error = %e, "cluster: retained watch failed"),
+                Err(e) => tracing::warn!(error = %e, "cluster: retained changes unavailable"),
             }
         }
     }
@@ -467,6 +594,7 @@ async fn write_loop(
             if stopping.is_some() {
                 return;
             }
+            shared.pending().prune();
             tokio::select! {
                 _ = shared.wake.notified() => {}
                 _ = shutdown.wait_for(|s| *s) => {}
@@ -476,7 +604,7 @@ async fn write_loop(
         origin.seq = write.seq;
         let value = value(&origin, &topic, write.message.as_deref(), now_millis());
         if value.len() > max_payload {
-            shared.pending().abandon(&topic, write.seq);
+            shared.settle(&topic, write.seq, None);
             shared.dropped(&topic, "the message is above NATS's maximum payload");
             continue;
         }
@@ -497,7 +625,8 @@ async fn write_loop(
             None => put.await,
         };
         match result {
-            Ok(_) => {
+            Ok(revision) => {
+                shared.settle(&topic, write.seq, Some(revision));
                 Stats::add(&shared.stats.written, 1);
                 delay = Duration::from_millis(100);
             }
@@ -533,18 +662,22 @@ fn value(origin: &Origin, topic: &str, message: Option<&Message>, now: Millis) -
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
     use super::*;
 
-    fn shared() -> Shared {
-        Shared {
-            mirror: RetainedStore::default(),
-            pending: Mutex::default(),
-            wake: Notify::new(),
-            capacity: 2,
-            stats: RetainedStats::default(),
-            node: "a".to_owned(),
-            incarnation: 7,
-            last_warning: Mutex::default(),
+    fn local() -> ClusterRetained {
+        ClusterRetained {
+            shared: Arc::new(Shared {
+                mirror: RetainedStore::default(),
+                pending: Mutex::default(),
+                wake: Notify::new(),
+                capacity: 2,
+                stats: RetainedStats::default(),
+                node: "a".to_owned(),
+                incarnation: 7,
+                last_warning: Mutex::default(),
+            }),
         }
     }
 
@@ -552,9 +685,18 @@ mod tests {
         Message::internal(topic.to_owned(), Bytes::from_static(payload), true, 0)
     }
 
-    /// A bucket entry as the watch gives it, stored by the NATS server at `created_ms`.
+    fn origin() -> Origin {
+        Origin {
+            node: "b".to_owned(),
+            incarnation: 1,
+            seq: 1,
+        }
+    }
+
+    /// A bucket entry as the consumer gives it: `revision`, stored by the NATS server at
+    /// `created_ms`.
     fn entry(
-        origin: &Origin,
+        revision: u64,
         message: &Message,
         remaining: Option<Millis>,
         created_ms: i128,
@@ -562,8 +704,8 @@ mod tests {
         kv::Entry {
             bucket: BUCKET.to_owned(),
             key: subject::topic_to_subject(&message.topic),
-            value: envelope::encode(origin, message, remaining),
-            revision: 1,
+            value: envelope::encode(&origin(), message, remaining),
+            revision,
             delta: 0,
             created: async_nats::datetime::from_nanos(created_ms * 1_000_000).unwrap(),
             operation: kv::Operation::Put,
@@ -571,21 +713,18 @@ mod tests {
         }
     }
 
-    fn payloads(shared: &Shared, filter: &str) -> Vec<Bytes> {
-        shared
-            .mirror
+    fn put(local: &ClusterRetained, revision: u64, topic: &str, payload: &'static [u8]) {
+        local
+            .shared
+            .apply(entry(revision, &message(topic, payload), None, 0), 10);
+    }
+
+    fn payloads(local: &ClusterRetained, filter: &str) -> Vec<Bytes> {
+        local
             .matching(filter, 0)
             .iter()
             .map(|m| m.payload.clone())
             .collect()
-    }
-
-    fn origin(node: &str, incarnation: u64, seq: u64) -> Origin {
-        Origin {
-            node: node.to_owned(),
-            incarnation,
-            seq,
-        }
     }
 
     #[test]
@@ -617,126 +756,126 @@ mod tests {
 
     #[test]
     fn another_nodes_entry_is_mirrored_and_an_empty_payload_deletes() {
-        let shared = shared();
-        let b = origin("b", 1, 1);
-        shared.apply(entry(&b, &message("t", b"v"), None, 0), 10);
-        assert_eq!(payloads(&shared, "#"), ["v"]);
-        shared.apply(entry(&b, &message("t", b""), None, 0), 10);
-        assert!(payloads(&shared, "#").is_empty());
-        assert_eq!(
-            shared
-                .stats
-                .applied
-                .load(std::sync::atomic::Ordering::Relaxed),
-            2
-        );
+        let local = local();
+        put(&local, 1, "t", b"v");
+        assert_eq!(payloads(&local, "#"), ["v"]);
+        put(&local, 2, "t", b"");
+        assert!(local.is_empty());
+        let mut deleted = entry(3, &message("u", b""), None, 0);
+        put(&local, 3, "u", b"u");
+        deleted.revision = 4;
+        deleted.operation = kv::Operation::Delete;
+        local.shared.apply(deleted, 10);
+        assert!(local.is_empty(), "a delete made with a NATS tool");
+        assert_eq!(local.shared.stats.applied.load(Relaxed), 4);
     }
 
     #[test]
-    fn a_pending_local_write_wins_over_entries_ordered_before_it() {
-        let shared = shared();
-        let local = ClusterRetained {
-            shared: Arc::new(shared),
-        };
-        local.update(&message("t", b"mine-1"));
-        local.update(&message("t", b"mine-2"));
-        let s = &local.shared;
-        // Coalesced: one write waits, the latest.
-        assert_eq!(s.pending().queued.len(), 1);
-        let (topic, write) = s.pending().pop().unwrap();
+    fn changes_coalesce_per_topic_and_sys_stays_local() {
+        let local = local();
+        local.update(&message("t", b"1"));
+        local.update(&message("t", b"2"));
+        local.update(&message("$SYS/broker/uptime", b"9"));
+        let mut pending = local.shared.pending();
+        assert_eq!(pending.queued.len(), 1);
+        let (topic, write) = pending.pop().unwrap();
         assert_eq!((topic.as_str(), write.seq), ("t", 2));
-        // Another node's value reaches the watch before this node's write: the KV orders
-        // it first, so the mirror keeps this node's.
-        s.apply(
-            entry(&origin("b", 1, 9), &message("t", b"theirs"), None, 0),
-            10,
-        );
-        assert_eq!(payloads(s, "t"), ["mine-2"]);
-        // This incarnation's older echo is skipped too; its latest ends the wait.
-        s.apply(
-            entry(&origin("a", 7, 1), &message("t", b"mine-1"), None, 0),
-            10,
-        );
-        assert_eq!(payloads(s, "t"), ["mine-2"]);
-        s.apply(
-            entry(&origin("a", 7, 2), &message("t", b"mine-2"), None, 0),
-            10,
-        );
-        assert!(s.pending().unconfirmed.is_empty());
-        // Afterwards other nodes' values apply again (they came after in the KV).
-        s.apply(
-            entry(&origin("b", 1, 10), &message("t", b"theirs-2"), None, 0),
-            10,
-        );
-        assert_eq!(payloads(s, "t"), ["theirs-2"]);
-        // A previous run of this node is another writer.
-        s.apply(
-            entry(&origin("a", 6, 2), &message("t", b"old run"), None, 0),
-            10,
-        );
-        assert_eq!(payloads(s, "t"), ["old run"]);
+        assert_eq!(write.message.unwrap().payload, "2");
+        drop(pending);
+        assert_eq!(local.len(), 2, "both in the mirror");
+        local
+            .shared
+            .apply(entry(1, &message("$SYS/x", b"v"), None, 0), 10);
+        assert_eq!(local.len(), 2);
+        assert_eq!(local.shared.stats.invalid.load(Relaxed), 1);
     }
 
     #[test]
-    fn sys_topics_stay_local_and_are_ignored_from_the_bucket() {
-        let local = ClusterRetained {
-            shared: Arc::new(shared()),
-        };
-        local.update(&message("$SYS/broker/uptime", b"1"));
-        assert!(local.shared.pending().queued.is_empty());
-        assert_eq!(local.len(), 1);
-        let s = &local.shared;
-        s.apply(
-            entry(&origin("b", 1, 1), &message("$SYS/x", b"v"), None, 0),
-            10,
-        );
-        assert_eq!(local.len(), 1);
-        assert_eq!(
-            s.stats.invalid.load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+    fn an_entry_during_a_write_is_applied_only_if_stored_after_it() {
+        let local = local();
+        // Stored before this node's write (revision 5): dropped.
+        local.update(&message("t", b"mine"));
+        put(&local, 4, "t", b"theirs, older");
+        assert_eq!(payloads(&local, "t"), ["mine"]);
+        local.shared.settle("t", 1, Some(5));
+        assert_eq!(payloads(&local, "t"), ["mine"]);
+        // This node's own entry, and anything older, is skipped; newer ones apply.
+        put(&local, 5, "t", b"mine");
+        put(&local, 3, "t", b"stale");
+        assert_eq!(payloads(&local, "t"), ["mine"]);
+        put(&local, 6, "t", b"theirs, newer");
+        assert_eq!(payloads(&local, "t"), ["theirs, newer"]);
+        assert!(local.shared.pending().guards.is_empty());
+
+        // Stored after this node's write (revision 8): applied once the write is done,
+        // even if this node's own entry never arrives (the bucket keeps one per key).
+        local.update(&message("t", b"mine 2"));
+        put(&local, 9, "t", b"theirs, after");
+        put(&local, 10, "t", b"theirs, later");
+        assert_eq!(payloads(&local, "t"), ["mine 2"]);
+        local.shared.settle("t", 2, Some(8));
+        assert_eq!(payloads(&local, "t"), ["theirs, later"]);
+        assert!(local.shared.pending().guards.is_empty());
+    }
+
+    #[test]
+    fn a_second_change_keeps_entries_held_until_it_is_written() {
+        let local = local();
+        local.update(&message("t", b"1"));
+        let (_, first) = local.shared.pending().pop().unwrap();
+        local.update(&message("t", b"2"));
+        put(&local, 6, "t", b"theirs");
+        // The first write (revision 5) is older than the entry, the second may not be.
+        local.shared.settle("t", first.seq, Some(5));
+        assert_eq!(payloads(&local, "t"), ["2"]);
+        local.shared.settle("t", first.seq + 1, Some(7));
+        assert_eq!(payloads(&local, "t"), ["2"]);
+        put(&local, 6, "t", b"theirs");
+        assert_eq!(payloads(&local, "t"), ["2"]);
+    }
+
+    #[test]
+    fn a_given_up_write_lets_the_held_entry_in() {
+        let local = local();
+        local.update(&message("t", b"too big"));
+        put(&local, 3, "t", b"theirs");
+        local.shared.settle("t", 1, None);
+        assert_eq!(payloads(&local, "t"), ["theirs"]);
     }
 
     #[test]
     fn remaining_expiry_counts_from_when_the_server_stored_it() {
-        let shared = shared();
-        let b = origin("b", 1, 1);
+        let local = local();
+        let s = &local.shared;
+        let m = message("t", b"v");
         // Stored at 1 000 with 5 000 left, read at 3 000: 3 000 left.
-        shared.apply(entry(&b, &message("t", b"v"), Some(5_000), 1_000), 3_000);
-        let got = shared.mirror.matching("t", 3_000);
-        assert_eq!(got[0].expires_at, Some(6_000));
+        s.apply(entry(1, &m, Some(5_000), 1_000), 3_000);
+        assert_eq!(local.matching("t", 3_000)[0].expires_at, Some(6_000));
         // A server clock ahead of the reader's takes nothing off.
-        shared.apply(entry(&b, &message("t", b"v"), Some(5_000), 9_000), 3_000);
-        assert_eq!(shared.mirror.matching("t", 0)[0].expires_at, Some(8_000));
+        s.apply(entry(2, &m, Some(5_000), 9_000), 3_000);
+        assert_eq!(local.matching("t", 0)[0].expires_at, Some(8_000));
         // Already expired when read: deletes what the mirror held.
-        shared.apply(entry(&b, &message("t", b"v"), Some(1_000), 1_000), 3_000);
-        assert!(shared.mirror.is_empty());
+        s.apply(entry(3, &m, Some(1_000), 1_000), 3_000);
+        assert!(local.is_empty());
     }
 
     #[test]
-    fn full_queue_drops_new_topics_but_still_coalesces_waiting_ones() {
-        let local = ClusterRetained {
-            shared: Arc::new(shared()),
-        };
+    fn a_full_queue_keeps_new_topics_local_but_still_coalesces_waiting_ones() {
+        let local = local();
         for topic in ["a", "b", "c"] {
             local.update(&message(topic, b"v"));
         }
         local.update(&message("a", b"w"));
         let s = &local.shared;
         assert_eq!(s.pending().queued.len(), 2, "capacity 2");
-        assert_eq!(
-            s.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(s.stats.dropped.load(Relaxed), 1);
         assert_eq!(local.len(), 3, "the local set still works");
-        assert!(!s.pending().unconfirmed.contains_key("c"));
+        assert!(!s.pending().guards.contains_key("c"));
     }
 
     #[test]
     fn a_failed_write_is_retried_unless_a_newer_change_waits() {
-        let local = ClusterRetained {
-            shared: Arc::new(shared()),
-        };
+        let local = local();
         local.update(&message("t", b"1"));
         let s = &local.shared;
         let (topic, write) = s.pending().pop().unwrap();
@@ -748,14 +887,11 @@ mod tests {
         let (_, write) = s.pending().pop().unwrap();
         assert_eq!(write.seq, 2);
         assert!(s.pending().pop().is_none());
-        // A write abandoned (too large) no longer holds other nodes' values back.
-        s.pending().abandon("t", 2);
-        assert!(s.pending().unconfirmed.is_empty());
     }
 
     #[test]
     fn values_carry_the_remaining_expiry_and_expired_ones_delete() {
-        let o = origin("a", 7, 3);
+        let o = origin();
         let mut m = message("t", b"v");
         m.expires_at = Some(5_000);
         let (_, got) = envelope::decode("t".into(), value(&o, "t", Some(&m), 1_000), 0).unwrap();
@@ -771,31 +907,47 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_updates_and_entries_leave_consistent_state() {
-        let local = ClusterRetained {
-            shared: Arc::new(shared()),
-        };
+    fn guards_are_pruned_once_the_bucket_is_past_them() {
+        let local = local();
+        local.update(&message("t", b"mine"));
+        local.shared.settle("t", 1, Some(5));
+        assert_eq!(local.shared.pending().guards.len(), 1);
+        put(&local, 6, "other", b"x");
+        local.shared.pending().prune();
+        assert!(local.shared.pending().guards.is_empty());
+    }
+
+    #[test]
+    fn many_threads_changing_and_applying_end_consistent() {
+        let local = local();
+        let revision = AtomicU64::new(0);
         std::thread::scope(|scope| {
-            for t in 0..4 {
-                let local = &local;
+            for _ in 0..4 {
+                let (local, revision) = (&local, &revision);
                 scope.spawn(move || {
                     for i in 0..500u64 {
                         let topic = if i % 2 == 0 { "a" } else { "b" };
-                        local.update(&message(topic, b"v"));
-                        let seq = i + 1;
-                        local.shared.apply(
-                            entry(&origin("b", t, seq), &message(topic, b"w"), None, 0),
-                            0,
-                        );
+                        local.update(&message(topic, b"mine"));
+                        let r = revision.fetch_add(1, Relaxed) + 1;
+                        put(local, r, topic, b"theirs");
                         let _ = local.matching("#", 0);
                     }
                 });
             }
         });
+        // Every change written, the writes stored after all entries so far.
         let s = &local.shared;
-        let pending = s.pending();
-        assert!(pending.queued.len() <= 2 && pending.order.len() >= pending.queued.len());
-        assert_eq!(pending.next_seq, 2_000);
-        assert_eq!(pending.unconfirmed.len(), 2);
+        let mut next = revision.load(Relaxed);
+        while let Some((topic, write)) = {
+            let popped = s.pending().pop();
+            popped
+        } {
+            next += 1;
+            s.settle(&topic, write.seq, Some(next));
+        }
+        assert_eq!(s.pending().next_seq, 2_000);
+        assert_eq!(payloads(&local, "#"), ["mine", "mine"]);
+        put(&local, next + 1, "a", b"last");
+        assert_eq!(payloads(&local, "a"), ["last"]);
     }
 }
