@@ -1,33 +1,43 @@
 //! Retained messages cluster-wide, in the JetStream KV bucket [`BUCKET`].
 //!
-//! Each node keeps the whole retained set in its own [`RetainedStore`], a mirror fed by a
-//! KV watch, so SUBSCRIBE matches locally without a network call. Before the node serves
-//! anyone it loads the bucket's current values; then the watch applies every change from
-//! any node. The mirror only stores: live delivery of a retained PUBLISH goes through the
-//! routing fabric, so a mirrored message is never delivered twice.
+//! Each node keeps the whole retained set in its own [`RetainedStore`], a mirror fed from
+//! the bucket, so SUBSCRIBE matches locally without a network call. Before the node serves
+//! anyone it loads each key's latest entry; then it applies every later entry from any
+//! node, in the bucket's order. The bucket is read through a pull consumer on its stream
+//! rather than async-nats's KV watch, which creates its push consumer before subscribing
+//! and so can miss the first entries (an initial load that never came, seen here). The
+//! mirror only stores: live delivery of a retained PUBLISH goes through the routing
+//! fabric, so a mirrored message is never delivered twice. The node's own store
+//! (`[storage]`) is not used for retained messages in a cluster: the bucket is the truth.
 //!
 //! - **Key**: the topic's subject ([`subject::topic_to_subject`]). Its tokens use only
 //!   `[A-Za-z0-9_=-]` joined by `.`, which KV keys allow, and it decodes back exactly.
-//! - **Value**: the message's [`envelope`], stamped with this node's id, incarnation and a
-//!   sequence number per write. A deletion (empty retained payload) is written as an
-//!   envelope with an empty payload rather than a KV delete, so it too says who wrote it.
-//! - **Writes**: a retained PUBLISH updates the local mirror at once (as on one node) and
-//!   queues the KV write, never awaited on the publish path. One writer task puts them in
+//! - **Value**: the message's [`envelope`], stamped with this node's id. A deletion (empty
+//!   retained payload) is a value with an empty payload rather than a KV delete; a delete
+//!   or purge made with a NATS tool also deletes.
+//! - **Writes**: a retained PUBLISH updates the mirror at once (as on one node) and queues
+//!   the bucket write, never awaited on the publish path. One writer task puts them in
 //!   order; only the latest change per topic waits, so a topic's last value wins on this
-//!   node, and the KV's order decides between nodes (last writer wins). While NATS is
+//!   node, and the bucket's order decides between nodes (last writer wins). While NATS is
 //!   unreachable, changes of up to `forward_queue` topics wait and are retried with
-//!   backoff; beyond that, or for a value above NATS's maximum payload or a key too long
-//!   for a subject, the change stays on this node (counted in [`RetainedStats::dropped`]).
-//! - **Echoes**: a KV entry older than this node's own pending write for the same topic is
-//!   skipped (the pending write lands after it in the KV's order); the echo of the pending
-//!   write itself is applied and ends the wait. So every node ends with the KV's value.
+//!   backoff (a stopping node tries for 2 s more); beyond that, or for a value above
+//!   NATS's maximum payload or a key too long for a subject, the change stays on this
+//!   node until the topic changes again (counted in [`RetainedStats::dropped`]).
+//! - **Order**: the bucket keeps one entry per key, so a node may never see its own entry
+//!   (overwritten first). A write's acknowledgement gives its revision instead: entries at
+//!   or below it are older than what the mirror holds and are skipped; an entry arriving
+//!   while a write is on its way is held, and applied once the write's revision shows it
+//!   newer. So every node ends with the bucket's value.
 //! - **Expiry** is stored as the time left when written; a reader subtracts the time since
 //!   the NATS server stored the entry. Only the reading node's and the NATS server's clocks
-//!   are compared, never two nodes', and a negative difference counts as zero.
+//!   are compared, never two nodes', and a negative difference counts as zero: a skew of
+//!   `s` shortens (reader ahead) or lengthens by up to `s` what is left at loading.
+//!   Expired entries stay in the bucket until overwritten; every reader drops them.
 //! - `$SYS` topics never leave their node.
 //!
-//! Locks: the pending-write table is a std mutex, never held across an await, with no
-//! NATS call and no mirror call under it; the mirror takes its own lock inside its calls.
+//! Locks: the pending-write table (a std mutex) is taken before the mirror's tree lock,
+//! so a local change and a bucket entry never interleave between the two; neither is held
+//! across an await, and no NATS call is made under them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
@@ -938,10 +948,9 @@ mod tests {
         // Every change written, the writes stored after all entries so far.
         let s = &local.shared;
         let mut next = revision.load(Relaxed);
-        while let Some((topic, write)) = {
+        loop {
             let popped = s.pending().pop();
-            popped
-        } {
+            let Some((topic, write)) = popped else { break };
             next += 1;
             s.settle(&topic, write.seq, Some(next));
         }
