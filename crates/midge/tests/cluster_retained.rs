@@ -359,3 +359,22 @@ async fn concurrent_writers_of_one_topic_leave_every_node_the_same_value() {
         );
     }
 }
+
+#[tokio::test]
+async fn changes_made_while_nats_is_down_apply_locally_and_reach_the_bucket_when_it_is_back() {
+    let (dir, nats, a, b, _da, _db) = two_nodes("retained-nats-down").await;
+    let (mut on_a, _) = connect(a.port, &connect_v5("pub-a", true, 0)).await;
+    publish_retained(&mut on_a, 1, "n/before", b"1").await;
+    wait_retained(b.port, "n/#", 1, &[("n/before", b"1")]).await;
+    let port = nats.port;
+    drop(nats);
+    // The node's own subscribers see the change at once; the bucket gets it later.
+    publish_retained(&mut on_a, 1, "n/during", b"2").await;
+    publish_retained(&mut on_a, 1, "n/before", b"").await;
+    wait_retained(a.port, "n/#", 1, &[("n/during", b"2")]).await;
+    // Same port and JetStream directory: the bucket survives the restart.
+    let _nats = Nats::start_on(&dir, port).await;
+    for port in [b.port, a.port] {
+        wait_retained(port, "n/#", 1, &[("n/during", b"2")]).await;
+    }
+}
