@@ -26,7 +26,6 @@ use crate::config::{Config, ConfigError, ConfigSource};
 use crate::conn_limit::{ConnLimiter, Refusal};
 use crate::connection::{self, ListenerContext};
 use crate::model::now_millis;
-use crate::registry::LocalOwnership;
 use crate::retain::RetainedStore;
 use crate::stats::Stats;
 use crate::store::{self, Opening, StoreError};
@@ -180,9 +179,11 @@ impl Server {
                 let parts = Parts {
                     router: cluster.routing(),
                     retained: Box::<RetainedStore>::default(),
-                    ownership: Box::new(LocalOwnership),
+                    ownership: cluster.ownership(),
                 };
-                Broker::assemble(config, Some(journal), parts)
+                let broker = Broker::assemble(config, Some(journal), parts);
+                let _ = broker.cluster.set(cluster.owners());
+                broker
             }
             None => Broker::with_journal(config, Some(journal)),
         };

@@ -33,7 +33,7 @@ use crate::store::{Journal, RecoveredSession};
 
 mod ownership;
 
-pub use ownership::{LocalOwnership, Ownership};
+pub use ownership::{Claim, LocalOwnership, Ownership};
 
 /// How long a new connection waits for the old owner of its client id to let go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -407,6 +407,7 @@ impl Registry {
         let mut will_now = None;
         let mut answer_takeover = None;
         let mut over_parked_limit = 0;
+        let owned_here;
         {
             let mut inner = self.lock();
             let mut timers = Vec::new();
@@ -415,6 +416,7 @@ impl Registry {
                 .entry(client_id.clone())
                 .or_insert_with(|| Slot::new(self.new_mailbox(&client_id)));
             let owned = slot.owner == Some(connection_id);
+            owned_here = owned;
             if owned {
                 slot.owner = None;
                 // A connection that ended on its own (EOF, DISCONNECT, error) just as a new
@@ -474,11 +476,53 @@ impl Registry {
                 inner.push_timer(at, client_id.clone());
             }
         }
+        if owned_here {
+            self.ownership.release(&client_id, connection_id);
+        }
         Effects {
             ended: ended.into_iter().collect(),
             wills: will_now.map(|will| (client_id, will)).into_iter().collect(),
             release: answer_takeover,
             over_parked_limit,
+        }
+    }
+
+    /// Claims `client_id` beyond this process for `connection_id`, which attached it
+    /// ([`Ownership::claim`]); `None` on a single node.
+    pub fn claim(&self, client_id: &Arc<str>, connection_id: u64) -> Option<Claim> {
+        self.ownership.claim(client_id, connection_id)
+    }
+
+    /// Tells connection `connection_id` to let `client_id` go (v5 DISCONNECT 0x8E), if it
+    /// still serves it: a CONNECT elsewhere took the id over. The receiver resolves once the
+    /// session is parked. `None`: that connection is gone, or already told to go by a
+    /// takeover on this node (whose answer must not be lost).
+    pub fn ask_to_leave_if(
+        &self,
+        client_id: &str,
+        connection_id: u64,
+    ) -> Option<oneshot::Receiver<()>> {
+        let inner = self.lock();
+        let slot = inner.slots.get(client_id)?;
+        if slot.owner != Some(connection_id) {
+            return None;
+        }
+        let (reply, done) = oneshot::channel();
+        if slot.mailbox.offer_control(Control::TakeOver(reply)) {
+            return Some(done);
+        }
+        // A control is pending: a takeover keeps its place; an administrator's request
+        // gives way (its asker sees no answer).
+        match slot.mailbox.take_control() {
+            Some(Control::TakeOver(first)) => {
+                slot.mailbox.send_control(Control::TakeOver(first));
+                None
+            }
+            _ => {
+                let (reply, done) = oneshot::channel();
+                slot.mailbox.send_control(Control::TakeOver(reply));
+                Some(done)
+            }
         }
     }
 
