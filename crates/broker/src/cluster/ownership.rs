@@ -168,6 +168,9 @@ pub struct Owners {
     held: Mutex<HashMap<Arc<str>, (u64, u64)>>,
     /// Nodes heard from, with when.
     seen: Mutex<HashMap<String, (NodeRecord, Instant)>>,
+    /// Requests to let go, subscribed to before the node serves anyone (a request
+    /// meeting no responder would mean the node is gone); taken by the control task.
+    requests: Mutex<Option<async_nats::Subscriber>>,
     /// Counters.
     pub stats: OwnershipStats,
 }
@@ -256,10 +259,16 @@ impl Owners {
                     },
                 )
                 .await?;
-                Ok::<_, String>((client, owners, nodes))
+                let requests = client
+                    .subscribe(control_subject(&config.node_id))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // The subscription reaches the server before any CONNECT is accepted.
+                client.flush().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((client, owners, nodes, requests))
             };
             match attempt.await {
-                Ok((client, owners, nodes)) => {
+                Ok((client, owners, nodes, requests)) => {
                     return Ok(Arc::new(Self {
                         node: Arc::from(config.node_id.as_str()),
                         incarnation,
@@ -269,6 +278,7 @@ impl Owners {
                         nodes,
                         held: Mutex::default(),
                         seen: Mutex::default(),
+                        requests: Mutex::new(Some(requests)),
                         stats: OwnershipStats::default(),
                     }));
                 }
@@ -471,18 +481,8 @@ async fn control_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     use futures_util::StreamExt as _;
-    let subject = control_subject(&owners.node);
-    let mut requests = loop {
-        match owners.client.subscribe(subject.clone()).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(%subject, error = %e, "cluster: control subscription failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
-                }
-            }
-        }
+    let Some(mut requests) = lock(&owners.requests).take() else {
+        return;
     };
     loop {
         let request = tokio::select! {
