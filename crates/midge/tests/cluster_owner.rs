@@ -314,3 +314,25 @@ async fn node_list_in_sys_and_admin_drops_a_killed_node() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_clustered");
 }
+
+#[tokio::test]
+async fn takeover_across_a_three_server_nats_cluster() {
+    let dir = TestDir::new("owner-nats3");
+    let servers = Nats::cluster(&dir, 3).await;
+    let (dir_a, dir_b) = (TestDir::new("owner-nats3-a"), TestDir::new("owner-nats3-b"));
+    // Each node on its own server: the buckets are replicated on the three (R3), and the
+    // claim and the request to let go cross NATS routes.
+    let mut a = node(&dir_a, "a", &[servers[0].url()], 0);
+    let mut b = node(&dir_b, "b", &[servers[1].url()], 0);
+    a.start(&[]).await;
+    b.start(&[]).await;
+    assert!(
+        !a.last_log().contains("kept on one NATS server"),
+        "{}",
+        a.last_log()
+    );
+    let (mut first, _) = connect(a.port, &connect_v5("roamer", true, 0)).await;
+    let (mut second, _) = connect(b.port, &connect_v5("roamer", true, 0)).await;
+    assert_eq!(closed(&mut first).await, Some(0x8E));
+    assert!(alive(&mut second).await);
+}

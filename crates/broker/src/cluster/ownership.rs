@@ -203,6 +203,16 @@ async fn bucket(
     };
     match js.create_key_value(replicated).await {
         Ok(store) => Ok(store),
+        // JetStream error codes: 10074 "replicas > 1 not supported in non-clustered
+        // mode", 10023 "insufficient resources" (fewer than 3 JetStream servers). Any
+        // other failure (no meta leader elected yet) is retried, not settled with one copy.
+        Err(first)
+            if !["10074", "10023"]
+                .iter()
+                .any(|code| first.to_string().contains(code)) =>
+        {
+            Err(first.to_string())
+        }
         Err(first) => match js.create_key_value(config.clone()).await {
             Ok(store) => {
                 tracing::warn!(bucket = %config.bucket, error = %first, "cluster: KV bucket kept on one NATS server (no 3 JetStream servers to replicate it)");
