@@ -165,7 +165,7 @@ pub struct Owners {
     owners: kv::Store,
     nodes: kv::Store,
     /// The KV revision each local connection's claim wrote, by client id, for its release.
-    held: Mutex<HashMap<Arc<str>, (u64, u64)>>,
+    held: Held,
     /// Nodes heard from, with when.
     seen: Mutex<HashMap<String, (NodeRecord, Instant)>>,
     /// Requests to let go, subscribed to before the node serves anyone (a request
@@ -186,6 +186,39 @@ impl std::fmt::Debug for Owners {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The KV revision each local connection's claim wrote, by client id: what its release
+/// deletes, expecting that revision. Connections of this node claim and release the same
+/// id concurrently (a takeover on this node: the old connection releases as the new one
+/// claims); a leaf lock, held for a map operation only.
+#[derive(Debug, Default)]
+struct Held(Mutex<HashMap<Arc<str>, (u64, u64)>>);
+
+impl Held {
+    /// `connection` claimed `client_id` at `revision`. A newer claim of this node may have
+    /// been recorded first: revisions only grow, and the newest stays.
+    fn record(&self, client_id: &Arc<str>, connection: u64, revision: u64) {
+        let mut held = lock(&self.0);
+        let slot = held
+            .entry(client_id.clone())
+            .or_insert((connection, revision));
+        if slot.1 < revision {
+            *slot = (connection, revision);
+        }
+    }
+
+    /// Forgets `client_id`'s claim if `connection` holds it; its revision.
+    fn take(&self, client_id: &str, connection: u64) -> Option<u64> {
+        let mut held = lock(&self.0);
+        match held.get(client_id) {
+            Some(&(c, revision)) if c == connection => {
+                held.remove(client_id);
+                Some(revision)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Opens a KV bucket, creating it when missing: replicated on 3 servers when the NATS
@@ -286,7 +319,7 @@ impl Owners {
                         client,
                         owners,
                         nodes,
-                        held: Mutex::default(),
+                        held: Held::default(),
                         seen: Mutex::default(),
                         requests: Mutex::new(Some(requests)),
                         stats: OwnershipStats::default(),
@@ -364,17 +397,7 @@ impl Owners {
             .await
             .map_err(|_| "the cluster's NATS JetStream did not answer")??;
         Stats::add(&self.stats.claims, 1);
-        {
-            // A later claim of this node for the id (a newer connection) may have been
-            // recorded first: revisions only grow.
-            let mut held = lock(&self.held);
-            let slot = held
-                .entry(client_id.clone())
-                .or_insert((connection, revision));
-            if slot.1 < revision {
-                *slot = (connection, revision);
-            }
-        }
+        self.held.record(client_id, connection, revision);
         let Some(previous) = previous else {
             return Ok(());
         };
@@ -414,15 +437,8 @@ impl Owners {
     /// node: deletes its key if it still holds it (expecting its revision, so a newer
     /// owner's key stays).
     pub fn release(self: &Arc<Self>, client_id: &Arc<str>, connection: u64) {
-        let revision = {
-            let mut held = lock(&self.held);
-            match held.get(client_id) {
-                Some(&(c, revision)) if c == connection => {
-                    held.remove(client_id);
-                    revision
-                }
-                _ => return,
-            }
+        let Some(revision) = self.held.take(client_id, connection) else {
+            return;
         };
         let this = self.clone();
         let key = owner_key(client_id);
@@ -521,17 +537,9 @@ async fn leave_here(owners: &Owners, broker: &Broker, leave: Leave) -> bool {
         return false;
     }
     let client_id: Arc<str> = Arc::from(leave.client_id);
-    {
-        // Taken over: its release must not delete the new owner's key (it could not: the
-        // revision moved on; this saves the round trip).
-        let mut held = lock(&owners.held);
-        if held
-            .get(&client_id)
-            .is_some_and(|&(c, _)| c == leave.connection)
-        {
-            held.remove(&client_id);
-        }
-    }
+    // Taken over: its release must not delete the new owner's key (it could not: the
+    // revision moved on; this saves the round trip).
+    let _ = owners.held.take(&client_id, leave.connection);
     let Some(done) = broker
         .registry
         .ask_to_leave_if(&client_id, leave.connection)
@@ -706,6 +714,53 @@ mod tests {
         // Just under the limit stays readable.
         let fits = "a".repeat(MAX_KEY_LEN);
         assert_eq!(owner_key(&fits), fits);
+    }
+
+    /// Many connections of one node claiming and releasing one id at once: the newest
+    /// claim stays recorded, and only its connection's release takes it, once.
+    #[test]
+    fn held_claims_from_many_threads_keep_the_newest() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let held = Arc::new(Held::default());
+        let id: Arc<str> = "c".into();
+        for round in 0..50u64 {
+            // Revisions given out in the reverse of the threads' start order, recorded at
+            // once: the KV's order need not be the order the answers are handled in.
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let (held, barrier, id) = (held.clone(), barrier.clone(), id.clone());
+                    std::thread::spawn(move || {
+                        let connection = round * 8 + t;
+                        let revision = round * 8 + (8 - t);
+                        barrier.wait();
+                        held.record(&id, connection, revision);
+                        (connection, revision)
+                    })
+                })
+                .collect();
+            let claims: Vec<(u64, u64)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let newest = *claims.iter().max_by_key(|(_, r)| *r).unwrap();
+            let taken = Arc::new(AtomicUsize::new(0));
+            let releases: Vec<_> = claims
+                .iter()
+                .map(|&(connection, _)| {
+                    let (held, id, taken) = (held.clone(), id.clone(), taken.clone());
+                    std::thread::spawn(move || {
+                        if let Some(revision) = held.take(&id, connection) {
+                            taken.fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(revision, newest.1);
+                            assert_eq!(connection, newest.0);
+                        }
+                    })
+                })
+                .collect();
+            for r in releases {
+                r.join().unwrap();
+            }
+            assert_eq!(taken.load(Ordering::SeqCst), 1, "round {round}");
+            assert!(held.take(&id, newest.0).is_none());
+        }
     }
 
     #[test]
