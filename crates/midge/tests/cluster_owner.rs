@@ -211,6 +211,9 @@ async fn a_clean_disconnect_releases_the_id_and_a_dead_node_does_not_hold_it() {
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(alive(&mut moved).await);
     assert_eq!(get(admin_a, "/api/v1/cluster/clients/mover").1["node"], "b");
+    let (_, nodes) = get(admin_b, "/api/v1/cluster/nodes");
+    assert_eq!(nodes["ownership"]["takeovers_sent"], 0, "{nodes}");
+    assert_eq!(nodes["ownership"]["claims"], 1, "{nodes}");
 
     // A node killed with the id: the next CONNECT finds no responder and goes on at once.
     let (_orphan, _) = connect(a.port, &connect_v5("orphan", true, 0)).await;

@@ -593,7 +593,19 @@ async fn cluster_nodes(State(context): State<AdminContext>) -> ApiResult {
             })
         })
         .collect();
-    Ok(Json(json!({"node": owners.node_id(), "items": nodes})))
+    let counter = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let stats = &owners.stats;
+    Ok(Json(json!({
+        "node": owners.node_id(),
+        "items": nodes,
+        "ownership": {
+            "claims": counter(&stats.claims),
+            "takeovers_sent": counter(&stats.takeovers_sent),
+            "taken_over_remotely": counter(&stats.taken_over_remotely),
+            "refused": counter(&stats.refused),
+            "leave_timeouts": counter(&stats.leave_timeouts),
+        },
+    })))
 }
 
 /// Which node holds a connected client id, from the cluster's owners bucket.
