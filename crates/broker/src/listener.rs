@@ -27,7 +27,6 @@ use crate::config::{Config, ConfigError, ConfigSource};
 use crate::conn_limit::{ConnLimiter, Refusal};
 use crate::connection::{self, ListenerContext};
 use crate::model::now_millis;
-use crate::registry::LocalOwnership;
 use crate::stats::Stats;
 use crate::store::{self, Opening, StoreError};
 use crate::sys;
@@ -188,9 +187,11 @@ impl Server {
                 let parts = Parts {
                     router: cluster.routing(),
                     retained: Box::new(retained),
-                    ownership: Box::new(LocalOwnership),
+                    ownership: cluster.ownership(),
                 };
-                Broker::assemble(config, Some(journal), parts)
+                let broker = Broker::assemble(config, Some(journal), parts);
+                let _ = broker.cluster.set(cluster.owners());
+                broker
             }
             _ => Broker::with_journal(config, Some(journal)),
         };

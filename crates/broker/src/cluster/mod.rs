@@ -17,6 +17,7 @@
 //! is taken only inside `Router` calls, and no NATS call is made under it.
 
 pub mod envelope;
+pub mod ownership;
 pub mod retained;
 pub mod subject;
 
@@ -108,6 +109,8 @@ pub struct Cluster {
     forward_rx: mpsc::Receiver<Arc<Message>>,
     interest_tx: mpsc::UnboundedSender<Interest>,
     interest_rx: mpsc::UnboundedReceiver<Interest>,
+    /// Client-id ownership and the node list ([`ownership`]).
+    owners: Arc<ownership::Owners>,
 }
 
 async fn options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions, ClusterError> {
@@ -204,6 +207,7 @@ impl Cluster {
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
+        let owners = ownership::Owners::connect(config, incarnation).await?;
         Ok(Self {
             client,
             node: Arc::from(config.node_id.as_str()),
@@ -214,7 +218,18 @@ impl Cluster {
             forward_rx,
             interest_tx,
             interest_rx,
+            owners,
         })
+    }
+
+    /// The broker's client-id ownership: cluster-wide ([`ownership`]).
+    pub fn ownership(&self) -> Box<dyn crate::registry::Ownership> {
+        Box::new(ownership::ClusterOwnership(self.owners.clone()))
+    }
+
+    /// Ownership and the node list, for the admin API.
+    pub fn owners(&self) -> Arc<ownership::Owners> {
+        self.owners.clone()
     }
 
     /// The broker's router: the local one wrapped in [`ClusterRouting`].
@@ -240,7 +255,8 @@ impl Cluster {
             incarnation: self.incarnation,
             seq: 0,
         };
-        vec![
+        let mut tasks = self.owners.start(broker.clone(), shutdown.clone());
+        tasks.extend([
             tokio::spawn(publish_loop(
                 self.client.clone(),
                 origin,
@@ -265,7 +281,8 @@ impl Cluster {
                 broker,
                 shutdown,
             )),
-        ]
+        ]);
+        tasks
     }
 }
 
