@@ -19,6 +19,8 @@
 //! is taken only inside `Router` calls, and no NATS call is made under it.
 
 pub mod envelope;
+pub mod ownership;
+pub mod retained;
 pub mod shared;
 pub mod subject;
 
@@ -111,6 +113,8 @@ pub struct Cluster {
     interest_tx: mpsc::UnboundedSender<Interest>,
     interest_rx: mpsc::UnboundedReceiver<Interest>,
     shared: shared::Shared,
+    /// Client-id ownership and the node list ([`ownership`]).
+    owners: Arc<ownership::Owners>,
 }
 
 async fn options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions, ClusterError> {
@@ -127,8 +131,6 @@ async fn options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions, C
     };
     options = options
         .name(format!("midge {node}"))
-        // The node routes its own messages locally; NATS must not send them back.
-        .no_echo()
         // The first server listed is the node's own (a sidecar, or the nearest); the
         // others are for failover.
         .retain_servers_order()
@@ -179,7 +181,11 @@ impl Cluster {
     ) -> Result<Self, ClusterError> {
         let mut delay = Duration::from_millis(100);
         let client = loop {
-            let attempt = options(config).await?.connect(&config.nats_urls[..]);
+            // The node routes its own messages locally; NATS must not send them back.
+            let attempt = options(config)
+                .await?
+                .no_echo()
+                .connect(&config.nats_urls[..]);
             match attempt.await {
                 Ok(client) => break client,
                 Err(e) => {
@@ -206,6 +212,7 @@ impl Cluster {
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
+        let owners = ownership::Owners::connect(config, incarnation).await?;
         Ok(Self {
             client,
             node: Arc::from(config.node_id.as_str()),
@@ -217,7 +224,18 @@ impl Cluster {
             interest_tx,
             interest_rx,
             shared,
+            owners,
         })
+    }
+
+    /// The broker's client-id ownership: cluster-wide ([`ownership`]).
+    pub fn ownership(&self) -> Box<dyn crate::registry::Ownership> {
+        Box::new(ownership::ClusterOwnership(self.owners.clone()))
+    }
+
+    /// Ownership and the node list, for the admin API.
+    pub fn owners(&self) -> Arc<ownership::Owners> {
+        self.owners.clone()
     }
 
     /// The broker's router: the local one wrapped in [`ClusterRouting`].
@@ -244,13 +262,14 @@ impl Cluster {
             incarnation: self.incarnation,
             seq: 0,
         };
-        let mut tasks = self.shared.start(
+        let mut tasks = self.owners.start(broker.clone(), shutdown.clone());
+        tasks.extend(self.shared.start(
             &self.node,
             self.incarnation,
             self.local.clone(),
             broker.clone(),
             shutdown.clone(),
-        );
+        ));
         tasks.extend([
             tokio::spawn(publish_loop(
                 self.client.clone(),
