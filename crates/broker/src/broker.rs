@@ -51,9 +51,6 @@ pub struct Broker {
     pub journal: Option<Journal>,
     /// AMQP queues, shared by every AMQP listener (durable ones kept through `journal`).
     pub amqp: Arc<crate::amqp_queues::Queues>,
-    /// A cluster node's client-id owners and node list (for the admin API); unset on a
-    /// single node.
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::ownership::Owners>>,
     started: Instant,
     next_connection_id: AtomicU64,
 }
@@ -89,7 +86,6 @@ impl Broker {
             log_limit,
             amqp: Arc::new(crate::amqp_queues::Queues::new(journal.clone())),
             journal,
-            cluster: std::sync::OnceLock::new(),
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),
         })

@@ -178,6 +178,7 @@ impl Server {
         // this node's own store may hold values other nodes replaced since.
         let mut recovered = recovered;
         let mut cluster_tasks = Vec::new();
+        let owners = cluster.as_ref().map(|c| c.owners());
         let broker = match (&cluster, &config.cluster) {
             (Some(cluster), Some(settings)) => {
                 let (retained, tasks) =
@@ -189,9 +190,7 @@ impl Server {
                     retained: Box::new(retained),
                     ownership: cluster.ownership(),
                 };
-                let broker = Broker::assemble(config, Some(journal), parts);
-                let _ = broker.cluster.set(cluster.owners());
-                broker
+                Broker::assemble(config, Some(journal), parts)
             }
             _ => Broker::with_journal(config, Some(journal)),
         };
@@ -280,6 +279,7 @@ impl Server {
                     })
                 }),
                 live_views: Arc::default(),
+                cluster: owners,
             };
             match admin::start(context, &config.admin, shutdown_rx.clone()).await {
                 Ok((addr, task)) => {
