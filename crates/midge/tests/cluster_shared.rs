@@ -39,8 +39,12 @@ fn node_subscriptions(nats: &Nats, node: &str) -> usize {
                 .is_some_and(|n| n == prefix || n.starts_with(&format!("{prefix} ")))
         })
         .flat_map(|c| c["subscriptions_list"].as_array().into_iter().flatten())
-        // A node that made a NATS request holds its reply inbox from then on.
-        .filter(|s| s.as_str().is_some_and(|s| !s.starts_with("_INBOX.")))
+        // A node that made a NATS request holds its reply inbox from then on; its control
+        // subject (`mq.c.<node>.leave`, client-id takeovers) is always there.
+        .filter(|s| {
+            s.as_str()
+                .is_some_and(|s| !s.starts_with("_INBOX.") && !s.starts_with("mq.c."))
+        })
         .count()
 }
 
