@@ -10,6 +10,7 @@ use midge_proto::{SubscriptionOptions, Will};
 use crate::config::{Config, MqttConfig};
 use crate::log_limit::LogLimiter;
 use crate::mailbox::Mailbox;
+use crate::memory::MemoryBudget;
 use crate::model::QueueLimits;
 use crate::model::{Delivery, Message, Millis, Stage};
 use crate::registry::{Attached, Effects, LocalOwnership, Ownership, Registry};
@@ -44,6 +45,8 @@ pub struct Broker {
     pub registry: Registry,
     /// Counters.
     pub stats: Stats,
+    /// What client input holds in memory, against `limits.max_memory`.
+    pub memory: Arc<MemoryBudget>,
     /// Rate limits log lines about refused, malformed and failed connections per peer.
     pub log_limit: Arc<LogLimiter>,
     /// Where persistent sessions and retained messages are recorded; `None` keeps
@@ -62,18 +65,31 @@ impl Broker {
     /// A broker with nothing in it that records persistent state through `journal`: the
     /// single node, with the in-process router, retained store and client-id ownership.
     pub fn with_journal(config: Config, journal: Option<Journal>) -> Arc<Self> {
+        let memory = Arc::new(MemoryBudget::new(crate::memory::limit_for(&config.limits)));
         let parts = Parts {
             router: Box::new(Router::new(config.mqtt.shared_subscription_strategy)),
-            retained: Box::<RetainedStore>::default(),
+            retained: Box::new(RetainedStore::with_budget(memory.clone())),
             ownership: Box::new(LocalOwnership),
         };
-        Self::assemble(config, journal, parts)
+        Self::assemble_with_budget(config, journal, parts, memory)
     }
 
     /// A broker built on the given implementations of its seams.
     pub fn assemble(config: Config, journal: Option<Journal>, parts: Parts) -> Arc<Self> {
+        let memory = Arc::new(MemoryBudget::new(crate::memory::limit_for(&config.limits)));
+        Self::assemble_with_budget(config, journal, parts, memory)
+    }
+
+    /// [`Broker::assemble`] with the budget the parts already count against.
+    fn assemble_with_budget(
+        config: Config,
+        journal: Option<Journal>,
+        parts: Parts,
+        memory: Arc<MemoryBudget>,
+    ) -> Arc<Self> {
         let log_limit = Arc::new(LogLimiter::new(&config.log));
-        let registry = Registry::with_ownership(journal.clone(), parts.ownership);
+        let registry =
+            Registry::with_ownership(journal.clone(), parts.ownership).with_budget(memory.clone());
         registry.set_max_parked(config.limits.max_parked_sessions);
         Arc::new(Self {
             router: parts.router,
@@ -81,6 +97,7 @@ impl Broker {
             retained: parts.retained,
             registry,
             stats: Stats::default(),
+            memory,
             log_limit,
             journal,
             started: Instant::now(),
@@ -280,6 +297,14 @@ impl SessionEnv for Broker {
 
     fn publish(&self, message: Message) -> usize {
         Broker::publish(self, message).delivered
+    }
+
+    fn memory_pressure(&self) -> bool {
+        self.memory.pressure()
+    }
+
+    fn refused_for_memory(&self) {
+        Stats::add(&self.memory.refused_publishes, 1);
     }
 
     fn subscribe(

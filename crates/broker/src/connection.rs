@@ -362,6 +362,19 @@ where
                 return None;
             }
         };
+        if broker.memory.pressure() {
+            // Over `limits.max_memory`: a new session would only add to it. Before
+            // authentication, which may cost a password hash.
+            Stats::add(&broker.memory.refused_connections, 1);
+            Box::pin(self.refuse(
+                &connect,
+                ReasonCode::SERVER_BUSY,
+                "memory budget exceeded (limits.max_memory)",
+                &negotiated.client_id,
+            ))
+            .await;
+            return None;
+        }
         let credentials = Credentials {
             client_id: &negotiated.client_id,
             username: connect.username.as_deref(),
@@ -833,6 +846,7 @@ where
         match handled {
             Ok(Flow::Continue) => None,
             Ok(Flow::Disconnect) => Some(End::ClientDisconnect),
+            Ok(Flow::Close(why)) => Some(End::Abnormal(why)),
             Err(violation) => {
                 self.violation(session, &violation);
                 Some(End::Abnormal("protocol violation"))
@@ -887,16 +901,13 @@ where
         authorized: Authorized,
     ) -> Result<Flow, Violation> {
         match authorized {
-            Authorized::Publish(resolved, allowed) => {
-                session.publish(
-                    resolved,
-                    allowed,
-                    &*self.broker,
-                    now_millis(),
-                    &mut self.wbuf,
-                );
-                Ok(Flow::Continue)
-            }
+            Authorized::Publish(resolved, allowed) => Ok(session.publish(
+                resolved,
+                allowed,
+                &*self.broker,
+                now_millis(),
+                &mut self.wbuf,
+            )),
             Authorized::Subscribe(subscribe, verdicts) => {
                 self.subscribe(session, subscribe, verdicts)
             }

@@ -20,6 +20,7 @@ pub mod connection;
 pub mod listener;
 pub mod log_limit;
 pub mod mailbox;
+pub mod memory;
 pub mod model;
 pub mod pre_connect;
 pub mod registry;

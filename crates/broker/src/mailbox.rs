@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -17,11 +17,17 @@ use midge_proto::QoS;
 use tokio::sync::oneshot;
 
 use crate::config::QueueFullPolicy;
+use crate::memory::MemoryBudget;
 use crate::model::{Delivery, QueueLimits, next_session_id};
 use crate::store::{Journal, SessionJournal};
 
 /// An emptied queue with room for more than this many deliveries gives its memory back.
 const KEEP_QUEUE_CAPACITY: usize = 16;
+
+/// What one queued delivery costs beyond its message's weight: its slot in the queue.
+/// The message itself is shared by every queue holding it, so counting its weight in each
+/// makes the memory budget's count an upper bound for fan-out.
+pub const DELIVERY_OVERHEAD: usize = std::mem::size_of::<Queued>();
 
 /// A queued delivery and its place in the queue.
 #[derive(Debug, Clone)]
@@ -126,6 +132,8 @@ pub struct ConnectionDetail {
 struct Inner {
     queue: VecDeque<Queued>,
     bytes: usize,
+    /// What the memory budget counts for this queue now (see [`Mailbox::account`]).
+    charged: usize,
     qos0: usize,
     online: bool,
     closed: bool,
@@ -147,6 +155,7 @@ impl Default for Inner {
         Self {
             queue: VecDeque::new(),
             bytes: 0,
+            charged: 0,
             qos0: 0,
             online: false,
             closed: false,
@@ -173,20 +182,29 @@ pub struct Mailbox {
     /// reads it while holding the trie lock, where taking a mailbox lock would close a
     /// lock-order cycle (see ARCHITECTURE.md, "Lock hierarchy").
     online: AtomicBool,
+    /// A copy of the queue's length, written under the lock and read without it: routing
+    /// looks at it to see whether a subscriber has a backlog (see [`Mailbox::backlog`]).
+    queued: AtomicUsize,
+    /// Where the queue's bytes are counted with everything else client input holds.
+    budget: Option<Arc<MemoryBudget>>,
     inner: Mutex<Inner>,
 }
 
 impl Mailbox {
-    /// A new, empty, offline mailbox that records nothing.
+    /// A new, empty, offline mailbox that records nothing and counts against no budget.
     pub fn new(client_id: Arc<str>) -> Arc<Self> {
-        Self::with_store(client_id, None)
+        Self::with_store(client_id, None, None)
     }
 
     /// A new, empty, offline mailbox whose session is stored through `store` once it is
-    /// persistent (see [`Mailbox::persist`]).
-    pub fn with_store(client_id: Arc<str>, store: Option<&Journal>) -> Arc<Self> {
+    /// persistent (see [`Mailbox::persist`]), and whose queue counts against `budget`.
+    pub fn with_store(
+        client_id: Arc<str>,
+        store: Option<&Journal>,
+        budget: Option<&Arc<MemoryBudget>>,
+    ) -> Arc<Self> {
         let session_id = next_session_id();
-        Self::build(client_id, session_id, store, Inner::default())
+        Self::build(client_id, session_id, store, budget, Inner::default())
     }
 
     /// The mailbox of a session read back from the store: persistent, with its stored id,
@@ -195,6 +213,7 @@ impl Mailbox {
         client_id: Arc<str>,
         session_id: u64,
         store: &Journal,
+        budget: Option<&Arc<MemoryBudget>>,
         next_seq: u64,
     ) -> Arc<Self> {
         let inner = Inner {
@@ -202,13 +221,14 @@ impl Mailbox {
             persistent: true,
             ..Inner::default()
         };
-        Self::build(client_id, session_id, Some(store), inner)
+        Self::build(client_id, session_id, Some(store), budget, inner)
     }
 
     fn build(
         client_id: Arc<str>,
         session_id: u64,
         store: Option<&Journal>,
+        budget: Option<&Arc<MemoryBudget>>,
         inner: Inner,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -216,8 +236,34 @@ impl Mailbox {
             client_id,
             session_id,
             online: AtomicBool::new(inner.online),
+            queued: AtomicUsize::new(0),
+            budget: budget.cloned(),
             inner: Mutex::new(inner),
         })
+    }
+
+    /// Brings the memory budget and the lock-free length up to date after the queue
+    /// changed: one relaxed add or subtract of the difference.
+    fn account(&self, inner: &mut Inner) {
+        let len = inner.queue.len();
+        self.queued.store(len, Ordering::Relaxed);
+        if let Some(budget) = &self.budget {
+            let now = inner.bytes + len * DELIVERY_OVERHEAD;
+            budget.adjust(inner.charged as u64, now as u64);
+            inner.charged = now;
+        }
+    }
+
+    /// Deliveries queued, read without the lock (a moment out of date at most): a
+    /// subscriber that has some is behind (offline, or not reading as fast as it is sent
+    /// to).
+    pub fn backlog(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Bytes this queue counts against the memory budget now.
+    pub fn charged_bytes(&self) -> usize {
+        self.lock().charged
     }
 
     /// The client id of the session this mailbox belongs to.
@@ -279,6 +325,20 @@ impl Mailbox {
         if is_qos0 && !inner.online && !limits.queue_qos0_offline {
             return PushOutcome::Dropped;
         }
+        if is_qos0
+            && !inner.queue.is_empty()
+            && let Some(budget) = self.budget.as_ref().filter(|b| b.pressure())
+        {
+            // Over the memory budget: QoS 0 is not queued behind a backlog, so the slow
+            // and dead consumers lose it while those keeping up (empty queue) do not.
+            // One queued QoS 0 goes too, so their backlogs shrink.
+            if inner.qos0 > 0 {
+                inner.remove_first_qos0();
+                self.account(&mut inner);
+            }
+            budget.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+            return PushOutcome::Dropped;
+        }
         // QoS 0 deliveries are never stored.
         let journal = self
             .journal
@@ -308,6 +368,8 @@ impl Mailbox {
                     journal.dequeue(old.seq);
                 }
             } else {
+                // QoS 0 may have been evicted before this turn.
+                self.account(&mut inner);
                 return PushOutcome::Dropped;
             }
             evicted += 1;
@@ -321,6 +383,7 @@ impl Mailbox {
             journal.enqueue(seq, &delivery);
         }
         inner.queue.push_back(Queued { seq, delivery });
+        self.account(&mut inner);
         if was_empty && inner.online {
             Self::wake(inner);
         }
@@ -356,6 +419,7 @@ impl Mailbox {
                 out.push(queued);
             }
         }
+        self.account(&mut inner);
     }
 
     /// Returns deliveries to the front of the queue, in order (a connection that could not
@@ -367,6 +431,7 @@ impl Mailbox {
             inner.qos0 += usize::from(q.delivery.qos == QoS::AtMostOnce);
             inner.queue.push_front(q);
         }
+        self.account(&mut inner);
     }
 
     /// Puts back a stored queue at start (oldest first), applying the limits as pushes
@@ -388,6 +453,7 @@ impl Mailbox {
             inner.next_seq = inner.next_seq.max(seq.saturating_add(1));
             inner.queue.push_back(Queued { seq, delivery });
         }
+        self.account(&mut inner);
         dropped
     }
 
@@ -439,7 +505,9 @@ impl Mailbox {
             journal.delete();
         }
         inner.persistent = false;
-        inner.queue.drain(..).map(|q| q.delivery).collect()
+        let queued = inner.queue.drain(..).map(|q| q.delivery).collect();
+        self.account(&mut inner);
+        queued
     }
 
     /// Drops queued deliveries for which `keep` is false; returns how many.
@@ -464,6 +532,7 @@ impl Mailbox {
         });
         inner.bytes = bytes;
         inner.qos0 = qos0;
+        self.account(&mut inner);
         before - inner.queue.len()
     }
 
@@ -487,6 +556,7 @@ impl Mailbox {
             inner.bytes -= q.delivery.message.weight();
             inner.qos0 -= usize::from(q.delivery.qos == QoS::AtMostOnce);
         }
+        self.account(&mut inner);
         taken
     }
 
@@ -518,6 +588,7 @@ impl Mailbox {
             let at = inner.queue.partition_point(|e| e.seq < q.seq);
             inner.queue.insert(at, q);
         }
+        self.account(&mut inner);
         if was_empty && inner.online {
             Self::wake(inner);
         }
@@ -599,6 +670,16 @@ impl Mailbox {
         drop(inner);
         if let Some(waker) = waker {
             waker.wake();
+        }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        // A mailbox dropped with deliveries in it (never closed) gives their count back.
+        if let Some(budget) = &self.budget {
+            let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+            budget.release(inner.charged as u64);
         }
     }
 }
@@ -810,5 +891,104 @@ mod tests {
             mailbox.push(delivery(QoS::AtLeastOnce, "b"), &l),
             PushOutcome::Closed
         );
+    }
+
+    fn budgeted() -> (Arc<MemoryBudget>, Arc<Mailbox>) {
+        let budget = Arc::new(MemoryBudget::new(1000));
+        let mailbox = Mailbox::with_store("c".into(), None, Some(&budget));
+        (budget, mailbox)
+    }
+
+    #[test]
+    fn queued_bytes_are_counted_in_the_budget_and_given_back() {
+        let (budget, mailbox) = budgeted();
+        mailbox.set_online(true);
+        let l = limits(0, QueueFullPolicy::DropNew);
+        mailbox.push(delivery(QoS::AtLeastOnce, "abc"), &l);
+        mailbox.push(delivery(QoS::AtMostOnce, "de"), &l);
+        // Weight (payload + topic "t") plus each delivery's slot.
+        let expected = (4 + 3 + 2 * DELIVERY_OVERHEAD) as u64;
+        assert_eq!(budget.used(), expected);
+        assert_eq!(mailbox.charged_bytes() as u64, expected);
+        assert_eq!(mailbox.backlog(), 2);
+        let mut out = Vec::new();
+        mailbox.pop_queued(1, 1, &mut out);
+        assert_eq!(budget.used(), (3 + DELIVERY_OVERHEAD) as u64);
+        mailbox.unpop(out);
+        assert_eq!(budget.used(), expected);
+        let taken = mailbox.take_deliveries(|d| d.qos == QoS::AtLeastOnce);
+        assert_eq!(budget.used(), (3 + DELIVERY_OVERHEAD) as u64);
+        mailbox.reinsert(taken);
+        mailbox.retain_deliveries(|d| d.qos == QoS::AtLeastOnce);
+        assert_eq!(budget.used(), (4 + DELIVERY_OVERHEAD) as u64);
+        mailbox.close();
+        assert_eq!(budget.used(), 0);
+        // A mailbox dropped with deliveries in it gives them back too.
+        let other = Mailbox::with_store("d".into(), None, Some(&budget));
+        other.push(delivery(QoS::AtLeastOnce, "abc"), &l);
+        assert!(budget.used() > 0);
+        drop(other);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn under_pressure_qos0_is_dropped_behind_a_backlog_only() {
+        let (budget, slow) = budgeted();
+        let fast = Mailbox::with_store("f".into(), None, Some(&budget));
+        slow.set_online(true);
+        fast.set_online(true);
+        let l = limits(0, QueueFullPolicy::DropNew);
+        slow.push(delivery(QoS::AtMostOnce, "queued"), &l);
+        budget.charge(1000);
+        assert!(budget.pressure());
+        // The subscriber with a backlog loses the newcomer and one queued QoS 0.
+        assert_eq!(
+            slow.push(delivery(QoS::AtMostOnce, "new"), &l),
+            PushOutcome::Dropped
+        );
+        assert!(slow.is_empty());
+        // One keeping up (empty queue) still gets it; QoS 1 is not dropped here (the
+        // publisher was refused before routing).
+        assert!(matches!(
+            fast.push(delivery(QoS::AtMostOnce, "new"), &l),
+            PushOutcome::Queued { .. }
+        ));
+        assert!(matches!(
+            slow.push(delivery(QoS::AtLeastOnce, "one"), &l),
+            PushOutcome::Queued { .. }
+        ));
+        assert_eq!(budget.dropped_qos0.load(Ordering::Relaxed), 1);
+    }
+
+    /// Pushes and pops from many threads onto shared mailboxes leave the budget exact.
+    #[test]
+    fn concurrent_queues_balance_the_budget() {
+        let budget = Arc::new(MemoryBudget::unlimited());
+        let mailboxes: Vec<_> = (0..4)
+            .map(|i| Mailbox::with_store(format!("m{i}").into(), None, Some(&budget)))
+            .collect();
+        let l = limits(64, QueueFullPolicy::DropOldest);
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let (mailboxes, l) = (&mailboxes, &l);
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    for n in 0..5_000 {
+                        let m = &mailboxes[(t + n) % mailboxes.len()];
+                        m.push(delivery(QoS::AtLeastOnce, "payload"), l);
+                        if n % 3 == 0 {
+                            out.clear();
+                            m.pop_batch(2, 2, &mut out);
+                        }
+                    }
+                });
+            }
+        });
+        let queued: usize = mailboxes.iter().map(|m| m.charged_bytes()).sum();
+        assert_eq!(budget.used(), queued as u64);
+        for m in &mailboxes {
+            m.close();
+        }
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -134,6 +134,24 @@ impl Message {
         })
     }
 
+    /// A copy whose payload and correlation data have allocations of their own, of
+    /// their exact size. Received payloads are slices of the connection's read buffer (up
+    /// to 64 KiB, or a whole large packet), so a message kept beyond its immediate
+    /// delivery (retained, or queued behind a backlog) would keep all of that buffer
+    /// alive, where its [`Message::weight`] counts only its own bytes. The other
+    /// properties are owned strings already.
+    pub fn compacted(&self) -> Self {
+        let mut properties = self.properties.clone();
+        if let Some(data) = &mut properties.correlation_data {
+            *data = Bytes::copy_from_slice(data);
+        }
+        Self {
+            payload: Bytes::copy_from_slice(&self.payload),
+            properties,
+            ..self.clone()
+        }
+    }
+
     /// A rough size for queue accounting: payload, topic and properties that hold data.
     pub fn weight(&self) -> usize {
         let p = &self.properties;

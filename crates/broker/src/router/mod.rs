@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use midge_proto::SubscriptionOptions;
+use midge_proto::{QoS, SubscriptionOptions};
 
 use crate::config::ShareStrategyConfig;
 use crate::mailbox::{Inbox, Mailbox, PushOutcome};
@@ -292,6 +292,21 @@ impl Router {
         targets.retain(|t| !(t.options.no_local && *Inbox::owner(&*t.mailbox) == message.origin));
         // Group the plain subscriptions of each session together; shared ones stay apart.
         targets.sort_unstable_by_key(|t| (t.shared.is_some(), Arc::as_ptr(&t.mailbox) as usize));
+        // A message that will wait in a queue (a subscriber offline or behind) gets its
+        // own exact-size copy, shared by all its deliveries, instead of pinning the
+        // publisher's read buffer; subscribers keeping up take the original, uncopied.
+        let compacted;
+        let queues = |t: &Target| {
+            t.mailbox.backlog() > 0
+                || !t.mailbox.is_online()
+                    && (message.qos != QoS::AtMostOnce || limits.queue_qos0_offline)
+        };
+        let message = if targets.iter().any(queues) {
+            compacted = Arc::new(message.compacted());
+            &compacted
+        } else {
+            message
+        };
 
         let mut outcome = RouteOutcome::default();
         let mut rest = targets.as_slice();
@@ -435,6 +450,51 @@ mod tests {
         let mut out = Vec::new();
         mailbox.pop_batch(usize::MAX, usize::MAX, &mut out);
         out
+    }
+
+    /// A message whose payload and correlation data are slices of a 64 KiB read buffer,
+    /// as the decoder leaves them.
+    fn message_in_read_buffer(qos: QoS) -> (Bytes, Arc<Message>) {
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let mut m = Message::internal("t".into(), buffer.slice(0..10), false, 0);
+        m.qos = qos;
+        m.properties.correlation_data = Some(buffer.slice(10..20));
+        (buffer, Arc::new(m))
+    }
+
+    #[test]
+    fn queued_messages_do_not_pin_the_read_buffer() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let offline = Mailbox::new("offline".into());
+        router.subscribe(&offline, "t", options(QoS::AtLeastOnce), None);
+        let (buffer, message) = message_in_read_buffer(QoS::AtLeastOnce);
+        router.route(&message, &LIMITS);
+        // The connection is done with its read and the routed message.
+        drop(message);
+        // Before: the offline session's queue kept the whole 64 KiB alive for 20 bytes.
+        assert!(buffer.is_unique(), "a queued message pins the read buffer");
+        let got = drain(&offline);
+        assert_eq!(got[0].message.payload, buffer.slice(0..10));
+    }
+
+    #[test]
+    fn a_subscriber_keeping_up_gets_the_message_uncopied() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let online = Mailbox::new("online".into());
+        online.set_online(true);
+        router.subscribe(&online, "t", options(QoS::AtLeastOnce), None);
+        let (buffer, message) = message_in_read_buffer(QoS::AtLeastOnce);
+        router.route(&message, &LIMITS);
+        let got = drain(&online);
+        assert!(Arc::ptr_eq(&got[0].message, &message));
+        assert_eq!(got[0].message.payload.as_ptr(), buffer.as_ptr());
+        // Once it has a backlog, the next message is copied for it.
+        router.route(&message, &LIMITS);
+        router.route(&message, &LIMITS);
+        let got = drain(&online);
+        assert!(Arc::ptr_eq(&got[0].message, &message));
+        assert!(!Arc::ptr_eq(&got[1].message, &message));
+        assert_ne!(got[1].message.payload.as_ptr(), buffer.as_ptr());
     }
 
     #[test]
