@@ -23,6 +23,7 @@ use crate::broker::Broker;
 use crate::mailbox::{ConnectionDetail, Control, Mailbox};
 use crate::model::now_millis;
 use crate::pre_connect::{self, PreConnect, Refused};
+use crate::publish_rate::{PublishRate, Throttle};
 use crate::session::{Flow, ResolvedPublish, Session, Violation, negotiate};
 use crate::stats::Stats;
 
@@ -99,6 +100,8 @@ enum Wait {
     /// Something arrived in the mailbox: deliveries, a control, or a wake-up to look at
     /// the shutdown flag.
     Mailbox,
+    /// A publish rate pause ended: handle what was read before reading more.
+    RateResumed,
     /// The keep-alive deadline passed (it may since have moved).
     KeepAlive,
 }
@@ -151,6 +154,9 @@ struct Connection<R, W> {
     /// Bytes were written since the last flush. TLS and WebSocket streams may hold written
     /// bytes in a buffer until flushed.
     unflushed: bool,
+    /// The publish rate limits (`limits.publish_rate_per_client`, `..._bytes_...`), when
+    /// set.
+    rate: Option<Box<PublishRate>>,
 }
 
 /// Serves one accepted connection to the end. `certificate_identity` is the user name a
@@ -177,6 +183,7 @@ where
 {
     // Until CONNECT is in, the smaller CONNECT limit applies (see `pre_connect`).
     let decoder = Decoder::new(broker.config.mqtt.connect_limit());
+    let rate = PublishRate::new(&broker.config.limits);
     let conn = Connection {
         reader,
         writer,
@@ -188,6 +195,7 @@ where
         credential_deadline: None,
         broker,
         listener,
+        rate,
         shutdown,
         unflushed: false,
     };
@@ -690,7 +698,16 @@ where
                         None => {}
                     }
                 }
+                Wait::RateResumed => {
+                    if let Some(end) = self.process_input(session).await {
+                        return end;
+                    }
+                }
                 Wait::KeepAlive => {
+                    if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
+                        // Not reading is our doing, not the client's silence.
+                        last_read = Instant::now();
+                    }
                     if credential_deadline.is_some_and(|at| Instant::now() >= at) {
                         // MQTT 5 is told why (0xA0); an MQTT 3 connection is just closed.
                         tracing::info!(client_id = %session.client_id(), peer = %self.peer, "credential expired; connection closed");
@@ -751,7 +768,15 @@ where
                 Err(_) => Wait::WriteFailed,
             });
         }
+        let throttle = match &mut self.rate {
+            Some(rate) => rate.poll(cx),
+            None => Throttle::Open,
+        };
+        if throttle == Throttle::Resumed {
+            return Poll::Ready(Wait::RateResumed);
+        }
         if self.wbuf.len() < READ_PAUSE
+            && throttle == Throttle::Open
             && let Poll::Ready(read) = poll_read_into(&mut self.reader, &mut self.rbuf, cx)
         {
             return Poll::Ready(Wait::Read(read));
@@ -803,6 +828,11 @@ where
                 if let Some(end) = self.handled(session, handled) {
                     return Some(end);
                 }
+            }
+            if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
+                // Over its publish rate: the rest waits in the read buffer (see
+                // `publish_rate`).
+                return None;
             }
             // A client that sends packets faster than they are handled gives up its
             // worker every so often instead of holding it for a whole buffer of them (up to
@@ -869,6 +899,9 @@ where
     fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Dispatch, Violation> {
         match packet {
             Packet::Publish(publish) => {
+                if let Some(rate) = &mut self.rate {
+                    rate.publish(publish.payload.len());
+                }
                 let resolved = session.resolve_publish(publish, &*self.broker)?;
                 Ok(Dispatch::Authorize(Pending::Publish(resolved)))
             }

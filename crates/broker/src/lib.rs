@@ -23,6 +23,7 @@ pub mod mailbox;
 pub mod memory;
 pub mod model;
 pub mod pre_connect;
+pub mod publish_rate;
 pub mod registry;
 pub mod retain;
 pub mod router;
