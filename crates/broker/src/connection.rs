@@ -157,6 +157,15 @@ struct Connection<R, W> {
     /// The publish rate limits (`limits.publish_rate_per_client`, `..._bytes_...`), when
     /// set.
     rate: Option<Box<PublishRate>>,
+    /// The read and write buffers' capacity as counted in the memory budget once the
+    /// session runs (before, `pre_connect` counts the read buffer); given back on drop.
+    buffers_charged: usize,
+}
+
+impl<R, W> Drop for Connection<R, W> {
+    fn drop(&mut self) {
+        self.broker.memory.release(self.buffers_charged as u64);
+    }
 }
 
 /// Serves one accepted connection to the end. `certificate_identity` is the user name a
@@ -198,6 +207,7 @@ where
         rate,
         shutdown,
         unflushed: false,
+        buffers_charged: 0,
     };
     conn.serve_session(held)
 }
@@ -643,6 +653,13 @@ where
             }
             if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 self.rbuf = BytesMut::new();
+            }
+            // What a client that does not read (the write buffer) or sends a large packet
+            // (the read buffer) holds counts against `limits.max_memory` too.
+            let buffers = self.rbuf.capacity() + self.wbuf.capacity();
+            if buffers != self.buffers_charged {
+                let before = std::mem::replace(&mut self.buffers_charged, buffers);
+                self.broker.memory.adjust(before as u64, buffers as u64);
             }
             woken = false;
             let event = std::future::poll_fn(|cx| {

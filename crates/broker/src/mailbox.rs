@@ -24,6 +24,13 @@ use crate::store::{Journal, SessionJournal};
 /// An emptied queue with room for more than this many deliveries gives its memory back.
 const KEEP_QUEUE_CAPACITY: usize = 16;
 
+/// Under memory pressure, a queue holding this many deliveries, or [`BEHIND_BYTES`], is
+/// behind: QoS 0 is no longer queued on it. A subscriber keeping up holds a few at most
+/// (those of one read of a publisher's, before its connection runs).
+pub const BEHIND_DELIVERIES: usize = 16;
+/// See [`BEHIND_DELIVERIES`].
+pub const BEHIND_BYTES: usize = 64 * 1024;
+
 /// What one queued delivery costs beyond its message's weight: its slot in the queue.
 /// The message itself is shared by every queue holding it, so counting its weight in each
 /// makes the memory budget's count an upper bound for fan-out.
@@ -326,12 +333,12 @@ impl Mailbox {
             return PushOutcome::Dropped;
         }
         if is_qos0
-            && !inner.queue.is_empty()
+            && (inner.queue.len() >= BEHIND_DELIVERIES || inner.bytes >= BEHIND_BYTES)
             && let Some(budget) = self.budget.as_ref().filter(|b| b.pressure())
         {
             // Over the memory budget: QoS 0 is not queued behind a backlog, so the slow
-            // and dead consumers lose it while those keeping up (empty queue) do not.
-            // One queued QoS 0 goes too, so their backlogs shrink.
+            // and dead consumers lose it while those keeping up do not. One queued QoS 0
+            // goes too, so their backlogs shrink.
             if inner.qos0 > 0 {
                 inner.remove_first_qos0();
                 self.account(&mut inner);
@@ -894,7 +901,7 @@ mod tests {
     }
 
     fn budgeted() -> (Arc<MemoryBudget>, Arc<Mailbox>) {
-        let budget = Arc::new(MemoryBudget::new(1000));
+        let budget = Arc::new(MemoryBudget::new(100_000));
         let mailbox = Mailbox::with_store("c".into(), None, Some(&budget));
         (budget, mailbox)
     }
@@ -938,16 +945,19 @@ mod tests {
         slow.set_online(true);
         fast.set_online(true);
         let l = limits(0, QueueFullPolicy::DropNew);
-        slow.push(delivery(QoS::AtMostOnce, "queued"), &l);
-        budget.charge(1000);
+        for _ in 0..BEHIND_DELIVERIES {
+            slow.push(delivery(QoS::AtMostOnce, "queued"), &l);
+        }
+        fast.push(delivery(QoS::AtMostOnce, "a few"), &l);
+        budget.charge(100_000);
         assert!(budget.pressure());
         // The subscriber with a backlog loses the newcomer and one queued QoS 0.
         assert_eq!(
             slow.push(delivery(QoS::AtMostOnce, "new"), &l),
             PushOutcome::Dropped
         );
-        assert!(slow.is_empty());
-        // One keeping up (empty queue) still gets it; QoS 1 is not dropped here (the
+        assert_eq!(slow.len(), BEHIND_DELIVERIES - 1);
+        // One keeping up (a few queued) still gets it; QoS 1 is not dropped here (the
         // publisher was refused before routing).
         assert!(matches!(
             fast.push(delivery(QoS::AtMostOnce, "new"), &l),
