@@ -24,16 +24,14 @@ use crate::store::{Journal, SessionJournal};
 /// An emptied queue with room for more than this many deliveries gives its memory back.
 const KEEP_QUEUE_CAPACITY: usize = 16;
 
-/// Under memory pressure, a queue holding this many deliveries, or [`BEHIND_BYTES`], is
-/// behind: QoS 0 is no longer queued on it. A subscriber keeping up holds a few at most
-/// (those of one read of a publisher's, before its connection runs).
-pub const BEHIND_DELIVERIES: usize = 16;
-/// See [`BEHIND_DELIVERIES`].
+/// Under memory pressure, a queue holding this many bytes (as the budget counts them) is
+/// behind: QoS 0 is no longer queued on it. A subscriber keeping up holds a few
+/// deliveries at most (those of one read of a publisher's, or one `$SYS` update, before
+/// its connection runs).
 pub const BEHIND_BYTES: usize = 64 * 1024;
 
-/// What one queued delivery costs beyond its message's weight: its slot in the queue.
-/// The message itself is shared by every queue holding it, so counting its weight in each
-/// makes the memory budget's count an upper bound for fan-out.
+/// What one queued delivery costs beyond its message, which every queue holding it shares
+/// and which counts once (`Message::charge_once`): its slot in the queue.
 pub const DELIVERY_OVERHEAD: usize = std::mem::size_of::<Queued>();
 
 /// A queued delivery and its place in the queue.
@@ -139,7 +137,8 @@ pub struct ConnectionDetail {
 struct Inner {
     queue: VecDeque<Queued>,
     bytes: usize,
-    /// What the memory budget counts for this queue now (see [`Mailbox::account`]).
+    /// What the memory budget counts for this queue's slots now (see
+    /// [`Mailbox::account`]).
     charged: usize,
     qos0: usize,
     online: bool,
@@ -255,7 +254,7 @@ impl Mailbox {
         let len = inner.queue.len();
         self.queued.store(len, Ordering::Relaxed);
         if let Some(budget) = &self.budget {
-            let now = inner.bytes + len * DELIVERY_OVERHEAD;
+            let now = len * DELIVERY_OVERHEAD;
             budget.adjust(inner.charged as u64, now as u64);
             inner.charged = now;
         }
@@ -268,7 +267,8 @@ impl Mailbox {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Bytes this queue counts against the memory budget now.
+    /// Bytes this queue's slots count against the memory budget now (its messages count
+    /// once each, wherever they are held).
     pub fn charged_bytes(&self) -> usize {
         self.lock().charged
     }
@@ -333,7 +333,7 @@ impl Mailbox {
             return PushOutcome::Dropped;
         }
         if is_qos0
-            && (inner.queue.len() >= BEHIND_DELIVERIES || inner.bytes >= BEHIND_BYTES)
+            && inner.bytes + inner.queue.len() * DELIVERY_OVERHEAD >= BEHIND_BYTES
             && let Some(budget) = self.budget.as_ref().filter(|b| b.pressure())
         {
             // Over the memory budget: QoS 0 is not queued behind a backlog, so the slow
@@ -382,6 +382,9 @@ impl Mailbox {
             evicted += 1;
         }
         let was_empty = inner.queue.is_empty();
+        if let Some(budget) = &self.budget {
+            delivery.message.charge_once(budget);
+        }
         inner.bytes += weight;
         inner.qos0 += usize::from(is_qos0);
         let seq = inner.next_seq;
@@ -454,6 +457,9 @@ impl Mailbox {
                     journal.dequeue(seq);
                 }
                 continue;
+            }
+            if let Some(budget) = &self.budget {
+                delivery.message.charge_once(budget);
             }
             inner.bytes += weight;
             inner.qos0 += usize::from(delivery.qos == QoS::AtMostOnce);
@@ -901,39 +907,44 @@ mod tests {
     }
 
     fn budgeted() -> (Arc<MemoryBudget>, Arc<Mailbox>) {
-        let budget = Arc::new(MemoryBudget::new(100_000));
+        let budget = Arc::new(MemoryBudget::new(1 << 20));
         let mailbox = Mailbox::with_store("c".into(), None, Some(&budget));
         (budget, mailbox)
     }
 
     #[test]
-    fn queued_bytes_are_counted_in_the_budget_and_given_back() {
+    fn queued_messages_count_once_and_each_delivery_its_slot() {
         let (budget, mailbox) = budgeted();
+        let other = Mailbox::with_store("d".into(), None, Some(&budget));
         mailbox.set_online(true);
         let l = limits(0, QueueFullPolicy::DropNew);
-        mailbox.push(delivery(QoS::AtLeastOnce, "abc"), &l);
+        let shared = delivery(QoS::AtLeastOnce, "abc");
+        let footprint = shared.message.footprint();
+        mailbox.push(shared.clone(), &l);
+        other.push(shared, &l);
         mailbox.push(delivery(QoS::AtMostOnce, "de"), &l);
-        // Weight (payload + topic "t") plus each delivery's slot.
-        let expected = (4 + 3 + 2 * DELIVERY_OVERHEAD) as u64;
+        // The shared message once, the other once, and three slots.
+        let slots = 3 * DELIVERY_OVERHEAD as u64;
+        let expected = footprint + (footprint - 1) + slots;
         assert_eq!(budget.used(), expected);
-        assert_eq!(mailbox.charged_bytes() as u64, expected);
+        assert_eq!(mailbox.charged_bytes(), 2 * DELIVERY_OVERHEAD);
         assert_eq!(mailbox.backlog(), 2);
+        // Taken out (in flight, say), the message still counts; its slot does not.
         let mut out = Vec::new();
         mailbox.pop_queued(1, 1, &mut out);
-        assert_eq!(budget.used(), (3 + DELIVERY_OVERHEAD) as u64);
+        assert_eq!(budget.used(), expected - DELIVERY_OVERHEAD as u64);
         mailbox.unpop(out);
         assert_eq!(budget.used(), expected);
         let taken = mailbox.take_deliveries(|d| d.qos == QoS::AtLeastOnce);
-        assert_eq!(budget.used(), (3 + DELIVERY_OVERHEAD) as u64);
         mailbox.reinsert(taken);
+        assert_eq!(budget.used(), expected);
+        // The QoS 0 message leaves for good: all of it is given back.
         mailbox.retain_deliveries(|d| d.qos == QoS::AtLeastOnce);
-        assert_eq!(budget.used(), (4 + DELIVERY_OVERHEAD) as u64);
-        mailbox.close();
-        assert_eq!(budget.used(), 0);
+        assert_eq!(budget.used(), footprint + 2 * DELIVERY_OVERHEAD as u64);
+        // The shared message counts until the last queue holding it lets go.
+        drop(mailbox.close());
+        assert_eq!(budget.used(), footprint + DELIVERY_OVERHEAD as u64);
         // A mailbox dropped with deliveries in it gives them back too.
-        let other = Mailbox::with_store("d".into(), None, Some(&budget));
-        other.push(delivery(QoS::AtLeastOnce, "abc"), &l);
-        assert!(budget.used() > 0);
         drop(other);
         assert_eq!(budget.used(), 0);
     }
@@ -945,18 +956,19 @@ mod tests {
         slow.set_online(true);
         fast.set_online(true);
         let l = limits(0, QueueFullPolicy::DropNew);
-        for _ in 0..BEHIND_DELIVERIES {
+        let behind = BEHIND_BYTES.div_ceil(DELIVERY_OVERHEAD + 7);
+        for _ in 0..behind {
             slow.push(delivery(QoS::AtMostOnce, "queued"), &l);
         }
         fast.push(delivery(QoS::AtMostOnce, "a few"), &l);
-        budget.charge(100_000);
+        budget.charge(1 << 20);
         assert!(budget.pressure());
         // The subscriber with a backlog loses the newcomer and one queued QoS 0.
         assert_eq!(
             slow.push(delivery(QoS::AtMostOnce, "new"), &l),
             PushOutcome::Dropped
         );
-        assert_eq!(slow.len(), BEHIND_DELIVERIES - 1);
+        assert_eq!(slow.len(), behind - 1);
         // One keeping up (a few queued) still gets it; QoS 1 is not dropped here (the
         // publisher was refused before routing).
         assert!(matches!(
@@ -994,10 +1006,18 @@ mod tests {
                 });
             }
         });
-        let queued: usize = mailboxes.iter().map(|m| m.charged_bytes()).sum();
-        assert_eq!(budget.used(), queued as u64);
+        // Each queued delivery's slot and its message (one per push here).
+        let queued: u64 = mailboxes
+            .iter()
+            .map(|m| (m.charged_bytes() / DELIVERY_OVERHEAD) as u64)
+            .sum();
+        let footprint = delivery(QoS::AtLeastOnce, "payload").message.footprint();
+        assert_eq!(
+            budget.used(),
+            queued * (DELIVERY_OVERHEAD as u64 + footprint)
+        );
         for m in &mailboxes {
-            m.close();
+            drop(m.close());
         }
         assert_eq!(budget.used(), 0);
     }

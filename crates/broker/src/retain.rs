@@ -8,15 +8,6 @@ use std::sync::{Arc, RwLock};
 use crate::memory::MemoryBudget;
 use crate::model::{Message, Millis};
 
-/// What a retained message costs beyond its [`Message::weight`]: the envelope and its
-/// `Arc` counts. (The tree's nodes, one per topic level, are not counted.)
-const RETAINED_OVERHEAD: usize = std::mem::size_of::<Message>() + 2 * std::mem::size_of::<usize>();
-
-/// What a retained message counts against the memory budget.
-fn footprint(message: &Message) -> u64 {
-    (RETAINED_OVERHEAD + message.weight()) as u64
-}
-
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
@@ -81,20 +72,17 @@ impl Node {
         }
     }
 
-    /// Removes expired messages; returns how many, and their footprint.
-    fn sweep(&mut self, now: Millis) -> (usize, u64) {
-        let (mut removed, mut bytes) = (0, 0);
-        if let Some(m) = self.message.take_if(|m| m.is_expired(now)) {
+    fn sweep(&mut self, now: Millis) -> usize {
+        let mut removed = 0;
+        if self.message.as_ref().is_some_and(|m| m.is_expired(now)) {
+            self.message = None;
             removed += 1;
-            bytes += footprint(&m);
         }
         self.children.retain(|_, child| {
-            let (n, b) = child.sweep(now);
-            removed += n;
-            bytes += b;
+            removed += child.sweep(now);
             !child.is_empty()
         });
-        (removed, bytes)
+        removed
     }
 }
 
@@ -108,7 +96,9 @@ struct Tree {
 #[derive(Debug, Default)]
 pub struct RetainedStore {
     tree: RwLock<Tree>,
-    /// What the retained messages count against (`limits.max_memory`).
+    /// What the retained messages count against (`limits.max_memory`): each its
+    /// footprint, from when it is stored until the last reference to it goes
+    /// (`Message::charge_once`). The tree's nodes, one per topic level, are not counted.
     budget: Option<Arc<MemoryBudget>>,
 }
 
@@ -118,12 +108,6 @@ impl RetainedStore {
         Self {
             tree: RwLock::default(),
             budget: Some(budget),
-        }
-    }
-
-    fn account(&self, before: u64, after: u64) {
-        if let Some(budget) = &self.budget {
-            budget.adjust(before, after);
         }
     }
 
@@ -172,7 +156,8 @@ impl Retained for RetainedStore {
                 }
                 removed
             };
-            self.account(removed.as_deref().map_or(0, footprint), 0);
+            // Dropped (and given back to the budget) after the lock.
+            drop(removed);
             return None;
         }
         // The payload and correlation data may be slices of a connection's read buffer; a
@@ -182,6 +167,9 @@ impl Retained for RetainedStore {
             retain: true,
             ..message.compacted()
         });
+        if let Some(budget) = &self.budget {
+            stored.charge_once(budget);
+        }
         let replaced = {
             let mut tree = self.write();
             let mut node = &mut tree.root;
@@ -194,7 +182,7 @@ impl Retained for RetainedStore {
             }
             replaced
         };
-        self.account(replaced.as_deref().map_or(0, footprint), footprint(&stored));
+        drop(replaced);
         Some(stored)
     }
 
@@ -210,13 +198,9 @@ impl Retained for RetainedStore {
     }
 
     fn sweep_expired(&self, now: Millis) -> usize {
-        let (removed, bytes) = {
-            let mut tree = self.write();
-            let (removed, bytes) = tree.root.sweep(now);
-            tree.count -= removed;
-            (removed, bytes)
-        };
-        self.account(bytes, 0);
+        let mut tree = self.write();
+        let removed = tree.root.sweep(now);
+        tree.count -= removed;
         removed
     }
 }
@@ -322,7 +306,7 @@ mod tests {
         let store = RetainedStore::with_budget(budget.clone());
         store.update(&msg("a", "12345"));
         let one = budget.used();
-        assert_eq!(one, (RETAINED_OVERHEAD + 1 + 5) as u64);
+        assert_eq!(one, msg("a", "12345").footprint());
         // Replacing counts the difference; deleting and expiring give it all back.
         store.update(&msg("a", "1"));
         assert_eq!(budget.used(), one - 4);

@@ -1,11 +1,13 @@
 //! The routed message envelope and the per-subscriber delivery that points at it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use midge_proto::{Publish, PublishProperties, QoS, Will};
+
+use crate::memory::MemoryBudget;
 
 /// Wall-clock milliseconds since the Unix epoch. Message and session expiry are absolute
 /// wall-clock times so they keep counting across restarts and can cross machines.
@@ -57,6 +59,53 @@ pub struct Message {
     pub received_at: Millis,
     /// Client id of the publisher, for no-local; empty for messages the broker makes.
     pub origin: Arc<str>,
+    /// What the message counts in the memory budget once something keeps it (a queue,
+    /// the retained store); see [`Message::charge_once`].
+    pub charge: Charge,
+}
+
+/// A message's count in the memory budget: set the first time a queue or the retained
+/// store takes the message, given back when the last reference to it goes. So a message
+/// queued for many sessions counts once (each delivery adds only its slot), and it counts
+/// as long as anything holds it: queues, in-flight windows, the retained store.
+#[derive(Default)]
+pub struct Charge(OnceLock<(Arc<MemoryBudget>, u64)>);
+
+impl Charge {
+    /// What is counted, if anything.
+    pub fn bytes(&self) -> u64 {
+        self.0.get().map_or(0, |(_, bytes)| *bytes)
+    }
+}
+
+impl Clone for Charge {
+    /// A copy of a message is a message of its own, not counted yet.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Charge {
+    /// Not part of what a message is.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Charge {}
+
+impl std::fmt::Debug for Charge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Charge({})", self.bytes())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some((budget, bytes)) = self.0.get() {
+            budget.release(*bytes);
+        }
+    }
 }
 
 impl Message {
@@ -76,6 +125,7 @@ impl Message {
             expires_at: expiry.map(|secs| now + u64::from(secs) * 1000),
             received_at: now,
             origin,
+            charge: Charge::default(),
         }
     }
 
@@ -101,6 +151,7 @@ impl Message {
                 .map(|secs| now + u64::from(secs) * 1000),
             received_at: now,
             origin,
+            charge: Charge::default(),
         }
     }
 
@@ -116,6 +167,7 @@ impl Message {
             expires_at: None,
             received_at: now,
             origin: Arc::from(""),
+            charge: Charge::default(),
         }
     }
 
@@ -150,6 +202,21 @@ impl Message {
             properties,
             ..self.clone()
         }
+    }
+
+    /// What the message occupies: [`Message::weight`], the envelope and its `Arc` counts.
+    pub fn footprint(&self) -> u64 {
+        (std::mem::size_of::<Self>() + 2 * std::mem::size_of::<usize>() + self.weight()) as u64
+    }
+
+    /// Counts the message in `budget` (its [`Message::footprint`]) unless it already
+    /// is; given back when the message is dropped. One atomic load once counted.
+    pub fn charge_once(&self, budget: &Arc<MemoryBudget>) {
+        self.charge.0.get_or_init(|| {
+            let bytes = self.footprint();
+            budget.charge(bytes);
+            (budget.clone(), bytes)
+        });
     }
 
     /// A rough size for queue accounting: payload, topic and properties that hold data.
