@@ -225,6 +225,10 @@ async fn a_rate_limited_publisher_is_held_to_its_rate_and_others_are_not() {
             }
         }
     }
+    eprintln!(
+        "rate limit {RATE}/s: {flood_in_window} flood messages in the first {window:?}; the other client's 40 in {:?}",
+        polite_done.unwrap_or_default()
+    );
     // One second's worth at once, then the rate: 150 in two seconds, with room for a
     // loaded machine's scheduling on either side.
     assert!(
