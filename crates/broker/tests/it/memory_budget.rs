@@ -73,6 +73,10 @@ async fn a_dead_consumer_fills_the_budget_then_the_broker_refuses_and_recovers()
             memory.used()
         );
     };
+    eprintln!(
+        "budget {BUDGET}: {refused_at} QoS 1 messages accepted, then 0x97 at {} bytes counted",
+        memory.used()
+    );
     // About the budget's worth of 1 KiB messages went in first.
     assert!(
         (150..400).contains(&refused_at),
