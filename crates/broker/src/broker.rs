@@ -173,7 +173,10 @@ impl Broker {
     }
 
     /// Publishes a message: updates the retained store if it is retained, then routes it.
-    pub fn publish(&self, message: Message) -> RouteOutcome {
+    /// The message counts in the memory budget from here until the last queue (or
+    /// in-flight window) holding it lets go.
+    pub fn publish(&self, mut message: Message) -> RouteOutcome {
+        message.charge = crate::model::Charge::new(&self.memory, message.footprint());
         if message.retain && self.config.mqtt.retain_available {
             let stored = self.retained.update(&message);
             if let Some(journal) = &self.journal {

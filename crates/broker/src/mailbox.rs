@@ -31,7 +31,7 @@ const KEEP_QUEUE_CAPACITY: usize = 16;
 pub const BEHIND_BYTES: usize = 64 * 1024;
 
 /// What one queued delivery costs beyond its message, which every queue holding it shares
-/// and which counts once (`Message::charge_once`): its slot in the queue.
+/// and which counts once (`model::Charge`): its slot in the queue.
 pub const DELIVERY_OVERHEAD: usize = std::mem::size_of::<Queued>();
 
 /// A queued delivery and its place in the queue.
@@ -382,9 +382,6 @@ impl Mailbox {
             evicted += 1;
         }
         let was_empty = inner.queue.is_empty();
-        if let Some(budget) = &self.budget {
-            delivery.message.charge_once(budget);
-        }
         inner.bytes += weight;
         inner.qos0 += usize::from(is_qos0);
         let seq = inner.next_seq;
@@ -457,9 +454,6 @@ impl Mailbox {
                     journal.dequeue(seq);
                 }
                 continue;
-            }
-            if let Some(budget) = &self.budget {
-                delivery.message.charge_once(budget);
             }
             inner.bytes += weight;
             inner.qos0 += usize::from(delivery.qos == QoS::AtMostOnce);
@@ -906,6 +900,15 @@ mod tests {
         );
     }
 
+    /// A delivery whose message counts in `budget`, as `Broker::publish` makes them.
+    fn charged(budget: &Arc<MemoryBudget>, qos: QoS, payload: &'static str) -> Delivery {
+        let mut d = delivery(qos, payload);
+        let mut message = Message::clone(&d.message);
+        message.charge = crate::model::Charge::new(budget, message.footprint());
+        d.message = Arc::new(message);
+        d
+    }
+
     fn budgeted() -> (Arc<MemoryBudget>, Arc<Mailbox>) {
         let budget = Arc::new(MemoryBudget::new(1 << 20));
         let mailbox = Mailbox::with_store("c".into(), None, Some(&budget));
@@ -918,11 +921,11 @@ mod tests {
         let other = Mailbox::with_store("d".into(), None, Some(&budget));
         mailbox.set_online(true);
         let l = limits(0, QueueFullPolicy::DropNew);
-        let shared = delivery(QoS::AtLeastOnce, "abc");
+        let shared = charged(&budget, QoS::AtLeastOnce, "abc");
         let footprint = shared.message.footprint();
         mailbox.push(shared.clone(), &l);
         other.push(shared, &l);
-        mailbox.push(delivery(QoS::AtMostOnce, "de"), &l);
+        mailbox.push(charged(&budget, QoS::AtMostOnce, "de"), &l);
         // The shared message once, the other once, and three slots.
         let slots = 3 * DELIVERY_OVERHEAD as u64;
         let expected = footprint + (footprint - 1) + slots;
@@ -992,12 +995,12 @@ mod tests {
         let l = limits(64, QueueFullPolicy::DropOldest);
         std::thread::scope(|scope| {
             for t in 0..8 {
-                let (mailboxes, l) = (&mailboxes, &l);
+                let (mailboxes, l, budget) = (&mailboxes, &l, &budget);
                 scope.spawn(move || {
                     let mut out = Vec::new();
                     for n in 0..5_000 {
                         let m = &mailboxes[(t + n) % mailboxes.len()];
-                        m.push(delivery(QoS::AtLeastOnce, "payload"), l);
+                        m.push(charged(budget, QoS::AtLeastOnce, "payload"), l);
                         if n % 3 == 0 {
                             out.clear();
                             m.pop_batch(2, 2, &mut out);

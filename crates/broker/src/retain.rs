@@ -98,7 +98,7 @@ pub struct RetainedStore {
     tree: RwLock<Tree>,
     /// What the retained messages count against (`limits.max_memory`): each its
     /// footprint, from when it is stored until the last reference to it goes
-    /// (`Message::charge_once`). The tree's nodes, one per topic level, are not counted.
+    /// (`model::Charge`). The tree's nodes, one per topic level, are not counted.
     budget: Option<Arc<MemoryBudget>>,
 }
 
@@ -163,13 +163,17 @@ impl Retained for RetainedStore {
         // The payload and correlation data may be slices of a connection's read buffer; a
         // retained message can live for months, so it must not keep that whole buffer
         // alive.
-        let stored = Arc::new(Message {
+        let mut stored = Message {
             retain: true,
             ..message.compacted()
-        });
-        if let Some(budget) = &self.budget {
-            stored.charge_once(budget);
+        };
+        if let Some(budget) = &self.budget
+            && stored.charge.budget().is_none()
+        {
+            // Not counted yet (read back from the store at start).
+            stored.charge = crate::model::Charge::new(budget, stored.footprint());
         }
+        let stored = Arc::new(stored);
         let replaced = {
             let mut tree = self.write();
             let mut node = &mut tree.root;

@@ -1,7 +1,7 @@
 //! The routed message envelope and the per-subscriber delivery that points at it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -59,22 +59,34 @@ pub struct Message {
     pub received_at: Millis,
     /// Client id of the publisher, for no-local; empty for messages the broker makes.
     pub origin: Arc<str>,
-    /// What the message counts in the memory budget once something keeps it (a queue,
-    /// the retained store); see [`Message::charge_once`].
+    /// What the message counts in the memory budget, from when the broker takes it on
+    /// ([`Charge::new`] in `Broker::publish`, the retained store) until it is dropped.
     pub charge: Charge,
 }
 
-/// A message's count in the memory budget: set the first time a queue or the retained
-/// store takes the message, given back when the last reference to it goes. So a message
+/// A message's count in the memory budget: set when the broker takes the message on
+/// (before it is shared), given back when the last reference to it goes. So a message
 /// queued for many sessions counts once (each delivery adds only its slot), and it counts
 /// as long as anything holds it: queues, in-flight windows, the retained store.
 #[derive(Default)]
-pub struct Charge(OnceLock<(Arc<MemoryBudget>, u64)>);
+pub struct Charge(Option<(Arc<MemoryBudget>, u64)>);
 
 impl Charge {
+    /// Counts `bytes` in `budget` now: one relaxed atomic add (and the subtraction when
+    /// dropped).
+    pub fn new(budget: &Arc<MemoryBudget>, bytes: u64) -> Self {
+        budget.charge(bytes);
+        Self(Some((budget.clone(), bytes)))
+    }
+
     /// What is counted, if anything.
     pub fn bytes(&self) -> u64 {
-        self.0.get().map_or(0, |(_, bytes)| *bytes)
+        self.0.as_ref().map_or(0, |(_, bytes)| *bytes)
+    }
+
+    /// The budget it counts in, if any.
+    pub fn budget(&self) -> Option<&Arc<MemoryBudget>> {
+        self.0.as_ref().map(|(budget, _)| budget)
     }
 }
 
@@ -102,7 +114,7 @@ impl std::fmt::Debug for Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        if let Some((budget, bytes)) = self.0.get() {
+        if let Some((budget, bytes)) = &self.0 {
             budget.release(*bytes);
         }
     }
@@ -197,26 +209,21 @@ impl Message {
         if let Some(data) = &mut properties.correlation_data {
             *data = Bytes::copy_from_slice(data);
         }
-        Self {
+        let mut copy = Self {
             payload: Bytes::copy_from_slice(&self.payload),
             properties,
             ..self.clone()
+        };
+        // The copy counts where the original does, for as long as it lives.
+        if let Some(budget) = self.charge.budget() {
+            copy.charge = Charge::new(budget, copy.footprint());
         }
+        copy
     }
 
     /// What the message occupies: [`Message::weight`], the envelope and its `Arc` counts.
     pub fn footprint(&self) -> u64 {
         (std::mem::size_of::<Self>() + 2 * std::mem::size_of::<usize>() + self.weight()) as u64
-    }
-
-    /// Counts the message in `budget` (its [`Message::footprint`]) unless it already
-    /// is; given back when the message is dropped. One atomic load once counted.
-    pub fn charge_once(&self, budget: &Arc<MemoryBudget>) {
-        self.charge.0.get_or_init(|| {
-            let bytes = self.footprint();
-            budget.charge(bytes);
-            (budget.clone(), bytes)
-        });
     }
 
     /// A rough size for queue accounting: payload, topic and properties that hold data.

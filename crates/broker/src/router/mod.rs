@@ -122,6 +122,13 @@ impl Routing for Router {
     }
 }
 
+/// A subscriber with this many deliveries queued is behind: a message routed to it gets a
+/// copy of its own (see [`Router::route`]). A subscriber keeping up may hold a whole read's
+/// worth of a publisher's messages for a moment, and copying each of those would cost the
+/// fast path an allocation and a copy per message; below this, up to this many queued
+/// deliveries (and a session's in-flight window) may keep their read buffers alive.
+pub const COMPACT_BACKLOG: usize = 32;
+
 /// What routing one message did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RouteOutcome {
@@ -292,12 +299,13 @@ impl Router {
         targets.retain(|t| !(t.options.no_local && *Inbox::owner(&*t.mailbox) == message.origin));
         // Group the plain subscriptions of each session together; shared ones stay apart.
         targets.sort_unstable_by_key(|t| (t.shared.is_some(), Arc::as_ptr(&t.mailbox) as usize));
-        // A message that will wait in a queue (a subscriber offline or behind) gets its
-        // own exact-size copy, shared by all its deliveries, instead of pinning the
-        // publisher's read buffer; subscribers keeping up take the original, uncopied.
+        // A message that will wait in a queue (a subscriber offline, or behind by
+        // `COMPACT_BACKLOG`) gets its own exact-size copy, shared by all its deliveries,
+        // instead of pinning the publisher's read buffer; subscribers keeping up take the
+        // original, uncopied.
         let compacted;
         let queues = |t: &Target| {
-            t.mailbox.backlog() > 0
+            t.mailbox.backlog() >= COMPACT_BACKLOG
                 || !t.mailbox.is_online()
                     && (message.qos != QoS::AtMostOnce || limits.queue_qos0_offline)
         };
@@ -488,13 +496,15 @@ mod tests {
         let got = drain(&online);
         assert!(Arc::ptr_eq(&got[0].message, &message));
         assert_eq!(got[0].message.payload.as_ptr(), buffer.as_ptr());
-        // Once it has a backlog, the next message is copied for it.
-        router.route(&message, &LIMITS);
-        router.route(&message, &LIMITS);
+        // Once it is behind, the next message is copied for it.
+        for _ in 0..=COMPACT_BACKLOG {
+            router.route(&message, &LIMITS);
+        }
         let got = drain(&online);
-        assert!(Arc::ptr_eq(&got[0].message, &message));
-        assert!(!Arc::ptr_eq(&got[1].message, &message));
-        assert_ne!(got[1].message.payload.as_ptr(), buffer.as_ptr());
+        assert!(Arc::ptr_eq(&got[COMPACT_BACKLOG - 1].message, &message));
+        let last = &got[COMPACT_BACKLOG].message;
+        assert!(!Arc::ptr_eq(last, &message));
+        assert_ne!(last.payload.as_ptr(), buffer.as_ptr());
     }
 
     #[test]

@@ -83,7 +83,8 @@ async fn a_dead_consumer_fills_the_budget_then_the_broker_refuses_and_recovers()
         "refused after {refused_at} messages"
     );
     assert!(memory.pressure());
-    assert!(memory.used() >= BUDGET);
+    // Pressure holds until the count is back under 90 %.
+    assert!(memory.used() >= BUDGET / 100 * 90);
     assert_eq!(memory.refused_publishes.load(Ordering::Relaxed), 1);
 
     // QoS 0 behind the dead consumer's backlog is dropped and counted by reason…
