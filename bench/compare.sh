@@ -5,6 +5,7 @@
 #   QUICK=1 bench/compare.sh             # shorter runs (about 4 minutes)
 #   bench/compare.sh pairs-q1 conn-10k   # a subset, by scenario name (see SCENARIOS below)
 #   bench/compare.sh --table DIR         # print the table again from a finished run's OUT
+#   SCRAPE=1 bench/compare.sh pairs-q1   # midge against itself with /metrics scraped every second
 #
 # Each run starts a fresh broker pinned to one core (BROKER_CPU, default 0) and runs the
 # generator on another (GEN_CPU, default 1); brokers are interleaved, every scenario runs
@@ -21,6 +22,10 @@
 #              brokers write each packet when it is ready), logging errors and warnings
 #              only; otherwise defaults (max_inflight_messages 20).
 #
+# With SCRAPE=1 the second broker is midge again ("midge-scraped"), its admin listener's
+# /metrics fetched with curl once a second (on the generator's core) for the whole run:
+# the table's ratio column is then the cost of being scraped.
+#
 # The device-* scenarios are traffic as devices send it: every message in a write of its
 # own, 1,000 or 10,000 publisher/subscriber pairs at 10,000 msg/s in all, schedules spread
 # over each period; the broker is not saturated, and CPU per message is what counts.
@@ -32,8 +37,14 @@ BROKER_CPU=${BROKER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 MIDGE_PORT=${MIDGE_PORT:-21883}
 MOSQUITTO_PORT=${MOSQUITTO_PORT:-21884}
+ADMIN_PORT=${ADMIN_PORT:-28083}
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/midge-compare.XXXXXX")}
 mkdir -p "$OUT"
+if [[ -n "${SCRAPE:-}" ]]; then
+    BROKERS=(midge midge-scraped)
+else
+    BROKERS=(midge mosquitto)
+fi
 if [[ -n "${QUICK:-}" ]]; then
     TIMING=(-d 2 -w 0.5)
 else
@@ -72,6 +83,9 @@ table() {
     python3 - "$@" <<'PY'
 import json, statistics, sys, pathlib
 out, runs, names = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+brokers_file = out / "brokers"
+first, second = (brokers_file.read_text().split() if brokers_file.exists() else ["midge", "mosquitto"])
+label = {"midge": "midge", "mosquitto": "Mosquitto", "midge-scraped": "midge scraped every 1 s"}
 
 def load(name, broker):
     reports = []
@@ -105,7 +119,7 @@ def ratio(a, b):
 
 rows = []
 for name in names:
-    m, q = load(name, "midge"), load(name, "mosquitto")
+    m, q = load(name, first), load(name, second)
     errors = [r["error"] for r in m + q if "error" in r]
     if name.startswith("conn"):
         metrics = [
@@ -126,21 +140,22 @@ for name in names:
         ]
     gen = f"{fmt(median(m, 'generator', 'cpu_pct'))} / {fmt(median(q, 'generator', 'cpu_pct'))}"
     anomalies = []
-    for label, reports in (("midge", m), ("mosquitto", q)):
+    for who, reports in ((first, m), (second, q)):
         lost = sum(r.get("lost", 0) for r in reports if "error" not in r)
         dup = sum(r.get("duplicated", 0) for r in reports if "error" not in r)
         reordered = sum(r.get("reordered", 0) for r in reports if "error" not in r)
         if lost or dup or reordered:
-            anomalies.append(f"{label}: lost {lost}, dup {dup}, reordered {reordered}")
-    for i, (label, path, digits) in enumerate(metrics):
+            anomalies.append(f"{who}: lost {lost}, dup {dup}, reordered {reordered}")
+    for i, (metric, path, digits) in enumerate(metrics):
         a, b = median(m, *path), median(q, *path)
         note = ""
         if i == 0:
             note = "; ".join(anomalies + [e[:80] for e in errors[:1]])
-        rows.append((name if i == 0 else "", label, fmt(a, digits), fmt(b, digits), ratio(a, b),
+        rows.append((name if i == 0 else "", metric, fmt(a, digits), fmt(b, digits), ratio(a, b),
                      gen if i == 0 else "", note))
 
-print("| scenario | metric | midge | Mosquitto | midge/Mosquitto | generator CPU % (midge / Mosquitto runs) | notes |")
+a, b = label[first], label[second]
+print(f"| scenario | metric | {a} | {b} | {a}/{b} | generator CPU % ({a} / {b} runs) | notes |")
 print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
 for row in rows:
     print("| " + " | ".join(row) + " |")
@@ -201,15 +216,24 @@ wait_for_port() {
 }
 
 BROKER_PID=
+SCRAPER_PID=
 start_broker() {
     local broker=$1 log=$2
     case $broker in
-        midge)
+        midge|midge-scraped)
             MIDGE_STORAGE__BACKEND=memory MIDGE_SYS__INTERVAL_SECS=0 \
             MIDGE_MQTT__MAX_QUEUED_MESSAGES=0 MIDGE_LISTENER__0__BIND=127.0.0.1:$MIDGE_PORT \
+            MIDGE_ADMIN__BIND=127.0.0.1:$ADMIN_PORT \
             RUST_LOG=warn taskset -c "$BROKER_CPU" "$MIDGE" serve >"$log" 2>&1 &
             BROKER_PID=$!
-            wait_for_port "$MIDGE_PORT" "$BROKER_PID" ;;
+            wait_for_port "$MIDGE_PORT" "$BROKER_PID" || return 1
+            if [[ $broker == midge-scraped ]]; then
+                wait_for_port "$ADMIN_PORT" "$BROKER_PID" || return 1
+                # What a Prometheus server with scrape_interval 1s does.
+                taskset -c "$GEN_CPU" bash -c "while sleep 1; do
+                    curl -sf -o /dev/null http://127.0.0.1:$ADMIN_PORT/metrics || exit 1; done" &
+                SCRAPER_PID=$!
+            fi ;;
         mosquitto)
             taskset -c "$BROKER_CPU" mosquitto -c "$OUT/mosquitto.conf" >"$log" 2>&1 &
             BROKER_PID=$!
@@ -218,6 +242,11 @@ start_broker() {
 }
 
 stop_broker() {
+    if [[ -n $SCRAPER_PID ]]; then
+        kill "$SCRAPER_PID" 2>/dev/null || true
+        wait "$SCRAPER_PID" 2>/dev/null || true
+        SCRAPER_PID=
+    fi
     kill -TERM "$BROKER_PID" 2>/dev/null || true
     wait "$BROKER_PID" 2>/dev/null || true
 }
@@ -228,7 +257,7 @@ for run in $(seq "$RUNS"); do
     for s in "${selected[@]}"; do
         name=${s%%|*}
         read -r -a args <<<"${s#*|}"
-        for broker in midge mosquitto; do
+        for broker in "${BROKERS[@]}"; do
             port=$MIDGE_PORT
             [[ $broker == mosquitto ]] && port=$MOSQUITTO_PORT
             result="$OUT/$name.$broker.$run.json"
@@ -250,5 +279,6 @@ done
 
 echo "${selected[*]%%|*}" >"$OUT/scenarios"
 echo "$RUNS" >"$OUT/runs"
+echo "${BROKERS[*]}" >"$OUT/brokers"
 uptime >"$OUT/load.after"
 table "$OUT" "$RUNS" "${selected[@]%%|*}"

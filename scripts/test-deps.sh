@@ -25,7 +25,9 @@ paho_ok() {
         # PyJWT with cryptography (RS/ES keys) makes the tokens of the JWT tests.
         python3 -c 'import jwt, cryptography' >/dev/null 2>&1 &&
         # pika is the AMQP 0-9-1 client of the AMQP tests.
-        python3 -c 'import pika' >/dev/null 2>&1
+        python3 -c 'import pika' >/dev/null 2>&1 &&
+        # scramp is the SCRAM client of the MQTT 5 enhanced authentication tests.
+        python3 -c 'import scramp' >/dev/null 2>&1
 }
 
 paho_go=/usr/share/gocode/src/github.com/eclipse/paho.mqtt.golang/client.go

@@ -141,3 +141,96 @@ pub fn check_stream(decoder: Decoder, bytes: &[u8], chunk: usize) {
         check_round_trip(packet, version);
     }
 }
+
+/// What decoding an AMQP byte stream gave: the header check, the frames (each
+/// re-encoded, so floats compare by their bits), the error that ended it, and the bytes
+/// left over.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AmqpDecoded {
+    pub header: &'static str,
+    pub frames: Vec<Vec<u8>>,
+    pub error: Option<midge_amqp_proto::DecodeError>,
+    pub left: Vec<u8>,
+}
+
+fn encode_amqp(frame: &midge_amqp_proto::Frame) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    midge_amqp_proto::encode_frame(frame, &mut out);
+    out.to_vec()
+}
+
+/// Decodes an AMQP client's bytes arriving in reads of `chunk` bytes, as the connection
+/// task does: the protocol header when it is there, then frames within `frame_max`.
+pub fn decode_amqp_in_chunks(bytes: &[u8], chunk: usize, frame_max: u32) -> AmqpDecoded {
+    use midge_amqp_proto::{HeaderCheck, PROTOCOL_HEADER, check_protocol_header, decode_frame};
+    let mut buf = BytesMut::new();
+    let mut header = "need more";
+    let mut frames = Vec::new();
+    for piece in bytes.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        if header == "need more" {
+            match check_protocol_header(&buf) {
+                HeaderCheck::NeedMore => continue,
+                HeaderCheck::Ok => {
+                    header = "ok";
+                    let _ = buf.split_to(PROTOCOL_HEADER.len());
+                }
+                // The broker answers and closes; the frames decoder still must not panic
+                // on whatever follows.
+                HeaderCheck::Wrong => header = "wrong",
+            }
+        }
+        loop {
+            let before = buf.len();
+            match decode_frame(&mut buf, frame_max) {
+                Ok(Some(frame)) => {
+                    assert!(buf.len() < before, "a frame was decoded from no bytes");
+                    frames.push(frame);
+                }
+                Ok(None) => {
+                    assert_eq!(buf.len(), before, "Ok(None) must leave the buffer's bytes");
+                    break;
+                }
+                Err(error) => {
+                    // Every error carries a reply code the connection closes with.
+                    assert!(error.reply_code() >= 500, "{error:?}");
+                    return AmqpDecoded {
+                        header,
+                        frames: frames.iter().map(encode_amqp).collect(),
+                        error: Some(error),
+                        left: Vec::new(),
+                    };
+                }
+            }
+        }
+    }
+    AmqpDecoded {
+        header,
+        frames: frames.iter().map(encode_amqp).collect(),
+        error: None,
+        left: buf.to_vec(),
+    }
+}
+
+/// Decodes `bytes` at once and in chunks of `chunk`; both must agree, and every frame
+/// must encode to bytes that decode to a frame encoding the same.
+pub fn check_amqp_stream(bytes: &[u8], chunk: usize, frame_max: u32) {
+    let whole = decode_amqp_in_chunks(bytes, bytes.len(), frame_max);
+    let pieces = decode_amqp_in_chunks(bytes, chunk, frame_max);
+    assert_eq!(
+        whole, pieces,
+        "decoding depends on how the bytes were split"
+    );
+    for encoded in &whole.frames {
+        let mut buf = BytesMut::from(&encoded[..]);
+        match midge_amqp_proto::decode_frame(&mut buf, 0) {
+            Ok(Some(again)) => {
+                assert!(buf.is_empty(), "re-encoded frame left bytes");
+                assert_eq!(&encode_amqp(&again), encoded, "frame does not round-trip");
+            }
+            other => panic!("re-encoded frame does not decode: {other:?}\n{encoded:?}"),
+        }
+    }
+    // A table body as AMQPLAIN's response carries one.
+    let _ = midge_amqp_proto::FieldTable::decode_body(bytes::Bytes::copy_from_slice(bytes));
+}

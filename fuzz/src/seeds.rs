@@ -508,6 +508,178 @@ max_pre_connect_bytes = 8192
     ]
 }
 
+/// `amqp_frames`: what real AMQP clients send: the protocol header and the opening
+/// handshake (PLAIN and AMQPLAIN), then a channel declaring a queue with arguments of
+/// several field types, binding it, publishing with properties and headers (the body in
+/// two frames), consuming, acknowledging; and a heartbeat.
+pub fn amqp_frames() -> Seeds {
+    use midge_amqp_proto::{
+        BasicProperties, FieldTable, FieldValue, Method, PROTOCOL_HEADER, encode_content,
+        encode_heartbeat, encode_method,
+    };
+    let method = |channel: u16, m: Method| {
+        let mut out = BytesMut::new();
+        encode_method(channel, &m, &mut out);
+        out.to_vec()
+    };
+    let mut client_properties = FieldTable::default();
+    let mut capabilities = FieldTable::default();
+    capabilities.insert("publisher_confirms", FieldValue::Bool(true));
+    client_properties.insert("product", FieldValue::string("pika"));
+    client_properties.insert("capabilities", FieldValue::Table(capabilities));
+    let start_ok = |mechanism: &str, response: Bytes| Method::ConnectionStartOk {
+        client_properties: client_properties.clone(),
+        mechanism: mechanism.into(),
+        response,
+        locale: "en_US".into(),
+    };
+    let mut amqplain = BytesMut::new();
+    amqplain.extend_from_slice(b"\x05LOGINS\x00\x00\x00\x05guest");
+    amqplain.extend_from_slice(b"\x08PASSWORDS\x00\x00\x00\x05guest");
+    let open = |start: Method| {
+        let mut bytes = PROTOCOL_HEADER.to_vec();
+        bytes.extend(method(0, start));
+        bytes.extend(method(
+            0,
+            Method::ConnectionTuneOk {
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat: 60,
+            },
+        ));
+        bytes.extend(method(
+            0,
+            Method::ConnectionOpen {
+                virtual_host: "/".into(),
+            },
+        ));
+        bytes
+    };
+    let plain = open(start_ok("PLAIN", Bytes::from_static(b"\0guest\0guest")));
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-message-ttl", FieldValue::I32(60_000));
+    arguments.insert("x-expires", FieldValue::I64(3_600_000));
+    arguments.insert("x-max-length", FieldValue::U16(100));
+    arguments.insert("x-overflow", FieldValue::string("reject-publish"));
+    arguments.insert("x-queue-type", FieldValue::string("classic"));
+    arguments.insert(
+        "misc",
+        FieldValue::Array(vec![
+            FieldValue::F64(1.5),
+            FieldValue::Decimal(2, 314),
+            FieldValue::Timestamp(1_700_000_000),
+            FieldValue::Void,
+            FieldValue::ByteArray(Bytes::from_static(b"\x00\x01")),
+        ]),
+    );
+    let mut session = plain.clone();
+    session.extend(method(1, Method::ChannelOpen));
+    session.extend(method(1, Method::ConfirmSelect { no_wait: false }));
+    session.extend(method(
+        1,
+        Method::QueueDeclare {
+            queue: "lalalala".into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            no_wait: false,
+            arguments,
+        },
+    ));
+    session.extend(method(
+        1,
+        Method::QueueBind {
+            queue: "lalalala".into(),
+            exchange: "amq.topic".into(),
+            routing_key: "hello.mqtt".into(),
+            no_wait: false,
+            arguments: FieldTable::default(),
+        },
+    ));
+    session.extend(method(
+        1,
+        Method::BasicPublish {
+            exchange: "amq.topic".into(),
+            routing_key: "hello.amqp".into(),
+            mandatory: true,
+            immediate: false,
+        },
+    ));
+    let mut headers = FieldTable::default();
+    headers.insert("x-mqtt-publish-qos", FieldValue::U8(1));
+    let properties = BasicProperties {
+        content_type: Some("text/plain".into()),
+        headers: Some(headers),
+        delivery_mode: Some(2),
+        correlation_id: Some("req-1".into()),
+        reply_to: Some("replies.seed".into()),
+        expiration: Some("60000".into()),
+        timestamp: Some(1_700_000_000),
+        ..BasicProperties::default()
+    };
+    let mut content = BytesMut::new();
+    // frame-max 12 splits the body over two body frames.
+    encode_content(1, &properties, b"hello amqp", 12, &mut content);
+    session.extend_from_slice(&content);
+    session.extend(method(
+        1,
+        Method::BasicQos {
+            prefetch_size: 0,
+            prefetch_count: 10,
+            global: false,
+        },
+    ));
+    session.extend(method(
+        1,
+        Method::BasicConsume {
+            queue: "lalalala".into(),
+            consumer_tag: String::new(),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            no_wait: false,
+            arguments: FieldTable::default(),
+        },
+    ));
+    session.extend(method(
+        1,
+        Method::BasicAck {
+            delivery_tag: 1,
+            multiple: true,
+        },
+    ));
+    session.extend(method(
+        1,
+        Method::BasicNack {
+            delivery_tag: 2,
+            multiple: false,
+            requeue: true,
+        },
+    ));
+    let mut beat = BytesMut::new();
+    encode_heartbeat(&mut beat);
+    session.extend_from_slice(&beat);
+    session.extend(method(
+        0,
+        Method::ConnectionClose {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        },
+    ));
+    vec![
+        ("open_plain".into(), plain),
+        (
+            "open_amqplain".into(),
+            open(start_ok("AMQPLAIN", amqplain.freeze())),
+        ),
+        ("session".into(), session),
+        ("heartbeat".into(), beat.to_vec()),
+    ]
+}
+
 /// Every target's seeds, by target name.
 pub fn all() -> Vec<(&'static str, Seeds)> {
     vec![
@@ -515,6 +687,7 @@ pub fn all() -> Vec<(&'static str, Seeds)> {
         ("decode_versioned", decode_versioned()),
         // A client's stream, CONNECT first, is what the session target reads too.
         ("session", decode_stream()),
+        ("amqp_frames", amqp_frames()),
         ("password_file", password_file()),
         ("acl_file", acl_file()),
         ("config", config()),
@@ -576,6 +749,18 @@ mod tests {
                 crate::decode_at_once(Decoder::with_version(version, 1 << 20), &bytes[1..]);
             assert_eq!(decoded.packets.len(), 1, "{name}: {:?}", decoded.error);
             check_stream(Decoder::with_version(version, 1 << 20), &bytes[1..], 1);
+        }
+    }
+
+    #[test]
+    fn amqp_seeds_decode_whole_and_round_trip() {
+        for (name, bytes) in amqp_frames() {
+            let decoded = crate::decode_amqp_in_chunks(&bytes, bytes.len(), 0);
+            assert!(decoded.error.is_none(), "{name}: {:?}", decoded.error);
+            assert!(decoded.left.is_empty(), "{name}: bytes left over");
+            assert!(!decoded.frames.is_empty(), "{name}: no frame");
+            crate::check_amqp_stream(&bytes, 3, 0);
+            crate::check_amqp_stream(&bytes, 5, 4096);
         }
     }
 

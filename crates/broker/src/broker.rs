@@ -1,13 +1,13 @@
 //! The broker's shared context: configuration, router, retained store, session registry
 //! and counters. Connections and background tasks hold it in an `Arc`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use midge_proto::{SubscriptionOptions, Will};
 
-use crate::config::{Config, MqttConfig};
+use crate::config::{Config, MqttConfig, QueueFullPolicy};
 use crate::log_limit::LogLimiter;
 use crate::mailbox::Mailbox;
 use crate::memory::MemoryBudget;
@@ -35,8 +35,8 @@ pub struct Parts {
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Broker {
-    /// Configuration in force.
-    pub config: Arc<Config>,
+    /// Configuration in force; see [`Broker::config`].
+    config: ConfigCell,
     /// Subscriptions and routing: the seam for remote interest and forwarding.
     pub router: Box<dyn Routing>,
     /// Retained messages: the seam for cluster-wide retained.
@@ -52,6 +52,8 @@ pub struct Broker {
     /// Where persistent sessions and retained messages are recorded; `None` keeps
     /// everything in memory only (unit tests).
     pub journal: Option<Journal>,
+    /// AMQP queues, shared by every AMQP listener (durable ones kept through `journal`).
+    pub amqp: Arc<crate::amqp::queues::Queues>,
     started: Instant,
     next_connection_id: AtomicU64,
 }
@@ -91,14 +93,16 @@ impl Broker {
         let registry =
             Registry::with_ownership(journal.clone(), parts.ownership).with_budget(memory.clone());
         registry.set_max_parked(config.limits.max_parked_sessions);
+        let amqp = crate::amqp::queues::Queues::new(journal.clone(), Some(memory.clone()));
         Arc::new(Self {
             router: parts.router,
-            config: Arc::new(config),
+            config: ConfigCell::new(Arc::new(config)),
             retained: parts.retained,
             registry,
             stats: Stats::default(),
             memory,
             log_limit,
+            amqp: Arc::new(amqp),
             journal,
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),
@@ -108,10 +112,12 @@ impl Broker {
     /// Puts back what the store held (before any listener opens): the retained tree, then
     /// the sessions with their subscriptions and queues; then ends sessions and publishes
     /// wills that fell due while the broker was down.
-    pub fn restore(&self, recovered: Recovered, now: Millis) {
+    pub fn restore(&self, mut recovered: Recovered, now: Millis) {
         let Some(journal) = &self.journal else {
             return;
         };
+        self.amqp
+            .restore(self, std::mem::take(&mut recovered.amqp_queues));
         let (retained, sessions) = (recovered.retained.len(), recovered.sessions.len());
         for message in recovered.retained {
             self.retained.update(&message);
@@ -161,15 +167,43 @@ impl Broker {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queue limits from the configuration.
-    pub fn queue_limits(&self) -> QueueLimits {
-        let m = &self.config.mqtt;
-        QueueLimits {
-            max_messages: m.max_queued_messages,
-            max_bytes: m.max_queued_bytes,
-            policy: m.queue_full_policy,
-            queue_qos0_offline: m.queue_qos0_offline,
+    /// The configuration in force. Taken once per new connection (or admin request), never
+    /// per message: a connection keeps the `Arc` it was accepted with, so a reload changes
+    /// what new connections get. What routing needs per message is read from atomics
+    /// instead ([`Broker::queue_limits`]).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `config` in force (a reload): new connections take it; queue limits,
+    /// `retain_available` and `limits.max_parked_sessions` apply from the next message or
+    /// disconnect on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.config.routing.set(&config);
+        self.registry
+            .set_max_parked(config.limits.max_parked_sessions);
+        *self
+            .config
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    /// The broker as the session of a connection accepted under `config` sees it.
+    pub fn env<'a>(&'a self, config: &'a Config) -> ConnectionEnv<'a> {
+        ConnectionEnv {
+            broker: self,
+            mqtt: &config.mqtt,
         }
+    }
+
+    /// Queue limits in force.
+    pub fn queue_limits(&self) -> QueueLimits {
+        self.config.routing.queue_limits()
     }
 
     /// Publishes a message: updates the retained store if it is retained, then routes it.
@@ -177,7 +211,7 @@ impl Broker {
     /// in-flight window) holding it lets go.
     pub fn publish(&self, mut message: Message) -> RouteOutcome {
         message.charge = crate::model::Charge::new(&self.memory, message.footprint());
-        if message.retain && self.config.mqtt.retain_available {
+        if message.retain && self.config.routing.retain_available.load(Ordering::Relaxed) {
             let stored = self.retained.update(&message);
             if let Some(journal) = &self.journal {
                 journal.retained(&message.topic, stored.as_ref());
@@ -222,6 +256,7 @@ impl Broker {
     pub fn tick(&self, now: Millis) {
         let effects = self.registry.tick(&self.stats, now);
         self.apply(effects, now);
+        self.amqp.tick(self, now);
     }
 
     /// Disconnects a client for an administrator ([`Registry::kick`]) and carries out
@@ -237,7 +272,7 @@ impl Broker {
         if effects.over_parked_limit > 0 {
             Stats::add(&self.stats.sessions_not_parked, effects.over_parked_limit);
             if let Some(state) = effects.ended.first() {
-                tracing::warn!(client_id = %state.client_id, limit = self.config.limits.max_parked_sessions, "session ended at disconnect instead of being kept: limits.max_parked_sessions reached");
+                tracing::warn!(client_id = %state.client_id, limit = self.config().limits.max_parked_sessions, "session ended at disconnect instead of being kept: limits.max_parked_sessions reached");
             }
         }
         for state in effects.ended {
@@ -283,11 +318,125 @@ impl Broker {
     }
 }
 
+/// The configuration in force, swapped whole by a reload.
+#[derive(Debug)]
+struct ConfigCell {
+    /// Read once per connection; written by a reload. A leaf lock: held for an `Arc`
+    /// clone or swap.
+    current: RwLock<Arc<Config>>,
+    /// What [`SessionEnv::mqtt`] of the broker itself returns: a reference cannot come out
+    /// of `current`. Only sessions driven with the broker as their environment (tests,
+    /// in-process tools) see it; connections go through [`Broker::env`].
+    initial: Arc<Config>,
+    /// The settings routing reads per message, copied here at each swap.
+    routing: RoutingSettings,
+}
+
+impl ConfigCell {
+    fn new(config: Arc<Config>) -> Self {
+        let routing = RoutingSettings::default();
+        routing.set(&config);
+        Self {
+            current: RwLock::new(config.clone()),
+            initial: config,
+            routing,
+        }
+    }
+}
+
+/// `[mqtt]` settings every publish reads, as atomics: no lock on the message path. Each
+/// is read on its own; a publish racing a reload may see some old and some new values,
+/// each of which was valid.
+#[derive(Debug, Default)]
+struct RoutingSettings {
+    max_queued_messages: AtomicUsize,
+    max_queued_bytes: AtomicUsize,
+    drop_oldest: AtomicBool,
+    queue_qos0_offline: AtomicBool,
+    retain_available: AtomicBool,
+}
+
+impl RoutingSettings {
+    fn set(&self, config: &Config) {
+        let m = &config.mqtt;
+        let relaxed = Ordering::Relaxed;
+        self.max_queued_messages
+            .store(m.max_queued_messages, relaxed);
+        self.max_queued_bytes.store(m.max_queued_bytes, relaxed);
+        self.drop_oldest
+            .store(m.queue_full_policy == QueueFullPolicy::DropOldest, relaxed);
+        self.queue_qos0_offline.store(m.queue_qos0_offline, relaxed);
+        self.retain_available.store(m.retain_available, relaxed);
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        let relaxed = Ordering::Relaxed;
+        QueueLimits {
+            max_messages: self.max_queued_messages.load(relaxed),
+            max_bytes: self.max_queued_bytes.load(relaxed),
+            policy: if self.drop_oldest.load(relaxed) {
+                QueueFullPolicy::DropOldest
+            } else {
+                QueueFullPolicy::DropNew
+            },
+            queue_qos0_offline: self.queue_qos0_offline.load(relaxed),
+        }
+    }
+}
+
+/// The broker as one connection's session sees it ([`Broker::env`]): the `[mqtt]`
+/// settings the connection was accepted under, everything else from the broker.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionEnv<'a> {
+    broker: &'a Broker,
+    mqtt: &'a MqttConfig,
+}
+
+impl SessionEnv for ConnectionEnv<'_> {
+    fn mqtt(&self) -> &MqttConfig {
+        self.mqtt
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        self.broker.queue_limits()
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.broker.stats
+    }
+
+    fn publish(&self, message: Message) -> usize {
+        SessionEnv::publish(self.broker, message)
+    }
+
+    fn subscribe(
+        &self,
+        mailbox: &Arc<Mailbox>,
+        filter: &str,
+        options: SubscriptionOptions,
+        identifier: Option<u32>,
+    ) -> bool {
+        SessionEnv::subscribe(self.broker, mailbox, filter, options, identifier)
+    }
+
+    fn unsubscribe(&self, filter: &str, client_id: &str) {
+        SessionEnv::unsubscribe(self.broker, filter, client_id);
+    }
+
+    fn hand_over(&self, deliveries: &[Delivery], leaving: &str) -> Vec<bool> {
+        SessionEnv::hand_over(self.broker, deliveries, leaving)
+    }
+
+    fn retained(&self, filter: &str, now: Millis) -> Vec<Arc<Message>> {
+        SessionEnv::retained(self.broker, filter, now)
+    }
+}
+
 /// The single node's answer to what a session asks: this process's router and retained
-/// store.
+/// store. Connections use [`ConnectionEnv`], which differs only in [`SessionEnv::mqtt`].
 impl SessionEnv for Broker {
     fn mqtt(&self) -> &MqttConfig {
-        &self.config.mqtt
+        &self.config.initial.mqtt
     }
 
     fn queue_limits(&self) -> QueueLimits {

@@ -51,7 +51,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Listeners; by default one MQTT listener on 127.0.0.1:1883.
@@ -71,6 +71,17 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[admin]`: the HTTP admin listener (metrics, REST API).
     pub admin: AdminConfig,
+    /// `[amqp]`: how AMQP 0-9-1 and MQTT meet.
+    pub amqp: AmqpConfig,
+}
+
+/// `[amqp]`: how AMQP 0-9-1 and MQTT meet.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// RabbitMQ's behaviour for MQTT clients: a `.` in a topic name or filter is a level
+    /// separator too (`a.b` is `a/b`), as when the topic is a routing key.
+    pub mqtt_dots_as_separators: bool,
 }
 
 impl Default for Config {
@@ -84,6 +95,7 @@ impl Default for Config {
             log: LogConfig::default(),
             storage: StorageConfig::default(),
             admin: AdminConfig::default(),
+            amqp: AmqpConfig::default(),
         }
     }
 }
@@ -93,7 +105,7 @@ pub const DEFAULT_ADMIN_BIND: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 18083);
 
 /// `[admin]`: the HTTP admin listener (`/metrics`, `/api/v1`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Whether the admin listener runs.
@@ -141,7 +153,7 @@ pub struct AdminTlsConfig {
 }
 
 /// A `[[listener]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Address and port; port 0 picks a free port.
@@ -320,7 +332,7 @@ pub enum CertIdentity {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Allow clients without credentials. Unset means: only from loopback addresses.
@@ -335,8 +347,11 @@ pub struct AuthConfig {
     pub http: Option<HttpAuthConfig>,
     /// `[auth.jwt]`: JWT authentication.
     pub jwt: Option<JwtConfig>,
+    /// `[auth.dynsec]`: dynamic security in Mosquitto's plugin file format, shared by
+    /// every listener.
+    pub dynsec: Option<DynsecConfig>,
     /// Which backends are asked about a user, in order; the first that knows the user
-    /// decides. Default: password file, JWT, HTTP.
+    /// decides. Default: password file, dynsec, JWT, HTTP.
     pub order: Vec<AuthSource>,
     /// `[auth.rate_limit]`: failed logins per client address (all listeners).
     pub rate_limit: LoginRateLimitConfig,
@@ -355,7 +370,7 @@ pub enum AclLeadingTopics {
 
 /// `[listener.auth]`: a listener's own access settings. Each key left out falls back to
 /// the same key of `[auth]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerAuthConfig {
     /// See [`AuthConfig::allow_anonymous`].
@@ -380,6 +395,8 @@ pub struct ListenerAuthConfig {
 pub enum AuthSource {
     /// `password_file`: knows the users it lists.
     PasswordFile,
+    /// `[auth.dynsec]`: knows the clients its file lists.
+    Dynsec,
     /// `[auth.jwt]`: knows a client whose credential is a JWT.
     Jwt,
     /// `[auth.http]`: knows every user (the service answers for all).
@@ -387,11 +404,35 @@ pub enum AuthSource {
 }
 
 /// The default `[auth] order`.
-pub const DEFAULT_AUTH_ORDER: [AuthSource; 3] =
-    [AuthSource::PasswordFile, AuthSource::Jwt, AuthSource::Http];
+pub const DEFAULT_AUTH_ORDER: [AuthSource; 4] = [
+    AuthSource::PasswordFile,
+    AuthSource::Dynsec,
+    AuthSource::Jwt,
+    AuthSource::Http,
+];
+
+/// `[auth.dynsec]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynsecConfig {
+    /// The state, in Mosquitto's dynamic-security plugin JSON format. Written (atomically)
+    /// at every change; a missing file starts empty.
+    pub file: PathBuf,
+    /// PBKDF2-SHA512 iterations for passwords set by commands.
+    pub iterations: u32,
+}
+
+impl Default for DynsecConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("dynamic-security.json"),
+            iterations: 10_000,
+        }
+    }
+}
 
 /// `[auth.jwt]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
     /// Where the token is: the CONNECT password or user name.
@@ -445,7 +486,7 @@ pub enum JwtFrom {
 }
 
 /// `[auth.http]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpAuthConfig {
     /// Which protocol the service speaks.
@@ -529,7 +570,7 @@ pub enum HttpMethod {
 }
 
 /// `[auth.rate_limit]`: a token bucket per client address, spent by failed logins.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoginRateLimitConfig {
     /// Failed logins an address may have in a row; 0 turns the limit off.
@@ -574,7 +615,7 @@ pub enum ShareStrategyConfig {
 }
 
 /// `[mqtt]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// Largest keep-alive accepted, in seconds. v5 clients asking for more (or for 0 when
@@ -655,7 +696,7 @@ impl Default for MqttConfig {
 
 /// `[limits]`: connections per client address, checked when a connection is accepted,
 /// before any TLS or WebSocket handshake (see `conn_limit`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Connections one address (IPv6: one /64) may have open at once; 0 is unlimited.
@@ -750,7 +791,7 @@ impl MqttConfig {
 }
 
 /// `[sys]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SysConfig {
     /// Seconds between `$SYS` updates; 0 disables them.
@@ -771,7 +812,7 @@ impl Default for SysConfig {
 
 /// `[log]`: lines about refused, malformed and failed connections, per peer address
 /// (see `log_limit`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Lines logged per address per window; the rest are summed up in one line. 0 logs
@@ -821,7 +862,7 @@ pub enum Durability {
 }
 
 /// `[storage]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Where persistent state is kept.
@@ -846,6 +887,30 @@ impl Default for StorageConfig {
             flush_interval_ms: 100,
             max_stored_bytes: 1 << 30,
         }
+    }
+}
+
+/// Where the configuration in force came from, so that a reload reads it again the same
+/// way: the file, and the `MIDGE_*` overrides of the environment at start.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The TOML file; `None`: the defaults.
+    pub path: Option<PathBuf>,
+    /// The environment's variables (only `MIDGE_SECTION__KEY` ones are used).
+    pub env: Vec<(String, String)>,
+}
+
+impl ConfigSource {
+    /// Reads and validates the configuration ([`Config::load`]).
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.path.as_deref(), self.env.iter().cloned())
+    }
+
+    /// How errors name it: the file's path, or `defaults`.
+    pub fn origin(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string())
     }
 }
 
@@ -988,6 +1053,9 @@ impl Config {
             if jwt.algorithms.is_empty() {
                 return invalid("auth.jwt.algorithms", "name at least one algorithm");
             }
+        }
+        if self.auth.dynsec.as_ref().is_some_and(|d| d.iterations == 0) {
+            return invalid("auth.dynsec.iterations", "must be at least 1");
         }
         let listener_orders = self.listeners.iter().filter_map(|l| l.auth.order.as_ref());
         for order in std::iter::once(&self.auth.order).chain(listener_orders) {
@@ -1279,6 +1347,9 @@ mod tests {
         assert!(mqtts.crl.is_some());
         assert_eq!(config.auth.acl_leading_topics, AclLeadingTopics::Anonymous);
         assert_eq!(config.auth.order, DEFAULT_AUTH_ORDER);
+        let dynsec = config.auth.dynsec.as_ref().unwrap();
+        assert_eq!(dynsec.iterations, DynsecConfig::default().iterations);
+        assert!(dynsec.file.ends_with("dynamic-security.json"));
         let jwt = config.auth.jwt.as_ref().unwrap();
         assert_eq!(jwt.verify_claims.get("sub").map(String::as_str), Some("%u"));
         assert_eq!(jwt.acl_claim.as_deref(), Some("acl"));

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -39,22 +40,52 @@ struct Entry {
     updated: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Table {
     entries: HashMap<IpAddr, Entry>,
     /// Entries with no connection open (kept only for their rate bucket).
     idle: usize,
+    /// Under the same lock as the counts, so a reload changes them between admissions.
+    settings: Settings,
 }
 
-/// See the module documentation.
-#[derive(Debug)]
-pub struct ConnLimiter {
+/// `[limits]` as the limiter uses them.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
     /// 0: no limit on concurrent connections per address.
     per_ip: u32,
     /// Tokens per second; 0.0: no rate limit.
     rate: f64,
     burst: f64,
     max_idle: usize,
+}
+
+impl Settings {
+    fn new(config: &LimitsConfig) -> Self {
+        Self {
+            per_ip: config.connections_per_ip,
+            rate: f64::from(config.connect_rate_per_ip),
+            burst: f64::from(config.connect_burst_per_ip.max(1)),
+            max_idle: config.max_tracked_addresses.max(1),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.per_ip > 0 || self.rate > 0.0
+    }
+
+    fn refilled(&self, entry: &Entry, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(entry.updated).as_secs_f64();
+        (entry.tokens + elapsed * self.rate).min(self.burst)
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct ConnLimiter {
+    /// Either limit is on: read without the lock, so that with both off nothing is
+    /// locked or counted.
+    enabled: AtomicBool,
     table: Mutex<Table>,
 }
 
@@ -76,17 +107,25 @@ impl Drop for ConnSlot {
 impl ConnLimiter {
     /// A limiter from `[limits]`.
     pub fn new(config: &LimitsConfig) -> Arc<Self> {
+        let settings = Settings::new(config);
         Arc::new(Self {
-            per_ip: config.connections_per_ip,
-            rate: f64::from(config.connect_rate_per_ip),
-            burst: f64::from(config.connect_burst_per_ip.max(1)),
-            max_idle: config.max_tracked_addresses.max(1),
-            table: Mutex::new(Table::default()),
+            enabled: AtomicBool::new(settings.enabled()),
+            table: Mutex::new(Table {
+                entries: HashMap::new(),
+                idle: 0,
+                settings,
+            }),
         })
     }
 
-    fn enabled(&self) -> bool {
-        self.per_ip > 0 || self.rate > 0.0
+    /// Puts new `[limits]` in force (a reload) for the connections admitted from now on;
+    /// open connections keep their places in the counts. Connections admitted while both
+    /// limits were off were not counted, and are not now.
+    pub fn reconfigure(&self, config: &LimitsConfig) {
+        let settings = Settings::new(config);
+        let mut table = self.lock();
+        table.settings = settings;
+        self.enabled.store(settings.enabled(), Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -95,34 +134,33 @@ impl ConnLimiter {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn refilled(&self, entry: &Entry, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(entry.updated).as_secs_f64();
-        (entry.tokens + elapsed * self.rate).min(self.burst)
-    }
-
     /// Admits a connection from `ip`, or says why not. The slot must live as long as the
     /// connection.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ConnSlot, Refusal> {
-        if !self.enabled() {
+        if !self.enabled.load(Ordering::Relaxed) {
             return Ok(ConnSlot { held: None });
         }
         let key = address_key(ip);
         let mut table = self.lock();
-        let Table { entries, idle } = &mut *table;
+        let Table {
+            entries,
+            idle,
+            settings,
+        } = &mut *table;
         let entry = entries.entry(key).or_insert_with(|| {
             // Counted idle for a moment: the admission below makes it busy.
             *idle += 1;
             Entry {
                 open: 0,
-                tokens: self.burst,
+                tokens: settings.burst,
                 updated: now,
             }
         });
-        if self.per_ip > 0 && entry.open >= self.per_ip {
+        if settings.per_ip > 0 && entry.open >= settings.per_ip {
             return Err(Refusal::PerIp);
         }
-        if self.rate > 0.0 {
-            let tokens = self.refilled(entry, now);
+        if settings.rate > 0.0 {
+            let tokens = settings.refilled(entry, now);
             if tokens < 1.0 {
                 return Err(Refusal::Rate);
             }
@@ -140,7 +178,11 @@ impl ConnLimiter {
 
     fn release(&self, key: IpAddr, now: Instant) {
         let mut table = self.lock();
-        let Table { entries, idle } = &mut *table;
+        let Table {
+            entries,
+            idle,
+            settings,
+        } = &mut *table;
         let Some(entry) = entries.get_mut(&key) else {
             return;
         };
@@ -148,25 +190,26 @@ impl ConnLimiter {
         if entry.open > 0 {
             return;
         }
-        if self.rate == 0.0 || self.refilled(entry, now) >= self.burst {
+        if settings.rate == 0.0 || settings.refilled(entry, now) >= settings.burst {
             // A full bucket and no connection: nothing left to remember.
             entries.remove(&key);
             return;
         }
         *idle += 1;
-        if *idle > self.max_idle {
-            self.prune(&mut table, now);
+        if *idle > settings.max_idle {
+            Self::prune(&mut table, now);
         }
     }
 
     /// Brings idle entries down to three quarters of the cap, so the sort below runs once
     /// per quarter-cap releases, not on every one.
-    fn prune(&self, table: &mut Table, now: Instant) {
-        let target = self.max_idle - self.max_idle / 4;
+    fn prune(table: &mut Table, now: Instant) {
+        let settings = table.settings;
+        let target = settings.max_idle - settings.max_idle / 4;
         let before = table.entries.len();
         table
             .entries
-            .retain(|_, e| e.open > 0 || self.refilled(e, now) < self.burst);
+            .retain(|_, e| e.open > 0 || settings.refilled(e, now) < settings.burst);
         table.idle -= before - table.entries.len();
         if table.idle <= target {
             return;
@@ -416,5 +459,30 @@ mod tests {
         for a in 0..addresses {
             assert_eq!(l.open_from(v4(a)), 0);
         }
+    }
+
+    #[test]
+    fn reconfigure_applies_to_the_next_admission_and_keeps_the_counts() {
+        let limiter = limiter(1, 0, 1, 100);
+        let now = Instant::now();
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let first = limiter.admit(ip, now).unwrap();
+        assert_eq!(limiter.admit(ip, now).unwrap_err(), Refusal::PerIp);
+        let mut config = LimitsConfig {
+            connections_per_ip: 2,
+            ..LimitsConfig::default()
+        };
+        limiter.reconfigure(&config);
+        // The open connection still counts: one more, not two.
+        let second = limiter.admit(ip, now).unwrap();
+        assert_eq!(limiter.admit(ip, now).unwrap_err(), Refusal::PerIp);
+        assert_eq!(limiter.open_from(ip), 2);
+        // Both limits off: admitted without counting; the counted ones still leave.
+        config.connections_per_ip = 0;
+        limiter.reconfigure(&config);
+        let uncounted = limiter.admit(ip, now).unwrap();
+        drop((first, second, uncounted));
+        assert_eq!(limiter.open_from(ip), 0);
+        assert_eq!(limiter.tracked(), 0);
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use midge_proto::{
-    ConnAck, Connect, DecodeError, Decoder, Packet, ProtocolVersion, ReasonCode, Subscribe,
+    Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder, Packet,
+    ProtocolVersion, ReasonCode, Subscribe,
 };
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -18,10 +19,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::auth::{AccessControl, Credentials, FilterVerdict};
+use crate::auth::dynsec::RESPONSE_TOPIC;
+use crate::auth::scram::{Exchange, Failure, Mechanism};
+use crate::auth::{AccessControl, Credentials, FilterVerdict, Identity};
 use crate::broker::Broker;
 use crate::mailbox::{ConnectionDetail, Control, Mailbox};
-use crate::model::now_millis;
+use crate::model::{Message, now_millis};
 use crate::pre_connect::{self, PreConnect, Refused};
 use crate::publish_rate::{PublishRate, Throttle};
 use crate::session::{Flow, ResolvedPublish, Session, Violation, negotiate};
@@ -54,6 +57,20 @@ pub struct ListenerContext {
     pub name: String,
     /// Authentication and authorization for this listener.
     pub access: AccessControl,
+    /// The configuration this connection was accepted under: a reload gives new
+    /// connections a new one and leaves this connection's as it was.
+    pub config: Arc<crate::config::Config>,
+}
+
+/// A SCRAM login's state kept for re-authentication (AUTH 0x19) [MQTT-4.12.1-1].
+#[derive(Debug)]
+struct EnhancedAuth {
+    /// The method used at CONNECT; a re-authentication must use it.
+    mechanism: Mechanism,
+    /// The user authenticated at CONNECT; a re-authentication must be for them.
+    username: String,
+    /// The re-authentication in progress (at most one) and when it must be done by.
+    pending: Option<(Box<Exchange>, Instant)>,
 }
 
 /// How the connection ended, which decides the will.
@@ -148,6 +165,9 @@ struct Connection<R, W> {
     certificate_identity: Option<String>,
     /// When the login's credential expires (a JWT's `exp`): the connection ends then.
     credential_deadline: Option<Instant>,
+    /// The enhanced authentication of a client that logged in with SCRAM: what a
+    /// re-authentication needs. Boxed: most connections have none.
+    enhanced: Option<Box<EnhancedAuth>>,
     broker: Arc<Broker>,
     listener: Arc<ListenerContext>,
     shutdown: watch::Receiver<bool>,
@@ -191,8 +211,8 @@ where
     W: AsyncWrite + Unpin,
 {
     // Until CONNECT is in, the smaller CONNECT limit applies (see `pre_connect`).
-    let decoder = Decoder::new(broker.config.mqtt.connect_limit());
-    let rate = PublishRate::new(&broker.config.limits);
+    let decoder = Decoder::new(listener.config.mqtt.connect_limit());
+    let rate = PublishRate::new(&listener.config.limits);
     let conn = Connection {
         reader,
         writer,
@@ -202,6 +222,7 @@ where
         peer,
         certificate_identity,
         credential_deadline: None,
+        enhanced: None,
         broker,
         listener,
         rate,
@@ -220,14 +241,17 @@ where
     /// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1], within the connect
     /// timeout, within the pre-CONNECT limits (`budget`). Answers a bad CONNECT itself
     /// where the protocol allows.
-    async fn read_connect(&mut self, budget: &mut PreConnect) -> Option<Box<Connect>> {
-        let timeout = Duration::from_secs(self.broker.config.mqtt.connect_timeout_secs);
-        let deadline = Instant::now() + timeout;
+    async fn read_connect(
+        &mut self,
+        budget: &mut PreConnect,
+        deadline: Instant,
+    ) -> Option<Box<Connect>> {
+        let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(Packet::Connect(connect))) => {
                     self.decoder
-                        .set_max_packet_size(self.broker.config.mqtt.max_packet_size);
+                        .set_max_packet_size(self.listener.config.mqtt.max_packet_size);
                     return Some(connect);
                 }
                 Ok(Some(other)) => {
@@ -315,6 +339,20 @@ where
     /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6], within the
     /// client's Maximum Packet Size.
     async fn refuse(&mut self, connect: &Connect, reason: ReasonCode, what: &str, client_id: &str) {
+        let properties = ConnAckProperties::default();
+        self.refuse_with(connect, reason, what, client_id, properties)
+            .await;
+    }
+
+    /// [`Connection::refuse`] with CONNACK properties (a v5 reason string).
+    async fn refuse_with(
+        &mut self,
+        connect: &Connect,
+        reason: ReasonCode,
+        what: &str,
+        client_id: &str,
+        properties: ConnAckProperties,
+    ) {
         self.broker.stats.connect_refused(reason);
         if self.log_allowed() {
             tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
@@ -322,12 +360,216 @@ where
         let connack = ConnAck {
             session_present: false,
             reason_code: reason,
-            properties: Default::default(),
+            properties,
         };
         let max = connect.properties.maximum_packet_size;
         let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let _ = Packet::ConnAck(connack).encode_within(connect.protocol, max, &mut self.wbuf);
         Box::pin(self.close()).await;
+    }
+
+    /// The SCRAM exchange of a CONNECT with an authentication method: the client-first
+    /// message is CONNECT's Authentication Data; the server-first goes out in AUTH 0x18;
+    /// the client-final must come back in AUTH 0x18 [MQTT-4.12.0-3] before `deadline`.
+    /// Returns the identity and the server-final message for CONNACK; `Err(None)`: close
+    /// without a CONNACK (the client left, went silent or disconnected).
+    async fn scram_connect(
+        &mut self,
+        connect: &Connect,
+        client_id: &str,
+        mechanism: Mechanism,
+        budget: &mut PreConnect,
+        deadline: Instant,
+    ) -> Result<(Identity, Vec<u8>), Option<Failure>> {
+        let access = self.listener.access.clone();
+        let data = connect.properties.authentication_data.as_deref();
+        let (exchange, server_first) = access
+            .scram_begin(mechanism, data, self.peer, connect.username.as_deref())
+            .map_err(Some)?;
+        let max = connect.properties.maximum_packet_size;
+        let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        if auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, mechanism, server_first)
+            .encode_within(ProtocolVersion::V5, max, &mut self.wbuf)
+            .is_err()
+        {
+            return Err(Some(Failure {
+                reason: ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                message: "AUTH exceeds the client's maximum packet size",
+                counts: false,
+            }));
+        }
+        if !self.write_out(deadline).await {
+            return Err(None);
+        }
+        // Until CONNACK, the CONNECT limits apply to AUTH too.
+        let mqtt = &self.listener.config.mqtt;
+        self.decoder.set_max_packet_size(mqtt.connect_limit());
+        let packet = Box::pin(self.read_pre_connack(budget, deadline)).await;
+        self.decoder
+            .set_max_packet_size(self.listener.config.mqtt.max_packet_size);
+        let protocol_error = |message| {
+            Some(Failure {
+                reason: ReasonCode::PROTOCOL_ERROR,
+                message,
+                counts: false,
+            })
+        };
+        match packet? {
+            Packet::Auth(auth) => {
+                if auth.properties.authentication_method.as_deref() != Some(mechanism.name()) {
+                    self.protocol_error("AUTH without CONNECT's authentication method");
+                    // [MQTT-4.12.0-5]
+                    return Err(protocol_error(
+                        "AUTH must carry the authentication method of CONNECT",
+                    ));
+                }
+                if auth.reason_code != ReasonCode::CONTINUE_AUTHENTICATION {
+                    self.protocol_error("AUTH during CONNECT is not 0x18");
+                    // [MQTT-4.12.0-3]
+                    return Err(protocol_error("the answer to AUTH 0x18 must be AUTH 0x18"));
+                }
+                let data = auth.properties.authentication_data.as_deref();
+                access
+                    .scram_finish(client_id, &exchange, data, self.peer)
+                    .map_err(Some)
+            }
+            Packet::Disconnect(_) => Err(None),
+            other => {
+                self.protocol_error(&format!("{} during the AUTH exchange", other.name()));
+                // [MQTT-3.1.2-30]
+                Err(protocol_error(
+                    "only AUTH or DISCONNECT may come before CONNACK when CONNECT has an authentication method",
+                ))
+            }
+        }
+    }
+
+    /// Writes the write buffer out and flushes, before `deadline`; false if that fails.
+    async fn write_out(&mut self, deadline: Instant) -> bool {
+        let (writer, wbuf, stats) = (&mut self.writer, &mut self.wbuf, &self.broker.stats);
+        let write = async {
+            while !wbuf.is_empty() {
+                match writer.write_buf(wbuf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => Stats::add(&stats.bytes_sent, n as u64),
+                }
+            }
+            writer.flush().await.is_ok()
+        };
+        tokio::time::timeout_at(deadline, write)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Reads the next packet between CONNECT and CONNACK, within the pre-CONNECT budget
+    /// and `deadline`. An undecodable packet is refused with its reason; end of stream,
+    /// the deadline, the budget or shutdown close without a CONNACK (`Err(None)`).
+    async fn read_pre_connack(
+        &mut self,
+        budget: &mut PreConnect,
+        deadline: Instant,
+    ) -> Result<Packet, Option<Failure>> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(packet)) => return Ok(packet),
+                Ok(None) => {}
+                Err(e) => {
+                    self.protocol_error(&format!("bad packet during the AUTH exchange: {e}"));
+                    return Err(Some(Failure {
+                        reason: e.reason_code(),
+                        message: "undecodable packet during the AUTH exchange",
+                        counts: false,
+                    }));
+                }
+            }
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(deadline, budget.read(&mut self.reader, &mut self.rbuf)) => read,
+                _ = self.shutdown.changed() => return Err(None),
+            };
+            match read {
+                Ok(pre_connect::Read::Closed) => return Err(None),
+                Ok(pre_connect::Read::Bytes(n)) => {
+                    Stats::add(&self.broker.stats.bytes_received, n as u64)
+                }
+                Ok(pre_connect::Read::OverBudget) => {
+                    budget.count(Refused::OverBudget);
+                    return Err(None);
+                }
+                Err(_) => {
+                    budget.count(Refused::Timeout);
+                    if self.log_allowed() {
+                        tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: AUTH exchange not completed within mqtt.connect_timeout_secs");
+                    }
+                    return Err(None);
+                }
+            }
+        }
+    }
+
+    /// AUTH on a live connection: re-authentication [MQTT-4.12.1-1]. AUTH 0x19 with
+    /// CONNECT's method starts it (one at a time) and is answered with AUTH 0x18; the
+    /// client's AUTH 0x18 finishes it, answered with AUTH 0x00 carrying the
+    /// server-final message. Other packets go on meanwhile. A failed re-authentication
+    /// closes with DISCONNECT 0x87 [MQTT-4.12.1-2]; AUTH without a method at CONNECT
+    /// [MQTT-4.12.0-7], with another method, or out of turn is a protocol error.
+    fn on_auth(&mut self, session: &mut Session, auth: Auth) -> Result<Flow, Violation> {
+        let protocol_error = |message| Violation {
+            reason: ReasonCode::PROTOCOL_ERROR,
+            message,
+        };
+        let Some(enhanced) = self.enhanced.as_deref_mut() else {
+            return Err(protocol_error(
+                "AUTH from a client that gave no authentication method at CONNECT",
+            ));
+        };
+        let mechanism = enhanced.mechanism;
+        if auth.properties.authentication_method.as_deref() != Some(mechanism.name()) {
+            // 0x8C, which would fit, is not a DISCONNECT reason code.
+            return Err(protocol_error(
+                "AUTH must carry the authentication method of CONNECT",
+            ));
+        }
+        let access = &self.listener.access;
+        let data = auth.properties.authentication_data.as_deref();
+        let failed = |failure: Failure| Violation {
+            reason: match failure.reason {
+                r @ (ReasonCode::CONNECTION_RATE_EXCEEDED | ReasonCode::PROTOCOL_ERROR) => r,
+                _ => ReasonCode::NOT_AUTHORIZED,
+            },
+            message: failure.message,
+        };
+        let (reason, message) = match auth.reason_code {
+            ReasonCode::RE_AUTHENTICATE => {
+                if enhanced.pending.is_some() {
+                    return Err(protocol_error("a re-authentication is already in progress"));
+                }
+                let (exchange, server_first) = access
+                    .scram_begin(mechanism, data, self.peer, Some(&enhanced.username))
+                    .map_err(failed)?;
+                let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
+                enhanced.pending = Some((exchange, Instant::now() + timeout));
+                (ReasonCode::CONTINUE_AUTHENTICATION, server_first)
+            }
+            ReasonCode::CONTINUE_AUTHENTICATION => {
+                let Some((exchange, _)) = enhanced.pending.take() else {
+                    return Err(protocol_error(
+                        "AUTH 0x18 with no authentication in progress",
+                    ));
+                };
+                let (_, server_final) = access
+                    .scram_finish(session.client_id(), &exchange, data, self.peer)
+                    .map_err(failed)?;
+                (ReasonCode::SUCCESS, server_final)
+            }
+            _ => return Err(protocol_error("a client sends AUTH 0x18 or 0x19 only")),
+        };
+        session.send(&auth_packet(reason, mechanism, message), &mut self.wbuf);
+        Ok(Flow::Continue)
+    }
+
+    /// When a re-authentication in progress must be done by.
+    fn reauth_deadline(&self) -> Option<Instant> {
+        self.enhanced.as_ref()?.pending.as_ref().map(|(_, at)| *at)
     }
 
     /// Reads CONNECT and serves the connection to the end. The connect and end steps run in boxed
@@ -354,20 +596,33 @@ where
     /// the pre-CONNECT budget (CONNECT's fields may share its storage until
     /// authentication is done).
     async fn connect(&mut self) -> Option<(Session, u16, u64)> {
-        let mut budget = PreConnect::new(&self.broker);
-        let Some(connect) = Box::pin(self.read_connect(&mut budget)).await else {
+        let mut budget = PreConnect::new(&self.broker, &self.listener.config.mqtt);
+        // One deadline for CONNECT and, with enhanced authentication, the AUTH exchange.
+        let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
+        let deadline = Instant::now() + timeout;
+        let Some(mut connect) = Box::pin(self.read_connect(&mut budget, deadline)).await else {
             drop(budget);
             Box::pin(self.close()).await;
             return None;
         };
-        Box::pin(self.establish(connect)).await
+        if self.listener.config.amqp.mqtt_dots_as_separators
+            && let Some(will) = &mut connect.will
+        {
+            crate::amqp::mapping::dots_to_slashes(&mut will.topic);
+        }
+        Box::pin(self.establish(connect, &mut budget, deadline)).await
     }
 
     /// Negotiates, authenticates and attaches the session; writes CONNACK. Returns the
     /// session, its keep alive and the connection id, or `None` after a refusal.
-    async fn establish(&mut self, connect: Box<Connect>) -> Option<(Session, u16, u64)> {
+    async fn establish(
+        &mut self,
+        connect: Box<Connect>,
+        budget: &mut PreConnect,
+        deadline: Instant,
+    ) -> Option<(Session, u16, u64)> {
         let broker = self.broker.clone();
-        let mut negotiated = match negotiate(&connect, &broker.config.mqtt) {
+        let mut negotiated = match negotiate(&connect, &self.listener.config.mqtt) {
             Ok(n) => n,
             Err(refusal) => {
                 Box::pin(self.refuse(
@@ -393,14 +648,71 @@ where
             .await;
             return None;
         }
-        let credentials = Credentials {
-            client_id: &negotiated.client_id,
-            username: connect.username.as_deref(),
-            password: connect.password.as_deref(),
-            peer: self.peer,
-            certificate_identity: self.certificate_identity.as_deref(),
+        let authenticated = match connect.properties.authentication_method.as_deref() {
+            None => {
+                let credentials = Credentials {
+                    client_id: &negotiated.client_id,
+                    username: connect.username.as_deref(),
+                    password: connect.password.as_deref(),
+                    peer: self.peer,
+                    certificate_identity: self.certificate_identity.as_deref(),
+                };
+                self.listener.access.authenticate(&credentials).await
+            }
+            Some(method) => {
+                let Some(mechanism) = self.listener.access.scram_mechanism(method) else {
+                    // [MQTT-4.12.0-1]
+                    Box::pin(self.refuse(
+                        &connect,
+                        ReasonCode::BAD_AUTHENTICATION_METHOD,
+                        "unsupported authentication method",
+                        &negotiated.client_id,
+                    ))
+                    .await;
+                    return None;
+                };
+                let exchange = self.scram_connect(
+                    &connect,
+                    &negotiated.client_id,
+                    mechanism,
+                    budget,
+                    deadline,
+                );
+                match Box::pin(exchange).await {
+                    Ok((identity, server_final)) => {
+                        // [MQTT-4.12.0-5] the method again, with the server-final message.
+                        negotiated.connack.authentication_method = Some(method.to_owned());
+                        negotiated.connack.authentication_data = Some(server_final.into());
+                        self.enhanced = Some(Box::new(EnhancedAuth {
+                            mechanism,
+                            username: identity.username.clone().unwrap_or_default(),
+                            pending: None,
+                        }));
+                        Ok(identity)
+                    }
+                    Err(Some(failed)) => {
+                        let properties = ConnAckProperties {
+                            reason_string: Some(failed.message.to_owned()),
+                            ..ConnAckProperties::default()
+                        };
+                        Box::pin(self.refuse_with(
+                            &connect,
+                            failed.reason,
+                            failed.message,
+                            &negotiated.client_id,
+                            properties,
+                        ))
+                        .await;
+                        return None;
+                    }
+                    Err(None) => {
+                        Box::pin(self.close()).await;
+                        return None;
+                    }
+                }
+            }
         };
-        match self.listener.access.authenticate(&credentials).await {
+        match authenticated {
             // ACLs see the authenticated name (a certificate identity replaces the
             // CONNECT user name).
             Ok(identity) => {
@@ -456,7 +768,7 @@ where
             keep_alive,
             "client connected"
         );
-        if broker.config.sys.client_events {
+        if self.listener.config.sys.client_events {
             crate::sys::client_event(
                 &broker,
                 &client_id,
@@ -475,7 +787,11 @@ where
                 }),
             );
         }
-        let mut session = Session::new(attached.state, negotiated, broker.config.mqtt.max_inflight);
+        let mut session = Session::new(
+            attached.state,
+            negotiated,
+            self.listener.config.mqtt.max_inflight,
+        );
         if attached.session_present {
             recheck_subscriptions(&self.listener, &self.broker, &mut session).await;
         }
@@ -510,7 +826,7 @@ where
             }
             End::TakenOver(_) => {}
         }
-        if broker.config.sys.client_events {
+        if self.listener.config.sys.client_events {
             let reason = match &end {
                 End::ClientDisconnect => "normal",
                 End::Abnormal(why) => why,
@@ -529,7 +845,7 @@ where
                 }),
             );
         }
-        session.cap_expiry(broker.config.mqtt.max_session_expiry_secs);
+        session.cap_expiry(self.listener.config.mqtt.max_session_expiry_secs);
         let will_delay = session.will_delay();
         let username = session.username().map(str::to_owned);
         let (mut state, will) = session.into_parts();
@@ -608,17 +924,19 @@ where
         // Boxed and only with a keep alive or a credential deadline: a `Sleep` is over 100
         // bytes, and inline it would be in every connection's task. It is reset, never
         // re-created; it wakes at whichever of the two comes first.
+        // A re-authentication in progress has a deadline too (`reauth`).
         let credential_deadline = self.credential_deadline;
-        let next_wake = |last_read: Instant| {
+        let next_wake = |last_read: Instant, reauth: Option<Instant>| {
             [
                 keep_alive.map(|limit| last_read + limit),
                 credential_deadline,
+                reauth,
             ]
             .into_iter()
             .flatten()
             .min()
         };
-        let mut sleep = next_wake(last_read).map(|at| Box::pin(tokio::time::sleep_until(at)));
+        let mut sleep = next_wake(last_read, None).map(|at| Box::pin(tokio::time::sleep_until(at)));
         // Packets that came in the same read as CONNECT (a client may pipeline SUBSCRIBE
         // or PUBLISH right behind it) are handled now, not when more bytes arrive.
         if !self.rbuf.is_empty()
@@ -684,10 +1002,33 @@ where
                     if let Some(end) = self.process_input(session).await {
                         return end;
                     }
+                    // A re-authentication begun: wake by its deadline (only then, so the
+                    // timer is not reset for every read).
+                    if let Some(at) = self.reauth_deadline()
+                        && sleep.as_ref().is_none_or(|s| s.deadline() > at)
+                    {
+                        match &mut sleep {
+                            Some(sleep) => sleep.as_mut().reset(at),
+                            None => sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                        }
+                    }
                 }
                 Wait::Mailbox => {
                     woken = true;
                     if mailbox.take_recheck() {
+                        if (self.listener.access)
+                            .revoked(session.username(), totals.connected_at_ms)
+                        {
+                            tracing::info!(client_id = %session.client_id(), peer = %self.peer, "connection closed: dynamic security disabled or deleted its client");
+                            session.disconnect_packet(
+                                ReasonCode::ADMINISTRATIVE_ACTION,
+                                None,
+                                &mut self.wbuf,
+                            );
+                            return End::Kicked {
+                                discard_session: false,
+                            };
+                        }
                         Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
                             .await;
                     }
@@ -735,6 +1076,18 @@ where
                         );
                         return End::Abnormal("credential expired");
                     }
+                    if self
+                        .reauth_deadline()
+                        .is_some_and(|at| Instant::now() >= at)
+                    {
+                        tracing::info!(client_id = %session.client_id(), peer = %self.peer, "re-authentication not completed in time; connection closed");
+                        session.disconnect_packet(
+                            ReasonCode::NOT_AUTHORIZED,
+                            Some("re-authentication not completed in time"),
+                            &mut self.wbuf,
+                        );
+                        return End::Abnormal("re-authentication not completed in time");
+                    }
                     if keep_alive.is_some_and(|limit| last_read.elapsed() >= limit) {
                         self.protocol_error("keep alive timeout");
                         session.disconnect_packet(
@@ -744,8 +1097,14 @@ where
                         );
                         return End::Abnormal("keep alive timeout");
                     }
-                    if let (Some(sleep), Some(at)) = (&mut sleep, next_wake(last_read)) {
-                        sleep.as_mut().reset(at);
+                    match next_wake(last_read, self.reauth_deadline()) {
+                        Some(at) => {
+                            if let Some(sleep) = &mut sleep {
+                                sleep.as_mut().reset(at);
+                            }
+                        }
+                        // Only a finished re-authentication's deadline had it armed.
+                        None => sleep = None,
                     }
                 }
             }
@@ -824,7 +1183,7 @@ where
             };
             // Only a boxed future is kept across the await: the packet moves into it, and
             // everything decided without waiting is decided in this statement.
-            let waiting = match self.dispatch(session, packet) {
+            let waiting = match self.dispatch(session, packet, checks_wait) {
                 Ok(Dispatch::Authorize(pending)) if checks_wait => Some(Box::pin(authorize(
                     self.listener.clone(),
                     session.client_id().clone(),
@@ -868,7 +1227,8 @@ where
     }
 
     /// The next complete packet in the read buffer; an undecodable one ends the
-    /// connection.
+    /// connection. Inlined for the same reason as [`Connection::dispatch`].
+    #[inline(always)]
     fn next_packet(&mut self, session: &mut Session) -> Result<Option<Packet>, End> {
         match self.decoder.decode(&mut self.rbuf) {
             Ok(Some(packet)) => {
@@ -912,19 +1272,59 @@ where
     }
 
     /// Handles one packet, or, for PUBLISH and SUBSCRIBE, takes it as far as the
-    /// authorization verdict it needs.
-    fn dispatch(&mut self, session: &mut Session, packet: Packet) -> Result<Dispatch, Violation> {
+    /// authorization verdict it needs. A PUBLISH whose verdict needs no waiting is
+    /// finished here: wrapping it in `Pending` and `Authorized` moved the resolved
+    /// publish three more times per message (measured: 5 % CPU per message on saturated
+    /// QoS 0 pairs). Inlined into `process_input`: out of line, the decoded packet and
+    /// the result were copied across the call (another 4 % on the same benchmark).
+    #[inline(always)]
+    fn dispatch(
+        &mut self,
+        session: &mut Session,
+        mut packet: Packet,
+        checks_wait: bool,
+    ) -> Result<Dispatch, Violation> {
+        if self.listener.config.amqp.mqtt_dots_as_separators {
+            crate::amqp::mapping::dots_as_separators(&mut packet);
+        }
         match packet {
             Packet::Publish(publish) => {
                 if let Some(rate) = &mut self.rate {
                     rate.publish(publish.payload.len());
                 }
-                let resolved = session.resolve_publish(publish, &*self.broker)?;
-                Ok(Dispatch::Authorize(Pending::Publish(resolved)))
+                let resolved =
+                    session.resolve_publish(publish, &self.broker.env(&self.listener.config))?;
+                if checks_wait {
+                    return Ok(Dispatch::Authorize(Pending::Publish(resolved)));
+                }
+                let allowed = self.listener.access.authorize_publish_now(
+                    session.client_id(),
+                    session.username(),
+                    resolved.topic(),
+                );
+                Ok(Dispatch::Handled(self.publish(session, resolved, allowed)))
             }
             Packet::Subscribe(subscribe) => Ok(Dispatch::Authorize(Pending::Subscribe(subscribe))),
+            Packet::Unsubscribe(unsubscribe) if self.listener.access.checks_unsubscribe() => {
+                let access = &self.listener.access;
+                let allowed: Vec<bool> = (unsubscribe.filters.iter())
+                    .map(|f| access.authorize_unsubscribe(session.username(), f))
+                    .collect();
+                session.unsubscribe_authorized(
+                    unsubscribe,
+                    &allowed,
+                    &self.broker.env(&self.listener.config),
+                    &mut self.wbuf,
+                );
+                Ok(Dispatch::Handled(Flow::Continue))
+            }
+            Packet::Auth(auth) => self.on_auth(session, auth).map(Dispatch::Handled),
             other => session
-                .handle(other, &*self.broker, &mut self.wbuf)
+                .handle(
+                    other,
+                    &self.broker.env(&self.listener.config),
+                    &mut self.wbuf,
+                )
                 .map(Dispatch::Handled),
         }
     }
@@ -951,17 +1351,65 @@ where
         authorized: Authorized,
     ) -> Result<Flow, Violation> {
         match authorized {
-            Authorized::Publish(resolved, allowed) => Ok(session.publish(
-                resolved,
-                allowed,
-                &*self.broker,
-                now_millis(),
-                &mut self.wbuf,
-            )),
+            Authorized::Publish(resolved, allowed) => Ok(self.publish(session, resolved, allowed)),
             Authorized::Subscribe(subscribe, verdicts) => {
                 self.subscribe(session, subscribe, verdicts)
             }
         }
+    }
+
+    /// A dynamic-security command (an authorized PUBLISH to its topic) is not routed: it
+    /// runs, in order, on the blocking pool; then every connection checks its user and
+    /// subscriptions again (if something changed) and the reply is published on the
+    /// response topic, as the plugin does. A QoS 2 PUBLISH sent again is not run again.
+    fn dynsec_command(&self, session: &Session, resolved: &mut ResolvedPublish) {
+        let Some(dynsec) = self.listener.access.dynsec_command(resolved.topic()) else {
+            return;
+        };
+        let repeated = resolved.qos() == midge_proto::QoS::ExactlyOnce
+            && (session.state().awaiting_pubrel).contains_key(&resolved.packet_id());
+        resolved.take_by_broker();
+        if repeated {
+            return;
+        }
+        let broker = self.broker.clone();
+        let caller = format!(
+            "{}/{}",
+            session.client_id(),
+            session.username().unwrap_or_default()
+        );
+        dynsec.submit(resolved.payload().to_vec(), caller, move |outcome| {
+            if outcome.changed {
+                broker.registry.recheck_owners();
+            }
+            let mut reply = Message::internal(
+                RESPONSE_TOPIC.to_owned(),
+                outcome.response.into(),
+                false,
+                now_millis(),
+            );
+            reply.qos = midge_proto::QoS::AtLeastOnce;
+            broker.publish(reply);
+        });
+    }
+
+    /// Publishes with its authorization verdict.
+    fn publish(
+        &mut self,
+        session: &mut Session,
+        mut resolved: ResolvedPublish,
+        allowed: bool,
+    ) -> Flow {
+        if allowed {
+            self.dynsec_command(session, &mut resolved);
+        }
+        session.publish(
+            resolved,
+            allowed,
+            &self.broker.env(&self.listener.config),
+            now_millis(),
+            &mut self.wbuf,
+        )
     }
 
     /// Subscribes with one authorization verdict per filter.
@@ -984,7 +1432,7 @@ where
         session.subscribe(
             subscribe,
             &granted,
-            &*self.broker,
+            &self.broker.env(&self.listener.config),
             now_millis(),
             &mut self.wbuf,
         )?;
@@ -1077,6 +1525,18 @@ enum Authorized {
     Subscribe(Subscribe, Vec<FilterVerdict>),
 }
 
+/// An AUTH packet of `mechanism` carrying `data`.
+fn auth_packet(reason: ReasonCode, mechanism: Mechanism, data: Vec<u8>) -> Packet {
+    Packet::Auth(Auth {
+        reason_code: reason,
+        properties: AuthProperties {
+            authentication_method: Some(mechanism.name().to_owned()),
+            authentication_data: Some(data.into()),
+            ..AuthProperties::default()
+        },
+    })
+}
+
 /// Authorizes with the ACL file alone, no waiting: for listeners without HTTP topic
 /// checks.
 fn authorize_now(access: &AccessControl, session: &Session, pending: Pending) -> Authorized {
@@ -1154,7 +1614,7 @@ async fn recheck_subscriptions(listener: &ListenerContext, broker: &Broker, sess
             }
             FilterVerdict::Denied => {
                 tracing::info!(client_id = %session.client_id(), %filter, "resumed subscription dropped: no longer authorized");
-                session.drop_subscription(&filter, broker);
+                session.drop_subscription(&filter, &broker.env(&listener.config));
                 dropped = true;
             }
         }

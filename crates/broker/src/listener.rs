@@ -1,26 +1,27 @@
 //! Accept loops and the running server: binds every listener, accepts and spawns at once
 //! (TLS and WebSocket handshakes and CONNECT happen in the connection's task under the
 //! connect timeout, so a slow client never stalls accepting), limits connections (in all,
-//! and per address before any handshake), runs the background tasks, reloads
-//! certificates, and shuts down gracefully.
+//! and per address before any handshake), runs the background tasks, reloads the
+//! configuration ([`reload`]) and certificates, and shuts down gracefully.
 
+pub mod reload;
 mod ws;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminContext, AdminError, AdminUsers, ListenerInfo};
-use crate::amqp::{self, AmqpContext, queues::Queues};
-use crate::auth::{AccessControl, AuthError, LoginGuard};
+use crate::admin::{self, AdminContext, AdminError, AdminUsers};
+use crate::amqp::{self, AmqpContext};
+use crate::auth::{AuthError, Dynsec, LoginGuard};
 use crate::broker::Broker;
-use crate::config::{Config, ListenerProtocol};
+use crate::config::{Config, ConfigError, ConfigSource};
 use crate::conn_limit::{ConnLimiter, Refusal};
 use crate::connection::{self, ListenerContext};
 use crate::model::now_millis;
@@ -28,6 +29,7 @@ use crate::stats::Stats;
 use crate::store::{self, Opening, StoreError};
 use crate::sys;
 use crate::tls::{self, TlsError, TlsListener};
+use reload::{Reloader, Shared};
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -68,9 +70,17 @@ pub enum StartError {
     Store(#[from] StoreError),
 }
 
-/// Why a reload left some settings as they were.
+/// Why a reload was refused, or left some settings as they were.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The configuration file does not load (syntax, unknown key, bad value: the message
+    /// names the file, line and key); nothing changed.
+    #[error("{0}; the running configuration stays in force")]
+    Config(#[from] ConfigError),
+    /// A listener's new settings cannot be used (an address that cannot be bound, TLS or
+    /// access files that do not load); nothing changed.
+    #[error("{0}; the running configuration stays in force")]
+    Listener(StartError),
     /// A TLS listener's files could not be loaded; it keeps its previous certificate.
     #[error("listener {name}: {source}; keeping the previous certificate")]
     Tls {
@@ -84,6 +94,15 @@ pub enum ReloadError {
     Auth(#[from] AuthError),
 }
 
+/// What a reload changed, and what it could not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// What changed, one line each.
+    pub changes: Vec<String>,
+    /// Keys whose new values need a restart; their running values stay in force.
+    pub restart_required: Vec<String>,
+}
+
 /// A listener whose certificate can be reloaded.
 type TlsListeners = Arc<Vec<(String, Arc<TlsListener>)>>;
 
@@ -94,6 +113,7 @@ pub struct Server {
     broker: Arc<Broker>,
     local_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
+    /// Background tasks; the listeners' accept loops are the reloader's.
     tasks: Vec<JoinHandle<()>>,
     /// One clone per live connection task; the count tells shutdown when all have ended.
     live: Arc<()>,
@@ -101,36 +121,6 @@ pub struct Server {
     reloader: Arc<Reloader>,
     /// Where the admin listener listens, when it runs.
     admin_addr: Option<SocketAddr>,
-}
-
-/// What SIGHUP re-reads.
-#[derive(Debug)]
-struct Reloader {
-    broker: Arc<Broker>,
-    /// Each listener's access control.
-    access: Vec<AccessControl>,
-    /// The TLS listeners.
-    tls: TlsListeners,
-    /// The admin listener's users.
-    admin_users: Option<Arc<AdminUsers>>,
-}
-
-impl Reloader {
-    fn reload(&self) -> Result<(), ReloadError> {
-        let mut first_error = reload_certificates(&self.tls, true).err();
-        for access in &self.access {
-            if let Err(e) = access.reload() {
-                first_error.get_or_insert(e.into());
-            }
-        }
-        if let Some(Err(e)) = self.admin_users.as_ref().map(|users| users.reload()) {
-            tracing::warn!("admin.password_file: {e}; keeping the previous users");
-            first_error.get_or_insert(e.into());
-        }
-        // Subscriptions granted under the old rules are checked under the new ones.
-        self.broker.registry.recheck_owners();
-        first_error.map_or(Ok(()), Err)
-    }
 }
 
 /// Counts a connection on its listener while it lives (part of what the connection
@@ -171,109 +161,51 @@ impl Server {
                 })??;
         let broker = Broker::with_journal(config, Some(journal));
         broker.restore(recovered, now_millis());
-        let config = broker.config.clone();
+        let config = broker.config();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let live = Arc::new(());
-        let limit = match config.mqtt.max_connections {
-            0 => Semaphore::MAX_PERMITS,
-            n => n,
-        };
         // One per server: both limits hold across listeners.
         let limits = AcceptLimits {
-            total: Arc::new(Semaphore::new(limit)),
+            total: Arc::new(ConnectionCount::new(config.mqtt.max_connections)),
             per_ip: ConnLimiter::new(&config.limits),
         };
-
-        let mut tasks = Vec::new();
-        let mut local_addrs = Vec::new();
-        let mut access_controls = Vec::new();
-        let login_guard = LoginGuard::new(&config, broker.log_limit.clone());
-        let mut tls_listeners = Vec::new();
-        let mut listener_infos = Vec::new();
-        // AMQP queues are shared by every AMQP listener.
-        let amqp_queues = Arc::new(Queues::default());
-        for listener_config in &config.listeners {
-            let name = listener_config.display_name();
-            let addr = listener_config.bind;
-            let tls = match &listener_config.tls {
-                Some(settings) => {
-                    let loaded = TlsListener::load(settings, broker.log_limit.clone()).map_err(
-                        |source| StartError::Tls {
-                            name: name.clone(),
-                            source,
-                        },
-                    )?;
-                    let loaded = Arc::new(loaded);
-                    tls_listeners.push((name.clone(), loaded.clone()));
-                    Some(loaded)
-                }
-                None => None,
-            };
-            let websocket =
-                (listener_config.protocol == ListenerProtocol::Ws).then(|| ws::WsSettings {
-                    paths: listener_config.ws_paths(),
-                    max_message_size: usize::try_from(config.mqtt.max_packet_size)
-                        .unwrap_or(usize::MAX),
-                });
-            let listener = bind(addr).map_err(|source| StartError::Bind {
-                name: name.clone(),
-                addr,
+        // One dynamic-security state for every listener; a damaged file stops the start.
+        let dynsec = config
+            .auth
+            .dynsec
+            .as_ref()
+            .map(Dynsec::load)
+            .transpose()
+            .map_err(|source| StartError::Auth {
+                name: "auth.dynsec".to_owned(),
                 source,
             })?;
-            let local = listener.local_addr().unwrap_or(addr);
-            let access = AccessControl::for_listener(&config, listener_config, login_guard.clone())
-                .map_err(|source| StartError::Auth {
-                    name: name.clone(),
-                    source,
-                })?;
-            let is_amqp = listener_config.protocol == ListenerProtocol::Amqp;
-            match &websocket {
-                _ if is_amqp => {
-                    tracing::info!(listener = %name, address = %local, "listening for AMQP 0-9-1 over {}; {}", listener_config.scheme(), access.describe())
-                }
-                Some(ws) => {
-                    tracing::info!(listener = %name, address = %local, paths = ?ws.paths, "listening for MQTT over {}; {}", listener_config.scheme(), access.describe())
-                }
-                None => {
-                    tracing::info!(listener = %name, address = %local, "listening for MQTT over {}; {}", listener_config.scheme(), access.describe())
-                }
-            }
-            access_controls.push(access.clone());
-            if access.anonymous_unset() {
-                tracing::warn!(listener = %name, "auth.allow_anonymous is not set: anonymous clients are accepted from loopback addresses only; set it explicitly in the config file");
-            }
-            local_addrs.push(local);
-            let gauge = Arc::new(AtomicU64::new(0));
-            listener_infos.push(ListenerInfo {
-                name: name.clone(),
-                scheme: listener_config.scheme(),
-                addr: local,
-                connections: gauge.clone(),
-            });
-            let amqp = is_amqp.then(|| {
-                Arc::new(AmqpContext {
-                    name: name.clone(),
-                    access: access.clone(),
-                    queues: amqp_queues.clone(),
-                })
-            });
-            let context = Arc::new(ListenerContext { name, access });
-            let transport = Arc::new(Transport {
-                tls,
-                websocket,
-                open: gauge,
-                amqp,
-            });
-            tasks.push(tokio::spawn(accept_loop(
-                listener,
-                transport,
-                context,
-                broker.clone(),
-                limits.clone(),
-                shutdown_rx.clone(),
-                live.clone(),
-            )));
-        }
+        let login_guard = LoginGuard::with_dynsec(&config, broker.log_limit.clone(), dynsec);
+        let admin_users = if config.admin.enabled {
+            let users = AdminUsers::load(&config.admin).map_err(|source| StartError::Auth {
+                name: "admin".to_owned(),
+                source,
+            })?;
+            Some(Arc::new(users))
+        } else {
+            None
+        };
+        let shared = Shared {
+            broker: broker.clone(),
+            limits,
+            guard: login_guard.clone(),
+            // AMQP queues are shared by every AMQP listener.
+            amqp_queues: broker.amqp.clone(),
+            shutdown: shutdown_rx.clone(),
+            live: Arc::downgrade(&live),
+            tls: Arc::default(),
+            admin_users: admin_users.clone(),
+            admin_listeners: Arc::default(),
+        };
+        let (reloader, local_addrs) = Reloader::start(shared, config.clone())?;
+        let reloader = Arc::new(reloader);
+
+        let mut tasks = Vec::new();
         tasks.push(tokio::spawn(housekeeping(
             broker.clone(),
             shutdown_rx.clone(),
@@ -286,28 +218,11 @@ impl Server {
                 shutdown_rx.clone(),
             )));
         }
-        let tls: TlsListeners = Arc::new(tls_listeners);
-        if !tls.is_empty() {
-            tasks.push(tokio::spawn(watch_certificates(
-                tls.clone(),
-                shutdown_rx.clone(),
-            )));
-        }
-        let admin_users = if config.admin.enabled {
-            let users = AdminUsers::load(&config.admin).map_err(|source| StartError::Auth {
-                name: "admin".to_owned(),
-                source,
-            })?;
-            Some(Arc::new(users))
-        } else {
-            None
-        };
-        let reloader = Arc::new(Reloader {
-            broker: broker.clone(),
-            access: access_controls,
-            tls,
-            admin_users: admin_users.clone(),
-        });
+        // Always: a reload may add a TLS listener.
+        tasks.push(tokio::spawn(watch_certificates(
+            reloader.tls_listeners(),
+            shutdown_rx.clone(),
+        )));
         let mut admin_addr = None;
         if let Some(users) = admin_users {
             let for_admin = reloader.clone();
@@ -315,8 +230,17 @@ impl Server {
                 broker: broker.clone(),
                 guard: login_guard.clone(),
                 users,
-                listeners: Arc::new(listener_infos),
-                reload: Arc::new(move || for_admin.reload().map_err(|e| e.to_string())),
+                listeners: reloader.admin_listeners(),
+                reload: Arc::new(move || {
+                    let reloader = for_admin.clone();
+                    Box::pin(async move {
+                        reloader
+                            .reload()
+                            .await
+                            .map(|report| report.to_json())
+                            .map_err(|e| e.to_string())
+                    })
+                }),
                 live_views: Arc::default(),
             };
             match admin::start(context, &config.admin, shutdown_rx.clone()).await {
@@ -367,13 +291,27 @@ impl Server {
         self.admin_addr
     }
 
-    /// Re-reads the files that can change without a restart (the binary calls this on
-    /// SIGHUP): every TLS listener's certificate, key and client CA, and every listener's
-    /// password and ACL files. New connections use what was read; connections already up
-    /// stay up. Whatever fails to load keeps its previous contents; the first failure is
-    /// returned and every one is logged.
-    pub fn reload(&self) -> Result<(), ReloadError> {
-        self.reloader.reload()
+    /// Makes [`Server::reload`] read the configuration from `source` (the binary's
+    /// `--config` file and environment). Without it, a reload keeps the configuration in
+    /// force and only re-reads the files it names.
+    pub fn reload_from(&self, source: ConfigSource) {
+        self.reloader.set_source(source);
+    }
+
+    /// Reads the configuration again (see [`Server::reload_from`]) and puts it in force,
+    /// what the binary does on SIGHUP (see [`listener::reload`](self::reload) for what
+    /// changes live). Connections already up stay up. A configuration that does not load,
+    /// or whose new settings cannot be used, changes nothing. Every TLS listener's
+    /// certificate, key and client CA, and every password and ACL file, are read again;
+    /// whatever fails to load keeps its previous contents, and the first such failure is
+    /// returned once the rest is in force. Every failure is logged.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.reloader.reload().await
+    }
+
+    /// Puts `config` in force as [`Server::reload`] would had it read it from the file.
+    pub async fn reload_with(&self, config: Config) -> Result<ReloadReport, ReloadError> {
+        self.reloader.reload_with(config, "reload").await
     }
 
     /// The broker, for in-process use and tests.
@@ -381,9 +319,15 @@ impl Server {
         &self.broker
     }
 
-    /// Bound addresses, in configuration order (useful with port 0).
+    /// Bound addresses at start, in configuration order (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The listeners running now (after reloads): name and bound address, in
+    /// configuration order.
+    pub async fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.reloader.listeners().await
     }
 
     /// Stops accepting, tells every client the server is going (v5 DISCONNECT 0x8B),
@@ -408,6 +352,7 @@ impl Server {
         for task in self.tasks {
             task.abort();
         }
+        self.reloader.stop_listeners().await;
         // Everything the ended connections parked is committed durably before the end.
         if let Some(journal) = &self.broker.journal {
             journal.close().await;
@@ -437,15 +382,69 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[derive(Debug, Clone)]
 struct AcceptLimits {
     /// `mqtt.max_connections`.
-    total: Arc<Semaphore>,
+    total: Arc<ConnectionCount>,
     /// `[limits]`, per client address.
     per_ip: Arc<ConnLimiter>,
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// Connections open on all listeners against `mqtt.max_connections`, which a reload may
+/// change: a count and a limit, both atomic (a semaphore's permits could not shrink below
+/// the ones held).
+#[derive(Debug)]
+struct ConnectionCount {
+    open: AtomicUsize,
+    /// 0: unlimited.
+    max: AtomicUsize,
+}
+
+impl ConnectionCount {
+    fn new(max: usize) -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// A place for one more connection, unless `max` are open.
+    fn enter(self: &Arc<Self>) -> Option<Counted> {
+        let max = self.max.load(Ordering::Relaxed);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (max == 0 || open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Counted(self.clone()))
+    }
+}
+
+/// One connection's place in [`ConnectionCount`], given back on drop.
+#[derive(Debug)]
+struct Counted(Arc<ConnectionCount>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What one listener gives the connections it accepts: replaced whole by a reload, and
+/// read once per accepted connection, which keeps it for its life.
+#[derive(Debug)]
+struct Generation {
     transport: Arc<Transport>,
     context: Arc<ListenerContext>,
+}
+
+/// A listener's current [`Generation`], shared by its accept loop and the reloader.
+type CurrentGeneration = Arc<RwLock<Arc<Generation>>>;
+
+async fn accept_loop(
+    listener: TcpListener,
+    current: CurrentGeneration,
     broker: Arc<Broker>,
     limits: AcceptLimits,
     mut shutdown: watch::Receiver<bool>,
@@ -456,6 +455,8 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
         };
+        let generation = current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (transport, context) = (&generation.transport, &generation.context);
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -487,7 +488,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = limits.total.clone().try_acquire_owned() else {
+        let Some(counted) = limits.total.enter() else {
             Stats::add(&broker.stats.connections_refused, 1);
             if broker.log_limit.allow(peer.ip()) {
                 tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
@@ -503,7 +504,7 @@ async fn accept_loop(
             shutdown.clone(),
             live.clone(),
         );
-        let held = (permit, slot, live, OpenConnection::enter(&transport.open));
+        let held = (counted, slot, live, OpenConnection::enter(&transport.open));
         if transport.is_plain() {
             // Spawned as it is, without a wrapping future: plain TCP connections are most
             // of them, and each extra layer would add to every connection's task.
@@ -566,7 +567,7 @@ impl Transport {
         mut shutdown: watch::Receiver<bool>,
         held: impl Send + 'static,
     ) {
-        let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs);
+        let timeout = Duration::from_secs(context.config.mqtt.connect_timeout_secs);
         let handshake = async {
             // Boxed: TLS and WebSocket handshakes are large futures that plain TCP
             // connections would otherwise carry for their whole life.
@@ -629,32 +630,34 @@ impl Transport {
     }
 }
 
-/// Reloads the TLS listeners whose files changed (all of them with `force`).
-fn reload_certificates(listeners: &TlsListeners, force: bool) -> Result<(), ReloadError> {
-    let mut first_error = None;
-    for (name, listener) in listeners.iter() {
-        match listener.reload(force) {
-            Ok(true) => {
-                tracing::info!(listener = %name, cert = %listener.cert_path().display(), "TLS certificate reloaded; new connections use it")
-            }
-            Ok(false) => {}
-            Err(source) => {
-                let error = ReloadError::Tls {
-                    name: name.clone(),
-                    source,
-                };
-                tracing::warn!("{error}");
-                first_error.get_or_insert(error);
-            }
+/// Reloads a TLS listener's files if they changed (always with `force`), logging the
+/// outcome.
+fn reload_certificate(name: &str, listener: &TlsListener, force: bool) -> Result<(), ReloadError> {
+    match listener.reload(force) {
+        Ok(true) => {
+            tracing::info!(listener = %name, cert = %listener.cert_path().display(), "TLS certificate reloaded; new connections use it");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(source) => {
+            let error = ReloadError::Tls {
+                name: name.to_owned(),
+                source,
+            };
+            tracing::warn!("{error}");
+            Err(error)
         }
     }
-    first_error.map_or(Ok(()), Err)
 }
 
 /// Polls the certificate, key and client CA files' modification times and reloads a
 /// listener when one changed. Polling a few small files every couple of seconds costs less
 /// than a file watcher and works the same on every platform and through symbolic links.
-async fn watch_certificates(listeners: TlsListeners, mut shutdown: watch::Receiver<bool>) {
+/// The list is the reloader's, read at each tick.
+async fn watch_certificates(
+    listeners: Arc<RwLock<TlsListeners>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(TLS_POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -663,8 +666,11 @@ async fn watch_certificates(listeners: TlsListeners, mut shutdown: watch::Receiv
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let current = listeners.read().unwrap_or_else(|e| e.into_inner()).clone();
         // A few stat calls; a rebuild reads small files and happens only after a change.
-        let _ = reload_certificates(&listeners, false);
+        for (name, listener) in current.iter() {
+            let _ = reload_certificate(name, listener, false);
+        }
     }
 }
 
@@ -688,5 +694,52 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         if sweeps.is_multiple_of(240) {
             broker.retained.sweep_expired(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many threads take and give back places while the limit changes: no more are ever
+    /// held than the highest limit, and every place comes back.
+    #[test]
+    fn the_connection_count_holds_its_limit_under_contention() {
+        let count = Arc::new(ConnectionCount::new(3));
+        let held = AtomicUsize::new(0);
+        let peak = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..20_000 {
+                        let Some(place) = count.enter() else {
+                            continue;
+                        };
+                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        std::hint::spin_loop();
+                        held.fetch_sub(1, Ordering::SeqCst);
+                        drop(place);
+                    }
+                });
+            }
+            s.spawn(|| {
+                for i in 0..2_000 {
+                    count.set_max(if i % 2 == 0 { 2 } else { 5 });
+                    std::thread::yield_now();
+                }
+                count.set_max(3);
+            });
+        });
+        assert!(peak.load(Ordering::SeqCst) <= 5, "{peak:?}");
+        assert_eq!(count.open.load(Ordering::SeqCst), 0);
+        // Refusal itself, without depending on how the threads were scheduled.
+        let held: Vec<_> = (0..3).filter_map(|_| count.enter()).collect();
+        assert_eq!(held.len(), 3);
+        assert!(count.enter().is_none());
+        drop(held);
+        count.set_max(0);
+        let unlimited: Vec<_> = (0..100).filter_map(|_| count.enter()).collect();
+        assert_eq!(unlimited.len(), 100);
     }
 }

@@ -57,6 +57,19 @@ pub enum PushOutcome {
     Closed,
 }
 
+/// Limits a queue sets for itself (an AMQP queue's `x-max-length`, `x-max-length-bytes`
+/// and `x-overflow`), applied instead of the broker's to every delivery, whatever its QoS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OwnLimits {
+    /// Most deliveries queued.
+    pub max_messages: Option<usize>,
+    /// Most bytes queued (by [`crate::model::Message::weight`]).
+    pub max_bytes: Option<usize>,
+    /// When full, drop the oldest (RabbitMQ's `drop-head`) rather than the newcomer
+    /// (`reject-publish`).
+    pub drop_head: bool,
+}
+
 /// What routing delivers to: a subscriber's bounded queue, with an owner id (for no-local
 /// and shared groups) and whether anyone is draining it now. It assumes nothing about who
 /// drains it: an MQTT connection serving a session today (through [`Mailbox::pop_queued`]
@@ -151,6 +164,8 @@ struct Inner {
     persistent: bool,
     /// A wake-up not yet seen by the connection (like a `Notify` permit).
     notified: bool,
+    /// The queue's own limits, used instead of the ones each push passes.
+    own: Option<OwnLimits>,
     /// The waiting connection's waker. Kept here rather than in a `Notified` future so
     /// the connection's task holds no waiting state for it (see `poll_notified`).
     waker: Option<Waker>,
@@ -170,6 +185,7 @@ impl Default for Inner {
             next_seq: 1,
             persistent: false,
             notified: false,
+            own: None,
             waker: None,
         }
     }
@@ -328,6 +344,9 @@ impl Mailbox {
         if inner.closed {
             return PushOutcome::Closed;
         }
+        if let Some(own) = inner.own {
+            return self.push_within(inner, delivery, own);
+        }
         let is_qos0 = delivery.qos == QoS::AtMostOnce;
         if is_qos0 && !inner.online && !limits.queue_qos0_offline {
             return PushOutcome::Dropped;
@@ -381,9 +400,20 @@ impl Mailbox {
             }
             evicted += 1;
         }
+        self.enqueue(inner, delivery, journal, evicted)
+    }
+
+    /// The end of a push: the delivery joins the queue (and the store, with `journal`).
+    fn enqueue(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        delivery: Delivery,
+        journal: Option<&SessionJournal>,
+        evicted: usize,
+    ) -> PushOutcome {
         let was_empty = inner.queue.is_empty();
-        inner.bytes += weight;
-        inner.qos0 += usize::from(is_qos0);
+        inner.bytes += delivery.message.weight();
+        inner.qos0 += usize::from(delivery.qos == QoS::AtMostOnce);
         let seq = inner.next_seq;
         inner.next_seq += 1;
         if let Some(journal) = journal {
@@ -395,6 +425,46 @@ impl Mailbox {
             Self::wake(inner);
         }
         PushOutcome::Queued { evicted }
+    }
+
+    /// Sets limits of the queue's own (see [`OwnLimits`]).
+    pub fn set_own_limits(&self, limits: OwnLimits) {
+        self.lock().own = Some(limits);
+    }
+
+    /// A push within the queue's own limits: when full, the oldest delivery goes
+    /// (`drop_head`) or the newcomer is refused.
+    fn push_within(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        delivery: Delivery,
+        own: OwnLimits,
+    ) -> PushOutcome {
+        let weight = delivery.message.weight();
+        let mut evicted = 0;
+        loop {
+            let full = own.max_messages.is_some_and(|m| inner.queue.len() >= m)
+                || own.max_bytes.is_some_and(|m| inner.bytes + weight > m);
+            if !full {
+                break;
+            }
+            if !own.drop_head || inner.queue.is_empty() {
+                return PushOutcome::Dropped;
+            }
+            if let Some(old) = inner.pop_front()
+                && old.delivery.qos != QoS::AtMostOnce
+                && inner.persistent
+                && let Some(journal) = &self.journal
+            {
+                journal.dequeue(old.seq);
+            }
+            evicted += 1;
+        }
+        let journal = self
+            .journal
+            .as_ref()
+            .filter(|_| inner.persistent && delivery.qos != QoS::AtMostOnce);
+        self.enqueue(inner, delivery, journal, evicted)
     }
 
     /// Takes up to `max` deliveries from the front, stopping before a QoS 1/2 delivery
@@ -783,6 +853,88 @@ mod tests {
             subscription_ids: vec![],
             shared: None,
         }
+    }
+
+    /// A queue's own limits hold whatever the QoS and whatever limits a push passes:
+    /// drop-head drops the oldest (a QoS 1 one before a newer QoS 0 one), reject-publish
+    /// the newcomer; a byte limit counts like the broker's.
+    #[test]
+    fn own_limits_drop_the_head_or_refuse_the_newcomer() {
+        let broker_limits = QueueLimits {
+            max_messages: 1000,
+            max_bytes: 0,
+            policy: QueueFullPolicy::DropNew,
+            queue_qos0_offline: true,
+        };
+        let contents = |m: &Mailbox| {
+            let mut out = Vec::new();
+            m.pop_batch(100, 100, &mut out);
+            let texts: Vec<String> = out
+                .iter()
+                .map(|d| String::from_utf8_lossy(&d.message.payload).into_owned())
+                .collect();
+            m.unpop(
+                out.into_iter()
+                    .enumerate()
+                    .map(|(i, delivery)| Queued {
+                        seq: i as u64,
+                        delivery,
+                    })
+                    .collect(),
+            );
+            texts
+        };
+        let head = Mailbox::new("q".into());
+        head.set_online(true);
+        head.set_own_limits(OwnLimits {
+            max_messages: Some(2),
+            max_bytes: None,
+            drop_head: true,
+        });
+        head.push(delivery(QoS::AtLeastOnce, "a"), &broker_limits);
+        head.push(delivery(QoS::AtMostOnce, "b"), &broker_limits);
+        let outcome = head.push(delivery(QoS::AtMostOnce, "c"), &broker_limits);
+        assert_eq!(outcome, PushOutcome::Queued { evicted: 1 });
+        assert_eq!(contents(&head), ["b", "c"]);
+
+        let reject = Mailbox::new("r".into());
+        reject.set_online(true);
+        reject.set_own_limits(OwnLimits {
+            max_messages: Some(2),
+            max_bytes: None,
+            drop_head: false,
+        });
+        for p in ["a", "b"] {
+            reject.push(delivery(QoS::AtMostOnce, p), &broker_limits);
+        }
+        let outcome = reject.push(delivery(QoS::AtLeastOnce, "c"), &broker_limits);
+        assert_eq!(outcome, PushOutcome::Dropped);
+        assert_eq!(contents(&reject), ["a", "b"]);
+
+        // Weight is payload + topic ("t"): 3 bytes each, 7 hold two.
+        let bytes = Mailbox::new("b".into());
+        bytes.set_online(true);
+        bytes.set_own_limits(OwnLimits {
+            max_messages: None,
+            max_bytes: Some(7),
+            drop_head: true,
+        });
+        for p in ["aa", "bb", "cc"] {
+            bytes.push(delivery(QoS::AtLeastOnce, p), &broker_limits);
+        }
+        assert_eq!(contents(&bytes), ["bb", "cc"]);
+        // Zero messages allowed: nothing is kept.
+        let none = Mailbox::new("n".into());
+        none.set_own_limits(OwnLimits {
+            max_messages: Some(0),
+            max_bytes: None,
+            drop_head: true,
+        });
+        assert_eq!(
+            none.push(delivery(QoS::AtLeastOnce, "x"), &broker_limits),
+            PushOutcome::Dropped
+        );
+        assert!(none.is_empty());
     }
 
     fn limits(max_messages: usize, policy: QueueFullPolicy) -> QueueLimits {

@@ -20,6 +20,7 @@ use midge_proto::DecodeError;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::broker::Broker;
+use crate::config::MqttConfig;
 use crate::stats::Stats;
 
 /// Most bytes taken in one read.
@@ -65,14 +66,21 @@ pub enum Read {
 pub struct PreConnect {
     broker: Arc<Broker>,
     held: u64,
+    /// `mqtt.connect_limit()` of the connection's configuration.
+    limit: usize,
+    /// `mqtt.max_pre_connect_bytes` of the connection's configuration.
+    budget: u64,
 }
 
 impl PreConnect {
-    /// A connection that has buffered nothing yet.
-    pub fn new(broker: &Arc<Broker>) -> Self {
+    /// A connection that has buffered nothing yet, under the `[mqtt]` settings it was
+    /// accepted with.
+    pub fn new(broker: &Arc<Broker>, mqtt: &MqttConfig) -> Self {
         Self {
             broker: broker.clone(),
             held: 0,
+            limit: mqtt.connect_limit() as usize,
+            budget: mqtt.max_pre_connect_bytes,
         }
     }
 
@@ -92,7 +100,7 @@ impl PreConnect {
         rbuf: &mut BytesMut,
         cx: &mut Context<'_>,
     ) -> Poll<Read> {
-        let limit = self.broker.config.mqtt.connect_limit() as usize;
+        let limit = self.limit;
         // The decoder refuses a CONNECT above `limit` from its fixed header, so while it
         // waits for more, what is missing fits in `limit - rbuf.len()`.
         let room = limit.saturating_sub(rbuf.len()).min(READ_CHUNK);
@@ -131,7 +139,7 @@ impl PreConnect {
     /// buffer beyond [`SMALL`], pass its [`LARGE_SHARE`]).
     fn reserve(&mut self, bytes: u64, large: bool) -> bool {
         let stats = &self.broker.stats;
-        let budget = self.broker.config.mqtt.max_pre_connect_bytes;
+        let budget = self.budget;
         let limit = match budget {
             0 => u64::MAX,
             _ if large => budget / 4 * LARGE_SHARE,

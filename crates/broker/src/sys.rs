@@ -15,7 +15,8 @@ use crate::stats::StatsSnapshot;
 /// The `$SYS` topics and their current values.
 pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
     let s = broker.stats.snapshot();
-    let total = broker.registry.len() as u64;
+    // AMQP connections are connected clients without a session.
+    let total = (broker.registry.len() + broker.amqp.connections.len()) as u64;
     let connected = s.clients_connected;
     let memory = &broker.memory;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
@@ -80,6 +81,12 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/retained messages/count",
             broker.retained.len().to_string(),
         ),
+        // midge's own: the AMQP side (its connections count in clients/connected too).
+        (
+            "$SYS/broker/amqp/connections",
+            broker.amqp.connections.len().to_string(),
+        ),
+        ("$SYS/broker/amqp/queues", broker.amqp.len().to_string()),
         (
             "$SYS/broker/retained messages/dropped",
             s.retained_dropped.to_string(),
@@ -197,7 +204,7 @@ impl LoadAverages {
 /// with a JSON payload, when `sys.client_events` is on. A client id with `+` or `#`
 /// (not allowed in a topic name) gets none.
 pub fn client_event(broker: &Broker, client_id: &str, event: &str, payload: serde_json::Value) {
-    if !broker.config.sys.client_events || client_id.contains(['+', '#']) {
+    if !broker.config().sys.client_events || client_id.contains(['+', '#']) {
         return;
     }
     static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -1,5 +1,7 @@
 //! `midge passwd`: add, update or delete a user in a Mosquitto-format password file.
-//! New passwords are written as argon2id; every other line is kept as it was.
+//! New passwords are written as argon2id, or with `--scram` as SCRAM keys for SCRAM-SHA-256
+//! and SCRAM-SHA-512 (RFC 5803's form; plain passwords are checked against them too);
+//! every other line is kept as it was.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  midge passwd -c passwords alice        create the file, prompt for alice's password\n  midge passwd -b passwords bob s3cret    set bob's password without prompting\n  midge passwd -D passwords bob           delete bob"
+    after_help = "Examples:\n  midge passwd -c passwords alice        create the file, prompt for alice's password\n  midge passwd -b passwords bob s3cret    set bob's password without prompting\n  midge passwd --scram passwords carol    carol may log in with SCRAM-SHA-256/512 too\n  midge passwd -D passwords bob           delete bob"
 )]
 pub struct PasswdArgs {
     /// Create the file, replacing any existing one.
@@ -26,6 +28,14 @@ pub struct PasswdArgs {
         requires = "password"
     )]
     batch: bool,
+    /// Write SCRAM-SHA-256 and SCRAM-SHA-512 keys (PBKDF2, for MQTT 5 enhanced
+    /// authentication; plain-password logins work too) instead of argon2id.
+    #[arg(long = "scram", conflicts_with = "delete")]
+    scram: bool,
+    /// With --scram: PBKDF2 iterations for both hashes (at least 4096). Default: 600000
+    /// for SHA-256 and 210000 for SHA-512. The client computes them at every login.
+    #[arg(long = "iterations", requires = "scram", value_name = "N")]
+    iterations: Option<u32>,
     /// The password file.
     file: PathBuf,
     /// The user name.
@@ -61,8 +71,12 @@ pub fn run(args: PasswdArgs) -> anyhow::Result<()> {
         if password.is_empty() {
             bail!("the password is empty");
         }
-        let hash =
-            midge_broker::auth::hash_password(password.as_bytes()).map_err(anyhow::Error::msg)?;
+        let hash = if args.scram {
+            midge_broker::auth::scram::scram_entry(password.as_bytes(), args.iterations)
+        } else {
+            midge_broker::auth::hash_password(password.as_bytes())
+        };
+        let hash = hash.map_err(anyhow::Error::msg)?;
         with_user(&existing, &args.user, &hash)
     };
     write_atomically(&args.file, &updated)

@@ -1,12 +1,13 @@
-//! `midge serve`: load the configuration, start the broker, reload certificates on SIGHUP,
-//! stop on SIGINT/SIGTERM.
+//! `midge serve`: load the configuration, start the broker, reload the configuration on
+//! SIGHUP, stop on SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use midge_broker::Server;
+use midge_broker::config::ConfigSource;
 use midge_broker::store::Opening;
-use midge_broker::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Args)]
@@ -33,7 +34,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&stderr))
         .init();
-    let config = Config::load(args.config.as_deref(), std::env::vars())?;
+    // Kept for reloads, which read the file again with the same overrides.
+    let source = ConfigSource {
+        path: args.config.clone(),
+        env: std::env::vars().collect(),
+    };
+    let config = source.load()?;
     // Before the runtime starts its threads; see the function.
     prepare_descriptors(config.mqtt.max_connections);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -49,6 +55,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..Opening::default()
         };
         let server = Server::start_with(config, opening).await?;
+        server.reload_from(source);
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "midge started");
         signals.wait_for_shutdown(&server).await;
         tracing::info!("shutting down");
@@ -77,7 +84,7 @@ impl Signals {
         })
     }
 
-    /// Resolves on SIGINT or SIGTERM; SIGHUP meanwhile reloads what can be reloaded.
+    /// Resolves on SIGINT or SIGTERM; SIGHUP meanwhile reloads the configuration.
     async fn wait_for_shutdown(&mut self, server: &Server) {
         loop {
             tokio::select! {
@@ -85,9 +92,21 @@ impl Signals {
                 _ = self.terminate.recv() => return,
                 _ = self.hangup.recv() => {
                     tracing::info!("SIGHUP: reloading");
-                    // Failures are logged by the server, and the previous settings stay.
-                    if server.reload().is_ok() {
-                        tracing::info!("reload done");
+                    // A reload is not cancelled by a signal that comes meanwhile: those
+                    // wait for it (a SIGTERM during a reload stops the broker after it).
+                    match server.reload().await {
+                        Ok(report) if report.restart_required.is_empty() => {
+                            tracing::info!("reload done");
+                        }
+                        Ok(report) => {
+                            tracing::warn!(
+                                restart_required = %report.restart_required.join(", "),
+                                "reload done; some changed keys take a restart"
+                            );
+                        }
+                        // The server has logged what failed; what it could not load
+                        // stays as it was.
+                        Err(e) => tracing::error!("reload failed: {e}"),
                     }
                 }
             }

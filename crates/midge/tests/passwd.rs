@@ -94,7 +94,7 @@ async fn passwd_creates_updates_and_deletes_users_the_broker_then_checks() {
     assert_eq!(connect_code(addr, "bob", "bobs").await, 0);
 
     passwd(&["-D", f, "bob"]);
-    server.reload().expect("reload");
+    server.reload().await.expect("reload");
     assert_eq!(connect_code(addr, "bob", "bobs").await, 4);
     assert_eq!(connect_code(addr, "alice", "second").await, 0);
     server.shutdown().await;
@@ -136,5 +136,76 @@ fn passwd_refuses_mistakes_with_a_message() {
     // A password argument without -b is refused (it would end up in shell history by mistake).
     let output = midge(&["passwd", f, "alice", "pw"]);
     assert!(!output.status.success());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `midge passwd --scram` writes an entry that serves SCRAM-SHA-256 and SCRAM-SHA-512
+/// (driven by Python scramp through tests/interop/python/scram_client.py) and plain
+/// passwords alike.
+#[tokio::test]
+async fn passwd_scram_entries_serve_both_hashes_and_plain_passwords() {
+    let dir = temp_dir("scram");
+    let file = dir.join("passwords");
+    let f = file.to_str().unwrap();
+    passwd(&[
+        "-c",
+        "-b",
+        "--scram",
+        "--iterations",
+        "4096",
+        f,
+        "erin",
+        "s3cret",
+    ]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("erin:SCRAM-SHA-256$4096:") && text.contains(",SCRAM-SHA-512$4096:"),
+        "{text}"
+    );
+    let output = midge(&[
+        "passwd",
+        "-b",
+        "--scram",
+        "--iterations",
+        "100",
+        f,
+        "x",
+        "pw",
+    ]);
+    assert!(!output.status.success(), "too few iterations are refused");
+
+    let server = start_broker(&file).await;
+    let addr = server.local_addrs()[0];
+    assert_eq!(connect_code(addr, "erin", "s3cret").await, 0);
+    assert_eq!(connect_code(addr, "erin", "s3creT").await, 4);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/python/scram_client.py")
+        .display()
+        .to_string();
+    for method in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+        for (password, reason) in [("s3cret", 0), ("s3creT", 0x86)] {
+            let mut child = tokio::process::Command::new("python3");
+            child.args([&script, "--port", &addr.port().to_string(), "login"]);
+            child.args(["--method", method, "--user", "erin", "--password", password]);
+            child.kill_on_drop(true);
+            let out = tokio::time::timeout(Duration::from_secs(30), child.output())
+                .await
+                .expect("scram_client.py in time")
+                .expect("python3 with scramp (scripts/test-deps.sh)");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            let connack = &result["connect"][1];
+            assert_eq!(connack["reason"], reason, "{method}: {result}");
+            if reason == 0 {
+                assert_eq!(connack["verified"], true, "{method}: {result}");
+            }
+        }
+    }
+    server.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -116,10 +116,12 @@ pub(super) fn router(context: AdminContext) -> Router {
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/clients", get(clients))
         .route("/api/v1/clients/{client_id}", get(client).delete(kick))
+        .route("/api/v1/queues", get(queues))
         .route("/api/v1/subscriptions", get(subscriptions))
         .route("/api/v1/retained", get(retained))
         .route("/api/v1/retained/{*topic}", delete(delete_retained))
         .route("/api/v1/publish", post(publish))
+        .route("/api/v1/dynsec", post(dynsec))
         .route("/api/v1/live", get(live_view))
         .route("/api/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -169,6 +171,8 @@ async fn stats(State(context): State<AdminContext>) -> ApiResult {
     let broker = &context.broker;
     let s = broker.stats.snapshot();
     let sessions = broker.registry.len() as u64;
+    let amqp_connections = broker.amqp.connections.len() as u64;
+    let mqtt_connected = s.clients_connected.saturating_sub(amqp_connections);
     Ok(Json(json!({
         "uptime_secs": broker.uptime_secs(),
         "connections": {
@@ -182,13 +186,14 @@ async fn stats(State(context): State<AdminContext>) -> ApiResult {
         },
         "sessions": {
             "total": sessions,
-            "online": s.clients_connected.min(sessions),
-            "offline": sessions.saturating_sub(s.clients_connected),
+            "online": mqtt_connected.min(sessions),
+            "offline": sessions.saturating_sub(mqtt_connected),
             "taken_over": s.sessions_taken_over,
             "expired": s.sessions_expired,
         },
         "subscriptions": broker.router.len(),
         "retained_messages": broker.retained.len(),
+        "amqp": {"connections": amqp_connections, "queues": broker.amqp.len()},
         "messages": {
             "received": s.publish_received,
             "delivered": s.publish_sent,
@@ -215,6 +220,7 @@ async fn stats(State(context): State<AdminContext>) -> ApiResult {
 async fn listeners(State(context): State<AdminContext>) -> ApiResult {
     let list: Vec<Value> = context
         .listeners
+        .list()
         .iter()
         .map(|l| {
             json!({
@@ -228,12 +234,52 @@ async fn listeners(State(context): State<AdminContext>) -> ApiResult {
     Ok(Json(json!({ "listeners": list })))
 }
 
-/// What SIGHUP does. A file that fails to load keeps its previous contents: 409 with
-/// the reason, since the request was valid but the files on disk are not.
+/// Dynamic-security commands: the same `{"commands":[…]}` document as on
+/// `$CONTROL/dynamic-security/v1`, answered with the same `{"responses":[…]}`. A viewer
+/// may send only the commands that read. Changes apply at once, as over MQTT.
+async fn dynsec(
+    State(context): State<AdminContext>,
+    axum::Extension(role): axum::Extension<super::Role>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response<Body>, ApiError> {
+    let Some(dynsec) = context.guard.dynsec().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "dynamic security is not configured ([auth.dynsec])",
+        ));
+    };
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    let read_only = role == super::Role::Viewer;
+    let caller = if read_only {
+        "admin API (viewer)"
+    } else {
+        "admin API"
+    };
+    let outcome = tokio::task::spawn_blocking(move || dynsec.execute(&body, caller, read_only))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if outcome.changed {
+        context.broker.registry.recheck_owners();
+    }
+    let mut response = Response::new(Body::from(outcome.response));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// What SIGHUP does: 200 with the report (`changes`, and `restart_required`: keys whose
+/// new values wait for a restart). A config file that does not load, or new settings that
+/// cannot be used, change nothing; a password, ACL or certificate file that fails to load
+/// again keeps its previous contents. Both answer 409 with the reason, since the request
+/// was valid but the files on disk are not.
 async fn reload(State(context): State<AdminContext>) -> ApiResult {
+    // On a task of its own, so that a client going away does not cancel it half-way.
     let reload = context.reload.clone();
-    match tokio::task::spawn_blocking(move || reload()).await {
-        Ok(Ok(())) => Ok(Json(json!({"reloaded": true}))),
+    match tokio::spawn(async move { reload().await }).await {
+        Ok(Ok(report)) => Ok(Json(report)),
         Ok(Err(message)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "reload_failed",
@@ -376,6 +422,7 @@ fn session_json(s: &crate::registry::SessionSummary) -> Value {
     json!({
         "client_id": &*s.client_id,
         "name": &*s.client_id,
+        "protocol": "mqtt",
         "online": s.online,
         "messages": unacked.map(|u| s.queued + u),
         "messages_ready": s.queued,
@@ -386,14 +433,17 @@ fn session_json(s: &crate::registry::SessionSummary) -> Value {
     })
 }
 
+/// MQTT sessions in client id order, a page at a time, with AMQP queues (as sessions) or
+/// AMQP connections (as clients) merged in by client id.
 fn list_sessions(
     context: &AdminContext,
     query: &SessionQuery,
     only: Option<bool>,
+    amqp_entries: Option<AmqpEntries>,
 ) -> Result<Value, ApiError> {
     let limit = page_limit(query.limit)?;
     let needle = query.client_id.as_deref().unwrap_or("");
-    let items: Vec<Value> = context
+    let mut items: Vec<Value> = context
         .broker
         .registry
         .sessions_page(query.after.as_deref(), limit, |s| {
@@ -402,9 +452,62 @@ fn list_sessions(
         .iter()
         .map(session_json)
         .collect();
+    let amqp = &context.broker.amqp;
+    let extra: Vec<Value> = match amqp_entries {
+        Some(AmqpEntries::Queues) => amqp.all().iter().map(|q| q.describe()).collect(),
+        Some(AmqpEntries::Connections) => amqp
+            .connections
+            .all()
+            .iter()
+            .map(|c| c.describe())
+            .collect(),
+        None => Vec::new(),
+    };
+    let key = |v: &Value| v["client_id"].as_str().unwrap_or("").to_owned();
+    items.extend(extra.into_iter().filter(|v| {
+        let id = key(v);
+        query
+            .after
+            .as_deref()
+            .is_none_or(|after| id.as_str() > after)
+            && id.contains(needle)
+            && only.is_none_or(|online| v["online"] == online)
+    }));
+    items.sort_by_key(|v| key(v));
+    items.truncate(limit);
     Ok(page(items, limit, |v| {
         v["client_id"].as_str().map(str::to_owned)
     }))
+}
+
+/// Which AMQP entries a list merges in.
+#[derive(Debug, Clone, Copy)]
+enum AmqpEntries {
+    Queues,
+    Connections,
+}
+
+/// AMQP queues with RabbitMQ's `list_queues` columns (`name messages consumers`, ready
+/// and unacknowledged), in name order.
+async fn queues(
+    State(context): State<AdminContext>,
+    parsed: Result<Query<SessionQuery>, QueryRejection>,
+) -> ApiResult {
+    let query = query(parsed)?;
+    let limit = page_limit(query.limit)?;
+    let needle = query.client_id.as_deref().unwrap_or("");
+    let items: Vec<Value> = context
+        .broker
+        .amqp
+        .all()
+        .iter()
+        .filter(|q| q.name.contains(needle) && query.after.as_deref().is_none_or(|a| &*q.name > a))
+        .take(limit)
+        .map(|q| q.describe())
+        .collect();
+    Ok(Json(page(items, limit, |v| {
+        v["name"].as_str().map(str::to_owned)
+    })))
 }
 
 /// Every session, online or not, with the queue columns.
@@ -414,7 +517,12 @@ async fn sessions(
 ) -> ApiResult {
     let query = query(parsed)?;
     let only = state_filter(query.state.as_deref())?;
-    Ok(Json(list_sessions(&context, &query, only)?))
+    Ok(Json(list_sessions(
+        &context,
+        &query,
+        only,
+        Some(AmqpEntries::Queues),
+    )?))
 }
 
 /// Sessions seen as clients: connected ones by default (`state=offline` or `all` for the
@@ -440,7 +548,12 @@ async fn clients(
         None => Some(true),
         state => state_filter(state)?,
     };
-    Ok(Json(list_sessions(&context, &query, only)?))
+    Ok(Json(list_sessions(
+        &context,
+        &query,
+        only,
+        Some(AmqpEntries::Connections),
+    )?))
 }
 
 async fn client(State(context): State<AdminContext>, Path(client_id): Path<String>) -> ApiResult {
@@ -625,7 +738,7 @@ async fn publish(
                 .map_err(|_| ApiError::bad_request("payload is not valid base64"))?,
         ),
     };
-    let max = context.broker.config.mqtt.max_packet_size as usize;
+    let max = context.broker.config().mqtt.max_packet_size as usize;
     if payload.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

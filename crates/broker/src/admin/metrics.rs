@@ -123,8 +123,8 @@ impl Collector for BrokerCollector {
         let e = &mut e;
 
         // Gauges.
-        let per_listener: Vec<(Labels<'_>, f64)> = context
-            .listeners
+        let listeners = context.listeners.list();
+        let per_listener: Vec<(Labels<'_>, f64)> = listeners
             .iter()
             .map(|l| {
                 let open = l.connections.load(std::sync::atomic::Ordering::Relaxed);

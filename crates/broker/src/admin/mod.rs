@@ -40,8 +40,13 @@ use crate::tls::{TlsError, TlsListener};
 
 pub use api::ApiError;
 
-/// Re-reads what SIGHUP re-reads; the error is what failed, for the caller.
-pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Does what SIGHUP does: re-reads the configuration file and puts it in force. The
+/// answer is the report as JSON; the error is what failed, for the caller.
+pub type ReloadFn = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,52 +102,94 @@ pub struct ListenerInfo {
     pub connections: Arc<AtomicU64>,
 }
 
+/// The MQTT listeners as the admin API lists them; a reload replaces the list.
+#[derive(Debug, Default)]
+pub struct Listeners(RwLock<Arc<Vec<ListenerInfo>>>);
+
+impl Listeners {
+    /// The listeners running now.
+    pub fn list(&self) -> Arc<Vec<ListenerInfo>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the list (at start and after a reload).
+    pub fn set(&self, list: Vec<ListenerInfo>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
+    }
+}
+
 /// The admin users: the password file and who of them are viewers.
 #[derive(Debug)]
 pub struct AdminUsers {
-    path: Option<PathBuf>,
-    file: RwLock<Option<Arc<PasswordFile>>>,
-    viewers: HashSet<String>,
+    /// The password file's path and contents, and the viewers: swapped together by
+    /// [`AdminUsers::reconfigure`].
+    file: RwLock<Users>,
     /// SHA-256 of accepted `user:password` pairs, with their user and when they were
     /// verified; cleared whenever the file is read again.
     verified: Mutex<HashMap<[u8; 32], (String, Instant)>>,
 }
 
-impl AdminUsers {
-    /// Loads `admin.password_file`, if set.
-    pub fn load(config: &AdminConfig) -> Result<Self, AuthError> {
+/// What [`AdminUsers`] swaps.
+#[derive(Debug)]
+struct Users {
+    path: Option<PathBuf>,
+    file: Option<Arc<PasswordFile>>,
+    viewers: Arc<HashSet<String>>,
+}
+
+impl Users {
+    fn load(config: &AdminConfig) -> Result<Self, AuthError> {
         let file = match &config.password_file {
             Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
             None => None,
         };
         Ok(Self {
             path: config.password_file.clone(),
-            file: RwLock::new(file),
-            viewers: config.viewers.iter().cloned().collect(),
+            file,
+            viewers: Arc::new(config.viewers.iter().cloned().collect()),
+        })
+    }
+}
+
+impl AdminUsers {
+    /// Loads `admin.password_file`, if set.
+    pub fn load(config: &AdminConfig) -> Result<Self, AuthError> {
+        Ok(Self {
+            file: RwLock::new(Users::load(config)?),
             verified: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Reads the password file again; on error the previous users stay.
-    pub fn reload(&self) -> Result<(), AuthError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let fresh = Arc::new(PasswordFile::load(path)?);
-        *self.file.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+    /// Reads `admin.password_file` (perhaps another file than before) and takes
+    /// `admin.viewers` from `config`; on error the previous users stay. Remembered logins
+    /// are forgotten either way.
+    pub fn reconfigure(&self, config: &AdminConfig) -> Result<(), AuthError> {
+        let swapped = Users::load(config)
+            .map(|users| *self.file.write().unwrap_or_else(|e| e.into_inner()) = users);
+        // After the swap, so no login checked against the old file is remembered.
         self.verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        Ok(())
+        swapped
     }
 
     fn current(&self) -> Option<Arc<PasswordFile>> {
-        self.file.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.file
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .file
+            .clone()
     }
 
     fn role_of(&self, user: &str) -> Role {
-        if self.viewers.contains(user) {
+        let viewers = self
+            .file
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .viewers
+            .clone();
+        if viewers.contains(user) {
             Role::Viewer
         } else {
             Role::Admin
@@ -151,7 +198,11 @@ impl AdminUsers {
 
     /// Whether logins are checked (a password file is configured).
     pub fn checks_logins(&self) -> bool {
-        self.path.is_some()
+        self.file
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .path
+            .is_some()
     }
 }
 
@@ -165,7 +216,7 @@ pub struct AdminContext {
     /// Admin users.
     pub users: Arc<AdminUsers>,
     /// The MQTT listeners.
-    pub listeners: Arc<Vec<ListenerInfo>>,
+    pub listeners: Arc<Listeners>,
     /// What `POST /api/v1/reload` runs.
     pub reload: ReloadFn,
     /// Live views (`/api/v1/live`) open now.
@@ -296,7 +347,10 @@ async fn handle(
         Ok(role) => role,
         Err(refusal) => return Ok(refusal),
     };
-    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    // Dynamic-security commands are posted by viewers too; they may send only those
+    // that read (see `api::dynsec`).
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD)
+        || (request.method() == Method::POST && request.uri().path() == "/api/v1/dynsec");
     if role == Role::Viewer && !reads {
         return Ok(ApiError::new(
             StatusCode::FORBIDDEN,

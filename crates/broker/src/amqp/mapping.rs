@@ -163,6 +163,47 @@ pub fn to_properties(message: &Message, qos: QoS, now: Millis) -> BasicPropertie
     }
 }
 
+/// `[amqp] mqtt_dots_as_separators`: a `.` in an MQTT topic name is a level separator.
+pub fn dots_to_slashes(topic: &mut String) {
+    if topic.contains('.') {
+        *topic = topic.replace('.', "/");
+    }
+}
+
+/// [`dots_to_slashes`] for a filter; a shared subscription's group name keeps its dots.
+fn filter_dots_to_slashes(filter: &mut String) {
+    if let Some(rest) = filter.strip_prefix("$share/")
+        && let Some((group, inner)) = rest.split_once('/')
+    {
+        if inner.contains('.') {
+            *filter = format!("$share/{group}/{}", inner.replace('.', "/"));
+        }
+        return;
+    }
+    dots_to_slashes(filter);
+}
+
+/// Rewrites the topic names and filters of an MQTT client's PUBLISH, SUBSCRIBE and
+/// UNSUBSCRIBE with dots as separators, as RabbitMQ's MQTT plugin treats them (the
+/// topic becomes a routing key there).
+pub fn dots_as_separators(packet: &mut midge_proto::Packet) {
+    use midge_proto::Packet;
+    match packet {
+        Packet::Publish(p) => dots_to_slashes(&mut p.topic),
+        Packet::Subscribe(s) => {
+            for (filter, _) in &mut s.filters {
+                filter_dots_to_slashes(filter);
+            }
+        }
+        Packet::Unsubscribe(u) => {
+            for filter in &mut u.filters {
+                filter_dots_to_slashes(filter);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +225,24 @@ mod tests {
         assert_eq!(binding_key_to_filter("sensors.#").unwrap(), "sensors/#");
         assert_eq!(binding_key_to_filter("hello.mqtt").unwrap(), "hello/mqtt");
         assert_eq!(routing_key_to_topic("hello.amqp").unwrap(), "hello/amqp");
+    }
+
+    #[test]
+    fn dots_as_separators_rewrites_topics_and_filters_but_not_share_groups() {
+        let mut t = "hello.amqp".to_owned();
+        dots_to_slashes(&mut t);
+        assert_eq!(t, "hello/amqp");
+        for (filter, want) in [
+            ("home.+.light", "home/+/light"),
+            ("sensors.#", "sensors/#"),
+            ("a/b", "a/b"),
+            ("$share/g.1/x.y", "$share/g.1/x/y"),
+            ("$share/g.1/xy", "$share/g.1/xy"),
+        ] {
+            let mut f = filter.to_owned();
+            filter_dots_to_slashes(&mut f);
+            assert_eq!(f, want, "{filter}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! deliveries out. What is not built yet is refused with 540 NOT_IMPLEMENTED and a reply
 //! text that names it; nothing is acknowledged that was not done.
 
+pub mod connections;
 pub mod mapping;
 pub mod queues;
 
@@ -27,10 +28,11 @@ use tokio::sync::watch;
 
 use crate::auth::{AccessControl, Credentials, FilterVerdict, Identity};
 use crate::broker::Broker;
-use crate::mailbox::{Inbox, Queued};
+use crate::mailbox::{Inbox, PushOutcome, Queued};
 use crate::model::{Delivery, now_millis};
 use crate::stats::Stats;
-use queues::{Declared, Queue, QueueFlags, Queues};
+use connections::ConnectionInfo;
+use queues::{Declared, Queue, QueueArgs, QueueFlags, Queues};
 
 /// Largest frame midge accepts and proposes (RabbitMQ's default).
 const FRAME_MAX: u32 = 131_072;
@@ -53,6 +55,9 @@ pub struct AmqpContext {
     pub access: AccessControl,
     /// Queues, shared by every AMQP listener of the server.
     pub queues: Arc<Queues>,
+    /// The configuration its connections are accepted under (a reload gives new
+    /// connections a new one).
+    pub config: Arc<crate::config::Config>,
 }
 
 /// An error that closes a channel or the whole connection.
@@ -63,6 +68,17 @@ enum Fault {
 }
 
 type Outcome = Result<(), Fault>;
+
+/// Where a published message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routed {
+    /// At least one queue or subscriber took it.
+    Taken,
+    /// Nothing it was for (basic.return when mandatory; confirmed).
+    Unroutable,
+    /// The queue it was for refused it (full with reject-publish): nacked.
+    Rejected,
+}
 
 fn channel_fault(code: u16, text: impl Into<String>) -> Fault {
     Fault::Channel(code, text.into())
@@ -104,8 +120,8 @@ struct Channel {
     /// Publisher confirms on: the sequence number of the last publish.
     confirms: Option<u64>,
     incoming: Option<Incoming>,
-    /// Confirms to send once the store has settled: (tag, multiple).
-    pending_acks: Vec<u64>,
+    /// Confirms to send once the store has settled: (tag, ack; false: nack).
+    pending_acks: Vec<(u64, bool)>,
 }
 
 /// Serves one AMQP connection until it ends. `held` (the connection permit) is released
@@ -138,9 +154,10 @@ pub async fn serve<R, W>(
         channel_max: CHANNEL_MAX,
         heartbeat: 0,
         channels: HashMap::new(),
+        info: None,
     };
     let mut buf = BytesMut::with_capacity(4096);
-    let timeout = Duration::from_secs(broker.config.mqtt.connect_timeout_secs.max(1));
+    let timeout = Duration::from_secs(conn.context.config.mqtt.connect_timeout_secs.max(1));
     let opened = tokio::select! {
         r = tokio::time::timeout(timeout, conn.open(&mut reader, &mut buf)) => r.unwrap_or(Ok(false)),
         _ = shutdown.changed() => Ok(false),
@@ -154,6 +171,19 @@ pub async fn serve<R, W>(
         }
     }
     broker.stats.client_connected();
+    let info = Arc::new(ConnectionInfo {
+        client_id: conn.client_id.clone(),
+        peer,
+        listener: conn.context.name.clone(),
+        username: conn.username(),
+        connected_at_ms: now_millis(),
+        heartbeat: conn.heartbeat,
+        bytes_received: Default::default(),
+        bytes_sent: Default::default(),
+        channels: Default::default(),
+    });
+    conn.context.queues.connections.add(id, info.clone());
+    conn.info = Some(info);
     tracing::debug!(listener = %conn.context.name, %peer, connection = id, "AMQP connection open");
     let ended = conn.run(&mut reader, &mut buf, &mut shutdown).await;
     if let Err(fault) = ended {
@@ -161,6 +191,7 @@ pub async fn serve<R, W>(
     }
     conn.release_all();
     conn.context.queues.connection_closed(&broker, id);
+    conn.context.queues.connections.remove(id);
     broker.stats.client_disconnected();
 }
 
@@ -178,6 +209,8 @@ struct Connection<W> {
     channel_max: u16,
     heartbeat: u16,
     channels: HashMap<u16, Channel>,
+    /// What the admin API shows of it, once open.
+    info: Option<Arc<ConnectionInfo>>,
 }
 
 /// Reads one frame, waiting for more bytes as needed. `Ok(None)`: the peer closed.
@@ -234,6 +267,9 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         let ok =
             self.writer.write_all(&self.out).await.is_ok() && self.writer.flush().await.is_ok();
         Stats::add(&self.broker.stats.bytes_sent, self.out.len() as u64);
+        if let Some(info) = &self.info {
+            ConnectionInfo::add(&info.bytes_sent, self.out.len() as u64);
+        }
         self.out.clear();
         ok
     }
@@ -541,6 +577,9 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(n) => {
                         Stats::add(&self.broker.stats.bytes_received, n as u64);
+                        if let Some(info) = &self.info {
+                            ConnectionInfo::add(&info.bytes_received, n as u64);
+                        }
                         last_read = tokio::time::Instant::now();
                     }
                 },
@@ -570,14 +609,20 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 acks.push((number, tag));
             }
         }
-        for (number, tag) in acks {
-            self.send(
-                number,
-                &Method::BasicAck {
+        for (number, (tag, ack)) in acks {
+            let method = if ack {
+                Method::BasicAck {
                     delivery_tag: tag,
                     multiple: false,
-                },
-            );
+                }
+            } else {
+                Method::BasicNack {
+                    delivery_tag: tag,
+                    multiple: false,
+                    requeue: false,
+                }
+            };
+            self.send(number, &method);
         }
     }
 
@@ -609,6 +654,12 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             ));
         }
         let result = self.channel_frame(number, frame.payload).await;
+        if let Some(info) = &self.info {
+            info.channels.store(
+                self.channels.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         match result {
             Ok(()) => Ok(false),
             Err(Fault::Channel(code, text)) => {
@@ -677,7 +728,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         if let Some(incoming) = &mut channel.incoming {
             return match payload {
                 FramePayload::Header(header) if incoming.header.is_none() => {
-                    let max = u64::from(self.broker.config.mqtt.max_packet_size);
+                    let max = u64::from(self.context.config.mqtt.max_packet_size);
                     if header.body_size > max {
                         channel.incoming = None;
                         return Err(channel_fault(
@@ -752,18 +803,19 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             *seq += 1;
             *seq
         });
-        // An unroutable message is confirmed too, after its basic.return, as RabbitMQ does.
-        self.publish(number, incoming).await?;
+        // An unroutable message is confirmed too, after its basic.return, as RabbitMQ does;
+        // one a queue refused (x-overflow reject-publish, or full) is nacked.
+        let routed = self.publish(number, incoming).await?;
         if let Some(tag) = tag
             && let Some(channel) = self.channels.get_mut(&number)
         {
-            channel.pending_acks.push(tag);
+            channel.pending_acks.push((tag, routed != Routed::Rejected));
         }
         Ok(())
     }
 
-    /// Routes a complete message; false when nothing took it.
-    async fn publish(&mut self, number: u16, incoming: Incoming) -> Result<bool, Fault> {
+    /// Routes a complete message.
+    async fn publish(&mut self, number: u16, incoming: Incoming) -> Result<Routed, Fault> {
         let Incoming {
             exchange,
             routing_key,
@@ -809,7 +861,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                     self.client_id.clone(),
                     now,
                 );
-                self.broker.publish(message).delivered > 0
+                if self.broker.publish(message).delivered > 0 {
+                    Routed::Taken
+                } else {
+                    Routed::Unroutable
+                }
             }
             "" => match self.context.queues.get(&routing_key) {
                 Some(queue) => {
@@ -829,12 +885,16 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                         subscription_ids: Vec::new(),
                         shared: None,
                     };
-                    matches!(
-                        Inbox::push(&*queue.mailbox, delivery, &self.broker.queue_limits()),
-                        crate::mailbox::PushOutcome::Queued { .. }
-                    )
+                    match Inbox::push(&*queue.mailbox, delivery, &self.broker.queue_limits()) {
+                        PushOutcome::Queued { .. } => Routed::Taken,
+                        PushOutcome::Dropped => {
+                            Stats::add(&self.broker.stats.publish_dropped, 1);
+                            Routed::Rejected
+                        }
+                        PushOutcome::Closed => Routed::Unroutable,
+                    }
                 }
-                None => false,
+                None => Routed::Unroutable,
             },
             other => {
                 return Err(channel_fault(
@@ -843,7 +903,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 ));
             }
         };
-        if !delivered && mandatory {
+        if delivered == Routed::Unroutable && mandatory {
             self.send(
                 number,
                 &Method::BasicReturn {
@@ -940,24 +1000,14 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 no_wait,
                 arguments,
             } => {
-                if let Some((name, _)) = arguments
-                    .0
-                    .iter()
-                    .find(|(k, _)| k.starts_with("x-") && k != "x-queue-type")
-                {
-                    return Err(channel_fault(
-                        reply::NOT_IMPLEMENTED,
-                        format!("queue argument '{name}' is not supported yet"),
-                    ));
-                }
-                if let Some(kind) = arguments.get("x-queue-type").and_then(FieldValue::as_str)
-                    && kind != "classic"
-                {
-                    return Err(channel_fault(
-                        reply::NOT_IMPLEMENTED,
-                        format!("queue type '{kind}' is not supported; midge queues are classic"),
-                    ));
-                }
+                // A passive declaration checks existence only, as RabbitMQ's does.
+                let args = if passive {
+                    QueueArgs::default()
+                } else {
+                    let name = if queue.is_empty() { "amq.gen" } else { &queue };
+                    QueueArgs::parse(&arguments, name)
+                        .map_err(|text| channel_fault(reply::PRECONDITION_FAILED, text))?
+                };
                 let q = if passive {
                     match queues.get(&queue) {
                         Some(q) if q.exclusive_owner.is_some_and(|c| c != self.id) => {
@@ -983,16 +1033,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                         exclusive,
                         auto_delete,
                     };
-                    match queues.declare(&name, flags, self.id) {
+                    match queues.declare(&broker, &name, flags, args, self.id) {
                         Declared::Queue(q) => q,
                         Declared::Locked => return Err(locked(&name)),
-                        Declared::Inequivalent(what) => {
-                            return Err(channel_fault(
-                                reply::PRECONDITION_FAILED,
-                                format!(
-                                    "inequivalent arg '{what}' for queue '{name}' in vhost '/'"
-                                ),
-                            ));
+                        Declared::Inequivalent(text) => {
+                            return Err(channel_fault(reply::PRECONDITION_FAILED, text));
                         }
                     }
                 };
@@ -1040,7 +1085,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             }
             Method::QueuePurge { queue, no_wait } => {
                 let q = self.usable_queue(&queue)?;
-                let purged = q.mailbox.take_deliveries(|_| true).len();
+                let purged = q.mailbox.take_deliveries(|_| true);
+                for queued in &purged {
+                    q.forget(queued);
+                }
+                let purged = purged.len();
                 if !no_wait {
                     self.send(
                         number,
@@ -1181,17 +1230,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             }
             Method::BasicGet { queue, no_ack } => {
                 let q = self.usable_queue(&queue)?;
-                let now = now_millis();
-                let mut got = Vec::new();
+                q.touch();
                 // Expired messages are dropped on the way, as for consumers.
-                loop {
-                    q.mailbox.pop_queued(1, usize::MAX, &mut got);
-                    match got.last() {
-                        Some(queued) if queued.delivery.message.is_expired(now) => got.clear(),
-                        _ => break,
-                    }
-                }
-                match got.pop() {
+                let got = q.pop_live(now_millis());
+                match got {
                     None => self.send(number, &Method::BasicGetEmpty),
                     Some(queued) => {
                         let redelivered = q.take_redelivered(queued.seq);
@@ -1207,7 +1249,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                             message_count: q.message_count(),
                         };
                         self.write_delivery(number, &method, &queued.delivery);
-                        if !no_ack {
+                        if no_ack {
+                            q.forget(&queued);
+                        } else {
+                            q.add_unacked(1);
                             self.channel(number)
                                 .unacked
                                 .insert(tag, Unacked { queue: q, queued });
@@ -1350,6 +1395,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         };
         if requeue == Some(true) {
             requeue_all(taken.into_iter());
+        } else {
+            for u in taken {
+                u.queue.add_unacked(-1);
+                u.queue.forget(&u.queued);
+            }
         }
         Ok(())
     }
@@ -1383,15 +1433,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                     {
                         continue;
                     }
-                    let mut got = Vec::new();
-                    consumer.queue.mailbox.pop_queued(1, usize::MAX, &mut got);
-                    let Some(queued) = got.pop() else {
+                    let Some(queued) = consumer.queue.pop_live(now) else {
                         continue;
                     };
                     progressed = true;
-                    if queued.delivery.message.is_expired(now) {
-                        break;
-                    }
                     let queue = consumer.queue.clone();
                     let tag = channel.next_delivery_tag;
                     channel.next_delivery_tag += 1;
@@ -1405,7 +1450,10 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                         routing_key,
                     };
                     let delivery = queued.delivery.clone();
-                    if !consumer.no_ack {
+                    if consumer.no_ack {
+                        queue.forget(&queued);
+                    } else {
+                        queue.add_unacked(1);
                         channel.unacked.insert(tag, Unacked { queue, queued });
                     }
                     ready = Some((method, delivery));
@@ -1484,6 +1532,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
 fn requeue_all(unacked: impl Iterator<Item = Unacked>) {
     let mut by_queue: Vec<(Arc<Queue>, Vec<Queued>)> = Vec::new();
     for u in unacked {
+        u.queue.add_unacked(-1);
         u.queue.mark_redelivered(u.queued.seq);
         match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
             Some((_, list)) => list.push(u.queued),

@@ -136,6 +136,17 @@ fn covers<'a>(
     }
 }
 
+/// Whether every topic `filter` matches is matched by the filter `rule` too (for dynsec's
+/// subscribe patterns and receive checks).
+pub(crate) fn covers_filter(rule: &str, filter: &str) -> bool {
+    covers(filter_levels(rule), filter_levels(filter))
+}
+
+/// Whether some topic is matched by both filters.
+pub(crate) fn intersects_filter(rule: &str, filter: &str) -> bool {
+    intersects(filter_levels(rule), filter_levels(filter))
+}
+
 /// Whether some topic is matched by both `rule` and `filter`. For a topic name (no
 /// wildcards) this is plain matching.
 fn intersects<'a>(

@@ -3,12 +3,16 @@
 //!
 //! - Who may connect: a verified client certificate identity; else a user name and
 //!   password (or a token) checked by the backends in `[auth] order`, the first that
-//!   knows the user deciding: the password file ([`password`]), JWT ([`jwt`]), the HTTP
-//!   service ([`http`]); else the anonymous policy (by default: loopback clients only).
+//!   knows the user deciding: the password file ([`password`]), dynamic security
+//!   ([`dynsec`]), JWT ([`jwt`]), the HTTP service ([`http`]); else the anonymous policy
+//!   (by default: loopback clients only).
 //! - What they may do: the ACL file ([`acl`]) and the HTTP service's topic checks; deny
-//!   wins. A token's ACL claim, when it has one, decides alone for its connection.
+//!   wins. A token's ACL claim, when it has one, decides alone for its connection; so do
+//!   dynsec's roles for the users dynsec lists and for anonymous clients.
 //!   Without any of these, everything is allowed (the session machine itself keeps
 //!   clients out of `$SYS`).
+//! - MQTT 5 enhanced authentication: SCRAM-SHA-256 and SCRAM-SHA-512 ([`scram`]), served
+//!   by the password file's `$7$` and SCRAM entries.
 //! - Failed logins are rate limited per client address ([`limiter`]); password checks
 //!   run in `spawn_blocking`, a few at a time, so they never stall the async workers.
 //!
@@ -17,10 +21,12 @@
 //! (SIGHUP) without touching connections.
 
 pub mod acl;
+pub mod dynsec;
 pub mod http;
 pub mod jwt;
 pub mod limiter;
 pub mod password;
+pub mod scram;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -31,6 +37,7 @@ use midge_proto::{ReasonCode, topic};
 use tokio::sync::Semaphore;
 
 pub use acl::{AclFile, FilterVerdict};
+pub use dynsec::Dynsec;
 pub use http::{Action, HttpBackend, HttpError};
 pub use jwt::JwtBackend;
 pub use limiter::LoginLimiter;
@@ -58,6 +65,14 @@ pub enum AuthError {
         path: PathBuf,
         /// 1-based line number.
         line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The dynamic-security file is damaged.
+    #[error("{path}: {reason}")]
+    Dynsec {
+        /// The file.
+        path: PathBuf,
         /// What is wrong.
         reason: String,
     },
@@ -128,6 +143,8 @@ pub struct LoginGuard {
     verifications: Arc<Semaphore>,
     /// Logins checked, by outcome, and how long the checks took.
     pub stats: AuthStats,
+    /// `[auth.dynsec]`: one state for every listener.
+    dynsec: Option<Arc<Dynsec>>,
 }
 
 impl LoginGuard {
@@ -166,14 +183,45 @@ impl LoginGuard {
 
     /// From `[auth.rate_limit]`; failed logins are logged through `log_limit`.
     pub fn new(config: &Config, log_limit: Arc<LogLimiter>) -> Arc<Self> {
+        Self::with_dynsec(config, log_limit, None)
+    }
+
+    /// [`LoginGuard::new`], with the dynamic-security state every listener shares.
+    pub fn with_dynsec(
+        config: &Config,
+        log_limit: Arc<LogLimiter>,
+        dynsec: Option<Arc<Dynsec>>,
+    ) -> Arc<Self> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Self {
             limiter: LoginLimiter::new(&config.auth.rate_limit),
             log_limit,
             verifications: Arc::new(Semaphore::new(cores.max(2))),
             stats: AuthStats::default(),
+            dynsec,
         })
     }
+
+    /// The dynamic-security state, when `[auth.dynsec]` is set.
+    pub fn dynsec(&self) -> Option<&Arc<Dynsec>> {
+        self.dynsec.as_ref()
+    }
+}
+
+/// Runs a CPU-heavy check on the blocking pool, holding one of `slots`.
+async fn check_on_pool(
+    slots: &Arc<Semaphore>,
+    check: impl FnOnce() -> bool + Send + 'static,
+) -> bool {
+    let Ok(permit) = slots.clone().acquire_owned().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        check()
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Verifies a password on the blocking pool, holding one of `slots`.
@@ -316,8 +364,33 @@ impl AccessControl {
         self.inner.allow_anonymous.is_none()
     }
 
+    /// The dynamic-security state, when `[auth.dynsec]` is set.
+    pub fn dynsec(&self) -> Option<&Arc<Dynsec>> {
+        self.inner.guard.dynsec()
+    }
+
+    /// The dynamic-security state, when `topic` is where its commands are published.
+    pub fn dynsec_command(&self, topic: &str) -> Option<&Arc<Dynsec>> {
+        self.dynsec().filter(|_| topic == dynsec::COMMAND_TOPIC)
+    }
+
+    /// The dynamic-security state when it decides topics for `username`.
+    fn dynsec_for(&self, username: Option<&str>) -> Option<&Arc<Dynsec>> {
+        self.dynsec().filter(|d| d.decides_for(username))
+    }
+
+    /// Whether a connection logged in as `username` must be closed: dynamic security
+    /// disabled or deleted its client.
+    pub fn revoked(&self, username: Option<&str>, connected_at_ms: u64) -> bool {
+        match (self.dynsec(), username) {
+            (Some(d), Some(u)) => d.revoked(u, connected_at_ms),
+            _ => false,
+        }
+    }
+
     fn checks_passwords(&self) -> bool {
         self.inner.passwords.is_some()
+            || (self.dynsec().is_some() && self.inner.order.contains(&AuthSource::Dynsec))
             || self.inner.jwt.is_some()
             || self
                 .inner
@@ -329,6 +402,7 @@ impl AccessControl {
     /// Whether anything restricts publish and subscribe.
     pub fn checks_topics(&self) -> bool {
         self.inner.acl.is_some()
+            || self.dynsec().is_some()
             || self
                 .inner
                 .jwt
@@ -370,8 +444,12 @@ impl AccessControl {
         }
         if !self.checks_passwords() {
             // Nothing can check a password: the name is only a name, and the anonymous
-            // policy decides (as Mosquitto does without a password file).
-            return if self.anonymous_allowed(&credentials.peer) {
+            // policy decides (as Mosquitto does without a password file). But a dynsec
+            // client's name carries its roles: unchecked, it would lend them to anyone.
+            let dynsec_name = credentials
+                .username
+                .is_some_and(|u| self.dynsec().is_some_and(|d| d.knows(u)));
+            return if self.anonymous_allowed(&credentials.peer) && !dynsec_name {
                 Ok(Identity::named(credentials.username))
             } else {
                 Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
@@ -453,6 +531,26 @@ impl AccessControl {
                     let ok = self.verify_blocking(file, username, password).await;
                     return Ok(ok.then(|| Identity::named(Some(username))));
                 }
+                AuthSource::Dynsec => {
+                    let (Some(dynsec), Some(username)) = (self.dynsec(), username) else {
+                        continue;
+                    };
+                    let Some(login) = dynsec.login(username) else {
+                        continue;
+                    };
+                    self.forget_token(client_id);
+                    // A client without a password, disabled or bound to another client
+                    // id costs the same check as the others.
+                    let usable =
+                        !login.disabled && login.clientid.as_deref().is_none_or(|c| c == client_id);
+                    let hash = login.password.unwrap_or_else(|| dynsec.decoy());
+                    let password = credentials.password.unwrap_or_default().to_vec();
+                    let ok = check_on_pool(&self.inner.guard.verifications, move || {
+                        hash.verify(&password)
+                    })
+                    .await;
+                    return Ok((ok && usable).then(|| Identity::named(Some(username))));
+                }
                 AuthSource::Jwt => {
                     let Some(jwt) = &self.inner.jwt else {
                         continue;
@@ -510,11 +608,28 @@ impl AccessControl {
                 }
             }
         }
-        if let (Some(passwords), Some(username)) = (&self.inner.passwords, username) {
-            let password = credentials.password.unwrap_or_default();
-            let _ = self
-                .verify_blocking(passwords.current(), username, password)
-                .await;
+        // The decoy is the first hashing source in the order, which a known user's login
+        // would most likely have cost.
+        let Some(username) = username else {
+            return Ok(None);
+        };
+        let password = credentials.password.unwrap_or_default();
+        for source in &self.inner.order {
+            match (source, &self.inner.passwords, self.dynsec()) {
+                (AuthSource::PasswordFile, Some(passwords), _) => {
+                    let _ = self
+                        .verify_blocking(passwords.current(), username, password)
+                        .await;
+                    break;
+                }
+                (AuthSource::Dynsec, _, Some(dynsec)) => {
+                    let (hash, password) = (dynsec.decoy(), password.to_vec());
+                    let slots = &self.inner.guard.verifications;
+                    let _ = check_on_pool(slots, move || hash.verify(&password)).await;
+                    break;
+                }
+                _ => {}
+            }
         }
         Ok(None)
     }
@@ -576,6 +691,13 @@ impl AccessControl {
         if let Some(granted) = self.token_grant(client_id) {
             return granted.may_publish(client_id, username, topic);
         }
+        if let Some(dynsec) = self.dynsec_for(username) {
+            return dynsec.may_publish(username, topic);
+        }
+        if self.dynsec().is_some() && topic.starts_with(dynsec::CONTROL_PREFIX) {
+            // Only clients whose dynsec roles allow it may send commands.
+            return false;
+        }
         self.inner
             .acl
             .as_ref()
@@ -592,6 +714,23 @@ impl AccessControl {
             .grant(client_id)
     }
 
+    /// Whether UNSUBSCRIBE is checked: dynamic security has unsubscribe ACLs.
+    pub fn checks_unsubscribe(&self) -> bool {
+        self.dynsec().is_some()
+    }
+
+    /// May this client unsubscribe from `filter`? Only dynamic security says no (its
+    /// `unsubscribeLiteral`/`unsubscribePattern` ACLs, else `defaultACLAccess`); a
+    /// `$share/{group}/` prefix is set aside.
+    pub fn authorize_unsubscribe(&self, username: Option<&str>, filter: &str) -> bool {
+        let plain = match topic::parse_shared(filter) {
+            Ok(Some(shared)) => shared.filter,
+            _ => filter,
+        };
+        self.dynsec_for(username)
+            .is_none_or(|d| d.may_unsubscribe(username, plain))
+    }
+
     /// The ACL file's part of [`AccessControl::authorize_subscribe`].
     pub fn authorize_subscribe_now(
         &self,
@@ -605,6 +744,13 @@ impl AccessControl {
         };
         if let Some(granted) = self.token_grant(client_id) {
             return granted.subscribe_verdict(client_id, username, plain);
+        }
+        if let Some(dynsec) = self.dynsec_for(username) {
+            return dynsec.subscribe_verdict(username, plain);
+        }
+        if self.dynsec().is_some() && acl::intersects_filter(dynsec::CONTROL_FILTER, plain) {
+            // Replies to dynsec commands are for clients whose roles allow them.
+            return FilterVerdict::Denied;
         }
         let Some(acl) = &self.inner.acl else {
             return FilterVerdict::Allowed;
@@ -643,7 +789,7 @@ impl AccessControl {
         topic: &str,
         action: Action,
     ) -> bool {
-        if self.token_grant(client_id).is_some() {
+        if self.token_grant(client_id).is_some() || self.dynsec_for(username).is_some() {
             return true;
         }
         match &self.inner.http {
@@ -724,6 +870,13 @@ impl AccessControl {
                 a.path.display()
             ));
         }
+        if let Some(d) = self.dynsec() {
+            parts.push(format!(
+                "{} dynamic-security clients from {}",
+                d.snapshot().clients.len(),
+                d.path().display()
+            ));
+        }
         if inner.jwt.is_some() {
             parts.push("JWT".to_owned());
         }
@@ -752,6 +905,9 @@ impl DeliveryFilter {
     pub fn allows(&self, topic: &str) -> bool {
         if let Some(granted) = self.access.token_grant(&self.client_id) {
             return granted.may_read(&self.client_id, self.username.as_deref(), topic);
+        }
+        if let Some(dynsec) = self.access.dynsec_for(self.username.as_deref()) {
+            return dynsec.may_read(self.username.as_deref(), topic);
         }
         match &self.access.inner.acl {
             Some(acl) => acl
@@ -812,6 +968,46 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// A listener whose order leaves dynsec (and every password check) out must not let
+    /// a dynsec client's name in unchecked: its roles would come with it.
+    #[tokio::test]
+    async fn an_unchecked_name_cannot_borrow_a_dynsec_clients_roles() {
+        let dir = std::env::temp_dir().join(format!("midge-unchecked-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dynamic-security.json");
+        std::fs::write(&file, include_str!("dynsec/init-fixture.json")).unwrap();
+        let mut config = Config::default();
+        config.auth.allow_anonymous = Some(true);
+        config.auth.order = vec![AuthSource::PasswordFile];
+        let dynsec = Dynsec::load(&crate::config::DynsecConfig {
+            file,
+            iterations: 10,
+        })
+        .unwrap();
+        let access = AccessControl::for_listener(
+            &config,
+            &ListenerConfig::default(),
+            LoginGuard::with_dynsec(&config, Default::default(), Some(dynsec)),
+        )
+        .unwrap();
+        let as_user = |username| Credentials {
+            username: Some(username),
+            ..credentials("127.0.0.1:5000")
+        };
+        assert_eq!(
+            access.authenticate(&as_user("admin")).await,
+            Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+        );
+        let other = access.authenticate(&as_user("someone")).await.unwrap();
+        assert_eq!(other.username.as_deref(), Some("someone"));
+        assert!(!access.authorize_publish_now(
+            "c",
+            Some("someone"),
+            "$CONTROL/dynamic-security/v1"
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
@@ -899,6 +1095,39 @@ mod tests {
             );
         }
         config.auth.password_file = None;
+
+        // Dynamic security: clients with the default 10,000 iterations; the decoy for an
+        // unknown user has the count most clients have.
+        let dynsec_path = dir.join("dynamic-security.json");
+        let _ = std::fs::remove_file(&dynsec_path);
+        let dynsec = Dynsec::load(&crate::config::DynsecConfig {
+            file: dynsec_path,
+            ..Default::default()
+        })
+        .unwrap();
+        let made = dynsec.execute(
+            br#"{"commands":[{"command":"createClient","username":"dana","password":"pw"},
+                {"command":"createClient","username":"erin","password":"pw"},
+                {"command":"createClient","username":"off","password":"pw"},
+                {"command":"disableClient","username":"off"}]}"#,
+            "timing",
+            false,
+        );
+        assert!(made.changed);
+        let access = AccessControl::for_listener(
+            &config,
+            &ListenerConfig::default(),
+            LoginGuard::with_dynsec(&config, Default::default(), Some(dynsec)),
+        )
+        .unwrap();
+        let (good, ok) = median(&access, "dana", b"pw").await;
+        assert!(ok);
+        let (bad, _) = median(&access, "dana", b"wrong").await;
+        let (unknown, _) = median(&access, "nobody", b"pw").await;
+        let (disabled, _) = median(&access, "off", b"pw").await;
+        println!(
+            "dynsec pbkdf2 10000: known user right password {good} us, wrong password {bad} us, unknown user {unknown} us, disabled user {disabled} us"
+        );
 
         // JWT, HS256 with a secret and ES256 with a JWKS of two keys.
         let secret = "a shared secret of thirty-two bytes or more";

@@ -5,7 +5,13 @@
 //!   (what `mosquitto_passwd` 2.0 writes by default);
 //! - `$6$salt$hash`: one SHA-512 over password then salt, both in standard base64
 //!   (`mosquitto_passwd -H sha512`, the 1.x default; not glibc's SHA-512 crypt);
-//! - `$argon2id$v=19$m=..,t=..,p=..$salt$hash`: a PHC string (what `midge passwd` writes).
+//! - `$argon2id$v=19$m=..,t=..,p=..$salt$hash`: a PHC string (what `midge passwd` writes);
+//! - `SCRAM-SHA-256$i:salt$StoredKey:ServerKey,SCRAM-SHA-512$i:salt$StoredKey:ServerKey`:
+//!   SCRAM keys in RFC 5803's form, one or both hashes (what `midge passwd --scram` writes).
+//!
+//! SCRAM (see [`super::scram`]) is served by `$7$` lines for SCRAM-SHA-512 (their hash is
+//! its SaltedPassword) and by SCRAM lines for the hashes they hold; `$6$` and argon2id
+//! lines cannot serve it. Plain passwords are checked against every form.
 //!
 //! Digests are compared in constant time; argon2's own comparison is constant time too.
 
@@ -19,6 +25,7 @@ use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
 
 use super::AuthError;
+use super::scram::{Decoys, Mechanism, StoredKeys};
 
 /// Length of the SHA-512 digests in `$6$` and `$7$` lines.
 const DIGEST_LEN: usize = 64;
@@ -31,14 +38,17 @@ enum Hash {
         salt: Vec<u8>,
         digest: [u8; DIGEST_LEN],
     },
-    /// Mosquitto `$7$`: PBKDF2-HMAC-SHA512.
+    /// Mosquitto `$7$`: PBKDF2-HMAC-SHA512, with the SCRAM-SHA-512 keys derived from it.
     Pbkdf2 {
         iterations: u32,
         salt: Vec<u8>,
         digest: [u8; DIGEST_LEN],
+        scram: Box<StoredKeys>,
     },
     /// A PHC `$argon2id$` string, validated at load.
     Argon2id(String),
+    /// SCRAM keys, by [`Mechanism`] (`Sha256` first); at least one.
+    Scram(Box<[Option<StoredKeys>; 2]>),
 }
 
 impl std::fmt::Debug for Hash {
@@ -48,6 +58,7 @@ impl std::fmt::Debug for Hash {
             Self::Sha512 { .. } => "$6$",
             Self::Pbkdf2 { .. } => "$7$",
             Self::Argon2id(_) => "$argon2id$",
+            Self::Scram(_) => "SCRAM",
         })
     }
 }
@@ -66,6 +77,10 @@ enum Cost {
         p_cost: u32,
         output_len: usize,
     },
+    Scram {
+        mechanism: Mechanism,
+        iterations: u32,
+    },
 }
 
 #[cfg(test)]
@@ -77,6 +92,13 @@ thread_local! {
 impl Hash {
     fn cost(&self) -> Cost {
         match self {
+            Self::Scram(_) => {
+                let (mechanism, keys) = self.plain_scram_keys();
+                Cost::Scram {
+                    mechanism,
+                    iterations: keys.iterations,
+                }
+            }
             Self::Sha512 { .. } => Cost::Sha512,
             Self::Pbkdf2 { iterations, .. } => Cost::Pbkdf2 {
                 iterations: *iterations,
@@ -97,8 +119,39 @@ impl Hash {
         }
     }
 
+    /// The SCRAM keys a plain password is checked against: SHA-512's if there, else
+    /// SHA-256's. Only for [`Hash::Scram`].
+    fn plain_scram_keys(&self) -> (Mechanism, &StoredKeys) {
+        let Self::Scram(keys) = self else {
+            unreachable!("only called for SCRAM entries")
+        };
+        match &**keys {
+            [_, Some(keys)] => (Mechanism::Sha512, keys),
+            [Some(keys), None] => (Mechanism::Sha256, keys),
+            [None, None] => unreachable!("a SCRAM entry has keys for one hash at least"),
+        }
+    }
+
+    /// The keys this entry holds for `mechanism`, if it can serve it.
+    fn scram_keys(&self, mechanism: Mechanism) -> Option<&StoredKeys> {
+        match (self, mechanism) {
+            (Self::Pbkdf2 { scram, .. }, Mechanism::Sha512) => Some(scram),
+            (Self::Scram(keys), _) => keys[mechanism as usize].as_ref(),
+            _ => None,
+        }
+    }
+
     fn parse(text: &str) -> Result<Self, String> {
-        if let Some(rest) = text.strip_prefix("$7$") {
+        if text.starts_with("SCRAM-") {
+            let mut keys: [Option<StoredKeys>; 2] = [None, None];
+            for entry in text.split(',') {
+                let (mechanism, parsed) = StoredKeys::parse_entry(entry)?;
+                if keys[mechanism as usize].replace(parsed).is_some() {
+                    return Err(format!("{} is given twice", mechanism.name()));
+                }
+            }
+            Ok(Self::Scram(Box::new(keys)))
+        } else if let Some(rest) = text.strip_prefix("$7$") {
             let mut parts = rest.split('$');
             let (Some(iterations), Some(salt), Some(digest), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
@@ -110,10 +163,14 @@ impl Hash {
                 .ok()
                 .filter(|&n| n > 0)
                 .ok_or("the $7$ iteration count is not a positive number")?;
+            let (salt, digest) = (decode(salt, "salt")?, decode_digest(digest)?);
+            let scram =
+                StoredKeys::from_salted_password(Mechanism::Sha512, &salt, iterations, &digest);
             Ok(Self::Pbkdf2 {
                 iterations,
-                salt: decode(salt, "salt")?,
-                digest: decode_digest(digest)?,
+                salt,
+                digest,
+                scram: Box::new(scram),
             })
         } else if let Some(rest) = text.strip_prefix("$6$") {
             // glibc's `$6$[rounds=N$]salt$hash` has an 86-character hash in crypt's own
@@ -144,7 +201,7 @@ impl Hash {
                 .map_err(|e| format!("bad argon2id parameters: {e}"))?;
             Ok(Self::Argon2id(text.to_owned()))
         } else if text.starts_with('$') {
-            Err("unknown hash type (expected $6$, $7$ or $argon2id$)".into())
+            Err("unknown hash type (expected $6$, $7$, $argon2id$ or SCRAM-SHA-256/512)".into())
         } else {
             Err("not a hashed password (plain text passwords are not read; \
                  use `midge passwd` to hash it)"
@@ -169,6 +226,7 @@ impl Hash {
                 iterations,
                 salt,
                 digest,
+                ..
             } => {
                 let mut computed = [0u8; DIGEST_LEN];
                 pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, *iterations, &mut computed);
@@ -177,6 +235,10 @@ impl Hash {
             Self::Argon2id(phc) => argon2::Argon2::default()
                 .verify_password(password, phc.as_str())
                 .is_ok(),
+            Self::Scram(_) => {
+                let (mechanism, keys) = self.plain_scram_keys();
+                keys.verify_password(mechanism, password)
+            }
         }
     }
 }
@@ -211,6 +273,22 @@ pub struct PasswordFile {
     /// from Mosquitto's `$7$` to argon2id does, thus costs the same for every name, known
     /// or not, and timing does not tell which names exist.
     decoys: Vec<(Cost, Hash)>,
+    /// Per [`Mechanism`]: the salt length and iteration count SCRAM decoys get (the most
+    /// common among the entries serving it), or `None` when no entry serves it.
+    scram_shapes: [Option<(usize, u32)>; 2],
+    /// Keyed by the file's contents, so a name's decoy salt is the same after a restart.
+    scram_decoys: Decoys,
+}
+
+/// What [`PasswordFile::scram_keys`] found for a name.
+#[derive(Debug)]
+pub struct ScramLookup {
+    /// The user's keys, or decoys.
+    pub keys: StoredKeys,
+    /// The keys are the user's: the exchange can succeed.
+    pub genuine: bool,
+    /// The user has a line (which may not serve this hash).
+    pub listed: bool,
 }
 
 impl PasswordFile {
@@ -268,11 +346,57 @@ impl PasswordFile {
             }
             users.insert(user.to_owned(), hash);
         }
+        let mut scram_shapes = [None, None];
+        for mechanism in Mechanism::ALL {
+            let mut shapes: HashMap<(usize, u32), usize> = HashMap::new();
+            for keys in users.values().filter_map(|h| h.scram_keys(mechanism)) {
+                *shapes
+                    .entry((keys.salt.len(), keys.iterations))
+                    .or_default() += 1;
+            }
+            scram_shapes[mechanism as usize] = shapes
+                .into_iter()
+                .max_by_key(|&((salt_len, iterations), count)| (count, iterations, salt_len))
+                .map(|(shape, _)| shape);
+        }
         Ok(Self {
             path: path.to_owned(),
             users,
             decoys,
+            scram_shapes,
+            scram_decoys: Decoys::new(text.as_bytes()),
         })
+    }
+
+    /// Whether any entry holds keys for `mechanism`.
+    pub fn offers_scram(&self, mechanism: Mechanism) -> bool {
+        self.scram_shapes[mechanism as usize].is_some()
+    }
+
+    /// The SCRAM keys of `user` for `mechanism`, or decoys when the user is not listed or
+    /// the line cannot serve that hash. Decoys are derived for every call, so a known
+    /// and an unknown name cost the same (a few HMACs; no PBKDF2 on the server).
+    pub fn scram_keys(&self, mechanism: Mechanism, user: &str) -> ScramLookup {
+        let (salt_len, iterations) = self.scram_shapes[mechanism as usize].unwrap_or((16, 4096));
+        let decoy = self
+            .scram_decoys
+            .keys(mechanism, user, salt_len, iterations);
+        let own = self.users.get(user);
+        match own.and_then(|hash| hash.scram_keys(mechanism)) {
+            Some(keys) => {
+                std::hint::black_box(decoy);
+                ScramLookup {
+                    keys: keys.clone(),
+                    genuine: true,
+                    listed: true,
+                }
+            }
+            None => ScramLookup {
+                keys: decoy,
+                genuine: false,
+                listed: own.is_some(),
+            },
+        }
     }
 
     /// Number of users.
@@ -450,6 +574,67 @@ carol:$6$/gLxeBsT5Y7K/1z7$ODQfQYx1PvVTVm9apNA4E8NjmvmTKvKfdmxWk1w5S4vG0sojq8C+50
             work_of(|| assert!(file.verify("alice", b"secret1"))),
             unknown
         );
+    }
+
+    #[test]
+    fn mosquitto_pbkdf2_lines_are_scram_sha_512_keys() {
+        let file = parse(MOSQUITTO).unwrap();
+        let alice = file.scram_keys(Mechanism::Sha512, "alice");
+        assert!(alice.genuine && alice.listed);
+        let salt = Base64::decode_vec("7uMu3Vpxl+R6GBp2").unwrap();
+        let expected = StoredKeys::from_password(Mechanism::Sha512, b"secret1", &salt, 101);
+        assert_eq!(alice.keys, expected);
+        // $7$ holds nothing for SHA-256, and $6$ nothing for either.
+        assert!(!file.offers_scram(Mechanism::Sha256));
+        assert!(file.offers_scram(Mechanism::Sha512));
+        let carol = file.scram_keys(Mechanism::Sha512, "carol");
+        assert!(!carol.genuine && carol.listed);
+    }
+
+    #[test]
+    fn scram_lines_check_plain_passwords_and_unknown_names_get_decoys_alike() {
+        let entry = super::super::scram::scram_entry(b"pw", Some(4096)).unwrap();
+        let text = format!("{MOSQUITTO}erin:{entry}\n");
+        let file = parse(&text).unwrap();
+        assert!(file.verify("erin", b"pw"));
+        assert!(!file.verify("erin", b"pW"));
+        for mechanism in Mechanism::ALL {
+            let erin = file.scram_keys(mechanism, "erin");
+            assert!(erin.genuine, "{mechanism:?}");
+            let nobody = file.scram_keys(mechanism, "nobody");
+            assert!(!nobody.genuine && !nobody.listed);
+            assert_eq!(
+                nobody.keys,
+                file.scram_keys(mechanism, "nobody").keys,
+                "the same decoy each time"
+            );
+            assert_eq!(
+                nobody.keys.salt.len(),
+                erin.keys.salt.len(),
+                "{mechanism:?}"
+            );
+        }
+        // SHA-512 decoys take the most common shape: two lines of 4096, one of 101.
+        let more = format!(
+            "{text}frank:{}\n",
+            super::super::scram::scram_entry(b"pw2", Some(4096)).unwrap()
+        );
+        let file = parse(&more).unwrap();
+        assert_eq!(
+            file.scram_keys(Mechanism::Sha512, "nobody").keys.iterations,
+            4096
+        );
+        // A SCRAM line costs a verification class of its own, for every name.
+        let unknown = work_of(|| assert!(!file.verify("nobody", b"pw")));
+        assert_eq!(work_of(|| assert!(file.verify("erin", b"pw"))), unknown);
+        assert_eq!(unknown.len(), 3, "{unknown:?}");
+        for bad in [
+            "e:SCRAM-SHA-256$4096:c2FsdA==$AAAA:AAAA\n",
+            "e:SCRAM-SHA-999$4096:c2FsdA==$AAAA:AAAA\n",
+            &format!("e:{entry},{entry}\n"),
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -318,3 +318,39 @@ async fn sessions_publishes_and_ended_sessions_go_through_the_assembled_routing(
     );
     assert!(broker.router.is_empty());
 }
+
+/// A reload swaps the configuration while connections read it and publishes read the
+/// queue limits: from many threads, each read is one whole configuration, and the last
+/// swap is what stays.
+#[test]
+fn the_configuration_swaps_while_many_threads_read_it() {
+    let consistent = |n: u16| {
+        let mut config = Config::default();
+        config.mqtt.max_inflight = n;
+        config.mqtt.max_queued_messages = usize::from(n);
+        config.limits.max_parked_sessions = usize::from(n);
+        Arc::new(config)
+    };
+    let broker = Broker::new(Config::clone(&consistent(1)));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let config = broker.config();
+                    assert_eq!(
+                        usize::from(config.mqtt.max_inflight),
+                        config.mqtt.max_queued_messages
+                    );
+                    assert!((1..=2000).contains(&broker.queue_limits().max_messages));
+                }
+            });
+        }
+        for n in 1..=2000 {
+            broker.set_config(consistent(n));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(broker.config().mqtt.max_inflight, 2000);
+    assert_eq!(broker.queue_limits().max_messages, 2000);
+}

@@ -85,13 +85,8 @@ pub fn negotiate(connect: &Connect, config: &MqttConfig) -> Result<Negotiated, R
         connack.assigned_client_identifier = Some(client_id.clone());
     }
 
-    if props.authentication_method.is_some() {
-        // No enhanced authentication method is offered [MQTT-4.12.0-1].
-        return Err(refuse(
-            ReasonCode::BAD_AUTHENTICATION_METHOD,
-            "unsupported authentication method",
-        ));
-    }
+    // An authentication method is the listener's to accept or refuse (0x8C): the
+    // connection runs the exchange after this (see `auth::scram`).
 
     // Keep alive: v5 clients are told a lower value; v3 clients cannot be told. For a v5
     // client, 0 (no keep alive) is longer than any cap below 65535, as in Mosquitto.
@@ -335,11 +330,12 @@ mod tests {
     }
 
     #[test]
-    fn authentication_method_is_refused() {
+    fn an_authentication_method_is_left_to_the_listener() {
         let mut c = connect(ProtocolVersion::V5, "c", true);
-        c.properties.authentication_method = Some("SCRAM-SHA-1".into());
-        let refused = negotiate(&c, &MqttConfig::default()).unwrap_err();
-        assert_eq!(refused.reason, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        c.properties.authentication_method = Some("SCRAM-SHA-256".into());
+        let n = negotiate(&c, &MqttConfig::default()).unwrap();
+        // The CONNACK gets the method only once the exchange succeeds.
+        assert_eq!(n.connack.authentication_method, None);
     }
 
     #[test]

@@ -10,7 +10,15 @@ use crate::model::{Message, Millis};
 /// A PUBLISH whose topic alias is resolved and which passed the protocol checks, waiting
 /// for an authorization verdict.
 #[derive(Debug)]
-pub struct ResolvedPublish(Publish);
+pub struct ResolvedPublish(Publish, Taken);
+
+/// Whether an authorized PUBLISH is routed, or was taken by the broker itself (a
+/// dynamic-security command): then it is acknowledged and goes to no subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    Route,
+    ByBroker,
+}
 
 impl ResolvedPublish {
     /// The topic to authorize.
@@ -26,6 +34,22 @@ impl ResolvedPublish {
     /// Whether the client asked for it to be retained.
     pub fn retain(&self) -> bool {
         self.0.retain
+    }
+
+    /// The packet id (0 for QoS 0).
+    pub fn packet_id(&self) -> u16 {
+        self.0.packet_id
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &bytes::Bytes {
+        &self.0.payload
+    }
+
+    /// The broker handles this message itself (a `$CONTROL` command): it is acknowledged
+    /// but not routed or retained.
+    pub fn take_by_broker(&mut self) {
+        self.1 = Taken::ByBroker;
     }
 }
 
@@ -76,7 +100,7 @@ impl Session {
                 "receive maximum exceeded",
             ));
         }
-        Ok(ResolvedPublish(publish))
+        Ok(ResolvedPublish(publish, Taken::Route))
     }
 
     /// Second half of PUBLISH handling: route it (unless refused) and acknowledge it.
@@ -92,7 +116,7 @@ impl Session {
         now: Millis,
         out: &mut BytesMut,
     ) -> Flow {
-        let publish = publish.0;
+        let ResolvedPublish(publish, taken) = publish;
         let (qos, packet_id) = (publish.qos, publish.packet_id);
         if qos == QoS::ExactlyOnce
             && let Some(&reason_code) = self.state.awaiting_pubrel.get(&packet_id)
@@ -120,6 +144,8 @@ impl Session {
             self.stats.publish_denied += 1;
             tracing::debug!(client_id = %self.state.client_id, topic = %publish.topic, "PUBLISH not authorized");
             ReasonCode::NOT_AUTHORIZED
+        } else if taken == Taken::ByBroker {
+            ReasonCode::SUCCESS
         } else if !within_topic_limits(&publish.topic, env.mqtt()) {
             ReasonCode::TOPIC_NAME_INVALID
         } else if publish.properties.payload_format_indicator == Some(1)

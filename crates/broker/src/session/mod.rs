@@ -178,7 +178,8 @@ impl Session {
         std::mem::take(&mut self.settle)
     }
 
-    fn send(&mut self, packet: &Packet, out: &mut BytesMut) {
+    /// Writes a packet to `out`, counted (the connection sends AUTH through it).
+    pub fn send(&mut self, packet: &Packet, out: &mut BytesMut) {
         self.settle = true;
         // Within the client's Maximum Packet Size, leaving out a reason string or user
         // properties that do not fit [MQTT-3.1.2-24].
@@ -240,8 +241,7 @@ impl Session {
             Packet::Connect(_) => {
                 return Err(violation(ReasonCode::PROTOCOL_ERROR, "second CONNECT"));
             }
-            // No authentication method is ever accepted at CONNECT, so AUTH cannot follow
-            // [MQTT-4.12.0-2]... (a client must not send AUTH without one).
+            // The connection handles AUTH (re-authentication, `Connection::on_auth`).
             Packet::Auth(_) => {
                 return Err(violation(
                     ReasonCode::PROTOCOL_ERROR,

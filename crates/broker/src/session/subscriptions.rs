@@ -161,12 +161,29 @@ impl Session {
         env: &impl SessionEnv,
         out: &mut BytesMut,
     ) {
+        let allowed = vec![true; unsubscribe.filters.len()];
+        self.unsubscribe_authorized(unsubscribe, &allowed, env, out);
+    }
+
+    /// UNSUBSCRIBE with one authorization verdict per filter (dynamic security's
+    /// unsubscribe ACLs): a refused filter stays subscribed, and MQTT 5 is told 0x87.
+    pub fn unsubscribe_authorized(
+        &mut self,
+        unsubscribe: Unsubscribe,
+        allowed: &[bool],
+        env: &impl SessionEnv,
+        out: &mut BytesMut,
+    ) {
         let reasons = unsubscribe
             .filters
             .iter()
-            .map(|filter| {
+            .enumerate()
+            .map(|(i, filter)| {
                 if topic::validate_topic_filter(filter).is_err() {
                     return ReasonCode::TOPIC_FILTER_INVALID;
+                }
+                if !allowed.get(i).copied().unwrap_or(true) {
+                    return ReasonCode::NOT_AUTHORIZED;
                 }
                 let known = self.state.subscriptions.remove(filter).is_some();
                 env.unsubscribe(filter, &self.state.client_id);

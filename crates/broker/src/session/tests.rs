@@ -37,12 +37,12 @@ fn connect_packet(protocol: ProtocolVersion, client_id: &str) -> Connect {
 }
 
 fn client_with(broker: &Broker, connect: Connect) -> Client {
-    let negotiated = negotiate(&connect, &broker.config.mqtt).expect("CONNECT accepted");
+    let negotiated = negotiate(&connect, &broker.config().mqtt).expect("CONNECT accepted");
     let mailbox = Mailbox::new(negotiated.client_id.clone());
     mailbox.set_online(true);
     let state = SessionState::new(negotiated.client_id.clone(), mailbox);
     let protocol = negotiated.protocol;
-    let mut session = Session::new(state, negotiated, broker.config.mqtt.max_inflight);
+    let mut session = Session::new(state, negotiated, broker.config().mqtt.max_inflight);
     let mut out = BytesMut::new();
     let connack = ConnAck {
         session_present: false,
@@ -386,7 +386,7 @@ fn topic_alias_above_our_maximum_is_invalid() {
     let b = broker();
     let mut c = client(&b, ProtocolVersion::V5, "c");
     let mut p = publish("t", QoS::AtMostOnce, 0, "x");
-    p.properties.topic_alias = Some(b.config.mqtt.topic_alias_maximum + 1);
+    p.properties.topic_alias = Some(b.config().mqtt.topic_alias_maximum + 1);
     assert_eq!(
         c.send(&b, Packet::Publish(p)).unwrap_err().reason,
         ReasonCode::TOPIC_ALIAS_INVALID
@@ -738,7 +738,7 @@ fn resume_resends_publish_with_dup_and_pubrel_for_pubrec_d_messages() {
     let (state, _) = sub.session.into_parts();
     let negotiated = negotiate(
         &connect_packet(ProtocolVersion::V311, "sub"),
-        &b.config.mqtt,
+        &b.config().mqtt,
     )
     .unwrap();
     let mut session = Session::new(state, negotiated, 32);

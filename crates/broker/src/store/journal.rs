@@ -89,6 +89,11 @@ pub(crate) enum Op {
     },
     RetainedPut(Arc<Message>),
     RetainedDelete(String),
+    /// A durable AMQP queue's declaration row (`None` deletes it).
+    AmqpQueue {
+        name: String,
+        value: Option<Vec<u8>>,
+    },
     /// Commit durably now, then answer.
     Flush(oneshot::Sender<()>),
     /// Commit durably, close the store, answer, and stop.
@@ -155,7 +160,7 @@ impl Journal {
         }
     }
 
-    fn send(&self, op: Op) {
+    pub(super) fn send(&self, op: Op) {
         self.shared.issued.fetch_add(1, Ordering::SeqCst);
         // The writer only stops after `close`; a send after that has nothing to reach.
         let _ = self.shared.tx.send(op);

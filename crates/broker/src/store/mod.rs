@@ -13,6 +13,7 @@
 //! and changed in atomic batches), so another backend (a replicated key-value store) is
 //! an addition, not a rewrite.
 
+mod amqp;
 mod codec;
 mod journal;
 mod memory;
@@ -23,6 +24,7 @@ mod writer;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use amqp::{AmqpQueueRecord, RecoveredAmqpQueue};
 pub use codec::{CodecError, SessionRecord};
 pub use journal::{Journal, SessionJournal, StoreStats};
 pub use memory::MemoryStore;
@@ -58,11 +60,13 @@ pub enum Table {
     Messages,
     /// topic → retained message.
     Retained,
+    /// AMQP queue name → declaration of a durable queue (its contents are a session).
+    AmqpQueues,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Meta,
         Table::Sessions,
         Table::Subscriptions,
@@ -72,6 +76,7 @@ impl Table {
         Table::Wills,
         Table::Messages,
         Table::Retained,
+        Table::AmqpQueues,
     ];
 
     /// The table's name in the store.
@@ -86,6 +91,7 @@ impl Table {
             Table::Wills => "wills",
             Table::Messages => "messages",
             Table::Retained => "retained",
+            Table::AmqpQueues => "amqp_queues",
         }
     }
 }

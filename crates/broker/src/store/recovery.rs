@@ -31,6 +31,8 @@ pub struct Recovered {
     pub losses: Losses,
     /// Queued messages dropped because they expired while the broker was down.
     pub expired_messages: usize,
+    /// Durable AMQP queues, with their sessions (which are not among `sessions`).
+    pub amqp_queues: Vec<super::RecoveredAmqpQueue>,
 }
 
 /// One stored session.
@@ -431,11 +433,35 @@ pub(crate) fn load(store: &dyn Store, tolerant: bool) -> Result<Loaded, StoreErr
         }
     }
 
+    // Durable AMQP queue declarations; their sessions are matched below.
+    let mut amqp_queues: BTreeMap<String, super::RecoveredAmqpQueue> = BTreeMap::new();
+    for (k, v) in read_table(store, Table::AmqpQueues)? {
+        let decoded = std::str::from_utf8(&k)
+            .map_err(|_| CodecError {
+                record: "amqp queue key",
+                field: "name",
+            })
+            .and_then(|name| Ok((name, super::amqp::decode(&v)?)));
+        match decoded {
+            Ok((name, record)) => {
+                amqp_queues.insert(
+                    name.to_owned(),
+                    super::RecoveredAmqpQueue {
+                        name: name.to_owned(),
+                        record: Some(record),
+                        session: None,
+                    },
+                );
+            }
+            Err(e) => l.bad(Table::AmqpQueues, &k, &e)?,
+        }
+    }
+
     for (client, mut s) in sessions {
         s.inflight.sort_by_key(|(order, _)| *order);
         index.sessions.insert(client.clone(), s.rows);
-        recovered.sessions.push(RecoveredSession {
-            client_id: client,
+        let session = RecoveredSession {
+            client_id: client.clone(),
             session: s.record.session,
             expiry_interval: s.record.expiry_interval,
             expires_at: s.record.expires_at,
@@ -445,8 +471,24 @@ pub(crate) fn load(store: &dyn Store, tolerant: bool) -> Result<Loaded, StoreErr
             awaiting_pubrel: s.awaiting_pubrel,
             will: s.will,
             next_seq: s.next_seq,
-        });
+        };
+        // A queue's session without a declaration (the queue was being deleted when the
+        // broker stopped) is handed over too: the broker ends it.
+        match client.strip_prefix(crate::amqp::queues::OWNER_PREFIX) {
+            Some(name) => {
+                amqp_queues
+                    .entry(name.to_owned())
+                    .or_insert_with(|| super::RecoveredAmqpQueue {
+                        name: name.to_owned(),
+                        record: None,
+                        session: None,
+                    })
+                    .session = Some(session);
+            }
+            None => recovered.sessions.push(session),
+        }
     }
+    recovered.amqp_queues = amqp_queues.into_values().collect();
     recovered.losses = l.losses;
     Ok(Loaded {
         recovered,

@@ -94,7 +94,7 @@ impl Client {
                 ..Default::default()
             },
         };
-        let negotiated = negotiate(&connect, &broker.config.mqtt).expect("CONNECT accepted");
+        let negotiated = negotiate(&connect, &broker.config().mqtt).expect("CONNECT accepted");
         let connection_id = broker.next_connection_id();
         let attached = broker
             .attach(
@@ -104,7 +104,11 @@ impl Client {
                 now_millis(),
             )
             .await;
-        let mut session = Session::new(attached.state, negotiated, broker.config.mqtt.max_inflight);
+        let mut session = Session::new(
+            attached.state,
+            negotiated,
+            broker.config().mqtt.max_inflight,
+        );
         let mut out = BytesMut::new();
         let connack = ConnAck {
             session_present: attached.session_present,

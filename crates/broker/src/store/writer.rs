@@ -322,6 +322,10 @@ impl Writer {
                 self.put(Table::Retained, message.topic.as_bytes().to_vec(), value);
             }
             Op::RetainedDelete(topic) => self.delete_retained(&topic),
+            Op::AmqpQueue { name, value } => match value {
+                Some(value) => self.put(Table::AmqpQueues, name.into_bytes(), value),
+                None => self.delete(Table::AmqpQueues, name.into_bytes()),
+            },
             Op::Flush(reply) => {
                 self.durable_requested = true;
                 self.replies.push(reply);

@@ -378,7 +378,13 @@ async fn an_acl_reload_applies_to_the_next_publish() {
         [0x40, 0x03, 0x00, 0x07, 0x87]
     );
     dir.write("acl", &format!("{ACL}\nuser bob\ntopic write bob/#\n"));
-    broker.server.as_ref().unwrap().reload().expect("reload");
+    broker
+        .server
+        .as_ref()
+        .unwrap()
+        .reload()
+        .await
+        .expect("reload");
     assert_eq!(
         puback(&mut bob, V5, "bob/x", b"1", false).await,
         [0x40, 0x03, 0x00, 0x07, 0x10]
@@ -421,7 +427,13 @@ async fn an_acl_reload_revokes_live_subscriptions() {
 
         // alice keeps public/# (the rule for everyone) and loses alice/#.
         dir.write("acl", &ACL.replace("topic readwrite alice/#\n", ""));
-        broker.server.as_ref().unwrap().reload().expect("reload");
+        broker
+            .server
+            .as_ref()
+            .unwrap()
+            .reload()
+            .await
+            .expect("reload");
         // The reload wakes alice's connection, which checks its subscriptions again.
         tokio::time::timeout(TIMEOUT, async {
             while broker.broker().router.len() != 1 {

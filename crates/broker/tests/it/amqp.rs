@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::harness::{TIMEOUT, TestBroker};
+use crate::harness::{TIMEOUT, TestBroker, V4Packet, qos4};
 use crate::interop_util::{Tool, repo_root, require, run_json};
 
 /// A broker with its MQTT listener first and an AMQP listener second.
@@ -118,6 +118,130 @@ async fn pika_and_paho_run_the_seed_examples() {
         r["shared_b"],
         serde_json::json!([["s2", false], ["s3", false], ["s1", true]])
     );
+    broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn queue_arguments_follow_rabbitmq_semantics() {
+    require_pika();
+    let (broker, amqp) = start().await;
+    let script = repo_root().join("tests/interop/python/amqp_args.py");
+    let args = vec![
+        script.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        broker.port().to_string(),
+        "--amqp-port".into(),
+        amqp.port().to_string(),
+    ];
+    let r: Value = run_json("python3", &args).await;
+    // TTLs: the queue's and the message's own; the expired heads are not counted.
+    assert_eq!(r["ttl_count"], 2, "{r}");
+    assert_eq!(r["ttl"], serde_json::json!(["fresh", "long-expiration"]));
+    assert_eq!(r["drop_head"], serde_json::json!(["b", "c"]));
+    assert_eq!(r["reject_publish"], serde_json::json!(["a", "b"]));
+    assert_eq!(r["reject_confirm"], "nacked", "{r}");
+    assert_eq!(r["reject_confirm_kept"], serde_json::json!(["kept"]));
+    assert_eq!(r["max_bytes"], serde_json::json!(["bbbb", "cccc"]));
+    assert_eq!(r["unacked_len"], serde_json::json!(["first", 1]));
+    assert_eq!(r["expired_queue_gone"], true);
+    assert_eq!(r["consumed_queue_kept"], true);
+    for (key, arg) in [
+        ("quorum", "x-queue-type"),
+        ("stream", "x-queue-type"),
+        ("dlx", "x-dead-letter-exchange"),
+        ("negative_ttl", "x-message-ttl"),
+    ] {
+        assert_eq!(r[key][0], 406, "{key}: {r}");
+        let text = r[key][1].as_str().unwrap();
+        assert!(
+            text.starts_with("PRECONDITION_FAILED - invalid arg '") && text.contains(arg),
+            "{key}: {text}"
+        );
+    }
+    assert!(
+        r["quorum"][1]
+            .as_str()
+            .unwrap()
+            .contains("'quorum' is not supported")
+    );
+    assert_eq!(r["lazy"], Value::Null);
+    assert_eq!(r["same_again"], Value::Null);
+    assert_eq!(r["other_ttl"][0], 406);
+    assert_eq!(
+        r["other_ttl"][1],
+        "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'ttl' in vhost '/': received '1100' but current is '1000'"
+    );
+    assert_eq!(r["passive_ignores_args"], Value::Null);
+    broker.shutdown().await;
+}
+
+/// `[amqp] mqtt_dots_as_separators`: on, an MQTT subscription to `hello.amqp` is one to
+/// `hello/amqp` (RabbitMQ's behaviour); off, `.` is an ordinary character.
+#[tokio::test]
+async fn mqtt_dots_as_separators_makes_a_dot_a_level_separator_only_when_on() {
+    for on in [true, false] {
+        let broker = TestBroker::start_with(|c| c.amqp.mqtt_dots_as_separators = on).await;
+        let (mut sub, _) = broker.raw_v311("dots-sub", true).await;
+        sub.subscribe_v4(1, "hello.amqp", 0).await;
+        let (mut publisher, _) = broker.raw_v311("dots-pub", true).await;
+        for topic in ["hello/amqp", "hello.amqp"] {
+            let publish = rumqttc::Publish::new(topic, qos4(0), topic.as_bytes().to_vec());
+            publisher.send_v4(V4Packet::Publish(publish)).await;
+        }
+        // In order from one publisher: the first message the subscriber gets tells
+        // whether hello/amqp matched hello.amqp. With the option on, both arrive under
+        // the slash form, as RabbitMQ delivers them.
+        let first = sub.recv_v4_publish().await;
+        if on {
+            assert_eq!(&first.payload[..], b"hello/amqp");
+            assert_eq!(first.topic, "hello/amqp");
+            let second = sub.recv_v4_publish().await;
+            assert_eq!(&second.payload[..], b"hello.amqp");
+            assert_eq!(second.topic, "hello/amqp");
+        } else {
+            assert_eq!(&first.payload[..], b"hello.amqp");
+            assert_eq!(first.topic, "hello.amqp");
+        }
+        broker.shutdown().await;
+    }
+}
+
+/// Seed 002's browser example: Paho JS in headless Chromium over the WebSocket listener
+/// (path /ws), subscribed to `hello.amqp`, gets what amqplib publishes with routing key
+/// `hello.amqp` (tests/interop/js/amqp_browser.mjs).
+#[tokio::test]
+async fn paho_js_in_chromium_receives_the_seed_amqplib_message_with_dots_as_separators() {
+    require(Tool::MqttJs);
+    let broker = TestBroker::start_with(|config| {
+        config.amqp.mqtt_dots_as_separators = true;
+        config.mqtt.connect_timeout_secs = 30;
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Ws,
+            ws_path: vec!["/ws".to_owned()],
+            ..ListenerConfig::default()
+        });
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Amqp,
+            ..ListenerConfig::default()
+        });
+    })
+    .await;
+    let addrs = broker.server.as_ref().unwrap().local_addrs().to_vec();
+    let script = repo_root().join("tests/interop/js/amqp_browser.mjs");
+    let args = vec![
+        script.display().to_string(),
+        addrs[1].port().to_string(),
+        addrs[0].port().to_string(),
+        addrs[2].port().to_string(),
+    ];
+    let r: Value = run_json("node", &args).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["fromAmqp"], true, "{r}");
+    assert_eq!(r["fromMqtt"], true, "{r}");
     broker.shutdown().await;
 }
 
@@ -503,4 +627,125 @@ async fn amqps_serves_amqp_through_the_listener_tls_keys() {
         (1, &[0, 0][..], &[0, 10, 0, 10][..])
     );
     server.shutdown().await;
+}
+
+/// Visibility: an AMQP queue shows in `/api/v1/queues` with RabbitMQ's `list_queues`
+/// columns and in the sessions list, an AMQP connection in the clients list, both with
+/// protocol "amqp", and both count in `$SYS` and `/api/v1/stats`.
+#[tokio::test]
+async fn queues_and_connections_show_in_the_admin_api_and_sys() {
+    use crate::admin_http::get;
+    let (broker, amqp) = start().await;
+    let mut s = handshake(amqp, "/").await;
+    assert_eq!(read_method(&mut s).await.1, 10, "open-ok");
+    s.write_all(&method(1, 20, 10, &short(""))).await.unwrap();
+    assert_eq!(read_method(&mut s).await.2, 11, "channel.open-ok");
+    s.write_all(&declare(1, "visible")).await.unwrap();
+    assert_eq!(read_method(&mut s).await.2, 11, "queue.declare-ok");
+    s.write_all(&bind(1, "visible", "sensors.#")).await.unwrap();
+    assert_eq!(read_method(&mut s).await.2, 21, "queue.bind-ok");
+    let (mut publisher, _) = broker.raw_v311("visible-pub", true).await;
+    for i in 0..3u8 {
+        let publish = rumqttc::Publish::new(format!("sensors/{i}"), qos4(0), vec![i]);
+        publisher.send_v4(V4Packet::Publish(publish)).await;
+    }
+    publisher.ping_fence().await;
+    // Prefetch 1, one consumer: one message unacknowledged, two ready.
+    s.write_all(&method(1, 60, 10, &[0, 0, 0, 0, 0, 1, 0]))
+        .await
+        .unwrap();
+    assert_eq!(read_method(&mut s).await.2, 11, "basic.qos-ok");
+    let mut consume = vec![0, 0];
+    consume.extend(short("visible"));
+    consume.extend(short("watcher"));
+    consume.extend_from_slice(&[0, 0, 0, 0, 0]);
+    s.write_all(&method(1, 60, 20, &consume)).await.unwrap();
+    assert_eq!(read_method(&mut s).await.2, 21, "basic.consume-ok");
+    assert_eq!(read_method(&mut s).await.2, 60, "basic.deliver");
+
+    let admin = broker.admin();
+    let queues = get(admin, "/api/v1/queues", None).await.json();
+    let q = &queues["items"][0];
+    assert_eq!(q["name"], "visible", "{queues}");
+    assert_eq!(q["protocol"], "amqp");
+    assert_eq!(q["messages"], 3, "{q}");
+    assert_eq!(q["messages_ready"], 2, "{q}");
+    assert_eq!(q["messages_unacknowledged"], 1, "{q}");
+    assert_eq!(q["consumers"], 1, "{q}");
+    assert_eq!(q["bindings"], serde_json::json!(["sensors.#"]));
+    assert_eq!(q["durable"], false);
+
+    let sessions = get(admin, "/api/v1/sessions", None).await.json();
+    let items = sessions["items"].as_array().unwrap();
+    let queue = items
+        .iter()
+        .find(|i| i["client_id"] == "amqp-queue:visible")
+        .unwrap_or_else(|| panic!("queue not among the sessions: {sessions}"));
+    assert_eq!(queue["protocol"], "amqp");
+    assert_eq!(queue["messages_ready"], 2);
+    assert!(
+        items
+            .iter()
+            .any(|i| i["client_id"] == "visible-pub" && i["protocol"] == "mqtt"),
+        "{sessions}"
+    );
+
+    let clients = get(admin, "/api/v1/clients", None).await.json();
+    let amqp_client = clients["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["protocol"] == "amqp")
+        .unwrap_or_else(|| panic!("no AMQP client listed: {clients}"));
+    assert!(
+        amqp_client["client_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("amqp-")
+    );
+    assert_eq!(amqp_client["connection"]["protocol"], "amqp");
+    assert_eq!(amqp_client["connection"]["username"], "guest");
+    assert_eq!(amqp_client["connection"]["channels"], 1);
+    assert!(
+        amqp_client["connection"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    // Paging by client id covers both kinds: one at a time, every entry once.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = if after.is_empty() {
+            "/api/v1/clients?limit=1".to_owned()
+        } else {
+            format!("/api/v1/clients?limit=1&after={after}")
+        };
+        let page = get(admin, &path, None).await.json();
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["client_id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.contains(&"visible-pub".to_owned()), "{seen:?}");
+
+    let stats = get(admin, "/api/v1/stats", None).await.json();
+    assert_eq!(
+        stats["amqp"],
+        serde_json::json!({"connections": 1, "queues": 1})
+    );
+    assert_eq!(stats["connections"]["connected"], 2);
+    assert_eq!(stats["sessions"]["online"], 1, "{stats}");
+    let sys: std::collections::HashMap<&str, String> = midge_broker::sys::values(broker.broker())
+        .into_iter()
+        .collect();
+    assert_eq!(sys["$SYS/broker/amqp/connections"], "1");
+    assert_eq!(sys["$SYS/broker/amqp/queues"], "1");
+    assert_eq!(sys["$SYS/broker/clients/connected"], "2");
+    assert_eq!(sys["$SYS/broker/clients/disconnected"], "0");
+    broker.shutdown().await;
 }

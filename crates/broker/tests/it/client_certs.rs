@@ -373,7 +373,7 @@ async fn revoked_client_certificates_are_refused_and_the_crl_reloads() {
     // Revoking good-v1 and reloading: the new CRL applies to new connections.
     ca.revoke("good-v1");
     ca.write_crl();
-    server.reload().expect("reload");
+    server.reload().await.expect("reload");
     let (ok, _) = mosquitto_pub(ports[0], &ca, &ca, "good-v1").await;
     assert!(
         !ok,

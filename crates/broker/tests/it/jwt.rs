@@ -238,7 +238,13 @@ async fn rs256_from_a_jwks_file_that_rotates() {
 
     // Rotation with a reload (SIGHUP): key one retired, key two in.
     dir.write("jwks.json", &jwks(dir.path(), &["two"]));
-    broker.server.as_ref().unwrap().reload().expect("reload");
+    broker
+        .server
+        .as_ref()
+        .unwrap()
+        .reload()
+        .await
+        .expect("reload");
     assert_eq!(login(&broker, V5, "svc", &two).await, 0);
     assert_eq!(login(&broker, V5, "svc", &one).await, 0x86);
 

@@ -171,7 +171,13 @@ async fn reload_picks_up_a_changed_password_file_while_connections_stay_up() {
     let new = midge_broker::auth::hash_password(b"new").unwrap();
     let bob = midge_broker::auth::hash_password(b"bob").unwrap();
     dir.write("passwords", &format!("alice:{new}\nbob:{bob}\n"));
-    broker.server.as_ref().unwrap().reload().expect("reload");
+    broker
+        .server
+        .as_ref()
+        .unwrap()
+        .reload()
+        .await
+        .expect("reload");
 
     assert_eq!(
         connack_for(&broker, V3, Some("alice"), Some(b"old")).await,
@@ -196,6 +202,7 @@ async fn reload_picks_up_a_changed_password_file_while_connections_stay_up() {
         .as_ref()
         .unwrap()
         .reload()
+        .await
         .unwrap_err()
         .to_string();
     assert!(error.contains("line 2"), "{error}");

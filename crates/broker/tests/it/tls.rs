@@ -499,7 +499,7 @@ async fn reload_gives_new_connections_the_new_certificate_and_keeps_old_ones_up(
     );
 
     replace_files(&first, &second);
-    server.reload().expect("reload");
+    server.reload().await.expect("reload");
     assert_eq!(
         certificate_seen_by_a_new_client(&pki, ports[0]).await,
         second.der.to_vec()
@@ -508,7 +508,10 @@ async fn reload_gives_new_connections_the_new_certificate_and_keeps_old_ones_up(
 
     // A broken key leaves the working certificate in place, and says which file.
     std::fs::write(&first.key_path, "-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap();
-    let error = server.reload().expect_err("a broken key must not load");
+    let error = server
+        .reload()
+        .await
+        .expect_err("a broken key must not load");
     assert!(
         error
             .to_string()
@@ -652,6 +655,7 @@ async fn connection_flushes_a_stream_that_buffers_writes() {
     let context = Arc::new(ListenerContext {
         name: "buffered".to_owned(),
         access: AccessControl::anonymous_only(None),
+        config: broker.config(),
     });
     let (mut client, server_side) = tokio::io::duplex(64 * 1024);
     let (reader, writer) = tokio::io::split(server_side);

@@ -305,7 +305,22 @@ async fn execute(args: CtlArgs) -> Result<(), Failure> {
         }
         CtlCommand::Reload => {
             let answer = api.call("POST", "/api/v1/reload", None).await?;
-            done(json_out, &answer, "reloaded")
+            let mut text = String::from("reloaded");
+            let lines = |key: &str| -> Vec<String> {
+                answer[key]
+                    .as_array()
+                    .map(|a| a.iter().map(cell).collect())
+                    .unwrap_or_default()
+            };
+            for change in lines("changes") {
+                text.push_str(&format!("\nchanged: {change}"));
+            }
+            for key in lines("restart_required") {
+                text.push_str(&format!(
+                    "\nrestart required: {key} (the running value stays in force)"
+                ));
+            }
+            done(json_out, &answer, &text)
         }
     }
 }
