@@ -11,7 +11,10 @@
 #   - promtool (Debian package prometheus), which checks the /metrics output;
 #   - Go and eclipse/paho.mqtt.golang (Debian packages; the Go seed test builds offline in
 #     GOPATH mode from /usr/share/gocode), gcc and the Paho C client library and example
-#     programs (Debian packages), for the seed scenario tests (interop_go, interop_pahoc).
+#     programs (Debian packages), for the seed scenario tests (interop_go, interop_pahoc);
+#   - RabbitMQ (Debian package rabbitmq-server, whose MQTT and Web MQTT plugins it ships),
+#     for the AMQP differential test and bench/amqp.sh; never started as a service here:
+#     tests/interop/amqp/rabbitmq.sh runs a throwaway node on loopback.
 # Idempotent and quiet when everything is there. Without root, it says what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +53,9 @@ have gcc || packages+=(gcc)
 [ -f /usr/include/stdio.h ] || packages+=(libc6-dev)
 [ -f /usr/include/MQTTClient.h ] || packages+=(libpaho-mqtt-dev)
 { have paho_c_pub && have paho_c_sub; } || packages+=(paho.mqtt.c-examples)
+# RabbitMQ, the reference of the AMQP differential test.
+rabbitmq_server=/usr/lib/rabbitmq/bin/rabbitmq-server
+[ -x "$rabbitmq_server" ] || packages+=(rabbitmq-server)
 
 if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && have apt-get; then
@@ -100,6 +106,7 @@ have gcc || problems+=("gcc is not installed")
 [ -f /usr/include/stdio.h ] || problems+=("the C library headers are not installed")
 [ -f /usr/include/MQTTClient.h ] || problems+=("the Paho C headers are not installed")
 { have paho_c_pub && have paho_c_sub; } || problems+=("paho_c_pub/sub are not installed")
+[ -x "$rabbitmq_server" ] || problems+=("rabbitmq-server is not installed ($rabbitmq_server)")
 if [ ${#problems[@]} -gt 0 ]; then
     printf 'test-deps: %s\n' "${problems[@]}" >&2
     exit 1

@@ -63,7 +63,7 @@ pub enum PushOutcome {
 pub struct OwnLimits {
     /// Most deliveries queued.
     pub max_messages: Option<usize>,
-    /// Most bytes queued (by [`crate::model::Message::weight`]).
+    /// Most payload bytes queued (RabbitMQ's `x-max-length-bytes` counts message bodies).
     pub max_bytes: Option<usize>,
     /// When full, drop the oldest (RabbitMQ's `drop-head`) rather than the newcomer
     /// (`reject-publish`).
@@ -153,6 +153,9 @@ struct Inner {
     /// What the memory budget counts for this queue's slots now (see
     /// [`Mailbox::account`]).
     charged: usize,
+    /// Payload bytes queued: what RabbitMQ's `x-max-length-bytes` counts (the queue's
+    /// own limits); `bytes` is the whole weight, for the session queue limits.
+    body: usize,
     qos0: usize,
     online: bool,
     closed: bool,
@@ -177,6 +180,7 @@ impl Default for Inner {
             queue: VecDeque::new(),
             bytes: 0,
             charged: 0,
+            body: 0,
             qos0: 0,
             online: false,
             closed: false,
@@ -413,6 +417,7 @@ impl Mailbox {
     ) -> PushOutcome {
         let was_empty = inner.queue.is_empty();
         inner.bytes += delivery.message.weight();
+        inner.body += delivery.message.payload.len();
         inner.qos0 += usize::from(delivery.qos == QoS::AtMostOnce);
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -440,11 +445,11 @@ impl Mailbox {
         delivery: Delivery,
         own: OwnLimits,
     ) -> PushOutcome {
-        let weight = delivery.message.weight();
+        let body = delivery.message.payload.len();
         let mut evicted = 0;
         loop {
             let full = own.max_messages.is_some_and(|m| inner.queue.len() >= m)
-                || own.max_bytes.is_some_and(|m| inner.bytes + weight > m);
+                || own.max_bytes.is_some_and(|m| inner.body + body > m);
             if !full {
                 break;
             }
@@ -505,6 +510,7 @@ impl Mailbox {
         let mut inner = self.lock();
         for q in deliveries.into_iter().rev() {
             inner.bytes += q.delivery.message.weight();
+            inner.body += q.delivery.message.payload.len();
             inner.qos0 += usize::from(q.delivery.qos == QoS::AtMostOnce);
             inner.queue.push_front(q);
         }
@@ -526,6 +532,7 @@ impl Mailbox {
                 continue;
             }
             inner.bytes += weight;
+            inner.body += delivery.message.payload.len();
             inner.qos0 += usize::from(delivery.qos == QoS::AtMostOnce);
             inner.next_seq = inner.next_seq.max(seq.saturating_add(1));
             inner.queue.push_back(Queued { seq, delivery });
@@ -575,6 +582,7 @@ impl Mailbox {
         inner.online = false;
         self.online.store(false, Ordering::Release);
         inner.bytes = 0;
+        inner.body = 0;
         inner.qos0 = 0;
         if inner.persistent
             && let Some(journal) = &self.journal
@@ -592,6 +600,7 @@ impl Mailbox {
         let mut inner = self.lock();
         let before = inner.queue.len();
         let mut bytes = 0;
+        let mut body = 0;
         let mut qos0 = 0;
         let journal = self.journal.as_ref().filter(|_| inner.persistent);
         inner.queue.retain(|q| {
@@ -599,6 +608,7 @@ impl Mailbox {
             let k = keep(d);
             if k {
                 bytes += d.message.weight();
+                body += d.message.payload.len();
                 qos0 += usize::from(d.qos == QoS::AtMostOnce);
             } else if d.qos != QoS::AtMostOnce
                 && let Some(journal) = journal
@@ -608,6 +618,7 @@ impl Mailbox {
             k
         });
         inner.bytes = bytes;
+        inner.body = body;
         inner.qos0 = qos0;
         self.account(&mut inner);
         before - inner.queue.len()
@@ -631,6 +642,7 @@ impl Mailbox {
         inner.queue = kept;
         for q in &taken {
             inner.bytes -= q.delivery.message.weight();
+            inner.body -= q.delivery.message.payload.len();
             inner.qos0 -= usize::from(q.delivery.qos == QoS::AtMostOnce);
         }
         self.account(&mut inner);
@@ -661,6 +673,7 @@ impl Mailbox {
         let was_empty = inner.queue.is_empty();
         for q in deliveries {
             inner.bytes += q.delivery.message.weight();
+            inner.body += q.delivery.message.payload.len();
             inner.qos0 += usize::from(q.delivery.qos == QoS::AtMostOnce);
             let at = inner.queue.partition_point(|e| e.seq < q.seq);
             inner.queue.insert(at, q);
@@ -772,6 +785,7 @@ impl Inner {
     fn pop_front(&mut self) -> Option<Queued> {
         let q = self.queue.pop_front()?;
         self.bytes -= q.delivery.message.weight();
+        self.body -= q.delivery.message.payload.len();
         self.qos0 -= usize::from(q.delivery.qos == QoS::AtMostOnce);
         if self.queue.is_empty() && self.queue.capacity() > KEEP_QUEUE_CAPACITY {
             // A VecDeque never shrinks by itself: after one burst an idle session would
@@ -789,6 +803,7 @@ impl Inner {
             && let Some(q) = self.queue.remove(i)
         {
             self.bytes -= q.delivery.message.weight();
+            self.body -= q.delivery.message.payload.len();
             self.qos0 -= 1;
         }
     }
@@ -911,12 +926,12 @@ mod tests {
         assert_eq!(outcome, PushOutcome::Dropped);
         assert_eq!(contents(&reject), ["a", "b"]);
 
-        // Weight is payload + topic ("t"): 3 bytes each, 7 hold two.
+        // Bodies count (as in RabbitMQ), not the topic: 2 bytes each, 5 hold two.
         let bytes = Mailbox::new("b".into());
         bytes.set_online(true);
         bytes.set_own_limits(OwnLimits {
             max_messages: None,
-            max_bytes: Some(7),
+            max_bytes: Some(5),
             drop_head: true,
         });
         for p in ["aa", "bb", "cc"] {

@@ -11,22 +11,56 @@ use serde_json::Value;
 struct Broker {
     child: Child,
     port: u16,
+    /// The AMQP listener's port, when the broker has one.
+    amqp_port: Option<u16>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 impl Broker {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        Self::start_with(None)
+    }
+
+    /// With an AMQP listener beside the MQTT one (from a config file).
+    fn start_amqp() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let amqp = free_port();
+        let config = dir.path().join("midge.toml");
+        std::fs::write(
+            &config,
+            // Listener 0's address comes from MIDGE_LISTENER__0__BIND (start_with).
+            format!(
+                "[[listener]]\nbind = \"127.0.0.1:1883\"\n\n\
+                 [[listener]]\nbind = \"127.0.0.1:{amqp}\"\nprotocol = \"amqp\"\n"
+            ),
+        )
+        .expect("write config");
+        let mut broker = Self::start_with(Some(&config));
+        broker.amqp_port = Some(amqp);
+        broker._dir = Some(dir);
+        broker
+    }
+
+    fn start_with(config: Option<&std::path::Path>) -> Self {
+        let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_midge"));
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
         for (key, _) in std::env::vars() {
             if key.starts_with("MIDGE_") {
                 command.env_remove(key);
             }
         }
         let mut child = command
-            .arg("serve")
             .env("MIDGE_STORAGE__BACKEND", "memory")
             .env("MIDGE_SYS__INTERVAL_SECS", "0")
             .env("MIDGE_LISTENER__0__BIND", format!("127.0.0.1:{port}"))
@@ -48,7 +82,12 @@ impl Broker {
             // Polling for the port: the child gives no other readiness signal.
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port }
+        Self {
+            child,
+            port,
+            amqp_port: None,
+            _dir: None,
+        }
     }
 
     /// Runs `midge bench` against this broker with a time limit.
@@ -246,4 +285,41 @@ fn device_run_sends_one_message_per_write_at_the_rate_and_loses_none() {
     let rate = number(&report, &["delivered_per_sec"]);
     assert!((300.0..=700.0).contains(&rate), "{rate} msg/s: {report}");
     assert_eq!(number(&report, &["lost"]), 0.0, "{report}");
+}
+
+#[test]
+fn amqp_runs_carry_every_message_between_amqp_and_mqtt_clients() {
+    let broker = Broker::start_amqp();
+    let amqp = broker.amqp_port.expect("AMQP listener").to_string();
+    // 3 AMQP publishers to 2 MQTT subscribers, and 3 MQTT publishers to 2 AMQP consumers
+    // (each with its own queue), at a fixed rate: every subscriber gets all 600 messages.
+    for scenario in ["amqp-mqtt", "mqtt-amqp"] {
+        for qos in ["0", "1"] {
+            assert_complete(
+                &broker,
+                &[
+                    scenario,
+                    "-P",
+                    "3",
+                    "-S",
+                    "2",
+                    "-q",
+                    qos,
+                    "-r",
+                    "3000",
+                    "-n",
+                    "600",
+                    "--amqp-port",
+                    &amqp,
+                ],
+                600.0,
+                1200.0,
+            );
+        }
+    }
+    // AMQP has two delivery modes: QoS 2 is refused with the reason.
+    let output = broker.bench(&["amqp-mqtt", "-q", "2", "--amqp-port", &amqp]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("-q 0 or 1"), "{stderr}");
 }

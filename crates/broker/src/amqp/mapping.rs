@@ -5,14 +5,17 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use midge_amqp_proto::{BasicProperties, FieldTable, FieldValue};
+use base64ct::{Base64, Encoding};
+use bytes::{Bytes, BytesMut};
+use midge_amqp_proto::{BasicProperties, FieldTable, FieldValue, FramePayload};
 use midge_proto::{PublishProperties, QoS, topic};
 
 use crate::model::{Message, Millis, next_message_id};
 
 /// The header RabbitMQ carries the MQTT publisher's QoS in.
 pub const QOS_HEADER: &str = "x-mqtt-publish-qos";
+/// The header RabbitMQ carries the MQTT PUBLISH's DUP flag in.
+pub const DUP_HEADER: &str = "x-mqtt-dup";
 
 /// An AMQP routing key as the MQTT topic it names: `.` → `/`. Wildcards have no place
 /// in a topic name, so a key with `*` or `#` words is refused, as is an empty key.
@@ -84,7 +87,7 @@ pub fn to_message(
     let mut user_properties = Vec::new();
     if let Some(headers) = &properties.headers {
         for (name, value) in &headers.0 {
-            if name == QOS_HEADER {
+            if name == QOS_HEADER || name == DUP_HEADER {
                 continue;
             }
             if let Some(text) = header_text(value) {
@@ -132,12 +135,59 @@ fn header_text(value: &FieldValue) -> Option<String> {
     }
 }
 
+/// The user property a default-exchange message keeps its AMQP properties in. Such a
+/// message only ever reaches AMQP queues, so no MQTT client sees it; and no MQTT user
+/// property can have this name, as MQTT strings hold no U+0000 [MQTT-1.5.4-2].
+const AMQP_PROPERTIES: &str = "\u{0}amqp-properties";
+
+/// The message a publish to the default exchange becomes: `to_message`'s, with the AMQP
+/// properties kept whole (as a content header, in base64) for its AMQP consumer, which
+/// gets them back untouched, as from RabbitMQ.
+pub fn to_direct_message(
+    properties: &BasicProperties,
+    body: Bytes,
+    origin: Arc<str>,
+    now: Millis,
+) -> Message {
+    let mut message = to_message(String::new(), properties, body, origin, now);
+    let mut header = BytesMut::new();
+    midge_amqp_proto::encode_content(0, properties, &[], 0, &mut header);
+    message.properties.user_properties =
+        vec![(AMQP_PROPERTIES.to_owned(), Base64::encode_string(&header))];
+    message
+}
+
+/// The AMQP properties `to_direct_message` kept, if `message` has them.
+fn kept_properties(message: &Message) -> Option<BasicProperties> {
+    let (_, kept) = message
+        .properties
+        .user_properties
+        .iter()
+        .find(|(k, _)| k == AMQP_PROPERTIES)?;
+    let mut header = BytesMut::from(&Base64::decode_vec(kept).ok()?[..]);
+    match midge_amqp_proto::decode_frame(&mut header, u32::MAX) {
+        Ok(Some(frame)) => match frame.payload {
+            FramePayload::Header(h) => Some(h.properties),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The properties an AMQP consumer sees for a routed message.
 pub fn to_properties(message: &Message, qos: QoS, now: Millis) -> BasicProperties {
+    if let Some(kept) = kept_properties(message) {
+        return kept;
+    }
     let p = &message.properties;
     let mut headers = FieldTable::default();
-    // Signed byte, as RabbitMQ's MQTT plugin writes it.
-    headers.insert(QOS_HEADER, FieldValue::I8(message.qos as i8));
+    // Signed byte, as RabbitMQ's MQTT plugin writes it. RabbitMQ takes a QoS 2 publish in
+    // as QoS 1, and says 1 here.
+    let publish_qos = (message.qos as i8).min(QoS::AtLeastOnce as i8);
+    headers.insert(QOS_HEADER, FieldValue::I8(publish_qos));
+    // RabbitMQ's MQTT plugin says whether the PUBLISH was a retransmission; midge settles
+    // retransmissions before routing, so what it routes is never one.
+    headers.insert(DUP_HEADER, FieldValue::Bool(false));
     for (k, v) in &p.user_properties {
         headers.insert(k.clone(), FieldValue::string(v));
     }
@@ -228,6 +278,27 @@ mod tests {
     }
 
     #[test]
+    fn default_exchange_messages_keep_their_amqp_properties_whole() {
+        let mut headers = FieldTable::default();
+        headers.insert("n", FieldValue::I32(42));
+        let props = BasicProperties {
+            content_encoding: Some("gzip".into()),
+            headers: Some(headers),
+            message_id: Some("m-1".into()),
+            timestamp: Some(1_700_000_000),
+            priority: Some(3),
+            expiration: Some("60000".into()),
+            ..BasicProperties::default()
+        };
+        let m = to_direct_message(&props, Bytes::from_static(b"x"), Arc::from("o"), 1000);
+        assert_eq!(m.expires_at, Some(61_000), "expiry is still enforced");
+        assert_eq!(to_properties(&m, m.qos, 30_000), props);
+        // An MQTT message with no kept properties is mapped as before.
+        let plain = to_message("t".into(), &props, Bytes::new(), Arc::from("o"), 0);
+        assert_eq!(to_properties(&plain, plain.qos, 0).message_id, None);
+    }
+
+    #[test]
     fn dots_as_separators_rewrites_topics_and_filters_but_not_share_groups() {
         let mut t = "hello.amqp".to_owned();
         dots_to_slashes(&mut t);
@@ -292,8 +363,26 @@ mod tests {
         assert_eq!(back.expiration.as_deref(), Some("30000"));
         assert_eq!(back.reply_to.as_deref(), Some("replies.client1"));
         assert_eq!(back.correlation_id.as_deref(), Some("c-1"));
-        let h = back.headers.unwrap();
+        let h = back.headers.clone().unwrap();
         assert_eq!(h.get(QOS_HEADER), Some(&FieldValue::I8(1)));
+        assert_eq!(h.get(DUP_HEADER), Some(&FieldValue::Bool(false)));
+        // QoS 2 is reported as 1, as RabbitMQ does; the dup header does not come back.
+        let m2 = Message {
+            qos: QoS::ExactlyOnce,
+            ..m.clone()
+        };
+        let h2 = to_properties(&m2, QoS::ExactlyOnce, 31_000)
+            .headers
+            .unwrap();
+        assert_eq!(h2.get(QOS_HEADER), Some(&FieldValue::I8(1)));
+        let again = to_message("a/b".into(), &back, Bytes::new(), Arc::from("o"), 0);
+        assert!(
+            again
+                .properties
+                .user_properties
+                .iter()
+                .all(|(k, _)| k != DUP_HEADER)
+        );
         // delivery_mode 1 (or none) is QoS 0; the header overrides the mode.
         let transient = BasicProperties::default();
         let m0 = to_message("t".into(), &transient, Bytes::new(), Arc::from(""), 0);

@@ -871,8 +871,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 Some(queue) => {
                     // The default exchange: straight into the named queue. An empty topic
                     // (never an MQTT topic) tells the delivery which exchange it came by.
-                    let message = mapping::to_message(
-                        String::new(),
+                    let message = mapping::to_direct_message(
                         &properties,
                         body.clone(),
                         self.client_id.clone(),
@@ -1173,11 +1172,8 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 } else {
                     consumer_tag
                 };
-                if self
-                    .channels
-                    .values()
-                    .any(|c| c.consumers.iter().any(|k| k.tag == tag))
-                {
+                // A consumer tag is unique on its channel only, as in RabbitMQ.
+                if self.channel(number).consumers.iter().any(|k| k.tag == tag) {
                     return Err(Fault::Connection(
                         reply::NOT_ALLOWED,
                         format!("attempt to reuse consumer tag '{tag}'"),

@@ -9,6 +9,8 @@ mod acl;
 mod admin;
 mod admin_http;
 mod amqp;
+mod amqp_differential;
+mod amqp_rust_client;
 mod auth_chain;
 mod client;
 mod client_certs;

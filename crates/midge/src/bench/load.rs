@@ -1,5 +1,6 @@
-//! The message scenarios (`fanin`, `fanout`, `pairs`, `shared`): publishers and subscribers
-//! as plain tasks that share only atomic counters.
+//! The message scenarios (`fanin`, `fanout`, `pairs`, `shared`, `device`, and with amqp.rs's
+//! AMQP side `amqp-mqtt` and `mqtt-amqp`): publishers and subscribers as plain tasks that
+//! share only atomic counters.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -12,51 +13,20 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
+use super::amqp;
 use super::client::Client;
 use super::histogram::Histogram;
 use super::report::{Report, Usage};
 use super::sequence::Stream;
-use super::{HEADER_LEN, Plan, Scenario};
+use super::shared::{Published, Received, STALL, Shared, read_header};
+use super::{Plan, Scenario};
 
 /// Bytes of PUBLISH packets per write (many messages per system call).
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Read buffer per subscriber; large, so one read takes everything the broker wrote.
 const READ_BUF: usize = 256 * 1024;
-/// A QoS 0 publisher waiting this long for deliveries that do not come counts the missing
-/// messages as gone (the broker dropped them) instead of waiting forever.
-const STALL: Duration = Duration::from_secs(1);
 /// Connections opened at once while setting up.
 const CONNECT_CONCURRENCY: usize = 100;
-
-/// What the tasks share: counters only, each written with one atomic add per batch.
-struct Shared {
-    clock: Instant,
-    /// Per publisher: deliveries of its messages counted at the subscribers.
-    delivered: Box<[AtomicU64]>,
-    /// Per publisher: woken when deliveries of its messages are counted.
-    wake: Box<[Notify]>,
-    delivered_total: AtomicU64,
-    sent_total: AtomicU64,
-    /// The measured window, in nanoseconds of `clock`.
-    window_start_ns: u64,
-    window_end_ns: AtomicU64,
-}
-
-impl Shared {
-    fn now_ns(&self) -> u64 {
-        self.clock.elapsed().as_nanos() as u64
-    }
-}
-
-/// The payload's header: send time in ns of the shared clock, publisher id, sequence.
-fn read_header(payload: &[u8]) -> Option<(u64, u32, u32)> {
-    let header = payload.get(..HEADER_LEN)?;
-    Some((
-        u64::from_le_bytes(header[0..8].try_into().ok()?),
-        u32::from_le_bytes(header[8..12].try_into().ok()?),
-        u32::from_le_bytes(header[12..16].try_into().ok()?),
-    ))
-}
 
 /// Connects `count` clients, `CONNECT_CONCURRENCY` at a time, subscribing each if `subscribe`.
 async fn connect_all(
@@ -95,13 +65,38 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     let plan = Arc::new(plan.clone());
     let mut report = Report::default();
     let connecting = Instant::now();
-    // Subscribers first, so no message is published before its subscribers exist.
-    let subscribers = connect_all(&plan, "s", plan.subscribers, true).await?;
-    let publishers = connect_all(&plan, "p", plan.publishers, false).await?;
+    // Subscribers first, so no message is published before its subscribers exist. In
+    // amqp-mqtt the publishers speak AMQP, in mqtt-amqp the subscribers (consumers) do.
+    let amqp_side = amqp::amqp_publishers(plan.scenario);
+    let (subscribers, consumers) = if amqp_side == Some(false) {
+        (
+            Vec::new(),
+            amqp::connect_all(&plan, plan.subscribers, true).await?,
+        )
+    } else {
+        (
+            connect_all(&plan, "s", plan.subscribers, true).await?,
+            Vec::new(),
+        )
+    };
+    let (publishers, amqp_publishers) = if amqp_side == Some(true) {
+        (
+            Vec::new(),
+            amqp::connect_all(&plan, plan.publishers, false).await?,
+        )
+    } else {
+        (
+            connect_all(&plan, "p", plan.publishers, false).await?,
+            Vec::new(),
+        )
+    };
     report.connect_time = connecting.elapsed();
     report.connections = plan.subscribers + plan.publishers;
     for client in subscribers.iter().chain(publishers.iter()) {
         report.handshake.record(client.handshake.as_nanos() as u64);
+    }
+    for conn in consumers.iter().chain(amqp_publishers.iter()) {
+        report.handshake.record(conn.handshake.as_nanos() as u64);
     }
 
     let clock = Instant::now();
@@ -118,7 +113,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     });
     let (stop, stopped) = watch::channel(false);
 
-    let subscriber_tasks: Vec<_> = subscribers
+    let mut subscriber_tasks: Vec<JoinHandle<anyhow::Result<Received>>> = subscribers
         .into_iter()
         .map(|client| {
             tokio::spawn(subscriber(
@@ -129,26 +124,47 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
             ))
         })
         .collect();
-    let publisher_tasks: Vec<_> = publishers
+    subscriber_tasks.extend(consumers.into_iter().map(|conn| {
+        tokio::spawn(amqp::consumer(
+            conn,
+            Arc::clone(&plan),
+            Arc::clone(&shared),
+            stopped.clone(),
+        ))
+    }));
+    // --count is split evenly; the first publishers take the remainder.
+    let quota = |id: u32| {
+        plan.count.map(|count| {
+            let p = u64::from(plan.publishers);
+            count / p + u64::from(u64::from(id) < count % p)
+        })
+    };
+    let mut publisher_tasks: Vec<JoinHandle<anyhow::Result<Published>>> = publishers
         .into_iter()
         .enumerate()
         .map(|(id, client)| {
             let id = id as u32;
-            // --count is split evenly; the first publishers take the remainder.
-            let quota = plan.count.map(|count| {
-                let p = u64::from(plan.publishers);
-                count / p + u64::from(u64::from(id) < count % p)
-            });
             tokio::spawn(publisher(
                 id,
                 client,
                 Arc::clone(&plan),
                 Arc::clone(&shared),
-                quota,
+                quota(id),
                 end,
             ))
         })
         .collect();
+    publisher_tasks.extend(amqp_publishers.into_iter().enumerate().map(|(id, conn)| {
+        let id = id as u32;
+        tokio::spawn(amqp::publisher(
+            id,
+            conn,
+            Arc::clone(&plan),
+            Arc::clone(&shared),
+            quota(id),
+            end,
+        ))
+    }));
     if !plan.quiet {
         tokio::spawn(progress(
             Arc::clone(&plan),
@@ -231,14 +247,6 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     }
     report.lost = report.expected.saturating_sub(unique);
     Ok(report)
-}
-
-struct Published {
-    sent: u64,
-    stalls: u64,
-    /// The in-flight bound used: --inflight, capped by the broker's Receive Maximum.
-    inflight: u64,
-    client: Client,
 }
 
 /// Reads whatever acknowledgements have arrived, without waiting; PUBREC is answered with
@@ -435,16 +443,8 @@ async fn publisher(
         sent,
         stalls,
         inflight,
-        client,
+        client: Box::new(client),
     })
-}
-
-struct Received {
-    streams: Vec<Stream>,
-    latency: Histogram,
-    delivered_window: u64,
-    delivered_total: u64,
-    unexpected: u64,
 }
 
 async fn subscriber(

@@ -6,6 +6,7 @@
 //! number, so a subscriber measures latency and detects loss, duplicates and reordering
 //! itself. The generator's own CPU time is reported, so a saturated generator shows.
 
+mod amqp;
 mod client;
 mod conn;
 mod histogram;
@@ -13,6 +14,7 @@ mod load;
 mod procstat;
 mod report;
 mod sequence;
+mod shared;
 
 use std::time::Duration;
 
@@ -43,6 +45,15 @@ pub enum Scenario {
     /// C idle connections opened at a given rate and held open (broker memory per
     /// connection).
     Conn,
+    /// P AMQP 0-9-1 publishers to `amq.topic` (routing key `<prefix>.amqp.<id>`) at a fixed
+    /// --rate (default 10,000 msg/s in all) to S MQTT subscribers of `<prefix>/amqp/+`,
+    /// each receiving every message: a broker that maps `amq.topic` to MQTT, as midge and
+    /// RabbitMQ's MQTT plugin do. -q 0: delivery mode 1, -q 1: 2.
+    AmqpMqtt,
+    /// P MQTT publishers to `<prefix>/mqtt/<id>` at a fixed --rate to S AMQP consumers,
+    /// each with its own queue bound to `amq.topic` with `<prefix>.mqtt.*` (-q 0:
+    /// no-ack, -q 1: acknowledged).
+    MqttAmqp,
 }
 
 impl Scenario {
@@ -54,6 +65,8 @@ impl Scenario {
             Scenario::Shared => "shared",
             Scenario::Device => "device",
             Scenario::Conn => "conn",
+            Scenario::AmqpMqtt => "amqp-mqtt",
+            Scenario::MqttAmqp => "mqtt-amqp",
         }
     }
 }
@@ -76,7 +89,9 @@ pub enum Version {
     midge bench fanout -S 100 -q 1 -V 311 --json\n  \
     midge bench pairs -q 1 --rate 10000     # latency at a fixed rate\n  \
     midge bench device -N 10000 --rate 10000 -q 1 --broker-pid $(pidof midge)\n  \
-    midge bench conn -C 10000 --conn-subscribe --connect-rate 2000 --broker-pid $(pidof midge)")]
+    midge bench conn -C 10000 --conn-subscribe --connect-rate 2000 --broker-pid $(pidof midge)\n  \
+    midge bench amqp-mqtt -P 10 -S 2 --rate 5000 -q 1 --amqp-port 5672 --broker-pid $(pidof midge)\n  \
+    midge bench mqtt-amqp -P 10 -S 2 --rate 5000 -q 1 -V 311 --broker-pid $(pidof midge)")]
 pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
@@ -87,6 +102,15 @@ pub struct BenchArgs {
     /// Broker port.
     #[arg(short, long, default_value_t = 1883)]
     port: u16,
+    /// AMQP 0-9-1 port (amqp-mqtt, mqtt-amqp), on --host.
+    #[arg(long, default_value_t = 5672)]
+    amqp_port: u16,
+    /// AMQP user (PLAIN); guest/guest is what RabbitMQ and midge accept from loopback.
+    #[arg(long, default_value = "guest")]
+    amqp_user: String,
+    /// AMQP password.
+    #[arg(long, default_value = "guest")]
+    amqp_password: String,
     /// MQTT version.
     #[arg(short = 'V', long = "mqtt-version", value_enum, default_value = "5")]
     version: Version,
@@ -166,6 +190,10 @@ pub struct BenchArgs {
 pub struct Plan {
     pub scenario: Scenario,
     pub addr: String,
+    /// The AMQP listener (amqp-mqtt, mqtt-amqp).
+    pub amqp_addr: String,
+    pub amqp_user: String,
+    pub amqp_password: String,
     pub version: ProtocolVersion,
     pub qos: QoS,
     pub publishers: u32,
@@ -211,6 +239,9 @@ impl Plan {
                 args.publishers.unwrap_or(10),
                 args.subscribers.unwrap_or(10),
             ),
+            Scenario::AmqpMqtt | Scenario::MqttAmqp => {
+                (args.publishers.unwrap_or(10), args.subscribers.unwrap_or(1))
+            }
             Scenario::Pairs | Scenario::Device => {
                 if args.publishers.is_some() || args.subscribers.is_some() {
                     bail!(
@@ -250,13 +281,24 @@ impl Plan {
         if args.count == Some(0) {
             bail!("--count must be at least 1");
         }
-        let rate = match (args.scenario, args.rate) {
-            (Scenario::Device, None) => 10_000,
-            (Scenario::Device, Some(0)) => {
-                bail!("device needs a fixed --rate: it measures a broker that is not saturated")
-            }
+        let fixed_rate = matches!(
+            args.scenario,
+            Scenario::Device | Scenario::AmqpMqtt | Scenario::MqttAmqp
+        );
+        let rate = match (fixed_rate, args.rate) {
+            (true, None) => 10_000,
+            (true, Some(0)) => bail!(
+                "{} needs a fixed --rate: it measures a broker that is not saturated",
+                args.scenario.name()
+            ),
             (_, rate) => rate.unwrap_or(0),
         };
+        if matches!(args.scenario, Scenario::AmqpMqtt | Scenario::MqttAmqp) && args.qos > 1 {
+            bail!(
+                "{}: -q 0 or 1 (AMQP has two delivery modes)",
+                args.scenario.name()
+            );
+        }
         let qos = match args.qos {
             0 => QoS::AtMostOnce,
             1 => QoS::AtLeastOnce,
@@ -265,6 +307,9 @@ impl Plan {
         Ok(Self {
             scenario: args.scenario,
             addr: format!("{}:{}", args.host, args.port),
+            amqp_addr: format!("{}:{}", args.host, args.amqp_port),
+            amqp_user: args.amqp_user,
+            amqp_password: args.amqp_password,
             version: match args.version {
                 Version::V311 => ProtocolVersion::V311,
                 Version::V5 => ProtocolVersion::V5,
@@ -296,7 +341,9 @@ impl Plan {
     /// How many subscribers receive each message.
     pub fn fan(&self) -> u64 {
         match self.scenario {
-            Scenario::Fanin | Scenario::Fanout => u64::from(self.subscribers),
+            Scenario::Fanin | Scenario::Fanout | Scenario::AmqpMqtt | Scenario::MqttAmqp => {
+                u64::from(self.subscribers)
+            }
             Scenario::Pairs | Scenario::Device | Scenario::Shared | Scenario::Conn => 1,
         }
     }
@@ -311,6 +358,8 @@ impl Plan {
             Scenario::Shared => format!("{prefix}/shared/{id}"),
             Scenario::Device => format!("{prefix}/device/{id}"),
             Scenario::Conn => format!("{prefix}/conn/{id}"),
+            Scenario::AmqpMqtt => format!("{prefix}/amqp/{id}"),
+            Scenario::MqttAmqp => format!("{prefix}/mqtt/{id}"),
         }
     }
 
@@ -330,6 +379,8 @@ impl Plan {
             Scenario::Shared => format!("$share/bench/{prefix}/shared/+"),
             Scenario::Device => format!("{prefix}/device/{id}"),
             Scenario::Conn => format!("{prefix}/conn/{id}"),
+            Scenario::AmqpMqtt => format!("{prefix}/amqp/+"),
+            Scenario::MqttAmqp => format!("{prefix}/mqtt/+"),
         }
     }
 
@@ -484,5 +535,22 @@ mod tests {
             plan(&["device", "-S", "3"]).is_err(),
             "device takes --pairs"
         );
+        assert!(plan(&["amqp-mqtt", "--rate", "0"]).is_err(), "a fixed rate");
+        assert!(
+            plan(&["mqtt-amqp", "-q", "2"]).is_err(),
+            "two delivery modes"
+        );
+    }
+
+    #[test]
+    fn amqp_scenarios_pair_amqp_keys_with_mqtt_topics() {
+        let p = plan(&["amqp-mqtt", "--amqp-port", "5673", "-S", "3"]).unwrap();
+        assert_eq!((p.publishers, p.subscribers, p.fan()), (10, 3, 3));
+        assert_eq!((p.rate, p.amqp_addr.as_str()), (10_000, "127.0.0.1:5673"));
+        assert_eq!(amqp::routing_key(&p.publish_topic(4)), "bench.amqp.4");
+        assert_eq!(p.subscribe_filter(0), "bench/amqp/+");
+        let m = plan(&["mqtt-amqp", "-P", "2"]).unwrap();
+        assert_eq!(amqp::routing_key(&m.subscribe_filter(0)), "bench.mqtt.*");
+        assert_eq!(m.publish_topic(1), "bench/mqtt/1");
     }
 }
