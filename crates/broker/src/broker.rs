@@ -53,7 +53,7 @@ pub struct Broker {
     /// everything in memory only (unit tests).
     pub journal: Option<Journal>,
     /// AMQP queues, shared by every AMQP listener (durable ones kept through `journal`).
-    pub amqp: Arc<crate::amqp::queues::Queues>,
+    pub amqp: Arc<crate::amqp_queues::Queues>,
     started: Instant,
     next_connection_id: AtomicU64,
 }
@@ -93,7 +93,7 @@ impl Broker {
         let registry =
             Registry::with_ownership(journal.clone(), parts.ownership).with_budget(memory.clone());
         registry.set_max_parked(config.limits.max_parked_sessions);
-        let amqp = crate::amqp::queues::Queues::new(journal.clone(), Some(memory.clone()));
+        let amqp = crate::amqp_queues::Queues::new(journal.clone(), Some(memory.clone()));
         Arc::new(Self {
             router: parts.router,
             config: ConfigCell::new(Arc::new(config)),
@@ -434,6 +434,16 @@ impl SessionEnv for ConnectionEnv<'_> {
 
 /// The single node's answer to what a session asks: this process's router and retained
 /// store. Connections use [`ConnectionEnv`], which differs only in [`SessionEnv::mqtt`].
+impl crate::amqp_queues::QueueHost for Broker {
+    fn routing(&self) -> &dyn Routing {
+        &*self.router
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        Broker::queue_limits(self)
+    }
+}
+
 impl SessionEnv for Broker {
     fn mqtt(&self) -> &MqttConfig {
         &self.config.initial.mqtt

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod cluster;
 mod endpoint;
 
+pub use cluster::{ClusterBackend, ClusterConfig};
 pub use endpoint::Endpoint;
 
 /// Why a configuration was refused. The message names the file, the key and the reason.
@@ -71,6 +73,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[admin]`: the HTTP admin listener (metrics, REST API).
     pub admin: AdminConfig,
+    /// `[cluster]`: nodes serving as one broker through NATS; `None` is a single node.
+    pub cluster: Option<ClusterConfig>,
     /// `[amqp]`: how AMQP 0-9-1 and MQTT meet.
     pub amqp: AmqpConfig,
 }
@@ -95,6 +99,7 @@ impl Default for Config {
             log: LogConfig::default(),
             storage: StorageConfig::default(),
             admin: AdminConfig::default(),
+            cluster: None,
             amqp: AmqpConfig::default(),
         }
     }
@@ -1128,6 +1133,9 @@ impl Config {
                 "needs admin.password_file, which names the users",
             );
         }
+        if let Some(Err((key, reason))) = self.cluster.as_ref().map(ClusterConfig::validate) {
+            return invalid(key, &reason);
+        }
         let mut binds = std::collections::HashSet::new();
         for (index, l) in self.listeners.iter().enumerate() {
             if let Err((key, reason)) = l.validate(index) {
@@ -1360,6 +1368,9 @@ mod tests {
         assert_eq!(config.admin.bind, Some(DEFAULT_ADMIN_BIND));
         assert_eq!(config.admin.viewers, ["grafana"]);
         assert!(config.admin.password_file.is_some() && config.admin.tls.is_some());
+        let cluster = config.cluster.as_ref().unwrap();
+        assert_eq!(cluster.node_id, "node-1");
+        assert!(cluster.user.is_some() && cluster.tls_ca_file.is_some());
     }
 
     #[test]

@@ -608,7 +608,7 @@ where
         if self.listener.config.amqp.mqtt_dots_as_separators
             && let Some(will) = &mut connect.will
         {
-            crate::amqp::mapping::dots_to_slashes(&mut will.topic);
+            crate::amqp_queues::mapping::dots_to_slashes(&mut will.topic);
         }
         Box::pin(self.establish(connect, &mut budget, deadline)).await
     }
@@ -1285,7 +1285,7 @@ where
         checks_wait: bool,
     ) -> Result<Dispatch, Violation> {
         if self.listener.config.amqp.mqtt_dots_as_separators {
-            crate::amqp::mapping::dots_as_separators(&mut packet);
+            crate::amqp_queues::mapping::dots_as_separators(&mut packet);
         }
         match packet {
             Packet::Publish(publish) => {

@@ -12,8 +12,10 @@
 
 pub mod admin;
 pub mod amqp;
+pub mod amqp_queues;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod conn_limit;
 pub mod connection;

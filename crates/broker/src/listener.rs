@@ -20,11 +20,14 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, AdminContext, AdminError, AdminUsers};
 use crate::amqp::{self, AmqpContext};
 use crate::auth::{AuthError, Dynsec, LoginGuard};
-use crate::broker::Broker;
+use crate::broker::{Broker, Parts};
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError, ConfigSource};
 use crate::conn_limit::{ConnLimiter, Refusal};
 use crate::connection::{self, ListenerContext};
 use crate::model::now_millis;
+use crate::registry::LocalOwnership;
+use crate::retain::RetainedStore;
 use crate::stats::Stats;
 use crate::store::{self, Opening, StoreError};
 use crate::sys;
@@ -68,6 +71,9 @@ pub enum StartError {
     /// The store could not be opened or read back.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `[cluster]` could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Why a reload was refused, or left some settings as they were.
@@ -159,10 +165,29 @@ impl Server {
                     path: config.storage.dir.display().to_string(),
                     what: format!("opening the store stopped: {e}"),
                 })??;
-        let broker = Broker::with_journal(config, Some(journal));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        // A cluster node opens no listener before it reaches NATS: serving as if alone
+        // would split the broker.
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                let strategy = config.mqtt.shared_subscription_strategy;
+                Some(Cluster::connect(settings, strategy).await?)
+            }
+            None => None,
+        };
+        let broker = match &cluster {
+            Some(cluster) => {
+                let parts = Parts {
+                    router: cluster.routing(),
+                    retained: Box::<RetainedStore>::default(),
+                    ownership: Box::new(LocalOwnership),
+                };
+                Broker::assemble(config, Some(journal), parts)
+            }
+            None => Broker::with_journal(config, Some(journal)),
+        };
         broker.restore(recovered, now_millis());
         let config = broker.config();
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let live = Arc::new(());
         // One per server: both limits hold across listeners.
         let limits = AcceptLimits {
@@ -210,6 +235,9 @@ impl Server {
             broker.clone(),
             shutdown_rx.clone(),
         )));
+        if let Some(cluster) = cluster {
+            tasks.extend(cluster.start(broker.clone(), shutdown_rx.clone()));
+        }
         if config.sys.interval_secs > 0 {
             let interval = Duration::from_secs(config.sys.interval_secs);
             tasks.push(tokio::spawn(sys::run(

@@ -54,7 +54,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             recover: args.recover,
             ..Opening::default()
         };
-        let server = Server::start_with(config, opening).await?;
+        // A cluster node waits for NATS before it opens its listeners; a stop signal
+        // meanwhile ends the wait.
+        let server = tokio::select! {
+            server = Server::start_with(config, opening) => server?,
+            () = signals.wait_for_stop() => {
+                tracing::info!("stopped before the listeners opened");
+                return Ok(());
+            }
+        };
         server.reload_from(source);
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "midge started");
         signals.wait_for_shutdown(&server).await;
@@ -82,6 +90,14 @@ impl Signals {
             terminate: install(SignalKind::terminate(), "SIGTERM")?,
             hangup: install(SignalKind::hangup(), "SIGHUP")?,
         })
+    }
+
+    /// Resolves on SIGINT or SIGTERM, before there is anything to reload.
+    async fn wait_for_stop(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 
     /// Resolves on SIGINT or SIGTERM; SIGHUP meanwhile reloads the configuration.

@@ -1,16 +1,12 @@
 //! AMQP 0-9-1 clients on the same broker, as RabbitMQ's MQTT plugin pairs them: the
-//! `amq.topic` exchange is the MQTT topic space ([`mapping`]), a queue is a mailbox that
-//! routing delivers to like an MQTT session's ([`queues`]), and the default exchange `""`
+//! `amq.topic` exchange is the MQTT topic space ([`mapping`](crate::amqp_queues::mapping)), a queue is a mailbox that
+//! routing delivers to like an MQTT session's ([`amqp_queues`](crate::amqp_queues)), and the default exchange `""`
 //! puts a message straight into the queue its routing key names.
 //!
 //! One task per connection, like MQTT's: the protocol header, connection.start/tune/open
 //! (PLAIN and AMQPLAIN checked by the listener's `AccessControl`), then frames in and
 //! deliveries out. What is not built yet is refused with 540 NOT_IMPLEMENTED and a reply
 //! text that names it; nothing is acknowledged that was not done.
-
-pub mod connections;
-pub mod mapping;
-pub mod queues;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -26,13 +22,14 @@ use midge_amqp_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::amqp_queues::connections::ConnectionInfo;
+use crate::amqp_queues::mapping;
+use crate::amqp_queues::{Declared, Queue, QueueArgs, QueueFlags, Queues};
 use crate::auth::{AccessControl, Credentials, FilterVerdict, Identity};
 use crate::broker::Broker;
 use crate::mailbox::{Inbox, PushOutcome, Queued};
 use crate::model::{Delivery, now_millis};
 use crate::stats::Stats;
-use connections::ConnectionInfo;
-use queues::{Declared, Queue, QueueArgs, QueueFlags, Queues};
 
 /// Largest frame midge accepts and proposes (RabbitMQ's default).
 const FRAME_MAX: u32 = 131_072;

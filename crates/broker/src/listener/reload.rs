@@ -46,7 +46,8 @@ use super::{
     TlsListeners, Transport, accept_loop, bind, reload_certificate, ws,
 };
 use crate::admin::{AdminUsers, ListenerInfo, Listeners};
-use crate::amqp::{AmqpContext, queues::Queues};
+use crate::amqp::AmqpContext;
+use crate::amqp_queues::Queues;
 use crate::auth::{AccessControl, LoginGuard};
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError, ConfigSource, ListenerConfig, ListenerProtocol};
@@ -383,6 +384,8 @@ pub fn keep_fixed(running: &Config, new: &mut Config) -> Vec<String> {
         &running.limits.max_memory,
         &mut new.limits.max_memory,
     );
+    // A cluster node joins NATS once, before its listeners open.
+    keep(k, "cluster", &running.cluster, &mut new.cluster);
     // One dynamic-security state is loaded at start and shared by every listener; its
     // commands, not the config file, change it.
     keep(k, "auth.dynsec", &running.auth.dynsec, &mut new.auth.dynsec);

@@ -14,3 +14,8 @@ pub fn next_session_id() -> u64 {
 pub fn session_ids_above(id: u64) {
     NEXT_SESSION_ID.fetch_max(id.saturating_add(1), Ordering::Relaxed);
 }
+
+/// The router names subscribers by client id; an AMQP queue's id starts with U+0000, which
+/// no MQTT client id may contain [MQTT-1.5.4-2], so the two never collide. The store tells
+/// a queue's session from an MQTT session by it too.
+pub const AMQP_QUEUE_OWNER_PREFIX: &str = "\u{0}amqp-queue:";

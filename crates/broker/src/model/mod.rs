@@ -10,7 +10,7 @@ pub mod message;
 pub mod peer;
 pub mod session_record;
 
-pub use ids::{next_session_id, session_ids_above};
+pub use ids::{AMQP_QUEUE_OWNER_PREFIX, next_session_id, session_ids_above};
 pub use limits::QueueLimits;
 pub use message::{
     Charge, Delivery, Message, MessageId, Millis, message_ids_above, next_message_id, now_millis,

@@ -1,5 +1,5 @@
 //! Durable AMQP queues in the store. A queue's contents are a stored session owned by the
-//! queue's mailbox (client id `\0amqp-queue:<name>`, see `amqp::queues`): its bindings
+//! queue's mailbox (client id `\0amqp-queue:<name>`, see `amqp_queues`): its bindings
 //! are the session's subscriptions and its persistent messages the session's queue rows,
 //! journaled by the mailbox as an MQTT session's QoS 1 messages are. What a session lacks,
 //! the declaration (flags and arguments), is a row of [`Table::AmqpQueues`] keyed by the
@@ -7,7 +7,6 @@
 
 use super::codec::{CodecError, Decoder, Encoder};
 use super::journal::{Journal, Op};
-use super::recovery::RecoveredSession;
 
 /// The stored declaration of a durable queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,18 +23,6 @@ pub struct AmqpQueueRecord {
     pub max_length_bytes: Option<u64>,
     /// `x-overflow` is `reject-publish` (else `drop-head`).
     pub reject_publish: bool,
-}
-
-/// A durable queue read back at start: its declaration and, when it had one stored, its
-/// session (bindings and persistent messages).
-#[derive(Debug)]
-pub struct RecoveredAmqpQueue {
-    /// Queue name.
-    pub name: String,
-    /// Declaration; `None` when only its session was left (it is ended at start).
-    pub record: Option<AmqpQueueRecord>,
-    /// Its stored session.
-    pub session: Option<RecoveredSession>,
 }
 
 fn put_opt(e: &mut Encoder, v: Option<u64>) {

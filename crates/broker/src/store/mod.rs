@@ -24,11 +24,11 @@ mod writer;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use amqp::{AmqpQueueRecord, RecoveredAmqpQueue};
+pub use amqp::AmqpQueueRecord;
 pub use codec::{CodecError, SessionRecord};
 pub use journal::{Journal, SessionJournal, StoreStats};
 pub use memory::MemoryStore;
-pub use recovery::{Losses, Recovered, RecoveredSession};
+pub use recovery::{Losses, Recovered, RecoveredAmqpQueue, RecoveredSession};
 pub use redb_store::RedbStore;
 
 use crate::config::{StorageBackend, StorageConfig};

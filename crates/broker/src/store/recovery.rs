@@ -32,7 +32,19 @@ pub struct Recovered {
     /// Queued messages dropped because they expired while the broker was down.
     pub expired_messages: usize,
     /// Durable AMQP queues, with their sessions (which are not among `sessions`).
-    pub amqp_queues: Vec<super::RecoveredAmqpQueue>,
+    pub amqp_queues: Vec<RecoveredAmqpQueue>,
+}
+
+/// A durable queue read back at start: its declaration and, when it had one stored, its
+/// session (bindings and persistent messages).
+#[derive(Debug)]
+pub struct RecoveredAmqpQueue {
+    /// Queue name.
+    pub name: String,
+    /// Declaration; `None` when only its session was left (it is ended at start).
+    pub record: Option<super::AmqpQueueRecord>,
+    /// Its stored session.
+    pub session: Option<RecoveredSession>,
 }
 
 /// One stored session.
@@ -474,7 +486,7 @@ pub(crate) fn load(store: &dyn Store, tolerant: bool) -> Result<Loaded, StoreErr
         };
         // A queue's session without a declaration (the queue was being deleted when the
         // broker stopped) is handed over too: the broker ends it.
-        match client.strip_prefix(crate::amqp::queues::OWNER_PREFIX) {
+        match client.strip_prefix(crate::model::AMQP_QUEUE_OWNER_PREFIX) {
             Some(name) => {
                 amqp_queues
                     .entry(name.to_owned())

@@ -158,7 +158,24 @@ struct RabbitMq {
 }
 
 impl RabbitMq {
+    /// Starts a node on four free loopback ports. A port found free may be taken by
+    /// another test's socket before the node binds it (the Erlang distribution port most
+    /// often), so a node that fails to start is tried again on fresh ports, twice.
     async fn start() -> Self {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start().await {
+                Ok(node) => return node,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "RabbitMQ did not start in 3 tries:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    async fn try_start() -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (amqp, mqtt, ws, dist) = (free_port(), free_port(), free_port(), free_port());
         let script = repo_root().join("tests/interop/amqp/rabbitmq.sh");
@@ -191,16 +208,19 @@ impl RabbitMq {
                     tokio::time::timeout(Duration::from_secs(5), stderr.read_to_string(&mut err))
                         .await;
             }
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
             let log = std::fs::read_to_string(dir.path().join("server.out")).unwrap_or_default();
-            panic!("RabbitMQ did not start ({ready:?}):\n{err}\nserver.out:\n{log}");
+            return Err(format!(
+                "ports {amqp} {mqtt} {ws} {dist} ({ready:?}):\n{err}\nserver.out:\n{log}"
+            ));
         }
-        Self {
+        Ok(Self {
             amqp,
             mqtt,
             child,
             stdin,
             _dir: dir,
-        }
+        })
     }
 
     /// Closes the script's input and waits for the node to stop (its directory goes after).

@@ -21,7 +21,7 @@ use tokio::time::sleep_until;
 use super::client::explain_io;
 use super::histogram::Histogram;
 use super::sequence::Stream;
-use super::shared::{Published, Received, STALL, Shared, read_header};
+use super::shared::{Published, Received, STALL, Shared, Tally};
 use super::{Plan, Scenario};
 
 /// How long a handshake or a declaration may take before the bench gives up.
@@ -366,8 +366,7 @@ pub async fn consumer(
         delivered_total: 0,
         unexpected: 0,
     };
-    let mut batch = vec![0u64; publishers];
-    let mut touched: Vec<usize> = Vec::with_capacity(publishers);
+    let mut tally = Tally::new(publishers);
     let mut pending: Option<Pending> = None;
     let mut last_tag = 0u64;
     let mut out = BytesMut::with_capacity(1024);
@@ -385,7 +384,6 @@ pub async fn consumer(
         }
         let now = shared.now_ns();
         let in_window = now >= shared.window_start_ns && now < shared.window_end_ns.load(Relaxed);
-        let mut count = 0;
         let acked_before = last_tag;
         while let Some(frame) = wire::decode_frame(&mut conn.read_buf, conn.frame_max)? {
             let body = match frame.payload {
@@ -418,33 +416,9 @@ pub async fn consumer(
             let Some(message) = pending.take() else {
                 continue;
             };
-            let Some((sent_at, publisher, seq)) = read_header(&message.body)
-                .filter(|&(_, publisher, _)| (publisher as usize) < publishers)
-            else {
-                done.unexpected += 1;
-                continue;
-            };
-            let publisher = publisher as usize;
-            done.streams[publisher].record(u64::from(seq));
-            if batch[publisher] == 0 {
-                touched.push(publisher);
-            }
-            batch[publisher] += 1;
-            count += 1;
-            if in_window {
-                done.delivered_window += 1;
-            }
-            if sent_at >= shared.window_start_ns {
-                done.latency.record(now.saturating_sub(sent_at));
-            }
+            tally.record(&message.body, now, in_window, &shared, &mut done);
         }
-        for publisher in touched.drain(..) {
-            shared.delivered[publisher].fetch_add(batch[publisher], Relaxed);
-            batch[publisher] = 0;
-            shared.wake[publisher].notify_one();
-        }
-        done.delivered_total += count;
-        shared.delivered_total.fetch_add(count, Relaxed);
+        tally.flush(&shared, &mut done);
         if !no_ack && last_tag != acked_before {
             wire::encode_method(
                 CHANNEL,

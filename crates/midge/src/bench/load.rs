@@ -18,7 +18,7 @@ use super::client::Client;
 use super::histogram::Histogram;
 use super::report::{Report, Usage};
 use super::sequence::Stream;
-use super::shared::{Published, Received, STALL, Shared, read_header};
+use super::shared::{Published, Received, STALL, Shared, Tally};
 use super::{Plan, Scenario};
 
 /// Bytes of PUBLISH packets per write (many messages per system call).
@@ -462,9 +462,7 @@ async fn subscriber(
         delivered_total: 0,
         unexpected: 0,
     };
-    // Deliveries per publisher in this read, published to `shared` once per read.
-    let mut batch = vec![0u64; publishers];
-    let mut touched: Vec<usize> = Vec::with_capacity(publishers);
+    let mut tally = Tally::new(publishers);
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
         if client.read_buf.capacity() - client.read_buf.len() < READ_BUF / 4 {
@@ -480,7 +478,6 @@ async fn subscriber(
         }
         let now = shared.now_ns();
         let in_window = now >= shared.window_start_ns && now < shared.window_end_ns.load(Relaxed);
-        let mut count = 0;
         while let Some(packet) = client.decoder.decode(&mut client.read_buf)? {
             let publish = match packet {
                 Packet::Publish(publish) => publish,
@@ -504,33 +501,9 @@ async fn subscriber(
                 QoS::ExactlyOnce => Packet::PubRec(PubResponse::success(publish.packet_id))
                     .encode(client.version, &mut out)?,
             }
-            let Some((sent_at, publisher, seq)) = read_header(&publish.payload)
-                .filter(|&(_, publisher, _)| (publisher as usize) < publishers)
-            else {
-                done.unexpected += 1;
-                continue;
-            };
-            let publisher = publisher as usize;
-            done.streams[publisher].record(u64::from(seq));
-            if batch[publisher] == 0 {
-                touched.push(publisher);
-            }
-            batch[publisher] += 1;
-            count += 1;
-            if in_window {
-                done.delivered_window += 1;
-            }
-            if sent_at >= shared.window_start_ns {
-                done.latency.record(now.saturating_sub(sent_at));
-            }
+            tally.record(&publish.payload, now, in_window, &shared, &mut done);
         }
-        for publisher in touched.drain(..) {
-            shared.delivered[publisher].fetch_add(batch[publisher], Relaxed);
-            batch[publisher] = 0;
-            shared.wake[publisher].notify_one();
-        }
-        done.delivered_total += count;
-        shared.delivered_total.fetch_add(count, Relaxed);
+        tally.flush(&shared, &mut done);
         if !out.is_empty() {
             client
                 .stream

@@ -1,7 +1,7 @@
 //! What the load tasks (load.rs's MQTT ones, amqp.rs's AMQP ones) share: the counters,
 //! the payload header, and what a finished publisher or subscriber hands back.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -61,4 +61,69 @@ pub(super) struct Received {
     pub(super) delivered_window: u64,
     pub(super) delivered_total: u64,
     pub(super) unexpected: u64,
+}
+
+/// What a subscriber counts while it reads: each delivery into its [`Received`], and the
+/// deliveries per publisher, published to [`Shared`] once per read rather than per message.
+pub(super) struct Tally {
+    /// Deliveries per publisher in this read.
+    batch: Vec<u64>,
+    /// The publishers with deliveries in this read.
+    touched: Vec<usize>,
+    /// Deliveries in this read.
+    count: u64,
+}
+
+impl Tally {
+    pub(super) fn new(publishers: usize) -> Self {
+        Self {
+            batch: vec![0; publishers],
+            touched: Vec::with_capacity(publishers),
+            count: 0,
+        }
+    }
+
+    /// Counts one delivered payload, read at `now` (`in_window`: inside the measured
+    /// window). A payload without a valid header counts as unexpected.
+    pub(super) fn record(
+        &mut self,
+        payload: &[u8],
+        now: u64,
+        in_window: bool,
+        shared: &Shared,
+        done: &mut Received,
+    ) {
+        let publishers = self.batch.len();
+        let Some((sent_at, publisher, seq)) =
+            read_header(payload).filter(|&(_, publisher, _)| (publisher as usize) < publishers)
+        else {
+            done.unexpected += 1;
+            return;
+        };
+        let publisher = publisher as usize;
+        done.streams[publisher].record(u64::from(seq));
+        if self.batch[publisher] == 0 {
+            self.touched.push(publisher);
+        }
+        self.batch[publisher] += 1;
+        self.count += 1;
+        if in_window {
+            done.delivered_window += 1;
+        }
+        if sent_at >= shared.window_start_ns {
+            done.latency.record(now.saturating_sub(sent_at));
+        }
+    }
+
+    /// Publishes this read's counts to `shared` and wakes the publishers waiting for them.
+    pub(super) fn flush(&mut self, shared: &Shared, done: &mut Received) {
+        for publisher in self.touched.drain(..) {
+            shared.delivered[publisher].fetch_add(self.batch[publisher], Relaxed);
+            self.batch[publisher] = 0;
+            shared.wake[publisher].notify_one();
+        }
+        done.delivered_total += self.count;
+        shared.delivered_total.fetch_add(self.count, Relaxed);
+        self.count = 0;
+    }
 }

@@ -538,3 +538,4 @@ pub async fn subscribe_and_wait(raw: &mut Raw, v5: bool, filter: &str, qos: u8) 
     assert_eq!(suback.kind(), 9, "expected SUBACK, got {suback:02X?}");
     assert_eq!(suback.body.last(), Some(&qos), "granted QoS");
 }
+pub mod cluster;

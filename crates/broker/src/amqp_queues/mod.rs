@@ -23,16 +23,35 @@ use midge_amqp_proto::FieldTable;
 use midge_proto::{QoS, SubscriptionOptions};
 use tokio::sync::Notify;
 
-use crate::broker::Broker;
+pub mod connections;
+pub mod mapping;
+
 use crate::mailbox::{Mailbox, OwnLimits, Queued};
 use crate::memory::MemoryBudget;
+pub use crate::model::AMQP_QUEUE_OWNER_PREFIX as OWNER_PREFIX;
 use crate::model::{Millis, QueueLimits, SubscriptionRecord, now_millis};
+use crate::router::Routing;
 use crate::store::{AmqpQueueRecord, Journal, RecoveredAmqpQueue};
 
-/// The router names subscribers by client id; a queue's id starts with U+0000, which no
-/// MQTT client id may contain [MQTT-1.5.4-2], so the two never collide. The store tells a
-/// queue's session from an MQTT session by it too.
-pub const OWNER_PREFIX: &str = "\u{0}amqp-queue:";
+/// What the queue table needs of the broker: its routing (bindings are subscriptions) and
+/// the queue limits in force. `Broker` implements it, so the table, which the broker
+/// holds, does not import the broker.
+pub trait QueueHost {
+    /// Routing, where bindings subscribe.
+    fn routing(&self) -> &dyn Routing;
+    /// Queue limits in force for a queue without its own.
+    fn queue_limits(&self) -> QueueLimits;
+}
+
+impl<T: QueueHost> QueueHost for Arc<T> {
+    fn routing(&self) -> &dyn Routing {
+        (**self).routing()
+    }
+
+    fn queue_limits(&self) -> QueueLimits {
+        (**self).queue_limits()
+    }
+}
 
 /// Arguments RabbitMQ's clients commonly send that change nothing on a single node with
 /// one queue type: accepted and ignored (`x-queue-mode` has no effect since RabbitMQ
@@ -354,7 +373,7 @@ impl Queue {
         };
         let keys: Vec<String> = bindings
             .iter()
-            .map(|f| super::mapping::topic_to_routing_key(f).replace('+', "*"))
+            .map(|f| mapping::topic_to_routing_key(f).replace('+', "*"))
             .collect();
         let a = &self.args;
         let mut arguments = serde_json::Map::new();
@@ -412,7 +431,7 @@ pub struct Queues {
     /// The broker's memory budget, which queued deliveries count against.
     memory: Option<Arc<MemoryBudget>>,
     /// Open AMQP connections (for the admin API and `$SYS`).
-    pub connections: super::connections::Connections,
+    pub connections: connections::Connections,
 }
 
 /// What declaring did.
@@ -473,7 +492,7 @@ impl Queues {
     /// Finds or creates a queue.
     pub fn declare(
         &self,
-        broker: &Broker,
+        broker: &dyn QueueHost,
         name: &str,
         flags: QueueFlags,
         args: QueueArgs,
@@ -562,7 +581,7 @@ impl Queues {
     }
 
     /// Starts the relay from the mailbox's wake-ups to the consumers' `Notify`.
-    fn start(_broker: &Broker, queue: &Arc<Queue>) {
+    fn start(_broker: &dyn QueueHost, queue: &Arc<Queue>) {
         let mailbox = queue.mailbox.clone();
         let ready = queue.ready.clone();
         // The relay ends once the mailbox is closed (`delete` wakes it to see that).
@@ -581,7 +600,7 @@ impl Queues {
     /// with its bindings and persistent messages, ready again. Messages that were
     /// delivered and not acknowledged before the stop cannot be told from ones never
     /// delivered, so all come back marked redelivered.
-    pub fn restore(&self, broker: &Broker, recovered: Vec<RecoveredAmqpQueue>) {
+    pub fn restore(&self, broker: &dyn QueueHost, recovered: Vec<RecoveredAmqpQueue>) {
         let Some(journal) = self.journal.clone() else {
             return;
         };
@@ -639,7 +658,7 @@ impl Queues {
             }
             for (filter, record) in &subscriptions {
                 broker
-                    .router
+                    .routing()
                     .subscribe(&queue.mailbox, filter, record.options, None);
             }
             if dropped > 0 {
@@ -655,7 +674,7 @@ impl Queues {
     }
 
     /// Binds `queue` to `amq.topic` with an MQTT filter (a router subscription).
-    pub fn bind(&self, broker: &Broker, queue: &Queue, filter: &str) {
+    pub fn bind(&self, broker: &dyn QueueHost, queue: &Queue, filter: &str) {
         let fresh = {
             let mut s = queue.lock();
             // Deleted since the caller found it (its ACL check awaits in between).
@@ -676,31 +695,31 @@ impl Queues {
                 );
             }
             broker
-                .router
+                .routing()
                 .subscribe(&queue.mailbox, filter, options, None);
             // A delete between the insert above and this subscribe took the binding and
             // unsubscribed before there was anything to unsubscribe: undo it here.
             if queue.is_deleted() {
-                broker.router.unsubscribe_mailbox(filter, &queue.mailbox);
+                broker.routing().unsubscribe_mailbox(filter, &queue.mailbox);
             }
         }
     }
 
     /// Removes a binding; false if there was none.
-    pub fn unbind(&self, broker: &Broker, queue: &Queue, filter: &str) -> bool {
+    pub fn unbind(&self, broker: &dyn QueueHost, queue: &Queue, filter: &str) -> bool {
         let had = queue.lock().bindings.remove(filter);
         if had {
             if let Some(journal) = queue.mailbox.journal() {
                 journal.unsubscribe(filter);
             }
-            broker.router.unsubscribe_mailbox(filter, &queue.mailbox);
+            broker.routing().unsubscribe_mailbox(filter, &queue.mailbox);
         }
         had
     }
 
     /// Deletes a queue: its bindings go, its messages are dropped (and its rows in the
     /// store). Returns how many messages it had ready.
-    pub fn delete(&self, broker: &Broker, queue: &Arc<Queue>) -> u32 {
+    pub fn delete(&self, broker: &dyn QueueHost, queue: &Arc<Queue>) -> u32 {
         {
             let mut map = self.lock();
             if map.get(&queue.name).is_some_and(|q| Arc::ptr_eq(q, queue)) {
@@ -713,7 +732,7 @@ impl Queues {
             std::mem::take(&mut s.bindings)
         };
         for filter in &bindings {
-            broker.router.unsubscribe_mailbox(filter, &queue.mailbox);
+            broker.routing().unsubscribe_mailbox(filter, &queue.mailbox);
         }
         if queue.stored
             && let Some(journal) = &self.journal
@@ -728,7 +747,7 @@ impl Queues {
     }
 
     /// Deletes the exclusive queues of a connection that ended.
-    pub fn connection_closed(&self, broker: &Broker, connection: u64) {
+    pub fn connection_closed(&self, broker: &dyn QueueHost, connection: u64) {
         let owned: Vec<Arc<Queue>> = self
             .lock()
             .values()
@@ -742,7 +761,7 @@ impl Queues {
 
     /// Housekeeping: deletes queues unused for their `x-expires`, and drops expired
     /// messages at the heads of queues with `x-message-ttl`.
-    pub fn tick(&self, broker: &Broker, now: Millis) {
+    pub fn tick(&self, broker: &dyn QueueHost, now: Millis) {
         let all: Vec<Arc<Queue>> = self.lock().values().cloned().collect();
         for q in all {
             if q.is_unused_since(now) {
@@ -768,7 +787,37 @@ impl Queues {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{QueueFullPolicy, ShareStrategyConfig};
+    use crate::router::Router;
     use midge_amqp_proto::FieldValue;
+
+    /// The broker as the queue table sees it: a router and queue limits.
+    struct Host {
+        router: Router,
+        amqp: Queues,
+    }
+
+    impl QueueHost for Host {
+        fn routing(&self) -> &dyn Routing {
+            &self.router
+        }
+
+        fn queue_limits(&self) -> QueueLimits {
+            QueueLimits {
+                max_messages: 1000,
+                max_bytes: 0,
+                policy: QueueFullPolicy::DropNew,
+                queue_qos0_offline: true,
+            }
+        }
+    }
+
+    fn host() -> Arc<Host> {
+        Arc::new(Host {
+            router: Router::new(ShareStrategyConfig::RoundRobin),
+            amqp: Queues::new(None, None),
+        })
+    }
 
     fn table(fields: &[(&str, FieldValue)]) -> FieldTable {
         FieldTable(
@@ -830,7 +879,7 @@ mod tests {
     /// and the router holds exactly the bindings of the queues in the table.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_declares_binds_and_deletes_stay_consistent() {
-        let broker = crate::broker::Broker::new(crate::config::Config::default());
+        let broker = host();
         let tasks: Vec<_> = (0..8)
             .map(|t| {
                 let broker = broker.clone();
@@ -871,7 +920,7 @@ mod tests {
     /// the queue, binds a deleted queue: nothing may be left subscribed for it.
     #[tokio::test]
     async fn binding_a_queue_deleted_meanwhile_leaves_no_subscription() {
-        let broker = crate::broker::Broker::new(crate::config::Config::default());
+        let broker = host();
         let flags = QueueFlags {
             durable: false,
             exclusive: false,
