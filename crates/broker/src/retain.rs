@@ -168,7 +168,7 @@ impl Retained for RetainedStore {
             ..message.compacted()
         };
         if let Some(budget) = &self.budget
-            && stored.charge.budget().is_none()
+            && stored.charge.ledger().is_none()
         {
             // Not counted yet (read back from the store at start).
             stored.charge = crate::model::Charge::new(budget, stored.footprint());

@@ -594,6 +594,10 @@ impl Routing for ClusterRouting {
         self.local.hand_over_all(deliveries, leaving, limits)
     }
 
+    fn compact(&self) -> usize {
+        self.local.compact()
+    }
+
     fn len(&self) -> usize {
         self.local.len()
     }

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use midge_proto::{Publish, PublishProperties, QoS, Will};
 
-use crate::memory::MemoryBudget;
+use crate::memory::{Ledger, MemoryBudget};
 
 /// Wall-clock milliseconds since the Unix epoch. Message and session expiry are absolute
 /// wall-clock times so they keep counting across restarts and can cross machines.
@@ -69,14 +69,19 @@ pub struct Message {
 /// queued for many sessions counts once (each delivery adds only its slot), and it counts
 /// as long as anything holds it: queues, in-flight windows, the retained store.
 #[derive(Default)]
-pub struct Charge(Option<(Arc<MemoryBudget>, u64)>);
+pub struct Charge(Option<(&'static Ledger, u64)>);
 
 impl Charge {
-    /// Counts `bytes` in `budget` now: one relaxed atomic add (and the subtraction when
-    /// dropped).
-    pub fn new(budget: &Arc<MemoryBudget>, bytes: u64) -> Self {
-        budget.charge(bytes);
-        Self(Some((budget.clone(), bytes)))
+    /// Counts `bytes` in `budget` now (and no more when dropped), through the thread's sum
+    /// (see [`Ledger`]).
+    pub fn new(budget: &MemoryBudget, bytes: u64) -> Self {
+        Self::in_ledger(budget.ledger(), bytes)
+    }
+
+    /// Counts `bytes` in `ledger`.
+    pub fn in_ledger(ledger: &'static Ledger, bytes: u64) -> Self {
+        ledger.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        Self(Some((ledger, bytes)))
     }
 
     /// What is counted, if anything.
@@ -84,9 +89,9 @@ impl Charge {
         self.0.as_ref().map_or(0, |(_, bytes)| *bytes)
     }
 
-    /// The budget it counts in, if any.
-    pub fn budget(&self) -> Option<&Arc<MemoryBudget>> {
-        self.0.as_ref().map(|(budget, _)| budget)
+    /// The count it is in, if any.
+    pub fn ledger(&self) -> Option<&'static Ledger> {
+        self.0.as_ref().map(|(ledger, _)| *ledger)
     }
 }
 
@@ -114,8 +119,8 @@ impl std::fmt::Debug for Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        if let Some((budget, bytes)) = &self.0 {
-            budget.release(*bytes);
+        if let Some((ledger, bytes)) = self.0 {
+            ledger.add(-i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 }
@@ -215,8 +220,8 @@ impl Message {
             ..self.clone()
         };
         // The copy counts where the original does, for as long as it lives.
-        if let Some(budget) = self.charge.budget() {
-            copy.charge = Charge::new(budget, copy.footprint());
+        if let Some(ledger) = self.charge.ledger() {
+            copy.charge = Charge::in_ledger(ledger, copy.footprint());
         }
         copy
     }
