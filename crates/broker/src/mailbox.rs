@@ -34,6 +34,10 @@ pub const BEHIND_BYTES: usize = 64 * 1024;
 /// and which counts once (`model::Charge`): its slot in the queue.
 pub const DELIVERY_OVERHEAD: usize = std::mem::size_of::<Queued>();
 
+/// Queue slots are counted in the memory budget in steps of this many (see
+/// `Mailbox::account`): at most this many slots per queue go uncounted.
+pub const SLOT_STEP: usize = 8;
+
 /// A queued delivery and its place in the queue.
 #[derive(Debug, Clone)]
 pub struct Queued {
@@ -314,14 +318,18 @@ impl Mailbox {
     }
 
     /// Brings the memory budget and the lock-free length up to date after the queue
-    /// changed: one relaxed add or subtract of the difference.
+    /// changed. Slots are counted in steps of [`SLOT_STEP`] (the length rounded down), so a
+    /// queue that a subscriber keeps up with, going from empty to a few and back with
+    /// every message, changes the budget not at all, and an empty queue counts nothing.
     fn account(&self, inner: &mut Inner) {
         let len = inner.queue.len();
         self.queued.store(len, Ordering::Relaxed);
         if let Some(budget) = &self.budget {
-            let now = len * DELIVERY_OVERHEAD;
-            budget.adjust(inner.charged as u64, now as u64);
-            inner.charged = now;
+            let now = (len - len % SLOT_STEP) * DELIVERY_OVERHEAD;
+            if now != inner.charged {
+                budget.adjust(inner.charged as u64, now as u64);
+                inner.charged = now;
+            }
         }
     }
 
@@ -1168,6 +1176,11 @@ mod tests {
         (budget, mailbox)
     }
 
+    /// What `n` queued deliveries' slots count (see `Mailbox::account`).
+    fn slots(n: usize) -> u64 {
+        ((n - n % SLOT_STEP) * DELIVERY_OVERHEAD) as u64
+    }
+
     #[test]
     fn queued_messages_count_once_and_each_delivery_its_slot() {
         let (budget, mailbox) = budgeted();
@@ -1178,28 +1191,42 @@ mod tests {
         let footprint = shared.message.footprint();
         mailbox.push(shared.clone(), &l);
         other.push(shared, &l);
-        mailbox.push(charged(&budget, QoS::AtMostOnce, "de"), &l);
-        // The shared message once, the other once, and three slots.
-        let slots = 3 * DELIVERY_OVERHEAD as u64;
-        let expected = footprint + (footprint - 1) + slots;
+        // Enough more to count a step of slots.
+        let filler: Vec<_> = (0..SLOT_STEP)
+            .map(|_| charged(&budget, QoS::AtMostOnce, "de"))
+            .collect();
+        let filler_footprint = filler[0].message.footprint();
+        for d in filler {
+            mailbox.push(d, &l);
+        }
+        let n = SLOT_STEP + 1;
+        // The shared message once, each other message once, and the slots.
+        let messages = footprint + SLOT_STEP as u64 * filler_footprint;
+        let expected = messages + slots(n) + slots(1);
         assert_eq!(budget.used(), expected);
-        assert_eq!(mailbox.charged_bytes(), 2 * DELIVERY_OVERHEAD);
-        assert_eq!(mailbox.backlog(), 2);
-        // Taken out (in flight, say), the message still counts; its slot does not.
+        assert_eq!(mailbox.charged_bytes() as u64, slots(n));
+        assert_eq!(mailbox.backlog(), n);
+        // Taken out (in flight, say), the message still counts; its slot does not once
+        // the queue is below the step.
         let mut out = Vec::new();
-        mailbox.pop_queued(1, 1, &mut out);
-        assert_eq!(budget.used(), expected - DELIVERY_OVERHEAD as u64);
+        mailbox.pop_queued(2, 2, &mut out);
+        assert_eq!(budget.used(), messages + slots(n - 2));
         mailbox.unpop(out);
         assert_eq!(budget.used(), expected);
         let taken = mailbox.take_deliveries(|d| d.qos == QoS::AtLeastOnce);
         mailbox.reinsert(taken);
         assert_eq!(budget.used(), expected);
-        // The QoS 0 message leaves for good: all of it is given back.
+        // The QoS 0 messages leave for good: all of them are given back.
         mailbox.retain_deliveries(|d| d.qos == QoS::AtLeastOnce);
-        assert_eq!(budget.used(), footprint + 2 * DELIVERY_OVERHEAD as u64);
+        assert_eq!(budget.used(), footprint);
+        assert_eq!(
+            mailbox.charged_bytes(),
+            0,
+            "an almost empty queue counts no slot"
+        );
         // The shared message counts until the last queue holding it lets go.
         drop(mailbox.close());
-        assert_eq!(budget.used(), footprint + DELIVERY_OVERHEAD as u64);
+        assert_eq!(budget.used(), footprint);
         // A mailbox dropped with deliveries in it gives them back too.
         drop(other);
         assert_eq!(budget.used(), 0);
@@ -1262,16 +1289,16 @@ mod tests {
                 });
             }
         });
-        // Each queued delivery's slot and its message (one per push here).
-        let queued: u64 = mailboxes
-            .iter()
-            .map(|m| (m.charged_bytes() / DELIVERY_OVERHEAD) as u64)
-            .sum();
-        let footprint = delivery(QoS::AtLeastOnce, "payload").message.footprint();
+        // Each queue's counted slots, and each queued delivery's message (one per push
+        // here).
+        let queued: u64 = mailboxes.iter().map(|m| m.backlog() as u64).sum();
+        let slots_counted: u64 = mailboxes.iter().map(|m| m.charged_bytes() as u64).sum();
         assert_eq!(
-            budget.used(),
-            queued * (DELIVERY_OVERHEAD as u64 + footprint)
+            slots_counted,
+            mailboxes.iter().map(|m| slots(m.backlog())).sum::<u64>()
         );
+        let footprint = delivery(QoS::AtLeastOnce, "payload").message.footprint();
+        assert_eq!(budget.used(), slots_counted + queued * footprint);
         for m in &mailboxes {
             drop(m.close());
         }

@@ -97,19 +97,33 @@ thread_local! {
 
 impl Ledger {
     /// Counts `delta` more (or fewer) bytes, through this thread's sum.
+    #[inline]
     pub fn add(&'static self, delta: i64) {
-        if delta == 0 {
-            return;
-        }
         let summed = PENDING.try_with(|p| match p.ledger.get() {
             Some(ledger) if std::ptr::eq(ledger, self) => {
                 let now = p.bytes.get() + delta;
-                if now.unsigned_abs() >= self.batch {
-                    p.bytes.set(0);
-                    self.apply(now);
-                } else {
+                let keep = now.unsigned_abs() < self.batch;
+                if keep {
                     p.bytes.set(now);
                 }
+                keep
+            }
+            _ => false,
+        });
+        if summed != Ok(true) {
+            self.add_slow(delta);
+        }
+    }
+
+    /// [`Ledger::add`] when the thread's sum is full, or belongs to another ledger.
+    #[cold]
+    #[inline(never)]
+    fn add_slow(&'static self, delta: i64) {
+        let summed = PENDING.try_with(|p| match p.ledger.get() {
+            Some(ledger) if std::ptr::eq(ledger, self) => {
+                let now = p.bytes.get() + delta;
+                p.bytes.set(0);
+                self.apply(now);
             }
             other => {
                 // Another budget's sum (tests run several brokers): it goes to its own.
