@@ -252,6 +252,13 @@ impl Broker {
         self.apply(effects, now);
     }
 
+    /// Access rules changed (reload, dynamic security): MQTT and AMQP connections check
+    /// their users and what was granted under the old rules.
+    pub fn access_changed(&self) {
+        self.registry.recheck_owners();
+        self.amqp.access_changed();
+    }
+
     /// Ends expired sessions and publishes delayed wills that are due ([`Registry::tick`]).
     pub fn tick(&self, now: Millis) {
         let effects = self.registry.tick(&self.stats, now);

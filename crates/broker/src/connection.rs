@@ -738,10 +738,6 @@ where
         if let Some(identity) = &self.certificate_identity {
             negotiated.username = Some(identity.clone());
         }
-        // Everything needed from CONNECT is in `negotiated` now; its buffers need not
-        // stay allocated for the life of the connection.
-        drop(connect);
-
         let connection_id = broker.next_connection_id();
         let client_id = negotiated.client_id.clone();
         let keep_alive = negotiated.keep_alive;
@@ -753,6 +749,18 @@ where
                 now_millis(),
             )
             .await;
+        // A cluster node claims the client id cluster-wide (the holder elsewhere is told
+        // to go) before CONNACK; without NATS it cannot, and serves no one as if alone.
+        if let Some(claim) = broker.registry.claim(&client_id, connection_id)
+            && let Err(why) = claim.await
+        {
+            broker.detach(connection_id, attached.state, None, now_millis());
+            Box::pin(self.refuse(&connect, ReasonCode::SERVER_UNAVAILABLE, why, &client_id)).await;
+            return None;
+        }
+        // Everything needed from CONNECT is in `negotiated` now; its buffers need not
+        // stay allocated for the life of the connection.
+        drop(connect);
         let connack = ConnAck {
             session_present: attached.session_present,
             reason_code: ReasonCode::SUCCESS,
@@ -1380,7 +1388,7 @@ where
         );
         dynsec.submit(resolved.payload().to_vec(), caller, move |outcome| {
             if outcome.changed {
-                broker.registry.recheck_owners();
+                broker.access_changed();
             }
             let mut reply = Message::internal(
                 RESPONSE_TOPIC.to_owned(),

@@ -22,12 +22,11 @@ use crate::amqp::{self, AmqpContext};
 use crate::auth::{AuthError, Dynsec, LoginGuard};
 use crate::broker::{Broker, Parts};
 use crate::cluster::Cluster;
+use crate::cluster::retained::ClusterRetained;
 use crate::config::{Config, ConfigError, ConfigSource};
 use crate::conn_limit::{ConnLimiter, Refusal};
 use crate::connection::{self, ListenerContext};
 use crate::model::now_millis;
-use crate::registry::LocalOwnership;
-use crate::retain::RetainedStore;
 use crate::stats::Stats;
 use crate::store::{self, Opening, StoreError};
 use crate::sys;
@@ -175,16 +174,25 @@ impl Server {
             }
             None => None,
         };
-        let broker = match &cluster {
-            Some(cluster) => {
+        // Retained messages come from the cluster's bucket, loaded before anyone connects;
+        // this node's own store may hold values other nodes replaced since.
+        let mut recovered = recovered;
+        let mut cluster_tasks = Vec::new();
+        let owners = cluster.as_ref().map(|c| c.owners());
+        let broker = match (&cluster, &config.cluster) {
+            (Some(cluster), Some(settings)) => {
+                let (retained, tasks) =
+                    ClusterRetained::open(settings, shutdown_rx.clone()).await?;
+                cluster_tasks = tasks;
+                recovered.retained.clear();
                 let parts = Parts {
                     router: cluster.routing(),
-                    retained: Box::<RetainedStore>::default(),
-                    ownership: Box::new(LocalOwnership),
+                    retained: Box::new(retained),
+                    ownership: cluster.ownership(),
                 };
                 Broker::assemble(config, Some(journal), parts)
             }
-            None => Broker::with_journal(config, Some(journal)),
+            _ => Broker::with_journal(config, Some(journal)),
         };
         broker.restore(recovered, now_millis());
         let config = broker.config();
@@ -238,6 +246,7 @@ impl Server {
         if let Some(cluster) = cluster {
             tasks.extend(cluster.start(broker.clone(), shutdown_rx.clone()));
         }
+        tasks.extend(cluster_tasks);
         if config.sys.interval_secs > 0 {
             let interval = Duration::from_secs(config.sys.interval_secs);
             tasks.push(tokio::spawn(sys::run(
@@ -270,6 +279,7 @@ impl Server {
                     })
                 }),
                 live_views: Arc::default(),
+                cluster: owners,
             };
             match admin::start(context, &config.admin, shutdown_rx.clone()).await {
                 Ok((addr, task)) => {
@@ -702,16 +712,22 @@ async fn watch_certificates(
     }
 }
 
-/// Session expiry, delayed wills, expired retained messages and the compaction of queues
-/// that are behind.
+/// Session expiry, delayed wills, expired retained messages, AMQP bindings checked again
+/// after the access rules changed, and the compaction of queues that are behind.
 async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweeps = 0u32;
+    let mut access = broker.amqp.watch_access();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+            // AMQP bindings granted under rules that changed are checked again.
+            Ok(()) = access.changed() => {
+                broker.amqp.recheck_bindings(&*broker).await;
+                continue;
+            }
         }
         let now = now_millis();
         broker.tick(now);

@@ -33,7 +33,7 @@ use crate::store::{Journal, RecoveredSession};
 
 mod ownership;
 
-pub use ownership::{LocalOwnership, Ownership};
+pub use ownership::{Claim, LocalOwnership, Ownership};
 
 /// How long a new connection waits for the old owner of its client id to let go.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -420,6 +420,7 @@ impl Registry {
         let mut will_now = None;
         let mut answer_takeover = None;
         let mut over_parked_limit = 0;
+        let owned_here;
         {
             let mut inner = self.lock();
             let mut timers = Vec::new();
@@ -428,6 +429,7 @@ impl Registry {
                 .entry(client_id.clone())
                 .or_insert_with(|| Slot::new(self.new_mailbox(&client_id)));
             let owned = slot.owner == Some(connection_id);
+            owned_here = owned;
             if owned {
                 slot.owner = None;
                 // A connection that ended on its own (EOF, DISCONNECT, error) just as a new
@@ -487,11 +489,53 @@ impl Registry {
                 inner.push_timer(at, client_id.clone());
             }
         }
+        if owned_here {
+            self.ownership.release(&client_id, connection_id);
+        }
         Effects {
             ended: ended.into_iter().collect(),
             wills: will_now.map(|will| (client_id, will)).into_iter().collect(),
             release: answer_takeover,
             over_parked_limit,
+        }
+    }
+
+    /// Claims `client_id` beyond this process for `connection_id`, which attached it
+    /// ([`Ownership::claim`]); `None` on a single node.
+    pub fn claim(&self, client_id: &Arc<str>, connection_id: u64) -> Option<Claim> {
+        self.ownership.claim(client_id, connection_id)
+    }
+
+    /// Tells connection `connection_id` to let `client_id` go (v5 DISCONNECT 0x8E), if it
+    /// still serves it: a CONNECT elsewhere took the id over. The receiver resolves once the
+    /// session is parked. `None`: that connection is gone, or already told to go by a
+    /// takeover on this node (whose answer must not be lost).
+    pub fn ask_to_leave_if(
+        &self,
+        client_id: &str,
+        connection_id: u64,
+    ) -> Option<oneshot::Receiver<()>> {
+        let inner = self.lock();
+        let slot = inner.slots.get(client_id)?;
+        if slot.owner != Some(connection_id) {
+            return None;
+        }
+        let (reply, done) = oneshot::channel();
+        if slot.mailbox.offer_control(Control::TakeOver(reply)) {
+            return Some(done);
+        }
+        // A control is pending: a takeover keeps its place; an administrator's request
+        // gives way (its asker sees no answer).
+        match slot.mailbox.take_control() {
+            Some(Control::TakeOver(first)) => {
+                slot.mailbox.send_control(Control::TakeOver(first));
+                None
+            }
+            _ => {
+                let (reply, done) = oneshot::channel();
+                slot.mailbox.send_control(Control::TakeOver(reply));
+                Some(done)
+            }
         }
     }
 
@@ -793,5 +837,99 @@ mod tests {
         // Closing the mailbox and publishing are the broker's part.
         assert!(!effects.ended[0].mailbox.is_closed());
         assert!(registry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_takeover_from_another_node_reaches_only_the_connection_it_names() {
+        let registry = Registry::new(None);
+        let stats = Stats::default();
+        let id: Arc<str> = "c".into();
+        let (attached, _) = registry.attach(&stats, id.clone(), true, 1).await;
+        let mailbox = attached.state.mailbox.clone();
+        // Another connection (gone, or a later one) is not this one.
+        assert!(registry.ask_to_leave_if("c", 2).is_none());
+        assert!(registry.ask_to_leave_if("other", 1).is_none());
+        assert!(mailbox.take_control().is_none());
+        let done = registry.ask_to_leave_if("c", 1).expect("asked");
+        let Some(Control::TakeOver(reply)) = mailbox.take_control() else {
+            panic!("no takeover sent");
+        };
+        reply.send(()).unwrap();
+        done.await.unwrap();
+
+        // A takeover from this node already pending keeps its place and its answer.
+        let (first, first_done) = oneshot::channel();
+        mailbox.send_control(Control::TakeOver(first));
+        assert!(registry.ask_to_leave_if("c", 1).is_none());
+        let Some(Control::TakeOver(reply)) = mailbox.take_control() else {
+            panic!("the pending takeover was lost");
+        };
+        reply.send(()).unwrap();
+        first_done.await.unwrap();
+    }
+
+    /// Records releases.
+    #[derive(Debug, Default)]
+    struct Recording(Arc<Mutex<Vec<(String, u64)>>>);
+
+    impl Ownership for Recording {
+        fn ask_to_leave(&self, id: &Arc<str>, mailbox: &Mailbox) -> oneshot::Receiver<()> {
+            LocalOwnership.ask_to_leave(id, mailbox)
+        }
+
+        fn unanswered(&self, mailbox: &Mailbox) -> Option<oneshot::Sender<()>> {
+            LocalOwnership.unanswered(mailbox)
+        }
+
+        fn release(&self, client_id: &Arc<str>, connection_id: u64) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((client_id.to_string(), connection_id));
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_connection_holding_an_id_releases_it() {
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let registry = Registry::with_ownership(None, Box::new(Recording(released.clone())));
+        let stats = Stats::default();
+        let id: Arc<str> = "c".into();
+        let (first, _) = registry.attach(&stats, id.clone(), true, 1).await;
+        assert!(registry.claim(&id, 1).is_none(), "no claim by default");
+        // Connection 2 of this node takes the id over; connection 1 still holds it when it
+        // detaches (the registry hands it over after), so it releases: a cluster's release
+        // expects its own KV revision, which connection 2's claim then moves on.
+        let mailbox = first.state.mailbox.clone();
+        let registry = Arc::new(registry);
+        let taking = tokio::spawn({
+            let (registry, id) = (registry.clone(), id.clone());
+            async move {
+                let stats = Stats::default();
+                registry.attach(&stats, id, true, 2).await.0
+            }
+        });
+        // Connection 1 reads the takeover, parks (here: ends) and answers.
+        let reply = loop {
+            if let Some(Control::TakeOver(reply)) = mailbox.take_control() {
+                break reply;
+            }
+            tokio::task::yield_now().await;
+        };
+        let effects = registry.detach(1, first.state, None, 0);
+        assert!(effects.release.is_none());
+        reply.send(()).unwrap();
+        let second = taking.await.unwrap();
+        assert_eq!(*released.lock().unwrap(), [("c".to_owned(), 1)]);
+        let _ = registry.detach(2, second.state, None, 0);
+        assert_eq!(
+            *released.lock().unwrap(),
+            [("c".to_owned(), 1), ("c".to_owned(), 2)]
+        );
+        // A stale detach of a connection that no longer holds the id releases nothing.
+        let (third, _) = registry.attach(&stats, id.clone(), true, 3).await;
+        let stale = SessionState::new(id.clone(), third.state.mailbox.clone());
+        let _ = registry.detach(1, stale, None, 0);
+        assert_eq!(released.lock().unwrap().len(), 2);
     }
 }

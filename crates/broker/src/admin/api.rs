@@ -123,6 +123,8 @@ pub(super) fn router(context: AdminContext) -> Router {
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/dynsec", post(dynsec))
         .route("/api/v1/live", get(live_view))
+        .route("/api/v1/cluster/nodes", get(cluster_nodes))
+        .route("/api/v1/cluster/clients/{client_id}", get(cluster_client))
         .route("/api/v1/openapi.json", get(openapi))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -260,7 +262,7 @@ async fn dynsec(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     if outcome.changed {
-        context.broker.registry.recheck_owners();
+        context.broker.access_changed();
     }
     let mut response = Response::new(Body::from(outcome.response));
     response.headers_mut().insert(
@@ -542,18 +544,92 @@ async fn clients(
                 "username and address filters apply to connected clients only",
             ));
         }
-        return clients_by_connection(&context, &query).await;
+        return clients_by_connection(&context, &query)
+            .await
+            .map(|Json(v)| Json(with_node(&context, v)));
     }
     let only = match query.state.as_deref() {
         None => Some(true),
         state => state_filter(state)?,
     };
-    Ok(Json(list_sessions(
-        &context,
-        &query,
-        only,
-        Some(AmqpEntries::Connections),
-    )?))
+    let list = list_sessions(&context, &query, only, Some(AmqpEntries::Connections))?;
+    Ok(Json(with_node(&context, list)))
+}
+
+/// On a cluster node, each listed client gets `node`: this node's id (clients of other
+/// nodes are found through `/api/v1/cluster/clients/{client_id}`).
+fn with_node(context: &AdminContext, mut list: Value) -> Value {
+    if let Some(owners) = context.cluster.as_ref()
+        && let Some(items) = list["items"].as_array_mut()
+    {
+        for item in items {
+            item["node"] = json!(owners.node_id());
+        }
+    }
+    list
+}
+
+fn not_clustered() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_clustered",
+        "this broker is a single node (no [cluster])",
+    )
+}
+
+/// The cluster's live nodes: those whose heartbeat arrived within the node TTL.
+async fn cluster_nodes(State(context): State<AdminContext>) -> ApiResult {
+    let owners = context.cluster.as_ref().ok_or_else(not_clustered)?;
+    let nodes: Vec<Value> = owners
+        .nodes()
+        .into_iter()
+        .map(|(record, age)| {
+            json!({
+                "node": record.node,
+                "self": record.node == owners.node_id(),
+                "started_at_ms": record.started_at_ms,
+                "clients": (record.node != owners.node_id()).then_some(record.clients),
+                "last_seen_ms_ago": age.as_millis() as u64,
+            })
+        })
+        .collect();
+    let counter = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let stats = &owners.stats;
+    Ok(Json(json!({
+        "node": owners.node_id(),
+        "items": nodes,
+        "ownership": {
+            "claims": counter(&stats.claims),
+            "takeovers_sent": counter(&stats.takeovers_sent),
+            "taken_over_remotely": counter(&stats.taken_over_remotely),
+            "refused": counter(&stats.refused),
+            "leave_timeouts": counter(&stats.leave_timeouts),
+        },
+    })))
+}
+
+/// Which node holds a connected client id, from the cluster's owners bucket.
+async fn cluster_client(
+    State(context): State<AdminContext>,
+    Path(client_id): Path<String>,
+) -> ApiResult {
+    let owners = context.cluster.as_ref().ok_or_else(not_clustered)?;
+    match owners.owner_of(&client_id).await {
+        Ok(Some(holder)) => Ok(Json(json!({
+            "client_id": client_id,
+            "node": holder.node,
+            "connection": holder.connection,
+            "local": holder.node == owners.node_id(),
+        }))),
+        Ok(None) => Err(ApiError::not_found(format!(
+            "no node holds client id `{client_id}`"
+        ))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            format!("the owners bucket could not be read: {e}"),
+        )),
+    }
 }
 
 async fn client(State(context): State<AdminContext>, Path(client_id): Path<String>) -> ApiResult {
@@ -567,6 +643,9 @@ async fn client(State(context): State<AdminContext>, Path(client_id): Path<Strin
         )));
     };
     let mut detail = session_json(summary);
+    if let Some(owners) = context.cluster.as_ref() {
+        detail["node"] = json!(owners.node_id());
+    }
     // The connection answers for itself; a connection that is leaving does not.
     let answer = match context.broker.registry.describe(&client_id) {
         Some(answer) => tokio::time::timeout(DESCRIBE_TIMEOUT, answer)

@@ -47,6 +47,11 @@ pub struct ClusterConfig {
     /// further ones are not forwarded to other nodes, and counted as dropped.
     #[serde(default = "default_forward_queue")]
     pub forward_queue: usize,
+    /// Copies JetStream keeps of the retained-message bucket (`midge_retained`), when this
+    /// node creates it: 1 survives midge nodes but not the NATS server holding it; 3 on a
+    /// 3-server NATS cluster survives one server. An existing bucket keeps its own.
+    #[serde(default = "default_retained_replicas")]
+    pub retained_replicas: usize,
 }
 
 fn default_urls() -> Vec<String> {
@@ -55,6 +60,10 @@ fn default_urls() -> Vec<String> {
 
 fn default_forward_queue() -> usize {
     65_536
+}
+
+fn default_retained_replicas() -> usize {
+    1
 }
 
 impl ClusterConfig {
@@ -71,6 +80,7 @@ impl ClusterConfig {
             tls_ca_file: None,
             tls_required: false,
             forward_queue: default_forward_queue(),
+            retained_replicas: default_retained_replicas(),
         }
     }
 
@@ -108,6 +118,12 @@ impl ClusterConfig {
         if self.forward_queue == 0 {
             return Err(("cluster.forward_queue", "must be at least 1".to_owned()));
         }
+        if !(1..=5).contains(&self.retained_replicas) {
+            return Err((
+                "cluster.retained_replicas",
+                "JetStream keeps 1 to 5 replicas".to_owned(),
+            ));
+        }
         Ok(())
     }
 }
@@ -130,6 +146,7 @@ mod tests {
         assert_eq!(cluster.node_id, "n-1");
         assert_eq!(cluster.nats_urls, ["nats://127.0.0.1:4222"]);
         assert_eq!(cluster.forward_queue, 65_536);
+        assert_eq!(cluster.retained_replicas, 1);
         assert!(cluster.user.is_none() && cluster.token.is_none() && !cluster.tls_required);
     }
 
@@ -147,6 +164,10 @@ mod tests {
             (
                 "node_id = \"a\"\nforward_queue = 0",
                 "cluster.forward_queue",
+            ),
+            (
+                "node_id = \"a\"\nretained_replicas = 0",
+                "cluster.retained_replicas",
             ),
         ] {
             let text = format!("[cluster]\nbackend = \"nats\"\n{extra}\n");

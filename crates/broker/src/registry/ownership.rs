@@ -4,14 +4,20 @@
 //! to park and hand over the session.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
 use crate::mailbox::{Control, Mailbox};
 
-/// See the module documentation. Both methods are called with the registry's lock held:
-/// they must only send, never wait.
+/// Resolves once a client id is the claiming connection's cluster-wide; an error says why
+/// the CONNECT cannot be served now (CONNACK 0x88).
+pub type Claim = Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>>;
+
+/// See the module documentation. `ask_to_leave` and `unanswered` are called with the
+/// registry's lock held: they must only send, never wait.
 pub trait Ownership: Send + Sync + fmt::Debug {
     /// Tells whoever serves `client_id` through `mailbox` to let the session go (an MQTT
     /// connection sends DISCONNECT 0x8E, parks the session, then answers). The receiver
@@ -21,6 +27,17 @@ pub trait Ownership: Send + Sync + fmt::Debug {
     /// The holder behind `mailbox` let go on its own (EOF, DISCONNECT) before reading a
     /// request to leave: the request's answer, to send once the session is parked.
     fn unanswered(&self, mailbox: &Mailbox) -> Option<oneshot::Sender<()>>;
+
+    /// After connection `connection_id` attached `client_id` here: what claims the id
+    /// beyond this process, awaited before CONNACK. `None` (the single node): nothing to
+    /// wait for, and nothing allocated.
+    fn claim(&self, _client_id: &Arc<str>, _connection_id: u64) -> Option<Claim> {
+        None
+    }
+
+    /// Connection `connection_id` no longer serves `client_id` (called without the
+    /// registry's lock).
+    fn release(&self, _client_id: &Arc<str>, _connection_id: u64) {}
 }
 
 /// The single node's ownership: every client id is held in this process, and its holder
