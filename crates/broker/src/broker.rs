@@ -416,6 +416,14 @@ impl SessionEnv for ConnectionEnv<'_> {
         SessionEnv::publish(self.broker, message)
     }
 
+    fn memory_pressure(&self) -> bool {
+        SessionEnv::memory_pressure(self.broker)
+    }
+
+    fn refused_for_memory(&self) {
+        SessionEnv::refused_for_memory(self.broker);
+    }
+
     fn subscribe(
         &self,
         mailbox: &Arc<Mailbox>,

@@ -60,6 +60,8 @@ impl SessionEnv for FakeEnv {
         self.pressure
     }
 
+    fn refused_for_memory(&self) {}
+
     fn publish(&self, message: Message) -> usize {
         self.calls
             .lock()
