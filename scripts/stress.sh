@@ -16,6 +16,7 @@
 #   MIDGE_STRESS_DEAD               subscribers that never read
 #   MIDGE_STRESS_DEAD_PHASE_SECS    seconds of fan-out without, then with, the dead ones
 #   MIDGE_STRESS_FANOUT_RATE        fan-out messages (1 KiB, QoS 0) per second
+#   MIDGE_STRESS_BUDGET_MIB         [limits] max_memory of the dead-consumers-under-a-budget run
 #   MIDGE_STRESS_BURST              TCP connects per burst (four bursts a second)
 #   MIDGE_STRESS_SLOWLORIS          sockets trickling a CONNECT one byte a second
 #   MIDGE_STRESS_STORAGE            "memory" takes the store out of the figures
@@ -39,6 +40,7 @@ export MIDGE_STRESS_STORM_ROUNDS="${MIDGE_STRESS_STORM_ROUNDS:-5}"
 export MIDGE_STRESS_DEAD="${MIDGE_STRESS_DEAD:-10000}"
 export MIDGE_STRESS_DEAD_PHASE_SECS="${MIDGE_STRESS_DEAD_PHASE_SECS:-60}"
 export MIDGE_STRESS_FANOUT_RATE="${MIDGE_STRESS_FANOUT_RATE:-1000}"
+export MIDGE_STRESS_BUDGET_MIB="${MIDGE_STRESS_BUDGET_MIB:-256}"
 export MIDGE_STRESS_BURST="${MIDGE_STRESS_BURST:-20000}"
 export MIDGE_STRESS_SLOWLORIS="${MIDGE_STRESS_SLOWLORIS:-1000}"
 export MIDGE_STRESS_SOAK_SECS="${MIDGE_STRESS_SOAK_SECS:-1800}"
@@ -62,6 +64,6 @@ status=$?
 set -e
 # The figures each scenario prints (libtest may put "test NAME ..." before them on the
 # same line), then the verdicts.
-grep -oE '(storm round [0-9]+/[0-9]+|dead consumers|flood|shared churn|soak):.*' "$log" || true
+grep -oE '(storm round [0-9]+/[0-9]+|dead consumers under a memory budget|dead consumers|flood|shared churn|soak):.*' "$log" || true
 grep -E '^test result|panicked|FAILED' "$log" || true
 exit "$status"

@@ -65,6 +65,12 @@ impl SessionEnv for LoopbackEnv {
         &self.stats
     }
 
+    fn memory_pressure(&self) -> bool {
+        false
+    }
+
+    fn refused_for_memory(&self) {}
+
     fn publish(&self, message: Message) -> usize {
         let message = Arc::new(message);
         if message.retain {
@@ -185,7 +191,6 @@ fuzz_target!(|data: &[u8]| {
                 session
                     .resolve_publish(publish, &env)
                     .map(|resolved| session.publish(resolved, allowed, &env, now, &mut out))
-                    .map(|()| Flow::Continue)
             }
             Packet::Subscribe(subscribe) => {
                 let verdicts: Vec<bool> =
@@ -231,7 +236,7 @@ fuzz_target!(|data: &[u8]| {
 
         match flow {
             Ok(Flow::Continue) => {}
-            Ok(Flow::Disconnect) | Err(_) => break,
+            Ok(Flow::Disconnect | Flow::Close(_)) | Err(_) => break,
         }
     }
 });

@@ -55,7 +55,11 @@ fuzz_target!(|data: &[u8]| {
             }
             let subject = topic_to_subject(name);
             let nats = patterns.iter().any(|p| nats_matches(p, &subject));
-            assert_eq!(nats, topic::matches(filter, name), "{filter} {name} {patterns:?}");
+            assert_eq!(
+                nats,
+                topic::matches(filter, name),
+                "{filter} {name} {patterns:?}"
+            );
         }
     }
     let bytes = Bytes::copy_from_slice(data);
@@ -65,8 +69,22 @@ fuzz_target!(|data: &[u8]| {
         let (origin2, message2) = envelope::decode("t".into(), again, 1_000).expect("re-decode");
         assert_eq!(origin, origin2);
         assert_eq!(
-            (message.qos, message.retain, &message.properties, &message.payload, &message.origin, message.expires_at),
-            (message2.qos, message2.retain, &message2.properties, &message2.payload, &message2.origin, message2.expires_at)
+            (
+                message.qos,
+                message.retain,
+                &message.properties,
+                &message.payload,
+                &message.origin,
+                message.expires_at
+            ),
+            (
+                message2.qos,
+                message2.retain,
+                &message2.properties,
+                &message2.payload,
+                &message2.origin,
+                message2.expires_at
+            )
         );
     }
 });

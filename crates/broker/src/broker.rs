@@ -10,6 +10,7 @@ use midge_proto::{SubscriptionOptions, Will};
 use crate::config::{Config, MqttConfig, QueueFullPolicy};
 use crate::log_limit::LogLimiter;
 use crate::mailbox::Mailbox;
+use crate::memory::MemoryBudget;
 use crate::model::QueueLimits;
 use crate::model::{Delivery, Message, Millis, Stage};
 use crate::registry::{Attached, Effects, LocalOwnership, Ownership, Registry};
@@ -44,6 +45,8 @@ pub struct Broker {
     pub registry: Registry,
     /// Counters.
     pub stats: Stats,
+    /// What client input holds in memory, against `limits.max_memory`.
+    pub memory: Arc<MemoryBudget>,
     /// Rate limits log lines about refused, malformed and failed connections per peer.
     pub log_limit: Arc<LogLimiter>,
     /// Where persistent sessions and retained messages are recorded; `None` keeps
@@ -64,27 +67,42 @@ impl Broker {
     /// A broker with nothing in it that records persistent state through `journal`: the
     /// single node, with the in-process router, retained store and client-id ownership.
     pub fn with_journal(config: Config, journal: Option<Journal>) -> Arc<Self> {
+        let memory = Arc::new(MemoryBudget::new(crate::memory::limit_for(&config.limits)));
         let parts = Parts {
             router: Box::new(Router::new(config.mqtt.shared_subscription_strategy)),
-            retained: Box::<RetainedStore>::default(),
+            retained: Box::new(RetainedStore::with_budget(memory.clone())),
             ownership: Box::new(LocalOwnership),
         };
-        Self::assemble(config, journal, parts)
+        Self::assemble_with_budget(config, journal, parts, memory)
     }
 
     /// A broker built on the given implementations of its seams.
     pub fn assemble(config: Config, journal: Option<Journal>, parts: Parts) -> Arc<Self> {
+        let memory = Arc::new(MemoryBudget::new(crate::memory::limit_for(&config.limits)));
+        Self::assemble_with_budget(config, journal, parts, memory)
+    }
+
+    /// [`Broker::assemble`] with the budget the parts already count against.
+    fn assemble_with_budget(
+        config: Config,
+        journal: Option<Journal>,
+        parts: Parts,
+        memory: Arc<MemoryBudget>,
+    ) -> Arc<Self> {
         let log_limit = Arc::new(LogLimiter::new(&config.log));
-        let registry = Registry::with_ownership(journal.clone(), parts.ownership);
+        let registry =
+            Registry::with_ownership(journal.clone(), parts.ownership).with_budget(memory.clone());
         registry.set_max_parked(config.limits.max_parked_sessions);
+        let amqp = crate::amqp_queues::Queues::new(journal.clone(), Some(memory.clone()));
         Arc::new(Self {
             router: parts.router,
             config: ConfigCell::new(Arc::new(config)),
             retained: parts.retained,
             registry,
             stats: Stats::default(),
+            memory,
             log_limit,
-            amqp: Arc::new(crate::amqp_queues::Queues::new(journal.clone())),
+            amqp: Arc::new(amqp),
             journal,
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),
@@ -189,7 +207,10 @@ impl Broker {
     }
 
     /// Publishes a message: updates the retained store if it is retained, then routes it.
-    pub fn publish(&self, message: Message) -> RouteOutcome {
+    /// The message counts in the memory budget from here until the last queue (or
+    /// in-flight window) holding it lets go.
+    pub fn publish(&self, mut message: Message) -> RouteOutcome {
+        message.charge = crate::model::Charge::new(&self.memory, message.footprint());
         if message.retain && self.config.routing.retain_available.load(Ordering::Relaxed) {
             let stored = self.retained.update(&message);
             if let Some(journal) = &self.journal {
@@ -395,6 +416,14 @@ impl SessionEnv for ConnectionEnv<'_> {
         SessionEnv::publish(self.broker, message)
     }
 
+    fn memory_pressure(&self) -> bool {
+        SessionEnv::memory_pressure(self.broker)
+    }
+
+    fn refused_for_memory(&self) {
+        SessionEnv::refused_for_memory(self.broker);
+    }
+
     fn subscribe(
         &self,
         mailbox: &Arc<Mailbox>,
@@ -445,6 +474,14 @@ impl SessionEnv for Broker {
 
     fn publish(&self, message: Message) -> usize {
         Broker::publish(self, message).delivered
+    }
+
+    fn memory_pressure(&self) -> bool {
+        self.memory.pressure()
+    }
+
+    fn refused_for_memory(&self) {
+        Stats::add(&self.memory.refused_publishes, 1);
     }
 
     fn subscribe(

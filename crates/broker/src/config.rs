@@ -715,6 +715,62 @@ pub struct LimitsConfig {
     /// Sessions kept after their connection ended (parked) at most; beyond it a session
     /// ends with its connection. 0 is unlimited.
     pub max_parked_sessions: usize,
+    /// Bytes client input may hold in the broker (queues, retained messages, pre-CONNECT
+    /// buffers); above it the memory budget's policy applies (see `memory`). Absent: half
+    /// of the machine's memory or of the cgroup limit (`memory::limit_for`); 0: none.
+    pub max_memory: Option<ByteSize>,
+    /// PUBLISH packets per second one connection may send; 0 is unlimited. Enforced by
+    /// not reading from its socket (TCP pushes back on the client).
+    pub publish_rate_per_client: u32,
+    /// PUBLISH payload bytes per second one connection may send; 0 is unlimited.
+    pub publish_bytes_per_client: ByteSize,
+}
+
+/// A size in bytes: a number, or a string with a unit (`"512MiB"`, `"2 GiB"`, `"64k"`;
+/// k/M/G/T and KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB powers of 1000).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(Self(n)),
+            Raw::Text(text) => parse_size(&text).map(Self).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a size (bytes, or a number with KiB, MiB, GiB, ...)"
+                ))
+            }),
+        }
+    }
+}
+
+/// Parses a size as [`ByteSize`] reads it.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
 }
 
 impl Default for LimitsConfig {
@@ -725,6 +781,9 @@ impl Default for LimitsConfig {
             connect_burst_per_ip: 100,
             max_tracked_addresses: 10_000,
             max_parked_sessions: 1_000_000,
+            max_memory: None,
+            publish_rate_per_client: 0,
+            publish_bytes_per_client: ByteSize(0),
         }
     }
 }
@@ -1234,6 +1293,26 @@ mod tests {
             "[limits]\nconnections_per_ip = 0\nconnect_rate_per_ip = 0\nconnect_burst_per_ip = 0\n";
         let config = Config::from_toml(off, "t.toml").unwrap();
         assert_eq!(config.limits.connections_per_ip, 0);
+    }
+
+    #[test]
+    fn memory_and_rate_limits_read_sizes() {
+        assert_eq!(parse_size("1234"), Some(1234));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2 GiB"), Some(2 << 30));
+        assert_eq!(parse_size("64k"), Some(64 << 10));
+        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_size("MiB"), None);
+        let text = "[limits]\nmax_memory = \"256MiB\"\npublish_rate_per_client = 10\npublish_bytes_per_client = 4096\n";
+        let config = Config::from_toml(text, "t.toml").unwrap();
+        assert_eq!(config.limits.max_memory, Some(ByteSize(256 << 20)));
+        assert_eq!(config.limits.publish_rate_per_client, 10);
+        assert_eq!(config.limits.publish_bytes_per_client, ByteSize(4096));
+        let err = Config::from_toml("[limits]\nmax_memory = \"lots\"\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("max_memory"), "{err}");
+        let zero = Config::from_toml("[limits]\nmax_memory = 0\n", "t.toml").unwrap();
+        assert_eq!(zero.limits.max_memory, Some(ByteSize(0)));
     }
 
     /// Uncomments every commented `key = value`, `[[listener]]` and `[listener.tls]` line.

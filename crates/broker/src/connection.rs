@@ -26,6 +26,7 @@ use crate::broker::Broker;
 use crate::mailbox::{ConnectionDetail, Control, Mailbox};
 use crate::model::{Message, now_millis};
 use crate::pre_connect::{self, PreConnect, Refused};
+use crate::publish_rate::{PublishRate, Throttle};
 use crate::session::{Flow, ResolvedPublish, Session, Violation, negotiate};
 use crate::stats::Stats;
 
@@ -116,6 +117,8 @@ enum Wait {
     /// Something arrived in the mailbox: deliveries, a control, or a wake-up to look at
     /// the shutdown flag.
     Mailbox,
+    /// A publish rate pause ended: handle what was read before reading more.
+    RateResumed,
     /// The keep-alive deadline passed (it may since have moved).
     KeepAlive,
 }
@@ -171,6 +174,18 @@ struct Connection<R, W> {
     /// Bytes were written since the last flush. TLS and WebSocket streams may hold written
     /// bytes in a buffer until flushed.
     unflushed: bool,
+    /// The publish rate limits (`limits.publish_rate_per_client`, `..._bytes_...`), when
+    /// set.
+    rate: Option<Box<PublishRate>>,
+    /// The read and write buffers' capacity as counted in the memory budget once the
+    /// session runs (before, `pre_connect` counts the read buffer); given back on drop.
+    buffers_charged: usize,
+}
+
+impl<R, W> Drop for Connection<R, W> {
+    fn drop(&mut self) {
+        self.broker.memory.release(self.buffers_charged as u64);
+    }
 }
 
 /// Serves one accepted connection to the end. `certificate_identity` is the user name a
@@ -197,6 +212,7 @@ where
 {
     // Until CONNECT is in, the smaller CONNECT limit applies (see `pre_connect`).
     let decoder = Decoder::new(listener.config.mqtt.connect_limit());
+    let rate = PublishRate::new(&listener.config.limits);
     let conn = Connection {
         reader,
         writer,
@@ -209,8 +225,10 @@ where
         enhanced: None,
         broker,
         listener,
+        rate,
         shutdown,
         unflushed: false,
+        buffers_charged: 0,
     };
     conn.serve_session(held)
 }
@@ -617,6 +635,19 @@ where
                 return None;
             }
         };
+        if broker.memory.pressure() {
+            // Over `limits.max_memory`: a new session would only add to it. Before
+            // authentication, which may cost a password hash.
+            Stats::add(&broker.memory.refused_connections, 1);
+            Box::pin(self.refuse(
+                &connect,
+                ReasonCode::SERVER_BUSY,
+                "memory budget exceeded (limits.max_memory)",
+                &negotiated.client_id,
+            ))
+            .await;
+            return None;
+        }
         let authenticated = match connect.properties.authentication_method.as_deref() {
             None => {
                 let credentials = Credentials {
@@ -949,6 +980,13 @@ where
             if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 self.rbuf = BytesMut::new();
             }
+            // What a client that does not read (the write buffer) or sends a large packet
+            // (the read buffer) holds counts against `limits.max_memory` too.
+            let buffers = self.rbuf.capacity() + self.wbuf.capacity();
+            if buffers != self.buffers_charged {
+                let before = std::mem::replace(&mut self.buffers_charged, buffers);
+                self.broker.memory.adjust(before as u64, buffers as u64);
+            }
             woken = false;
             let event = std::future::poll_fn(|cx| {
                 self.poll_wait(
@@ -1026,7 +1064,16 @@ where
                         None => {}
                     }
                 }
+                Wait::RateResumed => {
+                    if let Some(end) = self.process_input(session).await {
+                        return end;
+                    }
+                }
                 Wait::KeepAlive => {
+                    if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
+                        // Not reading is our doing, not the client's silence.
+                        last_read = Instant::now();
+                    }
                     if credential_deadline.is_some_and(|at| Instant::now() >= at) {
                         // MQTT 5 is told why (0xA0); an MQTT 3 connection is just closed.
                         tracing::info!(client_id = %session.client_id(), peer = %self.peer, "credential expired; connection closed");
@@ -1105,7 +1152,15 @@ where
                 Err(_) => Wait::WriteFailed,
             });
         }
+        let throttle = match &mut self.rate {
+            Some(rate) => rate.poll(cx),
+            None => Throttle::Open,
+        };
+        if throttle == Throttle::Resumed {
+            return Poll::Ready(Wait::RateResumed);
+        }
         if self.wbuf.len() < READ_PAUSE
+            && throttle == Throttle::Open
             && let Poll::Ready(read) = poll_read_into(&mut self.reader, &mut self.rbuf, cx)
         {
             return Poll::Ready(Wait::Read(read));
@@ -1158,6 +1213,11 @@ where
                     return Some(end);
                 }
             }
+            if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
+                // Over its publish rate: the rest waits in the read buffer (see
+                // `publish_rate`).
+                return None;
+            }
             // A client that sends packets faster than they are handled gives up its
             // worker every so often instead of holding it for a whole buffer of them (up to
             // 64 KiB of costly SUBSCRIBE/UNSUBSCRIBE packets): every 64 packets it looks at
@@ -1201,6 +1261,7 @@ where
         match handled {
             Ok(Flow::Continue) => None,
             Ok(Flow::Disconnect) => Some(End::ClientDisconnect),
+            Ok(Flow::Close(why)) => Some(End::Abnormal(why)),
             Err(violation) => {
                 self.violation(session, &violation);
                 Some(End::Abnormal("protocol violation"))
@@ -1236,6 +1297,9 @@ where
         }
         match packet {
             Packet::Publish(publish) => {
+                if let Some(rate) = &mut self.rate {
+                    rate.publish(publish.payload.len());
+                }
                 let resolved =
                     session.resolve_publish(publish, &self.broker.env(&self.listener.config))?;
                 if checks_wait {
@@ -1246,8 +1310,7 @@ where
                     session.username(),
                     resolved.topic(),
                 );
-                self.publish(session, resolved, allowed);
-                Ok(Dispatch::Handled(Flow::Continue))
+                Ok(Dispatch::Handled(self.publish(session, resolved, allowed)))
             }
             Packet::Subscribe(subscribe) => Ok(Dispatch::Authorize(Pending::Subscribe(subscribe))),
             Packet::Unsubscribe(unsubscribe) if self.listener.access.checks_unsubscribe() => {
@@ -1296,10 +1359,7 @@ where
         authorized: Authorized,
     ) -> Result<Flow, Violation> {
         match authorized {
-            Authorized::Publish(resolved, allowed) => {
-                self.publish(session, resolved, allowed);
-                Ok(Flow::Continue)
-            }
+            Authorized::Publish(resolved, allowed) => Ok(self.publish(session, resolved, allowed)),
             Authorized::Subscribe(subscribe, verdicts) => {
                 self.subscribe(session, subscribe, verdicts)
             }
@@ -1342,7 +1402,12 @@ where
     }
 
     /// Publishes with its authorization verdict.
-    fn publish(&mut self, session: &mut Session, mut resolved: ResolvedPublish, allowed: bool) {
+    fn publish(
+        &mut self,
+        session: &mut Session,
+        mut resolved: ResolvedPublish,
+        allowed: bool,
+    ) -> Flow {
         if allowed {
             self.dynsec_command(session, &mut resolved);
         }
@@ -1352,7 +1417,7 @@ where
             &self.broker.env(&self.listener.config),
             now_millis(),
             &mut self.wbuf,
-        );
+        )
     }
 
     /// Subscribes with one authorization verdict per filter.

@@ -712,8 +712,8 @@ async fn watch_certificates(
     }
 }
 
-/// Session expiry, delayed wills, expired retained messages, and AMQP bindings checked again
-/// after the access rules changed.
+/// Session expiry, delayed wills, expired retained messages, AMQP bindings checked again
+/// after the access rules changed, and the compaction of queues that are behind.
 async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -735,6 +735,9 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         if sweeps.is_multiple_of(4) {
             // Sums up the log lines left out in windows that are over.
             broker.log_limit.sweep();
+            // Every second (`router::COMPACT_INTERVAL`): messages waiting in queues that
+            // are behind stop pinning their publishers' read buffers.
+            broker.router.compact();
         }
         if sweeps.is_multiple_of(240) {
             broker.retained.sweep_expired(now);

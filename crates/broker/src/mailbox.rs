@@ -9,19 +9,34 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use midge_proto::QoS;
 use tokio::sync::oneshot;
 
 use crate::config::QueueFullPolicy;
-use crate::model::{Delivery, QueueLimits, next_session_id};
+use crate::memory::MemoryBudget;
+use crate::model::{Delivery, Message, QueueLimits, next_session_id};
 use crate::store::{Journal, SessionJournal};
 
 /// An emptied queue with room for more than this many deliveries gives its memory back.
 const KEEP_QUEUE_CAPACITY: usize = 16;
+
+/// Under memory pressure, a queue holding this many bytes (as the budget counts them) is
+/// behind: QoS 0 is no longer queued on it. A subscriber keeping up holds a few
+/// deliveries at most (those of one read of a publisher's, or one `$SYS` update, before
+/// its connection runs).
+pub const BEHIND_BYTES: usize = 64 * 1024;
+
+/// What one queued delivery costs beyond its message, which every queue holding it shares
+/// and which counts once (`model::Charge`): its slot in the queue.
+pub const DELIVERY_OVERHEAD: usize = std::mem::size_of::<Queued>();
+
+/// Queue slots are counted in the memory budget in steps of this many (see
+/// `Mailbox::account`): at most this many slots per queue go uncounted.
+pub const SLOT_STEP: usize = 8;
 
 /// A queued delivery and its place in the queue.
 #[derive(Debug, Clone)]
@@ -30,6 +45,42 @@ pub struct Queued {
     pub seq: u64,
     /// The delivery.
     pub delivery: Delivery,
+}
+
+/// Exact-size copies of messages made by [`Mailbox::compact`], by the original's address.
+/// Both are held weakly: an entry is good while the original lives (so its address is not
+/// reused) and the copy is still held somewhere.
+#[derive(Debug, Default)]
+pub struct Copies(std::collections::HashMap<usize, (Weak<Message>, Weak<Message>)>);
+
+impl Copies {
+    /// The copy of `message`, made now if there is none.
+    fn copy_of(&mut self, message: &Arc<Message>) -> Arc<Message> {
+        let key = Arc::as_ptr(message) as usize;
+        if let Some(copy) = self.0.get(&key).and_then(|(_, copy)| copy.upgrade()) {
+            return copy;
+        }
+        let copy = Arc::new(message.compacted());
+        self.0
+            .insert(key, (Arc::downgrade(message), Arc::downgrade(&copy)));
+        copy
+    }
+
+    /// Forgets the copies of messages that are gone, or whose copies are.
+    pub fn forget_gone(&mut self) {
+        self.0
+            .retain(|_, (original, copy)| original.strong_count() > 0 && copy.strong_count() > 0);
+    }
+
+    /// Messages with a copy.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no message has a copy.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What a push did.
@@ -139,6 +190,9 @@ pub struct ConnectionDetail {
 struct Inner {
     queue: VecDeque<Queued>,
     bytes: usize,
+    /// What the memory budget counts for this queue's slots now (see
+    /// [`Mailbox::account`]).
+    charged: usize,
     /// Payload bytes queued: what RabbitMQ's `x-max-length-bytes` counts (the queue's
     /// own limits); `bytes` is the whole weight, for the session queue limits.
     body: usize,
@@ -149,6 +203,10 @@ struct Inner {
     /// The access rules changed: the serving connection checks its subscriptions again.
     recheck: bool,
     next_seq: u64,
+    /// `next_seq` at the compaction sweep before the last (see [`Mailbox::compact`]).
+    swept_to: u64,
+    /// `next_seq` at the last compaction sweep.
+    seen_to: u64,
     /// Whether the session is kept in the store (its expiry is above 0).
     persistent: bool,
     /// A wake-up not yet seen by the connection (like a `Notify` permit).
@@ -165,6 +223,7 @@ impl Default for Inner {
         Self {
             queue: VecDeque::new(),
             bytes: 0,
+            charged: 0,
             body: 0,
             qos0: 0,
             online: false,
@@ -172,6 +231,8 @@ impl Default for Inner {
             control: None,
             recheck: false,
             next_seq: 1,
+            swept_to: 0,
+            seen_to: 0,
             persistent: false,
             notified: false,
             own: None,
@@ -193,20 +254,31 @@ pub struct Mailbox {
     /// reads it while holding the trie lock, where taking a mailbox lock would close a
     /// lock-order cycle (see ARCHITECTURE.md, "Lock hierarchy").
     online: AtomicBool,
+    /// A copy of the queue's length, written under the lock and read without it: routing
+    /// looks at it to see whether a subscriber has a backlog (see [`Mailbox::backlog`]).
+    queued: AtomicUsize,
+    /// Where the queue's bytes are counted with everything else client input holds.
+    budget: Option<Arc<MemoryBudget>>,
+    /// On the router's list of queues to compact (see [`Mailbox::mark_behind`]).
+    behind: AtomicBool,
     inner: Mutex<Inner>,
 }
 
 impl Mailbox {
-    /// A new, empty, offline mailbox that records nothing.
+    /// A new, empty, offline mailbox that records nothing and counts against no budget.
     pub fn new(client_id: Arc<str>) -> Arc<Self> {
-        Self::with_store(client_id, None)
+        Self::with_store(client_id, None, None)
     }
 
     /// A new, empty, offline mailbox whose session is stored through `store` once it is
-    /// persistent (see [`Mailbox::persist`]).
-    pub fn with_store(client_id: Arc<str>, store: Option<&Journal>) -> Arc<Self> {
+    /// persistent (see [`Mailbox::persist`]), and whose queue counts against `budget`.
+    pub fn with_store(
+        client_id: Arc<str>,
+        store: Option<&Journal>,
+        budget: Option<&Arc<MemoryBudget>>,
+    ) -> Arc<Self> {
         let session_id = next_session_id();
-        Self::build(client_id, session_id, store, Inner::default())
+        Self::build(client_id, session_id, store, budget, Inner::default())
     }
 
     /// The mailbox of a session read back from the store: persistent, with its stored id,
@@ -215,6 +287,7 @@ impl Mailbox {
         client_id: Arc<str>,
         session_id: u64,
         store: &Journal,
+        budget: Option<&Arc<MemoryBudget>>,
         next_seq: u64,
     ) -> Arc<Self> {
         let inner = Inner {
@@ -222,13 +295,14 @@ impl Mailbox {
             persistent: true,
             ..Inner::default()
         };
-        Self::build(client_id, session_id, Some(store), inner)
+        Self::build(client_id, session_id, Some(store), budget, inner)
     }
 
     fn build(
         client_id: Arc<str>,
         session_id: u64,
         store: Option<&Journal>,
+        budget: Option<&Arc<MemoryBudget>>,
         inner: Inner,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -236,8 +310,81 @@ impl Mailbox {
             client_id,
             session_id,
             online: AtomicBool::new(inner.online),
+            queued: AtomicUsize::new(0),
+            budget: budget.cloned(),
+            behind: AtomicBool::new(false),
             inner: Mutex::new(inner),
         })
+    }
+
+    /// Brings the memory budget and the lock-free length up to date after the queue
+    /// changed. Slots are counted in steps of [`SLOT_STEP`] (the length rounded down), so a
+    /// queue that a subscriber keeps up with, going from empty to a few and back with
+    /// every message, changes the budget not at all, and an empty queue counts nothing.
+    fn account(&self, inner: &mut Inner) {
+        let len = inner.queue.len();
+        self.queued.store(len, Ordering::Relaxed);
+        if let Some(budget) = &self.budget {
+            let now = (len - len % SLOT_STEP) * DELIVERY_OVERHEAD;
+            if now != inner.charged {
+                budget.adjust(inner.charged as u64, now as u64);
+                inner.charged = now;
+            }
+        }
+    }
+
+    /// Deliveries queued, read without the lock (a moment out of date at most): a
+    /// subscriber that has some is behind (offline, or not reading as fast as it is sent
+    /// to).
+    pub fn backlog(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Marks the queue as being on the router's list of queues to compact; true if it was
+    /// not (so the caller lists it). A relaxed load, and a swap only when it changes.
+    pub fn mark_behind(&self) -> bool {
+        !self.behind.load(Ordering::Relaxed) && !self.behind.swap(true, Ordering::Relaxed)
+    }
+
+    /// Takes the queue off the router's list; true if it should stay on it because it is
+    /// still behind (then it stays marked).
+    pub fn unmark_behind(&self, threshold: usize) -> bool {
+        self.behind.store(false, Ordering::Relaxed);
+        self.backlog() >= threshold && self.mark_behind()
+    }
+
+    /// Gives each delivery that has waited here through a whole compaction interval (it
+    /// was queued before the previous sweep and has not been sent since) an exact-size copy
+    /// of its message, so it no longer holds on to the read buffer its payload was sliced
+    /// from: a subscriber that is behind must not pin its publishers' buffers, which
+    /// the memory budget does not see (issue 9, defect 4). `copies` maps an original
+    /// message (by address) to its copy, so a message queued in many slow queues is copied
+    /// once. Each delivery is looked at in one sweep only. Returns how many deliveries got
+    /// a copy. Takes only this mailbox's lock.
+    pub fn compact(&self, copies: &mut Copies) -> usize {
+        let mut inner = self.lock();
+        let (from, to) = (inner.swept_to, inner.seen_to);
+        inner.swept_to = to;
+        inner.seen_to = inner.next_seq;
+        let mut copied = 0;
+        for queued in inner.queue.iter_mut() {
+            if queued.seq < from || queued.seq >= to {
+                continue;
+            }
+            let message = &mut queued.delivery.message;
+            let copy = copies.copy_of(message);
+            if !Arc::ptr_eq(&copy, message) {
+                *message = copy;
+                copied += 1;
+            }
+        }
+        copied
+    }
+
+    /// Bytes this queue's slots count against the memory budget now (its messages count
+    /// once each, wherever they are held).
+    pub fn charged_bytes(&self) -> usize {
+        self.lock().charged
     }
 
     /// The client id of the session this mailbox belongs to.
@@ -302,6 +449,20 @@ impl Mailbox {
         if is_qos0 && !inner.online && !limits.queue_qos0_offline {
             return PushOutcome::Dropped;
         }
+        if is_qos0
+            && inner.bytes + inner.queue.len() * DELIVERY_OVERHEAD >= BEHIND_BYTES
+            && let Some(budget) = self.budget.as_ref().filter(|b| b.pressure())
+        {
+            // Over the memory budget: QoS 0 is not queued behind a backlog, so the slow
+            // and dead consumers lose it while those keeping up do not. One queued QoS 0
+            // goes too, so their backlogs shrink.
+            if inner.qos0 > 0 {
+                inner.remove_first_qos0();
+                self.account(&mut inner);
+            }
+            budget.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+            return PushOutcome::Dropped;
+        }
         // QoS 0 deliveries are never stored.
         let journal = self
             .journal
@@ -331,15 +492,18 @@ impl Mailbox {
                     journal.dequeue(old.seq);
                 }
             } else {
+                // QoS 0 may have been evicted before this turn.
+                self.account(&mut inner);
                 return PushOutcome::Dropped;
             }
             evicted += 1;
         }
-        Self::enqueue(inner, delivery, journal, evicted)
+        self.enqueue(inner, delivery, journal, evicted)
     }
 
     /// The end of a push: the delivery joins the queue (and the store, with `journal`).
     fn enqueue(
+        &self,
         mut inner: MutexGuard<'_, Inner>,
         delivery: Delivery,
         journal: Option<&SessionJournal>,
@@ -355,6 +519,7 @@ impl Mailbox {
             journal.enqueue(seq, &delivery);
         }
         inner.queue.push_back(Queued { seq, delivery });
+        self.account(&mut inner);
         if was_empty && inner.online {
             Self::wake(inner);
         }
@@ -398,7 +563,7 @@ impl Mailbox {
             .journal
             .as_ref()
             .filter(|_| inner.persistent && delivery.qos != QoS::AtMostOnce);
-        Self::enqueue(inner, delivery, journal, evicted)
+        self.enqueue(inner, delivery, journal, evicted)
     }
 
     /// Takes up to `max` deliveries from the front, stopping before a QoS 1/2 delivery
@@ -430,6 +595,7 @@ impl Mailbox {
                 out.push(queued);
             }
         }
+        self.account(&mut inner);
     }
 
     /// Returns deliveries to the front of the queue, in order (a connection that could not
@@ -442,6 +608,7 @@ impl Mailbox {
             inner.qos0 += usize::from(q.delivery.qos == QoS::AtMostOnce);
             inner.queue.push_front(q);
         }
+        self.account(&mut inner);
     }
 
     /// Puts back a stored queue at start (oldest first), applying the limits as pushes
@@ -464,6 +631,7 @@ impl Mailbox {
             inner.next_seq = inner.next_seq.max(seq.saturating_add(1));
             inner.queue.push_back(Queued { seq, delivery });
         }
+        self.account(&mut inner);
         dropped
     }
 
@@ -516,7 +684,9 @@ impl Mailbox {
             journal.delete();
         }
         inner.persistent = false;
-        inner.queue.drain(..).map(|q| q.delivery).collect()
+        let queued = inner.queue.drain(..).map(|q| q.delivery).collect();
+        self.account(&mut inner);
+        queued
     }
 
     /// Drops queued deliveries for which `keep` is false; returns how many.
@@ -544,6 +714,7 @@ impl Mailbox {
         inner.bytes = bytes;
         inner.body = body;
         inner.qos0 = qos0;
+        self.account(&mut inner);
         before - inner.queue.len()
     }
 
@@ -568,6 +739,7 @@ impl Mailbox {
             inner.body -= q.delivery.message.payload.len();
             inner.qos0 -= usize::from(q.delivery.qos == QoS::AtMostOnce);
         }
+        self.account(&mut inner);
         taken
     }
 
@@ -600,6 +772,7 @@ impl Mailbox {
             let at = inner.queue.partition_point(|e| e.seq < q.seq);
             inner.queue.insert(at, q);
         }
+        self.account(&mut inner);
         if was_empty && inner.online {
             Self::wake(inner);
         }
@@ -681,6 +854,16 @@ impl Mailbox {
         drop(inner);
         if let Some(waker) = waker {
             waker.wake();
+        }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        // A mailbox dropped with deliveries in it (never closed) gives their count back.
+        if let Some(budget) = &self.budget {
+            let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+            budget.release(inner.charged as u64);
         }
     }
 }
@@ -976,5 +1159,149 @@ mod tests {
             mailbox.push(delivery(QoS::AtLeastOnce, "b"), &l),
             PushOutcome::Closed
         );
+    }
+
+    /// A delivery whose message counts in `budget`, as `Broker::publish` makes them.
+    fn charged(budget: &Arc<MemoryBudget>, qos: QoS, payload: &'static str) -> Delivery {
+        let mut d = delivery(qos, payload);
+        let mut message = Message::clone(&d.message);
+        message.charge = crate::model::Charge::new(budget, message.footprint());
+        d.message = Arc::new(message);
+        d
+    }
+
+    fn budgeted() -> (Arc<MemoryBudget>, Arc<Mailbox>) {
+        let budget = Arc::new(MemoryBudget::new(1 << 20));
+        let mailbox = Mailbox::with_store("c".into(), None, Some(&budget));
+        (budget, mailbox)
+    }
+
+    /// What `n` queued deliveries' slots count (see `Mailbox::account`).
+    fn slots(n: usize) -> u64 {
+        ((n - n % SLOT_STEP) * DELIVERY_OVERHEAD) as u64
+    }
+
+    #[test]
+    fn queued_messages_count_once_and_each_delivery_its_slot() {
+        let (budget, mailbox) = budgeted();
+        let other = Mailbox::with_store("d".into(), None, Some(&budget));
+        mailbox.set_online(true);
+        let l = limits(0, QueueFullPolicy::DropNew);
+        let shared = charged(&budget, QoS::AtLeastOnce, "abc");
+        let footprint = shared.message.footprint();
+        mailbox.push(shared.clone(), &l);
+        other.push(shared, &l);
+        // Enough more to count a step of slots.
+        let filler: Vec<_> = (0..SLOT_STEP)
+            .map(|_| charged(&budget, QoS::AtMostOnce, "de"))
+            .collect();
+        let filler_footprint = filler[0].message.footprint();
+        for d in filler {
+            mailbox.push(d, &l);
+        }
+        let n = SLOT_STEP + 1;
+        // The shared message once, each other message once, and the slots.
+        let messages = footprint + SLOT_STEP as u64 * filler_footprint;
+        let expected = messages + slots(n) + slots(1);
+        assert_eq!(budget.used(), expected);
+        assert_eq!(mailbox.charged_bytes() as u64, slots(n));
+        assert_eq!(mailbox.backlog(), n);
+        // Taken out (in flight, say), the message still counts; its slot does not once
+        // the queue is below the step.
+        let mut out = Vec::new();
+        mailbox.pop_queued(2, 2, &mut out);
+        assert_eq!(budget.used(), messages + slots(n - 2));
+        mailbox.unpop(out);
+        assert_eq!(budget.used(), expected);
+        let taken = mailbox.take_deliveries(|d| d.qos == QoS::AtLeastOnce);
+        mailbox.reinsert(taken);
+        assert_eq!(budget.used(), expected);
+        // The QoS 0 messages leave for good: all of them are given back.
+        mailbox.retain_deliveries(|d| d.qos == QoS::AtLeastOnce);
+        assert_eq!(budget.used(), footprint);
+        assert_eq!(
+            mailbox.charged_bytes(),
+            0,
+            "an almost empty queue counts no slot"
+        );
+        // The shared message counts until the last queue holding it lets go.
+        drop(mailbox.close());
+        assert_eq!(budget.used(), footprint);
+        // A mailbox dropped with deliveries in it gives them back too.
+        drop(other);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn under_pressure_qos0_is_dropped_behind_a_backlog_only() {
+        let (budget, slow) = budgeted();
+        let fast = Mailbox::with_store("f".into(), None, Some(&budget));
+        slow.set_online(true);
+        fast.set_online(true);
+        let l = limits(0, QueueFullPolicy::DropNew);
+        let behind = BEHIND_BYTES.div_ceil(DELIVERY_OVERHEAD + 7);
+        for _ in 0..behind {
+            slow.push(delivery(QoS::AtMostOnce, "queued"), &l);
+        }
+        fast.push(delivery(QoS::AtMostOnce, "a few"), &l);
+        budget.charge(1 << 20);
+        assert!(budget.pressure());
+        // The subscriber with a backlog loses the newcomer and one queued QoS 0.
+        assert_eq!(
+            slow.push(delivery(QoS::AtMostOnce, "new"), &l),
+            PushOutcome::Dropped
+        );
+        assert_eq!(slow.len(), behind - 1);
+        // One keeping up (a few queued) still gets it; QoS 1 is not dropped here (the
+        // publisher was refused before routing).
+        assert!(matches!(
+            fast.push(delivery(QoS::AtMostOnce, "new"), &l),
+            PushOutcome::Queued { .. }
+        ));
+        assert!(matches!(
+            slow.push(delivery(QoS::AtLeastOnce, "one"), &l),
+            PushOutcome::Queued { .. }
+        ));
+        assert_eq!(budget.dropped_qos0.load(Ordering::Relaxed), 1);
+    }
+
+    /// Pushes and pops from many threads onto shared mailboxes leave the budget exact.
+    #[test]
+    fn concurrent_queues_balance_the_budget() {
+        let budget = Arc::new(MemoryBudget::unlimited());
+        let mailboxes: Vec<_> = (0..4)
+            .map(|i| Mailbox::with_store(format!("m{i}").into(), None, Some(&budget)))
+            .collect();
+        let l = limits(64, QueueFullPolicy::DropOldest);
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let (mailboxes, l, budget) = (&mailboxes, &l, &budget);
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    for n in 0..5_000 {
+                        let m = &mailboxes[(t + n) % mailboxes.len()];
+                        m.push(charged(budget, QoS::AtLeastOnce, "payload"), l);
+                        if n % 3 == 0 {
+                            out.clear();
+                            m.pop_batch(2, 2, &mut out);
+                        }
+                    }
+                });
+            }
+        });
+        // Each queue's counted slots, and each queued delivery's message (one per push
+        // here).
+        let queued: u64 = mailboxes.iter().map(|m| m.backlog() as u64).sum();
+        let slots_counted: u64 = mailboxes.iter().map(|m| m.charged_bytes() as u64).sum();
+        assert_eq!(
+            slots_counted,
+            mailboxes.iter().map(|m| slots(m.backlog())).sum::<u64>()
+        );
+        let footprint = delivery(QoS::AtLeastOnce, "payload").message.footprint();
+        assert_eq!(budget.used(), slots_counted + queued * footprint);
+        for m in &mailboxes {
+            drop(m.close());
+        }
+        assert_eq!(budget.used(), 0);
     }
 }

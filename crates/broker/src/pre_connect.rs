@@ -5,7 +5,8 @@
 //! A read that would take the total past the budget closes its connection.
 //!
 //! The budget is counted in [`Stats::pre_connect_bytes`] as the buffers' capacity, which
-//! is what they occupy. Buffers grow by doubling, so a CONNECT trickled in byte by byte
+//! is what they occupy, and the same bytes in the broker's memory budget
+//! (`limits.max_memory`, see `memory`). Buffers grow by doubling, so a CONNECT trickled in byte by byte
 //! is copied O(size) times in all, not once per byte.
 
 use std::mem::MaybeUninit;
@@ -156,6 +157,7 @@ impl PreConnect {
                     .pre_connect_bytes_maximum
                     .fetch_max(before + bytes, Ordering::Relaxed);
                 self.held += bytes;
+                self.broker.memory.charge(bytes);
                 true
             }
             Err(_) => false,
@@ -191,6 +193,7 @@ impl Drop for PreConnect {
                 .stats
                 .pre_connect_bytes
                 .fetch_sub(self.held, Ordering::Relaxed);
+            self.broker.memory.release(self.held);
         }
     }
 }

@@ -138,6 +138,8 @@ pub struct Registry {
     ownership: Box<dyn Ownership>,
     /// Most parked sessions; 0 is unlimited (`limits.max_parked_sessions`).
     max_parked: std::sync::atomic::AtomicUsize,
+    /// What new mailboxes' queues count against (`limits.max_memory`).
+    budget: Option<Arc<crate::memory::MemoryBudget>>,
 }
 
 /// What the registry leaves the broker to do once its lock is released, in this order:
@@ -223,7 +225,14 @@ impl Registry {
             journal,
             ownership,
             max_parked: std::sync::atomic::AtomicUsize::new(0),
+            budget: None,
         }
+    }
+
+    /// The same registry, with the queues of its sessions counted against `budget`.
+    pub fn with_budget(mut self, budget: Arc<crate::memory::MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Sets the most sessions that may wait parked (0: unlimited). Beyond it a session
@@ -234,7 +243,11 @@ impl Registry {
     }
 
     fn new_mailbox(&self, client_id: &Arc<str>) -> Arc<Mailbox> {
-        Mailbox::with_store(client_id.clone(), self.journal.as_ref())
+        Mailbox::with_store(
+            client_id.clone(),
+            self.journal.as_ref(),
+            self.budget.as_ref(),
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -597,7 +610,13 @@ impl Registry {
         now: Millis,
     ) -> (Arc<Mailbox>, usize) {
         let client_id = stored.client_id;
-        let mailbox = Mailbox::restored(client_id.clone(), stored.session, store, stored.next_seq);
+        let mailbox = Mailbox::restored(
+            client_id.clone(),
+            stored.session,
+            store,
+            self.budget.as_ref(),
+            stored.next_seq,
+        );
         let dropped = mailbox.restore(stored.queue, limits);
         let expires_at = stored.expires_at.or_else(|| {
             (stored.expiry_interval != u32::MAX)

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use bytes::Bytes;
-
+use crate::memory::MemoryBudget;
 use crate::model::{Message, Millis};
 
 #[derive(Debug, Default)]
@@ -97,9 +96,21 @@ struct Tree {
 #[derive(Debug, Default)]
 pub struct RetainedStore {
     tree: RwLock<Tree>,
+    /// What the retained messages count against (`limits.max_memory`): each its
+    /// footprint, from when it is stored until the last reference to it goes
+    /// (`model::Charge`). The tree's nodes, one per topic level, are not counted.
+    budget: Option<Arc<MemoryBudget>>,
 }
 
 impl RetainedStore {
+    /// An empty store whose messages count against `budget`.
+    pub fn with_budget(budget: Arc<MemoryBudget>) -> Self {
+        Self {
+            tree: RwLock::default(),
+            budget: Some(budget),
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Tree> {
         self.tree.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -136,28 +147,46 @@ pub trait Retained: Send + Sync + fmt::Debug {
 impl Retained for RetainedStore {
     fn update(&self, message: &Message) -> Option<Arc<Message>> {
         let levels: Vec<&str> = message.topic.split('/').collect();
-        let mut tree = self.write();
         if message.payload.is_empty() {
-            if tree.root.remove(&levels).is_some() {
-                tree.count -= 1;
-            }
+            let removed = {
+                let mut tree = self.write();
+                let removed = tree.root.remove(&levels);
+                if removed.is_some() {
+                    tree.count -= 1;
+                }
+                removed
+            };
+            // Dropped (and given back to the budget) after the lock.
+            drop(removed);
             return None;
         }
-        // The payload may be a slice of a connection's read buffer; a retained message can
-        // live for months, so it must not keep that whole buffer alive.
-        let stored = Arc::new(Message {
-            payload: Bytes::copy_from_slice(&message.payload),
+        // The payload and correlation data may be slices of a connection's read buffer; a
+        // retained message can live for months, so it must not keep that whole buffer
+        // alive.
+        let mut stored = Message {
             retain: true,
-            ..message.clone()
-        });
-        let mut node = &mut tree.root;
-        for level in &levels {
-            node = node.children.entry((*level).into()).or_default();
+            ..message.compacted()
+        };
+        if let Some(budget) = &self.budget
+            && stored.charge.ledger().is_none()
+        {
+            // Not counted yet (read back from the store at start).
+            stored.charge = crate::model::Charge::new(budget, stored.footprint());
         }
-        let replaced = node.message.replace(stored.clone()).is_some();
-        if !replaced {
-            tree.count += 1;
-        }
+        let stored = Arc::new(stored);
+        let replaced = {
+            let mut tree = self.write();
+            let mut node = &mut tree.root;
+            for level in &levels {
+                node = node.children.entry((*level).into()).or_default();
+            }
+            let replaced = node.message.replace(stored.clone());
+            if replaced.is_none() {
+                tree.count += 1;
+            }
+            replaced
+        };
+        drop(replaced);
         Some(stored)
     }
 
@@ -183,6 +212,7 @@ impl Retained for RetainedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{Bytes, BytesMut};
 
     fn msg(topic: &str, payload: &'static str) -> Message {
         Message::internal(
@@ -240,5 +270,57 @@ mod tests {
         assert!(store.matching("t", 1_000).is_empty());
         assert_eq!(store.sweep_expired(1_000), 1);
         assert_eq!(store.len(), 0);
+    }
+
+    /// A connection's read buffer (64 KiB) with one PUBLISH's payload and correlation data
+    /// sliced from it, as the decoder leaves them.
+    fn message_in_read_buffer() -> (Bytes, Message) {
+        let mut buffer = BytesMut::zeroed(64 * 1024);
+        buffer[..5].copy_from_slice(b"hello");
+        buffer[5..9].copy_from_slice(b"corr");
+        let buffer = buffer.freeze();
+        let mut message = Message::internal("t".into(), buffer.slice(0..5), true, 0);
+        message.properties.correlation_data = Some(buffer.slice(5..9));
+        (buffer, message)
+    }
+
+    #[test]
+    fn retained_copy_keeps_nothing_of_the_read_buffer() {
+        let store = RetainedStore::default();
+        let (buffer, message) = message_in_read_buffer();
+        store.update(&message);
+        // The connection is done with its buffer and the routed message.
+        drop(message);
+        // Before: the stored copy's correlation data still pointed into the buffer.
+        assert!(
+            buffer.is_unique(),
+            "a retained message pins the read buffer"
+        );
+        let stored = &store.matching("t", 0)[0];
+        assert_eq!(stored.payload, "hello");
+        assert_eq!(
+            stored.properties.correlation_data.as_deref(),
+            Some(&b"corr"[..])
+        );
+    }
+
+    #[test]
+    fn retained_messages_count_against_the_budget() {
+        let budget = Arc::new(MemoryBudget::unlimited());
+        let store = RetainedStore::with_budget(budget.clone());
+        store.update(&msg("a", "12345"));
+        let one = budget.used();
+        assert_eq!(one, msg("a", "12345").footprint());
+        // Replacing counts the difference; deleting and expiring give it all back.
+        store.update(&msg("a", "1"));
+        assert_eq!(budget.used(), one - 4);
+        store.update(&msg("a", ""));
+        assert_eq!(budget.used(), 0);
+        let mut m = msg("b", "v");
+        m.expires_at = Some(10);
+        store.update(&m);
+        assert!(budget.used() > 0);
+        assert_eq!(store.sweep_expired(10), 1);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -18,6 +18,8 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
     // AMQP connections are connected clients without a session.
     let total = (broker.registry.len() + broker.amqp.connections.len()) as u64;
     let connected = s.clients_connected;
+    let memory = &broker.memory;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     vec![
         (
             "$SYS/broker/version",
@@ -113,6 +115,30 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
         (
             "$SYS/broker/connections/pre_connect/dropped/timeout",
             s.pre_connect_dropped_timeout.to_string(),
+        ),
+        // midge's own: the memory budget (`limits.max_memory`) and what it turned away.
+        ("$SYS/broker/memory/used", memory.used().to_string()),
+        ("$SYS/broker/memory/maximum", memory.maximum().to_string()),
+        (
+            "$SYS/broker/memory/budget",
+            // 0: no limit.
+            memory.budget().to_string(),
+        ),
+        (
+            "$SYS/broker/memory/pressure",
+            u8::from(memory.pressure()).to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/dropped/memory",
+            load(&memory.dropped_qos0).to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/refused/memory",
+            load(&memory.refused_publishes).to_string(),
+        ),
+        (
+            "$SYS/broker/connections/refused/memory",
+            load(&memory.refused_connections).to_string(),
         ),
     ]
 }

@@ -930,6 +930,234 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
     drop(midge);
 }
 
+/// Issue 9, "a memory budget": the dead-consumer scenario with `[limits] max_memory`
+/// (`MIDGE_STRESS_BUDGET_MIB`, 8 MiB in CI) and the default queue limit of 1,000 messages
+/// per session, which alone would let each dead subscriber hold about 1 MiB. Once the count
+/// reaches the budget the broker drops QoS 0 to the queues that are behind (counted as
+/// `$SYS/broker/publish/messages/dropped/memory`) and refuses new connections; the live
+/// subscriber keeps receiving; RSS stays near the budget plus what each connection holds
+/// outside it (its kernel socket buffer, not counted); when the dead go, pressure ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_consumers_under_a_memory_budget_stay_within_it() {
+    let _serial = SERIAL.lock().await;
+    let dead = env_or("MIDGE_STRESS_DEAD", 100) as usize;
+    let rate = env_or("MIDGE_STRESS_FANOUT_RATE", 1000);
+    let budget_mib = env_or("MIDGE_STRESS_BUDGET_MIB", 8);
+    let phase = match env_or("MIDGE_STRESS_DEAD_PHASE_SECS", 0) {
+        0 => scenario_duration() / 2,
+        secs => Duration::from_secs(secs),
+    };
+    let dir = TestDir::new("stress-budget");
+    let midge = start_broker_with(
+        &dir,
+        true,
+        &format!(
+            "[limits]\nmax_memory = \"{budget_mib}MiB\"\n[mqtt]\nmax_queued_messages = 1000\n"
+        ),
+    )
+    .await;
+    let (port, pid) = (midge.port, midge.pid().expect("running"));
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // `$SYS` as it changes: the latest value of each topic, and the highest memory count.
+    let (mut sys, _) = support::connect(port, &support::connect_v311("sys-reader", true)).await;
+    support::subscribe_and_wait(&mut sys, false, "$SYS/broker/#", 0).await;
+    let sys_latest: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let sys_reader = {
+        let (latest, stop) = (sys_latest.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(Some(p)) = sys.recv_within(Duration::from_millis(100)).await
+                    && p.kind() == 3
+                {
+                    let publish = p.publish(false);
+                    let value = String::from_utf8_lossy(&publish.payload).into_owned();
+                    latest.lock().unwrap().insert(publish.topic, value);
+                }
+            }
+        })
+    };
+    let sys_now = |topic: &str| -> u64 {
+        sys_latest
+            .lock()
+            .unwrap()
+            .get(topic)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    };
+
+    // The live subscriber and the fan-out publisher, as in the scenario without a budget.
+    let (mut live, _) = support::connect(port, &support::connect_v311("live", true)).await;
+    support::subscribe_and_wait(&mut live, false, "fan/t", 0).await;
+    let arrivals: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
+    let reader = {
+        let (arrivals, stop) = (arrivals.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match live.recv_within(Duration::from_millis(100)).await {
+                    Ok(Some(p)) if p.kind() == 3 => {
+                        let publish = p.publish(false);
+                        let sent = u64::from_be_bytes(publish.payload[..8].try_into().unwrap());
+                        let now = Instant::now();
+                        let latency = (now - epoch).saturating_sub(Duration::from_nanos(sent));
+                        arrivals.lock().unwrap().push((now, latency));
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("live subscriber lost its connection: {e}"),
+                }
+            }
+        })
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        let mut w = connect_discarding(port, "fan-publisher").await;
+        tokio::spawn(async move {
+            let per_tick = (rate / 100).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let mut batch = Vec::new();
+                for _ in 0..per_tick {
+                    let payload = timed_payload(epoch);
+                    batch.extend(support::publish(
+                        false, 0, false, false, "fan/t", 0, &payload,
+                    ));
+                }
+                w.write_all(&batch).await.expect("publish");
+                sent.fetch_add(per_tick, Ordering::Relaxed);
+            }
+        })
+    };
+    let guard = tokio::spawn(watchdog(port, stop.clone()));
+    let sampler = sample_rss(pid, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = midge.rss_kib();
+
+    // The dead: clean sessions subscribed to the fan-out that never read after CONNACK.
+    // Once the budget is reached, the later ones are refused (0x03): that is the policy.
+    let mut holders = Vec::with_capacity(dead);
+    let mut refused = 0usize;
+    for chunk in (0..dead).collect::<Vec<_>>().chunks(50) {
+        let connects = chunk.iter().map(|&d| async move {
+            let mut stream = connect_from(Ipv4Addr::LOCALHOST, port, Some(4096))
+                .await
+                .expect("dead subscriber connects");
+            let mut hello = support::connect_v311(&format!("dead-{d}"), true);
+            hello.extend(support::subscribe(false, 1, "fan/t", 0));
+            stream
+                .write_all(&hello)
+                .await
+                .expect("CONNECT and SUBSCRIBE");
+            let mut connack = [0u8; 4];
+            tokio::time::timeout(support::TIMEOUT, stream.read_exact(&mut connack))
+                .await
+                .expect("CONNACK in time")
+                .expect("CONNACK");
+            (connack[3] == 0).then_some(stream)
+        });
+        for held in futures_join_all(connects).await {
+            match held {
+                Some(stream) => holders.push(stream),
+                None => refused += 1,
+            }
+        }
+    }
+    let loaded_from = Instant::now();
+    let sent_from = sent.load(Ordering::Relaxed);
+    tokio::time::sleep(phase).await;
+    let loaded_to = Instant::now();
+    let sent_in_phase = sent.load(Ordering::Relaxed) - sent_from;
+    // Two `$SYS` intervals, so the figures cover the phase.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let used_max = sys_now("$SYS/broker/memory/maximum");
+    let dropped_memory = sys_now("$SYS/broker/publish/messages/dropped/memory");
+    let dropped = sys_now("$SYS/broker/publish/messages/dropped");
+    let refused_memory = sys_now("$SYS/broker/connections/refused/memory");
+    let rss_loaded = midge.rss_kib();
+
+    // The dead go (clean sessions end with their connections): pressure ends.
+    let dead_connected = holders.len();
+    drop(holders);
+    let recovered_from = Instant::now();
+    let deadline = recovered_from + Duration::from_secs(10);
+    while sys_now("$SYS/broker/memory/pressure") != 0 || sys_now("$SYS/broker/memory/used") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "memory pressure did not end after the dead consumers left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered_in = recovered_from.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let watch = watched(guard).await;
+    publisher.await.expect("publisher");
+    match reader.await {
+        Ok(()) => {}
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+    sys_reader.await.expect("sys reader");
+    let rss = sampler.await.expect("sampler");
+    let rss_max = rss
+        .iter()
+        .filter(|(t, _)| *t >= loaded_from && *t < loaded_to)
+        .map(|s| s.1)
+        .max()
+        .unwrap_or(0);
+    let arrived: Vec<Duration> = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t >= loaded_from && *t < loaded_to)
+        .map(|(_, l)| *l)
+        .collect();
+    let secs = (loaded_to - loaded_from).as_secs_f64();
+    let (sent_rate, live_rate) = (sent_in_phase as f64 / secs, arrived.len() as f64 / secs);
+    let latency = Spread::of(arrived);
+    let growth = rss_max.max(rss_loaded).saturating_sub(rss_before);
+    eprintln!(
+        "dead consumers under a memory budget: max_memory {budget_mib} MiB, {dead} subscribers \
+         that never read ({dead_connected} connected, {refused} refused at CONNECT), {rate} msg/s \
+         of 1 KiB QoS 0 fan-out, max_queued_messages 1000; counted memory max {:.1} MiB; RSS \
+         {:.1} MiB before, max {:.1} MiB with the dead ({:.1} MiB at the end of their phase); \
+         dropped ($SYS) {dropped}, of which memory {dropped_memory}; connections refused for \
+         memory {refused_memory}; live subscriber {live_rate:.0} received/s of {sent_rate:.0} \
+         sent/s, latency {latency}; pressure ended {recovered_in:?} after the dead left; \
+         watchdog slowest round {:?}",
+        used_max as f64 / 1048576.0,
+        mib(rss_before),
+        mib(rss_max),
+        mib(rss_loaded),
+        watch.slowest,
+    );
+    let budget_kib = budget_mib * 1024;
+    assert!(
+        dropped_memory > 0,
+        "the budget was reached and QoS 0 dropped"
+    );
+    assert!(
+        live_rate >= sent_rate * 0.5,
+        "the live subscriber kept {live_rate:.0}/s of {sent_rate:.0}/s"
+    );
+    assert!(latency.p99 < STALL, "live latency {latency}");
+    // Counted: the budget, plus what was queued before each dead queue was behind (64 KiB)
+    // and its write buffer (up to 64 KiB and a message, in a buffer of up to twice that).
+    let counted_bound = budget_kib + dead as u64 * 200;
+    assert!(
+        used_max / 1024 <= counted_bound,
+        "counted {used_max} bytes, bound {counted_bound} KiB"
+    );
+    // RSS: that, plus per connection what is not counted (its task, its session) and
+    // allocator slack. Without the budget each dead queue grows to 1,000 messages (1 MiB).
+    let rss_bound = counted_bound * 3 / 2 + dead as u64 * 64 + 8 * 1024;
+    assert!(
+        growth <= rss_bound,
+        "RSS grew {growth} KiB with {dead} dead subscribers (bound {rss_bound} KiB)"
+    );
+    drop(midge);
+}
+
 /// Runs futures to completion concurrently, in order (no extra crate for `join_all`).
 async fn futures_join_all<
     F: std::future::Future<Output = T> + Send + 'static,

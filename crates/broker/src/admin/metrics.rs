@@ -179,6 +179,26 @@ impl Collector for BrokerCollector {
             "Bytes buffered by connections that have not completed CONNECT (bounded by mqtt.max_pre_connect_bytes).",
             s.pre_connect_bytes as f64,
         )?;
+        let memory = &broker.memory;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        gauge(
+            e,
+            "midge_memory_used_bytes",
+            "Bytes client input holds (queues, retained messages, pre-CONNECT buffers), as counted against limits.max_memory.",
+            memory.used() as f64,
+        )?;
+        gauge(
+            e,
+            "midge_memory_budget_bytes",
+            "limits.max_memory in force (0: no limit).",
+            memory.budget() as f64,
+        )?;
+        gauge(
+            e,
+            "midge_memory_pressure",
+            "1 while over the memory budget (QoS 1/2 publishes and new connections refused, QoS 0 dropped to backlogged sessions).",
+            f64::from(u8::from(memory.pressure())),
+        )?;
         gauge(
             e,
             "midge_clients_maximum",
@@ -223,7 +243,12 @@ impl Collector for BrokerCollector {
                 ),
                 (
                     vec![("reason", "server_unavailable")],
-                    s.connects_refused_unavailable,
+                    s.connects_refused_unavailable
+                        .saturating_sub(load(&memory.refused_connections)),
+                ),
+                (
+                    vec![("reason", "memory_budget")],
+                    load(&memory.refused_connections),
                 ),
                 (
                     vec![("reason", "not_connect")],
@@ -283,8 +308,17 @@ impl Collector for BrokerCollector {
             &[
                 (
                     vec![("reason", "queue")],
-                    s.publish_dropped
-                        .saturating_sub(s.publish_dropped_expired + s.publish_dropped_too_large),
+                    s.publish_dropped.saturating_sub(
+                        s.publish_dropped_expired
+                            + s.publish_dropped_too_large
+                            + load(&memory.dropped_qos0)
+                            + load(&memory.refused_publishes),
+                    ),
+                ),
+                (vec![("reason", "memory")], load(&memory.dropped_qos0)),
+                (
+                    vec![("reason", "memory_refused")],
+                    load(&memory.refused_publishes),
                 ),
                 (vec![("reason", "expired")], s.publish_dropped_expired),
                 (vec![("reason", "too_large")], s.publish_dropped_too_large),

@@ -152,6 +152,9 @@ pub async fn serve<R, W>(
         heartbeat: 0,
         channels: HashMap::new(),
         info: None,
+        blocked_capable: false,
+        has_published: false,
+        blocked: false,
     };
     let mut buf = BytesMut::with_capacity(4096);
     let timeout = Duration::from_secs(conn.context.config.mqtt.connect_timeout_secs.max(1));
@@ -208,6 +211,15 @@ struct Connection<W> {
     channels: HashMap<u16, Channel>,
     /// What the admin API shows of it, once open.
     info: Option<Arc<ConnectionInfo>>,
+    /// The client declared the `connection.blocked` capability, so it is told when the
+    /// broker stops reading from it under memory pressure (and when it starts again).
+    blocked_capable: bool,
+    /// It has published: under memory pressure only publishing connections are blocked,
+    /// as in RabbitMQ (consumers go on, so queues can drain).
+    has_published: bool,
+    /// Reading from it is stopped for the memory budget (and `connection.blocked` sent,
+    /// if it asked for it).
+    blocked: bool,
 }
 
 /// Reads one frame, waiting for more bytes as needed. `Ok(None)`: the peer closed.
@@ -308,6 +320,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             "consumer_cancel_notify",
             "authentication_failure_close",
             "per_consumer_qos",
+            "connection.blocked",
         ] {
             capabilities.insert(cap, FieldValue::Bool(true));
         }
@@ -337,9 +350,17 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 FramePayload::Method(Method::ConnectionStartOk {
                     mechanism,
                     response,
+                    client_properties,
                     ..
                 }),
-            ) => (mechanism, response),
+            ) => {
+                self.blocked_capable = matches!(
+                    client_properties.get("capabilities"),
+                    Some(FieldValue::Table(caps))
+                        if matches!(caps.get("connection.blocked"), Some(FieldValue::Bool(true)))
+                );
+                (mechanism, response)
+            }
             (_, payload) => return Err(unexpected(&payload, "connection.start-ok")),
         };
         let (username, password) = credentials(&mechanism, &response)?;
@@ -508,6 +529,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         let mut last_read = tokio::time::Instant::now();
         let mut access = self.context.queues.watch_access();
         access.borrow_and_update();
+        let mut pressure = self.broker.memory.watch();
         loop {
             if *shutdown.borrow() {
                 return Err(Fault::Connection(
@@ -559,6 +581,29 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             if !self.flush().await {
                 return Ok(());
             }
+            // Over the memory budget (`limits.max_memory`), a connection that publishes
+            // is not read from until use falls back under it: TCP holds its publisher back,
+            // as RabbitMQ's memory alarm does. It is told with `connection.blocked` /
+            // `connection.unblocked` if it declared that capability.
+            let block = self.has_published && *pressure.borrow_and_update();
+            if block != self.blocked {
+                self.blocked = block;
+                if self.blocked_capable {
+                    self.send(
+                        0,
+                        &if block {
+                            Method::ConnectionBlocked {
+                                reason: "low on memory (limits.max_memory)".into(),
+                            }
+                        } else {
+                            Method::ConnectionUnblocked
+                        },
+                    );
+                    if !self.flush().await {
+                        return Ok(());
+                    }
+                }
+            }
             let notified = std::future::poll_fn(|cx| {
                 let mut ready = false;
                 for waiting in &mut notified {
@@ -572,7 +617,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
             });
             tokio::select! {
                 biased;
-                read = reader.read_buf(buf) => match read {
+                read = reader.read_buf(buf), if !self.blocked => match read {
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(n) => {
                         Stats::add(&self.broker.stats.bytes_received, n as u64);
@@ -583,12 +628,17 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                     }
                 },
                 _ = shutdown.changed() => {}
+                _ = pressure.changed() => {}
                 changed = access.changed() => {
                     if changed.is_ok() {
                         self.check_user()?;
                     }
                 }
                 _ = ticker.tick(), if self.heartbeat > 0 => {
+                    if self.blocked {
+                        // Not reading is the broker's doing, not the client's silence.
+                        last_read = tokio::time::Instant::now();
+                    }
                     if last_read.elapsed() > beat * 2 {
                         // Two missed heartbeats: the peer is gone (spec 4.2.7).
                         return Err(Fault::Connection(reply::CONNECTION_FORCED, "missed heartbeats from client".into()));
@@ -1246,6 +1296,7 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 mandatory,
                 immediate,
             } => {
+                self.has_published = true;
                 if immediate {
                     return Err(channel_fault(reply::NOT_IMPLEMENTED, "immediate=true"));
                 }

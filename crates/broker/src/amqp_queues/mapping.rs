@@ -101,6 +101,7 @@ pub fn to_message(
         .and_then(|ms| ms.parse::<u64>().ok())
         .map(|ms| now.saturating_add(ms));
     Message {
+        charge: Default::default(),
         id: next_message_id(),
         topic,
         payload: body,

@@ -28,6 +28,7 @@ pub mod mapping;
 
 use crate::auth::{AccessControl, FilterVerdict};
 use crate::mailbox::{Mailbox, OwnLimits, Queued};
+use crate::memory::MemoryBudget;
 pub use crate::model::AMQP_QUEUE_OWNER_PREFIX as OWNER_PREFIX;
 use crate::model::{Millis, QueueLimits, SubscriptionRecord, now_millis};
 use crate::router::Routing;
@@ -442,6 +443,8 @@ pub struct Queues {
     next_generated: AtomicU64,
     /// The broker's store, where durable queues are kept.
     journal: Option<Journal>,
+    /// The broker's memory budget, which queued deliveries count against.
+    memory: Option<Arc<MemoryBudget>>,
     /// Open AMQP connections (for the admin API and `$SYS`).
     pub connections: connections::Connections,
     /// Bumped when access rules changed (reload, dynamic security): connections check
@@ -482,10 +485,12 @@ pub struct QueueFlags {
 }
 
 impl Queues {
-    /// A table whose durable queues are kept through `journal`.
-    pub fn new(journal: Option<Journal>) -> Self {
+    /// A table whose durable queues are kept through `journal` and whose queued
+    /// deliveries count against `memory`.
+    pub fn new(journal: Option<Journal>, memory: Option<Arc<MemoryBudget>>) -> Self {
         Self {
             journal,
+            memory,
             ..Self::default()
         }
     }
@@ -561,7 +566,7 @@ impl Queues {
         // the table lock keeps two declarations of one name from both creating it.
         let stored = flags.durable && !flags.exclusive && self.journal.is_some();
         let owner: Arc<str> = Arc::from(format!("{OWNER_PREFIX}{name}"));
-        let mailbox = Mailbox::with_store(owner, self.journal.as_ref());
+        let mailbox = Mailbox::with_store(owner, self.journal.as_ref(), self.memory.as_ref());
         if stored {
             // Never expires: the queue is deleted by queue.delete (or x-expires).
             mailbox.persist(u32::MAX);
@@ -638,7 +643,8 @@ impl Queues {
             let Some(record) = record else {
                 // Its declaration went (deleted while stopping): so does its session.
                 if let Some(s) = session {
-                    Mailbox::restored(owner, s.session, &journal, s.next_seq).close();
+                    Mailbox::restored(owner, s.session, &journal, self.memory.as_ref(), s.next_seq)
+                        .close();
                 }
                 continue;
             };
@@ -650,12 +656,12 @@ impl Queues {
             };
             let (mailbox, subscriptions, messages) = match session {
                 Some(s) => (
-                    Mailbox::restored(owner, s.session, &journal, s.next_seq),
+                    Mailbox::restored(owner, s.session, &journal, self.memory.as_ref(), s.next_seq),
                     s.subscriptions,
                     s.queue,
                 ),
                 None => {
-                    let mailbox = Mailbox::with_store(owner, Some(&journal));
+                    let mailbox = Mailbox::with_store(owner, Some(&journal), self.memory.as_ref());
                     mailbox.persist(u32::MAX);
                     (mailbox, Vec::new(), Vec::new())
                 }
@@ -930,7 +936,7 @@ mod tests {
     fn host() -> Arc<Host> {
         Arc::new(Host {
             router: Router::new(ShareStrategyConfig::RoundRobin),
-            amqp: Queues::new(None),
+            amqp: Queues::new(None, None),
         })
     }
 

@@ -264,6 +264,10 @@ impl Routing for RecordingRouter {
         self.local.hand_over_all(deliveries, leaving, limits)
     }
 
+    fn compact(&self) -> usize {
+        self.local.compact()
+    }
+
     fn len(&self) -> usize {
         self.local.len()
     }

@@ -213,6 +213,7 @@ pub fn decode(topic: String, buf: Bytes, now: Millis) -> Result<(Origin, Message
         expires_at,
         received_at: now,
         origin: client,
+        charge: Default::default(),
     };
     Ok((origin, message))
 }
@@ -240,6 +241,7 @@ mod tests {
             expires_at: None,
             received_at: 5,
             origin: "publisher".into(),
+            charge: Default::default(),
         }
     }
 

@@ -639,6 +639,10 @@ impl Routing for ClusterRouting {
         taken
     }
 
+    fn compact(&self) -> usize {
+        self.local.compact()
+    }
+
     fn len(&self) -> usize {
         self.local.len()
     }

@@ -377,6 +377,13 @@ pub fn keep_fixed(running: &Config, new: &mut Config) -> Vec<String> {
         &r.max_tracked_addresses,
         &mut n.max_tracked_addresses,
     );
+    // The memory budget is sized once, at start.
+    keep(
+        k,
+        "limits.max_memory",
+        &running.limits.max_memory,
+        &mut new.limits.max_memory,
+    );
     // A cluster node joins NATS once, before its listeners open.
     keep(k, "cluster", &running.cluster, &mut new.cluster);
     // One dynamic-security state is loaded at start and shared by every listener; its
@@ -746,7 +753,7 @@ mod tests {
         let running = Config::default();
         let text = "[storage]\ndir = \"/elsewhere\"\nbackend = \"memory\"\n\
                     [mqtt]\nmax_inflight = 7\nshared_subscription_strategy = \"random\"\n\
-                    [sys]\ninterval_secs = 1\n[auth.dynsec]\nfile = \"ds.json\"\n\
+                    [sys]\ninterval_secs = 1\n[limits]\nmax_memory = \"1GiB\"\n[auth.dynsec]\nfile = \"ds.json\"\n\
                     [admin]\nbind = \"127.0.0.1:18084\"\n";
         let mut new = Config::from_toml(text, "t.toml").unwrap();
         let keys = keep_fixed(&running, &mut new);
@@ -757,6 +764,7 @@ mod tests {
                 "storage.dir",
                 "mqtt.shared_subscription_strategy",
                 "sys.interval_secs",
+                "limits.max_memory",
                 "auth.dynsec",
                 "admin.bind"
             ]

@@ -7,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use midge_proto::{Publish, PublishProperties, QoS, Will};
 
+use crate::memory::{Ledger, MemoryBudget};
+
 /// Wall-clock milliseconds since the Unix epoch. Message and session expiry are absolute
 /// wall-clock times so they keep counting across restarts and can cross machines.
 pub type Millis = u64;
@@ -57,6 +59,70 @@ pub struct Message {
     pub received_at: Millis,
     /// Client id of the publisher, for no-local; empty for messages the broker makes.
     pub origin: Arc<str>,
+    /// What the message counts in the memory budget, from when the broker takes it on
+    /// ([`Charge::new`] in `Broker::publish`, the retained store) until it is dropped.
+    pub charge: Charge,
+}
+
+/// A message's count in the memory budget: set when the broker takes the message on
+/// (before it is shared), given back when the last reference to it goes. So a message
+/// queued for many sessions counts once (each delivery adds only its slot), and it counts
+/// as long as anything holds it: queues, in-flight windows, the retained store.
+#[derive(Default)]
+pub struct Charge(Option<(&'static Ledger, u64)>);
+
+impl Charge {
+    /// Counts `bytes` in `budget` now (and no more when dropped), through the thread's sum
+    /// (see [`Ledger`]).
+    pub fn new(budget: &MemoryBudget, bytes: u64) -> Self {
+        Self::in_ledger(budget.ledger(), bytes)
+    }
+
+    /// Counts `bytes` in `ledger`.
+    pub fn in_ledger(ledger: &'static Ledger, bytes: u64) -> Self {
+        ledger.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        Self(Some((ledger, bytes)))
+    }
+
+    /// What is counted, if anything.
+    pub fn bytes(&self) -> u64 {
+        self.0.as_ref().map_or(0, |(_, bytes)| *bytes)
+    }
+
+    /// The count it is in, if any.
+    pub fn ledger(&self) -> Option<&'static Ledger> {
+        self.0.as_ref().map(|(ledger, _)| *ledger)
+    }
+}
+
+impl Clone for Charge {
+    /// A copy of a message is a message of its own, not counted yet.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Charge {
+    /// Not part of what a message is.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Charge {}
+
+impl std::fmt::Debug for Charge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Charge({})", self.bytes())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some((ledger, bytes)) = self.0 {
+            ledger.add(-i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 impl Message {
@@ -76,6 +142,7 @@ impl Message {
             expires_at: expiry.map(|secs| now + u64::from(secs) * 1000),
             received_at: now,
             origin,
+            charge: Charge::default(),
         }
     }
 
@@ -101,6 +168,7 @@ impl Message {
                 .map(|secs| now + u64::from(secs) * 1000),
             received_at: now,
             origin,
+            charge: Charge::default(),
         }
     }
 
@@ -116,6 +184,7 @@ impl Message {
             expires_at: None,
             received_at: now,
             origin: Arc::from(""),
+            charge: Charge::default(),
         }
     }
 
@@ -132,6 +201,34 @@ impl Message {
             let left = at.saturating_sub(now);
             u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX)
         })
+    }
+
+    /// A copy whose payload and correlation data have allocations of their own, of
+    /// their exact size. Received payloads are slices of the connection's read buffer (up
+    /// to 64 KiB, or a whole large packet), so a message kept beyond its immediate
+    /// delivery (retained, or queued behind a backlog) would keep all of that buffer
+    /// alive, where its [`Message::weight`] counts only its own bytes. The other
+    /// properties are owned strings already.
+    pub fn compacted(&self) -> Self {
+        let mut properties = self.properties.clone();
+        if let Some(data) = &mut properties.correlation_data {
+            *data = Bytes::copy_from_slice(data);
+        }
+        let mut copy = Self {
+            payload: Bytes::copy_from_slice(&self.payload),
+            properties,
+            ..self.clone()
+        };
+        // The copy counts where the original does, for as long as it lives.
+        if let Some(ledger) = self.charge.ledger() {
+            copy.charge = Charge::in_ledger(ledger, copy.footprint());
+        }
+        copy
+    }
+
+    /// What the message occupies: [`Message::weight`], the envelope and its `Arc` counts.
+    pub fn footprint(&self) -> u64 {
+        (std::mem::size_of::<Self>() + 2 * std::mem::size_of::<usize>() + self.weight()) as u64
     }
 
     /// A rough size for queue accounting: payload, topic and properties that hold data.

@@ -11,12 +11,13 @@ mod trie;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
-use midge_proto::SubscriptionOptions;
+use midge_proto::{QoS, SubscriptionOptions};
 
 use crate::config::ShareStrategyConfig;
-use crate::mailbox::{Inbox, Mailbox, PushOutcome};
+use crate::mailbox::{Copies, Inbox, Mailbox, PushOutcome};
 use crate::model::QueueLimits;
 use crate::model::{Delivery, Message};
 pub use trie::Reach;
@@ -58,6 +59,9 @@ pub trait Routing: Send + Sync + fmt::Debug {
         leaving: &str,
         limits: &QueueLimits,
     ) -> Vec<bool>;
+
+    /// One compaction sweep of the queues that are behind ([`Router::compact`]).
+    fn compact(&self) -> usize;
 
     /// Number of subscriptions.
     fn len(&self) -> usize;
@@ -118,10 +122,26 @@ impl Routing for Router {
         Router::hand_over_all(self, deliveries, leaving, limits)
     }
 
+    fn compact(&self) -> usize {
+        Router::compact(self)
+    }
+
     fn len(&self) -> usize {
         Router::len(self)
     }
 }
+
+/// A subscriber with this many deliveries queued is behind: routing lists its queue for
+/// compaction ([`Router::compact`]), whose sweeps copy the messages that wait there through
+/// a whole sweep interval. A subscriber keeping up holds a whole read's worth of a
+/// publisher's messages for a moment all the time under load, and copying those as they
+/// are routed would cost the fast path an allocation and a copy per message; so only what
+/// really waits is copied, off the fast path.
+pub const COMPACT_BACKLOG: usize = 32;
+
+/// How often queues that are behind are compacted: a message is copied once it has waited
+/// between one and two of these.
+pub const COMPACT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What routing one message did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -165,6 +185,13 @@ pub struct Router {
     trie: RwLock<Trie>,
     strategy: ShareStrategy,
     random: AtomicU64,
+    /// Queues found behind, for the next compaction sweep. A leaf lock: nothing is taken
+    /// while holding it.
+    behind: Mutex<Vec<Weak<Mailbox>>>,
+    /// The copies compaction made, kept between sweeps. Only the sweep takes it, and takes
+    /// mailbox locks (one at a time) while holding it; no mailbox lock is ever held when
+    /// it is taken.
+    copies: Mutex<Copies>,
 }
 
 impl Router {
@@ -179,6 +206,8 @@ impl Router {
             trie: RwLock::default(),
             strategy,
             random: AtomicU64::new(seed),
+            behind: Mutex::default(),
+            copies: Mutex::default(),
         }
     }
 
@@ -303,6 +332,19 @@ impl Router {
         targets.retain(|t| !(t.options.no_local && *Inbox::owner(&*t.mailbox) == message.origin));
         // Group the plain subscriptions of each session together; shared ones stay apart.
         targets.sort_unstable_by_key(|t| (t.shared.is_some(), Arc::as_ptr(&t.mailbox) as usize));
+        // A message queued for an offline session will wait: it gets its own exact-size
+        // copy, shared by all its deliveries, instead of pinning the publisher's read
+        // buffer. Online subscribers that fall behind are compacted later (see `compact`).
+        let compacted;
+        let queues = |t: &Target| {
+            !t.mailbox.is_online() && (message.qos != QoS::AtMostOnce || limits.queue_qos0_offline)
+        };
+        let message = if targets.iter().any(queues) {
+            compacted = Arc::new(message.compacted());
+            &compacted
+        } else {
+            message
+        };
 
         let mut outcome = RouteOutcome::default();
         let mut rest = targets.as_slice();
@@ -318,8 +360,44 @@ impl Router {
             rest = tail;
             let delivery = merge(message, group);
             outcome.record(Inbox::push(&*first.mailbox, delivery, limits));
+            if first.mailbox.backlog() >= COMPACT_BACKLOG && first.mailbox.mark_behind() {
+                self.behind
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Arc::downgrade(&first.mailbox));
+            }
         }
         outcome
+    }
+
+    /// One compaction sweep: each queue listed as behind since the last sweep has the
+    /// messages that waited in it through a whole interval copied to exact size
+    /// ([`Mailbox::compact`]); queues still behind stay listed. Called every
+    /// [`COMPACT_INTERVAL`] by the broker's housekeeping. Returns the deliveries that got a
+    /// copy.
+    pub fn compact(&self) -> usize {
+        let listed = std::mem::take(&mut *self.behind.lock().unwrap_or_else(|e| e.into_inner()));
+        if listed.is_empty() {
+            return 0;
+        }
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        copies.forget_gone();
+        let mut copied = 0;
+        let mut still = Vec::new();
+        for mailbox in listed.iter().filter_map(Weak::upgrade) {
+            copied += mailbox.compact(&mut copies);
+            if mailbox.unmark_behind(COMPACT_BACKLOG) {
+                still.push(Arc::downgrade(&mailbox));
+            }
+        }
+        drop(copies);
+        if !still.is_empty() {
+            self.behind
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(still);
+        }
+        copied
     }
 
     /// Queues `message` for one member of the shared group `full_filter`
@@ -469,6 +547,109 @@ mod tests {
         let mut out = Vec::new();
         mailbox.pop_batch(usize::MAX, usize::MAX, &mut out);
         out
+    }
+
+    /// A message whose payload and correlation data are slices of a 64 KiB read buffer,
+    /// as the decoder leaves them.
+    fn message_in_read_buffer(qos: QoS) -> (Bytes, Arc<Message>) {
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let mut m = Message::internal("t".into(), buffer.slice(0..10), false, 0);
+        m.qos = qos;
+        m.properties.correlation_data = Some(buffer.slice(10..20));
+        (buffer, Arc::new(m))
+    }
+
+    #[test]
+    fn queued_messages_do_not_pin_the_read_buffer() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let offline = Mailbox::new("offline".into());
+        router.subscribe(&offline, "t", options(QoS::AtLeastOnce), None);
+        let (buffer, message) = message_in_read_buffer(QoS::AtLeastOnce);
+        router.route(&message, &LIMITS);
+        // The connection is done with its read and the routed message.
+        drop(message);
+        // Before: the offline session's queue kept the whole 64 KiB alive for 20 bytes.
+        assert!(buffer.is_unique(), "a queued message pins the read buffer");
+        let got = drain(&offline);
+        assert_eq!(got[0].message.payload, buffer.slice(0..10));
+    }
+
+    #[test]
+    fn a_subscriber_keeping_up_gets_the_message_uncopied() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let online = Mailbox::new("online".into());
+        online.set_online(true);
+        router.subscribe(&online, "t", options(QoS::AtLeastOnce), None);
+        let (buffer, message) = message_in_read_buffer(QoS::AtLeastOnce);
+        router.route(&message, &LIMITS);
+        let got = drain(&online);
+        assert!(Arc::ptr_eq(&got[0].message, &message));
+        assert_eq!(got[0].message.payload.as_ptr(), buffer.as_ptr());
+        // Behind, it is still not copied as it is routed: only what waits through a
+        // whole sweep interval is.
+        for _ in 0..COMPACT_BACKLOG {
+            router.route(&message, &LIMITS);
+        }
+        assert_eq!(
+            router.compact(),
+            0,
+            "first sweep: nothing has waited an interval"
+        );
+        let got = drain(&online);
+        assert_eq!(got.len(), COMPACT_BACKLOG);
+        assert!(got.iter().all(|d| Arc::ptr_eq(&d.message, &message)));
+        // Drained, it leaves the list.
+        assert_eq!(router.compact(), 0);
+        assert!(router.behind.lock().unwrap().is_empty());
+    }
+
+    /// Messages waiting in queues that are behind get one exact-size copy per message,
+    /// shared by every slow queue, at the second sweep after they were queued; queues keeping
+    /// up keep the original.
+    #[test]
+    fn compaction_copies_what_waits_in_slow_queues_once() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let slow: Vec<_> = (0..3)
+            .map(|i| {
+                let m = Mailbox::new(format!("slow{i}").into());
+                m.set_online(true);
+                router.subscribe(&m, "t", options(QoS::AtLeastOnce), None);
+                m
+            })
+            .collect();
+        let (buffer, message) = message_in_read_buffer(QoS::AtLeastOnce);
+        for _ in 0..COMPACT_BACKLOG {
+            router.route(&message, &LIMITS);
+        }
+        assert_eq!(router.compact(), 0);
+        // A message queued after the first sweep waits one more interval than the others
+        // have when the second sweep comes.
+        let (later_buffer, later) = message_in_read_buffer(QoS::AtLeastOnce);
+        router.route(&later, &LIMITS);
+        assert_eq!(router.compact(), 3 * COMPACT_BACKLOG);
+        assert_eq!(
+            router.copies.lock().unwrap().len(),
+            1,
+            "one copy for all queues"
+        );
+        let mut copies = Vec::new();
+        for m in &slow {
+            let got = drain(m);
+            assert_eq!(got.len(), COMPACT_BACKLOG + 1);
+            for d in &got[..COMPACT_BACKLOG] {
+                assert!(!Arc::ptr_eq(&d.message, &message));
+                assert_ne!(d.message.payload.as_ptr(), buffer.as_ptr());
+                assert_eq!(d.message.payload, message.payload);
+                assert_eq!(d.message.topic, message.topic);
+            }
+            assert!(Arc::ptr_eq(&got[COMPACT_BACKLOG].message, &later));
+            assert_eq!(
+                got[COMPACT_BACKLOG].message.payload.as_ptr(),
+                later_buffer.as_ptr()
+            );
+            copies.push(got[0].message.clone());
+        }
+        assert!(copies.iter().all(|c| Arc::ptr_eq(c, &copies[0])));
     }
 
     #[test]

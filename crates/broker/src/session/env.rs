@@ -30,6 +30,14 @@ pub trait SessionEnv {
     /// routing. Returns how many sessions it was queued for.
     fn publish(&self, message: Message) -> usize;
 
+    /// Whether the broker is over its memory budget (`limits.max_memory`): QoS 1/2
+    /// publishes are refused then. No default: an environment that forgot it would never
+    /// refuse.
+    fn memory_pressure(&self) -> bool;
+
+    /// Counts a publish refused under memory pressure.
+    fn refused_for_memory(&self);
+
     /// Subscribes the session whose deliveries go to `mailbox`. Returns whether the
     /// session already had this filter (for Retain Handling 1).
     fn subscribe(

@@ -25,6 +25,8 @@ struct FakeEnv {
     existing: Vec<String>,
     /// What `retained` answers, whatever the filter.
     retained: Vec<Arc<Message>>,
+    /// What `memory_pressure` answers.
+    pressure: bool,
     calls: Mutex<Vec<String>>,
     published: Mutex<Vec<Message>>,
     handed_over: Mutex<Vec<Delivery>>,
@@ -53,6 +55,12 @@ impl SessionEnv for FakeEnv {
     fn stats(&self) -> &Stats {
         &self.stats
     }
+
+    fn memory_pressure(&self) -> bool {
+        self.pressure
+    }
+
+    fn refused_for_memory(&self) {}
 
     fn publish(&self, message: Message) -> usize {
         self.calls
@@ -195,6 +203,34 @@ fn publish_goes_to_the_env_and_its_reach_decides_the_puback() {
             other => panic!("expected PUBACK, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn under_memory_pressure_qos1_is_refused_with_quota_exceeded_and_qos0_still_goes() {
+    let env = FakeEnv {
+        pressure: true,
+        reach: 1,
+        ..FakeEnv::default()
+    };
+    let (mut session, mut out, mut decoder) = session(&env, "pub");
+    let resolved = session.resolve_publish(qos1_publish("a/b"), &env).unwrap();
+    assert_eq!(
+        session.publish(resolved, true, &env, NOW, &mut out),
+        Flow::Continue
+    );
+    assert!(env.calls().is_empty(), "a refused QoS 1 is not routed");
+    match decode(&mut decoder, &mut out).as_slice() {
+        [Packet::PubAck(ack)] => assert_eq!(ack.reason_code, ReasonCode::QUOTA_EXCEEDED),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let qos0 = Publish {
+        qos: QoS::AtMostOnce,
+        packet_id: 0,
+        ..qos1_publish("a/c")
+    };
+    let resolved = session.resolve_publish(qos0, &env).unwrap();
+    session.publish(resolved, true, &env, NOW, &mut out);
+    assert_eq!(env.calls(), ["publish a/c"]);
 }
 
 #[test]

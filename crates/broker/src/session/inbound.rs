@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use midge_proto::{Packet, PubResponse, Publish, QoS, ReasonCode, ResponseProperties};
 
-use super::{Session, SessionEnv, Violation, violation, within_topic_limits};
+use super::{Flow, Session, SessionEnv, Violation, violation, within_topic_limits};
 use crate::model::{Message, Millis};
 
 /// A PUBLISH whose topic alias is resolved and which passed the protocol checks, waiting
@@ -105,7 +105,9 @@ impl Session {
 
     /// Second half of PUBLISH handling: route it (unless refused) and acknowledge it.
     /// A refused v3 PUBLISH is acknowledged normally and dropped, as v3 has no way to say
-    /// no [MQTT-3.3.5-2].
+    /// no [MQTT-3.3.5-2]; except under memory pressure, where a v3 QoS 1/2 PUBLISH is not
+    /// acknowledged and the connection closes ([`Flow::Close`]): acknowledging would lose
+    /// it, and the client sends it again when it reconnects [MQTT-4.4.0-1].
     pub fn publish(
         &mut self,
         publish: ResolvedPublish,
@@ -113,7 +115,7 @@ impl Session {
         env: &impl SessionEnv,
         now: Millis,
         out: &mut BytesMut,
-    ) {
+    ) -> Flow {
         let ResolvedPublish(publish, taken) = publish;
         let (qos, packet_id) = (publish.qos, publish.packet_id);
         if qos == QoS::ExactlyOnce
@@ -127,9 +129,18 @@ impl Session {
                 properties: ResponseProperties::default(),
             };
             self.send(&Packet::PubRec(response), out);
-            return;
+            return Flow::Continue;
         }
-        let reason = if !authorized || is_sys_topic(&publish.topic) {
+        let reason = if qos != QoS::AtMostOnce && env.memory_pressure() {
+            // Over the memory budget (`limits.max_memory`): nothing new is taken on that
+            // the broker would have to keep.
+            env.refused_for_memory();
+            self.stats.publish_dropped += 1;
+            if !self.protocol.is_v5() {
+                return Flow::Close("memory budget exceeded (QoS 1/2 PUBLISH not accepted)");
+            }
+            ReasonCode::QUOTA_EXCEEDED
+        } else if !authorized || is_sys_topic(&publish.topic) {
             self.stats.publish_denied += 1;
             tracing::debug!(client_id = %self.state.client_id, topic = %publish.topic, "PUBLISH not authorized");
             ReasonCode::NOT_AUTHORIZED
@@ -182,6 +193,7 @@ impl Session {
                 self.send(&Packet::PubRec(response), out);
             }
         }
+        Flow::Continue
     }
 
     pub(super) fn on_pubrel(&mut self, rel: &PubResponse, out: &mut BytesMut) {

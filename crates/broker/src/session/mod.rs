@@ -60,6 +60,9 @@ pub enum Flow {
     /// The client sent DISCONNECT: close without publishing the will, unless it was kept
     /// by reason 0x04.
     Disconnect,
+    /// Close the connection as an abnormal end (the will is published), sending nothing:
+    /// an MQTT 3 QoS 1/2 PUBLISH refused under memory pressure, which v3 cannot answer.
+    Close(&'static str),
 }
 
 /// See the module documentation.

@@ -576,6 +576,7 @@ pub(crate) fn decode_message(id: MessageId, value: &[u8]) -> Result<Message, Cod
     let origin = Arc::from(d.str("origin")?);
     d.end()?;
     Ok(Message {
+        charge: Default::default(),
         id,
         topic,
         payload,
@@ -702,6 +703,7 @@ mod tests {
 
     fn full_message() -> Message {
         Message {
+            charge: Default::default(),
             id: 42,
             topic: "a/b".into(),
             payload: Bytes::from_static(b"payload"),

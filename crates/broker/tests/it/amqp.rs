@@ -943,3 +943,146 @@ async fn an_acl_reload_removes_the_amqp_bindings_it_no_longer_allows() {
     s_declare_ok(&mut reader, "kept").await;
     broker.shutdown().await;
 }
+
+/// A client-properties table declaring the `connection.blocked` capability.
+fn blocked_capable_properties() -> Vec<u8> {
+    let mut inner = short("connection.blocked");
+    inner.extend([b't', 1]);
+    let mut caps = short("capabilities");
+    caps.push(b'F');
+    caps.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+    caps.extend(inner);
+    let mut table = (caps.len() as u32).to_be_bytes().to_vec();
+    table.extend(caps);
+    table
+}
+
+/// basic.publish to `amq.topic` with `routing_key` and `body`, on channel 1.
+fn amqp_publish(routing_key: &str, body: &[u8]) -> Vec<u8> {
+    let mut args = vec![0, 0];
+    args.extend(short("amq.topic"));
+    args.extend(short(routing_key));
+    args.push(0);
+    let mut out = method(1, 60, 40, &args);
+    let mut header = 60u16.to_be_bytes().to_vec();
+    header.extend([0, 0]);
+    header.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    header.extend([0, 0]);
+    out.extend(frame(2, 1, &header));
+    out.extend(frame(3, 1, body));
+    out
+}
+
+/// Over the memory budget, a publishing AMQP connection that declared the capability gets
+/// `connection.blocked` and is not read from; once use is back under the budget it gets
+/// `connection.unblocked`, and what it published meanwhile goes through.
+#[tokio::test]
+async fn a_publisher_is_blocked_under_memory_pressure_and_unblocked_after() {
+    use rumqttc::v5::mqttbytes::v5::{self as mqtt5, Filter, PubAckReason};
+
+    use crate::harness::{
+        V5Packet, connect_properties, qos5, v5_connect, v5_connect_with, v5_publish,
+    };
+
+    let broker = TestBroker::start_with(|config| {
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Amqp,
+            ..ListenerConfig::default()
+        });
+        config.limits.max_memory = Some(midge_broker::config::ByteSize(256 * 1024));
+        config.mqtt.max_queued_messages = 100_000;
+    })
+    .await;
+    let addr = broker.server.as_ref().unwrap().local_addrs()[1];
+
+    // The AMQP publisher: declares the capability, publishes once before any pressure.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(HEADER).await.unwrap();
+    let (_, class, id, start) = read_method(&mut s).await;
+    assert_eq!((class, id), (10, 10), "connection.start");
+    assert!(
+        start.windows(18).any(|w| w == b"connection.blocked"),
+        "the server offers connection.blocked"
+    );
+    let mut start_ok = blocked_capable_properties();
+    start_ok.extend(short("PLAIN"));
+    let response = "\0guest\0guest";
+    start_ok.extend_from_slice(&(response.len() as u32).to_be_bytes());
+    start_ok.extend_from_slice(response.as_bytes());
+    start_ok.extend(short("en_US"));
+    s.write_all(&method(0, 10, 11, &start_ok)).await.unwrap();
+    let (_, class, id, _) = read_method(&mut s).await;
+    assert_eq!((class, id), (10, 30), "connection.tune");
+    s.write_all(&method(0, 10, 31, &[0, 0, 0, 0, 0x10, 0, 0, 0]))
+        .await
+        .unwrap();
+    let mut open = short("/");
+    open.extend(short(""));
+    open.push(0);
+    s.write_all(&method(0, 10, 40, &open)).await.unwrap();
+    let (_, class, id, _) = read_method(&mut s).await;
+    assert_eq!((class, id), (10, 41), "connection.open-ok");
+    s.write_all(&method(1, 20, 10, &short(""))).await.unwrap();
+    let (channel, class, id, _) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (1, 20, 11), "channel.open-ok");
+
+    let mut mqtt_sub = broker.raw_v311("sub", true).await.0;
+    mqtt_sub.subscribe_v4(1, "amqp/#", 0).await;
+    s.write_all(&amqp_publish("amqp.before", b"before"))
+        .await
+        .unwrap();
+    match mqtt_sub.recv_v4().await {
+        V4Packet::Publish(p) => assert_eq!(&p.payload[..], b"before"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+
+    // A consumer that never reads fills the budget.
+    let props = mqtt5::ConnectProperties {
+        receive_maximum: Some(1),
+        ..connect_properties()
+    };
+    let (mut dead, _) = broker.raw_v5(v5_connect_with("dead", true, props)).await;
+    dead.subscribe_v5(1, Filter::new("load/#", qos5(1)), None)
+        .await;
+    let (mut publisher, _) = broker.raw_v5(v5_connect("pub")).await;
+    for n in 1..=2_000u16 {
+        publisher
+            .send_v5(V5Packet::Publish(v5_publish("load/x", 1, n, &[b'x'; 1024])))
+            .await;
+        match publisher.recv_v5().await {
+            V5Packet::PubAck(ack) if ack.reason == PubAckReason::Success => {}
+            V5Packet::PubAck(ack) if ack.reason == PubAckReason::QuotaExceeded => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(broker.broker().memory.pressure(), "the budget is reached");
+    let (channel, class, id, args) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (0, 10, 60), "connection.blocked");
+    assert!(
+        String::from_utf8_lossy(&args).contains("memory"),
+        "reason: {args:?}"
+    );
+
+    // Published while blocked: not read, so not delivered yet.
+    s.write_all(&amqp_publish("amqp.during", b"during"))
+        .await
+        .unwrap();
+    assert!(
+        timeout(std::time::Duration::from_millis(300), mqtt_sub.recv_v4())
+            .await
+            .is_err(),
+        "a blocked connection's publish was read"
+    );
+
+    // The dead consumer goes; the budget recovers; the publisher is unblocked and its
+    // message delivered.
+    drop(dead);
+    let (channel, class, id, _) = read_method(&mut s).await;
+    assert_eq!((channel, class, id), (0, 10, 61), "connection.unblocked");
+    match mqtt_sub.recv_v4().await {
+        V4Packet::Publish(p) => assert_eq!(&p.payload[..], b"during"),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+    broker.shutdown().await;
+}

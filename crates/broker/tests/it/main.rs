@@ -35,6 +35,7 @@ mod keepalive;
 mod limits;
 mod listener_auth;
 mod malformed;
+mod memory_budget;
 mod overlap;
 mod passwords;
 mod pki;

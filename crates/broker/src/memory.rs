@@ -1,0 +1,386 @@
+//! The memory budget (`[limits] max_memory`): one count of the bytes client input holds
+//! in the broker — session queues (online, offline and parked sessions alike), retained
+//! messages and pre-CONNECT read buffers — against one limit, and whether the broker is
+//! under pressure (over it).
+//!
+//! The places that hold such bytes already count them for their own limits (a mailbox's
+//! queued bytes, the retained tree, the pre-CONNECT budget); each also adds or takes away
+//! the same amount here with one relaxed atomic add, so the hot path takes no lock.
+//!
+//! Above the limit the broker refuses what would grow further (see ARCHITECTURE.md,
+//! "Memory budget"): QoS 1/2 publishes (v5 0x97), QoS 0 deliveries to sessions that have a
+//! backlog, and new connections (0x89; v3: 3). Pressure ends once use falls below
+//! [`LOW_WATER_PERCENT`] of the limit, so refusals do not flap on every message.
+//!
+//! Other protocols ask [`MemoryBudget::pressure`] (a relaxed load) or wait for changes
+//! with [`MemoryBudget::watch`] (the AMQP listener's `connection.blocked`).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use tokio::sync::watch;
+
+use crate::config::LimitsConfig;
+
+/// Pressure ends once use falls below this share of the limit.
+pub const LOW_WATER_PERCENT: u64 = 90;
+
+/// The share of the machine's memory (or of the cgroup limit, if lower) that
+/// `max_memory` defaults to.
+pub const DEFAULT_SHARE_PERCENT: u64 = 50;
+
+/// The largest per-thread sum kept out of the shared count (see [`Ledger`]).
+const MAX_BATCH: u64 = 64 * 1024;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    /// The count. Leaked on purpose, one per budget (one per broker): a message's
+    /// [`Charge`](crate::model::Charge) then points at it without a reference count, which
+    /// would cost two more atomic operations per message.
+    ledger: &'static Ledger,
+    /// QoS 0 deliveries not queued under pressure (part of `Stats::publish_dropped`).
+    pub dropped_qos0: AtomicU64,
+    /// QoS 1/2 PUBLISH packets refused under pressure (v5 0x97; v3: not acknowledged, and
+    /// the connection closed).
+    pub refused_publishes: AtomicU64,
+    /// CONNECTs refused under pressure (0x89; v3: 3).
+    pub refused_connections: AtomicU64,
+}
+
+/// The bytes counted, against the limit.
+///
+/// Each thread adds its changes up in a thread-local sum and moves the sum into the
+/// shared count only once it reaches `batch` bytes either way (or when the thread ends),
+/// so the hot path makes no atomic operation for most messages. The shared count is thus
+/// off by less than `batch` per thread: at most 64 KiB, and a thousandth of the limit
+/// when that is smaller.
+#[derive(Debug)]
+pub struct Ledger {
+    /// Bytes allowed; `u64::MAX` is no limit.
+    limit: u64,
+    /// See the type's documentation.
+    batch: u64,
+    /// Bytes counted, flushed sums only. Signed: one thread may flush a release of bytes
+    /// whose charge another thread still holds in its sum.
+    used: AtomicI64,
+    /// Highest `used` has been.
+    maximum: AtomicU64,
+    /// A copy of the watch's value, read on the hot path.
+    pressure: AtomicBool,
+    changes: watch::Sender<bool>,
+}
+
+/// This thread's change not yet in its ledger's count (see [`Ledger`]).
+struct Pending {
+    ledger: Cell<Option<&'static Ledger>>,
+    bytes: Cell<i64>,
+}
+
+impl Drop for Pending {
+    /// A thread that ends leaves nothing uncounted.
+    fn drop(&mut self) {
+        if let Some(ledger) = self.ledger.get() {
+            ledger.apply(self.bytes.get());
+        }
+    }
+}
+
+thread_local! {
+    static PENDING: Pending = const {
+        Pending {
+            ledger: Cell::new(None),
+            bytes: Cell::new(0),
+        }
+    };
+}
+
+impl Ledger {
+    /// Counts `delta` more (or fewer) bytes, through this thread's sum.
+    #[inline]
+    pub fn add(&'static self, delta: i64) {
+        let summed = PENDING.try_with(|p| match p.ledger.get() {
+            Some(ledger) if std::ptr::eq(ledger, self) => {
+                let now = p.bytes.get() + delta;
+                let keep = now.unsigned_abs() < self.batch;
+                if keep {
+                    p.bytes.set(now);
+                }
+                keep
+            }
+            _ => false,
+        });
+        if summed != Ok(true) {
+            self.add_slow(delta);
+        }
+    }
+
+    /// [`Ledger::add`] when the thread's sum is full, or belongs to another ledger.
+    #[cold]
+    #[inline(never)]
+    fn add_slow(&'static self, delta: i64) {
+        let summed = PENDING.try_with(|p| match p.ledger.get() {
+            Some(ledger) if std::ptr::eq(ledger, self) => {
+                let now = p.bytes.get() + delta;
+                p.bytes.set(0);
+                self.apply(now);
+            }
+            other => {
+                // Another budget's sum (tests run several brokers): it goes to its own.
+                if let Some(ledger) = other {
+                    ledger.apply(p.bytes.get());
+                }
+                p.ledger.set(Some(self));
+                p.bytes.set(0);
+                self.apply(delta);
+            }
+        });
+        if summed.is_err() {
+            // The thread is ending and its sum is gone already.
+            self.apply(delta);
+        }
+    }
+
+    /// Moves `delta` into the shared count and updates the pressure.
+    fn apply(&self, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let now = self.used.fetch_add(delta, Ordering::Relaxed) + delta;
+        let now = u64::try_from(now).unwrap_or(0);
+        if delta > 0 {
+            if now > self.maximum.load(Ordering::Relaxed) {
+                self.maximum.fetch_max(now, Ordering::Relaxed);
+            }
+            if now >= self.limit && !self.pressure.load(Ordering::Relaxed) {
+                self.set_pressure(true, now);
+            }
+        } else if now < self.limit / 100 * LOW_WATER_PERCENT
+            && self.pressure.load(Ordering::Relaxed)
+        {
+            self.set_pressure(false, now);
+        }
+    }
+
+    /// Bytes counted: the shared count plus this thread's sum.
+    fn used(&self) -> u64 {
+        let own = PENDING
+            .try_with(|p| match p.ledger.get() {
+                Some(ledger) if std::ptr::eq(ledger, self) => p.bytes.get(),
+                _ => 0,
+            })
+            .unwrap_or(0);
+        u64::try_from(self.used.load(Ordering::Relaxed) + own).unwrap_or(0)
+    }
+
+    fn set_pressure(&self, on: bool, used: u64) {
+        // Only the thread that flips the flag tells the watchers.
+        if self.pressure.swap(on, Ordering::Relaxed) != on {
+            self.changes.send_replace(on);
+            if on {
+                tracing::warn!(
+                    limit = self.limit,
+                    used,
+                    "memory budget (limits.max_memory) reached: refusing QoS 1/2 publishes and new connections, dropping QoS 0 to sessions with a backlog"
+                );
+            } else {
+                tracing::info!(limit = self.limit, used, "memory use back under the budget");
+            }
+        }
+    }
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes; 0 is no limit.
+    pub fn new(limit: u64) -> Self {
+        let limit = if limit == 0 { u64::MAX } else { limit };
+        let ledger = Box::leak(Box::new(Ledger {
+            limit,
+            batch: (limit / 1024).clamp(1, MAX_BATCH),
+            used: AtomicI64::new(0),
+            maximum: AtomicU64::new(0),
+            pressure: AtomicBool::new(false),
+            changes: watch::Sender::new(false),
+        }));
+        Self {
+            ledger,
+            dropped_qos0: AtomicU64::new(0),
+            refused_publishes: AtomicU64::new(0),
+            refused_connections: AtomicU64::new(0),
+        }
+    }
+
+    /// No limit: counts, never under pressure.
+    pub fn unlimited() -> Self {
+        Self::new(0)
+    }
+
+    /// The count itself, which a message's charge points at.
+    pub fn ledger(&self) -> &'static Ledger {
+        self.ledger
+    }
+
+    /// The limit in bytes (`u64::MAX`: none).
+    pub fn limit(&self) -> u64 {
+        self.ledger.limit
+    }
+
+    /// The limit as configured: 0 for none.
+    pub fn budget(&self) -> u64 {
+        if self.ledger.limit == u64::MAX {
+            0
+        } else {
+            self.ledger.limit
+        }
+    }
+
+    /// Bytes counted now (other threads' unflushed sums aside, see [`Ledger`]).
+    pub fn used(&self) -> u64 {
+        self.ledger.used()
+    }
+
+    /// Highest count so far.
+    pub fn maximum(&self) -> u64 {
+        self.ledger.maximum.load(Ordering::Relaxed)
+    }
+
+    /// Whether use is over the limit (and has not yet fallen below the low-water mark).
+    /// One relaxed load.
+    pub fn pressure(&self) -> bool {
+        self.ledger.pressure.load(Ordering::Relaxed)
+    }
+
+    /// A receiver that sees each change of [`MemoryBudget::pressure`].
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.ledger.changes.subscribe()
+    }
+
+    /// Counts `bytes` more.
+    pub fn charge(&self, bytes: u64) {
+        self.ledger.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts `bytes` fewer (what an earlier [`MemoryBudget::charge`] counted).
+    pub fn release(&self, bytes: u64) {
+        self.ledger.add(-i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Moves the count from `before` to `after` bytes.
+    pub fn adjust(&self, before: u64, after: u64) {
+        self.ledger.add(
+            i64::try_from(after).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX),
+        );
+    }
+}
+
+/// The budget `[limits]` asks for: `max_memory`, or [`default_limit`] when it is absent;
+/// 0 is no limit.
+pub fn limit_for(limits: &LimitsConfig) -> u64 {
+    limits.max_memory.map_or_else(default_limit, |size| size.0)
+}
+
+/// The default `max_memory`: [`DEFAULT_SHARE_PERCENT`] of the machine's memory (MemTotal
+/// in /proc/meminfo) or of the cgroup's memory limit, whichever is lower. 0 (no limit)
+/// when neither can be read.
+pub fn default_limit() -> u64 {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_total(&text));
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| std::fs::read_to_string(path).ok())
+    .and_then(|text| cgroup_limit(&text));
+    let total = match (machine, cgroup) {
+        (Some(m), Some(c)) => m.min(c),
+        (Some(m), None) => m,
+        (None, Some(c)) => c,
+        (None, None) => return 0,
+    };
+    total / 100 * DEFAULT_SHARE_PERCENT
+}
+
+/// `MemTotal` from /proc/meminfo, in bytes.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut fields = line.split_whitespace().skip(1);
+    let value: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
+/// A cgroup memory limit (v2 `memory.max` or v1 `memory.limit_in_bytes`); `max` and v1's
+/// "unlimited" (a number near `i64::MAX`) are none.
+fn cgroup_limit(text: &str) -> Option<u64> {
+    let value: u64 = text.trim().parse().ok()?;
+    (value < 1 << 60).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pressure_starts_at_the_limit_and_ends_below_low_water() {
+        let budget = MemoryBudget::new(1000);
+        let mut watch = budget.watch();
+        budget.charge(999);
+        assert!(!budget.pressure());
+        budget.charge(1);
+        assert!(budget.pressure());
+        assert!(watch.has_changed().unwrap());
+        assert!(*watch.borrow_and_update());
+        // Still above 90 %: pressure stays, so refusals do not flap.
+        budget.release(50);
+        assert!(budget.pressure());
+        budget.adjust(950, 899);
+        assert!(!budget.pressure());
+        assert!(!*watch.borrow_and_update());
+        assert_eq!(budget.used(), 899);
+        assert_eq!(budget.maximum(), 1000);
+    }
+
+    #[test]
+    fn unlimited_never_presses() {
+        let budget = MemoryBudget::unlimited();
+        budget.charge(u64::MAX / 2);
+        assert!(!budget.pressure());
+    }
+
+    #[test]
+    fn machine_and_cgroup_limits_read() {
+        let meminfo = "MemTotal:        8000000 kB\nMemFree:  1 kB\n";
+        assert_eq!(mem_total(meminfo), Some(8_000_000 * 1024));
+        assert_eq!(cgroup_limit("max\n"), None);
+        assert_eq!(cgroup_limit("9223372036854771712\n"), None);
+        assert_eq!(cgroup_limit("1073741824\n"), Some(1 << 30));
+    }
+
+    /// Many threads charging and releasing leave the count exact.
+    #[test]
+    fn concurrent_charges_balance() {
+        let budget = std::sync::Arc::new(MemoryBudget::new(10_000));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let budget = budget.clone();
+                std::thread::spawn(move || {
+                    for n in 0..10_000u64 {
+                        let bytes = (n + i) % 97 + 1;
+                        budget.charge(bytes);
+                        budget.release(bytes);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(budget.used(), 0);
+        assert!(!budget.pressure());
+    }
+}
