@@ -476,7 +476,9 @@ impl Registry {
                 inner.push_timer(at, client_id.clone());
             }
         }
-        if owned_here {
+        // A parked session keeps its client id claimed (a cluster's owners bucket names
+        // this node), so a CONNECT elsewhere asks for it and it moves there.
+        if owned_here && ended.is_some() {
             self.ownership.release(&client_id, connection_id);
         }
         Effects {
@@ -524,6 +526,29 @@ impl Registry {
                 Some(done)
             }
         }
+    }
+
+    /// Takes `client_id`'s parked session out, with its delayed will (cancelled: the
+    /// session resumes on another node, [MQTT-3.1.3-9]), when no connection here serves
+    /// it; the caller moves it elsewhere.
+    pub fn take_parked(&self, client_id: &str) -> Option<SessionState> {
+        let mut inner = self.lock();
+        let slot = inner.slots.get_mut(client_id)?;
+        if slot.owner.is_some() {
+            return None;
+        }
+        let state = *slot.parked.take()?;
+        slot.expires_at = None;
+        if slot.will.take().is_some()
+            && let Some(journal) = state.mailbox.journal()
+        {
+            journal.will_delete();
+        }
+        if slot.removable() {
+            inner.slots.remove(client_id);
+        }
+        inner.parked -= 1;
+        Some(state)
     }
 
     /// Expires sessions and publishes delayed wills that are due.

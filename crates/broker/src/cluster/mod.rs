@@ -19,6 +19,7 @@
 pub mod envelope;
 pub mod ownership;
 pub mod retained;
+pub mod sessions;
 pub mod subject;
 
 use std::collections::HashMap;

@@ -357,7 +357,7 @@ impl Owners {
         self: Arc<Self>,
         client_id: Arc<str>,
         connection: u64,
-    ) -> Result<(), Unavailable> {
+    ) -> Result<Option<Bytes>, Unavailable> {
         let result = self.claim_inner(&client_id, connection).await;
         if result.is_err() {
             Stats::add(&self.stats.refused, 1);
@@ -365,7 +365,11 @@ impl Owners {
         result
     }
 
-    async fn claim_inner(&self, client_id: &Arc<str>, connection: u64) -> Result<(), Unavailable> {
+    async fn claim_inner(
+        &self,
+        client_id: &Arc<str>,
+        connection: u64,
+    ) -> Result<Option<Bytes>, Unavailable> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err("the cluster's NATS is unreachable");
         }
@@ -399,12 +403,12 @@ impl Owners {
         Stats::add(&self.stats.claims, 1);
         self.held.record(client_id, connection, revision);
         let Some(previous) = previous else {
-            return Ok(());
+            return Ok(None);
         };
         if *previous.node == *self.node {
             // A connection of this node was already told to go by the registry; one of
             // a previous incarnation is gone.
-            return Ok(());
+            return Ok(None);
         }
         Stats::add(&self.stats.takeovers_sent, 1);
         let leave = Leave {
@@ -417,6 +421,8 @@ impl Owners {
             .client
             .request(control_subject(&previous.node), payload);
         match tokio::time::timeout(LEAVE_TIMEOUT, request).await {
+            // The session, when the old node parked one (see `sessions.rs`).
+            Ok(Ok(reply)) if reply.payload.len() > 1 => return Ok(Some(reply.payload)),
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                 tracing::debug!(client_id = %client_id, node = %previous.node, "cluster: the client id's previous node is gone");
@@ -430,7 +436,7 @@ impl Owners {
                 tracing::warn!(client_id = %client_id, node = %previous.node, "cluster: the client id's previous node did not let go in time; serving the new connection");
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// `connection` let go of `client_id` other than by being taken over from another
@@ -523,8 +529,19 @@ async fn control_loop(
         };
         let (owners, broker) = (owners.clone(), broker.clone());
         tokio::spawn(async move {
+            let client_id = leave.client_id.clone();
+            let this_run = leave.incarnation == owners.incarnation;
             let left = leave_here(&owners, &broker, leave).await;
-            let answer = Bytes::from_static(if left { b"1" } else { b"0" });
+            // A persistent session parked here (just now, or since its client went away)
+            // moves with the client id (`sessions.rs`).
+            let handed = this_run
+                .then(|| {
+                    let max = owners.client.server_info().max_payload;
+                    super::sessions::take_for_handover(&broker, &client_id, max)
+                })
+                .flatten();
+            let answer =
+                handed.unwrap_or_else(|| Bytes::from_static(if left { b"1" } else { b"0" }));
             let _ = owners.client.publish(reply, answer).await;
         });
     }

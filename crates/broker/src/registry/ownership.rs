@@ -12,9 +12,10 @@ use tokio::sync::oneshot;
 
 use crate::mailbox::{Control, Mailbox};
 
-/// Resolves once a client id is the claiming connection's cluster-wide; an error says why
+/// Resolves once a client id is the claiming connection's cluster-wide, with the session
+/// another node handed over (encoded, `cluster::sessions`), if any; an error says why
 /// the CONNECT cannot be served now (CONNACK 0x88).
-pub type Claim = Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>>;
+pub type Claim = Pin<Box<dyn Future<Output = Result<Option<bytes::Bytes>, &'static str>> + Send>>;
 
 /// See the module documentation. `ask_to_leave` and `unanswered` are called with the
 /// registry's lock held: they must only send, never wait.
