@@ -403,6 +403,10 @@ impl Registry {
         now: Millis,
     ) -> Effects {
         let client_id = state.client_id.clone();
+        let record = (state.expiry_interval != 0)
+            .then(|| self.ownership.session_record(&state))
+            .flatten();
+        let mut parked_until = None;
         let mut ended = None;
         let mut will_now = None;
         let mut answer_takeover = None;
@@ -442,6 +446,7 @@ impl Registry {
                     journal.put(expiry, expires_at);
                 }
                 slot.parked = Some(Box::new(state));
+                parked_until = Some(expires_at);
                 if let Some(at) = expires_at {
                     slot.expires_at = Some(at);
                     timers.push(at);
@@ -480,6 +485,8 @@ impl Registry {
         // this node), so a CONNECT elsewhere asks for it and it moves there.
         if owned_here && ended.is_some() {
             self.ownership.release(&client_id, connection_id);
+        } else if let (Some(record), Some(expires_at)) = (record, parked_until) {
+            self.ownership.parked(&client_id, record, expires_at);
         }
         Effects {
             ended: ended.into_iter().collect(),

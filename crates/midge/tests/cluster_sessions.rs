@@ -143,3 +143,51 @@ async fn an_expired_session_does_not_move() {
     assert!(!present, "expired session resumed");
     receive(&mut client, 0).await;
 }
+
+/// A's death: the session's subscriptions come back on B from the `midge_sessions`
+/// bucket (session present), the messages A held queued for it are lost (stage 1, as
+/// CLUSTER.md says: all of them, measured here), and what is published afterwards
+/// arrives.
+#[tokio::test]
+async fn after_its_node_is_killed_a_session_resumes_elsewhere_without_its_queue() {
+    let (_dir, _nats, mut a, b, _da, _db) = two_nodes("sessions-dead").await;
+    let (mut client, _) = connect(a.port, &connect_v5("orphan", false, 300)).await;
+    client.send(&subscribe(true, 1, "d/#", 1)).await.unwrap();
+    assert_eq!(client.recv().await.unwrap().kind(), 9, "SUBACK");
+    client.send(&DISCONNECT).await.unwrap();
+    drop(client);
+    let (mut publisher, _) = connect(a.port, &connect_v311("pub-dead", true)).await;
+    const QUEUED_ON_A: usize = 3;
+    for i in 0..QUEUED_ON_A {
+        publish_acked(&mut publisher, 1, "d/q", i as u16 + 1, b"queued on a").await;
+    }
+    a.kill();
+
+    let (mut client, present) = connect(b.port, &connect_v5("orphan", false, 300)).await;
+    assert!(present, "session present from the bucket\n{}", b.last_log());
+    // Measured: of the QUEUED_ON_A messages A held for the offline session, none arrive.
+    let lost = receive(&mut client, 0).await;
+    assert!(lost.is_empty());
+    let (mut publisher_b, _) = connect(b.port, &connect_v311("pub-b", true)).await;
+    publish_acked(&mut publisher_b, 1, "d/x", 1, b"after").await;
+    assert_eq!(
+        payloads(&receive(&mut client, 1).await, true),
+        [b"after".to_vec()]
+    );
+}
+
+/// A session that expired while its node was dead is not restored from the bucket.
+#[tokio::test]
+async fn an_expired_session_of_a_dead_node_is_not_restored() {
+    let (_dir, _nats, mut a, b, _da, _db) = two_nodes("sessions-dead-expiry").await;
+    let (mut client, _) = connect(a.port, &connect_v5("gone", false, 1)).await;
+    client.send(&subscribe(true, 1, "g/#", 1)).await.unwrap();
+    assert_eq!(client.recv().await.unwrap().kind(), 9, "SUBACK");
+    client.send(&DISCONNECT).await.unwrap();
+    // The record is written right after the park; give it a moment before the kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_client, present) = connect(b.port, &connect_v5("gone", false, 300)).await;
+    assert!(!present, "an expired session was restored");
+}

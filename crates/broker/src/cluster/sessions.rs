@@ -80,6 +80,15 @@ fn put_delivery(out: &mut BytesMut, d: &Delivery, now: u64) {
 /// Encodes `state` and its `queued` messages in at most `max` bytes; the second value
 /// counts queued messages left out. `None` when even the state without queue exceeds it.
 pub fn encode(state: &SessionState, queued: &[Delivery], max: usize) -> Option<(Bytes, u32)> {
+    encode_with(state, &state.inflight, queued, max)
+}
+
+fn encode_with(
+    state: &SessionState,
+    inflight: &std::collections::VecDeque<Inflight>,
+    queued: &[Delivery],
+    max: usize,
+) -> Option<(Bytes, u32)> {
     let now = now_millis();
     let mut out = BytesMut::new();
     out.put_slice(MAGIC);
@@ -107,8 +116,8 @@ pub fn encode(state: &SessionState, queued: &[Delivery], max: usize) -> Option<(
         out.put_u16(*id);
         out.put_u8(reason.0);
     }
-    out.put_u32(state.inflight.len() as u32);
-    for i in &state.inflight {
+    out.put_u32(inflight.len() as u32);
+    for i in inflight {
         out.put_u16(i.packet_id);
         out.put_u8(match i.stage {
             Stage::AwaitPubAck => 0,
@@ -268,6 +277,80 @@ fn decode_body(buf: Bytes) -> Result<Handover, &'static str> {
         h.queued.push(r.delivery(now)?);
     }
     Ok(h)
+}
+
+/// The KV bucket of parked persistent sessions' records.
+pub const SESSIONS_BUCKET: &str = "midge_sessions";
+
+/// [`SESSIONS_BUCKET`]'s configuration: one value per client id, on disk.
+pub fn bucket_config() -> async_nats::jetstream::kv::Config {
+    async_nats::jetstream::kv::Config {
+        bucket: SESSIONS_BUCKET.to_owned(),
+        description: "midge: parked persistent sessions (subscriptions, expiry)".into(),
+        history: 1,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// What survives a node's death of a session it parks: its subscriptions and inbound
+/// QoS 2 ids, no messages (stage 1: messages held by a dead node are lost). `None` when
+/// the session has no subscription (nothing worth a write).
+pub fn record(state: &SessionState) -> Option<Bytes> {
+    if state.subscriptions.is_empty() {
+        return None;
+    }
+    encode_with(state, &std::collections::VecDeque::new(), &[], usize::MAX).map(|(b, _)| b)
+}
+
+/// Writes a session record: when it expires (milliseconds since the epoch by the writing
+/// node's clock, `u64::MAX`: never), then the encoded state.
+pub async fn put_record(
+    sessions: &async_nats::jetstream::kv::Store,
+    client_id: &str,
+    key: String,
+    record: Bytes,
+    expires_at: Option<u64>,
+    max: usize,
+) {
+    if record.len() + 8 + FRAMING > max {
+        tracing::warn!(client_id = %client_id, "cluster: session record exceeds NATS max_payload; not kept beyond this node");
+        return;
+    }
+    let mut value = BytesMut::with_capacity(record.len() + 8);
+    value.put_u64(expires_at.unwrap_or(u64::MAX));
+    value.put_slice(&record);
+    match tokio::time::timeout(
+        super::ownership::CLAIM_TIMEOUT,
+        sessions.put(key, value.freeze()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        _ => {
+            tracing::warn!(client_id = %client_id, "cluster: session record not written (NATS JetStream unreachable)")
+        }
+    }
+}
+
+/// Takes the record under `key` of a session parked on a node that died: the encoded
+/// hand-over, unless missing or expired. The record is deleted either way.
+pub async fn restore_record(
+    sessions: &async_nats::jetstream::kv::Store,
+    key: &str,
+) -> Option<Bytes> {
+    let entry = tokio::time::timeout(super::ownership::CLAIM_TIMEOUT, sessions.entry(key))
+        .await
+        .ok()?
+        .ok()??;
+    let _ = tokio::time::timeout(super::ownership::CLAIM_TIMEOUT, sessions.delete(key)).await;
+    if entry.operation != async_nats::jetstream::kv::Operation::Put || entry.value.len() < 8 {
+        return None;
+    }
+    let mut value = entry.value;
+    let expires_at = value.get_u64();
+    // The writing node's clock against this one's: keep them NTP-synchronised.
+    (expires_at > now_millis()).then_some(value)
 }
 
 /// Takes `client_id`'s parked session out of this node for a hand-over to another node:

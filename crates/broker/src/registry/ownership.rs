@@ -39,6 +39,16 @@ pub trait Ownership: Send + Sync + fmt::Debug {
     /// Connection `connection_id` no longer serves `client_id` (called without the
     /// registry's lock).
     fn release(&self, _client_id: &Arc<str>, _connection_id: u64) {}
+
+    /// What a cluster keeps beyond this process of a persistent session about to be
+    /// parked (encoded before the registry's lock is taken). `None` on a single node.
+    fn session_record(&self, _state: &crate::session::SessionState) -> Option<bytes::Bytes> {
+        None
+    }
+
+    /// `client_id`'s session was parked until `expires_at` (`None`: never), as
+    /// `record` says (called without the registry's lock).
+    fn parked(&self, _client_id: &Arc<str>, _record: bytes::Bytes, _expires_at: Option<u64>) {}
 }
 
 /// The single node's ownership: every client id is held in this process, and its holder
