@@ -881,6 +881,38 @@ mod tests {
         first_done.await.unwrap();
     }
 
+    #[tokio::test]
+    async fn a_parked_session_is_taken_out_with_its_will_and_keeps_its_claim() {
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let registry = Registry::with_ownership(None, Box::new(Recording(released.clone())));
+        let stats = Stats::default();
+        let id: Arc<str> = "p".into();
+        let (mut attached, _) = registry.attach(&stats, id.clone(), false, 1).await;
+        // Nothing to take while a connection serves it.
+        assert!(registry.take_parked("p").is_none());
+        attached.state.expiry_interval = 60;
+        let will = Will {
+            topic: "wills/p".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: WillProperties::default(),
+        };
+        let effects = registry.detach(1, attached.state, Some((will, 30)), 0);
+        assert!(effects.ended.is_empty() && effects.wills.is_empty());
+        // Parked: the id stays claimed (a cluster node is then asked for the session).
+        assert!(released.lock().unwrap().is_empty());
+        assert_eq!(registry.parked_len(), 1);
+        let state = registry.take_parked("p").expect("parked");
+        assert_eq!(state.expiry_interval, 60);
+        assert_eq!(registry.parked_len(), 0);
+        assert!(registry.is_empty());
+        // The delayed will went with it: nothing falls due here.
+        let effects = registry.tick(&stats, 3_600_000);
+        assert!(effects.wills.is_empty() && effects.ended.is_empty());
+        assert!(registry.take_parked("p").is_none());
+    }
+
     /// Records releases.
     #[derive(Debug, Default)]
     struct Recording(Arc<Mutex<Vec<(String, u64)>>>);
