@@ -48,71 +48,9 @@ SCENARIOS=(
     "mqtt-amqp-q1|mqtt-amqp -P 10 -S 2 -q 1 -V 311"
 )
 
+# The table code is shared with bench/compare.sh.
 table() {
-    python3 - "$@" <<'PY'
-import json, statistics, sys, pathlib
-out, runs, names = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-
-def load(name, broker):
-    reports = []
-    for run in range(1, runs + 1):
-        try:
-            r = json.loads((out / f"{name}.{broker}.{run}.json").read_text())
-        except Exception as e:
-            r = {"error": str(e)}
-        reports.append(r)
-    return reports
-
-def median(reports, *path):
-    values = []
-    for r in reports:
-        v = r
-        for p in path:
-            v = v.get(p) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)):
-            values.append(v)
-    return statistics.median(values) if values else None
-
-def fmt(v, digits=0):
-    if v is None:
-        return "n/a"
-    return f"{v:,.{digits}f}"
-
-def ratio(a, b):
-    return f"{a / b:.2f}" if a is not None and b else "n/a"
-
-print("| scenario | metric | midge | RabbitMQ | midge/RabbitMQ | notes |")
-print("| --- | --- | ---: | ---: | ---: | --- |")
-for name in names:
-    m, r = load(name, "midge"), load(name, "rabbitmq")
-    errors = [x["error"] for x in m + r if "error" in x]
-    anomalies = []
-    for label, reports in (("midge", m), ("RabbitMQ", r)):
-        ok = [x for x in reports if "error" not in x]
-        lost = sum(x.get("lost", 0) for x in ok)
-        dup = sum(x.get("duplicated", 0) for x in ok)
-        reordered = sum(x.get("reordered", 0) for x in ok)
-        if lost or dup or reordered:
-            anomalies.append(f"{label}: lost {lost}, dup {dup}, reordered {reordered}")
-    metrics = [
-        ("msgs/s delivered", ("delivered_per_sec",), 0),
-        ("broker CPU µs/msg", ("broker", "cpu_us_per_msg"), 2),
-        ("broker CPU %", ("broker", "cpu_pct"), 0),
-        ("p99 latency µs", ("latency_us", "p99"), 0),
-        ("p50 latency µs", ("latency_us", "p50"), 0),
-    ]
-    for i, (label, path, digits) in enumerate(metrics):
-        a, b = median(m, *path), median(r, *path)
-        note = "; ".join(anomalies + [e[:80] for e in errors[:1]]) if i == 0 else ""
-        print(f"| {name if i == 0 else ''} | {label} | {fmt(a, digits)} | {fmt(b, digits)} | "
-              f"{ratio(a, b)} | {note} |")
-print()
-print(f"Median of {runs} runs; raw JSON reports in {out}.")
-for when in ("before", "after"):
-    path = out / f"load.{when}"
-    if path.exists():
-        print(f"Load {when}: {path.read_text().strip()}")
-PY
+    python3 "$ROOT/bench/table.py" amqp "$@"
 }
 
 if [[ ${1:-} == --table ]]; then

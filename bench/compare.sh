@@ -79,93 +79,9 @@ if (( $(ulimit -n) < 10100 )); then
     echo "warning: open files limit is $(ulimit -n); conn-10k needs more than 10,000" >&2
 fi
 
+# The table code is shared with bench/amqp.sh.
 table() {
-    python3 - "$@" <<'PY'
-import json, statistics, sys, pathlib
-out, runs, names = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-brokers_file = out / "brokers"
-first, second = (brokers_file.read_text().split() if brokers_file.exists() else ["midge", "mosquitto"])
-label = {"midge": "midge", "mosquitto": "Mosquitto", "midge-scraped": "midge scraped every 1 s"}
-
-def load(name, broker):
-    reports = []
-    for run in range(1, runs + 1):
-        try:
-            r = json.loads((out / f"{name}.{broker}.{run}.json").read_text())
-        except Exception as e:
-            r = {"error": str(e)}
-        reports.append(r)
-    return reports
-
-def median(reports, *path):
-    values = []
-    for r in reports:
-        v = r
-        for p in path:
-            v = v.get(p) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)):
-            values.append(v)
-    return statistics.median(values) if values else None
-
-def fmt(v, digits=0):
-    if v is None:
-        return "n/a"
-    if digits == 0:
-        return f"{v:,.0f}"
-    return f"{v:,.{digits}f}"
-
-def ratio(a, b):
-    return f"{a / b:.2f}" if a is not None and b else "n/a"
-
-rows = []
-for name in names:
-    m, q = load(name, first), load(name, second)
-    errors = [r["error"] for r in m + q if "error" in r]
-    if name.startswith("conn"):
-        metrics = [
-            ("KiB per connection", ("broker", "kib_per_conn"), 1),
-            ("connections/s", ("connections", "per_sec"), 0),
-        ]
-    elif name.startswith("latency"):
-        metrics = [
-            ("p99 latency µs", ("latency_us", "p99"), 0),
-            ("p50 latency µs", ("latency_us", "p50"), 0),
-        ]
-    else:
-        metrics = [
-            ("msgs/s", ("delivered_per_sec",), 0),
-            ("broker CPU µs/msg", ("broker", "cpu_us_per_msg"), 2),
-            ("broker CPU %", ("broker", "cpu_pct"), 0),
-            ("p99 latency µs", ("latency_us", "p99"), 0),
-        ]
-    gen = f"{fmt(median(m, 'generator', 'cpu_pct'))} / {fmt(median(q, 'generator', 'cpu_pct'))}"
-    anomalies = []
-    for who, reports in ((first, m), (second, q)):
-        lost = sum(r.get("lost", 0) for r in reports if "error" not in r)
-        dup = sum(r.get("duplicated", 0) for r in reports if "error" not in r)
-        reordered = sum(r.get("reordered", 0) for r in reports if "error" not in r)
-        if lost or dup or reordered:
-            anomalies.append(f"{who}: lost {lost}, dup {dup}, reordered {reordered}")
-    for i, (metric, path, digits) in enumerate(metrics):
-        a, b = median(m, *path), median(q, *path)
-        note = ""
-        if i == 0:
-            note = "; ".join(anomalies + [e[:80] for e in errors[:1]])
-        rows.append((name if i == 0 else "", metric, fmt(a, digits), fmt(b, digits), ratio(a, b),
-                     gen if i == 0 else "", note))
-
-a, b = label[first], label[second]
-print(f"| scenario | metric | {a} | {b} | {a}/{b} | generator CPU % ({a} / {b} runs) | notes |")
-print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
-for row in rows:
-    print("| " + " | ".join(row) + " |")
-print()
-print(f"Median of {runs} runs; raw JSON reports in {out}.")
-for when in ("before", "after"):
-    path = out / f"load.{when}"
-    if path.exists():
-        print(f"Load {when}: {path.read_text().strip()}")
-PY
+    python3 "$ROOT/bench/table.py" compare "$@"
 }
 
 if [[ ${1:-} == --table ]]; then

@@ -3,7 +3,7 @@
 # build of the real binary, with the sizes, and prints each scenario's figures.
 # RELIABILITY.md says what each scenario does and what it measured.
 #
-#   scripts/stress.sh                      # the long run: about 20 minutes
+#   scripts/stress.sh                      # the long run: about 50 minutes (the soak is 30)
 #   scripts/stress.sh takeover             # one scenario (a cargo test name filter)
 #   MIDGE_STRESS_SECS=30 scripts/stress.sh # shorter, same sizes
 #
@@ -19,6 +19,14 @@
 #   MIDGE_STRESS_BURST              TCP connects per burst (four bursts a second)
 #   MIDGE_STRESS_SLOWLORIS          sockets trickling a CONNECT one byte a second
 #   MIDGE_STRESS_STORAGE            "memory" takes the store out of the figures
+#   MIDGE_STRESS_SOAK_SECS          seconds of the long soak's mixed load
+#   MIDGE_STRESS_SOAK_PUBLISHERS    its publishers ...
+#   MIDGE_STRESS_SOAK_RATE          ... each this many messages a second (QoS 0, 1, 2 in turn)
+#   MIDGE_STRESS_SOAK_RECONNECTORS  clients connecting and leaving in a loop
+#   MIDGE_STRESS_SOAK_SLOW          slow consumers at their queue limits
+#   MIDGE_STRESS_SOAK_RETAIN_RATE   retained messages set, replaced or deleted a second
+#   MIDGE_STRESS_SOAK_MAX_QUEUED    the broker's max_queued_messages in the soak
+#   MIDGE_STRESS_SOAK_RSS_PCT       allowed RSS growth after the warm-up, in percent
 # The CI variant is the same test binary in debug with the defaults in stress.rs:
 #   cargo test -p midge --test stress -- --nocapture
 set -euo pipefail
@@ -33,6 +41,10 @@ export MIDGE_STRESS_DEAD_PHASE_SECS="${MIDGE_STRESS_DEAD_PHASE_SECS:-60}"
 export MIDGE_STRESS_FANOUT_RATE="${MIDGE_STRESS_FANOUT_RATE:-1000}"
 export MIDGE_STRESS_BURST="${MIDGE_STRESS_BURST:-20000}"
 export MIDGE_STRESS_SLOWLORIS="${MIDGE_STRESS_SLOWLORIS:-1000}"
+export MIDGE_STRESS_SOAK_SECS="${MIDGE_STRESS_SOAK_SECS:-1800}"
+export MIDGE_STRESS_SOAK_RATE="${MIDGE_STRESS_SOAK_RATE:-100}"
+export MIDGE_STRESS_SOAK_RECONNECTORS="${MIDGE_STRESS_SOAK_RECONNECTORS:-24}"
+export MIDGE_STRESS_SOAK_MAX_QUEUED="${MIDGE_STRESS_SOAK_MAX_QUEUED:-200}"
 
 # 10,000 dead subscribers and bursts of 20,000 connects need descriptors on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -50,6 +62,6 @@ status=$?
 set -e
 # The figures each scenario prints (libtest may put "test NAME ..." before them on the
 # same line), then the verdicts.
-grep -oE '(storm round [0-9]+/[0-9]+|dead consumers|flood|shared churn):.*' "$log" || true
+grep -oE '(storm round [0-9]+/[0-9]+|dead consumers|flood|shared churn|soak):.*' "$log" || true
 grep -E '^test result|panicked|FAILED' "$log" || true
 exit "$status"

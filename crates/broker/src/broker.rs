@@ -51,9 +51,6 @@ pub struct Broker {
     pub journal: Option<Journal>,
     /// AMQP queues, shared by every AMQP listener (durable ones kept through `journal`).
     pub amqp: Arc<crate::amqp_queues::Queues>,
-    /// A cluster node's client-id owners and node list (for the admin API); unset on a
-    /// single node.
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::ownership::Owners>>,
     started: Instant,
     next_connection_id: AtomicU64,
 }
@@ -89,7 +86,6 @@ impl Broker {
             log_limit,
             amqp: Arc::new(crate::amqp_queues::Queues::new(journal.clone())),
             journal,
-            cluster: std::sync::OnceLock::new(),
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),
         })
@@ -233,6 +229,13 @@ impl Broker {
     ) {
         let effects = self.registry.detach(connection_id, state, will, now);
         self.apply(effects, now);
+    }
+
+    /// Access rules changed (reload, dynamic security): MQTT and AMQP connections check
+    /// their users and what was granted under the old rules.
+    pub fn access_changed(&self) {
+        self.registry.recheck_owners();
+        self.amqp.access_changed();
     }
 
     /// Ends expired sessions and publishes delayed wills that are due ([`Registry::tick`]).

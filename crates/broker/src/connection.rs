@@ -1348,7 +1348,7 @@ where
         );
         dynsec.submit(resolved.payload().to_vec(), caller, move |outcome| {
             if outcome.changed {
-                broker.registry.recheck_owners();
+                broker.access_changed();
             }
             let mut reply = Message::internal(
                 RESPONSE_TOPIC.to_owned(),

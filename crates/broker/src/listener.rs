@@ -178,6 +178,7 @@ impl Server {
         // this node's own store may hold values other nodes replaced since.
         let mut recovered = recovered;
         let mut cluster_tasks = Vec::new();
+        let owners = cluster.as_ref().map(|c| c.owners());
         let broker = match (&cluster, &config.cluster) {
             (Some(cluster), Some(settings)) => {
                 let (retained, tasks) =
@@ -189,9 +190,7 @@ impl Server {
                     retained: Box::new(retained),
                     ownership: cluster.ownership(),
                 };
-                let broker = Broker::assemble(config, Some(journal), parts);
-                let _ = broker.cluster.set(cluster.owners());
-                broker
+                Broker::assemble(config, Some(journal), parts)
             }
             _ => Broker::with_journal(config, Some(journal)),
         };
@@ -280,6 +279,7 @@ impl Server {
                     })
                 }),
                 live_views: Arc::default(),
+                cluster: owners,
             };
             match admin::start(context, &config.admin, shutdown_rx.clone()).await {
                 Ok((addr, task)) => {
@@ -712,15 +712,22 @@ async fn watch_certificates(
     }
 }
 
-/// Session expiry, delayed wills and expired retained messages.
+/// Session expiry, delayed wills, expired retained messages, and AMQP bindings checked again
+/// after the access rules changed.
 async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweeps = 0u32;
+    let mut access = broker.amqp.watch_access();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+            // AMQP bindings granted under rules that changed are checked again.
+            Ok(()) = access.changed() => {
+                broker.amqp.recheck_bindings(&*broker).await;
+                continue;
+            }
         }
         let now = now_millis();
         broker.tick(now);

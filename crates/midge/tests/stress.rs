@@ -1220,3 +1220,1081 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
     );
     drop(midge);
 }
+
+// ---- long soak ----
+
+use bytes::Bytes;
+use midge_client::midge_proto::{
+    ConnectProperties, Disconnect, ProtocolVersion, Publish, PublishProperties, QoS,
+    SubscribeProperties, SubscriptionOptions, Will, WillProperties,
+};
+use midge_client::{Client, ConnectOptions, Transport};
+
+/// Retained topics the churner sets, replaces and deletes (`soak/retained/N`).
+const SOAK_RETAINED_TOPICS: u64 = 200;
+/// Session expiry of the short-lived MQTT 5 sessions, in seconds: short enough that
+/// expiry fires many times in a run.
+const SOAK_SHORT_EXPIRY: u32 = 2;
+/// Persistent sessions that stay subscribed to their own `soak/keep/N` and must get every
+/// message published there.
+const SOAK_KEEPERS: usize = 4;
+
+/// What the soak's clients did, shared by its tasks.
+#[derive(Default)]
+struct SoakCounts {
+    /// Publications acknowledged (QoS 1 and 2) or sent (QoS 0), by QoS.
+    published: [AtomicU64; 3],
+    /// Messages the steady `soak/data/#` and `$share` subscribers received.
+    received: AtomicU64,
+    shared_received: AtomicU64,
+    /// Sessions the reconnect loops opened, and of those resumed (session present).
+    sessions: AtomicU64,
+    resumed: AtomicU64,
+    /// Connections dropped without DISCONNECT while carrying a will, and wills received.
+    wills_armed: AtomicU64,
+    wills_received: AtomicU64,
+    /// Retained messages set (with a payload) and deleted (empty payload).
+    retained_set: AtomicU64,
+    retained_deleted: AtomicU64,
+    /// Snapshots of `soak/retained/#` taken by the loops, and retained messages in them.
+    retained_snapshots: AtomicU64,
+    retained_received: AtomicU64,
+    /// Errors in the reconnect loops (they reconnect), by what failed.
+    loop_errors: Mutex<HashMap<String, u64>>,
+    /// Keep sessions that came back without their session (must stay 0).
+    keep_not_resumed: AtomicU64,
+}
+
+impl SoakCounts {
+    fn error(&self, what: &str, e: &midge_client::Error) {
+        let key = format!("{what}: {e}");
+        // Messages may carry ids; the kind is what the summary needs.
+        let key: String = key.chars().take(60).collect();
+        *self
+            .loop_errors
+            .lock()
+            .expect("counts lock")
+            .entry(key)
+            .or_default() += 1;
+    }
+}
+
+fn soak_options(
+    version: ProtocolVersion,
+    client_id: &str,
+    clean: bool,
+    session_expiry: Option<u32>,
+) -> ConnectOptions {
+    let mut options = ConnectOptions::new(version, client_id);
+    options.connect.clean_start = clean;
+    options.connect.properties = ConnectProperties {
+        session_expiry_interval: session_expiry,
+        ..ConnectProperties::default()
+    };
+    options
+}
+
+async fn soak_connect(port: u16, options: ConnectOptions) -> Result<Client, midge_client::Error> {
+    Client::connect(&Transport::tcp("127.0.0.1", port), options).await
+}
+
+fn soak_publish(
+    topic: String,
+    qos: QoS,
+    retain: bool,
+    payload: Vec<u8>,
+    expiry: Option<u32>,
+) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain,
+        topic,
+        packet_id: 0,
+        properties: PublishProperties {
+            message_expiry_interval: expiry,
+            ..PublishProperties::default()
+        },
+        payload: Bytes::from(payload),
+    }
+}
+
+async fn soak_subscribe(
+    client: &mut Client,
+    filter: &str,
+    qos: QoS,
+) -> Result<(), midge_client::Error> {
+    let options = SubscriptionOptions {
+        qos,
+        ..SubscriptionOptions::default()
+    };
+    let codes = client
+        .subscribe(
+            vec![(filter.to_owned(), options)],
+            SubscribeProperties::default(),
+        )
+        .await?;
+    assert!(
+        codes.iter().all(|c| !c.is_error()),
+        "SUBSCRIBE {filter} refused: {codes:?}"
+    );
+    Ok(())
+}
+
+fn qos_of(n: u64) -> QoS {
+    match n % 3 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Receives until `until` (or an error), counting into `counter`; returns what it got.
+async fn soak_receive(
+    client: &mut Client,
+    until: Instant,
+    counter: &AtomicU64,
+) -> Result<(), midge_client::Error> {
+    loop {
+        match tokio::time::timeout_at(until, client.recv()).await {
+            Err(_) => return Ok(()),
+            Ok(Ok(_)) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// A publisher to `soak/data/{p}/{k}`: `rate` messages a second, QoS 0, 1 and 2 in turn,
+/// payloads of 64 to 575 bytes; an MQTT 5 publisher gives every fourth message a 3 s
+/// message expiry. Every publication waits for its acknowledgement flow.
+async fn soak_publisher(
+    port: u16,
+    p: u64,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    counts: Arc<SoakCounts>,
+) {
+    let version = if p.is_multiple_of(2) {
+        ProtocolVersion::V311
+    } else {
+        ProtocolVersion::V5
+    };
+    let mut client = soak_connect(
+        port,
+        soak_options(version, &format!("soak-pub-{p}"), true, None),
+    )
+    .await
+    .expect("publisher connects");
+    let mut rng = Lcg(p + 17);
+    let mut tick =
+        tokio::time::interval(Duration::from_secs(1) / u32::try_from(rate.max(1)).expect("rate"));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let qos = qos_of(n);
+        let expiry = (version == ProtocolVersion::V5 && n.is_multiple_of(4)).then_some(3);
+        let mut payload = format!("{p}-{n}-").into_bytes();
+        payload.resize(64 + rng.below(512) as usize, b'.');
+        let topic = format!("soak/data/{p}/{}", rng.below(20));
+        client
+            .publish(soak_publish(topic, qos, false, payload, expiry))
+            .await
+            .expect("the broker acknowledges every publication");
+        counts.published[qos as usize].fetch_add(1, Ordering::Relaxed);
+        n += 1;
+    }
+    let _ = client.disconnect(Disconnect::default()).await;
+}
+
+/// A subscriber that stays connected, reading `filter` until `stop`.
+async fn soak_steady_subscriber(
+    port: u16,
+    client_id: String,
+    version: ProtocolVersion,
+    filter: &'static str,
+    qos: QoS,
+    stop: Arc<AtomicBool>,
+    counter: Arc<SoakCounts>,
+) {
+    let mut client = soak_connect(port, soak_options(version, &client_id, true, None))
+        .await
+        .expect("steady subscriber connects");
+    soak_subscribe(&mut client, filter, qos)
+        .await
+        .expect("SUBACK");
+    let count = if filter.starts_with("$share/") {
+        &counter.shared_received
+    } else {
+        &counter.received
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let until = Instant::now() + Duration::from_millis(200);
+        soak_receive(&mut client, until, count)
+            .await
+            .unwrap_or_else(|e| panic!("{client_id} lost its connection: {e}"));
+    }
+    let _ = client.disconnect(Disconnect::default()).await;
+}
+
+/// Publishes sequenced messages to each `soak/keep/{i}` (QoS 1 and 2 in turn), `rate` a
+/// second over all keepers, until `stop`; returns the sequence numbers acknowledged, per
+/// keeper.
+async fn soak_keep_publisher(port: u16, rate: u64, stop: Arc<AtomicBool>) -> Vec<Vec<u64>> {
+    let mut client = soak_connect(
+        port,
+        soak_options(ProtocolVersion::V5, "soak-keep-pub", true, None),
+    )
+    .await
+    .expect("keep publisher connects");
+    let mut acked = vec![Vec::new(); SOAK_KEEPERS];
+    let mut tick =
+        tokio::time::interval(Duration::from_secs(1) / u32::try_from(rate.max(1)).expect("rate"));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let i = (seq % SOAK_KEEPERS as u64) as usize;
+        let qos = if seq.is_multiple_of(2) {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        client
+            .publish(soak_publish(
+                format!("soak/keep/{i}"),
+                qos,
+                false,
+                seq.to_be_bytes().to_vec(),
+                None,
+            ))
+            .await
+            .expect("keep publication acknowledged");
+        acked[i].push(seq);
+        seq += 1;
+    }
+    let _ = client.disconnect(Disconnect::default()).await;
+    acked
+}
+
+fn keep_options(i: usize) -> ConnectOptions {
+    // Even keepers are MQTT 3.1.1 (clean session 0), odd ones MQTT 5 with an hour's expiry.
+    if i.is_multiple_of(2) {
+        soak_options(
+            ProtocolVersion::V311,
+            &format!("soak-keep-{i}"),
+            false,
+            None,
+        )
+    } else {
+        soak_options(
+            ProtocolVersion::V5,
+            &format!("soak-keep-{i}"),
+            false,
+            Some(3600),
+        )
+    }
+}
+
+fn keep_seq(publish: &Publish) -> u64 {
+    u64::from_be_bytes(
+        publish.payload[..8]
+            .try_into()
+            .expect("an 8-byte sequence number"),
+    )
+}
+
+/// A persistent session that stays subscribed to `soak/keep/{i}` while its connection
+/// comes and goes: connected for 1 to 5 s, then DISCONNECT or a dropped socket, offline for
+/// up to a second, resumed. Returns the sequence numbers received and the duplicates.
+async fn soak_keeper(
+    port: u16,
+    i: usize,
+    stop: Arc<AtomicBool>,
+    counts: Arc<SoakCounts>,
+) -> (HashSet<u64>, u64) {
+    let mut rng = Lcg(1000 + i as u64);
+    let mut client = soak_connect(port, keep_options(i))
+        .await
+        .expect("keeper connects");
+    let qos = if i.is_multiple_of(2) {
+        QoS::AtLeastOnce
+    } else {
+        QoS::ExactlyOnce
+    };
+    soak_subscribe(&mut client, &format!("soak/keep/{i}"), qos)
+        .await
+        .expect("SUBACK");
+    let (mut got, mut duplicates) = (HashSet::new(), 0u64);
+    loop {
+        let until = Instant::now() + Duration::from_millis(1000 + rng.below(4000));
+        loop {
+            match tokio::time::timeout_at(until, client.recv()).await {
+                Err(_) => break,
+                Ok(Ok(publish)) => {
+                    if !got.insert(keep_seq(&publish)) {
+                        duplicates += 1;
+                    }
+                }
+                Ok(Err(e)) => panic!("keeper {i} lost its connection: {e}"),
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        if stop.load(Ordering::Relaxed) || rng.below(2) == 0 {
+            client
+                .disconnect(Disconnect::default())
+                .await
+                .expect("keeper DISCONNECT");
+        } else {
+            drop(client);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return (got, duplicates);
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(1000))).await;
+        client = soak_connect(port, keep_options(i))
+            .await
+            .expect("keeper reconnects");
+        if !client.connack().session_present {
+            counts.keep_not_resumed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A client that connects, does a little and leaves, again and again, in one of six ways
+/// chosen at random: MQTT 3.1.1 clean with a new id; 3.1.1 persistent under its own id;
+/// MQTT 5 with a new id and a 2 s session expiry (which must then expire); MQTT 5 under its
+/// own id with a 3 s expiry, offline for 0 to 5 s (expired or resumed); a will, fired by
+/// dropping the socket (retained or not, MQTT 5 ones delayed 1 s); a snapshot of the
+/// retained topics.
+async fn soak_reconnector(port: u16, t: u64, stop: Arc<AtomicBool>, counts: Arc<SoakCounts>) {
+    let mut rng = Lcg(5000 + t);
+    let mut n = 0u64;
+    let sink = AtomicU64::new(0);
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let kind = rng.below(6);
+        let stay = Instant::now() + Duration::from_millis(200 + rng.below(1800));
+        let (options, filter, will) = match kind {
+            0 => (
+                soak_options(
+                    ProtocolVersion::V311,
+                    &format!("soak-loop-{t}-{n}"),
+                    true,
+                    None,
+                ),
+                format!("soak/data/{}/#", rng.below(4)),
+                false,
+            ),
+            1 => (
+                soak_options(
+                    ProtocolVersion::V311,
+                    &format!("soak-loop3-{t}"),
+                    false,
+                    None,
+                ),
+                // A resumed session subscribes again to the same filter, as devices do.
+                format!("soak/data/+/{}", t % 20),
+                false,
+            ),
+            2 => (
+                soak_options(
+                    ProtocolVersion::V5,
+                    &format!("soak-loop-{t}-{n}"),
+                    true,
+                    Some(SOAK_SHORT_EXPIRY),
+                ),
+                if rng.below(2) == 0 {
+                    format!("$share/loop{}/soak/data/#", rng.below(3))
+                } else {
+                    format!("soak/data/{}/+", rng.below(4))
+                },
+                false,
+            ),
+            3 => (
+                soak_options(
+                    ProtocolVersion::V5,
+                    &format!("soak-loop5-{t}"),
+                    false,
+                    Some(3),
+                ),
+                format!("soak/data/{}/{}", t % 4, t % 20),
+                false,
+            ),
+            4 => {
+                let v5 = rng.below(2) == 0;
+                let version = if v5 {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V311
+                };
+                let mut options = soak_options(
+                    version,
+                    &format!("soak-will-{t}-{n}"),
+                    true,
+                    v5.then_some(SOAK_SHORT_EXPIRY),
+                );
+                options.connect.will = Some(Will {
+                    topic: format!("soak/will/{t}"),
+                    payload: Bytes::from(format!("gone {t}-{n}")),
+                    qos: QoS::AtLeastOnce,
+                    retain: rng.below(2) == 0,
+                    properties: WillProperties {
+                        will_delay_interval: v5.then_some(1),
+                        ..WillProperties::default()
+                    },
+                });
+                (options, format!("soak/data/{}/0", rng.below(4)), true)
+            }
+            _ => (
+                soak_options(
+                    ProtocolVersion::V5,
+                    &format!("soak-snap-{t}-{n}"),
+                    true,
+                    None,
+                ),
+                "soak/retained/#".to_owned(),
+                false,
+            ),
+        };
+        let mut client = match soak_connect(port, options).await {
+            Ok(client) => client,
+            Err(e) => {
+                counts.error("connect", &e);
+                continue;
+            }
+        };
+        counts.sessions.fetch_add(1, Ordering::Relaxed);
+        if client.connack().session_present {
+            counts.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+        let qos = qos_of(rng.below(3));
+        if let Err(e) = soak_subscribe(&mut client, &filter, qos).await {
+            counts.error("subscribe", &e);
+            continue;
+        }
+        let result = if kind == 5 {
+            // Retained messages arrive right after SUBACK, then the churner's new ones:
+            // stop at the first quiet 300 ms or when the stay is over.
+            counts.retained_snapshots.fetch_add(1, Ordering::Relaxed);
+            let mut result = Ok(());
+            while let Ok(received) = tokio::time::timeout_at(
+                stay.min(Instant::now() + Duration::from_millis(300)),
+                client.recv(),
+            )
+            .await
+            {
+                match received {
+                    Ok(_) => {
+                        counts.retained_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            result
+        } else {
+            soak_receive(&mut client, stay, &sink).await
+        };
+        if let Err(e) = result {
+            counts.error("receive", &e);
+            continue;
+        }
+        // Wills fire on a dropped socket; the others end either way.
+        if will {
+            counts.wills_armed.fetch_add(1, Ordering::Relaxed);
+            drop(client);
+        } else if rng.below(3) == 0 {
+            drop(client);
+        } else if let Err(e) = client.disconnect(Disconnect::default()).await {
+            counts.error("disconnect", &e);
+        }
+        // Kind 3 stays away for 0 to 5 s: its 3 s session expires or is resumed.
+        let away = if kind == 3 {
+            rng.below(5000)
+        } else {
+            rng.below(200)
+        };
+        tokio::time::sleep(Duration::from_millis(away)).await;
+    }
+}
+
+/// Sets, replaces and deletes retained messages on `soak/retained/N` at `rate` a second:
+/// three in five set (QoS 0 to 2, 10 to 2,009 bytes), one in five sets one with a 2 s
+/// message expiry, one in five deletes.
+async fn soak_retainer(port: u16, rate: u64, stop: Arc<AtomicBool>, counts: Arc<SoakCounts>) {
+    let mut client = soak_connect(
+        port,
+        soak_options(ProtocolVersion::V5, "soak-retainer", true, None),
+    )
+    .await
+    .expect("retainer connects");
+    let mut rng = Lcg(77);
+    let mut tick =
+        tokio::time::interval(Duration::from_secs(1) / u32::try_from(rate.max(1)).expect("rate"));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let topic = format!("soak/retained/{}", rng.below(SOAK_RETAINED_TOPICS));
+        let action = rng.below(5);
+        let (payload, expiry) = match action {
+            0..=2 => (vec![b'r'; 10 + rng.below(2000) as usize], None),
+            3 => (vec![b'e'; 10 + rng.below(200) as usize], Some(2)),
+            _ => (Vec::new(), None),
+        };
+        let deleted = payload.is_empty();
+        client
+            .publish(soak_publish(
+                topic,
+                qos_of(rng.below(3)),
+                true,
+                payload,
+                expiry,
+            ))
+            .await
+            .expect("retained publication acknowledged");
+        if deleted {
+            counts.retained_deleted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counts.retained_set.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let _ = client.disconnect(Disconnect::default()).await;
+}
+
+/// A persistent subscriber of everything under `soak/data/` that reads 256 bytes every
+/// 100 ms through a 4 KiB receive buffer and never acknowledges: its in-flight window and
+/// then its queue fill, and the broker drops (and counts) what does not fit.
+async fn soak_slow_consumer(port: u16, i: usize, stop: Arc<AtomicBool>) {
+    let mut stream = connect_from(Ipv4Addr::LOCALHOST, port, Some(4096))
+        .await
+        .expect("slow consumer connects");
+    let id = format!("soak-slow-{i}");
+    stream
+        .write_all(&support::connect_v311(&id, false))
+        .await
+        .expect("send CONNECT");
+    stream
+        .write_all(&support::subscribe(false, 1, "soak/data/#", 1))
+        .await
+        .expect("send SUBSCRIBE");
+    let mut buf = [0u8; 256];
+    let mut last_ping = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // Slow, not silent: within the 60 s keep-alive (the PINGRESP waits in line).
+        if last_ping.elapsed() > Duration::from_secs(20) {
+            stream.write_all(&support::PINGREQ).await.expect("PINGREQ");
+            last_ping = Instant::now();
+        }
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => panic!("{id} was disconnected"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Counts every will published to `soak/will/#`.
+async fn soak_will_watcher(port: u16, stop: Arc<AtomicBool>, counts: Arc<SoakCounts>) {
+    let mut client = soak_connect(
+        port,
+        soak_options(ProtocolVersion::V5, "soak-will-watch", true, None),
+    )
+    .await
+    .expect("will watcher connects");
+    soak_subscribe(&mut client, "soak/will/#", QoS::AtLeastOnce)
+        .await
+        .expect("SUBACK");
+    while !stop.load(Ordering::Relaxed) {
+        let until = Instant::now() + Duration::from_millis(200);
+        soak_receive(&mut client, until, &counts.wills_received)
+            .await
+            .expect("will watcher stays connected");
+    }
+    // Retained wills arrive again at SUBSCRIBE only, so none is counted twice.
+    let _ = client.disconnect(Disconnect::default()).await;
+}
+
+/// A process's anonymous resident memory in KiB (`RssAnon`): RSS without the pages of the
+/// binary, which grow as code runs for the first time (a debug binary is over 200 MiB).
+fn rss_anon_kib_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Samples a process's RSS and anonymous RSS (KiB) and open files every `every` until
+/// `stop`.
+fn sample_process(
+    pid: u32,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> tokio::task::JoinHandle<Vec<(Instant, u64, u64, usize)>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+            let (rss, anon) = (support::rss_kib_of(pid), rss_anon_kib_of(pid));
+            // A line a minute, so a long run shows its course while it runs.
+            if samples.len() % 60 == 59 {
+                eprintln!(
+                    "soak progress: {} s, RSS {:.1} MiB (anonymous {:.1}), open files {fds}",
+                    samples.len() + 1,
+                    mib(rss),
+                    mib(anon)
+                );
+            }
+            samples.push((Instant::now(), rss, anon, fds));
+            tokio::time::sleep(every).await;
+        }
+        samples
+    })
+}
+
+fn median(mut values: Vec<u64>) -> u64 {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
+}
+
+/// The broker's Prometheus samples (`name{labels}` and value) from its admin listener.
+async fn metrics(admin_port: u16) -> Vec<(String, u64)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", admin_port))
+        .await
+        .expect("admin connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("GET /metrics");
+    let mut text = String::new();
+    tokio::time::timeout(support::TIMEOUT, stream.read_to_string(&mut text))
+        .await
+        .expect("metrics in time")
+        .expect("read metrics");
+    text.lines()
+        .filter(|l| l.starts_with("midge_"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse::<f64>().ok()? as u64))
+        })
+        .collect()
+}
+
+/// `midge_messages_dropped` by reason.
+fn dropped_by_reason(samples: &[(String, u64)]) -> Vec<(String, u64)> {
+    samples
+        .iter()
+        .filter(|(series, _)| series.starts_with("midge_messages_dropped"))
+        .filter_map(|(series, value)| {
+            let reason = series.split("reason=\"").nth(1)?.split('"').next()?;
+            Some((reason.to_owned(), *value))
+        })
+        .collect()
+}
+
+/// What the broker holds: its gauges of connections, sessions, subscriptions, retained,
+/// queued and in-flight messages, and stored bytes.
+fn holdings(samples: &[(String, u64)]) -> Vec<(&'static str, u64)> {
+    const GAUGES: [&str; 7] = [
+        "connections",
+        "sessions",
+        "subscriptions",
+        "retained_messages",
+        "queued_messages",
+        "inflight_messages",
+        "store_bytes",
+    ];
+    GAUGES
+        .into_iter()
+        .map(|name| {
+            let full = format!("midge_{name}");
+            let total = samples
+                .iter()
+                .filter(|(series, _)| *series == full || series.starts_with(&format!("{full}{{")))
+                .map(|s| s.1)
+                .sum();
+            (name, total)
+        })
+        .collect()
+}
+
+fn held(holdings: &[(&str, u64)], name: &str) -> u64 {
+    holdings.iter().find(|(n, _)| *n == name).map_or(0, |h| h.1)
+}
+
+fn show_holdings(holdings: &[(&str, u64)]) -> String {
+    holdings
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Issue 9, "long soak": mixed load for `MIDGE_STRESS_SOAK_SECS` (CI: 30 s in debug;
+/// `scripts/stress.sh`: 30 minutes in release) — publishers over QoS 0, 1 and 2, steady
+/// normal and `$share` subscribers, clients that reconnect in a loop (clean and persistent
+/// 3.1.1 and 5 sessions, short session expiry that fires, message expiry), retained
+/// messages set, replaced and deleted over a bounded topic set, wills firing, and slow
+/// consumers at their queue limits. RSS stays flat after the warm-up (first 20 %),
+/// open files come back once everyone has left, persistent sessions that stay subscribed
+/// lose no QoS 1 or 2 message, and the broker answers throughout (watchdog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_soak_keeps_memory_flat_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let duration = Duration::from_secs(env_or("MIDGE_STRESS_SOAK_SECS", 30));
+    let publishers = env_or("MIDGE_STRESS_SOAK_PUBLISHERS", 4);
+    let rate = env_or("MIDGE_STRESS_SOAK_RATE", 50);
+    let reconnectors = env_or("MIDGE_STRESS_SOAK_RECONNECTORS", 12);
+    let slow = env_or("MIDGE_STRESS_SOAK_SLOW", 3) as usize;
+    let retain_rate = env_or("MIDGE_STRESS_SOAK_RETAIN_RATE", 50);
+    // The issue's 5 % needs a run past its warm-up: in the 30 s debug run the persistent
+    // sessions' queues are still filling and RSS still rises (+9 to +14 % measured, see
+    // RELIABILITY.md), so CI allows 20 % and checks what the broker holds instead.
+    let rss_bound_pct = env_or(
+        "MIDGE_STRESS_SOAK_RSS_PCT",
+        if cfg!(debug_assertions) { 20 } else { 5 },
+    );
+    // Room for the `$SYS` reader's retained topics at SUBSCRIBE.
+    let max_queued = env_or("MIDGE_STRESS_SOAK_MAX_QUEUED", 200);
+    let dir = TestDir::new("stress-soak");
+    let admin_port = support::free_port();
+    let midge = start_broker_with(
+        &dir,
+        true,
+        &format!(
+            "[mqtt]\nmax_queued_messages = {max_queued}\n\n[admin]\nbind = \"127.0.0.1:{admin_port}\"\n"
+        ),
+    )
+    .await;
+    let port = midge.port;
+    let pid = midge.pid().expect("running");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_start, fds_start) = (midge.rss_kib(), midge.open_fds());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(SoakCounts::default());
+    let sampler = sample_process(pid, stop.clone(), Duration::from_secs(1));
+    let cpu_from = support::cpu_secs_of(pid);
+    let started = Instant::now();
+    let guard = tokio::spawn(watchdog(port, stop.clone()));
+
+    let watcher = tokio::spawn(soak_will_watcher(port, stop.clone(), counts.clone()));
+    let mut steady = Vec::new();
+    for s in 0..2u64 {
+        let version = if s == 0 {
+            ProtocolVersion::V311
+        } else {
+            ProtocolVersion::V5
+        };
+        steady.push(tokio::spawn(soak_steady_subscriber(
+            port,
+            format!("soak-all-{s}"),
+            version,
+            "soak/data/#",
+            qos_of(s + 1),
+            stop.clone(),
+            counts.clone(),
+        )));
+    }
+    for s in 0..4u64 {
+        let version = if s.is_multiple_of(2) {
+            ProtocolVersion::V311
+        } else {
+            ProtocolVersion::V5
+        };
+        steady.push(tokio::spawn(soak_steady_subscriber(
+            port,
+            format!("soak-share-{s}"),
+            version,
+            "$share/soak/soak/data/#",
+            qos_of(s),
+            stop.clone(),
+            counts.clone(),
+        )));
+    }
+    let keepers: Vec<_> = (0..SOAK_KEEPERS)
+        .map(|i| tokio::spawn(soak_keeper(port, i, stop.clone(), counts.clone())))
+        .collect();
+    let slow_tasks: Vec<_> = (0..slow)
+        .map(|i| tokio::spawn(soak_slow_consumer(port, i, stop.clone())))
+        .collect();
+    // Subscribers first, so the first publications find them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keep_publisher = tokio::spawn(soak_keep_publisher(port, 40, stop.clone()));
+    let mut load: Vec<_> = (0..publishers)
+        .map(|p| tokio::spawn(soak_publisher(port, p, rate, stop.clone(), counts.clone())))
+        .collect();
+    if retain_rate > 0 {
+        load.push(tokio::spawn(soak_retainer(
+            port,
+            retain_rate,
+            stop.clone(),
+            counts.clone(),
+        )));
+    }
+    load.extend(
+        (0..reconnectors)
+            .map(|t| tokio::spawn(soak_reconnector(port, t, stop.clone(), counts.clone()))),
+    );
+
+    // What the broker holds at the end of the warm-up and at the end of the load: the
+    // same holdings and a higher RSS would be a leak, not state.
+    tokio::time::sleep((duration / 5).saturating_sub(started.elapsed())).await;
+    let held_after_warmup = holdings(&metrics(admin_port).await);
+    tokio::time::sleep(duration.saturating_sub(started.elapsed())).await;
+    let held_at_end = holdings(&metrics(admin_port).await);
+    // The figures while the load is still on: RSS at the end of the run, $SYS, drops.
+    let loaded_for = started.elapsed();
+    let cpu = (support::cpu_secs_of(pid) - cpu_from) / loaded_for.as_secs_f64();
+    let rss_loaded_end = midge.rss_kib();
+    stop.store(true, Ordering::Relaxed);
+    let watch = watched(guard).await;
+    let acked = match keep_publisher.await {
+        Ok(acked) => acked,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    for task in load.into_iter().chain(steady).chain([watcher]) {
+        match tokio::time::timeout(support::TIMEOUT, task).await {
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(_) => {}
+            Err(_) => panic!("a soak client did not finish within {:?}", support::TIMEOUT),
+        }
+    }
+    let mut kept = Vec::new();
+    for task in keepers {
+        match task.await {
+            Ok(k) => kept.push(k),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    for task in slow_tasks {
+        match task.await {
+            Ok(()) => {}
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    let samples = sampler.await.expect("sampler");
+
+    // Every acknowledged keep message: each keeper's session, resumed once more, delivers
+    // what its connections had not received yet, and is then replaced by a clean session.
+    let (mut lost, mut duplicates, mut delivered) = (0usize, 0u64, 0usize);
+    for (i, (mut got, dups)) in kept.into_iter().enumerate() {
+        duplicates += dups;
+        let mut client = soak_connect(port, keep_options(i))
+            .await
+            .expect("keeper resumes");
+        assert!(
+            client.connack().session_present,
+            "keeper {i}'s session survived"
+        );
+        let deadline = Instant::now() + support::TIMEOUT;
+        while acked[i].iter().any(|s| !got.contains(s)) {
+            match tokio::time::timeout_at(deadline, client.recv()).await {
+                Ok(Ok(publish)) => {
+                    if !got.insert(keep_seq(&publish)) {
+                        duplicates += 1;
+                    }
+                }
+                Ok(Err(e)) => panic!("keeper {i} while draining: {e}"),
+                Err(_) => break,
+            }
+        }
+        delivered += acked[i].iter().filter(|s| got.contains(s)).count();
+        lost += acked[i].iter().filter(|s| !got.contains(s)).count();
+        client
+            .disconnect(Disconnect::default())
+            .await
+            .expect("DISCONNECT");
+        let mut options = keep_options(i);
+        options.connect.clean_start = true;
+        options.connect.properties.session_expiry_interval = None;
+        let clean = soak_connect(port, options).await.expect("clean keeper");
+        clean
+            .disconnect(Disconnect::default())
+            .await
+            .expect("DISCONNECT");
+    }
+    // The slow consumers' sessions are replaced by clean ones too.
+    for i in 0..slow {
+        let clean = soak_connect(
+            port,
+            soak_options(ProtocolVersion::V311, &format!("soak-slow-{i}"), true, None),
+        )
+        .await
+        .expect("clean slow consumer");
+        clean
+            .disconnect(Disconnect::default())
+            .await
+            .expect("DISCONNECT");
+    }
+    let keep_total: usize = acked.iter().map(Vec::len).sum();
+
+    // Everyone has left: short sessions expire and delayed wills fire within 2 s; then the
+    // counters of at least one more `$SYS` interval.
+    tokio::time::sleep(Duration::from_secs(u64::from(SOAK_SHORT_EXPIRY) + 3)).await;
+    let sys = sys_values(port).await;
+    let after = metrics(admin_port).await;
+    let drops = dropped_by_reason(&after);
+    let held_after = holdings(&after);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss_end, fds_end) = (midge.rss_kib(), midge.open_fds());
+
+    // RSS: median of the tenth of the run right after the warm-up (the first fifth) against
+    // the median of the last tenth, which a spike or a trough does not move.
+    let window = |from: f64, to: f64, anon: bool| {
+        median(
+            samples
+                .iter()
+                .filter(|(t, ..)| {
+                    let at = (*t - started).as_secs_f64() / loaded_for.as_secs_f64();
+                    at >= from && at < to
+                })
+                .map(|s| if anon { s.2 } else { s.1 })
+                .collect(),
+        )
+    };
+    let after_warmup = window(0.2, 0.3, false);
+    let last = window(0.9, 1.0, false);
+    let growth_pct = (last as f64 - after_warmup as f64) * 100.0 / after_warmup.max(1) as f64;
+    let anon_growth_pct = (window(0.9, 1.0, true) as f64 - window(0.2, 0.3, true) as f64) * 100.0
+        / window(0.2, 0.3, true).max(1) as f64;
+    let tenths = |anon: bool| {
+        (0..10)
+            .map(|d| {
+                format!(
+                    "{:.1}",
+                    mib(window(f64::from(d) / 10.0, f64::from(d + 1) / 10.0, anon))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fds_loaded: Vec<usize> = samples.iter().map(|s| s.3).collect();
+    let rss_peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    let published: Vec<u64> = counts
+        .published
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect();
+    let pings = Spread::of(watch.pings);
+    let c = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    let errors = counts.loop_errors.lock().expect("counts lock").clone();
+    eprintln!(
+        "soak: {loaded_for:.0?} of mixed load, {publishers} publishers at {rate}/s published \
+         QoS 0/1/2 {published:?}; steady subscribers received {} (normal) and {} ($share); \
+         reconnect loops: {} sessions ({} resumed), {} wills armed, {} received; retained: {} \
+         set, {} deleted, {} snapshots with {} messages, {} retained at the end; keep \
+         sessions: {keep_total} QoS 1/2 published, {delivered} delivered, {lost} lost, \
+         {duplicates} duplicates, {} reconnects without the session; $SYS: {} publish \
+         received, {} sent, {} dropped, {} sessions expired, {} sessions and {} subscriptions \
+         left after everyone left; dropped by reason {drops:?}; held after the warm-up \
+         [{}], at the end of the load [{}], after everyone left [{}]; \
+         loop errors {errors:?}; RSS {:.1} MiB at the start, {:.1} after the warm-up \
+         (median), {:.1} in the last tenth (median, {growth_pct:+.1} %), peak {:.1}, {:.1} at \
+         the end of the load, {:.1} after everyone left; RSS by tenths of the run (median, \
+         MiB) [{}], anonymous [{}] ({anon_growth_pct:+.1} % after the warm-up); open files {fds_start} at the start, {}..{} under load, {fds_end} after; \
+         broker CPU {:.0} % of a core; watchdog slowest round {:?}, PINGREQ {pings}",
+        c(&counts.received),
+        c(&counts.shared_received),
+        c(&counts.sessions),
+        c(&counts.resumed),
+        c(&counts.wills_armed),
+        c(&counts.wills_received),
+        c(&counts.retained_set),
+        c(&counts.retained_deleted),
+        c(&counts.retained_snapshots),
+        c(&counts.retained_received),
+        sys_counter(&sys, "$SYS/broker/retained messages/count"),
+        c(&counts.keep_not_resumed),
+        sys_counter(&sys, "$SYS/broker/publish/messages/received"),
+        sys_counter(&sys, "$SYS/broker/publish/messages/sent"),
+        sys_counter(&sys, "$SYS/broker/publish/messages/dropped"),
+        sys_counter(&sys, "$SYS/broker/clients/expired"),
+        sys_counter(&sys, "$SYS/broker/clients/total"),
+        sys_counter(&sys, "$SYS/broker/subscriptions/count"),
+        show_holdings(&held_after_warmup),
+        show_holdings(&held_at_end),
+        show_holdings(&held_after),
+        mib(rss_start),
+        mib(after_warmup),
+        mib(last),
+        mib(rss_peak),
+        mib(rss_loaded_end),
+        mib(rss_end),
+        tenths(false),
+        tenths(true),
+        fds_loaded.iter().min().unwrap_or(&0),
+        fds_loaded.iter().max().unwrap_or(&0),
+        cpu * 100.0,
+        watch.slowest,
+    );
+    assert_eq!(lost, 0, "QoS 1/2 messages lost to persistent sessions");
+    assert!(keep_total > 0, "the keep publisher published");
+    assert_eq!(c(&counts.keep_not_resumed), 0, "every keep session resumed");
+    assert!(
+        published.iter().all(|&n| n > 0),
+        "every QoS published ({published:?})"
+    );
+    assert!(
+        c(&counts.received) > 0 && c(&counts.shared_received) > 0,
+        "the steady subscribers received"
+    );
+    assert!(
+        sys_counter(&sys, "$SYS/broker/clients/expired") > 0,
+        "short sessions expired"
+    );
+    assert!(c(&counts.wills_received) > 0, "wills fired");
+    assert!(
+        c(&counts.retained_deleted) > 0 && c(&counts.retained_snapshots) > 0,
+        "retained churn"
+    );
+    // `$SYS` topics are retained too.
+    let retained_bound = SOAK_RETAINED_TOPICS + reconnectors + sys.len() as u64;
+    assert!(
+        sys_counter(&sys, "$SYS/broker/retained messages/count") <= retained_bound,
+        "retained messages bounded by the topic set, a will per loop and $SYS ({retained_bound})"
+    );
+    let queue_drops = drops.iter().find(|(r, _)| r == "queue").map_or(0, |d| d.1);
+    assert!(
+        queue_drops > 0,
+        "slow consumers' full queues dropped, counted ({drops:?})"
+    );
+    assert!(
+        growth_pct < rss_bound_pct as f64,
+        "RSS grew {growth_pct:.1} % after the warm-up (bound {rss_bound_pct} %): [{}] MiB by tenths",
+        tenths(false)
+    );
+    assert!(
+        fds_end <= fds_start + 2,
+        "open files back to {fds_start} (now {fds_end})"
+    );
+    // Once everyone has left and the short sessions have expired, only the loops' 3.1.1
+    // persistent sessions (one id, one filter each) and the last `$SYS` reader may be left,
+    // with at most a full queue each: nothing accumulates with the number of sessions run.
+    let (sessions, subscriptions, queued) = (
+        held(&held_after, "sessions"),
+        held(&held_after, "subscriptions"),
+        held(&held_after, "queued_messages"),
+    );
+    assert!(
+        sessions <= reconnectors + 1 && subscriptions <= reconnectors + 1,
+        "sessions and subscriptions left: [{}]",
+        show_holdings(&held_after)
+    );
+    assert!(
+        queued <= sessions * max_queued,
+        "queued messages left: [{}]",
+        show_holdings(&held_after)
+    );
+    drop(midge);
+}

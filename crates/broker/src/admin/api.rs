@@ -262,7 +262,7 @@ async fn dynsec(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     if outcome.changed {
-        context.broker.registry.recheck_owners();
+        context.broker.access_changed();
     }
     let mut response = Response::new(Body::from(outcome.response));
     response.headers_mut().insert(
@@ -559,7 +559,7 @@ async fn clients(
 /// On a cluster node, each listed client gets `node`: this node's id (clients of other
 /// nodes are found through `/api/v1/cluster/clients/{client_id}`).
 fn with_node(context: &AdminContext, mut list: Value) -> Value {
-    if let Some(owners) = context.broker.cluster.get()
+    if let Some(owners) = context.cluster.as_ref()
         && let Some(items) = list["items"].as_array_mut()
     {
         for item in items {
@@ -579,7 +579,7 @@ fn not_clustered() -> ApiError {
 
 /// The cluster's live nodes: those whose heartbeat arrived within the node TTL.
 async fn cluster_nodes(State(context): State<AdminContext>) -> ApiResult {
-    let owners = context.broker.cluster.get().ok_or_else(not_clustered)?;
+    let owners = context.cluster.as_ref().ok_or_else(not_clustered)?;
     let nodes: Vec<Value> = owners
         .nodes()
         .into_iter()
@@ -613,7 +613,7 @@ async fn cluster_client(
     State(context): State<AdminContext>,
     Path(client_id): Path<String>,
 ) -> ApiResult {
-    let owners = context.broker.cluster.get().ok_or_else(not_clustered)?;
+    let owners = context.cluster.as_ref().ok_or_else(not_clustered)?;
     match owners.owner_of(&client_id).await {
         Ok(Some(holder)) => Ok(Json(json!({
             "client_id": client_id,
@@ -643,7 +643,7 @@ async fn client(State(context): State<AdminContext>, Path(client_id): Path<Strin
         )));
     };
     let mut detail = session_json(summary);
-    if let Some(owners) = context.broker.cluster.get() {
+    if let Some(owners) = context.cluster.as_ref() {
         detail["node"] = json!(owners.node_id());
     }
     // The connection answers for itself; a connection that is leaving does not.

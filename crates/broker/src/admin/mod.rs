@@ -221,6 +221,8 @@ pub struct AdminContext {
     pub reload: ReloadFn,
     /// Live views (`/api/v1/live`) open now.
     pub live_views: Arc<std::sync::atomic::AtomicUsize>,
+    /// A cluster node's client-id owners and node list; `None` on a single node.
+    pub cluster: Option<Arc<crate::cluster::ownership::Owners>>,
 }
 
 impl std::fmt::Debug for AdminContext {

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::amqp_queues::connections::ConnectionInfo;
 use crate::amqp_queues::mapping;
-use crate::amqp_queues::{Declared, Queue, QueueArgs, QueueFlags, Queues};
+use crate::amqp_queues::{Declared, Grant, Queue, QueueArgs, QueueFlags, Queues};
 use crate::auth::{AccessControl, Credentials, FilterVerdict, Identity};
 use crate::broker::Broker;
 use crate::mailbox::{Inbox, PushOutcome, Queued};
@@ -506,6 +506,8 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
         let mut ticker = tokio::time::interval(beat / 2);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_read = tokio::time::Instant::now();
+        let mut access = self.context.queues.watch_access();
+        access.borrow_and_update();
         loop {
             if *shutdown.borrow() {
                 return Err(Fault::Connection(
@@ -581,6 +583,11 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                     }
                 },
                 _ = shutdown.changed() => {}
+                changed = access.changed() => {
+                    if changed.is_ok() {
+                        self.check_user()?;
+                    }
+                }
                 _ = ticker.tick(), if self.heartbeat > 0 => {
                     if last_read.elapsed() > beat * 2 {
                         // Two missed heartbeats: the peer is gone (spec 4.2.7).
@@ -592,6 +599,30 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 _ = tokio::task::yield_now(), if more => {}
             }
         }
+    }
+
+    /// After the access rules changed: a user dynamic security disabled, or deleted since
+    /// this connection logged in, is disconnected, as its MQTT connections are.
+    fn check_user(&self) -> Outcome {
+        let Some(info) = &self.info else {
+            return Ok(());
+        };
+        let username = self.username();
+        if self
+            .context
+            .access
+            .revoked(username.as_deref(), info.connected_at_ms)
+        {
+            tracing::info!(connection = self.id, peer = %self.peer, user = ?username, "AMQP connection closed: dynamic security disabled or deleted its user");
+            return Err(Fault::Connection(
+                reply::CONNECTION_FORCED,
+                format!(
+                    "user '{}' was disabled or deleted",
+                    username.unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Sends publisher confirms once what was published is as safe as a PUBACK makes it.
@@ -1058,7 +1089,12 @@ impl<W: AsyncWrite + Unpin> Connection<W> {
                 let q = self.usable_queue(&queue)?;
                 let filter = self.binding_filter(&exchange, &routing_key).await?;
                 if let Some(filter) = filter {
-                    queues.bind(&broker, &q, &filter);
+                    let grant = Grant {
+                        client_id: self.client_id.clone(),
+                        username: self.username(),
+                        access: self.context.access.clone(),
+                    };
+                    queues.bind(&broker, &q, &filter, Some(grant));
                 }
                 if !no_wait {
                     self.send(number, &Method::QueueBindOk);

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 pub mod connections;
 pub mod mapping;
 
+use crate::auth::{AccessControl, FilterVerdict};
 use crate::mailbox::{Mailbox, OwnLimits, Queued};
 pub use crate::model::AMQP_QUEUE_OWNER_PREFIX as OWNER_PREFIX;
 use crate::model::{Millis, QueueLimits, SubscriptionRecord, now_millis};
@@ -237,6 +238,9 @@ pub struct Queue {
 struct QueueState {
     /// Bound MQTT filters.
     bindings: BTreeSet<String>,
+    /// Who made each binding made since the start, to check it again when the rules
+    /// change. Restored bindings have none: their binder is not stored.
+    granted: HashMap<String, Grant>,
     consumers: usize,
     had_consumer: bool,
     /// Queue sequence numbers delivered once and put back.
@@ -420,6 +424,17 @@ impl Queue {
     }
 }
 
+/// Who a binding's read access was granted to, and by which listener's rules.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The binding connection's client id (`%c`).
+    pub client_id: Arc<str>,
+    /// Its user.
+    pub username: Option<String>,
+    /// Its listener's access control, which a reload updates in place.
+    pub access: AccessControl,
+}
+
 /// The queue table.
 #[derive(Debug, Default)]
 pub struct Queues {
@@ -429,6 +444,19 @@ pub struct Queues {
     journal: Option<Journal>,
     /// Open AMQP connections (for the admin API and `$SYS`).
     pub connections: connections::Connections,
+    /// Bumped when access rules changed (reload, dynamic security): connections check
+    /// their user, the housekeeping task the bindings.
+    access_changed: AccessChanged,
+}
+
+/// A counter with watchers.
+#[derive(Debug)]
+struct AccessChanged(tokio::sync::watch::Sender<u64>);
+
+impl Default for AccessChanged {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(0))
+    }
 }
 
 /// What declaring did.
@@ -668,11 +696,18 @@ impl Queues {
     }
 
     /// Binds `queue` to `amq.topic` with an MQTT filter (a router subscription).
-    pub fn bind(&self, broker: &dyn QueueHost, queue: &Queue, filter: &str) {
+    /// `grant`: whose read access allowed it, checked again when the rules change.
+    pub fn bind(&self, broker: &dyn QueueHost, queue: &Queue, filter: &str, grant: Option<Grant>) {
         let fresh = {
             let mut s = queue.lock();
             // Deleted since the caller found it (its ACL check awaits in between).
-            !s.deleted && s.bindings.insert(filter.to_owned())
+            if s.deleted {
+                return;
+            }
+            if let Some(grant) = grant {
+                s.granted.insert(filter.to_owned(), grant);
+            }
+            s.bindings.insert(filter.to_owned())
         };
         if fresh {
             let options = SubscriptionOptions {
@@ -701,7 +736,33 @@ impl Queues {
 
     /// Removes a binding; false if there was none.
     pub fn unbind(&self, broker: &dyn QueueHost, queue: &Queue, filter: &str) -> bool {
-        let had = queue.lock().bindings.remove(filter);
+        let had = {
+            let mut s = queue.lock();
+            s.granted.remove(filter);
+            s.bindings.remove(filter)
+        };
+        Self::unsubscribe(broker, queue, filter, had)
+    }
+
+    /// Removes a binding if it is still the one `grant` made (not made again since by
+    /// someone else, whose rights were not what was checked).
+    fn revoke(&self, broker: &dyn QueueHost, queue: &Queue, filter: &str, grant: &Grant) -> bool {
+        let had = {
+            let mut s = queue.lock();
+            let same = s
+                .granted
+                .get(filter)
+                .is_some_and(|g| g.client_id == grant.client_id && g.username == grant.username);
+            if same {
+                s.granted.remove(filter);
+            }
+            same && s.bindings.remove(filter)
+        };
+        Self::unsubscribe(broker, queue, filter, had)
+    }
+
+    /// The store and the router forget a binding the queue dropped (`had`).
+    fn unsubscribe(broker: &dyn QueueHost, queue: &Queue, filter: &str, had: bool) -> bool {
         if had {
             if let Some(journal) = queue.mailbox.journal() {
                 journal.unsubscribe(filter);
@@ -723,6 +784,7 @@ impl Queues {
         let bindings = {
             let mut s = queue.lock();
             s.deleted = true;
+            s.granted.clear();
             std::mem::take(&mut s.bindings)
         };
         for filter in &bindings {
@@ -751,6 +813,65 @@ impl Queues {
         for q in owned {
             self.delete(broker, &q);
         }
+    }
+
+    /// Access rules changed: connections check their users again, and
+    /// [`Queues::recheck_bindings`] runs.
+    pub fn access_changed(&self) {
+        self.access_changed
+            .0
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Tells of [`Queues::access_changed`].
+    pub fn watch_access(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.access_changed.0.subscribe()
+    }
+
+    /// Checks every binding made since the start against its binder's rules as they are
+    /// now, as MQTT subscriptions are checked after a reload: one whose read access is no
+    /// longer whole is removed, and the ready messages it brought that no remaining
+    /// binding matches are dropped (those of the default exchange stay). Returns how many
+    /// bindings went.
+    pub async fn recheck_bindings(&self, broker: &(dyn QueueHost + Sync)) -> usize {
+        let all: Vec<Arc<Queue>> = self.lock().values().cloned().collect();
+        let mut removed = 0;
+        for queue in all {
+            let grants: Vec<(String, Grant)> = queue
+                .lock()
+                .granted
+                .iter()
+                .map(|(f, g)| (f.clone(), g.clone()))
+                .collect();
+            let mut dropped = false;
+            for (filter, grant) in grants {
+                if !grant.access.checks_topics() {
+                    continue;
+                }
+                let verdict = grant
+                    .access
+                    .authorize_subscribe(&grant.client_id, grant.username.as_deref(), &filter)
+                    .await;
+                // Partly is refused at bind time too (no per-delivery check on queues).
+                if verdict != FilterVerdict::Allowed {
+                    tracing::info!(queue = %queue.name, %filter, user = ?grant.username, "AMQP binding removed: read access no longer granted");
+                    if self.revoke(broker, &queue, &filter, &grant) {
+                        dropped = true;
+                        removed += 1;
+                    }
+                }
+            }
+            if dropped {
+                let filters = queue.bindings();
+                queue.mailbox.retain_deliveries(|d| {
+                    d.message.topic.is_empty()
+                        || filters
+                            .iter()
+                            .any(|f| midge_proto::topic::matches(f, &d.message.topic))
+                });
+            }
+        }
+        removed
     }
 
     /// Housekeeping: deletes queues unused for their `x-expires`, and drops expired
@@ -868,6 +989,81 @@ mod tests {
         }
     }
 
+    /// Bindings made and removed from many threads while the housekeeping task checks
+    /// them again under rules that deny one filter: at the end, after a last check, no
+    /// denied binding is left and the router holds exactly the queues' bindings.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_binds_and_rechecks_leave_only_allowed_bindings() {
+        let dir = tempfile::tempdir().unwrap();
+        let acl = dir.path().join("acl");
+        std::fs::write(&acl, "user a\ntopic read t/0\ntopic read t/1\n").unwrap();
+        let mut config = crate::config::Config::default();
+        config.auth.acl_file = Some(acl);
+        let access = AccessControl::for_listener(
+            &config,
+            &crate::config::ListenerConfig::default(),
+            crate::auth::LoginGuard::new(&config, Default::default()),
+        )
+        .unwrap();
+        let broker = host();
+        let binders: Vec<_> = (0..6u64)
+            .map(|t| {
+                let (broker, access) = (broker.clone(), access.clone());
+                tokio::task::spawn_blocking(move || {
+                    let queues = &broker.amqp;
+                    let flags = QueueFlags {
+                        durable: false,
+                        exclusive: false,
+                        auto_delete: false,
+                    };
+                    for i in 0..500u64 {
+                        let name = format!("q{}", (t + i) % 4);
+                        let Declared::Queue(q) =
+                            queues.declare(&broker, &name, flags, QueueArgs::default(), t)
+                        else {
+                            panic!("same flags and arguments: declared");
+                        };
+                        let grant = Grant {
+                            client_id: Arc::from(format!("amqp-{t}")),
+                            username: Some("a".to_owned()),
+                            access: access.clone(),
+                        };
+                        let filter = format!("t/{}", i % 3);
+                        queues.bind(&broker, &q, &filter, Some(grant));
+                        if i % 7 == t % 7 {
+                            queues.delete(&broker, &q);
+                        } else if i % 5 == 0 {
+                            queues.unbind(&broker, &q, &filter);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let checker = {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    broker.amqp.recheck_bindings(&*broker).await;
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for task in binders {
+            task.await.unwrap();
+        }
+        checker.await.unwrap();
+        broker.amqp.recheck_bindings(&*broker).await;
+        let live = broker.amqp.all();
+        assert!(!live.is_empty());
+        assert!(
+            live.iter()
+                .all(|q| !q.bindings().contains(&"t/2".to_owned())),
+            "a denied binding survived the check"
+        );
+        let bindings: usize = live.iter().map(|q| q.bindings().len()).sum();
+        assert_eq!(broker.router.len(), bindings);
+    }
+
     /// Declarations, bindings and deletions of the same few queues from many threads at
     /// once leave the table and the router agreeing: every queue in the table is live,
     /// and the router holds exactly the bindings of the queues in the table.
@@ -891,7 +1087,7 @@ mod tests {
                         else {
                             panic!("same flags and arguments: declared");
                         };
-                        queues.bind(&broker, &q, &format!("t/{}", i % 3));
+                        queues.bind(&broker, &q, &format!("t/{}", i % 3), None);
                         if i % 4 == t % 4 {
                             queues.delete(&broker, &q);
                         } else if i % 5 == 0 {
@@ -928,7 +1124,7 @@ mod tests {
             panic!("declared");
         };
         broker.amqp.delete(&broker, &q);
-        broker.amqp.bind(&broker, &q, "t/#");
+        broker.amqp.bind(&broker, &q, "t/#", None);
         assert_eq!(broker.router.len(), 0);
         assert!(q.bindings().is_empty());
     }

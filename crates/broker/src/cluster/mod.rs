@@ -8,7 +8,9 @@
 //! - a message routed here goes to the local subscribers, and is queued (never awaited)
 //!   for the publisher task, which publishes it once to NATS on the node's one connection,
 //!   in order;
-//! - a message from NATS is routed to the local subscribers only.
+//! - a message from NATS is routed to the local subscribers only;
+//! - shared subscriptions are served cluster-wide through NATS queue groups, on a second
+//!   connection ([`shared`]).
 //!
 //! Tasks (spawned by [`Cluster::start`]): the publisher, the interest keeper (which owns
 //! the NATS subscriptions and one small forwarding task each), and the receiver, which
@@ -20,6 +22,7 @@ pub mod envelope;
 pub mod ownership;
 pub mod retained;
 pub mod sessions;
+pub mod shared;
 pub mod subject;
 
 use std::collections::HashMap;
@@ -35,7 +38,7 @@ use crate::broker::Broker;
 use crate::config::{ClusterConfig, ShareStrategyConfig};
 use crate::mailbox::Mailbox;
 use crate::model::{Delivery, Message, QueueLimits, now_millis};
-use crate::router::{RouteOutcome, Router, Routing, SubscriptionSummary};
+use crate::router::{Reach, RouteOutcome, Router, Routing, SubscriptionSummary};
 use crate::stats::Stats;
 use envelope::Origin;
 
@@ -110,6 +113,7 @@ pub struct Cluster {
     forward_rx: mpsc::Receiver<Arc<Message>>,
     interest_tx: mpsc::UnboundedSender<Interest>,
     interest_rx: mpsc::UnboundedReceiver<Interest>,
+    shared: shared::Shared,
     /// Client-id ownership and the node list ([`ownership`]).
     owners: Arc<ownership::Owners>,
 }
@@ -203,6 +207,7 @@ impl Cluster {
             server = %client.server_info().server_name,
             "cluster: joined through NATS"
         );
+        let shared = shared::Shared::connect(config).await?;
         let (forward_tx, forward_rx) = mpsc::channel(config.forward_queue);
         let (interest_tx, interest_rx) = mpsc::unbounded_channel();
         let incarnation = std::time::SystemTime::now()
@@ -219,6 +224,7 @@ impl Cluster {
             forward_rx,
             interest_tx,
             interest_rx,
+            shared,
             owners,
         })
     }
@@ -240,6 +246,7 @@ impl Cluster {
             forward: self.forward_tx.clone(),
             interest: self.interest_tx.clone(),
             stats: self.stats.clone(),
+            shared: self.shared.handle(),
         })
     }
 
@@ -257,6 +264,13 @@ impl Cluster {
             seq: 0,
         };
         let mut tasks = self.owners.start(broker.clone(), shutdown.clone());
+        tasks.extend(self.shared.start(
+            &self.node,
+            self.incarnation,
+            self.local.clone(),
+            broker.clone(),
+            shutdown.clone(),
+        ));
         tasks.extend([
             tokio::spawn(publish_loop(
                 self.client.clone(),
@@ -520,7 +534,8 @@ async fn receive_loop(
         if message.expires_at.is_some_and(|at| at <= now) {
             continue;
         }
-        let outcome = local.route(&Arc::new(message), &limits);
+        // Shared groups get their copies through their queue subscriptions.
+        let outcome = local.route_to(&Arc::new(message), &limits, Reach::Plain);
         Stats::add(&broker.stats.publish_dropped, outcome.dropped as u64);
     }
 }
@@ -533,6 +548,7 @@ pub struct ClusterRouting {
     forward: mpsc::Sender<Arc<Message>>,
     interest: mpsc::UnboundedSender<Interest>,
     stats: Arc<ClusterStats>,
+    shared: shared::SharedHandle,
 }
 
 impl std::fmt::Debug for Interest {
@@ -546,12 +562,10 @@ impl std::fmt::Debug for Interest {
 
 impl ClusterRouting {
     fn interest(&self, filter: &str, add: bool) {
-        // A shared group's members receive what its filter matches; the group is served
-        // on each node that has members (stage 1).
-        let filter = match midge_proto::topic::parse_shared(filter) {
-            Ok(Some(shared)) => shared.filter,
-            _ => filter,
-        };
+        if filter.starts_with("$share/") {
+            self.shared.member(filter, add);
+            return;
+        }
         for subject in subject::filter_to_subjects(filter) {
             let change = if add {
                 Interest::Add(subject)
@@ -596,12 +610,21 @@ impl Routing for ClusterRouting {
     }
 
     fn route(&self, message: &Arc<Message>, limits: &QueueLimits) -> RouteOutcome {
-        let mut outcome = self.local.route(message, limits);
-        if !subject::is_node_local(&message.topic)
-            && self.forward.try_send(message.clone()).is_err()
-        {
+        if subject::is_node_local(&message.topic) {
+            return self.local.route(message, limits);
+        }
+        // Shared groups get theirs through NATS, this node's members too (see `shared`).
+        let mut outcome = self.local.route_to(message, limits, Reach::Plain);
+        let queued = self.forward.try_send(message.clone()).is_ok();
+        if !queued {
             Stats::add(&self.stats.forward_dropped, 1);
             outcome.dropped += 1;
+        }
+        if !queued || !shared::travels(&message.topic) {
+            // NATS will not carry it: this node's shared members take it.
+            let here = self.local.route_to(message, limits, Reach::Shared);
+            outcome.delivered += here.delivered;
+            outcome.dropped += here.dropped;
         }
         outcome
     }
@@ -612,7 +635,9 @@ impl Routing for ClusterRouting {
         leaving: &str,
         limits: &QueueLimits,
     ) -> Vec<bool> {
-        self.local.hand_over_all(deliveries, leaving, limits)
+        let mut taken = self.local.hand_over_all(deliveries, leaving, limits);
+        self.shared.hand_over(deliveries, &mut taken);
+        taken
     }
 
     fn len(&self) -> usize {

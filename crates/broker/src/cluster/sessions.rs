@@ -18,6 +18,7 @@
 //! delivered (at most once across nodes, as in the stage 1 guarantee table).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use midge_proto::{QoS, ReasonCode, RetainHandling, SubscriptionOptions};
@@ -27,6 +28,10 @@ use crate::broker::Broker;
 use crate::model::{Delivery, Inflight, Message, Stage, SubscriptionRecord, now_millis};
 use crate::session::SessionState;
 use crate::stats::Stats;
+
+/// Longest a session record's read, write or delete waits for JetStream (the same as a
+/// client-id claim, `ownership::CLAIM_TIMEOUT`).
+const KV_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// First bytes of a hand-over (a reply without a session is `0` or `1`).
 const MAGIC: &[u8; 4] = b"MSH1";
@@ -320,12 +325,7 @@ pub async fn put_record(
     let mut value = BytesMut::with_capacity(record.len() + 8);
     value.put_u64(expires_at.unwrap_or(u64::MAX));
     value.put_slice(&record);
-    match tokio::time::timeout(
-        super::ownership::CLAIM_TIMEOUT,
-        sessions.put(key, value.freeze()),
-    )
-    .await
-    {
+    match tokio::time::timeout(KV_TIMEOUT, sessions.put(key, value.freeze())).await {
         Ok(Ok(_)) => {}
         _ => {
             tracing::warn!(client_id = %client_id, "cluster: session record not written (NATS JetStream unreachable)")
@@ -339,11 +339,11 @@ pub async fn restore_record(
     sessions: &async_nats::jetstream::kv::Store,
     key: &str,
 ) -> Option<Bytes> {
-    let entry = tokio::time::timeout(super::ownership::CLAIM_TIMEOUT, sessions.entry(key))
+    let entry = tokio::time::timeout(KV_TIMEOUT, sessions.entry(key))
         .await
         .ok()?
         .ok()??;
-    let _ = tokio::time::timeout(super::ownership::CLAIM_TIMEOUT, sessions.delete(key)).await;
+    let _ = tokio::time::timeout(KV_TIMEOUT, sessions.delete(key)).await;
     if entry.operation != async_nats::jetstream::kv::Operation::Put || entry.value.len() < 8 {
         return None;
     }

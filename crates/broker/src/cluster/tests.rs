@@ -23,15 +23,41 @@ fn routing(
     mpsc::Receiver<Arc<Message>>,
     mpsc::UnboundedReceiver<Interest>,
 ) {
+    let (routing, forward, interest, _) = routing_shared(queue);
+    (routing, forward, interest)
+}
+
+/// Drains what a [`ClusterRouting`] told the shared-subscription tasks, each as
+/// `+group`, `-group` or `hand over N`.
+type SharedCommands = Box<dyn FnMut() -> Vec<String> + Send>;
+
+/// [`routing`], with what it tells the shared-subscription tasks.
+fn routing_shared(
+    queue: usize,
+) -> (
+    ClusterRouting,
+    mpsc::Receiver<Arc<Message>>,
+    mpsc::UnboundedReceiver<Interest>,
+    SharedCommands,
+) {
     let (forward, forward_rx) = mpsc::channel(queue);
     let (interest, interest_rx) = mpsc::unbounded_channel();
+    let (shared, mut shared_rx) = shared::SharedHandle::for_tests();
     let routing = ClusterRouting {
         local: Arc::new(Router::new(Default::default())),
         forward,
         interest,
         stats: Arc::default(),
+        shared,
     };
-    (routing, forward_rx, interest_rx)
+    let commands: SharedCommands = Box::new(move || {
+        let mut out = Vec::new();
+        while let Ok(c) = shared_rx.try_recv() {
+            out.push(format!("{c:?}"));
+        }
+        out
+    });
+    (routing, forward_rx, interest_rx, commands)
 }
 
 fn changes(rx: &mut mpsc::UnboundedReceiver<Interest>) -> Vec<String> {
@@ -60,7 +86,7 @@ fn message(topic: &str) -> Arc<Message> {
 
 #[test]
 fn interest_follows_new_and_removed_subscriptions_only() {
-    let (routing, _forward, mut interest) = routing(8);
+    let (routing, _forward, mut interest, mut shared) = routing_shared(8);
     let a = Mailbox::new("a".into());
     assert!(!routing.subscribe(&a, "s/#", options(), None));
     assert_eq!(changes(&mut interest), ["+mq.m.s", "+mq.m.s.>"]);
@@ -68,7 +94,11 @@ fn interest_follows_new_and_removed_subscriptions_only() {
     assert!(routing.subscribe(&a, "s/#", SubscriptionOptions::default(), None));
     assert!(changes(&mut interest).is_empty());
     assert!(!routing.subscribe(&a, "$share/g/x/+", options(), None));
-    assert_eq!(changes(&mut interest), ["+mq.m.x.*"]);
+    assert!(
+        changes(&mut interest).is_empty(),
+        "a shared group is served through its queue group"
+    );
+    assert_eq!(shared(), ["+$share/g/x/+"]);
     assert!(!routing.subscribe(&a, "$SYS/#", options(), None));
     assert!(changes(&mut interest).is_empty(), "$SYS stays local");
     assert!(routing.unsubscribe("s/#", "a"));
@@ -77,7 +107,8 @@ fn interest_follows_new_and_removed_subscriptions_only() {
     let b = Mailbox::new("a".into());
     assert!(!routing.unsubscribe_mailbox("$share/g/x/+", &b), "not b's");
     assert!(routing.unsubscribe_mailbox("$share/g/x/+", &a));
-    assert_eq!(changes(&mut interest), ["-mq.m.x.*"]);
+    assert!(changes(&mut interest).is_empty());
+    assert_eq!(shared(), ["-$share/g/x/+"]);
 }
 
 #[test]
@@ -132,7 +163,7 @@ fn window_slots_are_reused_after_wrapping() {
 /// to NATS add up, per subject, to what the router holds at the end, and no route blocks.
 #[test]
 fn concurrent_churn_keeps_interest_counts_exact() {
-    let (routing, mut forward, mut interest) = routing(1 << 20);
+    let (routing, mut forward, mut interest, mut shared) = routing_shared(1 << 20);
     let routing = Arc::new(routing);
     let filters = ["a/#", "a/+", "b", "$share/g/a/#", "#"];
     let threads: Vec<_> = (0..8)
@@ -170,13 +201,18 @@ fn concurrent_churn_keeps_interest_counts_exact() {
             Interest::Remove(s) => *net.entry(s).or_default() -= 1,
         }
     }
+    for change in shared() {
+        let (sign, group) = change.split_at(1);
+        *net.entry(group.to_owned()).or_default() += if sign == "+" { 1 } else { -1 };
+    }
     let mut expected: HashMap<String, i64> = HashMap::new();
     for summary in routing.subscriptions_page(None, usize::MAX, &mut |_, _| true) {
-        let filter = match midge_proto::topic::parse_shared(&summary.filter) {
-            Ok(Some(shared)) => shared.filter.to_owned(),
-            _ => summary.filter.clone(),
-        };
-        for subject in subject::filter_to_subjects(&filter) {
+        if summary.filter.starts_with("$share/") {
+            // One count per member, kept by the shared-subscription task.
+            *expected.entry(summary.filter.clone()).or_default() += 1;
+            continue;
+        }
+        for subject in subject::filter_to_subjects(&summary.filter) {
             *expected.entry(subject).or_default() += 1;
         }
     }
@@ -187,4 +223,64 @@ fn concurrent_churn_keeps_interest_counts_exact() {
         forwarded += 1;
     }
     assert_eq!(forwarded, 8 * 666, "every route forwarded once");
+}
+
+/// Shared groups are served through NATS, the publishing node's members included; what
+/// NATS will not carry goes to this node's members directly, once.
+#[test]
+fn shared_groups_are_left_to_nats_unless_it_cannot_carry_the_message() {
+    let (routing, mut forward, _interest, _shared) = routing_shared(1);
+    let member = Mailbox::new("m".into());
+    let plain = Mailbox::new("p".into());
+    routing.subscribe(&member, "$share/g/#", options(), None);
+    routing.subscribe(&member, "$share/g/$SYS/#", options(), None);
+    routing.subscribe(&plain, "#", options(), None);
+    let outcome = routing.route(&message("t"), &LIMITS);
+    assert_eq!((outcome.delivered, outcome.dropped), (1, 0));
+    assert_eq!(
+        (member.len(), plain.len()),
+        (0, 1),
+        "the member's copy comes via NATS"
+    );
+    assert_eq!(forward.try_recv().unwrap().topic, "t");
+    // Not forwarded: the queue is full, the topic too long, or `$SYS`.
+    routing.route(&message("t"), &LIMITS);
+    let outcome = routing.route(&message("t"), &LIMITS);
+    assert_eq!((outcome.delivered, outcome.dropped), (2, 1));
+    assert_eq!(member.len(), 1, "queue full: delivered here");
+    forward.try_recv().unwrap();
+    let long = "x/".repeat(2000);
+    let outcome = routing.route(&message(&long), &LIMITS);
+    assert_eq!(outcome.delivered, 2);
+    assert_eq!(member.len(), 2, "too long for NATS: delivered here");
+    forward.try_recv().unwrap();
+    routing.route(&message("$SYS/x"), &LIMITS);
+    assert_eq!(member.len(), 3, "$SYS groups are served on the node");
+    assert!(forward.try_recv().is_err());
+}
+
+#[test]
+fn hand_over_tries_local_members_before_other_nodes() {
+    let (routing, _forward, _interest, mut shared) = routing_shared(8);
+    let leaver = Mailbox::new("leaver".into());
+    let other = Mailbox::new("other".into());
+    routing.subscribe(&leaver, "$share/g/t", options(), None);
+    routing.subscribe(&leaver, "$share/h/t", options(), None);
+    routing.subscribe(&other, "$share/g/t", options(), None);
+    shared();
+    let delivery = |group: &str| Delivery {
+        message: message("t"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: Vec::new(),
+        shared: Some(Arc::from(group)),
+    };
+    let taken = routing.hand_over_all(
+        &[delivery("$share/g/t"), delivery("$share/h/t")],
+        "leaver",
+        &LIMITS,
+    );
+    assert_eq!(taken, [true, true]);
+    assert_eq!(other.len(), 1, "g: the other member here");
+    assert_eq!(shared(), ["hand over 1"], "h: no other member here");
 }

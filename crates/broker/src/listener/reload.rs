@@ -277,7 +277,7 @@ impl Reloader {
             }
         }
         // Subscriptions granted under the old rules are checked under the new ones.
-        shared.broker.registry.recheck_owners();
+        shared.broker.access_changed();
         for change in &report.changes {
             tracing::info!("reload: {change}");
         }

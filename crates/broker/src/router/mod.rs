@@ -19,6 +19,7 @@ use crate::config::ShareStrategyConfig;
 use crate::mailbox::{Inbox, Mailbox, PushOutcome};
 use crate::model::QueueLimits;
 use crate::model::{Delivery, Message};
+pub use trie::Reach;
 use trie::{ShareStrategy, Subscriber, Target, Trie};
 
 /// Subscriptions and routing as the broker uses them: the seam where a cluster adds
@@ -280,6 +281,16 @@ impl Router {
     /// carrying all their identifiers [MQTT-3.3.4-2] [MQTT-3.3.4-3]; each shared group gives
     /// one delivery to one member [MQTT-4.8.2-3].
     pub fn route(&self, message: &Arc<Message>, limits: &QueueLimits) -> RouteOutcome {
+        self.route_to(message, limits, Reach::All)
+    }
+
+    /// [`Router::route`] to the plain subscriptions only, or to the shared groups only.
+    pub fn route_to(
+        &self,
+        message: &Arc<Message>,
+        limits: &QueueLimits,
+        reach: Reach,
+    ) -> RouteOutcome {
         let random = if self.strategy == ShareStrategy::Random {
             self.next_random()
         } else {
@@ -287,7 +298,7 @@ impl Router {
         };
         let mut targets = Vec::new();
         self.read()
-            .collect(&message.topic, self.strategy, random, &mut targets);
+            .collect(&message.topic, self.strategy, random, reach, &mut targets);
         // [MQTT-3.8.3-3] no-local: not sent back to the publisher.
         targets.retain(|t| !(t.options.no_local && *Inbox::owner(&*t.mailbox) == message.origin));
         // Group the plain subscriptions of each session together; shared ones stay apart.
@@ -309,6 +320,29 @@ impl Router {
             outcome.record(Inbox::push(&*first.mailbox, delivery, limits));
         }
         outcome
+    }
+
+    /// Queues `message` for one member of the shared group `full_filter`
+    /// (`$share/{group}/{filter}`), picked with the configured strategy; None if the group
+    /// has no member here. The caller knows the message matches the filter.
+    pub fn deliver_shared(
+        &self,
+        full_filter: &str,
+        message: &Arc<Message>,
+        limits: &QueueLimits,
+    ) -> Option<RouteOutcome> {
+        let random = if self.strategy == ShareStrategy::Random {
+            self.next_random()
+        } else {
+            0
+        };
+        let target = self
+            .read()
+            .pick_shared(full_filter, self.strategy, random)?;
+        let mut outcome = RouteOutcome::default();
+        let delivery = merge(message, std::slice::from_ref(&target));
+        outcome.record(Inbox::push(&*target.mailbox, delivery, limits));
+        Some(outcome)
     }
 
     /// Hands a delivery taken from a member that left its shared group to another member.
@@ -597,6 +631,38 @@ mod tests {
             }
             assert!(thread.join().expect("no panic") > 0);
         }
+    }
+
+    #[test]
+    fn reach_splits_plain_and_shared_and_deliver_shared_picks_one_member() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let plain = Mailbox::new("plain".into());
+        let members: Vec<_> = ["m1", "m2"]
+            .iter()
+            .map(|id| Mailbox::new((*id).into()))
+            .collect();
+        router.subscribe(&plain, "t/#", options(QoS::AtLeastOnce), None);
+        for m in &members {
+            m.set_online(true);
+            router.subscribe(m, "$share/g/t/#", options(QoS::AtMostOnce), None);
+        }
+        let m = message("t/x", QoS::AtLeastOnce, false, "p");
+        assert_eq!(router.route_to(&m, &LIMITS, Reach::Plain).delivered, 1);
+        assert_eq!((plain.len(), members[0].len() + members[1].len()), (1, 0));
+        assert_eq!(router.route_to(&m, &LIMITS, Reach::Shared).delivered, 1);
+        assert_eq!((plain.len(), members[0].len() + members[1].len()), (1, 1));
+        for _ in 0..4 {
+            let outcome = router.deliver_shared("$share/g/t/#", &m, &LIMITS);
+            assert_eq!(outcome.map(|o| o.delivered), Some(1));
+        }
+        // Round robin across the members; QoS downgraded to the member's.
+        assert_eq!((members[0].len(), members[1].len()), (3, 2));
+        let delivery = drain(&members[0]).remove(0);
+        assert_eq!(delivery.qos, QoS::AtMostOnce);
+        assert_eq!(delivery.shared.as_deref(), Some("$share/g/t/#"));
+        assert!(router.deliver_shared("$share/h/t/#", &m, &LIMITS).is_none());
+        assert!(router.deliver_shared("$share/g/t/+", &m, &LIMITS).is_none());
+        assert!(router.deliver_shared("$share/g/u/#", &m, &LIMITS).is_none());
     }
 
     #[test]

@@ -28,6 +28,18 @@ pub(crate) struct Target {
     pub(crate) shared: Option<Arc<str>>,
 }
 
+/// Which subscriptions a match collects: a cluster node delivers to its shared groups
+/// apart from its plain subscriptions (see `cluster::shared`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Plain subscriptions and one member of each shared group: a single node.
+    All,
+    /// Plain subscriptions only.
+    Plain,
+    /// One member of each shared group only.
+    Shared,
+}
+
 /// How a shared group picks its member for each message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ShareStrategy {
@@ -87,13 +99,18 @@ impl Subscribers {
         self.direct.is_empty() && self.shared.is_none()
     }
 
-    fn collect(&self, strategy: ShareStrategy, random: u64, out: &mut Vec<Target>) {
-        out.extend(self.direct.values().map(|s| Target {
-            mailbox: s.mailbox.clone(),
-            options: s.options,
-            identifier: s.identifier,
-            shared: None,
-        }));
+    fn collect(&self, strategy: ShareStrategy, random: u64, reach: Reach, out: &mut Vec<Target>) {
+        if reach != Reach::Shared {
+            out.extend(self.direct.values().map(|s| Target {
+                mailbox: s.mailbox.clone(),
+                options: s.options,
+                identifier: s.identifier,
+                shared: None,
+            }));
+        }
+        if reach == Reach::Plain {
+            return;
+        }
         for group in self.shared.iter().flat_map(|groups| groups.values()) {
             if let Some(s) = group.pick(strategy, random) {
                 out.push(Target {
@@ -247,21 +264,22 @@ impl Node {
         levels: &[&str],
         strategy: ShareStrategy,
         random: u64,
+        reach: Reach,
         out: &mut Vec<Target>,
     ) {
         // `#` matches this level and everything below, including nothing: `a/#` matches `a`.
         if let Some(hash) = &self.hash {
-            hash.collect(strategy, random, out);
+            hash.collect(strategy, random, reach, out);
         }
         let Some((level, rest)) = levels.split_first() else {
-            self.here.collect(strategy, random, out);
+            self.here.collect(strategy, random, reach, out);
             return;
         };
         if let Some(child) = self.children.get(*level) {
-            child.collect(rest, strategy, random, out);
+            child.collect(rest, strategy, random, reach, out);
         }
         if let Some(plus) = &self.plus {
-            plus.collect(rest, strategy, random, out);
+            plus.collect(rest, strategy, random, reach, out);
         }
     }
 }
@@ -359,12 +377,10 @@ impl Trie {
         removed
     }
 
-    /// The members of the shared group behind `full_filter` other than `exclude`, for
-    /// handing over deliveries whose member left: the connected ones, or, when none is,
-    /// all of them (a message then waits in an offline member's queue).
-    pub(crate) fn shared_members(&self, full_filter: &str, exclude: &str, out: &mut Vec<Target>) {
+    /// The shared group behind `full_filter` (`$share/{group}/{filter}`), if it has members.
+    fn group(&self, full_filter: &str) -> Option<&SharedGroup> {
         let (Some(group), inner) = split_filter(full_filter) else {
-            return;
+            return None;
         };
         let mut node = &self.root;
         let mut subscribers = None;
@@ -378,18 +394,19 @@ impl Trie {
                 "+" => node.plus.as_deref(),
                 literal => node.children.get(literal).map(|n| &**n),
             };
-            let Some(next) = next else {
-                return;
-            };
-            node = next;
+            node = next?;
             if levels.peek().is_none() {
                 subscribers = Some(&node.here);
             }
         }
-        let Some(group) = subscribers
-            .and_then(|s| s.shared.as_ref())
-            .and_then(|groups| groups.get(group))
-        else {
+        subscribers?.shared.as_ref()?.get(group)
+    }
+
+    /// The members of the shared group behind `full_filter` other than `exclude`, for
+    /// handing over deliveries whose member left: the connected ones, or, when none is,
+    /// all of them (a message then waits in an offline member's queue).
+    pub(crate) fn shared_members(&self, full_filter: &str, exclude: &str, out: &mut Vec<Target>) {
+        let Some(group) = self.group(full_filter) else {
             return;
         };
         let candidates = || {
@@ -411,6 +428,23 @@ impl Trie {
         );
     }
 
+    /// One member of the shared group behind `full_filter`, picked as for a routed
+    /// message; None if the group has no member here.
+    pub(crate) fn pick_shared(
+        &self,
+        full_filter: &str,
+        strategy: ShareStrategy,
+        random: u64,
+    ) -> Option<Target> {
+        let group = self.group(full_filter)?;
+        group.pick(strategy, random).map(|m| Target {
+            mailbox: m.mailbox.clone(),
+            options: m.options,
+            identifier: m.identifier,
+            shared: Some(group.full_filter.clone()),
+        })
+    }
+
     /// Every subscription matching `topic`, with one member picked per shared group.
     /// Topics starting with `$` are not matched by a leading wildcard [MQTT-4.7.2-1].
     pub(crate) fn collect(
@@ -418,6 +452,7 @@ impl Trie {
         topic: &str,
         strategy: ShareStrategy,
         random: u64,
+        reach: Reach,
         out: &mut Vec<Target>,
     ) {
         let levels: Vec<&str> = topic.split('/').collect();
@@ -425,10 +460,10 @@ impl Trie {
             if let Some((first, rest)) = levels.split_first()
                 && let Some(child) = self.root.children.get(*first)
             {
-                child.collect(rest, strategy, random, out);
+                child.collect(rest, strategy, random, reach, out);
             }
         } else {
-            self.root.collect(&levels, strategy, random, out);
+            self.root.collect(&levels, strategy, random, reach, out);
         }
     }
 }
@@ -451,7 +486,7 @@ mod tests {
 
     fn matched(trie: &Trie, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
-        trie.collect(topic, ShareStrategy::RoundRobin, 0, &mut out);
+        trie.collect(topic, ShareStrategy::RoundRobin, 0, Reach::All, &mut out);
         let mut ids: Vec<String> = out
             .iter()
             .map(|t| t.mailbox.client_id().to_string())
@@ -529,7 +564,7 @@ mod tests {
         let mut picked = Vec::new();
         for _ in 0..6 {
             let mut out = Vec::new();
-            trie.collect("jobs/1", ShareStrategy::RoundRobin, 0, &mut out);
+            trie.collect("jobs/1", ShareStrategy::RoundRobin, 0, Reach::All, &mut out);
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].shared.as_deref(), Some("$share/g/jobs/+"));
             picked.push(out[0].mailbox.client_id().to_string());

@@ -317,14 +317,25 @@ async fn handshake(addr: SocketAddr, vhost: &str) -> TcpStream {
 }
 
 async fn handshake_with_heartbeat(addr: SocketAddr, vhost: &str, heartbeat: u16) -> TcpStream {
+    handshake_as(addr, vhost, heartbeat, "guest", "guest").await
+}
+
+async fn handshake_as(
+    addr: SocketAddr,
+    vhost: &str,
+    heartbeat: u16,
+    user: &str,
+    password: &str,
+) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(HEADER).await.unwrap();
     let (_, class, id, _) = read_method(&mut s).await;
     assert_eq!((class, id), (10, 10), "connection.start");
     let mut start_ok = vec![0, 0, 0, 0];
     start_ok.extend(short("PLAIN"));
-    start_ok.extend_from_slice(&12u32.to_be_bytes());
-    start_ok.extend_from_slice(b"\0guest\0guest");
+    let response = format!("\0{user}\0{password}");
+    start_ok.extend_from_slice(&(response.len() as u32).to_be_bytes());
+    start_ok.extend_from_slice(response.as_bytes());
     start_ok.extend(short("en_US"));
     s.write_all(&method(0, 10, 11, &start_ok)).await.unwrap();
     let (_, class, id, tune) = read_method(&mut s).await;
@@ -747,5 +758,188 @@ async fn queues_and_connections_show_in_the_admin_api_and_sys() {
     assert_eq!(sys["$SYS/broker/amqp/queues"], "1");
     assert_eq!(sys["$SYS/broker/clients/connected"], "2");
     assert_eq!(sys["$SYS/broker/clients/disconnected"], "0");
+    broker.shutdown().await;
+}
+
+/// Logs in as `user`, opens channel 1 and checks both went through.
+async fn open_as(addr: SocketAddr, user: &str, password: &str) -> TcpStream {
+    let mut s = handshake_as(addr, "/", 0, user, password).await;
+    assert_eq!(
+        read_method(&mut s).await.1,
+        10,
+        "{user}: connection.open-ok"
+    );
+    s.write_all(&method(1, 20, 10, &short(""))).await.unwrap();
+    assert_eq!(read_method(&mut s).await.2, 11, "{user}: channel.open-ok");
+    s
+}
+
+/// Dynamic security's disableClient and deleteClient close the AMQP connections of that
+/// user (320 CONNECTION_FORCED), as they close its MQTT connections; other users' stay.
+#[tokio::test]
+async fn dynsec_disabling_or_deleting_a_user_closes_its_amqp_connections() {
+    use crate::access_support::{TempDir, broker_with};
+    use crate::admin_http::request;
+    use midge_broker::config::DynsecConfig;
+
+    let dir = TempDir::new("amqp-dynsec");
+    let file =
+        crate::dynsec::dynsec_file(&dir, &[("alice", "apw"), ("bob", "bpw"), ("carol", "cpw")]);
+    let admin_hash = midge_broker::auth::hash_password(b"secret").unwrap();
+    let users = dir.write("admin-users", &format!("root:{admin_hash}\n"));
+    let broker = broker_with(|c| {
+        c.auth.dynsec = Some(DynsecConfig {
+            file,
+            iterations: 1000,
+        });
+        c.admin.password_file = Some(users);
+        c.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Amqp,
+            ..ListenerConfig::default()
+        });
+    })
+    .await;
+    let amqp = broker.server.as_ref().unwrap().local_addrs()[1];
+    let command = |body: &'static str| {
+        let admin = broker.admin();
+        async move {
+            let answer = request(
+                admin,
+                "POST",
+                "/api/v1/dynsec",
+                Some(("root", "secret")),
+                Some(body.as_bytes()),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            assert!(
+                answer.json()["responses"][0].get("error").is_none(),
+                "{}",
+                answer.text()
+            );
+        }
+    };
+    let mut alice = open_as(amqp, "alice", "apw").await;
+    let mut bob = open_as(amqp, "bob", "bpw").await;
+    let mut carol = open_as(amqp, "carol", "cpw").await;
+
+    command(r#"{"commands":[{"command":"disableClient","username":"alice"}]}"#).await;
+    let (code, text) = expect_connection_close(&mut alice).await;
+    assert_eq!(code, 320, "{text}");
+    assert!(text.contains("alice"), "{text}");
+    command(r#"{"commands":[{"command":"deleteClient","username":"bob"}]}"#).await;
+    let (code, text) = expect_connection_close(&mut bob).await;
+    assert_eq!(code, 320, "{text}");
+    assert!(text.contains("bob"), "{text}");
+    // carol was woken twice and stays: her channel still answers.
+    s_declare_ok(&mut carol, "carols").await;
+    broker.shutdown().await;
+}
+
+async fn s_declare_ok(s: &mut TcpStream, queue: &str) {
+    s.write_all(&declare(1, queue)).await.unwrap();
+    assert_eq!(
+        read_method(s).await,
+        (1, 50, 11, {
+            let mut ok = short(queue);
+            ok.extend_from_slice(&[0; 8]);
+            ok
+        }),
+        "queue.declare-ok"
+    );
+}
+
+/// An MQTT QoS 0 publish whose payload is its topic.
+async fn publish(publisher: &mut crate::harness::Raw, topic: &str) {
+    let packet = rumqttc::Publish::new(topic, qos4(0), topic.as_bytes().to_vec());
+    publisher.send_v4(V4Packet::Publish(packet)).await;
+}
+
+/// basic.get of `queue` with no-ack until a message comes; its routing key.
+async fn get_routing_key(s: &mut TcpStream, queue: &str) -> String {
+    timeout(TIMEOUT, async {
+        loop {
+            let mut get = vec![0, 0];
+            get.extend(short(queue));
+            get.push(1);
+            s.write_all(&method(1, 60, 70, &get)).await.unwrap();
+            let (_, class, id, args) = read_method(s).await;
+            match (class, id) {
+                (60, 72) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                (60, 71) => {
+                    // delivery-tag (8), redelivered (1), exchange, routing key.
+                    let exchange = args[9] as usize;
+                    let at = 10 + exchange;
+                    let len = args[at] as usize;
+                    return String::from_utf8_lossy(&args[at + 1..at + 1 + len]).into_owned();
+                }
+                other => panic!("basic.get answered with {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a message in time")
+}
+
+/// Issue 9, defect 7, for AMQP: a reload that takes away a read right removes the queue
+/// bindings it granted, also of a queue whose binding connection is gone, and what they
+/// brought that is still ready is not delivered.
+#[tokio::test]
+async fn an_acl_reload_removes_the_amqp_bindings_it_no_longer_allows() {
+    use crate::access_support::TempDir;
+
+    let dir = TempDir::new("amqp-acl-reload");
+    // Leading topic lines: the anonymous MQTT publisher.
+    let rules = "topic write #\nuser guest\ntopic read allowed/#\ntopic read revoked/#\n";
+    let acl = dir.write("acl", rules);
+    let broker = TestBroker::start_with(|config| {
+        config.auth.acl_file = Some(acl);
+        config.listeners.push(ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol: ListenerProtocol::Amqp,
+            ..ListenerConfig::default()
+        });
+    })
+    .await;
+    let amqp = broker.server.as_ref().unwrap().local_addrs()[1];
+    let mut binder = open_as(amqp, "guest", "guest").await;
+    s_declare_ok(&mut binder, "kept").await;
+    for key in ["allowed.#", "revoked.#"] {
+        binder.write_all(&bind(1, "kept", key)).await.unwrap();
+        assert_eq!(read_method(&mut binder).await.2, 21, "queue.bind-ok");
+    }
+    drop(binder);
+    let (mut publisher, _) = broker.raw_v311("acl-pub", true).await;
+    publish(&mut publisher, "revoked/1").await;
+    publish(&mut publisher, "allowed/1").await;
+    publisher.ping_fence().await;
+    assert_eq!(broker.broker().router.len(), 2);
+
+    dir.write("acl", &rules.replace("topic read revoked/#\n", ""));
+    broker
+        .server
+        .as_ref()
+        .unwrap()
+        .reload()
+        .await
+        .expect("reload");
+    timeout(TIMEOUT, async {
+        while broker.broker().router.len() != 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the revoked binding was not removed in time");
+    publish(&mut publisher, "revoked/2").await;
+    publish(&mut publisher, "allowed/2").await;
+    publisher.ping_fence().await;
+    let mut reader = open_as(amqp, "guest", "guest").await;
+    let mut keys = Vec::new();
+    for _ in 0..2 {
+        keys.push(get_routing_key(&mut reader, "kept").await);
+    }
+    assert_eq!(keys, ["allowed.1", "allowed.2"]);
+    s_declare_ok(&mut reader, "kept").await;
     broker.shutdown().await;
 }

@@ -453,7 +453,7 @@ async fn the_admin_api_runs_the_same_commands() {
 }
 
 /// A dynsec file with `users` (name, password) and no roles, written by the test.
-fn dynsec_file(dir: &TempDir, users: &[(&str, &str)]) -> std::path::PathBuf {
+pub(crate) fn dynsec_file(dir: &TempDir, users: &[(&str, &str)]) -> std::path::PathBuf {
     use base64ct::Encoding;
     let clients: Vec<serde_json::Value> = users
         .iter()

@@ -44,7 +44,13 @@ async fn connect_all(
                 let plan = Arc::clone(plan);
                 let client_id = plan.client_id(role, id);
                 tokio::spawn(async move {
-                    let mut client = Client::connect(&plan.addr, &client_id, plan.version).await?;
+                    // Subscribers may sit on another node of a cluster (--sub-port).
+                    let addr = if subscribe {
+                        &plan.sub_addr
+                    } else {
+                        &plan.addr
+                    };
+                    let mut client = Client::connect(addr, &client_id, plan.version).await?;
                     if subscribe {
                         client
                             .subscribe(&plan.subscribe_filter(id), plan.qos)
@@ -98,6 +104,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     for conn in consumers.iter().chain(amqp_publishers.iter()) {
         report.handshake.record(conn.handshake.as_nanos() as u64);
     }
+    tokio::time::sleep(plan.settle).await;
 
     let clock = Instant::now();
     let window_start = clock + plan.warmup;

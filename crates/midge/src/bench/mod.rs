@@ -102,6 +102,13 @@ pub struct BenchArgs {
     /// Broker port.
     #[arg(short, long, default_value_t = 1883)]
     port: u16,
+    /// Host the MQTT subscribers connect to (default: --host): another node of a cluster,
+    /// so messages cross nodes.
+    #[arg(long)]
+    sub_host: Option<String>,
+    /// Port the MQTT subscribers connect to (default: --port).
+    #[arg(long)]
+    sub_port: Option<u16>,
     /// AMQP 0-9-1 port (amqp-mqtt, mqtt-amqp), on --host.
     #[arg(long, default_value_t = 5672)]
     amqp_port: u16,
@@ -162,6 +169,11 @@ pub struct BenchArgs {
     /// --duration; the measured window then ends when the last one is sent.
     #[arg(short = 'n', long)]
     count: Option<u64>,
+    /// Seconds to wait between the last SUBACK and the first publish: a cluster node
+    /// acknowledges a SUBSCRIBE before the other nodes learn of it through NATS, so
+    /// messages published at once can miss a subscriber on another node.
+    #[arg(long, default_value_t = 0.0)]
+    settle: f64,
     /// Seconds of traffic before measuring (excluded from every figure but loss).
     #[arg(short, long, default_value_t = 2.0)]
     warmup: f64,
@@ -190,6 +202,8 @@ pub struct BenchArgs {
 pub struct Plan {
     pub scenario: Scenario,
     pub addr: String,
+    /// Where MQTT subscribers connect (`addr` unless --sub-host/--sub-port).
+    pub sub_addr: String,
     /// The AMQP listener (amqp-mqtt, mqtt-amqp).
     pub amqp_addr: String,
     pub amqp_user: String,
@@ -208,6 +222,7 @@ pub struct Plan {
     pub min_batch: u32,
     pub duration: Duration,
     pub count: Option<u64>,
+    pub settle: Duration,
     pub warmup: Duration,
     pub drain: Duration,
     pub broker_pid: Option<u32>,
@@ -307,6 +322,11 @@ impl Plan {
         Ok(Self {
             scenario: args.scenario,
             addr: format!("{}:{}", args.host, args.port),
+            sub_addr: format!(
+                "{}:{}",
+                args.sub_host.as_deref().unwrap_or(&args.host),
+                args.sub_port.unwrap_or(args.port)
+            ),
             amqp_addr: format!("{}:{}", args.host, args.amqp_port),
             amqp_user: args.amqp_user,
             amqp_password: args.amqp_password,
@@ -327,6 +347,7 @@ impl Plan {
             min_batch: args.min_batch,
             duration: seconds(args.duration, "duration")?,
             count: args.count,
+            settle: seconds(args.settle, "settle")?,
             warmup: seconds(args.warmup, "warmup")?,
             drain: seconds(args.drain, "drain")?,
             broker_pid: args.broker_pid,
@@ -495,6 +516,20 @@ mod tests {
         assert_eq!(p.qos, QoS::ExactlyOnce);
         assert_eq!((p.payload, p.rate), (256, 10_000));
         assert_eq!(p.addr, "::1:1884");
+        assert_eq!(
+            p.sub_addr, p.addr,
+            "subscribers on the same broker by default"
+        );
+        let other = plan(&["pairs", "--sub-port", "1885"]).unwrap();
+        assert_eq!(
+            (other.addr.as_str(), other.sub_addr.as_str()),
+            ("127.0.0.1:1883", "127.0.0.1:1885")
+        );
+        let other = plan(&["pairs", "--sub-host", "10.0.0.2"]).unwrap();
+        assert_eq!(other.sub_addr, "10.0.0.2:1883");
+        assert_eq!(other.settle, Duration::ZERO);
+        let settled = plan(&["pairs", "--settle", "0.5"]).unwrap();
+        assert_eq!(settled.settle, Duration::from_millis(500));
         assert_eq!(p.duration, Duration::from_millis(1500));
         assert_eq!(p.warmup, Duration::ZERO);
         assert_eq!(p.broker_pid, Some(42));
