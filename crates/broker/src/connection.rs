@@ -741,7 +741,7 @@ where
         let connection_id = broker.next_connection_id();
         let client_id = negotiated.client_id.clone();
         let keep_alive = negotiated.keep_alive;
-        let attached = broker
+        let mut attached = broker
             .attach(
                 client_id.clone(),
                 negotiated.clean_start,
@@ -750,13 +750,33 @@ where
             )
             .await;
         // A cluster node claims the client id cluster-wide (the holder elsewhere is told
-        // to go) before CONNACK; without NATS it cannot, and serves no one as if alone.
-        if let Some(claim) = broker.registry.claim(&client_id, connection_id)
-            && let Err(why) = claim.await
-        {
-            broker.detach(connection_id, attached.state, None, now_millis());
-            Box::pin(self.refuse(&connect, ReasonCode::SERVER_UNAVAILABLE, why, &client_id)).await;
-            return None;
+        // to go, and hands its parked session over) before CONNACK; without NATS it
+        // cannot, and serves no one as if alone.
+        if let Some(claim) = broker.registry.claim(&client_id, connection_id) {
+            match claim.await {
+                Err(why) => {
+                    broker.detach(connection_id, attached.state, None, now_millis());
+                    Box::pin(self.refuse(
+                        &connect,
+                        ReasonCode::SERVER_UNAVAILABLE,
+                        why,
+                        &client_id,
+                    ))
+                    .await;
+                    return None;
+                }
+                Ok(Some(handed)) if !negotiated.clean_start => {
+                    if crate::cluster::sessions::install_encoded(
+                        &broker,
+                        &mut attached.state,
+                        handed,
+                    ) {
+                        attached.session_present = true;
+                    }
+                }
+                // A clean start discards the session the other node handed over.
+                Ok(_) => {}
+            }
         }
         // Everything needed from CONNECT is in `negotiated` now; its buffers need not
         // stay allocated for the life of the connection.

@@ -416,6 +416,10 @@ impl Registry {
         now: Millis,
     ) -> Effects {
         let client_id = state.client_id.clone();
+        let record = (state.expiry_interval != 0)
+            .then(|| self.ownership.session_record(&state))
+            .flatten();
+        let mut parked_until = None;
         let mut ended = None;
         let mut will_now = None;
         let mut answer_takeover = None;
@@ -455,6 +459,7 @@ impl Registry {
                     journal.put(expiry, expires_at);
                 }
                 slot.parked = Some(Box::new(state));
+                parked_until = Some(expires_at);
                 if let Some(at) = expires_at {
                     slot.expires_at = Some(at);
                     timers.push(at);
@@ -489,8 +494,12 @@ impl Registry {
                 inner.push_timer(at, client_id.clone());
             }
         }
-        if owned_here {
+        // A parked session keeps its client id claimed (a cluster's owners bucket names
+        // this node), so a CONNECT elsewhere asks for it and it moves there.
+        if owned_here && ended.is_some() {
             self.ownership.release(&client_id, connection_id);
+        } else if let (Some(record), Some(expires_at)) = (record, parked_until) {
+            self.ownership.parked(&client_id, record, expires_at);
         }
         Effects {
             ended: ended.into_iter().collect(),
@@ -537,6 +546,29 @@ impl Registry {
                 Some(done)
             }
         }
+    }
+
+    /// Takes `client_id`'s parked session out, with its delayed will (cancelled: the
+    /// session resumes on another node, [MQTT-3.1.3-9]), when no connection here serves
+    /// it; the caller moves it elsewhere.
+    pub fn take_parked(&self, client_id: &str) -> Option<SessionState> {
+        let mut inner = self.lock();
+        let slot = inner.slots.get_mut(client_id)?;
+        if slot.owner.is_some() {
+            return None;
+        }
+        let state = *slot.parked.take()?;
+        slot.expires_at = None;
+        if slot.will.take().is_some()
+            && let Some(journal) = state.mailbox.journal()
+        {
+            journal.will_delete();
+        }
+        if slot.removable() {
+            inner.slots.remove(client_id);
+        }
+        inner.parked -= 1;
+        Some(state)
     }
 
     /// Expires sessions and publishes delayed wills that are due.
@@ -866,6 +898,38 @@ mod tests {
         };
         reply.send(()).unwrap();
         first_done.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_parked_session_is_taken_out_with_its_will_and_keeps_its_claim() {
+        let released = Arc::new(Mutex::new(Vec::new()));
+        let registry = Registry::with_ownership(None, Box::new(Recording(released.clone())));
+        let stats = Stats::default();
+        let id: Arc<str> = "p".into();
+        let (mut attached, _) = registry.attach(&stats, id.clone(), false, 1).await;
+        // Nothing to take while a connection serves it.
+        assert!(registry.take_parked("p").is_none());
+        attached.state.expiry_interval = 60;
+        let will = Will {
+            topic: "wills/p".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: WillProperties::default(),
+        };
+        let effects = registry.detach(1, attached.state, Some((will, 30)), 0);
+        assert!(effects.ended.is_empty() && effects.wills.is_empty());
+        // Parked: the id stays claimed (a cluster node is then asked for the session).
+        assert!(released.lock().unwrap().is_empty());
+        assert_eq!(registry.parked_len(), 1);
+        let state = registry.take_parked("p").expect("parked");
+        assert_eq!(state.expiry_interval, 60);
+        assert_eq!(registry.parked_len(), 0);
+        assert!(registry.is_empty());
+        // The delayed will went with it: nothing falls due here.
+        let effects = registry.tick(&stats, 3_600_000);
+        assert!(effects.wills.is_empty() && effects.ended.is_empty());
+        assert!(registry.take_parked("p").is_none());
     }
 
     /// Records releases.

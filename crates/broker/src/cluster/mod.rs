@@ -21,6 +21,7 @@
 pub mod envelope;
 pub mod ownership;
 pub mod retained;
+pub mod sessions;
 pub mod shared;
 pub mod subject;
 

@@ -164,6 +164,8 @@ pub struct Owners {
     client: async_nats::Client,
     owners: kv::Store,
     nodes: kv::Store,
+    /// Parked persistent sessions' state (`sessions.rs`), keyed like `owners`.
+    sessions: kv::Store,
     /// The KV revision each local connection's claim wrote, by client id, for its release.
     held: Held,
     /// Nodes heard from, with when.
@@ -302,16 +304,17 @@ impl Owners {
                     },
                 )
                 .await?;
+                let sessions = bucket(&js, super::sessions::bucket_config()).await?;
                 let requests = client
                     .subscribe(control_subject(&config.node_id))
                     .await
                     .map_err(|e| e.to_string())?;
                 // The subscription reaches the server before any CONNECT is accepted.
                 client.flush().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((client, owners, nodes, requests))
+                Ok::<_, String>((client, owners, nodes, sessions, requests))
             };
             match attempt.await {
-                Ok((client, owners, nodes, requests)) => {
+                Ok((client, owners, nodes, sessions, requests)) => {
                     return Ok(Arc::new(Self {
                         node: Arc::from(config.node_id.as_str()),
                         incarnation,
@@ -319,6 +322,7 @@ impl Owners {
                         client,
                         owners,
                         nodes,
+                        sessions,
                         held: Held::default(),
                         seen: Mutex::default(),
                         requests: Mutex::new(Some(requests)),
@@ -357,7 +361,7 @@ impl Owners {
         self: Arc<Self>,
         client_id: Arc<str>,
         connection: u64,
-    ) -> Result<(), Unavailable> {
+    ) -> Result<Option<Bytes>, Unavailable> {
         let result = self.claim_inner(&client_id, connection).await;
         if result.is_err() {
             Stats::add(&self.stats.refused, 1);
@@ -365,7 +369,11 @@ impl Owners {
         result
     }
 
-    async fn claim_inner(&self, client_id: &Arc<str>, connection: u64) -> Result<(), Unavailable> {
+    async fn claim_inner(
+        &self,
+        client_id: &Arc<str>,
+        connection: u64,
+    ) -> Result<Option<Bytes>, Unavailable> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err("the cluster's NATS is unreachable");
         }
@@ -399,12 +407,14 @@ impl Owners {
         Stats::add(&self.stats.claims, 1);
         self.held.record(client_id, connection, revision);
         let Some(previous) = previous else {
-            return Ok(());
+            return Ok(None);
         };
         if *previous.node == *self.node {
             // A connection of this node was already told to go by the registry; one of
-            // a previous incarnation is gone.
-            return Ok(());
+            // a previous incarnation is gone. A session record of this id describes a
+            // parked session, not the one now connected.
+            self.forget_session(&key);
+            return Ok(None);
         }
         Stats::add(&self.stats.takeovers_sent, 1);
         let leave = Leave {
@@ -417,9 +427,16 @@ impl Owners {
             .client
             .request(control_subject(&previous.node), payload);
         match tokio::time::timeout(LEAVE_TIMEOUT, request).await {
+            // The session, when the old node parked one (see `sessions.rs`).
+            Ok(Ok(reply)) if reply.payload.len() > 1 => {
+                self.forget_session(&key);
+                return Ok(Some(reply.payload));
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                 tracing::debug!(client_id = %client_id, node = %previous.node, "cluster: the client id's previous node is gone");
+                // What that node recorded of the session when it parked it.
+                return Ok(super::sessions::restore_record(&self.sessions, &key).await);
             }
             Ok(Err(e)) => {
                 Stats::add(&self.stats.leave_timeouts, 1);
@@ -430,7 +447,8 @@ impl Owners {
                 tracing::warn!(client_id = %client_id, node = %previous.node, "cluster: the client id's previous node did not let go in time; serving the new connection");
             }
         }
-        Ok(())
+        self.forget_session(&key);
+        Ok(None)
     }
 
     /// `connection` let go of `client_id` other than by being taken over from another
@@ -447,6 +465,25 @@ impl Owners {
             // A failure leaves a stale key: the next CONNECT asks this node, which answers
             // at once that it holds nothing.
             let _ = tokio::time::timeout(CLAIM_TIMEOUT, delete).await;
+        });
+    }
+
+    /// Deletes the session record under `key` (in a task of its own): it describes a
+    /// session that moved, ended or resumed.
+    fn forget_session(&self, key: &str) {
+        let (sessions, key) = (self.sessions.clone(), key.to_owned());
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CLAIM_TIMEOUT, sessions.delete(&key)).await;
+        });
+    }
+
+    /// Records `client_id`'s parked session (in a task of its own).
+    pub fn record_session(&self, client_id: &str, record: Bytes, expires_at: Option<u64>) {
+        let max = self.client.server_info().max_payload;
+        let (sessions, key) = (self.sessions.clone(), owner_key(client_id));
+        let client_id = client_id.to_owned();
+        tokio::spawn(async move {
+            super::sessions::put_record(&sessions, &client_id, key, record, expires_at, max).await;
         });
     }
 
@@ -523,8 +560,19 @@ async fn control_loop(
         };
         let (owners, broker) = (owners.clone(), broker.clone());
         tokio::spawn(async move {
+            let client_id = leave.client_id.clone();
+            let this_run = leave.incarnation == owners.incarnation;
             let left = leave_here(&owners, &broker, leave).await;
-            let answer = Bytes::from_static(if left { b"1" } else { b"0" });
+            // A persistent session parked here (just now, or since its client went away)
+            // moves with the client id (`sessions.rs`).
+            let handed = this_run
+                .then(|| {
+                    let max = owners.client.server_info().max_payload;
+                    super::sessions::take_for_handover(&broker, &client_id, max)
+                })
+                .flatten();
+            let answer =
+                handed.unwrap_or_else(|| Bytes::from_static(if left { b"1" } else { b"0" }));
             let _ = owners.client.publish(reply, answer).await;
         });
     }
@@ -665,6 +713,14 @@ impl Ownership for ClusterOwnership {
 
     fn release(&self, client_id: &Arc<str>, connection_id: u64) {
         self.0.release(client_id, connection_id);
+    }
+
+    fn session_record(&self, state: &crate::session::SessionState) -> Option<Bytes> {
+        super::sessions::record(state)
+    }
+
+    fn parked(&self, client_id: &Arc<str>, record: Bytes, expires_at: Option<u64>) {
+        self.0.record_session(client_id, record, expires_at);
     }
 }
 

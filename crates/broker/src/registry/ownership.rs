@@ -12,9 +12,10 @@ use tokio::sync::oneshot;
 
 use crate::mailbox::{Control, Mailbox};
 
-/// Resolves once a client id is the claiming connection's cluster-wide; an error says why
+/// Resolves once a client id is the claiming connection's cluster-wide, with the session
+/// another node handed over (encoded, `cluster::sessions`), if any; an error says why
 /// the CONNECT cannot be served now (CONNACK 0x88).
-pub type Claim = Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>>;
+pub type Claim = Pin<Box<dyn Future<Output = Result<Option<bytes::Bytes>, &'static str>> + Send>>;
 
 /// See the module documentation. `ask_to_leave` and `unanswered` are called with the
 /// registry's lock held: they must only send, never wait.
@@ -38,6 +39,16 @@ pub trait Ownership: Send + Sync + fmt::Debug {
     /// Connection `connection_id` no longer serves `client_id` (called without the
     /// registry's lock).
     fn release(&self, _client_id: &Arc<str>, _connection_id: u64) {}
+
+    /// What a cluster keeps beyond this process of a persistent session about to be
+    /// parked (encoded before the registry's lock is taken). `None` on a single node.
+    fn session_record(&self, _state: &crate::session::SessionState) -> Option<bytes::Bytes> {
+        None
+    }
+
+    /// `client_id`'s session was parked until `expires_at` (`None`: never), as
+    /// `record` says (called without the registry's lock).
+    fn parked(&self, _client_id: &Arc<str>, _record: bytes::Bytes, _expires_at: Option<u64>) {}
 }
 
 /// The single node's ownership: every client id is held in this process, and its holder
