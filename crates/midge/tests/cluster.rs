@@ -292,36 +292,6 @@ async fn three_nodes_on_three_clustered_nats_servers() {
     );
 }
 
-/// The properties of a v5 PUBLISH body (after the topic and, for QoS > 0, the packet id),
-/// as (identifier, value bytes), and the payload.
-fn v5_properties(body: &[u8], qos: u8) -> (Vec<(u8, Vec<u8>)>, Vec<u8>) {
-    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-    let mut at = 2 + topic_len + if qos > 0 { 2 } else { 0 };
-    let (len, used) = (usize::from(body[at]), 1);
-    assert!(len < 128, "short property list expected");
-    at += used;
-    let end = at + len;
-    let mut props = Vec::new();
-    let u16_at = |at: usize| usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
-    while at < end {
-        let id = body[at];
-        at += 1;
-        let size = match id {
-            0x01 => 1,
-            0x02 => 4,
-            0x03 | 0x08 | 0x09 => 2 + u16_at(at),
-            0x26 => {
-                let key = 2 + u16_at(at);
-                key + 2 + u16_at(at + key)
-            }
-            other => panic!("unexpected property {other:#x}"),
-        };
-        props.push((id, body[at..at + size].to_vec()));
-        at += size;
-    }
-    (props, body[end..].to_vec())
-}
-
 fn string_property(id: u8, s: &str) -> Vec<u8> {
     let mut out = vec![id];
     out.extend((s.len() as u16).to_be_bytes());
@@ -379,7 +349,7 @@ async fn v5_properties_and_retain_as_published_cross_nodes() {
         let publish = packet.publish(true);
         assert_eq!(publish.topic, "p/topi");
         client.send(&ack(PUBACK, publish.packet_id)).await.unwrap();
-        let (got, payload) = v5_properties(&packet.body, publish.qos);
+        let (got, payload) = v5_publish_properties(&packet.body, publish.qos);
         assert_eq!(payload, b"payload");
         let expiry = got.iter().find(|(id, _)| *id == 0x02).expect("expiry kept");
         let left = u32::from_be_bytes(expiry.1[..].try_into().unwrap());

@@ -96,31 +96,7 @@ fn retained_v5(topic: &str, expiry: u32, extra: &[u8], payload: &[u8]) -> Vec<u8
 
 /// The properties of a v5 PUBLISH as (identifier, value bytes).
 fn v5_properties(body: &[u8], qos: u8) -> Vec<(u8, Vec<u8>)> {
-    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-    let mut at = 2 + topic_len + if qos > 0 { 2 } else { 0 };
-    let len = usize::from(body[at]);
-    assert!(len < 128, "short property list expected");
-    at += 1;
-    let end = at + len;
-    let mut props = Vec::new();
-    let u16_at = |at: usize| usize::from(u16::from_be_bytes([body[at], body[at + 1]]));
-    while at < end {
-        let id = body[at];
-        at += 1;
-        let size = match id {
-            0x01 => 1,
-            0x02 => 4,
-            0x03 | 0x08 | 0x09 => 2 + u16_at(at),
-            0x26 => {
-                let key = 2 + u16_at(at);
-                key + 2 + u16_at(at + key)
-            }
-            other => panic!("unexpected property {other:#x}"),
-        };
-        props.push((id, body[at..at + size].to_vec()));
-        at += size;
-    }
-    props
+    v5_publish_properties(body, qos).0
 }
 
 fn expiry_left(packet: &RawPacket, qos: u8) -> u32 {
