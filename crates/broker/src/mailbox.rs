@@ -1286,6 +1286,9 @@ mod tests {
                             m.pop_batch(2, 2, &mut out);
                         }
                     }
+                    drop(out);
+                    // The scope returns before this thread's locals are destroyed.
+                    budget.flush_thread();
                 });
             }
         });

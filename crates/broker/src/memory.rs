@@ -239,6 +239,19 @@ impl MemoryBudget {
         self.ledger.used()
     }
 
+    /// Moves this thread's sum into the shared count now, rather than when the thread's
+    /// locals are destroyed: `std::thread::scope` returns before that happens, so a
+    /// caller that counts right after its scoped threads finish needs them to flush.
+    pub fn flush_thread(&self) {
+        let pending = PENDING
+            .try_with(|p| match p.ledger.get() {
+                Some(ledger) if std::ptr::eq(ledger, self.ledger) => p.bytes.replace(0),
+                _ => 0,
+            })
+            .unwrap_or(0);
+        self.ledger.apply(pending);
+    }
+
     /// Highest count so far.
     pub fn maximum(&self) -> u64 {
         self.ledger.maximum.load(Ordering::Relaxed)
@@ -359,6 +372,25 @@ mod tests {
         assert_eq!(cgroup_limit("max\n"), None);
         assert_eq!(cgroup_limit("9223372036854771712\n"), None);
         assert_eq!(cgroup_limit("1073741824\n"), Some(1 << 30));
+    }
+
+    /// A scoped thread's sum is in the count once it flushes, before its locals go.
+    #[test]
+    fn a_flushed_thread_sum_is_counted_by_other_threads() {
+        let budget = MemoryBudget::unlimited();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // The first charge on a thread goes straight to the count and claims
+                // the thread's sum; the next stays in the sum.
+                budget.charge(1);
+                budget.charge(100);
+                assert_eq!(budget.ledger.used.load(Ordering::Relaxed), 1);
+                budget.flush_thread();
+                assert_eq!(budget.ledger.used.load(Ordering::Relaxed), 101);
+                budget.flush_thread();
+            });
+        });
+        assert_eq!(budget.used(), 101);
     }
 
     /// Many threads charging and releasing leave the count exact.
