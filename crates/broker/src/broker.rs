@@ -286,7 +286,10 @@ impl Broker {
             self.end_session(state);
         }
         for (client_id, will) in effects.wills {
-            self.publish_will(&client_id, will, now);
+            // A cluster publishes it once no other node can ([`Ownership::will_due`]).
+            if let Some(will) = self.registry.will_due(&client_id, will) {
+                self.publish_will(&client_id, will, now);
+            }
         }
         if let Some(reply) = effects.release {
             let _ = reply.send(());

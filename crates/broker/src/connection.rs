@@ -752,7 +752,11 @@ where
         // A cluster node claims the client id cluster-wide (the holder elsewhere is told
         // to go, and hands its parked session over) before CONNACK; without NATS it
         // cannot, and serves no one as if alone.
-        if let Some(claim) = broker.registry.claim(&client_id, connection_id) {
+        let claim = broker
+            .registry
+            .claim(&client_id, connection_id, negotiated.clean_start);
+        let clustered = claim.is_some();
+        if let Some(claim) = claim {
             match claim.await {
                 Err(why) => {
                     broker.detach(connection_id, attached.state, None, now_millis());
@@ -777,6 +781,23 @@ where
                 // A clean start discards the session the other node handed over.
                 Ok(_) => {}
             }
+        }
+        // A cluster keeps the will beyond this node, so it is published even if the node
+        // dies. Authorized now: another node publishing it has no connection to ask about.
+        if clustered && let Some(will) = &connect.will {
+            let authorized = self
+                .listener
+                .access
+                .authorize_publish(&client_id, negotiated.username.as_deref(), &will.topic)
+                .await;
+            broker.registry.will_accepted(
+                &client_id,
+                connection_id,
+                authorized.then_some(will),
+                will.properties.will_delay_interval.unwrap_or(0),
+                // Already capped by `max_session_expiry_secs`.
+                negotiated.expiry_interval,
+            );
         }
         // Everything needed from CONNECT is in `negotiated` now; its buffers need not
         // stay allocated for the life of the connection.

@@ -339,6 +339,7 @@ impl Registry {
             }
         }
 
+        let mut cancelled = false;
         let (ended, will, attached) = {
             let mut inner = self.lock();
             let slot = inner
@@ -353,9 +354,8 @@ impl Registry {
             let (ended, will, state, present) = match parked {
                 Some(state) if !clean_start => {
                     // [MQTT-3.1.3-9] resumed in time: the delayed will is not sent.
-                    if pending_will.is_some()
-                        && let Some(journal) = state.mailbox.journal()
-                    {
+                    cancelled = pending_will.is_some();
+                    if cancelled && let Some(journal) = state.mailbox.journal() {
                         journal.will_delete();
                     }
                     (None, None, state, true)
@@ -381,6 +381,9 @@ impl Registry {
                 },
             )
         };
+        if cancelled {
+            self.ownership.will_cancelled(&client_id, None);
+        }
         let effects = Effects {
             ended: ended.into_iter().collect(),
             wills: will
@@ -416,6 +419,7 @@ impl Registry {
         now: Millis,
     ) -> Effects {
         let client_id = state.client_id.clone();
+        let without_will = will.is_none();
         let record = (state.expiry_interval != 0)
             .then(|| self.ownership.session_record(&state))
             .flatten();
@@ -494,6 +498,10 @@ impl Registry {
                 inner.push_timer(at, client_id.clone());
             }
         }
+        if without_will {
+            self.ownership
+                .will_cancelled(&client_id, Some(connection_id));
+        }
         // A parked session keeps its client id claimed (a cluster's owners bucket names
         // this node), so a CONNECT elsewhere asks for it and it moves there.
         if owned_here && ended.is_some() {
@@ -511,8 +519,32 @@ impl Registry {
 
     /// Claims `client_id` beyond this process for `connection_id`, which attached it
     /// ([`Ownership::claim`]); `None` on a single node.
-    pub fn claim(&self, client_id: &Arc<str>, connection_id: u64) -> Option<Claim> {
-        self.ownership.claim(client_id, connection_id)
+    pub fn claim(
+        &self,
+        client_id: &Arc<str>,
+        connection_id: u64,
+        clean_start: bool,
+    ) -> Option<Claim> {
+        self.ownership.claim(client_id, connection_id, clean_start)
+    }
+
+    /// Connection `connection_id` of `client_id`, claimed beyond this process, has a will
+    /// ([`Ownership::will_accepted`]).
+    pub fn will_accepted(
+        &self,
+        client_id: &Arc<str>,
+        connection_id: u64,
+        will: Option<&Will>,
+        delay: u32,
+        expiry: u32,
+    ) {
+        self.ownership
+            .will_accepted(client_id, connection_id, will, delay, expiry);
+    }
+
+    /// A will the registry made due: `Some` to publish now ([`Ownership::will_due`]).
+    pub fn will_due(&self, client_id: &Arc<str>, will: Will) -> Option<Will> {
+        self.ownership.will_due(client_id, will)
     }
 
     /// Tells connection `connection_id` to let `client_id` go (v5 DISCONNECT 0x8E), if it
@@ -548,10 +580,10 @@ impl Registry {
         }
     }
 
-    /// Takes `client_id`'s parked session out, with its delayed will (cancelled: the
-    /// session resumes on another node, [MQTT-3.1.3-9]), when no connection here serves
-    /// it; the caller moves it elsewhere.
-    pub fn take_parked(&self, client_id: &str) -> Option<SessionState> {
+    /// Takes `client_id`'s parked session out, with its delayed will, when no connection
+    /// here serves it; the caller moves it elsewhere, and cancels the will (the session
+    /// resumes there, [MQTT-3.1.3-9]) or publishes it (it ends there).
+    pub fn take_parked(&self, client_id: &str) -> Option<(SessionState, Option<Will>)> {
         let mut inner = self.lock();
         let slot = inner.slots.get_mut(client_id)?;
         if slot.owner.is_some() {
@@ -559,7 +591,8 @@ impl Registry {
         }
         let state = *slot.parked.take()?;
         slot.expires_at = None;
-        if slot.will.take().is_some()
+        let will = slot.will.take().map(|pending| pending.will);
+        if will.is_some()
             && let Some(journal) = state.mailbox.journal()
         {
             journal.will_delete();
@@ -568,7 +601,7 @@ impl Registry {
             inner.slots.remove(client_id);
         }
         inner.parked -= 1;
-        Some(state)
+        Some((state, will))
     }
 
     /// Expires sessions and publishes delayed wills that are due.
@@ -922,8 +955,9 @@ mod tests {
         // Parked: the id stays claimed (a cluster node is then asked for the session).
         assert!(released.lock().unwrap().is_empty());
         assert_eq!(registry.parked_len(), 1);
-        let state = registry.take_parked("p").expect("parked");
+        let (state, will) = registry.take_parked("p").expect("parked");
         assert_eq!(state.expiry_interval, 60);
+        assert_eq!(will.expect("its delayed will").topic, "wills/p");
         assert_eq!(registry.parked_len(), 0);
         assert!(registry.is_empty());
         // The delayed will went with it: nothing falls due here.
@@ -960,7 +994,10 @@ mod tests {
         let stats = Stats::default();
         let id: Arc<str> = "c".into();
         let (first, _) = registry.attach(&stats, id.clone(), true, 1).await;
-        assert!(registry.claim(&id, 1).is_none(), "no claim by default");
+        assert!(
+            registry.claim(&id, 1, true).is_none(),
+            "no claim by default"
+        );
         // Connection 2 of this node takes the id over; connection 1 still holds it when it
         // detaches (the registry hands it over after), so it releases: a cluster's release
         // expects its own KV revision, which connection 2's claim then moves on.

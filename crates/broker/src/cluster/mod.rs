@@ -24,6 +24,7 @@ pub mod retained;
 pub mod sessions;
 pub mod shared;
 pub mod subject;
+pub mod wills;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -135,6 +135,10 @@ struct Leave {
     client_id: String,
     incarnation: u64,
     connection: u64,
+    /// The new connection starts a clean session: a delayed will of the session handed
+    /// over is published, not cancelled (the session ends).
+    #[serde(default)]
+    clean_start: bool,
 }
 
 /// Why a CONNECT cannot be served now (CONNACK 0x88).
@@ -166,6 +170,8 @@ pub struct Owners {
     nodes: kv::Store,
     /// Parked persistent sessions' state (`sessions.rs`), keyed like `owners`.
     sessions: kv::Store,
+    /// Wills kept cluster-wide (`wills.rs`).
+    pub wills: Arc<super::wills::Wills>,
     /// The KV revision each local connection's claim wrote, by client id, for its release.
     held: Held,
     /// Nodes heard from, with when.
@@ -305,18 +311,26 @@ impl Owners {
                 )
                 .await?;
                 let sessions = bucket(&js, super::sessions::bucket_config()).await?;
+                let wills = bucket(&js, super::wills::bucket_config()).await?;
                 let requests = client
                     .subscribe(control_subject(&config.node_id))
                     .await
                     .map_err(|e| e.to_string())?;
                 // The subscription reaches the server before any CONNECT is accepted.
                 client.flush().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((client, owners, nodes, sessions, requests))
+                Ok::<_, String>((client, owners, nodes, sessions, wills, requests))
             };
             match attempt.await {
-                Ok((client, owners, nodes, sessions, requests)) => {
+                Ok((client, owners, nodes, sessions, wills, requests)) => {
+                    let node: Arc<str> = Arc::from(config.node_id.as_str());
                     return Ok(Arc::new(Self {
-                        node: Arc::from(config.node_id.as_str()),
+                        wills: super::wills::Wills::new(
+                            node.clone(),
+                            incarnation,
+                            client.clone(),
+                            wills,
+                        ),
+                        node,
                         incarnation,
                         started_at_ms: now_millis(),
                         client,
@@ -361,8 +375,9 @@ impl Owners {
         self: Arc<Self>,
         client_id: Arc<str>,
         connection: u64,
+        clean_start: bool,
     ) -> Result<Option<Bytes>, Unavailable> {
-        let result = self.claim_inner(&client_id, connection).await;
+        let result = self.claim_inner(&client_id, connection, clean_start).await;
         if result.is_err() {
             Stats::add(&self.stats.refused, 1);
         }
@@ -373,6 +388,7 @@ impl Owners {
         &self,
         client_id: &Arc<str>,
         connection: u64,
+        clean_start: bool,
     ) -> Result<Option<Bytes>, Unavailable> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err("the cluster's NATS is unreachable");
@@ -410,17 +426,38 @@ impl Owners {
             return Ok(None);
         };
         if *previous.node == *self.node {
-            // A connection of this node was already told to go by the registry; one of
-            // a previous incarnation is gone. A session record of this id describes a
-            // parked session, not the one now connected.
+            // A connection of this node was already told to go by the registry (which
+            // also decided its will); one of a previous incarnation is gone, and the will
+            // it left is settled here. A session record of this id describes a parked
+            // session, not the one now connected.
             self.forget_session(&key);
+            if previous.incarnation != self.incarnation {
+                self.wills.settle(client_id, clean_start);
+            }
             return Ok(None);
         }
+        let handed = self.displace(client_id, &key, previous, clean_start).await;
+        // After the old node's answer, which comes once it fired or cancelled its own
+        // will: what is left is a dead (or unanswering) holder's.
+        self.wills.settle(client_id, clean_start);
+        Ok(handed)
+    }
+
+    /// Asks `previous`, on another node, to let `client_id` go; the session it hands over
+    /// (or recorded, if its node is gone).
+    async fn displace(
+        &self,
+        client_id: &Arc<str>,
+        key: &str,
+        previous: Holder,
+        clean_start: bool,
+    ) -> Option<Bytes> {
         Stats::add(&self.stats.takeovers_sent, 1);
         let leave = Leave {
             client_id: client_id.to_string(),
             incarnation: previous.incarnation,
             connection: previous.connection,
+            clean_start,
         };
         let payload = Bytes::from(serde_json::to_vec(&leave).unwrap_or_default());
         let request = self
@@ -429,14 +466,14 @@ impl Owners {
         match tokio::time::timeout(LEAVE_TIMEOUT, request).await {
             // The session, when the old node parked one (see `sessions.rs`).
             Ok(Ok(reply)) if reply.payload.len() > 1 => {
-                self.forget_session(&key);
-                return Ok(Some(reply.payload));
+                self.forget_session(key);
+                return Some(reply.payload);
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                 tracing::debug!(client_id = %client_id, node = %previous.node, "cluster: the client id's previous node is gone");
                 // What that node recorded of the session when it parked it.
-                return Ok(super::sessions::restore_record(&self.sessions, &key).await);
+                return super::sessions::restore_record(&self.sessions, key).await;
             }
             Ok(Err(e)) => {
                 Stats::add(&self.stats.leave_timeouts, 1);
@@ -447,8 +484,8 @@ impl Owners {
                 tracing::warn!(client_id = %client_id, node = %previous.node, "cluster: the client id's previous node did not let go in time; serving the new connection");
             }
         }
-        self.forget_session(&key);
-        Ok(None)
+        self.forget_session(key);
+        None
     }
 
     /// `connection` let go of `client_id` other than by being taken over from another
@@ -524,15 +561,17 @@ impl Owners {
         broker: Arc<Broker>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
-        vec![
+        let mut tasks = vec![
             tokio::spawn(control_loop(self.clone(), broker.clone(), shutdown.clone())),
             tokio::spawn(heartbeat_loop(
                 self.clone(),
                 broker.clone(),
                 shutdown.clone(),
             )),
-            tokio::spawn(watch_nodes(self.clone(), shutdown)),
-        ]
+            tokio::spawn(watch_nodes(self.clone(), shutdown.clone())),
+        ];
+        tasks.extend(self.wills.start(self.clone(), broker, shutdown));
+        tasks
     }
 }
 
@@ -560,17 +599,27 @@ async fn control_loop(
         };
         let (owners, broker) = (owners.clone(), broker.clone());
         tokio::spawn(async move {
-            let client_id = leave.client_id.clone();
+            let client_id: Arc<str> = Arc::from(leave.client_id.as_str());
             let this_run = leave.incarnation == owners.incarnation;
+            let clean_start = leave.clean_start;
             let left = leave_here(&owners, &broker, leave).await;
             // A persistent session parked here (just now, or since its client went away)
             // moves with the client id (`sessions.rs`).
-            let handed = this_run
-                .then(|| {
-                    let max = owners.client.server_info().max_payload;
-                    super::sessions::take_for_handover(&broker, &client_id, max)
-                })
-                .flatten();
+            let mut handed = None;
+            if this_run {
+                let max = owners.client.server_info().max_payload;
+                let will;
+                (handed, will) = super::sessions::take_for_handover(&broker, &client_id, max);
+                // Its delayed will: the session ends with a clean start, else resumes.
+                match will {
+                    Some(will) if clean_start => owners.wills.fire(&client_id, will),
+                    Some(_) => owners.wills.cancel(&client_id, None),
+                    None => {}
+                }
+                // The new holder settles what is left of the will record after this
+                // node fired or cancelled its own.
+                owners.wills.barrier(&client_id).await;
+            }
             let answer =
                 handed.unwrap_or_else(|| Bytes::from_static(if left { b"1" } else { b"0" }));
             let _ = owners.client.publish(reply, answer).await;
@@ -705,10 +754,12 @@ impl Ownership for ClusterOwnership {
         }
     }
 
-    fn claim(&self, client_id: &Arc<str>, connection_id: u64) -> Option<Claim> {
-        Some(Box::pin(
-            self.0.clone().claim(client_id.clone(), connection_id),
-        ))
+    fn claim(&self, client_id: &Arc<str>, connection_id: u64, clean_start: bool) -> Option<Claim> {
+        Some(Box::pin(self.0.clone().claim(
+            client_id.clone(),
+            connection_id,
+            clean_start,
+        )))
     }
 
     fn release(&self, client_id: &Arc<str>, connection_id: u64) {
@@ -721,6 +772,28 @@ impl Ownership for ClusterOwnership {
 
     fn parked(&self, client_id: &Arc<str>, record: Bytes, expires_at: Option<u64>) {
         self.0.record_session(client_id, record, expires_at);
+    }
+
+    fn will_accepted(
+        &self,
+        client_id: &Arc<str>,
+        connection_id: u64,
+        will: Option<&midge_proto::Will>,
+        delay: u32,
+        expiry: u32,
+    ) {
+        self.0
+            .wills
+            .accepted(client_id, connection_id, will, delay, expiry);
+    }
+
+    fn will_due(&self, client_id: &Arc<str>, will: midge_proto::Will) -> Option<midge_proto::Will> {
+        self.0.wills.fire(client_id, will);
+        None
+    }
+
+    fn will_cancelled(&self, client_id: &Arc<str>, connection_id: Option<u64>) {
+        self.0.wills.cancel(client_id, connection_id);
     }
 }
 

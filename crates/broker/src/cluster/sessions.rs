@@ -355,9 +355,25 @@ pub async fn restore_record(
 
 /// Takes `client_id`'s parked session out of this node for a hand-over to another node:
 /// its subscriptions leave the router, its queue closes. `None` when none is parked here
-/// (a clean session, or it ended).
-pub fn take_for_handover(broker: &Broker, client_id: &str, max: usize) -> Option<Bytes> {
-    let state = broker.registry.take_parked(client_id)?;
+/// (a clean session, or it ended). The session's delayed will comes out with it, for the
+/// caller to cancel or publish.
+pub fn take_for_handover(
+    broker: &Broker,
+    client_id: &str,
+    max: usize,
+) -> (Option<Bytes>, Option<midge_proto::Will>) {
+    let Some((state, will)) = broker.registry.take_parked(client_id) else {
+        return (None, None);
+    };
+    (encode_handover(broker, client_id, state, max), will)
+}
+
+fn encode_handover(
+    broker: &Broker,
+    client_id: &str,
+    state: SessionState,
+    max: usize,
+) -> Option<Bytes> {
     for filter in state.subscriptions.keys() {
         broker.router.unsubscribe_mailbox(filter, &state.mailbox);
     }

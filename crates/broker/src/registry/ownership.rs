@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use midge_proto::Will;
 use tokio::sync::oneshot;
 
 use crate::mailbox::{Control, Mailbox};
@@ -29,10 +30,15 @@ pub trait Ownership: Send + Sync + fmt::Debug {
     /// request to leave: the request's answer, to send once the session is parked.
     fn unanswered(&self, mailbox: &Mailbox) -> Option<oneshot::Sender<()>>;
 
-    /// After connection `connection_id` attached `client_id` here: what claims the id
-    /// beyond this process, awaited before CONNACK. `None` (the single node): nothing to
-    /// wait for, and nothing allocated.
-    fn claim(&self, _client_id: &Arc<str>, _connection_id: u64) -> Option<Claim> {
+    /// After connection `connection_id` attached `client_id` here (with `clean_start`):
+    /// what claims the id beyond this process, awaited before CONNACK. `None` (the single
+    /// node): nothing to wait for, and nothing allocated.
+    fn claim(
+        &self,
+        _client_id: &Arc<str>,
+        _connection_id: u64,
+        _clean_start: bool,
+    ) -> Option<Claim> {
         None
     }
 
@@ -49,6 +55,30 @@ pub trait Ownership: Send + Sync + fmt::Debug {
     /// `client_id`'s session was parked until `expires_at` (`None`: never), as
     /// `record` says (called without the registry's lock).
     fn parked(&self, _client_id: &Arc<str>, _record: bytes::Bytes, _expires_at: Option<u64>) {}
+
+    /// Connection `connection_id` of `client_id` was accepted (claimed) with a will due
+    /// `delay` seconds after it ends, in a session expiring `expiry` seconds after it;
+    /// `will` is `None` when it is not to be kept beyond this process. Only called when
+    /// [`Ownership::claim`] gave a claim.
+    fn will_accepted(
+        &self,
+        _client_id: &Arc<str>,
+        _connection_id: u64,
+        _will: Option<&Will>,
+        _delay: u32,
+        _expiry: u32,
+    ) {
+    }
+
+    /// `client_id`'s will is due here: given back to be published now (the single node),
+    /// or taken, to be published once no other node can (a cluster).
+    fn will_due(&self, _client_id: &Arc<str>, will: Will) -> Option<Will> {
+        Some(will)
+    }
+
+    /// `client_id`'s will was cancelled here: the session resumed, or connection
+    /// `connection_id` ended without one (called without the registry's lock).
+    fn will_cancelled(&self, _client_id: &Arc<str>, _connection_id: Option<u64>) {}
 }
 
 /// The single node's ownership: every client id is held in this process, and its holder
