@@ -222,7 +222,7 @@ async fn a_normal_disconnect_leaves_no_will_anywhere() {
 /// B and once on A; no survivor publishes it again.
 #[tokio::test]
 async fn a_dropped_connection_on_a_live_node_publishes_its_will_once() {
-    let (_dir, nats, n, _dirs) = nodes("wills-drop", &["a", "b"]).await;
+    let (_dir, nats, mut n, _dirs) = nodes("wills-drop", &["a", "b"]).await;
     let mut on_a = subscriber(&nats, "a", n[0].port, "sub-a", "will/e").await;
     let mut on_b = subscriber(&nats, "b", n[1].port, "sub-b", "will/e").await;
     let (client, _) = connect(n[0].port, &connect_v311_will("dropped", "will/e")).await;
@@ -239,4 +239,58 @@ async fn a_dropped_connection_on_a_live_node_publishes_its_will_once() {
             "published twice"
         );
     }
+    // Its record went when A published it: A dying leaves nothing for B to publish.
+    drop(on_a);
+    n[0].kill();
+    assert!(
+        next_will(&mut on_b, DEAD_NODE_WILL_WITHIN).await.is_none(),
+        "published again after its node died"
+    );
+}
+
+/// A node SIGKILLed and restarted at once with the same node id (the others never see it
+/// gone): the restarted node publishes the wills its previous run left, once.
+#[tokio::test]
+async fn a_restarted_node_publishes_the_wills_of_its_previous_run() {
+    let (_dir, nats, mut n, _dirs) = nodes("wills-restart", &["a", "b"]).await;
+    let mut on_b = subscriber(&nats, "b", n[1].port, "sub-b", "will/s").await;
+    let (_client, _) = connect(n[0].port, &connect_v311_will("crashed", "will/s")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    n[0].crash_and_restart().await;
+    let will = next_will(&mut on_b, DEAD_NODE_WILL_WITHIN)
+        .await
+        .unwrap_or_else(|| panic!("no will\n{}", n[0].last_log()));
+    assert_eq!(will.payload, b"will of crashed");
+    assert!(
+        next_will(&mut on_b, NO_DUPLICATE_FOR).await.is_none(),
+        "published twice"
+    );
+}
+
+/// A session parked on A with a delayed will, taken over from B: resumed, the will is
+/// cancelled; with a clean start the session ends and its will is published at once, as
+/// on one node [MQTT-3.1.3-9].
+#[tokio::test]
+async fn a_clean_start_elsewhere_publishes_a_parked_sessions_delayed_will() {
+    let (_dir, nats, n, _dirs) = nodes("wills-takeover", &["a", "b"]).await;
+    let mut on_b = subscriber(&nats, "b", n[1].port, "sub-b", "will/c").await;
+    for id in ["resumer", "restarter"] {
+        let (client, _) = connect(n[0].port, &connect_v5_will(id, true, 300, "will/c", 30)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Dropped: parked on A with its will pending for 30 s.
+        drop(client);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_resumed, present) = connect(n[1].port, &connect_v5("resumer", false, 300)).await;
+    assert!(present, "resumed on B");
+    let (_fresh, present) = connect(n[1].port, &connect_v5("restarter", true, 300)).await;
+    assert!(!present);
+    let will = next_will(&mut on_b, TIMEOUT)
+        .await
+        .expect("the clean start's will");
+    assert_eq!(will.payload, b"will of restarter");
+    assert!(
+        next_will(&mut on_b, NO_DUPLICATE_FOR).await.is_none(),
+        "the resumed session's will was published"
+    );
 }

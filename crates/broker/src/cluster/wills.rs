@@ -711,10 +711,9 @@ async fn sweep_loop(
             pending = true;
         }
         live = listed;
-        if !first_done && started.elapsed() >= NODE_TTL + HEARTBEAT {
-            pending = true;
-        }
-        if !pending {
+        // Not before every live node has been heard from: a node not yet listed would
+        // look dead.
+        if started.elapsed() < NODE_TTL + HEARTBEAT || (first_done && !pending) {
             continue;
         }
         match wills.sweep(&live, &seen, &broker, &shutdown).await {
