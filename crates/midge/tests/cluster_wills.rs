@@ -142,26 +142,27 @@ async fn a_killed_nodes_will_is_published_once_by_the_survivors() {
     }
 }
 
-/// (b) A will delayed 10 s, its node killed: it arrives after the delay, not before.
+/// (b) A will delayed 12 s, its node killed: it arrives after the delay, not before.
 #[tokio::test]
 async fn a_delayed_will_of_a_killed_node_waits_for_its_delay() {
     let (_dir, nats, mut n, _dirs) = nodes("wills-delay", &["a", "b"]).await;
     let mut on_b = subscriber(&nats, "b", n[1].port, "sub-b", "will/d").await;
-    let (_client, _) = connect(n[0].port, &connect_v5_will("late", true, 300, "will/d", 10)).await;
+    let (_client, _) = connect(n[0].port, &connect_v5_will("late", true, 300, "will/d", 12)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     n[0].kill();
     let killed = Instant::now();
-    // Counted from A's last heartbeat, at most a second before the kill.
+    // Counted from A's last heartbeat, a second (or, on a loaded machine, a little more)
+    // before the kill; the survivors know A is gone after 5 s.
     assert!(
         next_will(&mut on_b, Duration::from_secs(8)).await.is_none(),
         "published before its delay"
     );
-    let will = next_will(&mut on_b, Duration::from_secs(10))
+    let will = next_will(&mut on_b, Duration::from_secs(12))
         .await
         .unwrap_or_else(|| panic!("no will\n{}", n[1].last_log()));
     assert_eq!(will.payload, b"will of late");
     assert!(
-        killed.elapsed() >= Duration::from_secs(9),
+        killed.elapsed() >= Duration::from_secs(8),
         "{:?}",
         killed.elapsed()
     );
