@@ -605,6 +605,12 @@ async fn cluster_nodes(State(context): State<AdminContext>) -> ApiResult {
             "refused": counter(&stats.refused),
             "leave_timeouts": counter(&stats.leave_timeouts),
         },
+        "wills": {
+            "written": counter(&owners.wills.stats.written),
+            "not_written": counter(&owners.wills.stats.not_written),
+            "claimed": counter(&owners.wills.stats.claimed),
+            "lost_race": counter(&owners.wills.stats.lost_race),
+        },
     })))
 }
 

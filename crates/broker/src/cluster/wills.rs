@@ -224,7 +224,10 @@ enum Op {
 pub struct WillStats {
     /// Records written.
     pub written: std::sync::atomic::AtomicU64,
-    /// Wills published from records this node claimed (of other nodes, or settled).
+    /// Wills kept on their node only: too large, not authorized, or JetStream unreachable.
+    pub not_written: std::sync::atomic::AtomicU64,
+    /// Wills this node published from records of other connections: a dead node's, its
+    /// own earlier run's, or one a CONNECT here displaced.
     pub claimed: std::sync::atomic::AtomicU64,
     /// Wills not published here because another node published or cancelled them first.
     pub lost_race: std::sync::atomic::AtomicU64,
@@ -619,11 +622,15 @@ async fn shard_loop(
                                     key,
                                     "cluster: will record not written (NATS JetStream unreachable); published by this node only"
                                 );
+                                Stats::add(&wills.stats.not_written, 1);
                                 None
                             }
                         }
                     }
-                    None => None,
+                    None => {
+                        Stats::add(&wills.stats.not_written, 1);
+                        None
+                    }
                 };
                 held.insert(key, (connection, revision));
             }
