@@ -48,7 +48,12 @@ fn connect_v5_will(
 
 /// CONNECT, MQTT 3.1.1, clean session, with a QoS 1 will on `topic`.
 fn connect_v311_will(client_id: &str, topic: &str) -> Vec<u8> {
-    let flags = 0x08 | 0x04 | 0x02;
+    connect_v311_will_flags(client_id, topic, 0x00)
+}
+
+/// [`connect_v311_will`] with more connect flags (0x20: will retain).
+fn connect_v311_will_flags(client_id: &str, topic: &str, more: u8) -> Vec<u8> {
+    let flags = 0x08 | 0x04 | 0x02 | more;
     let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, flags, 0x00, 0x3C];
     push_str(&mut body, client_id.as_bytes());
     push_str(&mut body, topic.as_bytes());
@@ -118,7 +123,8 @@ async fn a_killed_nodes_will_is_published_once_by_the_survivors() {
     let (_dir, nats, mut n, _dirs) = nodes("wills-killed", &["a", "b", "c"]).await;
     let mut on_b = subscriber(&nats, "b", n[1].port, "sub-b", "will/t").await;
     let mut on_c = subscriber(&nats, "c", n[2].port, "sub-c", "will/t").await;
-    let (_client, _) = connect(n[0].port, &connect_v311_will("dying", "will/t")).await;
+    // Retained: it reaches the cluster's retained bucket through the survivor too.
+    let (_client, _) = connect(n[0].port, &connect_v311_will_flags("dying", "will/t", 0x20)).await;
     // The record's write is queued after CONNACK: give it its round trip.
     tokio::time::sleep(Duration::from_millis(300)).await;
     n[0].kill();
@@ -139,6 +145,16 @@ async fn a_killed_nodes_will_is_published_once_by_the_survivors() {
             next_will(sub, NO_DUPLICATE_FOR).await.is_none(),
             "published twice"
         );
+    }
+    // Retained cluster-wide: a later subscriber on either survivor gets it.
+    for port in [n[1].port, n[2].port] {
+        let (mut late, _) = connect(port, &connect_v311("late", true)).await;
+        subscribe_to(&mut late, 1, "will/t", 1).await;
+        let retained = next_will(&mut late, TIMEOUT)
+            .await
+            .expect("the retained will");
+        assert!(retained.retain, "{retained:?}");
+        assert_eq!(retained.payload, b"will of dying");
     }
 }
 
