@@ -170,6 +170,24 @@ impl Nats {
         }
     }
 
+    /// Waits until this server knows the JetStream meta leader of its NATS cluster. A node
+    /// started before that waits for its first JetStream request to time out (10 s).
+    pub async fn wait_meta_leader(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let jsz = self.monitoring("/jsz").expect("jsz");
+            if jsz["meta_cluster"]["leader"]
+                .as_str()
+                .is_some_and(|leader| !leader.is_empty())
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no JetStream meta leader: {jsz}");
+            // The election has no other signal than the monitoring endpoint.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until node `node` is subscribed to exactly `subjects` (sorted).
     pub async fn wait_subjects(&self, node: &str, subjects: &[&str]) {
         let deadline = Instant::now() + TIMEOUT;
