@@ -55,36 +55,6 @@ async fn publish_until(mut raw: Raw, name: &str, first: u32, stop: Instant) -> (
     (acked, true)
 }
 
-/// Publishes probes on `topic` until the subscriber sees one: NATS carries a new
-/// subscription's interest to the other servers asynchronously.
-async fn until_seen(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
-    let deadline = Instant::now() + START_TIMEOUT;
-    let mut packet_id = 1;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "{topic} never crossed the cluster"
-        );
-        publish_acked(publisher, 0, topic, packet_id, b"probe").await;
-        packet_id += 1;
-        if let Some(p) = subscriber
-            .recv_within(Duration::from_millis(200))
-            .await
-            .unwrap()
-        {
-            assert_eq!(p.publish(false).topic, topic);
-            // Drain later probes already on their way.
-            while subscriber
-                .recv_within(Duration::from_millis(200))
-                .await
-                .unwrap()
-                .is_some()
-            {}
-            return;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_killed_node_pauses_nothing_between_the_others_and_its_publisher_moves_on() {
     let dir = TestDir::new("failure-kill");
