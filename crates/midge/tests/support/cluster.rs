@@ -305,6 +305,36 @@ pub async fn subscribe_to(raw: &mut Raw, packet_id: u16, filter: &str, qos: u8) 
     assert_eq!(suback.body.last(), Some(&qos), "granted QoS");
 }
 
+/// Publishes probes on `topic` until the subscriber sees one: NATS carries a new
+/// subscription's interest to the other servers asynchronously.
+pub async fn until_seen(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut packet_id = 1;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{topic} never crossed the cluster"
+        );
+        publish_acked(publisher, 0, topic, packet_id, b"probe").await;
+        packet_id += 1;
+        if let Some(p) = subscriber
+            .recv_within(Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            assert_eq!(p.publish(false).topic, topic);
+            // Drain later probes already on their way.
+            while subscriber
+                .recv_within(Duration::from_millis(200))
+                .await
+                .unwrap()
+                .is_some()
+            {}
+            return;
+        }
+    }
+}
+
 /// The properties of a v5 PUBLISH body (after the topic and, for QoS > 0, the packet id),
 /// as (identifier, value bytes), and the payload. Knows the properties these tests send.
 pub fn v5_publish_properties(body: &[u8], qos: u8) -> (Vec<(u8, Vec<u8>)>, Vec<u8>) {
