@@ -200,10 +200,11 @@ impl Shared {
     pub async fn connect(config: &ClusterConfig) -> Result<Self, ClusterError> {
         let mut delay = Duration::from_millis(100);
         let client = loop {
-            let options = super::options(config)
+            match connect_options(config)
                 .await?
-                .name(format!("midge {} shared", config.node_id));
-            match options.connect(&config.nats_urls[..]).await {
+                .connect(&config.nats_urls[..])
+                .await
+            {
                 Ok(client) => break client,
                 Err(e) => {
                     tracing::warn!(node_id = %config.node_id, error = %e, retry_in_ms = delay.as_millis() as u64, "cluster: cannot open the shared-subscription connection to NATS");
@@ -265,6 +266,20 @@ impl Shared {
             )),
         ]
     }
+}
+
+/// The second connection's options. `no_echo`, like the first connection: a hand-over
+/// request must never come back to this node. Its hand-over subscription is still in
+/// the queue group when its last member's messages are handed over (the unsubscribe
+/// reaches NATS after the first requests), and with echo NATS gave this node about
+/// every other first request, which no member here answered: lost.
+async fn connect_options(
+    config: &ClusterConfig,
+) -> Result<async_nats::ConnectOptions, ClusterError> {
+    Ok(super::options(config)
+        .await?
+        .no_echo()
+        .name(format!("midge {} shared", config.node_id)))
 }
 
 /// A message for a group, with the group's full filter.
@@ -582,6 +597,18 @@ mod tests {
         );
         assert!(parse_handover(payload.slice(..4)).is_none(), "truncated");
         assert!(parse_handover(Bytes::from_static(b"\x00")).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_shared_connection_never_gets_its_own_hand_overs() {
+        let config: ClusterConfig = toml::from_str(
+            "backend = \"nats\"\nnode_id = \"n1\"\nnats_urls = [\"nats://127.0.0.1:4222\"]",
+        )
+        .expect("config");
+        let options = format!("{:?}", connect_options(&config).await.expect("options"));
+        // The options' Debug is the only way to read them back.
+        assert!(options.contains(r#""no_echo": true"#), "{options}");
+        assert!(options.contains(r#""midge n1 shared""#), "{options}");
     }
 
     #[test]
