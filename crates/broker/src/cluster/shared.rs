@@ -23,9 +23,10 @@
 //!   as on one node; what no local member takes is handed to another node: a NATS request
 //!   to the group's hand-over subject ([`handover_subject`], in the same queue group),
 //!   answered by the node that queued it. The leaving node's second connection is also
-//!   `no_echo`, so the request never comes back to it. A message NATS gave a node whose
-//!   last member left a moment before is handed over the same way, once. A hand-over no
-//!   node takes (no member left in the cluster) is counted as dropped.
+//!   `no_echo`, so the request never comes back to it ([`connect_options`]). A message
+//!   NATS gave a node whose last member left a moment before is handed over the same way,
+//!   once (one still on its way when the node unsubscribes can be lost: at most once). A
+//!   hand-over no node takes (no member left in the cluster) is counted as dropped.
 //!
 //! NATS picks among nodes, not members: a node with one member gets as many messages as a
 //! node with ten. Where nodes sit on different NATS servers, NATS prefers queue
