@@ -3,6 +3,12 @@
 // Each script drives a broker with mqtt.js clients, then prints one JSON line on stdout
 // describing what the clients observed; the Rust test that ran it asserts on that line. A
 // wait that times out throws (exit status 1, message on stderr), which the Rust side reports.
+//
+// Against a cluster (`--ports p1,p2,...`), each client a script creates connects to the next
+// node in turn, so publisher and subscriber sit on different nodes. What a single broker
+// guarantees at once spreads between nodes a moment later (subscription interest through
+// NATS, retained messages through the bucket), so in cluster mode only, `settle` and
+// `waitRetained` wait, bounded, until it has spread.
 
 import { parseArgs } from 'node:util'
 import mqtt from 'mqtt'
@@ -10,18 +16,29 @@ import mqtt from 'mqtt'
 // Every wait in a script is bounded by this many milliseconds.
 export const WAIT = 5000
 
+// Topics of the cluster-mode probes; no scenario's filter matches them.
+const PROBE = 'interop-probe'
+
 export function args (description) {
   const { values } = parseArgs({
     options: {
       host: { type: 'string' },
       port: { type: 'string' },
+      // A cluster's nodes, comma separated: clients connect to them in turn.
+      ports: { type: 'string' },
       protocol: { type: 'string' }
     }
   })
-  if (!values.host || !values.port || !['311', '5'].includes(values.protocol)) {
-    throw new Error(`usage: --host H --port P --protocol 311|5\n${description}`)
+  if (!values.host || !values.port === !values.ports || !['311', '5'].includes(values.protocol)) {
+    throw new Error(`usage: --host H (--port P | --ports P1,P2,...) --protocol 311|5\n${description}`)
   }
-  return { host: values.host, port: Number(values.port), v5: values.protocol === '5', protocol: values.protocol }
+  const ports = values.ports ? values.ports.split(',').map(Number) : null
+  return { host: values.host, port: Number(values.port), ports, placed: 0, v5: values.protocol === '5', protocol: values.protocol }
+}
+
+// The port the next client connects to: the broker's, or the next node's in turn.
+export function nextPort (a) {
+  return a.ports ? a.ports[a.placed % a.ports.length] : a.port
 }
 
 // Prints the result line the Rust test parses, then ends the process (an mqtt.js client
@@ -81,13 +98,21 @@ function propertiesJson (props) {
 
 // An mqtt.js client with a queue of received messages.
 export class Client {
-  // `options` are mqtt.js connect options added to the defaults below.
-  constructor (a, clientId, options = {}) {
+  // `options` are mqtt.js connect options added to the defaults below. A given `port` (a
+  // probe's) does not take a turn among the nodes.
+  constructor (a, clientId, options = {}, port = null) {
+    this.a = a
+    this.clientId = clientId
+    if (port === null) {
+      port = nextPort(a)
+      a.placed++
+    }
+    this.port = port
     this.messages = []
     this.waiters = []
     this.mqtt = mqtt.connect({
       host: a.host,
-      port: a.port,
+      port,
       protocolVersion: a.v5 ? 5 : 4,
       clientId,
       reconnectPeriod: 0,
@@ -125,6 +150,10 @@ export class Client {
     return granted.map((g) => g.qos)
   }
 
+  unsubscribe (topic) {
+    return withTimeout(this.mqtt.unsubscribeAsync(topic), 'UNSUBACK')
+  }
+
   publish (topic, payload, options) {
     return withTimeout(this.mqtt.publishAsync(topic, payload, options), 'acknowledgement')
   }
@@ -153,4 +182,89 @@ export class Client {
     this.mqtt.options.reconnectPeriod = 0
     this.mqtt.stream.resetAndDestroy()
   }
+}
+
+// ---- cluster mode: waiting until what one node did has spread to the others ----
+
+// True when a message with payload `token` reaches `client` within `within` ms.
+async function arrives (client, token, within) {
+  const hex = Buffer.from(token).toString('hex')
+  const deadline = Date.now() + within
+  for (;;) {
+    const at = client.messages.findIndex((m) => m.payload === hex)
+    client.messages.splice(0, at + 1)
+    if (at >= 0) return true
+    const left = deadline - Date.now()
+    if (left <= 0) return false
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, left)
+      client.waiters.push(() => { clearTimeout(timer); resolve() })
+    })
+  }
+}
+
+// Cluster mode: resolves once every other node routes to the subscriptions `client` made
+// so far (`shared`: they are shared subscriptions, whose interest travels on a connection
+// of its own). SUBACK comes before the other nodes know of a subscription. A node hands
+// its subscriptions' interest to NATS in the order they were made, and NATS passes it on
+// in order, so a probe subscription made on the same node afterwards, that a message from
+// each other node reaches, shows the earlier ones are known there.
+export async function settle (client, shared = false) {
+  const a = client.a
+  if (!a.ports) return
+  const topic = `${PROBE}/${client.clientId}`
+  const listener = new Client(a, `${PROBE}-${client.clientId}`, {}, client.port)
+  await listener.connected()
+  await listener.subscribe(shared ? `$share/${PROBE}/${topic}` : topic, 0)
+  for (const port of a.ports) {
+    if (port === client.port) continue
+    const prober = new Client(a, `${PROBE}-${client.clientId}-${port}`, {}, port)
+    await prober.connected()
+    const token = String(port)
+    const deadline = Date.now() + WAIT
+    for (;;) {
+      await prober.publish(topic, token, { qos: 0 })
+      if (await arrives(listener, token, 50)) break
+      if (Date.now() > deadline) {
+        throw new Error(`${client.clientId}'s subscriptions not known on node ${port} within ${WAIT} ms`)
+      }
+    }
+    await prober.end()
+  }
+  await listener.end()
+}
+
+// Cluster mode: resolves once the retained messages `publisher` published so far are
+// visible on the node at `port`. A node writes its retained changes to the bucket one at a
+// time, in order, and every node applies the bucket in order, so a marker retained last,
+// seen there, shows the earlier changes are.
+export async function waitRetained (publisher, port) {
+  const a = publisher.a
+  if (!a.ports) return
+  const topic = `${PROBE}/retained/${publisher.clientId}`
+  const token = `${process.hrtime.bigint()}`
+  await publisher.publish(topic, token, { qos: 1, retain: true })
+  const reader = new Client(a, `${PROBE}-${publisher.clientId}-reader`, {}, port)
+  await reader.connected()
+  const deadline = Date.now() + WAIT
+  for (;;) {
+    // A retained message in the node's mirror comes right after SUBACK.
+    await reader.subscribe(topic, 0)
+    const seen = await arrives(reader, token, 50)
+    await reader.unsubscribe(topic)
+    if (seen) break
+    if (Date.now() > deadline) throw new Error(`retained marker not visible on node ${port} within ${WAIT} ms`)
+  }
+  await reader.end()
+}
+
+// Cluster mode: a client on `client`'s node subscribed to `filter` at QoS 1. The node
+// routes a message to all its matching subscriptions at once, so what the watcher got,
+// `client`'s (possibly offline) session got too. Null on a single broker.
+export async function watcher (client, filter) {
+  if (!client.a.ports) return null
+  const watch = new Client(client.a, `${PROBE}-${client.clientId}-watcher`, {}, client.port)
+  await watch.connected()
+  await watch.subscribe(filter, 1)
+  return watch
 }

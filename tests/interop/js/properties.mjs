@@ -3,7 +3,7 @@
 // overlapping subscriptions give one copy carrying both subscription identifiers; with a
 // Topic Alias Maximum set by the subscriber, the broker's outgoing topic aliases resolve
 // to the right topic in mqtt.js.
-import { Client, args, emit, run } from './common.mjs'
+import { Client, args, emit, run, settle } from './common.mjs'
 
 run(async () => {
   const a = args('properties')
@@ -17,6 +17,7 @@ run(async () => {
   await sub.connected()
   await sub.subscribe('interop/props/#', 1, { subscriptionIdentifier: 7 })
   await sub.subscribe('interop/props/+/x', 0, { subscriptionIdentifier: 9 })
+  await settle(sub)
 
   const pub = new Client(a, 'mqttjs-properties-pub')
   await pub.connected()

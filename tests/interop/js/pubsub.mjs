@@ -1,7 +1,7 @@
 // Publish/subscribe at QoS 0, 1 and 2 between two mqtt.js clients: payloads of several
 // sizes must arrive intact, in order, at the QoS of the subscription; a QoS 2 message to a
 // QoS 1 subscription arrives at QoS 1.
-import { Client, args, emit, pattern, run } from './common.mjs'
+import { Client, args, emit, pattern, run, settle } from './common.mjs'
 
 const SIZES = [0, 1, 300, 70000, 5]
 
@@ -12,6 +12,7 @@ run(async () => {
   const granted = []
   for (const qos of [0, 1, 2]) granted.push(...await sub.subscribe(`interop/pubsub/q${qos}`, qos))
   granted.push(...await sub.subscribe('interop/pubsub/down', 1))
+  await settle(sub)
 
   const pub = new Client(a, `mqttjs-pubsub-pub-${a.protocol}`)
   await pub.connected()

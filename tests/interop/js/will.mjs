@@ -1,12 +1,13 @@
 // Wills: a client whose connection is reset without DISCONNECT has its will published
 // (with its v5 will properties); a client that sends a normal DISCONNECT does not.
-import { Client, args, emit, run } from './common.mjs'
+import { Client, args, emit, run, settle } from './common.mjs'
 
 run(async () => {
   const a = args('will')
   const sub = new Client(a, `mqttjs-will-sub-${a.protocol}`)
   await sub.connected()
   await sub.subscribe('interop/will/#', 1)
+  await settle(sub)
 
   const polite = new Client(a, `mqttjs-will-polite-${a.protocol}`, {
     will: { topic: 'interop/will/polite', payload: Buffer.from('must not be sent'), qos: 1, retain: false }

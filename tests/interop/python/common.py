@@ -7,6 +7,7 @@ status 1, traceback on stderr), which the Rust side reports.
 """
 
 import argparse
+import itertools
 import json
 import queue
 import socket
@@ -22,13 +23,41 @@ from paho.mqtt.properties import Properties
 # Every wait in a script is bounded by this many seconds.
 WAIT = 5.0
 
+# Topics of the cluster-mode probes; no scenario's filter matches them.
+PROBE = "interop-probe"
+
+
+class _Parser(argparse.ArgumentParser):
+    def parse_args(self, *a, **kw):
+        args = super().parse_args(*a, **kw)
+        if (args.port is None) == (args.ports is None):
+            self.error("give either --port (one broker) or --ports (the nodes of a cluster)")
+        return args
+
+
+def _ports(text):
+    return [int(p) for p in text.split(",")]
+
 
 def parser(description):
-    p = argparse.ArgumentParser(description=description)
+    p = _Parser(description=description)
     p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int)
+    p.add_argument("--ports", type=_ports,
+                   help="a cluster's nodes, comma separated: clients connect to them in turn")
     p.add_argument("--protocol", choices=["311", "5"], required=True)
     return p
+
+
+# How many clients took a node so far (cluster mode).
+_placed = itertools.count()
+
+
+def next_port(args):
+    """The port the next client connects to: the broker's, or the next node's in turn."""
+    if args.ports is None:
+        return args.port
+    return args.ports[next(_placed) % len(args.ports)]
 
 
 def emit(result):
@@ -79,9 +108,12 @@ class Client:
     """A paho client run by paho's network thread, with blocking, bounded helpers."""
 
     def __init__(self, args, client_id, clean=True, session_expiry=None, will=None,
-                 threaded=True):
+                 threaded=True, port=None):
         self.v5 = args.protocol == "5"
         self.args = args
+        self.client_id = client_id
+        # A given port (a probe's) does not take a turn among the nodes.
+        self.port = next_port(args) if port is None else port
         self.clean = clean
         self.session_expiry = session_expiry
         self.threaded = threaded
@@ -149,7 +181,7 @@ class Client:
                 kwargs["properties"] = props
         self.connected.clear()
         self.disconnected.clear()
-        self.paho.connect(self.args.host, self.args.port, **kwargs)
+        self.paho.connect(self.args.host, self.port, **kwargs)
         if self.threaded:
             self.paho.loop_start()
         self._wait(self.connected.is_set, "CONNACK")
@@ -188,6 +220,13 @@ class Client:
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise RuntimeError(f"subscribe failed: {result}")
         return self._wait_ack(mid, "SUBACK")
+
+    def unsubscribe(self, topic):
+        """Unsubscribes and waits for UNSUBACK."""
+        result, mid = self.paho.unsubscribe(topic)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise RuntimeError(f"unsubscribe failed: {result}")
+        return self._wait_ack(mid, "UNSUBACK")
 
     def publish(self, topic, payload, qos=0, retain=False, properties=None):
         """Publishes and waits until it is acknowledged (QoS 1/2) or written (QoS 0)."""
@@ -233,3 +272,89 @@ class Client:
         sock = self.paho.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
+
+
+# ---- cluster mode: waiting until what one node did has spread to the others ----
+
+def _arrives(client, token, within):
+    """True when a message with payload `token` reaches `client` within `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            if client.messages.get(timeout=left)["payload"] == token.hex():
+                return True
+        except queue.Empty:
+            return False
+
+
+def settle(client, shared=False):
+    """Cluster mode: returns once every other node routes to the subscriptions `client`
+    made so far (`shared`: they are shared subscriptions, whose interest travels on a
+    connection of its own). SUBACK comes before the other nodes know of a subscription.
+    A node hands its subscriptions' interest to NATS in the order they were made, and NATS
+    passes it on in order, so a probe subscription made on the same node afterwards, that
+    a message from each other node reaches, shows the earlier ones are known there."""
+    args = client.args
+    if args.ports is None:
+        return
+    topic = f"{PROBE}/{client.client_id}"
+    listener = Client(args, f"{PROBE}-{client.client_id}", port=client.port)
+    listener.connect()
+    listener.subscribe(f"$share/{PROBE}/{topic}" if shared else topic, 0)
+    for port in args.ports:
+        if port == client.port:
+            continue
+        prober = Client(args, f"{PROBE}-{client.client_id}-{port}", port=port)
+        prober.connect()
+        token = str(port).encode()
+        deadline = time.monotonic() + WAIT
+        while True:
+            prober.publish(topic, token, qos=0)
+            if _arrives(listener, token, 0.05):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{client.client_id}'s subscriptions not known on node "
+                                   f"{port} within {WAIT}s")
+        prober.disconnect()
+    listener.disconnect()
+
+
+def wait_retained(publisher, port):
+    """Cluster mode: returns once the retained messages `publisher` published so far are
+    visible on the node at `port`. A node writes its retained changes to the bucket one at
+    a time, in order, and every node applies the bucket in order, so a marker retained
+    last, seen there, shows the earlier changes are."""
+    args = publisher.args
+    if args.ports is None:
+        return
+    topic = f"{PROBE}/retained/{publisher.client_id}"
+    token = str(time.time_ns()).encode()
+    publisher.publish(topic, token, qos=1, retain=True)
+    reader = Client(args, f"{PROBE}-{publisher.client_id}-reader", port=port)
+    reader.connect()
+    deadline = time.monotonic() + WAIT
+    while True:
+        # A retained message in the node's mirror comes right after SUBACK.
+        reader.subscribe(topic, 0)
+        seen = _arrives(reader, token, 0.05)
+        reader.unsubscribe(topic)
+        if seen:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"retained marker not visible on node {port} within {WAIT}s")
+    reader.disconnect()
+
+
+def watcher(client, topic_filter):
+    """Cluster mode: a client on `client`'s node subscribed to `topic_filter` at QoS 1. The
+    node routes a message to all its matching subscriptions at once, so what the watcher
+    got, `client`'s (possibly offline) session got too. None on a single broker."""
+    if client.args.ports is None:
+        return None
+    watch = Client(client.args, f"{PROBE}-{client.client_id}-watcher", port=client.port)
+    watch.connect()
+    watch.subscribe(topic_filter, 1)
+    return watch

@@ -2,7 +2,7 @@
 disconnects; QoS 1 messages published meanwhile are queued and delivered in order when it
 returns with session present, without subscribing again; a QoS 0 message is not queued."""
 
-from common import Client, emit, parser
+from common import Client, emit, parser, settle, watcher
 
 args = parser(__doc__).parse_args()
 client_id = f"paho-persistent-{args.protocol}"
@@ -11,6 +11,9 @@ v5 = args.protocol == "5"
 sub = Client(args, client_id, clean=v5, session_expiry=300 if v5 else None)
 first = sub.connect()
 sub.subscribe("interop/persistent/#", 1)
+settle(sub)
+# Cluster mode: shows when the session's node has queued what is published elsewhere.
+watch = watcher(sub, "interop/persistent/#")
 sub.disconnect()
 
 pub = Client(args, f"paho-persistent-pub-{args.protocol}")
@@ -21,7 +24,11 @@ pub.publish("interop/persistent/t", b"qos0 while offline", qos=0)
 pub.publish("interop/persistent/t", b"two", qos=1)
 pub.publish("interop/persistent/t", b"three", qos=1)
 pub.disconnect()
+if watch is not None:
+    watch.expect(4)
+    watch.disconnect()
 
+# Cluster mode: on another node than the first time, so the session moves between nodes.
 back = Client(args, client_id, clean=False, session_expiry=300 if v5 else None)
 second = back.connect()
 received = back.expect(3)

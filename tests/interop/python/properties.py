@@ -6,7 +6,7 @@ remaining interval."""
 
 import time
 
-from common import Client, emit, parser, publish_properties
+from common import Client, emit, parser, publish_properties, settle, wait_retained
 
 args = parser(__doc__).parse_args()
 if args.protocol != "5":
@@ -16,6 +16,7 @@ sub = Client(args, "paho-properties-sub")
 sub.connect()
 sub.subscribe("interop/props/#", 1, subscription_id=7)
 sub.subscribe("interop/props/+/x", 0, subscription_id=9)
+settle(sub)
 
 pub = Client(args, "paho-properties-pub")
 pub.connect()
@@ -38,6 +39,7 @@ pub.publish("interop/props/expiring", b"ten seconds", qos=1, retain=True,
 # Time has to pass in the broker for the remaining interval to count down.
 time.sleep(1.1)
 late = Client(args, "paho-properties-late")
+wait_retained(pub, late.port)
 late.connect()
 late.subscribe("interop/props/expiring", 1)
 expiring = late.expect(1)

@@ -2,7 +2,7 @@
 (empty, small, and one larger than a single TCP read) must arrive intact, in order, at the
 QoS of the subscription; a QoS 2 message to a QoS 1 subscription arrives at QoS 1."""
 
-from common import Client, emit, parser, pattern
+from common import Client, emit, parser, pattern, settle
 
 SIZES = [0, 1, 300, 70000, 5]
 
@@ -11,6 +11,7 @@ sub = Client(args, f"paho-pubsub-sub-{args.protocol}")
 sub.connect()
 granted = [sub.subscribe(f"interop/pubsub/q{qos}", qos)[0] for qos in (0, 1, 2)]
 granted += sub.subscribe("interop/pubsub/down", 1)
+settle(sub)
 
 pub = Client(args, f"paho-pubsub-pub-{args.protocol}")
 pub.connect()

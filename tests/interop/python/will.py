@@ -4,12 +4,13 @@
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from common import Client, emit, parser
+from common import Client, emit, parser, settle
 
 args = parser(__doc__).parse_args()
 sub = Client(args, f"paho-will-sub-{args.protocol}")
 sub.connect()
 sub.subscribe("interop/will/#", 1)
+settle(sub)
 
 polite = Client(args, f"paho-will-polite-{args.protocol}",
                 will={"topic": "interop/will/polite", "payload": b"must not be sent", "qos": 1})

@@ -840,7 +840,8 @@ async fn publish(
         correlation_data: p.correlation_data.map(Bytes::from),
         user_properties: p.user_properties,
         ..PublishProperties::default()
-    };
+    }
+    .into();
     let outcome = context.broker.publish(message);
     Ok(Json(
         json!({"matched": outcome.delivered, "dropped": outcome.dropped}),

@@ -116,7 +116,8 @@ pub fn to_message(
             response_topic: properties.reply_to.as_deref().map(|r| r.replace('.', "/")),
             user_properties,
             ..PublishProperties::default()
-        },
+        }
+        .into(),
         expires_at,
         received_at: now,
         origin,

@@ -52,7 +52,7 @@ pub struct Message {
     pub retain: bool,
     /// Properties to forward. Topic alias, subscription identifiers and message expiry are
     /// per delivery and kept out of here.
-    pub properties: PublishProperties,
+    pub properties: Properties,
     /// Absolute expiry, from the publisher's Message Expiry Interval.
     pub expires_at: Option<Millis>,
     /// When the broker received it; the forwarded expiry interval is the remainder.
@@ -62,6 +62,92 @@ pub struct Message {
     /// What the message counts in the memory budget, from when the broker takes it on
     /// ([`Charge::new`] in `Broker::publish`, the retained store) until it is dropped.
     pub charge: Charge,
+}
+
+/// A message's v5 properties, boxed, and absent when there are none (most messages): the
+/// envelope is moved several times on its way into its `Arc`, and the properties would
+/// be over half of it. Reads go through `Deref`; a write makes the box.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PublishProperties>>);
+
+/// What a message without properties reads as.
+static NO_PROPERTIES: PublishProperties = PublishProperties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    topic_alias: None,
+    response_topic: None,
+    correlation_data: None,
+    user_properties: Vec::new(),
+    subscription_identifiers: Vec::new(),
+    content_type: None,
+};
+
+impl Properties {
+    /// Boxes `properties`, or holds nothing when they are all absent.
+    pub fn new(properties: PublishProperties) -> Self {
+        // Field by field: the derived `==` against an empty value costs more than this.
+        let p = &properties;
+        if p.payload_format_indicator.is_none()
+            && p.message_expiry_interval.is_none()
+            && p.topic_alias.is_none()
+            && p.response_topic.is_none()
+            && p.correlation_data.is_none()
+            && p.user_properties.is_empty()
+            && p.subscription_identifiers.is_empty()
+            && p.content_type.is_none()
+        {
+            Self(None)
+        } else {
+            Self(Some(Box::new(properties)))
+        }
+    }
+
+    /// The properties, owned.
+    pub fn into_inner(self) -> PublishProperties {
+        self.0.map_or_else(PublishProperties::default, |p| *p)
+    }
+}
+
+impl From<PublishProperties> for Properties {
+    fn from(properties: PublishProperties) -> Self {
+        Self::new(properties)
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = PublishProperties;
+
+    fn deref(&self) -> &PublishProperties {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    /// Makes the box if there is none yet.
+    fn deref_mut(&mut self) -> &mut PublishProperties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Properties {
+    /// By value: no box equals a box of absent properties.
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl PartialEq<PublishProperties> for Properties {
+    fn eq(&self, other: &PublishProperties) -> bool {
+        **self == *other
+    }
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
 }
 
 /// A message's count in the memory budget: set when the broker takes the message on
@@ -138,7 +224,7 @@ impl Message {
             payload: publish.payload,
             qos: publish.qos,
             retain: publish.retain,
-            properties,
+            properties: Properties::new(properties),
             expires_at: expiry.map(|secs| now + u64::from(secs) * 1000),
             received_at: now,
             origin,
@@ -155,14 +241,14 @@ impl Message {
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties: PublishProperties {
+            properties: Properties::new(PublishProperties {
                 payload_format_indicator: p.payload_format_indicator,
                 content_type: p.content_type,
                 response_topic: p.response_topic,
                 correlation_data: p.correlation_data,
                 user_properties: p.user_properties,
                 ..PublishProperties::default()
-            },
+            }),
             expires_at: p
                 .message_expiry_interval
                 .map(|secs| now + u64::from(secs) * 1000),
@@ -180,7 +266,7 @@ impl Message {
             payload,
             qos: QoS::AtMostOnce,
             retain,
-            properties: PublishProperties::default(),
+            properties: Properties::default(),
             expires_at: None,
             received_at: now,
             origin: Arc::from(""),
@@ -211,7 +297,11 @@ impl Message {
     /// properties are owned strings already.
     pub fn compacted(&self) -> Self {
         let mut properties = self.properties.clone();
-        if let Some(data) = &mut properties.correlation_data {
+        if let Some(data) = properties
+            .0
+            .as_mut()
+            .and_then(|p| p.correlation_data.as_mut())
+        {
             *data = Bytes::copy_from_slice(data);
         }
         let mut copy = Self {
@@ -228,7 +318,13 @@ impl Message {
 
     /// What the message occupies: [`Message::weight`], the envelope and its `Arc` counts.
     pub fn footprint(&self) -> u64 {
-        (std::mem::size_of::<Self>() + 2 * std::mem::size_of::<usize>() + self.weight()) as u64
+        let boxed = if self.properties.0.is_some() {
+            std::mem::size_of::<PublishProperties>()
+        } else {
+            0
+        };
+        (std::mem::size_of::<Self>() + 2 * std::mem::size_of::<usize>() + boxed + self.weight())
+            as u64
     }
 
     /// A rough size for queue accounting: payload, topic and properties that hold data.
@@ -261,4 +357,72 @@ pub struct Delivery {
     /// The `$share/{group}/{filter}` subscription this came through, so it can be handed
     /// to another member if this session ends before delivering it.
     pub shared: Option<Arc<str>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(properties: PublishProperties) -> Publish {
+        Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: 1,
+            properties,
+            payload: Bytes::from_static(b"p"),
+        }
+    }
+
+    /// The envelope is moved into its `Arc` and between tasks by value: keep it small
+    /// (it was 272 bytes with the properties inline).
+    #[test]
+    fn the_envelope_stays_small() {
+        assert!(
+            std::mem::size_of::<Message>() <= 160,
+            "Message is {} bytes",
+            std::mem::size_of::<Message>()
+        );
+    }
+
+    #[test]
+    fn properties_are_boxed_only_when_some_are_present() {
+        // Per-delivery properties are taken out, so these leave nothing to box.
+        let per_delivery = PublishProperties {
+            topic_alias: Some(3),
+            message_expiry_interval: Some(10),
+            subscription_identifiers: vec![4],
+            ..PublishProperties::default()
+        };
+        let m = Message::from_publish(publish(per_delivery), Arc::from("c"), 1_000);
+        assert!(m.properties.0.is_none());
+        assert_eq!(m.properties.content_type, None);
+        assert_eq!(m.expires_at, Some(11_000));
+        let plain_footprint = m.footprint();
+
+        let kept = PublishProperties {
+            content_type: Some("text/plain".into()),
+            ..PublishProperties::default()
+        };
+        let mut m = Message::from_publish(publish(kept.clone()), Arc::from("c"), 0);
+        assert!(m.properties.0.is_some());
+        assert_eq!(m.properties, kept);
+        // The box counts in the footprint, beside the content type's bytes.
+        assert_eq!(
+            m.footprint(),
+            plain_footprint + (std::mem::size_of::<PublishProperties>() + 10) as u64
+        );
+        // Equal by value, boxed or not; a write makes the box.
+        let mut none = Properties::default();
+        assert_eq!(none, Properties::new(PublishProperties::default()));
+        none.response_topic = Some("r".into());
+        assert!(none.0.is_some());
+        m.properties.content_type = None;
+        assert_eq!(m.properties, Properties::default());
+        assert_eq!(
+            m.properties.clone().into_inner(),
+            PublishProperties::default()
+        );
+    }
 }

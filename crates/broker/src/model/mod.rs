@@ -13,7 +13,8 @@ pub mod session_record;
 pub use ids::{AMQP_QUEUE_OWNER_PREFIX, next_session_id, session_ids_above};
 pub use limits::QueueLimits;
 pub use message::{
-    Charge, Delivery, Message, MessageId, Millis, message_ids_above, next_message_id, now_millis,
+    Charge, Delivery, Message, MessageId, Millis, Properties, message_ids_above, next_message_id,
+    now_millis,
 };
 pub use peer::address_key;
 pub use session_record::{Inflight, Stage, SubscriptionRecord};

@@ -591,7 +591,8 @@ pub(crate) fn decode_message(id: MessageId, value: &[u8]) -> Result<Message, Cod
             user_properties,
             subscription_identifiers,
             content_type,
-        },
+        }
+        .into(),
         expires_at,
         received_at,
         origin,
@@ -718,7 +719,8 @@ mod tests {
                 user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
                 subscription_identifiers: vec![7, 8],
                 content_type: Some("text/plain".into()),
-            },
+            }
+            .into(),
             expires_at: Some(123_456),
             received_at: 100,
             origin: Arc::from("publisher"),

@@ -147,6 +147,13 @@ impl TestBroker {
     }
 }
 
+/// The interop scenario scripts run against the broker's one port.
+impl crate::interop_util::Target for TestBroker {
+    fn ports(&self) -> Vec<u16> {
+        vec![self.port()]
+    }
+}
+
 /// A v5 CONNECT for rumqttc's encoder: clean start, keep alive 60, no properties.
 pub fn v5_connect(client_id: &str) -> mqtt5::Connect {
     mqtt5::Connect {

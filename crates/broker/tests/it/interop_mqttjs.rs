@@ -2,12 +2,10 @@
 //! broker and print what their clients observed; these tests assert on it. The scripts
 //! report in the same shape as the paho ones, so the checks are shared.
 
-use serde::Deserialize;
-
 use crate::harness::TestBroker;
 use crate::interop_util::{
-    Mqtt, Persistent, PubSub, Received, Retained, Wills, check_persistent, check_pubsub,
-    check_retained, check_will, hex, mqttjs,
+    Mqtt, MqttJsProperties, Persistent, PubSub, Retained, Wills, check_mqttjs_properties,
+    check_persistent, check_pubsub, check_retained, check_will, mqttjs,
 };
 
 #[tokio::test]
@@ -74,64 +72,10 @@ async fn mqttjs_v5_session_expiry_queues_qos1_while_offline() {
     broker.shutdown().await;
 }
 
-#[derive(Debug, Deserialize)]
-struct Properties {
-    routed: Vec<Received>,
-    wire_topics: Vec<String>,
-}
-
 #[tokio::test]
 async fn mqttjs_v5_properties_pass_through_and_broker_topic_aliases_resolve() {
     let broker = TestBroker::start().await;
-    let result: Properties = mqttjs("properties.mjs", &broker, Mqtt::V5).await;
-
-    let [with_properties, first, second] = &result.routed[..] else {
-        panic!("expected three messages, got {:?}", result.routed);
-    };
-    assert_eq!(with_properties.topic, "interop/props/a/x");
-    assert_eq!(with_properties.payload, hex(br#"{"x": 1}"#));
-    assert_eq!(with_properties.qos, 1);
-    let p = &with_properties.properties;
-    assert_eq!(
-        p.user_properties.as_deref(),
-        Some(
-            &[
-                ("k".to_owned(), "v1".to_owned()),
-                ("k".to_owned(), "v2".to_owned()),
-                ("unicode".to_owned(), "\u{fc}\u{2713}".to_owned()),
-            ][..]
-        ),
-        "user properties in order, repeats kept"
-    );
-    assert_eq!(p.response_topic.as_deref(), Some("interop/reply"));
-    assert_eq!(p.correlation_data.as_deref(), Some("0001636f7272ff"));
-    assert_eq!(p.content_type.as_deref(), Some("application/json"));
-    assert_eq!(p.payload_format_indicator, Some(1));
-    let expiry = p.message_expiry_interval.expect("message expiry forwarded");
-    assert!((118..=120).contains(&expiry), "remaining expiry {expiry}");
-    assert_eq!(p.subscription_identifiers.as_deref(), Some(&[7, 9][..]));
-
-    // The subscriber allowed 5 aliases: midge assigns them, and mqtt.js maps each back to
-    // its topic, including the second message on a topic, sent with the alias alone.
-    assert!(
-        with_properties.properties.topic_alias.is_some(),
-        "midge used a topic alias"
-    );
-    for (message, payload) in [(first, "first"), (second, "second")] {
-        assert_eq!(
-            (message.topic.as_str(), message.payload.as_str()),
-            ("interop/props/b/x", hex(payload.as_bytes()).as_str())
-        );
-    }
-    assert_eq!(first.properties.topic_alias, second.properties.topic_alias);
-    assert_ne!(
-        first.properties.topic_alias, with_properties.properties.topic_alias,
-        "two topics, two aliases"
-    );
-    assert_eq!(
-        result.wire_topics,
-        ["interop/props/a/x", "interop/props/b/x", ""],
-        "the repeated topic went out as its alias alone"
-    );
+    let result: MqttJsProperties = mqttjs("properties.mjs", &broker, Mqtt::V5).await;
+    check_mqttjs_properties(&result);
     broker.shutdown().await;
 }

@@ -2,6 +2,10 @@
 //! one is missing), running a client process under a timeout, the JSON line the scenario
 //! scripts print, the checks both the paho and the mqtt.js scenarios must pass, and a
 //! Mosquitto broker process for the differential tests.
+//!
+//! Self-contained (no `crate::` paths), so the cluster interop tests of the `midge` crate
+//! include it too (`crates/midge/tests/cluster_interop.rs`) and run the same scenarios
+//! and checks against a cluster.
 
 #![allow(dead_code)]
 
@@ -18,8 +22,6 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
-
-use crate::harness::{TIMEOUT, TestBroker};
 
 /// Limit for one scenario script: each of its waits is bounded by 5 s, and it has a few.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -255,30 +257,54 @@ impl Mqtt {
     }
 }
 
-fn scenario_args(script: PathBuf, broker: &TestBroker, version: Mqtt) -> Vec<String> {
-    vec![
+/// What a scenario script runs against: one broker, or the nodes of a cluster on loopback.
+pub trait Target {
+    /// The MQTT ports: one, or one per node.
+    fn ports(&self) -> Vec<u16>;
+}
+
+/// A cluster's nodes: the scripts' clients connect to them in turn.
+impl Target for Vec<u16> {
+    fn ports(&self) -> Vec<u16> {
+        self.clone()
+    }
+}
+
+fn scenario_args(script: PathBuf, target: &impl Target, version: Mqtt) -> Vec<String> {
+    let ports = target.ports();
+    let ports = match &ports[..] {
+        [port] => ["--port".into(), port.to_string()],
+        ports => [
+            "--ports".into(),
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ],
+    };
+    let mut args = vec![
         script.display().to_string(),
         "--host".into(),
         "127.0.0.1".into(),
-        "--port".into(),
-        broker.port().to_string(),
-        "--protocol".into(),
-        version.arg().into(),
-    ]
+    ];
+    args.extend(ports);
+    args.extend(["--protocol".into(), version.arg().into()]);
+    args
 }
 
-/// Runs tests/interop/python/`script` against `broker` and parses its result.
-pub async fn paho<T: DeserializeOwned>(script: &str, broker: &TestBroker, version: Mqtt) -> T {
+/// Runs tests/interop/python/`script` against `target` and parses its result.
+pub async fn paho<T: DeserializeOwned>(script: &str, target: &impl Target, version: Mqtt) -> T {
     require(Tool::Paho);
     let path = repo_root().join("tests/interop/python").join(script);
-    run_json("python3", &scenario_args(path, broker, version)).await
+    run_json("python3", &scenario_args(path, target, version)).await
 }
 
-/// Runs tests/interop/js/`script` against `broker` and parses its result.
-pub async fn mqttjs<T: DeserializeOwned>(script: &str, broker: &TestBroker, version: Mqtt) -> T {
+/// Runs tests/interop/js/`script` against `target` and parses its result.
+pub async fn mqttjs<T: DeserializeOwned>(script: &str, target: &impl Target, version: Mqtt) -> T {
     require(Tool::MqttJs);
     let path = repo_root().join("tests/interop/js").join(script);
-    run_json("node", &scenario_args(path, broker, version)).await
+    run_json("node", &scenario_args(path, target, version)).await
 }
 
 // ---- what the scripts report ----
@@ -481,7 +507,160 @@ pub fn check_persistent(result: &Persistent, client: &str) {
     );
 }
 
+/// Result of properties.py (MQTT 5 only).
+#[derive(Debug, Deserialize)]
+pub struct PahoProperties {
+    pub routed: Vec<Received>,
+    pub expiring: Vec<Received>,
+}
+
+/// Properties pass through unchanged, overlapping subscriptions give one copy with both
+/// identifiers, the publisher's topic alias resolves, a retained message's expiry counts
+/// down.
+pub fn check_paho_properties(result: &PahoProperties) {
+    let [with_properties, alias_set, alias_used] = &result.routed[..] else {
+        panic!("expected three messages, got {:?}", result.routed);
+    };
+    assert_eq!(with_properties.topic, "interop/props/a/x");
+    assert_eq!(with_properties.payload, hex(br#"{"x": 1}"#));
+    // Overlapping subscriptions (QoS 1 id 7, QoS 0 id 9): one copy at QoS 1 with both ids.
+    assert_eq!(with_properties.qos, 1);
+    let p = &with_properties.properties;
+    assert_eq!(
+        p.user_properties.as_deref(),
+        Some(
+            &[
+                ("k".to_owned(), "v1".to_owned()),
+                ("k".to_owned(), "v2".to_owned()),
+                ("unicode".to_owned(), "\u{fc}\u{2713}".to_owned()),
+            ][..]
+        ),
+        "user properties in order, repeats kept"
+    );
+    assert_eq!(p.response_topic.as_deref(), Some("interop/reply"));
+    assert_eq!(p.correlation_data.as_deref(), Some("0001636f7272ff"));
+    assert_eq!(p.content_type.as_deref(), Some("application/json"));
+    assert_eq!(p.payload_format_indicator, Some(1));
+    let expiry = p.message_expiry_interval.expect("message expiry forwarded");
+    assert!((118..=120).contains(&expiry), "remaining expiry {expiry}");
+    assert_eq!(p.subscription_identifiers.as_deref(), Some(&[7, 9][..]));
+
+    // The publisher's alias 3 resolves, both when set and when used alone.
+    for (message, payload) in [(alias_set, "alias set"), (alias_used, "alias used")] {
+        assert_eq!(
+            (message.topic.as_str(), message.payload.as_str()),
+            ("interop/props/alias/x", hex(payload.as_bytes()).as_str())
+        );
+        assert_eq!(
+            message.properties.subscription_identifiers.as_deref(),
+            Some(&[7, 9][..])
+        );
+    }
+
+    // Retained with expiry 10 s, fetched more than a second later: the remaining interval.
+    let [expiring] = &result.expiring[..] else {
+        panic!(
+            "expected the expiring retained message, got {:?}",
+            result.expiring
+        );
+    };
+    assert_eq!(
+        (expiring.topic.as_str(), expiring.retain),
+        ("interop/props/expiring", true)
+    );
+    let remaining = expiring.properties.message_expiry_interval;
+    assert!(
+        remaining.is_some_and(|r| (1..=9).contains(&r)),
+        "remaining expiry after a second: {remaining:?}"
+    );
+}
+
+/// Result of properties.mjs (MQTT 5 only).
+#[derive(Debug, Deserialize)]
+pub struct MqttJsProperties {
+    pub routed: Vec<Received>,
+    pub wire_topics: Vec<String>,
+}
+
+/// Properties pass through unchanged, overlapping subscriptions give one copy with both
+/// identifiers, and the broker's topic aliases (the subscriber allowed some) resolve.
+pub fn check_mqttjs_properties(result: &MqttJsProperties) {
+    let [with_properties, first, second] = &result.routed[..] else {
+        panic!("expected three messages, got {:?}", result.routed);
+    };
+    assert_eq!(with_properties.topic, "interop/props/a/x");
+    assert_eq!(with_properties.payload, hex(br#"{"x": 1}"#));
+    assert_eq!(with_properties.qos, 1);
+    let p = &with_properties.properties;
+    assert_eq!(
+        p.user_properties.as_deref(),
+        Some(
+            &[
+                ("k".to_owned(), "v1".to_owned()),
+                ("k".to_owned(), "v2".to_owned()),
+                ("unicode".to_owned(), "\u{fc}\u{2713}".to_owned()),
+            ][..]
+        ),
+        "user properties in order, repeats kept"
+    );
+    assert_eq!(p.response_topic.as_deref(), Some("interop/reply"));
+    assert_eq!(p.correlation_data.as_deref(), Some("0001636f7272ff"));
+    assert_eq!(p.content_type.as_deref(), Some("application/json"));
+    assert_eq!(p.payload_format_indicator, Some(1));
+    let expiry = p.message_expiry_interval.expect("message expiry forwarded");
+    assert!((118..=120).contains(&expiry), "remaining expiry {expiry}");
+    assert_eq!(p.subscription_identifiers.as_deref(), Some(&[7, 9][..]));
+
+    // The subscriber allowed 5 aliases: midge assigns them, and mqtt.js maps each back to
+    // its topic, including the second message on a topic, sent with the alias alone.
+    assert!(
+        with_properties.properties.topic_alias.is_some(),
+        "midge used a topic alias"
+    );
+    for (message, payload) in [(first, "first"), (second, "second")] {
+        assert_eq!(
+            (message.topic.as_str(), message.payload.as_str()),
+            ("interop/props/b/x", hex(payload.as_bytes()).as_str())
+        );
+    }
+    assert_eq!(first.properties.topic_alias, second.properties.topic_alias);
+    assert_ne!(
+        first.properties.topic_alias, with_properties.properties.topic_alias,
+        "two topics, two aliases"
+    );
+    assert_eq!(
+        result.wire_topics,
+        ["interop/props/a/x", "interop/props/b/x", ""],
+        "the repeated topic went out as its alias alone"
+    );
+}
+
+/// Result of shared.py.
+#[derive(Debug, Deserialize)]
+pub struct Shared {
+    pub count: usize,
+    /// Member name -> numbers of the messages it got.
+    pub received: std::collections::BTreeMap<String, Vec<usize>>,
+}
+
+/// Each message to exactly one member, and every member got some.
+pub fn check_shared(result: &Shared, client: &str) {
+    let mut all: Vec<usize> = result.received.values().flatten().copied().collect();
+    all.sort_unstable();
+    let expected: Vec<usize> = (0..result.count).collect();
+    assert_eq!(
+        all, expected,
+        "{client}: each message to exactly one member"
+    );
+    for (member, got) in &result.received {
+        assert!(!got.is_empty(), "{client}: member {member} got no message");
+    }
+}
+
 // ---- a Mosquitto broker for the differential tests ----
+
+/// How long Mosquitto may take to accept connections.
+const MOSQUITTO_START: Duration = Duration::from_secs(5);
 
 /// `mosquitto -c <tmp.conf>` on a free loopback port; killed when dropped.
 #[derive(Debug)]
@@ -535,7 +714,7 @@ impl Mosquitto {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot run mosquitto: {e}"))?;
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let deadline = tokio::time::Instant::now() + MOSQUITTO_START;
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return Ok(Self { addr, child, dir });

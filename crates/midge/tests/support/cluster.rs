@@ -170,6 +170,24 @@ impl Nats {
         }
     }
 
+    /// Waits until this server knows the JetStream meta leader of its NATS cluster. A node
+    /// started before that waits for its first JetStream request to time out (10 s).
+    pub async fn wait_meta_leader(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let jsz = self.monitoring("/jsz").expect("jsz");
+            if jsz["meta_cluster"]["leader"]
+                .as_str()
+                .is_some_and(|leader| !leader.is_empty())
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no JetStream meta leader: {jsz}");
+            // The election has no other signal than the monitoring endpoint.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until node `node` is subscribed to exactly `subjects` (sorted).
     pub async fn wait_subjects(&self, node: &str, subjects: &[&str]) {
         let deadline = Instant::now() + TIMEOUT;
@@ -285,6 +303,36 @@ pub async fn subscribe_to(raw: &mut Raw, packet_id: u16, filter: &str, qos: u8) 
     let suback = raw.recv().await.unwrap();
     assert_eq!(suback.kind(), 9, "SUBACK: {suback:02X?}");
     assert_eq!(suback.body.last(), Some(&qos), "granted QoS");
+}
+
+/// Publishes probes on `topic` until the subscriber sees one: NATS carries a new
+/// subscription's interest to the other servers asynchronously.
+pub async fn until_seen(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut packet_id = 1;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{topic} never crossed the cluster"
+        );
+        publish_acked(publisher, 0, topic, packet_id, b"probe").await;
+        packet_id += 1;
+        if let Some(p) = subscriber
+            .recv_within(Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            assert_eq!(p.publish(false).topic, topic);
+            // Drain later probes already on their way.
+            while subscriber
+                .recv_within(Duration::from_millis(200))
+                .await
+                .unwrap()
+                .is_some()
+            {}
+            return;
+        }
+    }
 }
 
 /// The properties of a v5 PUBLISH body (after the topic and, for QoS > 0, the packet id),
