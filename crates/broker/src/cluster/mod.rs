@@ -119,6 +119,13 @@ pub struct Cluster {
     owners: Arc<ownership::Owners>,
 }
 
+/// How long one attempt at opening the JetStream KV buckets may take before it is given
+/// up and made again. A stream another node is creating at the same moment has no leader
+/// yet, and a request about it gets no answer at all: it would wait out the client's whole
+/// request timeout (10 s). Measured: about every second start of three nodes at once on a
+/// fresh three-server cluster hit this; a new attempt a moment later is answered.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn options(config: &ClusterConfig) -> Result<async_nats::ConnectOptions, ClusterError> {
     let node = config.node_id.clone();
     let mut options = match &config.creds_file {

@@ -320,6 +320,17 @@ impl Owners {
                 client.flush().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((client, owners, nodes, sessions, wills, requests))
             };
+            // See OPEN_TIMEOUT.
+            let attempt = async {
+                tokio::time::timeout(super::OPEN_TIMEOUT, attempt)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "JetStream did not answer within {} s",
+                            super::OPEN_TIMEOUT.as_secs()
+                        ))
+                    })
+            };
             match attempt.await {
                 Ok((client, owners, nodes, sessions, wills, requests)) => {
                     let node: Arc<str> = Arc::from(config.node_id.as_str());

@@ -500,21 +500,33 @@ async fn load(
         .await
         .map_err(nats)?;
     let js = async_nats::jetstream::new(client.clone());
-    let store = match js.get_key_value(BUCKET).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: BUCKET.to_owned(),
-                description: "midge: retained MQTT messages by topic".to_owned(),
-                history: 1,
-                num_replicas: config.retained_replicas,
-                ..kv::Config::default()
-            })
-            .await
-            .map_err(nats)?,
+    // See OPEN_TIMEOUT.
+    let opened = async {
+        let store = match js.get_key_value(BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: BUCKET.to_owned(),
+                    description: "midge: retained MQTT messages by topic".to_owned(),
+                    history: 1,
+                    num_replicas: config.retained_replicas,
+                    ..kv::Config::default()
+                })
+                .await
+                .map_err(nats)?,
+        };
+        let stream = js.get_stream(&store.stream_name).await.map_err(nats)?;
+        let (changes, pending) = changes(&stream, None).await.map_err(LoadError::Nats)?;
+        Ok::<_, LoadError>((store, stream, changes, pending))
     };
-    let stream = js.get_stream(&store.stream_name).await.map_err(nats)?;
-    let (mut changes, pending) = changes(&stream, None).await.map_err(LoadError::Nats)?;
+    let (store, stream, mut changes, pending) = tokio::time::timeout(super::OPEN_TIMEOUT, opened)
+        .await
+        .map_err(|_| {
+            LoadError::Nats(format!(
+                "JetStream did not answer within {} s",
+                super::OPEN_TIMEOUT.as_secs()
+            ))
+        })??;
     let mut revision = 0;
     if pending > 0 {
         // Each key's latest entry comes first; the last of them has nothing pending after.

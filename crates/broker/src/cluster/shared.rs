@@ -23,9 +23,10 @@
 //!   as on one node; what no local member takes is handed to another node: a NATS request
 //!   to the group's hand-over subject ([`handover_subject`], in the same queue group),
 //!   answered by the node that queued it. The leaving node's second connection is also
-//!   `no_echo`, so the request never comes back to it. A message NATS gave a node whose
-//!   last member left a moment before is handed over the same way, once. A hand-over no
-//!   node takes (no member left in the cluster) is counted as dropped.
+//!   `no_echo`, so the request never comes back to it ([`connect_options`]). A message
+//!   NATS gave a node whose last member left a moment before is handed over the same way,
+//!   once (one still on its way when the node unsubscribes can be lost: at most once). A
+//!   hand-over no node takes (no member left in the cluster) is counted as dropped.
 //!
 //! NATS picks among nodes, not members: a node with one member gets as many messages as a
 //! node with ten. Where nodes sit on different NATS servers, NATS prefers queue
@@ -200,10 +201,11 @@ impl Shared {
     pub async fn connect(config: &ClusterConfig) -> Result<Self, ClusterError> {
         let mut delay = Duration::from_millis(100);
         let client = loop {
-            let options = super::options(config)
+            match connect_options(config)
                 .await?
-                .name(format!("midge {} shared", config.node_id));
-            match options.connect(&config.nats_urls[..]).await {
+                .connect(&config.nats_urls[..])
+                .await
+            {
                 Ok(client) => break client,
                 Err(e) => {
                     tracing::warn!(node_id = %config.node_id, error = %e, retry_in_ms = delay.as_millis() as u64, "cluster: cannot open the shared-subscription connection to NATS");
@@ -265,6 +267,20 @@ impl Shared {
             )),
         ]
     }
+}
+
+/// The second connection's options. `no_echo`, like the first connection: a hand-over
+/// request must never come back to this node. Its hand-over subscription is still in
+/// the queue group when its last member's messages are handed over (the unsubscribe
+/// reaches NATS after the first requests), and with echo NATS gave this node about
+/// every other first request, which no member here answered: lost.
+async fn connect_options(
+    config: &ClusterConfig,
+) -> Result<async_nats::ConnectOptions, ClusterError> {
+    Ok(super::options(config)
+        .await?
+        .no_echo()
+        .name(format!("midge {} shared", config.node_id)))
 }
 
 /// A message for a group, with the group's full filter.
@@ -582,6 +598,18 @@ mod tests {
         );
         assert!(parse_handover(payload.slice(..4)).is_none(), "truncated");
         assert!(parse_handover(Bytes::from_static(b"\x00")).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_shared_connection_never_gets_its_own_hand_overs() {
+        let config: ClusterConfig = toml::from_str(
+            "backend = \"nats\"\nnode_id = \"n1\"\nnats_urls = [\"nats://127.0.0.1:4222\"]",
+        )
+        .expect("config");
+        let options = format!("{:?}", connect_options(&config).await.expect("options"));
+        // The options' Debug is the only way to read them back.
+        assert!(options.contains(r#""no_echo": true"#), "{options}");
+        assert!(options.contains(r#""midge n1 shared""#), "{options}");
     }
 
     #[test]
