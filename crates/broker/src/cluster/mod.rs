@@ -19,6 +19,7 @@
 //! is taken only inside `Router` calls, and no NATS call is made under it.
 
 pub mod envelope;
+pub mod keys;
 pub mod ownership;
 pub mod retained;
 pub mod sessions;

@@ -34,7 +34,6 @@
 //! await and no NATS call is made under one.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -45,6 +44,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::ClusterError;
+pub use super::keys::{HEARTBEAT, NODE_TTL, owner_key};
 use crate::broker::Broker;
 use crate::config::ClusterConfig;
 use crate::mailbox::{Control, Mailbox};
@@ -64,46 +64,10 @@ pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Compare-and-set rounds before a claim gives up (each conflict means another CONNECT
 /// with this client id won a round: it is unlikely to happen more than a few times).
 const CAS_ATTEMPTS: usize = 32;
-/// How often a node announces itself.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// A node not heard from for this long is no longer listed.
-pub const NODE_TTL: Duration = Duration::from_secs(5);
-/// Escaped client ids longer than this are keyed by their SHA-256 instead: the key is
-/// part of a subject (`$KV.midge_owners.<key>`), which NATS limits to its control line.
-const MAX_KEY_LEN: usize = 1024;
-
 /// The subject on which `node` is asked to let a client id go.
 pub fn control_subject(node: &str) -> String {
     // Node ids are letters, digits, `-` and `_` (checked by the configuration): one token.
     format!("mq.c.{node}.leave")
-}
-
-/// The owners bucket's key for `client_id`: bytes outside `[A-Za-z0-9_-]` as `=XX`, the
-/// empty id as `=`; past [`MAX_KEY_LEN`], `=H` and the SHA-256 of the id in hex (which no
-/// escape produces: `H` is not a hex digit).
-pub fn owner_key(client_id: &str) -> String {
-    if client_id.is_empty() {
-        return "=".to_owned();
-    }
-    let mut key = String::with_capacity(client_id.len());
-    for &b in client_id.as_bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            key.push(char::from(b));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(key, "={b:02X}");
-        }
-        if key.len() > MAX_KEY_LEN {
-            use sha2::Digest as _;
-            let digest = sha2::Sha256::digest(client_id.as_bytes());
-            let mut hashed = String::from("=H");
-            for b in digest {
-                let _ = write!(hashed, "{b:02x}");
-            }
-            return hashed;
-        }
-    }
-    key
 }
 
 /// Who holds a client id: a connection of a node's incarnation.
@@ -581,7 +545,15 @@ impl Owners {
             )),
             tokio::spawn(watch_nodes(self.clone(), shutdown.clone())),
         ];
-        tasks.extend(self.wills.start(self.clone(), broker, shutdown));
+        let owners = self.clone();
+        let nodes: super::wills::NodeList = Arc::new(move || {
+            owners
+                .nodes()
+                .into_iter()
+                .map(|(record, age)| (record.node, age))
+                .collect()
+        });
+        tasks.extend(self.wills.start(nodes, broker, shutdown));
         tasks
     }
 }
@@ -852,7 +824,7 @@ mod tests {
         assert!(key.starts_with("=H") && key.len() == 2 + 64, "{key}");
         assert_ne!(owner_key(&"/".repeat(401)), key);
         // Just under the limit stays readable.
-        let fits = "a".repeat(MAX_KEY_LEN);
+        let fits = "a".repeat(crate::cluster::keys::MAX_KEY_LEN);
         assert_eq!(owner_key(&fits), fits);
     }
 

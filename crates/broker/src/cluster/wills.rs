@@ -44,10 +44,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::envelope::{self, Origin};
-use super::ownership::{HEARTBEAT, NODE_TTL, Owners, owner_key};
+use super::keys::{HEARTBEAT, NODE_TTL, owner_key};
 use crate::broker::Broker;
 use crate::model::{Message, now_millis};
 use crate::stats::Stats;
+
+/// The listed nodes and how long ago each was last heard from (the node list of
+/// `ownership.rs`, which holds [`Wills`]).
+pub type NodeList = Arc<dyn Fn() -> Vec<(String, Duration)> + Send + Sync>;
 
 /// Client id → [`Record`] of the will of its connection (or of its parked session).
 pub const WILLS_BUCKET: &str = "midge_wills";
@@ -373,7 +377,7 @@ impl Wills {
     /// is queued then is left to the survivors, who see this node stop).
     pub fn start(
         self: &Arc<Self>,
-        owners: Arc<Owners>,
+        nodes: NodeList,
         broker: Arc<Broker>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
@@ -396,7 +400,7 @@ impl Wills {
             .collect();
         tasks.push(tokio::spawn(sweep_loop(
             self.clone(),
-            owners,
+            nodes,
             broker,
             shutdown,
         )));
@@ -687,7 +691,7 @@ async fn shard_loop(
 /// failed is tried again every [`HEARTBEAT`].
 async fn sweep_loop(
     wills: Arc<Wills>,
-    owners: Arc<Owners>,
+    nodes: NodeList,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -703,15 +707,11 @@ async fn sweep_loop(
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let now = now_millis();
-        let listed: HashSet<String> = owners
-            .nodes()
+        let listed: HashSet<String> = nodes()
             .into_iter()
-            .map(|(record, age)| {
-                seen.insert(
-                    record.node.clone(),
-                    now.saturating_sub(age.as_millis() as u64),
-                );
-                record.node
+            .map(|(node, age)| {
+                seen.insert(node.clone(), now.saturating_sub(age.as_millis() as u64));
+                node
             })
             .collect();
         if live.iter().any(|node| !listed.contains(node)) {
