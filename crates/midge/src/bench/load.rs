@@ -333,9 +333,11 @@ async fn publisher(
     let mut out = BytesMut::with_capacity(WRITE_BATCH_BYTES + packet_len);
     let (mut sent, mut acked, mut written_off, mut stalls) = (0u64, 0u64, 0u64, 0u64);
     let mut progress = (0u64, Instant::now());
-    // Devices do not fire together: each publisher's schedule starts at its own point of
-    // the first period, spread evenly over the publishers.
-    let phase = if plan.one_per_write() && rate > 0.0 {
+    // At a fixed rate, publishers do not fire together: each one's schedule starts at its
+    // own point of the first period, spread evenly over the publishers (devices do not
+    // fire together, and a fixed total rate means a steady stream: 100 publishers firing
+    // at once every 10 ms would measure a 100-message burst's queueing, not latency).
+    let phase = if rate > 0.0 {
         Duration::from_secs_f64(f64::from(id) / f64::from(plan.publishers) / rate)
     } else {
         Duration::ZERO
