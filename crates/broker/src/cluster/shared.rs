@@ -25,7 +25,7 @@
 //!   answered by the node that queued it. The leaving node's second connection is also
 //!   `no_echo`, so the request never comes back to it ([`connect_options`]). A message
 //!   NATS gave a node whose last member left a moment before is handed over the same way,
-//!   once (one still on its way when the node unsubscribes can be lost: at most once). A
+//!   once: the node's subscriptions linger until what was on its way has come ([`pump`]). A
 //!   hand-over no node takes (no member left in the cluster) is counted as dropped.
 //!
 //! NATS picks among nodes, not members: a node with one member gets as many messages as a
@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sha2::Digest as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::envelope::{self, Origin};
@@ -59,6 +59,18 @@ const INBOUND_QUEUE: usize = 8192;
 
 /// How long a hand-over waits for another node to answer.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Messages a group's subscription still takes after its node's last member left, to be
+/// handed over (see [`pump`]): more than NATS can have on its way to the node when the
+/// node asks to leave.
+const LINGER_MESSAGES: u64 = 65_536;
+
+/// A subscription left lingering is dropped once no message came for this long.
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+
+/// The task pumping one queue subscription, and how to tell it its node's last member
+/// left (none for the hand-over subject, which is dropped at once).
+type Pump = (JoinHandle<()>, Option<oneshot::Sender<()>>);
 
 /// Counters of shared subscriptions on this node.
 #[derive(Debug, Default)]
@@ -298,7 +310,9 @@ async fn keep_loop(
 ) {
     // Members per group, and the tasks pumping its subscriptions while it has any. As
     // for plain interest, a count may pass below zero for a moment.
-    let mut groups: HashMap<Arc<str>, (i64, Vec<JoinHandle<()>>)> = HashMap::new();
+    let mut groups: HashMap<Arc<str>, (i64, Vec<Pump>)> = HashMap::new();
+    // Subscriptions of groups whose last member here left, still handing over.
+    let mut lingering: Vec<JoinHandle<()>> = Vec::new();
     loop {
         let command = tokio::select! {
             c = commands.recv() => match c { Some(c) => c, None => break },
@@ -328,19 +342,27 @@ async fn keep_loop(
         if entry.0 > 0 && entry.1.is_empty() {
             entry.1 = subscribe(&client, &full, &inbound).await;
         } else if entry.0 <= 0 {
-            // Dropping a subscriber (with its task) unsubscribes.
-            for task in entry.1.drain(..) {
-                task.abort();
+            lingering.retain(|task| !task.is_finished());
+            for (task, leave) in entry.1.drain(..) {
+                match leave.map(|leave| leave.send(())) {
+                    Some(Ok(())) => lingering.push(task),
+                    // The hand-over subject: dropping the subscriber (with its task)
+                    // unsubscribes; a request still on its way finds another node.
+                    _ => task.abort(),
+                }
             }
             if entry.0 == 0 {
                 groups.remove(&full);
             }
         }
     }
-    for (_, (_, tasks)) in groups {
-        for task in tasks {
+    for (_, (_, pumps)) in groups {
+        for (task, _) in pumps {
             task.abort();
         }
+    }
+    for task in lingering {
+        task.abort();
     }
 }
 
@@ -350,7 +372,7 @@ async fn subscribe(
     client: &async_nats::Client,
     full: &Arc<str>,
     inbound: &mpsc::Sender<Inbound>,
-) -> Vec<JoinHandle<()>> {
+) -> Vec<Pump> {
     let filter = match midge_proto::topic::parse_shared(full) {
         Ok(Some(shared)) => shared.filter,
         _ => return Vec::new(),
@@ -364,16 +386,22 @@ async fn subscribe(
         tracing::warn!(filter = %full, "cluster: a shared filter too long for a NATS subject receives only messages whose topic is too long to cross nodes");
         return Vec::new();
     }
-    subjects.push(handover_subject(full));
+    let handover = handover_subject(full);
+    subjects.push(handover.clone());
     let queue = queue_name(full);
     let mut tasks = Vec::new();
     for subject in subjects {
+        let (leave, left) = if subject == handover {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        };
         match client.queue_subscribe(subject.clone(), queue.clone()).await {
-            Ok(subscriber) => tasks.push(tokio::spawn(pump(
-                subscriber,
-                full.clone(),
-                inbound.clone(),
-            ))),
+            Ok(subscriber) => tasks.push((
+                tokio::spawn(pump(subscriber, full.clone(), inbound.clone(), left)),
+                leave,
+            )),
             Err(e) => {
                 tracing::warn!(%subject, error = %e, "cluster: NATS queue subscription failed")
             }
@@ -383,15 +411,63 @@ async fn subscribe(
 }
 
 /// Moves one queue subscription's messages to the deliverer, tagged with their group.
+///
+/// When `left` fires (the node's last member of the group left), the subscription is not
+/// dropped: NATS may already have sent this node messages of the group, and the NATS
+/// client discards what arrives for a subscription it dropped, before the server has even
+/// seen the unsubscribe (measured: a few, at times dozens of a burst lost). Instead the
+/// server is told to unsubscribe after [`LINGER_MESSAGES`] more than this task has
+/// received, which the client also waits for, so whatever was on its way still arrives
+/// and is handed over to another node (the deliverer finds no member here). Once the
+/// server stops, or no message came for [`LINGER_IDLE`], the task ends.
 async fn pump(
     mut subscriber: async_nats::Subscriber,
     group: Arc<str>,
     inbound: mpsc::Sender<Inbound>,
+    mut left: Option<oneshot::Receiver<()>>,
 ) {
     use futures_util::StreamExt as _;
-    while let Some(message) = subscriber.next().await {
-        if inbound.send((group.clone(), message)).await.is_err() {
-            break;
+    enum Step {
+        Message(Option<async_nats::Message>),
+        Leave,
+    }
+    let mut received = 0u64;
+    let mut lingering = false;
+    loop {
+        let step = if let Some(leave) = left.as_mut() {
+            tokio::select! {
+                next = subscriber.next() => Step::Message(next),
+                // Sent, or the sender gone: either way the group has no member here.
+                _ = leave => Step::Leave,
+            }
+        } else if lingering {
+            match tokio::time::timeout(LINGER_IDLE, subscriber.next()).await {
+                Ok(next) => Step::Message(next),
+                // Idle: nothing is on its way any more.
+                Err(_) => break,
+            }
+        } else {
+            Step::Message(subscriber.next().await)
+        };
+        match step {
+            Step::Leave => {
+                left = None;
+                lingering = true;
+                if subscriber
+                    .unsubscribe_after(received + LINGER_MESSAGES)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Step::Message(None) => break,
+            Step::Message(Some(message)) => {
+                received += 1;
+                if inbound.send((group.clone(), message)).await.is_err() {
+                    break;
+                }
+            }
         }
     }
 }
