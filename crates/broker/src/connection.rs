@@ -586,6 +586,7 @@ where
             else {
                 return;
             };
+            self.broker.registry.record_connected(session.state_mut());
             let end = self.run(&mut session, keep_alive).await;
             Box::pin(self.finish(session, end, connection_id)).await;
         }
@@ -1299,6 +1300,10 @@ where
 
     /// What a handled packet means for the connection.
     fn handled(&mut self, session: &mut Session, handled: Result<Flow, Violation>) -> Option<End> {
+        let state = session.state();
+        if state.subscription_changes != state.subscriptions_recorded {
+            self.broker.registry.record_connected(session.state_mut());
+        }
         match handled {
             Ok(Flow::Continue) => None,
             Ok(Flow::Disconnect) => Some(End::ClientDisconnect),

@@ -542,6 +542,17 @@ impl Registry {
             .will_accepted(client_id, connection_id, will, delay, expiry);
     }
 
+    /// A persistent session connected here just attached, or its subscriptions changed:
+    /// what a cluster keeps of it is written again ([`Ownership::connected`]).
+    pub fn record_connected(&self, state: &mut SessionState) {
+        state.subscriptions_recorded = state.subscription_changes;
+        if state.expiry_interval == 0 {
+            return;
+        }
+        self.ownership
+            .connected(&state.client_id, self.ownership.session_record(state));
+    }
+
     /// A will the registry made due: `Some` to publish now ([`Ownership::will_due`]).
     pub fn will_due(&self, client_id: &Arc<str>, will: Will) -> Option<Will> {
         self.ownership.will_due(client_id, will)

@@ -191,3 +191,49 @@ async fn an_expired_session_of_a_dead_node_is_not_restored() {
     let (_client, present) = connect(b.port, &connect_v5("gone", false, 300)).await;
     assert!(!present, "an expired session was restored");
 }
+
+/// A session *connected* on A when A dies: its subscriptions, written to the bucket at
+/// SUBSCRIBE (not only when it parks), come back on B, v3 and v5; an UNSUBSCRIBE is
+/// written too.
+#[tokio::test]
+async fn a_session_connected_when_its_node_dies_resumes_elsewhere_with_its_subscriptions() {
+    let (_dir, _nats, mut a, b, _da, _db) = two_nodes("sessions-connected-dead").await;
+    let (mut v3, _) = connect(a.port, &connect_v311("connected-v3", false)).await;
+    subscribe_to(&mut v3, 1, "c3/#", 1).await;
+    subscribe_to(&mut v3, 2, "gone3/#", 1).await;
+    v3.send(&unsubscribe(false, 3, "gone3/#")).await.unwrap();
+    assert_eq!(v3.recv().await.unwrap().kind(), 11, "UNSUBACK");
+    let (mut v5, _) = connect(a.port, &connect_v5("connected-v5", false, 300)).await;
+    v5.send(&subscribe(true, 1, "c5/#", 1)).await.unwrap();
+    assert_eq!(v5.recv().await.unwrap().kind(), 9, "SUBACK");
+    // The writes go out right after each SUBACK; give them a moment, then kill A with
+    // both clients still connected.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill();
+    drop((v3, v5));
+
+    let (mut v3, present) = connect(b.port, &connect_v311("connected-v3", false)).await;
+    assert!(
+        present,
+        "v3 session present from the bucket\n{}",
+        b.last_log()
+    );
+    let (mut v5, present) = connect(b.port, &connect_v5("connected-v5", false, 300)).await;
+    assert!(
+        present,
+        "v5 session present from the bucket\n{}",
+        b.last_log()
+    );
+    let (mut publisher, _) = connect(b.port, &connect_v311("pub-connected", true)).await;
+    publish_acked(&mut publisher, 1, "c3/x", 1, b"to v3").await;
+    publish_acked(&mut publisher, 1, "gone3/x", 2, b"unsubscribed").await;
+    publish_acked(&mut publisher, 1, "c5/x", 3, b"to v5").await;
+    assert_eq!(
+        payloads(&receive(&mut v3, 1).await, false),
+        [b"to v3".to_vec()]
+    );
+    assert_eq!(
+        payloads(&receive(&mut v5, 1).await, true),
+        [b"to v5".to_vec()]
+    );
+}

@@ -134,6 +134,8 @@ pub struct Owners {
     nodes: kv::Store,
     /// Parked persistent sessions' state (`sessions.rs`), keyed like `owners`.
     sessions: kv::Store,
+    /// Writes to `sessions`, in order per key ([`SessionWrites`]).
+    session_writes: SessionWrites,
     /// Wills kept cluster-wide (`wills.rs`).
     pub wills: Arc<super::wills::Wills>,
     /// The KV revision each local connection's claim wrote, by client id, for its release.
@@ -189,6 +191,77 @@ impl Held {
                 Some(revision)
             }
             _ => None,
+        }
+    }
+}
+
+/// A write to the sessions bucket.
+enum SessionWrite {
+    Put {
+        client_id: String,
+        record: Bytes,
+        expires_at: Option<u64>,
+    },
+    Delete,
+}
+
+/// Writes to the sessions bucket from a few tasks, each key always through the same one,
+/// so a session's writes land in the order they were made (a connected session's record
+/// written at SUBSCRIBE must not land after the one its park wrote a moment later). Each
+/// task's queue is bounded: past it a write is dropped, counted in the log.
+struct SessionWrites(Vec<tokio::sync::mpsc::Sender<(String, SessionWrite)>>);
+
+/// Tasks writing session records, and how many writes each may have waiting.
+const SESSION_WRITERS: usize = 8;
+const SESSION_WRITES_QUEUED: usize = 4096;
+
+impl SessionWrites {
+    fn start(sessions: kv::Store, max_payload: usize) -> Self {
+        let senders = (0..SESSION_WRITERS)
+            .map(|_| {
+                let (tx, mut rx) =
+                    tokio::sync::mpsc::channel::<(String, SessionWrite)>(SESSION_WRITES_QUEUED);
+                let sessions = sessions.clone();
+                tokio::spawn(async move {
+                    while let Some((key, write)) = rx.recv().await {
+                        match write {
+                            SessionWrite::Put {
+                                client_id,
+                                record,
+                                expires_at,
+                            } => {
+                                super::sessions::put_record(
+                                    &sessions,
+                                    &client_id,
+                                    key,
+                                    record,
+                                    expires_at,
+                                    max_payload,
+                                )
+                                .await;
+                            }
+                            SessionWrite::Delete => {
+                                let _ = tokio::time::timeout(CLAIM_TIMEOUT, sessions.delete(&key))
+                                    .await;
+                            }
+                        }
+                    }
+                });
+                tx
+            })
+            .collect();
+        Self(senders)
+    }
+
+    fn send(&self, key: String, write: SessionWrite) {
+        use std::hash::{BuildHasher as _, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(&key);
+        let shard = &self.0[(hash % self.0.len() as u64) as usize];
+        if shard.try_send((key, write)).is_err() {
+            tracing::warn!(
+                "cluster: a session record write was dropped (JetStream too slow for the rate of session changes)"
+            );
         }
     }
 }
@@ -298,6 +371,8 @@ impl Owners {
             match attempt.await {
                 Ok((client, owners, nodes, sessions, wills, requests)) => {
                     let node: Arc<str> = Arc::from(config.node_id.as_str());
+                    let session_writes =
+                        SessionWrites::start(sessions.clone(), client.server_info().max_payload);
                     return Ok(Arc::new(Self {
                         wills: super::wills::Wills::new(
                             node.clone(),
@@ -311,6 +386,7 @@ impl Owners {
                         client,
                         owners,
                         nodes,
+                        session_writes,
                         sessions,
                         held: Held::default(),
                         seen: Mutex::default(),
@@ -480,23 +556,23 @@ impl Owners {
         });
     }
 
-    /// Deletes the session record under `key` (in a task of its own): it describes a
-    /// session that moved, ended or resumed.
+    /// Deletes the session record under `key`: it describes a session that moved, ended
+    /// or resumed.
     fn forget_session(&self, key: &str) {
-        let (sessions, key) = (self.sessions.clone(), key.to_owned());
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CLAIM_TIMEOUT, sessions.delete(&key)).await;
-        });
+        self.session_writes
+            .send(key.to_owned(), SessionWrite::Delete);
     }
 
-    /// Records `client_id`'s parked session (in a task of its own).
+    /// Records `client_id`'s session: parked until `expires_at`, or connected (`None`).
     pub fn record_session(&self, client_id: &str, record: Bytes, expires_at: Option<u64>) {
-        let max = self.client.server_info().max_payload;
-        let (sessions, key) = (self.sessions.clone(), owner_key(client_id));
-        let client_id = client_id.to_owned();
-        tokio::spawn(async move {
-            super::sessions::put_record(&sessions, &client_id, key, record, expires_at, max).await;
-        });
+        self.session_writes.send(
+            owner_key(client_id),
+            SessionWrite::Put {
+                client_id: client_id.to_owned(),
+                record,
+                expires_at,
+            },
+        );
     }
 
     /// Who holds `client_id` according to the owners bucket.
@@ -755,6 +831,14 @@ impl Ownership for ClusterOwnership {
 
     fn parked(&self, client_id: &Arc<str>, record: Bytes, expires_at: Option<u64>) {
         self.0.record_session(client_id, record, expires_at);
+    }
+
+    fn connected(&self, client_id: &Arc<str>, record: Option<Bytes>) {
+        match record {
+            // No deadline while connected: the session's expiry starts when it ends.
+            Some(record) => self.0.record_session(client_id, record, None),
+            None => self.0.forget_session(&owner_key(client_id)),
+        }
     }
 
     fn will_accepted(

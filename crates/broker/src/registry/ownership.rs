@@ -56,6 +56,11 @@ pub trait Ownership: Send + Sync + fmt::Debug {
     /// `record` says (called without the registry's lock).
     fn parked(&self, _client_id: &Arc<str>, _record: bytes::Bytes, _expires_at: Option<u64>) {}
 
+    /// `client_id`'s persistent session is connected here with the subscriptions `record`
+    /// says (`None`: none): a cluster keeps them while it is, so a node that dies with the
+    /// client connected does not take them along.
+    fn connected(&self, _client_id: &Arc<str>, _record: Option<bytes::Bytes>) {}
+
     /// Connection `connection_id` of `client_id` was accepted (claimed) with a will due
     /// `delay` seconds after it ends, in a session expiring `expiry` seconds after it;
     /// `will` is `None` when it is not to be kept beyond this process. Only called when

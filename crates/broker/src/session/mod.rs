@@ -148,6 +148,11 @@ impl Session {
         &self.state
     }
 
+    /// The state, to change outside the packet handlers (the record a cluster keeps).
+    pub fn state_mut(&mut self) -> &mut SessionState {
+        &mut self.state
+    }
+
     /// Adds the connection's counts to `stats` (see [`LocalStats::flush`]); `ending`
     /// takes its in-flight deliveries off the gauge.
     pub fn flush_stats(&mut self, stats: &crate::stats::Stats, ending: bool) {

@@ -31,6 +31,11 @@ pub struct SessionState {
     /// Session expiry interval in seconds; 0 ends the session with the connection,
     /// `u32::MAX` never expires.
     pub expiry_interval: u32,
+    /// Counts changes of `subscriptions`, so a cluster node can tell when to write the
+    /// connected session's record again (`Registry::session_changed`).
+    pub subscription_changes: u64,
+    /// `subscription_changes` when the record was last written.
+    pub subscriptions_recorded: u64,
 }
 
 impl SessionState {
@@ -44,6 +49,8 @@ impl SessionState {
             awaiting_pubrel: HashMap::new(),
             next_packet_id: 1,
             expiry_interval: 0,
+            subscription_changes: 0,
+            subscriptions_recorded: 0,
         }
     }
 

@@ -18,6 +18,7 @@ impl Session {
     /// is no longer authorized).
     pub fn drop_subscription(&mut self, filter: &str, env: &impl SessionEnv) {
         if self.state.subscriptions.remove(filter).is_some() {
+            self.state.subscription_changes += 1;
             env.unsubscribe(filter, &self.state.client_id);
             if let Some(journal) = &self.journal {
                 journal.unsubscribe(filter);
@@ -105,6 +106,7 @@ impl Session {
                     identifier,
                 };
                 self.state.subscriptions.insert(filter.clone(), record);
+                self.state.subscription_changes += 1;
                 if let Some(journal) = &self.journal {
                     journal.subscribe(&filter, record);
                 }
@@ -186,6 +188,7 @@ impl Session {
                     return ReasonCode::NOT_AUTHORIZED;
                 }
                 let known = self.state.subscriptions.remove(filter).is_some();
+                self.state.subscription_changes += u64::from(known);
                 env.unsubscribe(filter, &self.state.client_id);
                 if known {
                     if let Some(journal) = &self.journal {
