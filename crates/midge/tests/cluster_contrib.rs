@@ -57,18 +57,7 @@ async fn server(dir: &TestDir, i: usize, client: u16, routes: &[u16]) -> Nats {
         .stderr(log)
         .spawn()
         .expect("spawn nats-server");
-    let nats = Nats {
-        child,
-        port: client,
-        monitor,
-    };
-    let deadline = Instant::now() + START_TIMEOUT;
-    while nats.connz().is_err() {
-        assert!(Instant::now() < deadline, "nats-server {i} did not start");
-        // Polling the monitoring port: the server gives no other readiness signal.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    nats
+    Nats::started(child, client, monitor).await
 }
 
 /// Node `i` from `midge.toml`'s `[cluster]`, its listener the harness's.

@@ -89,6 +89,11 @@ impl Nats {
             .stderr(log)
             .spawn()
             .expect("spawn nats-server");
+        Self::started(child, port, monitor).await
+    }
+
+    /// A spawned server, once its monitoring port answers.
+    pub async fn started(child: Child, port: u16, monitor: u16) -> Self {
         let nats = Self {
             child,
             port,
