@@ -586,7 +586,14 @@ where
             else {
                 return;
             };
-            self.broker.registry.record_connected(session.state_mut());
+            // A resumed session's record was taken when it resumed: written again. A
+            // session without subscriptions has nothing to write yet.
+            let state = session.state_mut();
+            if state.subscriptions.is_empty() {
+                state.subscriptions_recorded = state.subscription_changes;
+            } else {
+                self.broker.registry.record_connected(state);
+            }
             let end = self.run(&mut session, keep_alive).await;
             Box::pin(self.finish(session, end, connection_id)).await;
         }

@@ -96,6 +96,9 @@ async fn a_live_session_taken_over_from_another_node_keeps_its_subscriptions() {
     let (mut second, present) = connect(b.port, &connect_v5("live", false, 300)).await;
     assert!(present, "session present\n{}", b.last_log());
     let (mut publisher, _) = connect(a.port, &connect_v311("pub-live", true)).await;
+    // B subscribed in NATS before its CONNACK, but A may not know yet (CLUSTER.md: the
+    // SUBACK window): probes until one comes round.
+    until_seen(&mut publisher, &mut second, "l/probe").await;
     publish_acked(&mut publisher, 1, "l/x", 1, b"after").await;
     assert_eq!(
         payloads(&receive(&mut second, 1).await, true),
@@ -161,6 +164,9 @@ async fn after_its_node_is_killed_a_session_resumes_elsewhere_without_its_queue(
     for i in 0..QUEUED_ON_A {
         publish_acked(&mut publisher, 1, "d/q", i as u16 + 1, b"queued on a").await;
     }
+    // The session's record is written after its SUBACK and its park, not awaited; give
+    // the writes a moment before the kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     a.kill();
 
     let (mut client, present) = connect(b.port, &connect_v5("orphan", false, 300)).await;
