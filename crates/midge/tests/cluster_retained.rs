@@ -45,13 +45,20 @@ async fn wait_retained(
 ) -> Vec<(RawPacket, RawPublish)> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let got = retained_at(port, filter, qos).await;
+        // Only what comes with RETAIN set: a probe that subscribes while a node is still
+        // forwarding a message published on another node just before gets that copy live
+        // (RETAIN 0, as any message routed after a SUBSCRIBE), which is not the retained
+        // one. A retained message sent without RETAIN is never counted, so it fails here.
+        let got: Vec<_> = retained_at(port, filter, qos)
+            .await
+            .into_iter()
+            .filter(|(_, p)| p.retain)
+            .collect();
         let seen: Vec<(&str, &[u8])> = got
             .iter()
             .map(|(_, p)| (p.topic.as_str(), &p.payload[..]))
             .collect();
         if seen == want {
-            assert!(got.iter().all(|(_, p)| p.retain), "RETAIN set at subscribe");
             return got;
         }
         assert!(
