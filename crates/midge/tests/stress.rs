@@ -719,6 +719,86 @@ fn timed_payload(epoch: Instant) -> Vec<u8> {
     payload
 }
 
+/// Each message's (arrival, latency) at the live subscriber of a fan-out scenario.
+type Arrivals = Arc<Mutex<Vec<(Instant, Duration)>>>;
+
+/// The live subscriber of the fan-out scenarios, until `stop`.
+fn spawn_live_reader(
+    mut live: support::Raw,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+) -> (Arrivals, tokio::task::JoinHandle<()>) {
+    let arrivals: Arrivals = Arc::default();
+    let reader = {
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match live.recv_within(Duration::from_millis(100)).await {
+                    Ok(Some(p)) if p.kind() == 3 => {
+                        let publish = p.publish(false);
+                        let sent = u64::from_be_bytes(publish.payload[..8].try_into().unwrap());
+                        let now = Instant::now();
+                        let latency = (now - epoch).saturating_sub(Duration::from_nanos(sent));
+                        arrivals.lock().unwrap().push((now, latency));
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("live subscriber lost its connection: {e}"),
+                }
+            }
+        })
+    };
+    (arrivals, reader)
+}
+
+/// The fan-out publisher: `rate` messages a second to `fan/t` ([`timed_payload`], QoS 0),
+/// in batches every 10 ms until `stop`; `sent` is given each batch's size once written.
+async fn spawn_fan_publisher(
+    port: u16,
+    epoch: Instant,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    mut sent: impl FnMut(u64) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let mut w = connect_discarding(port, "fan-publisher").await;
+    tokio::spawn(async move {
+        let per_tick = (rate / 100).max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let mut batch = Vec::new();
+            for _ in 0..per_tick {
+                let payload = timed_payload(epoch);
+                batch.extend(support::publish(
+                    false, 0, false, false, "fan/t", 0, &payload,
+                ));
+            }
+            w.write_all(&batch).await.expect("publish");
+            sent(per_tick);
+        }
+    })
+}
+
+/// Dead subscriber `d` of `fan/t` (`clean`: a clean session): a small receive buffer, so
+/// the broker's writes block soon, and never read after its CONNACK. The stream and the
+/// CONNACK's return code.
+async fn connect_dead(port: u16, d: usize, clean: bool) -> (TcpStream, u8) {
+    let mut stream = connect_from(Ipv4Addr::LOCALHOST, port, Some(4096))
+        .await
+        .expect("dead subscriber connects");
+    let mut hello = support::connect_v311(&format!("dead-{d}"), clean);
+    hello.extend(support::subscribe(false, 1, "fan/t", 0));
+    stream
+        .write_all(&hello)
+        .await
+        .expect("CONNECT and SUBSCRIBE");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(support::TIMEOUT, stream.read_exact(&mut connack))
+        .await
+        .expect("CONNACK in time")
+        .expect("CONNACK");
+    (stream, connack[3])
+}
+
 /// Issue 9, "slow and dead consumers" (scaled down for CI: 100 subscribers that never read,
 /// which a debug build keeps up with on two shared cores at 1,000 messages a second;
 /// `MIDGE_STRESS_DEAD` and `MIDGE_STRESS_FANOUT_RATE` scale it): a publisher fans 1 KiB
@@ -752,47 +832,16 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
     // The live subscriber: every message's (arrival, latency).
     let (mut live, _) = support::connect(port, &support::connect_v311("live", true)).await;
     support::subscribe_and_wait(&mut live, false, "fan/t", 0).await;
-    let arrivals: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
-    let reader = {
-        let (arrivals, stop) = (arrivals.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match live.recv_within(Duration::from_millis(100)).await {
-                    Ok(Some(p)) if p.kind() == 3 => {
-                        let publish = p.publish(false);
-                        let sent = u64::from_be_bytes(publish.payload[..8].try_into().unwrap());
-                        let now = Instant::now();
-                        let latency = (now - epoch).saturating_sub(Duration::from_nanos(sent));
-                        arrivals.lock().unwrap().push((now, latency));
-                    }
-                    Ok(_) => {}
-                    Err(e) => panic!("live subscriber lost its connection: {e}"),
-                }
-            }
-        })
-    };
+    let (arrivals, reader) = spawn_live_reader(live, epoch, stop.clone());
     // The publisher: `rate` messages a second, in batches every 10 ms.
     let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let publisher = {
-        let (sent, stop) = (sent.clone(), stop.clone());
-        let mut w = connect_discarding(port, "fan-publisher").await;
-        tokio::spawn(async move {
-            let per_tick = (rate / 100).max(1);
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let mut batch = Vec::new();
-                for _ in 0..per_tick {
-                    let payload = timed_payload(epoch);
-                    batch.extend(support::publish(
-                        false, 0, false, false, "fan/t", 0, &payload,
-                    ));
-                }
-                w.write_all(&batch).await.expect("publish");
-                let now = Instant::now();
-                sent.lock().unwrap().extend((0..per_tick).map(|_| now));
-            }
+        let sent = sent.clone();
+        spawn_fan_publisher(port, epoch, rate, stop.clone(), move |n| {
+            let now = Instant::now();
+            sent.lock().unwrap().extend((0..n).map(|_| now));
         })
+        .await
     };
     let guard = tokio::spawn(watchdog(port, stop.clone()));
     let sampler = sample_rss(midge.pid().expect("running"), stop.clone());
@@ -810,21 +859,8 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
     let mut holders = Vec::with_capacity(dead);
     for chunk in (0..dead).collect::<Vec<_>>().chunks(50) {
         let connects = chunk.iter().map(|&d| async move {
-            let mut stream = connect_from(Ipv4Addr::LOCALHOST, port, Some(4096))
-                .await
-                .expect("dead subscriber connects");
-            let mut hello = support::connect_v311(&format!("dead-{d}"), false);
-            hello.extend(support::subscribe(false, 1, "fan/t", 0));
-            stream
-                .write_all(&hello)
-                .await
-                .expect("CONNECT and SUBSCRIBE");
-            let mut connack = [0u8; 4];
-            tokio::time::timeout(support::TIMEOUT, stream.read_exact(&mut connack))
-                .await
-                .expect("CONNACK in time")
-                .expect("CONNACK");
-            assert_eq!(connack[3], 0, "dead-{d} accepted");
+            let (stream, code) = connect_dead(port, d, false).await;
+            assert_eq!(code, 0, "dead-{d} accepted");
             stream
         });
         holders.extend(futures_join_all(connects).await);
@@ -990,45 +1026,14 @@ async fn dead_consumers_under_a_memory_budget_stay_within_it() {
     // The live subscriber and the fan-out publisher, as in the scenario without a budget.
     let (mut live, _) = support::connect(port, &support::connect_v311("live", true)).await;
     support::subscribe_and_wait(&mut live, false, "fan/t", 0).await;
-    let arrivals: Arc<Mutex<Vec<(Instant, Duration)>>> = Arc::default();
-    let reader = {
-        let (arrivals, stop) = (arrivals.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match live.recv_within(Duration::from_millis(100)).await {
-                    Ok(Some(p)) if p.kind() == 3 => {
-                        let publish = p.publish(false);
-                        let sent = u64::from_be_bytes(publish.payload[..8].try_into().unwrap());
-                        let now = Instant::now();
-                        let latency = (now - epoch).saturating_sub(Duration::from_nanos(sent));
-                        arrivals.lock().unwrap().push((now, latency));
-                    }
-                    Ok(_) => {}
-                    Err(e) => panic!("live subscriber lost its connection: {e}"),
-                }
-            }
-        })
-    };
+    let (arrivals, reader) = spawn_live_reader(live, epoch, stop.clone());
     let sent = Arc::new(AtomicU64::new(0));
     let publisher = {
-        let (sent, stop) = (sent.clone(), stop.clone());
-        let mut w = connect_discarding(port, "fan-publisher").await;
-        tokio::spawn(async move {
-            let per_tick = (rate / 100).max(1);
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let mut batch = Vec::new();
-                for _ in 0..per_tick {
-                    let payload = timed_payload(epoch);
-                    batch.extend(support::publish(
-                        false, 0, false, false, "fan/t", 0, &payload,
-                    ));
-                }
-                w.write_all(&batch).await.expect("publish");
-                sent.fetch_add(per_tick, Ordering::Relaxed);
-            }
+        let sent = sent.clone();
+        spawn_fan_publisher(port, epoch, rate, stop.clone(), move |n| {
+            sent.fetch_add(n, Ordering::Relaxed);
         })
+        .await
     };
     let guard = tokio::spawn(watchdog(port, stop.clone()));
     let sampler = sample_rss(pid, stop.clone());
@@ -1041,21 +1046,8 @@ async fn dead_consumers_under_a_memory_budget_stay_within_it() {
     let mut refused = 0usize;
     for chunk in (0..dead).collect::<Vec<_>>().chunks(50) {
         let connects = chunk.iter().map(|&d| async move {
-            let mut stream = connect_from(Ipv4Addr::LOCALHOST, port, Some(4096))
-                .await
-                .expect("dead subscriber connects");
-            let mut hello = support::connect_v311(&format!("dead-{d}"), true);
-            hello.extend(support::subscribe(false, 1, "fan/t", 0));
-            stream
-                .write_all(&hello)
-                .await
-                .expect("CONNECT and SUBSCRIBE");
-            let mut connack = [0u8; 4];
-            tokio::time::timeout(support::TIMEOUT, stream.read_exact(&mut connack))
-                .await
-                .expect("CONNACK in time")
-                .expect("CONNACK");
-            (connack[3] == 0).then_some(stream)
+            let (stream, code) = connect_dead(port, d, true).await;
+            (code == 0).then_some(stream)
         });
         for held in futures_join_all(connects).await {
             match held {
