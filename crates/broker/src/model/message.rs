@@ -101,11 +101,6 @@ impl Properties {
             Self(Some(Box::new(properties)))
         }
     }
-
-    /// The properties, owned.
-    pub fn into_inner(self) -> PublishProperties {
-        self.0.map_or_else(PublishProperties::default, |p| *p)
-    }
 }
 
 impl From<PublishProperties> for Properties {
@@ -420,9 +415,6 @@ mod tests {
         assert!(none.0.is_some());
         m.properties.content_type = None;
         assert_eq!(m.properties, Properties::default());
-        assert_eq!(
-            m.properties.clone().into_inner(),
-            PublishProperties::default()
-        );
+        assert_eq!(*m.properties, PublishProperties::default());
     }
 }
