@@ -724,6 +724,9 @@ pub struct LimitsConfig {
     pub publish_rate_per_client: u32,
     /// PUBLISH payload bytes per second one connection may send; 0 is unlimited.
     pub publish_bytes_per_client: ByteSize,
+    /// The kernel send buffer of each accepted socket (`SO_SNDBUF`); 0 leaves it to the
+    /// kernel's autotuning (up to `net.ipv4.tcp_wmem`'s maximum per connection).
+    pub socket_send_buffer: ByteSize,
 }
 
 /// A size in bytes: a number, or a string with a unit (`"512MiB"`, `"2 GiB"`, `"64k"`;
@@ -784,6 +787,7 @@ impl Default for LimitsConfig {
             max_memory: None,
             publish_rate_per_client: 0,
             publish_bytes_per_client: ByteSize(0),
+            socket_send_buffer: ByteSize(0),
         }
     }
 }
@@ -1024,6 +1028,9 @@ impl Config {
         }
         if l.max_tracked_addresses == 0 {
             return invalid("limits.max_tracked_addresses", "must be at least 1");
+        }
+        if l.socket_send_buffer.0 > 1 << 30 {
+            return invalid("limits.socket_send_buffer", "must be at most 1GiB");
         }
         if m.max_connect_size < 64 {
             return invalid("mqtt.max_connect_size", "must be at least 64 bytes");
@@ -1304,11 +1311,12 @@ mod tests {
         assert_eq!(parse_size("1GB"), Some(1_000_000_000));
         assert_eq!(parse_size("12 parsecs"), None);
         assert_eq!(parse_size("MiB"), None);
-        let text = "[limits]\nmax_memory = \"256MiB\"\npublish_rate_per_client = 10\npublish_bytes_per_client = 4096\n";
+        let text = "[limits]\nmax_memory = \"256MiB\"\npublish_rate_per_client = 10\npublish_bytes_per_client = 4096\nsocket_send_buffer = \"64KiB\"\n";
         let config = Config::from_toml(text, "t.toml").unwrap();
         assert_eq!(config.limits.max_memory, Some(ByteSize(256 << 20)));
         assert_eq!(config.limits.publish_rate_per_client, 10);
         assert_eq!(config.limits.publish_bytes_per_client, ByteSize(4096));
+        assert_eq!(config.limits.socket_send_buffer, ByteSize(64 << 10));
         let err = Config::from_toml("[limits]\nmax_memory = \"lots\"\n", "t.toml").unwrap_err();
         assert!(err.to_string().contains("max_memory"), "{err}");
         let zero = Config::from_toml("[limits]\nmax_memory = 0\n", "t.toml").unwrap();

@@ -38,6 +38,12 @@ const YIELD_AFTER: Duration = Duration::from_millis(1);
 
 /// Stop pumping deliveries into the write buffer beyond this; the socket drains it first.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// While the socket takes only part of what is written (the client is not keeping up),
+/// stop pumping beyond this instead: the backlog of a consumer that stopped reading stays
+/// in its queue, where the queue limits and the memory budget's policy (dropping QoS 0 to
+/// the slowest first) apply, not in up to [`WRITE_HIGH_WATER`] of encoded bytes per
+/// connection that nothing can take back.
+const STALLED_WATER: usize = 4 * 1024;
 /// Stop reading from a client whose responses pile up unread beyond this: TCP then pushes
 /// back on its sending, instead of the write buffer growing without bound.
 const READ_PAUSE: usize = 4 * WRITE_HIGH_WATER;
@@ -174,6 +180,8 @@ struct Connection<R, W> {
     /// Bytes were written since the last flush. TLS and WebSocket streams may hold written
     /// bytes in a buffer until flushed.
     unflushed: bool,
+    /// The socket took only part of the last write: see [`STALLED_WATER`].
+    stalled: bool,
     /// The publish rate limits (`limits.publish_rate_per_client`, `..._bytes_...`), when
     /// set.
     rate: Option<Box<PublishRate>>,
@@ -228,6 +236,7 @@ where
         rate,
         shutdown,
         unflushed: false,
+        stalled: false,
         buffers_charged: 0,
     };
     conn.serve_session(held)
@@ -1009,8 +1018,13 @@ where
                 session.disconnect_packet(ReasonCode::SERVER_SHUTTING_DOWN, None, &mut self.wbuf);
                 return End::Abnormal("server shutting down");
             }
-            if self.wbuf.len() < WRITE_HIGH_WATER {
-                session.pump(now_millis(), &mut self.wbuf, WRITE_HIGH_WATER);
+            let high_water = if self.stalled {
+                STALLED_WATER
+            } else {
+                WRITE_HIGH_WATER
+            };
+            if self.wbuf.len() < high_water {
+                session.pump(now_millis(), &mut self.wbuf, high_water);
             }
             totals.add(&session.stats);
             session.flush_stats(&self.broker.stats, false);
@@ -1025,6 +1039,11 @@ where
             // buffer's storage lives on in payloads routed from it until they are sent.
             if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
                 self.wbuf = BytesMut::new();
+            } else if self.stalled && self.wbuf.capacity() > 4 * STALLED_WATER.max(self.wbuf.len())
+            {
+                // A stalled client keeps what is left of a large buffer for as long as it
+                // does not read: copy the rest into one of its size.
+                self.wbuf = BytesMut::from(&self.wbuf[..]);
             }
             if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 self.rbuf = BytesMut::new();
@@ -1181,16 +1200,21 @@ where
         sleep: Option<Pin<&mut tokio::time::Sleep>>,
     ) -> Poll<Wait> {
         if !self.wbuf.is_empty() {
-            if let Poll::Ready(written) = Pin::new(&mut self.writer).poll_write(cx, &self.wbuf) {
-                return Poll::Ready(match written {
-                    Ok(0) | Err(_) => Wait::WriteFailed,
-                    Ok(n) => {
-                        self.wbuf.advance(n);
-                        *bytes_sent += n as u64;
-                        self.unflushed = true;
-                        Wait::Written
-                    }
-                });
+            match Pin::new(&mut self.writer).poll_write(cx, &self.wbuf) {
+                Poll::Ready(written) => {
+                    return Poll::Ready(match written {
+                        Ok(0) | Err(_) => Wait::WriteFailed,
+                        Ok(n) => {
+                            self.stalled = n < self.wbuf.len();
+                            self.wbuf.advance(n);
+                            *bytes_sent += n as u64;
+                            self.unflushed = true;
+                            Wait::Written
+                        }
+                    });
+                }
+                // The socket is full: the client is not keeping up.
+                Poll::Pending => self.stalled = true,
             }
         } else if self.unflushed
             && let Poll::Ready(flushed) = Pin::new(&mut self.writer).poll_flush(cx)

@@ -535,6 +535,11 @@ async fn accept_loop(
         };
         Stats::add(&broker.stats.connections_accepted, 1);
         let _ = stream.set_nodelay(true);
+        let send_buffer = context.config.limits.socket_send_buffer.0;
+        if send_buffer > 0 {
+            // Failure leaves the kernel's default, which is what 0 asks for.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer as usize);
+        }
         let (transport, context, broker, shutdown, live) = (
             transport.clone(),
             context.clone(),

@@ -778,6 +778,16 @@ async fn spawn_fan_publisher(
     })
 }
 
+/// `limits.socket_send_buffer` for the dead-consumer scenarios:
+/// `MIDGE_STRESS_SNDBUF_KIB` KiB (64 unless set; 0 leaves the kernel's autotuning, under
+/// which each dead subscriber can hold megabytes of kernel memory).
+fn dead_send_buffer() -> String {
+    format!(
+        "socket_send_buffer = \"{}KiB\"\n",
+        env_or("MIDGE_STRESS_SNDBUF_KIB", 64)
+    )
+}
+
 /// Dead subscriber `d` of `fan/t` (`clean`: a clean session): a small receive buffer, so
 /// the broker's writes block soon, and never read after its CONNACK. The stream and the
 /// CONNACK's return code.
@@ -822,7 +832,10 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
     let midge = start_broker_with(
         &dir,
         true,
-        &format!("[mqtt]\nmax_queued_messages = {max_queued}\n"),
+        &format!(
+            "[mqtt]\nmax_queued_messages = {max_queued}\n[limits]\n{}",
+            dead_send_buffer()
+        ),
     )
     .await;
     let port = midge.port;
@@ -988,7 +1001,8 @@ async fn dead_consumers_under_a_memory_budget_stay_within_it() {
         &dir,
         true,
         &format!(
-            "[limits]\nmax_memory = \"{budget_mib}MiB\"\n[mqtt]\nmax_queued_messages = 1000\n"
+            "[limits]\nmax_memory = \"{budget_mib}MiB\"\n{}[mqtt]\nmax_queued_messages = 1000\n",
+            dead_send_buffer()
         ),
     )
     .await;

@@ -79,6 +79,9 @@ impl Session {
         let mut batch = Vec::new();
         let mut queued = Vec::new();
         while out.len() < max_bytes {
+            // Taken in batches of up to 64, fewer when little room is left (counting 1 KiB
+            // a delivery), so a small `max_bytes` is not overshot by 64 messages.
+            let take = ((max_bytes - out.len()) / 1024).clamp(1, 64);
             let window = self.send_window.saturating_sub(self.state.inflight_len());
             // The retained backlog goes first; it only exists right after SUBSCRIBE.
             if !self.retained_backlog.is_empty() {
@@ -91,7 +94,7 @@ impl Session {
                         window -= 1;
                     }
                     batch.extend(self.retained_backlog.pop_front());
-                    if batch.len() >= 64 {
+                    if batch.len() >= take {
                         break;
                     }
                 }
@@ -102,7 +105,7 @@ impl Session {
                     self.deliver(None, delivery, now, out);
                 }
             } else {
-                self.state.mailbox.pop_queued(64, window, &mut queued);
+                self.state.mailbox.pop_queued(take, window, &mut queued);
                 if queued.is_empty() {
                     break;
                 }

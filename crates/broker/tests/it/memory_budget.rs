@@ -247,3 +247,72 @@ async fn a_rate_limited_publisher_is_held_to_its_rate_and_others_are_not() {
     );
     broker.shutdown().await;
 }
+
+/// A subscriber that stopped reading holds its queue limit, a little of the write buffer
+/// and `limits.socket_send_buffer` of kernel buffer: not a full write buffer of 64 KiB,
+/// which no queue limit or memory policy could take back, nor an autotuned send buffer.
+#[tokio::test]
+async fn a_stalled_subscriber_holds_its_queue_not_its_buffers() {
+    const QUEUED: usize = 10;
+    const SENT: usize = 1_000;
+    let broker = TestBroker::start_with(|c| {
+        c.mqtt.max_queued_messages = QUEUED;
+        c.limits.socket_send_buffer = midge_broker::config::ByteSize(4096);
+    })
+    .await;
+    // The dead subscriber: a small receive buffer, so the kernel holds little on its side.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut dead = crate::harness::Raw {
+        stream: socket.connect(broker.addr).await.expect("connect"),
+    };
+    dead.send(&connect_v311("dead")).await;
+    assert_eq!(dead.recv(4).await, [0x20, 0x02, 0x00, 0x00]);
+    dead.subscribe_v4(1, "dead/#", 0).await;
+
+    // A few messages at a time, so the dead connection's task runs in between and moves
+    // what it can from its queue towards the socket. What was sent is routed (queued or
+    // dropped) once the broker has answered a PINGREQ sent behind it.
+    let (mut publisher, _) = broker.raw_v311("pub", true).await;
+    let mut burst = bytes::BytesMut::new();
+    for _ in 0..5 {
+        let publish = rumqttc::Publish::new("dead/x", rumqttc::QoS::AtMostOnce, vec![b'x'; 1024]);
+        V4Packet::Publish(publish)
+            .write(&mut burst, usize::MAX)
+            .expect("encodes");
+    }
+    burst.extend_from_slice(&[0xC0, 0x00]);
+    for _ in 0..SENT / 5 {
+        publisher.send(&burst).await;
+        assert_eq!(publisher.recv(2).await, [0xD0, 0x00]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dropped = broker
+        .broker()
+        .stats
+        .publish_dropped
+        .load(Ordering::Relaxed) as usize;
+
+    // Reading now drains whatever the broker and the kernel held for it.
+    let mut received = 0;
+    while let Ok(publish) =
+        tokio::time::timeout(Duration::from_millis(500), dead.recv_packet()).await
+    {
+        assert_eq!(publish[0] & 0xF0, 0x30, "PUBLISH");
+        received += 1;
+    }
+    eprintln!("stalled subscriber: {received} received of {SENT}, {dropped} dropped");
+    assert_eq!(
+        received + dropped,
+        SENT,
+        "every message delivered or counted"
+    );
+    // Held for it: QUEUED queued, up to 4 KiB and a message in the write buffer, and
+    // the kernel's buffers on both sides (twice 4 KiB each, as Linux doubles them).
+    assert!(
+        received <= QUEUED + 40,
+        "{received} messages were held for a subscriber that stopped reading"
+    );
+    broker.shutdown().await;
+}
