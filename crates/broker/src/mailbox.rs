@@ -34,10 +34,6 @@ pub const BEHIND_BYTES: usize = 64 * 1024;
 /// and which counts once (`model::Charge`): its slot in the queue.
 pub const DELIVERY_OVERHEAD: usize = std::mem::size_of::<Queued>();
 
-/// Queue slots are counted in the memory budget in steps of this many (see
-/// `Mailbox::account`): at most this many slots per queue go uncounted.
-pub const SLOT_STEP: usize = 8;
-
 /// A queued delivery and its place in the queue.
 #[derive(Debug, Clone)]
 pub struct Queued {
@@ -318,14 +314,26 @@ impl Mailbox {
     }
 
     /// Brings the memory budget and the lock-free length up to date after the queue
-    /// changed. Slots are counted in steps of [`SLOT_STEP`] (the length rounded down), so a
+    /// changed, and gives back most of a queue's room once it has drained to a quarter.
+    /// Slots are counted by the queue's capacity, which is what it occupies (up to twice
+    /// its length, as it grows by doubling), and only above [`KEEP_QUEUE_CAPACITY`]: a
     /// queue that a subscriber keeps up with, going from empty to a few and back with
-    /// every message, changes the budget not at all, and an empty queue counts nothing.
+    /// every message, changes the budget not at all.
     fn account(&self, inner: &mut Inner) {
         let len = inner.queue.len();
         self.queued.store(len, Ordering::Relaxed);
+        let capacity = inner.queue.capacity();
+        if capacity > KEEP_QUEUE_CAPACITY && len <= capacity / 4 {
+            // A VecDeque never shrinks by itself: after one burst an idle session, or a
+            // dead one whose QoS 0 the memory policy dropped, would keep room for all of
+            // it. Halving at a quarter full cannot thrash: growing back takes doubling.
+            inner.queue.shrink_to(len * 2);
+        }
         if let Some(budget) = &self.budget {
-            let now = (len - len % SLOT_STEP) * DELIVERY_OVERHEAD;
+            let now = match inner.queue.capacity() {
+                slots if slots > KEEP_QUEUE_CAPACITY => slots * DELIVERY_OVERHEAD,
+                _ => 0,
+            };
             if now != inner.charged {
                 budget.adjust(inner.charged as u64, now as u64);
                 inner.charged = now;
@@ -1176,9 +1184,13 @@ mod tests {
         (budget, mailbox)
     }
 
-    /// What `n` queued deliveries' slots count (see `Mailbox::account`).
-    fn slots(n: usize) -> u64 {
-        ((n - n % SLOT_STEP) * DELIVERY_OVERHEAD) as u64
+    /// What a queue's slots count (see `Mailbox::account`): its capacity, above
+    /// `KEEP_QUEUE_CAPACITY`.
+    fn slots(mailbox: &Mailbox) -> u64 {
+        match mailbox.lock().queue.capacity() {
+            c if c > KEEP_QUEUE_CAPACITY => (c * DELIVERY_OVERHEAD) as u64,
+            _ => 0,
+        }
     }
 
     #[test]
@@ -1191,39 +1203,45 @@ mod tests {
         let footprint = shared.message.footprint();
         mailbox.push(shared.clone(), &l);
         other.push(shared, &l);
-        // Enough more to count a step of slots.
-        let filler: Vec<_> = (0..SLOT_STEP)
+        // Enough more for the queue's slots to count.
+        let fillers = 39;
+        let filler: Vec<_> = (0..fillers)
             .map(|_| charged(&budget, QoS::AtMostOnce, "de"))
             .collect();
         let filler_footprint = filler[0].message.footprint();
         for d in filler {
             mailbox.push(d, &l);
         }
-        let n = SLOT_STEP + 1;
-        // The shared message once, each other message once, and the slots.
-        let messages = footprint + SLOT_STEP as u64 * filler_footprint;
-        let expected = messages + slots(n) + slots(1);
+        let n = fillers + 1;
+        // The shared message once, each other message once, and the slots: at least one
+        // per queued delivery, as room for them is what the queue holds.
+        let messages = footprint + fillers as u64 * filler_footprint;
+        let expected = messages + slots(&mailbox) + slots(&other);
         assert_eq!(budget.used(), expected);
-        assert_eq!(mailbox.charged_bytes() as u64, slots(n));
+        assert!(slots(&mailbox) >= (n * DELIVERY_OVERHEAD) as u64);
+        assert_eq!(slots(&other), 0, "a queue of one counts no slot");
+        assert_eq!(mailbox.charged_bytes() as u64, slots(&mailbox));
         assert_eq!(mailbox.backlog(), n);
-        // Taken out (in flight, say), the message still counts; its slot does not once
-        // the queue is below the step.
+        // Taken out (in flight, say), the message still counts, and so does the room.
         let mut out = Vec::new();
         mailbox.pop_queued(2, 2, &mut out);
-        assert_eq!(budget.used(), messages + slots(n - 2));
+        assert_eq!(budget.used(), expected);
         mailbox.unpop(out);
         assert_eq!(budget.used(), expected);
         let taken = mailbox.take_deliveries(|d| d.qos == QoS::AtLeastOnce);
         mailbox.reinsert(taken);
-        assert_eq!(budget.used(), expected);
+        // Reinserting rebuilds the queue, at the room it needs.
+        assert_eq!(budget.used(), messages + slots(&mailbox));
+        assert_eq!(mailbox.charged_bytes() as u64, slots(&mailbox));
         // The QoS 0 messages leave for good: all of them are given back.
         mailbox.retain_deliveries(|d| d.qos == QoS::AtLeastOnce);
         assert_eq!(budget.used(), footprint);
         assert_eq!(
             mailbox.charged_bytes(),
             0,
-            "an almost empty queue counts no slot"
+            "an almost empty queue gives its room back and counts no slot"
         );
+        assert!(mailbox.lock().queue.capacity() <= KEEP_QUEUE_CAPACITY);
         // The shared message counts until the last queue holding it lets go.
         drop(mailbox.close());
         assert_eq!(budget.used(), footprint);
@@ -1298,7 +1316,7 @@ mod tests {
         let slots_counted: u64 = mailboxes.iter().map(|m| m.charged_bytes() as u64).sum();
         assert_eq!(
             slots_counted,
-            mailboxes.iter().map(|m| slots(m.backlog())).sum::<u64>()
+            mailboxes.iter().map(|m| slots(m)).sum::<u64>()
         );
         let footprint = delivery(QoS::AtLeastOnce, "payload").message.footprint();
         assert_eq!(budget.used(), slots_counted + queued * footprint);

@@ -722,7 +722,8 @@ fn timed_payload(epoch: Instant) -> Vec<u8> {
 /// Each message's (arrival, latency) at the live subscriber of a fan-out scenario.
 type Arrivals = Arc<Mutex<Vec<(Instant, Duration)>>>;
 
-/// The live subscriber of the fan-out scenarios, until `stop`.
+/// The live subscriber of the fan-out scenarios, until `stop`. It pings every 20 s: it
+/// sends nothing else, and phases of a minute would outlast its 60 s keep alive.
 fn spawn_live_reader(
     mut live: support::Raw,
     epoch: Instant,
@@ -732,7 +733,12 @@ fn spawn_live_reader(
     let reader = {
         let arrivals = arrivals.clone();
         tokio::spawn(async move {
+            let mut pinged = Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                if pinged.elapsed() >= Duration::from_secs(20) {
+                    live.send(&[0xC0, 0x00]).await.expect("PINGREQ");
+                    pinged = Instant::now();
+                }
                 match live.recv_within(Duration::from_millis(100)).await {
                     Ok(Some(p)) if p.kind() == 3 => {
                         let publish = p.publish(false);
