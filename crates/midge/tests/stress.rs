@@ -51,6 +51,11 @@ async fn start_broker_with(dir: &TestDir, sys: bool, extra: &str) -> Midge {
     // Eight workers on a two-core machine: the default on an eight-core host, and enough
     // threads to sit in every position of a lock cycle at once.
     midge.env.push(("TOKIO_WORKER_THREADS".into(), "8".into()));
+    // `MIDGE_STRESS_BROKER_LOG`: the broker's RUST_LOG (its log is kept in the test's
+    // directory when the scenario fails).
+    if let Ok(filter) = std::env::var("MIDGE_STRESS_BROKER_LOG") {
+        midge.env.push(("RUST_LOG".into(), filter));
+    }
     midge.edit_config(|text| {
         let text = if sys {
             text.replace("interval_secs = 0", "interval_secs = 1")
