@@ -347,6 +347,9 @@ impl Router {
         };
 
         let mut outcome = RouteOutcome::default();
+        // Queues already behind go last: a subscriber keeping up does not wait while the
+        // message is queued for (or dropped by) thousands of slow or dead ones.
+        let mut behind = Vec::new();
         let mut rest = targets.as_slice();
         while let Some(first) = rest.first() {
             let same = if first.shared.is_some() {
@@ -358,16 +361,40 @@ impl Router {
             };
             let (group, tail) = rest.split_at(same);
             rest = tail;
-            let delivery = merge(message, group);
-            outcome.record(Inbox::push(&*first.mailbox, delivery, limits));
-            if first.mailbox.backlog() >= COMPACT_BACKLOG && first.mailbox.mark_behind() {
-                self.behind
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(Arc::downgrade(&first.mailbox));
+            if first.mailbox.backlog() >= COMPACT_BACKLOG {
+                if behind.capacity() == 0 {
+                    // One allocation, for at most all the groups left.
+                    behind.reserve(rest.len() + 1);
+                }
+                behind.push(group);
+            } else {
+                self.push_group(message, group, limits, &mut outcome);
             }
         }
+        for group in behind {
+            self.push_group(message, group, limits, &mut outcome);
+        }
         outcome
+    }
+
+    /// Queues one delivery for `group` (one session's matching subscriptions, or one
+    /// shared group's chosen member), and lists its queue for compaction once it is
+    /// behind.
+    fn push_group(
+        &self,
+        message: &Arc<Message>,
+        group: &[Target],
+        limits: &QueueLimits,
+        outcome: &mut RouteOutcome,
+    ) {
+        let mailbox = &group[0].mailbox;
+        outcome.record(Inbox::push(&**mailbox, merge(message, group), limits));
+        if mailbox.backlog() >= COMPACT_BACKLOG && mailbox.mark_behind() {
+            self.behind
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::downgrade(mailbox));
+        }
     }
 
     /// One compaction sweep: each queue listed as behind since the last sweep has the
@@ -557,6 +584,68 @@ mod tests {
         m.qos = qos;
         m.properties.correlation_data = Some(buffer.slice(10..20));
         (buffer, Arc::new(m))
+    }
+
+    /// Records, when the subscriber keeping up is woken by its delivery, how many
+    /// deliveries the queues behind hold by then.
+    struct WakeProbe {
+        behind: Vec<Arc<Mailbox>>,
+        seen: Mutex<Option<usize>>,
+    }
+
+    impl std::task::Wake for WakeProbe {
+        fn wake(self: Arc<Self>) {
+            let queued = self.behind.iter().map(|m| m.backlog()).sum();
+            *self.seen.lock().unwrap() = Some(queued);
+        }
+    }
+
+    #[test]
+    fn a_subscriber_keeping_up_is_served_before_queues_behind() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let limits = QueueLimits {
+            max_messages: 1000,
+            ..LIMITS
+        };
+        let behind: Vec<_> = (0..50)
+            .map(|i| {
+                let m = Mailbox::new(format!("dead-{i}").into());
+                m.set_online(true);
+                router.subscribe(&m, "t", options(QoS::AtMostOnce), None);
+                m
+            })
+            .collect();
+        let live = Mailbox::new("live".into());
+        live.set_online(true);
+        router.subscribe(&live, "t", options(QoS::AtMostOnce), None);
+        // The dead fall behind (the live one reads everything).
+        for _ in 0..COMPACT_BACKLOG {
+            router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
+            drain(&live);
+        }
+        let before: usize = behind.iter().map(|m| m.backlog()).sum();
+        assert_eq!(before, 50 * COMPACT_BACKLOG);
+        let probe = Arc::new(WakeProbe {
+            behind: behind.clone(),
+            seen: Mutex::new(None),
+        });
+        let waker = std::task::Waker::from(probe.clone());
+        assert!(
+            live.poll_notified(&mut std::task::Context::from_waker(&waker))
+                .is_ready()
+        );
+        assert!(
+            live.poll_notified(&mut std::task::Context::from_waker(&waker))
+                .is_pending()
+        );
+        router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
+        assert_eq!(
+            *probe.seen.lock().unwrap(),
+            Some(before),
+            "the live subscriber was woken after queues behind got the message"
+        );
+        assert_eq!(drain(&live).len(), 1);
+        assert!(behind.iter().all(|m| m.backlog() == COMPACT_BACKLOG + 1));
     }
 
     #[test]
