@@ -38,7 +38,7 @@ const YIELD_AFTER: Duration = Duration::from_millis(1);
 
 /// Stop pumping deliveries into the write buffer beyond this; the socket drains it first.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// While the socket takes only part of what is written (the client is not keeping up),
+/// While the socket does not take all that is written (the client is not keeping up),
 /// stop pumping beyond this instead: the backlog of a consumer that stopped reading stays
 /// in its queue, where the queue limits and the memory budget's policy (dropping QoS 0 to
 /// the slowest first) apply, not in up to [`WRITE_HIGH_WATER`] of encoded bytes per
@@ -180,7 +180,8 @@ struct Connection<R, W> {
     /// Bytes were written since the last flush. TLS and WebSocket streams may hold written
     /// bytes in a buffer until flushed.
     unflushed: bool,
-    /// The socket took only part of the last write: see [`STALLED_WATER`].
+    /// The socket did not take all of the last write (part of it, or none): see
+    /// [`STALLED_WATER`].
     stalled: bool,
     /// The publish rate limits (`limits.publish_rate_per_client`, `..._bytes_...`), when
     /// set.
