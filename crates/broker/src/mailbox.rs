@@ -556,6 +556,8 @@ impl Mailbox {
                 break;
             }
             if !own.drop_head || inner.queue.is_empty() {
+                // Deliveries may have been evicted before this turn.
+                self.account(&mut inner);
                 return PushOutcome::Dropped;
             }
             if let Some(old) = inner.pop_front()
@@ -889,11 +891,7 @@ impl Inner {
         self.bytes -= q.delivery.message.weight();
         self.body -= q.delivery.message.payload.len();
         self.qos0 -= usize::from(q.delivery.qos == QoS::AtMostOnce);
-        if self.queue.is_empty() && self.queue.capacity() > KEEP_QUEUE_CAPACITY {
-            // A VecDeque never shrinks by itself: after one burst an idle session would
-            // keep room for all of it.
-            self.queue = VecDeque::new();
-        }
+        // The room it leaves is given back by `Mailbox::account`, which every caller runs.
         Some(q)
     }
 

@@ -92,11 +92,7 @@ async fn connect_discarding(port: u16, client_id: &str) -> OwnedWriteHalf {
         .write_all(&support::connect_v311(client_id, true))
         .await
         .expect("send CONNECT");
-    let mut connack = [0u8; 4];
-    tokio::time::timeout(support::TIMEOUT, stream.read_exact(&mut connack))
-        .await
-        .expect("CONNACK in time")
-        .expect("read CONNACK");
+    let connack = read_connack(&mut stream).await;
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK for {client_id}");
     let (mut read, write) = stream.into_split();
     tokio::spawn(async move {
@@ -812,12 +808,18 @@ async fn connect_dead(port: u16, d: usize, clean: bool) -> (TcpStream, u8) {
         .write_all(&hello)
         .await
         .expect("CONNECT and SUBSCRIBE");
+    let code = read_connack(&mut stream).await[3];
+    (stream, code)
+}
+
+/// The 4 bytes of a v3.1.1 CONNACK, within [`support::TIMEOUT`].
+async fn read_connack(stream: &mut TcpStream) -> [u8; 4] {
     let mut connack = [0u8; 4];
     tokio::time::timeout(support::TIMEOUT, stream.read_exact(&mut connack))
         .await
         .expect("CONNACK in time")
-        .expect("CONNACK");
-    (stream, connack[3])
+        .expect("read CONNACK");
+    connack
 }
 
 /// Issue 9, "slow and dead consumers" (scaled down for CI: 100 subscribers that never read,
