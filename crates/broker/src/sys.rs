@@ -119,6 +119,11 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
         // midge's own: the memory budget (`limits.max_memory`) and what it turned away.
         ("$SYS/broker/memory/used", memory.used().to_string()),
         ("$SYS/broker/memory/maximum", memory.maximum().to_string()),
+        // The part of `used` measured rather than counted (resident growth).
+        (
+            "$SYS/broker/memory/uncounted",
+            memory.uncounted().to_string(),
+        ),
         (
             "$SYS/broker/memory/budget",
             // 0: no limit.

@@ -56,7 +56,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         // A cluster node waits for NATS before it opens its listeners; a stop signal
         // meanwhile ends the wait.
-        let server = tokio::select! {
+        let mut server = tokio::select! {
             server = Server::start_with(config, opening) => server?,
             () = signals.wait_for_stop() => {
                 tracing::info!("stopped before the listeners opened");
@@ -64,6 +64,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         server.reload_from(source);
+        // The process is the broker: its resident memory counts against the budget.
+        server.measure_resident_memory();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "midge started");
         signals.wait_for_shutdown(&server).await;
         tracing::info!("shutting down");

@@ -184,8 +184,14 @@ impl Collector for BrokerCollector {
         gauge(
             e,
             "midge_memory_used_bytes",
-            "Bytes client input holds (queues, retained messages, pre-CONNECT buffers), as counted against limits.max_memory.",
+            "Bytes client input holds as compared with limits.max_memory: those counted (queues, retained messages, buffers) and the resident growth they do not account for.",
             memory.used() as f64,
+        )?;
+        gauge(
+            e,
+            "midge_memory_uncounted_bytes",
+            "The part of midge_memory_used_bytes measured as resident growth beyond the count (at most half the count).",
+            memory.uncounted() as f64,
         )?;
         gauge(
             e,
