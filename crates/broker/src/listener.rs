@@ -41,6 +41,10 @@ const TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// How often [`Server::measure_resident_memory`] reads the process's resident memory: a
 /// read of /proc/self/status, some 20 µs, so 0.02 % of a core.
 const RESIDENT_INTERVAL: Duration = Duration::from_millis(100);
+/// [`Server::measure_resident_memory`] gives free heap memory back at most this often...
+pub const RELEASE_INTERVAL: Duration = Duration::from_secs(10);
+/// ... while resident growth beyond the budget's count is at least this.
+pub const RELEASE_FROM: u64 = 16 << 20;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -339,7 +343,13 @@ impl Server {
     /// and nothing else, as the binary is: in a process that runs other things (tests
     /// running several servers), their memory would be charged to the budget. Does
     /// nothing where resident memory cannot be read (not Linux).
-    pub fn measure_resident_memory(&mut self) {
+    ///
+    /// `release`, when given, asks the allocator to give the memory it holds free back to
+    /// the system (the binary's is glibc's `malloc_trim`). It is called on a blocking
+    /// thread, at most every [`RELEASE_INTERVAL`], while resident growth beyond the count
+    /// is at least [`RELEASE_FROM`]: after a burst of connections, glibc keeps most of
+    /// what they used in its per-thread heaps.
+    pub fn measure_resident_memory(&mut self, release: Option<fn()>) {
         if memory::resident_bytes().is_none() {
             return;
         }
@@ -348,13 +358,30 @@ impl Server {
         self.tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(RESIDENT_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut released = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = shutdown.changed() => return,
                 }
-                if let Some(resident) = memory::resident_bytes() {
-                    broker.memory.observe_resident(resident);
+                let Some(resident) = memory::resident_bytes() else {
+                    continue;
+                };
+                let beyond = broker.memory.observe_resident(resident);
+                let Some(release) = release else { continue };
+                if beyond >= RELEASE_FROM && released.elapsed() >= RELEASE_INTERVAL {
+                    let started = std::time::Instant::now();
+                    if tokio::task::spawn_blocking(release).await.is_err() {
+                        return;
+                    }
+                    released = tokio::time::Instant::now();
+                    let after = memory::resident_bytes().unwrap_or(resident);
+                    tracing::debug!(
+                        before = resident,
+                        after,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "gave free heap memory back to the system"
+                    );
                 }
             }
         }));

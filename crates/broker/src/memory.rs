@@ -290,8 +290,9 @@ impl MemoryBudget {
     /// Takes a sample of the process's resident memory (`resident_bytes`): the first is
     /// the base, later ones set [`MemoryBudget::uncounted`] to their growth over the base
     /// beyond the count, capped at [`UNCOUNTED_MAX_PERCENT`] of the count, and update the
-    /// pressure. Called by one task (the housekeeping one).
-    pub fn observe_resident(&self, resident: u64) {
+    /// pressure. Called by one task (`Server::measure_resident_memory`'s). Returns the
+    /// growth over the base beyond the count, uncapped: what the allocator may hold free.
+    pub fn observe_resident(&self, resident: u64) -> u64 {
         let ledger = self.ledger;
         let base = match ledger.resident_base.load(Ordering::Relaxed) {
             u64::MAX => {
@@ -301,14 +302,13 @@ impl MemoryBudget {
             base => base,
         };
         let counted = ledger.counted();
-        let uncounted = resident
-            .saturating_sub(base)
-            .saturating_sub(counted)
-            .min(counted / 100 * UNCOUNTED_MAX_PERCENT);
+        let beyond = resident.saturating_sub(base).saturating_sub(counted);
+        let uncounted = beyond.min(counted / 100 * UNCOUNTED_MAX_PERCENT);
         let before = ledger.uncounted.swap(uncounted, Ordering::Relaxed);
         if uncounted != before {
             ledger.judge(counted + uncounted, uncounted > before);
         }
+        beyond
     }
 
     /// Moves this thread's sum into the shared count now, rather than when the thread's

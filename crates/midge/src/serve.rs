@@ -64,8 +64,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         server.reload_from(source);
-        // The process is the broker: its resident memory counts against the budget.
-        server.measure_resident_memory();
+        // The process is the broker: its resident memory counts against the budget, and
+        // what glibc holds free after a burst goes back to the system.
+        server.measure_resident_memory(Some(crate::heap::release_free_memory));
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "midge started");
         signals.wait_for_shutdown(&server).await;
         tracing::info!("shutting down");
