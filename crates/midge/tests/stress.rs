@@ -772,9 +772,21 @@ async fn spawn_fan_publisher(
     epoch: Instant,
     rate: u64,
     stop: Arc<AtomicBool>,
+    sent: impl FnMut(u64) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    spawn_timed_publisher(port, "fan/t", epoch, rate, stop, sent).await
+}
+
+/// [`spawn_fan_publisher`] on `topic` (its client id is `topic` with `-` for `/`).
+async fn spawn_timed_publisher(
+    port: u16,
+    topic: &'static str,
+    epoch: Instant,
+    rate: u64,
+    stop: Arc<AtomicBool>,
     mut sent: impl FnMut(u64) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let mut w = connect_discarding(port, "fan-publisher").await;
+    let mut w = connect_discarding(port, &format!("{}-publisher", topic.replace('/', "-"))).await;
     tokio::spawn(async move {
         let per_tick = (rate / 100).max(1);
         let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -783,9 +795,7 @@ async fn spawn_fan_publisher(
             let mut batch = Vec::new();
             for _ in 0..per_tick {
                 let payload = timed_payload(epoch);
-                batch.extend(support::publish(
-                    false, 0, false, false, "fan/t", 0, &payload,
-                ));
+                batch.extend(support::publish(false, 0, false, false, topic, 0, &payload));
             }
             w.write_all(&batch).await.expect("publish");
             sent(per_tick);
@@ -877,6 +887,20 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
         })
         .await
     };
+    // Another subscriber, of a topic the dead do not share, with its own publisher at the
+    // same rate: the issue's "other subscribers".
+    let (mut other, _) = support::connect(port, &support::connect_v311("other", true)).await;
+    support::subscribe_and_wait(&mut other, false, "other/t", 0).await;
+    let (other_arrivals, other_reader) = spawn_live_reader(other, epoch, stop.clone());
+    let other_sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let other_publisher = {
+        let sent = other_sent.clone();
+        spawn_timed_publisher(port, "other/t", epoch, rate, stop.clone(), move |n| {
+            let now = Instant::now();
+            sent.lock().unwrap().extend((0..n).map(|_| now));
+        })
+        .await
+    };
     let guard = tokio::spawn(watchdog(port, stop.clone()));
     let sampler = sample_rss(midge.pid().expect("running"), stop.clone());
 
@@ -907,9 +931,12 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
     stop.store(true, Ordering::Relaxed);
     let watch = watched(guard).await;
     publisher.await.expect("publisher");
-    match reader.await {
-        Ok(()) => {}
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    other_publisher.await.expect("other publisher");
+    for reader in [reader, other_reader] {
+        match reader.await {
+            Ok(()) => {}
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
     let rss = sampler.await.expect("sampler");
     // $SYS is published every second: wait for the values that count the whole run.
@@ -917,28 +944,34 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
     let sys = sys_values(port).await;
     let dropped = sys_counter(&sys, "$SYS/broker/publish/messages/dropped");
 
-    let window = |from: Instant, to: Instant| {
-        let sent = sent
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|t| **t >= from && **t < to)
-            .count();
-        let arrived: Vec<Duration> = arrivals
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(t, _)| *t >= from && *t < to)
-            .map(|(_, l)| *l)
-            .collect();
-        let secs = (to - from).as_secs_f64();
-        (
-            sent as f64 / secs,
-            arrived.len() as f64 / secs,
-            Spread::of(arrived),
-        )
-    };
+    let window_of =
+        |sent: &Mutex<Vec<Instant>>, arrivals: &Arrivals, from: Instant, to: Instant| {
+            let sent = sent
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|t| **t >= from && **t < to)
+                .count();
+            let arrived: Vec<Duration> = arrivals
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(t, _)| *t >= from && *t < to)
+                .map(|(_, l)| *l)
+                .collect();
+            let secs = (to - from).as_secs_f64();
+            (
+                sent as f64 / secs,
+                arrived.len() as f64 / secs,
+                Spread::of(arrived),
+            )
+        };
+    let window = |from, to| window_of(&sent, &arrivals, from, to);
     let (quiet_sent, quiet_rate, quiet_latency) = window(quiet_from, quiet_to);
+    let (_, other_quiet_rate, other_quiet) =
+        window_of(&other_sent, &other_arrivals, quiet_from, quiet_to);
+    let (_, other_loaded_rate, other_loaded) =
+        window_of(&other_sent, &other_arrivals, loaded_from, loaded_to);
     let (loaded_sent, loaded_rate, loaded_latency) = window(loaded_from, loaded_to);
     // Memory and latency while the dead were there: the first and second half of that
     // phase (the first includes filling their socket buffers and queues).
@@ -959,7 +992,9 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
          max_queued_messages {max_queued}; live subscriber alone: {quiet_sent:.0} sent/s, \
          {quiet_rate:.0} received/s, latency {quiet_latency}; with the dead: {loaded_sent:.0} \
          sent/s, {loaded_rate:.0} received/s, latency {loaded_latency}, in its second half \
-         {settled_latency}; RSS {:.1} MiB before \
+         {settled_latency}; subscriber of another topic (its own publisher, same rate): \
+         alone {other_quiet_rate:.0} received/s, latency {other_quiet}, with the dead \
+         {other_loaded_rate:.0} received/s, latency {other_loaded}; RSS {:.1} MiB before \
          the dead, max {:.1} in the first half and {:.1} in the second half of their phase \
          ({per_dead} KiB per dead session); dropped deliveries ($SYS) {dropped}; broker CPU \
          {:.0} % of a core alone, {:.0} % with the dead; watchdog slowest round {:?}, \
@@ -983,6 +1018,11 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
         "live throughput {loaded_rate:.0}/s with the dead, {quiet_rate:.0}/s without"
     );
     assert!(loaded_latency.p99 < STALL, "live latency {loaded_latency}");
+    assert!(
+        other_loaded_rate >= other_quiet_rate * 0.5 && other_loaded.p99 < STALL,
+        "the other topic's subscriber: {other_loaded_rate:.0}/s with the dead, \
+         {other_quiet_rate:.0}/s without, latency {other_loaded}"
+    );
     assert!(
         dropped > 0,
         "full queues of the dead dropped messages, counted"
