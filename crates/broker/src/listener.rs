@@ -43,8 +43,45 @@ const TLS_POLL_INTERVAL: Duration = Duration::from_secs(2);
 const RESIDENT_INTERVAL: Duration = Duration::from_millis(100);
 /// [`Server::measure_resident_memory`] gives free heap memory back at most this often...
 pub const RELEASE_INTERVAL: Duration = Duration::from_secs(10);
-/// ... while resident growth beyond the budget's count is at least this.
+/// ... while resident growth beyond the budget's count is at least this. A release that
+/// gave back less than a quarter of it doubles the wait before the next, up to
+/// [`RELEASE_INTERVAL_MAX`]: with 100,000 idle connections the growth beyond the count is
+/// their own state, which stays, and each release holds the allocator's locks for
+/// milliseconds.
 pub const RELEASE_FROM: u64 = 16 << 20;
+/// The longest wait between two releases.
+pub const RELEASE_INTERVAL_MAX: Duration = Duration::from_secs(320);
+
+/// When [`Server::measure_resident_memory`] next gives free heap memory back.
+#[derive(Debug)]
+struct ReleasePace {
+    wait: Duration,
+    last: tokio::time::Instant,
+}
+
+impl ReleasePace {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            wait: RELEASE_INTERVAL,
+            last: now,
+        }
+    }
+
+    /// Whether to release now, with `beyond` bytes of resident growth beyond the count.
+    fn due(&self, beyond: u64, now: tokio::time::Instant) -> bool {
+        beyond >= RELEASE_FROM && now.duration_since(self.last) >= self.wait
+    }
+
+    /// A release ended at `now`, and resident memory fell by `freed` bytes.
+    fn released(&mut self, freed: u64, now: tokio::time::Instant) {
+        self.last = now;
+        self.wait = if freed >= RELEASE_FROM / 4 {
+            RELEASE_INTERVAL
+        } else {
+            (self.wait * 2).min(RELEASE_INTERVAL_MAX)
+        };
+    }
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -346,9 +383,9 @@ impl Server {
     ///
     /// `release`, when given, asks the allocator to give the memory it holds free back to
     /// the system (the binary's is glibc's `malloc_trim`). It is called on a blocking
-    /// thread, at most every [`RELEASE_INTERVAL`], while resident growth beyond the count
-    /// is at least [`RELEASE_FROM`]: after a burst of connections, glibc keeps most of
-    /// what they used in its per-thread heaps.
+    /// thread, at most every [`RELEASE_INTERVAL`] (longer after releases that freed
+    /// little), while resident growth beyond the count is at least [`RELEASE_FROM`]: after
+    /// a burst of connections, glibc keeps most of what they used in its per-thread heaps.
     pub fn measure_resident_memory(&mut self, release: Option<fn()>) {
         if memory::resident_bytes().is_none() {
             return;
@@ -358,7 +395,7 @@ impl Server {
         self.tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(RESIDENT_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut released = tokio::time::Instant::now();
+            let mut pace = ReleasePace::new(tokio::time::Instant::now());
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -369,17 +406,18 @@ impl Server {
                 };
                 let beyond = broker.memory.observe_resident(resident);
                 let Some(release) = release else { continue };
-                if beyond >= RELEASE_FROM && released.elapsed() >= RELEASE_INTERVAL {
+                if pace.due(beyond, tokio::time::Instant::now()) {
                     let started = std::time::Instant::now();
                     if tokio::task::spawn_blocking(release).await.is_err() {
                         return;
                     }
-                    released = tokio::time::Instant::now();
                     let after = memory::resident_bytes().unwrap_or(resident);
+                    pace.released(resident.saturating_sub(after), tokio::time::Instant::now());
                     tracing::debug!(
                         before = resident,
                         after,
                         took_us = started.elapsed().as_micros() as u64,
+                        next_in_s = pace.wait.as_secs(),
                         "gave free heap memory back to the system"
                     );
                 }
@@ -811,6 +849,34 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Releases come every `RELEASE_INTERVAL` while they free memory, ever less often
+    /// while they do not, and only while enough is held beyond the count.
+    #[test]
+    fn releases_back_off_while_they_free_little() {
+        let start = tokio::time::Instant::now();
+        let mut pace = ReleasePace::new(start);
+        let at = |secs| start + Duration::from_secs(secs);
+        assert!(!pace.due(RELEASE_FROM, at(9)));
+        assert!(!pace.due(RELEASE_FROM - 1, at(10)));
+        assert!(pace.due(RELEASE_FROM, at(10)));
+        // Freed a lot: the next one 10 s later.
+        pace.released(RELEASE_FROM, at(10));
+        assert!(pace.due(RELEASE_FROM, at(20)));
+        // Freed little, again and again: 20, 40, ... s, up to the maximum.
+        pace.released(0, at(20));
+        assert!(!pace.due(RELEASE_FROM, at(39)));
+        assert!(pace.due(RELEASE_FROM, at(40)));
+        let mut now = 20;
+        for _ in 0..10 {
+            pace.released(RELEASE_FROM / 8, at(now));
+            now += pace.wait.as_secs();
+        }
+        assert_eq!(pace.wait, RELEASE_INTERVAL_MAX);
+        // A release that frees memory again brings the pace back.
+        pace.released(RELEASE_FROM / 4, at(now));
+        assert_eq!(pace.wait, RELEASE_INTERVAL);
+    }
 
     /// Many threads take and give back places while the limit changes: no more are ever
     /// held than the highest limit, and every place comes back.
