@@ -695,7 +695,7 @@ mod tests {
             max_messages: 1000,
             ..LIMITS
         };
-        let n = 8 * OFF_WORKER_FROM;
+        let n = 16 * OFF_WORKER_FROM;
         let behind = online_subscribers(&router, "dead", n, QoS::AtMostOnce);
         let live = online_subscribers(&router, "live", 1, QoS::AtMostOnce).remove(0);
         for _ in 0..COMPACT_BACKLOG {
