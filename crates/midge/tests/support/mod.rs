@@ -39,10 +39,20 @@ impl Drop for TestDir {
     }
 }
 
-/// A free loopback port (bound and released; the broker binds it next).
+/// A free loopback port (bound and released; the broker binds it next), never one this
+/// process was given before: the kernel may hand a released port out again, and a test
+/// that picks several before starting anything (a NATS cluster's route ports, then each
+/// server's client and monitoring ports) would give two servers the same one.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = listener.local_addr().expect("local addr").port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The `midge` binary under test, with its config file and data directory in a test dir.
