@@ -731,6 +731,17 @@ fn timed_payload(epoch: Instant) -> Vec<u8> {
 /// Each message's (arrival, latency) at the live subscriber of a fan-out scenario.
 type Arrivals = Arc<Mutex<Vec<(Instant, Duration)>>>;
 
+/// The latencies of the messages that arrived in `[from, to)`.
+fn arrived_between(arrivals: &Arrivals, from: Instant, to: Instant) -> Vec<Duration> {
+    arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .map(|(_, l)| *l)
+        .collect()
+}
+
 /// The live subscriber of the fan-out scenarios, until `stop`. It pings every 20 s: it
 /// sends nothing else, and phases of a minute would outlast its 60 s keep alive.
 fn spawn_live_reader(
@@ -952,13 +963,7 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
                 .iter()
                 .filter(|t| **t >= from && **t < to)
                 .count();
-            let arrived: Vec<Duration> = arrivals
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(t, _)| *t >= from && *t < to)
-                .map(|(_, l)| *l)
-                .collect();
+            let arrived = arrived_between(arrivals, from, to);
             let secs = (to - from).as_secs_f64();
             (
                 sent as f64 / secs,
@@ -1173,13 +1178,7 @@ async fn dead_consumers_under_a_memory_budget_stay_within_it() {
         .map(|s| s.1)
         .max()
         .unwrap_or(0);
-    let arrived: Vec<Duration> = arrivals
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(t, _)| *t >= loaded_from && *t < loaded_to)
-        .map(|(_, l)| *l)
-        .collect();
+    let arrived = arrived_between(&arrivals, loaded_from, loaded_to);
     let secs = (loaded_to - loaded_from).as_secs_f64();
     let (sent_rate, live_rate) = (sent_in_phase as f64 / secs, arrived.len() as f64 / secs);
     let latency = Spread::of(arrived);

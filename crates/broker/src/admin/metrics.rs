@@ -190,7 +190,7 @@ impl Collector for BrokerCollector {
         gauge(
             e,
             "midge_memory_uncounted_bytes",
-            "The part of midge_memory_used_bytes measured as resident growth beyond the count (at most half the count).",
+            "The part of midge_memory_used_bytes measured as resident growth beyond the count (at most the count again).",
             memory.uncounted() as f64,
         )?;
         gauge(

@@ -631,6 +631,25 @@ mod tests {
         (buffer, Arc::new(m))
     }
 
+    /// `n` sessions behind (`COMPACT_BACKLOG` QoS 0 deliveries queued each) and one
+    /// keeping up (nothing queued), all subscribed to `t`; queues hold up to 1,000.
+    fn behind_and_live(
+        router: &Router,
+        n: usize,
+    ) -> (Vec<Arc<Mailbox>>, Arc<Mailbox>, QueueLimits) {
+        let limits = QueueLimits {
+            max_messages: 1000,
+            ..LIMITS
+        };
+        let behind = online_subscribers(router, "dead", n, QoS::AtMostOnce);
+        let live = online_subscribers(router, "live", 1, QoS::AtMostOnce).remove(0);
+        for _ in 0..COMPACT_BACKLOG {
+            router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
+            drain(&live);
+        }
+        (behind, live, limits)
+    }
+
     /// Records, when the subscriber keeping up is woken by its delivery, how many
     /// deliveries the queues behind hold by then.
     struct WakeProbe {
@@ -648,17 +667,7 @@ mod tests {
     #[test]
     fn a_subscriber_keeping_up_is_served_before_queues_behind() {
         let router = Router::new(ShareStrategyConfig::RoundRobin);
-        let limits = QueueLimits {
-            max_messages: 1000,
-            ..LIMITS
-        };
-        let behind = online_subscribers(&router, "dead", 50, QoS::AtMostOnce);
-        let live = online_subscribers(&router, "live", 1, QoS::AtMostOnce).remove(0);
-        // The dead fall behind (the live one reads everything).
-        for _ in 0..COMPACT_BACKLOG {
-            router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
-            drain(&live);
-        }
+        let (behind, live, limits) = behind_and_live(&router, 50);
         let before: usize = behind.iter().map(|m| m.backlog()).sum();
         assert_eq!(before, 50 * COMPACT_BACKLOG);
         let probe = Arc::new(WakeProbe {
@@ -691,17 +700,8 @@ mod tests {
     #[test]
     fn a_subscriber_keeping_up_runs_while_a_large_fan_out_is_queued() {
         let router = Arc::new(Router::new(ShareStrategyConfig::RoundRobin));
-        let limits = QueueLimits {
-            max_messages: 1000,
-            ..LIMITS
-        };
         let n = 16 * OFF_WORKER_FROM;
-        let behind = online_subscribers(&router, "dead", n, QoS::AtMostOnce);
-        let live = online_subscribers(&router, "live", 1, QoS::AtMostOnce).remove(0);
-        for _ in 0..COMPACT_BACKLOG {
-            router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
-            drain(&live);
-        }
+        let (behind, live, limits) = behind_and_live(&router, n);
         let before = n * COMPACT_BACKLOG;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
