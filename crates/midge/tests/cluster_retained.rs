@@ -17,7 +17,7 @@ async fn retained_at(port: u16, filter: &str, qos: u8) -> Vec<(RawPacket, RawPub
         "probe-{}",
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let (mut raw, _) = connect(port, &connect_v5(&id, true, 0)).await;
+    let (mut raw, _) = connect_served(port, &connect_v5(&id, true, 0)).await;
     raw.send(&subscribe(true, 1, filter, qos)).await.unwrap();
     let suback = raw.recv().await.unwrap();
     assert_eq!(suback.kind(), 9, "SUBACK: {suback:02X?}");
@@ -373,7 +373,8 @@ async fn changes_made_while_nats_is_down_apply_locally_and_reach_the_bucket_when
         "n/before was deleted"
     );
     // Same port and JetStream directory: the bucket survives the restart.
-    let _nats = Nats::start_on(&dir, port).await;
+    let nats = Nats::start_on(&dir, port).await;
+    nats.wait_nodes_connected(&["a", "b"]).await;
     for port in [b.port, a.port] {
         wait_retained(port, "n/#", 1, &[("n/during", b"2")]).await;
     }

@@ -193,6 +193,31 @@ impl Nats {
         }
     }
 
+    /// Waits until every one of `nodes` is connected to this server again (after a restart
+    /// of the server, the NATS client reconnects on its own).
+    pub async fn wait_nodes_connected(&self, nodes: &[&str]) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let connz = self.connz().expect("connz");
+            let all = nodes.iter().all(|node| {
+                connz["connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["name"] == format!("midge {node}").as_str())
+            });
+            if all {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {nodes:?} did not reconnect: {connz}"
+            );
+            // Reconnection has no signal but the server's connection list.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until node `node` is subscribed to exactly `subjects` (sorted).
     pub async fn wait_subjects(&self, node: &str, subjects: &[&str]) {
         let deadline = Instant::now() + TIMEOUT;
@@ -215,6 +240,27 @@ impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Connects like [`connect`], but while the node refuses with 0x88 (Server unavailable:
+/// it cannot claim the client id because its NATS connection or the JetStream behind it is
+/// not back yet) tries again, up to [`START_TIMEOUT`].
+pub async fn connect_served(port: u16, packet: &[u8]) -> (Raw, bool) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let mut raw = Raw::connect(port).await.expect("TCP connect");
+        raw.send(packet).await.expect("send CONNECT");
+        let connack = raw.recv().await.expect("CONNACK");
+        assert_eq!(connack.kind(), 2, "expected CONNACK, got {connack:02X?}");
+        match connack.body[1] {
+            0x00 => return (raw, connack.body[0] & 0x01 == 1),
+            0x88 if Instant::now() < deadline => {
+                // The node has no signal for "claims work again" but an accepted CONNECT.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => panic!("CONNACK refused: {connack:02X?}"),
+        }
     }
 }
 
