@@ -27,8 +27,9 @@
 # the table's ratio column is then the cost of being scraped.
 #
 # The device-* scenarios are traffic as devices send it: every message in a write of its
-# own, 1,000 or 10,000 publisher/subscriber pairs at 10,000 msg/s in all, schedules spread
-# over each period; the broker is not saturated, and CPU per message is what counts.
+# own, over 1,000 or 10,000 connections (500 or 5,000 publisher/subscriber pairs) at 10,000
+# msg/s in all, schedules spread over each period; the broker is not saturated, and CPU per
+# message is what counts.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,10 +63,10 @@ SCENARIOS=(
     "pairs-q2|pairs -N 100 -q 2"
     "pairs-q1-256B|pairs -N 100 -q 1 -s 256"
     "latency-q1-10k|pairs -N 100 -q 1 --rate 10000"
-    "device-1k-q0|device -N 1000 -q 0 --rate 10000"
-    "device-1k-q1|device -N 1000 -q 1 --rate 10000"
-    "device-10k-q0|device -N 10000 -q 0 --rate 10000"
-    "device-10k-q1|device -N 10000 -q 1 --rate 10000"
+    "device-1k-q0|device -N 500 -q 0 --rate 10000"
+    "device-1k-q1|device -N 500 -q 1 --rate 10000"
+    "device-10k-q0|device -N 5000 -q 0 --rate 10000"
+    "device-10k-q1|device -N 5000 -q 1 --rate 10000"
     "conn-10k|conn -C 10000 --conn-subscribe --hold 2"
 )
 
