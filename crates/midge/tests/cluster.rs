@@ -446,7 +446,7 @@ async fn nodes_reconnect_and_restore_interest_after_nats_restarts() {
     // No midge restart: the NATS client reconnects and subscribes again.
     nats.wait_nodes_connected(&["a", "b"]).await;
     nats.wait_subjects("b", &["mq.m.r", "mq.m.r.>"]).await;
-    let (mut publisher, _) = connect(a.port, &connect_v311("pub", true)).await;
+    let (mut publisher, _) = connect_served(a.port, &connect_v311("pub", true)).await;
     publish_acked(&mut publisher, 1, "r", 1, b"after restart").await;
     let got = receive(&mut sub, 1).await;
     assert_eq!(got[0].payload, b"after restart");
