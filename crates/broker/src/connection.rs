@@ -31,7 +31,7 @@ use crate::session::{Flow, ResolvedPublish, Session, Violation, negotiate};
 use crate::stats::Stats;
 
 /// How often, in packets handled from one read, the connection looks at the time it has
-/// spent (see `process_input`).
+/// spent (see `process_now`).
 const YIELD_EVERY_PACKETS: u32 = 64;
 /// Time handling one read's packets may take before the task yields its worker.
 const YIELD_AFTER: Duration = Duration::from_millis(1);
@@ -129,6 +129,33 @@ enum Wait {
     KeepAlive,
 }
 
+/// The future of [`Connection::process_input`]: its outcome when nothing had to wait
+/// (boxed: an `End` is larger than the pointer to the waiting future), or that future.
+enum ProcessInput<F> {
+    Done(Option<Box<End>>),
+    Waiting(Pin<Box<F>>),
+}
+
+impl<F: Future<Output = Option<End>>> Future for ProcessInput<F> {
+    type Output = Option<End>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<End>> {
+        match self.get_mut() {
+            ProcessInput::Done(end) => Poll::Ready(end.take().map(|end| *end)),
+            ProcessInput::Waiting(waiting) => waiting.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What stopped [`Connection::process_now`] before the read buffer was done.
+enum Waiting {
+    /// A packet whose topic check waits for an HTTP service (boxed: the HTTP request
+    /// costs far more, and the serving loop's every return would otherwise be this large).
+    Authorize(Box<Pending>),
+    /// 1 ms of packets from one read: the worker is given up before the rest.
+    Yield,
+}
+
 /// Clears the mailbox's waker when the connection stops waiting on it.
 struct ForgetWaker<'a>(&'a Mailbox);
 
@@ -168,7 +195,7 @@ struct Connection<R, W> {
     peer: SocketAddr,
     /// The verified client certificate's identity, when the listener maps one to the user
     /// name (`cert_identity`).
-    certificate_identity: Option<String>,
+    certificate_identity: Option<Box<str>>,
     /// When the login's credential expires (a JWT's `exp`): the connection ends then.
     credential_deadline: Option<Instant>,
     /// The enhanced authentication of a client that logged in with SCRAM: what a
@@ -229,7 +256,7 @@ where
         wbuf: BytesMut::new(),
         decoder,
         peer,
-        certificate_identity,
+        certificate_identity: certificate_identity.map(String::into_boxed_str),
         credential_deadline: None,
         enhanced: None,
         broker,
@@ -754,7 +781,7 @@ where
         // A verified certificate names the user: authorization and logs use that name,
         // not the one in CONNECT (Mosquitto's use_identity_as_username).
         if let Some(identity) = &self.certificate_identity {
-            negotiated.username = Some(identity.clone());
+            negotiated.username = Some(identity.to_string());
         }
         let connection_id = broker.next_connection_id();
         let client_id = negotiated.client_id.clone();
@@ -992,18 +1019,11 @@ where
         // bytes, and inline it would be in every connection's task. It is reset, never
         // re-created; it wakes at whichever of the two comes first.
         // A re-authentication in progress has a deadline too (`reauth`).
-        let credential_deadline = self.credential_deadline;
-        let next_wake = |last_read: Instant, reauth: Option<Instant>| {
-            [
-                keep_alive.map(|limit| last_read + limit),
-                credential_deadline,
-                reauth,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-        };
-        let mut sleep = next_wake(last_read, None).map(|at| Box::pin(tokio::time::sleep_until(at)));
+        // The deadlines are read from `self` when needed, not copied here: every local kept
+        // across an await is in every connection's task.
+        let mut sleep = self
+            .next_wake(keep_alive, last_read, None)
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
         // Packets that came in the same read as CONNECT (a client may pipeline SUBSCRIBE
         // or PUBLISH right behind it) are handled now, not when more bytes arrive.
         if !self.rbuf.is_empty()
@@ -1143,7 +1163,10 @@ where
                         // Not reading is our doing, not the client's silence.
                         last_read = Instant::now();
                     }
-                    if credential_deadline.is_some_and(|at| Instant::now() >= at) {
+                    if self
+                        .credential_deadline
+                        .is_some_and(|at| Instant::now() >= at)
+                    {
                         // MQTT 5 is told why (0xA0); an MQTT 3 connection is just closed.
                         tracing::info!(client_id = %session.client_id(), peer = %self.peer, "credential expired; connection closed");
                         session.disconnect_packet(
@@ -1174,7 +1197,7 @@ where
                         );
                         return End::Abnormal("keep alive timeout");
                     }
-                    match next_wake(last_read, self.reauth_deadline()) {
+                    match self.next_wake(keep_alive, last_read, self.reauth_deadline()) {
                         Some(at) => {
                             if let Some(sleep) = &mut sleep {
                                 sleep.as_mut().reset(at);
@@ -1186,6 +1209,25 @@ where
                 }
             }
         }
+    }
+
+    /// When a serving connection must next wake without input: the keep-alive limit after
+    /// `last_read`, the credential's expiry, or a re-authentication's deadline, whichever
+    /// comes first.
+    fn next_wake(
+        &self,
+        keep_alive: Option<Duration>,
+        last_read: Instant,
+        reauth: Option<Instant>,
+    ) -> Option<Instant> {
+        [
+            keep_alive.map(|limit| last_read + limit),
+            self.credential_deadline,
+            reauth,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Polls, in this order, what a serving connection waits for: writing out the
@@ -1250,47 +1292,49 @@ where
         Poll::Pending
     }
 
-    /// Decodes and handles every complete packet in the read buffer. Synchronous unless
-    /// topic checks wait for an HTTP service: those run in a boxed future, so every
-    /// other connection's task holds no state for packet handling.
-    async fn process_input(&mut self, session: &mut Session) -> Option<End> {
+    /// Handles the complete packets in the read buffer. Not an `async fn`: the future it
+    /// returns is ready at once unless a packet must wait, and only then holds a boxed one
+    /// (see [`Connection::process_now`]), so awaiting it adds a pointer to the task.
+    fn process_input<'a>(
+        &'a mut self,
+        session: &'a mut Session,
+    ) -> ProcessInput<impl Future<Output = Option<End>> + 'a> {
+        match self.process_now(session) {
+            Ok(end) => ProcessInput::Done(end.map(Box::new)),
+            Err(waiting) => ProcessInput::Waiting(Box::pin(self.process_waiting(session, waiting))),
+        }
+    }
+
+    /// Decodes and handles the complete packets in the read buffer for as long as none
+    /// must wait. `Err` says what waits: a packet's topic check by an HTTP service, or the
+    /// worker to be given up (see [`YIELD_AFTER`]); [`Connection::process_waiting`], boxed,
+    /// then carries on. So waiting is never inline in the connection's task, whose every
+    /// byte is in every connection (see "Memory per connection" in ARCHITECTURE.md).
+    fn process_now(&mut self, session: &mut Session) -> Result<Option<End>, Waiting> {
         let checks_wait = self.listener.access.topic_checks_wait();
         let mut handled_here = 0u32;
         let mut since: Option<Instant> = None;
         loop {
             let packet = match self.next_packet(session) {
                 Ok(Some(packet)) => packet,
-                Ok(None) => return None,
-                Err(end) => return Some(end),
+                Ok(None) => return Ok(None),
+                Err(end) => return Ok(Some(end)),
             };
-            // Only a boxed future is kept across the await: the packet moves into it, and
-            // everything decided without waiting is decided in this statement.
-            let waiting = match self.dispatch(session, packet, checks_wait) {
-                Ok(Dispatch::Authorize(pending)) if checks_wait => Some(Box::pin(authorize(
-                    self.listener.clone(),
-                    session.client_id().clone(),
-                    session.username().map(str::to_owned),
-                    pending,
-                ))),
+            match self.dispatch(session, packet, checks_wait) {
+                Ok(Dispatch::Authorize(pending)) if checks_wait => {
+                    return Err(Waiting::Authorize(Box::new(pending)));
+                }
                 dispatched => {
                     let handled = self.handle_now(session, dispatched);
                     if let Some(end) = self.handled(session, handled) {
-                        return Some(end);
+                        return Ok(Some(end));
                     }
-                    None
-                }
-            };
-            if let Some(authorizing) = waiting {
-                let authorized = authorizing.await;
-                let handled = self.complete(session, authorized);
-                if let Some(end) = self.handled(session, handled) {
-                    return Some(end);
                 }
             }
             if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
                 // Over its publish rate: the rest waits in the read buffer (see
                 // `publish_rate`).
-                return None;
+                return Ok(None);
             }
             // A client that sends packets faster than they are handled gives up its
             // worker every so often instead of holding it for a whole buffer of them (up to
@@ -1298,13 +1342,45 @@ where
             // the clock, and past 1 ms it yields. Cheap packets (a saturated publisher's)
             // never get there, so their batches stay whole.
             handled_here += 1;
-            if handled_here.is_multiple_of(YIELD_EVERY_PACKETS) {
-                let start = *since.get_or_insert_with(Instant::now);
-                if start.elapsed() >= YIELD_AFTER {
-                    tokio::task::yield_now().await;
-                    since = Some(Instant::now());
+            if handled_here.is_multiple_of(YIELD_EVERY_PACKETS)
+                && since.get_or_insert_with(Instant::now).elapsed() >= YIELD_AFTER
+            {
+                return Err(Waiting::Yield);
+            }
+        }
+    }
+
+    /// Waits for what [`Connection::process_now`] stopped at, then handles the rest of the
+    /// read buffer the same way.
+    async fn process_waiting(
+        &mut self,
+        session: &mut Session,
+        mut waiting: Waiting,
+    ) -> Option<End> {
+        loop {
+            match waiting {
+                Waiting::Yield => tokio::task::yield_now().await,
+                Waiting::Authorize(pending) => {
+                    let authorized = authorize(
+                        self.listener.clone(),
+                        session.client_id().clone(),
+                        session.username().map(str::to_owned),
+                        *pending,
+                    )
+                    .await;
+                    let handled = self.complete(session, authorized);
+                    if let Some(end) = self.handled(session, handled) {
+                        return Some(end);
+                    }
+                    if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
+                        return None;
+                    }
                 }
             }
+            waiting = match self.process_now(session) {
+                Ok(end) => return end,
+                Err(waiting) => waiting,
+            };
         }
     }
 

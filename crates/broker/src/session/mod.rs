@@ -72,7 +72,7 @@ pub struct Session {
     protocol: ProtocolVersion,
     /// QoS 1/2 messages we may have in flight to the client: min(its Receive Maximum,
     /// our `max_inflight`) [MQTT-3.3.4-7].
-    send_window: usize,
+    send_window: u16,
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
     /// Topic aliases both ways; boxed, as only v5 clients that use aliases have any.
@@ -82,9 +82,11 @@ pub struct Session {
     began_with_zero_expiry: bool,
     /// Boxed: most clients have no will, and a will is large.
     will: Option<Box<Will>>,
-    username: Option<String>,
-    /// Retained messages found at SUBSCRIBE, sent before anything from the mailbox.
-    retained_backlog: VecDeque<Delivery>,
+    username: Option<Box<str>>,
+    /// Retained messages found at SUBSCRIBE, sent before anything from the mailbox; boxed
+    /// and only while there are any, as a session is in its connection's task.
+    #[allow(clippy::box_collection)] // 8 bytes in every connection, not a VecDeque's 32
+    retained_backlog: Option<Box<VecDeque<Delivery>>>,
     /// Set when a subscription is only partly readable under the ACL: every delivery's
     /// topic is checked before it is sent. `None` (the usual case) costs nothing.
     delivery_filter: Option<Box<DeliveryFilter>>,
@@ -107,14 +109,14 @@ impl Session {
         Self {
             state,
             protocol: negotiated.protocol,
-            send_window: usize::from(negotiated.client_receive_maximum.min(max_inflight)),
+            send_window: negotiated.client_receive_maximum.min(max_inflight),
             client_max_packet_size: negotiated.client_max_packet_size,
             client_topic_alias_maximum: negotiated.client_topic_alias_maximum,
             aliases: None,
             began_with_zero_expiry: negotiated.expiry_interval == 0,
             will: negotiated.will.map(Box::new),
-            username: negotiated.username,
-            retained_backlog: VecDeque::new(),
+            username: negotiated.username.map(String::into_boxed_str),
+            retained_backlog: None,
             delivery_filter: None,
             journal,
             settle: false,

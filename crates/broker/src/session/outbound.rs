@@ -82,21 +82,24 @@ impl Session {
             // Taken in batches of up to 64, fewer when little room is left (counting 1 KiB
             // a delivery), so a small `max_bytes` is not overshot by 64 messages.
             let take = ((max_bytes - out.len()) / 1024).clamp(1, 64);
-            let window = self.send_window.saturating_sub(self.state.inflight_len());
+            let window = usize::from(self.send_window).saturating_sub(self.state.inflight_len());
             // The retained backlog goes first; it only exists right after SUBSCRIBE.
-            if !self.retained_backlog.is_empty() {
+            if let Some(backlog) = self.retained_backlog.as_mut() {
                 let mut window = window;
-                while let Some(front) = self.retained_backlog.front() {
+                while let Some(front) = backlog.front() {
                     if front.qos != QoS::AtMostOnce {
                         if window == 0 {
                             break;
                         }
                         window -= 1;
                     }
-                    batch.extend(self.retained_backlog.pop_front());
+                    batch.extend(backlog.pop_front());
                     if batch.len() >= take {
                         break;
                     }
+                }
+                if backlog.is_empty() {
+                    self.retained_backlog = None;
                 }
                 if batch.is_empty() {
                     break;
@@ -229,6 +232,6 @@ impl Session {
 
     /// True when the mailbox or the retained backlog could give `pump` something now.
     pub fn has_pending(&self) -> bool {
-        !self.retained_backlog.is_empty() || !self.state.mailbox.is_empty()
+        self.retained_backlog.is_some() || !self.state.mailbox.is_empty()
     }
 }

@@ -74,7 +74,11 @@ impl Session {
         // messages do: one SUBSCRIBE repeating `#` must not queue copies of the whole
         // retained tree without end (issue 9, defect 2).
         let limits = env.queue_limits();
-        let mut backlog = RetainedBudget::new(&limits, &self.retained_backlog, &self.state.mailbox);
+        let mut backlog = RetainedBudget::new(
+            &limits,
+            self.retained_backlog.as_deref(),
+            &self.state.mailbox,
+        );
         let mut collected: Vec<&str> = Vec::new();
         let filters = subscribe.filters;
         for (i, (filter, options)) in filters.iter().enumerate() {
@@ -152,7 +156,11 @@ impl Session {
         };
         // [MQTT-3.8.4-1] SUBACK first, then the retained messages.
         self.send(&Packet::SubAck(suback), out);
-        self.retained_backlog.extend(retained);
+        if !retained.is_empty() {
+            self.retained_backlog
+                .get_or_insert_with(Box::default)
+                .extend(retained);
+        }
         Stats::add(&env.stats().retained_dropped, backlog.refused);
         Ok(())
     }
@@ -246,10 +254,11 @@ struct RetainedBudget {
 }
 
 impl RetainedBudget {
-    fn new(limits: &QueueLimits, backlog: &VecDeque<Delivery>, mailbox: &Mailbox) -> Self {
+    fn new(limits: &QueueLimits, backlog: Option<&VecDeque<Delivery>>, mailbox: &Mailbox) -> Self {
+        let backlog = backlog.into_iter().flatten();
         Self {
-            messages: backlog.len() + mailbox.len(),
-            bytes: backlog.iter().map(|d| d.message.weight()).sum(),
+            messages: backlog.clone().count() + mailbox.len(),
+            bytes: backlog.map(|d| d.message.weight()).sum(),
             limits: *limits,
             refused: 0,
         }
