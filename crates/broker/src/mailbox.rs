@@ -207,8 +207,9 @@ struct Inner {
     persistent: bool,
     /// A wake-up not yet seen by the connection (like a `Notify` permit).
     notified: bool,
-    /// The queue's own limits, used instead of the ones each push passes.
-    own: Option<OwnLimits>,
+    /// The queue's own limits, used instead of the ones each push passes. Boxed: only
+    /// AMQP queues have them, and a mailbox is in every MQTT session.
+    own: Option<Box<OwnLimits>>,
     /// The waiting connection's waker. Kept here rather than in a `Notified` future so
     /// the connection's task holds no waiting state for it (see `poll_notified`).
     waker: Option<Waker>,
@@ -450,7 +451,7 @@ impl Mailbox {
         if inner.closed {
             return PushOutcome::Closed;
         }
-        if let Some(own) = inner.own {
+        if let Some(own) = inner.own.as_deref().copied() {
             return self.push_within(inner, delivery, own);
         }
         let is_qos0 = delivery.qos == QoS::AtMostOnce;
@@ -536,7 +537,7 @@ impl Mailbox {
 
     /// Sets limits of the queue's own (see [`OwnLimits`]).
     pub fn set_own_limits(&self, limits: OwnLimits) {
-        self.lock().own = Some(limits);
+        self.lock().own = Some(Box::new(limits));
     }
 
     /// A push within the queue's own limits: when full, the oldest delivery goes
@@ -955,6 +956,16 @@ mod tests {
     }
 
     use super::*;
+
+    /// A mailbox is in every session: with its `Arc` header it fits a 256-byte heap chunk
+    /// (glibc's chunks are the size plus 8, rounded up to 16). It took 288 while the
+    /// AMQP-only queue limits sat in it unboxed.
+    #[test]
+    fn a_mailbox_fits_a_256_byte_chunk() {
+        let size = std::mem::size_of::<Mailbox>();
+        let chunk = (16 + size + 8).next_multiple_of(16);
+        assert!(chunk <= 256, "mailbox {size} bytes, heap chunk {chunk}");
+    }
     use crate::model::Message;
     use bytes::Bytes;
 
