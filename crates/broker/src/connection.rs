@@ -1044,7 +1044,9 @@ where
             } else {
                 WRITE_HIGH_WATER
             };
-            if self.wbuf.len() < high_water {
+            // Most turns of this loop (a write done, a packet read) find nothing to send:
+            // looked at without the mailbox's lock or the clock.
+            if self.wbuf.len() < high_water && session.has_pending() {
                 session.pump(now_millis(), &mut self.wbuf, high_water);
             }
             totals.add(&session.stats);
@@ -1251,7 +1253,14 @@ where
                             self.stalled = n < self.wbuf.len();
                             self.wbuf.advance(n);
                             *bytes_sent += n as u64;
-                            self.unflushed = true;
+                            // All of it went: flush in the same turn rather than the next
+                            // (for plain TCP a flush does nothing; at device rates every
+                            // message is a write of its own).
+                            self.unflushed = !self.wbuf.is_empty()
+                                || !matches!(
+                                    Pin::new(&mut self.writer).poll_flush(cx),
+                                    Poll::Ready(Ok(()))
+                                );
                             Wait::Written
                         }
                     });

@@ -284,6 +284,9 @@ impl Node {
     }
 }
 
+/// Topic levels split without allocating (see [`Trie::collect`]); deeper topics allocate.
+const STACK_LEVELS: usize = 16;
+
 /// See the module documentation. Not synchronised: the router wraps it in a lock.
 #[derive(Debug, Default)]
 pub(crate) struct Trie {
@@ -455,7 +458,21 @@ impl Trie {
         reach: Reach,
         out: &mut Vec<Target>,
     ) {
-        let levels: Vec<&str> = topic.split('/').collect();
+        // Split on the stack: most topics have few levels, and this runs for every message.
+        let mut on_stack = [""; STACK_LEVELS];
+        let mut count = 0;
+        let mut split = topic.split('/');
+        for (slot, level) in on_stack.iter_mut().zip(&mut split) {
+            *slot = level;
+            count += 1;
+        }
+        let on_heap: Vec<&str>;
+        let levels: &[&str] = if count == STACK_LEVELS && split.clone().next().is_some() {
+            on_heap = topic.split('/').collect();
+            &on_heap
+        } else {
+            &on_stack[..count]
+        };
         if topic.starts_with('$') {
             if let Some((first, rest)) = levels.split_first()
                 && let Some(child) = self.root.children.get(*first)
@@ -463,7 +480,7 @@ impl Trie {
                 child.collect(rest, strategy, random, reach, out);
             }
         } else {
-            self.root.collect(&levels, strategy, random, reach, out);
+            self.root.collect(levels, strategy, random, reach, out);
         }
     }
 }
@@ -507,6 +524,41 @@ mod tests {
         assert_eq!(matched(&trie, "a/b/c"), ["#", "a/#", "a/b/c"]);
         assert_eq!(matched(&trie, "/x"), ["#", "/+"]);
         assert_eq!(trie.len(), filters.len());
+    }
+
+    /// Topics up to `STACK_LEVELS` levels are split on the stack, deeper ones on the heap:
+    /// both match the same, at the boundary and past it.
+    #[test]
+    fn deep_topics_match_on_either_side_of_the_stack_split() {
+        for depth in [STACK_LEVELS - 1, STACK_LEVELS, STACK_LEVELS + 1, 200] {
+            let topic = vec!["l"; depth].join("/");
+            let mut last_plus = vec!["l"; depth];
+            last_plus[depth - 1] = "+";
+            let mut trie = Trie::default();
+            let filters = [
+                topic.clone(),
+                last_plus.join("/"),
+                format!("{topic}/#"),
+                "l/#".to_owned(),
+                format!("{topic}/l"),
+            ];
+            for f in &filters {
+                trie.insert(f, sub(&Mailbox::new(f.as_str().into()), QoS::AtMostOnce));
+            }
+            let mut want = vec![
+                filters[0].clone(),
+                filters[1].clone(),
+                filters[2].clone(),
+                filters[3].clone(),
+            ];
+            want.sort();
+            assert_eq!(matched(&trie, &topic), want, "depth {depth}");
+            assert_eq!(
+                matched(&trie, &format!("{topic}/l")).len(),
+                3,
+                "depth {depth} + 1"
+            );
+        }
     }
 
     #[test]

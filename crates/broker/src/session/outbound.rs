@@ -230,8 +230,10 @@ impl Session {
         }
     }
 
-    /// True when the mailbox or the retained backlog could give `pump` something now.
+    /// True when the retained backlog or the mailbox could give `pump` something now. The
+    /// mailbox's length is read without its lock: a delivery queued after the read wakes
+    /// the connection, which looks again.
     pub fn has_pending(&self) -> bool {
-        self.retained_backlog.is_some() || !self.state.mailbox.is_empty()
+        self.retained_backlog.is_some() || self.state.mailbox.backlog() > 0
     }
 }
