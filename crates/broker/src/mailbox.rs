@@ -136,6 +136,31 @@ impl Inbox for Mailbox {
     }
 }
 
+/// A delivery, or what makes one: [`Mailbox::push_with`] decides from the message and
+/// the QoS whether it is queued, and only then makes it.
+pub trait ToDeliver {
+    /// The message delivered.
+    fn message(&self) -> &Message;
+    /// The QoS it is delivered at.
+    fn qos(&self) -> QoS;
+    /// The delivery itself.
+    fn make(self) -> Delivery;
+}
+
+impl ToDeliver for Delivery {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    fn qos(&self) -> QoS {
+        self.qos
+    }
+
+    fn make(self) -> Delivery {
+        self
+    }
+}
+
 /// An instruction for the connection currently serving this session.
 #[derive(Debug)]
 pub enum Control {
@@ -447,6 +472,13 @@ impl Mailbox {
 
     /// Queues a delivery, applying the limits. Wakes the connection if the queue was empty.
     pub fn push(&self, delivery: Delivery, limits: &QueueLimits) -> PushOutcome {
+        self.push_with(delivery, limits)
+    }
+
+    /// [`Mailbox::push`] of a delivery made only if it is queued: routing to thousands of
+    /// full queues (dead subscribers) then builds and drops no delivery for each (an `Arc`
+    /// count up and down, and its subscription identifiers).
+    pub fn push_with(&self, delivery: impl ToDeliver, limits: &QueueLimits) -> PushOutcome {
         let mut inner = self.lock();
         if inner.closed {
             return PushOutcome::Closed;
@@ -454,7 +486,8 @@ impl Mailbox {
         if let Some(own) = inner.own.as_deref().copied() {
             return self.push_within(inner, delivery, own);
         }
-        let is_qos0 = delivery.qos == QoS::AtMostOnce;
+        let message = delivery.message();
+        let is_qos0 = delivery.qos() == QoS::AtMostOnce;
         if is_qos0 && !inner.online && !limits.queue_qos0_offline {
             return PushOutcome::Dropped;
         }
@@ -485,7 +518,7 @@ impl Mailbox {
             journal.journal().count_full_drop();
             return PushOutcome::Dropped;
         }
-        let weight = delivery.message.weight();
+        let weight = message.weight();
         let mut evicted = 0;
         while inner.is_full(limits, weight) {
             // Full: QoS 0 goes first, whether it is the newcomer or already queued.
@@ -507,7 +540,7 @@ impl Mailbox {
             }
             evicted += 1;
         }
-        self.enqueue(inner, delivery, journal, evicted)
+        self.enqueue(inner, delivery.make(), journal, evicted)
     }
 
     /// The end of a push: the delivery joins the queue (and the store, with `journal`).
@@ -545,10 +578,10 @@ impl Mailbox {
     fn push_within(
         &self,
         mut inner: MutexGuard<'_, Inner>,
-        delivery: Delivery,
+        delivery: impl ToDeliver,
         own: OwnLimits,
     ) -> PushOutcome {
-        let body = delivery.message.payload.len();
+        let body = delivery.message().payload.len();
         let mut evicted = 0;
         loop {
             let full = own.max_messages.is_some_and(|m| inner.queue.len() >= m)
@@ -573,8 +606,8 @@ impl Mailbox {
         let journal = self
             .journal
             .as_ref()
-            .filter(|_| inner.persistent && delivery.qos != QoS::AtMostOnce);
-        self.enqueue(inner, delivery, journal, evicted)
+            .filter(|_| inner.persistent && delivery.qos() != QoS::AtMostOnce);
+        self.enqueue(inner, delivery.make(), journal, evicted)
     }
 
     /// Takes up to `max` deliveries from the front, stopping before a QoS 1/2 delivery

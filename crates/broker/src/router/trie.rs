@@ -99,8 +99,17 @@ impl Subscribers {
         self.direct.is_empty() && self.shared.is_none()
     }
 
-    fn collect(&self, strategy: ShareStrategy, random: u64, reach: Reach, out: &mut Vec<Target>) {
-        if reach != Reach::Shared {
+    /// Returns how many plain subscription sets added targets (0 or 1).
+    fn collect(
+        &self,
+        strategy: ShareStrategy,
+        random: u64,
+        reach: Reach,
+        out: &mut Vec<Target>,
+    ) -> usize {
+        let mut plain_sets = 0;
+        if reach != Reach::Shared && !self.direct.is_empty() {
+            plain_sets = 1;
             out.extend(self.direct.values().map(|s| Target {
                 mailbox: s.mailbox.clone(),
                 options: s.options,
@@ -109,7 +118,7 @@ impl Subscribers {
             }));
         }
         if reach == Reach::Plain {
-            return;
+            return plain_sets;
         }
         for group in self.shared.iter().flat_map(|groups| groups.values()) {
             if let Some(s) = group.pick(strategy, random) {
@@ -121,6 +130,7 @@ impl Subscribers {
                 });
             }
         }
+        plain_sets
     }
 
     /// Adds or replaces; returns true if the client already had this subscription.
@@ -266,21 +276,22 @@ impl Node {
         random: u64,
         reach: Reach,
         out: &mut Vec<Target>,
-    ) {
+    ) -> usize {
+        let mut plain_sets = 0;
         // `#` matches this level and everything below, including nothing: `a/#` matches `a`.
         if let Some(hash) = &self.hash {
-            hash.collect(strategy, random, reach, out);
+            plain_sets += hash.collect(strategy, random, reach, out);
         }
         let Some((level, rest)) = levels.split_first() else {
-            self.here.collect(strategy, random, reach, out);
-            return;
+            return plain_sets + self.here.collect(strategy, random, reach, out);
         };
         if let Some(child) = self.children.get(*level) {
-            child.collect(rest, strategy, random, reach, out);
+            plain_sets += child.collect(rest, strategy, random, reach, out);
         }
         if let Some(plus) = &self.plus {
-            plus.collect(rest, strategy, random, reach, out);
+            plain_sets += plus.collect(rest, strategy, random, reach, out);
         }
+        plain_sets
     }
 }
 
@@ -450,6 +461,9 @@ impl Trie {
 
     /// Every subscription matching `topic`, with one member picked per shared group.
     /// Topics starting with `$` are not matched by a leading wildcard [MQTT-4.7.2-1].
+    /// Returns how many filters' plain subscriptions added targets: with at most one, no
+    /// session is among the plain targets twice (a filter holds one subscription per
+    /// client).
     pub(crate) fn collect(
         &self,
         topic: &str,
@@ -457,7 +471,7 @@ impl Trie {
         random: u64,
         reach: Reach,
         out: &mut Vec<Target>,
-    ) {
+    ) -> usize {
         // Split on the stack: most topics have few levels, and this runs for every message.
         let mut on_stack = [""; STACK_LEVELS];
         let mut count = 0;
@@ -477,10 +491,11 @@ impl Trie {
             if let Some((first, rest)) = levels.split_first()
                 && let Some(child) = self.root.children.get(*first)
             {
-                child.collect(rest, strategy, random, reach, out);
+                return child.collect(rest, strategy, random, reach, out);
             }
+            0
         } else {
-            self.root.collect(levels, strategy, random, reach, out);
+            self.root.collect(levels, strategy, random, reach, out)
         }
     }
 }
