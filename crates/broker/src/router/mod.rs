@@ -350,8 +350,7 @@ impl Router {
         if plain_sets > 1 {
             // Group the plain subscriptions of each session together (`push_all` merges
             // neighbours); shared ones stay apart. With one filter's subscriptions no
-            // session is there twice, and sorting 10,000 targets would delay every one of
-            // them by a fifth of a millisecond.
+            // session is there twice, and sorting 10,000 targets takes 0.4 ms.
             targets
                 .sort_unstable_by_key(|t| (t.shared.is_some(), Arc::as_ptr(&t.mailbox) as usize));
         }
