@@ -20,7 +20,7 @@ use tokio::time::sleep_until;
 
 use super::client::explain_io;
 use super::histogram::Histogram;
-use super::sequence::Stream;
+use super::sequence::Streams;
 use super::shared::{Published, Received, STALL, Shared, Tally};
 use super::{Plan, Scenario};
 
@@ -360,7 +360,7 @@ pub async fn consumer(
     let publishers = plan.publishers as usize;
     let no_ack = plan.qos == QoS::AtMostOnce;
     let mut done = Received {
-        streams: vec![Stream::default(); publishers],
+        streams: Streams::new(publishers),
         latency: Histogram::new(),
         delivered_window: 0,
         delivered_total: 0,

@@ -17,7 +17,7 @@ use super::amqp;
 use super::client::Client;
 use super::histogram::Histogram;
 use super::report::{Report, Usage};
-use super::sequence::Stream;
+use super::sequence::{Stream, Streams};
 use super::shared::{Published, Received, STALL, Shared, Tally};
 use super::{Plan, Scenario};
 
@@ -224,7 +224,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     }
     let _ = stop.send(true);
 
-    let mut streams: Vec<Vec<Stream>> = Vec::with_capacity(subscriber_tasks.len());
+    let mut streams: Vec<Streams> = Vec::with_capacity(subscriber_tasks.len());
     for task in subscriber_tasks {
         let done = task.await.context("subscriber task")??;
         report.delivered += done.delivered_window;
@@ -235,7 +235,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     }
     drop(connections);
     let mut unique = 0;
-    for stream in streams.iter().flatten() {
+    for stream in streams.iter().flat_map(Streams::iter) {
         unique += stream.unique();
         report.duplicated += stream.duplicated();
         report.reordered += stream.reordered();
@@ -246,8 +246,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         unique = 0;
         for publisher in 0..plan.publishers as usize {
             let mut group = Stream::default();
-            for member in &streams {
-                report.duplicated += group.union(&member[publisher]);
+            for heard in streams.iter().filter_map(|member| member.get(publisher)) {
+                report.duplicated += group.union(heard);
             }
             unique += group.unique();
         }
@@ -465,7 +465,7 @@ async fn subscriber(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let publishers = plan.publishers as usize;
     let mut done = Received {
-        streams: vec![Stream::default(); publishers],
+        streams: Streams::new(publishers),
         latency: Histogram::new(),
         delivered_window: 0,
         delivered_total: 0,

@@ -73,9 +73,83 @@ impl Stream {
     }
 }
 
+/// One subscriber's [`Stream`]s, one per publisher it hears from. Dense for a few
+/// publishers (an index per message); a map beyond [`DENSE_UP_TO`]: in `device -N 5000`
+/// each of 5,000 subscribers hears one of 5,000 publishers, and dense streams would be
+/// 1.4 GB written while the run starts, which stalled the generator's one thread for
+/// long enough to show as the broker's latency.
+#[derive(Debug)]
+pub enum Streams {
+    /// Indexed by publisher.
+    Dense(Vec<Stream>),
+    /// Only the publishers heard from.
+    Sparse(std::collections::HashMap<usize, Stream>),
+}
+
+/// Publishers up to which [`Streams`] are dense.
+pub const DENSE_UP_TO: usize = 256;
+
+impl Streams {
+    /// Streams for `publishers` publishers, numbered from 0.
+    pub fn new(publishers: usize) -> Self {
+        if publishers <= DENSE_UP_TO {
+            Self::Dense(vec![Stream::default(); publishers])
+        } else {
+            Self::Sparse(std::collections::HashMap::new())
+        }
+    }
+
+    /// The stream of `publisher` (below the count given to [`Streams::new`]).
+    pub fn get_mut(&mut self, publisher: usize) -> &mut Stream {
+        match self {
+            Self::Dense(streams) => &mut streams[publisher],
+            Self::Sparse(streams) => streams.entry(publisher).or_default(),
+        }
+    }
+
+    /// The stream of `publisher`, if anything was heard from it.
+    pub fn get(&self, publisher: usize) -> Option<&Stream> {
+        match self {
+            Self::Dense(streams) => streams.get(publisher),
+            Self::Sparse(streams) => streams.get(&publisher),
+        }
+    }
+
+    /// Every stream (of a publisher heard from, at least).
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &Stream> + '_> {
+        match self {
+            Self::Dense(streams) => Box::new(streams.iter()),
+            Self::Sparse(streams) => Box::new(streams.values()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_are_the_same_dense_or_sparse() {
+        for publishers in [3, DENSE_UP_TO + 1] {
+            let mut streams = Streams::new(publishers);
+            for seq in [0, 1, 1, 3, 2] {
+                streams.get_mut(publishers - 1).record(seq);
+            }
+            streams.get_mut(0).record(0);
+            let last = streams.get(publishers - 1).expect("heard from");
+            assert_eq!(
+                (last.unique(), last.duplicated(), last.reordered()),
+                (4, 1, 1)
+            );
+            assert_eq!(streams.iter().map(Stream::unique).sum::<u64>(), 5);
+            // Dense streams hold every publisher; sparse ones only those heard from.
+            let heard = streams.iter().filter(|s| s.unique() > 0).count();
+            assert_eq!(heard, 2);
+        }
+        assert!(matches!(Streams::new(DENSE_UP_TO), Streams::Dense(_)));
+        assert!(matches!(Streams::new(DENSE_UP_TO + 1), Streams::Sparse(_)));
+        assert!(Streams::new(DENSE_UP_TO + 1).get(5).is_none());
+    }
 
     #[test]
     fn in_order_stream_has_no_anomalies() {

@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 
 use super::HEADER_LEN;
 use super::histogram::Histogram;
-use super::sequence::Stream;
+use super::sequence::Streams;
 
 /// A QoS 0 publisher waiting this long for deliveries that do not come counts the missing
 /// messages as gone (the broker dropped them) instead of waiting forever.
@@ -56,7 +56,7 @@ pub(super) struct Published {
 
 /// A finished subscriber.
 pub(super) struct Received {
-    pub(super) streams: Vec<Stream>,
+    pub(super) streams: Streams,
     pub(super) latency: Histogram,
     pub(super) delivered_window: u64,
     pub(super) delivered_total: u64,
@@ -101,7 +101,7 @@ impl Tally {
             return;
         };
         let publisher = publisher as usize;
-        done.streams[publisher].record(u64::from(seq));
+        done.streams.get_mut(publisher).record(u64::from(seq));
         if self.batch[publisher] == 0 {
             self.touched.push(publisher);
         }
