@@ -21,7 +21,7 @@ use crate::mailbox::{Copies, Inbox, Mailbox, PushOutcome, ToDeliver};
 use crate::model::QueueLimits;
 use crate::model::{Delivery, Message};
 pub use trie::Reach;
-use trie::{ShareStrategy, Subscriber, Target, Trie};
+use trie::{Matches, ShareStrategy, Snapshot, Subscriber, Target, Trie};
 
 /// Subscriptions and routing as the broker uses them: the seam where a cluster adds
 /// remote interest and forwarding. Every change of local interest passes through
@@ -341,12 +341,21 @@ impl Router {
         } else {
             0
         };
-        let mut targets = Vec::new();
+        let mut matches = Matches::default();
         let plain_sets =
             self.read()
-                .collect(&message.topic, self.strategy, random, reach, &mut targets);
+                .collect(&message.topic, self.strategy, random, reach, &mut matches);
+        let (mut targets, sets) = if plain_sets > 1 {
+            // Overlapping subscriptions of one session are merged target by target.
+            (matches.into_targets(), Vec::new())
+        } else {
+            (matches.targets, matches.sets)
+        };
         // [MQTT-3.8.3-3] no-local: not sent back to the publisher.
-        targets.retain(|t| !(t.options.no_local && *Inbox::owner(&*t.mailbox) == message.origin));
+        let skip = |options: &SubscriptionOptions, mailbox: &Mailbox| {
+            options.no_local && *Inbox::owner(mailbox) == message.origin
+        };
+        targets.retain(|t| !skip(&t.options, &t.mailbox));
         if plain_sets > 1 {
             // Group the plain subscriptions of each session together (`push_all` merges
             // neighbours); shared ones stay apart. With one filter's subscriptions no
@@ -354,41 +363,57 @@ impl Router {
             targets
                 .sort_unstable_by_key(|t| (t.shared.is_some(), Arc::as_ptr(&t.mailbox) as usize));
         }
+        let plain = Plain {
+            sets: &sets,
+            skip: &skip,
+        };
         // A message queued for an offline session will wait: it gets its own exact-size
         // copy, shared by all its deliveries, instead of pinning the publisher's read
         // buffer. Online subscribers that fall behind are compacted later (see `compact`).
         let compacted;
-        let queues = |t: &Target| {
-            !t.mailbox.is_online() && (message.qos != QoS::AtMostOnce || limits.queue_qos0_offline)
+        let queues = |mailbox: &Mailbox| {
+            !mailbox.is_online() && (message.qos != QoS::AtMostOnce || limits.queue_qos0_offline)
         };
-        let message = if targets.iter().any(queues) {
+        let message = if targets.iter().any(|t| queues(&t.mailbox))
+            || plain.subscribers().any(|s| queues(&s.mailbox))
+        {
             compacted = Arc::new(message.compacted());
             &compacted
         } else {
             message
         };
 
-        if targets.len() >= OFF_WORKER_FROM && on_a_worker_of_many() {
+        let count = targets.len() + sets.iter().map(|set| set.len()).sum::<usize>();
+        if count >= OFF_WORKER_FROM && on_a_worker_of_many() {
             // Tasks woken meanwhile go to the runtime's shared queue, where another worker
             // takes them at once (see OFF_WORKER_FROM).
-            tokio::task::block_in_place(|| self.push_all(message, &targets, limits))
+            tokio::task::block_in_place(|| self.push_all(message, &targets, &plain, limits))
         } else {
-            self.push_all(message, &targets, limits)
+            self.push_all(message, &targets, &plain, limits)
         }
     }
 
     /// Queues `message` for `targets` (one session's plain subscriptions next to each
-    /// other), those behind last.
+    /// other) and for the subscribers of `plain`, those behind last.
     fn push_all(
         &self,
         message: &Arc<Message>,
         targets: &[Target],
+        plain: &Plain<'_>,
         limits: &QueueLimits,
     ) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
         // Queues already behind go last: a subscriber keeping up does not wait while the
         // message is queued for (or dropped by) thousands of slow or dead ones.
         let mut behind = Vec::new();
+        let mut note_behind = |merged| {
+            if behind.capacity() == 0 {
+                // One allocation, for at most all the targets.
+                let subscribers: usize = plain.sets.iter().map(|set| set.len()).sum();
+                behind.reserve(targets.len() + subscribers);
+            }
+            behind.push(merged);
+        };
         let mut rest = targets;
         while let Some(first) = rest.first() {
             let same = if first.shared.is_some() {
@@ -400,34 +425,38 @@ impl Router {
             };
             let (group, tail) = rest.split_at(same);
             rest = tail;
+            let merged = Merged::new(message, Of::Targets(group));
             if first.mailbox.backlog() >= COMPACT_BACKLOG {
-                if behind.capacity() == 0 {
-                    // One allocation, for at most all the groups left.
-                    behind.reserve(rest.len() + 1);
-                }
-                behind.push(group);
+                note_behind(merged);
             } else {
-                self.push_group(message, group, limits, &mut outcome);
+                self.push_to(&first.mailbox, merged, limits, &mut outcome);
             }
         }
-        for group in behind {
-            self.push_group(message, group, limits, &mut outcome);
+        for subscriber in plain.subscribers() {
+            let merged = Merged::new(message, Of::One(subscriber));
+            if subscriber.mailbox.backlog() >= COMPACT_BACKLOG {
+                note_behind(merged);
+            } else {
+                self.push_to(&subscriber.mailbox, merged, limits, &mut outcome);
+            }
+        }
+        for merged in behind {
+            self.push_to(merged.mailbox(), merged, limits, &mut outcome);
         }
         outcome
     }
 
-    /// Queues one delivery for `group` (one session's matching subscriptions, or one
+    /// Queues one delivery for `mailbox` (one session's matching subscriptions, or one
     /// shared group's chosen member), and lists its queue for compaction once it is
     /// behind.
-    fn push_group(
+    fn push_to(
         &self,
-        message: &Arc<Message>,
-        group: &[Target],
+        mailbox: &Arc<Mailbox>,
+        merged: Merged<'_>,
         limits: &QueueLimits,
         outcome: &mut RouteOutcome,
     ) {
-        let mailbox = &group[0].mailbox;
-        outcome.record(mailbox.push_with(Merged::new(message, group), limits));
+        outcome.record(mailbox.push_with(merged, limits));
         if mailbox.backlog() >= COMPACT_BACKLOG && mailbox.mark_behind() {
             self.behind
                 .lock()
@@ -562,26 +591,62 @@ impl RouteOutcome {
     }
 }
 
+/// The plain subscriptions a message matched as whole filters' [`Snapshot`]s, and which
+/// of them no-local leaves out.
+struct Plain<'a> {
+    sets: &'a [Snapshot],
+    skip: &'a dyn Fn(&SubscriptionOptions, &Mailbox) -> bool,
+}
+
+impl Plain<'_> {
+    fn subscribers(&self) -> impl Iterator<Item = &Subscriber> {
+        self.sets
+            .iter()
+            .flat_map(|set| set.iter())
+            .filter(|s| !(self.skip)(&s.options, &s.mailbox))
+    }
+}
+
+/// The subscriptions of one session a delivery is for.
+#[derive(Clone, Copy)]
+enum Of<'a> {
+    /// Its matching subscriptions (or one shared group's chosen member), as targets.
+    Targets(&'a [Target]),
+    /// Its one plain subscription in a filter's snapshot.
+    One(&'a Subscriber),
+}
+
 /// One delivery for the subscriptions of one session that matched, made only once the
 /// session's queue takes it (see [`Mailbox::push_with`]).
 struct Merged<'a> {
     message: &'a Arc<Message>,
-    targets: &'a [Target],
+    of: Of<'a>,
     qos: QoS,
 }
 
 impl<'a> Merged<'a> {
-    fn new(message: &'a Arc<Message>, targets: &'a [Target]) -> Self {
-        let qos = targets
-            .iter()
-            .map(|t| t.options.qos)
-            .max()
-            .unwrap_or_default();
+    fn new(message: &'a Arc<Message>, of: Of<'a>) -> Self {
+        let qos = match of {
+            Of::Targets(targets) => targets
+                .iter()
+                .map(|t| t.options.qos)
+                .max()
+                .unwrap_or_default(),
+            Of::One(s) => s.options.qos,
+        };
         Self {
             message,
-            targets,
+            of,
             // [MQTT-3.8.4-8] delivered at the lower of the publish and subscription QoS.
             qos: qos.min(message.qos),
+        }
+    }
+
+    /// The session's queue.
+    fn mailbox(&self) -> &'a Arc<Mailbox> {
+        match self.of {
+            Of::Targets(targets) => &targets[0].mailbox,
+            Of::One(s) => &s.mailbox,
         }
     }
 }
@@ -596,22 +661,33 @@ impl ToDeliver for Merged<'_> {
     }
 
     fn make(self) -> Delivery {
-        let (message, targets) = (self.message, self.targets);
+        let message = self.message;
         // [MQTT-3.3.1-12] [MQTT-3.3.1-13] RETAIN is kept only for retain-as-published.
-        let retain = message.retain && targets.iter().any(|t| t.options.retain_as_published);
+        let (retain, subscription_ids, shared) = match self.of {
+            Of::Targets(targets) => (
+                targets.iter().any(|t| t.options.retain_as_published),
+                targets.iter().filter_map(|t| t.identifier).collect(),
+                targets.first().and_then(|t| t.shared.clone()),
+            ),
+            Of::One(s) => (
+                s.options.retain_as_published,
+                s.identifier.into_iter().collect(),
+                None,
+            ),
+        };
         Delivery {
             message: message.clone(),
             qos: self.qos,
-            retain,
-            subscription_ids: targets.iter().filter_map(|t| t.identifier).collect(),
-            shared: targets.first().and_then(|t| t.shared.clone()),
+            retain: message.retain && retain,
+            subscription_ids,
+            shared,
         }
     }
 }
 
 /// One delivery for the subscriptions of one session that matched.
 fn merge(message: &Arc<Message>, targets: &[Target]) -> Delivery {
-    Merged::new(message, targets).make()
+    Merged::new(message, Of::Targets(targets)).make()
 }
 
 #[cfg(test)]
@@ -861,6 +937,118 @@ mod tests {
             copies.push(got[0].message.clone());
         }
         assert!(copies.iter().all(|c| Arc::ptr_eq(c, &copies[0])));
+    }
+
+    /// A filter with [`trie::SNAPSHOT_FROM`] subscribers or more is routed from a shared
+    /// snapshot of them: every change (leave, new options, join) shows in the next
+    /// message, no-local applies, and a session that also matched another filter gets one
+    /// merged delivery.
+    #[test]
+    fn a_large_filter_is_routed_from_a_snapshot_that_follows_every_change() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let many = online_subscribers(&router, "s", trie::SNAPSHOT_FROM + 8, QoS::AtLeastOnce);
+        let count = |m: &Mailbox| drain(m).len();
+        let outcome = router.route(&message("t", QoS::AtLeastOnce, false, "p"), &LIMITS);
+        assert_eq!(outcome.delivered, many.len());
+        assert!(many.iter().all(|m| count(m) == 1));
+
+        router.unsubscribe("t", many[0].client_id());
+        router.subscribe(&many[1], "t", options(QoS::AtMostOnce), Some(7));
+        let no_local = SubscriptionOptions {
+            no_local: true,
+            ..options(QoS::AtLeastOnce)
+        };
+        router.subscribe(&many[2], "t", no_local, None);
+        router.subscribe(&many[3], "#", options(QoS::ExactlyOnce), Some(9));
+        let late = Mailbox::new("late".into());
+        late.set_online(true);
+        router.subscribe(&late, "t", options(QoS::AtLeastOnce), None);
+
+        // From s2, whose subscription is now no-local; "t" and "#" both match, so the
+        // targets are merged one by one.
+        let outcome = router.route(&message("t", QoS::ExactlyOnce, false, "s2"), &LIMITS);
+        assert_eq!(outcome.delivered, many.len() - 2 + 1);
+        assert!(drain(&many[0]).is_empty(), "unsubscribed");
+        let changed = drain(&many[1]);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            (changed[0].qos, &changed[0].subscription_ids[..]),
+            (QoS::AtMostOnce, &[7][..])
+        );
+        assert!(drain(&many[2]).is_empty(), "no-local");
+        let both = drain(&many[3]);
+        assert_eq!(both.len(), 1, "one copy for two matching filters");
+        assert_eq!(
+            (both[0].qos, &both[0].subscription_ids[..]),
+            (QoS::ExactlyOnce, &[9][..])
+        );
+        assert_eq!(count(&late), 1);
+        assert!(many[4..].iter().all(|m| count(m) == 1));
+
+        // Only "t" matches: routed from the snapshot, which saw the same changes.
+        let outcome = router.route(&message("t/x", QoS::AtLeastOnce, false, "p"), &LIMITS);
+        assert_eq!(outcome.delivered, 1, "only # matches t/x");
+        assert_eq!(count(&many[3]), 1);
+        let outcome = router.route(&message("t", QoS::AtLeastOnce, false, "s2"), &LIMITS);
+        assert_eq!(outcome.delivered, many.len() - 2 + 1);
+        assert!(drain(&many[0]).is_empty() && drain(&many[2]).is_empty());
+        assert_eq!(drain(&many[1])[0].qos, QoS::AtMostOnce);
+    }
+
+    /// Routing to a filter with hundreds of subscribers from several threads while others
+    /// leave and rejoin it, and join and leave a second filter: nothing stalls, and once
+    /// the churn stops every subscriber still there gets the next message exactly once.
+    #[test]
+    fn routing_to_a_large_filter_while_it_changes_from_many_threads() {
+        use std::sync::atomic::AtomicBool;
+        let router = Arc::new(Router::new(ShareStrategyConfig::RoundRobin));
+        let members = online_subscribers(&router, "s", 400, QoS::AtMostOnce);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for t in 0..8 {
+            let (router, stop) = (router.clone(), stop.clone());
+            let mine: Vec<_> = members.iter().skip(t).step_by(8).cloned().collect();
+            threads.push(std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if t % 2 == 0 {
+                        router.route(&message("t", QoS::AtMostOnce, false, "p"), &LIMITS);
+                    } else {
+                        let m = &mine[n as usize % mine.len()];
+                        router.unsubscribe("t", m.client_id());
+                        router.subscribe(m, "t/#", options(QoS::AtMostOnce), None);
+                        router.subscribe(m, "t", options(QoS::AtMostOnce), None);
+                        router.unsubscribe("t/#", m.client_id());
+                    }
+                    for m in &mine {
+                        drain(m);
+                    }
+                    n += 1;
+                }
+                n
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for thread in threads {
+            while !thread.is_finished() {
+                assert!(std::time::Instant::now() < deadline, "a thread is stuck");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(thread.join().expect("no panic") > 0);
+        }
+        for m in &members {
+            drain(m);
+        }
+        for m in members.iter().step_by(3) {
+            router.unsubscribe("t", m.client_id());
+        }
+        let outcome = router.route(&message("t", QoS::AtLeastOnce, false, "p"), &LIMITS);
+        assert_eq!(outcome.delivered, members.len() - members.len().div_ceil(3));
+        for (i, m) in members.iter().enumerate() {
+            assert_eq!(drain(m).len(), usize::from(i % 3 != 0), "{}", m.client_id());
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! from literal levels so matching a topic touches only the branches that can match.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use midge_proto::SubscriptionOptions;
 
@@ -26,6 +26,38 @@ pub(crate) struct Target {
     pub(crate) identifier: Option<u32>,
     /// The full `$share/{group}/{filter}` for a shared-subscription target.
     pub(crate) shared: Option<Arc<str>>,
+}
+
+impl Target {
+    /// A plain subscription's target.
+    pub(crate) fn plain(s: &Subscriber) -> Self {
+        Self {
+            mailbox: s.mailbox.clone(),
+            options: s.options,
+            identifier: s.identifier,
+            shared: None,
+        }
+    }
+}
+
+/// What [`Trie::collect`] found: targets one by one, and the plain subscriptions of
+/// filters with [`SNAPSHOT_FROM`] or more as whole [`Snapshot`]s.
+#[derive(Debug, Default)]
+pub(crate) struct Matches {
+    pub(crate) targets: Vec<Target>,
+    pub(crate) sets: Vec<Snapshot>,
+}
+
+impl Matches {
+    /// Every target, the snapshots' subscriptions as plain targets (for tests and the
+    /// merging of overlapping subscriptions).
+    pub(crate) fn into_targets(self) -> Vec<Target> {
+        let mut targets = self.targets;
+        for set in &self.sets {
+            targets.extend(set.iter().map(Target::plain));
+        }
+        targets
+    }
 }
 
 /// Which subscriptions a match collects: a cluster node delivers to its shared groups
@@ -85,18 +117,56 @@ struct Node {
     here: Subscribers,
 }
 
+/// A filter's plain subscriptions are matched as one shared slice (a [`Snapshot`]) from
+/// this many on: routing a message to them then costs one reference count, not one per
+/// subscriber.
+pub(crate) const SNAPSHOT_FROM: usize = 64;
+
+/// A filter's plain subscriptions as routing reads them, built by the first match after
+/// a change (under the trie's read lock; building clones the subscribers and takes no
+/// other lock) and dropped by the next change (under the write lock). A route still
+/// holding an older one delivers as if it had matched just before the change, as with
+/// targets collected before it.
+pub(crate) type Snapshot = Arc<[Subscriber]>;
+
 #[derive(Debug, Default)]
 struct Subscribers {
     direct: SmallMap<Arc<str>, Subscriber>,
-    /// Boxed: few filters have shared groups, and this sits in every trie node (a boxed
-    /// map is 8 bytes where an empty map is 48).
-    #[allow(clippy::box_collection)]
-    shared: Option<Box<HashMap<Box<str>, SharedGroup>>>,
+    /// Boxed: few filters have shared groups or many subscribers, and this sits in every
+    /// trie node (8 bytes where an empty map would be 48). Present exactly when there are
+    /// shared groups or at least [`SNAPSHOT_FROM`] plain subscribers.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Default)]
+struct Extra {
+    /// Shared groups by name.
+    groups: HashMap<Box<str>, SharedGroup>,
+    /// `direct` as a [`Snapshot`], once a match built it (only from [`SNAPSHOT_FROM`]).
+    snapshot: OnceLock<Snapshot>,
 }
 
 impl Subscribers {
     fn is_empty(&self) -> bool {
-        self.direct.is_empty() && self.shared.is_none()
+        self.direct.is_empty() && self.extra.is_none()
+    }
+
+    /// After a change to `direct` or the groups: drops the snapshot, and keeps `extra`
+    /// only where it is needed.
+    fn changed(&mut self) {
+        let large = self.direct.len() >= SNAPSHOT_FROM;
+        match &mut self.extra {
+            Some(extra) if large || !extra.groups.is_empty() => {
+                extra.snapshot = OnceLock::new();
+            }
+            Some(_) => self.extra = None,
+            None if large => self.extra = Some(Box::default()),
+            None => {}
+        }
+    }
+
+    fn groups(&self) -> impl Iterator<Item = &SharedGroup> {
+        self.extra.iter().flat_map(|extra| extra.groups.values())
     }
 
     /// Returns how many plain subscription sets added targets (0 or 1).
@@ -105,24 +175,28 @@ impl Subscribers {
         strategy: ShareStrategy,
         random: u64,
         reach: Reach,
-        out: &mut Vec<Target>,
+        out: &mut Matches,
     ) -> usize {
         let mut plain_sets = 0;
         if reach != Reach::Shared && !self.direct.is_empty() {
             plain_sets = 1;
-            out.extend(self.direct.values().map(|s| Target {
-                mailbox: s.mailbox.clone(),
-                options: s.options,
-                identifier: s.identifier,
-                shared: None,
-            }));
+            if let Some(extra) = self.extra.as_ref()
+                && self.direct.len() >= SNAPSHOT_FROM
+            {
+                let snapshot = extra
+                    .snapshot
+                    .get_or_init(|| self.direct.values().cloned().collect());
+                out.sets.push(snapshot.clone());
+            } else {
+                out.targets.extend(self.direct.values().map(Target::plain));
+            }
         }
         if reach == Reach::Plain {
             return plain_sets;
         }
-        for group in self.shared.iter().flat_map(|groups| groups.values()) {
+        for group in self.groups() {
             if let Some(s) = group.pick(strategy, random) {
-                out.push(Target {
+                out.targets.push(Target {
                     mailbox: s.mailbox.clone(),
                     options: s.options,
                     identifier: s.identifier,
@@ -137,11 +211,16 @@ impl Subscribers {
     fn insert(&mut self, group: Option<(&str, &str)>, subscriber: Subscriber) -> bool {
         let client = subscriber.mailbox.client_id().clone();
         match group {
-            None => self.direct.insert(client, subscriber).is_some(),
+            None => {
+                let existed = self.direct.insert(client, subscriber).is_some();
+                self.changed();
+                existed
+            }
             Some((name, full_filter)) => {
                 let group = self
-                    .shared
+                    .extra
                     .get_or_insert_default()
+                    .groups
                     .entry(name.into())
                     .or_insert_with(|| SharedGroup {
                         full_filter: full_filter.into(),
@@ -178,13 +257,15 @@ impl Subscribers {
                 if !self.direct.get(client_id).is_some_and(matches) {
                     return false;
                 }
-                self.direct.remove(client_id).is_some()
+                let removed = self.direct.remove(client_id).is_some();
+                self.changed();
+                removed
             }
             Some(name) => {
-                let Some(groups) = &mut self.shared else {
+                let Some(extra) = &mut self.extra else {
                     return false;
                 };
-                let Some(group) = groups.get_mut(name) else {
+                let Some(group) = extra.groups.get_mut(name) else {
                     return false;
                 };
                 let before = group.members.len();
@@ -193,9 +274,10 @@ impl Subscribers {
                     .retain(|m| !(&**m.mailbox.client_id() == client_id && matches(m)));
                 let removed = group.members.len() != before;
                 if group.members.is_empty() {
-                    groups.remove(name);
-                    if groups.is_empty() {
-                        self.shared = None;
+                    extra.groups.remove(name);
+                    // Keeps the snapshot: the plain subscriptions did not change.
+                    if extra.groups.is_empty() && self.direct.len() < SNAPSHOT_FROM {
+                        self.extra = None;
                     }
                 }
                 removed
@@ -275,7 +357,7 @@ impl Node {
         strategy: ShareStrategy,
         random: u64,
         reach: Reach,
-        out: &mut Vec<Target>,
+        out: &mut Matches,
     ) -> usize {
         let mut plain_sets = 0;
         // `#` matches this level and everything below, including nothing: `a/#` matches `a`.
@@ -318,7 +400,7 @@ impl Subscribers {
         for s in self.direct.values() {
             f(filter, s);
         }
-        for group in self.shared.iter().flat_map(|groups| groups.values()) {
+        for group in self.groups() {
             for member in &group.members {
                 f(&group.full_filter, member);
             }
@@ -413,7 +495,7 @@ impl Trie {
                 subscribers = Some(&node.here);
             }
         }
-        subscribers?.shared.as_ref()?.get(group)
+        subscribers?.extra.as_ref()?.groups.get(group)
     }
 
     /// The members of the shared group behind `full_filter` other than `exclude`, for
@@ -470,7 +552,7 @@ impl Trie {
         strategy: ShareStrategy,
         random: u64,
         reach: Reach,
-        out: &mut Vec<Target>,
+        out: &mut Matches,
     ) -> usize {
         // Split on the stack: most topics have few levels, and this runs for every message.
         let mut on_stack = [""; STACK_LEVELS];
@@ -517,9 +599,10 @@ mod tests {
     }
 
     fn matched(trie: &Trie, topic: &str) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = Matches::default();
         trie.collect(topic, ShareStrategy::RoundRobin, 0, Reach::All, &mut out);
         let mut ids: Vec<String> = out
+            .into_targets()
             .iter()
             .map(|t| t.mailbox.client_id().to_string())
             .collect();
@@ -617,6 +700,59 @@ mod tests {
         assert!(trie.remove("$share/g/t", "c", Some(&new)));
     }
 
+    /// A filter keeps a snapshot (and the box holding it) only while it has
+    /// [`SNAPSHOT_FROM`] plain subscribers or more; every change drops the snapshot.
+    #[test]
+    fn a_filter_keeps_a_snapshot_only_while_large() {
+        let mut trie = Trie::default();
+        let mailboxes: Vec<_> = (0..SNAPSHOT_FROM)
+            .map(|i| Mailbox::new(format!("c{i}").into()))
+            .collect();
+        for m in &mailboxes[1..] {
+            trie.insert("a", sub(m, QoS::AtMostOnce));
+        }
+        let here = |trie: &Trie| -> bool { trie.root.children["a"].here.extra.is_some() };
+        assert!(!here(&trie), "below SNAPSHOT_FROM: no box");
+        trie.insert("a", sub(&mailboxes[0], QoS::AtMostOnce));
+        assert!(here(&trie));
+
+        let mut out = Matches::default();
+        assert_eq!(
+            trie.collect("a", ShareStrategy::RoundRobin, 0, Reach::All, &mut out),
+            1
+        );
+        assert!(out.targets.is_empty());
+        assert_eq!(out.sets.len(), 1);
+        assert_eq!(out.sets[0].len(), SNAPSHOT_FROM);
+        let first = out.sets[0].clone();
+        // Matching again shares the snapshot; a change makes a new one.
+        let mut again = Matches::default();
+        trie.collect("a", ShareStrategy::RoundRobin, 0, Reach::All, &mut again);
+        assert!(Arc::ptr_eq(&first, &again.sets[0]));
+        trie.insert("a", sub(&mailboxes[0], QoS::AtLeastOnce));
+        let mut changed = Matches::default();
+        trie.collect("a", ShareStrategy::RoundRobin, 0, Reach::All, &mut changed);
+        assert!(!Arc::ptr_eq(&first, &changed.sets[0]));
+        assert!(
+            changed.sets[0]
+                .iter()
+                .any(|s| s.options.qos == QoS::AtLeastOnce)
+        );
+
+        // A shared group keeps the box; without one, below the threshold, it goes. The
+        // group's member is a target of its own beside the 63 plain ones.
+        trie.insert("$share/g/a", sub(&mailboxes[1], QoS::AtMostOnce));
+        assert!(trie.remove("a", "c0", None));
+        assert!(here(&trie), "the group needs it");
+        let mut small = Matches::default();
+        trie.collect("a", ShareStrategy::RoundRobin, 0, Reach::All, &mut small);
+        assert!(small.sets.is_empty());
+        assert_eq!(small.targets.len(), SNAPSHOT_FROM);
+        assert!(trie.remove("$share/g/a", "c1", None));
+        assert!(!here(&trie));
+        assert_eq!(matched(&trie, "a").len(), SNAPSHOT_FROM - 1);
+    }
+
     #[test]
     fn shared_group_round_robins_across_members() {
         let mut trie = Trie::default();
@@ -630,8 +766,9 @@ mod tests {
         }
         let mut picked = Vec::new();
         for _ in 0..6 {
-            let mut out = Vec::new();
+            let mut out = Matches::default();
             trie.collect("jobs/1", ShareStrategy::RoundRobin, 0, Reach::All, &mut out);
+            let out = out.into_targets();
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].shared.as_deref(), Some("$share/g/jobs/+"));
             picked.push(out[0].mailbox.client_id().to_string());
