@@ -9,6 +9,7 @@
 
 mod trie;
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -367,22 +368,6 @@ impl Router {
             sets: &sets,
             skip: &skip,
         };
-        // A message queued for an offline session will wait: it gets its own exact-size
-        // copy, shared by all its deliveries, instead of pinning the publisher's read
-        // buffer. Online subscribers that fall behind are compacted later (see `compact`).
-        let compacted;
-        let queues = |mailbox: &Mailbox| {
-            !mailbox.is_online() && (message.qos != QoS::AtMostOnce || limits.queue_qos0_offline)
-        };
-        let message = if targets.iter().any(|t| queues(&t.mailbox))
-            || plain.subscribers().any(|s| queues(&s.mailbox))
-        {
-            compacted = Arc::new(message.compacted());
-            &compacted
-        } else {
-            message
-        };
-
         let count = targets.len() + sets.iter().map(|set| set.len()).sum::<usize>();
         if count >= OFF_WORKER_FROM && on_a_worker_of_many() {
             // Tasks woken meanwhile go to the runtime's shared queue, where another worker
@@ -403,6 +388,19 @@ impl Router {
         limits: &QueueLimits,
     ) -> RouteOutcome {
         let mut outcome = RouteOutcome::default();
+        // A message queued for an offline session will wait: it gets its own exact-size
+        // copy, made at the first such session and shared by all of them, instead of
+        // pinning the publisher's read buffer. Online subscribers that fall behind are
+        // compacted later (see `compact`).
+        let compacted = OnceCell::new();
+        let message_for = |mailbox: &Mailbox| {
+            if !mailbox.is_online() && (message.qos != QoS::AtMostOnce || limits.queue_qos0_offline)
+            {
+                compacted.get_or_init(|| Arc::new(message.compacted()))
+            } else {
+                message
+            }
+        };
         // Queues already behind go last: a subscriber keeping up does not wait while the
         // message is queued for (or dropped by) thousands of slow or dead ones.
         let mut behind = Vec::new();
@@ -425,7 +423,7 @@ impl Router {
             };
             let (group, tail) = rest.split_at(same);
             rest = tail;
-            let merged = Merged::new(message, Of::Targets(group));
+            let merged = Merged::new(message_for(&first.mailbox), Of::Targets(group));
             if first.mailbox.backlog() >= COMPACT_BACKLOG {
                 note_behind(merged);
             } else {
@@ -433,7 +431,7 @@ impl Router {
             }
         }
         for subscriber in plain.subscribers() {
-            let merged = Merged::new(message, Of::One(subscriber));
+            let merged = Merged::new(message_for(&subscriber.mailbox), Of::One(subscriber));
             if subscriber.mailbox.backlog() >= COMPACT_BACKLOG {
                 note_behind(merged);
             } else {
@@ -866,6 +864,33 @@ mod tests {
         assert!(buffer.is_unique(), "a queued message pins the read buffer");
         let got = drain(&offline);
         assert_eq!(got[0].message.payload, buffer.slice(0..10));
+    }
+
+    /// With online and offline subscribers of one filter, large or small: the online ones
+    /// get the routed message itself, the offline ones one exact-size copy between them.
+    #[test]
+    fn offline_subscribers_share_one_copy_and_online_ones_get_the_original() {
+        for online_count in [1, trie::SNAPSHOT_FROM] {
+            let router = Router::new(ShareStrategyConfig::RoundRobin);
+            let online = online_subscribers(&router, "on", online_count, QoS::AtLeastOnce);
+            let offline: Vec<_> = (0..2)
+                .map(|i| {
+                    let m = Mailbox::new(format!("off{i}").into());
+                    router.subscribe(&m, "t", options(QoS::AtLeastOnce), None);
+                    m
+                })
+                .collect();
+            let (buffer, message) = message_in_read_buffer(QoS::AtLeastOnce);
+            router.route(&message, &LIMITS);
+            for m in &online {
+                assert!(Arc::ptr_eq(&drain(m)[0].message, &message));
+            }
+            drop(message);
+            assert!(buffer.is_unique(), "the offline copies pin the read buffer");
+            let (a, b) = (drain(&offline[0]), drain(&offline[1]));
+            assert!(Arc::ptr_eq(&a[0].message, &b[0].message), "one copy");
+            assert_eq!(a[0].message.payload, buffer.slice(0..10));
+        }
     }
 
     #[test]
