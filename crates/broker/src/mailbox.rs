@@ -136,7 +136,7 @@ impl Inbox for Mailbox {
     }
 }
 
-/// A delivery, or what makes one: [`Mailbox::push_with`] decides from the message and
+/// A delivery, or what makes one: [`Mailbox::push`] decides from the message and
 /// the QoS whether it is queued, and only then makes it.
 pub trait ToDeliver {
     /// The message delivered.
@@ -471,14 +471,10 @@ impl Mailbox {
     }
 
     /// Queues a delivery, applying the limits. Wakes the connection if the queue was empty.
-    pub fn push(&self, delivery: Delivery, limits: &QueueLimits) -> PushOutcome {
-        self.push_with(delivery, limits)
-    }
-
-    /// [`Mailbox::push`] of a delivery made only if it is queued: routing to thousands of
-    /// full queues (dead subscribers) then builds and drops no delivery for each (an `Arc`
-    /// count up and down, and its subscription identifiers).
-    pub fn push_with(&self, delivery: impl ToDeliver, limits: &QueueLimits) -> PushOutcome {
+    /// The delivery is made only if it is queued (see [`ToDeliver`]): routing to thousands
+    /// of full queues (dead subscribers) then builds and drops no delivery for each (an
+    /// `Arc` count up and down, and its subscription identifiers).
+    pub fn push(&self, delivery: impl ToDeliver, limits: &QueueLimits) -> PushOutcome {
         let mut inner = self.lock();
         if inner.closed {
             return PushOutcome::Closed;
@@ -989,6 +985,8 @@ mod tests {
     }
 
     use super::*;
+    use crate::model::Message;
+    use bytes::Bytes;
 
     /// A mailbox is in every session: with its `Arc` header it fits a 256-byte heap chunk
     /// (glibc's chunks are the size plus 8, rounded up to 16). It took 288 while the
@@ -999,8 +997,6 @@ mod tests {
         let chunk = (16 + size + 8).next_multiple_of(16);
         assert!(chunk <= 256, "mailbox {size} bytes, heap chunk {chunk}");
     }
-    use crate::model::Message;
-    use bytes::Bytes;
 
     fn delivery(qos: QoS, payload: &'static str) -> Delivery {
         let message =

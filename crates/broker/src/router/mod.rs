@@ -352,11 +352,7 @@ impl Router {
         } else {
             (matches.targets, matches.sets)
         };
-        // [MQTT-3.8.3-3] no-local: not sent back to the publisher.
-        let skip = |options: &SubscriptionOptions, mailbox: &Mailbox| {
-            options.no_local && *Inbox::owner(mailbox) == message.origin
-        };
-        targets.retain(|t| !skip(&t.options, &t.mailbox));
+        targets.retain(|t| !sent_back(&t.options, &t.mailbox, message));
         if plain_sets > 1 {
             // Group the plain subscriptions of each session together (`push_all` merges
             // neighbours); shared ones stay apart. With one filter's subscriptions no
@@ -366,7 +362,7 @@ impl Router {
         }
         let plain = Plain {
             sets: &sets,
-            skip: &skip,
+            message,
         };
         let count = targets.len() + sets.iter().map(|set| set.len()).sum::<usize>();
         if count >= OFF_WORKER_FROM && on_a_worker_of_many() {
@@ -454,7 +450,7 @@ impl Router {
         limits: &QueueLimits,
         outcome: &mut RouteOutcome,
     ) {
-        outcome.record(mailbox.push_with(merged, limits));
+        outcome.record(mailbox.push(merged, limits));
         if mailbox.backlog() >= COMPACT_BACKLOG && mailbox.mark_behind() {
             self.behind
                 .lock()
@@ -589,19 +585,24 @@ impl RouteOutcome {
     }
 }
 
-/// The plain subscriptions a message matched as whole filters' [`Snapshot`]s, and which
-/// of them no-local leaves out.
+/// [MQTT-3.8.3-3] no-local: a message is not sent back to its publisher.
+fn sent_back(options: &SubscriptionOptions, mailbox: &Mailbox, message: &Message) -> bool {
+    options.no_local && *Inbox::owner(mailbox) == message.origin
+}
+
+/// The plain subscriptions `message` matched as whole filters' [`Snapshot`]s.
 struct Plain<'a> {
     sets: &'a [Snapshot],
-    skip: &'a dyn Fn(&SubscriptionOptions, &Mailbox) -> bool,
+    message: &'a Message,
 }
 
 impl Plain<'_> {
+    /// The subscribers to deliver to (no-local leaves the publisher out).
     fn subscribers(&self) -> impl Iterator<Item = &Subscriber> {
         self.sets
             .iter()
             .flat_map(|set| set.iter())
-            .filter(|s| !(self.skip)(&s.options, &s.mailbox))
+            .filter(|s| !sent_back(&s.options, &s.mailbox, self.message))
     }
 }
 
@@ -615,7 +616,7 @@ enum Of<'a> {
 }
 
 /// One delivery for the subscriptions of one session that matched, made only once the
-/// session's queue takes it (see [`Mailbox::push_with`]).
+/// session's queue takes it (see [`Mailbox::push`]).
 struct Merged<'a> {
     message: &'a Arc<Message>,
     of: Of<'a>,
