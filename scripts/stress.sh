@@ -18,6 +18,7 @@
 #   MIDGE_STRESS_FANOUT_RATE        fan-out messages (1 KiB, QoS 0) per second
 #   MIDGE_STRESS_BUDGET_MIB         [limits] max_memory of the dead-consumers-under-a-budget run
 #   MIDGE_STRESS_SNDBUF_KIB         [limits] socket_send_buffer of both dead-consumer runs (0: autotuned)
+#   MIDGE_STRESS_ARRIVALS           a file for every fan-out message's arrival and latency (dead consumers)
 #   MIDGE_STRESS_BURST              TCP connects per burst (four bursts a second)
 #   MIDGE_STRESS_SLOWLORIS          sockets trickling a CONNECT one byte a second
 #   MIDGE_STRESS_STORAGE            "memory" takes the store out of the figures

@@ -394,12 +394,17 @@ impl Mailbox {
     /// the memory budget does not see (issue 9, defect 4). `copies` maps an original
     /// message (by address) to its copy, so a message queued in many slow queues is copied
     /// once. Each delivery is looked at in one sweep only. Returns how many deliveries got
-    /// a copy. Takes only this mailbox's lock.
+    /// a copy. Takes only this mailbox's lock. A queue that took nothing in the interval
+    /// before the last sweep (a full queue refusing everything, say) is not walked: its
+    /// walk would find nothing to copy, and 10,000 such queues of 100 took 8-10 ms a sweep.
     pub fn compact(&self, copies: &mut Copies) -> usize {
         let mut inner = self.lock();
         let (from, to) = (inner.swept_to, inner.seen_to);
         inner.swept_to = to;
         inner.seen_to = inner.next_seq;
+        if from >= to {
+            return 0;
+        }
         let mut copied = 0;
         for queued in inner.queue.iter_mut() {
             if queued.seq < from || queued.seq >= to {

@@ -848,8 +848,9 @@ impl Registry {
 
     /// Deliveries queued in every session's mailbox, and QoS 1/2 deliveries in flight in
     /// offline sessions (online ones count theirs in `Stats::inflight`), for metrics. One
-    /// pass under the registry lock, taking each mailbox lock briefly (registry, then
-    /// mailbox, as attach does).
+    /// pass under the registry lock that reads each queue's length without its lock
+    /// ([`Mailbox::backlog`]): `$SYS` asks every second, and taking 10,000 mailbox locks
+    /// under the registry lock kept connects waiting for it.
     pub fn queue_totals(&self) -> (usize, usize) {
         let inner = self.lock();
         inner
@@ -857,7 +858,7 @@ impl Registry {
             .values()
             .fold((0, 0), |(queued, inflight), slot| {
                 (
-                    queued + slot.mailbox.len(),
+                    queued + slot.mailbox.backlog(),
                     inflight + slot.parked.as_ref().map_or(0, |p| p.inflight.len()),
                 )
             })

@@ -742,6 +742,26 @@ fn arrived_between(arrivals: &Arrivals, from: Instant, to: Instant) -> Vec<Durat
         .collect()
 }
 
+/// Writes `MIDGE_STRESS_ARRIVALS`: a line per message, "SUBSCRIBER SECONDS LATENCY
+/// PHASE", the arrival in seconds since `epoch`, its latency in seconds, and the phase (0
+/// before `loaded_from`, 1 after).
+fn write_arrivals(path: &str, epoch: Instant, loaded_from: Instant, sets: &[(&str, &Arrivals)]) {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (name, arrivals) in sets {
+        for (at, latency) in arrivals.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "{name} {:.6} {:.6} {}",
+                (*at - epoch).as_secs_f64(),
+                latency.as_secs_f64(),
+                u8::from(*at >= loaded_from)
+            );
+        }
+    }
+    std::fs::write(path, out).expect("write MIDGE_STRESS_ARRIVALS");
+}
+
 /// The live subscriber of the fan-out scenarios, until `stop`. It pings every 20 s: it
 /// sends nothing else, and phases of a minute would outlast its 60 s keep alive.
 fn spawn_live_reader(
@@ -950,6 +970,16 @@ async fn dead_consumers_cost_bounded_memory_and_spare_a_live_one() {
         }
     }
     let rss = sampler.await.expect("sampler");
+    // Every message's arrival, for finding when the slow ones came (a stall every second
+    // showed the compaction sweep holding a worker).
+    if let Ok(path) = std::env::var("MIDGE_STRESS_ARRIVALS") {
+        write_arrivals(
+            &path,
+            epoch,
+            loaded_from,
+            &[("live", &arrivals), ("other", &other_arrivals)],
+        );
+    }
     // $SYS is published every second: wait for the values that count the whole run.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let sys = sys_values(port).await;
