@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -33,6 +33,18 @@ pub const BEHIND_BYTES: usize = 64 * 1024;
 /// What one queued delivery costs beyond its message, which every queue holding it shares
 /// and which counts once (`model::Charge`): its slot in the queue.
 pub const DELIVERY_OVERHEAD: usize = std::mem::size_of::<Queued>();
+
+/// Counts every queue starting or stopping to refuse QoS 0 for being full (see
+/// [`Mailbox::refuses_qos0`]). Routing keeps, for each filter with many subscribers, which
+/// of them take QoS 0 now, and sorts them again only when this has moved: a message then
+/// skips thousands of dead subscribers' full queues (counting a drop for each) instead of
+/// visiting each one.
+static REFUSALS: AtomicU64 = AtomicU64::new(0);
+
+/// The count of [`REFUSALS`] now.
+pub fn refusals() -> u64 {
+    REFUSALS.load(Ordering::Acquire)
+}
 
 /// A queued delivery and its place in the queue.
 #[derive(Debug, Clone)]
@@ -283,6 +295,10 @@ pub struct Mailbox {
     budget: Option<Arc<MemoryBudget>>,
     /// On the router's list of queues to compact (see [`Mailbox::mark_behind`]).
     behind: AtomicBool,
+    /// The queue's length when it last refused a QoS 0 delivery for holding
+    /// `max_messages`, while it still holds that many; 0 otherwise. Written under the lock
+    /// (each change counted in [`REFUSALS`]), read without it.
+    refused_at: AtomicU32,
     inner: Mutex<Inner>,
 }
 
@@ -335,6 +351,7 @@ impl Mailbox {
             queued: AtomicUsize::new(0),
             budget: budget.cloned(),
             behind: AtomicBool::new(false),
+            refused_at: AtomicU32::new(0),
             inner: Mutex::new(inner),
         })
     }
@@ -348,6 +365,12 @@ impl Mailbox {
     fn account(&self, inner: &mut Inner) {
         let len = inner.queue.len();
         self.queued.store(len, Ordering::Relaxed);
+        let refused_at = self.refused_at.load(Ordering::Relaxed);
+        if refused_at != 0 && (inner.closed || len < refused_at as usize) {
+            // Room again (or gone): routing must visit this queue again.
+            self.refused_at.store(0, Ordering::Release);
+            REFUSALS.fetch_add(1, Ordering::AcqRel);
+        }
         let capacity = inner.queue.capacity();
         if capacity > KEEP_QUEUE_CAPACITY && len <= capacity / 4 {
             // A VecDeque never shrinks by itself: after one burst an idle session, or a
@@ -524,6 +547,7 @@ impl Mailbox {
         while inner.is_full(limits, weight) {
             // Full: QoS 0 goes first, whether it is the newcomer or already queued.
             if is_qos0 {
+                self.note_refusal(&inner, limits);
                 return PushOutcome::Dropped;
             }
             if inner.qos0 > 0 {
@@ -705,6 +729,37 @@ impl Mailbox {
     /// Whether the session this mailbox belonged to has ended.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Records that the queue refused a QoS 0 delivery, when it did for holding
+    /// `max_messages` (a byte limit depends on the message): until it shrinks, every QoS 0
+    /// delivery will be refused, whatever its size. Called under the lock.
+    fn note_refusal(&self, inner: &Inner, limits: &QueueLimits) {
+        let len = inner.queue.len();
+        if limits.max_messages > 0
+            && len >= limits.max_messages
+            && inner.own.is_none()
+            && self.refused_at.load(Ordering::Relaxed) == 0
+            && let Ok(at) = u32::try_from(len)
+        {
+            self.refused_at.store(at, Ordering::Release);
+            REFUSALS.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether a QoS 0 delivery pushed now with `limits` would be refused for a full queue,
+    /// read without the lock (a moment out of date at most; each change is counted in
+    /// [`refusals`], read before this): the queue refused one when it held as many as it
+    /// does now, and `limits` allow no more than that. Never true under memory pressure,
+    /// where pushes to a queue that is behind also shrink it ([`Mailbox::push`]).
+    pub fn refuses_qos0(&self, limits: &QueueLimits) -> bool {
+        let at = self.refused_at.load(Ordering::Acquire) as usize;
+        at != 0 && limits.max_messages > 0 && at >= limits.max_messages && !self.under_pressure()
+    }
+
+    /// Whether the memory budget this queue counts against is over its limit.
+    pub fn under_pressure(&self) -> bool {
+        self.budget.as_ref().is_some_and(|b| b.pressure())
     }
 
     /// Whether a connection is currently serving the session. Takes no lock: a hint

@@ -7,6 +7,7 @@
 //! [`Router`] is the single node's implementation. Deliveries go to each subscriber's
 //! [`Inbox`].
 
+mod snapshot;
 mod trie;
 
 use std::cell::OnceCell;
@@ -21,8 +22,9 @@ use crate::config::ShareStrategyConfig;
 use crate::mailbox::{Copies, Inbox, Mailbox, PushOutcome, ToDeliver};
 use crate::model::QueueLimits;
 use crate::model::{Delivery, Message};
+use snapshot::{Snapshot, Subscriber, Takers};
 pub use trie::Reach;
-use trie::{Matches, ShareStrategy, Snapshot, Subscriber, Target, Trie};
+use trie::{Matches, ShareStrategy, Target, Trie};
 
 /// Subscriptions and routing as the broker uses them: the seam where a cluster adds
 /// remote interest and forwarding. Every change of local interest passes through
@@ -360,11 +362,19 @@ impl Router {
             targets
                 .sort_unstable_by_key(|t| (t.shared.is_some(), Arc::as_ptr(&t.mailbox) as usize));
         }
+        // A QoS 0 message matching one large filter skips its subscribers whose queues
+        // refuse it (see `SubscriberSet::qos0_takers`). With more sets, whose
+        // subscribers were merged into `targets` above, `sets` is empty.
+        let takers = match sets.as_slice() {
+            [set] if message.qos == QoS::AtMostOnce => set.qos0_takers(limits),
+            _ => None,
+        };
         let plain = Plain {
             sets: &sets,
+            takers,
             message,
         };
-        let count = targets.len() + sets.iter().map(|set| set.len()).sum::<usize>();
+        let count = targets.len() + plain.len();
         if count >= OFF_WORKER_FROM && on_a_worker_of_many() {
             // Tasks woken meanwhile go to the runtime's shared queue, where another worker
             // takes them at once (see OFF_WORKER_FROM).
@@ -383,7 +393,10 @@ impl Router {
         plain: &Plain<'_>,
         limits: &QueueLimits,
     ) -> RouteOutcome {
-        let mut outcome = RouteOutcome::default();
+        let mut outcome = RouteOutcome {
+            delivered: 0,
+            dropped: plain.skipped(),
+        };
         // A message queued for an offline session will wait: it gets its own exact-size
         // copy, made at the first such session and shared by all of them, instead of
         // pinning the publisher's read buffer. Online subscribers that fall behind are
@@ -403,8 +416,7 @@ impl Router {
         let mut note_behind = |merged| {
             if behind.capacity() == 0 {
                 // One allocation, for at most all the targets.
-                let subscribers: usize = plain.sets.iter().map(|set| set.len()).sum();
-                behind.reserve(targets.len() + subscribers);
+                behind.reserve(targets.len() + plain.len());
             }
             behind.push(merged);
         };
@@ -593,16 +605,37 @@ fn sent_back(options: &SubscriptionOptions, mailbox: &Mailbox, message: &Message
 /// The plain subscriptions `message` matched as whole filters' [`Snapshot`]s.
 struct Plain<'a> {
     sets: &'a [Snapshot],
+    /// Of the one set, those that take the message, when others are skipped.
+    takers: Option<Arc<Takers>>,
     message: &'a Message,
 }
 
 impl Plain<'_> {
     /// The subscribers to deliver to (no-local leaves the publisher out).
     fn subscribers(&self) -> impl Iterator<Item = &Subscriber> {
-        self.sets
-            .iter()
-            .flat_map(|set| set.iter())
+        let taken = self.takers.as_ref().map(|t| t.of_set(&self.sets[0]));
+        let all = self
+            .takers
+            .is_none()
+            .then(|| self.sets.iter().flat_map(|set| set.iter()));
+        taken
+            .into_iter()
+            .flatten()
+            .chain(all.into_iter().flatten())
             .filter(|s| !sent_back(&s.options, &s.mailbox, self.message))
+    }
+
+    /// How many subscribers are visited (no-local included).
+    fn len(&self) -> usize {
+        match &self.takers {
+            Some(t) => t.len(),
+            None => self.sets.iter().map(|set| set.len()).sum(),
+        }
+    }
+
+    /// Deliveries dropped without a visit: subscribers whose full queues refuse them.
+    fn skipped(&self) -> usize {
+        self.takers.as_ref().map_or(0, |t| t.skipped(&self.sets[0]))
     }
 }
 
@@ -693,6 +726,7 @@ fn merge(message: &Arc<Message>, targets: &[Target]) -> Delivery {
 mod tests {
     use super::*;
     use crate::config::QueueFullPolicy;
+    use crate::memory::MemoryBudget;
     use bytes::Bytes;
     use midge_proto::QoS;
 
@@ -1074,6 +1108,190 @@ mod tests {
         assert_eq!(outcome.delivered, members.len() - members.len().div_ceil(3));
         for (i, m) in members.iter().enumerate() {
             assert_eq!(drain(m).len(), usize::from(i % 3 != 0), "{}", m.client_id());
+        }
+    }
+
+    /// Queues that hold `max_messages` refuse QoS 0, and a QoS 0 message to a large filter
+    /// skips them, counting a drop for each: `n` subscribers of `t` (at QoS 1) whose
+    /// queues of 2 are full, and one keeping up.
+    fn full_and_live(router: &Router, n: usize) -> (Vec<Arc<Mailbox>>, Arc<Mailbox>, QueueLimits) {
+        let limits = QueueLimits {
+            max_messages: 2,
+            ..LIMITS
+        };
+        let full = online_subscribers(router, "full", n, QoS::AtLeastOnce);
+        let live = online_subscribers(router, "live", 1, QoS::AtLeastOnce).remove(0);
+        for _ in 0..3 {
+            router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
+            assert_eq!(drain(&live).len(), 1);
+        }
+        (full, live, limits)
+    }
+
+    /// The takers of the filter's snapshot, as routing a QoS 0 message sees them.
+    fn takers_of(router: &Router, limits: &QueueLimits) -> Option<Arc<Takers>> {
+        let mut matches = Matches::default();
+        router
+            .read()
+            .collect("t", ShareStrategy::RoundRobin, 0, Reach::All, &mut matches);
+        matches.sets[0].qos0_takers(limits)
+    }
+
+    /// A QoS 0 message skips the subscribers whose full queues refuse it and counts each as
+    /// dropped; one that drains is visited again from the next message, and raised limits
+    /// (a reload) take effect at once. QoS 1, which a full queue of QoS 0 makes room for,
+    /// visits everyone.
+    #[test]
+    fn qos0_skips_full_queues_until_they_drain() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let (full, live, limits) = full_and_live(&router, trie::SNAPSHOT_FROM + 36);
+        let takers = takers_of(&router, &limits).expect("some are skipped");
+        assert_eq!(takers.len(), 1, "only the live one is visited");
+        let outcome = router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
+        assert_eq!((outcome.delivered, outcome.dropped), (1, full.len()));
+        assert_eq!(drain(&live).len(), 1);
+        // One full queue drains: it takes the next message.
+        assert_eq!(drain(&full[7]).len(), 2);
+        let outcome = router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
+        assert_eq!((outcome.delivered, outcome.dropped), (2, full.len() - 1));
+        assert_eq!(drain(&full[7]).len(), 1);
+        assert_eq!(drain(&live).len(), 1);
+        // Room for more in every queue: nobody is skipped.
+        let more = QueueLimits {
+            max_messages: 3,
+            ..limits
+        };
+        assert!(takers_of(&router, &more).is_none());
+        let outcome = router.route(&message("t", QoS::AtMostOnce, false, "p"), &more);
+        assert_eq!((outcome.delivered, outcome.dropped), (full.len() + 1, 0));
+        // Full again at 3: QoS 1 still reaches every queue, evicting a QoS 0 in each.
+        let outcome = router.route(&message("t", QoS::AtLeastOnce, false, "p"), &more);
+        assert_eq!(
+            (outcome.delivered, outcome.dropped),
+            (full.len() + 1, full.len() - 1)
+        );
+        for m in &full {
+            assert_eq!(drain(m).last().map(|d| d.qos), Some(QoS::AtLeastOnce));
+        }
+    }
+
+    /// Skipping keeps the drop count exact: a no-local subscriber whose queue is full is
+    /// still visited (the publisher's own message is skipped, not dropped).
+    #[test]
+    fn skipping_full_queues_leaves_no_local_subscribers_in() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let (full, live, limits) = full_and_live(&router, trie::SNAPSHOT_FROM);
+        let own = Mailbox::new("own".into());
+        own.set_online(true);
+        let no_local = SubscriptionOptions {
+            no_local: true,
+            ..options(QoS::AtMostOnce)
+        };
+        router.subscribe(&own, "t", no_local, None);
+        for _ in 0..3 {
+            router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
+            drain(&live);
+        }
+        assert!(own.refuses_qos0(&limits));
+        let outcome = router.route(&message("t", QoS::AtMostOnce, false, "own"), &limits);
+        assert_eq!((outcome.delivered, outcome.dropped), (1, full.len()));
+    }
+
+    /// Under memory pressure every full queue is visited again, since a QoS 0 push to a
+    /// queue that is behind then also shrinks it; the skipping made before the pressure
+    /// began is not used.
+    #[test]
+    fn memory_pressure_visits_every_full_queue() {
+        let router = Router::new(ShareStrategyConfig::RoundRobin);
+        let budget = Arc::new(MemoryBudget::new(1 << 20));
+        let limits = QueueLimits {
+            max_messages: 2,
+            ..LIMITS
+        };
+        let full: Vec<_> = (0..trie::SNAPSHOT_FROM)
+            .map(|i| {
+                let m = Mailbox::with_store(format!("full{i}").into(), None, Some(&budget));
+                m.set_online(true);
+                router.subscribe(&m, "t", options(QoS::AtMostOnce), None);
+                m
+            })
+            .collect();
+        let big = |i: u8| {
+            let mut m = Message::internal("t".into(), Bytes::from(vec![i; 40_000]), false, 0);
+            m.origin = "p".into();
+            Arc::new(m)
+        };
+        for i in 0..3 {
+            router.route(&big(i), &limits);
+        }
+        assert!(takers_of(&router, &limits).is_some_and(|t| t.len() == 0));
+        assert_eq!(router.route(&big(3), &limits).dropped, full.len());
+        assert_eq!(budget.dropped_qos0.load(Ordering::Relaxed), 0);
+        budget.charge(1 << 21);
+        assert!(budget.pressure());
+        assert_eq!(router.route(&big(4), &limits).dropped, full.len());
+        assert_eq!(
+            budget.dropped_qos0.load(Ordering::Relaxed),
+            full.len() as u64,
+            "every queue was visited, and dropped for memory"
+        );
+        for m in &full {
+            assert_eq!(drain(m).len(), 1, "the pressure took one QoS 0 out");
+        }
+    }
+
+    /// Routing QoS 0 to a large filter from several threads while others drain queues
+    /// that keep filling (each drain lets a queue take messages again, each refusal
+    /// takes it out): every message is counted once for every subscriber, delivered or
+    /// dropped, and once the routing stops and every queue has drained, the next message
+    /// reaches all of them.
+    #[test]
+    fn skipping_full_queues_while_they_fill_and_drain_from_many_threads() {
+        use std::sync::atomic::AtomicBool;
+        let router = Arc::new(Router::new(ShareStrategyConfig::RoundRobin));
+        let members = online_subscribers(&router, "s", 300, QoS::AtMostOnce);
+        let limits = QueueLimits {
+            max_messages: 4,
+            ..LIMITS
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for t in 0..8 {
+            let (router, stop) = (router.clone(), stop.clone());
+            let mine: Vec<_> = members.iter().skip(t).step_by(4).cloned().collect();
+            threads.push(std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    if t % 2 == 0 {
+                        let m = message("t", QoS::AtMostOnce, false, "p");
+                        let outcome = router.route(&m, &limits);
+                        assert_eq!(outcome.delivered + outcome.dropped, 300);
+                    } else {
+                        // Drains a few queues now and then; the rest stay full.
+                        drain(&mine[n % mine.len()]);
+                    }
+                    n += 1;
+                }
+                n
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for thread in threads {
+            while !thread.is_finished() {
+                assert!(std::time::Instant::now() < deadline, "a thread is stuck");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(thread.join().expect("no panic") > 0);
+        }
+        for m in &members {
+            drain(m);
+        }
+        let outcome = router.route(&message("t", QoS::AtMostOnce, false, "p"), &limits);
+        assert_eq!((outcome.delivered, outcome.dropped), (300, 0));
+        for m in &members {
+            assert_eq!(drain(m).len(), 1, "{}", m.client_id());
         }
     }
 

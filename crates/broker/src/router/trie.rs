@@ -7,16 +7,9 @@ use std::sync::{Arc, OnceLock};
 
 use midge_proto::SubscriptionOptions;
 
+use super::snapshot::{Snapshot, Subscriber, SubscriberSet};
 use crate::mailbox::Mailbox;
 use crate::small_map::SmallMap;
-
-/// One subscription as the trie holds it.
-#[derive(Debug, Clone)]
-pub(crate) struct Subscriber {
-    pub(crate) mailbox: Arc<Mailbox>,
-    pub(crate) options: SubscriptionOptions,
-    pub(crate) identifier: Option<u32>,
-}
 
 /// A match found by [`Trie::collect`].
 #[derive(Debug, Clone)]
@@ -122,13 +115,6 @@ struct Node {
 /// subscriber.
 pub(crate) const SNAPSHOT_FROM: usize = 64;
 
-/// A filter's plain subscriptions as routing reads them, built by the first match after
-/// a change (under the trie's read lock; building clones the subscribers and takes no
-/// other lock) and dropped by the next change (under the write lock). A route still
-/// holding an older one delivers as if it had matched just before the change, as with
-/// targets collected before it.
-pub(crate) type Snapshot = Arc<[Subscriber]>;
-
 #[derive(Debug, Default)]
 struct Subscribers {
     direct: SmallMap<Arc<str>, Subscriber>,
@@ -183,9 +169,9 @@ impl Subscribers {
             if let Some(extra) = self.extra.as_ref()
                 && self.direct.len() >= SNAPSHOT_FROM
             {
-                let snapshot = extra
-                    .snapshot
-                    .get_or_init(|| self.direct.values().cloned().collect());
+                let snapshot = extra.snapshot.get_or_init(|| {
+                    Arc::new(self.direct.values().cloned().collect::<SubscriberSet>())
+                });
                 out.sets.push(snapshot.clone());
             } else {
                 out.targets.extend(self.direct.values().map(Target::plain));
