@@ -36,7 +36,7 @@ pub const DELIVERY_OVERHEAD: usize = std::mem::size_of::<Queued>();
 
 /// Counts every queue starting or stopping to refuse QoS 0 for being full (see
 /// [`Mailbox::refuses_qos0`]). Routing keeps, for each filter with many subscribers, which
-/// of them take QoS 0 now, and sorts them again only when this has moved: a message then
+/// of them take QoS 0 now, and works that out again only when this has moved: a message then
 /// skips thousands of dead subscribers' full queues (counting a drop for each) instead of
 /// visiting each one.
 static REFUSALS: AtomicU64 = AtomicU64::new(0);

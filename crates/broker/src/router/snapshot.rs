@@ -84,7 +84,8 @@ impl SubscriberSet {
 pub(crate) struct Takers {
     refusals: u64,
     max_messages: usize,
-    /// Their places in the set, in order.
+    /// Their places in the set, in order (empty when nobody is skipped: then `probe` is
+    /// None and these are not used).
     indices: Box<[usize]>,
     /// One skipped queue: all of a broker's queues count against the same memory
     /// budget, so its pressure says whether skipping holds. None: nobody skipped.
@@ -93,21 +94,28 @@ pub(crate) struct Takers {
 
 impl Takers {
     fn of(subscribers: &[Subscriber], limits: &QueueLimits, refusals: u64) -> Self {
-        let mut indices = Vec::with_capacity(subscribers.len());
+        // Made at the first skipped subscriber: where none is (other queues' refusals
+        // moved the count), this costs the pass and no allocation.
+        let mut indices: Option<Vec<usize>> = None;
         let mut probe = None;
         for (i, s) in subscribers.iter().enumerate() {
             // A no-local subscriber may be the publisher, which is skipped, not dropped:
             // it stays visited, so the count of drops stays exact.
             if !s.options.no_local && s.mailbox.refuses_qos0(limits) {
                 probe.get_or_insert_with(|| s.mailbox.clone());
-            } else {
-                indices.push(i);
+                indices.get_or_insert_with(|| {
+                    let mut taken = Vec::with_capacity(subscribers.len());
+                    taken.extend(0..i);
+                    taken
+                });
+            } else if let Some(taken) = indices.as_mut() {
+                taken.push(i);
             }
         }
         Self {
             refusals,
             max_messages: limits.max_messages,
-            indices: indices.into_boxed_slice(),
+            indices: indices.unwrap_or_default().into_boxed_slice(),
             probe,
         }
     }
