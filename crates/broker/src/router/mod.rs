@@ -729,6 +729,7 @@ mod tests {
     use crate::memory::MemoryBudget;
     use bytes::Bytes;
     use midge_proto::QoS;
+    use std::sync::atomic::AtomicBool;
 
     const LIMITS: QueueLimits = QueueLimits {
         max_messages: 100,
@@ -1055,12 +1056,26 @@ mod tests {
         assert_eq!(drain(&many[1])[0].qos, QoS::AtMostOnce);
     }
 
+    /// Lets `threads` run for 300 ms, stops them, and joins each within 10 s (a stuck
+    /// thread fails the test); each returns how many rounds it did, at least one.
+    fn run_for_a_while(threads: Vec<std::thread::JoinHandle<usize>>, stop: &AtomicBool) {
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for thread in threads {
+            while !thread.is_finished() {
+                assert!(std::time::Instant::now() < deadline, "a thread is stuck");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(thread.join().expect("no panic") > 0);
+        }
+    }
+
     /// Routing to a filter with hundreds of subscribers from several threads while others
     /// leave and rejoin it, and join and leave a second filter: nothing stalls, and once
     /// the churn stops every subscriber still there gets the next message exactly once.
     #[test]
     fn routing_to_a_large_filter_while_it_changes_from_many_threads() {
-        use std::sync::atomic::AtomicBool;
         let router = Arc::new(Router::new(ShareStrategyConfig::RoundRobin));
         let members = online_subscribers(&router, "s", 400, QoS::AtMostOnce);
         let stop = Arc::new(AtomicBool::new(false));
@@ -1069,12 +1084,12 @@ mod tests {
             let (router, stop) = (router.clone(), stop.clone());
             let mine: Vec<_> = members.iter().skip(t).step_by(8).cloned().collect();
             threads.push(std::thread::spawn(move || {
-                let mut n = 0u64;
+                let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     if t % 2 == 0 {
                         router.route(&message("t", QoS::AtMostOnce, false, "p"), &LIMITS);
                     } else {
-                        let m = &mine[n as usize % mine.len()];
+                        let m = &mine[n % mine.len()];
                         router.unsubscribe("t", m.client_id());
                         router.subscribe(m, "t/#", options(QoS::AtMostOnce), None);
                         router.subscribe(m, "t", options(QoS::AtMostOnce), None);
@@ -1088,16 +1103,7 @@ mod tests {
                 n
             }));
         }
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        for thread in threads {
-            while !thread.is_finished() {
-                assert!(std::time::Instant::now() < deadline, "a thread is stuck");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            assert!(thread.join().expect("no panic") > 0);
-        }
+        run_for_a_while(threads, &stop);
         for m in &members {
             drain(m);
         }
@@ -1247,7 +1253,6 @@ mod tests {
     /// reaches all of them.
     #[test]
     fn skipping_full_queues_while_they_fill_and_drain_from_many_threads() {
-        use std::sync::atomic::AtomicBool;
         let router = Arc::new(Router::new(ShareStrategyConfig::RoundRobin));
         let members = online_subscribers(&router, "s", 300, QoS::AtMostOnce);
         let limits = QueueLimits {
@@ -1275,16 +1280,7 @@ mod tests {
                 n
             }));
         }
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, Ordering::Relaxed);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        for thread in threads {
-            while !thread.is_finished() {
-                assert!(std::time::Instant::now() < deadline, "a thread is stuck");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            assert!(thread.join().expect("no panic") > 0);
-        }
+        run_for_a_while(threads, &stop);
         for m in &members {
             drain(m);
         }
@@ -1398,7 +1394,6 @@ mod tests {
     /// threads that never finish.
     #[test]
     fn concurrent_route_churn_and_hand_over_finish() {
-        use std::sync::atomic::AtomicBool;
         let router = Arc::new(Router::new(ShareStrategyConfig::RoundRobin));
         let members: Vec<_> = (0..8)
             .map(|i| Mailbox::new(format!("m{i}").into()))
