@@ -733,12 +733,12 @@ impl Mailbox {
 
     /// Records that the queue refused a QoS 0 delivery, when it did for holding
     /// `max_messages` (a byte limit depends on the message): until it shrinks, every QoS 0
-    /// delivery will be refused, whatever its size. Called under the lock.
+    /// delivery will be refused, whatever its size. Called under the lock, by `push` only
+    /// (a queue with limits of its own pushes through `push_within` instead).
     fn note_refusal(&self, inner: &Inner, limits: &QueueLimits) {
         let len = inner.queue.len();
         if limits.max_messages > 0
             && len >= limits.max_messages
-            && inner.own.is_none()
             && self.refused_at.load(Ordering::Relaxed) == 0
             && let Ok(at) = u32::try_from(len)
         {

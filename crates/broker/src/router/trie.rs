@@ -31,6 +31,14 @@ impl Target {
             shared: None,
         }
     }
+
+    /// A shared group member's target (`full_filter`: the group's `$share/...`).
+    fn member(s: &Subscriber, full_filter: &Arc<str>) -> Self {
+        Self {
+            shared: Some(full_filter.clone()),
+            ..Self::plain(s)
+        }
+    }
 }
 
 /// What [`Trie::collect`] found: targets one by one, and the plain subscriptions of
@@ -182,12 +190,7 @@ impl Subscribers {
         }
         for group in self.groups() {
             if let Some(s) = group.pick(strategy, random) {
-                out.targets.push(Target {
-                    mailbox: s.mailbox.clone(),
-                    options: s.options,
-                    identifier: s.identifier,
-                    shared: Some(group.full_filter.clone()),
-                });
+                out.targets.push(Target::member(s, &group.full_filter));
             }
         }
         plain_sets
@@ -501,12 +504,7 @@ impl Trie {
         out.extend(
             candidates()
                 .filter(|m| !any_online || m.mailbox.is_online())
-                .map(|m| Target {
-                    mailbox: m.mailbox.clone(),
-                    options: m.options,
-                    identifier: m.identifier,
-                    shared: Some(group.full_filter.clone()),
-                }),
+                .map(|m| Target::member(m, &group.full_filter)),
         );
     }
 
@@ -519,12 +517,9 @@ impl Trie {
         random: u64,
     ) -> Option<Target> {
         let group = self.group(full_filter)?;
-        group.pick(strategy, random).map(|m| Target {
-            mailbox: m.mailbox.clone(),
-            options: m.options,
-            identifier: m.identifier,
-            shared: Some(group.full_filter.clone()),
-        })
+        group
+            .pick(strategy, random)
+            .map(|m| Target::member(m, &group.full_filter))
     }
 
     /// Every subscription matching `topic`, with one member picked per shared group.
