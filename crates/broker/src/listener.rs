@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -501,15 +501,61 @@ const ACCEPT_BACKLOG: u32 = 1024;
 
 /// Binds a TCP listener as `TcpListener::bind` does (with `SO_REUSEADDR`), but with
 /// [`ACCEPT_BACKLOG`].
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(ACCEPT_BACKLOG)
+fn bind(addr: SocketAddr) -> std::io::Result<Listening> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(ACCEPT_BACKLOG as i32)?;
+    // A listening socket in a `TcpStream`: see [`Listening`].
+    Ok(Listening(TcpStream::from_std(std::net::TcpStream::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))?))
+}
+
+/// A listening socket, held in a tokio `TcpStream` for the one thing tokio's `TcpListener`
+/// does not offer: waiting until a connection is queued without accepting it. Accepting
+/// is then `accept(2)` on the descriptor (`socket2`), which gives a socket tokio has not
+/// registered: one the limits refuse is closed without ever having been registered, and
+/// one they let in is registered then. Nothing reads or writes through the `TcpStream`
+/// itself.
+#[derive(Debug)]
+struct Listening(TcpStream);
+
+impl Listening {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    /// The next connection. `readable` takes from the task's cooperative budget, so a
+    /// flood of connects cannot keep the loop from yielding its thread.
+    async fn accept(&self) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+        loop {
+            self.0.readable().await?;
+            match self.0.try_io(tokio::io::Interest::READABLE, || {
+                socket2::SockRef::from(&self.0).accept()
+            }) {
+                Ok((socket, addr)) => match addr.as_socket() {
+                    Some(peer) => return Ok((socket.into(), peer)),
+                    // Cannot happen on a TCP listener; dropping closes it.
+                    None => continue,
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `stream`, which `accept(2)` gave, as tokio's, registered with its I/O driver.
+fn register(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+    // accept(2) does not pass the listener's non-blocking mode on.
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
 }
 
 /// What the accept loops check before spawning a connection.
@@ -577,7 +623,7 @@ struct Generation {
 type CurrentGeneration = Arc<RwLock<Arc<Generation>>>;
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listening,
     current: CurrentGeneration,
     broker: Arc<Broker>,
     limits: AcceptLimits,
@@ -628,6 +674,13 @@ async fn accept_loop(
                 tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
             }
             continue;
+        };
+        let stream = match register(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(listener = %context.name, %peer, error = %e, "accepted connection could not be registered; closed");
+                continue;
+            }
         };
         Stats::add(&broker.stats.connections_accepted, 1);
         let _ = stream.set_nodelay(true);

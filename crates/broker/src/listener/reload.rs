@@ -37,12 +37,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    AcceptLimits, CurrentGeneration, Generation, ReloadError, ReloadReport, StartError,
+    AcceptLimits, CurrentGeneration, Generation, Listening, ReloadError, ReloadReport, StartError,
     TlsListeners, Transport, accept_loop, bind, reload_certificate, ws,
 };
 use crate::admin::{AdminUsers, ListenerInfo, Listeners};
@@ -118,7 +117,7 @@ enum Place {
     /// The running listener at this index keeps its socket.
     Kept(usize),
     /// A new listener, bound.
-    New(TcpListener, SocketAddr),
+    New(Listening, SocketAddr),
 }
 
 impl Reloader {
