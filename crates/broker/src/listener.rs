@@ -531,10 +531,13 @@ impl Listening {
         self.0.local_addr()
     }
 
-    /// The next connection. `readable` takes from the task's cooperative budget, so a
-    /// flood of connects cannot keep the loop from yielding its thread.
+    /// The next connection.
     async fn accept(&self) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
         loop {
+            // `readable` and `try_io` take nothing from the task's cooperative budget
+            // (tokio's `accept` did): without this a flood that keeps the queue full would
+            // keep the loop from ever yielding its worker.
+            tokio::task::consume_budget().await;
             self.0.readable().await?;
             match self.0.try_io(tokio::io::Interest::READABLE, || {
                 socket2::SockRef::from(&self.0).accept()
@@ -906,6 +909,45 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// A full listen queue must not keep the accept loop from yielding its thread: tokio's
+    /// `readable` takes nothing from the cooperative budget, so `Listening::accept` takes
+    /// a unit itself. Without that, 300 queued connections were all accepted before the
+    /// other task on this (current-thread) runtime ran once.
+    #[tokio::test]
+    async fn accepting_a_full_queue_yields_to_other_tasks() {
+        const QUEUED: usize = 300;
+        let listening = bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let addr = listening.local_addr().expect("local address");
+        // Each connect returns once the handshake is done: all of them wait in the queue.
+        let clients: Vec<_> = (0..QUEUED)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        // The first accept waits for the driver to report the queue readable; from then
+        // on the readiness stays set while connections are queued.
+        listening.accept().await.expect("first accept");
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let accepting = tokio::spawn({
+            let other_ran = other_ran.clone();
+            async move {
+                for n in 1..QUEUED {
+                    listening.accept().await.expect("accept");
+                    if other_ran.load(Ordering::Relaxed) {
+                        return Some(n);
+                    }
+                }
+                None
+            }
+        });
+        tokio::spawn(async move { other_ran.store(true, Ordering::Relaxed) });
+        let yielded_after = accepting.await.expect("accepting task");
+        drop(clients);
+        assert!(
+            matches!(yielded_after, Some(n) if n < QUEUED - 1),
+            "the other task ran only after all {QUEUED} accepts ({yielded_after:?})"
+        );
+    }
 
     /// The size of the future `f` returns, without calling it.
     fn future_size<A, B, C, D, E, F, G, H, Fut>(
