@@ -681,7 +681,10 @@ async fn accept_loop(
         let stream = match register(stream) {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::warn!(listener = %context.name, %peer, error = %e, "accepted connection could not be registered; closed");
+                // Per connection, so through the same per-address allowance as refusals.
+                if broker.log_limit.allow(peer.ip()) {
+                    tracing::warn!(listener = %context.name, %peer, error = %e, "accepted connection could not be registered; closed");
+                }
                 continue;
             }
         };
