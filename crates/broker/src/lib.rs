@@ -10,6 +10,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(missing_debug_implementations)]
 
+pub(crate) mod accept_error;
 pub mod admin;
 pub mod amqp;
 pub mod amqp_queues;

@@ -643,9 +643,12 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Usually out of file descriptors; back off instead of spinning.
-                tracing::warn!(listener = %context.name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(pause) = crate::accept_error::back_off(&e) {
+                    tracing::warn!(listener = %context.name, error = %e, "accept failed; pausing {pause:?}");
+                    tokio::time::sleep(pause).await;
+                } else {
+                    tracing::debug!(listener = %context.name, error = %e, "accept failed");
+                }
                 continue;
             }
         };

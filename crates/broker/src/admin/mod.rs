@@ -293,8 +293,12 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "admin listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(pause) = crate::accept_error::back_off(&e) {
+                    tracing::warn!(error = %e, "admin listener: accept failed; pausing {pause:?}");
+                    tokio::time::sleep(pause).await;
+                } else {
+                    tracing::debug!(error = %e, "admin listener: accept failed");
+                }
                 continue;
             }
         };
