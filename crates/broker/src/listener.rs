@@ -24,7 +24,7 @@ use crate::broker::{Broker, Parts};
 use crate::cluster::Cluster;
 use crate::cluster::retained::ClusterRetained;
 use crate::config::{Config, ConfigError, ConfigSource};
-use crate::conn_limit::{ConnLimiter, Refusal};
+use crate::conn_limit::{ConnLimiter, ConnSlot, Refusal};
 use crate::connection::{self, ListenerContext};
 use crate::memory;
 use crate::model::now_millis;
@@ -522,11 +522,33 @@ fn bind(addr: SocketAddr) -> std::io::Result<Listening> {
 /// is then `accept(2)` on the descriptor (`socket2`), which gives a socket tokio has not
 /// registered: one the limits refuse is closed without ever having been registered, and
 /// one they let in is registered then. Nothing reads or writes through the `TcpStream`
-/// itself.
+/// itself. The registration can move: [`Listening::into_socket`] gives it up, so that a
+/// listener's socket is watched by the workers or by the [`acceptor`], never by both.
 #[derive(Debug)]
 struct Listening(TcpStream);
 
+/// A listening socket while no runtime watches it (in a std `TcpStream`, as above).
+type ListeningSocket = std::net::TcpStream;
+
 impl Listening {
+    /// `socket`, listening and non-blocking, registered with the current runtime's driver.
+    /// If that fails the socket comes back with the error, when a duplicate descriptor
+    /// could be kept for it: registering consumes the socket whatever happens.
+    fn register(
+        socket: ListeningSocket,
+    ) -> Result<Self, (std::io::Error, Option<ListeningSocket>)> {
+        let spare = socket.try_clone().ok();
+        TcpStream::from_std(socket)
+            .map(Self)
+            .map_err(|e| (e, spare))
+    }
+
+    /// The socket, no longer registered. Deregistering cannot fail for a registered
+    /// descriptor; if it did, the socket would be closed and the error returned.
+    fn into_socket(self) -> std::io::Result<ListeningSocket> {
+        self.0.into_std()
+    }
+
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.0.local_addr()
     }
@@ -534,9 +556,9 @@ impl Listening {
     /// The next connection.
     async fn accept(&self) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
         loop {
-            // `readable` and `try_io` take nothing from the task's cooperative budget
-            // (tokio's `accept` did): without this a flood that keeps the queue full would
-            // keep the loop from ever yielding its worker.
+            // Waiting for readiness takes nothing from the task's cooperative budget
+            // (tokio's `TcpListener::accept` did): without this a flood that keeps the
+            // queue full would keep the loop from ever yielding its thread.
             tokio::task::consume_budget().await;
             self.0.readable().await?;
             match self.0.try_io(tokio::io::Interest::READABLE, || {
@@ -547,6 +569,7 @@ impl Listening {
                     // Cannot happen on a TCP listener; dropping closes it.
                     None => continue,
                 },
+                // `try_io` cleared the readiness; wait again.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
@@ -554,11 +577,215 @@ impl Listening {
     }
 }
 
-/// `stream`, which `accept(2)` gave, as tokio's, registered with its I/O driver.
-fn register(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
-    // accept(2) does not pass the listener's non-blocking mode on.
+/// Readies `stream`, which `accept(2)` gave, for serving while it is still a plain socket:
+/// non-blocking (accept(2) does not pass the listener's mode on), `TCP_NODELAY`, and
+/// `limits.socket_send_buffer` when set.
+fn prepare(stream: &std::net::TcpStream, send_buffer: u64) -> std::io::Result<()> {
     stream.set_nonblocking(true)?;
-    TcpStream::from_std(stream)
+    let socket = socket2::SockRef::from(stream);
+    // Failures leave the kernel's defaults; the connection still works.
+    let _ = socket.set_tcp_nodelay(true);
+    if send_buffer > 0 {
+        let _ = socket.set_send_buffer_size(send_buffer as usize);
+    }
+    Ok(())
+}
+
+/// How long a listener keeps accepting on the [`acceptor`] after the limits last refused
+/// one of its connections.
+const FLOOD_CALM: Duration = Duration::from_secs(1);
+
+/// The runtime that accepts for listeners under a connect flood: one thread of its own,
+/// for the life of the process.
+///
+/// A listener accepts on the workers, in [`accept_loop`], until the limits refuse a
+/// connection (`connections_per_ip`, `connect_rate_per_ip`, `max_connections`). Then it
+/// gives its socket to [`flood_accept_loop`], which accepts here until [`FLOOD_CALM`] has
+/// passed without a refusal, hands what the limits let in over to the listener's task on
+/// the workers, and gives the socket back. The socket is registered with one of the two
+/// drivers at a time, so only one thread is woken per connect.
+///
+/// Why: during a flood (bursts of 500 connects, most refused) the worker that accepted had
+/// used its share of the core, and the kernel's scheduler then let it wait behind the
+/// flooding client when a connected client's packet woke it: that client's PINGREQ p99
+/// went from 0.2 to 1-3 ms (RELIABILITY.md, "Connection floods and slowloris"). Here the
+/// accepting and the refusals are charged to this thread, and the workers, idle between
+/// client packets, run as soon as they wake.
+///
+/// Why not always: each hand-over wakes a worker from another thread, which cost 25-40 %
+/// more CPU per connection set up when the broker had one core, and a connect storm that
+/// the limits let in (devices coming back after an outage) is better served at full
+/// speed.
+fn acceptor() -> &'static tokio::runtime::Handle {
+    static ACCEPTOR: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    ACCEPTOR.get_or_init(|| {
+        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("midge-accept".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("cannot start the accept thread's runtime");
+                let _ = handle_tx.send(runtime.handle().clone());
+                runtime.block_on(std::future::pending::<()>());
+            })
+            .expect("cannot start the accept thread");
+        handle_rx
+            .recv()
+            .expect("the accept thread's runtime did not start")
+    })
+}
+
+/// What the [`flood_accept_loop`] may have waiting for the listener's task; beyond it the
+/// loop waits, and new connects wait in the kernel's listen queue.
+const HAND_OVER_QUEUE: usize = 1024;
+
+/// A connection the limits let in, not yet registered with tokio.
+struct Admitted {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    generation: Arc<Generation>,
+    counted: Counted,
+    slot: ConnSlot,
+}
+
+/// From the [`flood_accept_loop`] to the listener's task.
+enum Handed {
+    /// A connection to serve.
+    Admitted(Admitted),
+    /// The flood is over: the listening socket, to accept on the workers again.
+    Calm(ListeningSocket),
+}
+
+/// What the limits made of one `accept(2)`.
+enum Admission {
+    Admitted(Admitted),
+    /// Refused by a limit: closed, counted and (within the log allowance) logged.
+    Refused,
+    /// `accept(2)` failed for want of resources: pause this long.
+    Pause(Duration),
+    /// Nothing to do: the error concerned the one connection, which is gone.
+    Skipped,
+}
+
+/// One listener's accept loops: [`accept_loop`] on the serving runtime, and
+/// [`flood_accept_loop`] on the [`acceptor`].
+#[derive(Debug)]
+pub(super) struct Accepting {
+    worker: JoinHandle<()>,
+    /// Started by the worker loop at the listener's first flood, so a broker that never
+    /// sees one never starts the accept thread.
+    flood: FloodTask,
+}
+
+/// A listener's [`flood_accept_loop`] task, once started.
+type FloodTask = Arc<std::sync::Mutex<Option<JoinHandle<()>>>>;
+
+impl Accepting {
+    /// Stops both loops; the listening socket is closed when this returns.
+    pub(super) async fn stop(&mut self) {
+        // The worker loop first: once it has ended it cannot start the flood loop.
+        self.worker.abort();
+        let _ = (&mut self.worker).await;
+        let flood = self.flood.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(flood) = flood {
+            flood.abort();
+            let _ = flood.await;
+        }
+    }
+}
+
+/// Starts accepting on `listening`, registered with the calling runtime, which serves the
+/// connections.
+fn start_accepting(
+    listening: Listening,
+    current: CurrentGeneration,
+    broker: Arc<Broker>,
+    limits: AcceptLimits,
+    shutdown: watch::Receiver<bool>,
+    live: Arc<()>,
+) -> Accepting {
+    let flood = FloodTask::default();
+    let worker = tokio::spawn(accept_loop(
+        listening,
+        current,
+        broker,
+        limits,
+        flood.clone(),
+        shutdown,
+        live,
+    ));
+    Accepting { worker, flood }
+}
+
+/// Applies the limits to what `accept(2)` gave.
+fn admit(
+    accepted: std::io::Result<(std::net::TcpStream, SocketAddr)>,
+    current: &CurrentGeneration,
+    broker: &Broker,
+    limits: &AcceptLimits,
+) -> Admission {
+    let generation = current.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let context = &generation.context;
+    let (stream, peer) = match accepted {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            return match crate::accept_error::back_off(&e) {
+                Some(pause) => {
+                    tracing::warn!(listener = %context.name, error = %e, "accept failed; pausing {pause:?}");
+                    Admission::Pause(pause)
+                }
+                None => {
+                    tracing::debug!(listener = %context.name, error = %e, "accept failed");
+                    Admission::Skipped
+                }
+            };
+        }
+    };
+    // Before the global limit, so a flooding address's refusals are counted as its own;
+    // dropping `stream` closes the socket unread.
+    let slot = match limits.per_ip.admit(peer.ip(), std::time::Instant::now()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let (counter, key) = match refusal {
+                Refusal::PerIp => (
+                    &broker.stats.connections_refused_per_ip,
+                    "limits.connections_per_ip",
+                ),
+                Refusal::Rate => (
+                    &broker.stats.connections_refused_rate,
+                    "limits.connect_rate_per_ip",
+                ),
+            };
+            Stats::add(counter, 1);
+            if broker.log_limit.allow(peer.ip()) {
+                tracing::info!(listener = %context.name, %peer, "{key} reached; connection refused");
+            }
+            return Admission::Refused;
+        }
+    };
+    let Some(counted) = limits.total.enter() else {
+        Stats::add(&broker.stats.connections_refused, 1);
+        if broker.log_limit.allow(peer.ip()) {
+            tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
+        }
+        return Admission::Refused;
+    };
+    if let Err(e) = prepare(&stream, context.config.limits.socket_send_buffer.0) {
+        // Per connection, so through the same per-address allowance as refusals.
+        if broker.log_limit.allow(peer.ip()) {
+            tracing::warn!(listener = %context.name, %peer, error = %e, "accepted connection could not be set up; closed");
+        }
+        return Admission::Skipped;
+    }
+    Admission::Admitted(Admitted {
+        stream,
+        peer,
+        generation,
+        counted,
+        slot,
+    })
 }
 
 /// What the accept loops check before spawning a connection.
@@ -625,101 +852,223 @@ struct Generation {
 /// A listener's current [`Generation`], shared by its accept loop and the reloader.
 type CurrentGeneration = Arc<RwLock<Arc<Generation>>>;
 
+/// Waits for the next connection on `listening`, or forever while the socket is away.
+async fn accept_if_here(
+    listening: &Option<Listening>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    match listening {
+        Some(listening) => listening.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A listener's loop on the serving runtime: accepts while it holds the socket, serves
+/// what it accepts and what the [`flood_accept_loop`] hands over, and at a refusal gives
+/// the socket to the [`flood_accept_loop`].
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
-    listener: Listening,
+    listening: Listening,
+    current: CurrentGeneration,
+    broker: Arc<Broker>,
+    limits: AcceptLimits,
+    flood_task: FloodTask,
+    mut shutdown: watch::Receiver<bool>,
+    live: Arc<()>,
+) {
+    // Connections get a receiver that has not seen a change, so one that starts after
+    // shutdown began still sees it.
+    let for_connections = shutdown.clone();
+    let mut listening = Some(listening);
+    let (handed_tx, mut handed) = tokio::sync::mpsc::channel(HAND_OVER_QUEUE);
+    // To the flood loop, once started.
+    let mut flood: Option<tokio::sync::mpsc::Sender<ListeningSocket>> = None;
+    loop {
+        let accepted = tokio::select! {
+            accepted = accept_if_here(&listening) => accepted,
+            handed = handed.recv() => {
+                match handed {
+                    Some(Handed::Admitted(admitted)) => {
+                        serve(admitted, &broker, &for_connections, &live);
+                    }
+                    Some(Handed::Calm(socket)) => listening = register_again(socket, &current),
+                    // This loop holds a sender.
+                    None => {}
+                }
+                continue;
+            }
+            _ = shutdown.changed() => return,
+        };
+        match admit(accepted, &current, &broker, &limits) {
+            Admission::Admitted(admitted) => serve(admitted, &broker, &for_connections, &live),
+            Admission::Refused => {
+                let Some(here) = listening.take() else {
+                    continue;
+                };
+                let socket = match here.into_socket() {
+                    Ok(socket) => socket,
+                    Err(e) => return lost(&current, &e),
+                };
+                let flood = flood.get_or_insert_with(|| {
+                    // At most one socket is ever on its way: the listener's own.
+                    let (to_flood, floods) = tokio::sync::mpsc::channel(1);
+                    let task = acceptor().spawn(flood_accept_loop(
+                        floods,
+                        current.clone(),
+                        broker.clone(),
+                        limits.clone(),
+                        for_connections.clone(),
+                        handed_tx.clone(),
+                    ));
+                    *flood_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+                    to_flood
+                });
+                match flood.try_send(socket) {
+                    Ok(()) => Stats::add(&broker.stats.connect_floods, 1),
+                    // Cannot be full (one socket); closed only while stopping.
+                    Err(e) => listening = register_again(e.into_inner(), &current),
+                }
+            }
+            Admission::Pause(pause) => tokio::time::sleep(pause).await,
+            Admission::Skipped => {}
+        }
+    }
+}
+
+/// `socket`, back from the acceptor, registered with the calling runtime again. Failing
+/// that (the kernel short of memory), the listener stops accepting, loudly.
+fn register_again(socket: ListeningSocket, current: &CurrentGeneration) -> Option<Listening> {
+    match Listening::register(socket) {
+        Ok(listening) => Some(listening),
+        Err((e, _)) => {
+            lost(current, &e);
+            None
+        }
+    }
+}
+
+/// Logs that a listener's socket is lost.
+fn lost(current: &CurrentGeneration, error: &std::io::Error) {
+    let name = current
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .context
+        .name
+        .clone();
+    tracing::error!(listener = %name, %error, "listening socket could not be moved between threads; the listener accepts no more connections");
+}
+
+/// A listener's loop on the [`acceptor`]: waits for the socket [`accept_loop`] gives up
+/// at a refusal, accepts on it until [`FLOOD_CALM`] passes without a refusal, hands what
+/// the limits let in over to [`accept_loop`], and then gives the socket back.
+async fn flood_accept_loop(
+    mut floods: tokio::sync::mpsc::Receiver<ListeningSocket>,
     current: CurrentGeneration,
     broker: Arc<Broker>,
     limits: AcceptLimits,
     mut shutdown: watch::Receiver<bool>,
-    live: Arc<()>,
+    handed: tokio::sync::mpsc::Sender<Handed>,
 ) {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let socket = tokio::select! {
+            socket = floods.recv() => match socket {
+                Some(socket) => socket,
+                None => return,
+            },
             _ = shutdown.changed() => return,
+            // The listener's task is gone (stopped, or its runtime dropped).
+            _ = handed.closed() => return,
         };
-        let generation = current.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let (transport, context) = (&generation.transport, &generation.context);
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                if let Some(pause) = crate::accept_error::back_off(&e) {
-                    tracing::warn!(listener = %context.name, error = %e, "accept failed; pausing {pause:?}");
-                    tokio::time::sleep(pause).await;
-                } else {
-                    tracing::debug!(listener = %context.name, error = %e, "accept failed");
+        let listening = match Listening::register(socket) {
+            Ok(listening) => listening,
+            Err((error, Some(socket))) => {
+                // Keep accepting on the workers.
+                tracing::warn!(%error, "connect flood: the accept thread could not take the listening socket");
+                if handed.send(Handed::Calm(socket)).await.is_err() {
+                    return;
                 }
                 continue;
             }
+            Err((error, None)) => return lost(&current, &error),
         };
-        // Before the global limit, so a flooding address's refusals are counted as its
-        // own; dropping `stream` closes the socket unread.
-        let slot = match limits.per_ip.admit(peer.ip(), std::time::Instant::now()) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                let (counter, key) = match refusal {
-                    Refusal::PerIp => (
-                        &broker.stats.connections_refused_per_ip,
-                        "limits.connections_per_ip",
-                    ),
-                    Refusal::Rate => (
-                        &broker.stats.connections_refused_rate,
-                        "limits.connect_rate_per_ip",
-                    ),
-                };
-                Stats::add(counter, 1);
-                if broker.log_limit.allow(peer.ip()) {
-                    tracing::info!(listener = %context.name, %peer, "{key} reached; connection refused");
+        let calm = tokio::time::sleep(FLOOD_CALM);
+        tokio::pin!(calm);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listening.accept() => accepted,
+                _ = &mut calm => break,
+                _ = shutdown.changed() => return,
+                _ = handed.closed() => return,
+            };
+            match admit(accepted, &current, &broker, &limits) {
+                Admission::Admitted(admitted) => tokio::select! {
+                    sent = handed.send(Handed::Admitted(admitted)) => if sent.is_err() { return },
+                    _ = shutdown.changed() => return,
+                },
+                Admission::Refused => {
+                    calm.as_mut()
+                        .reset(tokio::time::Instant::now() + FLOOD_CALM);
                 }
-                continue;
+                Admission::Pause(pause) => tokio::time::sleep(pause).await,
+                Admission::Skipped => {}
             }
+        }
+        let socket = match listening.into_socket() {
+            Ok(socket) => socket,
+            Err(e) => return lost(&current, &e),
         };
-        let Some(counted) = limits.total.enter() else {
-            Stats::add(&broker.stats.connections_refused, 1);
+        if handed.send(Handed::Calm(socket)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Registers an admitted connection with the calling runtime's I/O driver and spawns its
+/// task there.
+fn serve(
+    admitted: Admitted,
+    broker: &Arc<Broker>,
+    shutdown: &watch::Receiver<bool>,
+    live: &Arc<()>,
+) {
+    let Admitted {
+        stream,
+        peer,
+        generation,
+        counted,
+        slot,
+    } = admitted;
+    let (transport, context) = (&generation.transport, &generation.context);
+    let stream = match TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
             if broker.log_limit.allow(peer.ip()) {
-                tracing::warn!(listener = %context.name, %peer, "max_connections reached; connection refused");
+                tracing::warn!(listener = %context.name, %peer, error = %e, "accepted connection could not be registered; closed");
             }
-            continue;
-        };
-        let stream = match register(stream) {
-            Ok(stream) => stream,
-            Err(e) => {
-                // Per connection, so through the same per-address allowance as refusals.
-                if broker.log_limit.allow(peer.ip()) {
-                    tracing::warn!(listener = %context.name, %peer, error = %e, "accepted connection could not be registered; closed");
-                }
-                continue;
-            }
-        };
-        Stats::add(&broker.stats.connections_accepted, 1);
-        let _ = stream.set_nodelay(true);
-        let send_buffer = context.config.limits.socket_send_buffer.0;
-        if send_buffer > 0 {
-            // Failure leaves the kernel's default, which is what 0 asks for.
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer as usize);
+            return;
         }
-        let (transport, context, broker, shutdown, live) = (
-            transport.clone(),
-            context.clone(),
-            broker.clone(),
-            shutdown.clone(),
-            live.clone(),
-        );
-        let held = (counted, slot, live, OpenConnection::enter(&transport.open));
-        if transport.is_plain() {
-            // Spawned as it is, without a wrapping future: plain TCP connections are most
-            // of them, and each extra layer would add to every connection's task.
-            let (reader, writer) = stream.into_split();
-            tokio::spawn(connection::serve(
-                reader, writer, peer, None, context, broker, shutdown, held,
-            ));
-        } else {
-            tokio::spawn(async move {
-                transport
-                    .serve(stream, peer, context, broker, shutdown, held)
-                    .await;
-            });
-        }
+    };
+    Stats::add(&broker.stats.connections_accepted, 1);
+    let (transport, context, broker, shutdown, live) = (
+        transport.clone(),
+        context.clone(),
+        broker.clone(),
+        shutdown.clone(),
+        live.clone(),
+    );
+    let held = (counted, slot, live, OpenConnection::enter(&transport.open));
+    if transport.is_plain() {
+        // Spawned as it is, without a wrapping future: plain TCP connections are most of
+        // them, and each extra layer would add to every connection's task.
+        let (reader, writer) = stream.into_split();
+        tokio::spawn(connection::serve(
+            reader, writer, peer, None, context, broker, shutdown, held,
+        ));
+    } else {
+        tokio::spawn(async move {
+            transport
+                .serve(stream, peer, context, broker, shutdown, held)
+                .await;
+        });
     }
 }
 

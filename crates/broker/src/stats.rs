@@ -42,6 +42,9 @@ counters! {
     /// Connections refused at accept: their address connected faster than
     /// `limits.connect_rate_per_ip` allows.
     connections_refused_rate,
+    /// Times a listener went over to accepting on its own thread because a limit refused
+    /// a connection (a connect flood), until a second passed without a refusal.
+    connect_floods,
     /// CONNECTs refused (bad credentials, client id, protocol version, ...).
     connects_refused,
     /// Connections closed before MQTT began: TLS or WebSocket handshake failed or timed out.

@@ -55,6 +55,10 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
             s.connections_refused_rate.to_string(),
         ),
         (
+            "$SYS/broker/connections/floods",
+            s.connect_floods.to_string(),
+        ),
+        (
             "$SYS/broker/messages/received",
             s.packets_received.to_string(),
         ),

@@ -219,6 +219,12 @@ impl Collector for BrokerCollector {
             "Network connections accepted.",
             s.connections_accepted,
         )?;
+        counter(
+            e,
+            "midge_connect_floods",
+            "Times a listener accepted on its own thread because a limit refused a connection.",
+            s.connect_floods,
+        )?;
         counter_family(
             e,
             "midge_connect_rejected",

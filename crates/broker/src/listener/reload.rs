@@ -38,11 +38,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::{
-    AcceptLimits, CurrentGeneration, Generation, Listening, ReloadError, ReloadReport, StartError,
-    TlsListeners, Transport, accept_loop, bind, reload_certificate, ws,
+    AcceptLimits, Accepting, CurrentGeneration, Generation, Listening, ReloadError, ReloadReport,
+    StartError, TlsListeners, Transport, bind, reload_certificate, start_accepting, ws,
 };
 use crate::admin::{AdminUsers, ListenerInfo, Listeners};
 use crate::amqp::AmqpContext;
@@ -97,7 +96,7 @@ struct Running {
     tls: Option<Arc<TlsListener>>,
     access: AccessControl,
     current: CurrentGeneration,
-    task: JoinHandle<()>,
+    accepting: Accepting,
 }
 
 /// A listener of the new configuration with everything that can fail done.
@@ -172,8 +171,7 @@ impl Reloader {
     pub(super) async fn stop_listeners(&self) {
         let mut state = self.state.lock().await;
         for listener in &mut state.listeners {
-            listener.task.abort();
-            let _ = (&mut listener.task).await;
+            listener.accepting.stop().await;
         }
     }
 
@@ -256,8 +254,7 @@ impl Reloader {
         for (i, listener) in state.listeners.iter_mut().enumerate() {
             if !kept.contains(&i) {
                 // Its socket closes with the task; its connections are tasks of their own.
-                listener.task.abort();
-                let _ = (&mut listener.task).await;
+                listener.accepting.stop().await;
             }
         }
         describe_settings(&state.config, &config, &mut report);
@@ -568,7 +565,7 @@ fn commit(
                     .changes
                     .push(format!("listener {name} added on {local}"));
                 let current: CurrentGeneration = Arc::new(RwLock::new(Arc::new(generation)));
-                let task = tokio::spawn(accept_loop(
+                let accepting = start_accepting(
                     socket,
                     current.clone(),
                     shared.broker.clone(),
@@ -576,7 +573,7 @@ fn commit(
                     shared.shutdown.clone(),
                     // Gone only once the server is dropped without a shutdown to wait.
                     shared.live.upgrade().unwrap_or_default(),
-                ));
+                );
                 running.push(Running {
                     config: listener.clone(),
                     name,
@@ -585,7 +582,7 @@ fn commit(
                     tls: p.tls,
                     access: p.access,
                     current,
-                    task,
+                    accepting,
                 });
             }
             // `Place::Kept` always names a running listener (`match_listeners`).

@@ -126,3 +126,54 @@ async fn connect_rate_per_ip_is_a_token_bucket() {
     }
     broker.shutdown().await;
 }
+
+/// A refusal is a connect flood: the listener accepts on a thread of its own (counted in
+/// `connect_floods`) until a second passes without another refusal, and the connections
+/// the limits let in meanwhile are handed over and served as usual.
+#[tokio::test]
+async fn a_refusal_starts_a_connect_flood_that_ends_after_a_quiet_second() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.connections_per_ip = 1;
+        c.mqtt.connect_timeout_secs = 120;
+    })
+    .await;
+    // 127.0.0.1's one place.
+    let _holder = broker.raw().await;
+    assert_eq!(broker.stats().connect_floods, 0);
+    let mut refused = broker.raw().await;
+    refused.expect_closed().await;
+    assert_eq!(
+        broker.stats().connect_floods,
+        1,
+        "the refusal started a flood"
+    );
+    // A second refusal at once is the same flood.
+    let mut again = broker.raw().await;
+    again.expect_closed().await;
+    assert_eq!(broker.stats().connect_floods, 1, "still the same flood");
+
+    // Another address is admitted during the flood, handed over and served.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2");
+    let mut other = Raw {
+        stream: socket.connect(broker.addr).await.expect("connect"),
+    };
+    other.send(&connect_v311("other-address")).await;
+    assert_eq!(other.recv(4).await, CONNACK_V311_OK);
+    other.ping_fence().await;
+
+    // A quiet second ends the flood, so the next refusal starts another.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let mut later = broker.raw().await;
+    later.expect_closed().await;
+    let stats = broker.stats();
+    assert_eq!(
+        stats.connect_floods, 2,
+        "a new flood after the quiet second"
+    );
+    assert_eq!(stats.connections_refused_per_ip, 3);
+    assert_eq!(stats.connections_accepted, 2);
+    broker.shutdown().await;
+}
