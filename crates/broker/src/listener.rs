@@ -616,25 +616,47 @@ const FLOOD_CALM: Duration = Duration::from_secs(1);
 /// more CPU per connection set up when the broker had one core, and a connect storm that
 /// the limits let in (devices coming back after an outage) is better served at full
 /// speed.
-fn acceptor() -> &'static tokio::runtime::Handle {
-    static ACCEPTOR: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
-    ACCEPTOR.get_or_init(|| {
-        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("midge-accept".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("cannot start the accept thread's runtime");
-                let _ = handle_tx.send(runtime.handle().clone());
-                runtime.block_on(std::future::pending::<()>());
-            })
-            .expect("cannot start the accept thread");
-        handle_rx
-            .recv()
-            .expect("the accept thread's runtime did not start")
-    })
+///
+/// `None` if the thread or its runtime could not be started (logged once); listeners then
+/// go on accepting on the workers through floods.
+fn acceptor() -> Option<&'static tokio::runtime::Handle> {
+    static ACCEPTOR: std::sync::OnceLock<Option<tokio::runtime::Handle>> =
+        std::sync::OnceLock::new();
+    ACCEPTOR
+        .get_or_init(|| {
+            let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+            let started = std::thread::Builder::new()
+                .name("midge-accept".into())
+                .spawn(move || {
+                    // I/O and timers only: the signal driver would open descriptors of its
+                    // own.
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .enable_time()
+                        .build();
+                    match runtime {
+                        Ok(runtime) => {
+                            let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                            runtime.block_on(std::future::pending::<()>());
+                        }
+                        Err(e) => {
+                            let _ = handle_tx.send(Err(e));
+                        }
+                    }
+                });
+            let handle = match started {
+                Ok(_) => handle_rx.recv().unwrap_or_else(|_| {
+                    Err(std::io::Error::other("the accept thread ended at its start"))
+                }),
+                Err(e) => Err(e),
+            };
+            handle
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, "cannot start the accept thread; connect floods are accepted on the workers");
+                })
+                .ok()
+        })
+        .as_ref()
 }
 
 /// What the [`flood_accept_loop`] may have waiting for the listener's task; beyond it the
@@ -901,17 +923,13 @@ async fn accept_loop(
         match admit(accepted, &current, &broker, &limits) {
             Admission::Admitted(admitted) => serve(admitted, &broker, &for_connections, &live),
             Admission::Refused => {
-                let Some(here) = listening.take() else {
-                    continue;
-                };
-                let socket = match here.into_socket() {
-                    Ok(socket) => socket,
-                    Err(e) => return lost(&current, &e),
-                };
-                let flood = flood.get_or_insert_with(|| {
+                if flood.is_none() {
+                    let Some(acceptor) = acceptor() else {
+                        continue;
+                    };
                     // At most one socket is ever on its way: the listener's own.
                     let (to_flood, floods) = tokio::sync::mpsc::channel(1);
-                    let task = acceptor().spawn(flood_accept_loop(
+                    let task = acceptor.spawn(flood_accept_loop(
                         floods,
                         current.clone(),
                         broker.clone(),
@@ -920,9 +938,19 @@ async fn accept_loop(
                         handed_tx.clone(),
                     ));
                     *flood_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
-                    to_flood
-                });
-                match flood.try_send(socket) {
+                    flood = Some(to_flood);
+                }
+                let Some(to_flood) = &flood else {
+                    continue;
+                };
+                let Some(here) = listening.take() else {
+                    continue;
+                };
+                let socket = match here.into_socket() {
+                    Ok(socket) => socket,
+                    Err(e) => return lost(&current, &e),
+                };
+                match to_flood.try_send(socket) {
                     Ok(()) => Stats::add(&broker.stats.connect_floods, 1),
                     // Cannot be full (one socket); closed only while stopping.
                     Err(e) => listening = register_again(e.into_inner(), &current),
