@@ -628,8 +628,9 @@ fn acceptor() -> Option<&'static tokio::runtime::Handle> {
             let started = std::thread::Builder::new()
                 .name("midge-accept".into())
                 .spawn(move || {
-                    // I/O and timers only: the signal driver would open descriptors of its
-                    // own.
+                    // I/O and timers: all it uses. (With tokio's signal feature built in,
+                    // the I/O driver still takes a duplicate of the signal socket: four
+                    // descriptors in all, once.)
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_io()
                         .enable_time()
