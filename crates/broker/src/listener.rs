@@ -532,15 +532,9 @@ type ListeningSocket = std::net::TcpStream;
 
 impl Listening {
     /// `socket`, listening and non-blocking, registered with the current runtime's driver.
-    /// If that fails the socket comes back with the error, when a duplicate descriptor
-    /// could be kept for it: registering consumes the socket whatever happens.
-    fn register(
-        socket: ListeningSocket,
-    ) -> Result<Self, (std::io::Error, Option<ListeningSocket>)> {
-        let spare = socket.try_clone().ok();
-        TcpStream::from_std(socket)
-            .map(Self)
-            .map_err(|e| (e, spare))
+    /// Registering consumes the socket, also when it fails.
+    fn register(socket: ListeningSocket) -> std::io::Result<Self> {
+        TcpStream::from_std(socket).map(Self)
     }
 
     /// The socket, no longer registered. Deregistering cannot fail for a registered
@@ -966,13 +960,9 @@ async fn accept_loop(
 /// `socket`, back from the acceptor, registered with the calling runtime again. Failing
 /// that (the kernel short of memory), the listener stops accepting, loudly.
 fn register_again(socket: ListeningSocket, current: &CurrentGeneration) -> Option<Listening> {
-    match Listening::register(socket) {
-        Ok(listening) => Some(listening),
-        Err((e, _)) => {
-            lost(current, &e);
-            None
-        }
-    }
+    Listening::register(socket)
+        .inspect_err(|e| lost(current, e))
+        .ok()
 }
 
 /// Logs that a listener's socket is lost.
@@ -1007,9 +997,12 @@ async fn flood_accept_loop(
             // The listener's task is gone (stopped, or its runtime dropped).
             _ = handed.closed() => return,
         };
-        let listening = match Listening::register(socket) {
-            Ok(listening) => listening,
-            Err((error, Some(socket))) => {
+        // A duplicate descriptor, so the socket survives a failure to register it here.
+        let spare = socket.try_clone().ok();
+        let listening = match (Listening::register(socket), spare) {
+            // The spare is closed with the tuple.
+            (Ok(listening), _) => listening,
+            (Err(error), Some(socket)) => {
                 // Keep accepting on the workers.
                 tracing::warn!(%error, "connect flood: the accept thread could not take the listening socket");
                 if handed.send(Handed::Calm(socket)).await.is_err() {
@@ -1017,7 +1010,7 @@ async fn flood_accept_loop(
                 }
                 continue;
             }
-            Err((error, None)) => return lost(&current, &error),
+            (Err(error), None) => return lost(&current, &error),
         };
         let calm = tokio::time::sleep(FLOOD_CALM);
         tokio::pin!(calm);
