@@ -1326,9 +1326,19 @@ async fn slowloris(
 ) {
     let connect = hello;
     while !stop.load(Ordering::Relaxed) {
-        let Ok(mut stream) = connect_from(source, port, None).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+        let mut stream = match connect_from(source, port, None).await {
+            Ok(stream) => stream,
+            // A refusal is a reset, which can arrive before the connect returns.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                counts.opened.fetch_add(1, Ordering::Relaxed);
+                counts.refused.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         counts.opened.fetch_add(1, Ordering::Relaxed);
         let opened = Instant::now();
@@ -1460,10 +1470,19 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
             tls_counts.clone(),
         ))
     }));
-    // Bursts from 127.0.0.2 to .9: connect, then close (the admitted ones) or be closed.
-    let (attempts, connected) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Bursts from 127.0.0.2 to .9: connect, then close (the admitted ones) or be reset.
+    let (attempts, connected, reset) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let flood = {
-        let (stop, attempts, connected) = (stop.clone(), attempts.clone(), connected.clone());
+        let (stop, attempts, connected, reset) = (
+            stop.clone(),
+            attempts.clone(),
+            connected.clone(),
+            reset.clone(),
+        );
         tokio::spawn(async move {
             let mut round = 0u8;
             while !stop.load(Ordering::Relaxed) {
@@ -1471,14 +1490,19 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
                 let source = Ipv4Addr::new(127, 0, 0, 2 + round % 8);
                 round = round.wrapping_add(1);
                 let connects = (0..burst).map(|_| {
-                    let (attempts, connected) = (attempts.clone(), connected.clone());
+                    let (attempts, connected, reset) =
+                        (attempts.clone(), connected.clone(), reset.clone());
                     async move {
                         attempts.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(Ok(stream)) =
-                            tokio::time::timeout(STALL, connect_from(source, port, None)).await
-                        {
-                            connected.fetch_add(1, Ordering::Relaxed);
-                            drop(stream);
+                        match tokio::time::timeout(STALL, connect_from(source, port, None)).await {
+                            Ok(Ok(stream)) => {
+                                connected.fetch_add(1, Ordering::Relaxed);
+                                drop(stream);
+                            }
+                            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                                reset.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {}
                         }
                     }
                 });
@@ -1518,7 +1542,7 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
     let c = |n: &AtomicU64| n.load(Ordering::Relaxed);
     eprintln!(
         "flood: {} connects in bursts of {burst} from 8 addresses over {duration:?} ({} \
-         completed the TCP handshake); refused at accept: {per_ip} per_ip, {by_rate} rate; \
+         connected, {} reset by a refusal before the connect returned); refused at accept: {per_ip} per_ip, {by_rate} rate; \
          slowloris: {} sockets opened from 2 addresses, {} closed at the {connect_timeout} s \
          CONNECT deadline (longest lived {} ms), {} refused at once, {timeouts} CONNECT \
          timeouts counted ($SYS), pre-CONNECT buffers at most {pre_connect_max} bytes; \
@@ -1530,6 +1554,7 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
          PINGREQ quiet {quiet}, under flood {flooded} (p99 x{:.1}); watchdog slowest round {:?}",
         c(&attempts),
         c(&connected),
+        c(&reset),
         c(&slow_counts.opened),
         c(&slow_counts.closed),
         c(&slow_counts.longest_ms),
