@@ -218,6 +218,35 @@ struct Connection<R, W> {
     buffers_charged: usize,
 }
 
+/// A connection's write half, for how the connection's socket closes.
+pub trait ResetOnClose {
+    /// Makes the socket's close a reset (`SO_LINGER` 0) rather than a FIN, where the TCP
+    /// socket can be reached. For a socket the broker closes first without an answer
+    /// (no CONNECT within the deadline, a partial CONNECT over the pre-CONNECT budget):
+    /// the side that closes first keeps the connection in TIME_WAIT for a minute, so a
+    /// slowloris cycling its sockets through the deadline would pile them up on the
+    /// broker's machine (see `listener::refuse`).
+    fn reset_on_close(&self);
+}
+
+impl ResetOnClose for tokio::net::tcp::OwnedWriteHalf {
+    fn reset_on_close(&self) {
+        // On failure the socket closes the usual way.
+        let _ = socket2::SockRef::from(self.as_ref()).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// TLS and WebSocket connections: the TCP socket is inside the stream, out of reach.
+impl<T> ResetOnClose for tokio::io::WriteHalf<T> {
+    fn reset_on_close(&self) {}
+}
+
+impl<T: AsyncWrite + ResetOnClose> ResetOnClose for tokio::io::BufWriter<T> {
+    fn reset_on_close(&self) {
+        self.get_ref().reset_on_close();
+    }
+}
+
 impl<R, W> Drop for Connection<R, W> {
     fn drop(&mut self) {
         self.broker.memory.release(self.buffers_charged as u64);
@@ -244,7 +273,7 @@ pub fn serve<R, W>(
 ) -> impl Future<Output = ()>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + ResetOnClose,
 {
     // Until CONNECT is in, the smaller CONNECT limit applies (see `pre_connect`).
     let decoder = Decoder::new(listener.config.mqtt.connect_limit());
@@ -273,7 +302,7 @@ where
 impl<R, W> Connection<R, W>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + ResetOnClose,
 {
     /// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1], within the connect
     /// timeout, within the pre-CONNECT limits (`budget`). Answers a bad CONNECT itself
@@ -324,6 +353,7 @@ where
                 }
                 Ok(pre_connect::Read::OverBudget) => {
                     budget.count(Refused::OverBudget);
+                    self.writer.reset_on_close();
                     if self.log_allowed() {
                         tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: partial CONNECT does not fit in mqtt.max_pre_connect_bytes");
                     }
@@ -331,6 +361,7 @@ where
                 }
                 Err(_) => {
                     budget.count(Refused::Timeout);
+                    self.writer.reset_on_close();
                     tracing::debug!(peer = %self.peer, "no CONNECT within {timeout:?}; closing");
                     return None;
                 }

@@ -240,3 +240,31 @@ async fn a_refused_connection_is_reset_and_leaves_no_time_wait_behind() {
     assert_eq!(closing_sockets_on(broker.port()), 0);
     broker.shutdown().await;
 }
+
+/// A socket that sends no CONNECT within `connect_timeout_secs` is closed by the broker
+/// first, so it too is reset rather than left in TIME_WAIT: a slowloris that cycles its
+/// sockets through the deadline would otherwise pile the entries up.
+#[tokio::test]
+async fn a_socket_silent_past_the_connect_deadline_leaves_no_time_wait_behind() {
+    let broker = TestBroker::start_with(|c| {
+        c.mqtt.connect_timeout_secs = 1;
+    })
+    .await;
+    let started = Instant::now();
+    let mut silent: Vec<Raw> = Vec::new();
+    for _ in 0..5 {
+        silent.push(broker.raw().await);
+    }
+    for raw in &mut silent {
+        // An end of stream or a reset, whichever the client reads first.
+        assert!(raw.recv_until_closed().await.is_empty(), "no answer");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed at the deadline"
+    );
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(closing_sockets_on(broker.port()), 0);
+    broker.shutdown().await;
+}
