@@ -218,6 +218,16 @@ struct Connection<R, W> {
     buffers_charged: usize,
 }
 
+/// How a connection that sent no usable CONNECT ends.
+enum NoConnect {
+    /// Through [`Connection::close`]: what was written (a CONNACK refusing it) goes first.
+    Close,
+    /// At once, with a reset: the client withheld its CONNECT (the deadline passed, or its
+    /// partial CONNECT outgrew the pre-CONNECT budget), so there is nothing to say and no
+    /// reason to wait for a shutdown (a WebSocket close handshake, for one).
+    Reset,
+}
+
 /// A connection's write half, for how the connection's socket closes.
 pub trait ResetOnClose {
     /// Makes the socket's close a reset (`SO_LINGER` 0) rather than a FIN, where the TCP
@@ -229,14 +239,21 @@ pub trait ResetOnClose {
     fn reset_on_close(&self);
 }
 
-impl ResetOnClose for tokio::net::tcp::OwnedWriteHalf {
+impl ResetOnClose for tokio::net::TcpStream {
     fn reset_on_close(&self) {
         // On failure the socket closes the usual way.
-        let _ = socket2::SockRef::from(self.as_ref()).set_linger(Some(Duration::ZERO));
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
     }
 }
 
-/// TLS and WebSocket connections: the TCP socket is inside the stream, out of reach.
+impl ResetOnClose for tokio::net::tcp::OwnedWriteHalf {
+    fn reset_on_close(&self) {
+        self.as_ref().reset_on_close();
+    }
+}
+
+/// The socket is inside the split stream, out of reach from here: the listener wraps TLS
+/// and WebSocket streams so that their TCP socket is reset when dropped (`Resettable`).
 impl<T> ResetOnClose for tokio::io::WriteHalf<T> {
     fn reset_on_close(&self) {}
 }
@@ -311,18 +328,18 @@ where
         &mut self,
         budget: &mut PreConnect,
         deadline: Instant,
-    ) -> Option<Box<Connect>> {
+    ) -> Result<Box<Connect>, NoConnect> {
         let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
         loop {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(Packet::Connect(connect))) => {
                     self.decoder
                         .set_max_packet_size(self.listener.config.mqtt.max_packet_size);
-                    return Some(connect);
+                    return Ok(connect);
                 }
                 Ok(Some(other)) => {
                     self.protocol_error(&format!("first packet is {}, not CONNECT", other.name()));
-                    return None;
+                    return Err(NoConnect::Close);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -338,32 +355,30 @@ where
                     } else {
                         self.connect_decode_error(&e);
                     }
-                    return None;
+                    return Err(NoConnect::Close);
                 }
             }
             let read = tokio::select! {
                 read = tokio::time::timeout_at(deadline, budget.read(&mut self.reader, &mut self.rbuf)) => read,
                 // Shutdown does not wait for a client that has not sent CONNECT yet.
-                _ = self.shutdown.changed() => return None,
+                _ = self.shutdown.changed() => return Err(NoConnect::Close),
             };
             match read {
-                Ok(pre_connect::Read::Closed) => return None,
+                Ok(pre_connect::Read::Closed) => return Err(NoConnect::Close),
                 Ok(pre_connect::Read::Bytes(n)) => {
                     Stats::add(&self.broker.stats.bytes_received, n as u64)
                 }
                 Ok(pre_connect::Read::OverBudget) => {
                     budget.count(Refused::OverBudget);
-                    self.writer.reset_on_close();
                     if self.log_allowed() {
                         tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: partial CONNECT does not fit in mqtt.max_pre_connect_bytes");
                     }
-                    return None;
+                    return Err(NoConnect::Reset);
                 }
                 Err(_) => {
                     budget.count(Refused::Timeout);
-                    self.writer.reset_on_close();
                     tracing::debug!(peer = %self.peer, "no CONNECT within {timeout:?}; closing");
-                    return None;
+                    return Err(NoConnect::Reset);
                 }
             }
         }
@@ -676,10 +691,17 @@ where
         // One deadline for CONNECT and, with enhanced authentication, the AUTH exchange.
         let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
         let deadline = Instant::now() + timeout;
-        let Some(mut connect) = Box::pin(self.read_connect(&mut budget, deadline)).await else {
-            drop(budget);
-            Box::pin(self.close()).await;
-            return None;
+        let mut connect = match Box::pin(self.read_connect(&mut budget, deadline)).await {
+            Ok(connect) => connect,
+            Err(NoConnect::Close) => {
+                drop(budget);
+                Box::pin(self.close()).await;
+                return None;
+            }
+            Err(NoConnect::Reset) => {
+                self.writer.reset_on_close();
+                return None;
+            }
         };
         if self.listener.config.amqp.mqtt_dots_as_separators
             && let Some(will) = &mut connect.will

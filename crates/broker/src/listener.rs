@@ -8,7 +8,7 @@ pub mod reload;
 mod ws;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -1155,15 +1155,18 @@ impl Transport {
         held: impl Send + 'static,
     ) {
         let timeout = Duration::from_secs(context.config.mqtt.connect_timeout_secs);
-        let handshake = async {
-            // Boxed: TLS and WebSocket handshakes are large futures that plain TCP
-            // connections would otherwise carry for their whole life.
-            tokio::time::timeout(timeout, Box::pin(self.handshake(stream)))
-                .await
-                .unwrap_or(Err(HandshakeFailure::Timeout(timeout)))
-        };
+        let reset = Arc::new(AtomicBool::new(false));
+        // Boxed: TLS and WebSocket handshakes are large futures that plain TCP connections
+        // would otherwise carry for their whole life.
+        let mut handshake = Box::pin(self.handshake(Resettable::new(stream, reset.clone())));
         let handshake = tokio::select! {
-            result = handshake => result,
+            result = tokio::time::timeout(timeout, handshake.as_mut()) => {
+                result.unwrap_or_else(|_| {
+                    // Set before the handshake, and with it the socket, is dropped.
+                    reset.store(true, Ordering::Release);
+                    Err(HandshakeFailure::Timeout(timeout))
+                })
+            }
             _ = shutdown.changed() => return,
         };
         match handshake {
@@ -1175,6 +1178,7 @@ impl Transport {
             }
             Ok((stream, identity)) => {
                 let (reader, writer) = tokio::io::split(stream);
+                let writer = Resettable::new(writer, reset);
                 connection::serve(
                     reader, writer, peer, identity, context, broker, shutdown, held,
                 )
@@ -1200,7 +1204,7 @@ impl Transport {
 
     async fn handshake(
         &self,
-        stream: TcpStream,
+        stream: Resettable<TcpStream>,
     ) -> Result<(Box<dyn ByteStream>, Option<String>), HandshakeFailure> {
         let (stream, identity): (Box<dyn ByteStream>, _) = match &self.tls {
             Some(tls) => {
@@ -1214,6 +1218,92 @@ impl Transport {
             None => stream,
         };
         Ok((stream, identity))
+    }
+}
+
+/// A TLS or WebSocket connection's TCP socket, or its write half, with a flag they share:
+/// set, the socket is reset (`SO_LINGER` 0) rather than closed with a FIN when the stream
+/// is dropped. The broker sets it when it closes the connection first without an answer
+/// (no handshake or no CONNECT within the deadline, a CONNECT over the pre-CONNECT
+/// budget), as it does on plain TCP (see [`connection::ResetOnClose`]): the side that
+/// closes first keeps a TIME_WAIT entry for a minute, and a slowloris or a flood of
+/// half-open handshakes cycling through the deadline would pile them up. The TCP socket
+/// sits under the TLS and WebSocket layers and the split, out of the write half's reach,
+/// hence the flag.
+struct Resettable<T: connection::ResetOnClose> {
+    inner: T,
+    reset: Arc<AtomicBool>,
+}
+
+impl<T: connection::ResetOnClose> Resettable<T> {
+    fn new(inner: T, reset: Arc<AtomicBool>) -> Self {
+        Self { inner, reset }
+    }
+}
+
+impl<T: connection::ResetOnClose> connection::ResetOnClose for Resettable<T> {
+    fn reset_on_close(&self) {
+        self.reset.store(true, Ordering::Release);
+    }
+}
+
+impl<T: connection::ResetOnClose> Drop for Resettable<T> {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::Acquire) {
+            self.inner.reset_on_close();
+        }
+    }
+}
+
+impl tls::Socket for Resettable<TcpStream> {
+    fn addresses(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        self.inner.addresses()
+    }
+}
+
+impl<T: connection::ResetOnClose + AsyncRead + Unpin> AsyncRead for Resettable<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: connection::ResetOnClose + AsyncWrite + Unpin> AsyncWrite for Resettable<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

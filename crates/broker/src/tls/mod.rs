@@ -21,6 +21,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -104,16 +105,16 @@ impl TlsListener {
     /// Completes the TLS handshake on an accepted connection with the configuration in
     /// force now, and returns the stream and, when `cert_identity` asks for it, the verified
     /// client certificate's identity.
-    pub async fn accept(
+    pub async fn accept<S: Socket>(
         &self,
-        stream: TcpStream,
-    ) -> Result<(TlsStream<TcpStream>, Option<String>), HandshakeError> {
+        stream: S,
+    ) -> Result<(TlsStream<S>, Option<String>), HandshakeError> {
         let config = self
             .current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let (peer, local) = (stream.peer_addr().ok(), stream.local_addr().ok());
+        let (peer, local) = stream.addresses();
         // The caller drops this future when the connect timeout passes (or at shutdown):
         // that failed handshake is logged too.
         let mut unfinished = Unfinished {
@@ -154,7 +155,7 @@ impl TlsListener {
 
     /// The user name a verified client certificate gives, if `cert_identity` asks for one
     /// and the client presented a certificate (rustls has verified it against `client_ca`).
-    fn identity(&self, stream: &TlsStream<TcpStream>) -> Result<Option<String>, HandshakeError> {
+    fn identity<S>(&self, stream: &TlsStream<S>) -> Result<Option<String>, HandshakeError> {
         let Some(leaf) = stream
             .get_ref()
             .1
@@ -200,6 +201,18 @@ impl TlsListener {
 }
 
 /// Logs a handshake whose future was dropped before it finished.
+/// A connection TLS runs over: a TCP stream, or one wrapped by the listener.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin {
+    /// The peer's and the local address, for the log line of a failed handshake.
+    fn addresses(&self) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>);
+}
+
+impl Socket for TcpStream {
+    fn addresses(&self) -> (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>) {
+        (self.peer_addr().ok(), self.local_addr().ok())
+    }
+}
+
 struct Unfinished<'a> {
     listener: Option<&'a TlsListener>,
     peer: Option<std::net::SocketAddr>,

@@ -205,7 +205,7 @@ async fn a_refusal_starts_a_connect_flood_that_ends_after_a_quiet_second() {
 
 /// Sockets of the broker's side on `port` (127.0.0.1) that its close left behind, from
 /// `/proc/net/tcp`: FIN_WAIT1/2, TIME_WAIT, CLOSING, LAST_ACK.
-fn closing_sockets_on(port: u16) -> usize {
+pub fn closing_sockets_on(port: u16) -> usize {
     let local = format!("0100007F:{port:04X}");
     std::fs::read_to_string("/proc/net/tcp")
         .expect("/proc/net/tcp")

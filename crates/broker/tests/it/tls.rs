@@ -130,6 +130,44 @@ async fn silent_client_is_closed_after_the_connect_timeout() {
     server.shutdown().await;
 }
 
+/// A TLS connection the broker closes at the deadline (no handshake, or a handshake and
+/// then no CONNECT) is reset like a plain TCP one, so it leaves no TIME_WAIT entry behind.
+#[tokio::test]
+async fn tls_sockets_closed_at_the_deadline_leave_no_time_wait_behind() {
+    let pki = Pki::new("deadline");
+    let server_cert = pki.server("server");
+    let (server, ports) = start(vec![listener(Some(tls_settings(&server_cert)))], |config| {
+        config.mqtt.connect_timeout_secs = 1;
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap());
+    }
+    let config = client_config(&pki.ca_path, None, ALL_VERSIONS);
+    let mut handshaken = Vec::new();
+    for _ in 0..3 {
+        handshaken.push(
+            tls_connect(ports[0], config.clone())
+                .await
+                .expect("handshake"),
+        );
+    }
+    let mut buf = [0; 16];
+    for stream in &mut silent {
+        let read = tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
+    for stream in &mut handshaken {
+        let read = tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
+    drop((silent, handshaken));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(crate::conn_limits::closing_sockets_on(ports[0]), 0);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn plain_mqtt_on_the_tls_port_is_closed_and_counted() {
     let pki = Pki::new("plain");

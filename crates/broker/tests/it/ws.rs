@@ -264,6 +264,36 @@ async fn silent_client_on_the_ws_port_does_not_delay_another_clients_connect() {
     server.shutdown().await;
 }
 
+/// A WebSocket connection the broker closes at the deadline (no upgrade, or an upgrade and
+/// then no CONNECT) is reset like a plain TCP one, so it leaves no TIME_WAIT entry behind.
+#[tokio::test]
+async fn ws_sockets_closed_at_the_deadline_leave_no_time_wait_behind() {
+    let (server, ports) = start(vec![ws_listener(&[])], |config| {
+        config.mqtt.connect_timeout_secs = 1;
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap());
+    }
+    let mut upgraded = Vec::new();
+    for _ in 0..3 {
+        upgraded.push(ws_connect(ports[0], "/mqtt", Some("mqtt")).await);
+    }
+    let mut buf = [0; 16];
+    for stream in &mut silent {
+        let read = tokio::time::timeout(TIMEOUT, stream.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
+    for client in &mut upgraded {
+        client.expect_closed().await;
+    }
+    drop((silent, upgraded));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(crate::conn_limits::closing_sockets_on(ports[0]), 0);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn wss_client_gets_the_subprotocol_and_a_connack() {
     let pki = Pki::new("wss");
