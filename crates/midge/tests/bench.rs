@@ -210,6 +210,58 @@ fn conn_run_holds_idle_subscribed_connections_and_reports_broker_memory() {
     number(&report, &["broker", "kib_per_conn"]);
 }
 
+/// `--conn-fanout`: every connection subscribes to one topic and gets the one message
+/// published to it at the end; `--conn-sources` spreads them over loopback addresses.
+#[test]
+fn conn_fanout_reaches_every_connection_from_every_source_address() {
+    let broker = Broker::start();
+    let sources = std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            broker.bench_json(&[
+                "conn",
+                "-C",
+                "60",
+                "--conn-fanout",
+                "--conn-sources",
+                "3",
+                "--hold",
+                "2",
+            ])
+        });
+        // The clients' side of their connections to the broker, while they are held.
+        let remote = format!(":{:04X}", broker.port);
+        let mut sources = std::collections::BTreeMap::<String, usize>::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !run.is_finished() && Instant::now() < deadline {
+            let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+            let mut seen = std::collections::BTreeMap::new();
+            for line in table.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields[2].ends_with(&remote) && fields[3] == "01" {
+                    let ip = u32::from_str_radix(&fields[1][..8], 16).expect("hex address");
+                    let ip = std::net::Ipv4Addr::from(ip.swap_bytes()).to_string();
+                    *seen.entry(ip).or_insert(0) += 1;
+                }
+            }
+            // All 60 up, before the publisher of the fanned-out message connects.
+            if sources.is_empty() && seen.values().sum::<usize>() == 60 {
+                sources = seen;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let report = run.join().expect("bench thread");
+        assert_eq!(number(&report, &["fanout", "received"]), 60.0, "{report}");
+        assert!(number(&report, &["fanout", "seconds"]) > 0.0, "{report}");
+        sources
+    });
+    let expected: std::collections::BTreeMap<String, usize> =
+        ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+            .into_iter()
+            .map(|ip| (ip.to_owned(), 20))
+            .collect();
+    assert_eq!(sources, expected);
+}
+
 #[test]
 fn too_small_a_payload_is_refused_with_the_reason() {
     let broker = Broker::start();

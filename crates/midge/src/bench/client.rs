@@ -1,14 +1,15 @@
 //! The few client-side MQTT exchanges the bench needs, on `midge-proto` over a plain
-//! `TcpStream`: CONNECT/CONNACK and SUBSCRIBE/SUBACK. Publishing and receiving are done
-//! by the load tasks themselves, with their own buffers.
+//! `TcpStream`: CONNECT/CONNACK, SUBSCRIBE/SUBACK, and `conn`'s one fanned-out message.
+//! Publishing and receiving under load are done by the load tasks themselves, with their
+//! own buffers.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use bytes::BytesMut;
 use midge_proto::{
-    Connect, ConnectProperties, Decoder, MAX_PACKET_SIZE, Packet, ProtocolVersion, QoS, ReasonCode,
-    Subscribe, SubscribeProperties, SubscriptionOptions,
+    Connect, ConnectProperties, Decoder, MAX_PACKET_SIZE, OutgoingPublish, Packet, ProtocolVersion,
+    PublishProperties, QoS, ReasonCode, Subscribe, SubscribeProperties, SubscriptionOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,6 +49,21 @@ pub fn explain_io(error: std::io::Error, what: &str) -> anyhow::Error {
     }
 }
 
+/// Connects to `addr` from `source`.
+async fn connect_bound(addr: &str, source: std::net::IpAddr) -> std::io::Result<TcpStream> {
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("{addr}: no address of {source}'s family")))?;
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket.connect(target).await
+}
+
 impl Client {
     /// Connects with a clean session and keep-alive off (idle subscribers send nothing,
     /// and a keep-alive would make the broker close them).
@@ -56,9 +72,21 @@ impl Client {
         client_id: &str,
         version: ProtocolVersion,
     ) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| explain_io(e, &format!("connecting to {addr}")))?;
+        Self::connect_from(addr, None, client_id, version).await
+    }
+
+    /// [`Client::connect`] from the local address `source` (any port), when given.
+    pub async fn connect_from(
+        addr: &str,
+        source: Option<std::net::IpAddr>,
+        client_id: &str,
+        version: ProtocolVersion,
+    ) -> anyhow::Result<Self> {
+        let stream = match source {
+            None => TcpStream::connect(addr).await,
+            Some(source) => connect_bound(addr, source).await,
+        }
+        .map_err(|e| explain_io(e, &format!("connecting to {addr}")))?;
         // Latency matters more than packet count: the bench batches its own writes.
         stream.set_nodelay(true).context("TCP_NODELAY")?;
         let mut client = Self {
@@ -121,6 +149,34 @@ impl Client {
             },
             other => bail!("expected SUBACK, got {}", other.name()),
         }
+    }
+
+    /// Sends one QoS 0 PUBLISH.
+    pub async fn publish_qos0(&mut self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        let mut buf = BytesMut::new();
+        OutgoingPublish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic,
+            packet_id: 0,
+            properties: &PublishProperties::default(),
+            topic_alias: None,
+            message_expiry_interval: None,
+            subscription_identifiers: &[],
+            payload,
+        }
+        .encode(self.version, &mut buf)
+        .context("encoding a PUBLISH")?;
+        self.stream
+            .write_all(&buf)
+            .await
+            .context("writing to the broker")
+    }
+
+    /// The next packet from the broker, within the reply timeout.
+    pub async fn next_packet(&mut self) -> anyhow::Result<Packet> {
+        self.reply().await
     }
 
     async fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! `conn`: many idle connections, opened at a given rate and held open, to measure the
-//! broker's connection rate, handshake latency and memory per connection.
+//! broker's connection rate, handshake latency and memory per connection; with
+//! `--conn-fanout`, also how long one message takes to reach all of them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
+
+use midge_proto::Packet;
 
 use super::Plan;
 use super::client::Client;
@@ -43,9 +46,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         let task_plan = Arc::clone(&plan);
         tasks.push(tokio::spawn(async move {
             let plan = task_plan;
-            let mut client =
-                Client::connect(&plan.addr, &plan.client_id("c", id), plan.version).await?;
-            if plan.conn_subscribe {
+            let mut client = Client::connect_from(
+                &plan.addr,
+                plan.conn_source(id),
+                &plan.client_id("c", id),
+                plan.version,
+            )
+            .await?;
+            if plan.conn_subscribe || plan.conn_fanout {
                 client
                     .subscribe(&plan.subscribe_filter(id), plan.qos)
                     .await?;
@@ -85,6 +93,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     report.end = Some(Usage::now(plan.broker_pid));
     report.window = started.elapsed();
     tokio::time::sleep(plan.hold.saturating_sub(SETTLE)).await;
+    if plan.conn_fanout {
+        let (clients_back, fanout) = fan_out(&plan, clients).await?;
+        clients = clients_back;
+        report.fanout = Some(fanout);
+    }
     // Still connected at the end? A broker that dropped connections must not look lean.
     let mut closed = 0;
     for client in &mut clients {
@@ -101,5 +114,60 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         "{closed} of {} connections were closed by the broker while idle",
         clients.len()
     );
+    // Reset rather than closed: closing first, the bench would keep each connection's
+    // address and port in TIME_WAIT for a minute, and the next run from the same source
+    // addresses would find the ports taken (a bound socket cannot reuse them as a plain
+    // connect on loopback can).
+    for client in &clients {
+        let _ = socket2::SockRef::from(&client.stream).set_linger(Some(Duration::ZERO));
+    }
     Ok(report)
+}
+
+/// One QoS 0 message from a new client to the topic every connection subscribed to: the
+/// time from its write to the last connection's receipt, and how many got it.
+async fn fan_out(
+    plan: &Arc<Plan>,
+    clients: Vec<Client>,
+) -> anyhow::Result<(Vec<Client>, super::report::Fanout)> {
+    let topic = plan.publish_topic(0);
+    let waiting: Vec<JoinHandle<(Client, Option<Instant>)>> = clients
+        .into_iter()
+        .map(|mut client| {
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                let got = loop {
+                    match client.next_packet().await {
+                        Ok(Packet::Publish(publish)) if publish.topic == topic => {
+                            break Some(Instant::now());
+                        }
+                        Ok(_) => {}
+                        Err(_) => break None,
+                    }
+                };
+                (client, got)
+            })
+        })
+        .collect();
+    let mut publisher =
+        Client::connect(&plan.addr, &plan.client_id("fan", 0), plan.version).await?;
+    let sent = Instant::now();
+    publisher.publish_qos0(&topic, &[0u8; 16]).await?;
+    let mut clients = Vec::with_capacity(waiting.len());
+    let (mut received, mut last) = (0u32, sent);
+    for task in waiting {
+        let (client, got) = task.await.context("fan-out receiver")?;
+        if let Some(at) = got {
+            received += 1;
+            last = last.max(at);
+        }
+        clients.push(client);
+    }
+    Ok((
+        clients,
+        super::report::Fanout {
+            received,
+            seconds: (last - sent).as_secs_f64(),
+        },
+    ))
 }

@@ -139,6 +139,16 @@ pub struct BenchArgs {
     /// `conn`: each connection subscribes to a topic of its own.
     #[arg(long)]
     conn_subscribe: bool,
+    /// `conn`: each connection subscribes to one topic they all share instead, and once
+    /// they are up and the broker's memory is read, one more client publishes one QoS 0
+    /// message to it: the report gives how long until every connection had it.
+    #[arg(long, conflicts_with = "conn_subscribe")]
+    conn_fanout: bool,
+    /// `conn`: spread the connections over this many loopback source addresses (127.0.0.1,
+    /// 127.0.0.2, ...): one source address has about 28,000 ephemeral ports towards one
+    /// broker port, so more connections than that need more addresses.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16_000_000))]
+    conn_sources: u32,
     /// `conn`: new connections per second (0: as fast as the broker accepts them, with at
     /// most 64 handshakes in progress at once).
     #[arg(long, default_value_t = 0)]
@@ -214,6 +224,10 @@ pub struct Plan {
     pub subscribers: u32,
     pub connections: u32,
     pub conn_subscribe: bool,
+    /// `conn`: one shared subscription topic, and one message fanned out over it at the end.
+    pub conn_fanout: bool,
+    /// `conn`: loopback source addresses the connections are spread over.
+    pub conn_sources: u32,
     pub connect_rate: u32,
     pub hold: Duration,
     pub payload: usize,
@@ -339,6 +353,8 @@ impl Plan {
             subscribers,
             connections: args.connections,
             conn_subscribe: args.conn_subscribe,
+            conn_fanout: args.conn_fanout,
+            conn_sources: args.conn_sources,
             connect_rate: args.connect_rate,
             hold: seconds(args.hold, "hold")?,
             payload: args.payload,
@@ -378,6 +394,7 @@ impl Plan {
             Scenario::Pairs => format!("{prefix}/pairs/{id}"),
             Scenario::Shared => format!("{prefix}/shared/{id}"),
             Scenario::Device => format!("{prefix}/device/{id}"),
+            Scenario::Conn if self.conn_fanout => format!("{prefix}/conn/all"),
             Scenario::Conn => format!("{prefix}/conn/{id}"),
             Scenario::AmqpMqtt => format!("{prefix}/amqp/{id}"),
             Scenario::MqttAmqp => format!("{prefix}/mqtt/{id}"),
@@ -390,6 +407,17 @@ impl Plan {
         self.scenario == Scenario::Device
     }
 
+    /// The loopback address connection `id` of `conn` connects from: `None` with one
+    /// source (the system picks, as for every other scenario).
+    pub fn conn_source(&self, id: u32) -> Option<std::net::IpAddr> {
+        (self.conn_sources > 1).then(|| {
+            let offset = 1 + id % self.conn_sources;
+            std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                u32::from(std::net::Ipv4Addr::LOCALHOST) - 1 + offset,
+            ))
+        })
+    }
+
     /// The filter subscriber `id` subscribes to.
     pub fn subscribe_filter(&self, id: u32) -> String {
         let prefix = &self.prefix;
@@ -399,6 +427,7 @@ impl Plan {
             Scenario::Pairs => format!("{prefix}/pairs/{id}"),
             Scenario::Shared => format!("$share/bench/{prefix}/shared/+"),
             Scenario::Device => format!("{prefix}/device/{id}"),
+            Scenario::Conn if self.conn_fanout => format!("{prefix}/conn/all"),
             Scenario::Conn => format!("{prefix}/conn/{id}"),
             Scenario::AmqpMqtt => format!("{prefix}/amqp/+"),
             Scenario::MqttAmqp => format!("{prefix}/mqtt/+"),
@@ -547,6 +576,23 @@ mod tests {
             (c.connections, c.conn_subscribe, c.connect_rate),
             (10_000, true, 500)
         );
+        assert_eq!(c.conn_source(4), None, "one source: the system picks");
+        let f = plan(&["conn", "-C", "10", "--conn-fanout", "--conn-sources", "3"]).unwrap();
+        assert!(f.conn_fanout);
+        assert_eq!(
+            f.subscribe_filter(7),
+            f.publish_topic(0),
+            "one topic for all"
+        );
+        let sources: Vec<_> = (0..4)
+            .map(|id| f.conn_source(id).unwrap().to_string())
+            .collect();
+        assert_eq!(
+            sources,
+            ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.1"]
+        );
+        assert!(plan(&["conn", "--conn-fanout", "--conn-subscribe"]).is_err());
+        assert!(plan(&["conn", "--conn-sources", "0"]).is_err());
     }
 
     #[test]

@@ -60,6 +60,17 @@ pub struct Report {
     pub handshake: Histogram,
     pub start: Option<Usage>,
     pub end: Option<Usage>,
+    /// `conn --conn-fanout`: the one message to every connection.
+    pub fanout: Option<Fanout>,
+}
+
+/// How one message fanned out to every idle connection (`conn --conn-fanout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Fanout {
+    /// Connections that received it.
+    pub received: u32,
+    /// From its write to the last receipt.
+    pub seconds: f64,
 }
 
 fn us(ns: u64) -> f64 {
@@ -211,6 +222,13 @@ impl Report {
             }
         } else if let Value::Object(out) = &mut out {
             out.insert("conn_subscribe".into(), plan.conn_subscribe.into());
+            out.insert("conn_fanout".into(), plan.conn_fanout.into());
+            if let Some(f) = self.fanout {
+                out.insert(
+                    "fanout".into(),
+                    json!({ "received": f.received, "seconds": f.seconds, "ms": f.seconds * 1e3 }),
+                );
+            }
         }
         out
     }
@@ -228,7 +246,9 @@ impl Report {
                 t,
                 "conn: {} idle connections{}, {version}",
                 plan.connections,
-                if plan.conn_subscribe {
+                if plan.conn_fanout {
+                    " subscribed to one topic"
+                } else if plan.conn_subscribe {
                     " with one subscription each"
                 } else {
                     ""
@@ -287,6 +307,13 @@ impl Report {
             self.connect_rate(),
             latency_text(&self.handshake)
         );
+        if let Some(f) = self.fanout {
+            let _ = writeln!(
+                t,
+                "fan-out      one message to {} of {} connections in {:.3} s",
+                f.received, self.connections, f.seconds
+            );
+        }
         if let Some(cpu) = self.generator_cpu() {
             let share = self.share(cpu);
             let warning = if share > 90.0 * plan.threads as f64 {
