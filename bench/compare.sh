@@ -29,13 +29,16 @@
 # The device-* scenarios are traffic as devices send it: every message in a write of its
 # own, over 1,000 or 10,000 connections (500 or 5,000 publisher/subscriber pairs) at 10,000
 # msg/s in all, schedules spread over each period; the broker is not saturated, and CPU per
-# message is what counts.
+# message is what counts. The go-device-* scenarios are the same traffic from an independent
+# generator (bench/devicego, Eclipse Paho's Go client), run only when named:
+#   bench/compare.sh device-1k-q0 go-device-1k-q0
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-3}
 BROKER_CPU=${BROKER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
+MANY=${MANY:-19000}
 MIDGE_PORT=${MIDGE_PORT:-21883}
 MOSQUITTO_PORT=${MOSQUITTO_PORT:-21884}
 ADMIN_PORT=${ADMIN_PORT:-28083}
@@ -68,16 +71,32 @@ SCENARIOS=(
     "device-10k-q0|device -N 5000 -q 0 --rate 10000"
     "device-10k-q1|device -N 5000 -q 1 --rate 10000"
     "conn-10k|conn -C 10000 --conn-subscribe --hold 2"
+    "conn-10k-plain|conn -C 10000 --hold 2"
+    # As many idle connections as the open-files limit allows (MANY, default 19,000: the
+    # hard limit here is 20,000 per process), all subscribed to one topic, then one message
+    # fanned out to all of them; one loopback source address per 10,000 connections.
+    "conn-many-fanout|conn -C $MANY --conn-fanout --conn-sources $(( (MANY + 9999) / 10000 )) --hold 2"
+    # The device scenarios again from an independent client, Eclipse Paho's Go client
+    # (bench/devicego), as a cross-check of midge bench. Not in the default set: they need
+    # Debian's golang-go and golang-github-eclipse-paho.mqtt.golang-dev.
+    "go-device-1k-q0|go -N 500 -q 0 --rate 10000"
+    "go-device-1k-q1|go -N 500 -q 1 --rate 10000"
+    "go-device-10k-q0|go -N 5000 -q 0 --rate 10000"
+    "go-device-10k-q1|go -N 5000 -q 1 --rate 10000"
 )
 
 command -v mosquitto >/dev/null || { echo "mosquitto not found (apt-get install -y mosquitto)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 not found" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "taskset not found (util-linux)" >&2; exit 1; }
 
-# 10,000 connections need 10,000 descriptors in the generator and in each broker.
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# 10,000 connections need 10,000 descriptors in the generator and in each broker, and
+# conn-many-fanout MANY of them.
+ulimit -n $(( MANY + 1000 > 65536 ? MANY + 1000 : 65536 )) 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if (( $(ulimit -n) < 10100 )); then
     echo "warning: open files limit is $(ulimit -n); conn-10k needs more than 10,000" >&2
+fi
+if (( $(ulimit -n) < MANY + 100 )); then
+    echo "warning: open files limit is $(ulimit -n); conn-many-fanout needs more than MANY=$MANY" >&2
 fi
 
 # The table code is shared with bench/amqp.sh.
@@ -108,7 +127,18 @@ if (( $# > 0 )); then
         [[ -n $found ]] || { echo "unknown scenario $want; known: $(printf '%s ' "${SCENARIOS[@]%%|*}")" >&2; exit 1; }
     done
 else
-    selected=("${SCENARIOS[@]}")
+    for s in "${SCENARIOS[@]}"; do
+        [[ ${s#*|} == go\ * ]] || selected+=("$s")
+    done
+fi
+
+DEVICEGO=$TARGET/devicego
+if [[ " ${selected[*]#*|}" == *" go "* ]]; then
+    command -v go >/dev/null || { echo "go not found (apt-get install -y golang-go golang-github-eclipse-paho.mqtt.golang-dev)" >&2; exit 1; }
+    echo "building bench/devicego..." >&2
+    # GOPATH mode from Debian's Go sources: no module download.
+    (cd "$ROOT/bench/devicego" && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
+        GOCACHE="$TARGET/go-cache" go build -o "$DEVICEGO" .) >&2
 fi
 
 cat > "$OUT/mosquitto.conf" <<CONF
@@ -184,7 +214,9 @@ for run in $(seq "$RUNS"); do
                 continue
             fi
             echo "run $run/$RUNS: $name on $broker" >&2
-            if ! taskset -c "$GEN_CPU" "$MIDGE" bench "${args[@]}" "${TIMING[@]}" -p "$port" \
+            command=("$MIDGE" bench "${args[@]}")
+            [[ ${args[0]} == go ]] && command=("$DEVICEGO" "${args[@]:1}")
+            if ! taskset -c "$GEN_CPU" "${command[@]}" "${TIMING[@]}" -p "$port" \
                     --broker-pid "$BROKER_PID" --json --quiet >"$result" 2>"$result.err"; then
                 echo "  failed: $(tail -1 "$result.err")" >&2
                 echo "{\"error\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' <"$result.err")}" >"$result"

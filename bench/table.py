@@ -56,10 +56,13 @@ def ratio(a, b):
 
 def compare_metrics(name):
     if name.startswith("conn"):
-        return [
+        metrics = [
             ("KiB per connection", ("broker", "kib_per_conn"), 1),
             ("connections/s", ("connections", "per_sec"), 0),
         ]
+        if "fanout" in name:
+            metrics.append(("fan-out to all, ms", ("fanout", "ms"), 1))
+        return metrics
     if name.startswith("latency"):
         return [
             ("p99 latency µs", ("latency_us", "p99"), 0),
