@@ -61,7 +61,7 @@ def compare_metrics(name):
             ("connections/s", ("connections", "per_sec"), 0),
         ]
         if "fanout" in name:
-            metrics.append(("fan-out to all, ms", ("fanout", "ms"), 1))
+            metrics.append(("fan-out to all, s", ("fanout", "seconds"), 3))
         return metrics
     if name.startswith("latency"):
         return [

@@ -239,10 +239,14 @@ pub trait ResetOnClose {
     fn reset_on_close(&self);
 }
 
+/// Makes `socket`'s close a reset: `SO_LINGER` 0. On failure it closes the usual way.
+pub(crate) fn linger_zero(socket: &impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
 impl ResetOnClose for tokio::net::TcpStream {
     fn reset_on_close(&self) {
-        // On failure the socket closes the usual way.
-        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+        linger_zero(self);
     }
 }
 

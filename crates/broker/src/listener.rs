@@ -816,8 +816,7 @@ fn admit(
 /// refused client sees "connection reset" instead of an end of stream; it had sent nothing
 /// that could be lost (what it had sent would be unread, which resets anyway).
 fn refuse(stream: std::net::TcpStream) {
-    // On failure the socket closes the usual way.
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    connection::linger_zero(&stream);
 }
 
 /// What the accept loops check before spawning a connection.

@@ -168,10 +168,7 @@ impl Client {
         }
         .encode(self.version, &mut buf)
         .context("encoding a PUBLISH")?;
-        self.stream
-            .write_all(&buf)
-            .await
-            .context("writing to the broker")
+        self.write(&buf).await
     }
 
     /// The next packet from the broker, within the reply timeout.
@@ -184,8 +181,12 @@ impl Client {
         packet
             .encode(self.version, &mut buf)
             .context("encoding a packet")?;
+        self.write(&buf).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         self.stream
-            .write_all(&buf)
+            .write_all(bytes)
             .await
             .context("writing to the broker")
     }

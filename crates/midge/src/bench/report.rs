@@ -226,7 +226,7 @@ impl Report {
             if let Some(f) = self.fanout {
                 out.insert(
                     "fanout".into(),
-                    json!({ "received": f.received, "seconds": f.seconds, "ms": f.seconds * 1e3 }),
+                    json!({ "received": f.received, "seconds": f.seconds }),
                 );
             }
         }
