@@ -186,21 +186,19 @@ impl Totals {
     }
 }
 
-struct Connection<R, W> {
-    reader: R,
-    writer: W,
+struct Connection<S> {
+    /// The byte stream, not split into halves: reads and writes take turns in this one
+    /// task, and splitting a TCP stream costs an `Arc` allocation (64 bytes) per
+    /// connection.
+    stream: S,
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
     peer: SocketAddr,
-    /// The verified client certificate's identity, when the listener maps one to the user
-    /// name (`cert_identity`).
-    certificate_identity: Option<Box<str>>,
-    /// When the login's credential expires (a JWT's `exp`): the connection ends then.
-    credential_deadline: Option<Instant>,
-    /// The enhanced authentication of a client that logged in with SCRAM: what a
-    /// re-authentication needs. Boxed: most connections have none.
-    enhanced: Option<Box<EnhancedAuth>>,
+    /// What only some logins have (a certificate identity, an expiring credential,
+    /// SCRAM). Boxed, and only when there is any: most connections have none, and every
+    /// byte here is in every connection's task.
+    login: Option<Box<Login>>,
     broker: Arc<Broker>,
     listener: Arc<ListenerContext>,
     shutdown: watch::Receiver<bool>,
@@ -215,7 +213,28 @@ struct Connection<R, W> {
     rate: Option<Box<PublishRate>>,
     /// The read and write buffers' capacity as counted in the memory budget once the
     /// session runs (before, `pre_connect` counts the read buffer); given back on drop.
-    buffers_charged: usize,
+    /// A `u32`: the buffers are bounded by `max_packet_size` and the write high water.
+    buffers_charged: u32,
+}
+
+/// The parts of a login that most connections do not have (see [`Connection::login`]).
+#[derive(Default)]
+struct Login {
+    /// The verified client certificate's identity, when the listener maps one to the user
+    /// name (`cert_identity`).
+    certificate_identity: Option<Box<str>>,
+    /// When the login's credential expires (a JWT's `exp`): the connection ends then.
+    credential_deadline: Option<Instant>,
+    /// The enhanced authentication of a client that logged in with SCRAM: what a
+    /// re-authentication needs.
+    enhanced: Option<EnhancedAuth>,
+}
+
+/// [MQTT-3.1.2-24] A connection closes after one and a half times its keep alive without a
+/// packet; `None` when keep alive is off. Computed when needed rather than kept: every
+/// local of `Connection::run` is in every connection's task.
+fn keep_alive_limit(keep_alive: u16) -> Option<Duration> {
+    (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500))
 }
 
 /// How a connection that sent no usable CONNECT ends.
@@ -250,15 +269,8 @@ impl ResetOnClose for tokio::net::TcpStream {
     }
 }
 
-impl ResetOnClose for tokio::net::tcp::OwnedWriteHalf {
-    fn reset_on_close(&self) {
-        self.as_ref().reset_on_close();
-    }
-}
-
-/// The socket is inside the split stream, out of reach from here: the listener wraps TLS
-/// and WebSocket streams so that their TCP socket is reset when dropped (`Resettable`).
-impl<T> ResetOnClose for tokio::io::WriteHalf<T> {
+/// An in-memory stream (tests, embedding) has no socket to reset.
+impl ResetOnClose for tokio::io::DuplexStream {
     fn reset_on_close(&self) {}
 }
 
@@ -268,9 +280,9 @@ impl<T: AsyncWrite + ResetOnClose> ResetOnClose for tokio::io::BufWriter<T> {
     }
 }
 
-impl<R, W> Drop for Connection<R, W> {
+impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
-        self.broker.memory.release(self.buffers_charged as u64);
+        self.broker.memory.release(u64::from(self.buffers_charged));
     }
 }
 
@@ -282,9 +294,8 @@ impl<R, W> Drop for Connection<R, W> {
 /// locals they move into. Here the connection is built first and the future returned is
 /// the connection's own, holding each part once.
 #[allow(clippy::too_many_arguments)]
-pub fn serve<R, W>(
-    reader: R,
-    writer: W,
+pub fn serve<S>(
+    stream: S,
     peer: SocketAddr,
     certificate_identity: Option<String>,
     listener: Arc<ListenerContext>,
@@ -293,22 +304,23 @@ pub fn serve<R, W>(
     held: impl Send,
 ) -> impl Future<Output = ()>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + ResetOnClose,
+    S: AsyncRead + AsyncWrite + Unpin + ResetOnClose,
 {
     // Until CONNECT is in, the smaller CONNECT limit applies (see `pre_connect`).
     let decoder = Decoder::new(listener.config.mqtt.connect_limit());
     let rate = PublishRate::new(&listener.config.limits);
     let conn = Connection {
-        reader,
-        writer,
+        stream,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         decoder,
         peer,
-        certificate_identity: certificate_identity.map(String::into_boxed_str),
-        credential_deadline: None,
-        enhanced: None,
+        login: certificate_identity.map(|identity| {
+            Box::new(Login {
+                certificate_identity: Some(identity.into_boxed_str()),
+                ..Login::default()
+            })
+        }),
         broker,
         listener,
         rate,
@@ -320,10 +332,9 @@ where
     conn.serve_session(held)
 }
 
-impl<R, W> Connection<R, W>
+impl<S> Connection<S>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + ResetOnClose,
+    S: AsyncRead + AsyncWrite + Unpin + ResetOnClose,
 {
     /// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1], within the connect
     /// timeout, within the pre-CONNECT limits (`budget`). Answers a bad CONNECT itself
@@ -363,7 +374,7 @@ where
                 }
             }
             let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, budget.read(&mut self.reader, &mut self.rbuf)) => read,
+                read = tokio::time::timeout_at(deadline, budget.read(&mut self.stream, &mut self.rbuf)) => read,
                 // Shutdown does not wait for a client that has not sent CONNECT yet.
                 _ = self.shutdown.changed() => return Err(NoConnect::Close),
             };
@@ -533,7 +544,7 @@ where
 
     /// Writes the write buffer out and flushes, before `deadline`; false if that fails.
     async fn write_out(&mut self, deadline: Instant) -> bool {
-        let (writer, wbuf, stats) = (&mut self.writer, &mut self.wbuf, &self.broker.stats);
+        let (writer, wbuf, stats) = (&mut self.stream, &mut self.wbuf, &self.broker.stats);
         let write = async {
             while !wbuf.is_empty() {
                 match writer.write_buf(wbuf).await {
@@ -570,7 +581,7 @@ where
                 }
             }
             let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, budget.read(&mut self.reader, &mut self.rbuf)) => read,
+                read = tokio::time::timeout_at(deadline, budget.read(&mut self.stream, &mut self.rbuf)) => read,
                 _ = self.shutdown.changed() => return Err(None),
             };
             match read {
@@ -604,7 +615,7 @@ where
             reason: ReasonCode::PROTOCOL_ERROR,
             message,
         };
-        let Some(enhanced) = self.enhanced.as_deref_mut() else {
+        let Some(enhanced) = self.login.as_deref_mut().and_then(|l| l.enhanced.as_mut()) else {
             return Err(protocol_error(
                 "AUTH from a client that gave no authentication method at CONNECT",
             ));
@@ -656,7 +667,23 @@ where
 
     /// When a re-authentication in progress must be done by.
     fn reauth_deadline(&self) -> Option<Instant> {
-        self.enhanced.as_ref()?.pending.as_ref().map(|(_, at)| *at)
+        self.login
+            .as_ref()?
+            .enhanced
+            .as_ref()?
+            .pending
+            .as_ref()
+            .map(|(_, at)| *at)
+    }
+
+    /// When the login's credential expires, if it does.
+    fn credential_deadline(&self) -> Option<Instant> {
+        self.login.as_ref()?.credential_deadline
+    }
+
+    /// The login's rare parts, made when first needed.
+    fn login_mut(&mut self) -> &mut Login {
+        self.login.get_or_insert_with(Box::default)
     }
 
     /// Reads CONNECT and serves the connection to the end. The connect and end steps run in boxed
@@ -703,7 +730,7 @@ where
                 return None;
             }
             Err(NoConnect::Reset) => {
-                self.writer.reset_on_close();
+                self.stream.reset_on_close();
                 return None;
             }
         };
@@ -757,7 +784,10 @@ where
                     username: connect.username.as_deref(),
                     password: connect.password.as_deref(),
                     peer: self.peer,
-                    certificate_identity: self.certificate_identity.as_deref(),
+                    certificate_identity: self
+                        .login
+                        .as_ref()
+                        .and_then(|l| l.certificate_identity.as_deref()),
                 };
                 self.listener.access.authenticate(&credentials).await
             }
@@ -785,11 +815,11 @@ where
                         // [MQTT-4.12.0-5] the method again, with the server-final message.
                         negotiated.connack.authentication_method = Some(method.to_owned());
                         negotiated.connack.authentication_data = Some(server_final.into());
-                        self.enhanced = Some(Box::new(EnhancedAuth {
+                        self.login_mut().enhanced = Some(EnhancedAuth {
                             mechanism,
                             username: identity.username.clone().unwrap_or_default(),
                             pending: None,
-                        }));
+                        });
                         Ok(identity)
                     }
                     Err(Some(failed)) => {
@@ -819,10 +849,11 @@ where
             // CONNECT user name).
             Ok(identity) => {
                 negotiated.username = identity.username;
-                self.credential_deadline = identity.expires.map(|at| {
+                if let Some(at) = identity.expires {
                     let left = at.duration_since(std::time::SystemTime::now());
-                    Instant::now() + left.unwrap_or_default()
-                });
+                    self.login_mut().credential_deadline =
+                        Some(Instant::now() + left.unwrap_or_default());
+                }
             }
             Err(reason) => {
                 Box::pin(self.refuse(
@@ -837,8 +868,13 @@ where
         }
         // A verified certificate names the user: authorization and logs use that name,
         // not the one in CONNECT (Mosquitto's use_identity_as_username).
-        if let Some(identity) = &self.certificate_identity {
-            negotiated.username = Some(identity.to_string());
+        if let Some(login) = &mut self.login
+            && let Some(identity) = login.certificate_identity.take()
+        {
+            negotiated.username = Some(identity.into());
+            if login.credential_deadline.is_none() && login.enhanced.is_none() {
+                self.login = None;
+            }
         }
         let connection_id = broker.next_connection_id();
         let client_id = negotiated.client_id.clone();
@@ -1060,210 +1096,235 @@ where
         }
     }
 
-    async fn run(&mut self, session: &mut Session, keep_alive: u16) -> End {
-        let mailbox = session.state().mailbox.clone();
-        let mut totals = Totals {
-            keep_alive,
-            connected_at_ms: now_millis(),
-            ..Totals::default()
-        };
-        let _forget = ForgetWaker(&mailbox);
-        // [MQTT-3.1.2-24] close after one and a half times the keep alive without a packet.
-        let keep_alive =
-            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        let mut last_read = Instant::now();
-        // Boxed and only with a keep alive or a credential deadline: a `Sleep` is over 100
-        // bytes, and inline it would be in every connection's task. It is reset, never
-        // re-created; it wakes at whichever of the two comes first.
-        // A re-authentication in progress has a deadline too (`reauth`).
-        // The deadlines are read from `self` when needed, not copied here: every local kept
-        // across an await is in every connection's task.
-        let mut sleep = self
-            .next_wake(keep_alive, last_read, None)
-            .map(|at| Box::pin(tokio::time::sleep_until(at)));
-        // Packets that came in the same read as CONNECT (a client may pipeline SUBSCRIBE
-        // or PUBLISH right behind it) are handled now, not when more bytes arrive.
-        if !self.rbuf.is_empty()
-            && let Some(end) = self.process_input(session).await
-        {
-            return end;
-        }
-        // Shutdown wakes the mailbox of every attached session (`Registry::wake_owners`);
-        // one that began before this connection attached is seen here.
-        let mut woken = true;
-        loop {
-            if woken && *self.shutdown.borrow() {
-                session.disconnect_packet(ReasonCode::SERVER_SHUTTING_DOWN, None, &mut self.wbuf);
-                return End::Abnormal("server shutting down");
-            }
-            let high_water = if self.stalled {
-                STALLED_WATER
-            } else {
-                WRITE_HIGH_WATER
+    /// Serves the session until the connection ends.
+    ///
+    /// Not an `async fn`, for the reason given at [`serve`]: its arguments would be kept
+    /// in the future beside the locals, and this future is in every connection's task.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn, see above
+    fn run<'a>(
+        &'a mut self,
+        session: &'a mut Session,
+        keep_alive: u16,
+    ) -> impl Future<Output = End> + 'a {
+        async move {
+            let mailbox = session.state().mailbox.clone();
+            let mut totals = Totals {
+                keep_alive,
+                connected_at_ms: now_millis(),
+                ..Totals::default()
             };
-            // Most turns of this loop (a write done, a packet read) find nothing to send:
-            // looked at without the mailbox's lock or the clock.
-            if self.wbuf.len() < high_water && session.has_pending() {
-                session.pump(now_millis(), &mut self.wbuf, high_water);
-            }
-            totals.add(&session.stats);
-            session.flush_stats(&self.broker.stats, false);
-            if session.take_settle() && !self.broker.store_is_settled() {
-                // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
-                // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
-                // Boxed: only a wait needs the future, and inline it would enlarge every
-                // connection's task.
-                Box::pin(self.broker.store_settled()).await;
-            }
-            // Empty buffers are released, so a waiting connection holds none; the read
-            // buffer's storage lives on in payloads routed from it until they are sent.
-            if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-                self.wbuf = BytesMut::new();
-            } else if self.stalled && self.wbuf.capacity() > 4 * STALLED_WATER.max(self.wbuf.len())
+            let _forget = ForgetWaker(&mailbox);
+            let mut last_read = Instant::now();
+            // Boxed and only with a keep alive or a credential deadline: a `Sleep` is over 100
+            // bytes, and inline it would be in every connection's task. It is reset, never
+            // re-created; it wakes at whichever of the two comes first.
+            // A re-authentication in progress has a deadline too (`reauth`).
+            // The deadlines are read from `self` when needed, not copied here: every local kept
+            // across an await is in every connection's task.
+            let mut sleep = self
+                .next_wake(keep_alive_limit(totals.keep_alive), last_read, None)
+                .map(|at| Box::pin(tokio::time::sleep_until(at)));
+            // Packets that came in the same read as CONNECT (a client may pipeline SUBSCRIBE
+            // or PUBLISH right behind it) are handled now, not when more bytes arrive.
+            if !self.rbuf.is_empty()
+                && let Some(end) = self.process_input(session).await
             {
-                // A stalled client keeps what is left of a large buffer for as long as it
-                // does not read: copy the rest into one of its size.
-                self.wbuf = BytesMut::from(&self.wbuf[..]);
+                return end;
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-                self.rbuf = BytesMut::new();
-            }
-            // What a client that does not read (the write buffer) or sends a large packet
-            // (the read buffer) holds counts against `limits.max_memory` too.
-            let buffers = self.rbuf.capacity() + self.wbuf.capacity();
-            if buffers != self.buffers_charged {
-                let before = std::mem::replace(&mut self.buffers_charged, buffers);
-                self.broker.memory.adjust(before as u64, buffers as u64);
-            }
-            woken = false;
-            let event = std::future::poll_fn(|cx| {
-                self.poll_wait(
-                    cx,
-                    &mut session.stats.bytes_sent,
-                    &mailbox,
-                    sleep.as_mut().map(|s| s.as_mut()),
-                )
-            })
-            .await;
-            match event {
-                Wait::Written => {}
-                Wait::WriteFailed => return End::Abnormal("write failed"),
-                Wait::Read(Ok(0)) => {
-                    return End::Abnormal("closed by the client without DISCONNECT");
+            // Shutdown wakes the mailbox of every attached session (`Registry::wake_owners`);
+            // one that began before this connection attached is seen here.
+            let mut woken = true;
+            loop {
+                if woken && *self.shutdown.borrow() {
+                    session.disconnect_packet(
+                        ReasonCode::SERVER_SHUTTING_DOWN,
+                        None,
+                        &mut self.wbuf,
+                    );
+                    return End::Abnormal("server shutting down");
                 }
-                Wait::Read(Err(_)) => return End::Abnormal("read failed"),
-                Wait::Read(Ok(n)) => {
-                    session.stats.bytes_received += n as u64;
-                    last_read = Instant::now();
-                    if let Some(end) = self.process_input(session).await {
-                        return end;
-                    }
-                    // A re-authentication begun: wake by its deadline (only then, so the
-                    // timer is not reset for every read).
-                    if let Some(at) = self.reauth_deadline()
-                        && sleep.as_ref().is_none_or(|s| s.deadline() > at)
-                    {
-                        match &mut sleep {
-                            Some(sleep) => sleep.as_mut().reset(at),
-                            None => sleep = Some(Box::pin(tokio::time::sleep_until(at))),
-                        }
-                    }
+                let high_water = if self.stalled {
+                    STALLED_WATER
+                } else {
+                    WRITE_HIGH_WATER
+                };
+                // Most turns of this loop (a write done, a packet read) find nothing to send:
+                // looked at without the mailbox's lock or the clock.
+                if self.wbuf.len() < high_water && session.has_pending() {
+                    session.pump(now_millis(), &mut self.wbuf, high_water);
                 }
-                Wait::Mailbox => {
-                    woken = true;
-                    if mailbox.take_recheck() {
-                        if (self.listener.access)
-                            .revoked(session.username(), totals.connected_at_ms)
-                        {
-                            tracing::info!(client_id = %session.client_id(), peer = %self.peer, "connection closed: dynamic security disabled or deleted its client");
-                            session.disconnect_packet(
-                                ReasonCode::ADMINISTRATIVE_ACTION,
-                                None,
-                                &mut self.wbuf,
-                            );
-                            return End::Kicked {
-                                discard_session: false,
-                            };
-                        }
-                        Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
-                            .await;
-                    }
-                    match mailbox.take_control() {
-                        Some(Control::TakeOver(reply)) => {
-                            // [MQTT-3.1.4-3]
-                            session.disconnect_packet(
-                                ReasonCode::SESSION_TAKEN_OVER,
-                                None,
-                                &mut self.wbuf,
-                            );
-                            return End::TakenOver(reply);
-                        }
-                        Some(Control::Describe(reply)) => {
-                            let _ = reply.send(self.describe(session, &totals));
-                        }
-                        Some(Control::Kick { discard_session }) => {
-                            session.disconnect_packet(
-                                ReasonCode::ADMINISTRATIVE_ACTION,
-                                None,
-                                &mut self.wbuf,
-                            );
-                            return End::Kicked { discard_session };
-                        }
-                        None => {}
-                    }
+                totals.add(&session.stats);
+                session.flush_stats(&self.broker.stats, false);
+                if session.take_settle() && !self.broker.store_is_settled() {
+                    // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
+                    // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
+                    // Boxed: only a wait needs the future, and inline it would enlarge every
+                    // connection's task.
+                    Box::pin(self.broker.store_settled()).await;
                 }
-                Wait::RateResumed => {
-                    if let Some(end) = self.process_input(session).await {
-                        return end;
-                    }
+                // Empty buffers are released, so a waiting connection holds none; the read
+                // buffer's storage lives on in payloads routed from it until they are sent.
+                // Whatever their capacity: a buffer split or advanced to its end has none
+                // left, yet still holds the allocation it was cut from (and the read
+                // buffer, once split, a 40-byte shared header besides).
+                if self.wbuf.is_empty() {
+                    self.wbuf = BytesMut::new();
+                } else if self.stalled
+                    && self.wbuf.capacity() > 4 * STALLED_WATER.max(self.wbuf.len())
+                {
+                    // A stalled client keeps what is left of a large buffer for as long as it
+                    // does not read: copy the rest into one of its size.
+                    self.wbuf = BytesMut::from(&self.wbuf[..]);
                 }
-                Wait::KeepAlive => {
-                    if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
-                        // Not reading is our doing, not the client's silence.
+                if self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::new();
+                }
+                // What a client that does not read (the write buffer) or sends a large packet
+                // (the read buffer) holds counts against `limits.max_memory` too.
+                let buffers =
+                    u32::try_from(self.rbuf.capacity() + self.wbuf.capacity()).unwrap_or(u32::MAX);
+                if buffers != self.buffers_charged {
+                    let before = std::mem::replace(&mut self.buffers_charged, buffers);
+                    self.broker
+                        .memory
+                        .adjust(u64::from(before), u64::from(buffers));
+                }
+                woken = false;
+                let event = std::future::poll_fn(|cx| {
+                    self.poll_wait(
+                        cx,
+                        &mut session.stats.bytes_sent,
+                        &mailbox,
+                        sleep.as_mut().map(|s| s.as_mut()),
+                    )
+                })
+                .await;
+                match event {
+                    Wait::Written => {}
+                    Wait::WriteFailed => return End::Abnormal("write failed"),
+                    Wait::Read(Ok(0)) => {
+                        return End::Abnormal("closed by the client without DISCONNECT");
+                    }
+                    Wait::Read(Err(_)) => return End::Abnormal("read failed"),
+                    Wait::Read(Ok(n)) => {
+                        session.stats.bytes_received += n as u64;
                         last_read = Instant::now();
-                    }
-                    if self
-                        .credential_deadline
-                        .is_some_and(|at| Instant::now() >= at)
-                    {
-                        // MQTT 5 is told why (0xA0); an MQTT 3 connection is just closed.
-                        tracing::info!(client_id = %session.client_id(), peer = %self.peer, "credential expired; connection closed");
-                        session.disconnect_packet(
-                            ReasonCode::MAXIMUM_CONNECT_TIME,
-                            Some("credential expired"),
-                            &mut self.wbuf,
-                        );
-                        return End::Abnormal("credential expired");
-                    }
-                    if self
-                        .reauth_deadline()
-                        .is_some_and(|at| Instant::now() >= at)
-                    {
-                        tracing::info!(client_id = %session.client_id(), peer = %self.peer, "re-authentication not completed in time; connection closed");
-                        session.disconnect_packet(
-                            ReasonCode::NOT_AUTHORIZED,
-                            Some("re-authentication not completed in time"),
-                            &mut self.wbuf,
-                        );
-                        return End::Abnormal("re-authentication not completed in time");
-                    }
-                    if keep_alive.is_some_and(|limit| last_read.elapsed() >= limit) {
-                        self.protocol_error("keep alive timeout");
-                        session.disconnect_packet(
-                            ReasonCode::KEEP_ALIVE_TIMEOUT,
-                            None,
-                            &mut self.wbuf,
-                        );
-                        return End::Abnormal("keep alive timeout");
-                    }
-                    match self.next_wake(keep_alive, last_read, self.reauth_deadline()) {
-                        Some(at) => {
-                            if let Some(sleep) = &mut sleep {
-                                sleep.as_mut().reset(at);
+                        if let Some(end) = self.process_input(session).await {
+                            return end;
+                        }
+                        // A re-authentication begun: wake by its deadline (only then, so the
+                        // timer is not reset for every read).
+                        if let Some(at) = self.reauth_deadline()
+                            && sleep.as_ref().is_none_or(|s| s.deadline() > at)
+                        {
+                            match &mut sleep {
+                                Some(sleep) => sleep.as_mut().reset(at),
+                                None => sleep = Some(Box::pin(tokio::time::sleep_until(at))),
                             }
                         }
-                        // Only a finished re-authentication's deadline had it armed.
-                        None => sleep = None,
+                    }
+                    Wait::Mailbox => {
+                        woken = true;
+                        if mailbox.take_recheck() {
+                            if (self.listener.access)
+                                .revoked(session.username(), totals.connected_at_ms)
+                            {
+                                tracing::info!(client_id = %session.client_id(), peer = %self.peer, "connection closed: dynamic security disabled or deleted its client");
+                                session.disconnect_packet(
+                                    ReasonCode::ADMINISTRATIVE_ACTION,
+                                    None,
+                                    &mut self.wbuf,
+                                );
+                                return End::Kicked {
+                                    discard_session: false,
+                                };
+                            }
+                            Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
+                                .await;
+                        }
+                        match mailbox.take_control() {
+                            Some(Control::TakeOver(reply)) => {
+                                // [MQTT-3.1.4-3]
+                                session.disconnect_packet(
+                                    ReasonCode::SESSION_TAKEN_OVER,
+                                    None,
+                                    &mut self.wbuf,
+                                );
+                                return End::TakenOver(reply);
+                            }
+                            Some(Control::Describe(reply)) => {
+                                let _ = reply.send(self.describe(session, &totals));
+                            }
+                            Some(Control::Kick { discard_session }) => {
+                                session.disconnect_packet(
+                                    ReasonCode::ADMINISTRATIVE_ACTION,
+                                    None,
+                                    &mut self.wbuf,
+                                );
+                                return End::Kicked { discard_session };
+                            }
+                            None => {}
+                        }
+                    }
+                    Wait::RateResumed => {
+                        if let Some(end) = self.process_input(session).await {
+                            return end;
+                        }
+                    }
+                    Wait::KeepAlive => {
+                        if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
+                            // Not reading is our doing, not the client's silence.
+                            last_read = Instant::now();
+                        }
+                        if self
+                            .credential_deadline()
+                            .is_some_and(|at| Instant::now() >= at)
+                        {
+                            // MQTT 5 is told why (0xA0); an MQTT 3 connection is just closed.
+                            tracing::info!(client_id = %session.client_id(), peer = %self.peer, "credential expired; connection closed");
+                            session.disconnect_packet(
+                                ReasonCode::MAXIMUM_CONNECT_TIME,
+                                Some("credential expired"),
+                                &mut self.wbuf,
+                            );
+                            return End::Abnormal("credential expired");
+                        }
+                        if self
+                            .reauth_deadline()
+                            .is_some_and(|at| Instant::now() >= at)
+                        {
+                            tracing::info!(client_id = %session.client_id(), peer = %self.peer, "re-authentication not completed in time; connection closed");
+                            session.disconnect_packet(
+                                ReasonCode::NOT_AUTHORIZED,
+                                Some("re-authentication not completed in time"),
+                                &mut self.wbuf,
+                            );
+                            return End::Abnormal("re-authentication not completed in time");
+                        }
+                        if keep_alive_limit(totals.keep_alive)
+                            .is_some_and(|limit| last_read.elapsed() >= limit)
+                        {
+                            self.protocol_error("keep alive timeout");
+                            session.disconnect_packet(
+                                ReasonCode::KEEP_ALIVE_TIMEOUT,
+                                None,
+                                &mut self.wbuf,
+                            );
+                            return End::Abnormal("keep alive timeout");
+                        }
+                        match self.next_wake(
+                            keep_alive_limit(totals.keep_alive),
+                            last_read,
+                            self.reauth_deadline(),
+                        ) {
+                            Some(at) => {
+                                if let Some(sleep) = &mut sleep {
+                                    sleep.as_mut().reset(at);
+                                }
+                            }
+                            // Only a finished re-authentication's deadline had it armed.
+                            None => sleep = None,
+                        }
                     }
                 }
             }
@@ -1281,7 +1342,7 @@ where
     ) -> Option<Instant> {
         [
             keep_alive.map(|limit| last_read + limit),
-            self.credential_deadline,
+            self.credential_deadline(),
             reauth,
         ]
         .into_iter()
@@ -1302,7 +1363,7 @@ where
         sleep: Option<Pin<&mut tokio::time::Sleep>>,
     ) -> Poll<Wait> {
         if !self.wbuf.is_empty() {
-            match Pin::new(&mut self.writer).poll_write(cx, &self.wbuf) {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
                 Poll::Ready(written) => {
                     return Poll::Ready(match written {
                         Ok(0) | Err(_) => Wait::WriteFailed,
@@ -1315,7 +1376,7 @@ where
                             // message is a write of its own).
                             self.unflushed = !self.wbuf.is_empty()
                                 || !matches!(
-                                    Pin::new(&mut self.writer).poll_flush(cx),
+                                    Pin::new(&mut self.stream).poll_flush(cx),
                                     Poll::Ready(Ok(()))
                                 );
                             Wait::Written
@@ -1326,7 +1387,7 @@ where
                 Poll::Pending => self.stalled = true,
             }
         } else if self.unflushed
-            && let Poll::Ready(flushed) = Pin::new(&mut self.writer).poll_flush(cx)
+            && let Poll::Ready(flushed) = Pin::new(&mut self.stream).poll_flush(cx)
         {
             self.unflushed = false;
             return Poll::Ready(match flushed {
@@ -1343,7 +1404,7 @@ where
         }
         if self.wbuf.len() < READ_PAUSE
             && throttle == Throttle::Open
-            && let Poll::Ready(read) = poll_read_into(&mut self.reader, &mut self.rbuf, cx)
+            && let Poll::Ready(read) = poll_read_into(&mut self.stream, &mut self.rbuf, cx)
         {
             return Poll::Ready(Wait::Read(read));
         }
@@ -1684,12 +1745,12 @@ where
         let drain = !self.wbuf.is_empty();
         let flush = async {
             while !self.wbuf.is_empty() {
-                match self.writer.write_buf(&mut self.wbuf).await {
+                match self.stream.write_buf(&mut self.wbuf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => Stats::add(&self.broker.stats.bytes_sent, n as u64),
                 }
             }
-            let _ = self.writer.shutdown().await;
+            let _ = self.stream.shutdown().await;
         };
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await;
         if drain {
@@ -1703,7 +1764,7 @@ where
         if *self.shutdown.borrow() {
             return;
         }
-        let (reader, rbuf, stats) = (&mut self.reader, &mut self.rbuf, &self.broker.stats);
+        let (reader, rbuf, stats) = (&mut self.stream, &mut self.rbuf, &self.broker.stats);
         let discard = async {
             let mut budget = CLOSE_DRAIN_BYTES;
             loop {

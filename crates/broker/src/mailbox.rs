@@ -460,22 +460,32 @@ impl Mailbox {
     }
 
     /// Sets whether the session is stored, from its expiry interval: above 0 records the
-    /// session (a connected one: no expiry deadline yet) and returns its journal; 0
-    /// removes a stored session. Without a store, nothing is recorded.
-    pub fn persist(&self, expiry_interval: u32) -> Option<SessionJournal> {
-        let journal = self.journal.as_ref()?;
+    /// session (a connected one: no expiry deadline yet) and returns true, after which
+    /// its changes go through [`Mailbox::store_journal`]; 0 removes a stored session.
+    /// Without a store, nothing is recorded.
+    pub fn persist(&self, expiry_interval: u32) -> bool {
+        let Some(journal) = self.journal.as_ref() else {
+            return false;
+        };
         let mut inner = self.lock();
         if expiry_interval > 0 {
             inner.persistent = true;
             journal.put(expiry_interval, None);
-            Some(journal.clone())
+            true
         } else {
             if inner.persistent {
                 journal.delete();
             }
             inner.persistent = false;
-            None
+            false
         }
+    }
+
+    /// The journal this mailbox's session is recorded through when the broker has a
+    /// store, whether or not the session is persistent now: for a serving session, which
+    /// knows that from [`Mailbox::persist`] and reads this without the lock.
+    pub fn store_journal(&self) -> Option<&SessionJournal> {
+        self.journal.as_ref()
     }
 
     /// The session's journal while it is stored.

@@ -404,7 +404,9 @@ pub fn install(broker: &Broker, state: &mut SessionState, handover: Handover) {
             .subscribe(&state.mailbox, &filter, record.options, record.identifier);
         state.subscriptions.insert(filter, record);
     }
-    state.awaiting_pubrel.extend(handover.awaiting_pubrel);
+    for (packet_id, reason) in handover.awaiting_pubrel {
+        state.awaiting_pubrel.insert(packet_id, reason);
+    }
     for inflight in handover.inflight {
         // A session this node kept for the id may use the packet id: the message then
         // waits in the queue instead.

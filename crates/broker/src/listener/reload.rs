@@ -60,9 +60,6 @@ pub(super) struct Shared {
     pub(super) guard: Arc<LoginGuard>,
     pub(super) amqp_queues: Arc<Queues>,
     pub(super) shutdown: watch::Receiver<bool>,
-    /// The server's count of live connections; weak, as it counts only what serves
-    /// connections (the accept loops and the connections), which shutdown waits for.
-    pub(super) live: std::sync::Weak<()>,
     /// The TLS listeners, for the certificate watcher.
     pub(super) tls: Arc<RwLock<TlsListeners>>,
     pub(super) admin_users: Option<Arc<AdminUsers>>,
@@ -571,8 +568,6 @@ fn commit(
                     shared.broker.clone(),
                     shared.limits.clone(),
                     shared.shutdown.clone(),
-                    // Gone only once the server is dropped without a shutdown to wait.
-                    shared.live.upgrade().unwrap_or_default(),
                 );
                 running.push(Running {
                     config: listener.clone(),

@@ -186,7 +186,7 @@ impl Session {
                         .awaiting_pubrel
                         .insert(packet_id, reason)
                         .is_none()
-                    && let Some(journal) = &self.journal
+                    && let Some(journal) = self.journal()
                 {
                     journal.pubrel_held(packet_id, reason);
                 }
@@ -198,7 +198,7 @@ impl Session {
 
     pub(super) fn on_pubrel(&mut self, rel: &PubResponse, out: &mut BytesMut) {
         let known = self.state.awaiting_pubrel.remove(&rel.packet_id).is_some();
-        if known && let Some(journal) = &self.journal {
+        if known && let Some(journal) = self.journal() {
             journal.pubrel_released(rel.packet_id);
         }
         // [MQTT-4.3.3-11] PUBCOMP even for an unknown id; v5 says it was not found.

@@ -90,8 +90,10 @@ pub struct Session {
     /// Set when a subscription is only partly readable under the ACL: every delivery's
     /// topic is checked before it is sent. `None` (the usual case) costs nothing.
     delivery_filter: Option<Box<DeliveryFilter>>,
-    /// Where changes are recorded while the session is persistent.
-    journal: Option<SessionJournal>,
+    /// The session is persistent: its changes are recorded through its mailbox's journal
+    /// (see [`Session::journal`]). A flag rather than a copy of the journal handle, whose
+    /// 32 bytes would be in every connection's task.
+    stored: bool,
     /// Whether the output holds a packet that must not reach the client before the store
     /// has committed what it confirms (see [`Session::take_settle`]).
     settle: bool,
@@ -99,13 +101,29 @@ pub struct Session {
     pub stats: LocalStats,
 }
 
+/// The journal of a session whose mailbox is `mailbox`, while it is `stored`. A function
+/// of the two fields, not of the session, so it can be used while other fields are
+/// borrowed mutably.
+fn journal_of(mailbox: &crate::mailbox::Mailbox, stored: bool) -> Option<&SessionJournal> {
+    if stored {
+        mailbox.store_journal()
+    } else {
+        None
+    }
+}
+
 impl Session {
+    /// Where changes are recorded while the session is persistent.
+    fn journal(&self) -> Option<&SessionJournal> {
+        journal_of(&self.state.mailbox, self.stored)
+    }
+
     /// Starts serving `state` under the negotiated parameters.
     pub fn new(mut state: SessionState, negotiated: Negotiated, max_inflight: u16) -> Self {
         state.expiry_interval = negotiated.expiry_interval;
         // Stored from now on if it outlives the connection; a resumed stored session that
         // now has expiry 0 is removed from the store.
-        let journal = state.mailbox.persist(negotiated.expiry_interval);
+        let stored = state.mailbox.persist(negotiated.expiry_interval);
         Self {
             state,
             protocol: negotiated.protocol,
@@ -118,7 +136,7 @@ impl Session {
             username: negotiated.username.map(String::into_boxed_str),
             retained_backlog: None,
             delivery_filter: None,
-            journal,
+            stored,
             settle: false,
             stats: LocalStats::default(),
         }
@@ -220,7 +238,7 @@ impl Session {
                 Stage::AwaitPubAck | Stage::AwaitPubRec => {
                     if self.write_publish(&entry.delivery, entry.packet_id, true, now, out) {
                         self.state.inflight.push_back(entry);
-                    } else if let Some(journal) = &self.journal {
+                    } else if let Some(journal) = self.journal() {
                         journal.acked(entry.packet_id);
                     }
                 }

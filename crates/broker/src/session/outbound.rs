@@ -14,7 +14,7 @@ impl Session {
         match self.state.inflight_position(ack.packet_id) {
             Some(i) if self.state.inflight[i].stage == Stage::AwaitPubAck => {
                 self.state.inflight.remove(i);
-                if let Some(journal) = &self.journal {
+                if let Some(journal) = self.journal() {
                     journal.acked(ack.packet_id);
                 }
             }
@@ -30,13 +30,13 @@ impl Session {
                 if rec.reason_code.is_error() {
                     // [MQTT-4.3.3-4] an error PUBREC ends the exchange; no PUBREL.
                     self.state.inflight.remove(i);
-                    if let Some(journal) = &self.journal {
+                    if let Some(journal) = self.journal() {
                         journal.acked(rec.packet_id);
                     }
                     return;
                 }
                 self.state.inflight[i].stage = Stage::AwaitPubComp;
-                if let Some(journal) = &self.journal {
+                if let Some(journal) = self.journal() {
                     journal.stage(rec.packet_id, Stage::AwaitPubComp);
                 }
                 true
@@ -60,7 +60,7 @@ impl Session {
         match self.state.inflight_position(comp.packet_id) {
             Some(i) if self.state.inflight[i].stage == Stage::AwaitPubComp => {
                 self.state.inflight.remove(i);
-                if let Some(journal) = &self.journal {
+                if let Some(journal) = self.journal() {
                     journal.acked(comp.packet_id);
                 }
             }
@@ -135,14 +135,14 @@ impl Session {
         {
             tracing::trace!(client_id = %self.state.client_id, topic = %delivery.message.topic, "delivery not authorized");
             self.stats.publish_denied += 1;
-            dropped(self.journal.as_ref());
+            dropped(self.journal());
             return;
         }
         if delivery.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not sent.
             self.stats.publish_dropped += 1;
             self.stats.dropped_expired += 1;
-            dropped(self.journal.as_ref());
+            dropped(self.journal());
             return;
         }
         if delivery.qos == QoS::AtMostOnce {
@@ -156,7 +156,7 @@ impl Session {
             } else {
                 Stage::AwaitPubRec
             };
-            if let Some(journal) = &self.journal {
+            if let Some(journal) = self.journal() {
                 let order = self.state.mailbox.next_seq();
                 journal.dispatch(seq, packet_id, order, stage, &delivery);
             }
@@ -166,7 +166,7 @@ impl Session {
                 stage,
             });
         } else {
-            dropped(self.journal.as_ref());
+            dropped(self.journal());
         }
     }
 

@@ -2,7 +2,7 @@
 //! both ways, and the mailbox. Plain data, so it can be parked in the registry, handed to
 //! the next connection, or (later) stored and moved between nodes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use midge_proto::ReasonCode;
@@ -25,7 +25,7 @@ pub struct SessionState {
     /// Inbound QoS 2 packet ids PUBREC'd and waiting for PUBREL, with the PUBREC's reason
     /// (success or no matching subscribers): a PUBLISH repeating one of them is not routed
     /// again, and gets the same answer.
-    pub awaiting_pubrel: HashMap<u16, ReasonCode>,
+    pub awaiting_pubrel: SmallMap<u16, ReasonCode>,
     /// Next outbound packet identifier to try.
     pub next_packet_id: u16,
     /// Session expiry interval in seconds; 0 ends the session with the connection,
@@ -46,7 +46,7 @@ impl SessionState {
             mailbox,
             subscriptions: SmallMap::new(),
             inflight: VecDeque::new(),
-            awaiting_pubrel: HashMap::new(),
+            awaiting_pubrel: SmallMap::new(),
             next_packet_id: 1,
             expiry_interval: 0,
             subscription_changes: 0,

@@ -20,7 +20,7 @@ impl Session {
         if self.state.subscriptions.remove(filter).is_some() {
             self.state.subscription_changes += 1;
             env.unsubscribe(filter, &self.state.client_id);
-            if let Some(journal) = &self.journal {
+            if let Some(journal) = self.journal() {
                 journal.unsubscribe(filter);
             }
             self.hand_over_shared(filter, env);
@@ -44,7 +44,7 @@ impl Session {
         let wanted = |d: &Delivery| filters.iter().any(|f| topic::matches(f, &d.message.topic));
         let queued = self.state.mailbox.retain_deliveries(|d| wanted(d));
         let inflight_before = self.state.inflight.len();
-        let journal = self.journal.as_ref();
+        let journal = super::journal_of(&self.state.mailbox, self.stored);
         self.state.inflight.retain(|i| {
             let keep = i.stage == Stage::AwaitPubComp || wanted(&i.delivery);
             if !keep && let Some(journal) = journal {
@@ -111,7 +111,7 @@ impl Session {
                 };
                 self.state.subscriptions.insert(filter.clone(), record);
                 self.state.subscription_changes += 1;
-                if let Some(journal) = &self.journal {
+                if let Some(journal) = self.journal() {
                     journal.subscribe(&filter, record);
                 }
                 // Shared subscriptions get no retained messages at subscribe [MQTT-4.8.2-?].
@@ -199,7 +199,7 @@ impl Session {
                 self.state.subscription_changes += u64::from(known);
                 env.unsubscribe(filter, &self.state.client_id);
                 if known {
-                    if let Some(journal) = &self.journal {
+                    if let Some(journal) = self.journal() {
                         journal.unsubscribe(filter);
                     }
                     self.hand_over_shared(filter, env);

@@ -696,11 +696,9 @@ async fn connection_flushes_a_stream_that_buffers_writes() {
         config: broker.config(),
     });
     let (mut client, server_side) = tokio::io::duplex(64 * 1024);
-    let (reader, writer) = tokio::io::split(server_side);
     let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(connection::serve(
-        reader,
-        tokio::io::BufWriter::new(writer),
+        tokio::io::BufWriter::new(server_side),
         "127.0.0.1:50000".parse().unwrap(),
         None,
         context,
