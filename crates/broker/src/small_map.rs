@@ -114,6 +114,36 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
         }
     }
 
+    /// The value for `key`, to change.
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match &mut self.0 {
+            Repr::Small(v) => v
+                .iter_mut()
+                .find(|(k, _)| (*k).borrow() == key)
+                .map(|(_, v)| v),
+            Repr::Large(m) => m.get_mut(key),
+        }
+    }
+
+    /// The value for `key`, inserted from `make` (the owned key and the value) when there
+    /// is none.
+    pub fn get_or_insert_with<Q>(&mut self, key: &Q, make: impl FnOnce() -> (K, V)) -> &mut V
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if !self.contains_key(key) {
+            let (owned, value) = make();
+            self.insert(owned, value);
+        }
+        self.get_mut(key)
+            .expect("the entry is there: found, or inserted just now")
+    }
+
     /// True when `key` has an entry.
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
@@ -335,6 +365,28 @@ mod tests {
                 expected[0].1 = 7;
             }
             assert_eq!(owned, expected);
+        }
+    }
+
+    /// In both forms: an entry is made once, and changed in place after.
+    #[test]
+    fn get_or_insert_with_makes_an_entry_once_and_get_mut_changes_it() {
+        for n in [0usize, 20] {
+            let mut m: SmallMap<Box<str>, u32> =
+                (0..n).map(|i| (i.to_string().into(), 0)).collect();
+            let mut made = 0;
+            for _ in 0..3 {
+                *m.get_or_insert_with("k", || {
+                    made += 1;
+                    ("k".into(), 10)
+                }) += 1;
+            }
+            assert_eq!(made, 1);
+            assert_eq!(m.get("k"), Some(&13));
+            *m.get_mut("k").unwrap() = 5;
+            assert_eq!(m.get("k"), Some(&5));
+            assert_eq!(m.get_mut("absent"), None);
+            assert_eq!(m.len(), n + 1);
         }
     }
 

@@ -110,7 +110,9 @@ impl SharedGroup {
 #[derive(Debug, Default)]
 struct Node {
     /// Boxed nodes: the map's table (sized for growth) then holds pointers, not nodes.
-    children: HashMap<Box<str>, Box<Node>>,
+    /// A `SmallMap`: most nodes have no child or one (every leaf of a filter is a node),
+    /// and a `HashMap` is 48 bytes where this is 24.
+    children: SmallMap<Box<str>, Box<Node>>,
     plus: Option<Box<Node>>,
     /// Subscribers of `<this level>/#`.
     hash: Option<Box<Subscribers>>,
@@ -289,7 +291,9 @@ impl Node {
             node = match level {
                 "#" => return node.hash.get_or_insert_default(),
                 "+" => node.plus.get_or_insert_default(),
-                literal => node.children.entry(literal.into()).or_default(),
+                literal => node
+                    .children
+                    .get_or_insert_with(literal, || (literal.into(), Box::default())),
             };
         }
         &mut node.here
@@ -692,7 +696,12 @@ mod tests {
         for m in &mailboxes[1..] {
             trie.insert("a", sub(m, QoS::AtMostOnce));
         }
-        let here = |trie: &Trie| -> bool { trie.root.children["a"].here.extra.is_some() };
+        let here = |trie: &Trie| -> bool {
+            trie.root
+                .children
+                .get("a")
+                .is_some_and(|a| a.here.extra.is_some())
+        };
         assert!(!here(&trie), "below SNAPSHOT_FROM: no box");
         trie.insert("a", sub(&mailboxes[0], QoS::AtMostOnce));
         assert!(here(&trie));
