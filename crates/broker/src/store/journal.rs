@@ -287,6 +287,16 @@ impl SessionJournal {
         });
     }
 
+    /// The client id of the session.
+    pub fn client(&self) -> &Arc<str> {
+        &self.client
+    }
+
+    /// The session incarnation id.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
     /// The broker-wide journal.
     pub fn journal(&self) -> &Journal {
         &self.journal
