@@ -468,6 +468,9 @@ impl Server {
     /// waits a few seconds for connections to end, and stops the background tasks.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // The accept loops end before the count below is read, so no connection is
+        // admitted after the wait for them has begun.
+        self.reloader.stop_listeners().await;
         // Connections serving a session wait on their mailbox, not on the shutdown
         // channel (see `Connection::run`): wake them to look. One that attaches after
         // this sees the flag when its `run` starts.
@@ -487,7 +490,6 @@ impl Server {
         for task in self.tasks {
             task.abort();
         }
-        self.reloader.stop_listeners().await;
         // Everything the ended connections parked is committed durably before the end.
         if let Some(journal) = &self.broker.journal {
             journal.close().await;
