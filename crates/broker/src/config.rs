@@ -608,6 +608,21 @@ pub enum QueueFullPolicy {
     DropOldest,
 }
 
+/// What happens to a connection that publishes faster than `limits.publish_rate_per_client`
+/// or `limits.publish_bytes_per_client` allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishRateAction {
+    /// Stop reading from it until its buckets have refilled (TCP pushes back): nothing is
+    /// refused or lost.
+    #[default]
+    Throttle,
+    /// Close it: MQTT 5 with DISCONNECT 0x96 (message rate too high); MQTT 3, which has no
+    /// way to say why, by closing the socket. The PUBLISH over the rate is not handled, so
+    /// at QoS 1/2 it is not acknowledged and the client sends it again when it reconnects.
+    Disconnect,
+}
+
 /// How a shared-subscription group picks the member for each message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -724,6 +739,8 @@ pub struct LimitsConfig {
     pub publish_rate_per_client: u32,
     /// PUBLISH payload bytes per second one connection may send; 0 is unlimited.
     pub publish_bytes_per_client: ByteSize,
+    /// What happens to a connection over either publish rate.
+    pub publish_rate_action: PublishRateAction,
     /// The kernel send buffer of each accepted socket (`SO_SNDBUF`); 0 leaves it to the
     /// kernel's autotuning (up to `net.ipv4.tcp_wmem`'s maximum per connection).
     pub socket_send_buffer: ByteSize,
@@ -787,6 +804,7 @@ impl Default for LimitsConfig {
             max_memory: None,
             publish_rate_per_client: 0,
             publish_bytes_per_client: ByteSize(0),
+            publish_rate_action: PublishRateAction::Throttle,
             socket_send_buffer: ByteSize(0),
         }
     }
@@ -1316,11 +1334,29 @@ mod tests {
         assert_eq!(config.limits.max_memory, Some(ByteSize(256 << 20)));
         assert_eq!(config.limits.publish_rate_per_client, 10);
         assert_eq!(config.limits.publish_bytes_per_client, ByteSize(4096));
+        assert_eq!(
+            config.limits.publish_rate_action,
+            PublishRateAction::Throttle
+        );
         assert_eq!(config.limits.socket_send_buffer, ByteSize(64 << 10));
         let err = Config::from_toml("[limits]\nmax_memory = \"lots\"\n", "t.toml").unwrap_err();
         assert!(err.to_string().contains("max_memory"), "{err}");
         let zero = Config::from_toml("[limits]\nmax_memory = 0\n", "t.toml").unwrap();
         assert_eq!(zero.limits.max_memory, Some(ByteSize(0)));
+        let disconnect =
+            Config::from_toml("[limits]\npublish_rate_action = \"disconnect\"\n", "t.toml")
+                .unwrap();
+        assert_eq!(
+            disconnect.limits.publish_rate_action,
+            PublishRateAction::Disconnect
+        );
+        let err = Config::from_toml("[limits]\n\npublish_rate_action = \"drop\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml") && err.contains("line 3") && err.contains("publish_rate_action"),
+            "{err}"
+        );
     }
 
     /// Uncomments every commented `key = value`, `[[listener]]` and `[listener.tls]` line.

@@ -26,7 +26,7 @@ use crate::broker::Broker;
 use crate::mailbox::{ConnectionDetail, Control, Mailbox};
 use crate::model::{Message, now_millis};
 use crate::pre_connect::{self, PreConnect, Refused};
-use crate::publish_rate::{PublishRate, Throttle};
+use crate::publish_rate::{Over, PublishRate, Throttle};
 use crate::session::{Flow, ResolvedPublish, Session, Violation, negotiate};
 use crate::stats::Stats;
 
@@ -1550,6 +1550,18 @@ where
         }
     }
 
+    /// A PUBLISH over the connection's rate with `limits.publish_rate_action =
+    /// "disconnect"`: it is not handled, and the connection closes, MQTT 5 with 0x96.
+    #[cold]
+    fn over_publish_rate(&mut self, session: &mut Session) -> Flow {
+        Stats::add(&self.broker.stats.publish_rate_disconnected, 1);
+        if self.log_allowed() {
+            tracing::info!(client_id = %session.client_id(), peer = %self.peer, listener = %self.listener.name, "closing connection: over its publish rate (limits.publish_rate_action = \"disconnect\")");
+        }
+        session.disconnect_packet(ReasonCode::MESSAGE_RATE_TOO_HIGH, None, &mut self.wbuf);
+        Flow::Close("publish rate exceeded")
+    }
+
     fn violation(&mut self, session: &mut Session, violation: &Violation) {
         self.protocol_error(&format!(
             "client {}: {} ({})",
@@ -1579,7 +1591,13 @@ where
         match packet {
             Packet::Publish(publish) => {
                 if let Some(rate) = &mut self.rate {
-                    rate.publish(publish.payload.len());
+                    match rate.publish(publish.payload.len()) {
+                        Over::No => {}
+                        Over::Paused => Stats::add(&self.broker.stats.publish_rate_throttled, 1),
+                        Over::Disconnect => {
+                            return Ok(Dispatch::Handled(self.over_publish_rate(session)));
+                        }
+                    }
                 }
                 let resolved =
                     session.resolve_publish(publish, &self.broker.env(&self.listener.config))?;

@@ -1,9 +1,13 @@
 //! Publish rate limits per connection (`limits.publish_rate_per_client`, messages per
-//! second, and `limits.publish_bytes_per_client`, payload bytes per second), enforced by
-//! not reading: each PUBLISH takes from token buckets that refill at the rate and hold
-//! one second of it; once one is empty the connection stops handling packets and
-//! reading from its socket until it has refilled, so TCP pushes back on the client. No
-//! packet is refused or dropped, and other clients are not slowed.
+//! second, and `limits.publish_bytes_per_client`, payload bytes per second). Each PUBLISH
+//! takes from token buckets that refill at the rate and hold one second of it. What an
+//! empty bucket does is `limits.publish_rate_action`:
+//!
+//! - `throttle` (the default): the connection stops handling packets and reading from its
+//!   socket until it has refilled, so TCP pushes back on the client. No packet is refused
+//!   or dropped, and other clients are not slowed.
+//! - `disconnect`: the PUBLISH that overdrew the bucket is not handled and the connection
+//!   is closed, MQTT 5 with DISCONNECT 0x96 (message rate too high).
 //!
 //! A bucket may go into debt (a PUBLISH larger than one second of the byte rate); the
 //! pause then lasts until the debt is paid back.
@@ -14,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, PublishRateAction};
 
 /// A token bucket: `rate` tokens a second, at most `rate` (one second's worth) held.
 #[derive(Debug)]
@@ -44,6 +48,17 @@ impl Bucket {
     }
 }
 
+/// What [`PublishRate::publish`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Over {
+    /// Within the rate (or already paused, and counted then).
+    No,
+    /// Over the rate: the connection is paused from now on (`throttle`).
+    Paused,
+    /// Over the rate: close the connection (`disconnect`).
+    Disconnect,
+}
+
 /// What [`PublishRate::poll`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Throttle {
@@ -62,6 +77,8 @@ pub struct PublishRate {
     bytes: Option<Bucket>,
     /// Set while paused; woken when the pause ends.
     sleep: Option<Pin<Box<Sleep>>>,
+    /// `limits.publish_rate_action`.
+    action: PublishRateAction,
 }
 
 impl PublishRate {
@@ -77,25 +94,35 @@ impl PublishRate {
                 messages,
                 bytes,
                 sleep: None,
+                action: limits.publish_rate_action,
             })
         })
     }
 
-    /// Counts a PUBLISH with `payload` bytes; pauses the connection when a bucket is
-    /// empty.
-    pub fn publish(&mut self, payload: usize) {
+    /// Counts a PUBLISH with `payload` bytes, and says what to do when a bucket is empty.
+    pub fn publish(&mut self, payload: usize) -> Over {
         let now = Instant::now();
         let wait_messages = self.messages.as_mut().and_then(|b| b.take(1.0, now));
         let wait_bytes = self
             .bytes
             .as_mut()
             .and_then(|b| b.take(payload as f64, now));
-        if let Some(wait) = wait_messages.max(wait_bytes) {
-            let until = now + wait;
-            match &mut self.sleep {
-                Some(sleep) if sleep.deadline() >= until => {}
-                Some(sleep) => sleep.as_mut().reset(until),
-                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(until))),
+        let Some(wait) = wait_messages.max(wait_bytes) else {
+            return Over::No;
+        };
+        if self.action == PublishRateAction::Disconnect {
+            return Over::Disconnect;
+        }
+        let until = now + wait;
+        match &mut self.sleep {
+            Some(sleep) if sleep.deadline() >= until => Over::No,
+            Some(sleep) => {
+                sleep.as_mut().reset(until);
+                Over::No
+            }
+            None => {
+                self.sleep = Some(Box::pin(tokio::time::sleep_until(until)));
+                Over::Paused
             }
         }
     }
@@ -172,17 +199,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pauses_until_refilled() {
         let mut rate = PublishRate::new(&limits(2, 0)).unwrap();
-        rate.publish(10);
-        rate.publish(10);
+        assert_eq!(rate.publish(10), Over::No);
+        assert_eq!(rate.publish(10), Over::No);
         assert!(!rate.is_paused());
-        rate.publish(10);
+        assert_eq!(rate.publish(10), Over::Paused);
         assert!(rate.is_paused());
+        // Still paused: counted once, however many more arrive before the pause ends
+        // (each lengthens it: two in debt at 2/s is a second).
+        assert_eq!(rate.publish(10), Over::No);
         let waker = futures_task_noop();
         let mut cx = Context::from_waker(&waker);
         assert_eq!(rate.poll(&mut cx), Throttle::Paused);
-        tokio::time::advance(Duration::from_millis(501)).await;
+        tokio::time::advance(Duration::from_millis(990)).await;
+        assert_eq!(rate.poll(&mut cx), Throttle::Paused);
+        tokio::time::advance(Duration::from_millis(11)).await;
         assert_eq!(rate.poll(&mut cx), Throttle::Resumed);
         assert_eq!(rate.poll(&mut cx), Throttle::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disconnects_instead_of_pausing_when_asked() {
+        let mut limits = limits(0, 100);
+        limits.publish_rate_action = PublishRateAction::Disconnect;
+        let mut rate = PublishRate::new(&limits).unwrap();
+        assert_eq!(rate.publish(60), Over::No);
+        assert_eq!(rate.publish(40), Over::No);
+        assert_eq!(rate.publish(1), Over::Disconnect);
+        assert!(!rate.is_paused());
+        // A second later the bucket has refilled: a connection that keeps to its rate is
+        // never closed.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..9 {
+            assert_eq!(rate.publish(10), Over::No);
+        }
     }
 
     fn futures_task_noop() -> std::task::Waker {

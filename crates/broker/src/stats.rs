@@ -124,6 +124,12 @@ counters! {
     pre_connect_dropped_over_budget,
     /// Connections closed for sending no complete CONNECT within `mqtt.connect_timeout_secs`.
     pre_connect_dropped_timeout,
+    /// Times a connection went over its publish rate (`limits.publish_rate_per_client`,
+    /// `publish_bytes_per_client`) and was paused (`publish_rate_action = "throttle"`).
+    publish_rate_throttled,
+    /// Connections closed for going over their publish rate (`publish_rate_action =
+    /// "disconnect"`).
+    publish_rate_disconnected,
 }
 
 impl Stats {

@@ -120,6 +120,15 @@ pub fn values(broker: &Broker) -> Vec<(&'static str, String)> {
             "$SYS/broker/connections/pre_connect/dropped/timeout",
             s.pre_connect_dropped_timeout.to_string(),
         ),
+        // midge's own: connections over their publish rate (`[limits]`).
+        (
+            "$SYS/broker/clients/publish_rate/throttled",
+            s.publish_rate_throttled.to_string(),
+        ),
+        (
+            "$SYS/broker/clients/publish_rate/disconnected",
+            s.publish_rate_disconnected.to_string(),
+        ),
         // midge's own: the memory budget (`limits.max_memory`) and what it turned away.
         ("$SYS/broker/memory/used", memory.used().to_string()),
         ("$SYS/broker/memory/maximum", memory.maximum().to_string()),

@@ -219,6 +219,18 @@ impl Collector for BrokerCollector {
             "Network connections accepted.",
             s.connections_accepted,
         )?;
+        counter_family(
+            e,
+            "midge_publish_rate_exceeded",
+            "Times a connection went over its publish rate ([limits]), by what was done.",
+            &[
+                (vec![("action", "throttled")], s.publish_rate_throttled),
+                (
+                    vec![("action", "disconnected")],
+                    s.publish_rate_disconnected,
+                ),
+            ],
+        )?;
         counter(
             e,
             "midge_connect_floods",

@@ -1,5 +1,6 @@
 //! The memory budget (`limits.max_memory`) with a consumer that never reads, and the
-//! publish rate limits per client (`limits.publish_rate_per_client`).
+//! publish rate limits per client (`limits.publish_rate_per_client`,
+//! `limits.publish_rate_action`).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -245,6 +246,95 @@ async fn a_rate_limited_publisher_is_held_to_its_rate_and_others_are_not() {
         polite_done < Duration::from_secs(1),
         "the other client's 40 took {polite_done:?}"
     );
+    // Held back, not closed, and counted once per pause.
+    let stats = broker.stats();
+    assert!(stats.publish_rate_throttled >= 1, "{stats:?}");
+    assert_eq!(stats.publish_rate_disconnected, 0);
+    flood.ping_fence().await;
+    broker.shutdown().await;
+}
+
+/// `limits.publish_rate_action = "disconnect"`: a client over its rate is closed, MQTT 5
+/// with DISCONNECT 0x96 and MQTT 3 without a word; what it sent within the rate is
+/// delivered and acknowledged, the PUBLISH over it is not; a client within its rate keeps
+/// its connection.
+#[tokio::test]
+async fn over_its_rate_a_client_is_disconnected_with_0x96_when_asked() {
+    const RATE: u16 = 20;
+    let broker = TestBroker::start_with(|c| {
+        c.limits.publish_rate_per_client = u32::from(RATE);
+        c.limits.publish_rate_action = midge_broker::config::PublishRateAction::Disconnect;
+    })
+    .await;
+    let mut subscriber = V3::connect(&broker, "counter").await;
+    subscriber.subscribe_ok("rate/#", 1).await;
+
+    // MQTT 5: 30 QoS 1 publishes in one write. One second's worth is within the rate.
+    let (mut v5, _) = broker.raw_v5(v5_connect("flood5")).await;
+    let mut bytes = bytes::BytesMut::new();
+    for pid in 1..=30u16 {
+        V5Packet::Publish(v5_publish("rate/v5", 1, pid, &pid.to_be_bytes()))
+            .write(&mut bytes, None)
+            .unwrap();
+    }
+    v5.send(&bytes).await;
+    for pid in 1..=RATE {
+        match v5.recv_v5().await {
+            V5Packet::PubAck(ack) => {
+                assert_eq!((ack.pkid, ack.reason), (pid, PubAckReason::Success));
+            }
+            other => panic!("expected PUBACK {pid}, got {other:?}"),
+        }
+    }
+    let why = v5.expect_disconnect(0x96).await;
+    assert_eq!(why.as_deref(), Some("message rate too high"));
+
+    // MQTT 3.1.1: closed, as it has no DISCONNECT to send.
+    let (mut v3, _) = broker.raw_v311("flood3", true).await;
+    let mut bytes = bytes::BytesMut::new();
+    for i in 0..30u16 {
+        let p = rumqttc::Publish::new(
+            "rate/v3",
+            rumqttc::QoS::AtMostOnce,
+            i.to_be_bytes().to_vec(),
+        );
+        V4Packet::Publish(p).write(&mut bytes, usize::MAX).unwrap();
+    }
+    v3.send(&bytes).await;
+    v3.expect_closed().await;
+
+    // A client at its rate's worth stays connected.
+    let (mut polite, _) = broker.raw_v311("polite", true).await;
+    let mut bytes = bytes::BytesMut::new();
+    for _ in 0..RATE {
+        let p = rumqttc::Publish::new("rate/polite", rumqttc::QoS::AtMostOnce, "p");
+        V4Packet::Publish(p).write(&mut bytes, usize::MAX).unwrap();
+    }
+    polite.send(&bytes).await;
+    polite.ping_fence().await;
+
+    // The subscriber got what was within each rate, in order, and nothing over it.
+    let mut got = std::collections::HashMap::<String, Vec<Vec<u8>>>::new();
+    for _ in 0..3 * RATE {
+        let publish = subscriber.next_publish().await;
+        got.entry(publish.topic.clone())
+            .or_default()
+            .push(publish.payload.to_vec());
+    }
+    let expected: Vec<Vec<u8>> = (1..=RATE).map(|pid| pid.to_be_bytes().to_vec()).collect();
+    assert_eq!(got["rate/v5"], expected);
+    let expected: Vec<Vec<u8>> = (0..RATE).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(got["rate/v3"], expected);
+    assert_eq!(got["rate/polite"].len(), usize::from(RATE));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), subscriber.next_publish())
+            .await
+            .is_err(),
+        "a publish over the rate was delivered"
+    );
+    let stats = broker.stats();
+    assert_eq!(stats.publish_rate_disconnected, 2, "{stats:?}");
+    assert_eq!(stats.publish_rate_throttled, 0);
     broker.shutdown().await;
 }
 
