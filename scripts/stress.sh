@@ -50,10 +50,11 @@ export MIDGE_STRESS_SOAK_RATE="${MIDGE_STRESS_SOAK_RATE:-100}"
 export MIDGE_STRESS_SOAK_RECONNECTORS="${MIDGE_STRESS_SOAK_RECONNECTORS:-24}"
 export MIDGE_STRESS_SOAK_MAX_QUEUED="${MIDGE_STRESS_SOAK_MAX_QUEUED:-200}"
 
-# 10,000 dead subscribers and bursts of 20,000 connects need descriptors on both sides.
+# 10,000 dead subscribers need descriptors on both sides. Bursts of 20,000 connects are
+# split over flood processes of 10,000 each (FLOOD_PER_PROCESS in stress.rs).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-if (( $(ulimit -n) < 30000 )); then
-    echo "warning: open files limit is $(ulimit -n); the issue's sizes need about 30,000" >&2
+if (( $(ulimit -n) < 12000 )); then
+    echo "warning: open files limit is $(ulimit -n); the issue's sizes need about 12,000" >&2
 fi
 
 log="$(mktemp -t midge-stress.XXXXXX)"

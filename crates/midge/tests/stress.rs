@@ -1470,53 +1470,13 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
             tls_counts.clone(),
         ))
     }));
-    // Bursts from 127.0.0.2 to .9: connect, then close (the admitted ones) or be reset.
-    let (attempts, connected, reset) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let flood = {
-        let (stop, attempts, connected, reset) = (
-            stop.clone(),
-            attempts.clone(),
-            connected.clone(),
-            reset.clone(),
-        );
-        tokio::spawn(async move {
-            let mut round = 0u8;
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let source = Ipv4Addr::new(127, 0, 0, 2 + round % 8);
-                round = round.wrapping_add(1);
-                let connects = (0..burst).map(|_| {
-                    let (attempts, connected, reset) =
-                        (attempts.clone(), connected.clone(), reset.clone());
-                    async move {
-                        attempts.fetch_add(1, Ordering::Relaxed);
-                        match tokio::time::timeout(STALL, connect_from(source, port, None)).await {
-                            Ok(Ok(stream)) => {
-                                connected.fetch_add(1, Ordering::Relaxed);
-                                drop(stream);
-                            }
-                            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                                reset.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {}
-                        }
-                    }
-                });
-                futures_join_all(connects).await;
-                tokio::time::sleep(Duration::from_millis(250).saturating_sub(started.elapsed()))
-                    .await;
-            }
-        })
-    };
+    // Bursts from 127.0.0.2 to .9, split over child processes (see `FLOOD_PER_PROCESS`).
+    let flood = spawn_flood_processes(port, burst, duration);
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let cpu = (support::cpu_secs_of(pid) - cpu_from) / duration.as_secs_f64();
     let watch = watched(guard).await;
-    flood.await.expect("flood");
+    let flood = flood.await;
     for task in slow_tasks {
         match tokio::time::timeout(support::TIMEOUT, task).await {
             Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -1542,7 +1502,8 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
     let c = |n: &AtomicU64| n.load(Ordering::Relaxed);
     eprintln!(
         "flood: {} connects in bursts of {burst} from 8 addresses over {duration:?} ({} \
-         connected, {} reset by a refusal before the connect returned); refused at accept: {per_ip} per_ip, {by_rate} rate; \
+         connected, {} reset by a refusal before the connect returned, {} failed otherwise, \
+         from {} processes); refused at accept: {per_ip} per_ip, {by_rate} rate; \
          slowloris: {} sockets opened from 2 addresses, {} closed at the {connect_timeout} s \
          CONNECT deadline (longest lived {} ms), {} refused at once, {timeouts} CONNECT \
          timeouts counted ($SYS), pre-CONNECT buffers at most {pre_connect_max} bytes; \
@@ -1552,9 +1513,11 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
          {:.1} peak, {:.1} after; open files {fds_start} -> {fds_end}; broker CPU {:.0} % of \
          a core; connected client's \
          PINGREQ quiet {quiet}, under flood {flooded} (p99 x{:.1}); watchdog slowest round {:?}",
-        c(&attempts),
-        c(&connected),
-        c(&reset),
+        flood.attempts,
+        flood.connected,
+        flood.reset,
+        flood.failed,
+        flood.processes,
         c(&slow_counts.opened),
         c(&slow_counts.closed),
         c(&slow_counts.longest_ms),
@@ -1573,6 +1536,12 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
     assert!(
         per_ip > 0 && by_rate > 0,
         "both limits refused, counted by reason"
+    );
+    // Every connect of the flood reached the broker: one that failed in the client (out
+    // of descriptors, say) would make the flood smaller than it claims.
+    assert_eq!(
+        flood.failed, 0,
+        "flood connects that failed other than by a refusal"
     );
     assert!(
         timeouts >= c(&slow_counts.closed),
@@ -1602,6 +1571,161 @@ async fn connection_flood_and_slowloris_spare_connected_clients() {
         "connected client's PINGREQ under flood: {flooded}"
     );
     drop(midge);
+}
+
+/// Connects of one burst a flood process makes at most: each is a descriptor until it
+/// completes, and one process may not have more than the container's hard limit (20,000
+/// here, which the broker's side of the sockets does not share). A burst of 20,000 is
+/// two processes of 10,000, started together.
+const FLOOD_PER_PROCESS: usize = 10_000;
+
+/// What the flood's connects came to, summed over its processes.
+#[derive(Debug, Default)]
+struct FloodCounts {
+    processes: usize,
+    attempts: u64,
+    connected: u64,
+    reset: u64,
+    failed: u64,
+}
+
+/// Runs the flood (`flood_bursts`) for `duration` in child processes of this test binary
+/// (`flood_child_process`), each making its share of every burst, and sums their counts.
+fn spawn_flood_processes(
+    port: u16,
+    burst: usize,
+    duration: Duration,
+) -> impl std::future::Future<Output = FloodCounts> {
+    let processes = burst.div_ceil(FLOOD_PER_PROCESS).max(1);
+    let exe = std::env::current_exe().expect("test binary");
+    let children: Vec<_> = (0..processes)
+        .map(|n| {
+            let share = burst / processes + usize::from(n < burst % processes);
+            tokio::process::Command::new(&exe)
+                .args([
+                    "flood_child_process",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    FLOOD_CHILD_ENV,
+                    format!("{port} {share} {}", duration.as_millis()),
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start a flood process")
+        })
+        .collect();
+    async move {
+        let mut counts = FloodCounts {
+            processes,
+            ..FloodCounts::default()
+        };
+        for child in children {
+            let output = child.wait_with_output().await.expect("flood process");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "flood process failed: {stdout}");
+            let line = stdout
+                .lines()
+                // libtest writes the test's name on the same line first.
+                .find_map(|l| l.split_once(FLOOD_CHILD_REPORT).map(|(_, counts)| counts))
+                .unwrap_or_else(|| panic!("no counts from a flood process: {stdout}"));
+            let n: Vec<u64> = line
+                .split_whitespace()
+                .map(|x| x.parse().expect("a count"))
+                .collect();
+            counts.attempts += n[0];
+            counts.connected += n[1];
+            counts.reset += n[2];
+            counts.failed += n[3];
+        }
+        counts
+    }
+}
+
+/// `port burst milliseconds` for a flood process.
+const FLOOD_CHILD_ENV: &str = "MIDGE_STRESS_FLOOD_CHILD";
+/// The line a flood process reports its counts on: attempts, connected, reset, failed.
+const FLOOD_CHILD_REPORT: &str = "flood-counts: ";
+
+/// One process of the connection flood, started by `spawn_flood_processes` (not a test of
+/// its own: it fails when run without its instructions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a process of connection_flood_and_slowloris_spare_connected_clients"]
+async fn flood_child_process() {
+    let spec = std::env::var(FLOOD_CHILD_ENV)
+        .expect("started by connection_flood_and_slowloris_spare_connected_clients");
+    let n: Vec<u64> = spec
+        .split_whitespace()
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    let (port, burst, duration) = (n[0] as u16, n[1] as usize, Duration::from_millis(n[2]));
+    let counts = flood_bursts(port, burst, duration).await;
+    println!(
+        "{FLOOD_CHILD_REPORT}{} {} {} {}",
+        counts.attempts, counts.connected, counts.reset, counts.failed
+    );
+}
+
+/// Bursts of `burst` TCP connects four times a second for `duration`, each burst from one
+/// of 127.0.0.2 to .9 in turn: each socket is closed as soon as it connects, or is reset
+/// by a refusal.
+async fn flood_bursts(port: u16, burst: usize, duration: Duration) -> FloodCounts {
+    let (attempts, connected, reset, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let end = Instant::now() + duration;
+    let mut round = 0u8;
+    while Instant::now() < end {
+        let started = Instant::now();
+        let source = Ipv4Addr::new(127, 0, 0, 2 + round % 8);
+        round = round.wrapping_add(1);
+        let connects = (0..burst).map(|_| {
+            let (attempts, connected, reset, failed) = (
+                attempts.clone(),
+                connected.clone(),
+                reset.clone(),
+                failed.clone(),
+            );
+            async move {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(STALL, connect_from(source, port, None)).await {
+                    Ok(Ok(stream)) => {
+                        connected.fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                    }
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                        reset.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A SYN the kernel dropped under the flood, retried past `STALL`, is
+                    // the flood's doing; anything else is the client's failure.
+                    Err(_) => {}
+                    Ok(Err(e)) => {
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("flood connect failed: {e}");
+                        }
+                    }
+                }
+            }
+        });
+        futures_join_all(connects).await;
+        tokio::time::sleep(Duration::from_millis(250).saturating_sub(started.elapsed())).await;
+    }
+    let c = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    FloodCounts {
+        processes: 1,
+        attempts: c(&attempts),
+        connected: c(&connected),
+        reset: c(&reset),
+        failed: c(&failed),
+    }
 }
 
 // ---- long soak ----
