@@ -83,11 +83,19 @@ fn refused_message(reason: ReasonCode, v3: Option<u8>, reason_string: Option<&st
             reason.0
         ),
     };
-    if let Some(extra) = reason_string {
+    push_reason_string(&mut text, reason, reason_string);
+    text
+}
+
+/// Appends the broker's reason string, unless it only repeats the reason code's own
+/// description (midge sends that when it has nothing more to say).
+fn push_reason_string(text: &mut String, reason: ReasonCode, reason_string: Option<&str>) {
+    if let Some(extra) = reason_string
+        && !extra.eq_ignore_ascii_case(reason.description())
+    {
         text.push_str(": ");
         text.push_str(extra);
     }
-    text
 }
 
 fn disconnected_message(reason: ReasonCode, reason_string: Option<&str>) -> String {
@@ -96,10 +104,7 @@ fn disconnected_message(reason: ReasonCode, reason_string: Option<&str>) -> Stri
         reason.description(),
         reason.0
     );
-    if let Some(extra) = reason_string {
-        text.push_str(": ");
-        text.push_str(extra);
-    }
+    push_reason_string(&mut text, reason, reason_string);
     text
 }
 
@@ -177,5 +182,34 @@ mod tests {
             "connection refused: server busy (0x89): try later"
         );
         assert!(!busy.is_auth());
+    }
+
+    #[test]
+    fn a_reason_string_that_repeats_the_code_is_not_printed_twice() {
+        let repeated = Error::Disconnected {
+            reason: ReasonCode::MESSAGE_RATE_TOO_HIGH,
+            reason_string: Some("message rate too high".into()),
+        };
+        assert_eq!(
+            repeated.to_string(),
+            "disconnected by the broker: message rate too high (0x96)"
+        );
+        let more = Error::Disconnected {
+            reason: ReasonCode::SESSION_TAKEN_OVER,
+            reason_string: Some("another connection".into()),
+        };
+        assert_eq!(
+            more.to_string(),
+            "disconnected by the broker: session taken over (0x8e): another connection"
+        );
+        let refused = Error::Refused {
+            reason: ReasonCode::SERVER_BUSY,
+            v3_return_code: None,
+            reason_string: Some("Server busy".into()),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "connection refused: server busy (0x89)"
+        );
     }
 }
