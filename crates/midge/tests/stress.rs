@@ -1675,57 +1675,52 @@ async fn flood_child_process() {
 /// of 127.0.0.2 to .9 in turn: each socket is closed as soon as it connects, or is reset
 /// by a refusal.
 async fn flood_bursts(port: u16, burst: usize, duration: Duration) -> FloodCounts {
-    let (attempts, connected, reset, failed) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    /// How one connect ended.
+    enum Outcome {
+        Connected,
+        Reset,
+        /// A SYN the kernel dropped under the flood, retried past `STALL`: the flood's
+        /// doing.
+        TimedOut,
+        /// Anything else is the client's failure.
+        Failed(std::io::Error),
+    }
+    let mut counts = FloodCounts {
+        processes: 1,
+        ..FloodCounts::default()
+    };
     let end = Instant::now() + duration;
     let mut round = 0u8;
     while Instant::now() < end {
         let started = Instant::now();
         let source = Ipv4Addr::new(127, 0, 0, 2 + round % 8);
         round = round.wrapping_add(1);
-        let connects = (0..burst).map(|_| {
-            let (attempts, connected, reset, failed) = (
-                attempts.clone(),
-                connected.clone(),
-                reset.clone(),
-                failed.clone(),
-            );
-            async move {
-                attempts.fetch_add(1, Ordering::Relaxed);
-                match tokio::time::timeout(STALL, connect_from(source, port, None)).await {
-                    Ok(Ok(stream)) => {
-                        connected.fetch_add(1, Ordering::Relaxed);
-                        drop(stream);
-                    }
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                        reset.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // A SYN the kernel dropped under the flood, retried past `STALL`, is
-                    // the flood's doing; anything else is the client's failure.
-                    Err(_) => {}
-                    Ok(Err(e)) => {
-                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                            eprintln!("flood connect failed: {e}");
-                        }
-                    }
-                }
+        let connects = (0..burst).map(|_| async move {
+            match tokio::time::timeout(STALL, connect_from(source, port, None)).await {
+                // Closed at once: dropped here, not when the whole burst is done.
+                Ok(Ok(_stream)) => Outcome::Connected,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Outcome::Reset,
+                Ok(Err(e)) => Outcome::Failed(e),
+                Err(_) => Outcome::TimedOut,
             }
         });
-        futures_join_all(connects).await;
+        for outcome in futures_join_all(connects).await {
+            counts.attempts += 1;
+            match outcome {
+                Outcome::Connected => counts.connected += 1,
+                Outcome::Reset => counts.reset += 1,
+                Outcome::TimedOut => {}
+                Outcome::Failed(e) => {
+                    if counts.failed == 0 {
+                        eprintln!("flood connect failed: {e}");
+                    }
+                    counts.failed += 1;
+                }
+            }
+        }
         tokio::time::sleep(Duration::from_millis(250).saturating_sub(started.elapsed())).await;
     }
-    let c = |n: &AtomicU64| n.load(Ordering::Relaxed);
-    FloodCounts {
-        processes: 1,
-        attempts: c(&attempts),
-        connected: c(&connected),
-        reset: c(&reset),
-        failed: c(&failed),
-    }
+    counts
 }
 
 // ---- long soak ----
