@@ -55,6 +55,8 @@ have gcc || packages+=(gcc)
 [ -f /usr/include/stdio.h ] || packages+=(libc6-dev)
 [ -f /usr/include/MQTTClient.h ] || packages+=(libpaho-mqtt-dev)
 { have paho_c_pub && have paho_c_sub; } || packages+=(paho.mqtt.c-examples)
+# bench/relay (the floor of FLOOR=1 bench/compare.sh, built by a test) uses liburing.
+[ -f /usr/include/liburing.h ] || packages+=(liburing-dev)
 # RabbitMQ, the reference of the AMQP differential test.
 rabbitmq_server=/usr/lib/rabbitmq/bin/rabbitmq-server
 [ -x "$rabbitmq_server" ] || packages+=(rabbitmq-server)
@@ -113,6 +115,7 @@ have gcc || problems+=("gcc is not installed")
 [ -f /usr/include/stdio.h ] || problems+=("the C library headers are not installed")
 [ -f /usr/include/MQTTClient.h ] || problems+=("the Paho C headers are not installed")
 { have paho_c_pub && have paho_c_sub; } || problems+=("paho_c_pub/sub are not installed")
+[ -f /usr/include/liburing.h ] || problems+=("the liburing headers are not installed")
 [ -x "$rabbitmq_server" ] || problems+=("rabbitmq-server is not installed ($rabbitmq_server)")
 if [ ${#problems[@]} -gt 0 ]; then
     printf 'test-deps: %s\n' "${problems[@]}" >&2

@@ -48,6 +48,19 @@ impl Broker {
         broker
     }
 
+    /// bench/relay/relay.c (the floor of `FLOOR=1 bench/compare.sh`) instead of midge,
+    /// with its io_uring loop when `uring`.
+    fn start_relay(program: &std::path::Path, uring: bool) -> Self {
+        let port = free_port();
+        let mut command = Command::new(program);
+        if uring {
+            command.arg("--uring");
+        }
+        // Its stderr says why, if io_uring or the port is refused.
+        command.arg(port.to_string()).stderr(Stdio::inherit());
+        Self::spawn_listening(&mut command, port, "the relay")
+    }
+
     fn start_with(config: Option<&std::path::Path>) -> Self {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_midge"));
@@ -60,24 +73,30 @@ impl Broker {
                 command.env_remove(key);
             }
         }
-        let mut child = command
+        command
             .env("MIDGE_STORAGE__BACKEND", "memory")
             .env("MIDGE_SYS__INTERVAL_SECS", "0")
             .env("MIDGE_LISTENER__0__BIND", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
+            .stderr(Stdio::null());
+        Self::spawn_listening(&mut command, port, "midge")
+    }
+
+    /// Starts `command` (`what`) and waits until it accepts connections on `port`.
+    fn spawn_listening(command: &mut Command, port: u16, what: &str) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
-            .expect("start midge");
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("midge exited during start: {status}");
+                panic!("{what} exited during start: {status}");
             }
             assert!(
                 Instant::now() < deadline,
-                "midge did not listen within 30 s"
+                "{what} did not listen within 30 s"
             );
             // Polling for the port: the child gives no other readiness signal.
             std::thread::sleep(Duration::from_millis(20));
@@ -314,19 +333,26 @@ fn fanin_fanout_and_shared_runs_deliver_what_each_subscriber_is_owed() {
     );
 }
 
+/// `count` messages from `devices` devices at 2,000 msg/s in all, at QoS 0 and at QoS 1,
+/// each delivered once and in order.
+fn assert_device_runs_complete(broker: &Broker, devices: u32, count: u32) {
+    let (devices, n) = (devices.to_string(), count.to_string());
+    for qos in ["0", "1"] {
+        assert_complete(
+            broker,
+            &["device", "-N", &devices, "-r", "2000", "-q", qos, "-n", &n],
+            f64::from(count),
+            f64::from(count),
+        );
+    }
+}
+
 #[test]
 fn device_run_sends_one_message_per_write_at_the_rate_and_loses_none() {
     let broker = Broker::start();
     // 200 devices at 2,000 msg/s in all (10 each): a short CI variant of the device-scale
     // scenario (BENCHMARKS.md runs 1,000 to 10,000 devices). Correctness only.
-    for qos in ["0", "1"] {
-        assert_complete(
-            &broker,
-            &["device", "-N", "200", "-r", "2000", "-q", qos, "-n", "2000"],
-            2000.0,
-            2000.0,
-        );
-    }
+    assert_device_runs_complete(&broker, 200, 2000);
     let report = broker.bench_json(&["device", "-N", "50", "-r", "500", "-q", "1", "-d", "1"]);
     assert_eq!(
         number(&report, &["connections", "count"]),
@@ -337,6 +363,53 @@ fn device_run_sends_one_message_per_write_at_the_rate_and_loses_none() {
     let rate = number(&report, &["delivered_per_sec"]);
     assert!((300.0..=700.0).contains(&rate), "{rate} msg/s: {report}");
     assert_eq!(number(&report, &["lost"]), 0.0, "{report}");
+}
+
+/// Compiles bench/relay/relay.c with gcc and liburing (scripts/test-deps.sh installs both).
+fn build_relay() -> std::path::PathBuf {
+    let program = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("relay");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/relay/relay.c");
+    let output = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .arg("-luring")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run gcc ({e}); install it with scripts/test-deps.sh"));
+    assert!(
+        output.status.success(),
+        "gcc could not build {} (liburing-dev missing? scripts/test-deps.sh installs it):\n{}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    program
+}
+
+/// The do-nothing relay that BENCHMARKS.md sets midge's device figures against must carry
+/// the scenarios it is measured in, whole and in order, in both of its I/O loops: a relay
+/// that dropped messages would show a floor lower than the real one.
+#[test]
+fn the_floor_relay_carries_device_and_saturated_traffic_in_both_io_loops() {
+    let relay = build_relay();
+    for uring in [false, true] {
+        let broker = Broker::start_relay(&relay, uring);
+        assert_device_runs_complete(&broker, 100, 1000);
+        // Saturated, MQTT 3.1.1: many packets per read, and packets split across reads.
+        assert_complete(
+            &broker,
+            &[
+                "pairs", "-N", "10", "-q", "1", "-V", "311", "-s", "3000", "-n", "20000",
+            ],
+            20000.0,
+            20000.0,
+        );
+        assert_complete(
+            &broker,
+            &["fanout", "-P", "1", "-S", "20", "-q", "0", "-n", "2000"],
+            2000.0,
+            40000.0,
+        );
+    }
 }
 
 #[test]
