@@ -6,6 +6,8 @@
 #   bench/compare.sh pairs-q1 conn-10k   # a subset, by scenario name (see SCENARIOS below)
 #   bench/compare.sh --table DIR         # print the table again from a finished run's OUT
 #   SCRAPE=1 bench/compare.sh pairs-q1   # midge against itself with /metrics scraped every second
+#   FLOOR=1 bench/compare.sh device-1k-q0  # and two do-nothing relays (bench/relay), the floor
+#   PROFILE=1 bench/compare.sh device-1k-q0  # and each broker's system calls and kernel share
 #
 # Each run starts a fresh broker pinned to one core (BROKER_CPU, default 0) and runs the
 # generator on another (GEN_CPU, default 1); brokers are interleaved, every scenario runs
@@ -21,6 +23,19 @@
 #              set_tcp_nodelay true (midge sets TCP_NODELAY on every client socket, so both
 #              brokers write each packet when it is ready), logging errors and warnings
 #              only; otherwise defaults (max_inflight_messages 20).
+#
+# With FLOOR=1 two more "brokers" run beside them: bench/relay/relay.c, a do-nothing MQTT
+# relay in C (it forwards each PUBLISH to its topic's subscribers and acknowledges, nothing
+# else), once with an epoll loop ("relay") and once with io_uring ("relay-uring"). Their CPU
+# per message is the floor of system calls and kernel TCP work under a scenario. They need
+# gcc and Debian's liburing-dev.
+#
+# With PROFILE=1 every run is 8 s after 1 s of warm-up, and 4 s in, for 3 s, perf counts
+# the broker's system calls (`perf stat` on the syscall tracepoints) and samples where its
+# CPU goes (`perf record -e cpu-clock`); a second table gives both per delivered message.
+# It needs perf (Debian's linux-perf) and permission to trace (root, or
+# kernel.perf_event_paranoid -1). The profiling costs the broker CPU of its own, so read
+# CPU per message from a run without it.
 #
 # With SCRAPE=1 the second broker is midge again ("midge-scraped"), its admin listener's
 # /metrics fetched with curl once a second (on the generator's core) for the whole run:
@@ -41,6 +56,7 @@ GEN_CPU=${GEN_CPU:-1}
 MANY=${MANY:-19000}
 MIDGE_PORT=${MIDGE_PORT:-21883}
 MOSQUITTO_PORT=${MOSQUITTO_PORT:-21884}
+RELAY_PORT=${RELAY_PORT:-21885}
 ADMIN_PORT=${ADMIN_PORT:-28083}
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/midge-compare.XXXXXX")}
 mkdir -p "$OUT"
@@ -49,7 +65,13 @@ if [[ -n "${SCRAPE:-}" ]]; then
 else
     BROKERS=(midge mosquitto)
 fi
-if [[ -n "${QUICK:-}" ]]; then
+if [[ -n "${FLOOR:-}" ]]; then
+    BROKERS+=(relay relay-uring)
+fi
+if [[ -n "${PROFILE:-}" ]]; then
+    TIMING=(-d 8 -w 1)
+    command -v perf >/dev/null || { echo "perf not found (apt-get install -y linux-perf)" >&2; exit 1; }
+elif [[ -n "${QUICK:-}" ]]; then
     TIMING=(-d 2 -w 0.5)
 else
     TIMING=(-d 5 -w 1)
@@ -141,6 +163,13 @@ if [[ " ${selected[*]#*|}" == *" go "* ]]; then
         GOCACHE="$TARGET/go-cache" go build -o "$DEVICEGO" .) >&2
 fi
 
+RELAY=$TARGET/relay
+if [[ -n "${FLOOR:-}" ]]; then
+    [[ -f /usr/include/liburing.h ]] || { echo "liburing.h not found (apt-get install -y liburing-dev)" >&2; exit 1; }
+    echo "building bench/relay..." >&2
+    gcc -O2 -Wall -Wextra -o "$RELAY" "$ROOT/bench/relay/relay.c" -luring >&2
+fi
+
 cat > "$OUT/mosquitto.conf" <<CONF
 listener $MOSQUITTO_PORT 127.0.0.1
 allow_anonymous true
@@ -185,6 +214,12 @@ start_broker() {
             taskset -c "$BROKER_CPU" mosquitto -c "$OUT/mosquitto.conf" >"$log" 2>&1 &
             BROKER_PID=$!
             wait_for_port "$MOSQUITTO_PORT" "$BROKER_PID" ;;
+        relay|relay-uring)
+            local mode=()
+            [[ $broker == relay-uring ]] && mode=(--uring)
+            taskset -c "$BROKER_CPU" "$RELAY" "${mode[@]}" "$RELAY_PORT" >"$log" 2>&1 &
+            BROKER_PID=$!
+            wait_for_port "$RELAY_PORT" "$BROKER_PID" ;;
     esac
 }
 
@@ -197,7 +232,25 @@ stop_broker() {
     kill -TERM "$BROKER_PID" 2>/dev/null || true
     wait "$BROKER_PID" 2>/dev/null || true
 }
-trap 'stop_broker' EXIT
+generator=
+trap '[[ -n $generator ]] && kill "$generator" 2>/dev/null; stop_broker' EXIT
+
+# PROFILE=1: 4 s into the run, 3 s of the broker's system calls and CPU samples.
+SYSCALLS=raw_syscalls:sys_enter
+for call in recvfrom sendto read write readv writev epoll_wait epoll_ctl io_uring_enter futex; do
+    SYSCALLS+=",syscalls:sys_enter_$call"
+done
+profile() {
+    local base=$1
+    sleep 4
+    perf stat -x, -o "$base.syscalls" -e "$SYSCALLS" -p "$BROKER_PID" -- sleep 3 2>/dev/null &
+    local stat=$!
+    perf record -q -e cpu-clock -F 4000 -p "$BROKER_PID" -o "$base.perf" -- sleep 3 2>/dev/null
+    wait "$stat"
+    # Where the samples fell: the kernel, the broker's code, libc...
+    perf report -i "$base.perf" --sort dso --stdio 2>/dev/null | grep '%' >"$base.dso" || true
+    rm -f "$base.perf"
+}
 
 uptime >"$OUT/load.before"
 for run in $(seq "$RUNS"); do
@@ -207,6 +260,7 @@ for run in $(seq "$RUNS"); do
         for broker in "${BROKERS[@]}"; do
             port=$MIDGE_PORT
             [[ $broker == mosquitto ]] && port=$MOSQUITTO_PORT
+            [[ $broker == relay* ]] && port=$RELAY_PORT
             result="$OUT/$name.$broker.$run.json"
             if ! start_broker "$broker" "$OUT/$name.$broker.$run.log"; then
                 echo "{\"error\": \"$broker did not start\"}" >"$result"
@@ -216,8 +270,11 @@ for run in $(seq "$RUNS"); do
             echo "run $run/$RUNS: $name on $broker" >&2
             command=("$MIDGE" bench "${args[@]}")
             [[ ${args[0]} == go ]] && command=("$DEVICEGO" "${args[@]:1}")
-            if ! taskset -c "$GEN_CPU" "${command[@]}" "${TIMING[@]}" -p "$port" \
-                    --broker-pid "$BROKER_PID" --json --quiet >"$result" 2>"$result.err"; then
+            taskset -c "$GEN_CPU" "${command[@]}" "${TIMING[@]}" -p "$port" \
+                --broker-pid "$BROKER_PID" --json --quiet >"$result" 2>"$result.err" &
+            generator=$!
+            [[ -n "${PROFILE:-}" ]] && profile "$OUT/$name.$broker.$run"
+            if ! wait "$generator"; then
                 echo "  failed: $(tail -1 "$result.err")" >&2
                 echo "{\"error\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' <"$result.err")}" >"$result"
             fi
