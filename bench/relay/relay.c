@@ -9,11 +9,17 @@
  * threaded, like Mosquitto, and has two I/O loops, so the difference between them is the
  * cost of the readiness model alone:
  *
- *   relay PORT            epoll: one recv per readable socket, one send per packet
+ *   relay PORT            epoll: one recv per readable socket, and at the end of each
+ *                         turn one send per connection with everything the turn gave it
  *   relay --uring PORT    io_uring: multishot accept and receive into a provided-buffer
- *                         ring, sends queued and submitted together with the wait for
- *                         completions (one io_uring_enter per turn of the loop),
- *                         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+ *                         ring; one send in flight per connection, what arrives meanwhile
+ *                         sent together after it; the sends are submitted together with
+ *                         the wait for completions (one io_uring_enter per turn of the
+ *                         loop); IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+ *
+ * Both write what one turn of the loop gave a connection in one send, as midge does, so
+ * that under load (many packets per read) they differ only in how they wait and cross into
+ * the kernel; at device rates every turn has a packet or two and nothing is coalesced.
  *
  * With RELAY_TICK_US=N in the environment, either loop sleeps N microseconds after each
  * turn, so that what arrives meanwhile is handled in one batch with one wake-up: the
@@ -21,7 +27,8 @@
  *
  * Not a broker and not part of midge: bench/compare.sh builds it with `FLOOR=1` (gcc and
  * Debian's liburing-dev). MQTT 3.1.1 and 5 (midge bench speaks either); only what
- * `midge bench` sends is handled, anything else closes the connection.
+ * `midge bench` sends is handled (filters with + and #, but no shared subscriptions, no
+ * retained messages, QoS 0 and 1), anything else closes the connection.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -83,8 +90,10 @@ struct conn {
     unsigned gen;     /* which connection on this descriptor number, for the routes */
     int v5;           /* the CONNECT's protocol level was 5 */
     struct buf in;    /* bytes received, not yet a whole packet */
-    struct buf out;   /* bytes the socket did not take yet (epoll) or waiting for the send
-                         in flight to finish (io_uring) */
+    struct buf out;   /* bytes to send at the end of the turn, or that the socket did not
+                         take yet (epoll); waiting for the send in flight (io_uring) */
+    int dirty;        /* epoll: in `dirty`, to be sent at the end of the turn */
+    int want_out;     /* epoll: waiting for EPOLLOUT */
     int sending;      /* io_uring: a send is in flight; its buffer is `flight` */
     int receiving;    /* io_uring: the multishot receive is armed */
     struct buf flight;
@@ -142,7 +151,48 @@ static struct route *route_find(const uint8_t *topic, size_t n, int create) {
     return &routes[j];
 }
 
+/* Filters with + or #: few in the scenarios (fanin's one subscriber), so a list. */
+struct wild {
+    char *filter;
+    size_t len;
+    struct sub to;
+};
+static struct wild *wilds;
+static size_t nwilds;
+
+/* MQTT topic matching: + is one level, # the rest (and the level above it). */
+static int matches(const char *f, size_t flen, const uint8_t *t, size_t tlen) {
+    size_t i = 0, j = 0;
+    for (;;) {
+        if (i < flen && f[i] == '#') return 1;
+        if (i < flen && f[i] == '+') {
+            while (j < tlen && t[j] != '/') j++;
+            i++;
+        } else {
+            while (i < flen && j < tlen && f[i] != '/' && t[j] != '/') {
+                if (f[i] != (char)t[j]) return 0;
+                i++, j++;
+            }
+            if ((i < flen && f[i] != '/') || (j < tlen && t[j] != '/')) return 0;
+        }
+        if (i == flen || j == tlen) {
+            /* "a/#" matches "a" */
+            return i == flen ? j == tlen : (j == tlen && flen - i == 2 && f[i + 1] == '#');
+        }
+        i++, j++; /* both at '/' */
+    }
+}
+
 static void subscribe(int fd, const uint8_t *topic, size_t n) {
+    if (memchr(topic, '+', n) || memchr(topic, '#', n)) {
+        wilds = xrealloc(wilds, (nwilds + 1) * sizeof *wilds);
+        wilds[nwilds].filter = malloc(n);
+        memcpy(wilds[nwilds].filter, topic, n);
+        wilds[nwilds].len = n;
+        wilds[nwilds].to = (struct sub){fd, conns[fd].gen};
+        nwilds++;
+        return;
+    }
     struct route *r = route_find(topic, n, 1);
     struct sub me = {fd, conns[fd].gen};
     for (size_t i = 0; i < r->nsubs; i++)
@@ -161,6 +211,7 @@ static void after_turn(void) {
 }
 static struct io_uring ring;
 static int epfd;
+static int dirty[MAX_FDS], ndirty; /* epoll: connections with bytes to send this turn */
 
 static void close_conn(int fd);
 
@@ -204,21 +255,25 @@ static void send_bytes(int fd, const uint8_t *data, size_t n) {
         if (!c->sending) uring_start_send(fd);
         return;
     }
-    if (c->out.len) { /* already waiting for EPOLLOUT: keep the order */
-        buf_append(&c->out, data, n);
+    buf_append(&c->out, data, n);
+    if (!c->dirty && !c->want_out && ndirty < MAX_FDS) { /* else sent from EPOLLOUT */
+        c->dirty = 1;
+        dirty[ndirty++] = fd;
+    }
+}
+
+/* epoll: sends what the socket takes of `out`; waits for EPOLLOUT for the rest. */
+static void flush_out(int fd) {
+    struct conn *c = &conns[fd];
+    ssize_t w = send(fd, c->out.data, c->out.len, MSG_NOSIGNAL);
+    if (w < 0 && errno != EAGAIN) {
+        close_conn(fd);
         return;
     }
-    ssize_t w = send(fd, data, n, MSG_NOSIGNAL);
-    if (w < 0) {
-        if (errno != EAGAIN) {
-            close_conn(fd);
-            return;
-        }
-        w = 0;
-    }
-    if ((size_t)w < n) {
-        buf_append(&c->out, data + w, n - w);
-        epoll_set(fd, 1);
+    if (w > 0) buf_consume(&c->out, (size_t)w);
+    if ((c->out.len != 0) != c->want_out) {
+        c->want_out = c->out.len != 0;
+        epoll_set(fd, c->want_out);
     }
 }
 
@@ -269,6 +324,12 @@ static int handle(int fd, const uint8_t *pkt, size_t len, size_t header) {
                 struct sub to = r->subs[i];
                 if (conns[to.fd].open && conns[to.fd].gen == to.gen) send_bytes(to.fd, pkt, len);
             }
+        for (size_t i = 0; i < nwilds; i++) {
+            struct sub to = wilds[i].to;
+            if (conns[to.fd].open && conns[to.fd].gen == to.gen &&
+                matches(wilds[i].filter, wilds[i].len, topic, n))
+                send_bytes(to.fd, pkt, len);
+        }
         if (qos == 1) {
             const uint8_t *id = topic + n;
             if (end - id < 2) return 0;
@@ -365,6 +426,8 @@ static void open_conn(int fd) {
     conns[fd].open = 1;
     conns[fd].gen++;
     conns[fd].v5 = 0;
+    conns[fd].dirty = 0;
+    conns[fd].want_out = 0;
 }
 
 /* io_uring: the descriptor is closed only once no operation on it is left, so its number
@@ -432,21 +495,19 @@ static void run_epoll(int lfd) {
                 continue;
             }
             struct conn *c = &conns[fd];
-            if ((evs[i].events & EPOLLOUT) && c->open && c->out.len) {
-                ssize_t w = send(fd, c->out.data, c->out.len, MSG_NOSIGNAL);
-                if (w < 0 && errno != EAGAIN) {
-                    close_conn(fd);
-                    continue;
-                }
-                if (w > 0) buf_consume(&c->out, (size_t)w);
-                if (!c->out.len) epoll_set(fd, 0);
-            }
+            if ((evs[i].events & EPOLLOUT) && c->open && c->want_out) flush_out(fd);
             if ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && c->open) {
                 ssize_t r = recv(fd, chunk, sizeof chunk, 0);
                 if (r == 0 || (r < 0 && errno != EAGAIN)) close_conn(fd);
                 else if (r > 0) received(fd, chunk, (size_t)r);
             }
         }
+        for (int i = 0; i < ndirty; i++) {
+            int fd = dirty[i];
+            conns[fd].dirty = 0;
+            if (conns[fd].open && !conns[fd].want_out) flush_out(fd);
+        }
+        ndirty = 0;
         after_turn();
     }
 }

@@ -409,6 +409,13 @@ fn the_floor_relay_carries_device_and_saturated_traffic_in_both_io_loops() {
             2000.0,
             40000.0,
         );
+        // fanin's subscriber has a filter with `+`.
+        assert_complete(
+            &broker,
+            &["fanin", "-P", "20", "-S", "1", "-q", "1", "-n", "5000"],
+            5000.0,
+            5000.0,
+        );
     }
 }
 
