@@ -209,6 +209,7 @@ static struct timespec tick; /* RELAY_TICK_US */
 static void after_turn(void) {
     if (tick.tv_nsec) nanosleep(&tick, NULL);
 }
+
 static struct io_uring ring;
 static int epfd;
 static int dirty[MAX_FDS], ndirty; /* epoll: connections with bytes to send this turn */
