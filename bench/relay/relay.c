@@ -2,7 +2,7 @@
  * A do-nothing MQTT relay: the floor under the device-scale scenarios of bench/compare.sh.
  *
  * It answers CONNECT, SUBSCRIBE and PINGREQ, acknowledges QoS 1 publishes, and writes each
- * PUBLISH unchanged to the connections that subscribed to exactly its topic. It keeps no
+ * PUBLISH unchanged to the connections whose filter matches its topic. It keeps no
  * session, checks nothing, retains nothing and queues nothing beyond what a socket would
  * not take: what is left of a broker's cost at device rates is then the system calls and
  * the kernel's TCP work for each packet, which is what this program measures. It is single
@@ -235,17 +235,23 @@ static struct io_uring_sqe *get_sqe(void) {
     return sqe;
 }
 
-static void uring_start_send(int fd) {
+/* Sends `flight`, the connection's bytes in flight. */
+static void uring_send_flight(int fd) {
     struct conn *c = &conns[fd];
-    /* The pending bytes become the send in flight; new ones wait behind it. */
-    struct buf t = c->flight;
-    c->flight = c->out;
-    c->out = t;
-    c->out.len = 0;
     c->sending = 1;
     struct io_uring_sqe *sqe = get_sqe();
     io_uring_prep_send(sqe, fd, c->flight.data, c->flight.len, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, udata(OP_SEND, fd));
+}
+
+/* The pending bytes become the send in flight; new ones wait behind it. */
+static void uring_start_send(int fd) {
+    struct conn *c = &conns[fd];
+    struct buf t = c->flight;
+    c->flight = c->out;
+    c->out = t;
+    c->out.len = 0;
+    uring_send_flight(fd);
 }
 
 static void send_bytes(int fd, const uint8_t *data, size_t n) {
@@ -341,7 +347,7 @@ static int handle(int fd, const uint8_t *pkt, size_t len, size_t header) {
     }
     case 4: /* PUBACK from a subscriber: nothing to do */
         return 1;
-    case 8: { /* SUBSCRIBE: exact topics only */
+    case 8: { /* SUBSCRIBE: every filter granted at the QoS asked for */
         if (end - body < 2) return 0;
         uint8_t ack[260] = {0x90, 0, body[0], body[1]};
         size_t alen = 4;
@@ -613,14 +619,11 @@ static void run_uring(int lfd) {
                 struct conn *c = &conns[fd];
                 c->sending = 0;
                 if (c->open && res >= 0 && (size_t)res < c->flight.len) {
-                    /* A short send: the rest goes first. */
+                    /* A short send: the rest goes first, what waited behind it after. */
                     buf_consume(&c->flight, (size_t)res);
                     buf_append(&c->flight, c->out.data, c->out.len);
-                    struct buf t = c->out;
-                    c->out = c->flight;
-                    c->flight = t;
-                    c->flight.len = 0;
-                    uring_start_send(fd);
+                    c->out.len = 0;
+                    uring_send_flight(fd);
                 } else if (c->open && res < 0) {
                     close_conn(fd);
                 } else if (c->open && c->out.len) {
@@ -653,7 +656,8 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     const char *t = getenv("RELAY_TICK_US");
-    if (t && atol(t) > 0 && atol(t) < 1000000) tick.tv_nsec = atol(t) * 1000;
+    long tick_us = t ? atol(t) : 0;
+    if (tick_us > 0 && tick_us < 1000000) tick.tv_nsec = tick_us * 1000;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rl.rlim_cur = rl.rlim_max;
