@@ -27,25 +27,13 @@ trap cleanup EXIT
 gcc -O2 -Wall -Wextra -o "$dir/relay" bench/relay/relay.c -luring
 
 # Ports that no default broker uses; no admin listener, nothing stored.
-cat >"$dir/midge-defaults.toml" <<'EOF'
-[[listener]]
-bind = "127.0.0.1:21901"
-[auth]
-allow_anonymous = true
-[admin]
-enabled = false
-[storage]
-backend = "memory"
-EOF
-cat >"$dir/midge-limits.toml" <<'EOF'
-[[listener]]
-bind = "127.0.0.1:21902"
-[auth]
-allow_anonymous = true
-[admin]
-enabled = false
-[storage]
-backend = "memory"
+midge_config() {
+    printf '[[listener]]\nbind = "127.0.0.1:%s"\n' "$1"
+    printf '[auth]\nallow_anonymous = true\n[admin]\nenabled = false\n[storage]\nbackend = "memory"\n'
+}
+midge_config 21901 >"$dir/midge-defaults.toml"
+midge_config 21902 >"$dir/midge-limits.toml"
+cat >>"$dir/midge-limits.toml" <<'EOF'
 [limits]
 connections_per_ip = 32
 connect_rate_per_ip = 100
