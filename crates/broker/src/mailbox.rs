@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::config::QueueFullPolicy;
 use crate::memory::MemoryBudget;
-use crate::model::{Delivery, Message, QueueLimits, next_session_id};
+use crate::model::{Delivery, Message, QueueLimits, ShrinkSparse, next_session_id};
 use crate::store::{Journal, SessionJournal};
 
 /// An emptied queue with room for more than this many deliveries gives its memory back.
@@ -74,10 +74,12 @@ impl Copies {
         copy
     }
 
-    /// Forgets the copies of messages that are gone, or whose copies are.
+    /// Forgets the copies of messages that are gone, or whose copies are, and gives back
+    /// the room a storm of them left (a weak entry also keeps its message's allocation).
     pub fn forget_gone(&mut self) {
         self.0
             .retain(|_, (original, copy)| original.strong_count() > 0 && copy.strong_count() > 0);
+        self.0.shrink_sparse();
     }
 
     /// Messages with a copy.

@@ -478,11 +478,13 @@ impl Router {
     /// copy.
     pub fn compact(&self) -> usize {
         let listed = std::mem::take(&mut *self.behind.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        // Also once no queue is behind any more: the copies of the last sweep go, and so
+        // does the room they took.
+        copies.forget_gone();
         if listed.is_empty() {
             return 0;
         }
-        let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
-        copies.forget_gone();
         let mut copied = 0;
         let mut still = Vec::new();
         for mailbox in listed.iter().filter_map(Weak::upgrade) {
@@ -998,6 +1000,15 @@ mod tests {
             copies.push(got[0].message.clone());
         }
         assert!(copies.iter().all(|c| Arc::ptr_eq(c, &copies[0])));
+        // Drained, the queues leave the list while the copy is still held; once it is
+        // not, the next sweep forgets it though no queue is behind (its weak entry would
+        // keep the copy's allocation, and a storm's worth of them the table's room).
+        assert_eq!(router.compact(), 0);
+        assert!(router.behind.lock().unwrap().is_empty());
+        assert_eq!(router.copies.lock().unwrap().len(), 1);
+        drop(copies);
+        assert_eq!(router.compact(), 0);
+        assert_eq!(router.copies.lock().unwrap().len(), 0);
     }
 
     /// A filter with [`trie::SNAPSHOT_FROM`] subscribers or more is routed from a shared

@@ -29,7 +29,7 @@ use super::codec::{self, DeliveryRecord, InflightRecord, WillRecord};
 use super::journal::{Op, SessionOp, StoreStats};
 use super::{Journal, RowOp, Store, StoreError, Table};
 use crate::config::{Durability, StorageConfig};
-use crate::model::{Message, MessageId, Millis, now_millis};
+use crate::model::{Message, MessageId, Millis, ShrinkSparse, now_millis};
 
 /// How often expired messages are removed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -653,6 +653,16 @@ impl Writer {
         }
     }
 
+    /// Gives back the room the index's tables grew to at a peak (a storm of sessions
+    /// and messages), once they are under a quarter full.
+    fn shrink_sparse_tables(&mut self) {
+        self.index.sessions.shrink_sparse();
+        self.index.messages.shrink_sparse();
+        self.index.retained.shrink_sparse();
+        self.new_messages.shrink_sparse();
+        self.touched.shrink_sparse();
+    }
+
     /// Writes rows of messages first referenced in this batch, deletes rows of messages no
     /// longer referenced.
     fn finish_messages(&mut self) {
@@ -687,6 +697,7 @@ impl Writer {
     /// for the next attempt).
     fn commit(&mut self, durable: bool) -> bool {
         self.finish_messages();
+        self.shrink_sparse_tables();
         let ops = std::mem::take(&mut self.batch_ops);
         // An empty durable commit still makes earlier non-durable ones durable.
         if !self.pending.is_empty() || (durable && self.unsynced) {
