@@ -1,7 +1,7 @@
 //! Giving back the room a hash table grew to at a peak. Rust's tables keep their capacity
 //! when entries leave, so a table that held a storm's worth of entries would hold its
 //! memory for good (a storm of 1,000 connections left the store writer's message index
-//! at 0.7–1.4 MB and the router's copy table at 0.4 MB, both nearly empty).
+//! at 0.67 MB and the router's copy table at 0.41 MB, both nearly empty).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
