@@ -390,13 +390,9 @@ impl Mailbox {
             self.refused_at.store(0, Ordering::Release);
             REFUSALS.fetch_add(1, Ordering::AcqRel);
         }
-        let capacity = inner.queue.capacity();
-        if capacity > KEEP_QUEUE_CAPACITY && len <= capacity / 4 {
-            // A VecDeque never shrinks by itself: after one burst an idle session, or a
-            // dead one whose QoS 0 the memory policy dropped, would keep room for all of
-            // it. Halving at a quarter full cannot thrash: growing back takes doubling.
-            inner.queue.shrink_to(len * 2);
-        }
+        // A VecDeque never shrinks by itself: after one burst an idle session, or a dead
+        // one whose QoS 0 the memory policy dropped, would keep room for all of it.
+        inner.queue.shrink_sparse_above(KEEP_QUEUE_CAPACITY);
         if let Some(budget) = &self.budget {
             let now = match inner.queue.capacity() {
                 slots if slots > KEEP_QUEUE_CAPACITY => slots * DELIVERY_OVERHEAD,

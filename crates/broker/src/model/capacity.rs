@@ -1,39 +1,53 @@
-//! Giving back the room a hash table grew to at a peak. Rust's tables keep their capacity
-//! when entries leave, so a table that held a storm's worth of entries would hold its
-//! memory for good (a storm of 1,000 connections left the store writer's message index
+//! Giving back the room a table or queue grew to at a peak. Rust's collections keep their
+//! capacity when entries leave, so a table that held a storm's worth of entries would hold
+//! its memory for good (a storm of 1,000 connections left the store writer's message index
 //! at 0.67 MB and the router's copy table at 0.41 MB, both nearly empty).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
 
 /// Tables with room for this many entries or fewer keep it: shrinking them saves little.
 const KEEP_UP_TO: usize = 1024;
 
-/// The capacity a table of `len` entries with room for `capacity` shrinks to, if it is
-/// under a quarter full: room for at least twice its entries, so it grows again only
-/// once they have doubled, and shrinks again only once it is under a quarter full again.
-fn shrunk(len: usize, capacity: usize) -> Option<usize> {
-    (capacity > KEEP_UP_TO && len < capacity / 4).then(|| (len * 2).max(KEEP_UP_TO))
+/// The capacity a collection of `len` entries with room for `capacity` (more than
+/// `keep_up_to`) shrinks to once it is at most a quarter full: room for twice its entries.
+/// It cannot thrash: growing back takes doubling, shrinking again another quartering.
+fn shrunk(len: usize, capacity: usize, keep_up_to: usize) -> Option<usize> {
+    (capacity > keep_up_to && len <= capacity / 4).then_some(len * 2)
 }
 
-/// A table that can give back room it no longer needs.
+/// A collection that can give back room it no longer needs.
 pub trait ShrinkSparse {
-    /// Shrinks the table if it is under a quarter full (and larger than
-    /// [`KEEP_UP_TO`]). Cheap when it is not: two loads and a comparison.
-    fn shrink_sparse(&mut self);
+    /// Shrinks the collection if it has room for more than `keep_up_to` entries and is at
+    /// most a quarter full. Cheap when it is not: two loads and a comparison.
+    fn shrink_sparse_above(&mut self, keep_up_to: usize);
+
+    /// [`ShrinkSparse::shrink_sparse_above`] for tables: those with room for
+    /// [`KEEP_UP_TO`] entries or fewer keep it.
+    fn shrink_sparse(&mut self) {
+        self.shrink_sparse_above(KEEP_UP_TO);
+    }
 }
 
 impl<K: Eq + Hash, V, S: BuildHasher> ShrinkSparse for HashMap<K, V, S> {
-    fn shrink_sparse(&mut self) {
-        if let Some(to) = shrunk(self.len(), self.capacity()) {
+    fn shrink_sparse_above(&mut self, keep_up_to: usize) {
+        if let Some(to) = shrunk(self.len(), self.capacity(), keep_up_to) {
             self.shrink_to(to);
         }
     }
 }
 
 impl<K: Eq + Hash, S: BuildHasher> ShrinkSparse for HashSet<K, S> {
-    fn shrink_sparse(&mut self) {
-        if let Some(to) = shrunk(self.len(), self.capacity()) {
+    fn shrink_sparse_above(&mut self, keep_up_to: usize) {
+        if let Some(to) = shrunk(self.len(), self.capacity(), keep_up_to) {
+            self.shrink_to(to);
+        }
+    }
+}
+
+impl<T> ShrinkSparse for VecDeque<T> {
+    fn shrink_sparse_above(&mut self, keep_up_to: usize) {
+        if let Some(to) = shrunk(self.len(), self.capacity(), keep_up_to) {
             self.shrink_to(to);
         }
     }

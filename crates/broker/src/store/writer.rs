@@ -654,7 +654,7 @@ impl Writer {
     }
 
     /// Gives back the room the index's tables grew to at a peak (a storm of sessions
-    /// and messages), once they are under a quarter full.
+    /// and messages), once they are at most a quarter full.
     fn shrink_sparse_tables(&mut self) {
         self.index.sessions.shrink_sparse();
         self.index.messages.shrink_sparse();
