@@ -457,3 +457,70 @@ fn amqp_runs_carry_every_message_between_amqp_and_mqtt_clients() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("-q 0 or 1"), "{stderr}");
 }
+
+/// `n` consecutive loopback ports that were free a moment ago.
+fn consecutive_free_ports(n: u16) -> u16 {
+    loop {
+        let first = free_port();
+        if first.checked_add(n).is_none() {
+            continue;
+        }
+        let held: Vec<_> = (first..first + n)
+            .map(|port| std::net::TcpListener::bind(("127.0.0.1", port)))
+            .collect();
+        if held.iter().all(Result::is_ok) {
+            return first;
+        }
+    }
+}
+
+/// bench/million.sh, small: 240 connections over a three-node midge cluster on NATS, and
+/// over three Mosquittos bridged to the first, each node's connections made by a `midge
+/// bench conn --fanout-ready-file` process of its own, then one message published on the
+/// first node to all of them. The script fails unless every connection got it.
+#[test]
+fn million_script_fans_out_over_a_cluster_and_over_bridged_mosquittos() {
+    for broker in ["midge", "mosquitto"] {
+        let out = tempfile::tempdir().expect("temporary directory");
+        let base = consecutive_free_ports(4);
+        let output = Command::new("timeout")
+            .arg("300")
+            .arg("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../bench/million.sh"
+            ))
+            .env("MIDGE", env!("CARGO_BIN_EXE_midge"))
+            .env("BROKER", broker)
+            .env("TOTAL", "240")
+            .env("PER_NODE", "80")
+            .env("BASE_PORT", base.to_string())
+            .env("NATS_PORT", (base + 3).to_string())
+            .env("WAIT", "60")
+            .env("SETTLE", "1")
+            .env("OUT", out.path())
+            .output()
+            .expect("run bash");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "bench/million.sh with {broker} failed:\n{stdout}\n{stderr}"
+        );
+        for expected in [
+            "3 node(s)",
+            "connections up        240 of 240 (0 generator(s) failed)",
+            "fan-out               240 of 240 received",
+        ] {
+            let expected = if broker == "mosquitto" && expected == "3 node(s)" {
+                "3 process(es), bridged to the first"
+            } else {
+                expected
+            };
+            assert!(
+                stdout.contains(expected),
+                "{broker}: no {expected:?} in\n{stdout}"
+            );
+        }
+    }
+}

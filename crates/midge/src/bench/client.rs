@@ -171,9 +171,17 @@ impl Client {
         self.write(&buf).await
     }
 
-    /// The next packet from the broker, within the reply timeout.
-    pub async fn next_packet(&mut self) -> anyhow::Result<Packet> {
-        self.reply().await
+    /// The next packet from the broker, however long it takes.
+    pub async fn wait_packet(&mut self) -> anyhow::Result<Packet> {
+        loop {
+            if let Some(packet) = self.decoder.decode(&mut self.read_buf)? {
+                return Ok(packet);
+            }
+            self.read_buf.reserve(256);
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                bail!("the broker closed the connection");
+            }
+        }
     }
 
     async fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {
@@ -192,18 +200,8 @@ impl Client {
     }
 
     async fn reply(&mut self) -> anyhow::Result<Packet> {
-        tokio::time::timeout(REPLY_TIMEOUT, async {
-            loop {
-                if let Some(packet) = self.decoder.decode(&mut self.read_buf)? {
-                    return Ok(packet);
-                }
-                self.read_buf.reserve(256);
-                if self.stream.read_buf(&mut self.read_buf).await? == 0 {
-                    bail!("the broker closed the connection");
-                }
-            }
-        })
-        .await
-        .map_err(|_| anyhow!("no reply from the broker within {REPLY_TIMEOUT:?}"))?
+        tokio::time::timeout(REPLY_TIMEOUT, self.wait_packet())
+            .await
+            .map_err(|_| anyhow!("no reply from the broker within {REPLY_TIMEOUT:?}"))?
     }
 }

@@ -3,7 +3,7 @@
 //! `--conn-fanout`, also how long one message takes to reach all of them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
@@ -18,6 +18,8 @@ use super::report::{Report, Usage};
 /// Handshakes in progress at once when no rate is given: enough to keep the broker busy,
 /// few enough not to overflow its accept backlog.
 const MAX_PENDING: usize = 64;
+/// Longest wait for the fanned-out message this run publishes itself.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time for the broker to settle (finish its work for the last connections) before its
 /// memory is read.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -29,6 +31,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         ..Report::default()
     };
     let started = Instant::now();
+    let clock = WallClock::now();
+    report.connect_started_unix = Some(clock.unix(started));
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
     let mut tasks: Vec<JoinHandle<anyhow::Result<(Client, Instant)>>> =
         Vec::with_capacity(plan.connections as usize);
@@ -92,9 +96,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     tokio::time::sleep(SETTLE).await;
     report.end = Some(Usage::now(plan.broker_pid));
     report.window = started.elapsed();
-    tokio::time::sleep(plan.hold.saturating_sub(SETTLE)).await;
+    if plan.fanout_ready_file.is_none() {
+        tokio::time::sleep(plan.hold.saturating_sub(SETTLE)).await;
+    }
     if plan.conn_fanout {
-        let (clients_back, fanout) = fan_out(&plan, clients).await?;
+        let (clients_back, fanout) = fan_out(&plan, clients, &clock).await?;
         clients = clients_back;
         report.fanout = Some(fanout);
     }
@@ -125,41 +131,64 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
 }
 
 /// One QoS 0 message from a new client to the topic every connection subscribed to: the
-/// time from its write to the last connection's receipt, and how many got it.
+/// time from its write to the last connection's receipt, and how many got it. With
+/// `--fanout-ready-file` another client publishes it: the file says when every connection
+/// is waiting, and the wait ends after `--hold` at the latest.
 async fn fan_out(
     plan: &Arc<Plan>,
     clients: Vec<Client>,
+    clock: &WallClock,
 ) -> anyhow::Result<(Vec<Client>, super::report::Fanout)> {
     let topic = plan.publish_topic(0);
+    // A message published by another client may come long after this run's connections
+    // were up (the other runs' connections take their time): --hold bounds that wait.
+    let deadline = tokio::time::Instant::now()
+        + if plan.fanout_ready_file.is_some() {
+            plan.hold
+        } else {
+            REPLY_TIMEOUT
+        };
     let waiting: Vec<JoinHandle<(Client, Option<Instant>)>> = clients
         .into_iter()
         .map(|mut client| {
             let topic = topic.clone();
             tokio::spawn(async move {
-                let got = loop {
-                    match client.next_packet().await {
-                        Ok(Packet::Publish(publish)) if publish.topic == topic => {
-                            break Some(Instant::now());
+                let wait = async {
+                    loop {
+                        match client.wait_packet().await {
+                            Ok(Packet::Publish(publish)) if publish.topic == topic => {
+                                break Some(Instant::now());
+                            }
+                            Ok(_) => {}
+                            Err(_) => break None,
                         }
-                        Ok(_) => {}
-                        Err(_) => break None,
                     }
                 };
+                let got = tokio::time::timeout_at(deadline, wait).await.ok().flatten();
                 (client, got)
             })
         })
         .collect();
-    let mut publisher =
-        Client::connect(&plan.addr, &plan.client_id("fan", 0), plan.version).await?;
-    let sent = Instant::now();
-    publisher.publish_qos0(&topic, &[0u8; 16]).await?;
+    let sent = match &plan.fanout_ready_file {
+        Some(path) => {
+            std::fs::write(path, b"").with_context(|| format!("creating {}", path.display()))?;
+            None
+        }
+        None => {
+            let mut publisher =
+                Client::connect(&plan.addr, &plan.client_id("fan", 0), plan.version).await?;
+            let sent = Instant::now();
+            publisher.publish_qos0(&topic, &[0u8; 16]).await?;
+            Some(sent)
+        }
+    };
     let mut clients = Vec::with_capacity(waiting.len());
-    let (mut received, mut last) = (0u32, sent);
+    let (mut received, mut last) = (0u32, None::<Instant>);
     for task in waiting {
         let (client, got) = task.await.context("fan-out receiver")?;
         if let Some(at) = got {
             received += 1;
-            last = last.max(at);
+            last = last.max(Some(at));
         }
         clients.push(client);
     }
@@ -167,7 +196,33 @@ async fn fan_out(
         clients,
         super::report::Fanout {
             received,
-            seconds: (last - sent).as_secs_f64(),
+            seconds: sent.map(|sent| last.map_or(0.0, |last| (last - sent).as_secs_f64())),
+            last_unix: last.map(|last| clock.unix(last)),
         },
     ))
+}
+
+/// Turns the monotonic instants the run measures with into wall-clock times, which runs
+/// in other processes can be compared with.
+struct WallClock {
+    instant: Instant,
+    unix: f64,
+}
+
+impl WallClock {
+    fn now() -> Self {
+        let instant = Instant::now();
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Self { instant, unix }
+    }
+
+    fn unix(&self, at: Instant) -> f64 {
+        if at >= self.instant {
+            self.unix + (at - self.instant).as_secs_f64()
+        } else {
+            self.unix - (self.instant - at).as_secs_f64()
+        }
+    }
 }

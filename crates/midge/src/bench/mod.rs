@@ -144,11 +144,23 @@ pub struct BenchArgs {
     /// message to it: the report gives how long until every connection had it.
     #[arg(long, conflicts_with = "conn_subscribe")]
     conn_fanout: bool,
+    /// `conn --conn-fanout` over several processes (bench/million.sh): publish nothing,
+    /// create this file once every connection is up and waiting, then wait at most --hold
+    /// seconds for a message published by another client. Times are also reported as Unix
+    /// times, so that runs against several brokers can be put together.
+    #[arg(long, requires = "conn_fanout")]
+    fanout_ready_file: Option<std::path::PathBuf>,
     /// `conn`: spread the connections over this many loopback source addresses (127.0.0.1,
     /// 127.0.0.2, ...): one source address has about 28,000 ephemeral ports towards one
     /// broker port, so more connections than that need more addresses.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16_000_000))]
     conn_sources: u32,
+    /// `conn`: the first of the --conn-sources addresses; the others follow it. Given, the
+    /// connections are bound to it even when there is one: runs against several brokers at
+    /// once (bench/million.sh) each take addresses of their own, because the kernel's search
+    /// for a free port to one destination slows down as that destination's ports fill.
+    #[arg(long, default_value = "127.0.0.1")]
+    conn_source_first: std::net::Ipv4Addr,
     /// `conn`: new connections per second (0: as fast as the broker accepts them, with at
     /// most 64 handshakes in progress at once).
     #[arg(long, default_value_t = 0)]
@@ -226,8 +238,12 @@ pub struct Plan {
     pub conn_subscribe: bool,
     /// `conn`: one shared subscription topic, and one message fanned out over it at the end.
     pub conn_fanout: bool,
+    /// `conn --conn-fanout`: another client publishes; this file says when to.
+    pub fanout_ready_file: Option<std::path::PathBuf>,
     /// `conn`: loopback source addresses the connections are spread over.
     pub conn_sources: u32,
+    /// `conn`: the first of them.
+    pub conn_source_first: std::net::Ipv4Addr,
     pub connect_rate: u32,
     pub hold: Duration,
     pub payload: usize,
@@ -294,6 +310,16 @@ impl Plan {
         if args.scenario == Scenario::Conn && args.connections == 0 {
             bail!("--connections must be at least 1");
         }
+        let last_source =
+            u64::from(u32::from(args.conn_source_first)) + u64::from(args.conn_sources) - 1;
+        if args.conn_source_first.octets()[0] != 127 || last_source >> 24 != 127 {
+            bail!(
+                "--conn-source-first {} with --conn-sources {}: the addresses must be in \
+                 127.0.0.0/8 (loopback)",
+                args.conn_source_first,
+                args.conn_sources
+            );
+        }
         if args.payload < HEADER_LEN {
             bail!(
                 "--payload {} is too small: at least {HEADER_LEN} bytes (send time, publisher \
@@ -354,7 +380,9 @@ impl Plan {
             connections: args.connections,
             conn_subscribe: args.conn_subscribe,
             conn_fanout: args.conn_fanout,
+            fanout_ready_file: args.fanout_ready_file,
             conn_sources: args.conn_sources,
+            conn_source_first: args.conn_source_first,
             connect_rate: args.connect_rate,
             hold: seconds(args.hold, "hold")?,
             payload: args.payload,
@@ -410,10 +438,10 @@ impl Plan {
     /// The loopback address connection `id` of `conn` connects from: `None` with one
     /// source (the system picks, as for every other scenario).
     pub fn conn_source(&self, id: u32) -> Option<std::net::IpAddr> {
-        (self.conn_sources > 1).then(|| {
-            let offset = 1 + id % self.conn_sources;
+        let first = self.conn_source_first;
+        (self.conn_sources > 1 || first != std::net::Ipv4Addr::LOCALHOST).then(|| {
             std::net::IpAddr::V4(std::net::Ipv4Addr::from(
-                u32::from(std::net::Ipv4Addr::LOCALHOST) - 1 + offset,
+                u32::from(first).wrapping_add(id % self.conn_sources),
             ))
         })
     }
@@ -591,8 +619,41 @@ mod tests {
             sources,
             ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.1"]
         );
+        let own = plan(&["conn", "--conn-source-first", "127.10.3.1"]).unwrap();
+        assert_eq!(
+            own.conn_source(5).unwrap().to_string(),
+            "127.10.3.1",
+            "one source of its own: bound to it"
+        );
+        let two = plan(&[
+            "conn",
+            "--conn-sources",
+            "2",
+            "--conn-source-first",
+            "127.10.3.255",
+        ])
+        .unwrap();
+        let sources: Vec<_> = (0..3)
+            .map(|id| two.conn_source(id).unwrap().to_string())
+            .collect();
+        assert_eq!(sources, ["127.10.3.255", "127.10.4.0", "127.10.3.255"]);
         assert!(plan(&["conn", "--conn-fanout", "--conn-subscribe"]).is_err());
+        assert!(
+            plan(&["conn", "--fanout-ready-file", "/tmp/r"]).is_err(),
+            "only with --conn-fanout"
+        );
         assert!(plan(&["conn", "--conn-sources", "0"]).is_err());
+        assert!(plan(&["conn", "--conn-source-first", "10.0.0.1"]).is_err());
+        assert!(
+            plan(&[
+                "conn",
+                "--conn-source-first",
+                "127.255.255.255",
+                "--conn-sources",
+                "2"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Report {
     pub connections: u32,
     /// First CONNECT to last CONNACK (and SUBACK).
     pub connect_time: Duration,
+    /// `conn`: the first CONNECT's wall-clock time, Unix seconds.
+    pub connect_started_unix: Option<f64>,
     /// CONNECT to CONNACK, nanoseconds.
     pub handshake: Histogram,
     pub start: Option<Usage>,
@@ -69,8 +71,10 @@ pub struct Report {
 pub struct Fanout {
     /// Connections that received it.
     pub received: u32,
-    /// From its write to the last receipt.
-    pub seconds: f64,
+    /// From its write to the last receipt (unknown when another client published it).
+    pub seconds: Option<f64>,
+    /// The last receipt's wall-clock time, Unix seconds.
+    pub last_unix: Option<f64>,
 }
 
 fn us(ns: u64) -> f64 {
@@ -179,6 +183,10 @@ impl Report {
                 "count": self.connections,
                 "seconds": self.connect_time.as_secs_f64(),
                 "per_sec": self.connect_rate(),
+                "started_unix": self.connect_started_unix,
+                "up_unix": self
+                    .connect_started_unix
+                    .map(|t| t + self.connect_time.as_secs_f64()),
                 "handshake_us": latency_json(&self.handshake),
             },
             "generator": {
@@ -226,7 +234,11 @@ impl Report {
             if let Some(f) = self.fanout {
                 out.insert(
                     "fanout".into(),
-                    json!({ "received": f.received, "seconds": f.seconds }),
+                    json!({
+                        "received": f.received,
+                        "seconds": f.seconds,
+                        "last_unix": f.last_unix,
+                    }),
                 );
             }
         }
@@ -308,11 +320,18 @@ impl Report {
             latency_text(&self.handshake)
         );
         if let Some(f) = self.fanout {
-            let _ = writeln!(
-                t,
-                "fan-out      one message to {} of {} connections in {:.3} s",
-                f.received, self.connections, f.seconds
-            );
+            let _ = match f.seconds {
+                Some(seconds) => writeln!(
+                    t,
+                    "fan-out      one message to {} of {} connections in {seconds:.3} s",
+                    f.received, self.connections
+                ),
+                None => writeln!(
+                    t,
+                    "fan-out      another client's message reached {} of {} connections",
+                    f.received, self.connections
+                ),
+            };
         }
         if let Some(cpu) = self.generator_cpu() {
             let share = self.share(cpu);
