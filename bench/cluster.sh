@@ -136,47 +136,9 @@ cpu_seconds() {
     python3 -c "print($ticks / $CLK_TCK)"
 }
 
-wait_for_port() {
-    local port=$1 pid=$2
-    for _ in $(seq 400); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
-
-midge_config() {
-    local file=$1 port=$2 node=${3:-}
-    cat >"$file" <<CONF
-[[listener]]
-bind = "127.0.0.1:$port"
-
-[auth]
-allow_anonymous = true
-
-[sys]
-interval_secs = 0
-
-[storage]
-backend = "memory"
-
-[mqtt]
-max_queued_messages = 0
-
-[admin]
-enabled = false
-CONF
-    if [[ -n $node ]]; then
-        cat >>"$file" <<CONF
-
-[cluster]
-backend = "nats"
-node_id = "$node"
-nats_urls = ["nats://127.0.0.1:$NATS_PORT"]
-CONF
-    fi
-}
+# midge_config, wait_for_port
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 MIDGE_PIDS=()
 NATS_PID=
@@ -199,7 +161,7 @@ start_setup() {
             for node in a b; do
                 local port=$A_PORT
                 [[ $node == b ]] && port=$B_PORT
-                midge_config "$OUT/$node.toml" "$port" "$node"
+                midge_config "$OUT/$node.toml" "$port" "$node" "$NATS_PORT"
                 RUST_LOG=warn "$MIDGE" serve --config "$OUT/$node.toml" >"$OUT/$node.log" 2>&1 &
                 MIDGE_PIDS+=($!)
                 wait_for_port "$port" "$!"

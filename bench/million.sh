@@ -16,8 +16,9 @@
 # them all. Otherwise the connections are spread over a midge cluster on this machine:
 # NODES nodes (default: as many as PER_NODE connections per node need) on one nats-server
 # 2.15.1 with JetStream (scripts/nats-server.sh install), every node a process of its own
-# with its own port, memory store, $SYS off, admin off, logging at warn, and
-# NODE_THREADS (default 1) runtime workers. Each node gets its connections from a
+# with its own port, configured as bench/cluster.sh configures its nodes (bench/lib.sh:
+# memory store, $SYS off, no queue limit, admin off), logging at warn, and NODE_THREADS
+# (default 1) runtime workers. Each node gets its connections from a
 # `midge bench conn --conn-fanout --fanout-ready-file` process of its own (also under the
 # open-files limit), all started at once, all subscribing to one topic. Once every
 # generator says all its connections are up and waiting, the node's RSS is read, and
@@ -143,16 +144,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for_port() {
-    local port=$1 pid=$2
-    for _ in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        kill -0 "$pid" 2>/dev/null || { echo "million: process $pid exited before listening on $port" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "million: nothing listens on $port" >&2
-    exit 1
-}
+# midge_config, wait_for_port
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 used() { awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2} END {print t - a}' /proc/meminfo; }
@@ -162,7 +156,7 @@ if [[ -n $NATS_SERVER ]]; then
     "$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$OUT/js" >"$OUT/nats.log" 2>&1 &
     NATS_PID=$!
     PIDS+=("$NATS_PID")
-    wait_for_port "$NATS_PORT" "$NATS_PID"
+    wait_for_port "$NATS_PORT" "$NATS_PID" || { echo "million: nats-server did not start ($OUT/nats.log)" >&2; exit 1; }
 fi
 
 NODE_PIDS=()
@@ -196,37 +190,16 @@ CONF
         PIDS+=($!)
         continue
     fi
-    cat >"$OUT/node.$i.toml" <<CONF
-[[listener]]
-bind = "127.0.0.1:$port"
-
-[auth]
-allow_anonymous = true
-
-[sys]
-interval_secs = 0
-
-[storage]
-backend = "memory"
-
-[admin]
-enabled = false
-CONF
-    if [[ -n $NATS_SERVER ]]; then
-        cat >>"$OUT/node.$i.toml" <<CONF
-
-[cluster]
-backend = "nats"
-node_id = "m$i"
-nats_urls = ["nats://127.0.0.1:$NATS_PORT"]
-CONF
-    fi
+    midge_config "$OUT/node.$i.toml" "$port" ${NATS_SERVER:+"m$i" "$NATS_PORT"}
     TOKIO_WORKER_THREADS=$NODE_THREADS RUST_LOG=warn "$MIDGE" serve --config "$OUT/node.$i.toml" \
         >"$OUT/node.$i.log" 2>&1 &
     NODE_PIDS+=($!)
     PIDS+=($!)
 done
-for i in "${!NODE_PIDS[@]}"; do wait_for_port $((BASE_PORT + i)) "${NODE_PIDS[$i]}"; done
+for i in "${!NODE_PIDS[@]}"; do
+    wait_for_port $((BASE_PORT + i)) "${NODE_PIDS[$i]}" ||
+        { echo "million: node $i does not listen on $((BASE_PORT + i)) ($OUT/node.$i.log)" >&2; exit 1; }
+done
 sleep 1
 
 rss_list() {
