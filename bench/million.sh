@@ -182,6 +182,7 @@ address 127.0.0.1:$BASE_PORT
 remote_clientid million-bridge-$i
 bridge_protocol_version mqttv311
 cleansession true
+restart_timeout 1
 topic million/# in 0
 CONF
         fi
@@ -200,6 +201,18 @@ for i in "${!NODE_PIDS[@]}"; do
     wait_for_port $((BASE_PORT + i)) "${NODE_PIDS[$i]}" ||
         { echo "million: node $i does not listen on $((BASE_PORT + i)) ($OUT/node.$i.log)" >&2; exit 1; }
 done
+if [[ $BROKER == mosquitto ]] && (( NODES > 1 )); then
+    # Every bridge connected to the hub (established TCP connections to its port): a
+    # bridge that started before the hub listened tries again after restart_timeout.
+    hub=$(printf ':%04X' "$BASE_PORT")
+    for _ in $(seq 300); do
+        bridges=$(awk -v hub="$hub" '$3 ~ hub "$" && $4 == "01"' /proc/net/tcp | wc -l)
+        (( bridges >= NODES - 1 )) && break
+        sleep 0.1
+    done
+    (( bridges >= NODES - 1 )) ||
+        { echo "million: $bridges of $((NODES - 1)) bridges connected to the hub" >&2; exit 1; }
+fi
 sleep 1
 
 rss_list() {
