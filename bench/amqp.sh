@@ -85,15 +85,9 @@ else
     selected=("${SCENARIOS[@]}")
 fi
 
-wait_for_port() {
-    local port=$1 pid=$2
-    for _ in $(seq 200); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
+# wait_for_port
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 cat >"$OUT/midge.toml" <<CONF
 [[listener]]

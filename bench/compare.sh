@@ -170,26 +170,10 @@ if [[ -n "${FLOOR:-}" ]]; then
     gcc -O2 -Wall -Wextra -o "$RELAY" "$ROOT/bench/relay/relay.c" -luring >&2
 fi
 
-cat > "$OUT/mosquitto.conf" <<CONF
-listener $MOSQUITTO_PORT 127.0.0.1
-allow_anonymous true
-sys_interval 0
-max_queued_messages 0
-set_tcp_nodelay true
-log_dest stderr
-log_type error
-log_type warning
-CONF
-
-wait_for_port() {
-    local port=$1 pid=$2
-    for _ in $(seq 200); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    return 1
-}
+# mosquitto_config, wait_for_port
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+mosquitto_config "$OUT/mosquitto.conf" "$MOSQUITTO_PORT"
 
 BROKER_PID=
 SCRAPER_PID=

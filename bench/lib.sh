@@ -1,4 +1,4 @@
-# Shared by bench/cluster.sh and bench/million.sh, which source it.
+# Shared by the bench scripts, which source it.
 
 # midge_config FILE PORT [NODE_ID NATS_PORT]: midge as it is benchmarked (memory store,
 # $SYS off, no queue limit, admin off, anonymous clients), a cluster node on the
@@ -33,6 +33,22 @@ node_id = "$node"
 nats_urls = ["nats://127.0.0.1:$nats_port"]
 CONF
     fi
+}
+
+# mosquitto_config FILE PORT: Mosquitto as it is benchmarked beside midge (no queue limit,
+# TCP_NODELAY on as midge has it, $SYS off, errors and warnings on stderr).
+mosquitto_config() {
+    local file=$1 port=$2
+    cat >"$file" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+sys_interval 0
+max_queued_messages 0
+set_tcp_nodelay true
+log_dest stderr
+log_type error
+log_type warning
+CONF
 }
 
 # wait_for_port PORT PID: returns once something listens on 127.0.0.1:PORT; fails when

@@ -5,10 +5,10 @@
 #   bench/million.sh                    # TOTAL=1000000
 #   TOTAL=100000 bench/million.sh       # smaller
 #   BROKER=mosquitto bench/million.sh   # the same with Mosquitto (bridged, see below)
+#   bench/million.sh --table DIR        # the summary again from a finished run's OUT
 #
 # MIDGE names a midge binary to use instead of building the release one, MIDGE_NATS_SERVER
 # a nats-server; BASE_PORT.. (one per node) and NATS_PORT must be free.
-#   bench/million.sh --table DIR        # the summary again from a finished run's OUT
 #
 # A process here may hold at most `ulimit -Hn` open files (20,000 in the container this was
 # written in, which lacks CAP_SYS_RESOURCE to raise it), and so at most that many sockets.
@@ -75,6 +75,7 @@ kib = lambda key: sum(meta[key])
 before, after = kib("rss_before"), kib("rss_after")
 mib = lambda k: k / 1024
 broker = meta["broker"]
+clustered = broker == "midge" and meta["nodes"] > 1
 if broker == "midge":
     print(f"midge {meta['rev']}, {meta['nodes']} node(s), {meta['threads']} worker(s) each, {meta['date']}")
 else:
@@ -82,7 +83,7 @@ else:
 print(f"connections up        {count:,} of {meta['total']:,} ({len(failed)} generator(s) failed)")
 print(f"connect rate          {count / (up - start):,.0f}/s over the whole ramp ({up - start:.1f} s); worst generator's handshake p99 {p99 / 1000:.1f} ms")
 print(f"{broker + ' RSS':<22}{mib(before):,.0f} MiB before, {mib(after):,.0f} MiB after: {(after - before) / count:.2f} KiB per connection grown, {after / count:.2f} KiB per connection in all")
-if broker == "midge" and meta["nodes"] > 1:
+if clustered:
     print(f"nats-server RSS       {mib(meta['nats_before']):,.0f} MiB before, {mib(meta['nats_after']):,.0f} MiB after")
 print(f"machine memory used   {mib(meta['used_before']):,.0f} MiB before, {mib(meta['used_after']):,.0f} MiB after: {(meta['used_after'] - meta['used_before']) / count:.2f} KiB per connection (brokers, generators and both ends' kernel sockets)")
 if last is not None:
@@ -94,7 +95,7 @@ if last is not None:
     end = min((s for s in samples if s[0] >= last), key=lambda s: s[0], default=samples[-1])
     hz = meta["hz"]
     d = [(b - a) / hz for a, b in zip(first[1:], end[1:])]
-    nats = f", nats-server {d[1]:.2f} s" if broker == "midge" and meta["nodes"] > 1 else ""
+    nats = f", nats-server {d[1]:.2f} s" if clustered else ""
     print(f"CPU meanwhile         {broker} {d[0]:.2f} s ({d[0] * 1e6 / count:.1f} µs a delivery){nats}, the machine {d[2]:.2f} of {d[3]:.2f} core-seconds ({end[0] - first[0]:.2f} s of samples)")
 else:
     print(f"fan-out               {received:,} of {count:,} received")
@@ -144,11 +145,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# midge_config, wait_for_port
+# midge_config, mosquitto_config, wait_for_port
 # shellcheck source=bench/lib.sh
 . "$ROOT/bench/lib.sh"
-rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
+rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 used() { awk '/^MemTotal:/ {t=$2} /^MemAvailable:/ {a=$2} END {print t - a}' /proc/meminfo; }
 
 NATS_PID=
@@ -163,17 +164,7 @@ NODE_PIDS=()
 for i in $(seq 0 $((NODES - 1))); do
     port=$((BASE_PORT + i))
     if [[ $BROKER == mosquitto ]]; then
-        cat >"$OUT/node.$i.conf" <<CONF
-listener $port 127.0.0.1
-allow_anonymous true
-sys_interval 0
-max_queued_messages 0
-set_tcp_nodelay true
-persistence false
-log_dest stderr
-log_type error
-log_type warning
-CONF
+        mosquitto_config "$OUT/node.$i.conf" "$port"
         if (( i > 0 )); then
             cat >>"$OUT/node.$i.conf" <<CONF
 

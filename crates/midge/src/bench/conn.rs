@@ -30,8 +30,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         start: Some(Usage::now(plan.broker_pid)),
         ..Report::default()
     };
-    let started = Instant::now();
     let clock = WallClock::now();
+    let started = clock.instant;
     report.connect_started_unix = Some(clock.unix(started));
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
     let mut tasks: Vec<JoinHandle<anyhow::Result<(Client, Instant)>>> =
@@ -218,11 +218,8 @@ impl WallClock {
         Self { instant, unix }
     }
 
+    /// `at`, no earlier than this clock was read.
     fn unix(&self, at: Instant) -> f64 {
-        if at >= self.instant {
-            self.unix + (at - self.instant).as_secs_f64()
-        } else {
-            self.unix - (self.instant - at).as_secs_f64()
-        }
+        self.unix + at.saturating_duration_since(self.instant).as_secs_f64()
     }
 }
