@@ -9,7 +9,7 @@ use serde::Deserialize;
 mod cluster;
 mod endpoint;
 
-pub use cluster::{ClusterBackend, ClusterConfig};
+pub use cluster::{ClusterBackend, ClusterConfig, NatsServer};
 pub use endpoint::Endpoint;
 
 /// Why a configuration was refused. The message names the file, the key and the reason.

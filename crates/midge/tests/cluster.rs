@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::cluster::*;
@@ -388,46 +387,12 @@ async fn nats_credentials_are_used_and_a_refused_node_keeps_waiting() {
     nats.wait_subjects("good", &["mq.m.t"]).await;
 
     // A wrong password: NATS refuses, the node says so, retries, and serves no one.
-    let bad_dir = TestDir::new("cluster-auth-bad");
-    let bad = node(&bad_dir, "bad", &[nats.url()], 0);
-    bad.edit_config(|t| t + "user = \"midge\"\npassword = \"wrong\"\n");
-    // Spawned here rather than through Midge::start, which waits for the listener.
-    let log = bad_dir.0.join("bad.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&bad.config)
-        .env("RUST_LOG", "info")
-        .env_remove("MIDGE_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn midge");
-    let deadline = Instant::now() + START_TIMEOUT;
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.matches("cannot reach NATS").count() >= 3 {
-            break text;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("no repeated retries logged: {text}");
-        }
-        // The log is the node's only signal while it waits.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let listening = tokio::net::TcpStream::connect(("127.0.0.1", bad.port))
-        .await
-        .is_ok();
-    let running = child.try_wait().expect("try_wait").is_none();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(running, "the node gave up instead of retrying: {text}");
-    assert!(
-        !listening,
-        "a node refused by NATS opened its listener: {text}"
-    );
+    let text = refused_node_keeps_waiting(
+        &nats,
+        "cluster-auth-bad",
+        "user = \"midge\"\npassword = \"wrong\"\n",
+    )
+    .await;
     assert!(
         text.contains("uthorization"),
         "the refusal is named: {text}"
@@ -450,6 +415,36 @@ async fn nodes_reconnect_and_restore_interest_after_nats_restarts() {
     publish_acked(&mut publisher, 1, "r", 1, b"after restart").await;
     let got = receive(&mut sub, 1).await;
     assert_eq!(got[0].payload, b"after restart");
+}
+
+#[tokio::test]
+async fn a_node_fails_over_to_its_next_nats_server_and_subscribes_again() {
+    let dir = TestDir::new("cluster-failover");
+    // Three servers: JetStream (which the nodes need to start) keeps its quorum after one dies.
+    let servers = Nats::cluster(&dir, 3).await;
+    servers[1].wait_meta_leader().await;
+    let (da, db) = (
+        TestDir::new("cluster-failover-a"),
+        TestDir::new("cluster-failover-b"),
+    );
+    let mut a = node(&da, "a", &[servers[1].url()], 0);
+    a.start(&[]).await;
+    // b lists the server about to die first.
+    let mut b = node(&db, "b", &[servers[0].url(), servers[1].url()], 0);
+    b.start(&[]).await;
+    let (mut sub, _) = connect(b.port, &connect_v311("sub", true)).await;
+    subscribe_to(&mut sub, 1, "f/+", 1).await;
+    servers[0].wait_subjects("b", &["mq.m.f.*"]).await;
+    let (mut publisher, _) = connect(a.port, &connect_v311("pub", true)).await;
+    let mut servers = servers;
+    drop(servers.remove(0));
+    // b's live-message connection moves to the survivor with its subscription; the MQTT
+    // connections on both nodes stay up throughout.
+    servers[0].wait_nodes_connected(&["b"]).await;
+    servers[0].wait_subjects("b", &["mq.m.f.*"]).await;
+    publish_acked(&mut publisher, 1, "f/1", 1, b"after failover").await;
+    let got = receive(&mut sub, 1).await;
+    assert_eq!(got[0].payload, b"after failover");
 }
 
 #[tokio::test]

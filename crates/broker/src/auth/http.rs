@@ -180,6 +180,11 @@ impl ClientTls {
         )))))
     }
 
+    /// The connector, when built with [`ClientTls::new`] (for another protocol's client).
+    pub fn tls_connector(&self) -> Option<&tokio_rustls::TlsConnector> {
+        self.0.as_ref()
+    }
+
     fn connector(&self) -> Result<&tokio_rustls::TlsConnector, HttpError> {
         self.0
             .as_ref()

@@ -12,13 +12,15 @@
 //! - shared subscriptions are served cluster-wide through NATS queue groups, on a second
 //!   connection ([`shared`]).
 //!
-//! Tasks (spawned by [`Cluster::start`]): the publisher, the interest keeper (which owns
-//! the NATS subscriptions and one small forwarding task each), and the receiver, which
-//! decodes, drops duplicates (a message matching two of the node's subjects arrives once
-//! per subject) and routes. None of them holds a lock across an await; the router's lock
-//! is taken only inside `Router` calls, and no NATS call is made under it.
+//! Tasks (spawned by [`Cluster::start`]): the fabric ([`fabric`]: the node's own NATS
+//! connection, which publishes what is forwarded and keeps the subscriptions), and the
+//! receiver, which decodes, drops duplicates (a message matching two of the node's
+//! subjects arrives once per subject) and routes. None of them holds a lock across an
+//! await; the router's lock is taken only inside `Router` calls, and no NATS call is made
+//! under it.
 
 pub mod envelope;
+pub mod fabric;
 pub mod keys;
 pub mod ownership;
 pub mod retained;
@@ -29,7 +31,7 @@ pub mod wills;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use midge_proto::SubscriptionOptions;
@@ -97,7 +99,7 @@ pub enum ClusterError {
     },
 }
 
-enum Interest {
+pub(crate) enum Interest {
     Add(String),
     Remove(String),
 }
@@ -106,7 +108,8 @@ enum Interest {
 /// [`Cluster::start`] turn it into the broker's router and tasks.
 #[derive(Debug)]
 pub struct Cluster {
-    client: async_nats::Client,
+    fabric: fabric::Connection,
+    settings: fabric::Settings,
     node: Arc<str>,
     incarnation: u64,
     local: Arc<Router>,
@@ -189,15 +192,11 @@ impl Cluster {
         config: &ClusterConfig,
         strategy: ShareStrategyConfig,
     ) -> Result<Self, ClusterError> {
+        let settings = fabric::Settings::new(config)?;
         let mut delay = Duration::from_millis(100);
-        let client = loop {
-            // The node routes its own messages locally; NATS must not send them back.
-            let attempt = options(config)
-                .await?
-                .no_echo()
-                .connect(&config.nats_urls[..]);
-            match attempt.await {
-                Ok(client) => break client,
+        let connection = loop {
+            match fabric::connect(&settings, &[]).await {
+                Ok(connection) => break connection,
                 Err(e) => {
                     tracing::warn!(
                         node_id = %config.node_id,
@@ -213,7 +212,7 @@ impl Cluster {
         };
         tracing::info!(
             node_id = %config.node_id,
-            server = %client.server_info().server_name,
+            server = %connection.server_name(),
             "cluster: joined through NATS"
         );
         let shared = shared::Shared::connect(config).await?;
@@ -224,7 +223,8 @@ impl Cluster {
             .map_or(0, |d| d.as_micros() as u64);
         let owners = ownership::Owners::connect(config, incarnation).await?;
         Ok(Self {
-            client,
+            fabric: connection,
+            settings,
             node: Arc::from(config.node_id.as_str()),
             incarnation,
             local: Arc::new(Router::new(strategy)),
@@ -281,20 +281,18 @@ impl Cluster {
             shutdown.clone(),
         ));
         tasks.extend([
-            tokio::spawn(publish_loop(
-                self.client.clone(),
-                origin,
-                self.forward_rx,
-                self.stats.clone(),
-                broker.clone(),
-                shutdown.clone(),
-            )),
-            tokio::spawn(interest_loop(
-                self.client.clone(),
-                self.interest_rx,
-                inbound_tx,
-                self.stats.clone(),
-                shutdown.clone(),
+            tokio::spawn(fabric::run(
+                self.fabric,
+                self.settings,
+                fabric::Parts {
+                    forward: self.forward_rx,
+                    interest: self.interest_rx,
+                    inbound: inbound_tx,
+                    origin,
+                    stats: self.stats.clone(),
+                    broker: broker.clone(),
+                    shutdown: shutdown.clone(),
+                },
             )),
             tokio::spawn(receive_loop(
                 self.node,
@@ -319,115 +317,6 @@ fn should_log(last: &mut Option<std::time::Instant>) -> bool {
     }
     *last = Some(now);
     true
-}
-
-/// Publishes queued messages to NATS, in the order they were routed.
-async fn publish_loop(
-    client: async_nats::Client,
-    mut origin: Origin,
-    mut queue: mpsc::Receiver<Arc<Message>>,
-    stats: Arc<ClusterStats>,
-    broker: Arc<Broker>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut last_warning = None;
-    loop {
-        let message = tokio::select! {
-            m = queue.recv() => match m { Some(m) => m, None => break },
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let now = now_millis();
-        let remaining = match message.expires_at {
-            Some(at) if at <= now => continue,
-            Some(at) => Some(at - now),
-            None => None,
-        };
-        let subject = subject::topic_to_subject(&message.topic);
-        let mut dropped = |why: &str| {
-            Stats::add(&stats.forward_dropped, 1);
-            Stats::add(&broker.stats.publish_dropped, 1);
-            if should_log(&mut last_warning) {
-                tracing::warn!(topic = %message.topic, "cluster: not forwarded to other nodes: {why} (further ones are counted, logged at most every 10 s)");
-            }
-        };
-        if subject.len() > MAX_SUBJECT_LEN {
-            dropped("the topic is too long for a NATS subject");
-            continue;
-        }
-        origin.seq += 1;
-        let payload = envelope::encode(&origin, &message, remaining);
-        match client.publish(subject, payload).await {
-            Ok(()) => Stats::add(&stats.forwarded, 1),
-            Err(e) => dropped(&e.to_string()),
-        }
-    }
-    // What was published reaches the server before the connection goes.
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
-}
-
-/// Keeps one NATS subscription per subject some local filter needs.
-async fn interest_loop(
-    client: async_nats::Client,
-    mut changes: mpsc::UnboundedReceiver<Interest>,
-    inbound: mpsc::Sender<async_nats::Message>,
-    stats: Arc<ClusterStats>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    // Counts may pass below zero for a moment: an unsubscribe's change can arrive before
-    // the subscribe's from another connection. The subscription exists while the count is
-    // positive.
-    let mut subjects: HashMap<String, (i64, Option<JoinHandle<()>>)> = HashMap::new();
-    loop {
-        let change = tokio::select! {
-            c = changes.recv() => match c { Some(c) => c, None => break },
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let (subject, delta) = match change {
-            Interest::Add(s) => (s, 1),
-            Interest::Remove(s) => (s, -1),
-        };
-        let entry = subjects.entry(subject.clone()).or_insert((0, None));
-        entry.0 += delta;
-        if entry.0 > 0 && entry.1.is_none() {
-            if subject.len() > MAX_SUBJECT_LEN {
-                tracing::warn!(%subject, "cluster: a filter too long for a NATS subject only receives messages published on this node");
-                continue;
-            }
-            match client.subscribe(subject.clone()).await {
-                Ok(subscriber) => {
-                    entry.1 = Some(tokio::spawn(pump(subscriber, inbound.clone())));
-                    Stats::add(&stats.subjects, 1);
-                }
-                Err(e) => {
-                    tracing::warn!(%subject, error = %e, "cluster: NATS subscription failed")
-                }
-            }
-        } else if entry.0 <= 0 {
-            if let Some(task) = entry.1.take() {
-                // Dropping the subscriber (with the task) unsubscribes.
-                task.abort();
-                stats.subjects.fetch_sub(1, Ordering::Relaxed);
-            }
-            if entry.0 == 0 {
-                subjects.remove(&subject);
-            }
-        }
-    }
-    for (_, (_, task)) in subjects {
-        if let Some(task) = task {
-            task.abort();
-        }
-    }
-}
-
-/// Moves one subscription's messages to the receiver, in order.
-async fn pump(mut subscriber: async_nats::Subscriber, inbound: mpsc::Sender<async_nats::Message>) {
-    use futures_util::StreamExt as _;
-    while let Some(message) = subscriber.next().await {
-        if inbound.send(message).await.is_err() {
-            break;
-        }
-    }
 }
 
 /// Which sequence numbers of one origin were seen recently.
@@ -486,7 +375,7 @@ async fn receive_loop(
     node: Arc<str>,
     incarnation: u64,
     local: Arc<Router>,
-    mut inbound: mpsc::Receiver<async_nats::Message>,
+    mut inbound: mpsc::Receiver<fabric::Inbound>,
     stats: Arc<ClusterStats>,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
@@ -500,7 +389,7 @@ async fn receive_loop(
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let now = now_millis();
-        let decoded = subject::subject_to_topic(message.subject.as_str())
+        let decoded = subject::subject_to_topic(&message.subject)
             .map_err(|e| e.to_string())
             .and_then(|topic| {
                 envelope::decode(topic, message.payload, now).map_err(|e| e.to_string())

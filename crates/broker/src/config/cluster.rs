@@ -54,6 +54,70 @@ pub struct ClusterConfig {
     pub retained_replicas: usize,
 }
 
+/// One entry of `nats_urls`, parsed: `nats://`, `tls://` or no scheme, an optional
+/// `user:password@` or `token@`, a host (IPv6 in brackets) and a port (4222 if none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsServer {
+    /// Host name or address, without brackets.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `tls://`: TLS whatever the server offers.
+    pub tls: bool,
+    /// `user:password@`.
+    pub user_password: Option<(String, String)>,
+    /// `token@`.
+    pub token: Option<String>,
+}
+
+impl NatsServer {
+    /// Parses a URL of `nats_urls`, or a `host:port` a server announces.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (rest, tls) = match url.split_once("://") {
+            Some(("nats", rest)) => (rest, false),
+            Some(("tls", rest)) => (rest, true),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "{url}: scheme {scheme}:// is not nats:// or tls://"
+                ));
+            }
+            None => (url, false),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (userinfo, authority) = match rest.rsplit_once('@') {
+            Some((userinfo, authority)) => (Some(userinfo), authority),
+            None => (None, rest),
+        };
+        let (host, port) = match authority.rfind(':') {
+            Some(i) if !authority[i..].contains(']') => (
+                &authority[..i],
+                authority[i + 1..]
+                    .parse::<u16>()
+                    .map_err(|_| format!("{url}: bad port"))?,
+            ),
+            _ => (authority, 4222),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '?', ' ']) {
+            return Err(format!("{url}: needs a host"));
+        }
+        let (user_password, token) = match userinfo {
+            None => (None, None),
+            Some(info) => match info.split_once(':') {
+                Some((user, password)) => (Some((user.to_owned(), password.to_owned())), None),
+                None => (None, Some(info.to_owned())),
+            },
+        };
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            tls,
+            user_password,
+            token,
+        })
+    }
+}
+
 fn default_urls() -> Vec<String> {
     vec!["nats://127.0.0.1:4222".to_owned()]
 }
@@ -100,6 +164,13 @@ impl ClusterConfig {
         }
         if self.nats_urls.is_empty() {
             return Err(("cluster.nats_urls", "name at least one server".to_owned()));
+        }
+        if let Some(error) = self
+            .nats_urls
+            .iter()
+            .find_map(|url| NatsServer::parse(url).err())
+        {
+            return Err(("cluster.nats_urls", error));
         }
         if self.user.is_some() != self.password.is_some() {
             return Err(("cluster.user", "user and password go together".to_owned()));
@@ -151,12 +222,41 @@ mod tests {
     }
 
     #[test]
+    fn nats_urls_parse_like_the_nats_clients() {
+        use super::NatsServer;
+        let s = NatsServer::parse("nats://127.0.0.1:4223").unwrap();
+        assert_eq!((s.host.as_str(), s.port, s.tls), ("127.0.0.1", 4223, false));
+        let s = NatsServer::parse("tls://u:p@nats.example:7422/").unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.tls),
+            ("nats.example", 7422, true)
+        );
+        assert_eq!(s.user_password, Some(("u".into(), "p".into())));
+        let s = NatsServer::parse("nats://s3cret@[::1]").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("::1", 4222));
+        assert_eq!(s.token.as_deref(), Some("s3cret"));
+        let s = NatsServer::parse("10.0.0.7:4222").unwrap();
+        assert_eq!((s.host.as_str(), s.port, s.tls), ("10.0.0.7", 4222, false));
+        for bad in ["http://h", "nats://", "nats://h:99999", "nats://:4222"] {
+            assert!(NatsServer::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_settings_name_their_key() {
         for (extra, key) in [
             ("node_id = \"a.b\"", "cluster.node_id"),
             ("node_id = \"\"", "cluster.node_id"),
             ("node_id = \"a\"\nnats_urls = []", "cluster.nats_urls"),
             ("node_id = \"a\"\nuser = \"u\"", "cluster.user"),
+            (
+                "node_id = \"a\"\nnats_urls = [\"http://h:4222\"]",
+                "cluster.nats_urls",
+            ),
+            (
+                "node_id = \"a\"\nnats_urls = [\"nats://h:x\"]",
+                "cluster.nats_urls",
+            ),
             (
                 "node_id = \"a\"\ntoken = \"t\"\ncreds_file = \"c\"",
                 "cluster.token",

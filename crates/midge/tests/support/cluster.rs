@@ -415,3 +415,50 @@ pub fn v5_publish_properties(body: &[u8], qos: u8) -> (Vec<(u8, Vec<u8>)>, Vec<u
     }
     (props, body[end..].to_vec())
 }
+
+/// Runs a node configured with `extra` `[cluster]` lines that NATS refuses; checks that it
+/// logs the failure again and again, keeps running and never listens. Returns its log.
+pub async fn refused_node_keeps_waiting(nats: &Nats, name: &str, extra: &str) -> String {
+    let dir = TestDir::new(name);
+    let node = node(&dir, name, &[nats.url()], 0);
+    node.edit_config(|t| t + extra);
+    // Spawned here rather than through Midge::start, which waits for the listener.
+    let log = dir.0.join("refused.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_midge"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&node.config)
+        .env("RUST_LOG", "info")
+        .env_remove("MIDGE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn midge");
+    let deadline = Instant::now() + START_TIMEOUT;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("cannot reach NATS").count() >= 3 {
+            break text;
+        }
+        if Instant::now() >= deadline || child.try_wait().expect("try_wait").is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no repeated retries logged: {text}");
+        }
+        // The log is the node's only signal while it waits.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let listening = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+        .await
+        .is_ok();
+    let running = child.try_wait().expect("try_wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(running, "the node gave up instead of retrying: {text}");
+    assert!(
+        !listening,
+        "a node refused by NATS opened its listener: {text}"
+    );
+    text
+}
