@@ -48,6 +48,10 @@ const MAX_LINE: usize = 1 << 20;
 const MAX_MESSAGE: usize = 64 << 20;
 /// PUBs written in one system call, at most (bytes), when the queue holds more.
 const WRITE_BATCH: usize = 64 << 10;
+/// Room made in the read buffer before a read, when less than a quarter of it is left.
+/// Payloads are split off the buffer, so it keeps no room of its own: without this, reads
+/// would shrink to what is left of its last allocation.
+const READ_ROOM: usize = 64 << 10;
 
 /// A message from NATS for the receiver.
 #[derive(Debug)]
@@ -610,6 +614,9 @@ async fn serve(
                     }
                     Op::Err(e) => return Err(FabricError::Protocol(e)),
                 }
+            }
+            if buf.capacity() - buf.len() < READ_ROOM / 4 {
+                buf.reserve(READ_ROOM);
             }
             if reader.read_buf(&mut buf).await? == 0 {
                 return Err(FabricError::Protocol(
