@@ -19,6 +19,7 @@
 //! so the node never gets its own messages back.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -213,44 +214,56 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Op>, FabricError> {
     let line = std::str::from_utf8(&buf[..end])
         .map_err(|_| FabricError::Protocol("protocol line not UTF-8".into()))?;
     let (verb, args) = line.split_once([' ', '\t']).unwrap_or((line, ""));
-    let verb = verb.to_ascii_uppercase();
+    let is = |name: &str| verb.eq_ignore_ascii_case(name);
     let bad = || FabricError::Protocol(format!("malformed {verb} from the server"));
-    let op = match verb.as_str() {
-        "MSG" | "HMSG" => {
-            let fields: Vec<&str> = args.split_ascii_whitespace().collect();
-            // MSG subject sid [reply] size; HMSG subject sid [reply] header-size size.
-            let (sizes, headers) = if verb == "MSG" { (1, false) } else { (2, true) };
-            if fields.len() < 2 + sizes || fields.len() > 3 + sizes {
-                return Err(bad());
-            }
-            let total: usize = fields[fields.len() - 1].parse().map_err(|_| bad())?;
-            let header: usize = if headers {
-                fields[fields.len() - 2].parse().map_err(|_| bad())?
-            } else {
-                0
-            };
-            if total > MAX_MESSAGE || header > total {
-                return Err(bad());
-            }
-            if buf.len() < end + 2 + total + 2 {
-                buf.reserve(end + 2 + total + 2 - buf.len());
-                return Ok(None);
-            }
-            let subject = fields[0].to_owned();
-            buf.advance(end + 2 + header);
-            let payload = buf.split_to(total - header).freeze();
-            if &buf[..2] != b"\r\n" {
-                return Err(bad());
-            }
-            buf.advance(2);
-            return Ok(Some(Op::Msg { subject, payload }));
+    let op = if is("MSG") || is("HMSG") {
+        // MSG subject sid [reply] size; HMSG subject sid [reply] header-size size. Read
+        // into an array: this runs for every message.
+        let sizes = if is("HMSG") { 2 } else { 1 };
+        let mut fields = [""; 5];
+        let mut n = 0;
+        for field in args.split_ascii_whitespace() {
+            *fields.get_mut(n).ok_or_else(bad)? = field;
+            n += 1;
         }
-        "INFO" => Op::Info(Box::new(serde_json::from_str(args).map_err(|_| bad())?)),
-        "PING" => Op::Ping,
-        "PONG" => Op::Pong,
-        "+OK" => Op::Ok,
-        "-ERR" => Op::Err(args.trim().trim_matches('\'').to_owned()),
-        _ => return Err(FabricError::Protocol(format!("unknown operation {verb}"))),
+        if n < 2 + sizes || n > 3 + sizes {
+            return Err(bad());
+        }
+        let total: usize = fields[n - 1].parse().map_err(|_| bad())?;
+        let header: usize = if sizes == 2 {
+            fields[n - 2].parse().map_err(|_| bad())?
+        } else {
+            0
+        };
+        if total > MAX_MESSAGE || header > total {
+            return Err(bad());
+        }
+        if buf.len() < end + 2 + total + 2 {
+            buf.reserve(end + 2 + total + 2 - buf.len());
+            return Ok(None);
+        }
+        let subject = fields[0].to_owned();
+        buf.advance(end + 2 + header);
+        let payload = buf.split_to(total - header).freeze();
+        if &buf[..2] != b"\r\n" {
+            return Err(FabricError::Protocol(
+                "a message from the server without CRLF after its payload".into(),
+            ));
+        }
+        buf.advance(2);
+        return Ok(Some(Op::Msg { subject, payload }));
+    } else if is("INFO") {
+        Op::Info(Box::new(serde_json::from_str(args).map_err(|_| bad())?))
+    } else if is("PING") {
+        Op::Ping
+    } else if is("PONG") {
+        Op::Pong
+    } else if is("+OK") {
+        Op::Ok
+    } else if is("-ERR") {
+        Op::Err(args.trim().trim_matches('\'').to_owned())
+    } else {
+        return Err(FabricError::Protocol(format!("unknown operation {verb}")));
     };
     buf.advance(end + 2);
     Ok(Some(op))
@@ -309,7 +322,8 @@ async fn connect_to(settings: &Settings, server: &NatsServer) -> Result<Connecti
         }
     };
     let want_tls = settings.tls_required || server.tls;
-    let mut stream: Box<dyn Io> = if info.tls_required || want_tls {
+    let tls = info.tls_required || want_tls;
+    let mut stream: Box<dyn Io> = if tls {
         if want_tls && !(info.tls_required || info.tls_available) {
             return Err(FabricError::Protocol(
                 "TLS is required, and the server does not offer it".into(),
@@ -333,7 +347,7 @@ async fn connect_to(settings: &Settings, server: &NatsServer) -> Result<Connecti
     } else {
         Box::new(tcp)
     };
-    let connect = connect_message(settings, server, &info)?;
+    let connect = connect_message(settings, server, &info, tls)?;
     stream.write_all(connect.as_bytes()).await?;
     stream.flush().await?;
     loop {
@@ -366,6 +380,7 @@ fn connect_message(
     settings: &Settings,
     server: &NatsServer,
     info: &Info,
+    tls: bool,
 ) -> Result<String, FabricError> {
     let mut connect = serde_json::json!({
         "verbose": false,
@@ -376,7 +391,7 @@ fn connect_message(
         "name": settings.name,
         "echo": false,
         "headers": false,
-        "tls_required": settings.tls_required || server.tls,
+        "tls_required": tls,
     });
     let credentials = server
         .user_password
@@ -665,7 +680,7 @@ async fn serve(
                             Stats::add(&stats.subjects, 1);
                         }
                         Change::Unsubscribe(sid) => {
-                            out.extend_from_slice(format!("UNSUB {sid}\r\n").as_bytes());
+                            let _ = write!(out, "UNSUB {sid}\r\n");
                             stats.subjects.fetch_sub(1, Ordering::Relaxed);
                         }
                         Change::Nothing => {}
@@ -720,7 +735,7 @@ async fn serve(
 }
 
 fn push_sub(out: &mut Vec<u8>, subject: &str, sid: u64) {
-    out.extend_from_slice(format!("SUB {subject} {sid}\r\n").as_bytes());
+    let _ = write!(out, "SUB {subject} {sid}\r\n");
 }
 
 /// Appends the PUB of `message` (true), skips it because it expired while queued (false:
@@ -750,7 +765,8 @@ fn push_pub(
             payload.len()
         ));
     }
-    out.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
+    // Into the buffer directly (writing to a Vec cannot fail): this runs per message.
+    let _ = write!(out, "PUB {subject} {}\r\n", payload.len());
     out.extend_from_slice(&payload);
     out.extend_from_slice(b"\r\n");
     Ok(true)
@@ -1096,7 +1112,7 @@ mod tests {
             nonce: Some("n0nce".into()),
             ..Info::default()
         };
-        let text = connect_message(&settings, &settings.servers[0], &info).unwrap();
+        let text = connect_message(&settings, &settings.servers[0], &info, false).unwrap();
         let json = connect_json(&text);
         assert_eq!(
             (json["user"].as_str(), json["pass"].as_str()),
@@ -1112,7 +1128,7 @@ mod tests {
             creds: Some(("a.b.c".into(), seed)),
             ..Settings::new(&ClusterConfig::nats("n1", vec!["h:1".into()])).unwrap()
         };
-        let text = connect_message(&settings, &settings.servers[0], &info).unwrap();
+        let text = connect_message(&settings, &settings.servers[0], &info, false).unwrap();
         let json = connect_json(&text);
         assert_eq!(json["jwt"], "a.b.c");
         let signature = Base64UrlUnpadded::decode_vec(json["sig"].as_str().unwrap()).unwrap();
