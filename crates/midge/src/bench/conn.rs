@@ -98,7 +98,6 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     report.window = started.elapsed();
     if plan.fanout_ready_file.is_none() {
         tokio::time::sleep(plan.hold.saturating_sub(SETTLE)).await;
-        report.held_rss_kib = Usage::now(plan.broker_pid).broker_rss_kib;
     }
     if plan.conn_fanout {
         let (clients_back, fanout) = fan_out(&plan, clients, &clock).await?;

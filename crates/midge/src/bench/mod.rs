@@ -165,8 +165,7 @@ pub struct BenchArgs {
     /// most 64 handshakes in progress at once).
     #[arg(long, default_value_t = 0)]
     connect_rate: u32,
-    /// `conn`: seconds to hold the connections open after the last one is up. The
-    /// broker's memory per connection is read at the end of the hold.
+    /// `conn`: seconds to hold the connections open after the last one is up.
     #[arg(long, default_value_t = 2.0)]
     hold: f64,
     /// Payload bytes (at least 16: send time, publisher id, sequence number).

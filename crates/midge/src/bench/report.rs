@@ -62,10 +62,6 @@ pub struct Report {
     pub handshake: Histogram,
     pub start: Option<Usage>,
     pub end: Option<Usage>,
-    /// `conn`: the broker's RSS at the end of `--hold`, what the connections cost once
-    /// they have been idle that long (a broker may shed per-connection state from idle
-    /// connections, as midge does with `mqtt.dormant_after_secs`).
-    pub held_rss_kib: Option<u64>,
     /// `conn --conn-fanout`: the one message to every connection.
     pub fanout: Option<Fanout>,
 }
@@ -159,8 +155,7 @@ impl Report {
     fn rss(&self) -> (Option<u64>, Option<u64>) {
         (
             self.start.and_then(|u| u.broker_rss_kib),
-            self.held_rss_kib
-                .or_else(|| self.end.and_then(|u| u.broker_rss_kib)),
+            self.end.and_then(|u| u.broker_rss_kib),
         )
     }
 
