@@ -54,8 +54,6 @@ pub struct Broker {
     pub journal: Option<Journal>,
     /// AMQP queues, shared by every AMQP listener (durable ones kept through `journal`).
     pub amqp: Arc<crate::amqp_queues::Queues>,
-    /// Where idle plain-TCP connections wait without a task (`mqtt.dormant_after_secs`).
-    pub(crate) dormitory: crate::dormant::Dormitory,
     started: Instant,
     next_connection_id: AtomicU64,
 }
@@ -106,7 +104,6 @@ impl Broker {
             log_limit,
             amqp: Arc::new(amqp),
             journal,
-            dormitory: crate::dormant::Dormitory::default(),
             started: Instant::now(),
             next_connection_id: AtomicU64::new(1),
         })
@@ -158,12 +155,6 @@ impl Broker {
     /// Whether [`Broker::store_settled`] would resolve at once.
     pub fn store_is_settled(&self) -> bool {
         self.journal.as_ref().is_none_or(Journal::is_settled)
-    }
-
-    /// Connections dormant now (`mqtt.dormant_after_secs`), and how many times one woke
-    /// since the broker started.
-    pub fn dormant_connections(&self) -> (u64, u64) {
-        self.dormitory.counts()
     }
 
     /// Seconds since start.

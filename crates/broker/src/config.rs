@@ -670,12 +670,6 @@ pub struct MqttConfig {
     pub topic_alias_maximum: u16,
     /// Time allowed between accepting a connection and receiving CONNECT.
     pub connect_timeout_secs: u64,
-    /// Seconds a plain-TCP connection waits idle (nothing read, sent or queued) before it
-    /// goes dormant: its task ends and its socket leaves tokio's I/O driver, to be watched
-    /// with every other dormant one until input, a delivery or its keep-alive deadline wakes
-    /// it. It goes between one and two of these after it last did anything. 0 (the
-    /// default): never. See README, "Dormant connections", for what it saves and costs.
-    pub dormant_after_secs: u64,
     /// Largest CONNECT accepted, in bytes (capped by `max_packet_size`): until CONNECT and
     /// authentication are through, nobody knows who the client is.
     pub max_connect_size: u32,
@@ -710,7 +704,6 @@ impl Default for MqttConfig {
             max_topic_length: 65_535,
             topic_alias_maximum: 64,
             connect_timeout_secs: 10,
-            dormant_after_secs: 0,
             max_connect_size: 65_536,
             max_pre_connect_bytes: 64 << 20,
             max_session_expiry_secs: 0,

@@ -1,8 +1,6 @@
-//! One task per connection: it owns the socket and buffers, reads CONNECT under a
+//! One task per connection: it owns the socket halves and buffers, reads CONNECT under a
 //! timeout, runs authentication and the registry attach, then drives the session machine:
 //! decode everything a read brought, handle it, pump deliveries, write once per wake-up.
-//! With `mqtt.dormant_after_secs`, an idle plain-TCP connection ends its task and waits in
-//! the broker's `Dormitory` (see `dormant`) until something wakes it on a new one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -193,13 +191,6 @@ struct Connection<S> {
     /// task, and splitting a TCP stream costs an `Arc` allocation (64 bytes) per
     /// connection.
     stream: S,
-    /// Everything else, apart so that a connection going dormant can take its socket out
-    /// of tokio's I/O driver and keep the rest (see `dormant`).
-    core: Core,
-}
-
-/// A connection's state apart from its stream (see [`Connection::core`]).
-struct Core {
     rbuf: BytesMut,
     wbuf: BytesMut,
     decoder: Decoder,
@@ -224,10 +215,6 @@ struct Core {
     /// session runs (before, `pre_connect` counts the read buffer); given back on drop.
     /// A `u32`: the buffers are bounded by `max_packet_size` and the write high water.
     buffers_charged: u32,
-    /// What the admin API is told of this connection, kept through dormancy.
-    totals: Totals,
-    /// When a packet last came in: the keep-alive limit counts from it.
-    last_read: Instant,
 }
 
 /// The parts of a login that most connections do not have (see [`Connection::login`]).
@@ -293,209 +280,7 @@ impl<T: AsyncWrite + ResetOnClose> ResetOnClose for tokio::io::BufWriter<T> {
     }
 }
 
-/// A stream whose connection may go dormant when idle (see `dormant`): plain TCP.
-pub trait IntoDormant: Sized {
-    /// Whether it may.
-    const CAN_SLEEP: bool = false;
-
-    /// Takes the socket out of tokio's I/O driver.
-    fn into_dormant(self) -> std::io::Result<std::net::TcpStream> {
-        Err(std::io::ErrorKind::Unsupported.into())
-    }
-}
-
-impl IntoDormant for tokio::net::TcpStream {
-    const CAN_SLEEP: bool = true;
-
-    fn into_dormant(self) -> std::io::Result<std::net::TcpStream> {
-        self.into_std()
-    }
-}
-
-/// An in-memory stream (tests, embedding) has no socket to watch.
-impl IntoDormant for tokio::io::DuplexStream {}
-
-impl<T> IntoDormant for tokio::io::BufWriter<T> {}
-
-/// A dormant connection: its socket out of tokio, the rest as it was (see `dormant`).
-struct Asleep<H> {
-    stream: std::net::TcpStream,
-    core: Core,
-    session: Session,
-    connection_id: u64,
-    /// What the listener gave the connection to hold (its places in the connection counts).
-    held: H,
-}
-
-impl<H: Send + 'static> crate::dormant::Sleeper for Asleep<H> {
-    fn fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.stream)
-    }
-
-    fn mailbox(&self) -> &Mailbox {
-        &self.session.state().mailbox
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.core.next_wake(None)
-    }
-
-    fn wake(self: Box<Self>) {
-        let Asleep {
-            stream,
-            core,
-            session,
-            connection_id,
-            held,
-        } = *self;
-        match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => {
-                tokio::spawn(Connection { stream, core }.serve_awake(session, connection_id, held));
-            }
-            Err(e) => end_without_socket(core, session, connection_id, held, &e),
-        }
-    }
-}
-
-/// Ends the session of a connection whose socket was lost going dormant or waking (tokio's
-/// I/O driver refused it), as a connection that broke ends it.
-fn end_without_socket(
-    mut core: Core,
-    session: Session,
-    connection_id: u64,
-    held: impl Send + 'static,
-    error: &std::io::Error,
-) {
-    tracing::warn!(client_id = %session.client_id(), peer = %core.peer, %error, "idle connection lost: its socket could not be moved between epolls");
-    tokio::spawn(async move {
-        core.end_session(
-            session,
-            End::Abnormal("socket lost going dormant"),
-            connection_id,
-        )
-        .await;
-        drop(held);
-    });
-}
-
-impl Connection<tokio::net::TcpStream> {
-    /// Carries on serving a connection woken from dormancy.
-    #[allow(clippy::manual_async_fn)] // not an async fn, for the reason given at `serve`
-    fn serve_awake(
-        mut self,
-        mut session: Session,
-        connection_id: u64,
-        held: impl Send + 'static,
-    ) -> impl Future<Output = ()> {
-        async move {
-            let end = self.run(&mut session).await;
-            if let Some(closing) = self.after_run(session, connection_id, held, end) {
-                closing.await;
-            }
-        }
-    }
-}
-
-impl Core {
-    /// When the login's credential expires, if it does.
-    fn credential_deadline(&self) -> Option<Instant> {
-        self.login.as_ref()?.credential_deadline
-    }
-
-    /// See [`Connection::next_wake`].
-    fn next_wake(&self, reauth: Option<Instant>) -> Option<Instant> {
-        [
-            keep_alive_limit(self.totals.keep_alive).map(|limit| self.last_read + limit),
-            self.credential_deadline(),
-            reauth,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    /// Parks or ends the session (handing on the will): what ending a connection does
-    /// besides closing its socket.
-    async fn end_session(&mut self, mut session: Session, end: End, connection_id: u64) {
-        let broker = self.broker.clone();
-        let client_id = session.client_id().clone();
-        broker.stats.client_disconnected();
-        session.flush_stats(&broker.stats, true);
-        match &end {
-            End::ClientDisconnect => tracing::debug!(client_id = %client_id, "client disconnected"),
-            End::Abnormal(why) => {
-                tracing::debug!(client_id = %client_id, "connection closed: {why}")
-            }
-            // Two clients with one id can take it from each other in a loop.
-            End::TakenOver(_) if self.broker.log_limit.allow(self.peer.ip()) => {
-                tracing::info!(client_id = %client_id, peer = %self.peer, "connection closed: session taken over by a new connection with the same client id")
-            }
-            End::Kicked { discard_session } => {
-                tracing::info!(client_id = %client_id, peer = %self.peer, discard_session, "connection closed by an administrator")
-            }
-            End::TakenOver(_) => {}
-        }
-        if self.listener.config.sys.client_events {
-            let reason = match &end {
-                End::ClientDisconnect => "normal",
-                End::Abnormal(why) => why,
-                End::TakenOver(_) => "takenover",
-                End::Kicked { .. } => "kicked",
-            };
-            crate::sys::client_event(
-                &broker,
-                &client_id,
-                "disconnected",
-                serde_json::json!({
-                    "clientid": &*client_id,
-                    "username": session.username(),
-                    "reason": reason,
-                    "disconnected_at": now_millis(),
-                }),
-            );
-        }
-        session.cap_expiry(self.listener.config.mqtt.max_session_expiry_secs);
-        let will_delay = session.will_delay();
-        let username = session.username().map(str::to_owned);
-        let (mut state, will) = session.into_parts();
-        if matches!(
-            end,
-            End::Kicked {
-                discard_session: true
-            }
-        ) {
-            // Expiry 0: the registry ends the session instead of parking it.
-            state.expiry_interval = 0;
-        }
-        // The will's topic needs write access when the will is handed on, as Mosquitto
-        // checks it when it sends the will; a refused will is dropped.
-        let will = match will {
-            Some(will)
-                if !self
-                    .listener
-                    .access
-                    .authorize_publish(&client_id, username.as_deref(), &will.topic)
-                    .await =>
-            {
-                tracing::info!(client_id = %client_id, topic = %will.topic, "will not published: not authorized");
-                Stats::add(&broker.stats.publish_denied, 1);
-                None
-            }
-            will => will,
-        };
-        broker.detach(
-            connection_id,
-            state,
-            will.map(|w| (w, will_delay)),
-            now_millis(),
-        );
-        if let End::TakenOver(reply) = end {
-            let _ = reply.send(());
-        }
-    }
-}
-
-impl Drop for Core {
+impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
         self.broker.memory.release(u64::from(self.buffers_charged));
     }
@@ -516,15 +301,16 @@ pub fn serve<S>(
     listener: Arc<ListenerContext>,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
-    held: impl Send + 'static,
+    held: impl Send,
 ) -> impl Future<Output = ()>
 where
-    S: AsyncRead + AsyncWrite + Unpin + ResetOnClose + IntoDormant,
+    S: AsyncRead + AsyncWrite + Unpin + ResetOnClose,
 {
     // Until CONNECT is in, the smaller CONNECT limit applies (see `pre_connect`).
     let decoder = Decoder::new(listener.config.mqtt.connect_limit());
     let rate = PublishRate::new(&listener.config.limits);
-    let core = Core {
+    let conn = Connection {
+        stream,
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         decoder,
@@ -542,15 +328,13 @@ where
         unflushed: false,
         stalled: false,
         buffers_charged: 0,
-        totals: Totals::default(),
-        last_read: Instant::now(),
     };
-    Connection { stream, core }.serve_session(held)
+    conn.serve_session(held)
 }
 
 impl<S> Connection<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + ResetOnClose + IntoDormant,
+    S: AsyncRead + AsyncWrite + Unpin + ResetOnClose,
 {
     /// Reads the first packet, which must be CONNECT [MQTT-3.1.0-1], within the connect
     /// timeout, within the pre-CONNECT limits (`budget`). Answers a bad CONNECT itself
@@ -560,13 +344,12 @@ where
         budget: &mut PreConnect,
         deadline: Instant,
     ) -> Result<Box<Connect>, NoConnect> {
-        let timeout = Duration::from_secs(self.core.listener.config.mqtt.connect_timeout_secs);
+        let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
         loop {
-            match self.core.decoder.decode(&mut self.core.rbuf) {
+            match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(Packet::Connect(connect))) => {
-                    self.core
-                        .decoder
-                        .set_max_packet_size(self.core.listener.config.mqtt.max_packet_size);
+                    self.decoder
+                        .set_max_packet_size(self.listener.config.mqtt.max_packet_size);
                     return Ok(connect);
                 }
                 Ok(Some(other)) => {
@@ -575,7 +358,7 @@ where
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    let refused = PreConnect::classify(&self.core.rbuf, &e);
+                    let refused = PreConnect::classify(&self.rbuf, &e);
                     if let Some(refused) = refused {
                         budget.count(refused);
                     }
@@ -591,25 +374,25 @@ where
                 }
             }
             let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, budget.read(&mut self.stream, &mut self.core.rbuf)) => read,
+                read = tokio::time::timeout_at(deadline, budget.read(&mut self.stream, &mut self.rbuf)) => read,
                 // Shutdown does not wait for a client that has not sent CONNECT yet.
-                _ = self.core.shutdown.changed() => return Err(NoConnect::Close),
+                _ = self.shutdown.changed() => return Err(NoConnect::Close),
             };
             match read {
                 Ok(pre_connect::Read::Closed) => return Err(NoConnect::Close),
                 Ok(pre_connect::Read::Bytes(n)) => {
-                    Stats::add(&self.core.broker.stats.bytes_received, n as u64)
+                    Stats::add(&self.broker.stats.bytes_received, n as u64)
                 }
                 Ok(pre_connect::Read::OverBudget) => {
                     budget.count(Refused::OverBudget);
                     if self.log_allowed() {
-                        tracing::info!(peer = %self.core.peer, listener = %self.core.listener.name, "closing connection: partial CONNECT does not fit in mqtt.max_pre_connect_bytes");
+                        tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: partial CONNECT does not fit in mqtt.max_pre_connect_bytes");
                     }
                     return Err(NoConnect::Reset);
                 }
                 Err(_) => {
                     budget.count(Refused::Timeout);
-                    tracing::debug!(peer = %self.core.peer, "no CONNECT within {timeout:?}; closing");
+                    tracing::debug!(peer = %self.peer, "no CONNECT within {timeout:?}; closing");
                     return Err(NoConnect::Reset);
                 }
             }
@@ -617,15 +400,15 @@ where
     }
 
     fn protocol_error(&self, what: &str) {
-        Stats::add(&self.core.broker.stats.protocol_errors, 1);
+        Stats::add(&self.broker.stats.protocol_errors, 1);
         if self.log_allowed() {
-            tracing::info!(peer = %self.core.peer, listener = %self.core.listener.name, "closing connection: {what}");
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: {what}");
         }
     }
 
     /// Whether a line about this connection failing may be logged (see `log_limit`).
     fn log_allowed(&self) -> bool {
-        self.core.broker.log_limit.allow(self.core.peer.ip())
+        self.broker.log_limit.allow(self.peer.ip())
     }
 
     /// A CONNECT that does not decode: v3 return code 1 for an unknown protocol level
@@ -638,7 +421,7 @@ where
                 ProtocolVersion::V311,
                 ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             ),
-            _ if self.core.decoder.version() == Some(ProtocolVersion::V5) => {
+            _ if self.decoder.version() == Some(ProtocolVersion::V5) => {
                 (ProtocolVersion::V5, error.reason_code())
             }
             _ => return,
@@ -648,7 +431,7 @@ where
             reason_code: reason,
             properties: Default::default(),
         };
-        let _ = Packet::ConnAck(connack).encode(version, &mut self.core.wbuf);
+        let _ = Packet::ConnAck(connack).encode(version, &mut self.wbuf);
     }
 
     /// Refuses a CONNECT with a CONNACK carrying `reason` [MQTT-3.2.2-6], within the
@@ -668,9 +451,9 @@ where
         client_id: &str,
         properties: ConnAckProperties,
     ) {
-        self.core.broker.stats.connect_refused(reason);
+        self.broker.stats.connect_refused(reason);
         if self.log_allowed() {
-            tracing::info!(peer = %self.core.peer, client_id, listener = %self.core.listener.name, %reason, "connection refused: {what}");
+            tracing::info!(peer = %self.peer, client_id, listener = %self.listener.name, %reason, "connection refused: {what}");
         }
         let connack = ConnAck {
             session_present: false,
@@ -679,7 +462,7 @@ where
         };
         let max = connect.properties.maximum_packet_size;
         let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-        let _ = Packet::ConnAck(connack).encode_within(connect.protocol, max, &mut self.core.wbuf);
+        let _ = Packet::ConnAck(connack).encode_within(connect.protocol, max, &mut self.wbuf);
         Box::pin(self.close()).await;
     }
 
@@ -696,15 +479,15 @@ where
         budget: &mut PreConnect,
         deadline: Instant,
     ) -> Result<(Identity, Vec<u8>), Option<Failure>> {
-        let access = self.core.listener.access.clone();
+        let access = self.listener.access.clone();
         let data = connect.properties.authentication_data.as_deref();
         let (exchange, server_first) = access
-            .scram_begin(mechanism, data, self.core.peer, connect.username.as_deref())
+            .scram_begin(mechanism, data, self.peer, connect.username.as_deref())
             .map_err(Some)?;
         let max = connect.properties.maximum_packet_size;
         let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         if auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, mechanism, server_first)
-            .encode_within(ProtocolVersion::V5, max, &mut self.core.wbuf)
+            .encode_within(ProtocolVersion::V5, max, &mut self.wbuf)
             .is_err()
         {
             return Err(Some(Failure {
@@ -717,12 +500,11 @@ where
             return Err(None);
         }
         // Until CONNACK, the CONNECT limits apply to AUTH too.
-        let mqtt = &self.core.listener.config.mqtt;
-        self.core.decoder.set_max_packet_size(mqtt.connect_limit());
+        let mqtt = &self.listener.config.mqtt;
+        self.decoder.set_max_packet_size(mqtt.connect_limit());
         let packet = Box::pin(self.read_pre_connack(budget, deadline)).await;
-        self.core
-            .decoder
-            .set_max_packet_size(self.core.listener.config.mqtt.max_packet_size);
+        self.decoder
+            .set_max_packet_size(self.listener.config.mqtt.max_packet_size);
         let protocol_error = |message| {
             Some(Failure {
                 reason: ReasonCode::PROTOCOL_ERROR,
@@ -746,7 +528,7 @@ where
                 }
                 let data = auth.properties.authentication_data.as_deref();
                 access
-                    .scram_finish(client_id, &exchange, data, self.core.peer)
+                    .scram_finish(client_id, &exchange, data, self.peer)
                     .map_err(Some)
             }
             Packet::Disconnect(_) => Err(None),
@@ -762,11 +544,7 @@ where
 
     /// Writes the write buffer out and flushes, before `deadline`; false if that fails.
     async fn write_out(&mut self, deadline: Instant) -> bool {
-        let (writer, wbuf, stats) = (
-            &mut self.stream,
-            &mut self.core.wbuf,
-            &self.core.broker.stats,
-        );
+        let (writer, wbuf, stats) = (&mut self.stream, &mut self.wbuf, &self.broker.stats);
         let write = async {
             while !wbuf.is_empty() {
                 match writer.write_buf(wbuf).await {
@@ -790,7 +568,7 @@ where
         deadline: Instant,
     ) -> Result<Packet, Option<Failure>> {
         loop {
-            match self.core.decoder.decode(&mut self.core.rbuf) {
+            match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => return Ok(packet),
                 Ok(None) => {}
                 Err(e) => {
@@ -803,13 +581,13 @@ where
                 }
             }
             let read = tokio::select! {
-                read = tokio::time::timeout_at(deadline, budget.read(&mut self.stream, &mut self.core.rbuf)) => read,
-                _ = self.core.shutdown.changed() => return Err(None),
+                read = tokio::time::timeout_at(deadline, budget.read(&mut self.stream, &mut self.rbuf)) => read,
+                _ = self.shutdown.changed() => return Err(None),
             };
             match read {
                 Ok(pre_connect::Read::Closed) => return Err(None),
                 Ok(pre_connect::Read::Bytes(n)) => {
-                    Stats::add(&self.core.broker.stats.bytes_received, n as u64)
+                    Stats::add(&self.broker.stats.bytes_received, n as u64)
                 }
                 Ok(pre_connect::Read::OverBudget) => {
                     budget.count(Refused::OverBudget);
@@ -818,7 +596,7 @@ where
                 Err(_) => {
                     budget.count(Refused::Timeout);
                     if self.log_allowed() {
-                        tracing::info!(peer = %self.core.peer, listener = %self.core.listener.name, "closing connection: AUTH exchange not completed within mqtt.connect_timeout_secs");
+                        tracing::info!(peer = %self.peer, listener = %self.listener.name, "closing connection: AUTH exchange not completed within mqtt.connect_timeout_secs");
                     }
                     return Err(None);
                 }
@@ -837,12 +615,7 @@ where
             reason: ReasonCode::PROTOCOL_ERROR,
             message,
         };
-        let Some(enhanced) = self
-            .core
-            .login
-            .as_deref_mut()
-            .and_then(|l| l.enhanced.as_mut())
-        else {
+        let Some(enhanced) = self.login.as_deref_mut().and_then(|l| l.enhanced.as_mut()) else {
             return Err(protocol_error(
                 "AUTH from a client that gave no authentication method at CONNECT",
             ));
@@ -854,7 +627,7 @@ where
                 "AUTH must carry the authentication method of CONNECT",
             ));
         }
-        let access = &self.core.listener.access;
+        let access = &self.listener.access;
         let data = auth.properties.authentication_data.as_deref();
         let failed = |failure: Failure| Violation {
             reason: match failure.reason {
@@ -869,10 +642,9 @@ where
                     return Err(protocol_error("a re-authentication is already in progress"));
                 }
                 let (exchange, server_first) = access
-                    .scram_begin(mechanism, data, self.core.peer, Some(&enhanced.username))
+                    .scram_begin(mechanism, data, self.peer, Some(&enhanced.username))
                     .map_err(failed)?;
-                let timeout =
-                    Duration::from_secs(self.core.listener.config.mqtt.connect_timeout_secs);
+                let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
                 enhanced.pending = Some((exchange, Instant::now() + timeout));
                 (ReasonCode::CONTINUE_AUTHENTICATION, server_first)
             }
@@ -883,23 +655,19 @@ where
                     ));
                 };
                 let (_, server_final) = access
-                    .scram_finish(session.client_id(), &exchange, data, self.core.peer)
+                    .scram_finish(session.client_id(), &exchange, data, self.peer)
                     .map_err(failed)?;
                 (ReasonCode::SUCCESS, server_final)
             }
             _ => return Err(protocol_error("a client sends AUTH 0x18 or 0x19 only")),
         };
-        session.send(
-            &auth_packet(reason, mechanism, message),
-            &mut self.core.wbuf,
-        );
+        session.send(&auth_packet(reason, mechanism, message), &mut self.wbuf);
         Ok(Flow::Continue)
     }
 
     /// When a re-authentication in progress must be done by.
     fn reauth_deadline(&self) -> Option<Instant> {
-        self.core
-            .login
+        self.login
             .as_ref()?
             .enhanced
             .as_ref()?
@@ -910,12 +678,12 @@ where
 
     /// When the login's credential expires, if it does.
     fn credential_deadline(&self) -> Option<Instant> {
-        self.core.credential_deadline()
+        self.login.as_ref()?.credential_deadline
     }
 
     /// The login's rare parts, made when first needed.
     fn login_mut(&mut self) -> &mut Login {
-        self.core.login.get_or_insert_with(Box::default)
+        self.login.get_or_insert_with(Box::default)
     }
 
     /// Reads CONNECT and serves the connection to the end. The connect and end steps run in boxed
@@ -925,8 +693,9 @@ where
     /// An `async move` block rather than an `async fn`, for the reason given at [`serve`]:
     /// the block uses the connection where it was captured. `held` is dropped with it.
     #[allow(clippy::manual_async_fn)] // deliberately not an async fn, see above
-    fn serve_session(mut self, held: impl Send + 'static) -> impl Future<Output = ()> {
+    fn serve_session(mut self, held: impl Send) -> impl Future<Output = ()> {
         async move {
+            let _held = &held;
             let Some((mut session, keep_alive, connection_id)) = Box::pin(self.connect()).await
             else {
                 return;
@@ -937,59 +706,10 @@ where
             if state.subscriptions.is_empty() {
                 state.subscriptions_recorded = state.subscription_changes;
             } else {
-                self.core.broker.registry.record_connected(state);
+                self.broker.registry.record_connected(state);
             }
-            self.core.totals = Totals {
-                keep_alive,
-                connected_at_ms: now_millis(),
-                ..Totals::default()
-            };
-            self.core.last_read = Instant::now();
-            let end = self.run(&mut session).await;
-            if let Some(closing) = self.after_run(session, connection_id, held, end) {
-                closing.await;
-            }
-        }
-    }
-
-    /// After [`Connection::run`]: the connection closes (the future returned, boxed), or
-    /// goes dormant. Everything is moved here whichever it is, so the serving future keeps
-    /// no drop flags for it.
-    fn after_run<H: Send + 'static>(
-        mut self,
-        session: Session,
-        connection_id: u64,
-        held: H,
-        end: Option<End>,
-    ) -> Option<Pin<Box<impl Future<Output = ()>>>> {
-        match end {
-            Some(end) => Some(Box::pin(async move {
-                self.finish(session, end, connection_id).await;
-                drop(held);
-            })),
-            None => {
-                self.go_dormant(session, connection_id, held);
-                None
-            }
-        }
-    }
-
-    /// Takes the socket out of tokio and hands the connection to the broker's
-    /// [`Dormitory`](crate::dormant::Dormitory); its task ends.
-    fn go_dormant<H: Send + 'static>(self, session: Session, connection_id: u64, held: H) {
-        let Connection { stream, core } = self;
-        match stream.into_dormant() {
-            Ok(stream) => {
-                let broker = core.broker.clone();
-                broker.dormitory.put_to_sleep(Box::new(Asleep {
-                    stream,
-                    core,
-                    session,
-                    connection_id,
-                    held,
-                }));
-            }
-            Err(e) => end_without_socket(core, session, connection_id, held, &e),
+            let end = self.run(&mut session, keep_alive).await;
+            Box::pin(self.finish(session, end, connection_id)).await;
         }
     }
 
@@ -998,9 +718,9 @@ where
     /// the pre-CONNECT budget (CONNECT's fields may share its storage until
     /// authentication is done).
     async fn connect(&mut self) -> Option<(Session, u16, u64)> {
-        let mut budget = PreConnect::new(&self.core.broker, &self.core.listener.config.mqtt);
+        let mut budget = PreConnect::new(&self.broker, &self.listener.config.mqtt);
         // One deadline for CONNECT and, with enhanced authentication, the AUTH exchange.
-        let timeout = Duration::from_secs(self.core.listener.config.mqtt.connect_timeout_secs);
+        let timeout = Duration::from_secs(self.listener.config.mqtt.connect_timeout_secs);
         let deadline = Instant::now() + timeout;
         let mut connect = match Box::pin(self.read_connect(&mut budget, deadline)).await {
             Ok(connect) => connect,
@@ -1014,7 +734,7 @@ where
                 return None;
             }
         };
-        if self.core.listener.config.amqp.mqtt_dots_as_separators
+        if self.listener.config.amqp.mqtt_dots_as_separators
             && let Some(will) = &mut connect.will
         {
             crate::amqp_queues::mapping::dots_to_slashes(&mut will.topic);
@@ -1030,8 +750,8 @@ where
         budget: &mut PreConnect,
         deadline: Instant,
     ) -> Option<(Session, u16, u64)> {
-        let broker = self.core.broker.clone();
-        let mut negotiated = match negotiate(&connect, &self.core.listener.config.mqtt) {
+        let broker = self.broker.clone();
+        let mut negotiated = match negotiate(&connect, &self.listener.config.mqtt) {
             Ok(n) => n,
             Err(refusal) => {
                 Box::pin(self.refuse(
@@ -1063,17 +783,16 @@ where
                     client_id: &negotiated.client_id,
                     username: connect.username.as_deref(),
                     password: connect.password.as_deref(),
-                    peer: self.core.peer,
+                    peer: self.peer,
                     certificate_identity: self
-                        .core
                         .login
                         .as_ref()
                         .and_then(|l| l.certificate_identity.as_deref()),
                 };
-                self.core.listener.access.authenticate(&credentials).await
+                self.listener.access.authenticate(&credentials).await
             }
             Some(method) => {
-                let Some(mechanism) = self.core.listener.access.scram_mechanism(method) else {
+                let Some(mechanism) = self.listener.access.scram_mechanism(method) else {
                     // [MQTT-4.12.0-1]
                     Box::pin(self.refuse(
                         &connect,
@@ -1149,12 +868,12 @@ where
         }
         // A verified certificate names the user: authorization and logs use that name,
         // not the one in CONNECT (Mosquitto's use_identity_as_username).
-        if let Some(login) = &mut self.core.login
+        if let Some(login) = &mut self.login
             && let Some(identity) = login.certificate_identity.take()
         {
             negotiated.username = Some(identity.into());
             if login.credential_deadline.is_none() && login.enhanced.is_none() {
-                self.core.login = None;
+                self.login = None;
             }
         }
         let connection_id = broker.next_connection_id();
@@ -1205,7 +924,6 @@ where
         // dies. Authorized now: another node publishing it has no connection to ask about.
         if clustered && let Some(will) = &connect.will {
             let authorized = self
-                .core
                 .listener
                 .access
                 .authorize_publish(&client_id, negotiated.username.as_deref(), &will.topic)
@@ -1228,7 +946,7 @@ where
             properties: negotiated.connack.clone(),
         };
         tracing::debug!(
-            peer = %self.core.peer,
+            peer = %self.peer,
             client_id = %client_id,
             username = %negotiated.username.as_deref().unwrap_or(""),
             protocol = ?negotiated.protocol,
@@ -1237,7 +955,7 @@ where
             keep_alive,
             "client connected"
         );
-        if self.core.listener.config.sys.client_events {
+        if self.listener.config.sys.client_events {
             crate::sys::client_event(
                 &broker,
                 &client_id,
@@ -1245,8 +963,8 @@ where
                 serde_json::json!({
                     "clientid": &*client_id,
                     "username": negotiated.username,
-                    "ipaddress": self.core.peer.ip().to_string(),
-                    "port": self.core.peer.port(),
+                    "ipaddress": self.peer.ip().to_string(),
+                    "port": self.peer.port(),
                     "proto_ver": negotiated.protocol.level(),
                     "keepalive": keep_alive,
                     "clean_start": negotiated.clean_start,
@@ -1259,12 +977,12 @@ where
         let mut session = Session::new(
             attached.state,
             negotiated,
-            self.core.listener.config.mqtt.max_inflight,
+            self.listener.config.mqtt.max_inflight,
         );
         if attached.session_present {
-            recheck_subscriptions(&self.core.listener, &self.core.broker, &mut session).await;
+            recheck_subscriptions(&self.listener, &self.broker, &mut session).await;
         }
-        session.start(connack, now_millis(), &mut self.core.wbuf);
+        session.start(connack, now_millis(), &mut self.wbuf);
         broker.stats.client_connected();
         let fresh_or_resumed = if attached.session_present {
             &broker.stats.sessions_resumed
@@ -1276,18 +994,91 @@ where
     }
 
     /// After `run`: parks or ends the session (handing on the will) and closes.
-    async fn finish(&mut self, session: Session, end: End, connection_id: u64) {
-        self.core.end_session(session, end, connection_id).await;
+    async fn finish(&mut self, mut session: Session, end: End, connection_id: u64) {
+        let broker = self.broker.clone();
+        let client_id = session.client_id().clone();
+        broker.stats.client_disconnected();
+        session.flush_stats(&broker.stats, true);
+        match &end {
+            End::ClientDisconnect => tracing::debug!(client_id = %client_id, "client disconnected"),
+            End::Abnormal(why) => {
+                tracing::debug!(client_id = %client_id, "connection closed: {why}")
+            }
+            // Two clients with one id can take it from each other in a loop.
+            End::TakenOver(_) if self.log_allowed() => {
+                tracing::info!(client_id = %client_id, peer = %self.peer, "connection closed: session taken over by a new connection with the same client id")
+            }
+            End::Kicked { discard_session } => {
+                tracing::info!(client_id = %client_id, peer = %self.peer, discard_session, "connection closed by an administrator")
+            }
+            End::TakenOver(_) => {}
+        }
+        if self.listener.config.sys.client_events {
+            let reason = match &end {
+                End::ClientDisconnect => "normal",
+                End::Abnormal(why) => why,
+                End::TakenOver(_) => "takenover",
+                End::Kicked { .. } => "kicked",
+            };
+            crate::sys::client_event(
+                &broker,
+                &client_id,
+                "disconnected",
+                serde_json::json!({
+                    "clientid": &*client_id,
+                    "username": session.username(),
+                    "reason": reason,
+                    "disconnected_at": now_millis(),
+                }),
+            );
+        }
+        session.cap_expiry(self.listener.config.mqtt.max_session_expiry_secs);
+        let will_delay = session.will_delay();
+        let username = session.username().map(str::to_owned);
+        let (mut state, will) = session.into_parts();
+        if matches!(
+            end,
+            End::Kicked {
+                discard_session: true
+            }
+        ) {
+            // Expiry 0: the registry ends the session instead of parking it.
+            state.expiry_interval = 0;
+        }
+        // The will's topic needs write access when the will is handed on, as Mosquitto
+        // checks it when it sends the will; a refused will is dropped.
+        let will = match will {
+            Some(will)
+                if !self
+                    .listener
+                    .access
+                    .authorize_publish(&client_id, username.as_deref(), &will.topic)
+                    .await =>
+            {
+                tracing::info!(client_id = %client_id, topic = %will.topic, "will not published: not authorized");
+                Stats::add(&broker.stats.publish_denied, 1);
+                None
+            }
+            will => will,
+        };
+        broker.detach(
+            connection_id,
+            state,
+            will.map(|w| (w, will_delay)),
+            now_millis(),
+        );
+        if let End::TakenOver(reply) = end {
+            let _ = reply.send(());
+        }
         self.close().await;
     }
 
     /// This connection for the admin API (`Control::Describe`).
-    fn describe(&self, session: &Session) -> ConnectionDetail {
-        let totals = &self.core.totals;
+    fn describe(&self, session: &Session, totals: &Totals) -> ConnectionDetail {
         let unflushed = &session.stats;
         ConnectionDetail {
-            peer: self.core.peer,
-            listener: self.core.listener.name.clone(),
+            peer: self.peer,
+            listener: self.listener.name.clone(),
             protocol: match session.protocol() {
                 ProtocolVersion::V31 => "3.1",
                 ProtocolVersion::V311 => "3.1.1",
@@ -1305,93 +1096,96 @@ where
         }
     }
 
-    /// Serves the session until the connection ends (`Some`), or until it has been idle
-    /// for `mqtt.dormant_after_secs` (`None`): it then goes dormant (see `dormant`), and
-    /// this is called again when it wakes.
+    /// Serves the session until the connection ends.
     ///
     /// Not an `async fn`, for the reason given at [`serve`]: its arguments would be kept
     /// in the future beside the locals, and this future is in every connection's task.
     #[allow(clippy::manual_async_fn)] // deliberately not an async fn, see above
-    fn run<'a>(&'a mut self, session: &'a mut Session) -> impl Future<Output = Option<End>> + 'a {
+    fn run<'a>(
+        &'a mut self,
+        session: &'a mut Session,
+        keep_alive: u16,
+    ) -> impl Future<Output = End> + 'a {
         async move {
             let mailbox = session.state().mailbox.clone();
+            let mut totals = Totals {
+                keep_alive,
+                connected_at_ms: now_millis(),
+                ..Totals::default()
+            };
             let _forget = ForgetWaker(&mailbox);
-            // Boxed and only with a keep alive, a credential deadline or dormancy: a `Sleep`
-            // is over 100 bytes, and inline it would be in every connection's task. It is
-            // reset, never re-created; it wakes at whichever comes first.
+            let mut last_read = Instant::now();
+            // Boxed and only with a keep alive or a credential deadline: a `Sleep` is over 100
+            // bytes, and inline it would be in every connection's task. It is reset, never
+            // re-created; it wakes at whichever of the two comes first.
             // A re-authentication in progress has a deadline too (`reauth`).
             // The deadlines are read from `self` when needed, not copied here: every local kept
             // across an await is in every connection's task.
             let mut sleep = self
-                .next_timer(None)
+                .next_wake(keep_alive_limit(totals.keep_alive), last_read, None)
                 .map(|at| Box::pin(tokio::time::sleep_until(at)));
-            // Whether anything happened since the timer last fired: a connection goes
-            // dormant when the timer finds it idle twice in a row, so between one and two
-            // `dormant_after_secs` after it last was not, without a clock read per event.
-            let mut active = true;
             // Packets that came in the same read as CONNECT (a client may pipeline SUBSCRIBE
             // or PUBLISH right behind it) are handled now, not when more bytes arrive.
-            if !self.core.rbuf.is_empty()
+            if !self.rbuf.is_empty()
                 && let Some(end) = self.process_input(session).await
             {
-                return Some(end);
+                return end;
             }
             // Shutdown wakes the mailbox of every attached session (`Registry::wake_owners`);
             // one that began before this connection attached is seen here.
             let mut woken = true;
             loop {
-                if woken && *self.core.shutdown.borrow() {
+                if woken && *self.shutdown.borrow() {
                     session.disconnect_packet(
                         ReasonCode::SERVER_SHUTTING_DOWN,
                         None,
-                        &mut self.core.wbuf,
+                        &mut self.wbuf,
                     );
-                    return Some(End::Abnormal("server shutting down"));
+                    return End::Abnormal("server shutting down");
                 }
-                let high_water = if self.core.stalled {
+                let high_water = if self.stalled {
                     STALLED_WATER
                 } else {
                     WRITE_HIGH_WATER
                 };
                 // Most turns of this loop (a write done, a packet read) find nothing to send:
                 // looked at without the mailbox's lock or the clock.
-                if self.core.wbuf.len() < high_water && session.has_pending() {
-                    session.pump(now_millis(), &mut self.core.wbuf, high_water);
+                if self.wbuf.len() < high_water && session.has_pending() {
+                    session.pump(now_millis(), &mut self.wbuf, high_water);
                 }
-                self.core.totals.add(&session.stats);
-                session.flush_stats(&self.core.broker.stats, false);
-                if session.take_settle() && !self.core.broker.store_is_settled() {
+                totals.add(&session.stats);
+                session.flush_stats(&self.broker.stats, false);
+                if session.take_settle() && !self.broker.store_is_settled() {
                     // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
                     // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
                     // Boxed: only a wait needs the future, and inline it would enlarge every
                     // connection's task.
-                    Box::pin(self.core.broker.store_settled()).await;
+                    Box::pin(self.broker.store_settled()).await;
                 }
                 // Empty buffers are released, so a waiting connection holds none; the read
                 // buffer's storage lives on in payloads routed from it until they are sent.
                 // Whatever their capacity: a buffer split or advanced to its end has none
                 // left, yet still holds the allocation it was cut from (and the read
                 // buffer, once split, a 40-byte shared header besides).
-                if self.core.wbuf.is_empty() {
-                    self.core.wbuf = BytesMut::new();
-                } else if self.core.stalled
-                    && self.core.wbuf.capacity() > 4 * STALLED_WATER.max(self.core.wbuf.len())
+                if self.wbuf.is_empty() {
+                    self.wbuf = BytesMut::new();
+                } else if self.stalled
+                    && self.wbuf.capacity() > 4 * STALLED_WATER.max(self.wbuf.len())
                 {
                     // A stalled client keeps what is left of a large buffer for as long as it
                     // does not read: copy the rest into one of its size.
-                    self.core.wbuf = BytesMut::from(&self.core.wbuf[..]);
+                    self.wbuf = BytesMut::from(&self.wbuf[..]);
                 }
-                if self.core.rbuf.is_empty() {
-                    self.core.rbuf = BytesMut::new();
+                if self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::new();
                 }
                 // What a client that does not read (the write buffer) or sends a large packet
                 // (the read buffer) holds counts against `limits.max_memory` too.
-                let buffers = u32::try_from(self.core.rbuf.capacity() + self.core.wbuf.capacity())
-                    .unwrap_or(u32::MAX);
-                if buffers != self.core.buffers_charged {
-                    let before = std::mem::replace(&mut self.core.buffers_charged, buffers);
-                    self.core
-                        .broker
+                let buffers =
+                    u32::try_from(self.rbuf.capacity() + self.wbuf.capacity()).unwrap_or(u32::MAX);
+                if buffers != self.buffers_charged {
+                    let before = std::mem::replace(&mut self.buffers_charged, buffers);
+                    self.broker
                         .memory
                         .adjust(u64::from(before), u64::from(buffers));
                 }
@@ -1405,19 +1199,18 @@ where
                     )
                 })
                 .await;
-                active |= !matches!(event, Wait::KeepAlive);
                 match event {
                     Wait::Written => {}
-                    Wait::WriteFailed => return Some(End::Abnormal("write failed")),
+                    Wait::WriteFailed => return End::Abnormal("write failed"),
                     Wait::Read(Ok(0)) => {
-                        return Some(End::Abnormal("closed by the client without DISCONNECT"));
+                        return End::Abnormal("closed by the client without DISCONNECT");
                     }
-                    Wait::Read(Err(_)) => return Some(End::Abnormal("read failed")),
+                    Wait::Read(Err(_)) => return End::Abnormal("read failed"),
                     Wait::Read(Ok(n)) => {
                         session.stats.bytes_received += n as u64;
-                        self.core.last_read = Instant::now();
+                        last_read = Instant::now();
                         if let Some(end) = self.process_input(session).await {
-                            return Some(end);
+                            return end;
                         }
                         // A re-authentication begun: wake by its deadline (only then, so the
                         // timer is not reset for every read).
@@ -1433,25 +1226,21 @@ where
                     Wait::Mailbox => {
                         woken = true;
                         if mailbox.take_recheck() {
-                            if (self.core.listener.access)
-                                .revoked(session.username(), self.core.totals.connected_at_ms)
+                            if (self.listener.access)
+                                .revoked(session.username(), totals.connected_at_ms)
                             {
-                                tracing::info!(client_id = %session.client_id(), peer = %self.core.peer, "connection closed: dynamic security disabled or deleted its client");
+                                tracing::info!(client_id = %session.client_id(), peer = %self.peer, "connection closed: dynamic security disabled or deleted its client");
                                 session.disconnect_packet(
                                     ReasonCode::ADMINISTRATIVE_ACTION,
                                     None,
-                                    &mut self.core.wbuf,
+                                    &mut self.wbuf,
                                 );
-                                return Some(End::Kicked {
+                                return End::Kicked {
                                     discard_session: false,
-                                });
+                                };
                             }
-                            Box::pin(recheck_subscriptions(
-                                &self.core.listener,
-                                &self.core.broker,
-                                session,
-                            ))
-                            .await;
+                            Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
+                                .await;
                         }
                         match mailbox.take_control() {
                             Some(Control::TakeOver(reply)) => {
@@ -1459,74 +1248,75 @@ where
                                 session.disconnect_packet(
                                     ReasonCode::SESSION_TAKEN_OVER,
                                     None,
-                                    &mut self.core.wbuf,
+                                    &mut self.wbuf,
                                 );
-                                return Some(End::TakenOver(reply));
+                                return End::TakenOver(reply);
                             }
                             Some(Control::Describe(reply)) => {
-                                let _ = reply.send(self.describe(session));
+                                let _ = reply.send(self.describe(session, &totals));
                             }
                             Some(Control::Kick { discard_session }) => {
                                 session.disconnect_packet(
                                     ReasonCode::ADMINISTRATIVE_ACTION,
                                     None,
-                                    &mut self.core.wbuf,
+                                    &mut self.wbuf,
                                 );
-                                return Some(End::Kicked { discard_session });
+                                return End::Kicked { discard_session };
                             }
                             None => {}
                         }
                     }
                     Wait::RateResumed => {
                         if let Some(end) = self.process_input(session).await {
-                            return Some(end);
+                            return end;
                         }
                     }
                     Wait::KeepAlive => {
-                        if self.core.rate.as_ref().is_some_and(|r| r.is_paused()) {
+                        if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
                             // Not reading is our doing, not the client's silence.
-                            self.core.last_read = Instant::now();
+                            last_read = Instant::now();
                         }
                         if self
                             .credential_deadline()
                             .is_some_and(|at| Instant::now() >= at)
                         {
                             // MQTT 5 is told why (0xA0); an MQTT 3 connection is just closed.
-                            tracing::info!(client_id = %session.client_id(), peer = %self.core.peer, "credential expired; connection closed");
+                            tracing::info!(client_id = %session.client_id(), peer = %self.peer, "credential expired; connection closed");
                             session.disconnect_packet(
                                 ReasonCode::MAXIMUM_CONNECT_TIME,
                                 Some("credential expired"),
-                                &mut self.core.wbuf,
+                                &mut self.wbuf,
                             );
-                            return Some(End::Abnormal("credential expired"));
+                            return End::Abnormal("credential expired");
                         }
                         if self
                             .reauth_deadline()
                             .is_some_and(|at| Instant::now() >= at)
                         {
-                            tracing::info!(client_id = %session.client_id(), peer = %self.core.peer, "re-authentication not completed in time; connection closed");
+                            tracing::info!(client_id = %session.client_id(), peer = %self.peer, "re-authentication not completed in time; connection closed");
                             session.disconnect_packet(
                                 ReasonCode::NOT_AUTHORIZED,
                                 Some("re-authentication not completed in time"),
-                                &mut self.core.wbuf,
+                                &mut self.wbuf,
                             );
-                            return Some(End::Abnormal("re-authentication not completed in time"));
+                            return End::Abnormal("re-authentication not completed in time");
                         }
-                        if keep_alive_limit(self.core.totals.keep_alive)
-                            .is_some_and(|limit| self.core.last_read.elapsed() >= limit)
+                        if keep_alive_limit(totals.keep_alive)
+                            .is_some_and(|limit| last_read.elapsed() >= limit)
                         {
                             self.protocol_error("keep alive timeout");
                             session.disconnect_packet(
                                 ReasonCode::KEEP_ALIVE_TIMEOUT,
                                 None,
-                                &mut self.core.wbuf,
+                                &mut self.wbuf,
                             );
-                            return Some(End::Abnormal("keep alive timeout"));
+                            return End::Abnormal("keep alive timeout");
                         }
-                        if !std::mem::replace(&mut active, false) && self.may_sleep(session) {
-                            return None;
-                        }
-                        match self.next_timer(self.reauth_deadline()) {
+                        match self.next_wake(
+                            keep_alive_limit(totals.keep_alive),
+                            last_read,
+                            self.reauth_deadline(),
+                        ) {
                             Some(at) => {
                                 if let Some(sleep) = &mut sleep {
                                     sleep.as_mut().reset(at);
@@ -1542,36 +1332,22 @@ where
     }
 
     /// When a serving connection must next wake without input: the keep-alive limit after
-    /// the last read, the credential's expiry, or `reauth` (a re-authentication's
-    /// deadline), whichever comes first.
-    fn next_wake(&self, reauth: Option<Instant>) -> Option<Instant> {
-        self.core.next_wake(reauth)
-    }
-
-    /// [`Connection::next_wake`], or sooner to see whether the connection may go dormant.
-    fn next_timer(&self, reauth: Option<Instant>) -> Option<Instant> {
-        let doze = self.dormant_after().map(|after| Instant::now() + after);
-        self.next_wake(reauth).into_iter().chain(doze).min()
-    }
-
-    /// How long this connection waits idle before going dormant; `None` when it never
-    /// does (TLS, WebSocket, `mqtt.dormant_after_secs` 0).
-    fn dormant_after(&self) -> Option<Duration> {
-        let secs = self.core.listener.config.mqtt.dormant_after_secs;
-        (S::CAN_SLEEP && secs > 0).then(|| Duration::from_secs(secs))
-    }
-
-    /// Whether nothing is under way that a dormant connection could not carry on with:
-    /// no bytes to write or half a packet read, no deliveries waiting to be sent, no
-    /// publish-rate pause, no re-authentication.
-    fn may_sleep(&self, session: &Session) -> bool {
-        self.dormant_after().is_some()
-            && self.core.wbuf.is_empty()
-            && !self.core.unflushed
-            && self.core.rbuf.is_empty()
-            && self.core.rate.as_ref().is_none_or(|r| !r.is_paused())
-            && self.reauth_deadline().is_none()
-            && !session.has_pending()
+    /// `last_read`, the credential's expiry, or a re-authentication's deadline, whichever
+    /// comes first.
+    fn next_wake(
+        &self,
+        keep_alive: Option<Duration>,
+        last_read: Instant,
+        reauth: Option<Instant>,
+    ) -> Option<Instant> {
+        [
+            keep_alive.map(|limit| last_read + limit),
+            self.credential_deadline(),
+            reauth,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Polls, in this order, what a serving connection waits for: writing out the
@@ -1586,19 +1362,19 @@ where
         mailbox: &Mailbox,
         sleep: Option<Pin<&mut tokio::time::Sleep>>,
     ) -> Poll<Wait> {
-        if !self.core.wbuf.is_empty() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.core.wbuf) {
+        if !self.wbuf.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
                 Poll::Ready(written) => {
                     return Poll::Ready(match written {
                         Ok(0) | Err(_) => Wait::WriteFailed,
                         Ok(n) => {
-                            self.core.stalled = n < self.core.wbuf.len();
-                            self.core.wbuf.advance(n);
+                            self.stalled = n < self.wbuf.len();
+                            self.wbuf.advance(n);
                             *bytes_sent += n as u64;
                             // All of it went: flush in the same turn rather than the next
                             // (for plain TCP a flush does nothing; at device rates every
                             // message is a write of its own).
-                            self.core.unflushed = !self.core.wbuf.is_empty()
+                            self.unflushed = !self.wbuf.is_empty()
                                 || !matches!(
                                     Pin::new(&mut self.stream).poll_flush(cx),
                                     Poll::Ready(Ok(()))
@@ -1608,27 +1384,27 @@ where
                     });
                 }
                 // The socket is full: the client is not keeping up.
-                Poll::Pending => self.core.stalled = true,
+                Poll::Pending => self.stalled = true,
             }
-        } else if self.core.unflushed
+        } else if self.unflushed
             && let Poll::Ready(flushed) = Pin::new(&mut self.stream).poll_flush(cx)
         {
-            self.core.unflushed = false;
+            self.unflushed = false;
             return Poll::Ready(match flushed {
                 Ok(()) => Wait::Written,
                 Err(_) => Wait::WriteFailed,
             });
         }
-        let throttle = match &mut self.core.rate {
+        let throttle = match &mut self.rate {
             Some(rate) => rate.poll(cx),
             None => Throttle::Open,
         };
         if throttle == Throttle::Resumed {
             return Poll::Ready(Wait::RateResumed);
         }
-        if self.core.wbuf.len() < READ_PAUSE
+        if self.wbuf.len() < READ_PAUSE
             && throttle == Throttle::Open
-            && let Poll::Ready(read) = poll_read_into(&mut self.stream, &mut self.core.rbuf, cx)
+            && let Poll::Ready(read) = poll_read_into(&mut self.stream, &mut self.rbuf, cx)
         {
             return Poll::Ready(Wait::Read(read));
         }
@@ -1662,7 +1438,7 @@ where
     /// then carries on. So waiting is never inline in the connection's task, whose every
     /// byte is in every connection (see "Memory per connection" in ARCHITECTURE.md).
     fn process_now(&mut self, session: &mut Session) -> Result<Option<End>, Waiting> {
-        let checks_wait = self.core.listener.access.topic_checks_wait();
+        let checks_wait = self.listener.access.topic_checks_wait();
         let mut handled_here = 0u32;
         let mut since: Option<Instant> = None;
         loop {
@@ -1682,7 +1458,7 @@ where
                     }
                 }
             }
-            if self.core.rate.as_ref().is_some_and(|r| r.is_paused()) {
+            if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
                 // Over its publish rate: the rest waits in the read buffer (see
                 // `publish_rate`).
                 return Ok(None);
@@ -1713,7 +1489,7 @@ where
                 Waiting::Yield => tokio::task::yield_now().await,
                 Waiting::Authorize(pending) => {
                     let authorized = authorize(
-                        self.core.listener.clone(),
+                        self.listener.clone(),
                         session.client_id().clone(),
                         session.username().map(str::to_owned),
                         *pending,
@@ -1723,7 +1499,7 @@ where
                     if let Some(end) = self.handled(session, handled) {
                         return Some(end);
                     }
-                    if self.core.rate.as_ref().is_some_and(|r| r.is_paused()) {
+                    if self.rate.as_ref().is_some_and(|r| r.is_paused()) {
                         return None;
                     }
                 }
@@ -1739,7 +1515,7 @@ where
     /// connection. Inlined for the same reason as [`Connection::dispatch`].
     #[inline(always)]
     fn next_packet(&mut self, session: &mut Session) -> Result<Option<Packet>, End> {
-        match self.core.decoder.decode(&mut self.core.rbuf) {
+        match self.decoder.decode(&mut self.rbuf) {
             Ok(Some(packet)) => {
                 session.stats.packets_received += 1;
                 Ok(Some(packet))
@@ -1751,7 +1527,7 @@ where
                     message: "undecodable packet",
                 };
                 self.protocol_error(&format!("client {}: {error}", session.client_id()));
-                session.disconnect_packet(violation.reason, None, &mut self.core.wbuf);
+                session.disconnect_packet(violation.reason, None, &mut self.wbuf);
                 Err(End::Abnormal("malformed packet"))
             }
         }
@@ -1761,10 +1537,7 @@ where
     fn handled(&mut self, session: &mut Session, handled: Result<Flow, Violation>) -> Option<End> {
         let state = session.state();
         if state.subscription_changes != state.subscriptions_recorded {
-            self.core
-                .broker
-                .registry
-                .record_connected(session.state_mut());
+            self.broker.registry.record_connected(session.state_mut());
         }
         match handled {
             Ok(Flow::Continue) => None,
@@ -1781,11 +1554,11 @@ where
     /// "disconnect"`: it is not handled, and the connection closes, MQTT 5 with 0x96.
     #[cold]
     fn over_publish_rate(&mut self, session: &mut Session) -> Flow {
-        Stats::add(&self.core.broker.stats.publish_rate_disconnected, 1);
+        Stats::add(&self.broker.stats.publish_rate_disconnected, 1);
         if self.log_allowed() {
-            tracing::info!(client_id = %session.client_id(), peer = %self.core.peer, listener = %self.core.listener.name, "closing connection: over its publish rate (limits.publish_rate_action = \"disconnect\")");
+            tracing::info!(client_id = %session.client_id(), peer = %self.peer, listener = %self.listener.name, "closing connection: over its publish rate (limits.publish_rate_action = \"disconnect\")");
         }
-        session.disconnect_packet(ReasonCode::MESSAGE_RATE_TOO_HIGH, None, &mut self.core.wbuf);
+        session.disconnect_packet(ReasonCode::MESSAGE_RATE_TOO_HIGH, None, &mut self.wbuf);
         Flow::Close("publish rate exceeded")
     }
 
@@ -1796,11 +1569,7 @@ where
             violation.message,
             violation.reason
         ));
-        session.disconnect_packet(
-            violation.reason,
-            Some(violation.message),
-            &mut self.core.wbuf,
-        );
+        session.disconnect_packet(violation.reason, Some(violation.message), &mut self.wbuf);
     }
 
     /// Handles one packet, or, for PUBLISH and SUBSCRIBE, takes it as far as the
@@ -1816,28 +1585,26 @@ where
         mut packet: Packet,
         checks_wait: bool,
     ) -> Result<Dispatch, Violation> {
-        if self.core.listener.config.amqp.mqtt_dots_as_separators {
+        if self.listener.config.amqp.mqtt_dots_as_separators {
             crate::amqp_queues::mapping::dots_as_separators(&mut packet);
         }
         match packet {
             Packet::Publish(publish) => {
-                if let Some(rate) = &mut self.core.rate {
+                if let Some(rate) = &mut self.rate {
                     match rate.publish(publish.payload.len()) {
                         Over::No => {}
-                        Over::Paused => {
-                            Stats::add(&self.core.broker.stats.publish_rate_throttled, 1)
-                        }
+                        Over::Paused => Stats::add(&self.broker.stats.publish_rate_throttled, 1),
                         Over::Disconnect => {
                             return Ok(Dispatch::Handled(self.over_publish_rate(session)));
                         }
                     }
                 }
-                let resolved = session
-                    .resolve_publish(publish, &self.core.broker.env(&self.core.listener.config))?;
+                let resolved =
+                    session.resolve_publish(publish, &self.broker.env(&self.listener.config))?;
                 if checks_wait {
                     return Ok(Dispatch::Authorize(Pending::Publish(resolved)));
                 }
-                let allowed = self.core.listener.access.authorize_publish_now(
+                let allowed = self.listener.access.authorize_publish_now(
                     session.client_id(),
                     session.username(),
                     resolved.topic(),
@@ -1845,16 +1612,16 @@ where
                 Ok(Dispatch::Handled(self.publish(session, resolved, allowed)))
             }
             Packet::Subscribe(subscribe) => Ok(Dispatch::Authorize(Pending::Subscribe(subscribe))),
-            Packet::Unsubscribe(unsubscribe) if self.core.listener.access.checks_unsubscribe() => {
-                let access = &self.core.listener.access;
+            Packet::Unsubscribe(unsubscribe) if self.listener.access.checks_unsubscribe() => {
+                let access = &self.listener.access;
                 let allowed: Vec<bool> = (unsubscribe.filters.iter())
                     .map(|f| access.authorize_unsubscribe(session.username(), f))
                     .collect();
                 session.unsubscribe_authorized(
                     unsubscribe,
                     &allowed,
-                    &self.core.broker.env(&self.core.listener.config),
-                    &mut self.core.wbuf,
+                    &self.broker.env(&self.listener.config),
+                    &mut self.wbuf,
                 );
                 Ok(Dispatch::Handled(Flow::Continue))
             }
@@ -1862,8 +1629,8 @@ where
             other => session
                 .handle(
                     other,
-                    &self.core.broker.env(&self.core.listener.config),
-                    &mut self.core.wbuf,
+                    &self.broker.env(&self.listener.config),
+                    &mut self.wbuf,
                 )
                 .map(Dispatch::Handled),
         }
@@ -1878,7 +1645,7 @@ where
         match dispatched? {
             Dispatch::Handled(flow) => Ok(flow),
             Dispatch::Authorize(pending) => {
-                let authorized = authorize_now(&self.core.listener.access, session, pending);
+                let authorized = authorize_now(&self.listener.access, session, pending);
                 self.complete(session, authorized)
             }
         }
@@ -1903,7 +1670,7 @@ where
     /// subscriptions again (if something changed) and the reply is published on the
     /// response topic, as the plugin does. A QoS 2 PUBLISH sent again is not run again.
     fn dynsec_command(&self, session: &Session, resolved: &mut ResolvedPublish) {
-        let Some(dynsec) = self.core.listener.access.dynsec_command(resolved.topic()) else {
+        let Some(dynsec) = self.listener.access.dynsec_command(resolved.topic()) else {
             return;
         };
         let repeated = resolved.qos() == midge_proto::QoS::ExactlyOnce
@@ -1912,7 +1679,7 @@ where
         if repeated {
             return;
         }
-        let broker = self.core.broker.clone();
+        let broker = self.broker.clone();
         let caller = format!(
             "{}/{}",
             session.client_id(),
@@ -1946,9 +1713,9 @@ where
         session.publish(
             resolved,
             allowed,
-            &self.core.broker.env(&self.core.listener.config),
+            &self.broker.env(&self.listener.config),
             now_millis(),
-            &mut self.core.wbuf,
+            &mut self.wbuf,
         )
     }
 
@@ -1961,7 +1728,7 @@ where
     ) -> Result<Flow, Violation> {
         if verdicts.contains(&FilterVerdict::Partly) {
             // Set before SUBACK's retained messages are pumped, so they are checked too.
-            let access = &self.core.listener.access;
+            let access = &self.listener.access;
             let filter = access.delivery_filter(session.client_id().clone(), session.username());
             session.filter_deliveries(filter);
         }
@@ -1972,9 +1739,9 @@ where
         session.subscribe(
             subscribe,
             &granted,
-            &self.core.broker.env(&self.core.listener.config),
+            &self.broker.env(&self.listener.config),
             now_millis(),
-            &mut self.core.wbuf,
+            &mut self.wbuf,
         )?;
         Ok(Flow::Continue)
     }
@@ -1989,16 +1756,16 @@ where
     async fn close(&mut self) {
         // Acknowledgements in the buffer wait for the store as in `run`; if it does not
         // commit in time they are not sent, and the client resends.
-        let settled = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.core.broker.store_settled());
+        let settled = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.broker.store_settled());
         if settled.await.is_err() {
-            self.core.wbuf.clear();
+            self.wbuf.clear();
         }
-        let drain = !self.core.wbuf.is_empty();
+        let drain = !self.wbuf.is_empty();
         let flush = async {
-            while !self.core.wbuf.is_empty() {
-                match self.stream.write_buf(&mut self.core.wbuf).await {
+            while !self.wbuf.is_empty() {
+                match self.stream.write_buf(&mut self.wbuf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(n) => Stats::add(&self.core.broker.stats.bytes_sent, n as u64),
+                    Ok(n) => Stats::add(&self.broker.stats.bytes_sent, n as u64),
                 }
             }
             let _ = self.stream.shutdown().await;
@@ -2012,14 +1779,10 @@ where
     /// Reads and discards input until the client closes, the budget is spent or the
     /// server shuts down (which does not wait for clients).
     async fn drain(&mut self) {
-        if *self.core.shutdown.borrow() {
+        if *self.shutdown.borrow() {
             return;
         }
-        let (reader, rbuf, stats) = (
-            &mut self.stream,
-            &mut self.core.rbuf,
-            &self.core.broker.stats,
-        );
+        let (reader, rbuf, stats) = (&mut self.stream, &mut self.rbuf, &self.broker.stats);
         let discard = async {
             let mut budget = CLOSE_DRAIN_BYTES;
             loop {
@@ -2038,9 +1801,9 @@ where
         };
         tokio::select! {
             _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, discard) => {}
-            _ = self.core.shutdown.changed() => {}
+            _ = self.shutdown.changed() => {}
         }
-        self.core.rbuf = BytesMut::new();
+        self.rbuf = BytesMut::new();
     }
 }
 
@@ -2166,13 +1929,4 @@ async fn recheck_subscriptions(listener: &ListenerContext, broker: &Broker, sess
     if dropped {
         session.forget_unmatched_deliveries();
     }
-}
-
-/// The size of a woken connection's future (see `listener`'s test of the task cell).
-#[cfg(test)]
-pub(crate) fn awake_future_size<H: Send + 'static>() -> usize {
-    fn size<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    size::<Connection<tokio::net::TcpStream>, Session, u64, H, _>(Connection::serve_awake)
 }

@@ -20,7 +20,6 @@ pub mod cluster;
 pub mod config;
 pub mod conn_limit;
 pub mod connection;
-pub(crate) mod dormant;
 pub mod listener;
 pub mod log_limit;
 pub mod mailbox;

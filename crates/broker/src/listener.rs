@@ -1125,8 +1125,6 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
 /// The TCP socket is inside the TLS and WebSocket layers, out of reach from here: the
 /// [`Resettable`] around the stream and the one around its socket share a flag instead.
-impl connection::IntoDormant for Box<dyn ByteStream> {}
-
 impl connection::ResetOnClose for Box<dyn ByteStream> {
     fn reset_on_close(&self) {}
 }
@@ -1236,8 +1234,6 @@ impl<T: connection::ResetOnClose> Resettable<T> {
         Self { inner, reset }
     }
 }
-
-impl<T: connection::ResetOnClose> connection::IntoDormant for Resettable<T> {}
 
 impl<T: connection::ResetOnClose> connection::ResetOnClose for Resettable<T> {
     fn reset_on_close(&self) {
@@ -1436,25 +1432,20 @@ mod tests {
 
     /// A plain TCP connection's task is its future in tokio's task cell: 104 bytes of
     /// tokio's and the future's own tag around it, rounded up to 128 bytes. The cell is in
-    /// every connection that is not dormant (see "Memory per connection" in
-    /// ARCHITECTURE.md): at 928 bytes of future it was 1,152 bytes, at 784 896; now the
-    /// future is at most 664 bytes and the cell 768. This keeps it from growing past that
-    /// unnoticed, for a connection's first task and for the task it gets when it wakes
-    /// from dormancy.
+    /// every connection (see "Memory per connection" in ARCHITECTURE.md): at 928 bytes of
+    /// future it was 1,152 bytes, at 784 896; now the future is 664 bytes and the cell
+    /// 768, with nothing to spare. This keeps it from growing past that unnoticed.
     #[test]
     fn a_plain_tcp_connection_task_fits_768_bytes() {
         type Held = (Counted, crate::conn_limit::ConnSlot, OpenConnection);
-        let first =
+        let future =
             future_size::<_, _, _, _, _, _, Held, _>(connection::serve::<tokio::net::TcpStream>);
-        let woken = connection::awake_future_size::<Held>();
-        for future in [first, woken] {
-            // tokio's header (32), scheduler and task id (16), the stage's tag (8), trailer (48).
-            let cell = (32 + 16 + future + 8 + 48).next_multiple_of(128);
-            assert!(
-                cell <= 768,
-                "connection future {future} bytes, task cell {cell} (first {first}, woken {woken})"
-            );
-        }
+        // tokio's header (32), scheduler and task id (16), the stage's tag (8), trailer (48).
+        let cell = (32 + 16 + future + 8 + 48).next_multiple_of(128);
+        assert!(
+            cell <= 768,
+            "connection future {future} bytes, task cell {cell}"
+        );
     }
 
     /// Releases come every `RELEASE_INTERVAL` while they free memory, ever less often

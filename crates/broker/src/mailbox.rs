@@ -974,18 +974,6 @@ impl Mailbox {
         std::future::poll_fn(|cx| self.poll_notified(cx)).await;
     }
 
-    /// Hands wake-ups to a dormant connection's `waker` (see `dormant`). `true` when the
-    /// mailbox was woken already, while the connection was on its way to sleep: the caller
-    /// wakes it, and the wake-up is left for the connection to see.
-    pub(crate) fn wait_dormant(&self, waker: Waker) -> bool {
-        let mut inner = self.lock();
-        if inner.notified {
-            return true;
-        }
-        inner.waker = Some(waker);
-        false
-    }
-
     /// Forgets the waiting connection's waker, which would otherwise keep the ended
     /// connection's task allocated as long as the mailbox lives.
     pub fn forget_waker(&self) {

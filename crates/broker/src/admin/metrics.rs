@@ -137,19 +137,6 @@ impl Collector for BrokerCollector {
             "Network connections open, per listener (including those still in their TLS, WebSocket or CONNECT handshake).",
             &per_listener,
         )?;
-        let (dormant, dormant_woken) = broker.dormitory.counts();
-        gauge(
-            e,
-            "midge_connections_dormant",
-            "Idle plain-TCP connections waiting without a task of their own (mqtt.dormant_after_secs).",
-            dormant as f64,
-        )?;
-        counter(
-            e,
-            "midge_dormant_wakeups",
-            "Times a dormant connection woke (input, a delivery, its keep-alive deadline).",
-            dormant_woken,
-        )?;
         let sessions = broker.registry.len() as u64;
         let online = s.clients_connected.min(sessions);
         gauge_family(

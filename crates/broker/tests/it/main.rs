@@ -18,7 +18,6 @@ mod conformance;
 mod conn_limits;
 mod connect;
 mod differential;
-mod dormant;
 mod dynsec;
 mod harness;
 mod hostile_connect;
