@@ -56,6 +56,19 @@ fn put_bytes(out: &mut BytesMut, v: &[u8]) {
 /// Encodes `message` from `origin`; `remaining_ms` is its remaining lifetime, if it has an
 /// expiry (the caller drops messages already expired).
 pub fn encode(origin: &Origin, message: &Message, remaining_ms: Option<Millis>) -> Bytes {
+    let mut out = BytesMut::new();
+    encode_into(&mut out, origin, message, remaining_ms);
+    out.freeze()
+}
+
+/// [`encode`], appended to `out`: a caller encoding message after message reuses one
+/// buffer instead of allocating for each.
+pub fn encode_into(
+    out: &mut BytesMut,
+    origin: &Origin,
+    message: &Message,
+    remaining_ms: Option<Millis>,
+) {
     let p = &message.properties;
     let mut flags = message.qos as u8;
     let mut set = |bit: u8, on: bool| {
@@ -74,7 +87,7 @@ pub fn encode(origin: &Origin, message: &Message, remaining_ms: Option<Millis>) 
         .iter()
         .map(|(k, v)| k.len() + v.len() + 10)
         .sum();
-    let mut out = BytesMut::with_capacity(
+    out.reserve(
         32 + origin.node.len()
             + message.origin.len()
             + p.response_topic.as_ref().map_or(0, String::len)
@@ -84,33 +97,32 @@ pub fn encode(origin: &Origin, message: &Message, remaining_ms: Option<Millis>) 
             + message.payload.len(),
     );
     out.put_u8(VERSION);
-    put_bytes(&mut out, origin.node.as_bytes());
-    put_varint(&mut out, origin.incarnation);
-    put_varint(&mut out, origin.seq);
+    put_bytes(out, origin.node.as_bytes());
+    put_varint(out, origin.incarnation);
+    put_varint(out, origin.seq);
     out.put_u8(flags);
-    put_bytes(&mut out, message.origin.as_bytes());
+    put_bytes(out, message.origin.as_bytes());
     if let Some(v) = p.payload_format_indicator {
         out.put_u8(v);
     }
     if let Some(v) = remaining_ms {
-        put_varint(&mut out, v);
+        put_varint(out, v);
     }
     if let Some(v) = &p.response_topic {
-        put_bytes(&mut out, v.as_bytes());
+        put_bytes(out, v.as_bytes());
     }
     if let Some(v) = &p.correlation_data {
-        put_bytes(&mut out, v);
+        put_bytes(out, v);
     }
     if let Some(v) = &p.content_type {
-        put_bytes(&mut out, v.as_bytes());
+        put_bytes(out, v.as_bytes());
     }
-    put_varint(&mut out, p.user_properties.len() as u64);
+    put_varint(out, p.user_properties.len() as u64);
     for (k, v) in &p.user_properties {
-        put_bytes(&mut out, k.as_bytes());
-        put_bytes(&mut out, v.as_bytes());
+        put_bytes(out, k.as_bytes());
+        put_bytes(out, v.as_bytes());
     }
     out.put_slice(&message.payload);
-    out.freeze()
 }
 
 struct Reader {

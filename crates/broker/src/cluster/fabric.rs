@@ -650,6 +650,7 @@ async fn serve(
             tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut forward_warning = None;
+        let mut scratch = Scratch::default();
         loop {
             if !out.is_empty() {
                 writer.write_all(&out).await?;
@@ -690,7 +691,7 @@ async fn serve(
                     let Some(message) = message else { break };
                     let mut next = Some(message);
                     while let Some(message) = next.take() {
-                        match push_pub(&mut out, origin, &message, max_payload) {
+                        match push_pub(&mut out, &mut scratch, origin, &message, max_payload) {
                             Ok(true) => Stats::add(&stats.forwarded, 1),
                             Ok(false) => {}
                             Err(why) => {
@@ -738,10 +739,19 @@ fn push_sub(out: &mut Vec<u8>, subject: &str, sid: u64) {
     let _ = write!(out, "SUB {subject} {sid}\r\n");
 }
 
+/// What [`push_pub`] builds a message's subject and envelope in, kept by the writer so that
+/// forwarding a message allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    subject: String,
+    envelope: BytesMut,
+}
+
 /// Appends the PUB of `message` (true), skips it because it expired while queued (false:
 /// nobody may receive it now, so it is not a drop), or says why it is not forwarded.
 fn push_pub(
     out: &mut Vec<u8>,
+    scratch: &mut Scratch,
     origin: &mut Origin,
     message: &Message,
     max_payload: usize,
@@ -752,24 +762,33 @@ fn push_pub(
         Some(at) => Some(at - now),
         None => None,
     };
-    let subject = subject::topic_to_subject(&message.topic);
+    let Scratch { subject, envelope } = scratch;
+    subject.clear();
+    subject::push_subject(subject, &message.topic);
     if subject.len() > MAX_SUBJECT_LEN {
         return Err("the topic is too long for a NATS subject".into());
     }
     origin.seq += 1;
-    let payload = envelope::encode(origin, message, remaining);
-    if payload.len() > max_payload {
+    envelope.clear();
+    envelope::encode_into(envelope, origin, message, remaining);
+    let len = envelope.len();
+    let pushed = if len > max_payload {
         origin.seq -= 1;
-        return Err(format!(
-            "{} bytes are more than the server's max_payload ({max_payload})",
-            payload.len()
-        ));
+        Err(format!(
+            "{len} bytes are more than the server's max_payload ({max_payload})"
+        ))
+    } else {
+        // Into the buffer directly (writing to a Vec cannot fail): this runs per message.
+        let _ = write!(out, "PUB {subject} {len}\r\n");
+        out.extend_from_slice(&envelope[..]);
+        out.extend_from_slice(b"\r\n");
+        Ok(true)
+    };
+    if envelope.capacity() > WRITE_BATCH {
+        // One large message does not keep its size in the scratch buffer.
+        *envelope = BytesMut::new();
     }
-    // Into the buffer directly (writing to a Vec cannot fail): this runs per message.
-    let _ = write!(out, "PUB {subject} {}\r\n", payload.len());
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(b"\r\n");
-    Ok(true)
+    pushed
 }
 
 #[cfg(test)]
@@ -910,7 +929,16 @@ mod tests {
         };
         let message = Message::internal("a/b".into(), Bytes::from_static(b"hi"), false, 1);
         let mut out = Vec::new();
-        assert_eq!(push_pub(&mut out, &mut origin, &message, 1 << 20), Ok(true));
+        assert_eq!(
+            push_pub(
+                &mut out,
+                &mut Scratch::default(),
+                &mut origin,
+                &message,
+                1 << 20
+            ),
+            Ok(true)
+        );
         // The server's MSG carries what the PUB did: turn one into the other and decode.
         let text = String::from_utf8_lossy(&out).into_owned();
         let (line, _) = text.split_once("\r\n").unwrap();
@@ -930,9 +958,66 @@ mod tests {
 
         let big = Message::internal("a/b".into(), Bytes::from(vec![0; 100]), false, 0);
         let mut out = Vec::new();
-        assert!(push_pub(&mut out, &mut origin, &big, 64).is_err());
+        assert!(push_pub(&mut out, &mut Scratch::default(), &mut origin, &big, 64).is_err());
         assert!(out.is_empty());
         assert_eq!(origin.seq, 1, "a refused message takes no sequence number");
+    }
+
+    /// One scratch buffer carries message after message: nothing of a longer one before
+    /// is left in a shorter one after, and a large one does not keep its size.
+    #[test]
+    fn the_scratch_buffers_carry_each_message_alone() {
+        let mut origin = Origin {
+            node: "n1".into(),
+            incarnation: 7,
+            seq: 0,
+        };
+        let mut scratch = Scratch::default();
+        let mut out = Vec::new();
+        let sent = [
+            ("a/much/longer/topic", vec![7u8; WRITE_BATCH + 1]),
+            ("b", b"x".to_vec()),
+            ("$SYS/c", b"yz".to_vec()),
+        ];
+        for (topic, payload) in &sent {
+            let message =
+                Message::internal((*topic).into(), Bytes::from(payload.clone()), false, 0);
+            assert_eq!(
+                push_pub(&mut out, &mut scratch, &mut origin, &message, 1 << 20),
+                Ok(true)
+            );
+            if payload.len() > WRITE_BATCH {
+                assert_eq!(scratch.envelope.capacity(), 0);
+            }
+        }
+        // Read back as the server would deliver them.
+        let mut msgs = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let line = std::str::from_utf8(&rest[..end]).unwrap();
+            let fields: Vec<&str> = line.split(' ').collect();
+            let len: usize = fields[2].parse().unwrap();
+            msgs.extend_from_slice(format!("MSG {} 1 {len}\r\n", fields[1]).as_bytes());
+            msgs.extend_from_slice(&rest[end + 2..end + 2 + len + 2]);
+            rest = &rest[end + 2 + len + 2..];
+        }
+        let (ops, rest) = ops(&msgs);
+        assert!(rest.is_empty());
+        assert_eq!(ops.len(), sent.len());
+        for (seq, (op, (topic, payload))) in ops.iter().zip(&sent).enumerate() {
+            let Op::Msg {
+                subject,
+                payload: got,
+            } = op
+            else {
+                panic!("a message")
+            };
+            let decoded_topic = subject::subject_to_topic(subject).unwrap();
+            let (from, got) = envelope::decode(decoded_topic, got.clone(), now_millis()).unwrap();
+            assert_eq!(from.seq, seq as u64 + 1);
+            assert_eq!((&*got.topic, &got.payload[..]), (*topic, &payload[..]));
+        }
     }
 
     /// A fake NATS server's side of one accepted connection.

@@ -53,12 +53,18 @@ fn prefix_of(first_level: &str) -> &'static str {
 /// The subject a message on `topic` is published to.
 pub fn topic_to_subject(topic: &str) -> String {
     let mut out = String::with_capacity(PLAIN_PREFIX.len() + topic.len() + topic.len() / 2 + 4);
+    push_subject(&mut out, topic);
+    out
+}
+
+/// [`topic_to_subject`], appended to `out`: a caller converting topic after topic reuses
+/// one buffer instead of allocating for each.
+pub fn push_subject(out: &mut String, topic: &str) {
     out.push_str(prefix_of(topic));
     for level in topic.split('/') {
         out.push('.');
-        push_level(&mut out, level);
+        push_level(out, level);
     }
-    out
 }
 
 /// Why a subject is not one [`topic_to_subject`] makes.
