@@ -88,15 +88,8 @@ impl NatsServer {
             Some((userinfo, authority)) => (Some(userinfo), authority),
             None => (None, rest),
         };
-        let (host, port) = match authority.rfind(':') {
-            Some(i) if !authority[i..].contains(']') => (
-                &authority[..i],
-                authority[i + 1..]
-                    .parse::<u16>()
-                    .map_err(|_| format!("{url}: bad port"))?,
-            ),
-            _ => (authority, 4222),
-        };
+        let (host, port) = super::endpoint::split_port(authority, 4222)
+            .ok_or_else(|| format!("{url}: bad port"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains(['/', '?', ' ']) {
             return Err(format!("{url}: needs a host"));

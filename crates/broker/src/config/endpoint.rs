@@ -18,6 +18,17 @@ pub struct Endpoint {
     pub(crate) tls: bool,
 }
 
+/// Splits `host:port` (`[v6]:port` too; the host keeps its brackets); without a port,
+/// `default`. `None` when the port is not a number from 0 to 65535.
+pub(crate) fn split_port(authority: &str, default: u16) -> Option<(&str, u16)> {
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => {
+            Some((&authority[..i], authority[i + 1..].parse().ok()?))
+        }
+        _ => Some((authority, default)),
+    }
+}
+
 impl Endpoint {
     /// Parses an `http://` or `https://` URL.
     pub fn parse(url: &str) -> Result<Self, String> {
@@ -33,15 +44,8 @@ impl Endpoint {
         if authority.is_empty() || authority.contains('@') {
             return Err("needs a host (and no user info)".into());
         }
-        let (host, port) = match authority.rfind(':') {
-            Some(i) if !authority[i..].contains(']') => (
-                &authority[..i],
-                authority[i + 1..]
-                    .parse::<u16>()
-                    .map_err(|_| "bad port".to_owned())?,
-            ),
-            _ => (authority, if tls { 443 } else { 80 }),
-        };
+        let (host, port) = split_port(authority, if tls { 443 } else { 80 })
+            .ok_or_else(|| "bad port".to_owned())?;
         let authority = format!("{host}:{port}");
         let host = host
             .trim_start_matches('[')
