@@ -89,6 +89,43 @@ pub struct ConnLimiter {
     table: Mutex<Table>,
 }
 
+/// An admitted address's key (see [`address_key`]) in 9 bytes rather than an
+/// `IpAddr`'s 17, for what a connection holds for its whole life: an IPv4 address, or
+/// the /64 prefix of an IPv6 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldKey {
+    /// An IPv4 address (IPv4-mapped IPv6 ones too).
+    V4([u8; 4]),
+    /// The first 64 bits of an IPv6 address.
+    V6([u8; 8]),
+}
+
+impl HeldKey {
+    /// The key of an address as [`address_key`] gives it.
+    fn new(key: IpAddr) -> Self {
+        match key {
+            IpAddr::V4(v4) => Self::V4(v4.octets()),
+            IpAddr::V6(v6) => {
+                let octets = v6.octets();
+                let mut prefix = [0; 8];
+                prefix.copy_from_slice(&octets[..8]);
+                Self::V6(prefix)
+            }
+        }
+    }
+
+    fn ip(self) -> IpAddr {
+        match self {
+            Self::V4(v4) => IpAddr::from(v4),
+            Self::V6(prefix) => {
+                let mut octets = [0; 16];
+                octets[..8].copy_from_slice(&prefix);
+                IpAddr::from(octets)
+            }
+        }
+    }
+}
+
 /// An admitted connection's place in its address's count, released on drop.
 #[derive(Debug)]
 pub struct ConnSlot {
@@ -101,6 +138,14 @@ impl Drop for ConnSlot {
         if let Some((limiter, key)) = self.held.take() {
             limiter.release(key, Instant::now());
         }
+    }
+}
+
+impl ConnSlot {
+    /// The place, kept, as a key to give back with [`ConnLimiter::release_held`] on the
+    /// limiter that admitted it; `None` when nothing was counted.
+    pub fn into_key(mut self) -> Option<HeldKey> {
+        self.held.take().map(|(_, key)| HeldKey::new(key))
     }
 }
 
@@ -174,6 +219,11 @@ impl ConnLimiter {
         Ok(ConnSlot {
             held: Some((self.clone(), key)),
         })
+    }
+
+    /// Gives back a place kept with [`ConnSlot::into_key`].
+    pub fn release_held(&self, key: HeldKey) {
+        self.release(key.ip(), Instant::now());
     }
 
     fn release(&self, key: IpAddr, now: Instant) {
@@ -323,6 +373,32 @@ mod tests {
         let slots: Vec<_> = (0..1000).map(|_| l.admit(v4(1), now).unwrap()).collect();
         assert_eq!(l.tracked(), 0);
         drop(slots);
+    }
+
+    /// A place kept as a 9-byte key is given back to the count it was taken from, for
+    /// IPv4, IPv6 (by /64) and mapped addresses alike; nothing is released twice.
+    #[test]
+    fn a_kept_key_gives_back_the_place_it_was_taken_from() {
+        let l = limiter(1, 0, 0, 10);
+        let now = Instant::now();
+        let v6: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
+        for ip in [v4(1), v6, mapped] {
+            let key = l.admit(ip, now).unwrap().into_key().expect("counted");
+            assert_eq!(l.open_from(ip), 1, "{ip}: kept after the slot is gone");
+            assert_eq!(l.admit(ip, now).unwrap_err(), Refusal::PerIp);
+            l.release_held(key);
+            assert_eq!(l.open_from(ip), 0, "{ip}");
+            let again = l.admit(ip, now).unwrap();
+            drop(again);
+        }
+        assert_eq!(l.tracked(), 0);
+        assert_eq!(std::mem::size_of::<Option<HeldKey>>(), 9);
+        // With both limits off nothing is counted, and there is nothing to give back.
+        assert_eq!(
+            limiter(0, 0, 0, 10).admit(v4(1), now).unwrap().into_key(),
+            None
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::model::{Message, now_millis};
 use crate::pre_connect::{self, PreConnect, Refused};
 use crate::publish_rate::{Over, PublishRate, Throttle};
 use crate::session::{Flow, ResolvedPublish, Session, Violation, negotiate};
-use crate::stats::Stats;
+use crate::stats::{LocalStats, Stats};
 
 /// How often, in packets handled from one read, the connection looks at the time it has
 /// spent (see `process_now`).
@@ -66,6 +66,10 @@ pub struct ListenerContext {
     /// The configuration this connection was accepted under: a reload gives new
     /// connections a new one and leaves this connection's as it was.
     pub config: Arc<crate::config::Config>,
+    /// The server's shutdown flag. A connection clones it only while it waits on it
+    /// (before CONNECT, and while closing), so no serving connection keeps a receiver of
+    /// its own in its task; while serving it is woken through its mailbox and looks here.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// A SCRAM login's state kept for re-authentication (AUTH 0x19) [MQTT-4.12.1-1].
@@ -177,7 +181,7 @@ struct Totals {
 
 impl Totals {
     /// Adds a wake-up's counts, before they are flushed.
-    fn add(&mut self, stats: &crate::stats::LocalStats) {
+    fn add(&mut self, stats: &LocalStats) {
         self.bytes_received += stats.bytes_received;
         self.bytes_sent += stats.bytes_sent;
         self.dropped = self
@@ -201,7 +205,6 @@ struct Connection<S> {
     login: Option<Box<Login>>,
     broker: Arc<Broker>,
     listener: Arc<ListenerContext>,
-    shutdown: watch::Receiver<bool>,
     /// Bytes were written since the last flush. TLS and WebSocket streams may hold written
     /// bytes in a buffer until flushed.
     unflushed: bool,
@@ -300,7 +303,6 @@ pub fn serve<S>(
     certificate_identity: Option<String>,
     listener: Arc<ListenerContext>,
     broker: Arc<Broker>,
-    shutdown: watch::Receiver<bool>,
     held: impl Send,
 ) -> impl Future<Output = ()>
 where
@@ -324,7 +326,6 @@ where
         broker,
         listener,
         rate,
-        shutdown,
         unflushed: false,
         stalled: false,
         buffers_charged: 0,
@@ -373,10 +374,11 @@ where
                     return Err(NoConnect::Close);
                 }
             }
+            let mut shutdown = self.listener.shutdown.clone();
             let read = tokio::select! {
                 read = tokio::time::timeout_at(deadline, budget.read(&mut self.stream, &mut self.rbuf)) => read,
                 // Shutdown does not wait for a client that has not sent CONNECT yet.
-                _ = self.shutdown.changed() => return Err(NoConnect::Close),
+                _ = shutdown.changed() => return Err(NoConnect::Close),
             };
             match read {
                 Ok(pre_connect::Read::Closed) => return Err(NoConnect::Close),
@@ -580,9 +582,10 @@ where
                     }));
                 }
             }
+            let mut shutdown = self.listener.shutdown.clone();
             let read = tokio::select! {
                 read = tokio::time::timeout_at(deadline, budget.read(&mut self.stream, &mut self.rbuf)) => read,
-                _ = self.shutdown.changed() => return Err(None),
+                _ = shutdown.changed() => return Err(None),
             };
             match read {
                 Ok(pre_connect::Read::Closed) => return Err(None),
@@ -980,7 +983,12 @@ where
             self.listener.config.mqtt.max_inflight,
         );
         if attached.session_present {
-            recheck_subscriptions(&self.listener, &self.broker, &mut session).await;
+            LocalStats::kept_across(recheck_subscriptions(
+                &self.listener,
+                &self.broker,
+                &mut session,
+            ))
+            .await;
         }
         session.start(connack, now_millis(), &mut self.wbuf);
         broker.stats.client_connected();
@@ -1075,7 +1083,9 @@ where
 
     /// This connection for the admin API (`Control::Describe`).
     fn describe(&self, session: &Session, totals: &Totals) -> ConnectionDetail {
-        let unflushed = &session.stats;
+        // This thread's pending counts are this connection's: `describe` is called in
+        // its turn, and every connection flushes before it awaits anything.
+        let unflushed = LocalStats::peek();
         ConnectionDetail {
             peer: self.peer,
             listener: self.listener.name.clone(),
@@ -1135,7 +1145,7 @@ where
             // one that began before this connection attached is seen here.
             let mut woken = true;
             loop {
-                if woken && *self.shutdown.borrow() {
+                if woken && *self.listener.shutdown.borrow() {
                     session.disconnect_packet(
                         ReasonCode::SERVER_SHUTTING_DOWN,
                         None,
@@ -1153,8 +1163,7 @@ where
                 if self.wbuf.len() < high_water && session.has_pending() {
                     session.pump(now_millis(), &mut self.wbuf, high_water);
                 }
-                totals.add(&session.stats);
-                session.flush_stats(&self.broker.stats, false);
+                totals.add(&session.flush_stats(&self.broker.stats, false));
                 if session.take_settle() && !self.broker.store_is_settled() {
                     // [storage] durability = "sync": what we are about to send (PUBACK, PUBREC,
                     // PUBREL, QoS 2 PUBLISH with its packet id) never runs ahead of the store.
@@ -1191,12 +1200,7 @@ where
                 }
                 woken = false;
                 let event = std::future::poll_fn(|cx| {
-                    self.poll_wait(
-                        cx,
-                        &mut session.stats.bytes_sent,
-                        &mailbox,
-                        sleep.as_mut().map(|s| s.as_mut()),
-                    )
+                    self.poll_wait(cx, &mailbox, sleep.as_mut().map(|s| s.as_mut()))
                 })
                 .await;
                 match event {
@@ -1207,7 +1211,7 @@ where
                     }
                     Wait::Read(Err(_)) => return End::Abnormal("read failed"),
                     Wait::Read(Ok(n)) => {
-                        session.stats.bytes_received += n as u64;
+                        LocalStats::count(|c| c.bytes_received += n as u64);
                         last_read = Instant::now();
                         if let Some(end) = self.process_input(session).await {
                             return end;
@@ -1239,8 +1243,12 @@ where
                                     discard_session: false,
                                 };
                             }
-                            Box::pin(recheck_subscriptions(&self.listener, &self.broker, session))
-                                .await;
+                            Box::pin(LocalStats::kept_across(recheck_subscriptions(
+                                &self.listener,
+                                &self.broker,
+                                session,
+                            )))
+                            .await;
                         }
                         match mailbox.take_control() {
                             Some(Control::TakeOver(reply)) => {
@@ -1358,7 +1366,6 @@ where
     fn poll_wait(
         &mut self,
         cx: &mut Context<'_>,
-        bytes_sent: &mut u64,
         mailbox: &Mailbox,
         sleep: Option<Pin<&mut tokio::time::Sleep>>,
     ) -> Poll<Wait> {
@@ -1370,7 +1377,7 @@ where
                         Ok(n) => {
                             self.stalled = n < self.wbuf.len();
                             self.wbuf.advance(n);
-                            *bytes_sent += n as u64;
+                            LocalStats::count(|c| c.bytes_sent += n as u64);
                             // All of it went: flush in the same turn rather than the next
                             // (for plain TCP a flush does nothing; at device rates every
                             // message is a write of its own).
@@ -1486,14 +1493,16 @@ where
     ) -> Option<End> {
         loop {
             match waiting {
-                Waiting::Yield => tokio::task::yield_now().await,
+                // The packets handled so far were counted on this thread: kept aside
+                // while other connections run here (see `LocalStats`).
+                Waiting::Yield => LocalStats::kept_across(tokio::task::yield_now()).await,
                 Waiting::Authorize(pending) => {
-                    let authorized = authorize(
+                    let authorized = LocalStats::kept_across(authorize(
                         self.listener.clone(),
                         session.client_id().clone(),
                         session.username().map(str::to_owned),
                         *pending,
-                    )
+                    ))
                     .await;
                     let handled = self.complete(session, authorized);
                     if let Some(end) = self.handled(session, handled) {
@@ -1517,7 +1526,7 @@ where
     fn next_packet(&mut self, session: &mut Session) -> Result<Option<Packet>, End> {
         match self.decoder.decode(&mut self.rbuf) {
             Ok(Some(packet)) => {
-                session.stats.packets_received += 1;
+                LocalStats::count(|c| c.packets_received += 1);
                 Ok(Some(packet))
             }
             Ok(None) => Ok(None),
@@ -1779,7 +1788,8 @@ where
     /// Reads and discards input until the client closes, the budget is spent or the
     /// server shuts down (which does not wait for clients).
     async fn drain(&mut self) {
-        if *self.shutdown.borrow() {
+        let mut shutdown = self.listener.shutdown.clone();
+        if *shutdown.borrow() {
             return;
         }
         let (reader, rbuf, stats) = (&mut self.stream, &mut self.rbuf, &self.broker.stats);
@@ -1801,7 +1811,7 @@ where
         };
         tokio::select! {
             _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, discard) => {}
-            _ = self.shutdown.changed() => {}
+            _ = shutdown.changed() => {}
         }
         self.rbuf = BytesMut::new();
     }

@@ -24,7 +24,7 @@ use crate::broker::{Broker, Parts};
 use crate::cluster::Cluster;
 use crate::cluster::retained::ClusterRetained;
 use crate::config::{Config, ConfigError, ConfigSource};
-use crate::conn_limit::{ConnLimiter, ConnSlot, Refusal};
+use crate::conn_limit::{ConnLimiter, ConnSlot, HeldKey, Refusal};
 use crate::connection::{self, ListenerContext};
 use crate::memory;
 use crate::model::now_millis;
@@ -174,21 +174,53 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
 }
 
-/// Counts a connection on its listener while it lives (part of what the connection
-/// task holds).
+/// The counts a listener's connections are in: `mqtt.max_connections`, `[limits]` per
+/// address (both the server's, shared by every listener) and the listener's open
+/// connections.
 #[derive(Debug)]
-struct OpenConnection(Arc<AtomicU64>);
+struct Counts {
+    total: Arc<ConnectionCount>,
+    per_ip: Arc<ConnLimiter>,
+    /// Gauge: connections open on this listener.
+    open: Arc<AtomicU64>,
+}
 
-impl OpenConnection {
-    fn enter(gauge: &Arc<AtomicU64>) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Self(gauge.clone())
+/// A connection's places in its listener's [`Counts`], given back when its task ends
+/// (what the task holds beside the connection). 24 bytes in every connection's task: one
+/// `Arc` for the three counts and the address's key in 9 bytes, where the three guards it
+/// is made from are 48.
+#[derive(Debug)]
+struct Place {
+    counts: Arc<Counts>,
+    key: Option<HeldKey>,
+}
+
+impl Place {
+    /// Takes over `counted` and `slot`, taken from `counts`' limits, and counts the
+    /// connection as open on the listener.
+    fn new(counts: &Arc<Counts>, counted: Counted, slot: ConnSlot) -> Self {
+        debug_assert!(
+            counted
+                .0
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &counts.total))
+        );
+        counted.keep();
+        counts.open.fetch_add(1, Ordering::Relaxed);
+        Self {
+            counts: counts.clone(),
+            key: slot.into_key(),
+        }
     }
 }
 
-impl Drop for OpenConnection {
+impl Drop for Place {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(key) = self.key {
+            self.counts.per_ip.release_held(key);
+        }
+        self.counts.total.open.fetch_sub(1, Ordering::AcqRel);
+        self.counts.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -859,17 +891,27 @@ impl ConnectionCount {
                 (max == 0 || open < max).then_some(open + 1)
             })
             .ok()
-            .map(|_| Counted(self.clone()))
+            .map(|_| Counted(Some(self.clone())))
     }
 }
 
-/// One connection's place in [`ConnectionCount`], given back on drop.
+/// One connection's place in [`ConnectionCount`], given back on drop unless a [`Place`]
+/// took it over ([`Counted::keep`]).
 #[derive(Debug)]
-struct Counted(Arc<ConnectionCount>);
+struct Counted(Option<Arc<ConnectionCount>>);
+
+impl Counted {
+    /// Keeps the place taken: whoever calls this gives it back.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(count) = self.0.take() {
+            count.open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -1079,20 +1121,14 @@ fn serve(admitted: Admitted, broker: &Arc<Broker>, shutdown: &watch::Receiver<bo
         }
     };
     Stats::add(&broker.stats.connections_accepted, 1);
-    let (transport, context, broker, shutdown) = (
-        transport.clone(),
-        context.clone(),
-        broker.clone(),
-        shutdown.clone(),
-    );
-    let held = (counted, slot, OpenConnection::enter(&transport.open));
+    let (transport, context, broker) = (transport.clone(), context.clone(), broker.clone());
+    let held = Place::new(&transport.counts, counted, slot);
     if transport.is_plain() {
         // Spawned as it is, without a wrapping future: plain TCP connections are most of
         // them, and each extra layer would add to every connection's task.
-        tokio::spawn(connection::serve(
-            stream, peer, None, context, broker, shutdown, held,
-        ));
+        tokio::spawn(connection::serve(stream, peer, None, context, broker, held));
     } else {
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             transport
                 .serve(stream, peer, context, broker, shutdown, held)
@@ -1106,8 +1142,8 @@ fn serve(admitted: Admitted, broker: &Arc<Broker>, shutdown: &watch::Receiver<bo
 struct Transport {
     tls: Option<Arc<TlsListener>>,
     websocket: Option<ws::WsSettings>,
-    /// Gauge: connections open on this listener.
-    open: Arc<AtomicU64>,
+    /// The counts its connections are in.
+    counts: Arc<Counts>,
     /// Set on AMQP listeners: what their connections share.
     amqp: Option<Arc<AmqpContext>>,
 }
@@ -1176,7 +1212,7 @@ impl Transport {
             }
             Ok((stream, identity)) => {
                 let stream = Resettable::new(stream, reset);
-                connection::serve(stream, peer, identity, context, broker, shutdown, held).await;
+                connection::serve(stream, peer, identity, context, broker, held).await;
             }
             Err(failure) => {
                 Stats::add(&broker.stats.handshakes_failed, 1);
@@ -1426,24 +1462,25 @@ mod tests {
     }
 
     /// The size of the future `f` returns, without calling it.
-    fn future_size<A, B, C, D, E, F, G, Fut>(_f: impl FnOnce(A, B, C, D, E, F, G) -> Fut) -> usize {
+    fn future_size<A, B, C, D, E, F, Fut>(_f: impl FnOnce(A, B, C, D, E, F) -> Fut) -> usize {
         std::mem::size_of::<Fut>()
     }
 
     /// A plain TCP connection's task is its future in tokio's task cell: 104 bytes of
     /// tokio's and the future's own tag around it, rounded up to 128 bytes. The cell is in
     /// every connection (see "Memory per connection" in ARCHITECTURE.md): at 928 bytes of
-    /// future it was 1,152 bytes, at 784 896; now the future is 664 bytes and the cell
-    /// 768, with nothing to spare. This keeps it from growing past that unnoticed.
+    /// future it was 1,152 bytes, at 784 896, at 664 768; now the future is 536 bytes and
+    /// the cell 640, with nothing to spare. This keeps it from growing past that
+    /// unnoticed.
     #[test]
-    fn a_plain_tcp_connection_task_fits_768_bytes() {
-        type Held = (Counted, crate::conn_limit::ConnSlot, OpenConnection);
+    fn a_plain_tcp_connection_task_fits_640_bytes() {
+        type Held = Place;
         let future =
-            future_size::<_, _, _, _, _, _, Held, _>(connection::serve::<tokio::net::TcpStream>);
+            future_size::<_, _, _, _, _, Held, _>(connection::serve::<tokio::net::TcpStream>);
         // tokio's header (32), scheduler and task id (16), the stage's tag (8), trailer (48).
         let cell = (32 + 16 + future + 8 + 48).next_multiple_of(128);
         assert!(
-            cell <= 768,
+            cell <= 640,
             "connection future {future} bytes, task cell {cell}"
         );
     }

@@ -3,6 +3,7 @@
 //! Connections count locally and add to these in batches (once per wake-up), so the hot
 //! path does not contend on shared cache lines for every packet.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
@@ -167,9 +168,16 @@ impl Stats {
     }
 }
 
-/// Per-connection counts, flushed into [`Stats`] in one go (once per wake-up, so the
-/// 32-bit counts cannot overflow; they keep this in every connection at 64 bytes).
-#[derive(Debug, Default, Clone, Copy)]
+/// Counts made by the connections a thread serves, flushed into [`Stats`] in one go
+/// (once per wake-up of a connection, so the 32-bit counts cannot overflow).
+///
+/// They are kept per thread ([`LocalStats::count`]) rather than in every connection:
+/// between its wake-ups a connection has flushed everything, so a field of its own would
+/// be 64 zero bytes in every connection's task. What this asks of the code that counts:
+/// a connection flushes ([`LocalStats::take`]) before anything it awaits, or sets the
+/// counts aside across the await ([`LocalStats::kept_across`]), so that another
+/// connection on the same thread does not take them as its own.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LocalStats {
     /// Bytes received.
     pub bytes_received: u64,
@@ -193,11 +201,76 @@ pub struct LocalStats {
     pub sent_qos: [u32; 2],
     /// Deliveries dropped because their message expired.
     pub dropped_expired: u32,
-    /// The in-flight count last added to [`Stats::inflight`]; not reset by a flush.
-    inflight_reported: u32,
+}
+
+thread_local! {
+    /// This thread's counts since the last [`LocalStats::take`].
+    static PENDING: Cell<LocalStats> = const { Cell::new(LocalStats::ZERO) };
 }
 
 impl LocalStats {
+    const ZERO: Self = Self {
+        bytes_received: 0,
+        bytes_sent: 0,
+        packets_received: 0,
+        packets_sent: 0,
+        publish_received: 0,
+        publish_sent: 0,
+        publish_dropped: 0,
+        publish_denied: 0,
+        received_qos: [0; 2],
+        sent_qos: [0; 2],
+        dropped_expired: 0,
+    };
+
+    /// Changes this thread's pending counts.
+    #[inline]
+    pub fn count(change: impl FnOnce(&mut LocalStats)) {
+        PENDING.with(|pending| {
+            let mut counts = pending.get();
+            change(&mut counts);
+            pending.set(counts);
+        });
+    }
+
+    /// This thread's pending counts, left pending.
+    pub fn peek() -> Self {
+        PENDING.with(Cell::get)
+    }
+
+    /// This thread's pending counts, which are then zero.
+    pub fn take() -> Self {
+        PENDING.with(|pending| pending.replace(Self::ZERO))
+    }
+
+    /// Awaits `future` with this thread's pending counts set aside, and puts them back on
+    /// whichever thread it finishes: meanwhile the task may move, and other connections
+    /// run and flush on this thread.
+    pub async fn kept_across<F: std::future::Future>(future: F) -> F::Output {
+        let kept = Self::take();
+        let output = future.await;
+        if kept != Self::ZERO {
+            Self::count(|counts| counts.merge(&kept));
+        }
+        output
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.bytes_received += other.bytes_received;
+        self.bytes_sent += other.bytes_sent;
+        self.packets_received += other.packets_received;
+        self.packets_sent += other.packets_sent;
+        self.publish_received += other.publish_received;
+        self.publish_sent += other.publish_sent;
+        self.publish_dropped += other.publish_dropped;
+        self.publish_denied += other.publish_denied;
+        self.received_qos[0] += other.received_qos[0];
+        self.received_qos[1] += other.received_qos[1];
+        self.sent_qos[0] += other.sent_qos[0];
+        self.sent_qos[1] += other.sent_qos[1];
+        self.dropped_expired += other.dropped_expired;
+    }
+
     /// Counts a PUBLISH received at `qos`.
     pub fn received(&mut self, qos: midge_proto::QoS) {
         self.publish_received += 1;
@@ -218,9 +291,8 @@ impl LocalStats {
         }
     }
 
-    /// Adds these counts to `stats` and resets them; `inflight` is the connection's
-    /// in-flight count now (0 when it ends), whose change goes to the gauge.
-    pub fn flush(&mut self, stats: &Stats, inflight: usize) {
+    /// Adds these counts to `stats`.
+    pub fn flush(&self, stats: &Stats) {
         let add = |counter: &AtomicU64, n: u32| Stats::add(counter, u64::from(n));
         add(&stats.packets_received, self.packets_received);
         add(&stats.packets_sent, self.packets_sent);
@@ -239,20 +311,22 @@ impl LocalStats {
             &stats.publish_dropped_too_large,
             self.publish_dropped - self.dropped_expired,
         );
-        let inflight = u32::try_from(inflight).unwrap_or(u32::MAX);
-        if inflight > self.inflight_reported {
-            add(&stats.inflight, inflight - self.inflight_reported);
-        } else if inflight < self.inflight_reported {
-            stats.inflight.fetch_sub(
-                u64::from(self.inflight_reported - inflight),
-                Ordering::Relaxed,
-            );
-        }
-        *self = Self {
-            inflight_reported: inflight,
-            ..Self::default()
-        };
     }
+}
+
+/// Moves the in-flight gauge by a connection's change since it last reported:
+/// `reported` is what it last added (kept by the connection), `now` its count now (0 as
+/// it ends).
+pub fn report_inflight(stats: &Stats, reported: &mut u32, now: usize) {
+    let now = u32::try_from(now).unwrap_or(u32::MAX);
+    if now > *reported {
+        Stats::add(&stats.inflight, u64::from(now - *reported));
+    } else if now < *reported {
+        stats
+            .inflight
+            .fetch_sub(u64::from(*reported - now), Ordering::Relaxed);
+    }
+    *reported = now;
 }
 
 impl StatsSnapshot {
@@ -344,30 +418,86 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_stats_stay_64_bytes() {
-        // Every connection carries one; the per-QoS and drop-reason counts fit in what
-        // 64-bit packet counts used to take.
-        assert_eq!(std::mem::size_of::<LocalStats>(), 64);
-    }
-
-    #[test]
-    fn flushing_moves_the_inflight_gauge_by_the_change() {
+    fn flushing_adds_the_counts_and_the_inflight_gauge_moves_by_the_change() {
         let stats = Stats::default();
-        let mut local = LocalStats::default();
-        local.flush(&stats, 3);
-        assert_eq!(stats.snapshot().inflight, 3);
-        local.flush(&stats, 1);
+        let mut reported = 0;
+        report_inflight(&stats, &mut reported, 3);
+        assert_eq!((stats.snapshot().inflight, reported), (3, 3));
+        report_inflight(&stats, &mut reported, 1);
         assert_eq!(stats.snapshot().inflight, 1);
-        local.sent(midge_proto::QoS::ExactlyOnce);
-        local.publish_dropped = 2;
-        local.dropped_expired = 1;
-        local.flush(&stats, 0);
+        LocalStats::take();
+        LocalStats::count(|c| {
+            c.sent(midge_proto::QoS::ExactlyOnce);
+            c.publish_dropped = 2;
+            c.dropped_expired = 1;
+        });
+        LocalStats::take().flush(&stats);
+        report_inflight(&stats, &mut reported, 0);
         let s = stats.snapshot();
         assert_eq!((s.inflight, s.publish_sent, s.publish_sent_qos2), (0, 1, 1));
         assert_eq!(
             (s.publish_dropped_expired, s.publish_dropped_too_large),
             (1, 1)
         );
+        assert_eq!(LocalStats::peek(), LocalStats::default(), "taken is zero");
+    }
+
+    /// Counts set aside across an await are not taken by another task flushing on the
+    /// same thread meanwhile, and are back once the await is over.
+    #[test]
+    fn counts_kept_across_an_await_are_not_taken_by_another_task() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (first, second) = runtime.block_on(async {
+            let waiting = {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    LocalStats::count(|c| c.packets_received += 3);
+                    LocalStats::kept_across(gate.notified()).await;
+                    LocalStats::take()
+                })
+            };
+            tokio::task::yield_now().await;
+            // The other task is parked in `kept_across`: nothing of its is pending here.
+            let other = tokio::spawn(async {
+                LocalStats::count(|c| c.packets_sent += 1);
+                LocalStats::take()
+            })
+            .await
+            .unwrap();
+            gate.notify_one();
+            (other, waiting.await.unwrap())
+        });
+        assert_eq!((first.packets_sent, first.packets_received), (1, 0));
+        assert_eq!((second.packets_sent, second.packets_received), (0, 3));
+    }
+
+    /// Many threads count and flush into one `Stats` at once: nothing is lost or counted
+    /// twice.
+    #[test]
+    fn flushes_from_many_threads_add_up() {
+        let stats = Stats::default();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for round in 0..10_000u64 {
+                        LocalStats::count(|c| {
+                            c.packets_received += 1;
+                            c.bytes_received += round;
+                        });
+                        if round % 7 == 0 {
+                            LocalStats::take().flush(&stats);
+                        }
+                    }
+                    LocalStats::take().flush(&stats);
+                });
+            }
+        });
+        let s = stats.snapshot();
+        assert_eq!(s.packets_received, 80_000);
+        assert_eq!(s.bytes_received, 8 * (0..10_000u64).sum::<u64>());
     }
 
     #[test]

@@ -40,8 +40,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
 use super::{
-    AcceptLimits, Accepting, CurrentGeneration, Generation, Listening, ReloadError, ReloadReport,
-    StartError, TlsListeners, Transport, bind, reload_certificate, start_accepting, ws,
+    AcceptLimits, Accepting, Counts, CurrentGeneration, Generation, Listening, ReloadError,
+    ReloadReport, StartError, TlsListeners, Transport, bind, reload_certificate, start_accepting,
+    ws,
 };
 use crate::admin::{AdminUsers, ListenerInfo, Listeners};
 use crate::amqp::AmqpContext;
@@ -640,13 +641,18 @@ fn generation(
         transport: Arc::new(Transport {
             tls: tls.clone(),
             websocket,
-            open: gauge.clone(),
+            counts: Arc::new(Counts {
+                total: shared.limits.total.clone(),
+                per_ip: shared.limits.per_ip.clone(),
+                open: gauge.clone(),
+            }),
             amqp,
         }),
         context: Arc::new(ListenerContext {
             name: name.to_owned(),
             access: access.clone(),
             config: config.clone(),
+            shutdown: shared.shutdown.clone(),
         }),
     }
 }

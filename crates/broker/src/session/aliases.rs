@@ -35,14 +35,16 @@ impl Session {
             ));
         }
         if publish.topic.is_empty() {
-            match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
+            let known = self.rare.as_ref().and_then(|r| r.aliases.as_ref());
+            match known.and_then(|a| a.inbound.get(&alias)) {
                 Some(topic) => publish.topic = topic.clone(),
                 None => {
                     return Err(violation(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"));
                 }
             }
         } else {
-            self.aliases
+            self.rare_mut()
+                .aliases
                 .get_or_insert_default()
                 .inbound
                 .insert(alias, publish.topic.clone());
@@ -53,15 +55,16 @@ impl Session {
     /// The topic and alias to send: an alias the client knows (empty topic), a new alias
     /// with the topic, or the topic alone once the client's Topic Alias Maximum is used up.
     pub(super) fn outbound_alias<'t>(&mut self, topic: &'t str) -> (&'t str, Option<u16>) {
-        if self.client_topic_alias_maximum == 0 {
+        let maximum = usize::from(self.client_topic_alias_maximum);
+        if maximum == 0 {
             return (topic, None);
         }
-        let outbound = &mut self.aliases.get_or_insert_default().outbound;
+        let outbound = &mut self.rare_mut().aliases.get_or_insert_default().outbound;
         if let Some(&alias) = outbound.get(topic) {
             return ("", Some(alias));
         }
         let next = outbound.len() + 1;
-        if next > usize::from(self.client_topic_alias_maximum) {
+        if next > maximum {
             return (topic, None);
         }
         let alias = next as u16;

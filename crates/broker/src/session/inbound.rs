@@ -6,6 +6,7 @@ use midge_proto::{Packet, PubResponse, Publish, QoS, ReasonCode, ResponsePropert
 
 use super::{Flow, Session, SessionEnv, Violation, violation, within_topic_limits};
 use crate::model::{Message, Millis};
+use crate::stats::LocalStats;
 
 /// A PUBLISH whose topic alias is resolved and which passed the protocol checks, waiting
 /// for an authorization verdict.
@@ -60,7 +61,7 @@ impl Session {
         mut publish: Publish,
         env: &impl SessionEnv,
     ) -> Result<ResolvedPublish, Violation> {
-        self.stats.received(publish.qos);
+        LocalStats::count(|c| c.received(publish.qos));
         let config = env.mqtt();
         if self.protocol.is_v5() {
             // [MQTT-3.3.4-6] a client must not send Subscription Identifiers.
@@ -135,13 +136,13 @@ impl Session {
             // Over the memory budget (`limits.max_memory`): nothing new is taken on that
             // the broker would have to keep.
             env.refused_for_memory();
-            self.stats.publish_dropped += 1;
+            LocalStats::count(|c| c.publish_dropped += 1);
             if !self.protocol.is_v5() {
                 return Flow::Close("memory budget exceeded (QoS 1/2 PUBLISH not accepted)");
             }
             ReasonCode::QUOTA_EXCEEDED
         } else if !authorized || is_sys_topic(&publish.topic) {
-            self.stats.publish_denied += 1;
+            LocalStats::count(|c| c.publish_denied += 1);
             tracing::debug!(client_id = %self.state.client_id, topic = %publish.topic, "PUBLISH not authorized");
             ReasonCode::NOT_AUTHORIZED
         } else if taken == Taken::ByBroker {

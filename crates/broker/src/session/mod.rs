@@ -75,21 +75,16 @@ pub struct Session {
     send_window: u16,
     client_max_packet_size: u32,
     client_topic_alias_maximum: u16,
-    /// Topic aliases both ways; boxed, as only v5 clients that use aliases have any.
-    aliases: Option<Box<Aliases>>,
+    /// What few sessions have (topic aliases, a retained backlog, a delivery filter),
+    /// boxed together and only while there is any: one pointer in every connection's task
+    /// rather than three.
+    rare: Option<Box<Rare>>,
     /// Whether the session began with expiry 0, which DISCONNECT may not change
     /// [MQTT-3.14.2-2].
     began_with_zero_expiry: bool,
     /// Boxed: most clients have no will, and a will is large.
     will: Option<Box<Will>>,
     username: Option<Box<str>>,
-    /// Retained messages found at SUBSCRIBE, sent before anything from the mailbox; boxed
-    /// and only while there are any, as a session is in its connection's task.
-    #[allow(clippy::box_collection)] // 8 bytes in every connection, not a VecDeque's 32
-    retained_backlog: Option<Box<VecDeque<Delivery>>>,
-    /// Set when a subscription is only partly readable under the ACL: every delivery's
-    /// topic is checked before it is sent. `None` (the usual case) costs nothing.
-    delivery_filter: Option<Box<DeliveryFilter>>,
     /// The session is persistent: its changes are recorded through its mailbox's journal
     /// (see [`Session::journal`]). A flag rather than a copy of the journal handle, whose
     /// 32 bytes would be in every connection's task.
@@ -97,8 +92,21 @@ pub struct Session {
     /// Whether the output holds a packet that must not reach the client before the store
     /// has committed what it confirms (see [`Session::take_settle`]).
     settle: bool,
-    /// Counts for the broker's statistics, flushed by the connection.
-    pub stats: LocalStats,
+    /// The in-flight count last added to the broker's gauge ([`Session::flush_stats`]).
+    /// The other counts are the thread's, not the session's ([`LocalStats`]).
+    inflight_reported: u32,
+}
+
+/// The parts of a [`Session`] that few have.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Topic aliases both ways: only v5 clients that use aliases have any.
+    aliases: Option<Aliases>,
+    /// Retained messages found at SUBSCRIBE, sent before anything from the mailbox.
+    retained_backlog: VecDeque<Delivery>,
+    /// Set when a subscription is only partly readable under the ACL: every delivery's
+    /// topic is checked before it is sent.
+    delivery_filter: Option<DeliveryFilter>,
 }
 
 /// The journal of a session whose mailbox is `mailbox`, while it is `stored`. A function
@@ -130,15 +138,13 @@ impl Session {
             send_window: negotiated.client_receive_maximum.min(max_inflight),
             client_max_packet_size: negotiated.client_max_packet_size,
             client_topic_alias_maximum: negotiated.client_topic_alias_maximum,
-            aliases: None,
+            rare: None,
             began_with_zero_expiry: negotiated.expiry_interval == 0,
             will: negotiated.will.map(Box::new),
             username: negotiated.username.map(String::into_boxed_str),
-            retained_backlog: None,
-            delivery_filter: None,
             stored,
             settle: false,
-            stats: LocalStats::default(),
+            inflight_reported: 0,
         }
     }
 
@@ -155,7 +161,25 @@ impl Session {
     /// From now on, checks each delivery's topic with `filter` before sending it (for a
     /// subscription the ACL allows only in part).
     pub fn filter_deliveries(&mut self, filter: DeliveryFilter) {
-        self.delivery_filter = Some(Box::new(filter));
+        self.rare_mut().delivery_filter = Some(filter);
+    }
+
+    /// The rare parts, made when first needed.
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Gives the rare parts back once none is left (the retained backlog sent).
+    fn trim_rare(&mut self) {
+        if let Some(rare) = &mut self.rare
+            && rare.retained_backlog.is_empty()
+        {
+            if rare.aliases.is_none() && rare.delivery_filter.is_none() {
+                self.rare = None;
+            } else {
+                rare.retained_backlog = VecDeque::new();
+            }
+        }
     }
 
     /// Protocol version.
@@ -173,11 +197,15 @@ impl Session {
         &mut self.state
     }
 
-    /// Adds the connection's counts to `stats` (see [`LocalStats::flush`]); `ending`
-    /// takes its in-flight deliveries off the gauge.
-    pub fn flush_stats(&mut self, stats: &crate::stats::Stats, ending: bool) {
+    /// Adds the counts pending on this thread to `stats` and returns them (see
+    /// [`LocalStats`]: the connection calls this before anything it awaits), and moves
+    /// the in-flight gauge; `ending` takes its in-flight deliveries off the gauge.
+    pub fn flush_stats(&mut self, stats: &crate::stats::Stats, ending: bool) -> LocalStats {
         let inflight = if ending { 0 } else { self.state.inflight.len() };
-        self.stats.flush(stats, inflight);
+        crate::stats::report_inflight(stats, &mut self.inflight_reported, inflight);
+        let counts = LocalStats::take();
+        counts.flush(stats);
+        counts
     }
 
     /// Ends serving: hands back the persistent state and the will to publish (if the
@@ -210,7 +238,7 @@ impl Session {
         // properties that do not fit [MQTT-3.1.2-24].
         let max = usize::try_from(self.client_max_packet_size).unwrap_or(usize::MAX);
         match packet.encode_within(self.protocol, max, out) {
-            Ok(()) => self.stats.packets_sent += 1,
+            Ok(()) => LocalStats::count(|c| c.packets_sent += 1),
             // No room even in its smallest form (a SUBACK for many filters, say): not
             // sent [MQTT-3.1.2-25]. The client chose the limit, so this is no warning.
             Err(e @ EncodeError::ExceedsMaximumPacketSize { .. }) => {

@@ -7,6 +7,7 @@ use midge_proto::{OutgoingPublish, Packet, PubResponse, QoS, ReasonCode};
 
 use super::Session;
 use crate::model::{Delivery, Inflight, Millis, Stage};
+use crate::stats::LocalStats;
 use crate::store::SessionJournal;
 
 impl Session {
@@ -84,7 +85,12 @@ impl Session {
             let take = ((max_bytes - out.len()) / 1024).clamp(1, 64);
             let window = usize::from(self.send_window).saturating_sub(self.state.inflight_len());
             // The retained backlog goes first; it only exists right after SUBSCRIBE.
-            if let Some(backlog) = self.retained_backlog.as_mut() {
+            if let Some(backlog) = self
+                .rare
+                .as_mut()
+                .map(|r| &mut r.retained_backlog)
+                .filter(|b| !b.is_empty())
+            {
                 let mut window = window;
                 while let Some(front) = backlog.front() {
                     if front.qos != QoS::AtMostOnce {
@@ -99,7 +105,7 @@ impl Session {
                     }
                 }
                 if backlog.is_empty() {
-                    self.retained_backlog = None;
+                    self.trim_rare();
                 }
                 if batch.is_empty() {
                     break;
@@ -130,18 +136,20 @@ impl Session {
                 journal.dequeue(seq);
             }
         };
-        if let Some(filter) = &self.delivery_filter
+        if let Some(filter) = self.rare.as_ref().and_then(|r| r.delivery_filter.as_ref())
             && !filter.allows(&delivery.message.topic)
         {
             tracing::trace!(client_id = %self.state.client_id, topic = %delivery.message.topic, "delivery not authorized");
-            self.stats.publish_denied += 1;
+            LocalStats::count(|c| c.publish_denied += 1);
             dropped(self.journal());
             return;
         }
         if delivery.message.is_expired(now) {
             // [MQTT-3.3.2-5] an expired message is not sent.
-            self.stats.publish_dropped += 1;
-            self.stats.dropped_expired += 1;
+            LocalStats::count(|c| {
+                c.publish_dropped += 1;
+                c.dropped_expired += 1;
+            });
             dropped(self.journal());
             return;
         }
@@ -207,24 +215,26 @@ impl Session {
             // With a fresh alias, the client has not learned it: forget it.
             if topic_alias.is_some()
                 && !topic.is_empty()
-                && let Some(aliases) = &mut self.aliases
+                && let Some(aliases) = self.rare.as_mut().and_then(|r| r.aliases.as_mut())
             {
                 aliases.outbound.remove(&message.topic);
             }
             tracing::debug!(client_id = %self.state.client_id, topic = %message.topic, "message exceeds the client's maximum packet size, dropped");
-            self.stats.publish_dropped += 1;
+            LocalStats::count(|c| c.publish_dropped += 1);
             return false;
         }
         self.settle |= delivery.qos == QoS::ExactlyOnce;
         match publish.encode(self.protocol, out) {
             Ok(()) => {
-                self.stats.packets_sent += 1;
-                self.stats.sent(delivery.qos);
+                LocalStats::count(|c| {
+                    c.packets_sent += 1;
+                    c.sent(delivery.qos);
+                });
                 true
             }
             Err(e) => {
                 tracing::warn!(client_id = %self.state.client_id, error = %e, "cannot encode PUBLISH");
-                self.stats.publish_dropped += 1;
+                LocalStats::count(|c| c.publish_dropped += 1);
                 false
             }
         }
@@ -234,6 +244,9 @@ impl Session {
     /// mailbox's length is read without its lock: a delivery queued after the read wakes
     /// the connection, which looks again.
     pub fn has_pending(&self) -> bool {
-        self.retained_backlog.is_some() || self.state.mailbox.backlog() > 0
+        self.rare
+            .as_ref()
+            .is_some_and(|r| !r.retained_backlog.is_empty())
+            || self.state.mailbox.backlog() > 0
     }
 }

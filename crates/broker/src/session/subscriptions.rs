@@ -11,7 +11,7 @@ use midge_proto::{
 use super::{Session, SessionEnv, Violation, violation, within_topic_limits};
 use crate::mailbox::Mailbox;
 use crate::model::{Delivery, Message, Millis, QueueLimits, Stage, SubscriptionRecord};
-use crate::stats::Stats;
+use crate::stats::{LocalStats, Stats};
 
 impl Session {
     /// Removes a subscription without telling the client (a resumed subscription that
@@ -53,7 +53,7 @@ impl Session {
             keep
         });
         let dropped = queued + inflight_before - self.state.inflight.len();
-        self.stats.publish_denied += dropped as u32;
+        LocalStats::count(|c| c.publish_denied += dropped as u32);
         dropped
     }
 
@@ -76,7 +76,7 @@ impl Session {
         let limits = env.queue_limits();
         let mut backlog = RetainedBudget::new(
             &limits,
-            self.retained_backlog.as_deref(),
+            self.rare.as_ref().map(|r| &r.retained_backlog),
             &self.state.mailbox,
         );
         let mut collected: Vec<&str> = Vec::new();
@@ -157,9 +157,7 @@ impl Session {
         // [MQTT-3.8.4-1] SUBACK first, then the retained messages.
         self.send(&Packet::SubAck(suback), out);
         if !retained.is_empty() {
-            self.retained_backlog
-                .get_or_insert_with(Box::default)
-                .extend(retained);
+            self.rare_mut().retained_backlog.extend(retained);
         }
         Stats::add(&env.stats().retained_dropped, backlog.refused);
         Ok(())

@@ -690,20 +690,20 @@ async fn connection_flushes_a_stream_that_buffers_writes() {
     use tokio::io::AsyncWriteExt;
 
     let broker = midge_broker::Broker::new(crate::harness::test_config());
+    let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let context = Arc::new(ListenerContext {
         name: "buffered".to_owned(),
         access: AccessControl::anonymous_only(None),
         config: broker.config(),
+        shutdown,
     });
     let (mut client, server_side) = tokio::io::duplex(64 * 1024);
-    let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(connection::serve(
         tokio::io::BufWriter::new(server_side),
         "127.0.0.1:50000".parse().unwrap(),
         None,
         context,
         broker,
-        shutdown,
         (),
     ));
     assert_eq!(
