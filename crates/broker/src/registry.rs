@@ -128,10 +128,15 @@ impl Slot {
         self.idle.as_ref()?.parked.as_deref()
     }
 
-    fn take_parked(&mut self) -> Option<Box<SessionState>> {
-        let parked = self.idle.as_mut()?.parked.take();
+    /// Takes one of the boxed parts out, giving the box back if it was the last.
+    fn take_part<T>(&mut self, part: impl FnOnce(&mut Idle) -> Option<T>) -> Option<T> {
+        let taken = part(self.idle.as_mut()?);
         self.trim();
-        parked
+        taken
+    }
+
+    fn take_parked(&mut self) -> Option<Box<SessionState>> {
+        self.take_part(|idle| idle.parked.take())
     }
 
     fn set_parked(&mut self, state: SessionState) {
@@ -144,9 +149,7 @@ impl Slot {
     }
 
     fn take_will(&mut self) -> Option<Box<PendingWill>> {
-        let will = self.idle.as_mut()?.will.take();
-        self.trim();
-        will
+        self.take_part(|idle| idle.will.take())
     }
 
     fn set_will(&mut self, will: PendingWill) {
@@ -500,15 +503,11 @@ impl Registry {
         // Clones are only taken under the registry lock, so a count of 2 (the slot's and
         // ours) seen under it means no other attach holds or waits for this lock, and the
         // next one can start on a fresh lock.
-        if let Some(slot) = self.lock().slots.get_mut(&client_id)
-            && let Some(idle) = &mut slot.idle
-            && idle
-                .attach_lock
-                .as_ref()
-                .is_some_and(|l| Arc::ptr_eq(l, &attach_lock) && Arc::strong_count(l) == 2)
-        {
-            idle.attach_lock = None;
-            slot.trim();
+        if let Some(slot) = self.lock().slots.get_mut(&client_id) {
+            slot.take_part(|idle| {
+                idle.attach_lock
+                    .take_if(|l| Arc::ptr_eq(l, &attach_lock) && Arc::strong_count(l) == 2)
+            });
         }
         (attached, effects)
     }
